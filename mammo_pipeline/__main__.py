@@ -1,0 +1,3 @@
+from mammo_pipeline.cli import cli
+
+cli()

@@ -1,0 +1,25 @@
+"""The `mammo` command: a thin shell over the domain functions, one module per subcommand."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from mammo_pipeline import __version__
+
+# Each module defines `command` (a click command or group); its name is the subcommand's name.
+SUBCOMMANDS: tuple[str, ...] = ("home",)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mammo")
+def cli() -> None:
+    """Sort screening mammograms into biopsy-marker and magnification views.
+
+    Paths come from MAMMO_HOME (default ./mammo-home) and the MAMMO_* variables in the README.
+    """
+
+
+for _name in SUBCOMMANDS:
+    cli.add_command(importlib.import_module(f"mammo_pipeline.cli.{_name}").command)

@@ -1,0 +1,41 @@
+"""`mammo home`: create MAMMO_HOME and show where everything lives."""
+
+from __future__ import annotations
+
+import shutil
+from importlib.resources import files
+
+import click
+
+from mammo_pipeline.settings import ENVIRONMENT_VARIABLES, Settings
+
+
+def init_home(settings: Settings) -> Settings:
+    """Create the folders and install the shipped dagster.yaml into DAGSTER_HOME (never overwriting one)."""
+    settings.ensure_dirs()
+    target = settings.dagster_home / "dagster.yaml"
+    if not target.exists():
+        shutil.copyfile(str(files("mammo_pipeline") / "dagster.yaml"), target)
+    return settings
+
+
+@click.command("home")
+@click.option("--env", "show_env", is_flag=True, help="Print the settings as shell exports.")
+def command(show_env: bool) -> None:
+    """Create MAMMO_HOME (and DAGSTER_HOME with its dagster.yaml) and print the resolved paths.
+
+    \b
+    Example:
+        MAMMO_HOME=/data/mammo mammo home
+        eval "$(mammo home --env)"
+    """
+    settings = init_home(Settings.from_env())
+    if show_env:
+        for key, value in settings.as_env().items():
+            click.echo(f"export {key}={value}")
+        return
+    for var, default, text in ENVIRONMENT_VARIABLES:
+        click.echo(f"{var:26} {text} (default {default})")
+    click.echo()
+    for key, value in settings.as_env().items():
+        click.echo(f"{key}={value}")

@@ -1,0 +1,1 @@
+"""Dagster only: thin assets, checks, sensors and schedules over the domain modules."""

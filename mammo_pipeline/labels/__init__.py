@@ -1,0 +1,1 @@
+"""The label store, active-learning queues and the labeling app."""

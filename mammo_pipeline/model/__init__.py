@@ -1,0 +1,1 @@
+"""Training, evaluation, ONNX export and batch inference (no Dagster here)."""

@@ -1,0 +1,49 @@
+"""A pointer to the current model: `models/current.json`, written atomically by each step that makes one.
+
+`trained_model` writes it with the PyTorch artifacts; `onnx_model` adds the ONNX files; inference reads it.
+Everything downstream names a model by `model_version`, a content hash, never by "latest file".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from mammo_pipeline.atomic import write_text
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    model_version: str  # content hash of the trained weights
+    label_snapshot_id: str  # the labels snapshot it was trained on
+    folder: str  # models/<model_version>/, relative to the models root
+    input_size: int  # square side the network sees
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    class_names: tuple[str, ...] = ("has_biopsy_marker", "is_mag_view")
+    pretrained: bool = False
+    onnx_file: str = ""  # file name inside folder, set by onnx_model
+    onnx_sha256: str = ""
+    inference_file: str = ""  # the ONNX file inference uses (fp32 or int8)
+    inference_sha256: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def path(self, models_root: Path, name: str = "") -> Path:
+        return models_root / self.folder / name if name else models_root / self.folder
+
+    def save(self, models_root: Path, name: str = "current.json") -> Path:
+        return write_text(models_root / name, json.dumps(asdict(self), indent=2, sort_keys=True))
+
+    def with_(self, **changes: object) -> ModelRef:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, models_root: Path, name: str = "current.json") -> ModelRef:
+        path = models_root / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no model yet; materialize trained_model and onnx_model first")
+        data = json.loads(path.read_text())
+        data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+        data["class_names"] = tuple(data["class_names"])
+        return cls(**data)

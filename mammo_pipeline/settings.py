@@ -1,0 +1,143 @@
+"""Every path and knob of mammo-pipeline, rooted at MAMMO_HOME and read from the environment.
+
+The domain code, the CLI, the labeling app and the Dagster resource all build their paths here, so a
+user who moves one folder (say the PNG cache to a faster disk) sets one environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+# (field, environment variable, default relative to MAMMO_HOME or a literal, help)
+_PATH_VARS: tuple[tuple[str, str, str, str], ...] = (
+    ("landing", "MAMMO_LANDING", "landing", "hospital drops arrive here, one folder per hospital"),
+    ("cache", "MAMMO_CACHE", "cache", "normalized PNG renditions"),
+    ("warehouse", "MAMMO_WAREHOUSE", "warehouse", "hive-partitioned Parquet tables and warehouse.duckdb"),
+    ("models", "MAMMO_MODELS", "models", "trained models and ONNX artifacts, one folder per model_version"),
+    ("labels_db", "MAMMO_LABELS_DB", "labels.sqlite", "the label store (SQLite, WAL)"),
+    ("reports", "MAMMO_REPORTS", "reports", "pictures and summaries for people"),
+    ("dagster_home", "DAGSTER_HOME", "dagster", "the Dagster instance (run history, schedules)"),
+)
+_INT_VARS: tuple[tuple[str, str, int, str], ...] = (
+    ("workers", "MAMMO_WORKERS", 0, "processes for per-image work (0 = one per core)"),
+    ("inference_threads", "MAMMO_INFERENCE_THREADS", 0, "ONNX Runtime intra-op threads (0 = one per core)"),
+    ("display_size", "MAMMO_DISPLAY_SIZE", 1024, "long side of the display PNG"),
+    ("model_size", "MAMMO_MODEL_SIZE", 256, "long side of the model-size PNG"),
+    ("retrain_after", "MAMMO_RETRAIN_AFTER", 100, "new labels that trigger retraining"),
+    ("seed", "MAMMO_SEED", 0, "seed for splits, queues and training"),
+)
+_STR_VARS: tuple[tuple[str, str, str, str], ...] = (
+    ("pretrained", "MAMMO_PRETRAINED", "imagenet", "'imagenet' (weights required) or 'none' (train from scratch)"),
+    ("pretrained_weights", "MAMMO_PRETRAINED_WEIGHTS", "", "path to resnet18-f37072fd.pth"),
+    ("dask_scheduler", "MAMMO_DASK_SCHEDULER", "", "address of a Dask scheduler; empty = local process pool"),
+    ("salt", "MAMMO_SALT", "", "secret salt for patient pseudonyms; empty = MAMMO_HOME/.salt, made once"),
+)
+ENVIRONMENT_VARIABLES: tuple[tuple[str, str, str], ...] = (
+    ("MAMMO_HOME", "./mammo-home", "root of everything below"),
+    *((var, f"$MAMMO_HOME/{default}", text) for _, var, default, text in _PATH_VARS),
+    *((var, str(default), text) for _, var, default, text in _INT_VARS),
+    *((var, default or "(empty)", text) for _, var, default, text in _STR_VARS),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved paths and knobs. Build with `Settings.from_env()`; tests pass a dict."""
+
+    home: Path
+    landing: Path
+    cache: Path
+    warehouse: Path
+    models: Path
+    labels_db: Path
+    reports: Path
+    dagster_home: Path
+    workers: int = 0
+    inference_threads: int = 0
+    display_size: int = 1024
+    model_size: int = 256
+    retrain_after: int = 100
+    seed: int = 0
+    pretrained: str = "imagenet"
+    pretrained_weights: str = ""
+    dask_scheduler: str = ""
+    salt: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read MAMMO_* variables (or `env`), then apply keyword overrides."""
+        env = os.environ if env is None else env
+        home = Path(env.get("MAMMO_HOME") or "mammo-home").expanduser().absolute()
+        values: dict[str, object] = {"home": home}
+        for name, var, default, _ in _PATH_VARS:
+            values[name] = Path(env.get(var) or home / default).expanduser().absolute()
+        for name, var, default, _ in _INT_VARS:
+            raw = env.get(var)
+            values[name] = int(raw) if raw not in (None, "") else default
+        for name, var, default, _ in _STR_VARS:
+            values[name] = env.get(var) or default
+        if values["pretrained"] not in ("imagenet", "none"):
+            raise ValueError(f"MAMMO_PRETRAINED must be 'imagenet' or 'none', not {values['pretrained']!r}")
+        return replace(cls(**values), **overrides)  # type: ignore[arg-type]
+
+    @classmethod
+    def under(cls, home: Path | str, **overrides: object) -> Settings:
+        """Settings with every path under `home`, ignoring the environment (tests, demos)."""
+        return cls.from_env({"MAMMO_HOME": str(home)}, **overrides)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings in a subprocess."""
+        env = {"MAMMO_HOME": str(self.home)}
+        for name, var, _, _ in (*_PATH_VARS, *_INT_VARS, *_STR_VARS):
+            value = getattr(self, name)
+            if value not in ("", None):
+                env[var] = str(value)
+        return env
+
+    @property
+    def n_workers(self) -> int:
+        """Processes for per-image work: the setting, or one per core."""
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def n_threads(self) -> int:
+        """ONNX Runtime threads: the setting, or one per core."""
+        return self.inference_threads or os.cpu_count() or 1
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.warehouse / "warehouse.duckdb"
+
+    def table_dir(self, table: str, hospital: str | None = None) -> Path:
+        """Folder of a warehouse table, or of one hospital's partition (hive layout)."""
+        root = self.warehouse / table
+        return root / f"hospital={hospital}" if hospital is not None else root
+
+    def pseudonym_salt(self) -> bytes:
+        """The secret salt for patient keys: MAMMO_SALT, else a random one kept in MAMMO_HOME/.salt."""
+        if self.salt:
+            return self.salt.encode()
+        path = self.home / ".salt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)  # first writer wins; never overwrite an existing salt
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip().encode()
+
+    def ensure_dirs(self) -> Settings:
+        """Create the folders (not the files) and return self."""
+        for f in fields(self):
+            if f.name in {"landing", "cache", "warehouse", "models", "reports", "dagster_home", "home"}:
+                getattr(self, f.name).mkdir(parents=True, exist_ok=True)
+        return self
