@@ -1,0 +1,332 @@
+"""The main job end to end on synthetic data, in a persistent Dagster instance.
+
+synthetic drops → dicom_index → image_cache → labels (a simulated radiologist) → trained_model → onnx_model →
+image_predictions → study_predictions, for several active-learning rounds, then a new hospital drop picked
+up by the sensor, then prediction_summary. Every materialization goes through the Definitions and the
+instance in DAGSTER_HOME, so `make ui` afterwards shows each asset, partition, run and its metadata.
+A second run reuses what exists: the drops, the incremental assets, the labels and the finished rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from mammo_pipeline import warehouse
+from mammo_pipeline.atomic import write_text
+from mammo_pipeline.cli.home import init_home
+from mammo_pipeline.labels.simulated import SimulatedAnnotator, load_truth
+from mammo_pipeline.labels.store import LabelStore
+from mammo_pipeline.landing import list_hospitals
+from mammo_pipeline.settings import Settings
+from mammo_pipeline.synth import generate_drops, hospital_slugs
+
+FIRST_DROP = "drop-20261101"
+NEW_DROP = "drop-20261127"
+PER_HOSPITAL = ("dicom_index", "image_cache")
+PREDICT = ("image_predictions", "study_predictions")
+MODEL = ("labels", "trained_model", "onnx_model")
+
+
+@dataclass
+class DemoConfig:
+    """How big the demo is. The defaults take about 15 minutes on 2 cores; `quick()` is the CI version."""
+
+    hospitals: int = 3
+    studies_per_hospital: int = 60
+    scale: float = 0.25
+    corrupt_fraction: float = 0.02
+    first_labels: int = 50
+    rounds: int = 5  # the first round plus four active-learning rounds
+    labels_per_round: int = 100
+    new_hospital_studies: int = 12
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        return cls(hospitals=2, studies_per_hospital=8, scale=0.1, first_labels=20, rounds=1, new_hospital_studies=3)
+
+
+@dataclass
+class DemoState:
+    """What a previous run finished, kept in reports/demo_state.json so a second run skips it."""
+
+    rounds: list[dict] = field(default_factory=list)
+    new_drop_done: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> DemoState:
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def save(self, path: Path) -> None:
+        write_text(path, json.dumps(asdict(self), indent=2))
+
+
+class Demo:
+    """Drives the asset graph through the Definitions, one materialization at a time, and reports."""
+
+    def __init__(self, settings: Settings, config: DemoConfig, echo: Callable[[str], None] = print) -> None:
+        self.settings = init_home(settings)
+        self.config = config
+        self.echo = echo
+        os.environ.update(settings.as_env())  # the resource and subprocesses read the same settings
+        os.environ["MAMMO_PRETRAINED"] = settings.pretrained
+        from mammo_pipeline.definitions import build_definitions
+
+        self.defs = build_definitions()
+        self.instance = dg.DagsterInstance.get()
+        self.store = LabelStore(settings.labels_db)
+        self.state_path = settings.reports / "demo_state.json"
+        self.state = DemoState.load(self.state_path)
+        self.timings: dict[str, float] = {}
+
+    # -- Dagster -------------------------------------------------------------------------------------------
+    def materialize(self, keys: Sequence[str], partition: str | None = None) -> dg.ExecuteInProcessResult:
+        asset_keys = [dg.AssetKey(k) for k in keys]
+        job = self.defs.resolve_implicit_job_def_def_for_assets(asset_keys)
+        assert job is not None, keys
+        where = f" [{partition}]" if partition else ""
+        self.echo(f"  materialize {', '.join(keys)}{where}")
+        return job.execute_in_process(asset_selection=asset_keys, partition_key=partition, instance=self.instance)
+
+    def register(self, hospitals: Sequence[str]) -> None:
+        known = set(self.instance.get_dynamic_partitions("hospital"))
+        new = [h for h in hospitals if h not in known]
+        if new:
+            self.instance.add_dynamic_partitions("hospital", new)
+
+    def metadata(self, result: dg.ExecuteInProcessResult, asset: str) -> dict:
+        events = result.asset_materializations_for_node(asset)
+        return {k: getattr(v, "value", v) for k, v in events[-1].metadata.items()} if events else {}
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def make_drops(self) -> list[str]:
+        landing = self.settings.landing
+        if list_hospitals(landing):
+            self.echo(f"1. Synthetic drops: reusing {landing}")
+        else:
+            self.echo(f"1. Synthetic drops: {self.config.hospitals} hospitals into {landing}")
+            generate_drops(
+                landing,
+                hospitals=self.config.hospitals,
+                studies_per_hospital=self.config.studies_per_hospital,
+                seed=self.config.seed,
+                scale=self.config.scale,
+                corrupt_fraction=self.config.corrupt_fraction,
+                drop=FIRST_DROP,
+                workers=self.settings.workers,
+            )
+        return hospital_slugs(self.config.hospitals)
+
+    def ingest(self, hospitals: Sequence[str]) -> None:
+        self.register(hospitals)
+        for h in hospitals:
+            start = time.monotonic()
+            result = self.materialize(PER_HOSPITAL, h)
+            meta = self.metadata(result, "image_cache")
+            self.echo(
+                f"     {h}: {meta.get('images', meta.get('dagster/row_count', '?'))} images cached "
+                f"in {time.monotonic() - start:.0f}s"
+            )
+        self.materialize(["metadata_completeness"])
+
+    def predict(self, hospitals: Sequence[str]) -> None:
+        for h in hospitals:
+            self.materialize(PREDICT, h)
+
+    def feed_predictions(self) -> None:
+        """Give the label store the newest predictions (and out-of-sample ones) for its queues."""
+        preds = warehouse.query(
+            self.settings, "SELECT sop_instance_uid, p_biopsy, p_mag, model_version FROM image_predictions"
+        )
+        preds["out_of_sample"] = False
+        oof = self.settings.models / _current_version(self.settings) / "oof.parquet"
+        if oof.exists():
+            preds = pd.concat(
+                [
+                    preds[~preds.sop_instance_uid.isin(pd.read_parquet(oof).sop_instance_uid)],
+                    pd.read_parquet(oof).assign(model_version=_current_version(self.settings)),
+                ]
+            )
+        self.store.set_predictions(preds)
+
+    def active_learning(self, hospitals: Sequence[str], annotator: SimulatedAnnotator) -> None:
+        c = self.config
+        for n in range(len(self.state.rounds), c.rounds):
+            self.echo(f"3.{n + 1} Round {n + 1}/{c.rounds}")
+            if n == 0:
+                audit = annotator.label(self.store.queue("audit", annotator.name, limit=100_000), round=0)
+                picked = self.store.queue("unlabeled", annotator.name, limit=c.first_labels, seed=c.seed)
+                self.echo(
+                    f"     labeled the audit set ({audit} images, never trained on) and {len(picked)} random images"
+                )
+            else:
+                picked = self.pick(c.labels_per_round, annotator.name)
+            annotator.label(picked, round=n + 1)
+            start = time.monotonic()
+            model_meta = self.metadata(self.materialize(MODEL), "trained_model")
+            self.timings[f"round {n + 1} training"] = time.monotonic() - start
+            self.predict(hospitals)
+            self.feed_predictions()
+            row = _registry_row(self.settings)
+            self.state.rounds.append(
+                {
+                    "round": n + 1,
+                    "n_train": int(row["n_train"]),
+                    "accuracy": row["accuracy"],
+                    "model_version": row["model_version"],
+                }
+            )
+            self.state.save(self.state_path)
+            self.echo(
+                f"     model {row['model_version']}: audit accuracy {row['accuracy']:.1%} "
+                f"with {int(row['n_train'])} training labels ({model_meta.get('train_seconds', 0):.0f}s)"
+            )
+
+    def pick(self, n: int, annotator: str) -> list[int]:
+        """Half disagreements (likely label errors or hard cases), the rest lowest confidence, topped up at random."""
+        picked: list[int] = []
+        for queue, share in (("disagreements", n // 4), ("low_confidence", n), ("unlabeled", n)):
+            for image_id in self.store.queue(queue, annotator, limit=n, seed=self.config.seed):
+                if len(picked) >= n or (queue == "disagreements" and len(picked) >= share):
+                    break
+                if image_id not in picked:
+                    picked.append(image_id)
+        return picked
+
+    def new_hospital(self) -> str:
+        from mammo_pipeline.defs.sensors import new_hospital_drops
+
+        slug = hospital_slugs(self.config.hospitals + 1)[-1]
+        if self.state.new_drop_done:
+            return slug
+        cursor_path = self.settings.reports / "demo_sensor_cursor.txt"
+        cursor = cursor_path.read_text() if cursor_path.exists() else None
+        if cursor is None:  # first tick: the sensor learns what is already there
+            first = new_hospital_drops.evaluate_tick(
+                dg.build_sensor_context(instance=self.instance, definitions=self.defs)
+            )
+            cursor = first.cursor
+        self.echo(f"4. A new drop arrives for a fourth hospital: {slug}/{NEW_DROP}")
+        generate_drops(
+            self.settings.landing,
+            hospitals=self.config.hospitals + 1,
+            studies_per_hospital=self.config.new_hospital_studies,
+            seed=self.config.seed,
+            scale=self.config.scale,
+            drop=NEW_DROP,
+            only=[slug],
+            workers=self.settings.workers,
+        )
+        tick = new_hospital_drops.evaluate_tick(
+            dg.build_sensor_context(instance=self.instance, cursor=cursor, definitions=self.defs)
+        )
+        for request in tick.dynamic_partitions_requests or []:
+            self.register(request.partition_keys)
+        for run in tick.run_requests or []:
+            self.echo(f"     sensor new_hospital_drops requested run_key={run.run_key}")
+            self.materialize(PER_HOSPITAL + PREDICT, run.partition_key)
+        write_text(cursor_path, tick.cursor or "")
+        self.state.new_drop_done = True
+        self.state.save(self.state_path)
+        return slug
+
+    def run(self) -> dict:
+        start = time.monotonic()
+        hospitals = self.make_drops()
+        self.echo("2. Ingest: dicom_index and image_cache per hospital, metadata_completeness")
+        self.ingest(hospitals)
+        annotator = SimulatedAnnotator(self.store, load_truth(self.settings.landing))
+        self.echo("3. Active learning with a simulated radiologist (accuracy on the frozen audit set)")
+        if len(self.state.rounds) >= self.config.rounds:
+            self.echo(f"     {len(self.state.rounds)} rounds already done; refreshing predictions")
+            self.predict(hospitals)
+        self.active_learning(hospitals, annotator)
+        slug = self.new_hospital()
+        self.materialize(["prediction_summary"])
+        summary = self.summary([*hospitals, slug])
+        summary["seconds"] = time.monotonic() - start
+        write_text(self.settings.reports / "demo_summary.json", json.dumps(summary, indent=2, default=str))
+        self.print_summary(summary)
+        return summary
+
+    # -- report --------------------------------------------------------------------------------------------
+    def summary(self, hospitals: Sequence[str]) -> dict:
+        q = lambda sql: warehouse.query(self.settings, sql)  # noqa: E731
+        studies = q(
+            "SELECT hospital, count(*) AS studies, sum(has_biopsy_marker::INT) AS biopsy_studies, "
+            "sum(is_mag_view::INT) AS mag_studies FROM study_predictions GROUP BY hospital ORDER BY 1"
+        )
+        row = _registry_row(self.settings)
+        summary_file = self.settings.warehouse / "reports" / "prediction_summary.parquet"
+        return {
+            "rounds": self.state.rounds,
+            "per_hospital_accuracy": json.loads(row["per_hospital_accuracy"] or "{}"),
+            "studies": studies.to_dict("records"),
+            "metadata_vs_visual": pd.read_parquet(summary_file).to_dict("records") if summary_file.exists() else [],
+            "throughput": _throughput(self.instance),
+            "hospitals": list(hospitals),
+        }
+
+    def print_summary(self, s: dict) -> None:
+        e = self.echo
+        e("\n5. Summary")
+        e("   Accuracy by round (frozen audit set):")
+        for r in s["rounds"]:
+            e(f"     round {r['round']}: {r['accuracy']:.1%} with {r['n_train']} training labels")
+        e(
+            "   Per-hospital accuracy of the last model: "
+            + ", ".join(f"{h} {a:.1%}" for h, a in s["per_hospital_accuracy"].items())
+        )
+        for key, value in s["throughput"].items():
+            e(f"   {key}: {value:.0f} images/s")
+        e("   Studies flagged (ANY image):")
+        for r in s["studies"]:
+            e(
+                f"     {r['hospital']}: {r['studies']} studies, {r['biopsy_studies']} biopsy marker, "
+                f"{r['mag_studies']} magnification"
+            )
+        if s["metadata_vs_visual"]:
+            e("   Where metadata and pixels disagree on magnification views:")
+            e(pd.DataFrame(s["metadata_vs_visual"]).to_string(index=False))
+        e(f"   Pictures: {self.settings.reports}")
+        e("   Open the Dagster UI:    make ui     (http://127.0.0.1:3000)")
+        e("   Open the labeling app:  make label  (http://127.0.0.1:5001)")
+
+
+def _current_version(settings: Settings) -> str:
+    from mammo_pipeline.model.ref import ModelRef
+
+    return ModelRef.load(settings.models).model_version
+
+
+def _registry_row(settings: Settings) -> pd.Series:
+    version = _current_version(settings)
+    return warehouse.query(settings, f"SELECT * FROM model_registry WHERE model_version = '{version}'").iloc[0]
+
+
+def _throughput(instance: dg.DagsterInstance) -> dict[str, float]:
+    """The newest images/s that image_cache and image_predictions recorded in their metadata."""
+    out = {}
+    for asset, label in (("image_cache", "caching"), ("image_predictions", "inference")):
+        records = instance.fetch_materializations(dg.AssetKey(asset), limit=20).records
+        rates = [r.asset_materialization.metadata.get("images_per_s") for r in records if r.asset_materialization]
+        rates = [getattr(v, "value", v) for v in rates if v is not None]
+        if rates:
+            out[label] = max(rates)
+    return out
+
+
+def run_demo(
+    settings: Settings | None = None, config: DemoConfig | None = None, echo: Callable[[str], None] = print
+) -> dict:
+    """Run (or resume) the demo under `settings` (default: the environment)."""
+    settings = settings or Settings.from_env()
+    return Demo(settings, config or DemoConfig(), echo).run()

@@ -1,0 +1,139 @@
+"""Regenerate the README's pictures from the current code: `make pictures` (python -m mammo_pipeline.docs_pictures).
+
+Uses the demo's MAMMO_HOME (running `mammo demo` first when it has no model yet), copies the report pictures
+into docs/images/, and screenshots the Dagster UI's asset graph and the labeling app in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from mammo_pipeline.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "docs" / "images"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# report picture -> README name
+REPORT_PICTURES = {
+    "accuracy_by_round.png": "accuracy_by_round.png",
+    "confusion_matrix.png": "confusion_matrix.png",
+    "false_negatives.png": "false_negatives.png",
+}
+WAREHOUSE_PICTURES = {
+    "metadata_completeness.png": "metadata_completeness.png",
+    "prediction_summary.png": "prediction_summary.png",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(cmd: list[str], url: str, env: dict[str, str], timeout: float = 120) -> Iterator[None]:
+    """Start a server process, wait until `url` answers, stop it afterwards."""
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{cmd[0]} did not come up at {url}") from None
+                time.sleep(1)
+        yield
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def screenshot(url: str, path: Path, wait_for: str, keys: str = "", size=(1600, 1000)) -> Path:
+    """Open `url` in headless Chromium, wait for a selector, optionally press keys, save a PNG."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+        page.goto(url)
+        page.wait_for_selector(wait_for, timeout=60_000)
+        page.wait_for_timeout(3000)
+        for key in keys:
+            page.keyboard.press(key)
+            page.wait_for_timeout(300)
+        page.screenshot(path=str(path))
+        browser.close()
+    return path
+
+
+def copy_reports(settings: Settings) -> list[Path]:
+    out = []
+    for folder, names in ((settings.reports, REPORT_PICTURES), (settings.warehouse / "reports", WAREHOUSE_PICTURES)):
+        for src, dst in names.items():
+            if (folder / src).exists():
+                out.append(Path(shutil.copyfile(folder / src, IMAGES / dst)))
+    return out
+
+
+def dagster_ui(settings: Settings) -> Path:
+    port = free_port()
+    env = dict(os.environ, **settings.as_env())
+    cmd = [
+        str(Path(sys.executable).parent / "dagster-webserver"),
+        "-w",
+        "workspace.yaml",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    base = f"http://127.0.0.1:{port}"
+    with serve(cmd, f"{base}/server_info", env):
+        return screenshot(f"{base}/asset-groups", IMAGES / "dagster_asset_graph.png", "svg")
+
+
+def labeling_app(settings: Settings) -> Path:
+    port = free_port()
+    env = dict(os.environ, **settings.as_env())
+    cmd = [str(Path(sys.executable).parent / "mammo"), "label", "--port", str(port), "--annotator", "demo"]
+    with serve(cmd, f"http://127.0.0.1:{port}/", env):
+        return screenshot(f"http://127.0.0.1:{port}/", IMAGES / "labeling_app_demo.png", "img")
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    if not (settings.models / "current.json").exists():
+        from mammo_pipeline.demo import run_demo
+
+        run_demo(settings)
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    for path in [*copy_reports(settings), dagster_ui(settings), labeling_app(settings)]:
+        print(path.relative_to(ROOT))
+
+
+if __name__ == "__main__":
+    main()

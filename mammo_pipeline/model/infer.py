@@ -1,0 +1,223 @@
+"""Batched CPU inference with ONNX Runtime over the model-size PNG renditions.
+
+PNG decoding and preprocessing run in a small thread pool (PIL and NumPy release the GIL) a few batches
+ahead of the ONNX Runtime session, so the network never waits for the disk and the CPU stays busy.
+Only `prefetch` batches are ever in flight, so memory is flat however many images a partition holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mammo_pipeline.atomic import atomic_path
+from mammo_pipeline.labels.codes import label_of
+from mammo_pipeline.model.preprocess import preprocess
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.progress import ProgressFn
+from mammo_pipeline.settings import Settings
+
+THRESHOLD = 0.5  # a flag is set when its probability >= THRESHOLD
+KEYS = ("sop_instance_uid", "study_instance_uid", "patient_key", "hospital")
+COLUMNS = (
+    *KEYS,
+    "p_biopsy",
+    "p_mag",
+    "has_biopsy_marker",
+    "is_mag_view",
+    "predicted_class",
+    "model_version",
+    "onnx_sha256",
+    "label_snapshot_id",
+    "dagster_run_id",
+    "predicted_at",
+)
+
+
+class ModelMismatch(ValueError):
+    """The ONNX file on disk is not the model current.json names."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An ONNX Runtime session plus the facts every prediction row carries."""
+
+    session: ort.InferenceSession
+    path: Path
+    sha256: str
+    model_version: str
+    label_snapshot_id: str
+    input_size: int
+
+
+@dataclass
+class InferenceStats:
+    """What a run did, for metadata and the benchmark."""
+
+    n_images: int = 0
+    n_missing: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_images / self.seconds if self.seconds > 0 else 0.0
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_file(settings: Settings, ref: ModelRef) -> Path:
+    """The ONNX file inference uses: `inference_file` (fp32 or int8), else `onnx_file`."""
+    name = ref.inference_file or ref.onnx_file
+    if not name:
+        raise FileNotFoundError(f"{settings.models / 'current.json'}: no ONNX file yet; materialize onnx_model first")
+    path = ref.path(settings.models, name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: ONNX file named by current.json is missing; re-materialize onnx_model")
+    return path
+
+
+def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
+    """Open the inference file on CPU with `settings.n_threads` intra-op threads, after checking it is `ref`'s."""
+    path = model_file(settings, ref)
+    sha = sha256_file(path)
+    expected = ref.inference_sha256 if ref.inference_file else ref.onnx_sha256
+    if expected and expected != sha:
+        raise ModelMismatch(f"{path}: sha256 {sha[:12]} differs from current.json ({expected[:12]}); re-export")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.n_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("model_version", ref.model_version) != ref.model_version:
+        raise ModelMismatch(f"{path}: metadata model_version {meta['model_version']} != {ref.model_version}")
+    size = int(meta.get("input_size", ref.input_size))
+    return LoadedModel(session, path, sha, ref.model_version, ref.label_snapshot_id, size)
+
+
+def _load_batch(paths: list[Path], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed images of one batch, and a mask of the ones whose PNG exists."""
+    ok = np.array([p.is_file() for p in paths], dtype=bool)
+    batch = np.empty((int(ok.sum()), 3, size, size), dtype=np.float32)
+    for i, path in enumerate(p for p, good in zip(paths, ok, strict=True) if good):
+        batch[i] = preprocess(path, size)
+    return batch, ok
+
+
+def predict_images(
+    settings: Settings,
+    manifest: pd.DataFrame,
+    model: LoadedModel,
+    batch_size: int = 64,
+    stats: InferenceStats | None = None,
+    progress: ProgressFn | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Yield one prediction frame per batch of `manifest` rows (image_cache columns; `model_png` under cache/).
+
+    Rows whose PNG is missing are skipped and counted in `stats.n_missing`. Frames carry every
+    image_predictions column except `dagster_run_id`, which the caller adds.
+    """
+    stats = stats if stats is not None else InferenceStats()
+    total = len(manifest)
+    rows = manifest.reset_index(drop=True)
+    paths = [settings.cache / str(p) for p in rows["model_png"].fillna("")]
+    starts = range(0, total, batch_size)
+    prefetch = max(2, settings.n_threads)
+    started = time.perf_counter()
+    done = 0
+    with ThreadPoolExecutor(max(1, settings.n_threads), thread_name_prefix="preprocess") as pool:
+
+        def submit(start: int) -> Future[tuple[np.ndarray, np.ndarray]]:
+            return pool.submit(_load_batch, paths[start : start + batch_size], model.input_size)
+
+        upcoming = iter(starts)
+        pending = deque(submit(start) for start in itertools.islice(upcoming, prefetch))
+        for start in starts:
+            batch, ok = pending.popleft().result()
+            nxt = next(upcoming, None)
+            if nxt is not None:
+                pending.append(submit(nxt))
+            part = rows.iloc[start : start + batch_size][ok]
+            if len(part):
+                probs = model.session.run(["probs"], {"image": batch})[0]
+                yield _frame(part, probs, model)
+            stats.n_images += len(part)
+            stats.n_missing += int((~ok).sum())
+            done += len(ok)
+            stats.seconds = time.perf_counter() - started
+            if progress:
+                progress(done, total)
+
+
+def _frame(part: pd.DataFrame, probs: np.ndarray, model: LoadedModel) -> pd.DataFrame:
+    biopsy = probs[:, 0] >= THRESHOLD
+    mag = probs[:, 1] >= THRESHOLD
+    return pd.DataFrame(
+        {
+            **{key: part[key].to_numpy() for key in KEYS},
+            "p_biopsy": probs[:, 0].astype(np.float32),
+            "p_mag": probs[:, 1].astype(np.float32),
+            "has_biopsy_marker": biopsy,
+            "is_mag_view": mag,
+            "predicted_class": [label_of(b, m) for b, m in zip(biopsy, mag, strict=True)],
+            "model_version": model.model_version,
+            "onnx_sha256": model.sha256,
+            "label_snapshot_id": model.label_snapshot_id,
+            "predicted_at": pd.Timestamp(datetime.now(UTC)),
+        }
+    )
+
+
+_SCHEMA = pa.schema(
+    [
+        *((key, pa.string()) for key in KEYS),
+        ("p_biopsy", pa.float32()),
+        ("p_mag", pa.float32()),
+        ("has_biopsy_marker", pa.bool_()),
+        ("is_mag_view", pa.bool_()),
+        ("predicted_class", pa.string()),
+        ("model_version", pa.string()),
+        ("onnx_sha256", pa.string()),
+        ("label_snapshot_id", pa.string()),
+        ("dagster_run_id", pa.string()),
+        ("predicted_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def write_predictions(
+    settings: Settings,
+    manifest: pd.DataFrame,
+    model: LoadedModel,
+    path: Path,
+    run_id: str = "",
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+) -> InferenceStats:
+    """Predict every manifest row and stream the rows into one Parquet file, replaced atomically at the end."""
+    stats = InferenceStats()
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, _SCHEMA) as writer:
+        for frame in predict_images(settings, manifest, model, batch_size, stats, progress):
+            frame["dagster_run_id"] = run_id
+            writer.write_table(pa.Table.from_pandas(frame[list(COLUMNS)], schema=_SCHEMA, preserve_index=False))
+    return stats

@@ -1,0 +1,147 @@
+"""Prediction summaries in DuckDB: one row per study, and per hospital where metadata can be trusted.
+
+A study is flagged when ANY of its images is (a biopsy marker on one view is a biopsy marker study).
+The disagreement table compares the DICOM header's magnification flag (`dicom_index.meta_mag`) with
+what the model sees (`image_predictions.is_mag_view`), per hospital.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mammo_pipeline import warehouse  # noqa: E402
+from mammo_pipeline.atomic import atomic_path, write_parquet  # noqa: E402
+from mammo_pipeline.settings import Settings  # noqa: E402
+
+AGREEMENT = ("agree", "meta_only", "visual_only", "silent")
+_COLORS = {"agree": "#4c9f70", "meta_only": "#d1495b", "visual_only": "#edae49", "silent": "#a0a0a0"}
+
+
+class MixedModels(ValueError):
+    """A partition holds predictions from more than one model."""
+
+
+class MissingTable(LookupError):
+    """A warehouse table the step reads has no files yet."""
+
+
+def aggregate_studies(image_predictions: Path) -> pd.DataFrame:
+    """One row per study from one image_predictions Parquet file (study_predictions columns)."""
+    con = duckdb.connect()
+    try:
+        con.execute(f"CREATE VIEW images AS SELECT * FROM read_parquet('{image_predictions}')")
+        models = con.execute("SELECT DISTINCT model_version, onnx_sha256 FROM images").fetchall()
+        if len(models) > 1:
+            raise MixedModels(f"{image_predictions}: predictions from {len(models)} models {models}; re-materialize")
+        return con.execute(
+            """
+            SELECT study_instance_uid, any_value(hospital) AS hospital, any_value(patient_key) AS patient_key,
+                   count(*) AS n_images,
+                   bool_or(has_biopsy_marker) AS has_biopsy_marker, bool_or(is_mag_view) AS is_mag_view,
+                   max(p_biopsy) AS max_p_biopsy, max(p_mag) AS max_p_mag,
+                   any_value(model_version) AS model_version, any_value(onnx_sha256) AS onnx_sha256,
+                   any_value(label_snapshot_id) AS label_snapshot_id,
+                   any_value(dagster_run_id) AS dagster_run_id, max(predicted_at) AS predicted_at
+            FROM images GROUP BY study_instance_uid ORDER BY study_instance_uid
+            """
+        ).df()
+    finally:
+        con.close()
+
+
+@dataclass(frozen=True)
+class PredictionSummary:
+    """The two summary tables and where they were written."""
+
+    counts: pd.DataFrame  # hospital, level ('image'|'study'), predicted_class, n
+    agreement: pd.DataFrame  # one row per hospital: n_images, agree, meta_only, visual_only, silent, ...
+    counts_path: Path
+    agreement_path: Path
+    png_path: Path
+
+
+_COUNTS_SQL = """
+SELECT hospital, 'image' AS level, predicted_class, count(*) AS n FROM image_predictions GROUP BY ALL
+UNION ALL
+SELECT hospital, 'study' AS level,
+       CASE WHEN has_biopsy_marker AND is_mag_view THEN 'both' WHEN has_biopsy_marker THEN 'biopsy'
+            WHEN is_mag_view THEN 'mag' ELSE 'neither' END AS predicted_class,
+       count(*) AS n
+FROM study_predictions GROUP BY ALL
+ORDER BY hospital, level, predicted_class
+"""
+
+# dicom_index may hold a SOP more than once (re-sent drops); one header verdict per image.
+_AGREEMENT_SQL = """
+WITH meta AS (
+    SELECT hospital, sop_instance_uid, any_value(meta_mag) AS meta_mag
+    FROM dicom_index GROUP BY hospital, sop_instance_uid
+), joined AS (
+    SELECT p.hospital, p.is_mag_view, m.meta_mag
+    FROM image_predictions p LEFT JOIN meta m USING (hospital, sop_instance_uid)
+)
+SELECT hospital, count(*) AS n_images,
+       count(*) FILTER (meta_mag IS NOT NULL AND meta_mag = is_mag_view) AS agree,
+       count(*) FILTER (meta_mag AND NOT is_mag_view) AS meta_only,
+       count(*) FILTER (NOT meta_mag AND is_mag_view) AS visual_only,
+       count(*) FILTER (meta_mag IS NULL) AS silent,
+       count(*) FILTER (meta_mag IS NULL AND is_mag_view) AS silent_visual_mag,
+       count(*) FILTER (meta_mag) AS meta_mag,
+       count(*) FILTER (is_mag_view) AS visual_mag
+FROM joined GROUP BY hospital ORDER BY hospital
+"""
+
+
+def summarize_predictions(settings: Settings) -> PredictionSummary:
+    """Count classes per hospital and compare header mag flags with the model, writing Parquet + a PNG."""
+    with warehouse.connect(settings) as con:
+        views = {row[0] for row in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        for needed in ("image_predictions", "study_predictions", "dicom_index"):
+            if needed not in views:
+                raise MissingTable(f"{settings.table_dir(needed)}: no Parquet files yet; materialize {needed} first")
+        counts = con.execute(_COUNTS_SQL).df()
+        agreement = con.execute(_AGREEMENT_SQL).df()
+    with_meta = agreement["n_images"] - agreement["silent"]
+    agreement["agree_rate"] = (agreement["agree"] / with_meta.where(with_meta > 0)).astype(float)
+    reports = settings.warehouse / "reports"
+    counts_path = write_parquet(counts, reports / "prediction_counts.parquet")
+    agreement_path = write_parquet(agreement, reports / "prediction_summary.parquet")
+    png_path = plot_agreement(agreement, reports / "prediction_summary.png")
+    return PredictionSummary(counts, agreement, counts_path, agreement_path, png_path)
+
+
+def plot_agreement(agreement: pd.DataFrame, path: Path) -> Path:
+    """Stacked bars per hospital: header and model agree / header-only mag / model-only mag / header silent."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(agreement) + 2), 4))
+    bottom = pd.Series(0.0, index=agreement.index)
+    share = agreement[list(AGREEMENT)].div(agreement["n_images"].where(agreement["n_images"] > 0), axis=0).fillna(0)
+    for part in AGREEMENT:
+        ax.bar(agreement["hospital"], share[part], bottom=bottom, label=part.replace("_", "-"), color=_COLORS[part])
+        bottom += share[part]
+    ax.set_ylabel("share of images")
+    ax.set_ylim(0, 1)
+    ax.set_title("Magnification: DICOM header vs model, per hospital")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def agreement_markdown(agreement: pd.DataFrame) -> str:
+    """The agreement table as markdown for the Dagster UI."""
+    cols = ["hospital", "n_images", *AGREEMENT, "silent_visual_mag", "agree_rate"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in agreement[cols].itertuples(index=False):
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

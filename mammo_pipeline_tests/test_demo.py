@@ -1,0 +1,33 @@
+"""The main job in miniature: the same code path as `make demo`, with two tiny hospitals and one round."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from mammo_pipeline.demo import DemoConfig, run_demo
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_end_to_end_and_resumes(settings):
+    lines: list[str] = []
+    summary = run_demo(settings, DemoConfig.quick(), echo=lines.append)
+
+    assert len(summary["rounds"]) == 1
+    first = summary["rounds"][0]
+    assert 0.0 <= first["accuracy"] <= 1.0 and first["n_train"] > 0
+    # the fourth hospital came in through the sensor and has predictions
+    assert len(summary["hospitals"]) == 3
+    new = summary["hospitals"][-1]
+    preds = pd.read_parquet(settings.table_dir("image_predictions", new))
+    assert len(preds) > 0 and set(preds["model_version"]) == {first["model_version"]}
+    assert any("sensor new_hospital_drops requested" in line for line in lines)
+    # the audit set was labeled and never trained on
+    labels = pd.read_parquet(settings.warehouse / "labels" / "current.parquet")
+    assert {"train", "audit"} <= set(labels["split"])
+    assert (settings.reports / "demo_summary.json").exists()
+    assert json.loads((settings.reports / "demo_summary.json").read_text())["rounds"] == summary["rounds"]
+
+    # a second run reuses what exists: no new round, no new model
+    again = run_demo(settings, DemoConfig.quick(), echo=lines.append)
+    assert again["rounds"] == summary["rounds"]
