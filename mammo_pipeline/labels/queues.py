@@ -1,7 +1,7 @@
 """Labeling queues: which image to show next. Pure functions over DataFrames, so they are testable alone.
 
 Inputs (the label store builds them):
-- images: id, split ('train'|'audit'), meta_mag (bool or None)
+- images: id, split ('train'|'audit'), meta_mag (True/False or 1/0; None or NaN when unknown)
 - labels: image_id, label (code 1-4), ts (ISO time of the latest decision), one row per labeled image
 - predictions: image_id, p_biopsy, p_mag, out_of_sample (bool), updated_at (ISO time)
 
@@ -37,10 +37,22 @@ class Queue:
 
 
 def _shuffled(ids: pd.Series, seed: int, annotator: str) -> list[int]:
-    """Ids in a seeded random order; each annotator gets their own order, so two rarely collide."""
-    salt = int.from_bytes(hashlib.sha256(f"{seed}\x1f{annotator}".encode()).digest()[:4], "big")
-    values = np.sort(ids.to_numpy(dtype=np.int64))
-    return [int(i) for i in np.random.default_rng(salt).permutation(values)]
+    """Ids in a seeded random order that is stable as the pool shrinks (each id has a fixed rank).
+
+    Each annotator gets their own order, so two people labeling at once rarely meet on one image.
+    """
+    salt = np.uint64(int.from_bytes(hashlib.sha256(f"{seed}\x1f{annotator}".encode()).digest()[:8], "big"))
+    values = ids.to_numpy(dtype=np.uint64)
+    return [int(i) for i in values[np.lexsort((values, _splitmix64(values ^ salt)))]]
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A fast, well-mixed 64-bit hash (SplitMix64 finalizer), vectorized."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def _unlabeled(images: pd.DataFrame, labels: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -69,7 +81,9 @@ def low_confidence(images, labels, predictions, seed: int = 0, annotator: str = 
     pool = _unlabeled(images, labels, "train")
     scored = _with_predictions(pool, predictions)
     if scored.empty:
-        return Queue("low_confidence", _shuffled(pool["id"], seed, annotator), len(pool), "no predictions: random order")
+        return Queue(
+            "low_confidence", _shuffled(pool["id"], seed, annotator), len(pool), "no predictions: random order"
+        )
     margin = np.minimum((scored["p_biopsy"] - 0.5).abs(), (scored["p_mag"] - 0.5).abs())
     first = scored.assign(margin=margin).sort_values(["margin", "id"])["id"].astype(int).tolist()
     rest = _shuffled(pool[~pool["id"].isin(scored["id"])]["id"], seed, annotator)

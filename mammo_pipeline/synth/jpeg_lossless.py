@@ -12,6 +12,12 @@ import struct
 
 import numpy as np
 
+_CATEGORY = np.zeros(1 << 16 | 1, dtype=np.int64)
+for _bits in range(1, 17):
+    _CATEGORY[1 << (_bits - 1) : 1 << _bits] = _bits
+_CATEGORY[1 << 16] = 17  # unreachable: |diff| <= 32768
+_EXTRA_BITS = np.array([*range(16), 0, 0], dtype=np.int64)
+
 
 def _residuals(img: np.ndarray, precision: int, predictor: int) -> np.ndarray:
     """Px - prediction for every sample (T.81 H.1.2.1); first row uses Ra, first column Rb."""
@@ -32,7 +38,7 @@ def _residuals(img: np.ndarray, precision: int, predictor: int) -> np.ndarray:
     }
     pred[1:, 1:] = formulas[predictor]()
     diff = (x - pred) & 0xFFFF  # modulo 2**16, then back to the signed range -32767..32768
-    return np.where(diff >= 0x8000, diff - 0x10000, diff).ravel()
+    return np.where(diff >= 0x8000, diff - 0x10000, diff).ravel().astype(np.int64)
 
 
 def _code_lengths(freq: np.ndarray) -> np.ndarray:
@@ -95,20 +101,19 @@ def _canonical_codes(lengths: np.ndarray) -> tuple[np.ndarray, list[int], list[i
 def _pack_bits(values: np.ndarray, nbits: np.ndarray) -> bytes:
     """Concatenate variable-length codes (<= 32 bits) MSB-first, pad with ones, stuff a zero after each 0xFF.
 
-    Each code lands in at most five bytes; codes never share bits, so summing the byte contributions with
-    bincount is the same as OR-ing them (and much faster than a per-bit loop).
+    A code starting at bit s lands in 32-bit words s>>5 and (s>>5)+1. Codes never share bits, so summing
+    the word contributions with bincount equals OR-ing them, and needs no per-bit loop.
     """
     ends = np.cumsum(nbits)
     total = int(ends[-1])
     starts = ends - nbits
+    n_words = (total >> 5) + 2
+    word = starts >> 5
+    aligned = values.astype(np.uint64) << (64 - (starts & 31) - nbits).astype(np.uint64)
+    words = np.bincount(word, weights=(aligned >> np.uint64(32)).astype(np.float64), minlength=n_words)
+    words += np.bincount(word + 1, weights=(aligned & np.uint64(0xFFFFFFFF)).astype(np.float64), minlength=n_words)
     n_bytes = -(-total // 8)
-    byte0 = starts >> 3
-    aligned = values.astype(np.uint64) << (40 - (starts & 7) - nbits).astype(np.uint64)
-    acc = np.zeros(n_bytes + 5, dtype=np.float64)
-    for k in range(5):
-        part = ((aligned >> np.uint64(32 - 8 * k)) & np.uint64(0xFF)).astype(np.float64)
-        acc += np.bincount(byte0 + k, weights=part, minlength=n_bytes + 5)
-    data = acc[:n_bytes].astype(np.uint8)
+    data = np.frombuffer(words.astype(">u4").tobytes(), dtype=np.uint8)[:n_bytes].copy()
     pad = n_bytes * 8 - total
     if pad:
         data[-1] |= (1 << pad) - 1
@@ -132,17 +137,14 @@ def encode_lossless_jpeg(img: np.ndarray, precision: int, predictor: int = 1) ->
         raise ValueError(f"pixel value {int(img.max())} does not fit in {precision} bits")
     rows, cols = img.shape
     diff = _residuals(img, precision, predictor)
-    mag = np.abs(diff)
-    ssss = np.zeros(mag.shape, dtype=np.int64)
-    nz = mag > 0
-    ssss[nz] = np.floor(np.log2(mag[nz])).astype(np.int64) + 1
+    ssss = _CATEGORY[np.abs(diff)]  # bit length of |diff| (T.81 Table H.2)
     lengths = _code_lengths(np.bincount(ssss, minlength=17))
     codes, counts, huffval = _canonical_codes(lengths)
-    extra_n = np.where(ssss == 16, 0, ssss)  # category 16 (difference 32768) carries no extra bits
-    extra = np.where(diff >= 0, diff, diff + (1 << extra_n) - 1) & ((1 << extra_n) - 1)
+    extra_n = _EXTRA_BITS[ssss]  # category 16 (difference 32768) carries no extra bits
+    extra = (diff - (diff < 0)) & ((1 << extra_n) - 1)  # negative: low bits of diff - 1 (ones' complement)
     values = (codes[ssss] << extra_n) | extra
     nbits = lengths[ssss] + extra_n
-    scan = _pack_bits(values.astype(np.int64), nbits.astype(np.int64))
+    scan = _pack_bits(values, nbits)
     sof = struct.pack(">HHBHHBBBB", 0xFFC3, 11, precision, rows, cols, 1, 1, 0x11, 0)
     dht = struct.pack(">HHB", 0xFFC4, 3 + 16 + len(huffval), 0x00) + bytes(counts) + bytes(huffval)
     sos = struct.pack(">HHBBBBBB", 0xFFDA, 8, 1, 1, 0x00, predictor, 0, 0)

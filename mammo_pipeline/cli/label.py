@@ -1,0 +1,80 @@
+"""`mammo label`: the keyboard labeling app (or an export of every label event)."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+
+import click
+
+from mammo_pipeline.labels.store import sync_from_warehouse
+from mammo_pipeline.settings import Settings
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@click.command("label")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Any other than loopback turns on team mode.")
+@click.option("--port", default=5001, show_default=True, type=int)
+@click.option("--annotator", default=None, help="Your name in the labels (single-user mode; default: OS user).")
+@click.option("--blind", is_flag=True, help="Hide the model's hint.")
+@click.option(
+    "--audit-fraction",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of patients per hospital held out for measuring (only for images new to the store).",
+)
+@click.option(
+    "--export",
+    "export_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every label event with provenance to FILE (.csv or .jsonl) and exit.",
+)
+@click.option("--hash-password", is_flag=True, help="Print a salted hash for a MAMMO_ANNOTATORS_FILE line and exit.")
+def command(
+    host: str,
+    port: int,
+    annotator: str | None,
+    blind: bool,
+    audit_fraction: float,
+    export_file: Path | None,
+    hash_password: bool,
+) -> None:
+    """Label images with the keyboard: 1 biopsy marker, 2 magnification view, 3 neither, 4 both.
+
+    New images of the image_cache table are added to the label store first. On a host other than
+    loopback, annotators sign in (MAMMO_ANNOTATORS="alice:pw,bob:pw" or MAMMO_ANNOTATORS_FILE).
+
+    \b
+    Example:
+        mammo label --annotator alice
+        mammo label --host 0.0.0.0 --port 5001
+        mammo label --export labels.csv
+    """
+    from mammo_pipeline.labels import app as label_app
+
+    if hash_password:
+        click.echo(label_app.hash_password(click.prompt("Password", hide_input=True, confirmation_prompt=True)))
+        return
+    settings = Settings.from_env()
+    try:
+        store, added = sync_from_warehouse(settings, audit_fraction=audit_fraction)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if export_file is not None:
+        fmt = "jsonl" if export_file.suffix.lower() in (".jsonl", ".json", ".ndjson") else "csv"
+        n = store.export(export_file, fmt=fmt)
+        click.echo(f"Wrote {n} label events to {export_file} ({fmt})")
+        return
+    team = host not in LOOPBACK
+    try:
+        app = label_app.create_app(settings, team=team, annotator=annotator or getpass.getuser(), blind=blind)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    n_images = len(store.images())
+    click.echo(f"{n_images} images ({added} new) · {'team mode: sign in' if team else 'single user'}")
+    click.echo(f"Open http://{'localhost' if host in LOOPBACK else host}:{port}/  (press ? for the keys)")
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,311 @@
+"""Frame 0 of the Pixel Data as stored values, decoded no larger than the display needs.
+
+The display pipeline (`normalize.py`) only ever shows a few-hundred-pixel rendition, so decoding a 4096x3328
+mammogram at full resolution is mostly wasted work:
+
+- JPEG 2000 (.90/.91): the codestream holds the image at every power-of-two resolution; Pillow's OpenJPEG
+  decodes only the level closest above the target (``im.reduce = k``), about 20x faster than a full decode.
+- JPEG lossless (.57/.70) and baseline/extended JPEG: pylibjpeg-libjpeg directly on the frame's bytes.
+- Everything else (native, RLE, JPEG-LS, full-size J2K): pydicom's own decoders, frame 0 only.
+
+Values come back as the header defines them: (0028,0101) Bits Stored wide, signed when (0028,0103) Pixel
+Representation is 1. Native data has its unused high bits masked off (they may hold overlays or garbage);
+decoded codestreams are clipped to the Bits Stored range. Failures raise `UnusableImage` subclasses.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+)
+
+from mammo_pipeline.dicom.errors import NoPixelData, Truncated, Undecodable, Unsupported
+
+J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000})
+LIBJPEG_SYNTAXES = frozenset({JPEGLossless, JPEGLosslessSV1, JPEGBaseline8Bit, JPEGExtended12Bit})
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Stored pixel values of frame 0; `reduction` is 1, or 2**k for a J2K resolution-level-k decode."""
+
+    pixels: np.ndarray
+    reduction: int
+    decoder: str
+
+
+@dataclass(frozen=True)
+class J2KHeader:
+    """What a JPEG 2000 codestream's SIZ and COD markers say (ISO 15444-1 A.5.1, A.6.1)."""
+
+    rows: int
+    columns: int
+    components: int
+    precision: int
+    signed: bool
+    levels: int
+    offset: tuple[int, int]
+
+
+def transfer_syntax(ds: Dataset, path: str) -> UID:
+    """The (0002,0010) Transfer Syntax UID, or Unsupported when the file meta has none."""
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not uid:
+        raise Unsupported(f"{path}: no (0002,0010) Transfer Syntax UID in the file meta")
+    return UID(str(uid))
+
+
+def check_image(ds: Dataset, path: str) -> None:
+    """Raise unless `ds` holds a single-sample grayscale integer image this pipeline can render.
+
+    Checks (7FE0,0010) Pixel Data, (0028,0002) Samples per Pixel, (0028,0004) Photometric Interpretation,
+    (0028,0010/0011) Rows/Columns and (0028,0100/0101) Bits Allocated/Stored.
+    """
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        raise Unsupported(f"{path}: float pixel data (7FE0,0008/0009) is not supported")
+    if "PixelData" not in ds:
+        raise NoPixelData(f"{path}: no (7FE0,0010) Pixel Data element")
+    if not ds.PixelData:
+        raise NoPixelData(f"{path}: (7FE0,0010) Pixel Data is empty")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise Unsupported(
+            f"{path}: (0028,0004) Photometric Interpretation {photometric or '(none)'!r} is not grayscale"
+        )
+    values = {}
+    for keyword, tag in _IMAGE_TAGS:
+        try:
+            values[keyword] = int(ds.get(keyword) or 0)
+        except (TypeError, ValueError) as exc:
+            raise Unsupported(f"{path}: {tag} {keyword} is not an integer ({exc})") from exc
+    if values["SamplesPerPixel"] not in (0, 1):
+        raise Unsupported(f"{path}: (0028,0002) Samples per Pixel {values['SamplesPerPixel']} is not 1")
+    for keyword, tag in _IMAGE_TAGS[1:4]:
+        if not values[keyword]:
+            raise Unsupported(f"{path}: {tag} {keyword} is missing or zero")
+    bits_stored = values["BitsStored"] or values["BitsAllocated"]
+    if not 1 <= bits_stored <= min(values["BitsAllocated"], 32):
+        raise Unsupported(
+            f"{path}: (0028,0101) Bits Stored {bits_stored} does not fit Bits Allocated {values['BitsAllocated']}"
+        )
+
+
+_IMAGE_TAGS = (
+    ("SamplesPerPixel", "(0028,0002)"),
+    ("Rows", "(0028,0010)"),
+    ("Columns", "(0028,0011)"),
+    ("BitsAllocated", "(0028,0100)"),
+    ("BitsStored", "(0028,0101)"),
+    ("PixelRepresentation", "(0028,0103)"),
+    ("NumberOfFrames", "(0028,0008)"),
+)
+
+
+def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "<dataset>") -> Frame:
+    """Decode frame 0 of `ds`, at reduced resolution when the codec allows it and `min_long_side` is given.
+
+    Parameters
+    ----------
+    ds : Dataset
+        A dataset read with its Pixel Data; checked with `check_image` first.
+    min_long_side : int, optional
+        The largest long side the caller will produce; a J2K image is decoded at the smallest resolution
+        level whose long side is still >= this. ``None`` decodes at full size.
+    path : str
+        Named in error messages.
+
+    Returns
+    -------
+    Frame
+        HxW integer array of stored values, masked (native) or clipped (compressed) to (0028,0101) Bits Stored.
+    """
+    check_image(ds, path)
+    ts = transfer_syntax(ds, path)
+    if not ts.is_transfer_syntax:
+        raise Unsupported(f"{path}: (0002,0010) Transfer Syntax UID {ts} is not a known transfer syntax")
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if ts.is_encapsulated:
+        codestream = _frame_bytes(ds, n_frames, path)
+        if ts in J2K_SYNTAXES and min_long_side:
+            frame = _decode_j2k_reduced(ds, codestream, min_long_side, path)
+            if frame is not None:
+                return frame
+        if ts in LIBJPEG_SYNTAXES:
+            frame = _decode_libjpeg(ds, codestream)
+            if frame is not None:
+                return frame
+    else:
+        _check_native_length(ds, n_frames, path)
+    pixels, plugin = _decode_pydicom(ds, ts, path)
+    return Frame(fit_bits_stored(pixels, ds, native=not ts.is_encapsulated), 1, plugin)
+
+
+def fit_bits_stored(arr: np.ndarray, ds: Dataset, *, native: bool) -> np.ndarray:
+    """Force values into the (0028,0101) Bits Stored range of the (0028,0103) Pixel Representation.
+
+    Native data: bits above Bits Stored are not part of the value (PS3.5 8.1.1), so they are masked off
+    (unsigned) or replaced by the sign bit (signed). Decoded codestreams: values are clipped to the range.
+    """
+    bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if arr.dtype.kind in "ui" and arr.dtype.itemsize * 8 > bits:
+        if native and signed:
+            shift = arr.dtype.itemsize * 8 - bits
+            signed_view = arr.view(arr.dtype.str.replace("u", "i"))
+            return (signed_view << shift) >> shift
+        if native:
+            return arr & np.asarray(hi, dtype=arr.dtype)
+        if arr.min() < lo or arr.max() > hi:
+            return np.clip(arr, lo, hi)
+    return arr
+
+
+def j2k_header(codestream: bytes) -> J2KHeader:
+    """Parse the SIZ and COD markers at the start of a raw J2K codestream (ValueError if there are none)."""
+    if codestream[:4] != b"\xff\x4f\xff\x51":
+        raise ValueError("not a raw JPEG 2000 codestream (no SOC + SIZ markers)")
+    (_, _, xsiz, ysiz, xo, yo, _, _, _, _, csiz) = struct.unpack_from(">HHIIIIIIIIH", codestream, 4)
+    ssiz = codestream[4 + 38]
+    pos, levels = 4 + struct.unpack_from(">H", codestream, 4)[0], None
+    while pos + 4 <= len(codestream) and levels is None:
+        marker, length = struct.unpack_from(">HH", codestream, pos)
+        if marker == 0xFF52:  # COD: Scod(1) SGcod(4) then SPcod, whose first byte is the decomposition count
+            levels = codestream[pos + 4 + 5]
+        elif marker == 0xFF90:  # first tile-part: no COD in the main header
+            break
+        pos += 2 + length
+    if levels is None:
+        raise ValueError("JPEG 2000 codestream has no COD marker in its main header")
+    return J2KHeader(ysiz - yo, xsiz - xo, csiz, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), levels, (yo, xo))
+
+
+def j2k_reduce_level(header: J2KHeader, min_long_side: int) -> int:
+    """The largest resolution reduction k whose long side is still >= `min_long_side`.
+
+    Only levels where Pillow's reduced size (rounded) equals OpenJPEG's (ceiling) are used; elsewhere
+    Pillow reports "broken data stream" (e.g. 1841 columns at k=2: 460 vs 461).
+    """
+    if header.offset != (0, 0):
+        return 0
+    best = 0
+    for k in range(1, header.levels + 1):
+        power = 1 << k
+        sizes = (header.rows, header.columns)
+        if math.ceil(max(sizes) / power) < min_long_side:
+            break
+        if all(int((n + (power >> 1)) / power) == math.ceil(n / power) for n in sizes):
+            best = k
+    return best
+
+
+def _decode_j2k_reduced(ds: Dataset, codestream: bytes, min_long_side: int, path: str) -> Frame | None:
+    try:
+        header = j2k_header(codestream)
+    except (ValueError, struct.error, IndexError):
+        return None  # JP2 wrapper or odd stream: let pydicom decode it at full size
+    if header.components != 1:
+        raise Unsupported(f"{path}: JPEG 2000 codestream has {header.components} components; expected 1")
+    if (header.rows, header.columns) != (int(ds.Rows), int(ds.Columns)):
+        raise Undecodable(
+            f"{path}: J2K codestream is {header.rows}x{header.columns}, (0028,0010/0011) say {ds.Rows}x{ds.Columns}"
+        )
+    level = j2k_reduce_level(header, min_long_side)
+    if level == 0 or header.precision > 16:
+        return None
+    try:
+        with Image.open(io.BytesIO(codestream)) as im:
+            im.reduce = level
+            im.load()
+            raw = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise Undecodable(f"{path}: JPEG 2000 decode at reduction {level} failed ({exc})") from exc
+    return Frame(fit_bits_stored(j2k_values(raw, header, ds), ds, native=False), 1 << level, "pillow-j2k")
+
+
+def j2k_values(raw: np.ndarray, header: J2KHeader, ds: Dataset) -> np.ndarray:
+    """Undo Pillow's scaling of a decoded J2K component and apply the header's (0028,0103) Pixel Representation.
+
+    Pillow left-shifts a p-bit component to fill 8 (mode L) or 16 (I;16) bits and adds 2**(p-1) to signed
+    data. When the header says signed but the codestream is unsigned (J2K_pixelrep_mismatch.dcm), the values
+    are read as p-bit two's complement, as pydicom's APPLY_J2K_CORRECTIONS does.
+    """
+    container = 8 if raw.dtype == np.uint8 else 16
+    values = (raw >> (container - header.precision)).astype(np.int32)
+    if header.signed:
+        values -= 1 << (header.precision - 1)
+    elif int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        values = np.where(values >= 1 << (header.precision - 1), values - (1 << header.precision), values)
+    return values
+
+
+def _decode_libjpeg(ds: Dataset, codestream: bytes) -> Frame | None:
+    try:
+        import libjpeg
+    except ImportError:
+        return None
+    try:
+        arr = libjpeg.decode(codestream)
+    except (RuntimeError, ValueError):
+        return None  # pydicom's plugins get the next try and the final word on the error
+    if arr.ndim != 2 or arr.shape != (int(ds.Rows), int(ds.Columns)):
+        return None
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1 and arr.dtype.kind == "u":
+        bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+        arr = arr.astype(np.int32)
+        arr = np.where(arr >= 1 << (bits - 1), arr - (1 << bits), arr)
+    return Frame(fit_bits_stored(arr, ds, native=False), 1, "libjpeg")
+
+
+def _frame_bytes(ds: Dataset, n_frames: int, path: str) -> bytes:
+    try:
+        return get_frame(ds.PixelData, 0, number_of_frames=n_frames)
+    except (ValueError, EOFError, struct.error, IndexError) as exc:
+        raise Truncated(f"{path}: encapsulated (7FE0,0010) Pixel Data has no complete first frame ({exc})") from exc
+
+
+def _check_native_length(ds: Dataset, n_frames: int, path: str) -> None:
+    bits = int(ds.BitsAllocated)
+    needed = math.ceil(int(ds.Rows) * int(ds.Columns) * bits / 8)
+    if len(ds.PixelData) < needed:
+        raise Truncated(
+            f"{path}: (7FE0,0010) Pixel Data holds {len(ds.PixelData)} bytes, frame 0 needs {needed}"
+            f" ({n_frames} frame(s) declared)"
+        )
+
+
+def _decode_pydicom(ds: Dataset, ts: UID, path: str) -> tuple[np.ndarray, str]:
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise Unsupported(f"{path}: (0002,0010) Transfer Syntax {ts} ({ts.name}) has no pixel decoder") from exc
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "no plugin"
+        raise Undecodable(f"{path}: no installed decoder for {ts.name} ({missing})")
+    try:
+        arr, _ = decoder.as_array(ds, index=0)
+    except Exception as exc:  # plugins raise anything from ValueError to RuntimeError to struct.error
+        raise Undecodable(f"{path}: {ts.name} decode failed ({type(exc).__name__}: {exc})") from exc
+    if arr.ndim != 2:
+        raise Unsupported(f"{path}: decoded frame has shape {arr.shape}; expected rows x columns")
+    plugins = decoder.available_plugins
+    return arr, "native" if not ts.is_encapsulated else f"pydicom:{plugins[0] if plugins else '?'}"

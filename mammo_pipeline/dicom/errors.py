@@ -1,0 +1,55 @@
+"""Why an image cannot be used: one exception family whose `reason` is the quarantine code.
+
+The index and the cache catch `UnusableImage`, write `reason` and `str(exc)` to the quarantine table and carry
+on, so a bad file costs one row, never a run. Messages name the file and, where one is to blame, the tag:
+``NoPixelData(f"{path}: no (7FE0,0010) Pixel Data element")``.
+"""
+
+from __future__ import annotations
+
+
+class UnusableImage(Exception):
+    """An image the pipeline cannot read or render; `reason` is its quarantine code."""
+
+    reason: str = "unusable"
+
+
+class NotDicom(UnusableImage):
+    """Not a DICOM file (no DICM prefix and no readable dataset)."""
+
+    reason = "not_dicom"
+
+
+class Truncated(UnusableImage):
+    """The file ends before its header or its Pixel Data does."""
+
+    reason = "truncated"
+
+
+class NoPixelData(UnusableImage):
+    """No (7FE0,0010) Pixel Data, or it is empty."""
+
+    reason = "no_pixel_data"
+
+
+class NotMammography(UnusableImage):
+    """A readable image that is not a mammogram (Modality / SOP Class); decided by the index, not by render."""
+
+    reason = "not_mammography"
+
+
+class Undecodable(UnusableImage):
+    """Pixel Data that no installed decoder could decode (corrupt codestream, missing plugin)."""
+
+    reason = "undecodable"
+
+
+class Unsupported(UnusableImage):
+    """A legal image this pipeline does not handle (colour, float pixels, unknown transfer syntax)."""
+
+    reason = "unsupported"
+
+
+REASONS: tuple[str, ...] = tuple(
+    cls.reason for cls in (NotDicom, Truncated, NoPixelData, NotMammography, Undecodable, Unsupported)
+)

@@ -1,0 +1,475 @@
+"""The display pipeline: stored pixels -> modality LUT -> VOI -> inversion -> area resize -> uint8.
+
+One public function per step, each usable alone; `render` chains them after one decode.
+
+Steps (PS3.3 C.11 and C.8.11.3):
+
+1. **Modality LUT** (`apply_rescale`): (0028,3000) Modality LUT Sequence if present, else (0028,1053) Rescale
+   Slope and (0028,1052) Rescale Intercept.
+2. **VOI** (`apply_voi`), output in [0, 1]:
+   a. (0028,3010) VOI LUT Sequence item 0 when present (`apply_voi_lut_sequence`), scaled by the largest value
+      the LUT really holds, not by 2**bits (LUTs that declare 16 bits and hold 0..4095 exist);
+   b. else (0028,1050/1051) Window Center/Width index 0 with (0028,1056) VOI LUT Function LINEAR,
+      LINEAR_EXACT or SIGMOID (`window_linear`, `window_linear_exact`, `window_sigmoid`; PS3.3 C.11.2.1.2-3).
+      A missing, empty, lower-case or padded function is LINEAR; an unknown one is LINEAR and said so;
+      multi-valued centers and widths are indexed independently (VM mismatch is tolerated);
+   c. else, or when the window is degenerate (`check_window`: width < 1 for LINEAR, <= 0 otherwise, a window
+      wholly outside the data, an 8-bit window on deeper data) or maps the image to one gray level, a linear
+      map from the 0.5th to the 99.5th percentile (`percentile_window`). The reason lands in
+      `Rendition.fallback_reason`. A constant image renders black, without dividing by zero.
+3. **Inversion** (`is_inverted`, `invert`). Policy: the display is inverted exactly when (0028,0004)
+   Photometric Interpretation is MONOCHROME1. (2050,0020) Presentation LUT Shape is not applied on top:
+   the DX Image Module that MG images use (PS3.3 C.8.11.3) requires INVERSE *with* MONOCHROME1 and
+   IDENTITY with MONOCHROME2, so INVERSE is the same inversion stated twice, never a second one. Hence
+   MONOCHROME1+INVERSE, MONOCHROME1+IDENTITY and MONOCHROME1 alone are inverted once; MONOCHROME2+INVERSE
+   contradicts the module (mislabelled shapes exist, dcm4chee-arc#3155) and is not inverted: bright stays
+   dense tissue. The index keeps the shape (column ``presentation_lut_shape``) so such files can be found.
+4. **Area resize** (`resize_area`) to each requested long side, aspect ratio kept, no flips: the image stays
+   as stored (PatientOrientation and FieldOfViewHorizontalFlip are not applied).
+
+For speed (see decode.py) the raw values are area-averaged down to the largest requested size *before* the
+VOI step, and JPEG 2000 is decoded at a reduced resolution level. Rescale is linear so that commutes; a
+window or LUT applied after averaging differs from one applied before only at the window's clip points,
+a gray level or two on average (tested against pydicom in mammo_pipeline_tests/dicom/test_normalize.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from mammo_pipeline.dicom.decode import check_image, decode_frame
+from mammo_pipeline.dicom.errors import NotDicom, Truncated, Unsupported, UnusableImage
+
+NORM_VERSION = "1"
+
+LOW_PERCENTILE = 0.5
+HIGH_PERCENTILE = 99.5
+WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+@dataclass
+class Rendition:
+    """The display images of one DICOM file and how they were made."""
+
+    images: dict[int, np.ndarray]  # long side -> uint8 HxW display image
+    voi_method: str  # "voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID" or "percentile"
+    fallback_reason: str | None  # why a VOI LUT or window was not used
+    inverted: bool
+    source_shape: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One (0028,1050) Window Center / (0028,1051) Window Width pair and its (0028,1056) VOI LUT Function."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+
+# --- 1. Modality LUT ---------------------------------------------------------------------------------------
+
+
+def apply_rescale(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Apply the Modality LUT: (0028,3000) Modality LUT Sequence, else Rescale Slope/Intercept.
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        Stored values (or their area averages).
+    ds : Dataset
+        Holds (0028,3000) Modality LUT Sequence, or (0028,1053) Rescale Slope and (0028,1052) Rescale
+        Intercept; a missing slope is 1, a missing intercept 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 modality values. Without any Modality LUT tags, `arr` as float32.
+    """
+    if ds.get("ModalityLUTSequence"):
+        first_map, lut = lut_table(ds.ModalityLUTSequence[0], ds)
+        return _lookup(arr, first_map, lut)
+    out = np.asarray(arr, dtype=np.float32)
+    slope, intercept = _first_float(ds, "RescaleSlope", 1.0), _first_float(ds, "RescaleIntercept", 0.0)
+    if slope != 1.0:
+        out = out * np.float32(slope)
+    if intercept != 0.0:
+        out = out + np.float32(intercept)
+    return out
+
+
+def lut_table(item: Dataset, ds: Dataset) -> tuple[int, np.ndarray]:
+    """(first mapped value, entries as float32) of a Modality or VOI LUT item (PS3.3 C.11.1.1, C.11.2.1.1).
+
+    (0028,3002) LUT Descriptor: entries (0 means 65536), first mapped value (read as signed when the
+    image is), bits per entry. (0028,3006) LUT Data may be US (a list) or OW (bytes in the dataset's
+    byte order); bits above the declared depth are masked off.
+    """
+    n_entries, first_map, bits = (int(v) for v in list(item.LUTDescriptor)[:3])
+    n_entries = n_entries or 65536
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1 and first_map >= 32768:
+        first_map -= 65536
+    value = item["LUTData"].value
+    if isinstance(value, bytes | bytearray):
+        big_endian = _is_big_endian(ds)
+        dtype = np.uint8 if len(value) == n_entries and bits <= 8 else np.dtype(">u2" if big_endian else "<u2")
+        data = np.frombuffer(value, dtype=dtype)
+    else:
+        data = np.asarray(value if isinstance(value, list | MultiValue | tuple) else [value], dtype=np.int64)
+    data = data[:n_entries].astype(np.int64)
+    if 8 <= bits < 16:
+        data &= (1 << bits) - 1
+    return first_map, data.astype(np.float32)
+
+
+# --- 2. VOI ------------------------------------------------------------------------------------------------
+
+
+def read_window(ds: Dataset, index: int = 0) -> tuple[Window | None, str | None]:
+    """The window at `index` of (0028,1050) Window Center / (0028,1051) Window Width, and a note.
+
+    Centers and widths are indexed independently and clamped to their last value, so VM 3 centers with
+    VM 1 width use that one width. Padded or backslash-trailed DS strings are tolerated. The function
+    comes from (0028,1056) VOI LUT Function, upper-cased and stripped; missing or empty is LINEAR, an
+    unknown value is LINEAR with a note. Returns (None, note) when no usable pair exists.
+    """
+    centers, widths = _floats(ds, "WindowCenter"), _floats(ds, "WindowWidth")
+    if not centers and not widths:
+        return None, None
+    if not centers or not widths:
+        missing = "(0028,1050) Window Center" if not centers else "(0028,1051) Window Width"
+        return None, f"{missing} missing or unreadable"
+    raw = ds.get("VOILUTFunction", "")
+    raw = raw[0] if isinstance(raw, MultiValue) and len(raw) else raw
+    function = str(raw or "").strip().upper().replace(" ", "_").replace("-", "_") or "LINEAR"
+    note = None
+    if function not in WINDOW_FUNCTIONS:
+        note = f"unknown (0028,1056) VOI LUT Function {raw!r}, used LINEAR"
+        function = "LINEAR"
+    window = Window(centers[min(index, len(centers) - 1)], widths[min(index, len(widths) - 1)], function)
+    return window, note
+
+
+def window_linear(arr: np.ndarray, center: float, width: float) -> np.ndarray:
+    """LINEAR window (PS3.3 C.11.2.1.2.1) onto [0, 1]: 0 for x <= c-0.5-(w-1)/2, 1 for x > c-0.5+(w-1)/2.
+
+    Requires (0028,1051) Window Width >= 1; width exactly 1 is a step at c - 0.5.
+    """
+    c, w = center - 0.5, width - 1.0
+    x = np.asarray(arr, dtype=np.float32)
+    if w <= 0:
+        return (x > c).astype(np.float32)
+    return np.clip((x - np.float32(c)) / np.float32(w) + np.float32(0.5), 0.0, 1.0)
+
+
+def window_linear_exact(arr: np.ndarray, center: float, width: float) -> np.ndarray:
+    """LINEAR_EXACT window (PS3.3 C.11.2.1.3.2) onto [0, 1]: (x - c) / w + 0.5, clipped. Requires w > 0."""
+    x = np.asarray(arr, dtype=np.float32)
+    return np.clip((x - np.float32(center)) / np.float32(width) + np.float32(0.5), 0.0, 1.0)
+
+
+def window_sigmoid(arr: np.ndarray, center: float, width: float) -> np.ndarray:
+    """SIGMOID window (PS3.3 C.11.2.1.3.1) onto (0, 1): 1 / (1 + exp(-4 (x - c) / w)). Requires w > 0."""
+    x = np.asarray(arr, dtype=np.float32)
+    z = np.clip(np.float32(-4.0 / width) * (x - np.float32(center)), -80.0, 80.0)
+    return (1.0 / (1.0 + np.exp(z))).astype(np.float32)
+
+
+def apply_window(arr: np.ndarray, window: Window) -> np.ndarray:
+    """Apply `window` with its VOI LUT Function; output float32 in [0, 1]."""
+    function = {"LINEAR": window_linear, "LINEAR_EXACT": window_linear_exact, "SIGMOID": window_sigmoid}
+    return function[window.function](arr, window.center, window.width)
+
+
+def check_window(window: Window, arr: np.ndarray, bits_stored: int) -> str | None:
+    """Why `window` is unusable on the modality values `arr`, or None when it is fine.
+
+    Degenerate: (0028,1051) Window Width < 1 (LINEAR) or <= 0 (LINEAR_EXACT, SIGMOID); a window wholly
+    outside the data range; an 8-bit window (top <= 256) on non-negative data whose maximum is over four
+    times the window top, with more than a quarter of the pixels above it, when (0028,0101) Bits Stored > 8.
+    """
+    if window.function == "LINEAR" and window.width < 1:
+        return f"(0028,1051) Window Width {window.width:g} < 1 for LINEAR"
+    if window.width <= 0:
+        return f"(0028,1051) Window Width {window.width:g} <= 0 for {window.function}"
+    lo, hi = window.center - window.width / 2, window.center + window.width / 2
+    data_min, data_max = float(arr.min()), float(arr.max())
+    if data_max > data_min and (hi < data_min or lo > data_max):
+        return f"window [{lo:g}, {hi:g}] lies outside the data range [{data_min:g}, {data_max:g}]"
+    if bits_stored > 8 and hi <= 256 and data_min >= 0 and data_max > 4 * hi and float((arr > hi).mean()) > 0.25:
+        return f"window [{lo:g}, {hi:g}] looks 8-bit on {bits_stored}-bit data (max {data_max:g})"
+    return None
+
+
+def apply_voi_lut_sequence(arr: np.ndarray, ds: Dataset, index: int = 0) -> np.ndarray | None:
+    """Map `arr` through item `index` of (0028,3010) VOI LUT Sequence onto [0, 1].
+
+    Values below the first mapped value take entry 0, values past the end the last entry (PS3.3
+    C.11.2.1.1); non-integer inputs (area averages) are linearly interpolated between entries. The output is
+    divided by the largest value the LUT holds. Returns None without a usable sequence or when the LUT holds
+    no positive value.
+    """
+    seq = ds.get("VOILUTSequence")
+    if not seq or index >= len(seq) or "LUTDescriptor" not in seq[index] or "LUTData" not in seq[index]:
+        return None
+    first_map, lut = lut_table(seq[index], ds)
+    top = float(lut.max()) if lut.size else 0.0
+    if top <= 0:
+        return None
+    return _lookup(arr, first_map, lut) / np.float32(top)
+
+
+def percentile_window(
+    arr: np.ndarray, low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE
+) -> tuple[np.ndarray, str | None]:
+    """Linear map of the `low`..`high` percentile range onto [0, 1], clipped; (image, note).
+
+    Falls back to min..max when the percentiles coincide; a constant image gives zeros and a note.
+    Percentiles come from at most ~250k evenly strided pixels.
+    """
+    x = np.asarray(arr, dtype=np.float32)
+    step = max(1, int(math.sqrt(x.size / 250_000)))
+    lo, hi = (float(v) for v in np.percentile(x[::step, ::step], [low, high]))
+    if hi <= lo:
+        lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros_like(x), f"constant image (every value {lo:g})"
+    return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0), None
+
+
+def apply_voi(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str, str | None]:
+    """The VOI step: VOI LUT Sequence, else window index 0, else percentiles; (image in [0,1], method, reason)."""
+    reasons: list[str] = []
+    lut_out = apply_voi_lut_sequence(arr, ds) if ds.get("VOILUTSequence") else None
+    if ds.get("VOILUTSequence"):
+        if lut_out is None:
+            reasons.append("(0028,3010) VOI LUT Sequence unusable (no descriptor/data or no positive entry)")
+        elif _flat(lut_out) and not _flat(arr):
+            reasons.append("(0028,3010) VOI LUT maps the image to one gray level")
+        else:
+            return lut_out, "voi_lut", None
+    window, note = read_window(ds)
+    if window is not None:
+        problem = check_window(window, arr, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16))
+        if problem is None:
+            out = apply_window(arr, window)
+            if not (_flat(out) and not _flat(arr)):
+                return out, f"window:{window.function}", "; ".join([*reasons, *([note] if note else [])]) or None
+            problem = f"window {window.center:g}/{window.width:g} maps the image to one gray level"
+        reasons.append(problem)
+    elif note:
+        reasons.append(note)
+    elif not reasons:
+        reasons.append("no VOI LUT Sequence or Window Center/Width")
+    out, constant = percentile_window(arr)
+    return out, "percentile", "; ".join([*reasons, *([constant] if constant else [])])
+
+
+# --- 3. Inversion ------------------------------------------------------------------------------------------
+
+
+def is_inverted(ds: Dataset) -> bool:
+    """True when (0028,0004) Photometric Interpretation is MONOCHROME1 (see the module docstring's policy)."""
+    return str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
+
+
+def invert(arr: np.ndarray) -> np.ndarray:
+    """1 - arr for an image in [0, 1]."""
+    return np.float32(1.0) - arr
+
+
+# --- 4. Resize ---------------------------------------------------------------------------------------------
+
+
+def target_shape(shape: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(rows, cols) with the longer side `long_side` and the aspect ratio of `shape`."""
+    rows, cols = shape
+    scale = long_side / max(rows, cols)
+    return max(1, round(rows * scale)), max(1, round(cols * scale))
+
+
+def resize_area(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize `arr` to `shape` (rows, cols); float32 out.
+
+    Down: an integer-factor block mean (strided sums, exact), then Pillow's BOX filter (exact area
+    averaging) for the rest. Up: bilinear. The block mean drops the last `size % factor` rows/columns; the
+    factor is lowered until that shifts the image by less than 0.1 output pixel.
+    """
+    if arr.shape == tuple(shape):
+        return np.asarray(arr, dtype=np.float32)
+    rows, cols = shape
+    factor = min(arr.shape[0] // rows, arr.shape[1] // cols)
+    # the block mean crops edge rows/cols; keep the resulting shift under 0.1 output pixel
+    while factor >= 2 and any((n % factor) * m > 0.1 * n for n, m in zip(arr.shape, shape, strict=True)):
+        factor -= 1
+    if factor >= 2:
+        arr = _block_mean(arr, factor)
+        if arr.shape == tuple(shape):
+            return arr
+    down = rows <= arr.shape[0] and cols <= arr.shape[1]
+    image = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
+    method = Image.Resampling.BOX if down else Image.Resampling.BILINEAR
+    return np.asarray(image.resize((cols, rows), method), dtype=np.float32)
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """[0, 1] float image to uint8 0..255, rounded."""
+    return np.clip(np.rint(arr * np.float32(255.0)), 0, 255).astype(np.uint8)
+
+
+# --- The pipeline ------------------------------------------------------------------------------------------
+
+
+def render_pixels(ds: Dataset, pixels: np.ndarray, sizes: Sequence[int] = (1024,)) -> Rendition:
+    """Run steps 1-4 on already decoded stored values (full size or a reduced J2K level) of `ds`."""
+    wanted = sorted({int(s) for s in sizes}, reverse=True)
+    if not wanted or wanted[-1] < 1:
+        raise ValueError(f"sizes must be positive long sides, got {list(sizes)}")
+    source_shape = (int(ds.Rows), int(ds.Columns))
+    work_shape = target_shape(source_shape, min(wanted[0], max(source_shape)))
+    if ds.get("ModalityLUTSequence"):  # a LUT is not linear: apply it per pixel, then average
+        values = resize_area(apply_rescale(pixels, ds), work_shape)
+    else:  # rescale is linear, so averaging first is exact and cheaper
+        values = apply_rescale(resize_area(pixels, work_shape), ds)
+    display, method, reason = apply_voi(values, ds)
+    inverted = is_inverted(ds)
+    if inverted:
+        display = invert(display)
+    images = {size: to_uint8(resize_area(display, target_shape(source_shape, size))) for size in wanted}
+    return Rendition(images, method, reason or None, inverted, source_shape)
+
+
+def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
+    """Decode `source` once and render it at each long side in `sizes`.
+
+    Parameters
+    ----------
+    source : Dataset or Path
+        A dataset with its Pixel Data, or a DICOM file (read once with ``dcmread``).
+    sizes : sequence of int
+        Long sides of the uint8 display images wanted (default 1024). Smaller images are never upscaled
+        before the VOI step; a size above the source is bilinearly upscaled at the end.
+
+    Returns
+    -------
+    Rendition
+
+    Raises
+    ------
+    UnusableImage
+        NotDicom, Truncated, NoPixelData, Undecodable or Unsupported, naming the file and the tag.
+        A missing file raises FileNotFoundError.
+    """
+    ds, path = read_dataset(source)
+    try:
+        frame = decode_frame(ds, max(int(s) for s in sizes), path=path)
+        return render_pixels(ds, frame.pixels, sizes)
+    except UnusableImage:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError) as exc:
+        # odd header values (a LUT descriptor with 2 values, a DS that is text, ...) that the checks did not catch
+        raise Unsupported(f"{path}: cannot render ({type(exc).__name__}: {exc})") from exc
+
+
+def to_display(source: Dataset | Path, long_side: int) -> np.ndarray:
+    """The uint8 display image of `source` with long side `long_side`."""
+    return render(source, (long_side,)).images[long_side]
+
+
+def read_dataset(source: Dataset | Path | str) -> tuple[Dataset, str]:
+    """(dataset, name for messages); a path is read once with pydicom, errors mapped to UnusableImage."""
+    if isinstance(source, Dataset):
+        return source, str(getattr(source, "filename", None) or "<dataset>")
+    path = str(source)
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise NotDicom(f"{path}: not a DICOM file ({exc})") from exc
+    except (EOFError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
+            raise
+        raise Truncated(f"{path}: file ends early ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # pydicom raises many types on garbage headers
+        raise NotDicom(f"{path}: unreadable header ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds and "Rows" in ds and "FloatPixelData" not in ds:
+        raise Truncated(f"{path}: the file ends before (7FE0,0010) Pixel Data that (0028,0010) Rows promises")
+    check_image(ds, path)
+    return ds, path
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+
+
+def _lookup(arr: np.ndarray, first_map: int, lut: np.ndarray) -> np.ndarray:
+    x = np.asarray(arr, dtype=np.float32) - np.float32(first_map)
+    if np.issubdtype(np.asarray(arr).dtype, np.integer):
+        return lut[np.clip(x, 0, lut.size - 1).astype(np.int64)]
+    return np.interp(x, np.arange(lut.size, dtype=np.float32), lut).astype(np.float32)
+
+
+def _block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each factor x factor block, by strided row then column sums (much faster than reshape+mean)."""
+    rows, cols = arr.shape[0] // factor * factor, arr.shape[1] // factor * factor
+    arr = arr[:rows, :cols]
+    if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2:
+        acc = np.uint32
+    elif arr.dtype.kind in "iub":
+        acc = np.int64
+    else:
+        acc = np.float64
+    summed = arr[0::factor].astype(acc)
+    for i in range(1, factor):
+        summed += arr[i::factor]
+    out = summed[:, 0::factor].copy()
+    for i in range(1, factor):
+        out += summed[:, i::factor]
+    return (out / np.float32(factor * factor)).astype(np.float32)
+
+
+def _flat(arr: np.ndarray) -> bool:
+    return float(arr.max()) - float(arr.min()) < 1.0 / 255.0
+
+
+def _floats(ds: Dataset, keyword: str) -> list[float]:
+    """A DS element's values as floats, skipping empty or unparsable ones (padded, 'a\\\\b\\\\' strings)."""
+    if keyword not in ds:
+        return []
+    try:
+        value = ds[keyword].value
+    except Exception:
+        value = ds.get_item(keyword).value
+    if isinstance(value, bytes | bytearray):
+        value = value.decode("ascii", "replace").split("\\")
+    items = value if isinstance(value, list | MultiValue | tuple) else [value]
+    out = []
+    for item in items:
+        try:
+            number = float(str(item).strip())
+        except ValueError:
+            continue
+        if math.isfinite(number):
+            out.append(number)
+    return out
+
+
+def _first_float(ds: Dataset, keyword: str, default: float) -> float:
+    values = _floats(ds, keyword)
+    return values[0] if values else default
+
+
+def _is_big_endian(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid is not None:
+        return str(uid) == "1.2.840.10008.1.2.2"
+    return getattr(ds, "original_encoding", (None, True))[1] is False

@@ -1,0 +1,294 @@
+"""The labeling app (FastHTML + HTMX): label images with the keyboard, one key per class.
+
+Single-user on a laptop by default; with `team=True` annotators sign in and their identity comes only
+from the signed session cookie, never from a form field, query, cookie or header. No CDN: htmx is served
+from labels/static/, and images are served by database id only (their path comes from the store).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from fasthtml import common as fh
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from mammo_pipeline.atomic import atomic_path
+from mammo_pipeline.labels import components as ui
+from mammo_pipeline.labels.queues import QUEUES
+from mammo_pipeline.labels.store import LabelStore, NothingToUndo, StaleSubmit, UnknownImage, counts_of
+from mammo_pipeline.settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+_HASH = "pbkdf2_sha256"
+_ITERATIONS = 200_000
+_MAX_SKIPPED = 100  # kept in the session cookie, which must stay under 4 kB
+
+
+# -- annotators and secrets ---------------------------------------------------------------------------
+def hash_password(password: str, salt: str | None = None, iterations: int = _ITERATIONS) -> str:
+    """A salted PBKDF2 hash for MAMMO_ANNOTATORS_FILE lines (`name:<hash>`)."""
+    salt = salt or secrets.token_hex(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations).hex()
+    return f"{_HASH}${iterations}${salt}${digest}"
+
+
+def check_password(stored: str, given: str) -> bool:
+    """Compare a password with a stored hash or plain secret in constant time."""
+    if stored.startswith(f"{_HASH}$"):
+        _, iterations, salt, _ = stored.split("$", 3)
+        return hmac.compare_digest(stored.encode(), hash_password(given, salt, int(iterations)).encode())
+    return hmac.compare_digest(stored.encode(), given.encode())
+
+
+def load_annotators(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Annotators from MAMMO_ANNOTATORS="alice:pw,bob:pw" or MAMMO_ANNOTATORS_FILE (lines `name:<hash>`)."""
+    env = dict(os.environ) if env is None else env
+    users: dict[str, str] = {}
+    pairs = [p for p in env.get("MAMMO_ANNOTATORS", "").split(",") if p.strip()]
+    if env.get("MAMMO_ANNOTATORS_FILE"):
+        lines = Path(env["MAMMO_ANNOTATORS_FILE"]).read_text().splitlines()
+        pairs += [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    for pair in pairs:
+        name, sep, secret = pair.strip().partition(":")
+        if not sep or not name or not secret:
+            raise ValueError("annotators must be given as name:password (or name:<hash> in the file)")
+        users[name] = secret
+    return users
+
+
+def session_secret(home: Path) -> str:
+    """MAMMO_SECRET, else a random secret kept in MAMMO_HOME/.session_secret (made once, mode 600)."""
+    if os.environ.get("MAMMO_SECRET"):
+        return os.environ["MAMMO_SECRET"]
+    path = home / ".session_secret"
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _int(value: object) -> int | None:
+    text = str(value or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
+
+
+# -- the app -------------------------------------------------------------------------------------------
+def create_app(
+    settings_or_db_path: Settings | Path | str,
+    *,
+    team: bool = False,
+    users: dict[str, str] | None = None,
+    annotator: str | None = None,
+    cache: Path | None = None,
+    blind: bool = False,
+    seed: int | None = None,
+    secret: str | None = None,
+) -> fh.FastHTML:
+    """The labeling app over one label store.
+
+    `settings_or_db_path`: Settings (store at settings.labels_db, images under settings.cache) or the path
+    of a label database (images under `cache`, default the database's folder / "cache").
+    """
+    if isinstance(settings_or_db_path, Settings):
+        s = settings_or_db_path
+        db_path, cache_root, home, seed = s.labels_db, cache or s.cache, s.home, s.seed if seed is None else seed
+    else:
+        db_path = Path(settings_or_db_path)
+        cache_root, home, seed = cache or db_path.parent / "cache", db_path.parent, seed or 0
+    cache_root = Path(cache_root).resolve()
+    store = LabelStore(db_path)
+    if team:
+        users = load_annotators() if users is None else users
+        if not users:
+            raise ValueError("team mode needs annotators: set MAMMO_ANNOTATORS or MAMMO_ANNOTATORS_FILE")
+    solo = annotator or getpass.getuser()
+
+    def before(req, sess):
+        if not team:
+            req.scope["auth"] = solo
+            return None
+        who = sess.get("annotator")
+        if who in users:
+            req.scope["auth"] = who
+            return None
+        if req.method == "GET" and req.url.path in ("/", "/review"):
+            return RedirectResponse("/login", status_code=303)
+        return Response("sign in first", status_code=401)
+
+    app = fh.FastHTML(
+        default_hdrs=False,
+        hdrs=[
+            fh.Meta(charset="utf-8"),
+            fh.Meta(name="viewport", content="width=device-width, initial-scale=1"),
+            fh.Link(rel="stylesheet", href="/static/app.css"),
+            fh.Script(src="/static/htmx.min.js"),
+            fh.Script(src="/static/app.js", defer=True),
+        ],
+        secret_key=secret or session_secret(home),
+        session_cookie="mammo_session",
+        same_site="strict",
+        before=fh.Beforeware(before, skip=[r"/login", r"/static/.*", r"/favicon\.ico"]),
+        htmlkw={"data-theme": "dark", "lang": "en"},
+        title="mammo · labeling",
+        canonical=False,
+    )
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.state.store = store
+    rt = app.route
+
+    def fail(status: int, message: str) -> Response:
+        return HTMLResponse(fh.to_xml(fh.Span(message)), status_code=status)
+
+    def queue_name(data: dict, sess) -> str:
+        q = str(data.get("q") or sess.get("queue") or "unlabeled")
+        return q if q in QUEUES else "unlabeled"
+
+    def screen(sess, who: str, q: str, image_id: int | None = None) -> tuple[fh.FT, dict[str, tuple[int, int]]]:
+        """The card for `image_id` (or the head of queue `q`) and every queue's counts, from one read."""
+        skipped = set(sess.get("skipped", []))
+        everything = store.all_queues(who, seed)
+        info = everything[q]
+        ids = [i for i in info.ids if i not in skipped]
+        if image_id is None:
+            image_id, upcoming = (ids[0], ids[1:3]) if ids else (None, [])
+        else:
+            upcoming = [i for i in ids if i != image_id][:2]
+        image = store.image(image_id) if image_id is not None else None
+        card = ui.card(image, q, info.note, len(ids), upcoming, sess.get("blind", blind))
+        return card, counts_of(everything)
+
+    def next_screen(sess, who: str, q: str, image_id: int | None = None) -> tuple:
+        """The new card plus the queue counts and recent list, swapped out of band."""
+        card, counts = screen(sess, who, q, image_id)
+        return card, ui.queue_nav(counts, q, oob=True), ui.recent_list(store.recent(who), oob=True)
+
+    @rt("/")
+    def index(auth, session, data: dict):
+        q = queue_name(data, session)
+        session["queue"] = q
+        image_id = _int(data.get("image_id"))
+        if image_id is not None and store.image(image_id) is None:
+            return fail(404, f"no image {image_id}")
+        card, counts = screen(session, auth, q, image_id)
+        return ui.label_page(auth, counts, q, session.get("blind", blind), team, card, store.recent(auth))
+
+    @rt("/card", methods=["get"])
+    def get_card(auth, session, data: dict):
+        q = queue_name(data, session)
+        raw = data.get("image_id")
+        image_id = _int(raw)
+        if raw not in (None, "") and (image_id is None or store.image(image_id) is None):
+            return fail(404, f"no image {raw}")
+        return screen(session, auth, q, image_id)[0]
+
+    @rt("/label", methods=["post"])
+    def label(auth, session, data: dict):
+        code = str(data.get("label", "")).strip()
+        if code not in {"1", "2", "3", "4"}:
+            return fail(422, f"label must be 1, 2, 3 or 4, not {code!r}")
+        image_id = _int(data.get("image_id"))
+        if image_id is None:
+            return fail(404, "no such image")
+        seen_raw = data.get("seen_event")
+        seen = _int(seen_raw)
+        if seen_raw not in (None, "") and seen is None:
+            return fail(422, f"seen_event must be an event id, not {seen_raw!r}")
+        try:
+            store.record(image_id, int(code), auth, source="human", seen_event=seen)
+        except UnknownImage:
+            return fail(404, f"no image {image_id}")
+        except StaleSubmit as e:
+            msg = f"image {image_id} was relabeled meanwhile (you saw event {e.seen_event}, now {e.current_event})"
+            return fail(409, msg)
+        return next_screen(session, auth, queue_name(data, session))
+
+    @rt("/skip", methods=["post"])
+    def skip(auth, session, data: dict):
+        image_id = _int(data.get("image_id"))
+        if image_id is None or store.image(image_id) is None:
+            return fail(404, "no such image")
+        session["skipped"] = [*session.get("skipped", []), image_id][-_MAX_SKIPPED:]
+        return next_screen(session, auth, queue_name(data, session))
+
+    @rt("/undo", methods=["post"])
+    def undo(auth, session, data: dict):
+        try:
+            image_id = store.undo(auth)
+        except NothingToUndo:
+            return fail(409, "nothing to undo")
+        return next_screen(session, auth, queue_name(data, session), image_id)
+
+    @rt("/blind", methods=["post"])
+    def toggle_blind(session):
+        session["blind"] = not session.get("blind", blind)
+        return Response(status_code=204, headers={"HX-Refresh": "true"})
+
+    def image_file(image_id: str, column: str) -> Response:
+        iid = _int(image_id)
+        image = store.image(iid) if iid is not None else None
+        rel = image.get(column) if image else None
+        if not rel:
+            return fail(404, "no such image")
+        path = (cache_root / rel).resolve()
+        if not path.is_relative_to(cache_root) or not path.is_file():
+            return fail(404, "no such image")
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @rt("/img/{image_id}", methods=["get"])
+    def display_image(image_id: str):
+        return image_file(image_id, "display_png")
+
+    @rt("/img/{image_id}/model", methods=["get"])
+    def model_image(image_id: str):
+        return image_file(image_id, "model_png")
+
+    @rt("/review", methods=["get"])
+    def review(auth):
+        return ui.review_page(auth, store.disagreements_between_annotators())
+
+    def export(fmt: str) -> Response:
+        df = store.events()
+        if fmt == "csv":
+            body, media = df.to_csv(index=False), "text/csv"
+        else:
+            body, media = df.to_json(orient="records", lines=True), "application/x-ndjson"
+        disposition = f'attachment; filename="label_events.{fmt}"'
+        return Response(body, media_type=media, headers={"Content-Disposition": disposition})
+
+    @rt("/export.csv", methods=["get"])
+    def export_csv():
+        return export("csv")
+
+    @rt("/export.jsonl", methods=["get"])
+    def export_jsonl():
+        return export("jsonl")
+
+    @rt("/login", methods=["get"])
+    def login_form():
+        return ui.login_page()
+
+    @rt("/login", methods=["post"])
+    def login(session, data: dict):
+        name, password = str(data.get("name", "")), str(data.get("password", ""))
+        stored = (users or {}).get(name)
+        # Compare against a dummy when the name is unknown, so timing does not reveal valid names.
+        ok = check_password(stored or "x" * 32, password) and stored is not None
+        if not team or not ok:
+            return fh.FtResponse(ui.login_page("Wrong name or password."), status_code=401)
+        session.clear()
+        session["annotator"] = name
+        return RedirectResponse("/", status_code=303)
+
+    @rt("/logout", methods=["post"])
+    def logout(session):
+        session.clear()
+        return RedirectResponse("/login" if team else "/", status_code=303)
+
+    return app

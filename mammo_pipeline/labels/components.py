@@ -1,0 +1,266 @@
+"""The labeling app's HTML pieces: small functions that return FastHTML (FT) trees, no state, no database."""
+
+from __future__ import annotations
+
+from fasthtml import common as fh
+
+from mammo_pipeline.labels.codes import LABELS, label_of
+from mammo_pipeline.labels.queues import QUEUES
+
+KEY_NAMES = {1: "biopsy marker", 2: "magnification view", 3: "neither", 4: "both"}
+QUEUE_TITLES = {
+    "unlabeled": "Unlabeled",
+    "low_confidence": "Low confidence",
+    "disagreements": "Model disagrees",
+    "meta_conflicts": "Metadata conflicts",
+    "audit": "Audit set",
+}
+HELP = [
+    ("1", "biopsy marker"),
+    ("2", "magnification view"),
+    ("3", "neither"),
+    ("4", "both"),
+    ("s", "skip this image"),
+    ("z / Backspace", "undo your last label"),
+    ("h", "show or hide the model hint"),
+    ("+ / - / 0", "zoom in, out, reset (or click the image)"),
+    ("i", "invert"),
+    ("?", "this help"),
+]
+
+
+def _keys(*conditions: str) -> str:
+    """An hx-trigger: click, or keyup on the page matching a condition, never while typing or with a modifier."""
+    cond = "||".join(conditions)
+    return f"click, keyup[({cond})&&mammoKeyOk(target,ctrlKey,metaKey,altKey)] from:body"
+
+
+def key_bar() -> fh.FT:
+    """The label keys. They live OUTSIDE the swapped card and queue their requests, so a burst loses nothing."""
+    buttons = [
+        fh.Button(
+            fh.Kbd(str(code)),
+            fh.Span(KEY_NAMES[code]),
+            hx_post="/label",
+            hx_vals={"label": str(code)},
+            hx_trigger=_keys(f"key=='{code}'", f"code=='Numpad{code}'"),
+            cls=f"key label-{LABELS[code]}",
+        )
+        for code in LABELS
+    ]
+    buttons += [
+        fh.Button(fh.Kbd("s"), fh.Span("skip"), hx_post="/skip", hx_trigger=_keys("key=='s'"), cls="key minor"),
+        fh.Button(
+            fh.Kbd("z"),
+            fh.Span("undo"),
+            hx_post="/undo",
+            hx_trigger=_keys("key=='z'", "key=='Backspace'"),
+            cls="key minor",
+        ),
+    ]
+    return fh.Div(
+        *buttons,
+        id="keys",
+        hx_include="#image_id, #seen_event, #q",
+        hx_target="#card",
+        hx_swap="outerHTML",
+        hx_sync="this:queue all",
+    )
+
+
+def _prediction(image: dict) -> fh.FT:
+    if image.get("p_biopsy") is None:
+        return fh.Span("model: no prediction yet", cls="hint muted")
+    pb, pm = float(image["p_biopsy"]), float(image["p_mag"])
+    return fh.Span(
+        "model: ",
+        fh.B(label_of(pb >= 0.5, pm >= 0.5)),
+        f"  p(biopsy) {pb:.2f} · p(mag) {pm:.2f}",
+        cls="hint",
+        title=f"model {image.get('model_version') or '?'}",
+    )
+
+
+def card(image: dict | None, queue: str, note: str, remaining: int, upcoming: list[int], blind: bool) -> fh.FT:
+    """The swapped region: one image, its hidden state (id, seen event, queue) and preloads for the next two."""
+    state = [fh.Input(type="hidden", id="q", name="q", value=queue)]
+    if image is None:
+        return fh.Div(
+            *state,
+            fh.Input(type="hidden", id="image_id", name="image_id", value=""),
+            fh.Input(type="hidden", id="seen_event", name="seen_event", value=""),
+            fh.Div(
+                fh.P(f"Nothing left in “{QUEUE_TITLES.get(queue, queue)}”."),
+                fh.P("Pick another queue above."),
+                cls="empty",
+            ),
+            id="card",
+        )
+    iid = int(image["id"])
+    current = image.get("label")
+    meta = {None: "no metadata flag", True: "metadata: magnified", False: "metadata: not magnified"}
+    meta_mag = None if image.get("meta_mag") is None else bool(image["meta_mag"])
+    info = [
+        fh.Span(f"#{iid}", cls="tag"),
+        fh.Span(image["hospital"], cls="tag"),
+        fh.Span(image["split"], cls=f"tag split-{image['split']}"),
+        fh.Span(meta[meta_mag], cls="tag"),
+    ]
+    if current is not None:
+        info.append(fh.Span(f"labeled {LABELS[int(current)]} by {image['annotator']}", cls="tag labeled"))
+    if not blind:
+        info.append(_prediction(image))
+    return fh.Div(
+        *state,
+        fh.Input(type="hidden", id="image_id", name="image_id", value=str(iid)),
+        fh.Input(type="hidden", id="seen_event", name="seen_event", value=str(int(image.get("event_id") or 0))),
+        fh.Div(fh.Img(src=f"/img/{iid}", id="shot", alt=f"image {iid}", draggable="false"), cls="viewer"),
+        fh.Div(*info, cls="info"),
+        fh.Div(f"{remaining} left · {note}", cls="qnote"),
+        *[fh.Link(rel="preload", href=f"/img/{n}", **{"as": "image"}) for n in upcoming[:2]],
+        id="card",
+        data_image_id=str(iid),
+    )
+
+
+def queue_nav(counts: dict[str, tuple[int, int]], current: str, oob: bool = False) -> fh.FT:
+    links = [
+        fh.A(
+            QUEUE_TITLES[name],
+            fh.Span(f"{counts[name][0]}/{counts[name][1]}", cls="count"),
+            href=f"/?q={name}",
+            cls="queue active" if name == current else "queue",
+            title=QUEUES[name],
+        )
+        for name in QUEUES
+    ]
+    return fh.Nav(*links, id="queues", hx_swap_oob="true" if oob else None)
+
+
+def recent_list(rows: list[dict], oob: bool = False) -> fh.FT:
+    """The last decisions; clicking one brings its image back to relabel it."""
+    items = [
+        fh.Li(
+            fh.A(
+                fh.Span(f"#{r['image_id']}", cls="rid"),
+                fh.Span(r["label_name"], cls=f"rlabel label-{r['label_name']}"),
+                fh.Span(r["hospital"], cls="muted"),
+                hx_get=f"/card?image_id={r['image_id']}",
+                hx_target="#card",
+                hx_swap="outerHTML",
+                hx_include="#q",
+                href="#",
+            )
+        )
+        for r in rows
+    ]
+    body = fh.Ol(*items) if items else fh.P("No labels yet.", cls="muted")
+    return fh.Div(fh.H3("Your last decisions"), body, id="recent", hx_swap_oob="true" if oob else None)
+
+
+def tools() -> fh.FT:
+    """Brightness, contrast, zoom and invert: CSS filters applied in the browser, no round trip."""
+
+    def slider(name: str, label: str, lo: float, hi: float, step: float, value: float) -> fh.FT:
+        return fh.Label(label, fh.Input(type="range", min=lo, max=hi, step=step, value=value, data_var=name))
+
+    return fh.Div(
+        fh.H3("View"),
+        slider("--bright", "Brightness", 0.3, 2.5, 0.05, 1),
+        slider("--contrast", "Contrast", 0.3, 3, 0.05, 1),
+        slider("--zoom", "Zoom", 1, 4, 0.25, 1),
+        fh.Label(fh.Input(type="checkbox", id="invert"), " Invert", cls="check"),
+        fh.Button("Reset view", id="reset-view", type="button", cls="small"),
+        id="tools",
+    )
+
+
+def help_overlay() -> fh.FT:
+    rows = [fh.Tr(fh.Td(fh.Kbd(k)), fh.Td(text)) for k, text in HELP]
+    return fh.Div(
+        fh.Div(fh.H2("Keyboard"), fh.Table(*rows), fh.P("Press ? or Esc to close.", cls="muted"), cls="panel"),
+        id="help",
+        hidden=True,
+    )
+
+
+def header(annotator: str, counts: dict[str, tuple[int, int]], queue: str, blind: bool, team: bool) -> fh.FT:
+    right = [
+        fh.Span(annotator, cls="who", title="annotator"),
+        fh.A("Review", href="/review"),
+        fh.A("Export", href="/export.csv", title="every label event with provenance (CSV); /export.jsonl too"),
+        fh.Button("Blind: on" if blind else "Blind: off", hx_post="/blind", cls="small", title="hide the model's hint"),
+        fh.Button("?", id="help-button", type="button", cls="small", title="keyboard help"),
+    ]
+    if team:
+        right.append(fh.Form(fh.Button("Sign out", cls="small"), method="post", action="/logout"))
+    return fh.Header(
+        fh.Div("mammo", fh.Span(" · labeling", cls="muted"), cls="brand"),
+        queue_nav(counts, queue),
+        fh.Div(*right, cls="right"),
+    )
+
+
+def label_page(annotator, counts, queue, blind, team, the_card, recent) -> tuple:
+    return (
+        fh.Title("mammo · labeling"),
+        header(annotator, counts, queue, blind, team),
+        fh.Main(
+            fh.Section(the_card, id="stage"),
+            fh.Aside(tools(), recent_list(recent), cls="side"),
+            cls="layout",
+        ),
+        fh.Footer(key_bar()),
+        help_overlay(),
+        fh.Div(id="toast", role="status", aria_live="polite"),
+    )
+
+
+def review_page(annotator: str, rows: list[dict]) -> tuple:
+    """Images where annotators disagree; open one to adjudicate it with your own label."""
+    body = [
+        fh.Tr(
+            fh.Td(fh.Img(src=f"/img/{r['image_id']}/model", cls="thumb", alt=f"image {r['image_id']}")),
+            fh.Td(f"#{r['image_id']}"),
+            fh.Td(r["hospital"]),
+            fh.Td(", ".join(f"{who}: {lab}" for who, lab in r["labels"].items())),
+            fh.Td(fh.A("open", href=f"/?image_id={r['image_id']}")),
+        )
+        for r in rows
+    ]
+    table = (
+        fh.Table(
+            fh.Thead(fh.Tr(fh.Th(""), fh.Th("image"), fh.Th("hospital"), fh.Th("labels"), fh.Th(""))),
+            fh.Tbody(*body),
+            cls="review",
+        )
+        if rows
+        else fh.P("No disagreements between annotators.", cls="muted")
+    )
+    return (
+        fh.Title("mammo · review"),
+        fh.Header(
+            fh.Div("mammo", fh.Span(" · review", cls="muted"), cls="brand"),
+            fh.Div(fh.Span(annotator, cls="who"), fh.A("Back to labeling", href="/"), cls="right"),
+        ),
+        fh.Main(fh.Section(fh.H2(f"Annotators disagree on {len(rows)} image(s)"), table, cls="page"), cls="single"),
+    )
+
+
+def login_page(error: str = "") -> tuple:
+    return (
+        fh.Title("mammo · sign in"),
+        fh.Main(
+            fh.Form(
+                fh.H2("Sign in to label"),
+                fh.Input(name="name", placeholder="annotator", autofocus=True, autocomplete="username"),
+                fh.Input(name="password", type="password", placeholder="password", autocomplete="current-password"),
+                fh.Button("Sign in"),
+                fh.P(error, cls="error") if error else "",
+                method="post",
+                action="/login",
+                cls="login",
+            ),
+            cls="single",
+        ),
+    )

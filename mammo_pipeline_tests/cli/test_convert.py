@@ -1,0 +1,52 @@
+"""`mammo convert`: folders and files to PNG, failures reported, exit code."""
+
+from __future__ import annotations
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from mammo_pipeline.cli.convert import command
+from mammo_pipeline_tests.dicom.crafted import breast, make_ds
+
+
+def _write(path, rows=200, cols=160, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_ds(breast(rows, cols, seed=seed), WindowCenter=2047, WindowWidth=4096).save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_convert_folder_recursively_and_report_failures(tmp_path):
+    src = tmp_path / "drop"
+    _write(src / "a.dcm")
+    _write(src / "sub" / "b", rows=100, cols=300, seed=1)  # DICOM files often have no extension
+    (src / "sub" / "readme.txt").write_text("hello")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(command, [str(src), "--out", str(out), "--max-side", "64", "-s", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert "converted 2 of 3" in result.output
+    assert "failed [not_dicom]" in result.output and "readme.txt" in result.output
+    a, b = Image.open(out / "drop" / "a.png"), Image.open(out / "drop" / "sub" / "b.png")
+    assert (a.size, a.mode) == ((51, 64), "L") and b.size == (64, 21)
+    assert np.asarray(a).max() > 100
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_convert_single_file_name(tmp_path):
+    path = _write(tmp_path / "IMG0001.dcm")
+    result = CliRunner().invoke(command, [str(path), "--out", str(tmp_path / "o"), "-s", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "o" / "IMG0001.png").size == (160, 200)  # --max-side 1024 never upscales
+
+
+def test_convert_nothing_converted_exits_nonzero(tmp_path):
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"\0" * 10)
+    result = CliRunner().invoke(command, [str(bad), "--out", str(tmp_path / "o"), "-s", "-j", "1"])
+    assert result.exit_code != 0
+    assert "nothing converted" in result.output and "bad.dcm" in result.output
+
+
+def test_convert_help_has_example():
+    result = CliRunner().invoke(command, ["--help"])
+    assert result.exit_code == 0 and "Example:" in result.output

@@ -1,0 +1,124 @@
+"""Fast decoders: J2K reduced resolution, libjpeg, pydicom fallback, Bits Stored handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import get_frame
+from pydicom.uid import JPEG2000Lossless
+
+from mammo_pipeline.dicom import decode
+from mammo_pipeline.dicom.decode import (
+    J2KHeader,
+    decode_frame,
+    fit_bits_stored,
+    j2k_header,
+    j2k_reduce_level,
+    j2k_values,
+)
+from mammo_pipeline.dicom.errors import Undecodable, Unsupported
+from mammo_pipeline_tests.dicom.crafted import breast, local_file, make_ds
+
+
+def _local(name):
+    try:
+        return local_file(name)
+    except KeyError:
+        pytest.skip(f"{name} is not shipped locally")
+
+
+@pytest.fixture(scope="module")
+def j2k_ds():
+    arr = breast(512, 416, seed=2)
+    ds = make_ds(arr, WindowCenter=2047, WindowWidth=4096)
+    ds.compress(JPEG2000Lossless, arr)
+    return ds, arr
+
+
+def test_j2k_header_reads_siz_and_cod(j2k_ds):
+    ds, _ = j2k_ds
+    header = j2k_header(get_frame(ds.PixelData, 0, number_of_frames=1))
+    assert (header.rows, header.columns, header.components) == (512, 416, 1)
+    assert (header.precision, header.signed) == (12, False) and header.levels >= 3
+
+
+def test_j2k_reduce_level_picks_closest_level_above_target():
+    header = J2KHeader(4096, 3328, 1, 12, False, 5, (0, 0))
+    assert j2k_reduce_level(header, 1024) == 2
+    assert j2k_reduce_level(header, 1000) == 2
+    assert j2k_reduce_level(header, 1025) == 1
+    assert j2k_reduce_level(header, 8000) == 0
+    assert j2k_reduce_level(J2KHeader(4096, 3328, 1, 12, False, 1, (0, 0)), 256) == 1  # only 1 level coded
+
+
+def test_j2k_reduce_level_skips_levels_where_pillow_and_openjpeg_disagree():
+    # 1841 columns at k=2: Pillow rounds to 460, OpenJPEG makes 461 -> Pillow fails; k=1 is safe
+    assert j2k_reduce_level(J2KHeader(1955, 1841, 1, 15, False, 5, (0, 0)), 400) == 1
+
+
+def test_decode_frame_j2k_reduced_is_close_to_block_mean(j2k_ds):
+    ds, arr = j2k_ds
+    frame = decode_frame(ds, 128)
+    assert (frame.reduction, frame.decoder, frame.pixels.shape) == (4, "pillow-j2k", (128, 104))
+    block = arr.astype(float).reshape(128, 4, 104, 4).mean(axis=(1, 3))
+    assert np.abs(frame.pixels - block).mean() < 40  # 12-bit units (~2 gray levels at WW 4096): 5/3 LL band != box
+    full = decode_frame(ds)
+    assert full.reduction == 1 and np.array_equal(full.pixels, arr)
+
+
+def test_j2k_values_undo_pillow_scaling_and_sign():
+    unsigned = J2KHeader(1, 2, 1, 12, False, 0, (0, 0))
+    ds = make_ds(np.zeros((1, 2), np.uint16))
+    assert j2k_values(np.array([[0, 4095 << 4]], np.uint16), unsigned, ds).tolist() == [[0, 4095]]
+    signed = J2KHeader(1, 2, 1, 14, True, 0, (0, 0))
+    raw = (np.array([[-5, 100]]) + 8192) << 2
+    assert j2k_values(raw.astype(np.uint16), signed, ds).tolist() == [[-5, 100]]
+    # header signed, codestream unsigned: p-bit two's complement (J2K_pixelrep_mismatch.dcm)
+    ds_signed = make_ds(np.zeros((1, 2), np.int16), bits_stored=13, signed=True)
+    mismatch = J2KHeader(1, 2, 1, 13, False, 0, (0, 0))
+    raw = np.array([[8191 << 3, 5 << 3]], np.uint16)
+    assert j2k_values(raw, mismatch, ds_signed).tolist() == [[-1, 5]]
+
+
+def test_j2k_pixelrep_mismatch_file_matches_pydicom():
+    ds = pydicom.dcmread(_local("J2K_pixelrep_mismatch.dcm"))
+    assert np.array_equal(decode_frame(ds, 128).pixels.shape, (128, 128))
+    assert np.array_equal(decode_frame(ds).pixels, ds.pixel_array)
+
+
+def test_fit_bits_stored_masks_native_and_clips_decoded():
+    ds = make_ds(np.zeros((1, 3), np.uint16), bits_stored=12)
+    arr = np.array([[0x0FFF, 0xF001, 5000]], np.uint16)
+    assert fit_bits_stored(arr, ds, native=True).tolist() == [[4095, 1, 5000 & 0xFFF]]
+    assert fit_bits_stored(arr, ds, native=False).tolist() == [[4095, 4095, 4095]]
+    signed = make_ds(np.zeros((1, 2), np.int16), bits_stored=12, signed=True)
+    raw = np.array([[0x0FFF, 0x7005]], np.uint16).view(np.int16)  # 12-bit -1 without sign extension; garbage
+    assert fit_bits_stored(raw, signed, native=True).tolist() == [[-1, 5]]
+
+
+def test_jpeg_lossless_uses_libjpeg_and_matches_pydicom():
+    ds = pydicom.dcmread(_local("JPEG-LL.dcm"))
+    frame = decode_frame(ds, 256)
+    assert frame.decoder == "libjpeg"
+    assert np.array_equal(frame.pixels, ds.pixel_array)
+
+
+def test_missing_decoder_plugin_is_undecodable(monkeypatch):
+    ds = pydicom.dcmread(_local("JPEG-LL.dcm"))
+
+    class NoPlugin:
+        is_available = False
+        missing_dependencies = ("pylibjpeg-libjpeg",)
+
+    monkeypatch.setattr(decode, "_decode_libjpeg", lambda ds, codestream: None)
+    monkeypatch.setattr(decode, "get_decoder", lambda uid: NoPlugin())
+    with pytest.raises(Undecodable, match=r"no installed decoder.*pylibjpeg-libjpeg"):
+        decode_frame(ds, path="x.dcm")
+
+
+def test_unknown_transfer_syntax_is_unsupported():
+    ds = make_ds(np.zeros((4, 4), np.uint16))
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5"
+    with pytest.raises(Unsupported, match=r"\(0002,0010\)"):
+        decode_frame(ds, path="x.dcm")

@@ -1,0 +1,417 @@
+"""The display pipeline: agreement with pydicom on real files, and the edge cases of research note §8."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.sequence import Sequence
+from pydicom.uid import JPEG2000Lossless
+
+from mammo_pipeline.dicom.decode import decode_frame
+from mammo_pipeline.dicom.normalize import (
+    Window,
+    apply_rescale,
+    apply_voi,
+    apply_voi_lut_sequence,
+    apply_window,
+    check_window,
+    is_inverted,
+    percentile_window,
+    read_window,
+    render,
+    render_pixels,
+    resize_area,
+    target_shape,
+    to_display,
+    window_linear,
+)
+from mammo_pipeline_tests.dicom.crafted import breast, local_test_files, make_ds
+
+
+def pydicom_reference(ds: Dataset) -> np.ndarray | None:
+    """pydicom's modality LUT + VOI, mapped linearly from its output range onto [0, 1], inverted for MONOCHROME1."""
+    arr = ds.pixel_array
+    arr = arr[0] if arr.ndim == 3 else arr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        modality = apply_modality_lut(arr, ds)
+        voi = apply_voi_lut(modality, ds)
+    if voi is modality:
+        return None
+    if ds.get("VOILUTSequence"):
+        lo, hi = 0.0, float(voi.max())
+    else:
+        bits = int(ds.BitsStored)
+        if ds.get("ModalityLUTSequence"):
+            lo, hi = 0.0, 2.0 ** ds.ModalityLUTSequence[0].LUTDescriptor[2] - 1
+        elif ds.PixelRepresentation == 0:
+            lo, hi = 0.0, 2.0**bits - 1
+        else:
+            lo, hi = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+            lo, hi = lo * ds.RescaleSlope + ds.RescaleIntercept, hi * ds.RescaleSlope + ds.RescaleIntercept
+    out = (voi.astype(np.float64) - lo) / (hi - lo)
+    return 1 - out if ds.PhotometricInterpretation == "MONOCHROME1" else out
+
+
+def area(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(arr.astype(np.float32), mode="F").resize(shape[::-1], Image.Resampling.BOX))
+
+
+def gray(arr01: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(arr01 * 255), 0, 255)
+
+
+def _agreement_cases() -> list:
+    cases = []
+    for path in local_test_files():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        grayscale = str(ds.get("PhotometricInterpretation", "")) in ("MONOCHROME1", "MONOCHROME2")
+        if "Rows" in ds and grayscale and ("WindowCenter" in ds or "VOILUTSequence" in ds):
+            cases.append(pytest.param(path, id=path.name))
+    return cases
+
+
+@pytest.mark.parametrize("path", _agreement_cases())
+def test_render_agrees_with_pydicom(path):
+    """Native size: within 1 gray level of pydicom; half size: within a few (VOI after averaging)."""
+    ds = pydicom.dcmread(path)
+    try:
+        reference = pydicom_reference(ds)
+    except Exception as exc:  # pydicom itself cannot decode a few deliberately broken files
+        pytest.skip(f"pydicom cannot render it: {type(exc).__name__}")
+    assert reference is not None
+    long_side = max(reference.shape)
+    rendition = render(path, (long_side, max(1, long_side // 2)))
+    if rendition.voi_method == "percentile":  # our degenerate-window check fired: it must name a real problem
+        window, _ = read_window(ds)
+        assert window is not None and rendition.fallback_reason
+        assert check_window(window, apply_rescale(decode_frame(ds).pixels, ds), int(ds.BitsStored)) is not None
+        return
+    full = rendition.images[long_side].astype(float)
+    assert np.abs(full - gray(reference)).max() <= 1
+    half = rendition.images[max(1, long_side // 2)].astype(float)
+    diff = np.abs(half - gray(area(reference, half.shape)))
+    assert diff.mean() <= 1.0
+    assert np.percentile(diff, 99) <= 4
+
+
+def test_render_sizes_and_metadata():
+    ds = make_ds(breast(400, 300), WindowCenter=2047, WindowWidth=4096)
+    rendition = render(ds, (256, 64))
+    assert rendition.images[256].shape == (256, 192) and rendition.images[64].shape == (64, 48)
+    assert rendition.images[256].dtype == np.uint8
+    assert (rendition.voi_method, rendition.fallback_reason, rendition.inverted) == ("window:LINEAR", None, False)
+    assert rendition.source_shape == (400, 300)
+    assert np.array_equal(to_display(ds, 64), render(ds, (64,)).images[64])
+    assert np.abs(to_display(ds, 64).astype(float) - rendition.images[64]).mean() < 1  # 64 from 256 vs direct
+
+
+# --- §8.1 MONOCHROME1 and Presentation LUT Shape -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("photometric", "shape", "inverted"),
+    [
+        ("MONOCHROME2", None, False),
+        ("MONOCHROME2", "IDENTITY", False),
+        ("MONOCHROME2", "INVERSE", False),
+        ("MONOCHROME1", None, True),
+        ("MONOCHROME1", "INVERSE", True),
+        ("MONOCHROME1", "IDENTITY", True),
+    ],
+)
+def test_render_inversion_policy(photometric, shape, inverted):
+    arr = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (32, 1))
+    tags = {"PhotometricInterpretation": photometric, "WindowCenter": 2048, "WindowWidth": 4096}
+    if shape:
+        tags["PresentationLUTShape"] = shape
+    ds = make_ds(arr, **tags)
+    rendition = render(ds, (64,))
+    assert rendition.inverted is inverted and is_inverted(ds) is inverted
+    left, right = rendition.images[64][:, 0].mean(), rendition.images[64][:, -1].mean()
+    assert (left > right) if inverted else (left < right)
+
+
+# --- §8.2 VOI LUT Function variants ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "LINEAR"),
+        ("", "LINEAR"),
+        ("linear", "LINEAR"),
+        (" SIGMOID ", "SIGMOID"),
+        ("LINEAR_EXACT", "LINEAR_EXACT"),
+    ],
+)
+def test_read_window_function_variants(value, expected):
+    ds = make_ds(np.zeros((2, 2), np.uint16), WindowCenter=100, WindowWidth=50)
+    if value is not None:
+        ds.VOILUTFunction = value
+    window, note = read_window(ds)
+    assert window == Window(100.0, 50.0, expected) and note is None
+
+
+def test_read_window_unknown_function_is_linear_with_note():
+    ds = make_ds(np.zeros((2, 2), np.uint16), WindowCenter=100, WindowWidth=50, VOILUTFunction="LOG")
+    window, note = read_window(ds)
+    assert window.function == "LINEAR" and "LOG" in note
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_window_functions_match_pydicom(function):
+    arr = np.arange(0, 4096, 7, dtype=np.uint16).reshape(1, -1)
+    ds = make_ds(arr, WindowCenter=1500, WindowWidth=900, VOILUTFunction=function)
+    expected = pydicom_reference(ds)
+    got = apply_window(arr, Window(1500, 900, function))
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_sigmoid_never_reaches_the_ends():
+    out = apply_window(np.array([0.0, 4095.0]), Window(2047, 4096, "SIGMOID"))
+    assert 0 < out[0] < 0.15 and 0.85 < out[1] < 1
+
+
+# --- §8.3 multi-valued windows -----------------------------------------------------------------------------
+
+
+def test_multivalued_windows_use_first_pair_and_tolerate_vm_mismatch():
+    ds = make_ds(np.zeros((2, 2), np.uint16), WindowCenter=[2047, 1000, 3000], WindowWidth=[4096])
+    ds.WindowCenterWidthExplanation = ["NORMAL"]  # VM 1 explanation for VM 3 centers: ignored
+    assert read_window(ds)[0] == Window(2047.0, 4096.0, "LINEAR")
+    dup = make_ds(np.zeros((2, 2), np.uint16), WindowCenter=[500, 500], WindowWidth=[100, 100])
+    assert read_window(dup)[0] == Window(500.0, 100.0, "LINEAR")
+    assert read_window(ds, index=5)[0] == Window(3000.0, 4096.0, "LINEAR")  # clamped, no IndexError
+
+
+# --- §8.4 VOI LUT Sequence ---------------------------------------------------------------------------------
+
+
+def voi_lut_item(lut: np.ndarray, first_map: int = 0, bits: int = 16, entries: int | None = None, ow=False):
+    item = Dataset()
+    item.LUTDescriptor = [len(lut) if entries is None else entries, first_map, bits]
+    if ow:
+        item.add_new(0x00283006, "OW", lut.astype("<u2").tobytes())
+    else:
+        item.add_new(0x00283006, "US", [int(v) for v in lut])
+    return item
+
+
+def test_voi_lut_sequence_wins_over_window_and_uses_the_real_maximum():
+    arr = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    lut = (4095 - np.arange(4096)).astype(np.uint16)  # declared 16 bits, holds 0..4095, inverted ramp
+    ds = make_ds(arr, WindowCenter=2047, WindowWidth=4096, VOILUTSequence=Sequence([voi_lut_item(lut)]))
+    out, method, reason = apply_voi(arr.astype(np.float32), ds)
+    assert method == "voi_lut" and reason is None
+    assert out[0, 0] == 1.0 and out[-1, -1] == 0.0  # scaled by 4095, not 65535
+
+
+def test_voi_lut_ow_and_us_agree_and_zero_means_65536_entries():
+    lut = (np.arange(65536) // 16).astype(np.uint16)
+    arr = np.array([[0, 1000, 40000, 65535]], dtype=np.uint16)
+    us = make_ds(arr, bits_stored=16, VOILUTSequence=Sequence([voi_lut_item(lut, entries=0)]))
+    ow = make_ds(arr, bits_stored=16, VOILUTSequence=Sequence([voi_lut_item(lut, entries=0, ow=True)]))
+    a, b = apply_voi_lut_sequence(arr, us), apply_voi_lut_sequence(arr, ow)
+    assert np.array_equal(a, b)
+    assert a[0, 3] == 1.0 and a[0, 2] == pytest.approx(2500 / 4095)
+
+
+def test_voi_lut_first_map_and_clamping():
+    lut = np.array([10, 20, 30, 40], dtype=np.uint16)
+    ds = make_ds(np.zeros((1, 1), np.uint16), VOILUTSequence=Sequence([voi_lut_item(lut, first_map=100)]))
+    out = apply_voi_lut_sequence(np.array([[0, 100, 101.5, 103, 5000]], dtype=np.float32), ds)
+    np.testing.assert_allclose(out, [[0.25, 0.25, 0.625, 1.0, 1.0]])
+
+
+# --- §8.5 rescale -----------------------------------------------------------------------------------------
+
+
+def test_rescale_with_intercept_matches_pydicom():
+    arr = np.arange(0, 4096, 3, dtype=np.uint16).reshape(1, -1)
+    ds = make_ds(arr, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400)
+    out, method, _ = apply_voi(apply_rescale(arr, ds), ds)
+    assert method == "window:LINEAR"
+    assert np.abs(gray(out) - gray(pydicom_reference(ds))).max() <= 1
+
+
+def test_modality_lut_sequence_is_applied():
+    item = Dataset()
+    item.LUTDescriptor = [4, 0, 16]
+    item.add_new(0x00283006, "US", [0, 100, 200, 300])
+    ds = make_ds(np.array([[0, 1, 2, 3, 9]], np.uint16), ModalityLUTSequence=Sequence([item]))
+    assert apply_rescale(np.array([[0, 1, 2, 3, 9]], np.uint16), ds).tolist() == [[0, 100, 200, 300, 300]]
+
+
+# --- §8.6 no VOI, constant images --------------------------------------------------------------------------
+
+
+def test_no_voi_uses_percentiles_and_says_so():
+    rendition = render(make_ds(breast(128, 96)), (64,))
+    assert rendition.voi_method == "percentile" and "no VOI" in rendition.fallback_reason
+    assert rendition.images[64].min() == 0 and rendition.images[64].max() == 255
+
+
+@pytest.mark.parametrize("window", [{}, {"WindowCenter": 2047, "WindowWidth": 4096}])
+def test_constant_image_does_not_divide_by_zero(window):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from a division by zero
+        rendition = render(make_ds(np.zeros((32, 32), np.uint16), **window), (16,))
+    assert rendition.images[16].std() == 0
+    if not window:
+        assert "constant" in rendition.fallback_reason
+
+
+def test_percentile_window_ignores_outliers():
+    arr = np.concatenate([np.linspace(1000, 2000, 9990), np.full(10, 60000.0)]).reshape(100, 100)
+    out, note = percentile_window(arr)
+    assert note is None and out[0, 0] == 0 and out[50, 50] == pytest.approx(0.5, abs=0.02)
+
+
+# --- §8.7 high bits and out-of-range values -----------------------------------------------------------------
+
+
+def test_garbage_high_bits_are_masked():
+    clean = breast(64, 48)
+    dirty = clean | np.uint16(0xF000)
+    tags = {"WindowCenter": 2047, "WindowWidth": 4096}
+    assert np.array_equal(to_display(make_ds(dirty, **tags), 64), to_display(make_ds(clean, **tags), 64))
+
+
+def test_uint16_above_32767_is_not_read_as_negative():
+    arr = np.array([[0, 30000, 40000, 65535]], dtype=np.uint16)
+    ds = make_ds(arr, bits_stored=16, WindowCenter=32768, WindowWidth=65536)
+    assert to_display(ds, 4).tolist() == [[0, 117, 156, 255]]
+
+
+# --- §8.8 transfer syntaxes ---------------------------------------------------------------------------------
+
+
+def _same_image_in(syntax: str) -> Dataset:
+    from pydicom.uid import (
+        ExplicitVRBigEndian,
+        ImplicitVRLittleEndian,
+        JPEGLSLossless,
+        RLELossless,
+    )
+
+    arr = breast(96, 80)
+    ds = make_ds(arr, WindowCenter=2047, WindowWidth=4096)
+    uid = {"implicit": ImplicitVRLittleEndian, "j2k": JPEG2000Lossless, "jpegls": JPEGLSLossless}.get(syntax)
+    uid = uid or {"rle": RLELossless, "big": ExplicitVRBigEndian}.get(syntax)
+    if syntax in ("j2k", "jpegls", "rle"):
+        ds.compress(uid, arr)
+    elif syntax == "implicit":
+        ds.file_meta.TransferSyntaxUID = uid
+    elif syntax == "big":
+        ds.file_meta.TransferSyntaxUID = uid
+        ds.PixelData = arr.astype(">u2").tobytes()
+    return ds
+
+
+@pytest.mark.parametrize("syntax", ["implicit", "big", "rle", "jpegls", "j2k"])
+def test_transfer_syntaxes_render_the_same(syntax, tmp_path):
+    ds = _same_image_in(syntax)
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert np.array_equal(to_display(path, 96), to_display(_same_image_in("explicit"), 96))
+
+
+def test_odd_length_8bit_data_renders():
+    arr = np.arange(15, dtype=np.uint8).reshape(3, 5)
+    ds = make_ds(arr, bits_stored=8, WindowCenter=7.5, WindowWidth=16)
+    ds.PixelData = arr.tobytes() + b"\0"  # padded to even length, as written on disk
+    assert to_display(ds, 5).shape == (3, 5)
+
+
+# --- §8.9 degenerate windows --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tags", "needle"),
+    [
+        ({"WindowCenter": 2047, "WindowWidth": 0.5}, "< 1"),
+        ({"WindowCenter": 2047, "WindowWidth": 0, "VOILUTFunction": "SIGMOID"}, "<= 0"),
+        ({"WindowCenter": 60000, "WindowWidth": 100}, "outside"),
+        ({"WindowCenter": 127, "WindowWidth": 256}, "8-bit"),
+    ],
+)
+def test_degenerate_windows_fall_back_to_percentiles(tags, needle):
+    rendition = render(make_ds(breast(128, 96), **tags), (64,))
+    assert rendition.voi_method == "percentile" and needle in rendition.fallback_reason
+    assert rendition.images[64].std() > 20  # a real picture, not a saturated one
+
+
+# --- §8.10 geometry and precision ---------------------------------------------------------------------------
+
+
+def test_landscape_stays_landscape_and_is_not_flipped():
+    arr = np.zeros((60, 200), np.uint16)
+    arr[:, :50] = 4000  # bright block on the left of a right breast
+    ds = make_ds(arr, WindowCenter=2047, WindowWidth=4096, ImageLaterality="R", PatientOrientation=["A", "L"])
+    ds.FieldOfViewHorizontalFlip = "YES"
+    out = to_display(ds, 100)
+    assert out.shape == (30, 100) and out[:, :20].mean() > 200 and out[:, -20:].mean() < 20
+
+
+def test_padded_and_backslash_ds_values_parse():
+    ds = make_ds(np.zeros((2, 2), np.uint16))
+    ds.add_new(0x00281050, "DS", " 2047.5 ")
+    ds.add_new(0x00281051, "DS", "4096\\")
+    window, _ = read_window(ds)
+    assert window == Window(2047.5, 4096.0, "LINEAR")
+
+
+def test_window_parameters_keep_full_precision():
+    # 2047.3 in float16 is 2048: the window edge must stay where the header puts it
+    out = window_linear(np.array([2047.0, 2048.0]), 2047.8, 1.0 + 1e-9)
+    assert out.tolist() == [0.0, 1.0]
+
+
+def test_multiframe_renders_frame_zero():
+    frames = np.stack([breast(64, 48, seed=1), np.zeros((64, 48), np.uint16)])
+    ds = make_ds(frames, WindowCenter=2047, WindowWidth=4096)
+    single = make_ds(frames[0], WindowCenter=2047, WindowWidth=4096)
+    assert np.array_equal(to_display(ds, 64), to_display(single, 64))
+
+
+# --- fast paths vs the reference order ----------------------------------------------------------------------
+
+
+def test_j2k_reduced_resolution_matches_full_decode():
+    arr = breast(1024, 832, seed=3)
+    ds = make_ds(arr, WindowCenter=2047, WindowWidth=3000, VOILUTFunction="SIGMOID")
+    ds.compress(JPEG2000Lossless, arr)
+    reduced = decode_frame(ds, 256)
+    assert reduced.reduction == 4 and reduced.pixels.shape == (256, 208)
+    fast = render_pixels(ds, reduced.pixels, (256,)).images[256].astype(float)
+    full = render_pixels(ds, decode_frame(ds).pixels, (256,)).images[256].astype(float)
+    diff = np.abs(fast - full)
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 6
+
+
+def test_voi_after_averaging_stays_close_to_voi_before():
+    arr = breast(1024, 832, seed=4, noise=60)
+    ds = make_ds(arr, WindowCenter=1800, WindowWidth=1500, VOILUTFunction="SIGMOID")
+    fast = render(ds, (256,)).images[256].astype(float)
+    reference = gray(area(pydicom_reference(ds), fast.shape))
+    diff = np.abs(fast - reference)
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4
+
+
+def test_resize_area_is_an_exact_mean():
+    arr = np.arange(36, dtype=np.uint16).reshape(6, 6)
+    assert resize_area(arr, (3, 3))[0, 0] == pytest.approx(np.mean([0, 1, 6, 7]))
+    assert resize_area(arr, (2, 2))[1, 1] == pytest.approx(arr[3:, 3:].mean())
+    assert resize_area(np.ones((5, 7)), (10, 14)).shape == (10, 14)
+    assert target_shape((4096, 3328), 1024) == (1024, 832)

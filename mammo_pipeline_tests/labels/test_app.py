@@ -1,0 +1,284 @@
+"""Every route of the labeling app, and every bad request refused with a 4xx that writes nothing."""
+
+from __future__ import annotations
+
+import threading
+
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from mammo_pipeline.labels.app import check_password, create_app, hash_password, load_annotators
+
+from .conftest import event_count
+
+HX = {"HX-Request": "true"}
+
+
+@pytest.fixture
+def client(settings, store) -> TestClient:
+    return TestClient(create_app(settings, annotator="alice", secret="test-secret"))
+
+
+@pytest.fixture
+def team(settings, store) -> TestClient:
+    users = {"alice": "wonderland", "bob": hash_password("builder")}
+    return TestClient(create_app(settings, team=True, users=users, secret="test-secret"))
+
+
+def _card_state(html: str) -> tuple[int, int]:
+    """(image_id, seen_event) from a card's hidden inputs."""
+
+    def value(name: str) -> int:
+        return int(html.split(f'name="{name}" value="', 1)[1].split('"', 1)[0])
+
+    return value("image_id"), value("seen_event")
+
+
+def _label(client: TestClient, label: str, image_id: int | str, seen: int | str | None = 0, **extra):
+    data = {"label": label, "image_id": str(image_id), "q": "unlabeled", **extra}
+    if seen is not None:
+        data["seen_event"] = str(seen)
+    return client.post("/label", data=data, headers=HX)
+
+
+def test_page_has_key_hints_local_htmx_and_the_first_image(client, store):
+    r = client.get("/")
+    assert r.status_code == 200
+    for hint in ("biopsy marker", "magnification view", "neither", "both", "skip", "undo"):
+        assert hint in r.text
+    assert '<script src="/static/htmx.min.js">' in r.text and "cdn" not in r.text.lower()
+    assert 'hx-sync="this:queue all"' in r.text and 'rel="preload"' in r.text
+    assert _card_state(r.text) == (store.queue("unlabeled", "alice")[0], 0)
+    assert client.get("/static/htmx.min.js").status_code == 200
+    assert "0BSD" in client.get("/static/htmx.min.js").text[:200]
+    for path in ("/pyproject.toml", "/static/../app.py", "/static/%2e%2e/app.py", "/app.py"):
+        assert client.get(path).status_code == 404
+
+
+def test_label_records_as_the_app_annotator_and_returns_the_next_card(client, store):
+    first, second = store.queue("unlabeled", "alice", limit=2)
+    r = _label(client, "2", first)
+    assert r.status_code == 200
+    assert _card_state(r.text) == (second, 0)
+    assert 'id="recent"' in r.text and 'hx-swap-oob="true"' in r.text
+    cur = store.current_labels()
+    assert cur[["image_id", "label", "annotator"]].values.tolist() == [[first, "mag", "alice"]]
+
+
+@pytest.mark.parametrize("label", ["0", "5", "1.5", "neither", "", "-1", "１"])
+def test_bad_label_is_422_and_writes_nothing(client, store, label):
+    r = _label(client, label, store.queue("unlabeled", "alice")[0])
+    assert r.status_code == 422
+    assert event_count(store) == 0
+
+
+@pytest.mark.parametrize("image_id", ["999", "-1", "../../etc/passwd", "..%2f..%2fetc", "1.5", "", "9" * 30])
+def test_unknown_or_pathlike_image_id_is_404_and_writes_nothing(client, store, image_id):
+    assert _label(client, "1", image_id).status_code == 404
+    assert event_count(store) == 0
+
+
+def test_label_without_image_id_field_is_404(client, store):
+    assert client.post("/label", data={"label": "1"}, headers=HX).status_code == 404
+    assert client.post("/label", data={}, headers=HX).status_code == 422
+    assert event_count(store) == 0
+
+
+def test_forged_annotator_is_ignored(client, store):
+    image = store.queue("unlabeled", "alice")[0]
+    client.cookies.set("annotator", "mallory")
+    client.cookies.set("auth", "mallory")
+    r = client.post(
+        "/label?annotator=mallory",
+        data={"label": "1", "image_id": str(image), "annotator": "mallory", "auth": "mallory"},
+        headers={**HX, "annotator": "mallory", "auth": "mallory"},
+    )
+    assert r.status_code == 200
+    assert store.events()["annotator"].tolist() == ["alice"]
+
+
+def test_stale_submit_is_409_with_seen_event_and_writes_nothing(client, store):
+    image = store.queue("unlabeled", "alice")[0]
+    ev = store.record(image, 3, "bob")  # someone else labels it after alice's card was rendered
+    r = _label(client, "1", image, seen=0)
+    assert r.status_code == 409 and "you saw event 0" in r.text and str(ev) in r.text
+    assert event_count(store) == 1
+    assert _label(client, "1", image, seen="abc").status_code == 422
+    assert _label(client, "1", image, seen=ev).status_code == 200
+    assert event_count(store) == 2
+
+
+def test_undo_returns_the_undone_image_and_409_when_nothing_is_left(client, store):
+    assert client.post("/undo", headers=HX).status_code == 409
+    image = store.queue("unlabeled", "alice")[0]
+    _label(client, "4", image)
+    r = client.post("/undo", data={"q": "unlabeled"}, headers=HX)
+    assert r.status_code == 200 and _card_state(r.text) == (image, 0)
+    assert store.events()["undone"].tolist() == [True]
+    assert client.post("/undo", headers=HX).status_code == 409
+    assert store.events()["undone"].tolist() == [True]
+
+
+@pytest.mark.parametrize("path", ["/label", "/undo", "/skip", "/blind", "/logout"])
+def test_get_on_a_write_route_is_405(client, store, path):
+    assert client.get(path).status_code == 405
+    assert event_count(store) == 0
+
+
+def test_skip_moves_on_without_writing(client, store):
+    first, second = store.queue("unlabeled", "alice", limit=2)
+    r = client.post("/skip", data={"image_id": str(first), "q": "unlabeled"}, headers=HX)
+    assert r.status_code == 200 and _card_state(r.text)[0] == second
+    assert _card_state(client.get("/").text)[0] == second  # the skip sticks for this session
+    assert client.post("/skip", data={"image_id": "999"}, headers=HX).status_code == 404
+    assert event_count(store) == 0
+
+
+def test_card_route_shows_a_chosen_image_for_relabeling(client, store):
+    image = store.queue("unlabeled", "alice")[-1]
+    ev = store.record(image, 1, "alice")
+    r = client.get(f"/card?image_id={image}", headers=HX)
+    assert r.status_code == 200 and _card_state(r.text) == (image, ev) and "labeled biopsy by alice" in r.text
+    for bad in ("999", "abc", "-1"):
+        assert client.get(f"/card?image_id={bad}", headers=HX).status_code == 404
+    assert client.get("/?image_id=999").status_code == 404
+
+
+def test_queue_switcher_counts_and_model_hint_and_blind_mode(client, store, manifest):
+    store.set_predictions(
+        manifest[["sop_instance_uid"]].assign(p_biopsy=0.83, p_mag=0.1, model_version="v1", out_of_sample=True)
+    )
+    r = client.get("/?q=low_confidence")
+    assert "Low confidence" in r.text and "8/8" in r.text and "queue active" in r.text
+    assert "p(biopsy) 0.83" in r.text
+    assert client.post("/blind").status_code == 204
+    assert "p(biopsy)" not in client.get("/").text
+    assert "unlabeled" in client.get("/?q=../../bogus").text  # unknown queue: the default one
+
+
+def test_images_are_served_by_id_only_with_cache_headers(client, store, settings):
+    image = store.queue("unlabeled", "alice")[0]
+    r = client.get(f"/img/{image}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert "max-age" in r.headers["cache-control"] and r.content[:4] == b"\x89PNG"
+    assert client.get(f"/img/{image}/model").status_code == 200
+    for bad in ("999", "abc", "-1", "..%2f..%2fetc%2fpasswd", "1%2f..%2f..", "1.png"):
+        assert client.get(f"/img/{bad}").status_code == 404
+    # A path in the database that climbs out of the cache is never served.
+    (settings.cache.parent / "secret.png").write_bytes(b"\x89PNG secret")
+    evil = pd.DataFrame(
+        [
+            {
+                "hospital": "h1",
+                "sop_instance_uid": "evil",
+                "patient_key": "p",
+                "study_instance_uid": "s",
+                "display_png": "../secret.png",
+                "model_png": "/etc/passwd",
+                "meta_mag": None,
+            }
+        ]
+    )
+    store.sync_images(evil)
+    evil_id = int(store.images().set_index("sop_instance_uid").loc["evil", "id"])
+    assert client.get(f"/img/{evil_id}").status_code == 404
+    assert client.get(f"/img/{evil_id}/model").status_code == 404
+
+
+def test_review_lists_images_annotators_disagree_on(client, store):
+    a, b = store.queue("unlabeled", limit=2)
+    store.record(a, 1, "alice")
+    store.record(a, 4, "bob")
+    store.record(b, 2, "alice")
+    r = client.get("/review")
+    assert r.status_code == 200 and "alice: biopsy, bob: both" in r.text and f"/?image_id={a}" in r.text
+    assert f"/?image_id={b}" not in r.text
+
+
+def test_export_routes_carry_provenance(client, store):
+    image = store.queue("unlabeled", "alice")[0]
+    _label(client, "2", image)
+    csv = client.get("/export.csv")
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    header, row = csv.text.splitlines()[:2]
+    assert "sop_instance_uid" in header and "annotator" in header and "source" in header and ",alice," in row
+    jsonl = client.get("/export.jsonl")
+    assert jsonl.status_code == 200 and '"annotator":"alice"' in jsonl.text
+
+
+def test_team_mode_requires_a_signed_session(team, store):
+    image = store.queue("unlabeled")[0]
+    r = team.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert _label(team, "1", image).status_code == 401
+    assert team.post("/undo").status_code == 401
+    assert team.get(f"/img/{image}").status_code == 401
+    assert team.get("/export.csv").status_code == 401
+    assert team.get("/login").status_code == 200
+    assert team.post("/login", data={"name": "alice", "password": "nope"}).status_code == 401
+    assert team.post("/login", data={"name": "mallory", "password": "x"}).status_code == 401
+    # A forged session cookie (not signed with the secret) is no session.
+    assert _label(team, "1", image, annotator="alice", **{"session": "alice"}).status_code == 401
+    team.cookies.set("mammo_session", "eyJhbm5vdGF0b3IiOiAiYWxpY2UifQ==.forged.sig")
+    assert _label(team, "1", image).status_code == 401
+    assert event_count(store) == 0
+
+
+def test_team_mode_identity_comes_from_the_session_only(team, store):
+    r = team.post("/login", data={"name": "bob", "password": "builder"}, follow_redirects=False)
+    assert r.status_code == 303
+    image = team.get("/").text
+    image_id, seen = _card_state(image)
+    assert _label(team, "3", image_id, seen, annotator="alice").status_code == 200
+    assert store.events()["annotator"].tolist() == ["bob"]
+    assert team.post("/logout", follow_redirects=False).status_code == 303
+    assert _label(team, "3", image_id).status_code == 401
+    assert event_count(store) == 1
+
+
+def test_two_annotators_labeling_at_once_lose_nothing(settings, store):
+    users = {"alice": "a", "bob": "b"}
+    app = create_app(settings, team=True, users=users, secret="s")
+    ids = store.images()["id"].tolist()
+    failures: list[int] = []
+
+    def work(name: str) -> None:
+        with TestClient(app) as c:
+            c.post("/login", data={"name": name, "password": users[name]})
+            for k in range(40):
+                r = c.post("/label", data={"label": str(1 + k % 4), "image_id": str(ids[k % len(ids)])}, headers=HX)
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    events = store.events()
+    assert len(events) == 80 and events["annotator"].value_counts().to_dict() == {"alice": 40, "bob": 40}
+
+
+def test_annotators_from_env_and_file(tmp_path, settings):
+    assert load_annotators({"MAMMO_ANNOTATORS": "alice:pw1, bob:pw2"}) == {"alice": "pw1", "bob": "pw2"}
+    f = tmp_path / "users"
+    f.write_text(f"# annotators\ncarol:{hash_password('secret')}\n")
+    users = load_annotators({"MAMMO_ANNOTATORS_FILE": str(f)})
+    assert check_password(users["carol"], "secret") and not check_password(users["carol"], "Secret")
+    assert "secret" not in f.read_text()
+    with pytest.raises(ValueError, match="name:password"):
+        load_annotators({"MAMMO_ANNOTATORS": "alice"})
+    with pytest.raises(ValueError, match="team mode needs annotators"):
+        create_app(settings, team=True, users={})
+
+
+def test_session_secret_is_kept_in_mammo_home(settings, store, monkeypatch):
+    monkeypatch.delenv("MAMMO_SECRET", raising=False)
+    create_app(settings, annotator="alice")
+    secret = settings.home / ".session_secret"
+    assert secret.exists() and oct(secret.stat().st_mode)[-3:] == "600"
+    text = secret.read_text()
+    create_app(settings, annotator="alice")
+    assert secret.read_text() == text

@@ -1,0 +1,81 @@
+"""The `labels` asset and the `label_store` observable source, materialized in an ephemeral instance."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+
+from mammo_pipeline import warehouse
+from mammo_pipeline.defs.labels import COLUMNS, label_store, labels
+from mammo_pipeline.defs.partitions import hospital_partitions
+from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline.labels.store import LabelStore
+
+from .conftest import write_images
+
+IMAGE_CACHE = dg.AssetSpec("image_cache", partitions_def=hospital_partitions)
+
+
+def _materialize(settings) -> dg.ExecuteInProcessResult:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1", "h2"])
+    return dg.materialize(
+        [IMAGE_CACHE, label_store, labels],
+        selection=[labels.key],
+        resources={"mammo": MammoSettings(home=str(settings.home))},
+        instance=instance,
+    )
+
+
+def test_labels_asset_syncs_images_and_snapshots_current_labels(settings):
+    for hospital, n in (("h1", 6), ("h2", 4)):
+        manifest = write_images(settings.cache, n, hospital=hospital)
+        warehouse.write_partition(settings, "image_cache", hospital, manifest, name="manifest.parquet")
+    result = _materialize(settings)
+    assert result.success
+    store = LabelStore(settings.labels_db)
+    assert len(store.images()) == 10
+    empty = pd.read_parquet(settings.table_dir("labels") / "current.parquet")
+    assert empty.empty and list(empty.columns) == COLUMNS
+
+    ids = store.images().set_index("sop_instance_uid")["id"]
+    store.record(int(ids.iloc[0]), 1, "alice")
+    store.record(int(ids.iloc[7]), 4, "alice")
+    result = _materialize(settings)
+    mat = result.asset_materializations_for_node("labels")[0]
+    df = pd.read_parquet(settings.table_dir("labels") / "current.parquet")
+    sid = mat.metadata["snapshot_id"].value
+    assert len(df) == 2 and set(df["snapshot_id"]) == {sid}
+    assert df.set_index("hospital")["label"].to_dict() == {"h1": "biopsy", "h2": "both"}
+    assert (settings.table_dir("labels") / "snapshots" / f"{sid}.parquet").exists()
+    assert mat.metadata["dagster/row_count"].value == 2
+    assert mat.metadata["label_counts"].value == {"biopsy": 1, "mag": 0, "neither": 0, "both": 1}
+    assert "| h2 | 0 | 0 | 0 | 1 | 1 |" in mat.metadata["per_hospital"].value
+    assert mat.metadata["images_train"].value + mat.metadata["images_audit"].value == 10
+    assert df["model_png"].str.endswith(".png").all() and set(df["split"]) <= {"train", "audit"}
+    assert warehouse.table_glob(settings, "labels") is not None
+
+
+def test_label_store_version_changes_with_labels_and_undo(settings):
+    assert _version(settings) == "empty"
+    store = LabelStore(settings.labels_db)
+    store.sync_images(write_images(settings.cache, 2), audit_fraction=0)
+    v0 = _version(settings)
+    store.record(int(store.images()["id"][0]), 2, "alice")
+    v1 = _version(settings)
+    store.undo("alice")
+    assert len({v0, v1, _version(settings)}) == 3
+    assert _version(settings) == _version(settings)
+
+
+def _version(settings) -> str:
+    """The data version the observable source reports when Dagster observes it."""
+    result = dg.materialize(
+        [label_store],
+        selection=[label_store.key],
+        resources={"mammo": MammoSettings(home=str(settings.home))},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    (obs,) = [e.event_specific_data.asset_observation for e in result.all_events if e.is_asset_observation]
+    return obs.tags["dagster/data_version"]

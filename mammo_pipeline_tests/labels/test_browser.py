@@ -1,0 +1,148 @@
+"""The app in a real headless Chromium: a burst of keys labels consecutive images and none is lost."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from mammo_pipeline.labels.app import create_app
+from mammo_pipeline.labels.store import LabelStore
+
+from .conftest import write_images
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "labeling_app.png"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(settings):
+    """The app on a free loopback port, over a store of 8 mammogram-like images with model hints."""
+    manifest = write_images(settings.cache, 8, size=(640, 512), synth=True)
+    store = LabelStore(settings.labels_db)
+    store.sync_images(manifest, audit_fraction=0.0)
+    hints = manifest[["sop_instance_uid"]].assign(
+        p_biopsy=[0.91, 0.07, 0.12, 0.88, 0.86, 0.3, 0.2, 0.55],
+        p_mag=[0.03, 0.94, 0.1, 0.81, 0.12, 0.62, 0.3, 0.7],
+        model_version="20261127-demo",
+        out_of_sample=True,
+    )
+    store.set_predictions(hints)
+    app = create_app(settings, annotator="reader1", secret="browser-test")
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}", store
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_key_burst_labels_consecutive_images_and_undo(server):
+    from playwright.sync_api import sync_playwright
+
+    url, store = server
+    order = store.queue("unlabeled", "reader1", limit=8)
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    try:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        posts: list[str] = []
+        done: list[int] = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page.on("response", lambda r: done.append(r.status) if r.request.method == "POST" else None)
+        page.goto(url)
+        page.wait_for_selector("#shot")
+        assert page.input_value("#image_id") == str(order[0])
+
+        page.keyboard.press("Alt+2")  # a modifier held: not a label
+        page.evaluate("document.body.append(Object.assign(document.createElement('input'), {id: 'note'}))")
+        page.type("#note", "12")  # typing in a field: not a label
+        page.evaluate("document.getElementById('note').remove()")
+        page.wait_for_timeout(200)
+        assert posts == []
+        for key in ("2", "3", "Numpad1", "4", "3"):  # the burst 2 3 1 4 3, no waits (the 1 on the numpad)
+            page.keyboard.press(key)
+        page.keyboard.press("z")
+        page.wait_for_function("() => !document.querySelector('.htmx-request')", timeout=15000)
+        deadline = time.monotonic() + 15
+        while len(done) < 6 and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert len(posts) == 6 and done == [200] * 6
+
+        events = store.events()
+        assert events["image_id"].tolist() == order[:5]
+        assert events["label"].tolist() == ["mag", "neither", "biopsy", "both", "neither"]
+        assert events["undone"].tolist() == [False, False, False, False, True]
+        assert set(events["annotator"]) == {"reader1"}
+        assert store.current_labels()["image_id"].tolist() == sorted(order[:4])
+        # After the undo the card shows the undone image again, ready to relabel.
+        assert page.input_value("#image_id") == str(order[4])
+        assert page.locator("#recent li").count() == 4
+
+        page.keyboard.press("?")
+        assert page.locator("#help").is_visible()
+        page.keyboard.press("Escape")
+        # The screenshot: an image with biopsy clips (conftest draws kinds in turn; the fifth has clips).
+        page.locator("input[data-var='--contrast']").fill("1.15")
+        clipped = int(store.images()["id"].iloc[4])
+        page.goto(f"{url}/?image_id={clipped}")
+        page.wait_for_function("() => document.getElementById('shot').complete")
+        assert (
+            page.evaluate("getComputedStyle(document.getElementById('stage')).getPropertyValue('--contrast')") == "1.15"
+        )
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+    finally:
+        browser.close()
+        pw.stop()
+
+
+def test_stale_key_press_writes_nothing_and_refreshes_the_card(server):
+    from playwright.sync_api import sync_playwright
+
+    url, store = server
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        image = int(page.input_value("#image_id"))
+        other = store.record(image, 4, "reader2")  # someone else labels the image on screen
+        page.keyboard.press("1")
+        page.wait_for_function(f"() => document.getElementById('seen_event').value === '{other}'", timeout=10000)
+        assert "labeled both by reader2" in page.inner_text("#card")
+        assert "relabeled meanwhile" in page.inner_text("#toast")
+        assert len(store.events()) == 1
+        page.keyboard.press("1")  # now an informed relabel
+        page.wait_for_function(f"() => document.getElementById('image_id').value !== '{image}'", timeout=10000)
+        assert store.events()[["annotator", "label", "seen_event"]].values.tolist()[-1] == ["reader1", "biopsy", other]
+    finally:
+        browser.close()
+        pw.stop()

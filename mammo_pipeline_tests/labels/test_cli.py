@@ -1,0 +1,74 @@
+"""`mammo label`: syncs the image_cache table first, exports events, starts uvicorn with the right mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import uvicorn
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from mammo_pipeline import warehouse
+from mammo_pipeline.cli.label import command
+from mammo_pipeline.labels.app import check_password
+from mammo_pipeline.labels.store import LabelStore
+
+from .conftest import write_images
+
+
+@pytest.fixture
+def cached(settings):
+    manifest = write_images(settings.cache, 5)
+    warehouse.write_partition(settings, "image_cache", "h1", manifest, name="manifest.parquet")
+    return manifest
+
+
+def test_export_syncs_then_writes_events(settings, cached, tmp_path):
+    out = tmp_path / "events.jsonl"
+    result = CliRunner().invoke(command, ["--export", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Wrote 0 label events" in result.output and out.read_text() == ""
+    store = LabelStore(settings.labels_db)
+    assert len(store.images()) == 5
+    store.record(int(store.images()["id"][0]), 3, "alice")
+    assert CliRunner().invoke(command, ["--export", str(out)]).exit_code == 0
+    assert json.loads(out.read_text())["label"] == "neither"
+    csv = tmp_path / "events.csv"
+    assert CliRunner().invoke(command, ["--export", str(csv)]).exit_code == 0
+    assert csv.read_text().startswith("event_id,")
+
+
+def test_serve_single_user_on_loopback(settings, cached, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app, host=host, port=port))
+    result = CliRunner().invoke(command, ["--annotator", "reader7", "--port", "5099"])
+    assert result.exit_code == 0, result.output
+    assert "5 images (5 new)" in result.output and seen["host"] == "127.0.0.1" and seen["port"] == 5099
+    page = TestClient(seen["app"]).get("/")
+    assert page.status_code == 200 and "reader7" in page.text
+
+
+def test_serve_on_a_network_host_needs_annotators(settings, cached, monkeypatch):
+    monkeypatch.delenv("MAMMO_ANNOTATORS", raising=False)
+    monkeypatch.delenv("MAMMO_ANNOTATORS_FILE", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("must not serve"))
+    result = CliRunner().invoke(command, ["--host", "0.0.0.0"])
+    assert result.exit_code != 0 and "team mode needs annotators" in result.output
+    seen = {}
+    monkeypatch.setenv("MAMMO_ANNOTATORS", "alice:pw")
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app))
+    assert CliRunner().invoke(command, ["--host", "0.0.0.0"]).exit_code == 0
+    assert TestClient(seen["app"]).get("/", follow_redirects=False).status_code == 303
+
+
+def test_bad_manifest_is_a_clear_error(settings):
+    warehouse.write_partition(settings, "image_cache", "h1", write_images(settings.cache, 2).drop(columns="model_png"))
+    result = CliRunner().invoke(command, ["--export", str(settings.home / "x.csv")])
+    assert result.exit_code != 0 and "model_png" in result.output
+
+
+def test_hash_password_prints_a_checkable_hash():
+    result = CliRunner().invoke(command, ["--hash-password"], input="s3cret\ns3cret\n")
+    assert result.exit_code == 0
+    assert check_password(result.output.strip().splitlines()[-1], "s3cret")

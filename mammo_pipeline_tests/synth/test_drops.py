@@ -1,0 +1,165 @@
+"""Synthetic drops: layout, ground truth checked on the pixels, determinism, incremental drops, corrupt files."""
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.errors import InvalidDicomError
+
+from mammo_pipeline.landing import SLUG, list_drops, list_hospitals
+from mammo_pipeline.synth import generate_drops, hospital_slugs, read_truth
+from mammo_pipeline.synth.markers import CLIP_MIN
+
+SCALE = 0.1
+
+
+@pytest.fixture(scope="module")
+def landing(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("landing")
+    generate_drops(
+        out, hospitals=3, studies_per_hospital=8, seed=3, scale=SCALE, corrupt_fraction=0.1, drop="d1", workers=1
+    )
+    return out
+
+
+def _display(ds) -> np.ndarray:
+    """Stored pixels as display fractions (white = 1), undoing MONOCHROME1."""
+    v = ds.pixel_array.astype(np.float64) / ((1 << ds.BitsStored) - 1)
+    return 1.0 - v if ds.PhotometricInterpretation == "MONOCHROME1" else v
+
+
+def _has_unexposed_border(v: np.ndarray) -> bool:
+    """A flat, bright strip along some edge: the collimator shadow of a mag view."""
+    strips = [v[:2], v[-2:], v[:, :2], v[:, -2:]]
+    return any(((s > 0.88) & (s < 0.95)).mean() > 0.99 and s.std() < 0.01 for s in strips)
+
+
+def test_generate_drops_layout_ready_and_truth(landing):
+    assert list_hospitals(landing) == sorted(hospital_slugs(3))
+    truth = read_truth(landing)
+    for hospital in hospital_slugs(3):
+        assert list_drops(landing, hospital) == ["d1"]
+        assert (landing / hospital / "d1" / "_READY").exists()
+    for row in truth.itertuples():
+        parts = Path(row.rel_path).parts
+        assert parts[:3] == (row.hospital, "d1", row.patient_id)
+        assert parts[3:] == (row.study_instance_uid, f"{row.sop_instance_uid}.dcm")
+        assert (landing / row.rel_path).stat().st_size == row.file_size
+    good = truth[truth["corrupt_kind"].isna()]
+    assert set(good["label"]) == {"neither", "biopsy", "mag", "both"}
+    assert set(truth["vendor_profile"]) == {"H-DIM", "H-LOR", "GE-ESS", "SIE-INS", "FUJ-AMU", "PHI-MD"}
+    assert truth["sop_instance_uid"].is_unique
+    assert (good.groupby("study_instance_uid").size() >= 2).all()
+    assert (good[good["study_kind"] == "screening"].groupby("study_instance_uid").size() >= 4).all()
+    assert good.groupby("patient_id")["study_instance_uid"].nunique().max() >= 2
+
+
+def test_truth_agrees_with_pixels(landing):
+    truth = read_truth(landing)
+    images = truth[truth["corrupt_kind"].isna() & ~truth["for_processing"].astype(bool)]
+    for row in images.itertuples():
+        v = _display(pydicom.dcmread(landing / row.rel_path))
+        assert bool((v >= CLIP_MIN - 0.005).any()) == row.has_biopsy_marker, row.rel_path
+        assert _has_unexposed_border(v) == row.is_mag_view, row.rel_path
+        if row.marker_partly_outside:  # cut off at the chest-wall edge (column 0 for a left breast)
+            edge = v[:, 0] if row.laterality == "L" else v[:, -1]
+            assert (edge >= CLIP_MIN - 0.005).any(), row.rel_path
+    assert images["marker_partly_outside"].any() and images["subtle_mag"].any()
+
+
+def test_headers_never_reveal_a_marker_and_carry_identities(landing):
+    truth = read_truth(landing)
+    for row in truth[truth["corrupt_kind"].isna()].itertuples():
+        ds = pydicom.dcmread(landing / row.rel_path, stop_before_pixels=True)
+        text = " ".join(str(e.value) for e in ds.iterall() if e.VR in ("LO", "SH", "ST", "LT", "CS")).lower()
+        assert "biopsy" not in text and "clip" not in text and "marker" not in text
+        assert ds.PatientID == row.patient_id and str(ds.PatientName) and len(ds.PatientBirthDate) == 8
+        assert ds.Modality == "MG" and ds.InstitutionName and ds.AccessionNumber
+
+
+def test_corrupt_files_have_their_kind(landing):
+    truth = read_truth(landing)
+    bad = truth[truth["corrupt_kind"].notna()]
+    assert set(bad["corrupt_kind"]) == {"truncated", "not_dicom", "no_pixel_data", "not_mammography"}
+    assert bad["label"].isna().all()
+    for row in bad.itertuples():
+        path = landing / row.rel_path
+        if row.corrupt_kind == "not_dicom":
+            with pytest.raises(InvalidDicomError):
+                pydicom.dcmread(path)
+        elif row.corrupt_kind == "no_pixel_data":
+            ds = pydicom.dcmread(path)
+            assert ds.Modality == "MG" and "PixelData" not in ds
+        elif row.corrupt_kind == "not_mammography":
+            assert pydicom.dcmread(path).Modality == "CT"
+        else:
+            with pytest.raises(Exception):  # noqa: B017 - pydicom raises several types on truncated data
+                pydicom.dcmread(path).pixel_array  # noqa: B018
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.dcm"))}
+
+
+def test_generate_drops_same_seed_gives_identical_bytes(tmp_path):
+    calls: list[tuple[int, int]] = []
+    generate_drops(tmp_path / "a", hospitals=2, studies_per_hospital=3, seed=9, scale=SCALE, drop="d", workers=1)
+    generate_drops(
+        tmp_path / "b",
+        hospitals=2,
+        studies_per_hospital=3,
+        seed=9,
+        scale=SCALE,
+        drop="d",
+        workers=2,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert calls[-1][0] == calls[-1][1] > 0 and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert a and a == b
+    generate_drops(tmp_path / "c", hospitals=2, studies_per_hospital=3, seed=10, scale=SCALE, drop="d", workers=1)
+    assert set(_files(tmp_path / "c")).isdisjoint(a)
+
+
+def test_second_drop_adds_files_without_touching_the_first(tmp_path):
+    out = tmp_path / "landing"
+    generate_drops(out, hospitals=2, studies_per_hospital=3, seed=1, scale=SCALE, drop="d1", workers=1)
+    before = _files(out)
+    truth1 = read_truth(out)
+    report = generate_drops(
+        out,
+        hospitals=3,
+        studies_per_hospital=3,
+        seed=1,
+        scale=SCALE,
+        drop="d2",
+        only=[hospital_slugs(3)[2], hospital_slugs(3)[0]],
+        workers=1,
+    )
+    after = _files(out)
+    assert all(after[k] == v for k, v in before.items())
+    assert sorted(report.hospitals) == sorted([hospital_slugs(3)[0], hospital_slugs(3)[2]])
+    truth2 = read_truth(out)
+    assert len(truth2) == len(truth1) + report.files_written
+    d1 = truth2[truth2["drop"] == "d1"].sort_values("sop_instance_uid").reset_index(drop=True)
+    assert d1.equals(truth1.sort_values("sop_instance_uid").reset_index(drop=True))
+    new = truth2[truth2["drop"] == "d2"]
+    assert set(new["hospital"]) == set(report.hospitals)
+    assert set(new["sop_instance_uid"]).isdisjoint(truth1["sop_instance_uid"])
+    assert set(new["study_instance_uid"]).isdisjoint(truth1["study_instance_uid"])
+    assert list_drops(out, hospital_slugs(3)[1]) == ["d1"]
+    again = generate_drops(out, hospitals=3, studies_per_hospital=3, seed=1, scale=SCALE, drop="d2", workers=1)
+    assert sorted(again.skipped) == sorted(report.hospitals) and len(read_truth(out)) > len(truth2)
+
+
+def test_generate_drops_rejects_unknown_only(tmp_path):
+    with pytest.raises(ValueError, match="not-a-hospital"):
+        generate_drops(tmp_path, hospitals=2, studies_per_hospital=1, only=["not-a-hospital"])
+
+
+def test_hospital_slugs_are_stable_unique_slugs():
+    many = hospital_slugs(60)
+    assert hospital_slugs(4) == many[:4]
+    assert len(set(many)) == 60
+    assert all(SLUG.match(s) and "," not in s for s in many)
