@@ -44,13 +44,15 @@ def imap_unordered(
     if workers == 1 and not dask_scheduler:
         yield from map(fn, items)
         return
-    max_pending = max_pending or 2 * workers
     if dask_scheduler:
         from distributed import Client  # optional dependency: pip install 'mammo-pipeline[dask]'
 
         with Client(dask_scheduler) as client:
-            yield from _drive(client.get_executor(pure=False), fn, items, chunksize, max_pending)
+            client.wait_for_workers(1, timeout=300)  # a cluster without workers would otherwise hang silently
+            slots = sum(client.nthreads().values())  # the cluster's size, not this machine's cores
+            yield from _drive(client.get_executor(pure=False), fn, items, chunksize, max_pending or 2 * slots)
     else:
+        max_pending = max_pending or 2 * workers
         with ProcessPoolExecutor(workers) as pool:
             yield from _drive(pool, fn, items, chunksize, max_pending)
 

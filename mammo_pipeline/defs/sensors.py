@@ -1,0 +1,120 @@
+"""Sensors: new hospital drops start the per-hospital chain; enough new labels start a retraining.
+
+Both are on by default (no toggling in the UI) and keep their state in the sensor cursor, so a daemon
+restart neither repeats nor forgets work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from mammo_pipeline.defs import automation, jobs
+from mammo_pipeline.defs.partitions import hospital_partitions
+from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline.drops import DropCursor, quiet_seconds_from_env, scan_landing
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.settings import Settings
+
+DROP_SENSOR_INTERVAL_VAR = "MAMMO_DROP_SENSOR_INTERVAL"
+RETRAIN_SENSOR_INTERVAL = 300
+
+
+@dg.sensor(
+    job=jobs.hospital_chain_job,
+    minimum_interval_seconds=int(os.environ.get(DROP_SENSOR_INTERVAL_VAR) or 30),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings) -> dg.SensorResult | dg.SkipReason:
+    """Adds a `hospital` partition per new landing/ folder; runs the chain per hospital with new ready drops."""
+    landing = mammo.get().landing
+    if not landing.is_dir():
+        return dg.SkipReason(f"{landing} does not exist yet")
+    scan = scan_landing(
+        landing,
+        DropCursor.from_json(context.cursor),
+        registered=context.instance.get_dynamic_partitions(hospital_partitions.name),
+        quiet_seconds=quiet_seconds_from_env(),
+    )
+    for hospital, drop in scan.waiting:
+        context.log.info(f"{hospital}/{drop} is still being copied (no _READY, files changed recently)")
+    if scan.first_start and scan.runs:
+        context.log.info(f"First start: one run per hospital for {sum(len(r.drops) for r in scan.runs)} drops")
+    if not scan.changed and context.cursor == scan.cursor.to_json():
+        return dg.SkipReason(f"no new ready drops ({len(scan.waiting)} still being copied)")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=run.run_key,
+                partition_key=run.hospital,
+                tags={"mammo/trigger": "new_drop", "mammo/drops": ",".join(run.drops)[:200]},
+            )
+            for run in scan.runs
+        ],
+        dynamic_partitions_requests=(
+            [hospital_partitions.build_add_request(list(scan.new_hospitals))] if scan.new_hospitals else []
+        ),
+        cursor=scan.cursor.to_json(),
+    )
+
+
+def retrain_baseline(cursor: str | None, model_event: int | None, has_model: bool, last_event_id: int) -> int:
+    """The label event id up to which the current model (or the last retraining request) has seen labels.
+
+    The later of the cursor (the last request) and the newest event in the current model's label snapshot.
+    A model whose snapshot cannot be read is taken as up to date on the first tick; no model saw no labels.
+    """
+    covered = [0]
+    if cursor:
+        covered.append(int(json.loads(cursor)["requested_at_event"]))
+    if model_event is not None:
+        covered.append(model_event)
+    elif has_model and not cursor:
+        covered.append(last_event_id)
+    return max(covered)
+
+
+def _last_event_id(labels_db: Path) -> int:
+    from mammo_pipeline.labels.store import LabelStore
+
+    return LabelStore(labels_db).last_event_id()
+
+
+def _model_event(settings: Settings) -> tuple[bool, int | None]:
+    """(a model exists, the newest label event in the snapshot it was trained on, if readable)."""
+    try:
+        ref = ModelRef.load(settings.models)
+    except FileNotFoundError:
+        return False, None
+    snapshot = settings.table_dir("labels") / "snapshots" / f"{ref.label_snapshot_id}.parquet"
+    if not snapshot.exists():
+        return True, None
+    events = pd.read_parquet(snapshot, columns=["event_id"])["event_id"]
+    return True, int(events.max()) if len(events) else 0
+
+
+@dg.sensor(
+    job=automation.retrain_model,
+    minimum_interval_seconds=RETRAIN_SENSOR_INTERVAL,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def retrain_on_new_labels(context: dg.SensorEvaluationContext, mammo: MammoSettings) -> dg.SensorResult | dg.SkipReason:
+    """Retrains (trained_model + onnx_model) once `retrain_after` labels arrived since the last model."""
+    settings = mammo.get()
+    if not settings.labels_db.exists():
+        return dg.SkipReason(f"no label store at {settings.labels_db} yet")
+    last = _last_event_id(settings.labels_db)
+    has_model, model_event = _model_event(settings)
+    baseline = retrain_baseline(context.cursor, model_event, has_model, last)
+    new = last - baseline
+    if new < settings.retrain_after:
+        return dg.SkipReason(f"{new} new label events since the last model; retraining after {settings.retrain_after}")
+    context.log.info(f"{new} new label events (up to event {last}): requesting a retraining")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"retrain:{last}", tags={"mammo/trigger": "new_labels"})],
+        cursor=json.dumps({"requested_at_event": last}),
+    )

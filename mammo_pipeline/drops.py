@@ -1,0 +1,135 @@
+"""Which hospital drops under landing/ are new and ready, against a cursor of the drops already seen.
+
+The `new_hospital_drops` sensor is a thin door over `scan_landing`: it registers the new hospital
+partitions and asks for one run per hospital that has new ready drops. A run processes a whole hospital
+partition (every drop; the assets skip what is already done), so one run covers all of a hospital's new
+drops. It is keyed by the newest of them (`<hospital>:<drop>`, drops ordered by name), and two drops that
+arrive together do not start two runs that would write the same partition at once.
+
+On the first start (no cursor) every existing drop counts as new, so the same rule gives one run per
+hospital, keyed by its newest ready drop, instead of flooding the queue with one run per historical drop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mammo_pipeline.landing import drop_is_ready, list_drops, list_hospitals
+
+QUIET_SECONDS_VAR = "MAMMO_DROP_QUIET_SECONDS"
+DEFAULT_QUIET_SECONDS = 120.0
+_CURSOR_VERSION = 1
+
+
+def quiet_seconds_from_env(env: Mapping[str, str] | None = None) -> float:
+    """Seconds without a file change after which a drop without `_READY` counts as fully copied."""
+    env = os.environ if env is None else env
+    raw = env.get(QUIET_SECONDS_VAR, "")
+    if raw == "":
+        return DEFAULT_QUIET_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{QUIET_SECONDS_VAR} must be a number of seconds, not {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{QUIET_SECONDS_VAR} must not be negative, not {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class DropCursor:
+    """The (hospital, drop) pairs already handed to a run; stored as the sensor cursor (JSON)."""
+
+    seen: frozenset[tuple[str, str]] = frozenset()
+
+    def to_json(self) -> str:
+        by_hospital: dict[str, list[str]] = {}
+        for hospital, drop in sorted(self.seen):
+            by_hospital.setdefault(hospital, []).append(drop)
+        return json.dumps({"version": _CURSOR_VERSION, "seen": by_hospital}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> DropCursor | None:
+        """The cursor, or None when the sensor has never ticked (no cursor yet)."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            seen = data["seen"]
+            if data.get("version") != _CURSOR_VERSION or not isinstance(seen, dict):
+                raise ValueError(f"unknown cursor version {data.get('version')!r}")
+            return cls(frozenset((str(h), str(d)) for h, drops in seen.items() for d in drops))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"new_hospital_drops cursor is not a drop cursor ({exc}): {text[:200]!r}") from None
+
+
+@dataclass(frozen=True)
+class DropRun:
+    """One run to request: a hospital partition and the new ready drops it covers (sorted by name)."""
+
+    hospital: str
+    drops: tuple[str, ...]
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.hospital}:{self.drops[-1]}"
+
+
+@dataclass(frozen=True)
+class DropScan:
+    """What one look at landing/ found: partitions to add, runs to request, drops still being copied."""
+
+    new_hospitals: tuple[str, ...]
+    runs: tuple[DropRun, ...]
+    waiting: tuple[tuple[str, str], ...]
+    cursor: DropCursor
+    first_start: bool
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new_hospitals or self.runs)
+
+
+def scan_landing(
+    landing: Path,
+    cursor: DropCursor | None,
+    registered: Collection[str],
+    quiet_seconds: float,
+    now: float | None = None,
+) -> DropScan:
+    """Compare landing/ with the cursor and the registered hospital partitions.
+
+    A drop that is neither marked `_READY` nor quiet for `quiet_seconds` is left out of the cursor, so a
+    later scan picks it up once its copy has finished.
+    """
+    now = time.time() if now is None else now
+    seen = cursor.seen if cursor is not None else frozenset()
+    registered = set(registered)
+    hospitals = list_hospitals(landing)
+    runs: list[DropRun] = []
+    waiting: list[tuple[str, str]] = []
+    newly_seen: set[tuple[str, str]] = set()
+    for hospital in hospitals:
+        ready: list[str] = []
+        for drop in list_drops(landing, hospital):
+            if (hospital, drop) in seen:
+                continue
+            if drop_is_ready(landing / hospital / drop, quiet_seconds, now=now):
+                ready.append(drop)
+            else:
+                waiting.append((hospital, drop))
+        if ready:
+            runs.append(DropRun(hospital, tuple(ready)))
+            newly_seen.update((hospital, drop) for drop in ready)
+    return DropScan(
+        new_hospitals=tuple(h for h in hospitals if h not in registered),
+        runs=tuple(runs),
+        waiting=tuple(waiting),
+        cursor=DropCursor(seen | newly_seen),
+        first_start=cursor is None,
+    )

@@ -1,0 +1,119 @@
+import os
+import time
+
+import pytest
+
+from mammo_pipeline.drops import DropCursor, DropRun, quiet_seconds_from_env, scan_landing
+
+NOW = 1_800_000_000.0
+
+
+def make_drop(landing, hospital, drop, *, age=3600.0, ready_marker=False):
+    """A drop folder with one file last modified `age` seconds before NOW."""
+    folder = landing / hospital / drop
+    folder.mkdir(parents=True)
+    f = folder / "img.dcm"
+    f.write_bytes(b"dicom")
+    os.utime(f, (NOW - age, NOW - age))
+    if ready_marker:
+        (folder / "_READY").touch()
+    return folder
+
+
+def scan(landing, cursor, registered=(), quiet=120.0):
+    return scan_landing(landing, cursor, registered=registered, quiet_seconds=quiet, now=NOW)
+
+
+def test_first_start_registers_every_hospital_and_requests_one_run_each(tmp_path):
+    for drop in ["drop-20260101", "drop-20260201", "drop-20260301"]:
+        make_drop(tmp_path, "st-marys", drop)
+    make_drop(tmp_path, "royal-free", "drop-20260105")
+    make_drop(tmp_path, "_truth", "drop-20260101")
+
+    result = scan(tmp_path, None)
+
+    assert result.first_start
+    assert result.new_hospitals == ("royal-free", "st-marys")
+    assert [r.run_key for r in result.runs] == ["royal-free:drop-20260105", "st-marys:drop-20260301"]
+    assert len(result.cursor.seen) == 4  # history remembered, not requested drop by drop
+
+
+def test_known_drops_are_not_requested_again(tmp_path):
+    make_drop(tmp_path, "h1", "d1")
+    first = scan(tmp_path, None)
+    again = scan(tmp_path, DropCursor.from_json(first.cursor.to_json()), registered=["h1"])
+    assert again.runs == () and again.new_hospitals == () and not again.changed
+    assert again.cursor == first.cursor
+
+
+def test_new_drop_of_known_hospital_requests_its_partition(tmp_path):
+    make_drop(tmp_path, "h1", "d1")
+    cursor = scan(tmp_path, None).cursor
+    make_drop(tmp_path, "h1", "d2")
+    result = scan(tmp_path, cursor, registered=["h1"])
+    assert result.runs == (DropRun("h1", ("d2",)),)
+    assert result.runs[0].run_key == "h1:d2"
+    assert result.new_hospitals == ()
+
+
+def test_drops_arriving_together_share_one_run_keyed_by_the_newest(tmp_path):
+    cursor = scan(tmp_path, None).cursor  # empty landing on first start
+    make_drop(tmp_path, "h1", "d1")
+    make_drop(tmp_path, "h1", "d2")
+    result = scan(tmp_path, cursor)
+    assert result.new_hospitals == ("h1",)
+    assert result.runs == (DropRun("h1", ("d1", "d2")),)
+    assert result.cursor.seen == {("h1", "d1"), ("h1", "d2")}
+
+
+def test_drop_still_being_copied_waits_until_quiet_or_marked(tmp_path):
+    cursor = scan(tmp_path, None).cursor
+    folder = make_drop(tmp_path, "h1", "d1", age=10)
+    busy = scan(tmp_path, cursor)
+    assert busy.runs == () and busy.waiting == (("h1", "d1"),)
+    assert ("h1", "d1") not in busy.cursor.seen
+    assert busy.new_hospitals == ("h1",)  # the hospital is registered even before its first drop is ready
+
+    (folder / "_READY").touch()
+    marked = scan(tmp_path, busy.cursor, registered=["h1"])
+    assert [r.run_key for r in marked.runs] == ["h1:d1"]
+
+
+def test_empty_drop_is_not_ready(tmp_path):
+    (tmp_path / "h1" / "d1").mkdir(parents=True)
+    result = scan(tmp_path, None)
+    assert result.runs == () and result.waiting == (("h1", "d1"),)
+
+
+def test_invalid_hospital_folders_are_ignored(tmp_path):
+    make_drop(tmp_path, "Bad,Name", "d1")
+    make_drop(tmp_path, ".cache", "d1")
+    result = scan(tmp_path, None)
+    assert result.new_hospitals == () and result.runs == ()
+
+
+def test_cursor_round_trips_and_rejects_garbage():
+    cursor = DropCursor(frozenset({("h1", "d1"), ("h2", "d9")}))
+    assert DropCursor.from_json(cursor.to_json()) == cursor
+    assert DropCursor.from_json(None) is None and DropCursor.from_json("") is None
+    with pytest.raises(ValueError, match="not a drop cursor"):
+        DropCursor.from_json('{"last": 3}')
+    with pytest.raises(ValueError, match="not a drop cursor"):
+        DropCursor.from_json("not json")
+
+
+def test_quiet_seconds_from_env():
+    assert quiet_seconds_from_env({}) == 120.0
+    assert quiet_seconds_from_env({"MAMMO_DROP_QUIET_SECONDS": "5"}) == 5.0
+    with pytest.raises(ValueError, match="MAMMO_DROP_QUIET_SECONDS"):
+        quiet_seconds_from_env({"MAMMO_DROP_QUIET_SECONDS": "soon"})
+
+
+def test_scan_uses_the_clock_when_no_time_is_given(tmp_path):
+    folder = tmp_path / "h1" / "d1"
+    folder.mkdir(parents=True)
+    (folder / "a.dcm").write_bytes(b"x")
+    assert scan_landing(tmp_path, None, registered=[], quiet_seconds=3600).runs == ()
+    old = time.time() - 7200
+    os.utime(folder / "a.dcm", (old, old))
+    assert len(scan_landing(tmp_path, None, registered=[], quiet_seconds=3600).runs) == 1
