@@ -1,15 +1,32 @@
 import subprocess
 import sys
 
+import dagster as dg
+
 from mammo_pipeline.definitions import build_definitions
+
+ASSETS = {
+    "dicom_index", "image_cache", "metadata_completeness", "label_store", "labels", "trained_model",
+    "onnx_model", "image_predictions", "study_predictions", "prediction_summary",
+}  # fmt: skip
 
 
 def test_definitions_load_and_every_job_resolves():
     defs = build_definitions()
     repo = defs.get_repository_def()
-    for job in repo.get_all_jobs():
-        assert job.name
+    jobs = {job.name for job in repo.get_all_jobs()}
+    assert {"process_hospital", "retrain_model"} <= jobs
+    assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == ASSETS
+    assert {"new_hospital_drops", "retrain_on_new_labels"} <= {s.name for s in repo.sensor_defs}
+    assert "nightly_reprocess" in {s.name for s in repo.schedule_defs}
     assert "mammo" in defs.resources
+
+
+def test_prediction_assets_are_partitioned_per_hospital():
+    repo = build_definitions().get_repository_def()
+    for key in ("dicom_index", "image_cache", "image_predictions", "study_predictions"):
+        partitions = repo.asset_graph.get(dg.AssetKey(key)).partitions_def
+        assert partitions is not None and partitions.name == "hospital", key
 
 
 def test_cli_every_subcommand_has_help():

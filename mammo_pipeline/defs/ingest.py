@@ -1,0 +1,110 @@
+"""Ingest assets: discover each hospital's DICOM files, cache their renditions, and report metadata completeness."""
+
+import base64
+
+import dagster as dg
+import pandas as pd
+
+from mammo_pipeline import completeness, warehouse
+from mammo_pipeline.cache import cache_hospital, cache_quarantine_path, read_manifest
+from mammo_pipeline.dicom.index import index_hospital
+from mammo_pipeline.dicom.normalize import NORM_VERSION
+from mammo_pipeline.progress import every
+
+from .partitions import hospital_partitions
+from .resources import MammoSettings
+
+PREVIEW_ROWS = 5
+INDEX_PREVIEW = ["rel_path", "manufacturer", "view_position", "laterality", "rows", "columns", "meta_mag", "meta_spot"]
+CACHE_PREVIEW = ["sop_instance_uid", "view_position", "laterality", "voi_method", "fallback_reason", "model_png"]
+
+
+@dg.asset(partitions_def=hospital_partitions, group_name="ingest", code_version="1", kinds={"dicom", "parquet"})
+def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
+    """One pseudonymized header row per DICOM file of a hospital; unusable files go to the quarantine table."""
+    settings, hospital = mammo.get(), context.partition_key
+    result = index_hospital(settings, hospital, progress=every(10, context.log.info, f"headers read ({hospital})"))
+    warehouse.refresh_views(settings)
+    context.log.info(f"{hospital}: {result.new} new, {result.unchanged} unchanged, {result.quarantined} quarantined")
+    index = warehouse.read_partition(settings, "dicom_index", hospital)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": result.rows,
+            "new": result.new,
+            "unchanged": result.unchanged,
+            "files": result.files,
+            **_by_reason(result.quarantined),
+            "headers_per_second": round(result.headers_per_s, 1),
+            "seconds": round(result.seconds, 2),
+            "path": dg.MetadataValue.path(str(settings.table_dir("dicom_index", hospital))),
+            "quarantine_path": dg.MetadataValue.path(str(settings.table_dir("quarantine", hospital))),
+            "preview": dg.MetadataValue.md(preview_markdown(index, INDEX_PREVIEW)),
+        }
+    )
+
+
+@dg.asset(
+    deps=[dicom_index],
+    partitions_def=hospital_partitions,
+    group_name="ingest",
+    code_version=f"1+{NORM_VERSION}",
+    kinds={"png", "parquet"},
+)
+def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
+    """A display PNG and a model-size PNG per For Presentation image of a hospital, with their manifest."""
+    settings, hospital = mammo.get(), context.partition_key
+    result = cache_hospital(settings, hospital, progress=every(10, context.log.info, f"images cached ({hospital})"))
+    warehouse.refresh_views(settings)
+    context.log.info(
+        f"{hospital}: {result.new} rendered, {result.unchanged} unchanged, quarantined {result.quarantined}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": result.rows,
+            "new": result.new,
+            "unchanged": result.unchanged,
+            "for_processing_skipped": result.for_processing,
+            "still_quarantined": result.still_quarantined,
+            **_by_reason(result.quarantined),
+            "images_per_second": round(result.images_per_s, 2),
+            "seconds": round(result.seconds, 2),
+            "norm_version": NORM_VERSION,
+            "cache_path": dg.MetadataValue.path(str(settings.cache / hospital / NORM_VERSION)),
+            "manifest_path": dg.MetadataValue.path(str(result.manifest_path)),
+            "quarantine_path": dg.MetadataValue.path(str(cache_quarantine_path(settings, hospital))),
+            "preview": dg.MetadataValue.md(preview_markdown(read_manifest(settings, hospital), CACHE_PREVIEW)),
+        }
+    )
+
+
+@dg.asset(
+    deps=[dg.AssetDep(dicom_index, partition_mapping=dg.AllPartitionMapping())],
+    group_name="ingest",
+    code_version="1",
+    kinds={"parquet", "matplotlib"},
+)
+def metadata_completeness(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
+    """Share of images per hospital with each metadata field populated, and where the mag fields disagree."""
+    settings = mammo.get()
+    table, png = completeness.metadata_completeness(settings)
+    context.log.info(f"Completeness of {table['hospital'].nunique() if len(table) else 0} hospitals -> {png}")
+    image = base64.b64encode(png.read_bytes()).decode()
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(table),
+            "heatmap": dg.MetadataValue.md(f"![metadata completeness](data:image/png;base64,{image})"),
+            "heatmap_path": dg.MetadataValue.path(str(png)),
+            "path": dg.MetadataValue.path(str(png.with_suffix(".parquet"))),
+        }
+    )
+
+
+def preview_markdown(df: pd.DataFrame, columns: list[str], rows: int = PREVIEW_ROWS) -> str:
+    """The first rows of a table as Markdown, for the asset's metadata."""
+    if df.empty:
+        return "_no rows_"
+    return df[[c for c in columns if c in df.columns]].head(rows).to_markdown(index=False)
+
+
+def _by_reason(counts: dict[str, int]) -> dict[str, int]:
+    return {"quarantined": sum(counts.values())} | {f"quarantined_{reason}": n for reason, n in sorted(counts.items())}

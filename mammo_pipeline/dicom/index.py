@@ -1,0 +1,243 @@
+"""Discovery: walk one hospital's drops, read every new header in parallel, write the `dicom_index` partition.
+
+One Parquet file per drop (`warehouse/dicom_index/hospital=<h>/<drop>.parquet`), replaced atomically, so a
+second drop adds a file and a crash loses at most the drop in progress. A file already indexed or
+quarantined with the same (rel_path, size, mtime_ns) is not opened again. One bad file never fails the
+partition: it becomes a quarantine row (`quarantine/hospital=<h>/index-<drop>.parquet`) with its reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mammo_pipeline.atomic import atomic_path
+from mammo_pipeline.dicom.headers import read_header_row
+from mammo_pipeline.dicom.quarantine import (
+    DUPLICATE,
+    quarantine_row,
+    quarantine_rows,
+    read_quarantine_rows,
+    write_quarantine,
+)
+from mammo_pipeline.landing import iter_dicom_files
+from mammo_pipeline.parallel import imap_unordered
+from mammo_pipeline.progress import ProgressFn
+from mammo_pipeline.settings import Settings
+
+_STR, _I64, _F64, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+SCHEMA = pa.schema(
+    [
+        ("hospital", _STR),
+        ("drop", _STR),
+        ("rel_path", _STR),
+        ("file_size", _I64),
+        ("file_mtime_ns", _I64),
+        ("sop_instance_uid", _STR),
+        ("study_instance_uid", _STR),
+        ("series_instance_uid", _STR),
+        ("patient_key", _STR),
+        ("modality", _STR),
+        ("manufacturer", _STR),
+        ("model_name", _STR),
+        ("sop_class_uid", _STR),
+        ("for_processing", _BOOL),
+        ("image_type", _STR),
+        ("view_position", _STR),
+        ("laterality", _STR),
+        ("view_code", _STR),
+        ("view_code_meaning", _STR),
+        ("rows", _I64),
+        ("columns", _I64),
+        ("number_of_frames", _I64),
+        ("pixel_spacing", _F64),
+        ("bits_stored", _I64),
+        ("bits_allocated", _I64),
+        ("photometric", _STR),
+        ("presentation_lut_shape", _STR),
+        ("pixel_intensity_relationship", _STR),
+        ("transfer_syntax", _STR),
+        ("window_centers", pa.list_(_F64)),
+        ("window_widths", pa.list_(_F64)),
+        ("voi_lut_function", _STR),
+        ("has_voi_lut_sequence", _BOOL),
+        ("rescale_slope", _F64),
+        ("rescale_intercept", _F64),
+        ("view_modifier_codes", pa.list_(_STR)),
+        ("view_modifier_meanings", pa.list_(_STR)),
+        ("series_description", _STR),
+        ("magnification_factor", _F64),
+        ("focal_spot", _F64),
+        ("grid", _STR),
+        ("partial_view", _STR),
+        ("paddle_description", _STR),
+        ("compression_force", _F64),
+        ("body_part_thickness", _F64),
+        ("pixel_data_bytes", _I64),
+        ("meta_mag", _BOOL),
+        ("meta_mag_rule", _STR),
+        ("meta_spot", _BOOL),
+        ("meta_spot_rule", _STR),
+        ("indexed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass
+class IndexResult:
+    """What one `index_hospital` run did."""
+
+    hospital: str
+    files: int = 0  # files under the hospital's drops
+    new: int = 0  # headers read and indexed this run
+    unchanged: int = 0  # files skipped: same (rel_path, size, mtime) as already indexed or quarantined
+    quarantined: dict[str, int] = field(default_factory=dict)  # new quarantine rows by reason
+    rows: int = 0  # indexed images in the partition after the run
+    seconds: float = 0.0
+    index_paths: list[Path] = field(default_factory=list)  # files written this run
+    quarantine_paths: list[Path] = field(default_factory=list)
+
+    @property
+    def read(self) -> int:
+        """Headers opened this run (indexed, quarantined, or found to repeat an indexed SOP Instance UID)."""
+        return self.new + sum(self.quarantined.values())
+
+    @property
+    def headers_per_s(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+
+def index_path(settings: Settings, hospital: str, drop: str) -> Path:
+    return settings.table_dir("dicom_index", hospital) / f"{drop}.parquet"
+
+
+def index_quarantine_path(settings: Settings, hospital: str, drop: str) -> Path:
+    return settings.table_dir("quarantine", hospital) / f"index-{drop}.parquet"
+
+
+def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | None = None) -> IndexResult:
+    """Index every new or changed file of one hospital; see the module docstring."""
+    start = time.monotonic()
+    result = IndexResult(hospital)
+    salt = settings.pseudonym_salt()
+    files: dict[str, list[tuple[str, int, int]]] = {}  # drop -> [(path, size, mtime_ns)]
+    for drop, path in iter_dicom_files(settings.landing, hospital):
+        stat = path.stat()
+        files.setdefault(drop, []).append((str(path), stat.st_size, stat.st_mtime_ns))
+    result.files = sum(len(v) for v in files.values())
+
+    plans = {drop: _plan_drop(settings, hospital, drop, entries) for drop, entries in files.items()}
+    seen: dict[str, str] = {}  # sop uid -> rel_path; rows already indexed win over new ones
+    for plan in plans.values():
+        for row in plan.kept_rows:
+            seen.setdefault(row["sop_instance_uid"], row["rel_path"])
+    total = sum(len(p.to_read) for p in plans.values())
+    done = 0
+    reasons: Counter[str] = Counter()
+    for drop, plan in plans.items():
+        result.unchanged += len(plan.kept_rows) + len(plan.kept_quarantine)
+        if not plan.changed:
+            continue
+        read = functools.partial(_read_one, landing=str(settings.landing), hospital=hospital, drop=drop, salt=salt)
+        new_rows: list[dict[str, Any]] = []
+        new_quarantine: list[dict[str, Any]] = []
+        for kind, row in imap_unordered(
+            read, plan.to_read, workers=settings.n_workers, dask_scheduler=settings.dask_scheduler, chunksize=32
+        ):
+            (new_rows if kind == "row" else new_quarantine).append(row)
+            done += 1
+            if progress:
+                progress(done, total)
+        new_rows.sort(key=lambda r: r["rel_path"])
+        unique = []
+        for row in new_rows:
+            first = seen.setdefault(row["sop_instance_uid"], row["rel_path"])
+            if first == row["rel_path"]:
+                unique.append(row)
+            else:
+                message = f"{row['rel_path']}: SOP Instance UID {row['sop_instance_uid']} already indexed from {first}"
+                new_quarantine.append(_duplicate_row(row, message))
+        result.new += len(unique)
+        reasons.update(q["reason"] for q in new_quarantine)
+        rows = sorted(plan.kept_rows + unique, key=lambda r: r["rel_path"])
+        result.index_paths.append(write_index(rows, index_path(settings, hospital, drop)))
+        quarantine = sorted(plan.kept_quarantine + new_quarantine, key=lambda r: r["rel_path"])
+        result.quarantine_paths.append(write_quarantine(quarantine, index_quarantine_path(settings, hospital, drop)))
+    if progress and total == 0:
+        progress(0, 0)
+    result.quarantined = dict(reasons)
+    result.rows = _count_rows(settings.table_dir("dicom_index", hospital))
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def write_index(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Write dicom_index rows to one Parquet file atomically, with the fixed schema."""
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+@dataclass
+class _DropPlan:
+    kept_rows: list[dict[str, Any]]
+    kept_quarantine: list[dict[str, Any]]
+    to_read: list[tuple[str, int, int]]
+    changed: bool
+
+
+def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple[str, int, int]]) -> _DropPlan:
+    """Split a drop's files into already-known (same rel_path, size, mtime) and to-read ones."""
+    old_index = index_path(settings, hospital, drop)
+    old_rows = pq.read_table(old_index).to_pylist() if old_index.exists() else []
+    old_quarantine = read_quarantine_rows(index_quarantine_path(settings, hospital, drop))
+    current = {_rel(path, settings.landing): (size, mtime) for path, size, mtime in entries}
+    kept_rows = [r for r in old_rows if current.get(r["rel_path"]) == (r["file_size"], r["file_mtime_ns"])]
+    kept_quarantine = [q for q in old_quarantine if current.get(q["rel_path"]) == (q["file_size"], q["file_mtime_ns"])]
+    known = {r["rel_path"] for r in kept_rows} | {q["rel_path"] for q in kept_quarantine}
+    to_read = [e for e in entries if _rel(e[0], settings.landing) not in known]
+    dropped = len(old_rows) + len(old_quarantine) - len(kept_rows) - len(kept_quarantine)
+    changed = bool(to_read) or dropped > 0 or not old_index.exists()
+    return _DropPlan(kept_rows, kept_quarantine, to_read, changed)
+
+
+def _read_one(
+    entry: tuple[str, int, int], *, landing: str, hospital: str, drop: str, salt: bytes
+) -> tuple[str, dict[str, Any]]:
+    """('row', index row) or ('quarantine', quarantine row); never raises (runs in a worker process)."""
+    path, size, mtime = entry
+    try:
+        return "row", read_header_row(Path(path), Path(landing), hospital, drop, salt)
+    except Exception as exc:
+        fields = dict(hospital=hospital, drop=drop, rel_path=_rel(path, Path(landing)), stage="index")
+        return "quarantine", quarantine_rows(exc, "unsupported", file_size=size, file_mtime_ns=mtime, **fields)[0]
+
+
+def _duplicate_row(row: dict[str, Any], message: str) -> dict[str, Any]:
+    return quarantine_row(
+        hospital=row["hospital"],
+        drop=row["drop"],
+        rel_path=row["rel_path"],
+        stage="index",
+        reason=DUPLICATE,
+        message=message,
+        file_size=row["file_size"],
+        file_mtime_ns=row["file_mtime_ns"],
+        sop_instance_uid=row["sop_instance_uid"],
+    )
+
+
+def _rel(path: str | Path, landing: Path) -> str:
+    return Path(path).relative_to(landing).as_posix()
+
+
+def _count_rows(folder: Path) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet")) if folder.exists() else 0

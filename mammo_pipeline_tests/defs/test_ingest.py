@@ -1,0 +1,69 @@
+"""The ingest assets materialize through Dagster and report their counts, paths and previews."""
+
+from __future__ import annotations
+
+import shutil
+
+import dagster as dg
+
+from mammo_pipeline.defs.ingest import dicom_index, image_cache, metadata_completeness
+from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline_tests.dicom.test_headers import code_item, write_mg
+
+
+def _materialize(settings, assets, instance, partition_key=None):
+    return dg.materialize(
+        assets,
+        partition_key=partition_key,
+        resources={"mammo": MammoSettings(home=str(settings.home), workers=1)},
+        instance=instance,
+    )
+
+
+def _metadata(result, asset):
+    (event,) = result.asset_materializations_for_node(asset.op.name)
+    return {key: value.value for key, value in event.metadata.items()}
+
+
+def test_ingest_assets_materialize_per_hospital_then_completeness(settings):
+    root = settings.landing / "h1" / "d1"
+    first = write_mg(root / "a.dcm", modifiers=[code_item("R-102D6", "SNM3", "Magnification")])
+    write_mg(root / "b.dcm", SOPClassUID="1.2.840.10008.5.1.4.1.1.1.2.1")  # For Processing: indexed, not cached
+    (root / "junk.dcm").write_bytes(b"\x00" * 300)
+    shutil.copy(first, root / "copy.dcm")
+    write_mg(settings.landing / "h2" / "d1" / "c.dcm")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1", "h2"])
+
+    result = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    assert result.success
+    index = _metadata(result, dicom_index)
+    assert (index["dagster/row_count"], index["new"], index["quarantined"]) == (2, 2, 2)
+    assert (index["quarantined_not_dicom"], index["quarantined_duplicate"]) == (1, 1)
+    assert "a.dcm" in index["preview"] and index["path"].endswith("hospital=h1")
+    cache = _metadata(result, image_cache)
+    assert (cache["dagster/row_count"], cache["new"], cache["for_processing_skipped"]) == (1, 1, 1)
+    assert cache["manifest_path"].endswith("hospital=h1/manifest.parquet")
+    assert "model_png" in cache["preview"]
+
+    again = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    assert (_metadata(again, dicom_index)["new"], _metadata(again, image_cache)["new"]) == (0, 0)
+    assert _metadata(again, image_cache)["unchanged"] == 1
+
+    assert _materialize(settings, [dicom_index], instance, partition_key="h2").success
+    report = _materialize(settings, [metadata_completeness], instance)
+    meta = _metadata(report, metadata_completeness)
+    assert meta["heatmap"].startswith("![metadata completeness](data:image/png;base64,")
+    assert meta["heatmap_path"].endswith("metadata_completeness.png")
+    assert meta["dagster/row_count"] > 0 and meta["dagster/row_count"] % 2 == 0  # fields x 2 hospitals
+
+
+def test_ingest_asset_graph():
+    assert dicom_index.partitions_def is not None and image_cache.partitions_def is not None
+    assert metadata_completeness.partitions_def is None
+    assert dicom_index.key in image_cache.dependency_keys
+    assert dicom_index.key in metadata_completeness.dependency_keys
+    assert {dicom_index.group_names_by_key[dicom_index.key], image_cache.group_names_by_key[image_cache.key]} == {
+        "ingest"
+    }
+    assert image_cache.code_versions_by_key[image_cache.key]

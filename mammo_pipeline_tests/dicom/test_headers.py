@@ -1,0 +1,293 @@
+"""Header rows: every coding scheme, every mag/spot metadata variant, silence, and the header-level rejects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+from mammo_pipeline.dicom.errors import NoPixelData, NotDicom, NotMammography, Truncated, UnusableImage
+from mammo_pipeline.dicom.headers import (
+    MG_FOR_PRESENTATION,
+    MG_FOR_PROCESSING,
+    meta_flags,
+    normalize_code,
+    pseudonymize,
+    read_header_row,
+)
+
+SALT = b"test-salt"
+PATIENT = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "PAT-0042",
+    "PatientBirthDate": "19610203",
+    "AccessionNumber": "ACC-777",
+    "InstitutionName": "Saint Example Hospital",
+}
+
+
+def code_item(value: str, scheme: str, meaning: str = "") -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def write_mg(
+    path: Path,
+    *,
+    pixels: bool = True,
+    pixel_bytes: bytes | None = None,
+    modifiers: list[Dataset] | None = None,
+    **tags: object,
+) -> Path:
+    """A small MG For Presentation file (64x48 uint16) with patient text in it; `tags` override or add keywords.
+
+    `pixels=False` leaves out Pixel Data; `pixel_bytes` replaces the pixels (say, too few of them).
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = tags.get("SOPClassUID", MG_FOR_PRESENTATION)
+    meta.MediaStorageSOPInstanceUID = tags.get("SOPInstanceUID") or generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "MG"
+    ds.Manufacturer = "HOLOGIC, Inc."
+    ds.ManufacturerModelName = "Selenia Dimensions"
+    for key, value in PATIENT.items():
+        setattr(ds, key, value)
+    ds.ViewPosition, ds.ImageLaterality = "CC", "L"
+    view = code_item("399162004", "SCT", "cranio-caudal")
+    view.ViewModifierCodeSequence = Sequence(modifiers or [])
+    ds.ViewCodeSequence = Sequence([view])
+    ds.Rows, ds.Columns = 48, 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelSpacing = [0.07, 0.07]
+    ds.WindowCenter, ds.WindowWidth = 2047, 4096
+    ds.PresentationLUTShape = "IDENTITY"
+    for key, value in tags.items():
+        if value is None:
+            if key in ds:
+                delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    if pixels:
+        data = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) % 4096).tobytes()
+        ds.add_new("PixelData", "OW", data if pixel_bytes is None else pixel_bytes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def row_of(tmp_path: Path, **kwargs: object) -> dict:
+    path = write_mg(tmp_path / "land" / "h1" / "d1" / "img.dcm", **kwargs)
+    return read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+
+
+@pytest.mark.parametrize(
+    ("value", "scheme"), [("399163009", "SCT"), ("R-102D6", "SNM3"), ("R-102D6", "SRT"), ("R-102D6", " srt ")]
+)
+def test_read_header_row_mag_modifier_every_scheme_counts_as_sct(tmp_path, value, scheme):
+    row = row_of(tmp_path, modifiers=[code_item(value, scheme, "Magnification")])
+    assert row["view_modifier_codes"] == ["SCT:399163009"]
+    assert row["view_modifier_meanings"] == ["Magnification"]
+    assert (row["meta_mag"], row["meta_mag_rule"]) == (True, "view_modifier:399163009")
+    assert (row["meta_spot"], row["meta_spot_rule"]) == (False, "view_modifier:other")
+
+
+@pytest.mark.parametrize(("value", "scheme"), [("399055006", "SCT"), ("R-102D7", "SNM3"), ("R-102D7", "SRT")])
+def test_read_header_row_spot_modifier_at_top_level(tmp_path, value, scheme):
+    row = row_of(tmp_path, ViewModifierCodeSequence=Sequence([code_item(value, scheme)]))
+    assert row["view_modifier_codes"] == ["SCT:399055006"]
+    assert (row["meta_spot"], row["meta_spot_rule"]) == (True, "view_modifier:399055006")
+    assert (row["meta_mag"], row["meta_mag_rule"]) == (False, "view_modifier:other")
+
+
+def test_read_header_row_spot_mag_both_codes_in_both_places_deduplicated(tmp_path):
+    row = row_of(
+        tmp_path,
+        modifiers=[code_item("R-102D6", "SNM3"), code_item("399055006", "SCT")],
+        ViewModifierCodeSequence=Sequence([code_item("399163009", "SCT")]),
+    )
+    assert sorted(row["view_modifier_codes"]) == ["SCT:399055006", "SCT:399163009"]
+    assert row["meta_mag"] is True and row["meta_spot"] is True
+
+
+def test_read_header_row_implant_displaced_is_evidence_against_mag(tmp_path):
+    row = row_of(tmp_path, modifiers=[code_item("R-102D5", "SRT", "Implant Displaced")])
+    assert row["view_modifier_codes"] == ["SCT:399209000"]
+    assert (row["meta_mag"], row["meta_spot"]) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("tags", "mag", "rule"),
+    [
+        ({"SeriesDescription": "L CC MAG"}, True, "series_description:MAG"),
+        ({"SeriesDescription": "Magnification RCC"}, True, "series_description:MAG"),
+        ({"SeriesDescription": "L_CC_MAG1.8"}, True, "series_description:MAG"),
+        ({"EstimatedRadiographicMagnificationFactor": 1.8}, True, "magnification_factor>=1.3"),
+        ({"EstimatedRadiographicMagnificationFactor": 1.0}, None, "silent"),  # Hologic Lorad writes 1.0 on mag
+        ({"Grid": "NONE", "FocalSpots": 0.1}, None, "silent"),  # Siemens PRIME: no grid on every view
+        ({"SeriesDescription": "L CC", "ProtocolName": "Data anonymised"}, None, "silent"),
+        ({"SeriesDescription": "IMAGE"}, None, "silent"),  # the word must stand alone
+    ],
+)
+def test_read_header_row_mag_metadata_variants(tmp_path, tags, mag, rule):
+    row = row_of(tmp_path, **tags)
+    assert (row["meta_mag"], row["meta_mag_rule"]) == (mag, rule)
+
+
+@pytest.mark.parametrize(
+    ("tags", "rule"),
+    [({"SeriesDescription": "R MLO SPOT"}, "series_description:SPOT"), ({"PaddleDescription": "SPOT 7.5"}, None)],
+)
+def test_read_header_row_spot_from_text(tmp_path, tags, rule):
+    row = row_of(tmp_path, **tags)
+    assert row["meta_spot"] is True
+    assert row["meta_spot_rule"] == (rule or "paddle_description:SPOT")
+
+
+def test_read_header_row_silent_file_has_no_opinion(tmp_path):
+    row = row_of(tmp_path)
+    assert row["view_modifier_codes"] == []
+    assert meta_flags(row) == (None, "silent", None, "silent")
+
+
+def test_read_header_row_display_columns(tmp_path):
+    voi = Dataset()
+    voi.LUTDescriptor = [4, 0, 16]
+    voi.add_new("LUTData", "US", [0, 100, 200, 300])
+    row = row_of(
+        tmp_path,
+        WindowCenter=[2047, 1500, 2500],
+        WindowWidth=[4096, 3000, 1000],
+        VOILUTFunction="SIGMOID",
+        VOILUTSequence=Sequence([voi]),
+        RescaleSlope=1,
+        RescaleIntercept=0,
+        PixelSpacing=None,
+        ImagerPixelSpacing=[0.1, 0.1],
+    )
+    assert row["window_centers"] == [2047.0, 1500.0, 2500.0]
+    assert row["window_widths"] == [4096.0, 3000.0, 1000.0]
+    assert row["voi_lut_function"] == "SIGMOID" and row["has_voi_lut_sequence"] is True
+    assert (row["rescale_slope"], row["rescale_intercept"]) == (1.0, 0.0)
+    assert row["pixel_spacing"] == pytest.approx(0.1)
+    assert (row["rows"], row["columns"], row["bits_stored"], row["bits_allocated"]) == (48, 64, 12, 16)
+    assert row["view_code"] == "SCT:399162004" and row["laterality"] == "L"
+    assert row["rel_path"] == "h1/d1/img.dcm" and row["for_processing"] is False
+    assert row["pixel_data_bytes"] == 48 * 64 * 2
+
+
+def test_read_header_row_for_processing(tmp_path):
+    assert row_of(tmp_path, SOPClassUID=MG_FOR_PROCESSING)["for_processing"] is True
+
+
+def test_read_header_row_holds_no_patient_text(tmp_path):
+    row = row_of(tmp_path)
+    assert row["patient_key"] == pseudonymize("PAT-0042", SALT)
+    text = repr(row)
+    for value in PATIENT.values():
+        assert value not in text
+
+
+def test_pseudonymize_is_salted_and_short():
+    key = pseudonymize("PAT-0042", b"a")
+    assert len(key) == 16 and int(key, 16) >= 0
+    assert key == pseudonymize("PAT-0042", b"a")
+    assert key != pseudonymize("PAT-0042", b"b") and key != pseudonymize("PAT-0043", b"a")
+
+
+def test_normalize_code_keeps_unknown_srt_codes_under_one_scheme():
+    assert normalize_code("R-40AB1", "SNM3") == normalize_code("R-40AB1", "SRT") == "SRT:R-40AB1"
+    assert normalize_code("R-10226", "SNM3") == "SCT:399368009"
+
+
+def test_read_header_row_rejects_non_dicom(tmp_path):
+    path = tmp_path / "land" / "h1" / "d1" / "notes.dcm"
+    path.parent.mkdir(parents=True)
+    path.write_text("this is a text file, not a DICOM" * 10)
+    with pytest.raises(NotDicom, match=r"notes\.dcm") as info:
+        read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert info.value.reason == "not_dicom"
+
+
+def test_read_header_row_rejects_truncated_pixel_data(tmp_path):
+    path = write_mg(tmp_path / "land" / "h1" / "d1" / "cut.dcm")
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(Truncated, match=r"cut\.dcm") as info:
+        read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert info.value.reason == "truncated"
+
+
+def test_read_header_row_checks_encapsulated_pixel_data(tmp_path):
+    path = write_mg(tmp_path / "land" / "h1" / "d1" / "rle.dcm")
+    ds = dcmread(path)
+    ds.compress(RLELossless)
+    ds.save_as(path, enforce_file_format=True)
+    row = read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert row["transfer_syntax"] == RLELossless and row["pixel_data_bytes"] > 0
+    path.write_bytes(path.read_bytes()[:-40])  # cut inside the last fragment
+    with pytest.raises(Truncated, match=r"rle\.dcm"):
+        read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+
+
+def test_read_header_row_rejects_missing_pixel_data(tmp_path):
+    path = write_mg(tmp_path / "land" / "h1" / "d1" / "empty.dcm", pixels=False)
+    with pytest.raises(NoPixelData, match=r"empty\.dcm") as info:
+        read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert info.value.reason == "no_pixel_data"
+
+
+def test_read_header_row_rejects_other_modalities(tmp_path):
+    path = write_mg(tmp_path / "land" / "h1" / "d1" / "ct.dcm", Modality="CT", SOPClassUID="1.2.840.10008.5.1.4.1.1.2")
+    with pytest.raises(NotMammography, match="'CT'") as info:
+        read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert isinstance(info.value, UnusableImage) and info.value.reason == "not_mammography"
+
+
+def _without_time(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "indexed_at"}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"modifiers": [code_item("R-102D6", "SNM3", "Magnification")], "SeriesDescription": "L CC MAG"},
+        {"ViewModifierCodeSequence": Sequence([code_item("399055006", "SCT")]), "PaddleDescription": "SPOT"},
+        {"WindowCenter": [2047, 1500], "WindowWidth": [4096, 3000], "VOILUTFunction": "SIGMOID"},
+        {"EstimatedRadiographicMagnificationFactor": 1.8, "Grid": ["NONE"], "FocalSpots": 0.1, "RescaleSlope": 1},
+        {"SpecificCharacterSet": "ISO_IR 100", "SeriesDescription": "Vergrößerung MAG"},
+        {"SpecificCharacterSet": ["ISO 2022 IR 6", "ISO 2022 IR 100"], "SeriesDescription": "R CC"},  # pydicom
+    ],
+)
+def test_read_header_row_fast_reader_matches_pydicom(tmp_path, kwargs):
+    path = write_mg(tmp_path / "land" / "h1" / "d1" / "img.dcm", **kwargs)
+    fast = read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    slow = read_header_row(path, tmp_path / "land", "h1", "d1", SALT, fast=False)
+    assert _without_time(fast) == _without_time(slow)
+
+
+def test_read_header_row_fast_reader_matches_pydicom_on_every_vendor_profile(tmp_path):
+    from mammo_pipeline.synth.drops import generate_drops, read_truth
+
+    landing = tmp_path / "land"
+    generate_drops(landing, hospitals=6, studies_per_hospital=2, seed=5, scale=0.05, workers=1)
+    truth = read_truth(landing)
+    assert truth["vendor_profile"].nunique() >= 5
+    for rel_path in truth["rel_path"]:
+        path = landing / rel_path
+        hospital, drop = rel_path.split("/")[:2]
+        fast = read_header_row(path, landing, hospital, drop, SALT)
+        slow = read_header_row(path, landing, hospital, drop, SALT, fast=False)
+        assert _without_time(fast) == _without_time(slow), rel_path

@@ -1,0 +1,162 @@
+"""Discovery of one hospital: quarantine of every corrupt kind, incremental re-runs, no patient text written."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+from mammo_pipeline.dicom import index as index_module
+from mammo_pipeline.dicom.index import index_hospital
+from mammo_pipeline.warehouse import read_partition
+from mammo_pipeline_tests.dicom.test_headers import PATIENT, write_mg
+
+
+def _corrupt_drop(settings, hospital="h1", drop="d1"):
+    """Two good images plus one file of every corrupt kind (and a duplicate UID)."""
+    root = settings.landing / hospital / drop
+    good = write_mg(root / "p1" / "s1" / "a.dcm")
+    write_mg(root / "p1" / "s1" / "b.dcm", SOPClassUID="1.2.840.10008.5.1.4.1.1.1.2.1")
+    shutil.copy(good, root / "p1" / "s1" / "z_copy.dcm")  # same SOP Instance UID as a.dcm
+    (root / "p2").mkdir(parents=True)
+    (root / "p2" / "readme.dcm").write_text("not a dicom file at all" * 20)
+    cut = write_mg(root / "p2" / "cut.dcm")
+    cut.write_bytes(cut.read_bytes()[:-500])
+    write_mg(root / "p2" / "nopix.dcm", pixels=False)
+    write_mg(root / "p2" / "ct.dcm", Modality="CT", SOPClassUID="1.2.840.10008.5.1.4.1.1.2")
+    return root
+
+
+def test_index_hospital_quarantines_every_corrupt_kind_and_goes_on(settings):
+    _corrupt_drop(settings)
+    result = index_hospital(settings, "h1")
+
+    assert (result.files, result.new, result.rows, result.unchanged) == (7, 2, 2, 0)
+    expected = {"not_dicom": 1, "truncated": 1, "no_pixel_data": 1, "not_mammography": 1, "duplicate": 1}
+    assert result.quarantined == expected
+    index = read_partition(settings, "dicom_index", "h1")
+    assert sorted(index["rel_path"]) == ["h1/d1/p1/s1/a.dcm", "h1/d1/p1/s1/b.dcm"]
+    assert index.set_index("rel_path")["for_processing"].to_dict() == {
+        "h1/d1/p1/s1/a.dcm": False,
+        "h1/d1/p1/s1/b.dcm": True,
+    }
+    quarantine = read_partition(settings, "quarantine", "h1")
+    assert dict(zip(quarantine["rel_path"], quarantine["reason"], strict=True)) == {
+        "h1/d1/p1/s1/z_copy.dcm": "duplicate",
+        "h1/d1/p2/readme.dcm": "not_dicom",
+        "h1/d1/p2/cut.dcm": "truncated",
+        "h1/d1/p2/nopix.dcm": "no_pixel_data",
+        "h1/d1/p2/ct.dcm": "not_mammography",
+    }
+    assert set(quarantine["stage"]) == {"index"}
+    names = quarantine["rel_path"].str.split("/").str[-1]
+    assert all(name in message for name, message in zip(names, quarantine["message"], strict=True))
+    assert (settings.warehouse / "dicom_index" / "hospital=h1" / "d1.parquet").exists()
+    assert (settings.warehouse / "quarantine" / "hospital=h1" / "index-d1.parquet").exists()
+
+
+def test_index_hospital_second_drop_adds_rows_without_rereading(settings, monkeypatch):
+    _corrupt_drop(settings)
+    calls: list[str] = []
+    real = index_module.read_header_row
+
+    def counting(path, *args):
+        calls.append(path.name)
+        return real(path, *args)
+
+    monkeypatch.setattr(index_module, "read_header_row", counting)  # workers=1: runs in this process
+    index_hospital(settings, "h1")
+    assert len(calls) == 7
+    first_file = settings.warehouse / "dicom_index" / "hospital=h1" / "d1.parquet"
+    first_mtime = first_file.stat().st_mtime_ns
+
+    calls.clear()
+    write_mg(settings.landing / "h1" / "d2" / "p3" / "s9" / "c.dcm")
+    second = index_hospital(settings, "h1")
+    assert calls == ["c.dcm"]  # neither indexed nor quarantined files of d1 were opened again
+    assert (second.new, second.unchanged, second.rows, second.quarantined) == (1, 7, 3, {})
+    assert first_file.stat().st_mtime_ns == first_mtime  # the untouched drop's file was not rewritten
+    assert len(read_partition(settings, "dicom_index", "h1")) == 3
+
+    calls.clear()
+    third = index_hospital(settings, "h1")
+    assert calls == [] and third.new == 0 and third.unchanged == 8
+
+
+def test_index_hospital_rereads_a_changed_file_once(settings):
+    root = _corrupt_drop(settings)
+    index_hospital(settings, "h1")
+    fixed = write_mg(root / "p2" / "nopix.dcm")  # the sender re-sends the file, now with pixels
+    os.utime(fixed, ns=(fixed.stat().st_atime_ns, fixed.stat().st_mtime_ns + 10**9))
+    result = index_hospital(settings, "h1")
+    assert (result.new, result.unchanged, result.rows) == (1, 6, 3)
+    quarantine = read_partition(settings, "quarantine", "h1")
+    assert "h1/d1/p2/nopix.dcm" not in set(quarantine["rel_path"])
+    index = read_partition(settings, "dicom_index", "h1")
+    assert index["rel_path"].is_unique and index["sop_instance_uid"].is_unique
+
+
+def test_index_hospital_duplicate_in_later_drop_loses_to_the_indexed_one(settings):
+    first = write_mg(settings.landing / "h1" / "d1" / "a.dcm")
+    index_hospital(settings, "h1")
+    (settings.landing / "h1" / "d2").mkdir(parents=True)
+    shutil.copy(first, settings.landing / "h1" / "d2" / "a_again.dcm")
+    result = index_hospital(settings, "h1")
+    assert result.quarantined == {"duplicate": 1} and result.rows == 1
+    quarantine = read_partition(settings, "quarantine", "h1")
+    assert quarantine["message"].str.contains("h1/d1/a.dcm").all()
+
+
+def test_index_hospital_writes_no_patient_text(settings):
+    _corrupt_drop(settings)
+    index_hospital(settings, "h1")
+    for table in ("dicom_index", "quarantine"):
+        df = read_partition(settings, table, "h1")
+        text = " ".join(map(str, df.to_numpy().ravel()))
+        for value in PATIENT.values():
+            assert value not in text, f"{value!r} leaked into {table}"
+    keys = read_partition(settings, "dicom_index", "h1")["patient_key"]
+    assert keys.str.fullmatch(r"[0-9a-f]{16}").all()
+
+
+def test_index_hospital_in_a_process_pool_reports_progress(settings):
+    _corrupt_drop(settings)
+    write_mg(settings.landing / "h1" / "d2" / "x.dcm")
+    seen: list[tuple[int, int]] = []
+    result = index_hospital(dataclasses.replace(settings, workers=2), "h1", progress=lambda d, t: seen.append((d, t)))
+    assert result.rows == 3 and sum(result.quarantined.values()) == 5
+    assert seen[-1] == (8, 8) and [d for d, _ in seen] == list(range(1, 9))
+    assert result.headers_per_s > 0
+
+
+@pytest.mark.parametrize("hospital", ["empty"])
+def test_index_hospital_without_files_writes_nothing(settings, hospital):
+    (settings.landing / hospital).mkdir()
+    result = index_hospital(settings, hospital)
+    assert (result.files, result.rows, result.index_paths) == (0, 0, [])
+    assert read_partition(settings, "dicom_index", hospital).equals(pd.DataFrame())
+
+
+def test_index_hospital_on_a_synthetic_drop_matches_the_truth(settings):
+    from mammo_pipeline.synth.drops import generate_drops, read_truth
+
+    report = generate_drops(
+        settings.landing, hospitals=1, studies_per_hospital=3, seed=3, scale=0.1, corrupt_fraction=0.3, workers=1
+    )
+    (hospital,) = report.hospitals
+    truth = read_truth(settings.landing, hospital)
+    result = index_hospital(settings, hospital)
+
+    index = read_partition(settings, "dicom_index", hospital).set_index("rel_path")
+    quarantine = read_partition(settings, "quarantine", hospital).set_index("rel_path")
+    corrupt = truth[truth["corrupt_kind"].notna()]
+    assert len(corrupt) > 0 and result.files == len(truth)
+    assert quarantine.loc[corrupt["rel_path"], "reason"].tolist() == corrupt["corrupt_kind"].tolist()
+    good = truth[truth["corrupt_kind"].isna()].set_index("rel_path")
+    assert sorted(index.index) == sorted(good.index)
+    assert (index.loc[good.index, "for_processing"] == good["for_processing"].astype(bool)).all()
+    said_mag = index.index[index["meta_mag"] == True]  # noqa: E712 (nullable column)
+    assert good.loc[said_mag, "is_mag_view"].all()  # the metadata never calls a contact view a mag view
