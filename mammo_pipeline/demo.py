@@ -33,6 +33,8 @@ NEW_DROP = "drop-20261127"
 PER_HOSPITAL = ("dicom_index", "image_cache")
 PREDICT = ("image_predictions", "study_predictions")
 MODEL = ("labels", "trained_model", "onnx_model")
+# Dagster's console logger at INFO: the assets' progress lines, not every engine event.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -94,7 +96,9 @@ class Demo:
         assert job is not None, keys
         where = f" [{partition}]" if partition else ""
         self.echo(f"  materialize {', '.join(keys)}{where}")
-        return job.execute_in_process(asset_selection=asset_keys, partition_key=partition, instance=self.instance)
+        return job.execute_in_process(
+            asset_selection=asset_keys, partition_key=partition, instance=self.instance, run_config=QUIET
+        )
 
     def register(self, hospitals: Sequence[str]) -> None:
         known = set(self.instance.get_dynamic_partitions("hospital"))
@@ -317,7 +321,7 @@ def _throughput(instance: dg.DagsterInstance) -> dict[str, float]:
     out = {}
     for asset, label in (("image_cache", "caching"), ("image_predictions", "inference")):
         records = instance.fetch_materializations(dg.AssetKey(asset), limit=20).records
-        rates = [r.asset_materialization.metadata.get("images_per_s") for r in records if r.asset_materialization]
+        rates = [r.asset_materialization.metadata.get("images_per_second") for r in records if r.asset_materialization]
         rates = [getattr(v, "value", v) for v in rates if v is not None]
         if rates:
             out[label] = max(rates)

@@ -11,15 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from mammo_pipeline import warehouse  # noqa: E402
-from mammo_pipeline.atomic import atomic_path, write_parquet  # noqa: E402
-from mammo_pipeline.settings import Settings  # noqa: E402
+from mammo_pipeline import warehouse
+from mammo_pipeline.atomic import atomic_path, write_parquet
+from mammo_pipeline.settings import Settings
 
 AGREEMENT = ("agree", "meta_only", "visual_only", "silent")
 _COLORS = {"agree": "#4c9f70", "meta_only": "#d1495b", "visual_only": "#edae49", "silent": "#a0a0a0"}
@@ -120,11 +117,13 @@ def summarize_predictions(settings: Settings) -> PredictionSummary:
 
 def plot_agreement(agreement: pd.DataFrame, path: Path) -> Path:
     """Stacked bars per hospital: header and model agree / header-only mag / model-only mag / header silent."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(agreement) + 2), 4))
+    fig = Figure(figsize=(max(5.0, 1.2 * len(agreement) + 2), 4))  # no pyplot: no global state, no GUI backend
+    ax = fig.subplots()
     bottom = pd.Series(0.0, index=agreement.index)
     share = agreement[list(AGREEMENT)].div(agreement["n_images"].where(agreement["n_images"] > 0), axis=0).fillna(0)
+    names = [f"{h}\n(n={n})" for h, n in zip(agreement["hospital"], agreement["n_images"], strict=True)]
     for part in AGREEMENT:
-        ax.bar(agreement["hospital"], share[part], bottom=bottom, label=part.replace("_", "-"), color=_COLORS[part])
+        ax.bar(names, share[part], bottom=bottom, label=part.replace("_", "-"), color=_COLORS[part])
         bottom += share[part]
     ax.set_ylabel("share of images")
     ax.set_ylim(0, 1)
@@ -133,7 +132,6 @@ def plot_agreement(agreement: pd.DataFrame, path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -1,0 +1,218 @@
+"""Images/s of batch inference end to end from the PNG cache: our pipelined ONNX Runtime path vs PyTorch eager.
+
+Both paths read the same N model-size PNGs from disk, run the same `model.preprocess.preprocess`, and
+push the batches through the same ResNet18 (random weights, 2 sigmoid outputs). Each path runs in its
+own process so the peak RSS printed is that path's alone. Optional int8 (QDQ, quantize_static) path.
+On a shared machine wall-clock images/s depends on the neighbours, so each path also prints its CPU time
+per image and the rate that implies with every core to itself ("cpu-bound").
+
+    .venv/bin/python benchmarks/bench_infer.py            # N=1000, size 160 (the trainer's default)
+    .venv/bin/python benchmarks/bench_infer.py -n 2000 --size 192 --int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing as mp
+import os
+import resource
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.settings import Settings
+
+
+def make_pngs(settings: Settings, n: int) -> pd.DataFrame:
+    """N portrait 256-px grayscale PNGs that look roughly like a breast on black (smooth + noise)."""
+    rng = np.random.default_rng(0)
+    h, w = 256, 208
+    yy, xx = np.mgrid[0:h, 0:w]
+    rows = []
+    for i in range(n):
+        cx, cy, r = rng.uniform(-40, 20), rng.uniform(100, 160), rng.uniform(150, 220)
+        tissue = np.clip(1 - np.hypot(xx - cx, yy - cy) / r, 0, 1) ** 0.5
+        img = np.clip(tissue * 200 + rng.normal(0, 12, (h, w)) * (tissue > 0), 0, 255).astype(np.uint8)
+        rel = Path("bench") / f"{i:06d}.png"
+        (settings.cache / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(settings.cache / rel)
+        rows.append(
+            {
+                "sop_instance_uid": f"1.2.{i}",
+                "study_instance_uid": f"1.2.s{i // 4}",
+                "patient_key": f"p{i // 8}",
+                "hospital": "bench",
+                "model_png": str(rel),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def make_torch_model():
+    import torch
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None, num_classes=2)
+    return torch.nn.Sequential(net, torch.nn.Sigmoid()).eval()
+
+
+def export_model(settings: Settings, size: int) -> ModelRef:
+    """ResNet18 -> models/bench/model.onnx with the contract's names and metadata_props."""
+    import onnx
+    import torch
+
+    folder = settings.models / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            make_torch_model(),
+            (torch.zeros(1, 3, size, size),),
+            str(path),
+            input_names=["image"],
+            output_names=["probs"],
+            dynamic_axes={"image": {0: "n"}, "probs": {0: "n"}},
+            dynamo=False,
+        )
+    proto = onnx.load(str(path))
+    for key, value in {"model_version": "bench", "label_snapshot_id": "none", "input_size": str(size)}.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return ModelRef("bench", "none", "bench", size, IMAGENET_MEAN, IMAGENET_STD, onnx_file="model.onnx",
+                    onnx_sha256=sha, inference_file="model.onnx", inference_sha256=sha)  # fmt: skip
+
+
+def quantize(settings: Settings, ref: ModelRef, manifest: pd.DataFrame) -> ModelRef:
+    """int8 QDQ model calibrated on 64 of the images (what export.py's int8 path would produce)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            paths = [settings.cache / p for p in manifest["model_png"].iloc[:64]]
+            self.batches = iter({"image": preprocess(p, ref.input_size)[None]} for p in paths)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    src, pre, dst = (ref.path(settings.models, n) for n in ("model.onnx", "model.pre.onnx", "model.int8.onnx"))
+    quant_pre_process(str(src), str(pre))
+    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    sha = hashlib.sha256(dst.read_bytes()).hexdigest()
+    return ref.with_(inference_file="model.int8.onnx", inference_sha256=sha)
+
+
+class Timer:
+    """Wall clock and this process's CPU time (all threads) over a block."""
+
+    def __enter__(self) -> Timer:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+    def figures(self, n: int) -> tuple[float, float]:
+        """(images/s, CPU ms per image)."""
+        return n / self.wall, 1000 * self.cpu / n
+
+
+def run_onnx(settings: Settings, ref: ModelRef, manifest: pd.DataFrame, batch_size: int) -> tuple[float, float]:
+    from mammo_pipeline.model.infer import load_model, write_predictions
+
+    model = load_model(settings, ref)
+    out = settings.home / f"out-{ref.inference_file}.parquet"
+    write_predictions(settings, manifest.iloc[:batch_size], model, out, batch_size=batch_size)  # warm-up
+    with Timer() as timer:
+        stats = write_predictions(settings, manifest, model, out, batch_size=batch_size)
+    assert stats.n_images == len(manifest)
+    return timer.figures(len(manifest))
+
+
+def run_torch(settings: Settings, ref: ModelRef, manifest: pd.DataFrame, batch_size: int) -> tuple[float, float]:
+    import torch
+
+    torch.set_num_threads(settings.n_threads)
+    torch.manual_seed(0)
+    net = make_torch_model()
+    paths = [settings.cache / p for p in manifest["model_png"]]
+
+    def batches():
+        for i in range(0, len(paths), batch_size):
+            yield torch.from_numpy(np.stack([preprocess(p, ref.input_size) for p in paths[i : i + batch_size]]))
+
+    with torch.inference_mode():
+        net(next(batches()))  # warm-up
+        with Timer() as timer:
+            n = sum(len(net(x)) for x in batches())
+    assert n == len(manifest)
+    return timer.figures(len(manifest))
+
+
+def _child(kind: str, home: str, ref: ModelRef, manifest: pd.DataFrame, batch_size: int, threads: int):
+    settings = Settings.under(home, inference_threads=threads)
+    rate, cpu_ms = (run_torch if kind == "torch" else run_onnx)(settings, ref, manifest, batch_size)
+    return rate, cpu_ms, peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(kind: str, *args) -> tuple[float, float, float]:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_child, (kind, *args))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=1000, help="number of images")
+    parser.add_argument("--size", type=int, default=160, help="network input side (trainer default 160)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = one per core)")
+    parser.add_argument("--int8", action="store_true", help="also measure an int8 quantize_static model")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.under(tmp, inference_threads=args.threads).ensure_dirs()
+        manifest = make_pngs(settings, args.n)
+        ref = export_model(settings, args.size)
+        common = (str(settings.home), manifest, args.batch_size, args.threads)
+        print(f"{args.n} PNGs 256 px -> ResNet18 at {args.size} px, batch {args.batch_size}, "
+              f"{settings.n_threads} threads")  # fmt: skip
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; 'cpu-bound' = cores / CPU per image")
+        base = report("pytorch eager (baseline) ", measure("torch", common[0], ref, *common[1:]))
+        report("onnxruntime fp32 pipeline", measure("onnx", common[0], ref, *common[1:]), base)
+        if args.int8:
+            int8_ref = quantize(settings, ref, manifest)
+            report("onnxruntime int8 pipeline", measure("onnx", common[0], int8_ref, *common[1:]), base)
+
+
+def report(name: str, figures: tuple[float, float, float], base: tuple[float, float, float] | None = None):
+    """Print one path's figures (and its ratios to the baseline); return them."""
+    rate, cpu_ms, rss = figures
+    bound = (os.cpu_count() or 1) * 1000 / cpu_ms  # the rate if this process had every core to itself
+    ratio = f"  x{rate / base[0]:.2f} wall, x{base[1] / cpu_ms:.2f} CPU" if base else ""
+    print(f"{name}: {rate:6.1f} images/s  {cpu_ms:6.1f} CPU ms/image (cpu-bound {bound:6.1f}/s)"
+          f"  peak RSS {rss:5.0f} MiB{ratio}")  # fmt: skip
+    return figures
+
+
+if __name__ == "__main__":
+    main()

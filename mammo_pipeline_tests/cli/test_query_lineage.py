@@ -1,0 +1,49 @@
+"""`mammo query` and `mammo lineage` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from mammo_pipeline.cli.lineage import command as lineage_command
+from mammo_pipeline.cli.query import command as query_command
+from mammo_pipeline_tests.test_lineage import predict_hospital
+
+
+def test_query_prints_table_csv_and_json(settings):
+    predict_hospital(settings, "h1", {"s1": 2, "s2": 1}, "m1", seed=0, run_id="run-1")
+    sql = "SELECT study_instance_uid, count(*) AS n FROM image_predictions GROUP BY 1 ORDER BY 1"
+    runner = CliRunner()
+    table = runner.invoke(query_command, [sql])
+    assert table.exit_code == 0, table.output
+    assert table.output.split() == ["study_instance_uid", "n", "s1", "2", "s2", "1"]
+    csv = runner.invoke(query_command, [sql, "--format", "csv"])
+    assert csv.output.splitlines() == ["study_instance_uid,n", "s1,2", "s2,1"]
+    rows = json.loads(runner.invoke(query_command, [sql, "--format", "json"]).output)
+    assert rows == [{"study_instance_uid": "s1", "n": 2}, {"study_instance_uid": "s2", "n": 1}]
+
+
+def test_query_bad_sql_is_a_clear_error(settings):
+    result = CliRunner().invoke(query_command, ["SELECT * FROM no_such_table"])
+    assert result.exit_code == 1
+    assert "query failed" in result.output and "no_such_table" in result.output
+
+
+def test_lineage_table_and_json(settings):
+    predict_hospital(settings, "h1", {"s1": 2}, "m1", seed=0, run_id="run-1")
+    runner = CliRunner()
+    table = runner.invoke(lineage_command, ["s1"])
+    assert table.exit_code == 0, table.output
+    assert "model      m1  labels snap-m1" in table.output
+    assert table.output.count("run run-1") == 2
+    data = json.loads(runner.invoke(lineage_command, ["s1", "--format", "json"]).output)
+    assert data["models"]["m1"]["n_train"] == 100
+    assert {image["dagster_run_id"] for image in data["images"]} == {"run-1"}
+
+
+def test_lineage_unknown_study_exits_1(settings):
+    predict_hospital(settings, "h1", {"s1": 1}, "m1", seed=0, run_id="run-1")
+    result = CliRunner().invoke(lineage_command, ["1.2.3.unknown"])
+    assert result.exit_code == 1
+    assert "1.2.3.unknown: not in image_predictions" in result.output

@@ -1,0 +1,118 @@
+"""The prediction assets end to end, with fake upstream assets standing in for onnx_model, image_cache, dicom_index."""
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from mammo_pipeline.defs.partitions import hospital_partitions
+from mammo_pipeline.defs.predict import image_predictions, prediction_summary, study_predictions
+from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline_tests.model.test_infer import make_cache, make_dicom_index, make_model
+
+HOSPITAL = "h1"
+STUDIES = {"s1": 2, "s2": 3, "s3": 1}
+
+
+class ModelConfig(dg.Config):
+    version: str = "m1"
+    seed: int = 0
+
+
+@dg.asset(name="onnx_model")
+def fake_onnx_model(config: ModelConfig, mammo: MammoSettings) -> dg.MaterializeResult:
+    make_model(mammo.get(), config.version, config.seed, snapshot=f"snap-{config.version}")
+    return dg.MaterializeResult(data_version=dg.DataVersion(config.version))
+
+
+@dg.asset(name="image_cache", partitions_def=hospital_partitions)
+def fake_image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> None:
+    make_cache(mammo.get(), context.partition_key, STUDIES)
+
+
+@dg.asset(name="dicom_index", partitions_def=hospital_partitions)
+def fake_dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> None:
+    sops = [f"{study}.{i}" for study, n in STUDIES.items() for i in range(n)]
+    make_dicom_index(mammo.get(), context.partition_key, {sop: i % 3 == 0 or None for i, sop in enumerate(sops)})
+
+
+ASSETS = [fake_onnx_model, fake_image_cache, fake_dicom_index, image_predictions, study_predictions]
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", [HOSPITAL])
+    return instance
+
+
+def _run(settings, instance, assets, version: str = "m1", seed: int = 0, partition: str | None = HOSPITAL):
+    result = dg.materialize(
+        assets,
+        partition_key=partition,
+        resources={"mammo": MammoSettings(home=str(settings.home))},
+        instance=instance,
+        run_config={"ops": {"onnx_model": {"config": {"version": version, "seed": seed}}}}
+        if fake_onnx_model in assets
+        else None,
+    )
+    assert result.success
+    return result
+
+
+def test_predictions_partition_carries_model_lineage_and_the_any_rule(settings, instance):
+    result = _run(settings, instance, ASSETS)
+    images = pd.read_parquet(settings.table_dir("image_predictions", HOSPITAL) / "predictions.parquet")
+    studies = pd.read_parquet(settings.table_dir("study_predictions", HOSPITAL) / "studies.parquet")
+    ref = ModelRef.load(settings.models)
+
+    assert len(images) == sum(STUDIES.values()) and images["sop_instance_uid"].is_unique
+    assert set(images["model_version"]) == set(studies["model_version"]) == {"m1"}
+    assert set(images["onnx_sha256"]) == {ref.onnx_sha256}
+    assert set(images["dagster_run_id"]) == {result.run_id}
+    expected = images.groupby("study_instance_uid").agg(
+        n_images=("sop_instance_uid", "size"),
+        has_biopsy_marker=("has_biopsy_marker", "any"),
+        max_p_mag=("p_mag", "max"),
+    )
+    got = studies.set_index("study_instance_uid")
+    assert got["n_images"].to_dict() == expected["n_images"].to_dict()
+    assert got["has_biopsy_marker"].to_dict() == expected["has_biopsy_marker"].to_dict()
+    assert got["max_p_mag"].to_dict() == pytest.approx(expected["max_p_mag"].to_dict())
+
+    meta = result.asset_materializations_for_node("image_predictions")[0].metadata
+    assert meta["model_version"].value == "m1"
+    assert meta["model_file"].value == str(settings.models / "m1" / "model.onnx")
+    assert meta["dagster/row_count"].value == len(images)
+
+
+def test_new_model_requests_predictions_again_and_replaces_the_rows(settings, instance):
+    _run(settings, instance, ASSETS, "m1")
+    defs = dg.Definitions(assets=ASSETS, resources={"mammo": MammoSettings(home=str(settings.home))})
+    selection = dg.AssetSelection.assets("image_predictions", "study_predictions")
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+    settled = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
+    )
+    assert settled.get_requested_partitions(image_predictions.key) == set()
+
+    _run(settings, instance, [fake_onnx_model], "m2", seed=1, partition=None)
+    after = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, asset_selection=selection, cursor=settled.cursor
+    )
+    assert after.get_requested_partitions(image_predictions.key) == {HOSPITAL}
+
+    _run(settings, instance, [image_predictions, study_predictions])
+    images = pd.read_parquet(settings.table_dir("image_predictions", HOSPITAL) / "predictions.parquet")
+    studies = pd.read_parquet(settings.table_dir("study_predictions", HOSPITAL) / "studies.parquet")
+    assert len(images) == sum(STUDIES.values()) and images["sop_instance_uid"].is_unique
+    assert set(images["model_version"]) == set(studies["model_version"]) == {"m2"}
+    assert set(images["label_snapshot_id"]) == {"snap-m2"}
+
+
+def test_prediction_summary_materializes_tables_and_plot(settings, instance):
+    _run(settings, instance, ASSETS)
+    result = _run(settings, instance, [prediction_summary], partition=None)
+    meta = result.asset_materializations_for_node("prediction_summary")[0].metadata
+    assert "| h1 |" in meta["agreement"].value
+    assert (settings.warehouse / "reports" / "prediction_summary.png").stat().st_size > 0

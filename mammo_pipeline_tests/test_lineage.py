@@ -1,0 +1,51 @@
+"""`study_lineage`: a study traced to its model, ONNX file, label snapshot, training metrics and Dagster run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from mammo_pipeline import warehouse
+from mammo_pipeline.lineage import UnknownStudy, study_lineage
+from mammo_pipeline.model.infer import load_model, write_predictions
+from mammo_pipeline.summary import aggregate_studies
+from mammo_pipeline_tests.model.test_infer import make_cache, make_model
+
+
+def predict_hospital(settings, hospital: str, studies: dict[str, int], version: str, seed: int, run_id: str) -> None:
+    """Run the real inference + aggregation path for one hospital (what the two assets do)."""
+    ref = make_model(settings, version, seed, snapshot=f"snap-{version}")
+    manifest = make_cache(settings, hospital, studies, seed=seed)
+    path = warehouse.partition_file(settings, "image_predictions", hospital, "predictions.parquet")
+    write_predictions(settings, manifest, load_model(settings, ref), path, run_id=run_id)
+    warehouse.write_partition(settings, "study_predictions", hospital, aggregate_studies(path), "studies.parquet")
+
+
+def test_study_lineage_names_model_snapshot_metrics_and_run(settings):
+    predict_hospital(settings, "h1", {"s1": 2, "s2": 1}, "m1", seed=0, run_id="run-1")
+    predict_hospital(settings, "h2", {"t1": 3}, "m2", seed=1, run_id="run-2")  # a later model, another hospital
+
+    lineage = study_lineage(settings, "t1")
+    registry = pd.read_parquet(settings.warehouse / "model_registry" / "m2.parquet").iloc[0]
+    assert lineage["hospital"] == "h2" and lineage["drops"] == ["drop1"]
+    assert [image["sop_instance_uid"] for image in lineage["images"]] == ["t1.0", "t1.1", "t1.2"]
+    for image in lineage["images"]:
+        assert image["model_version"] == "m2" and image["dagster_run_id"] == "run-2"
+        assert image["onnx_sha256"] == registry["onnx_sha256"]
+        assert image["label_snapshot_id"] == registry["label_snapshot_id"] == "snap-m2"
+        assert "patient_key" not in image
+    model = lineage["models"]["m2"]
+    assert model["n_train"] == registry["n_train"] and model["accuracy"] == pytest.approx(registry["accuracy"])
+    assert model["created_at"] == registry["created_at"].isoformat()
+    study = lineage["prediction"]
+    assert study["n_images"] == 3
+    assert study["has_biopsy_marker"] == any(image["has_biopsy_marker"] for image in lineage["images"])
+    assert study_lineage(settings, "s1")["models"].keys() == {"m1"}
+
+
+def test_study_lineage_unknown_study_is_a_clear_error(settings):
+    with pytest.raises(UnknownStudy, match="no predictions"):
+        study_lineage(settings, "nope")
+    predict_hospital(settings, "h1", {"s1": 1}, "m1", seed=0, run_id="run-1")
+    with pytest.raises(UnknownStudy, match="nope: not in image_predictions"):
+        study_lineage(settings, "nope")
