@@ -1,0 +1,37 @@
+"""Run every benchmark in turn (`make bench`); each prints its figure and its ratio against a baseline
+measured in the same run. Pass names to run a subset: `python benchmarks/run_all.py infer normalize`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+# name -> arguments (sizes that finish in a few minutes each on 2 cores)
+BENCHMARKS: dict[str, list[str]] = {
+    "synth": [],
+    "normalize": [],
+    "index": ["--n", "4000"],
+    "cache_memory": ["--n", "10000"],
+    "train": [],
+    "infer": ["--int8"],
+    "dask": [],
+}
+
+
+def main(names: list[str]) -> int:
+    failed = []
+    for name in names or list(BENCHMARKS):
+        print(f"\n=== benchmarks/bench_{name}.py {' '.join(BENCHMARKS[name])}", flush=True)
+        code = subprocess.call([sys.executable, str(HERE / f"bench_{name}.py"), *BENCHMARKS[name]])
+        if code:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
