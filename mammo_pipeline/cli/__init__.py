@@ -9,7 +9,7 @@ import click
 from mammo_pipeline import __version__
 
 # Each module defines `command` (a click command or group); its name is the subcommand's name.
-SUBCOMMANDS: tuple[str, ...] = ("home", "synth", "convert", "label", "query", "lineage", "demo")
+SUBCOMMANDS: tuple[str, ...] = ("home", "synth", "convert", "label", "weights", "query", "lineage", "demo")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

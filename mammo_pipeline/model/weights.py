@@ -108,16 +108,23 @@ def load_imagenet_state(settings: Settings) -> tuple[dict | None, str]:
     return torch.load(path, map_location="cpu", weights_only=True), str(path)
 
 
-def build_network(imagenet_state: dict | None = None, n_out: int = N_OUT):
-    """fastai's ResNet18 body + head (random init); the ImageNet state dict, when given, loaded into the body."""
+def load_body(net, imagenet_state: dict) -> None:
+    """Load a torchvision resnet18 state dict into the body (net[0]) of a fastai ResNet18 model."""
     import torch.nn as nn
+    from torchvision.models import resnet18
+
+    backbone = resnet18(weights=None)
+    backbone.load_state_dict(imagenet_state)  # strict: a file for another architecture fails here
+    body = nn.Sequential(*list(backbone.children())[:-2])  # fastai's cut for resnet18
+    net[0].load_state_dict(body.state_dict())
+
+
+def build_network(imagenet_state: dict | None = None, n_out: int = N_OUT):
+    """fastai's ResNet18 body + head (random init, weights=None); the ImageNet state dict loaded into the body."""
     from fastai.vision.learner import create_vision_model
     from torchvision.models import resnet18
 
     net = create_vision_model(resnet18, n_out=n_out, pretrained=False)
     if imagenet_state is not None:
-        backbone = resnet18(weights=None)
-        backbone.load_state_dict(imagenet_state)  # strict: a file for another architecture fails here
-        body = nn.Sequential(*list(backbone.children())[:-2])  # fastai's cut for resnet18
-        net[0].load_state_dict(body.state_dict())
+        load_body(net, imagenet_state)
     return net

@@ -1,0 +1,135 @@
+"""Dagster assets for the model: `trained_model` (PyTorch, metrics, pictures) and `onnx_model` (+ parity check)."""
+
+import base64
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline.model.export import export_onnx, parity, parity_images
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.model.train import TrainConfig, train_model
+from mammo_pipeline.progress import every
+
+PARITY_TOLERANCE = 1e-4
+
+
+class TrainingConfig(dg.Config):
+    """Hyperparameters (Launchpad-editable); seed < 0 and pretrained '' fall back to the settings."""
+
+    size: int = TrainConfig.size
+    epochs: int = TrainConfig.epochs
+    freeze_epochs: int = TrainConfig.freeze_epochs
+    lr: float = TrainConfig.lr
+    batch_size: int = TrainConfig.batch_size
+    seed: int = -1
+    pretrained: str = ""
+    oof_folds: int = TrainConfig.oof_folds
+    threads: int = TrainConfig.threads
+
+    def to_train_config(self) -> TrainConfig:
+        fields = self.model_dump()
+        fields["seed"] = None if self.seed < 0 else self.seed
+        fields["pretrained"] = self.pretrained or None
+        return TrainConfig(**fields)
+
+
+def _embed_png(path: Path, alt: str) -> str:
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"/>'
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _flag_table(metrics: dict) -> str:
+    lines = ["| flag | precision | recall | F1 |", "|---|---|---|---|"]
+    for flag in ("biopsy", "mag"):
+        p, r, f = (metrics[f"{flag}_{k}"] for k in ("precision", "recall", "f1"))
+        lines.append(f"| {flag} | {_fmt(p)} | {_fmt(r)} | {_fmt(f)} |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    deps=[dg.AssetKey("labels"), dg.AssetDep("image_cache", partition_mapping=dg.AllPartitionMapping())],
+    group_name="model",
+    pool="training",
+    kinds={"pytorch"},
+)
+def trained_model(
+    context: dg.AssetExecutionContext, mammo: MammoSettings, config: TrainingConfig
+) -> dg.MaterializeResult:
+    """ResNet18 with two flags (biopsy marker, magnification view), trained on the train labels, audited on the rest."""
+    settings = mammo.get()
+    labels_path = settings.warehouse / "labels" / "current.parquet"
+    if not labels_path.exists():
+        raise FileNotFoundError(f"{labels_path}: no labels yet; materialize `labels` first")
+    labels = pd.read_parquet(labels_path)
+    result = train_model(settings, labels, config.to_train_config(), every(10, context.log.info, "training batches"))
+    for note in result.warnings:
+        context.log.warning(note)
+    m, row = result.metrics, result.row
+    pictures = result.pictures
+    md = {f"{name}_png": dg.MetadataValue.md(_embed_png(path, name)) for name, path in pictures.items()}
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(result.ref.model_version),
+        metadata={
+            "model_version": result.ref.model_version,
+            "label_snapshot_id": result.ref.label_snapshot_id,
+            "n_train": row["n_train"],
+            "n_audit": row["n_audit"],
+            "label_counts": dg.MetadataValue.json(row["label_counts"]),
+            "hyperparameters": dg.MetadataValue.json(row["hyperparameters"]),
+            "seed": row["seed"],
+            "pretrained": row["pretrained"],
+            "accuracy": m["accuracy"],
+            "accuracy_3class": m["accuracy_3class"],
+            "flags": dg.MetadataValue.md(_flag_table(m)),
+            "per_hospital_accuracy": dg.MetadataValue.json(m["per_hospital_accuracy"]),
+            "ece": m["ece"],
+            "train_seconds": round(result.train_seconds, 1),
+            "path": dg.MetadataValue.path(str(result.ref.path(settings.models))),
+            **{f"{name}_path": dg.MetadataValue.path(str(path)) for name, path in pictures.items()},
+            **md,
+        },
+    )
+
+
+@dg.asset(deps=[trained_model], group_name="model", kinds={"onnx"})
+def onnx_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
+    """The trained model as ONNX (sigmoid inside, preprocessing in metadata_props), plus an int8 variant."""
+    settings = mammo.get()
+    ref = export_onnx(settings, ModelRef.load(settings.models))
+    comparison = ref.extra["int8"]
+    context.log.info(f"ONNX {ref.model_version}: inference file {ref.inference_file}")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(ref.model_version),
+        metadata={
+            "model_version": ref.model_version,
+            "path": dg.MetadataValue.path(str(ref.path(settings.models, ref.onnx_file))),
+            "sha256": ref.onnx_sha256,
+            "inference_file": ref.inference_file,
+            "inference_sha256": ref.inference_sha256,
+            "int8_comparison": dg.MetadataValue.json(json.loads(json.dumps(comparison, default=str))),
+        },
+    )
+
+
+@dg.asset_check(asset=onnx_model, blocking=True)
+def onnx_matches_pytorch(mammo: MammoSettings) -> dg.AssetCheckResult:
+    """ONNX Runtime and PyTorch agree on 32 cached images (max probability difference <= 1e-4)."""
+    settings = mammo.get()
+    ref = ModelRef.load(settings.models)
+    pngs = parity_images(settings, ref)
+    diff = parity(settings, ref, pngs)
+    return dg.AssetCheckResult(
+        passed=diff <= PARITY_TOLERANCE,
+        metadata={
+            "max_abs_diff": diff,
+            "images": len(pngs),
+            "tolerance": PARITY_TOLERANCE,
+            "model_version": ref.model_version,
+        },
+    )

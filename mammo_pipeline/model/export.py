@@ -1,0 +1,217 @@
+"""The trained network as ONNX (sigmoid included), an int8 variant, and the ONNX-vs-PyTorch parity figure.
+
+`model.onnx` takes `image` float32 [N, 3, S, S] (dynamic N, preprocess.preprocess output) and returns
+`probs` [N, 2] = [p_biopsy, p_mag]; its metadata_props carry what inference needs to reproduce the input.
+`model.int8.onnx` (static quantization, QDQ, calibrated on cached train images) becomes the inference
+default only when its audit accuracy is within 1 point of fp32; the comparison is recorded either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mammo_pipeline.atomic import atomic_path, write_text
+from mammo_pipeline.model import registry
+from mammo_pipeline.model.evaluate import evaluate
+from mammo_pipeline.model.preprocess import preprocess_batch
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.settings import Settings
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+INT8_TOLERANCE = 0.01  # int8 is kept when its audit accuracy is at most 1 point below fp32
+CALIBRATION_IMAGES = 64
+PARITY_IMAGES = 32
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _metadata(ref: ModelRef) -> dict[str, str]:
+    return {
+        "model_version": ref.model_version,
+        "label_snapshot_id": ref.label_snapshot_id,
+        "input_size": str(ref.input_size),
+        "mean": json.dumps(list(ref.mean)),
+        "std": json.dumps(list(ref.std)),
+        "class_names": json.dumps(list(ref.class_names)),
+    }
+
+
+def _write_onnx(model, path: Path, ref: ModelRef) -> None:
+    import onnx
+
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, _metadata(ref))
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, str(tmp))
+
+
+def session(path: Path, threads: int = 0):
+    """An ONNX Runtime CPU session."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_probs(path: Path, pngs: list[Path], size: int, threads: int = 0, batch_size: int = 32) -> np.ndarray:
+    sess = session(path, threads)
+    out = [
+        sess.run(["probs"], {"image": preprocess_batch(pngs[i : i + batch_size], size)})[0]
+        for i in range(0, len(pngs), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+
+
+def torch_probs(settings: Settings, ref: ModelRef, pngs: list[Path]) -> np.ndarray:
+    import torch
+
+    from mammo_pipeline.model.train import load_network
+
+    net = load_network(settings, ref)
+    with torch.no_grad():
+        return torch.sigmoid(net(torch.from_numpy(preprocess_batch(pngs, ref.input_size)))).numpy()
+
+
+def _export_fp32(settings: Settings, ref: ModelRef, path: Path) -> None:
+    import onnx
+    import torch
+
+    from mammo_pipeline.model.train import load_network
+
+    wrapped = torch.nn.Sequential(load_network(settings, ref), torch.nn.Sigmoid()).eval()
+    example = torch.zeros(2, 3, ref.input_size, ref.input_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(raw),
+            input_names=["image"],
+            output_names=["probs"],
+            dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        _write_onnx(onnx.load(str(raw)), path, ref)
+
+
+def _quantize_int8(fp32: Path, out: Path, calibration: list[Path], ref: ModelRef) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"image": preprocess_batch([p], ref.input_size)} for p in calibration])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, prepared = Path(tmp) / "int8.onnx", Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))  # shape inference + graph optimization (folds BatchNorm)
+        quantize_static(
+            str(prepared),
+            str(raw),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        _write_onnx(onnx.load(str(raw)), out, ref)
+
+
+def cached_images(settings: Settings, ref: ModelRef, table: str, n: int) -> list[Path]:
+    """Up to n cached model PNGs listed in the model's oof.parquet (train) or audit_predictions.parquet."""
+    path = ref.path(settings.models, table)
+    if not path.exists():
+        return []
+    rels = sorted(pd.read_parquet(path, columns=["model_png"])["model_png"])[:n]
+    return [settings.cache / r for r in rels if (settings.cache / r).exists()]
+
+
+def parity_images(settings: Settings, ref: ModelRef, n: int = PARITY_IMAGES) -> list[Path]:
+    """The cached images the parity check uses: audit first, then train, up to n."""
+    audit = cached_images(settings, ref, "audit_predictions.parquet", n)
+    return (audit + cached_images(settings, ref, "oof.parquet", n))[:n]
+
+
+def parity(settings: Settings, ref: ModelRef, pngs: list[Path]) -> float:
+    """max |p_onnx - p_torch| over `pngs` (fp32 ONNX file of `ref`)."""
+    if not ref.onnx_file:
+        raise ValueError(f"model {ref.model_version} has no ONNX file yet; run export_onnx first")
+    if not pngs:
+        raise ValueError("parity needs at least one cached image")
+    a = onnx_probs(ref.path(settings.models, ref.onnx_file), pngs, ref.input_size, settings.inference_threads)
+    b = torch_probs(settings, ref, pngs)
+    return float(np.max(np.abs(a - b)))
+
+
+def _audit_accuracy(settings: Settings, ref: ModelRef, onnx_path: Path) -> float | None:
+    path = ref.path(settings.models, "audit_predictions.parquet")
+    audit = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    if audit.empty:
+        return None
+    pngs = [settings.cache / p for p in audit["model_png"]]
+    return evaluate(audit, onnx_probs(onnx_path, pngs, ref.input_size, settings.inference_threads))["accuracy"]
+
+
+def export_onnx(settings: Settings, ref: ModelRef) -> ModelRef:
+    """Write model.onnx and model.int8.onnx, choose the inference file, update the registry row and current.json."""
+    fp32 = ref.path(settings.models, ONNX_FILE)
+    int8 = ref.path(settings.models, INT8_FILE)
+    _export_fp32(settings, ref, fp32)
+    fp32_acc = _audit_accuracy(settings, ref, fp32)
+    calibration = cached_images(settings, ref, "oof.parquet", CALIBRATION_IMAGES)
+    int8_acc: float | None = None
+    if calibration:
+        _quantize_int8(fp32, int8, calibration, ref)
+        int8_acc = _audit_accuracy(settings, ref, int8)
+    keep_int8 = fp32_acc is not None and int8_acc is not None and int8_acc >= fp32_acc - INT8_TOLERANCE
+    chosen = int8 if keep_int8 else fp32
+    comparison = {
+        "fp32_accuracy": fp32_acc,
+        "int8_accuracy": int8_acc,
+        "onnx_bytes": fp32.stat().st_size,
+        "int8_bytes": int8.stat().st_size if int8.exists() else None,
+        "inference_file": chosen.name,
+        "rule": f"int8 kept when its audit accuracy >= fp32 - {INT8_TOLERANCE:.2f} (needs audit labels)",
+    }
+    new = ref.with_(
+        onnx_file=fp32.name,
+        onnx_sha256=_sha256(fp32),
+        inference_file=chosen.name,
+        inference_sha256=_sha256(chosen),
+        extra={**ref.extra, "int8": comparison},
+    )
+    registry.update_row(
+        settings,
+        ref.model_version,
+        onnx_sha256=new.onnx_sha256,
+        int8_accuracy=int8_acc,
+        fp32_accuracy=fp32_acc,
+        onnx_bytes=comparison["onnx_bytes"],
+        int8_bytes=comparison["int8_bytes"],
+        inference_file=chosen.name,
+    )
+    meta_path = ref.path(settings.models, "meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.update({"ref": json.loads(json.dumps(new.__dict__, default=list)), "onnx": comparison})
+    write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True, default=str))
+    new.save(settings.models, name=f"{ref.folder}/ref.json")
+    current = settings.models / "current.json"
+    if not current.exists() or ModelRef.load(settings.models).model_version == ref.model_version:
+        new.save(settings.models)  # never roll current.json back to an older model
+    return new

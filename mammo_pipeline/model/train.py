@@ -1,0 +1,352 @@
+"""Train the two-flag ResNet18 on the labeled train split; measure it on the audit split; save everything.
+
+fastai `vision_learner` (resnet18, two outputs, BCEWithLogits: has_biopsy_marker and is_mag_view learned
+independently). The items go through `preprocess.preprocess` as the fastai item transform, so PyTorch,
+the ONNX parity check and ONNX inference all see the very same tensors. No augmentation, num_workers=0,
+seeded: one seed and one label snapshot give one set of weights, and so one `model_version`.
+
+Out-of-sample probabilities for the train images (the labeling app's disagreement queue) come from a
+K-fold logistic regression on the *untrained* body's pooled features (ImageNet features when pretrained,
+random ones otherwise): cheap (one forward pass) and honest, since those features never saw a label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mammo_pipeline.atomic import write_bytes, write_parquet, write_text
+from mammo_pipeline.labels.codes import label_of
+from mammo_pipeline.model import plots, registry
+from mammo_pipeline.model.evaluate import evaluate, miss_reason
+from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, preprocess_batch
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.model.weights import load_imagenet_state
+from mammo_pipeline.progress import ProgressFn
+from mammo_pipeline.settings import Settings
+
+REQUIRED_COLUMNS = ("sop_instance_uid", "hospital", "label", "has_biopsy_marker", "is_mag_view", "split", "model_png")
+PICTURES = {"confusion": "confusion_matrix.png", "missed": "missed_audit.png", "rounds": "accuracy_by_round.png"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters. Defaults fit the demo (5 retrains on 2 CPU cores) and 500 labels in < 5 minutes."""
+
+    size: int = 160  # square side the network sees (the 256-px PNG is padded and area-resized to it)
+    epochs: int = 2  # unfrozen epochs (all epochs when training from scratch)
+    freeze_epochs: int = 1  # head-only epochs first, when pretrained
+    lr: float = 2e-3
+    batch_size: int = 32
+    seed: int | None = None  # None: settings.seed
+    pretrained: str | None = None  # None: settings.pretrained ('imagenet' | 'none')
+    oof_folds: int = 3
+    threads: int = 0  # torch intra-op threads while training; 0 = torch's default (one per core)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    ref: ModelRef
+    metrics: dict
+    row: dict  # the registry row
+    pictures: dict[str, Path]  # name -> PNG in the model folder
+    train_seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def weights_version(state_dict: dict) -> str:
+    """Content hash of the weights: sha256 over (name, bytes) in key order, first 12 hex."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _check_labels(labels: pd.DataFrame) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in labels.columns]
+    if missing:
+        raise ValueError(f"labels table lacks columns {missing}; expected warehouse/labels/current.parquet")
+    bad = set(labels["split"]) - {"train", "audit"}
+    if bad:
+        raise ValueError(f"labels.split must be 'train' or 'audit', found {sorted(bad)}")
+    if (labels["split"] == "train").sum() < 2:
+        raise ValueError("fewer than 2 labels with split == 'train': label some images first")
+
+
+def _datasets(train: pd.DataFrame, cache: Path, size: int):
+    """fastai Datasets over row numbers; the image item transform IS preprocess()."""
+    import torch
+    from fastai.data.core import Datasets
+    from fastai.torch_core import TensorImage
+    from fasttransform import Transform
+
+    paths = [cache / png for png in train["model_png"]]
+    flags = torch.tensor(train[["has_biopsy_marker", "is_mag_view"]].to_numpy(bool), dtype=torch.float32)
+
+    class PreprocessedImage(Transform):
+        def encodes(self, i):
+            return TensorImage(torch.from_numpy(preprocess(paths[i], size)))
+
+    class Flags(Transform):
+        def encodes(self, i):
+            return flags[i]
+
+    return Datasets(list(range(len(train))), tfms=[[PreprocessedImage()], [Flags()]], splits=None)
+
+
+def _predict(net, paths: list[Path], size: int, batch_size: int = 64, pooled: bool = False) -> np.ndarray:
+    """Sigmoid probabilities [N, 2] (or the body's pooled features when `pooled`), in eval mode."""
+    import torch
+
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(paths), batch_size):
+            x = torch.from_numpy(preprocess_batch(paths[i : i + batch_size], size))
+            if pooled:
+                out.append(net[0](x).mean(dim=(2, 3)).numpy())
+            else:
+                out.append(torch.sigmoid(net(x)).numpy())
+    width = 512 if pooled else 2
+    return np.concatenate(out) if out else np.zeros((0, width), dtype=np.float32)
+
+
+def out_of_fold(features: np.ndarray, flags: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """[N, 2] probabilities, each from a logistic regression that never saw that image (K-fold)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = len(features)
+    probs = np.zeros((n, 2), dtype=float)
+    if n < 2:
+        probs[:] = flags.mean(axis=0) if n else 0.5
+        return probs
+    splitter = KFold(n_splits=min(folds, n), shuffle=True, random_state=seed)
+    for fit_idx, held_idx in splitter.split(features):
+        for k in range(2):
+            y = flags[fit_idx, k]
+            if y.min() == y.max():  # one class in this fold: its frequency is all we know
+                probs[held_idx, k] = float(y[0])
+                continue
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+            clf.fit(features[fit_idx], y)
+            probs[held_idx, k] = clf.predict_proba(features[held_idx])[:, 1]
+    return probs
+
+
+def _progress_callback(progress: ProgressFn | None, total: int):
+    from fastai.callback.core import Callback
+
+    class Report(Callback):
+        order = 90
+
+        def __init__(self) -> None:
+            self.done = 0
+
+        def after_batch(self) -> None:
+            if self.training and progress is not None:
+                self.done += 1
+                progress(min(self.done, total), total)
+
+    return Report()
+
+
+def _label_counts(labels: pd.DataFrame) -> dict:
+    return {
+        split: {str(k): int(v) for k, v in part["label"].value_counts().sort_index().items()}
+        for split, part in labels.groupby("split")
+    }
+
+
+def train_model(
+    settings: Settings, labels: pd.DataFrame, hyper: TrainConfig | None = None, progress: ProgressFn | None = None
+) -> TrainResult:
+    """Train on split == 'train', evaluate on split == 'audit', save models/<v>/, the registry row, current.json."""
+    import fastai.callback.progress
+    import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle, fine_tune)
+    import torch
+    from fastai.losses import BCEWithLogitsLossFlat
+    from fastai.optimizer import OptimWrapper
+    from fastai.torch_core import set_seed
+    from fastai.vision.learner import vision_learner
+    from torchvision.models import resnet18
+
+    from mammo_pipeline.model.weights import load_body
+
+    hyper = hyper or TrainConfig()
+    seed = settings.seed if hyper.seed is None else hyper.seed
+    mode = hyper.pretrained or settings.pretrained
+    if mode not in ("imagenet", "none"):
+        raise ValueError(f"pretrained must be 'imagenet' or 'none', not {mode!r}")
+    _check_labels(labels)
+    imagenet_state, pretrained_source = load_imagenet_state(replace(settings, pretrained=mode))
+    pretrained = imagenet_state is not None
+    notes: list[str] = []
+
+    labels = labels.sort_values("sop_instance_uid", kind="stable").reset_index(drop=True)
+    train = labels[labels["split"] == "train"].reset_index(drop=True)
+    audit = labels[labels["split"] == "audit"].reset_index(drop=True)
+    missing = [p for p in labels["model_png"] if not (settings.cache / p).exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} model PNGs missing under {settings.cache}, e.g. {missing[0]}")
+    if audit.empty:
+        notes.append("no audit labels: metrics are null; label some audit images to measure the model")
+
+    was_deterministic, was_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    if hyper.threads:
+        torch.set_num_threads(hyper.threads)  # on a shared machine, 1 thread avoids spinning on busy cores
+    set_seed(seed, reproducible=True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    start = time.monotonic()
+    try:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dsets = _datasets(train, settings.cache, hyper.size)
+        # fastai drops the last partial train batch (a batch of 1 breaks BatchNorm); keep >= 1 batch per epoch
+        batch_size = max(2, min(hyper.batch_size, len(train)))
+        dls = dsets.dataloaders(bs=batch_size, num_workers=0, device=device)
+        learn = vision_learner(
+            dls,
+            resnet18,
+            n_out=2,
+            pretrained=False,
+            normalize=False,
+            loss_func=BCEWithLogitsLossFlat(),
+            opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),  # torch's vectorized AdamW: faster steps
+        )
+        if pretrained:
+            load_body(learn.model, imagenet_state)
+        learn.model.cpu()
+        train_paths = [settings.cache / p for p in train["model_png"]]
+        flags = train[["has_biopsy_marker", "is_mag_view"]].to_numpy(bool)
+        features = _predict(learn.model, train_paths, hyper.size, pooled=True)
+        oof = out_of_fold(features, flags.astype(int), hyper.oof_folds, seed)
+        learn.model.to(device)
+
+        epochs_total = hyper.epochs + (hyper.freeze_epochs if pretrained else 0)
+        report = _progress_callback(progress, epochs_total * len(dls.train))
+        with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if pretrained:
+                learn.fine_tune(hyper.epochs, base_lr=hyper.lr, freeze_epochs=hyper.freeze_epochs, cbs=[report])
+            else:
+                learn.fit_one_cycle(hyper.epochs, hyper.lr, cbs=[report])
+        net = learn.model.cpu().eval()
+        audit_probs = _predict(net, [settings.cache / p for p in audit["model_png"]], hyper.size)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(was_threads)
+    train_seconds = time.monotonic() - start
+
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    version = weights_version(state)
+    folder = settings.models / version
+    metrics = evaluate(audit, audit_probs)
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes(folder / "model.pth", buf.getvalue())
+    audit_out = audit[["sop_instance_uid", "hospital", "label", "has_biopsy_marker", "is_mag_view", "model_png"]].copy()
+    audit_out["p_biopsy"], audit_out["p_mag"] = audit_probs[:, 0], audit_probs[:, 1]
+    audit_out["predicted_class"] = [label_of(b >= 0.5, m >= 0.5) for b, m in audit_probs]
+    audit_out["model_version"] = version
+    write_parquet(audit_out, folder / "audit_predictions.parquet")
+    oof_out = pd.DataFrame(
+        {
+            "sop_instance_uid": train["sop_instance_uid"],
+            "p_biopsy": oof[:, 0],
+            "p_mag": oof[:, 1],
+            "out_of_sample": True,
+            "model_png": train["model_png"],
+            "model_version": version,
+        }
+    )
+    write_parquet(oof_out, folder / "oof.parquet")
+
+    snapshot = ",".join(sorted(map(str, labels["snapshot_id"].dropna().unique()))) if "snapshot_id" in labels else ""
+    hyperparameters = {**asdict(hyper), "seed": seed, "pretrained": mode}
+    row = {
+        "model_version": version,
+        "created_at": datetime.now(UTC),
+        "label_snapshot_id": snapshot,
+        "n_train": len(train),
+        "n_audit": len(audit),
+        "label_counts": _label_counts(labels),
+        "hyperparameters": hyperparameters,
+        "seed": seed,
+        "pretrained": mode,
+        "pretrained_source": pretrained_source,
+        "per_hospital_accuracy": metrics["per_hospital_accuracy"],
+        "train_seconds": train_seconds,
+        **{k: metrics[k] for k in registry.FLOAT_COLUMNS if k in metrics},
+    }
+    registry.write_row(settings, row)
+
+    missed = audit_out.assign(
+        reason=[
+            miss_reason(b, m, pb, pm)
+            for b, m, pb, pm in zip(
+                audit_out.has_biopsy_marker, audit_out.is_mag_view, audit_probs[:, 0], audit_probs[:, 1], strict=True
+            )
+        ]
+    )
+    missed = missed[missed["reason"] != ""]
+    pictures = {name: folder / file for name, file in PICTURES.items()}
+    plots.confusion_png(metrics["confusion"], [pictures["confusion"], settings.reports / PICTURES["confusion"]])
+    plots.missed_gallery_png(missed, settings.cache, [pictures["missed"], settings.reports / PICTURES["missed"]])
+    plots.accuracy_by_round_png(
+        registry.read_registry(settings), [pictures["rounds"], settings.reports / PICTURES["rounds"]]
+    )
+
+    ref = ModelRef(
+        model_version=version,
+        label_snapshot_id=snapshot,
+        folder=version,
+        input_size=hyper.size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        pretrained=pretrained,
+        extra={"model_file": "model.pth", "pretrained_source": pretrained_source, "seed": seed},
+    )
+    meta = {
+        "ref": asdict(ref),
+        "hyperparameters": hyperparameters,
+        "pretrained": mode,
+        "pretrained_source": pretrained_source,
+        "metrics": metrics,
+        "n_train": len(train),
+        "n_audit": len(audit),
+        "label_counts": row["label_counts"],
+        "train_seconds": train_seconds,
+        "oof_method": f"{hyper.oof_folds}-fold logistic regression on the untrained body's pooled features",
+        "warnings": notes,
+    }
+    write_text(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
+    ref.save(settings.models)
+    return TrainResult(
+        ref=ref, metrics=metrics, row=row, pictures=pictures, train_seconds=train_seconds, warnings=notes
+    )
+
+
+def load_network(settings: Settings, ref: ModelRef):
+    """The trained network of `ref` (eval mode, CPU), from models/<v>/model.pth."""
+    import torch
+
+    from mammo_pipeline.model.weights import build_network
+
+    net = build_network()
+    path = ref.path(settings.models, ref.extra.get("model_file", "model.pth"))
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.eval()

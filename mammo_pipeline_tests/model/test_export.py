@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from mammo_pipeline.model import registry
+from mammo_pipeline.model.export import onnx_probs, parity, parity_images
+from mammo_pipeline.model.preprocess import IMAGENET_MEAN, preprocess_batch
+from mammo_pipeline.model.ref import ModelRef
+
+
+def test_onnx_contract_and_metadata(trained):
+    s, ref = trained.settings, trained.onnx
+    model = onnx.load(str(ref.path(s.models, ref.onnx_file)))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["model_version"] == ref.model_version and props["label_snapshot_id"] == "snap-test"
+    assert props["input_size"] == "64" and json.loads(props["mean"]) == list(IMAGENET_MEAN)
+    assert json.loads(props["class_names"]) == ["has_biopsy_marker", "is_mag_view"]
+    assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["probs"]
+
+
+def test_onnx_dynamic_batch_and_probabilities(trained):
+    s, ref = trained.settings, trained.onnx
+    pngs = parity_images(s, ref, 3)
+    path = ref.path(s.models, ref.onnx_file)
+    three = onnx_probs(path, pngs, ref.input_size, batch_size=3)
+    one = onnx_probs(path, pngs, ref.input_size, batch_size=1)
+    assert three.shape == (3, 2) and ((three >= 0) & (three <= 1)).all()
+    np.testing.assert_allclose(one, three, atol=1e-5)
+
+
+def test_parity_with_pytorch(trained):
+    s, ref = trained.settings, trained.onnx
+    pngs = parity_images(s, ref)
+    assert len(pngs) == 32
+    assert parity(s, ref, pngs) <= 1e-4
+
+
+def test_hashes_recorded_in_ref_registry_and_current(trained):
+    s, ref = trained.settings, trained.onnx
+    assert ref.onnx_sha256 == hashlib.sha256(ref.path(s.models, ref.onnx_file).read_bytes()).hexdigest()
+    assert ref.inference_sha256 == hashlib.sha256(ref.path(s.models, ref.inference_file).read_bytes()).hexdigest()
+    row = registry.read_row(s, ref.model_version)
+    assert row["onnx_sha256"] == ref.onnx_sha256 and row["inference_file"] == ref.inference_file
+    assert ModelRef.load(s.models) == ref
+
+
+def test_int8_comparison_recorded_and_rule_applied(trained):
+    s, ref = trained.settings, trained.onnx
+    cmp = ref.extra["int8"]
+    row = registry.read_row(s, ref.model_version)
+    assert row["int8_accuracy"] == pytest.approx(cmp["int8_accuracy"])
+    assert row["int8_bytes"] < row["onnx_bytes"]
+    keep = cmp["int8_accuracy"] >= cmp["fp32_accuracy"] - 0.01
+    assert ref.inference_file == ("model.int8.onnx" if keep else "model.onnx")
+    int8 = onnx.load(str(ref.path(s.models, "model.int8.onnx")))
+    assert {p.key: p.value for p in int8.metadata_props}["model_version"] == ref.model_version
+
+
+def test_parity_needs_an_onnx_file(trained):
+    with pytest.raises(ValueError, match="no ONNX file"):
+        parity(trained.settings, trained.result.ref, parity_images(trained.settings, trained.onnx))
+
+
+def test_onnx_input_is_preprocess_output(trained):
+    """Inference feeds preprocess_batch output straight in: same shape as the exported example."""
+    s, ref = trained.settings, trained.onnx
+    x = preprocess_batch(parity_images(s, ref, 2), ref.input_size)
+    model = onnx.load(str(ref.path(s.models, ref.onnx_file)))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == list(x.shape[1:])

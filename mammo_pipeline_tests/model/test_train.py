@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from mammo_pipeline.model import registry
+from mammo_pipeline.model.evaluate import evaluate
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.model.train import train_model, weights_version
+from mammo_pipeline_tests.model.conftest import MINI
+from mammo_pipeline_tests.model.synthetic import make_labels
+
+
+def test_trained_model_files_and_version_is_weights_hash(trained):
+    s, ref = trained.settings, trained.result.ref
+    folder = ref.path(s.models)
+    for name in ("model.pth", "meta.json", "audit_predictions.parquet", "oof.parquet"):
+        assert (folder / name).exists(), name
+    state = torch.load(folder / "model.pth", weights_only=True)
+    assert weights_version(state) == ref.model_version and len(ref.model_version) == 12
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["pretrained"] == "none" and meta["hyperparameters"]["size"] == 64
+    assert ref.label_snapshot_id == "snap-test" and ref.input_size == 64
+
+
+def test_model_learns_the_synthetic_flags(trained):
+    m = trained.result.metrics
+    assert m["n_audit"] == (trained.labels["split"] == "audit").sum() > 0
+    assert m["accuracy"] >= 0.5  # chance is 0.25 on four balanced classes
+
+
+def test_metrics_match_the_saved_audit_predictions(trained):
+    s, ref = trained.settings, trained.result.ref
+    audit = pd.read_parquet(ref.path(s.models, "audit_predictions.parquet"))
+    assert set(audit["sop_instance_uid"]) == set(trained.labels.query("split == 'audit'")["sop_instance_uid"])
+    again = evaluate(audit, audit[["p_biopsy", "p_mag"]].to_numpy())
+    assert again["accuracy"] == pytest.approx(trained.result.metrics["accuracy"])
+    assert again["confusion"] == trained.result.metrics["confusion"]
+
+
+def test_oof_probabilities_cover_exactly_the_train_split(trained):
+    s, ref = trained.settings, trained.result.ref
+    oof = pd.read_parquet(ref.path(s.models, "oof.parquet"))
+    train_sops = set(trained.labels.query("split == 'train'")["sop_instance_uid"])
+    assert set(oof["sop_instance_uid"]) == train_sops and len(oof) == len(train_sops)
+    assert oof["out_of_sample"].all()
+    assert oof[["p_biopsy", "p_mag"]].stack().between(0, 1).all()
+
+
+def test_registry_row_and_current_json(trained):
+    s, ref = trained.settings, trained.result.ref
+    row = registry.read_row(s, ref.model_version)
+    assert row["n_train"] == (trained.labels["split"] == "train").sum()
+    assert row["accuracy"] == pytest.approx(trained.result.metrics["accuracy"])
+    assert json.loads(row["label_counts"])["audit"]["both"] > 0
+    assert json.loads(row["per_hospital_accuracy"]).keys() == {"alpha", "beta"}
+    assert row["pretrained"] == "none" and row["train_seconds"] > 0
+    assert ModelRef.load(s.models).model_version == ref.model_version
+
+
+def test_pictures_are_valid_pngs(trained):
+    s = trained.settings
+    for path in trained.result.pictures.values():
+        for p in (path, s.reports / path.name):
+            with Image.open(p) as img:
+                img.verify()
+                assert img.format == "PNG"
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, settings):
+    labels = make_labels(settings, n=16, seed=3)
+    versions = []
+    for seed, home in ((5, "a"), (5, "b"), (6, "c")):
+        s = dataclasses.replace(settings, models=tmp_path / home, warehouse=tmp_path / f"wh{home}")
+        versions.append(train_model(s, labels, dataclasses.replace(MINI, seed=seed)).ref.model_version)
+    assert versions[0] == versions[1] != versions[2]
+
+
+def test_no_audit_labels_trains_with_null_metrics(settings):
+    labels = make_labels(settings, n=9).assign(split="train")  # 9 = one batch of 8 + a batch of 1 (dropped)
+    result = train_model(settings, labels, MINI)
+    assert result.metrics["accuracy"] is None and any("no audit" in w for w in result.warnings)
+    assert np.isnan(registry.read_row(settings, result.ref.model_version)["accuracy"])
+
+
+def test_accuracy_by_round_reads_every_registry_row(settings):
+    labels = make_labels(settings, n=16)
+    train_model(settings, labels.iloc[:12], MINI)
+    train_model(settings, labels, MINI)
+    reg = registry.read_registry(settings)
+    assert sorted(reg["n_train"].tolist()) == sorted([(labels.iloc[:12]["split"] == "train").sum(), 12])
+
+
+def test_bad_labels_are_refused(settings):
+    labels = make_labels(settings, n=8)
+    with pytest.raises(ValueError, match="fewer than 2 labels with split == 'train'"):
+        train_model(settings, labels.assign(split="audit"), MINI)
+    with pytest.raises(ValueError, match="lacks columns"):
+        train_model(settings, labels.drop(columns=["model_png"]), MINI)
+    (settings.cache / labels["model_png"].iloc[0]).unlink()
+    with pytest.raises(FileNotFoundError, match="1 model PNGs missing"):
+        train_model(settings, labels, MINI)
