@@ -22,8 +22,9 @@ import pandas as pd
 from mammo_pipeline import warehouse
 from mammo_pipeline.atomic import write_text
 from mammo_pipeline.cli.home import init_home
+from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline.labels.simulated import SimulatedAnnotator, load_truth
-from mammo_pipeline.labels.store import LabelStore
+from mammo_pipeline.labels.store import LabelStore, sync_from_warehouse
 from mammo_pipeline.landing import list_hospitals
 from mammo_pipeline.settings import Settings
 from mammo_pipeline.synth import generate_drops, hospital_slugs
@@ -35,6 +36,7 @@ PREDICT = ("image_predictions", "study_predictions")
 MODEL = ("labels", "trained_model", "onnx_model")
 # Dagster's console logger at INFO: the assets' progress lines, not every engine event.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+RESOURCES = {"mammo": MammoSettings()}
 
 
 @dataclass
@@ -140,6 +142,8 @@ class Demo:
                 f"in {time.monotonic() - start:.0f}s"
             )
         self.materialize(["metadata_completeness"])
+        _, added = sync_from_warehouse(self.settings)
+        self.echo(f"     label store: {added} new images to label ({self.settings.labels_db})")
 
     def predict(self, hospitals: Sequence[str]) -> None:
         for h in hospitals:
@@ -205,19 +209,30 @@ class Demo:
                     picked.append(image_id)
         return picked
 
-    def new_hospital(self) -> str:
+    def sensor_tick(self, cursor: str | None) -> dg.SensorResult:
+        """One evaluation of the new-drop sensor, then what the daemon does: register the requested partitions."""
         from mammo_pipeline.defs.sensors import new_hospital_drops
 
+        context = dg.build_sensor_context(
+            instance=self.instance,
+            instance_ref=self.instance.get_ref(),
+            cursor=cursor,
+            definitions=self.defs,
+            resources=RESOURCES,
+        )
+        tick = new_hospital_drops.evaluate_tick(context)
+        for request in tick.dynamic_partitions_requests or []:
+            self.register(list(request.partition_keys))
+        return tick
+
+    def new_hospital(self) -> str:
         slug = hospital_slugs(self.config.hospitals + 1)[-1]
         if self.state.new_drop_done:
             return slug
         cursor_path = self.settings.reports / "demo_sensor_cursor.txt"
-        cursor = cursor_path.read_text() if cursor_path.exists() else None
-        if cursor is None:  # first tick: the sensor learns what is already there
-            first = new_hospital_drops.evaluate_tick(
-                dg.build_sensor_context(instance=self.instance, definitions=self.defs)
-            )
-            cursor = first.cursor
+        # the sensor's first tick learns what is already there (its runs were done above)
+        cursor = cursor_path.read_text() if cursor_path.exists() else self.sensor_tick(None).cursor
+        write_text(cursor_path, cursor or "")
         self.echo(f"4. A new drop arrives for a fourth hospital: {slug}/{NEW_DROP}")
         generate_drops(
             self.settings.landing,
@@ -229,11 +244,7 @@ class Demo:
             only=[slug],
             workers=self.settings.workers,
         )
-        tick = new_hospital_drops.evaluate_tick(
-            dg.build_sensor_context(instance=self.instance, cursor=cursor, definitions=self.defs)
-        )
-        for request in tick.dynamic_partitions_requests or []:
-            self.register(request.partition_keys)
+        tick = self.sensor_tick(cursor)
         for run in tick.run_requests or []:
             self.echo(f"     sensor new_hospital_drops requested run_key={run.run_key}")
             self.materialize(PER_HOSPITAL + PREDICT, run.partition_key)
@@ -265,8 +276,8 @@ class Demo:
     def summary(self, hospitals: Sequence[str]) -> dict:
         q = lambda sql: warehouse.query(self.settings, sql)  # noqa: E731
         studies = q(
-            "SELECT hospital, count(*) AS studies, sum(has_biopsy_marker::INT) AS biopsy_studies, "
-            "sum(is_mag_view::INT) AS mag_studies FROM study_predictions GROUP BY hospital ORDER BY 1"
+            "SELECT hospital, count(*) AS studies, count_if(has_biopsy_marker) AS biopsy_studies, "
+            "count_if(is_mag_view) AS mag_studies FROM study_predictions GROUP BY hospital ORDER BY 1"
         )
         row = _registry_row(self.settings)
         summary_file = self.settings.warehouse / "reports" / "prediction_summary.parquet"
