@@ -72,8 +72,9 @@ def serve(cmd: list[str], url: str, env: dict[str, str], timeout: float = 120) -
             os.killpg(proc.pid, 9)
 
 
-def screenshot(url: str, path: Path, wait_for: str, keys: str = "", size=(1600, 1000)) -> Path:
-    """Open `url` in headless Chromium, wait for a selector, optionally press keys, save a PNG."""
+@contextlib.contextmanager
+def browser_page(url: str, wait_for: str, size: tuple[int, int] = (1500, 820)) -> Iterator:
+    """A headless Chromium page (system Chromium, no downloads) opened on `url` once `wait_for` shows."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -81,12 +82,23 @@ def screenshot(url: str, path: Path, wait_for: str, keys: str = "", size=(1600, 
         page = browser.new_page(viewport={"width": size[0], "height": size[1]})
         page.goto(url)
         page.wait_for_selector(wait_for, timeout=60_000)
-        page.wait_for_timeout(3000)
-        for key in keys:
-            page.keyboard.press(key)
-            page.wait_for_timeout(300)
-        page.screenshot(path=str(path))
+        page.wait_for_timeout(2000)
+        yield page
         browser.close()
+
+
+def crop_to_content(path: Path, top: int, left: int, right_margin: int, pad: int = 24) -> Path:
+    """Crop a screenshot to the bounding box of its non-background pixels right of `left`, below `top`."""
+    from PIL import Image, ImageChops
+
+    image = Image.open(path).convert("RGB")
+    area = image.crop((left, top, image.width - right_margin, image.height))
+    background = Image.new("RGB", area.size, area.getpixel((area.width - 1, area.height - 1)))
+    box = ImageChops.difference(area, background).convert("L").point(lambda v: 255 if v > 24 else 0).getbbox()
+    if box:
+        x0, y0, x1, y1 = box
+        keep = (max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, area.width), min(y1 + pad, area.height))
+        area.crop(keep).save(path)
     return path
 
 
@@ -100,6 +112,7 @@ def copy_reports(settings: Settings) -> list[Path]:
 
 
 def dagster_ui(settings: Settings) -> Path:
+    """The global asset lineage of the code location, groups expanded, side panels hidden."""
     port = free_port()
     env = dict(os.environ, **settings.as_env())
     cmd = [
@@ -112,16 +125,30 @@ def dagster_ui(settings: Settings) -> Path:
         str(port),
     ]
     base = f"http://127.0.0.1:{port}"
-    with serve(cmd, f"{base}/server_info", env):
-        return screenshot(f"{base}/asset-groups", IMAGES / "dagster_asset_graph.png", "svg")
+    path = IMAGES / "dagster_asset_graph.png"
+    with serve(cmd, f"{base}/server_info", env), browser_page(f"{base}/asset-groups", "svg") as page:
+        skip = page.get_by_role("button", name="Skip")  # the community dialog, shown once per instance
+        if skip.count():
+            skip.click()
+        page.mouse.click(900, 700, button="right")
+        page.get_by_text("Expand all groups").locator("visible=true").first.click()
+        page.get_by_text("Hide navigation").click()
+        page.mouse.click(340, 80)  # the asset tree's toggle, left of the search box
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(path))
+    return crop_to_content(path, top=110, left=75, right_margin=70)
 
 
 def labeling_app(settings: Settings) -> Path:
+    """The labeling app on the demo's label store, with the model's hint."""
     port = free_port()
     env = dict(os.environ, **settings.as_env())
     cmd = [str(Path(sys.executable).parent / "mammo"), "label", "--port", str(port), "--annotator", "demo"]
-    with serve(cmd, f"http://127.0.0.1:{port}/", env):
-        return screenshot(f"http://127.0.0.1:{port}/", IMAGES / "labeling_app_demo.png", "img")
+    path = IMAGES / "labeling_app_demo.png"
+    with serve(cmd, f"http://127.0.0.1:{port}/", env), browser_page(f"http://127.0.0.1:{port}/", "img") as page:
+        page.screenshot(path=str(path))
+    return path
 
 
 def main() -> None:
