@@ -44,13 +44,14 @@ class DemoConfig:
     """How big the demo is. The defaults take about 15 minutes on 2 cores; `quick()` is the CI version."""
 
     hospitals: int = 3
-    studies_per_hospital: int = 60
+    studies_per_hospital: int = 90
     scale: float = 0.25
     corrupt_fraction: float = 0.02
     first_labels: int = 50
     rounds: int = 5  # the first round plus four active-learning rounds
     labels_per_round: int = 100
     new_hospital_studies: int = 12
+    annotator_error_rate: float = 0.08  # first reads that slip; the disagreement queue finds them
     seed: int = 0
 
     @classmethod
@@ -89,7 +90,6 @@ class Demo:
         self.store = LabelStore(settings.labels_db)
         self.state_path = settings.reports / "demo_state.json"
         self.state = DemoState.load(self.state_path)
-        self.timings: dict[str, float] = {}
 
     # -- Dagster -------------------------------------------------------------------------------------------
     def materialize(self, keys: Sequence[str], partition: str | None = None) -> dg.ExecuteInProcessResult:
@@ -169,18 +169,22 @@ class Demo:
         c = self.config
         for n in range(len(self.state.rounds), c.rounds):
             self.echo(f"3.{n + 1} Round {n + 1}/{c.rounds}")
+            reviewed = 0
             if n == 0:
-                audit = annotator.label(self.store.queue("audit", annotator.name, limit=100_000), round=0)
-                picked = self.store.queue("unlabeled", annotator.name, limit=c.first_labels, seed=c.seed)
-                self.echo(
-                    f"     labeled the audit set ({audit} images, never trained on) and {len(picked)} random images"
-                )
+                audit = annotator.label(self.store.queue("audit", annotator.name, limit=100_000), 0, careful=True)
+                new = self.store.queue("unlabeled", annotator.name, limit=c.first_labels, seed=c.seed)
+                self.echo(f"     labeled the audit set ({audit} images, never trained on) and {len(new)} random images")
             else:
-                picked = self.pick(c.labels_per_round, annotator.name)
-            annotator.label(picked, round=n + 1)
-            start = time.monotonic()
+                before = annotator.wrong_labels()
+                reviews = self.store.queue("disagreements", annotator.name, limit=c.labels_per_round // 4)
+                reviewed = annotator.label(reviews, round=n + 1, careful=True)
+                new = self.pick_new(c.labels_per_round - reviewed, annotator.name)
+                self.echo(
+                    f"     reviewed {reviewed} disagreements (fixing {before - annotator.wrong_labels()} of "
+                    f"{before} wrong labels) and labeled {len(new)} low-confidence images"
+                )
+            annotator.label(new, round=n + 1)
             model_meta = self.metadata(self.materialize(MODEL), "trained_model")
-            self.timings[f"round {n + 1} training"] = time.monotonic() - start
             self.predict(hospitals)
             self.feed_predictions()
             row = _registry_row(self.settings)
@@ -188,8 +192,10 @@ class Demo:
                 {
                     "round": n + 1,
                     "n_train": int(row["n_train"]),
-                    "accuracy": row["accuracy"],
+                    "accuracy": float(row["accuracy"]),
                     "model_version": row["model_version"],
+                    "reviewed": reviewed,
+                    "wrong_labels": annotator.wrong_labels(),
                 }
             )
             self.state.save(self.state_path)
@@ -198,16 +204,14 @@ class Demo:
                 f"with {int(row['n_train'])} training labels ({model_meta.get('train_seconds', 0):.0f}s)"
             )
 
-    def pick(self, n: int, annotator: str) -> list[int]:
-        """Half disagreements (likely label errors or hard cases), the rest lowest confidence, topped up at random."""
-        picked: list[int] = []
-        for queue, share in (("disagreements", n // 4), ("low_confidence", n), ("unlabeled", n)):
-            for image_id in self.store.queue(queue, annotator, limit=n, seed=self.config.seed):
-                if len(picked) >= n or (queue == "disagreements" and len(picked) >= share):
-                    break
-                if image_id not in picked:
-                    picked.append(image_id)
-        return picked
+    def pick_new(self, n: int, annotator: str) -> list[int]:
+        """`n` unlabeled images, lowest model confidence first, topped up at random."""
+        picked = dict.fromkeys(self.store.queue("low_confidence", annotator, limit=n, seed=self.config.seed))
+        for image_id in self.store.queue("unlabeled", annotator, limit=2 * n, seed=self.config.seed):
+            if len(picked) >= n:
+                break
+            picked.setdefault(image_id)
+        return list(picked)
 
     def sensor_tick(self, cursor: str | None) -> dg.SensorResult:
         """One evaluation of the new-drop sensor, then what the daemon does: register the requested partitions."""
@@ -258,7 +262,9 @@ class Demo:
         hospitals = self.make_drops()
         self.echo("2. Ingest: dicom_index and image_cache per hospital, metadata_completeness")
         self.ingest(hospitals)
-        annotator = SimulatedAnnotator(self.store, load_truth(self.settings.landing))
+        annotator = SimulatedAnnotator(
+            self.store, load_truth(self.settings.landing), error_rate=self.config.annotator_error_rate
+        )
         self.echo("3. Active learning with a simulated radiologist (accuracy on the frozen audit set)")
         if len(self.state.rounds) >= self.config.rounds:
             self.echo(f"     {len(self.state.rounds)} rounds already done; refreshing predictions")
@@ -295,7 +301,8 @@ class Demo:
         e("\n5. Summary")
         e("   Accuracy by round (frozen audit set):")
         for r in s["rounds"]:
-            e(f"     round {r['round']}: {r['accuracy']:.1%} with {r['n_train']} training labels")
+            fixed = f", {r['reviewed']} disagreements reviewed" if r.get("reviewed") else ""
+            e(f"     round {r['round']}: {r['accuracy']:.1%} with {r['n_train']} training labels{fixed}")
         e(
             "   Per-hospital accuracy of the last model: "
             + ", ".join(f"{h} {a:.1%}" for h, a in s["per_hospital_accuracy"].items())
@@ -310,7 +317,10 @@ class Demo:
             )
         if s["metadata_vs_visual"]:
             e("   Where metadata and pixels disagree on magnification views:")
-            e(pd.DataFrame(s["metadata_vs_visual"]).to_string(index=False))
+            table = pd.DataFrame(s["metadata_vs_visual"])
+            columns = ["hospital", "n_images", "agree", "meta_only", "visual_only", "silent", "silent_visual_mag"]
+            e(table[[c for c in columns if c in table]].to_string(index=False))
+            e("     (meta_only: metadata says mag, pixels do not; visual_only: the reverse; silent: no mag metadata)")
         e(f"   Pictures: {self.settings.reports}")
         e("   Open the Dagster UI:    make ui     (http://127.0.0.1:3000)")
         e("   Open the labeling app:  make label  (http://127.0.0.1:5001)")

@@ -10,7 +10,7 @@ from mammo_pipeline.settings import Settings
 @click.command("demo")
 @click.option("--quick", is_flag=True, help="A tiny version (2 hospitals, one round) for CI and a first look.")
 @click.option("--rounds", type=int, default=None, help="Active-learning rounds (default 5).")
-@click.option("--studies", type=int, default=None, help="Studies per hospital (default 60).")
+@click.option("--studies", type=int, default=None, help="Studies per hospital (default 90).")
 @click.option(
     "--pretrained",
     type=click.Choice(["none", "imagenet"]),

@@ -4,10 +4,13 @@ same label store API the labeling app uses, so the active-learning loop runs wit
 
 from __future__ import annotations
 
+import hashlib
+import random
 from pathlib import Path
 
 import pandas as pd
 
+from mammo_pipeline.labels.codes import LABELS
 from mammo_pipeline.labels.store import LabelStore
 
 
@@ -21,20 +24,45 @@ def load_truth(landing: Path) -> pd.DataFrame:
 
 
 class SimulatedAnnotator:
-    """Labels images with their true class, as a careful radiologist would."""
+    """Labels images with their true class, slipping now and then on a first read as a busy reader would.
 
-    def __init__(self, store: LabelStore, truth: pd.DataFrame, name: str = "simulated-radiologist") -> None:
+    A first label is wrong with probability `error_rate` (deterministic per image), which gives the
+    disagreement queue real mistakes to surface; a careful read (`careful=True`: the audit set, a review
+    of a disagreement) is always right.
+    """
+
+    def __init__(
+        self, store: LabelStore, truth: pd.DataFrame, name: str = "simulated-radiologist", error_rate: float = 0.0
+    ) -> None:
         self.store = store
         self.name = name
+        self.error_rate = error_rate
         self.truth = dict(zip(truth["sop_instance_uid"], truth["label"], strict=True))
+        self.slips = 0
 
-    def label(self, image_ids: list[int], round: int | None = None) -> int:
+    def _read(self, sop: str, careful: bool) -> str:
+        label = self.truth[sop]
+        if careful or self.error_rate <= 0:
+            return label
+        rng = random.Random(hashlib.sha256(sop.encode()).digest())
+        if rng.random() >= self.error_rate:
+            return label
+        self.slips += 1
+        return rng.choice([other for other in LABELS.values() if other != label])
+
+    def label(self, image_ids: list[int], round: int | None = None, careful: bool = False) -> int:
         """Label each image; return how many got a label (images without truth are skipped)."""
         sops = self.store.sop_uids(image_ids)
         done = 0
         for image_id in image_ids:
-            label = self.truth.get(sops.get(image_id, ""))
-            if label is not None:
-                self.store.record(image_id, label, self.name, source="human", round=round)
+            sop = sops.get(image_id, "")
+            if sop in self.truth:
+                self.store.record(image_id, self._read(sop, careful), self.name, source="human", round=round)
                 done += 1
         return done
+
+    def wrong_labels(self) -> int:
+        """Current labels that disagree with the truth (what the disagreement queue should find)."""
+        current = self.store.current_labels()
+        truth = current["sop_instance_uid"].map(self.truth)
+        return int((truth.notna() & (truth != current["label"])).sum())
