@@ -1,0 +1,51 @@
+"""The simulated radiologist answers from the ground truth through the label store's own API."""
+
+import pandas as pd
+import pytest
+
+from mammo_pipeline.labels.codes import LABELS
+from mammo_pipeline.labels.simulated import SimulatedAnnotator, load_truth
+from mammo_pipeline.labels.store import LabelStore
+from mammo_pipeline_tests.labels.conftest import write_images
+
+
+@pytest.fixture
+def big_store(settings):
+    manifest = write_images(settings.cache, 40)
+    store = LabelStore(settings.labels_db)
+    store.sync_images(manifest, seed=0, audit_fraction=0.0)
+    names = list(LABELS.values())
+    truth = pd.DataFrame({"sop_instance_uid": manifest["sop_instance_uid"],
+                          "label": [names[i % 4] for i in range(len(manifest))]})  # fmt: skip
+    return store, truth
+
+
+def test_careful_reader_is_always_right(big_store):
+    store, truth = big_store
+    reader = SimulatedAnnotator(store, truth, error_rate=0.5)
+    ids = store.images()["id"].tolist()
+    assert reader.label(ids, round=1, careful=True) == len(ids)
+    assert reader.wrong_labels() == 0
+    current = store.current_labels().merge(truth, on="sop_instance_uid", suffixes=("", "_true"))
+    assert (current["label"] == current["label_true"]).all()
+    assert set(store.events()["source"]) == {"human"}
+
+
+def test_busy_reader_slips_deterministically_and_a_review_fixes_it(big_store):
+    store, truth = big_store
+    ids = store.images()["id"].tolist()
+    reader = SimulatedAnnotator(store, truth, error_rate=0.3)
+    reader.label(ids, round=1)
+    wrong = reader.wrong_labels()
+    assert 0 < wrong < len(ids) and wrong == reader.slips
+    again = SimulatedAnnotator(store, truth, error_rate=0.3)
+    assert [again._read(sop, careful=False) for sop in truth["sop_instance_uid"]] == [
+        reader._read(sop, careful=False) for sop in truth["sop_instance_uid"]
+    ]
+    reader.label(ids, round=2, careful=True)
+    assert reader.wrong_labels() == 0
+
+
+def test_load_truth_needs_synth_output(tmp_path):
+    with pytest.raises(FileNotFoundError, match="_truth"):
+        load_truth(tmp_path)
