@@ -23,6 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 test: lint
+	$(BIN)/mammo home >/dev/null
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/pytest $(PYTEST_ARGS)
 
