@@ -19,13 +19,13 @@ import os
 import resource
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from mammo_pipeline.model.export import export_module
 from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
@@ -66,28 +66,13 @@ def make_torch_model():
 
 def export_model(settings: Settings, size: int) -> ModelRef:
     """ResNet18 -> models/bench/model.onnx with the contract's names and metadata_props."""
-    import onnx
     import torch
 
     folder = settings.models / "bench"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            make_torch_model(),
-            (torch.zeros(1, 3, size, size),),
-            str(path),
-            input_names=["image"],
-            output_names=["probs"],
-            dynamic_axes={"image": {0: "n"}, "probs": {0: "n"}},
-            dynamo=False,
-        )
-    proto = onnx.load(str(path))
-    for key, value in {"model_version": "bench", "label_snapshot_id": "none", "input_size": str(size)}.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))
+    export_module(make_torch_model(), path, ModelRef("bench", "none", "bench", size, IMAGENET_MEAN, IMAGENET_STD))
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     return ModelRef("bench", "none", "bench", size, IMAGENET_MEAN, IMAGENET_STD, onnx_file="model.onnx",
                     onnx_sha256=sha, inference_file="model.onnx", inference_sha256=sha)  # fmt: skip

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import click
 
 from mammo_pipeline import __version__
+
+# Dagster marks observable source assets as beta; say so in the docs, not on every command line.
+warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 # Each module defines `command` (a click command or group); its name is the subcommand's name.
 SUBCOMMANDS: tuple[str, ...] = ("home", "synth", "convert", "label", "weights", "query", "lineage", "demo")

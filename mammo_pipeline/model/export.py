@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -83,18 +84,18 @@ def torch_probs(settings: Settings, ref: ModelRef, pngs: list[Path]) -> np.ndarr
         return torch.sigmoid(net(torch.from_numpy(preprocess_batch(pngs, ref.input_size)))).numpy()
 
 
-def _export_fp32(settings: Settings, ref: ModelRef, path: Path) -> None:
+def export_module(module, path: Path, ref: ModelRef) -> Path:
+    """Export a network that ends in a sigmoid to ONNX with the contract's names: input `image`
+    [N, 3, S, S] (dynamic batch), output `probs` [N, 2], and `metadata_props` from `ref`."""
     import onnx
     import torch
 
-    from mammo_pipeline.model.train import load_network
-
-    wrapped = torch.nn.Sequential(load_network(settings, ref), torch.nn.Sigmoid()).eval()
     example = torch.zeros(2, 3, ref.input_size, ref.input_size)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: fast, no extra dependency
         raw = Path(tmp) / "raw.onnx"
         torch.onnx.export(
-            wrapped,
+            module.eval(),
             (example,),
             str(raw),
             input_names=["image"],
@@ -104,6 +105,15 @@ def _export_fp32(settings: Settings, ref: ModelRef, path: Path) -> None:
             dynamo=False,
         )
         _write_onnx(onnx.load(str(raw)), path, ref)
+    return path
+
+
+def _export_fp32(settings: Settings, ref: ModelRef, path: Path) -> None:
+    import torch
+
+    from mammo_pipeline.model.train import load_network
+
+    export_module(torch.nn.Sequential(load_network(settings, ref), torch.nn.Sigmoid()), path, ref)
 
 
 def _quantize_int8(fp32: Path, out: Path, calibration: list[Path], ref: ModelRef) -> None:

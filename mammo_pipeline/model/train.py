@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -29,7 +30,7 @@ from mammo_pipeline.atomic import write_bytes, write_parquet, write_text
 from mammo_pipeline.labels.codes import label_of
 from mammo_pipeline.model import plots, registry
 from mammo_pipeline.model.evaluate import evaluate, miss_reason
-from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, preprocess_batch
+from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_batch
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.model.weights import load_imagenet_state
 from mammo_pipeline.progress import ProgressFn
@@ -41,17 +42,79 @@ PICTURES = {"confusion": "confusion_matrix.png", "missed": "missed_audit.png", "
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters. Defaults fit the demo (5 retrains on 2 CPU cores) and 500 labels in < 5 minutes."""
+    """Hyperparameters; a field left at None takes the default of its path (`SCRATCH` or `PRETRAINED`).
 
-    size: int = 160  # square side the network sees (the 256-px PNG is padded and area-resized to it)
-    epochs: int = 2  # unfrozen epochs (all epochs when training from scratch)
-    freeze_epochs: int = 1  # head-only epochs first, when pretrained
-    lr: float = 2e-3
-    batch_size: int = 32
+    From scratch the network must learn its own features from a few hundred images, so it gets a longer
+    one-cycle schedule at a higher learning rate, train-only random flips (markers and mag views look the
+    same mirrored) and positive-class weights for the rarer flags. Fine-tuning ImageNet features needs a
+    frozen head epoch and a gentle learning rate instead. Both fit the demo (5 retrains on 2 CPU cores).
+    """
+
+    size: int | None = None  # square side the network sees (the 256-px PNG is padded and area-resized to it)
+    epochs: int | None = None  # unfrozen epochs (all epochs when training from scratch); 0: from image_passes
+    image_passes: int | None = None  # when epochs == 0: epochs = ceil(image_passes / n_train), at most 40
+    freeze_epochs: int | None = None  # head-only epochs first, when pretrained
+    lr: float | None = None
+    batch_size: int | None = None
+    weight_decay: float | None = None  # AdamW decoupled weight decay
+    flips: bool | None = None  # train-only random horizontal + vertical flips (seeded)
+    pos_weight: bool | None = None  # weight each flag's positives by sqrt(negatives / positives) in the loss
     seed: int | None = None  # None: settings.seed
     pretrained: str | None = None  # None: settings.pretrained ('imagenet' | 'none')
     oof_folds: int = 3
     threads: int = 0  # torch intra-op threads while training; 0 = torch's default (one per core)
+
+    def resolved(self, pretrained: bool) -> TrainConfig:
+        """This config with every None field taken from the defaults of the path."""
+        defaults = PRETRAINED if pretrained else SCRATCH
+        return replace(self, **{k: v for k, v in asdict(defaults).items() if getattr(self, k) is None})
+
+    def epochs_for(self, n_train: int) -> int:
+        """The epochs to run on `n_train` images: `epochs`, or (epochs == 0) enough to see `image_passes` images."""
+        if self.epochs:
+            return self.epochs
+        return max(1, min(MAX_EPOCHS, math.ceil((self.image_passes or 0) / max(n_train, 1))))
+
+
+MAX_EPOCHS = 40
+
+
+@dataclass(frozen=True)
+class PathDefaults:
+    size: int
+    epochs: int
+    image_passes: int
+    freeze_epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float
+    flips: bool
+    pos_weight: bool
+
+
+# Measured with benchmarks/bench_learning_curve.py (synthetic drops, 50..410 train labels, 2 CPU cores).
+SCRATCH = PathDefaults(
+    size=160,
+    epochs=2,
+    image_passes=0,
+    freeze_epochs=0,
+    lr=2e-3,
+    batch_size=32,
+    weight_decay=1e-2,
+    flips=False,
+    pos_weight=False,
+)
+PRETRAINED = PathDefaults(
+    size=160,
+    epochs=2,
+    image_passes=0,
+    freeze_epochs=1,
+    lr=2e-3,
+    batch_size=32,
+    weight_decay=1e-2,
+    flips=False,
+    pos_weight=False,
+)
 
 
 @dataclass(frozen=True)
@@ -84,29 +147,71 @@ def _check_labels(labels: pd.DataFrame) -> None:
         raise ValueError("fewer than 2 labels with split == 'train': label some images first")
 
 
-def _datasets(train: pd.DataFrame, cache: Path, size: int):
-    """fastai Datasets over row numbers; the image item transform IS preprocess()."""
+def _datasets(images: np.ndarray, flags: np.ndarray):
+    """fastai Datasets over row numbers of `images` (preprocess() output, computed once) and their flags."""
     import torch
     from fastai.data.core import Datasets
     from fastai.torch_core import TensorImage
     from fasttransform import Transform
 
-    paths = [cache / png for png in train["model_png"]]
-    flags = torch.tensor(train[["has_biopsy_marker", "is_mag_view"]].to_numpy(bool), dtype=torch.float32)
+    pixels = torch.from_numpy(images)
+    targets = torch.tensor(flags, dtype=torch.float32)
 
     class PreprocessedImage(Transform):
         def encodes(self, i):
-            return TensorImage(torch.from_numpy(preprocess(paths[i], size)))
+            return TensorImage(pixels[i])
 
     class Flags(Transform):
         def encodes(self, i):
-            return flags[i]
+            return targets[i]
 
-    return Datasets(list(range(len(train))), tfms=[[PreprocessedImage()], [Flags()]], splits=None)
+    return Datasets(list(range(len(images))), tfms=[[PreprocessedImage()], [Flags()]], splits=None)
 
 
-def _predict(net, paths: list[Path], size: int, batch_size: int = 64, pooled: bool = False) -> np.ndarray:
-    """Sigmoid probabilities [N, 2] (or the body's pooled features when `pooled`), in eval mode."""
+def _random_flips():
+    """Callback, training batches only: each image flipped left-right and/or up-down with p = 1/2 (torch RNG)."""
+    import torch
+    from fastai.callback.core import Callback
+
+    class RandomFlips(Callback):
+        order = 5
+
+        def before_batch(self) -> None:
+            if not self.training:
+                return
+            x = self.learn.xb[0]
+            n = x.shape[0]
+            lr = (torch.rand(n) < 0.5).view(n, 1, 1, 1).to(x.device)
+            ud = (torch.rand(n) < 0.5).view(n, 1, 1, 1).to(x.device)
+            x = torch.where(lr, x.flip(-1), x)
+            self.learn.xb = (torch.where(ud, x.flip(-2), x),)
+
+    return RandomFlips()
+
+
+def positive_weights(flags: np.ndarray) -> np.ndarray:
+    """Per-flag loss weight of positives: sqrt(negatives / positives), clipped to [1, 4] (1 with no positives)."""
+    pos = flags.sum(axis=0).astype(float)
+    neg = len(flags) - pos
+    ratio = np.divide(neg, pos, out=np.ones_like(pos), where=pos > 0)
+    return np.clip(np.sqrt(ratio), 1.0, 4.0)
+
+
+def _pooled(net, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The body's average-pooled features [N, 512] of preprocessed images, in eval mode."""
+    import torch
+
+    net.eval()
+    with torch.no_grad():
+        out = [
+            net[0](torch.from_numpy(images[i : i + batch_size])).mean(dim=(2, 3)).numpy()
+            for i in range(0, len(images), batch_size)
+        ]
+    return np.concatenate(out) if out else np.zeros((0, 512), dtype=np.float32)
+
+
+def _predict(net, paths: list[Path], size: int, batch_size: int = 64) -> np.ndarray:
+    """Sigmoid probabilities [N, 2], in eval mode."""
     import torch
 
     net.eval()
@@ -114,12 +219,8 @@ def _predict(net, paths: list[Path], size: int, batch_size: int = 64, pooled: bo
     with torch.no_grad():
         for i in range(0, len(paths), batch_size):
             x = torch.from_numpy(preprocess_batch(paths[i : i + batch_size], size))
-            if pooled:
-                out.append(net[0](x).mean(dim=(2, 3)).numpy())
-            else:
-                out.append(torch.sigmoid(net(x)).numpy())
-    width = 512 if pooled else 2
-    return np.concatenate(out) if out else np.zeros((0, width), dtype=np.float32)
+            out.append(torch.sigmoid(net(x)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
 
 
 def out_of_fold(features: np.ndarray, flags: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -194,6 +295,7 @@ def train_model(
     _check_labels(labels)
     imagenet_state, pretrained_source = load_imagenet_state(replace(settings, pretrained=mode))
     pretrained = imagenet_state is not None
+    hyper = hyper.resolved(pretrained)
     notes: list[str] = []
 
     labels = labels.sort_values("sop_instance_uid", kind="stable").reset_index(drop=True)
@@ -213,36 +315,40 @@ def train_model(
     start = time.monotonic()
     try:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dsets = _datasets(train, settings.cache, hyper.size)
+        train_paths = [settings.cache / p for p in train["model_png"]]
+        flags = train[["has_biopsy_marker", "is_mag_view"]].to_numpy(bool)
+        images = preprocess_batch(train_paths, hyper.size)
+        dsets = _datasets(images, flags)
         # fastai drops the last partial train batch (a batch of 1 breaks BatchNorm); keep >= 1 batch per epoch
         batch_size = max(2, min(hyper.batch_size, len(train)))
         dls = dsets.dataloaders(bs=batch_size, num_workers=0, device=device)
+        pos_weight = torch.tensor(positive_weights(flags), dtype=torch.float32) if hyper.pos_weight else None
         learn = vision_learner(
             dls,
             resnet18,
             n_out=2,
             pretrained=False,
             normalize=False,
-            loss_func=BCEWithLogitsLossFlat(),
+            loss_func=BCEWithLogitsLossFlat(pos_weight=pos_weight),
             opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),  # torch's vectorized AdamW: faster steps
+            wd=hyper.weight_decay,
         )
         if pretrained:
             load_body(learn.model, imagenet_state)
         learn.model.cpu()
-        train_paths = [settings.cache / p for p in train["model_png"]]
-        flags = train[["has_biopsy_marker", "is_mag_view"]].to_numpy(bool)
-        features = _predict(learn.model, train_paths, hyper.size, pooled=True)
+        features = _pooled(learn.model, images)
         oof = out_of_fold(features, flags.astype(int), hyper.oof_folds, seed)
         learn.model.to(device)
 
+        hyper = replace(hyper, epochs=hyper.epochs_for(len(train)))
         epochs_total = hyper.epochs + (hyper.freeze_epochs if pretrained else 0)
-        report = _progress_callback(progress, epochs_total * len(dls.train))
+        cbs = [_progress_callback(progress, epochs_total * len(dls.train))] + ([_random_flips()] if hyper.flips else [])
         with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if pretrained:
-                learn.fine_tune(hyper.epochs, base_lr=hyper.lr, freeze_epochs=hyper.freeze_epochs, cbs=[report])
+                learn.fine_tune(hyper.epochs, base_lr=hyper.lr, freeze_epochs=hyper.freeze_epochs, cbs=cbs)
             else:
-                learn.fit_one_cycle(hyper.epochs, hyper.lr, cbs=[report])
+                learn.fit_one_cycle(hyper.epochs, hyper.lr, cbs=cbs)
         net = learn.model.cpu().eval()
         audit_probs = _predict(net, [settings.cache / p for p in audit["model_png"]], hyper.size)
     finally:

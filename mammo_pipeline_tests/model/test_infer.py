@@ -7,7 +7,6 @@ prediction tests, which import them from here.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from PIL import Image
 
 from mammo_pipeline.atomic import write_parquet
 from mammo_pipeline.labels.codes import label_of
+from mammo_pipeline.model.export import export_module
 from mammo_pipeline.model.infer import COLUMNS, ModelMismatch, load_model, predict_images, write_predictions
 from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from mammo_pipeline.model.ref import ModelRef
@@ -47,29 +47,8 @@ def make_model(settings: Settings, version: str = "m1", seed: int = 0, snapshot:
     folder = settings.models / version
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but fast and dependency-free
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            _TinyNet(seed).eval(),
-            (torch.zeros(1, 3, SIZE, SIZE),),
-            str(path),
-            input_names=["image"],
-            output_names=["probs"],
-            dynamic_axes={"image": {0: "n"}, "probs": {0: "n"}},
-            dynamo=False,
-        )
-    proto = onnx.load(str(path))
-    meta = {
-        "model_version": version,
-        "label_snapshot_id": snapshot,
-        "input_size": str(SIZE),
-        "mean": str(list(IMAGENET_MEAN)),
-        "std": str(list(IMAGENET_STD)),
-        "class_names": "has_biopsy_marker,is_mag_view",
-    }
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))
+    bare = ModelRef(version, snapshot, version, SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    export_module(_TinyNet(seed), path, bare)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     ref = ModelRef(
         model_version=version,

@@ -12,7 +12,15 @@ from PIL import Image
 from mammo_pipeline.model import registry
 from mammo_pipeline.model.evaluate import evaluate
 from mammo_pipeline.model.ref import ModelRef
-from mammo_pipeline.model.train import train_model, weights_version
+from mammo_pipeline.model.train import (
+    MAX_EPOCHS,
+    PRETRAINED,
+    SCRATCH,
+    TrainConfig,
+    positive_weights,
+    train_model,
+    weights_version,
+)
 from mammo_pipeline_tests.model.conftest import MINI
 from mammo_pipeline_tests.model.synthetic import make_labels
 
@@ -106,3 +114,33 @@ def test_bad_labels_are_refused(settings):
     (settings.cache / labels["model_png"].iloc[0]).unlink()
     with pytest.raises(FileNotFoundError, match="1 model PNGs missing"):
         train_model(settings, labels, MINI)
+
+
+def test_unset_fields_take_the_defaults_of_the_path():
+    scratch, fine_tune = TrainConfig().resolved(pretrained=False), TrainConfig().resolved(pretrained=True)
+    assert scratch == dataclasses.replace(TrainConfig(), **dataclasses.asdict(SCRATCH))
+    assert fine_tune == dataclasses.replace(TrainConfig(), **dataclasses.asdict(PRETRAINED))
+    assert fine_tune.freeze_epochs >= 1 and scratch.lr > fine_tune.lr
+    mine = TrainConfig(size=48, lr=0.5).resolved(pretrained=False)
+    assert (mine.size, mine.lr, mine.batch_size) == (48, 0.5, SCRATCH.batch_size)
+
+
+def test_epochs_come_from_image_passes_when_zero():
+    config = TrainConfig(epochs=0, image_passes=1000)
+    assert [config.epochs_for(n) for n in (10, 50, 300, 1000, 5000)] == [MAX_EPOCHS, 20, 4, 1, 1]
+    assert TrainConfig(epochs=3, image_passes=1000).epochs_for(50) == 3
+
+
+def test_positive_weights_favour_the_rarer_flag():
+    flags = np.array([[1, 0], [0, 0], [0, 0], [0, 0], [0, 1], [0, 1], [1, 1], [0, 0], [0, 0]], dtype=bool)
+    weights = positive_weights(flags)  # biopsy 2 of 9, mag 3 of 9; none of 9 -> 1
+    assert weights == pytest.approx([np.sqrt(7 / 2), np.sqrt(6 / 3)])
+    assert positive_weights(np.zeros((4, 2), dtype=bool)).tolist() == [1.0, 1.0]
+    assert positive_weights(np.ones((4, 2), dtype=bool)).tolist() == [1.0, 1.0]
+
+
+def test_recorded_hyperparameters_are_the_resolved_ones(trained):
+    meta = json.loads(trained.result.ref.path(trained.settings.models, "meta.json").read_text())
+    hyper = meta["hyperparameters"]
+    assert hyper["epochs"] == 6 and hyper["weight_decay"] == SCRATCH.weight_decay
+    assert hyper["flips"] is SCRATCH.flips and hyper["pos_weight"] is SCRATCH.pos_weight

@@ -1,0 +1,142 @@
+"""Audit accuracy vs number of train labels for the default from-scratch schedule, against the old default.
+
+Run:  nice .venv/bin/python benchmarks/bench_learning_curve.py [--data DIR] [--counts 50,150,250,350,450]
+      [--baseline] [--studies 70] [--threads 0]
+
+Builds a realistic dataset once with the real pipeline (synthetic drops -> dicom_index -> image_cache, 3
+hospitals, `--studies` studies each, scale 0.25; reused when DIR already holds it), labels every image from
+the synthetic truth, puts ~20% of patients in the audit split (labels.audit.assign_splits) and trains from
+scratch (pretrained 'none') on the first N of a seeded shuffle of the train split, for each N in --counts
+(capped at the train images there are). Prints labels, 3-class accuracy (as model/evaluate.py defines it),
+4-class accuracy, per-flag F1, wall seconds and CPU seconds (time.process_time: the CPU is shared).
+With --baseline the old default schedule (160 px, 2 epochs, lr 2e-3, batch 32, no flips, no class weights)
+runs on the same labels and the ratios of final accuracy and time against it are printed.
+Target: accuracy climbs with labels; <= ~90 s per training at 450 labels on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd
+
+from mammo_pipeline.cache import cache_hospital
+from mammo_pipeline.dicom.index import index_hospital
+from mammo_pipeline.labels.audit import assign_splits
+from mammo_pipeline.model.train import TrainConfig, train_model
+from mammo_pipeline.settings import Settings
+from mammo_pipeline.synth import generate_drops
+
+OLD_DEFAULT = TrainConfig(
+    size=160, epochs=2, freeze_epochs=1, lr=2e-3, batch_size=32, weight_decay=1e-2, flips=False, pos_weight=False
+)
+LABEL_COLUMNS = [
+    "image_id",
+    "sop_instance_uid",
+    "hospital",
+    "study_instance_uid",
+    "patient_key",
+    "label",
+    "has_biopsy_marker",
+    "is_mag_view",
+    "split",
+    "model_png",
+]
+
+
+def build_dataset(home: Path, studies: int) -> Settings:
+    """Synthetic drops, indexed and cached under `home` (each step skips work already done)."""
+    settings = Settings.under(home, workers=2, pretrained="none").ensure_dirs()
+    generate_drops(
+        settings.landing, hospitals=3, studies_per_hospital=studies, seed=0, scale=0.25, drop="drop-20261101"
+    )
+    for hospital in sorted(p.name for p in settings.landing.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        index_hospital(settings, hospital)
+        cache_hospital(settings, hospital)
+    return settings
+
+
+def labels_frame(settings: Settings) -> pd.DataFrame:
+    """Every cached image labeled from the synthetic truth, in the labels contract (docs/architecture.md)."""
+    truth = pd.concat(pd.read_parquet(f) for f in sorted(glob.glob(str(settings.landing / "_truth" / "*.parquet"))))
+    manifests = sorted(glob.glob(str(settings.warehouse / "image_cache" / "hospital=*" / "manifest.parquet")))
+    cached = pd.concat(pd.read_parquet(f) for f in manifests)
+    df = cached.merge(truth[["sop_instance_uid", "label", "has_biopsy_marker", "is_mag_view"]], on="sop_instance_uid")
+    df["image_id"] = df["sop_instance_uid"]
+    df["split"] = assign_splits(df, seed=0)
+    return df[LABEL_COLUMNS].sort_values("sop_instance_uid").reset_index(drop=True)
+
+
+def train_once(settings: Settings, labels: pd.DataFrame, config: TrainConfig) -> dict:
+    """Train in a throwaway models/warehouse folder; the metrics and the seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = dataclasses.replace(
+            settings, models=Path(tmp) / "models", warehouse=Path(tmp) / "warehouse", reports=Path(tmp) / "reports"
+        )
+        cpu, wall = time.process_time(), time.monotonic()
+        result = train_model(scratch, labels, config)
+        return {**result.metrics, "wall": time.monotonic() - wall, "cpu": time.process_time() - cpu}
+
+
+def _f(value: float | None) -> str:
+    return "   -" if value is None else f"{value:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="dataset folder (built there if missing; default: a temp dir)")
+    parser.add_argument("--studies", type=int, default=70, help="studies per hospital when building")
+    parser.add_argument("--counts", default="50,150,250,350,450", help="train label counts")
+    parser.add_argument("--baseline", action="store_true", help="also run the old default schedule")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
+    parser.add_argument("--seed", type=int, default=0, help="label sampling and training seed")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        start = time.monotonic()
+        settings = build_dataset(args.data or Path(tmp_dir) / "data", args.studies)
+        labels = labels_frame(settings)
+        train, audit = labels[labels["split"] == "train"], labels[labels["split"] == "audit"]
+        order = train.sample(frac=1.0, random_state=args.seed)
+        print(
+            f"dataset: {len(train)} train / {len(audit)} audit images ({time.monotonic() - start:.0f} s), "
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+        )
+        configs = {"default": TrainConfig(seed=args.seed, threads=args.threads)}
+        if args.baseline:
+            configs["old default"] = dataclasses.replace(OLD_DEFAULT, seed=args.seed, threads=args.threads)
+        print(f"{'schedule':12} {'labels':>6} {'acc3':>5} {'acc4':>5} {'bF1':>5} {'mF1':>5} {'wall s':>7} {'cpu s':>7}")
+        last: dict[str, dict] = {}
+        for count in [int(c) for c in args.counts.split(",")]:
+            n = min(count, len(train))
+            subset = pd.concat([order.head(n), audit])
+            for name, config in configs.items():
+                m = train_once(settings, subset, config)
+                last[name] = m
+                print(
+                    f"{name:12} {n:6d} {m['accuracy_3class']:5.2f} {m['accuracy']:5.2f} {_f(m['biopsy_f1']):>5} "
+                    f"{_f(m['mag_f1']):>5} {m['wall']:7.1f} {m['cpu']:7.1f}",
+                    flush=True,
+                )
+        ours = last["default"]
+        print(
+            f"FINAL default: 3-class accuracy {ours['accuracy_3class']:.3f}, {ours['wall']:.1f} s wall (target <= 90)"
+        )
+        if args.baseline:
+            base = last["old default"]
+            print(
+                f"RATIO default/old: accuracy {ours['accuracy_3class'] / max(base['accuracy_3class'], 1e-9):.2f}x, "
+                f"wall time {ours['wall'] / base['wall']:.2f}x, cpu time {ours['cpu'] / base['cpu']:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
