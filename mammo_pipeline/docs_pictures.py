@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
 REPORT_PICTURES = {
     "accuracy_by_round.png": "accuracy_by_round.png",
     "confusion_matrix.png": "confusion_matrix.png",
-    "false_negatives.png": "false_negatives.png",
+    "missed_audit.png": "false_negatives.png",
 }
 WAREHOUSE_PICTURES = {
     "metadata_completeness.png": "metadata_completeness.png",

@@ -19,7 +19,6 @@ from mammo_pipeline.atomic import atomic_path, write_parquet
 from mammo_pipeline.settings import Settings
 
 AGREEMENT = ("agree", "meta_only", "visual_only", "silent")
-_COLORS = {"agree": "#4c9f70", "meta_only": "#d1495b", "visual_only": "#edae49", "silent": "#a0a0a0"}
 
 
 class MixedModels(ValueError):
@@ -115,23 +114,35 @@ def summarize_predictions(settings: Settings) -> PredictionSummary:
     return PredictionSummary(counts, agreement, counts_path, agreement_path, png_path)
 
 
+# What the plot stacks: the agreement parts, with "silent" split by what the pixels say.
+_PARTS = {
+    "agree": ("header and model agree", "#4c9f70"),
+    "meta_only": ("header says mag, model does not", "#d1495b"),
+    "visual_only": ("model says mag, header does not", "#edae49"),
+    "silent_visual_mag": ("header silent, model says mag", "#7a7a7a"),
+    "silent_other": ("header silent, model says not mag", "#c8c8c8"),
+}
+
+
 def plot_agreement(agreement: pd.DataFrame, path: Path) -> Path:
-    """Stacked bars per hospital: header and model agree / header-only mag / model-only mag / header silent."""
-    fig = Figure(figsize=(max(5.0, 1.2 * len(agreement) + 2), 4))  # no pyplot: no global state, no GUI backend
+    """Horizontal stacked bars per hospital: where the header's magnification flag can be trusted."""
+    parts = agreement.assign(silent_other=agreement["silent"] - agreement["silent_visual_mag"])
+    share = parts[list(_PARTS)].div(parts["n_images"].where(parts["n_images"] > 0), axis=0).fillna(0)
+    names = [f"{h} (n={n})" for h, n in zip(parts["hospital"], parts["n_images"], strict=True)]
+    fig = Figure(figsize=(9, 1.2 + 0.55 * len(parts)))  # no pyplot: no global state, no GUI backend
     ax = fig.subplots()
-    bottom = pd.Series(0.0, index=agreement.index)
-    share = agreement[list(AGREEMENT)].div(agreement["n_images"].where(agreement["n_images"] > 0), axis=0).fillna(0)
-    names = [f"{h}\n(n={n})" for h, n in zip(agreement["hospital"], agreement["n_images"], strict=True)]
-    for part in AGREEMENT:
-        ax.bar(names, share[part], bottom=bottom, label=part.replace("_", "-"), color=_COLORS[part])
-        bottom += share[part]
-    ax.set_ylabel("share of images")
-    ax.set_ylim(0, 1)
-    ax.set_title("Magnification: DICOM header vs model, per hospital")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    left = pd.Series(0.0, index=parts.index)
+    for part, (label, color) in _PARTS.items():
+        ax.barh(names, share[part], left=left, label=label, color=color)
+        left += share[part]
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of images")
+    ax.set_title("Magnification view: DICOM header vs model, per hospital")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.1 / max(len(parts), 1)), ncol=2, frameon=False)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     return path
 
 
