@@ -19,13 +19,16 @@ BENCHMARKS: dict[str, list[str]] = {
     "infer": ["--int8"],
     "dask": [],
 }
+# Slow (about 10 minutes): run it by name, `python benchmarks/run_all.py learning_curve`.
+EXTRA: dict[str, list[str]] = {"learning_curve": ["--baseline"]}
 
 
 def main(names: list[str]) -> int:
     failed = []
+    known = {**BENCHMARKS, **EXTRA}
     for name in names or list(BENCHMARKS):
-        print(f"\n=== benchmarks/bench_{name}.py {' '.join(BENCHMARKS[name])}", flush=True)
-        code = subprocess.call([sys.executable, str(HERE / f"bench_{name}.py"), *BENCHMARKS[name]])
+        print(f"\n=== benchmarks/bench_{name}.py {' '.join(known[name])}", flush=True)
+        code = subprocess.call([sys.executable, str(HERE / f"bench_{name}.py"), *known[name]])
         if code:
             failed.append(name)
     if failed:

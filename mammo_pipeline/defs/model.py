@@ -17,13 +17,18 @@ PARITY_TOLERANCE = 1e-4
 
 
 class TrainingConfig(dg.Config):
-    """Hyperparameters (Launchpad-editable); seed < 0 and pretrained '' fall back to the settings."""
+    """Hyperparameters (Launchpad-editable). Empty fields take the defaults of the path (from scratch or
+    ImageNet fine-tuning, see model/train.py); seed < 0 and pretrained '' fall back to the settings."""
 
-    size: int = TrainConfig.size
-    epochs: int = TrainConfig.epochs
-    freeze_epochs: int = TrainConfig.freeze_epochs
-    lr: float = TrainConfig.lr
-    batch_size: int = TrainConfig.batch_size
+    size: int | None = None
+    epochs: int | None = None
+    image_passes: int | None = None
+    freeze_epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    weight_decay: float | None = None
+    flips: bool | None = None
+    pos_weight: bool | None = None
     seed: int = -1
     pretrained: str = ""
     oof_folds: int = TrainConfig.oof_folds
