@@ -20,7 +20,7 @@ import pandas as pd
 from mammo_pipeline.atomic import atomic_path, write_text
 from mammo_pipeline.model import registry
 from mammo_pipeline.model.evaluate import evaluate
-from mammo_pipeline.model.preprocess import preprocess_batch
+from mammo_pipeline.model.preprocess import PREPROCESS_VERSION, preprocess_batch
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 
@@ -43,6 +43,7 @@ def _metadata(ref: ModelRef) -> dict[str, str]:
         "mean": json.dumps(list(ref.mean)),
         "std": json.dumps(list(ref.std)),
         "class_names": json.dumps(list(ref.class_names)),
+        "preprocess_version": PREPROCESS_VERSION,
     }
 
 

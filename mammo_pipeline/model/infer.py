@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from mammo_pipeline.atomic import atomic_path
 from mammo_pipeline.labels.codes import label_of
-from mammo_pipeline.model.preprocess import preprocess
+from mammo_pipeline.model.preprocess import PREPROCESS_VERSION, preprocess
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.progress import ProgressFn
 from mammo_pipeline.settings import Settings
@@ -114,6 +114,11 @@ def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("model_version", ref.model_version) != ref.model_version:
         raise ModelMismatch(f"{path}: metadata model_version {meta['model_version']} != {ref.model_version}")
+    if meta.get("preprocess_version", PREPROCESS_VERSION) != PREPROCESS_VERSION:
+        raise ModelMismatch(
+            f"{path}: trained on preprocessing version {meta['preprocess_version']}, this code makes version "
+            f"{PREPROCESS_VERSION}; retrain (materialize trained_model and onnx_model)"
+        )
     size = int(meta.get("input_size", ref.input_size))
     return LoadedModel(session, path, sha, ref.model_version, ref.label_snapshot_id, size)
 

@@ -97,9 +97,9 @@ class PathDefaults:
 # PRETRAINED is the schedule measured by benchmarks/bench_train.py; SCRATCH learns with far fewer labels
 # than the same schedule from random weights (which stayed at 0.2-0.6 audit accuracy).
 SCRATCH = PathDefaults(
-    size=128,  # markers stay 2-3 px; 160 px cost 1.6x the time and did not find them better (biopsy F1 0.07)
-    epochs=0,  # from image_passes: 36 epochs at 50 labels, 4 at 450, so every round gets the same compute
-    image_passes=1800,
+    size=64,  # markers survive in preprocess's max-pooled top-hat channel; 4x fewer pixels than 128 buys epochs
+    epochs=0,  # from image_passes: 40 (the cap) at 50 labels, 12 at 410, so every round gets about the same compute
+    image_passes=4800,  # 128 px / 1800 passes (4-5 epochs at 410 labels) learned no markers (biopsy F1 0.0-0.3)
     freeze_epochs=0,
     lr=5e-3,
     batch_size=16,

@@ -212,3 +212,12 @@ def test_predictions_record_the_sha_of_the_file_actually_used(settings):
     frame = next(predict_images(settings, make_cache(settings, "h1", {"s1": 1}), load_model(settings, int8)))
     assert sha != ref.onnx_sha256
     assert frame["onnx_sha256"].tolist() == [sha]
+
+
+def test_load_model_refuses_a_model_made_for_other_preprocessing(settings, monkeypatch):
+    from mammo_pipeline.model import infer
+
+    ref = make_model(settings)
+    monkeypatch.setattr(infer, "PREPROCESS_VERSION", "999")
+    with pytest.raises(infer.ModelMismatch, match="preprocessing version"):
+        infer.load_model(settings, ref)

@@ -7,6 +7,8 @@ from PIL import Image
 from mammo_pipeline.model.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    TOPHAT_FLOOR,
+    TOPHAT_RANGE,
     max_pool,
     pad_square,
     preprocess,
@@ -69,10 +71,20 @@ def test_small_bright_dot_survives_in_the_object_channels_but_fades_in_the_area_
     img[101:103, 61:63] = 250  # a 2-px clip straddling four 2x2 blocks (the image is padded 28 px each side)
     x = _unnormalize(preprocess(img, 128))
     area, tophat, peak = x[0], x[1], x[2]
-    assert area.max() == pytest.approx((3 * 100 + 250) / 4 / 255, abs=1 / 255)  # averaged into the tissue (PIL rounds)
-    assert tophat.max() == pytest.approx(150 / 255, abs=1e-5)  # full contrast above the tissue
+    assert area.max() == pytest.approx((3 * 100 + 250) / 4 / 255, abs=1 / 255)  # averaged away (PIL rounds)
+    assert tophat.max() == pytest.approx(1.0)  # 150 grey levels above the tissue: fully on
     assert peak.max() == pytest.approx(250 / 255, abs=1e-5)
-    assert np.count_nonzero(tophat > 0.1) <= 4  # only where the dot is
+    assert np.count_nonzero(tophat > 1e-6) == 4  # only the four blocks the dot touches
+
+
+def test_tophat_channel_ramps_faint_texture_off_and_clips_on():
+    img = np.full((64, 64), 100, dtype=np.uint8)
+    img[10, 10] = 100 + TOPHAT_FLOOR  # texture-level detail: off
+    img[30, 30] = 100 + TOPHAT_FLOOR + TOPHAT_RANGE // 2  # halfway up the ramp
+    tophat = _unnormalize(preprocess(img, 64))[1]
+    assert tophat[10, 10] == pytest.approx(0.0, abs=1e-6)
+    assert tophat[30, 30] == pytest.approx(0.5, abs=1e-5)
+    assert np.count_nonzero(np.abs(tophat) > 1e-6) == 1
 
 
 def test_tophat_ignores_edges_and_wide_objects():
@@ -104,3 +116,7 @@ def test_max_pool_takes_each_blocks_maximum():
     uneven = max_pool(img, 4)  # blocks 0-0,1-2,3-3,4-5 along each axis
     np.testing.assert_array_equal(uneven, img[np.ix_([0, 2, 3, 5], [0, 2, 3, 5])])
     np.testing.assert_array_equal(max_pool(img, 12), np.repeat(np.repeat(img, 2, 0), 2, 1))
+    big = np.random.default_rng(2).integers(0, 256, (24, 24), dtype=np.uint8)
+    for size in (12, 6, 3, 8):  # halvings, then an odd factor
+        k = 24 // size
+        np.testing.assert_array_equal(max_pool(big, size), big.reshape(size, k, size, k).max(axis=(1, 3)))
