@@ -51,7 +51,7 @@ class TrainConfig:
     frozen head epoch and a gentle learning rate instead. Both fit the demo (5 retrains on 2 CPU cores).
     """
 
-    size: int | None = None  # square side the network sees (the 256-px PNG is padded and area-resized to it)
+    size: int | None = None  # square side the network sees (model/preprocess.py: area, top-hat and max channels)
     epochs: int | None = None  # unfrozen epochs (all epochs when training from scratch); 0: from image_passes
     image_passes: int | None = None  # when epochs == 0: epochs = ceil(image_passes / n_train), at most 40
     freeze_epochs: int | None = None  # head-only epochs first, when pretrained
