@@ -6,7 +6,7 @@ own process so the peak RSS printed is that path's alone. Optional int8 (QDQ, qu
 On a shared machine wall-clock images/s depends on the neighbours, so each path also prints its CPU time
 per image and the rate that implies with every core to itself ("cpu-bound").
 
-    .venv/bin/python benchmarks/bench_infer.py            # N=1000, size 160 (the trainer's default)
+    .venv/bin/python benchmarks/bench_infer.py            # N=1000 at the trainer's from-scratch size
     .venv/bin/python benchmarks/bench_infer.py -n 2000 --size 192 --int8
 """
 
@@ -28,6 +28,7 @@ from PIL import Image
 from mammo_pipeline.model.export import export_module
 from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.model.train import SCRATCH
 from mammo_pipeline.settings import Settings
 
 
@@ -168,7 +169,9 @@ def measure(kind: str, *args) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="number of images")
-    parser.add_argument("--size", type=int, default=160, help="network input side (trainer default 160)")
+    parser.add_argument(
+        "--size", type=int, default=SCRATCH.size, help=f"network input side (trainer's default {SCRATCH.size})"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = one per core)")
     parser.add_argument("--int8", action="store_true", help="also measure an int8 quantize_static model")
