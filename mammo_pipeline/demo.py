@@ -252,6 +252,7 @@ class Demo:
         for run in tick.run_requests or []:
             self.echo(f"     sensor new_hospital_drops requested run_key={run.run_key}")
             self.materialize(PER_HOSPITAL + PREDICT, run.partition_key)
+        sync_from_warehouse(self.settings)  # the new hospital's images join the labeling queues
         write_text(cursor_path, tick.cursor or "")
         self.state.new_drop_done = True
         self.state.save(self.state_path)
@@ -312,8 +313,8 @@ class Demo:
         e("   Studies flagged (ANY image):")
         for r in s["studies"]:
             e(
-                f"     {r['hospital']}: {r['studies']} studies, {r['biopsy_studies']} biopsy marker, "
-                f"{r['mag_studies']} magnification"
+                f"     {r['hospital']}: {int(r['studies'])} studies, {int(r['biopsy_studies'])} biopsy marker, "
+                f"{int(r['mag_studies'])} magnification"
             )
         if s["metadata_vs_visual"]:
             e("   Where metadata and pixels disagree on magnification views:")
