@@ -25,20 +25,6 @@ def stand_in(name: str) -> dg.AssetsDefinition:
     return _asset
 
 
-@pytest.fixture(scope="module")
-def shared_instance():
-    with dg.instance_for_test() as inst:  # has an instance ref, which partitioned run requests need
-        yield inst
-
-
-@pytest.fixture
-def instance(shared_instance):
-    """The module's instance with no hospital partitions (creating one per test costs seconds)."""
-    for key in shared_instance.get_dynamic_partitions("hospital"):
-        shared_instance.delete_dynamic_partition("hospital", key)
-    return shared_instance
-
-
 @pytest.fixture
 def mammo(settings):
     return MammoSettings(home=str(settings.home))
