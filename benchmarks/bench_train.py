@@ -63,7 +63,7 @@ def main() -> None:
         settings = Settings.under(tmp / "home", pretrained="imagenet", salt="bench").ensure_dirs()
         settings = _weights_source(settings, tmp)
         labels = make_labels(settings, n=args.n, seed=0, height=256)
-        default = dataclasses.replace(TrainConfig(), threads=args.threads)
+        default = dataclasses.replace(TrainConfig(), threads=args.threads).resolved(pretrained=True)
         print(f"{args.n} labels, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, config {default}")
         ours = _run(settings, labels, default, f"default (size {default.size})")
         print(f"TIME default: {ours:.1f} s = {ours / 60:.2f} min (target <= 5 min)")
