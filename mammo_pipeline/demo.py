@@ -82,7 +82,6 @@ class Demo:
         self.config = config
         self.echo = echo
         os.environ.update(settings.as_env())  # the resource and subprocesses read the same settings
-        os.environ["MAMMO_PRETRAINED"] = settings.pretrained
         from mammo_pipeline.definitions import build_definitions
 
         self.defs = build_definitions()
@@ -155,14 +154,10 @@ class Demo:
             self.settings, "SELECT sop_instance_uid, p_biopsy, p_mag, model_version FROM image_predictions"
         )
         preds["out_of_sample"] = False
-        oof = self.settings.models / _current_version(self.settings) / "oof.parquet"
-        if oof.exists():
-            preds = pd.concat(
-                [
-                    preds[~preds.sop_instance_uid.isin(pd.read_parquet(oof).sop_instance_uid)],
-                    pd.read_parquet(oof).assign(model_version=_current_version(self.settings)),
-                ]
-            )
+        oof_path = self.settings.models / _current_version(self.settings) / "oof.parquet"
+        if oof_path.exists():  # out-of-fold probabilities for the labeled train images (written by training)
+            oof = pd.read_parquet(oof_path, columns=[*preds.columns])
+            preds = pd.concat([preds[~preds.sop_instance_uid.isin(oof.sop_instance_uid)], oof])
         self.store.set_predictions(preds)
 
     def active_learning(self, hospitals: Sequence[str], annotator: SimulatedAnnotator) -> None:

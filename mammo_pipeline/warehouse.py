@@ -48,7 +48,7 @@ def table_glob(settings: Settings, table: str) -> str | None:
     return str(root / pattern) if any(root.glob(pattern)) else None
 
 
-def connect(settings: Settings | None = None, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per existing table (no lock on any file)."""
     con = duckdb.connect()
     if settings is not None:
