@@ -27,6 +27,8 @@ from PIL import Image
 from mammo_pipeline.atomic import atomic_path, remove_stale_temps
 from mammo_pipeline.dicom.normalize import NORM_VERSION, render
 from mammo_pipeline.dicom.quarantine import quarantine_rows, read_quarantine_rows, write_quarantine
+from mammo_pipeline.dicom.source_paths import redact
+from mammo_pipeline.dicom.source_paths import resolve as resolve_source
 from mammo_pipeline.parallel import imap_unordered
 from mammo_pipeline.progress import ProgressFn
 from mammo_pipeline.settings import Settings
@@ -202,7 +204,7 @@ def _tasks(settings: Settings, hospital: str, todo: list[dict[str, Any]]) -> Ite
         sop = image["sop_instance_uid"]
         yield _Task(
             sop,
-            str(settings.landing / image["rel_path"]),
+            str(resolve_source(settings, hospital, image["rel_path"])),
             str(settings.cache / png_path(hospital, sop, settings.display_size)),
             str(settings.cache / png_path(hospital, sop, settings.model_size)),
             settings.display_size,
@@ -232,7 +234,13 @@ def _render_one(task: _Task) -> dict[str, Any]:
     except Exception as exc:  # quarantined by the caller with its reason; one image never fails the partition
         row = quarantine_rows(exc, "undecodable", hospital="", drop="", rel_path="", stage="cache")[0]
         message = row["message"] if task.source in row["message"] else f"{task.source}: {row['message']}"
-        return {"ok": False, "sop_instance_uid": task.sop_instance_uid, "reason": row["reason"], "message": message}
+        return {
+            "ok": False,
+            "sop_instance_uid": task.sop_instance_uid,
+            "reason": row["reason"],
+            "message": message,
+            "source": task.source,
+        }
 
 
 def _write_png(pixels: np.ndarray, path: Path) -> None:
@@ -281,7 +289,7 @@ def _quarantine_row(hospital: str, image: dict[str, Any], outcome: dict[str, Any
         "rel_path": image["rel_path"],
         "stage": "cache",
         "reason": outcome["reason"],
-        "message": outcome["message"],
+        "message": redact(outcome["message"], outcome.get("source", ""), image["rel_path"]),
         "file_size": int(image["file_size"]),
         "file_mtime_ns": int(image["file_mtime_ns"]),
         "sop_instance_uid": image["sop_instance_uid"],

@@ -13,6 +13,7 @@ from mammo_pipeline import cache as cache_module
 from mammo_pipeline.cache import cache_hospital, read_manifest
 from mammo_pipeline.dicom.headers import MG_FOR_PROCESSING
 from mammo_pipeline.dicom.index import index_hospital
+from mammo_pipeline.dicom.source_paths import pseudonymize_path
 from mammo_pipeline.warehouse import read_partition
 from mammo_pipeline_tests.dicom.test_headers import write_mg
 
@@ -69,9 +70,10 @@ def test_cache_hospital_quarantines_decode_failures(settings):
     result = cache_hospital(settings, "h1")
     quarantine = read_partition(settings, "quarantine", "h1")
     cached = quarantine[quarantine["stage"] == "cache"]
-    assert list(cached["rel_path"]) == ["h1/d1/bad/img.dcm"]
+    rel = pseudonymize_path(settings.pseudonym_salt(), "h1/d1/bad/img.dcm")
+    assert list(cached["rel_path"]) == [rel]
     assert cached["reason"].iloc[0] in {"undecodable", "truncated"}
-    assert "bad/img.dcm" in cached["message"].iloc[0]
+    assert rel in cached["message"].iloc[0] and "bad/img.dcm" not in cached["message"].iloc[0]
     assert result.quarantined == {cached["reason"].iloc[0]: 1} and result.new == 3
 
 

@@ -50,6 +50,35 @@ class Unsupported(UnusableImage):
     reason = "unsupported"
 
 
+class InvalidUID(UnusableImage):
+    """A SOP / Study / Series Instance UID that is not a DICOM UID (digits and dots, <= 64 characters)."""
+
+    reason = "invalid_uid"
+
+
+class Tomosynthesis(UnusableImage):
+    """A tomosynthesis slice or projection stack: not a 2D view, never rendered or trained on."""
+
+    reason = "tomosynthesis"
+
+
+class ForProcessing(UnusableImage):
+    """A For Processing image where only For Presentation images are shown (`mammo convert`, like the cache)."""
+
+    reason = "for_processing"
+
+
 REASONS: tuple[str, ...] = tuple(
-    cls.reason for cls in (NotDicom, Truncated, NoPixelData, NotMammography, Undecodable, Unsupported)
+    cls.reason
+    for cls in (
+        NotDicom,
+        Truncated,
+        NoPixelData,
+        NotMammography,
+        Undecodable,
+        Unsupported,
+        InvalidUID,
+        Tomosynthesis,
+        ForProcessing,
+    )
 )

@@ -1,8 +1,39 @@
 """One `dicom_index` row per DICOM file, read from the header alone, plus what the metadata says about mag/spot.
 
-Pixel data is never loaded: the parser stops at (7FE0,0010) Pixel Data, and its presence and declared length
-come from that stopping point, which also reveals files cut short inside the pixel data. No patient text
-(name, birth date, raw IDs, accession, institution) enters the row: the patient is a salted hash.
+Headers are read with pydicom (`read_partial` with `specific_tags`, stopping at (7FE0,0010) Pixel Data), the one
+DICOM reader of the project; pixels are never loaded. Pixel Data's presence and declared length come from that
+stopping point, which also reveals files cut short. No patient text (name, birth date, raw IDs, accession,
+institution, folder names) enters the row: the patient is a salted hash and `rel_path` is pseudonymized
+(`source_paths.py`).
+
+Routing (`image_kind`, `classify`; first rule that fires wins, the rule is recorded in `image_kind_rule`):
+
+  tomosynthesis   SOP class Breast Tomosynthesis Image (…13.1.3); or NumberOfFrames > 1 (a slice or projection
+                  stack: multi-frame Secondary Capture, Breast Projection, "as CT"); or ImageType holds
+                  TOMOSYNTHESIS / TOMO and no synthesized-2D evidence; or a CT SOP class on a breast image; or a
+                  SeriesDescription naming TOMO / DBT. Quarantined (reason `tomosynthesis`): a stack is not a 2D view.
+  synthesized_2d  ImageType holds GENERATED_2D (or a vendor's synthesized-2D term), or SeriesDescription names one
+                  (C-View, Intelligent 2D, V-Preview, S-View, Insight 2D, "synthesized"/"synthetic"). Kept, flagged.
+  digitized_film  (0008,0064) Conversion Type DF, or ImageType / SeriesDescription saying DIGITIZED FILM. Kept.
+  for_processing  For Processing SOP classes (MG, DX, Breast Projection) or Presentation Intent FOR PROCESSING.
+                  Kept in the index, never rendered by the cache.
+  secondary_capture  any other Secondary Capture mammogram. Kept, flagged.
+  2d              everything else with Modality MG or a mammography SOP class.
+
+Laterality comes from (0020,0062) ImageLaterality, else (0020,0060) Laterality; the view from (0018,5101)
+ViewPosition, else (0054,0220) ViewCodeSequence (CID 4014 code -> ACR abbreviation), else a (0020,0020)
+PatientOrientation that holds a view abbreviation (digitized-film archives write "CC" / "MLO" there). The source
+used lands in `laterality_source` / `view_source`.
+
+Patient key (`patient_key`, `patient_key_source`): the first 16 hex digits of sha256(salt + the raw bytes of
+(0010,0020) Patient ID as stored, only the trailing padding (spaces, NULs) removed), so the key comes from the
+ID exactly as stored, never from a decoded or split form, and two different IDs never share a key. A file with no
+or an empty Patient ID is keyed by its study instead (sha256(salt + 0x1f "study" 0x1f + StudyInstanceUID),
+source `study_instance_uid`), so it never shares a key with another patient's images.
+
+UIDs (`check_uid`): (0008,0018), (0020,000D), (0020,000E) must be digits and dots, 1..64 characters, with no empty
+component (PS3.5 9.1); otherwise the file is quarantined `invalid_uid`. Leading zeros in a component, which PS3.5
+forbids, are accepted: they occur in real archives and make no file name or path unsafe.
 
 Metadata rules of `meta_flags` (first rule that fires wins; every rule is recorded in `meta_*_rule`):
 
@@ -27,25 +58,58 @@ SeriesDescription without the words (most vendors never write them).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import struct
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
-from mammo_pipeline.dicom.errors import NoPixelData, NotDicom, NotMammography, Truncated, Unsupported, UnusableImage
+from mammo_pipeline.dicom.errors import (
+    InvalidUID,
+    NoPixelData,
+    NotDicom,
+    NotMammography,
+    Tomosynthesis,
+    Truncated,
+    Unsupported,
+    UnusableImage,
+)
+from mammo_pipeline.dicom.functional_groups import frame_attributes
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
-MAMMO_SOP_CLASSES = {MG_FOR_PRESENTATION: False, MG_FOR_PROCESSING: True}  # uid -> for_processing
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
+BREAST_PROJECTION_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.13.1.4"
+BREAST_PROJECTION_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.13.1.5"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+MULTIFRAME_SECONDARY_CAPTURE = frozenset(f"1.2.840.10008.5.1.4.1.1.7.{i}" for i in range(1, 5))
+CT_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"})
+MAMMO_SOP_CLASSES = {  # uid -> for_processing
+    MG_FOR_PRESENTATION: False,
+    MG_FOR_PROCESSING: True,
+    BREAST_TOMOSYNTHESIS: False,
+    BREAST_PROJECTION_FOR_PRESENTATION: False,
+    BREAST_PROJECTION_FOR_PROCESSING: True,
+}
+FOR_PROCESSING_SOP_CLASSES = frozenset({MG_FOR_PROCESSING, DX_FOR_PROCESSING, BREAST_PROJECTION_FOR_PROCESSING})
+IMAGE_KINDS = ("2d", "synthesized_2d", "digitized_film", "for_processing", "secondary_capture", "tomosynthesis")
+QUARANTINED_KINDS = frozenset({"tomosynthesis"})
+MAX_FRAMES = 2**31 - 1  # IS range (PS3.5 6.2)
 
 # SNOMED-RT / SNM3 code -> SCT concept (PS3.16 CID 4014 views, CID 4015 view modifiers).
 SRT_TO_SCT: dict[str, str] = {
@@ -58,6 +122,22 @@ SRT_TO_SCT: dict[str, str] = {
     "R-10228": "399352003",  # latero-medial
     "G-8310": "127457009",  # tissue specimen
 }
+# SCT view code (CID 4014) -> the ACR/DICOM view abbreviation ViewPosition would hold.
+SCT_VIEW_ABBREVIATION: dict[str, str] = {
+    "SCT:399162004": "CC",
+    "SCT:399368009": "MLO",
+    "SCT:399260004": "ML",
+    "SCT:399352003": "LM",
+    "SCT:399099002": "LMO",
+    "SCT:399196006": "FB",
+    "SCT:399188001": "SIO",
+    "SCT:399192008": "XCCL",
+    "SCT:399101009": "XCCM",
+    "SCT:441555000": "ISO",
+}
+# View abbreviations recognized in a misused (0020,0020) PatientOrientation. None of them can be an orientation
+# value: those use only the letters A P R L H F.
+VIEW_ABBREVIATIONS = frozenset({"CC", "MLO", "ML", "LM", "LMO", "FB", "SIO", "ISO", "XCCL", "XCCM", "XCC", "RCC"})
 SCT_MAGNIFICATION = "SCT:399163009"
 SCT_SPOT_COMPRESSION = "SCT:399055006"
 MAG_FACTOR_THRESHOLD = 1.3
@@ -65,133 +145,244 @@ MAG_FACTOR_THRESHOLD = 1.3
 # Whole words, where '_', digits and punctuation also separate words ("L_CC_MAG", "MAG1.8x"), but "IMAGE" does not.
 _MAG_WORDS = re.compile(r"(?<![a-z])(mag|magn|magnification|magnified|magnify)(?![a-z])", re.IGNORECASE)
 _SPOT_WORDS = re.compile(r"(?<![a-z])spot(?![a-z])", re.IGNORECASE)
+_SYNTH_TEXT = re.compile(
+    r"c[-_ ]?view|intelligent[-_ ]?2d|v[-_ ]?preview|s[-_ ]?view|insight[-_ ]?2d|synthe(sized|sised|tic)|2d[-_ ]?synth",
+    re.IGNORECASE,
+)
+_SYNTH_IMAGE_TYPES = frozenset({"GENERATED_2D", "SYNTHESIZED", "SYNTHETIC", "C-VIEW", "CVIEW", "TOMO_2D", "V-PREVIEW"})
+_TOMO_TEXT = re.compile(r"(?<![a-z])(tomo|tomosynthesis|dbt)(?![a-z])", re.IGNORECASE)
+_TOMO_IMAGE_TYPES = frozenset({"TOMOSYNTHESIS", "TOMO", "VOLUME", "PROJECTION_SET"})
+_FILM_TEXT = re.compile(r"digiti[sz]ed[-_ ]?film|film[-_ ]?scan", re.IGNORECASE)
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00009, 0x7FE00008}  # Pixel Data, Double Float / Float Pixel Data
 _LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ", "UC", "UR", "UT"}  # explicit VRs with a 4-byte length
 _UNDEFINED = 0xFFFFFFFF
-_ASCII_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}  # never charset-dependent
-_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}  # depend on (0008,0005) Specific Character Set
-_BINARY = {"US": ("H", 2), "UL": ("I", 4), "SS": ("h", 2), "SL": ("i", 4), "FL": ("f", 4), "FD": ("d", 8)}
-_KEYWORDS = (  # noqa: SIM905 (a word list reads better than 45 lines of quotes)
-    "SpecificCharacterSet SOPClassUID SOPInstanceUID StudyInstanceUID SeriesInstanceUID PatientID Modality "
-    "Manufacturer ManufacturerModelName ImageType PresentationIntentType ViewPosition ImageLaterality "
-    "Laterality ViewCodeSequence ViewModifierCodeSequence Rows Columns NumberOfFrames PixelSpacing "
-    "ImagerPixelSpacing BitsStored BitsAllocated PhotometricInterpretation PresentationLUTShape "
-    "PixelIntensityRelationship WindowCenter WindowWidth VOILUTFunction VOILUTSequence RescaleSlope "
-    "RescaleIntercept SeriesDescription EstimatedRadiographicMagnificationFactor FocalSpots Grid PartialView "
-    "PaddleDescription CompressionForce BodyPartThickness CodeValue CodingSchemeDesignator CodeMeaning "
+_PATIENT_ID = 0x00100020
+_KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
+    "SpecificCharacterSet ImageType SOPClassUID SOPInstanceUID StudyInstanceUID SeriesInstanceUID PatientID "
+    "Modality ConversionType Manufacturer ManufacturerModelName ImageType PresentationIntentType ViewPosition "
+    "ImageLaterality Laterality PatientOrientation ViewCodeSequence ViewModifierCodeSequence Rows Columns "
+    "NumberOfFrames PixelSpacing ImagerPixelSpacing BitsStored BitsAllocated PhotometricInterpretation "
+    "PresentationLUTShape PixelIntensityRelationship WindowCenter WindowWidth VOILUTFunction VOILUTSequence "
+    "RescaleSlope RescaleIntercept SeriesDescription EstimatedRadiographicMagnificationFactor FocalSpots Grid "
+    "PartialView PaddleDescription CompressionForce BodyPartThickness BodyPartExamined "
+    "SharedFunctionalGroupsSequence PerFrameFunctionalGroupsSequence"
 ).split()
-_TAGS: dict[str, int] = {keyword: tag_for_keyword(keyword) for keyword in _KEYWORDS}  # type: ignore[misc]
-_WANTED = frozenset(_TAGS.values())
-_LONG_VRS_BYTES = frozenset(vr.encode() for vr in _LONG_VRS)
-# (0008,0005) Specific Character Set (single-valued) -> Python codec for the fast text path; others go to pydicom.
-_CODECS = {
-    "": "utf-8",
-    "ISO_IR 6": "utf-8",
-    "ISO 2022 IR 6": "utf-8",
-    "ISO_IR 192": "utf-8",
-    "ISO_IR 100": "latin-1",
-    "ISO_IR 101": "iso8859_2",
-    "ISO_IR 109": "iso8859_3",
-    "ISO_IR 110": "iso8859_4",
-    "ISO_IR 144": "iso8859_5",
-    "ISO_IR 127": "iso8859_6",
-    "ISO_IR 126": "iso8859_7",
-    "ISO_IR 138": "iso8859_8",
-    "ISO_IR 148": "iso8859_9",
-    "ISO_IR 203": "iso8859_15",
-    "GB18030": "gb18030",
-    "GBK": "gbk",
-}
-_NOT_FAST = {ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
+SPECIFIC_TAGS: list[int] = sorted({tag_for_keyword(keyword) for keyword in _KEYWORDS})  # type: ignore[misc]
 
 
-def pseudonymize(value: str, salt: bytes) -> str:
-    """The patient key: first 16 hex digits of sha256(salt + value)."""
-    return hashlib.sha256(salt + value.encode("utf-8")).hexdigest()[:16]
+def pseudonymize(value: str | bytes, salt: bytes) -> str:
+    """The patient key: first 16 hex digits of sha256(salt + value); text is hashed as its UTF-8 bytes."""
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return hashlib.sha256(salt + raw).hexdigest()[:16]
+
+
+def patient_key(ds: Dataset, salt: bytes) -> tuple[str, str]:
+    """(patient_key, patient_key_source) of a header; see the module docstring for the rule."""
+    raw = _raw_bytes(ds, _PATIENT_ID).rstrip(b" \x00")
+    if raw:
+        return pseudonymize(raw, salt), "patient_id"
+    study = _text(ds, "StudyInstanceUID") or ""
+    return pseudonymize(b"\x1fstudy\x1f" + study.encode("ascii", "replace"), salt), "study_instance_uid"
+
+
+def check_uid(value: str | None, tag: str, name: str) -> None:
+    """Raise InvalidUID unless `value` is digits and dots, 1..64 characters, no empty component (PS3.5 9.1)."""
+    if value is None or len(value) > 64 or not _UID.fullmatch(value):
+        shown = "(none)" if value is None else repr(value[:80])
+        raise InvalidUID(f"{name}: {tag} {shown} is not a valid DICOM UID (digits and dots, at most 64 characters)")
+
+
+def classify(ds: Dataset) -> tuple[str, str]:
+    """(image_kind, rule) of a header by SOP class, NumberOfFrames, ImageType and SeriesDescription together.
+
+    See the module docstring for the kinds and their order. Raises Unsupported for a NumberOfFrames that is not
+    an integer in 1..2**31-1 (a garbage count must neither route nor overflow a column).
+    """
+    sop_class = _text(ds, "SOPClassUID") or ""
+    image_type = {v.upper() for v in _strings(ds, "ImageType")}
+    description = _text(ds, "SeriesDescription") or ""
+    frames = number_of_frames(ds)
+    synthesized = bool(image_type & _SYNTH_IMAGE_TYPES) or _SYNTH_TEXT.search(description) is not None
+    if sop_class == BREAST_TOMOSYNTHESIS:
+        return "tomosynthesis", "sop_class"
+    if frames > 1:
+        return "tomosynthesis", "number_of_frames"
+    if image_type & _TOMO_IMAGE_TYPES and not synthesized:
+        return "tomosynthesis", "image_type"
+    if sop_class in CT_SOP_CLASSES:
+        return "tomosynthesis", "sop_class"
+    if image_type & _SYNTH_IMAGE_TYPES:
+        return "synthesized_2d", "image_type"
+    if synthesized:
+        return "synthesized_2d", "series_description"
+    if _TOMO_TEXT.search(description):
+        return "tomosynthesis", "series_description"
+    if (_text(ds, "ConversionType") or "").upper() == "DF":
+        return "digitized_film", "conversion_type"
+    if any(_FILM_TEXT.search(v) for v in (" ".join(image_type), description)):
+        return "digitized_film", "image_type" if _FILM_TEXT.search(" ".join(image_type)) else "series_description"
+    if is_for_processing(ds):
+        return "for_processing", "sop_class" if sop_class in FOR_PROCESSING_SOP_CLASSES else "presentation_intent"
+    if sop_class == SECONDARY_CAPTURE or sop_class in MULTIFRAME_SECONDARY_CAPTURE:
+        return "secondary_capture", "sop_class"
+    return "2d", "sop_class" if sop_class in MAMMO_SOP_CLASSES else "modality"
+
+
+def number_of_frames(ds: Dataset) -> int:
+    """(0028,0008) Number of Frames, 1 when absent; Unsupported unless an integer in 1..2**31-1."""
+    values = _strings(ds, "NumberOfFrames")
+    if not values or not values[0]:
+        return 1
+    try:
+        number = float(values[0])
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number == int(number) and 1 <= number <= MAX_FRAMES):
+        shown = values[0][:40]
+        raise Unsupported(f"(0028,0008) Number of Frames {shown!r} is not a frame count (an integer 1..2**31-1)")
+    return int(number)
+
+
+def is_for_processing(ds: Dataset) -> bool:
+    """A For Processing image: its SOP class says so, or (0008,0068) Presentation Intent Type does."""
+    sop_class = _text(ds, "SOPClassUID") or ""
+    if sop_class in FOR_PROCESSING_SOP_CLASSES:
+        return True
+    return (_text(ds, "PresentationIntentType") or "").upper() == "FOR PROCESSING"
+
+
+def is_mammography(ds: Dataset) -> bool:
+    """Modality MG, a mammography SOP class, or a CT / Secondary Capture object whose header says breast."""
+    sop_class = _text(ds, "SOPClassUID") or ""
+    modality = (_text(ds, "Modality") or "").upper()
+    if sop_class in MAMMO_SOP_CLASSES or modality == "MG":
+        return True
+    breast = (_text(ds, "BodyPartExamined") or "").upper() == "BREAST"
+    image_type = {v.upper() for v in _strings(ds, "ImageType")}
+    return (sop_class in CT_SOP_CLASSES or sop_class in MULTIFRAME_SECONDARY_CAPTURE) and (
+        breast or bool(image_type & _TOMO_IMAGE_TYPES)
+    )
+
+
+def laterality(ds: Dataset) -> tuple[str | None, str | None]:
+    """(laterality, source): ImageLaterality, else Laterality."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = _text(ds, keyword)
+        if value:
+            return value.upper(), keyword
+    return None, None
+
+
+def view(ds: Dataset, view_code: str | None) -> tuple[str | None, str | None]:
+    """(view, source): ViewPosition, else the ViewCodeSequence code's abbreviation, else PatientOrientation."""
+    value = _text(ds, "ViewPosition")
+    if value:
+        return value.upper(), "ViewPosition"
+    if view_code in SCT_VIEW_ABBREVIATION:
+        return SCT_VIEW_ABBREVIATION[view_code], "ViewCodeSequence"
+    for token in re.split(r"[\\\s/_-]+", "\\".join(_strings(ds, "PatientOrientation")).upper()):
+        if token in VIEW_ABBREVIATIONS:
+            return token, "PatientOrientation"
+    return None, None
 
 
 def read_header_row(
-    path: Path, landing: Path, hospital: str, drop: str, salt: bytes, *, fast: bool = True
+    path: Path, landing: Path, hospital: str, drop: str, salt: bytes, *, rel_path: str | None = None
 ) -> dict[str, Any]:
     """Read one file's header (never its pixels) and return its `dicom_index` row.
 
-    The common case (explicit VR little endian, one-byte or UTF-8 charset) is parsed straight from the bytes,
-    several times faster than pydicom; anything else, and `fast=False`, goes through pydicom's parser.
+    `rel_path` is the file's pseudonymized path (computed from the salt when not given); messages name the file by
+    it, never by its real path.
 
     Raises
     ------
-    NotDicom, Truncated, NoPixelData, NotMammography, Unsupported
-        With a message naming the file; the caller quarantines it.
+    NotDicom, Truncated, NoPixelData, NotMammography, InvalidUID, Tomosynthesis, Unsupported
+        With a message naming the file's pseudonymized path; the caller quarantines it.
     """
-    stat = path.stat()
-    fields: _Fields | None = None
-    if fast:
-        try:
-            fields, transfer_syntax, pixel = _read_fast(path, stat.st_size)
-        except _Fallback:
-            fields = None
-    if fields is None:
-        ds, pixel = _read_until_pixels(path, stat.st_size)
-        if pixel is None:
-            raise NoPixelData(f"{path}: no (7FE0,0010) Pixel Data element")
-        fields, transfer_syntax = _DatasetFields(ds), str(ds.file_meta.get("TransferSyntaxUID", ""))
-    sop_class = _text(fields, "SOPClassUID") or ""
-    modality = (_text(fields, "Modality") or "").upper()
-    if sop_class not in MAMMO_SOP_CLASSES and modality != "MG":
-        raise NotMammography(f"{path}: modality {modality or '(none)'!r}, SOP class {sop_class or '(none)'!r}")
-    sop_uid = _text(fields, "SOPInstanceUID") or ""
-    study_uid = _text(fields, "StudyInstanceUID") or ""
-    if not sop_uid or not study_uid:
-        raise Unsupported(f"{path}: (0008,0018) SOP Instance UID or (0020,000D) Study Instance UID is missing")
+    from mammo_pipeline.dicom.source_paths import pseudonymize_path
 
-    codes, meanings = _modifiers(fields)
-    view_code, view_meaning = _view_code(fields)
+    stat = path.stat()
+    name = rel_path or pseudonymize_path(salt, path.relative_to(landing).as_posix())
+    ds, pixel, no_file_meta, transfer_syntax = read_until_pixels(path, stat.st_size, name)
+    if not is_mammography(ds):
+        sop_class, modality = _text(ds, "SOPClassUID"), _text(ds, "Modality")
+        raise NotMammography(f"{name}: modality {modality or '(none)'!r}, SOP class {sop_class or '(none)'!r}")
+    sop_uid, study_uid, series_uid = (_text(ds, k) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"))
+    if not sop_uid or not study_uid:
+        raise Unsupported(f"{name}: (0008,0018) SOP Instance UID or (0020,000D) Study Instance UID is missing")
+    check_uid(sop_uid, "(0008,0018) SOP Instance UID", name)
+    check_uid(study_uid, "(0020,000D) Study Instance UID", name)
+    if series_uid is not None:
+        check_uid(series_uid, "(0020,000E) Series Instance UID", name)
+    try:
+        kind, kind_rule = classify(ds)
+    except Unsupported as exc:
+        raise Unsupported(f"{name}: {exc}") from exc
+    if kind in QUARANTINED_KINDS:
+        raise Tomosynthesis(
+            f"{name}: a tomosynthesis object ({kind_rule}: SOP class {_text(ds, 'SOPClassUID')}, "
+            f"{number_of_frames(ds)} frame(s), ImageType {'/'.join(_strings(ds, 'ImageType')) or '(none)'}), "
+            "not a 2D view"
+        )
+    frame = frame_attributes(ds)  # window and rescale from Shared, then Per-frame, Functional Groups
+    codes, meanings = view_modifiers(ds)
+    view_code, view_meaning = _view_code(ds)
+    view_position, view_source = view(ds, view_code)
+    side, side_source = laterality(ds)
+    key, key_source = patient_key(ds, salt)
     row: dict[str, Any] = {
         "hospital": hospital,
         "drop": drop,
-        "rel_path": path.relative_to(landing).as_posix(),
+        "rel_path": name,
         "file_size": stat.st_size,
         "file_mtime_ns": stat.st_mtime_ns,
         "sop_instance_uid": sop_uid,
         "study_instance_uid": study_uid,
-        "series_instance_uid": _text(fields, "SeriesInstanceUID"),
-        "patient_key": pseudonymize(_text(fields, "PatientID") or "", salt),
-        "modality": modality or None,
-        "manufacturer": _text(fields, "Manufacturer"),
-        "model_name": _text(fields, "ManufacturerModelName"),
-        "sop_class_uid": sop_class or None,
-        "for_processing": _for_processing(fields, sop_class),
-        "image_type": "\\".join(_strings(fields, "ImageType")) or None,
-        "view_position": _text(fields, "ViewPosition"),
-        "laterality": _text(fields, "ImageLaterality") or _text(fields, "Laterality"),
+        "series_instance_uid": series_uid,
+        "patient_key": key,
+        "patient_key_source": key_source,
+        "modality": (_text(ds, "Modality") or "").upper() or None,
+        "manufacturer": _text(ds, "Manufacturer"),
+        "model_name": _text(ds, "ManufacturerModelName"),
+        "sop_class_uid": _text(ds, "SOPClassUID"),
+        "image_kind": kind,
+        "image_kind_rule": kind_rule,
+        "for_processing": is_for_processing(ds),
+        "no_file_meta": no_file_meta,
+        "image_type": "\\".join(_strings(ds, "ImageType")) or None,
+        "view_position": view_position,
+        "view_source": view_source,
+        "laterality": side,
+        "laterality_source": side_source,
         "view_code": view_code,
         "view_code_meaning": view_meaning,
-        "rows": _int(fields, "Rows"),
-        "columns": _int(fields, "Columns"),
-        "number_of_frames": _int(fields, "NumberOfFrames"),
-        "pixel_spacing": _first_float(fields, "PixelSpacing") or _first_float(fields, "ImagerPixelSpacing"),
-        "bits_stored": _int(fields, "BitsStored"),
-        "bits_allocated": _int(fields, "BitsAllocated"),
-        "photometric": _text(fields, "PhotometricInterpretation"),
-        "presentation_lut_shape": _text(fields, "PresentationLUTShape"),
-        "pixel_intensity_relationship": _text(fields, "PixelIntensityRelationship"),
+        "rows": _int(ds, "Rows"),
+        "columns": _int(ds, "Columns"),
+        "number_of_frames": _int(ds, "NumberOfFrames"),
+        "pixel_spacing": _first_float(ds, "PixelSpacing") or _first_float(ds, "ImagerPixelSpacing"),
+        "bits_stored": _int(ds, "BitsStored"),
+        "bits_allocated": _int(ds, "BitsAllocated"),
+        "photometric": _text(ds, "PhotometricInterpretation"),
+        "presentation_lut_shape": _text(ds, "PresentationLUTShape"),
+        "pixel_intensity_relationship": _text(ds, "PixelIntensityRelationship"),
         "transfer_syntax": transfer_syntax or None,
-        "window_centers": _floats(fields, "WindowCenter"),
-        "window_widths": _floats(fields, "WindowWidth"),
-        "voi_lut_function": _text(fields, "VOILUTFunction"),
-        "has_voi_lut_sequence": _has_items(fields, "VOILUTSequence"),
-        "rescale_slope": _first_float(fields, "RescaleSlope"),
-        "rescale_intercept": _first_float(fields, "RescaleIntercept"),
+        "window_centers": _floats(frame, "WindowCenter"),
+        "window_widths": _floats(frame, "WindowWidth"),
+        "voi_lut_function": _text(frame, "VOILUTFunction"),
+        "has_voi_lut_sequence": _has_items(frame, "VOILUTSequence"),
+        "rescale_slope": _first_float(frame, "RescaleSlope"),
+        "rescale_intercept": _first_float(frame, "RescaleIntercept"),
         "view_modifier_codes": codes,
         "view_modifier_meanings": meanings,
-        "series_description": _text(fields, "SeriesDescription"),
-        "magnification_factor": _first_float(fields, "EstimatedRadiographicMagnificationFactor"),
-        "focal_spot": _first_float(fields, "FocalSpots"),
-        "grid": "\\".join(_strings(fields, "Grid")) or None,
-        "partial_view": _text(fields, "PartialView"),
-        "paddle_description": _text(fields, "PaddleDescription"),
-        "compression_force": _first_float(fields, "CompressionForce"),
-        "body_part_thickness": _first_float(fields, "BodyPartThickness"),
+        "series_description": _text(ds, "SeriesDescription"),
+        "magnification_factor": _first_float(ds, "EstimatedRadiographicMagnificationFactor"),
+        "focal_spot": _first_float(ds, "FocalSpots"),
+        "grid": "\\".join(_strings(ds, "Grid")) or None,
+        "partial_view": _text(ds, "PartialView"),
+        "paddle_description": _text(ds, "PaddleDescription"),
+        "compression_force": _first_float(ds, "CompressionForce"),
+        "body_part_thickness": _first_float(ds, "BodyPartThickness"),
         "pixel_data_bytes": pixel,
     }
     row["meta_mag"], row["meta_mag_rule"], row["meta_spot"], row["meta_spot_rule"] = meta_flags(row)
@@ -252,13 +443,9 @@ def normalize_code(value: str, scheme: str) -> str:
 
 def view_modifiers(ds: Dataset) -> tuple[list[str], list[str]]:
     """Codes and meanings of (0054,0222) View Modifier Code Sequence, nested in (0054,0220) and top level."""
-    return _modifiers(_DatasetFields(ds))
-
-
-def _modifiers(fields: _Fields) -> tuple[list[str], list[str]]:
-    items = list(fields.items("ViewModifierCodeSequence"))
-    for view in fields.items("ViewCodeSequence"):
-        items.extend(view.items("ViewModifierCodeSequence"))
+    items = list(_items(ds, "ViewModifierCodeSequence"))
+    for view_item in _items(ds, "ViewCodeSequence"):
+        items.extend(_items(view_item, "ViewModifierCodeSequence"))
     codes: list[str] = []
     meanings: list[str] = []
     for item in items:
@@ -272,324 +459,198 @@ def _modifiers(fields: _Fields) -> tuple[list[str], list[str]]:
     return codes, meanings
 
 
-def _view_code(fields: _Fields) -> tuple[str | None, str | None]:
-    for view in fields.items("ViewCodeSequence"):
-        value = _text(view, "CodeValue")
+def _view_code(ds: Dataset) -> tuple[str | None, str | None]:
+    for item in _items(ds, "ViewCodeSequence"):
+        value = _text(item, "CodeValue")
         if value:
-            code = normalize_code(value, _text(view, "CodingSchemeDesignator") or "")
-            return code, _text(view, "CodeMeaning")
+            return normalize_code(value, _text(item, "CodingSchemeDesignator") or ""), _text(item, "CodeMeaning")
     return None, None
 
 
-def _read_until_pixels(path: Path, size: int) -> tuple[Dataset, int | None]:
-    """The header, and the byte count of its Pixel Data (None when absent); raises Truncated when cut short.
+def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, bool, str]:
+    """(header, Pixel Data bytes, no_file_meta, transfer syntax UID) of a file, read with pydicom up to its pixels.
 
-    Native Pixel Data has a declared length, checked against the file size. Encapsulated (compressed)
-    Pixel Data has an undefined length: its fragment item headers are walked (seeks, no pixel reads) up to
-    the Sequence Delimitation Item, so a file cut inside its codestream is caught here, not at decode time.
+    A file without preamble and File Meta (a bare data set, PS3.10 7.1 not followed) is read with `force=True`
+    when it starts with a group 0008 element and holds a SOP Class or SOP Instance UID; its transfer syntax is
+    the one pydicom detects (Implicit VR Little Endian, the PS3.5 default, or Explicit VR Little Endian).
+    Native Pixel Data has a declared length, checked against the file size. Encapsulated Pixel Data is walked
+    item by item (seeks, no pixel reads) to its Sequence Delimitation Item, so a cut codestream is caught here.
+
+    Raises NotDicom, Truncated (also a file cut anywhere inside its preamble, File Meta or header elements),
+    NoPixelData (no Pixel Data element, or an empty one). A file cut exactly between two header elements cannot be
+    told from a header whose Pixel Data never arrived: it is `no_pixel_data`.
     """
     seen: list[tuple[str | None, int]] = []
+    last: list[int] = [0]  # end offset of the last top-level element whose header was read
 
     def stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
         if tag in _PIXEL_TAGS:
             seen.append((vr, length))
             return True
+        last[0] = fp.tell() + (0 if length == _UNDEFINED else length)
         return False
 
+    no_file_meta = False
     try:
         with path.open("rb") as fp:
-            ds = read_partial(fp, stop_at_pixels, specific_tags=list(_TAGS.values()))
-            if "TransferSyntaxUID" not in ds.file_meta:
-                raise NotDicom(f"{path}: no (0002,0010) Transfer Syntax UID in the file meta")
-            if not seen or ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
-                return ds, None if not seen else -1  # inside a zlib stream: the length cannot be checked
+            try:
+                ds = read_partial(fp, stop_at_pixels, specific_tags=SPECIFIC_TAGS)
+            except InvalidDicomError as exc:
+                fp.seek(0)
+                head = fp.read(132)
+                if not _bare_dataset(head):
+                    if 0 < size < 144 and b"DICM".startswith(head[128:132]) and not head[:128].strip(b"\x00"):
+                        raise Truncated(f"{name}: the file ends ({size} bytes) before its File Meta group") from exc
+                    raise NotDicom(f"{name}: not a DICOM file (no DICM prefix, no data set at byte 0)") from exc
+                fp.seek(0)
+                seen.clear()
+                ds = read_partial(fp, stop_at_pixels, force=True, specific_tags=SPECIFIC_TAGS)
+                no_file_meta = True
+            meta = ds.file_meta
+            meta_length = meta.get("FileMetaInformationGroupLength")
+            if isinstance(meta_length, int) and 144 + meta_length > size:
+                raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
+            if not no_file_meta and "TransferSyntaxUID" not in meta and (len(meta) > 0 or fp.tell() >= size):
+                raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
+            if no_file_meta or "TransferSyntaxUID" not in meta:
+                no_file_meta = True
+                if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+                    raise NotDicom(f"{name}: no File Meta and no SOP Class / Instance UID: not a DICOM data set")
+                implicit, little = ds.original_encoding
+                syntax = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+                syntax = ImplicitVRLittleEndian if implicit else syntax
+            else:
+                syntax = str(meta.TransferSyntaxUID)
+            if not seen:
+                end = max(last[0], 144 + meta_length if isinstance(meta_length, int) else 0)
+                if end > size or 0 < size - end < 8 or len(ds) == 0:
+                    raise Truncated(f"{name}: the file ends ({size} bytes) inside a header element, before Pixel Data")
+                raise NoPixelData(f"{name}: no (7FE0,0010) Pixel Data element")
+            if syntax == DeflatedExplicitVRLittleEndian:
+                return ds, -1, no_file_meta, syntax  # inside a zlib stream: the length cannot be checked
             vr, length = seen[0]
-            header = 12 if vr in _LONG_VRS else 8
+            header = 12 if vr in _LONG_VRS else 8  # implicit VR (vr None): tag + 4-byte length
             value_start = fp.tell() + header
             if length == _UNDEFINED:
-                return ds, _walk_fragments(fp, value_start, size, path)
+                return ds, walk_fragments(fp, value_start, size, name), no_file_meta, syntax
     except InvalidDicomError as exc:
-        raise NotDicom(f"{path}: not a DICOM file ({exc})") from exc
+        raise NotDicom(f"{name}: not a DICOM file ({exc})") from exc
     except (EOFError, struct.error) as exc:
-        raise Truncated(f"{path}: header ends early ({exc})") from exc
+        raise Truncated(f"{name}: the header ends early ({_scrub(exc, path, name)})") from exc
     except UnusableImage:
         raise
     except Exception as exc:  # pydicom raises many kinds on garbage; all mean "cannot parse"
-        raise NotDicom(f"{path}: unreadable header ({type(exc).__name__}: {exc})") from exc
+        if size < 144:
+            raise Truncated(f"{name}: the file ends ({size} bytes) inside its File Meta group") from exc
+        raise NotDicom(f"{name}: unreadable header ({type(exc).__name__}: {_scrub(exc, path, name)})") from exc
     if value_start + length > size:
-        raise Truncated(f"{path}: Pixel Data declares {length} bytes, the file holds {max(size - value_start, 0)}")
+        raise Truncated(f"{name}: Pixel Data declares {length} bytes, the file holds {max(size - value_start, 0)}")
     if length == 0:
-        raise NoPixelData(f"{path}: (7FE0,0010) Pixel Data is empty")
-    return ds, length
+        raise NoPixelData(f"{name}: (7FE0,0010) Pixel Data is empty")
+    return ds, length, no_file_meta, syntax
 
 
-def _walk_fragments(fp: BinaryIO, position: int, size: int, path: Path) -> int:
+def walk_fragments(fp: BinaryIO, position: int, size: int, name: str) -> int:
     """Total bytes of the encapsulated items (offset table + fragments) up to the delimiter."""
     total = 0
     while True:
         fp.seek(position)
         head = fp.read(8)
         if len(head) < 8:
-            raise Truncated(f"{path}: encapsulated Pixel Data ends without its (FFFE,E0DD) delimiter")
+            raise Truncated(f"{name}: encapsulated Pixel Data ends without its (FFFE,E0DD) delimiter")
         group, element, length = struct.unpack("<HHI", head)
         if (group, element) == (0xFFFE, 0xE0DD):
             if total == 0:
-                raise NoPixelData(f"{path}: encapsulated (7FE0,0010) Pixel Data holds no fragments")
+                raise NoPixelData(f"{name}: encapsulated (7FE0,0010) Pixel Data holds no fragments")
             return total
         if (group, element) != (0xFFFE, 0xE000):
-            raise Truncated(f"{path}: encapsulated Pixel Data broken at byte {position} ({group:04X},{element:04X})")
+            raise Truncated(f"{name}: encapsulated Pixel Data broken at byte {position} ({group:04X},{element:04X})")
         position += 8 + length
         total += length
         if position > size:
-            raise Truncated(f"{path}: a Pixel Data fragment runs {position - size} bytes past the end of the file")
+            raise Truncated(f"{name}: a Pixel Data fragment runs {position - size} bytes past the end of the file")
 
 
-def _for_processing(fields: _Fields, sop_class: str) -> bool:
-    if sop_class in MAMMO_SOP_CLASSES:
-        return MAMMO_SOP_CLASSES[sop_class]
-    return (_text(fields, "PresentationIntentType") or "").upper() == "FOR PROCESSING"
+def _bare_dataset(head: bytes) -> bool:
+    """True when a file starts with a group 0008 element (a data set written without preamble or File Meta)."""
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack_from("<HH", head)
+    return group == 0x0008 and element < 0x0100
 
 
-class _Fields:
-    """Read access to the elements a row needs, over pydicom's Dataset or the fast reader's raw elements."""
-
-    def strings(self, keyword: str) -> list[str]:
-        raise NotImplementedError
-
-    def items(self, keyword: str) -> list[_Fields]:
-        raise NotImplementedError
+def _scrub(exc: BaseException, path: Path, name: str) -> str:
+    return str(exc).replace(str(path), name)
 
 
-class _DatasetFields(_Fields):
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
-
-    def strings(self, keyword: str) -> list[str]:
-        """Values as stripped strings; plain text and numbers decoded from the raw bytes, the rest by pydicom."""
-        tag = _TAGS[keyword]
-        elem = self.ds.get_item(tag)
-        if elem is None:
-            return []
-        if isinstance(elem, RawDataElement) and elem.is_little_endian:
-            vr = elem.VR or _dictionary_vr(tag)
-            codec = _codec(self) if vr in _TEXT_VRS else "latin-1"
-            decoded = _decode(vr, elem.value or b"", codec) if codec else None
-            if decoded is not None:
-                return decoded
-        try:
-            value = self.ds[tag].value
-        except Exception:  # a malformed value (say DS 'abc') counts as absent, not as a broken file
-            return []
-        if value is None or value == "":
-            return []
-        values = value if isinstance(value, MultiValue | list | tuple) else [value]
-        return [str(v).strip() for v in values]
-
-    def items(self, keyword: str) -> list[_Fields]:
-        try:
-            return [_DatasetFields(item) for item in self.ds.get(keyword) or []]
-        except Exception:  # an unparsable sequence counts as absent
-            return []
+def _raw_bytes(ds: Dataset, tag: int) -> bytes:
+    """The stored bytes of a text element (not decoded, not split at backslashes); b"" when absent."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return b""
+    value = elem.value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if value is None:
+        return b""
+    # an element pydicom already decoded (datasets built in code): its text as UTF-8
+    return str(value).encode("utf-8")
 
 
-class _RawFields(_Fields):
-    """Elements parsed by `_read_fast`: tag -> (VR, bytes) or ('SQ', [items])."""
-
-    def __init__(self, elements: dict[int, tuple[str, Any]], codec: str = "utf-8") -> None:
-        self.elements, self.codec = elements, codec
-
-    def strings(self, keyword: str) -> list[str]:
-        vr, value = self.elements.get(_TAGS[keyword], ("", b""))
-        return (_decode(vr, value, self.codec) or []) if vr != "SQ" else []
-
-    def items(self, keyword: str) -> list[_Fields]:
-        vr, value = self.elements.get(_TAGS[keyword], ("", []))
-        return [_RawFields(item, self.codec) for item in value] if vr == "SQ" else []
-
-
-def _decode(vr: str, raw: bytes, codec: str = "utf-8") -> list[str] | None:
-    """Plain-text and binary-number values as strings (text VRs in `codec`); None for VRs left to pydicom."""
-    if vr in _BINARY:
-        code, size = _BINARY[vr]
-        count = len(raw) // size
-        return [str(v) for v in struct.unpack(f"<{count}{code}", raw[: count * size])]
-    if vr in _ASCII_VRS or vr in _TEXT_VRS:
-        text = raw.decode("latin-1" if vr in _ASCII_VRS else codec, "replace").rstrip("\x00 ")
-        return [v.strip(" \x00") for v in text.split("\\")] if text else []
-    return None
-
-
-def _has_items(fields: _Fields, keyword: str) -> bool:
-    return bool(fields.items(keyword))
-
-
-def _dictionary_vr(tag: int) -> str:
+def _items(ds: Dataset, keyword: str) -> list[Dataset]:
     try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return "UN"
+        return list(ds.get(keyword) or [])
+    except Exception:  # an unparsable sequence counts as absent
+        return []
 
 
-def _codec(fields: _Fields) -> str | None:
-    """The Python codec of the dataset's single-valued character set; None when pydicom must decode."""
-    charset = fields.strings("SpecificCharacterSet")
-    return _CODECS.get(charset[0] if charset else "") if len(charset) <= 1 else None
+def _strings(ds: Dataset, keyword: str) -> list[str]:
+    """Values as stripped strings; a malformed value (say DS 'abc') counts as absent, not as a broken file."""
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return []
+    if value is None or value == "":
+        return []
+    if isinstance(value, bytes | bytearray):
+        value = value.decode("latin-1").split("\\")
+    values = value if isinstance(value, MultiValue | list | tuple) else [value]
+    return [str(v).strip(" \x00") for v in values if v is not None]
 
 
-def _text(fields: _Fields, keyword: str) -> str | None:
-    values = fields.strings(keyword)
+def _text(ds: Dataset, keyword: str) -> str | None:
+    values = _strings(ds, keyword)
     return values[0] if values and values[0] else None
 
 
-def _strings(fields: _Fields, keyword: str) -> list[str]:
-    return fields.strings(keyword)
+def _has_items(ds: Dataset, keyword: str) -> bool:
+    return bool(_items(ds, keyword))
 
 
-def _floats(fields: _Fields, keyword: str) -> list[float]:
+def _floats(ds: Dataset, keyword: str) -> list[float]:
     out = []
-    for text in fields.strings(keyword):
+    for text in _strings(ds, keyword):
         try:
-            out.append(float(text))
+            number = float(text)
         except ValueError:
             continue
+        if math.isfinite(number):
+            out.append(number)
     return out
 
 
-def _first_float(fields: _Fields, keyword: str) -> float | None:
-    values = _floats(fields, keyword)
+def _first_float(ds: Dataset, keyword: str) -> float | None:
+    values = _floats(ds, keyword)
     return values[0] if values else None
 
 
-def _int(fields: _Fields, keyword: str) -> int | None:
-    values = fields.strings(keyword)
+def _int(ds: Dataset, keyword: str) -> int | None:
+    """An integer value, None when absent, unparsable or outside int64 (a column must never overflow)."""
+    values = _strings(ds, keyword)
     try:
-        return int(float(values[0])) if values and values[0] else None
+        number = float(values[0]) if values and values[0] else math.nan
     except ValueError:
         return None
-
-
-# --- the fast reader: explicit VR little endian, straight from the bytes -----------------------------------
-
-
-class _Fallback(Exception):
-    """Something the fast reader leaves to pydicom (other syntaxes, charsets, anything malformed)."""
-
-
-class _More(Exception):
-    """The buffer ends inside the header: read more of the file."""
-
-
-def _read_fast(path: Path, size: int) -> tuple[_Fields, str, int]:
-    """(fields, transfer syntax, Pixel Data bytes) of an explicit-VR little-endian file; raises _Fallback else."""
-    try:
-        with path.open("rb") as fp:
-            n = 1 << 16
-            while True:
-                fp.seek(0)
-                buf = fp.read(n)
-                try:
-                    return _parse_file(buf, size, fp, path)
-                except _More:
-                    if len(buf) >= size:
-                        raise _Fallback from None  # the file ends inside its header: pydicom says why
-                    n *= 8
-    except (UnusableImage, _Fallback):
-        raise
-    except Exception as exc:  # struct.error, UnicodeDecodeError, ...: let pydicom judge the file
-        raise _Fallback from exc
-
-
-def _parse_file(buf: bytes, size: int, fp: BinaryIO, path: Path) -> tuple[_Fields, str, int]:
-    if buf[128:132] != b"DICM":
-        raise _Fallback
-    meta, pos, _ = _elements(buf, 132, meta=True)
-    syntax = meta.get(0x00020010, ("", b""))[1]
-    transfer_syntax = (_decode("UI", syntax) or [""])[0]
-    if not transfer_syntax or transfer_syntax in _NOT_FAST:
-        raise _Fallback
-    elements, pos, pixel = _elements(buf, pos, top=True)
-    codec = _codec(_RawFields(elements))
-    if codec is None:
-        raise _Fallback
-    fields = _RawFields(elements, codec)
-    if pixel is None:
-        if len(buf) < size:
-            raise _More
-        raise NoPixelData(f"{path}: no (7FE0,0010) Pixel Data element")
-    length, value_start = pixel
-    if length == _UNDEFINED:
-        return fields, transfer_syntax, _walk_fragments(fp, value_start, size, path)
-    if value_start + length > size:
-        raise Truncated(f"{path}: Pixel Data declares {length} bytes, the file holds {max(size - value_start, 0)}")
-    if length == 0:
-        raise NoPixelData(f"{path}: (7FE0,0010) Pixel Data is empty")
-    return fields, transfer_syntax, length
-
-
-def _elements(
-    buf: bytes, pos: int, end: int | None = None, *, meta: bool = False, top: bool = False
-) -> tuple[dict[int, tuple[str, Any]], int, tuple[int, int] | None]:
-    """Parse elements from `pos` to `end` (or an item delimiter, or Pixel Data when `top`)."""
-    elements: dict[int, tuple[str, Any]] = {}
-    keep_all = not top
-    while end is None or pos < end:
-        if pos + 8 > len(buf):
-            if top and pos == len(buf):
-                return elements, pos, None
-            raise _More
-        group, element = struct.unpack_from("<HH", buf, pos)
-        if meta and group != 0x0002:
-            return elements, pos, None
-        tag = group << 16 | element
-        if tag == 0xFFFEE00D:  # item delimitation: end of an undefined-length item
-            return elements, pos + 8, None
-        vr_bytes = buf[pos + 4 : pos + 6]
-        if vr_bytes in _LONG_VRS_BYTES:
-            if pos + 12 > len(buf):
-                raise _More
-            length, value_start = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
-        elif vr_bytes.isalpha() and vr_bytes.isupper():
-            length, value_start = struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
-        else:
-            raise _Fallback
-        vr = vr_bytes.decode("ascii")
-        if top and tag in _PIXEL_TAGS:
-            return elements, pos, (length, value_start)
-        if length == _UNDEFINED:
-            if vr != "SQ":
-                raise _Fallback
-            items, pos = _items(buf, value_start, None)
-            if keep_all or tag in _WANTED:
-                elements[tag] = ("SQ", items)
-            continue
-        value_end = value_start + length
-        if value_end > len(buf):
-            raise _More
-        if meta or keep_all or tag in _WANTED:
-            value = _items(buf, value_start, value_end)[0] if vr == "SQ" else buf[value_start:value_end]
-            elements[tag] = (vr, value)
-        pos = value_end
-    return elements, pos, None
-
-
-def _items(buf: bytes, pos: int, end: int | None) -> tuple[list[dict[int, tuple[str, Any]]], int]:
-    """The items of a sequence value, to `end` or to its sequence delimiter."""
-    items = []
-    while end is None or pos < end:
-        if pos + 8 > len(buf):
-            raise _More
-        group, element, length = struct.unpack_from("<HHI", buf, pos)
-        tag = group << 16 | element
-        if tag == 0xFFFEE0DD:  # sequence delimitation
-            return items, pos + 8
-        if tag != 0xFFFEE000:
-            raise _Fallback
-        if length == _UNDEFINED:
-            item, pos, _ = _elements(buf, pos + 8, None)
-        else:
-            if pos + 8 + length > len(buf):
-                raise _More
-            item = _elements(buf, pos + 8, pos + 8 + length)[0]
-            pos += 8 + length
-        items.append(item)
-    return items, pos
+    if not math.isfinite(number) or abs(number) >= 2**63:
+        return None
+    return int(number)

@@ -3,12 +3,19 @@
 One Parquet file per drop (`warehouse/dicom_index/hospital=<h>/<drop>.parquet`), replaced atomically, so a
 second drop adds a file and a crash loses at most the drop in progress. A file already indexed or
 quarantined with the same (rel_path, size, mtime_ns) is not opened again. One bad file never fails the
-partition: it becomes a quarantine row (`quarantine/hospital=<h>/index-<drop>.parquet`) with its reason.
+partition: it becomes a quarantine row (`quarantine/hospital=<h>/index-<drop>.parquet`) with its reason, and
+that holds in the stage that writes the table too: every row is clamped into the schema's types in the worker
+(`conform_row`), and a row pyarrow still refuses is quarantined `unsupported` on its own.
+
+`rel_path` in every row and message is the pseudonymized path of `source_paths.py` (`<hospital>/<drop>/<hash>`);
+the index writes the private lookup that maps it back to the file. Temporary files that a killed index run left
+in its table folders are removed once they are older than `STALE_TEMP_SECONDS`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mammo_pipeline.atomic import atomic_path
+from mammo_pipeline.dicom import source_paths
 from mammo_pipeline.dicom.headers import read_header_row
 from mammo_pipeline.dicom.quarantine import (
     DUPLICATE,
@@ -44,14 +52,20 @@ SCHEMA = pa.schema(
         ("study_instance_uid", _STR),
         ("series_instance_uid", _STR),
         ("patient_key", _STR),
+        ("patient_key_source", _STR),
         ("modality", _STR),
         ("manufacturer", _STR),
         ("model_name", _STR),
         ("sop_class_uid", _STR),
+        ("image_kind", _STR),
+        ("image_kind_rule", _STR),
         ("for_processing", _BOOL),
+        ("no_file_meta", _BOOL),
         ("image_type", _STR),
         ("view_position", _STR),
+        ("view_source", _STR),
         ("laterality", _STR),
+        ("laterality_source", _STR),
         ("view_code", _STR),
         ("view_code_meaning", _STR),
         ("rows", _I64),
@@ -88,6 +102,8 @@ SCHEMA = pa.schema(
         ("indexed_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+STALE_TEMP_SECONDS = 6 * 3600  # a temp file this old belongs to no running index (one drop takes minutes)
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass
@@ -127,11 +143,17 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     start = time.monotonic()
     result = IndexResult(hospital)
     salt = settings.pseudonym_salt()
-    files: dict[str, list[tuple[str, int, int]]] = {}  # drop -> [(path, size, mtime_ns)]
+    for table in ("dicom_index", "quarantine"):
+        remove_stale_temps(settings.table_dir(table, hospital))
+    files: dict[str, list[tuple[str, int, int, str]]] = {}  # drop -> [(path, size, mtime_ns, pseudonymized path)]
     for drop, path in iter_dicom_files(settings.landing, hospital):
         stat = path.stat()
-        files.setdefault(drop, []).append((str(path), stat.st_size, stat.st_mtime_ns))
+        rel = source_paths.pseudonymize_path(salt, _rel(path, settings.landing))
+        files.setdefault(drop, []).append((str(path), stat.st_size, stat.st_mtime_ns, rel))
     result.files = sum(len(v) for v in files.values())
+    for drop, entries in files.items():
+        mapping = {rel: _rel(path, settings.landing) for path, _, _, rel in entries}
+        source_paths.write_lookup(settings, hospital, drop, mapping)
 
     plans = {drop: _plan_drop(settings, hospital, drop, entries) for drop, entries in files.items()}
     seen: dict[str, str] = {}  # sop uid -> rel_path; rows already indexed win over new ones
@@ -155,7 +177,10 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
             done += 1
             if progress:
                 progress(done, total)
-        new_rows.sort(key=lambda r: r["rel_path"])
+        new_rows, refused = _isolate(new_rows)
+        new_quarantine.extend(refused)
+        order = {entry[3]: i for i, entry in enumerate(files[drop])}  # real-path order: the first file by name wins
+        new_rows.sort(key=lambda r: order.get(r["rel_path"], len(order)))
         unique = []
         for row in new_rows:
             first = seen.setdefault(row["sop_instance_uid"], row["rel_path"])
@@ -178,47 +203,139 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     return result
 
 
+def conform_row(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with every value clamped into its SCHEMA type: integers outside int64, NaN/inf floats and values of
+    the wrong type become None (null), list items that do not fit are dropped. Never raises."""
+    out = dict(row)
+    for schema_field in SCHEMA:
+        name, kind = schema_field.name, schema_field.type
+        if name in out:
+            out[name] = _conform(out[name], kind)
+    return out
+
+
+def _conform(value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_list(kind):
+        if not isinstance(value, list | tuple):
+            return None
+        items = (_conform(v, kind.value_type) for v in value)
+        return [v for v in items if v is not None]
+    if pa.types.is_boolean(kind):
+        return value if isinstance(value, bool) else None
+    if pa.types.is_integer(kind):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+            return None
+        return int(value) if _INT64[0] <= value <= _INT64[1] else None
+    if pa.types.is_floating(kind):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
+    if pa.types.is_string(kind):
+        return value if isinstance(value, str) else None
+    return value
+
+
+def remove_stale_temps(folder: Path, older_than_s: float = STALE_TEMP_SECONDS) -> int:
+    """Delete the `.*.tmp` files in `folder` (not below) older than `older_than_s`; return how many.
+
+    Only stale ones: a concurrent run's in-flight temp file is young and stays.
+    """
+    if not folder.is_dir():
+        return 0
+    now, n = time.time(), 0
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+                n += 1
+        except FileNotFoundError:
+            continue
+    return n
+
+
 def write_index(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write dicom_index rows to one Parquet file atomically, with the fixed schema."""
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    """Write dicom_index rows to one Parquet file atomically, with the fixed schema (rows conformed first)."""
+    table = pa.Table.from_pylist([conform_row(r) for r in rows], schema=SCHEMA)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+def _isolate(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows pyarrow accepts, quarantine rows for the others): one bad row never fails the drop's table."""
+    try:
+        pa.Table.from_pylist(rows, schema=SCHEMA)
+        return rows, []
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        pass
+    good, bad = [], []
+    for row in rows:
+        try:
+            pa.Table.from_pylist([row], schema=SCHEMA)
+            good.append(row)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+            message = f"{row['rel_path']}: a header value does not fit the dicom_index schema ({type(exc).__name__})"
+            bad.append(
+                quarantine_row(
+                    hospital=row["hospital"],
+                    drop=row["drop"],
+                    rel_path=row["rel_path"],
+                    stage="index",
+                    reason="unsupported",
+                    message=message,
+                    file_size=row.get("file_size"),
+                    file_mtime_ns=row.get("file_mtime_ns"),
+                )
+            )
+    return good, bad
 
 
 @dataclass
 class _DropPlan:
     kept_rows: list[dict[str, Any]]
     kept_quarantine: list[dict[str, Any]]
-    to_read: list[tuple[str, int, int]]
+    to_read: list[tuple[str, int, int, str]]
     changed: bool
 
 
-def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple[str, int, int]]) -> _DropPlan:
+def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple[str, int, int, str]]) -> _DropPlan:
     """Split a drop's files into already-known (same rel_path, size, mtime) and to-read ones."""
     old_index = index_path(settings, hospital, drop)
     old_rows = pq.read_table(old_index).to_pylist() if old_index.exists() else []
     old_quarantine = read_quarantine_rows(index_quarantine_path(settings, hospital, drop))
-    current = {_rel(path, settings.landing): (size, mtime) for path, size, mtime in entries}
+    current = {rel: (size, mtime) for _, size, mtime, rel in entries}
     kept_rows = [r for r in old_rows if current.get(r["rel_path"]) == (r["file_size"], r["file_mtime_ns"])]
     kept_quarantine = [q for q in old_quarantine if current.get(q["rel_path"]) == (q["file_size"], q["file_mtime_ns"])]
     known = {r["rel_path"] for r in kept_rows} | {q["rel_path"] for q in kept_quarantine}
-    to_read = [e for e in entries if _rel(e[0], settings.landing) not in known]
+    to_read = [e for e in entries if e[3] not in known]
     dropped = len(old_rows) + len(old_quarantine) - len(kept_rows) - len(kept_quarantine)
     changed = bool(to_read) or dropped > 0 or not old_index.exists()
     return _DropPlan(kept_rows, kept_quarantine, to_read, changed)
 
 
 def _read_one(
-    entry: tuple[str, int, int], *, landing: str, hospital: str, drop: str, salt: bytes
+    entry: tuple[str, int, int, str], *, landing: str, hospital: str, drop: str, salt: bytes
 ) -> tuple[str, dict[str, Any]]:
-    """('row', index row) or ('quarantine', quarantine row); never raises (runs in a worker process)."""
-    path, size, mtime = entry
+    """('row', conformed index row) or ('quarantine', quarantine row); never raises (runs in a worker process).
+
+    Messages name the file by its pseudonymized path only (any real path an exception carries is replaced).
+    """
+    path, size, mtime, rel = entry
     try:
-        return "row", read_header_row(Path(path), Path(landing), hospital, drop, salt)
+        return "row", conform_row(read_header_row(Path(path), Path(landing), hospital, drop, salt, rel_path=rel))
     except Exception as exc:
-        fields = dict(hospital=hospital, drop=drop, rel_path=_rel(path, Path(landing)), stage="index")
-        return "quarantine", quarantine_rows(exc, "unsupported", file_size=size, file_mtime_ns=mtime, **fields)[0]
+        fields = dict(hospital=hospital, drop=drop, rel_path=rel, stage="index")
+        row = quarantine_rows(exc, "unsupported", file_size=size, file_mtime_ns=mtime, **fields)[0]
+        row["message"] = source_paths.redact(row["message"], path, rel, Path(landing))
+        return "quarantine", row
 
 
 def _duplicate_row(row: dict[str, Any], message: str) -> dict[str, Any]:

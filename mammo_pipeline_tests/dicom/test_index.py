@@ -11,8 +11,14 @@ import pytest
 
 from mammo_pipeline.dicom import index as index_module
 from mammo_pipeline.dicom.index import index_hospital
+from mammo_pipeline.dicom.source_paths import pseudonymize_path, resolve
 from mammo_pipeline.warehouse import read_partition
 from mammo_pipeline_tests.dicom.test_headers import PATIENT, write_mg
+
+
+def pseudo(settings, real_rel_path: str) -> str:
+    """The pseudonymized rel_path the tables hold for a landing-relative path."""
+    return pseudonymize_path(settings.pseudonym_salt(), real_rel_path)
 
 
 def _corrupt_drop(settings, hospital="h1", drop="d1"):
@@ -38,22 +44,20 @@ def test_index_hospital_quarantines_every_corrupt_kind_and_goes_on(settings):
     expected = {"not_dicom": 1, "truncated": 1, "no_pixel_data": 1, "not_mammography": 1, "duplicate": 1}
     assert result.quarantined == expected
     index = read_partition(settings, "dicom_index", "h1")
-    assert sorted(index["rel_path"]) == ["h1/d1/p1/s1/a.dcm", "h1/d1/p1/s1/b.dcm"]
-    assert index.set_index("rel_path")["for_processing"].to_dict() == {
-        "h1/d1/p1/s1/a.dcm": False,
-        "h1/d1/p1/s1/b.dcm": True,
-    }
+    a, b = pseudo(settings, "h1/d1/p1/s1/a.dcm"), pseudo(settings, "h1/d1/p1/s1/b.dcm")
+    assert sorted(index["rel_path"]) == sorted([a, b])
+    assert index.set_index("rel_path")["for_processing"].to_dict() == {a: False, b: True}
     quarantine = read_partition(settings, "quarantine", "h1")
     assert dict(zip(quarantine["rel_path"], quarantine["reason"], strict=True)) == {
-        "h1/d1/p1/s1/z_copy.dcm": "duplicate",
-        "h1/d1/p2/readme.dcm": "not_dicom",
-        "h1/d1/p2/cut.dcm": "truncated",
-        "h1/d1/p2/nopix.dcm": "no_pixel_data",
-        "h1/d1/p2/ct.dcm": "not_mammography",
+        pseudo(settings, "h1/d1/p1/s1/z_copy.dcm"): "duplicate",
+        pseudo(settings, "h1/d1/p2/readme.dcm"): "not_dicom",
+        pseudo(settings, "h1/d1/p2/cut.dcm"): "truncated",
+        pseudo(settings, "h1/d1/p2/nopix.dcm"): "no_pixel_data",
+        pseudo(settings, "h1/d1/p2/ct.dcm"): "not_mammography",
     }
     assert set(quarantine["stage"]) == {"index"}
-    names = quarantine["rel_path"].str.split("/").str[-1]
-    assert all(name in message for name, message in zip(names, quarantine["message"], strict=True))
+    assert all(rel in message for rel, message in zip(quarantine["rel_path"], quarantine["message"], strict=True))
+    assert resolve(settings, "h1", a) == settings.landing / "h1/d1/p1/s1/a.dcm"
     assert (settings.warehouse / "dicom_index" / "hospital=h1" / "d1.parquet").exists()
     assert (settings.warehouse / "quarantine" / "hospital=h1" / "index-d1.parquet").exists()
 
@@ -63,9 +67,9 @@ def test_index_hospital_second_drop_adds_rows_without_rereading(settings, monkey
     calls: list[str] = []
     real = index_module.read_header_row
 
-    def counting(path, *args):
+    def counting(path, *args, **kwargs):
         calls.append(path.name)
-        return real(path, *args)
+        return real(path, *args, **kwargs)
 
     monkeypatch.setattr(index_module, "read_header_row", counting)  # workers=1: runs in this process
     index_hospital(settings, "h1")
@@ -94,7 +98,7 @@ def test_index_hospital_rereads_a_changed_file_once(settings):
     result = index_hospital(settings, "h1")
     assert (result.new, result.unchanged, result.rows) == (1, 6, 3)
     quarantine = read_partition(settings, "quarantine", "h1")
-    assert "h1/d1/p2/nopix.dcm" not in set(quarantine["rel_path"])
+    assert pseudo(settings, "h1/d1/p2/nopix.dcm") not in set(quarantine["rel_path"])
     index = read_partition(settings, "dicom_index", "h1")
     assert index["rel_path"].is_unique and index["sop_instance_uid"].is_unique
 
@@ -107,7 +111,7 @@ def test_index_hospital_duplicate_in_later_drop_loses_to_the_indexed_one(setting
     result = index_hospital(settings, "h1")
     assert result.quarantined == {"duplicate": 1} and result.rows == 1
     quarantine = read_partition(settings, "quarantine", "h1")
-    assert quarantine["message"].str.contains("h1/d1/a.dcm").all()
+    assert quarantine["message"].str.contains(pseudo(settings, "h1/d1/a.dcm")).all()
 
 
 def test_index_hospital_writes_no_patient_text(settings):
@@ -152,6 +156,7 @@ def test_index_hospital_on_a_synthetic_drop_matches_the_truth(settings):
 
     index = read_partition(settings, "dicom_index", hospital).set_index("rel_path")
     quarantine = read_partition(settings, "quarantine", hospital).set_index("rel_path")
+    truth["rel_path"] = [pseudo(settings, rel) for rel in truth["rel_path"]]
     corrupt = truth[truth["corrupt_kind"].notna()]
     assert len(corrupt) > 0 and result.files == len(truth)
     assert quarantine.loc[corrupt["rel_path"], "reason"].tolist() == corrupt["corrupt_kind"].tolist()
