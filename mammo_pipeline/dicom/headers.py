@@ -65,7 +65,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
@@ -153,6 +154,28 @@ _SYNTH_IMAGE_TYPES = frozenset({"GENERATED_2D", "SYNTHESIZED", "SYNTHETIC", "C-V
 _TOMO_TEXT = re.compile(r"(?<![a-z])(tomo|tomosynthesis|dbt)(?![a-z])", re.IGNORECASE)
 _TOMO_IMAGE_TYPES = frozenset({"TOMOSYNTHESIS", "TOMO", "VOLUME", "PROJECTION_SET"})
 _FILM_TEXT = re.compile(r"digiti[sz]ed[-_ ]?film|film[-_ ]?scan", re.IGNORECASE)
+_ASCII_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}  # never charset-dependent
+_TEXT_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}  # depend on (0008,0005) Specific Character Set
+_BINARY = {"US": ("H", 2), "UL": ("I", 4), "SS": ("h", 2), "SL": ("i", 4), "FL": ("f", 4), "FD": ("d", 8)}
+# (0008,0005) Specific Character Set (single-valued) -> Python codec for direct decoding; others go to pydicom.
+_CODECS = {
+    "": "utf-8",
+    "ISO_IR 6": "utf-8",
+    "ISO 2022 IR 6": "utf-8",
+    "ISO_IR 192": "utf-8",
+    "ISO_IR 100": "latin-1",
+    "ISO_IR 101": "iso8859_2",
+    "ISO_IR 109": "iso8859_3",
+    "ISO_IR 110": "iso8859_4",
+    "ISO_IR 144": "iso8859_5",
+    "ISO_IR 127": "iso8859_6",
+    "ISO_IR 126": "iso8859_7",
+    "ISO_IR 138": "iso8859_8",
+    "ISO_IR 148": "iso8859_9",
+    "ISO_IR 203": "iso8859_15",
+    "GB18030": "gb18030",
+    "GBK": "gbk",
+}
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00009, 0x7FE00008}  # Pixel Data, Double Float / Float Pixel Data
 _LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ", "UC", "UR", "UT"}  # explicit VRs with a 4-byte length
@@ -168,7 +191,8 @@ _KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
     "PartialView PaddleDescription CompressionForce BodyPartThickness BodyPartExamined "
     "SharedFunctionalGroupsSequence PerFrameFunctionalGroupsSequence"
 ).split()
-SPECIFIC_TAGS: list[int] = sorted({tag_for_keyword(keyword) for keyword in _KEYWORDS})  # type: ignore[misc]
+_TAG_OF: dict[str, int] = {keyword: tag_for_keyword(keyword) for keyword in _KEYWORDS}  # type: ignore[misc]
+SPECIFIC_TAGS: list[int] = sorted(set(_TAG_OF.values()))
 
 
 def pseudonymize(value: str | bytes, salt: bytes) -> str:
@@ -177,7 +201,7 @@ def pseudonymize(value: str | bytes, salt: bytes) -> str:
     return hashlib.sha256(salt + raw).hexdigest()[:16]
 
 
-def patient_key(ds: Dataset, salt: bytes) -> tuple[str, str]:
+def patient_key(ds: Dataset | Header, salt: bytes) -> tuple[str, str]:
     """(patient_key, patient_key_source) of a header; see the module docstring for the rule."""
     raw = _raw_bytes(ds, _PATIENT_ID).rstrip(b" \x00")
     if raw:
@@ -193,7 +217,7 @@ def check_uid(value: str | None, tag: str, name: str) -> None:
         raise InvalidUID(f"{name}: {tag} {shown} is not a valid DICOM UID (digits and dots, at most 64 characters)")
 
 
-def classify(ds: Dataset) -> tuple[str, str]:
+def classify(ds: Dataset | Header) -> tuple[str, str]:
     """(image_kind, rule) of a header by SOP class, NumberOfFrames, ImageType and SeriesDescription together.
 
     See the module docstring for the kinds and their order. Raises Unsupported for a NumberOfFrames that is not
@@ -229,7 +253,7 @@ def classify(ds: Dataset) -> tuple[str, str]:
     return "2d", "sop_class" if sop_class in MAMMO_SOP_CLASSES else "modality"
 
 
-def number_of_frames(ds: Dataset) -> int:
+def number_of_frames(ds: Dataset | Header) -> int:
     """(0028,0008) Number of Frames, 1 when absent; Unsupported unless an integer in 1..2**31-1."""
     values = _strings(ds, "NumberOfFrames")
     if not values or not values[0]:
@@ -244,7 +268,7 @@ def number_of_frames(ds: Dataset) -> int:
     return int(number)
 
 
-def is_for_processing(ds: Dataset) -> bool:
+def is_for_processing(ds: Dataset | Header) -> bool:
     """A For Processing image: its SOP class says so, or (0008,0068) Presentation Intent Type does."""
     sop_class = _text(ds, "SOPClassUID") or ""
     if sop_class in FOR_PROCESSING_SOP_CLASSES:
@@ -252,7 +276,7 @@ def is_for_processing(ds: Dataset) -> bool:
     return (_text(ds, "PresentationIntentType") or "").upper() == "FOR PROCESSING"
 
 
-def is_mammography(ds: Dataset) -> bool:
+def is_mammography(ds: Dataset | Header) -> bool:
     """Modality MG, a mammography SOP class, or a CT / Secondary Capture object whose header says breast."""
     sop_class = _text(ds, "SOPClassUID") or ""
     modality = (_text(ds, "Modality") or "").upper()
@@ -265,7 +289,7 @@ def is_mammography(ds: Dataset) -> bool:
     )
 
 
-def laterality(ds: Dataset) -> tuple[str | None, str | None]:
+def laterality(ds: Dataset | Header) -> tuple[str | None, str | None]:
     """(laterality, source): ImageLaterality, else Laterality."""
     for keyword in ("ImageLaterality", "Laterality"):
         value = _text(ds, keyword)
@@ -274,7 +298,7 @@ def laterality(ds: Dataset) -> tuple[str | None, str | None]:
     return None, None
 
 
-def view(ds: Dataset, view_code: str | None) -> tuple[str | None, str | None]:
+def view(ds: Dataset | Header, view_code: str | None) -> tuple[str | None, str | None]:
     """(view, source): ViewPosition, else the ViewCodeSequence code's abbreviation, else PatientOrientation."""
     value = _text(ds, "ViewPosition")
     if value:
@@ -304,7 +328,8 @@ def read_header_row(
 
     stat = path.stat()
     name = rel_path or pseudonymize_path(salt, path.relative_to(landing).as_posix())
-    ds, pixel, no_file_meta, transfer_syntax = read_until_pixels(path, stat.st_size, name)
+    dataset, pixel, no_file_meta, transfer_syntax = read_until_pixels(path, stat.st_size, name)
+    ds = Header(dataset)
     if not is_mammography(ds):
         sop_class, modality = _text(ds, "SOPClassUID"), _text(ds, "Modality")
         raise NotMammography(f"{name}: modality {modality or '(none)'!r}, SOP class {sop_class or '(none)'!r}")
@@ -325,7 +350,8 @@ def read_header_row(
             f"{number_of_frames(ds)} frame(s), ImageType {'/'.join(_strings(ds, 'ImageType')) or '(none)'}), "
             "not a 2D view"
         )
-    frame = frame_attributes(ds)  # window and rescale from Shared, then Per-frame, Functional Groups
+    frame_ds = frame_attributes(dataset)  # window and rescale from Shared, then Per-frame, Functional Groups
+    frame = ds if frame_ds is dataset else Header(frame_ds)
     codes, meanings = view_modifiers(ds)
     view_code, view_meaning = _view_code(ds)
     view_position, view_source = view(ds, view_code)
@@ -441,7 +467,7 @@ def normalize_code(value: str, scheme: str) -> str:
     return f"{scheme}:{value}"
 
 
-def view_modifiers(ds: Dataset) -> tuple[list[str], list[str]]:
+def view_modifiers(ds: Dataset | Header) -> tuple[list[str], list[str]]:
     """Codes and meanings of (0054,0222) View Modifier Code Sequence, nested in (0054,0220) and top level."""
     items = list(_items(ds, "ViewModifierCodeSequence"))
     for view_item in _items(ds, "ViewCodeSequence"):
@@ -459,7 +485,7 @@ def view_modifiers(ds: Dataset) -> tuple[list[str], list[str]]:
     return codes, meanings
 
 
-def _view_code(ds: Dataset) -> tuple[str | None, str | None]:
+def _view_code(ds: Dataset | Header) -> tuple[str | None, str | None]:
     for item in _items(ds, "ViewCodeSequence"):
         value = _text(item, "CodeValue")
         if value:
@@ -583,9 +609,9 @@ def _scrub(exc: BaseException, path: Path, name: str) -> str:
     return str(exc).replace(str(path), name)
 
 
-def _raw_bytes(ds: Dataset, tag: int) -> bytes:
+def _raw_bytes(ds: Dataset | Header, tag: int) -> bytes:
     """The stored bytes of a text element (not decoded, not split at backslashes); b"" when absent."""
-    elem = ds.get_item(tag)
+    elem = _header(ds).ds.get_item(tag)
     if elem is None:
         return b""
     value = elem.value
@@ -597,15 +623,91 @@ def _raw_bytes(ds: Dataset, tag: int) -> bytes:
     return str(value).encode("utf-8")
 
 
-def _items(ds: Dataset, keyword: str) -> list[Dataset]:
+class Header:
+    """Memoized string access to a header pydicom read: each wanted element is decoded once.
+
+    Plain-text (AE AS CS DA DS DT IS TM UI, and LO SH PN ST LT UT UC in a one-byte or UTF-8 character set) and
+    binary-number (US UL SS SL FL FD) values of pydicom's raw elements are decoded straight from their bytes,
+    several times faster than pydicom's converters; everything else (multi-valued character sets, ambiguous VRs)
+    goes through pydicom. Element boundaries, VRs, sequences and character sets always come from pydicom.
+    """
+
+    def __init__(self, ds: Dataset, codec: str | None = None, *, top: bool = True) -> None:
+        self.ds = ds
+        self.memo: dict[str, list[str]] = {}
+        self.codec = _codec(self) if top else codec
+
+    def strings(self, keyword: str) -> list[str]:
+        hit = self.memo.get(keyword)
+        if hit is None:
+            hit = self.memo[keyword] = self._decode(keyword)
+        return hit
+
+    def items(self, keyword: str) -> list[Header]:
+        tag = _TAG_OF.get(keyword) or tag_for_keyword(keyword)
+        try:
+            elem = self.ds.get_item(tag) if tag is not None else None
+            if elem is None:
+                return []
+            value = self.ds[tag].value if isinstance(elem, RawDataElement) else elem.value
+            return [Header(item, self.codec, top=False) for item in value or []]
+        except Exception:  # an unparsable sequence counts as absent
+            return []
+
+    def _decode(self, keyword: str) -> list[str]:
+        tag = _TAG_OF.get(keyword) or tag_for_keyword(keyword)
+        elem = self.ds.get_item(tag) if tag is not None else None
+        if elem is None:
+            return []
+        if isinstance(elem, RawDataElement) and elem.is_little_endian and isinstance(elem.value, bytes):
+            vr = elem.VR or _dictionary_vr(tag)
+            codec = self.codec if vr in _TEXT_VRS else "latin-1"
+            decoded = _decode_raw(vr, elem.value, codec) if codec else None
+            if decoded is not None:
+                return decoded
+        return _dataset_strings(self.ds, keyword)
+
+
+def _decode_raw(vr: str, raw: bytes, codec: str) -> list[str] | None:
+    """Plain-text and binary-number values as strings (text VRs in `codec`); None for VRs left to pydicom."""
+    if vr in _BINARY:
+        code, size = _BINARY[vr]
+        count = len(raw) // size
+        return [str(v) for v in struct.unpack(f"<{count}{code}", raw[: count * size])]
+    if vr in _ASCII_VRS or vr in _TEXT_VRS:
+        text = raw.decode(codec, "replace").rstrip("\x00 ")
+        values = text.split("\\") if vr not in ("LT", "ST", "UT") else [text]
+        return [v.strip(" \x00") for v in values] if text else []
+    return None
+
+
+def _codec(header: Header) -> str | None:
+    """The Python codec of the data set's single-valued character set; None when pydicom must decode text."""
+    charset = _dataset_strings(header.ds, "SpecificCharacterSet")
+    return _CODECS.get(charset[0].upper() if charset else "") if len(charset) <= 1 else None
+
+
+def _dictionary_vr(tag: int) -> str:
     try:
-        return list(ds.get(keyword) or [])
-    except Exception:  # an unparsable sequence counts as absent
-        return []
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
 
 
-def _strings(ds: Dataset, keyword: str) -> list[str]:
-    """Values as stripped strings; a malformed value (say DS 'abc') counts as absent, not as a broken file."""
+def _header(ds: Dataset | Header) -> Header:
+    return ds if isinstance(ds, Header) else Header(ds)
+
+
+def _items(ds: Dataset | Header, keyword: str) -> list[Header]:
+    return _header(ds).items(keyword)
+
+
+def _strings(ds: Dataset | Header, keyword: str) -> list[str]:
+    return _header(ds).strings(keyword)
+
+
+def _dataset_strings(ds: Dataset, keyword: str) -> list[str]:
+    """Values as stripped strings through pydicom; a malformed value (say DS 'abc') counts as absent."""
     try:
         value = ds.get(keyword)
     except Exception:
@@ -618,16 +720,16 @@ def _strings(ds: Dataset, keyword: str) -> list[str]:
     return [str(v).strip(" \x00") for v in values if v is not None]
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
+def _text(ds: Dataset | Header, keyword: str) -> str | None:
     values = _strings(ds, keyword)
     return values[0] if values and values[0] else None
 
 
-def _has_items(ds: Dataset, keyword: str) -> bool:
+def _has_items(ds: Dataset | Header, keyword: str) -> bool:
     return bool(_items(ds, keyword))
 
 
-def _floats(ds: Dataset, keyword: str) -> list[float]:
+def _floats(ds: Dataset | Header, keyword: str) -> list[float]:
     out = []
     for text in _strings(ds, keyword):
         try:
@@ -639,12 +741,12 @@ def _floats(ds: Dataset, keyword: str) -> list[float]:
     return out
 
 
-def _first_float(ds: Dataset, keyword: str) -> float | None:
+def _first_float(ds: Dataset | Header, keyword: str) -> float | None:
     values = _floats(ds, keyword)
     return values[0] if values else None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: Dataset | Header, keyword: str) -> int | None:
     """An integer value, None when absent, unparsable or outside int64 (a column must never overflow)."""
     values = _strings(ds, keyword)
     try:
