@@ -9,8 +9,11 @@ mammogram at full resolution is mostly wasted work:
 - Everything else (native, RLE, JPEG-LS, full-size J2K): pydicom's own decoders, frame 0 only.
 
 Values come back as the header defines them: (0028,0101) Bits Stored wide, signed when (0028,0103) Pixel
-Representation is 1. Native data has its unused high bits masked off (they may hold overlays or garbage);
-decoded codestreams are clipped to the Bits Stored range. Failures raise `UnusableImage` subclasses.
+Representation is 1. Signedness is never taken from one source alone: where a codec reports its own sign
+(a J2K SIZ marker, a signed output dtype) that disagrees with the header, the header wins by reinterpretation
+(value mod 2**BitsStored, or two's complement), as pydicom's APPLY_J2K_CORRECTIONS does at full size.
+Native data has its unused high bits masked off (they may hold overlays or garbage); decoded codestreams
+are clipped to the Bits Stored range. Failures raise `UnusableImage` subclasses.
 """
 
 from __future__ import annotations
@@ -141,6 +144,7 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
     if not ts.is_transfer_syntax:
         raise Unsupported(f"{path}: (0002,0010) Transfer Syntax UID {ts} is not a known transfer syntax")
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    tried: list[str] = []
     if ts.is_encapsulated:
         codestream = _frame_bytes(ds, n_frames, path)
         if ts in J2K_SYNTAXES and min_long_side:
@@ -148,12 +152,13 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
             if frame is not None:
                 return frame
         if ts in LIBJPEG_SYNTAXES:
+            tried.append("libjpeg (direct)")
             frame = _decode_libjpeg(ds, codestream)
             if frame is not None:
                 return frame
     else:
         _check_native_length(ds, n_frames, path)
-    pixels, plugin = _decode_pydicom(ds, ts, path)
+    pixels, plugin = _decode_pydicom(ds, ts, path, tried)
     return Frame(fit_bits_stored(pixels, ds, native=not ts.is_encapsulated), 1, plugin)
 
 
@@ -243,18 +248,25 @@ def _decode_j2k_reduced(ds: Dataset, codestream: bytes, min_long_side: int, path
 
 
 def j2k_values(raw: np.ndarray, header: J2KHeader, ds: Dataset) -> np.ndarray:
-    """Undo Pillow's scaling of a decoded J2K component and apply the header's (0028,0103) Pixel Representation.
+    """Undo Pillow's scaling of a decoded J2K component, then read the values as the DICOM header says.
 
     Pillow left-shifts a p-bit component to fill 8 (mode L) or 16 (I;16) bits and adds 2**(p-1) to signed
-    data. When the header says signed but the codestream is unsigned (J2K_pixelrep_mismatch.dcm), the values
-    are read as p-bit two's complement, as pydicom's APPLY_J2K_CORRECTIONS does.
+    data, so the codestream's own values are recovered first (signed when its SIZ says so). The header's
+    (0028,0103) Pixel Representation then decides, as pydicom's APPLY_J2K_CORRECTIONS does, whatever the
+    codestream says: header unsigned, codestream signed -> value mod 2**BitsStored (a signed 12-bit -1 is 4095,
+    never clipped to 0); header signed, codestream unsigned -> BitsStored-bit two's complement
+    (J2K_pixelrep_mismatch.dcm). Both sources agree -> the values as decoded.
     """
     container = 8 if raw.dtype == np.uint8 else 16
     values = (raw >> (container - header.precision)).astype(np.int32)
     if header.signed:
         values -= 1 << (header.precision - 1)
-    elif int(ds.get("PixelRepresentation", 0) or 0) == 1:
-        values = np.where(values >= 1 << (header.precision - 1), values - (1 << header.precision), values)
+    bits = int(ds.get("BitsStored") or header.precision)
+    header_signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if header.signed and not header_signed:
+        values = np.mod(values, 1 << bits)
+    elif header_signed and not header.signed:
+        values = np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
     return values
 
 
@@ -269,10 +281,14 @@ def _decode_libjpeg(ds: Dataset, codestream: bytes) -> Frame | None:
         return None  # pydicom's plugins get the next try and the final word on the error
     if arr.ndim != 2 or arr.shape != (int(ds.Rows), int(ds.Columns)):
         return None
-    if int(ds.get("PixelRepresentation", 0) or 0) == 1 and arr.dtype.kind == "u":
-        bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+    # The header's (0028,0103) Pixel Representation decides, whatever dtype the codec returned (as for J2K).
+    bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+    header_signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if header_signed and arr.dtype.kind == "u":
         arr = arr.astype(np.int32)
         arr = np.where(arr >= 1 << (bits - 1), arr - (1 << bits), arr)
+    elif not header_signed and arr.dtype.kind == "i":
+        arr = np.mod(arr.astype(np.int64), 1 << bits)
     return Frame(fit_bits_stored(arr, ds, native=False), 1, "libjpeg")
 
 
@@ -293,18 +309,22 @@ def _check_native_length(ds: Dataset, n_frames: int, path: str) -> None:
         )
 
 
-def _decode_pydicom(ds: Dataset, ts: UID, path: str) -> tuple[np.ndarray, str]:
+def _decode_pydicom(ds: Dataset, ts: UID, path: str, tried: list[str] | None = None) -> tuple[np.ndarray, str]:
+    """Frame 0 through pydicom's decoder plugins; Undecodable names every decoder tried (`tried` + pydicom's)."""
     try:
         decoder = get_decoder(ts)
     except NotImplementedError as exc:
         raise Unsupported(f"{path}: (0002,0010) Transfer Syntax {ts} ({ts.name}) has no pixel decoder") from exc
+    tried = [*(tried or []), *(f"pydicom:{p}" for p in getattr(decoder, "available_plugins", ()))]
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "no plugin"
-        raise Undecodable(f"{path}: no installed decoder for {ts.name} ({missing})")
+        raise Undecodable(f"{path}: no installed decoder for {ts.name} ({missing}); decoders tried: {', '.join(tried)}")
     try:
         arr, _ = decoder.as_array(ds, index=0)
     except Exception as exc:  # plugins raise anything from ValueError to RuntimeError to struct.error
-        raise Undecodable(f"{path}: {ts.name} decode failed ({type(exc).__name__}: {exc})") from exc
+        raise Undecodable(
+            f"{path}: {ts.name} decode failed; decoders tried: {', '.join(tried)} ({type(exc).__name__}: {exc})"
+        ) from exc
     if arr.ndim != 2:
         raise Unsupported(f"{path}: decoded frame has shape {arr.shape}; expected rows x columns")
     plugins = decoder.available_plugins

@@ -2,7 +2,14 @@
 
 One public function per step, each usable alone; `render` chains them after one decode.
 
-Steps (PS3.3 C.11 and C.8.11.3):
+Steps (PS3.3 C.11 and C.8.11.3). Enhanced objects (Breast Projection, …) keep window and rescale in
+functional groups: `frame_attributes` brings Frame VOI LUT and Pixel Value Transformation (Shared, then
+Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
+
+0. **Padding** (`padding_mask`): stored values equal to (0028,0120) Pixel Padding Value, or between it and
+   (0028,0121) Pixel Padding Range Limit, are not image. They are left out of the area averages (an output
+   pixel is the mean of its image pixels only), out of the percentile window and the window sanity checks,
+   and are shown black.
 
 1. **Modality LUT** (`apply_rescale`): (0028,3000) Modality LUT Sequence if present, else (0028,1053) Rescale
    Slope and (0028,1052) Rescale Intercept.
@@ -49,8 +56,9 @@ from pydicom.multival import MultiValue
 
 from mammo_pipeline.dicom.decode import check_image, decode_frame
 from mammo_pipeline.dicom.errors import NotDicom, Truncated, Unsupported, UnusableImage
+from mammo_pipeline.dicom.functional_groups import frame_attributes
 
-NORM_VERSION = "1"
+NORM_VERSION = "2"  # 2: functional-group windows, padding kept out of percentiles and averages, signed J2K fix
 
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
@@ -230,40 +238,48 @@ def apply_voi_lut_sequence(arr: np.ndarray, ds: Dataset, index: int = 0) -> np.n
 
 
 def percentile_window(
-    arr: np.ndarray, low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE
+    arr: np.ndarray, low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, str | None]:
     """Linear map of the `low`..`high` percentile range onto [0, 1], clipped; (image, note).
 
     Falls back to min..max when the percentiles coincide; a constant image gives zeros and a note.
-    Percentiles come from at most ~250k evenly strided pixels.
+    Percentiles come from at most ~250k evenly strided pixels, only those where `mask` (HxW bool, True = image,
+    False = padding) is True when given.
     """
     x = np.asarray(arr, dtype=np.float32)
     step = max(1, int(math.sqrt(x.size / 250_000)))
-    lo, hi = (float(v) for v in np.percentile(x[::step, ::step], [low, high]))
+    sample = x[::step, ::step] if mask is None else x[::step, ::step][mask[::step, ::step]]
+    if sample.size == 0:
+        sample = x[mask] if mask is not None and mask.any() else x.ravel()
+    lo, hi = (float(v) for v in np.percentile(sample, [low, high]))
     if hi <= lo:
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = float(sample.min()), float(sample.max())
     if hi <= lo:
         return np.zeros_like(x), f"constant image (every value {lo:g})"
     return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0), None
 
 
-def apply_voi(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str, str | None]:
-    """The VOI step: VOI LUT Sequence, else window index 0, else percentiles; (image in [0,1], method, reason)."""
+def apply_voi(arr: np.ndarray, ds: Dataset, mask: np.ndarray | None = None) -> tuple[np.ndarray, str, str | None]:
+    """The VOI step: VOI LUT Sequence, else window index 0, else percentiles; (image in [0,1], method, reason).
+
+    `mask` (HxW bool, True = image) keeps padding out of the window checks and the percentiles.
+    """
     reasons: list[str] = []
+    data = arr if mask is None or not mask.any() else arr[mask]
     lut_out = apply_voi_lut_sequence(arr, ds) if ds.get("VOILUTSequence") else None
     if ds.get("VOILUTSequence"):
         if lut_out is None:
             reasons.append("(0028,3010) VOI LUT Sequence unusable (no descriptor/data or no positive entry)")
-        elif _flat(lut_out) and not _flat(arr):
+        elif _flat(lut_out if mask is None or not mask.any() else lut_out[mask]) and not _flat(data):
             reasons.append("(0028,3010) VOI LUT maps the image to one gray level")
         else:
             return lut_out, "voi_lut", None
     window, note = read_window(ds)
     if window is not None:
-        problem = check_window(window, arr, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16))
+        problem = check_window(window, data, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16))
         if problem is None:
             out = apply_window(arr, window)
-            if not (_flat(out) and not _flat(arr)):
+            if not (_flat(out if mask is None or not mask.any() else out[mask]) and not _flat(data)):
                 return out, f"window:{window.function}", "; ".join([*reasons, *([note] if note else [])]) or None
             problem = f"window {window.center:g}/{window.width:g} maps the image to one gray level"
         reasons.append(problem)
@@ -271,7 +287,7 @@ def apply_voi(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str, str | None
         reasons.append(note)
     elif not reasons:
         reasons.append("no VOI LUT Sequence or Window Center/Width")
-    out, constant = percentile_window(arr)
+    out, constant = percentile_window(arr, mask=mask if mask is not None and mask.any() else None)
     return out, "percentile", "; ".join([*reasons, *([constant] if constant else [])])
 
 
@@ -337,16 +353,59 @@ def render_pixels(ds: Dataset, pixels: np.ndarray, sizes: Sequence[int] = (1024,
         raise ValueError(f"sizes must be positive long sides, got {list(sizes)}")
     source_shape = (int(ds.Rows), int(ds.Columns))
     work_shape = target_shape(source_shape, min(wanted[0], max(source_shape)))
+    padding = padding_mask(ds, pixels)
+    weight = None if padding is None else ~padding
     if ds.get("ModalityLUTSequence"):  # a LUT is not linear: apply it per pixel, then average
-        values = resize_area(apply_rescale(pixels, ds), work_shape)
+        values, inside = resize_masked(apply_rescale(pixels, ds), weight, work_shape)
     else:  # rescale is linear, so averaging first is exact and cheaper
-        values = apply_rescale(resize_area(pixels, work_shape), ds)
-    display, method, reason = apply_voi(values, ds)
+        values, inside = resize_masked(pixels, weight, work_shape)
+        values = apply_rescale(values, ds)
+    mask = None if inside is None else inside > 0
+    display, method, reason = apply_voi(values, ds, mask)
     inverted = is_inverted(ds)
     if inverted:
         display = invert(display)
-    images = {size: to_uint8(resize_area(display, target_shape(source_shape, size))) for size in wanted}
+    if mask is not None:
+        display = np.where(mask, display, np.float32(0.0))  # padding is no image: black
+    images = {}
+    for size in wanted:
+        small, _ = resize_masked(display, mask, target_shape(source_shape, size))
+        images[size] = to_uint8(small)
     return Rendition(images, method, reason or None, inverted, source_shape)
+
+
+def padding_mask(ds: Dataset, pixels: np.ndarray) -> np.ndarray | None:
+    """HxW bool, True where a stored value is padding; None when the header declares none or none occurs.
+
+    Padding is (0028,0120) Pixel Padding Value, or every value between it and (0028,0121) Pixel Padding Range
+    Limit inclusive (either order), in stored-value units (PS3.3 C.7.5.1.1.2). Where a reduced-resolution decode
+    mixes padding with tissue at an edge, only values still inside that range count as padding.
+    """
+    values = _floats(ds, "PixelPaddingValue")
+    if not values:
+        return None
+    limits = _floats(ds, "PixelPaddingRangeLimit")
+    lo, hi = sorted((values[0], limits[0] if limits else values[0]))
+    mask = (pixels >= lo) & (pixels <= hi)
+    return mask if mask.any() else None
+
+
+def resize_masked(
+    arr: np.ndarray, weight: np.ndarray | None, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Area-resize `arr` averaging only where `weight` (HxW bool, True = image) is set; (values, output weight).
+
+    Each output pixel is the mean of the image pixels it covers (0 where it covers none), and the output weight
+    is the image share of its area (float32 in [0, 1]). Without `weight`, plain `resize_area` and None.
+    """
+    if weight is None:
+        return resize_area(arr, shape), None
+    w = weight.astype(np.float32)
+    covered = resize_area(w, shape)
+    summed = resize_area(np.where(weight, arr, 0).astype(np.float32), shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = np.where(covered > 0, summed / np.maximum(covered, np.float32(1e-12)), np.float32(0.0))
+    return values.astype(np.float32), covered
 
 
 def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
@@ -372,6 +431,7 @@ def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
     """
     ds, path = read_dataset(source)
     try:
+        ds = frame_attributes(ds)  # Frame VOI LUT / Pixel Value Transformation of frame 0, at the top level
         frame = decode_frame(ds, max(int(s) for s in sizes), path=path)
         return render_pixels(ds, frame.pixels, sizes)
     except UnusableImage:
@@ -379,6 +439,27 @@ def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError) as exc:
         # odd header values (a LUT descriptor with 2 values, a DS that is text, ...) that the checks did not catch
         raise Unsupported(f"{path}: cannot render ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_bare(path: str, error: InvalidDicomError) -> Dataset:
+    """A data set written without preamble and File Meta (PS3.10 not followed), read with `force=True`.
+
+    Accepted only when the file starts with a group 0008 element and holds a SOP Class or Instance UID, as the
+    index does; the transfer syntax is the one pydicom detects (Implicit VR Little Endian is PS3.5's default).
+    Raises NotDicom otherwise.
+    """
+    with open(path, "rb") as fp:
+        head = fp.read(8)
+    if len(head) < 8 or int.from_bytes(head[:2], "little") != 0x0008 or int.from_bytes(head[2:4], "little") >= 0x100:
+        raise NotDicom(f"{path}: not a DICOM file ({error})") from error
+    ds = pydicom.dcmread(path, force=True)
+    if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+        raise NotDicom(f"{path}: no File Meta and no SOP Class / Instance UID: not a DICOM data set") from error
+    implicit, little = ds.original_encoding
+    syntax = pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else syntax
+    return ds
 
 
 def to_display(source: Dataset | Path, long_side: int) -> np.ndarray:
@@ -392,9 +473,10 @@ def read_dataset(source: Dataset | Path | str) -> tuple[Dataset, str]:
         return source, str(getattr(source, "filename", None) or "<dataset>")
     path = str(source)
     try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise NotDicom(f"{path}: not a DICOM file ({exc})") from exc
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError as exc:
+            ds = _read_bare(path, exc)
     except (EOFError, OSError) as exc:
         if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
             raise

@@ -73,7 +73,10 @@ def test_j2k_values_undo_pillow_scaling_and_sign():
     assert j2k_values(np.array([[0, 4095 << 4]], np.uint16), unsigned, ds).tolist() == [[0, 4095]]
     signed = J2KHeader(1, 2, 1, 14, True, 0, (0, 0))
     raw = (np.array([[-5, 100]]) + 8192) << 2
-    assert j2k_values(raw.astype(np.uint16), signed, ds).tolist() == [[-5, 100]]
+    ds_signed14 = make_ds(np.zeros((1, 2), np.int16), bits_stored=14, signed=True)
+    assert j2k_values(raw.astype(np.uint16), signed, ds_signed14).tolist() == [[-5, 100]]
+    # header unsigned (12 bits), codestream signed: value mod 2**BitsStored, as pydicom corrects (issue 17)
+    assert j2k_values(raw.astype(np.uint16), signed, ds).tolist() == [[4091, 100]]
     # header signed, codestream unsigned: p-bit two's complement (J2K_pixelrep_mismatch.dcm)
     ds_signed = make_ds(np.zeros((1, 2), np.int16), bits_stored=13, signed=True)
     mismatch = J2KHeader(1, 2, 1, 13, False, 0, (0, 0))
