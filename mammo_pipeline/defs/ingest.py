@@ -15,7 +15,8 @@ from .partitions import hospital_partitions
 from .resources import MammoSettings
 
 PREVIEW_ROWS = 5
-INDEX_PREVIEW = ["rel_path", "manufacturer", "view_position", "laterality", "rows", "columns", "meta_mag", "meta_spot"]
+# No rel_path: even pseudonymized, a path is not what a reader of the run page needs.
+INDEX_PREVIEW = ["image_kind", "manufacturer", "view_position", "laterality", "rows", "columns", "meta_mag"]
 CACHE_PREVIEW = ["sop_instance_uid", "view_position", "laterality", "voi_method", "fallback_reason", "model_png"]
 
 
@@ -34,6 +35,7 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "unchanged": result.unchanged,
             "files": result.files,
             **_by_reason(result.quarantined),
+            **_by_kind(index),
             "headers_per_second": round(result.headers_per_s, 1),
             "seconds": round(result.seconds, 2),
             "path": dg.MetadataValue.path(str(settings.table_dir("dicom_index", hospital))),
@@ -104,6 +106,13 @@ def preview_markdown(df: pd.DataFrame, columns: list[str], rows: int = PREVIEW_R
     if df.empty:
         return "_no rows_"
     return df[[c for c in columns if c in df.columns]].head(rows).to_markdown(index=False)
+
+
+def _by_kind(index: pd.DataFrame) -> dict[str, int]:
+    """Indexed images per `image_kind` (tomosynthesis is counted among the quarantined)."""
+    if index.empty or "image_kind" not in index.columns:
+        return {}
+    return {f"image_kind_{kind}": int(n) for kind, n in sorted(index["image_kind"].value_counts().items())}
 
 
 def _by_reason(counts: dict[str, int]) -> dict[str, int]:

@@ -237,6 +237,11 @@ def _decode_j2k_reduced(ds: Dataset, codestream: bytes, min_long_side: int, path
     level = j2k_reduce_level(header, min_long_side)
     if level == 0 or header.precision > 16:
         return None
+    if header.signed != (int(ds.get("PixelRepresentation", 0) or 0) == 1):
+        # Codestream and header disagree on the sign: a reduced level averages in the codestream's domain, across
+        # the wrap at 2**(BitsStored-1), which no per-pixel correction undoes. Decode full size (pydicom's
+        # APPLY_J2K_CORRECTIONS reinterprets each value exactly) and let the caller average.
+        return None
     try:
         with Image.open(io.BytesIO(codestream)) as im:
             im.reduce = level

@@ -40,7 +40,9 @@ def test_ingest_assets_materialize_per_hospital_then_completeness(settings):
     index = _metadata(result, dicom_index)
     assert (index["dagster/row_count"], index["new"], index["quarantined"]) == (2, 2, 2)
     assert (index["quarantined_not_dicom"], index["quarantined_duplicate"]) == (1, 1)
-    assert "a.dcm" in index["preview"] and index["path"].endswith("hospital=h1")
+    assert "HOLOGIC" in index["preview"] and index["path"].endswith("hospital=h1")
+    assert "a.dcm" not in str(index) and "PAT-0042" not in str(index)  # no raw path or identifier in the metadata
+    assert (index["image_kind_2d"], index["image_kind_for_processing"]) == (1, 1)
     cache = _metadata(result, image_cache)
     assert (cache["dagster/row_count"], cache["new"], cache["for_processing_skipped"]) == (1, 1, 1)
     assert cache["manifest_path"].endswith("hospital=h1/manifest.parquet")

@@ -71,3 +71,61 @@ def local_file(name: str) -> Path:
         if path.name == name:
             return path
     raise KeyError(name)
+
+
+# --- Issue 17: the real-DICOM long tail, one builder per failing input ------------------------------------
+
+BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
+BREAST_PROJECTION = "1.2.840.10008.5.1.4.1.1.13.1.4"
+MULTIFRAME_GRAYSCALE_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def tissue_image(rows: int = 64, cols: int = 80, padding_fraction: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Background 0 (the left `padding_fraction` of the columns), tissue 1000..3000 elsewhere (uint16)."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(1000, 3001, size=(rows, cols)).astype(np.uint16)
+    arr[:, : round(cols * padding_fraction)] = 0
+    return arr
+
+
+def functional_group_window_ds(center: float = 1800, width: float = 1200) -> Dataset:
+    """Breast Projection X-Ray For Presentation (…13.1.4), one 64x80 frame, background 0 on the left quarter,
+    tissue 1000..3000, whose only window is LINEAR center/width in Shared Functional Groups > Frame VOI LUT."""
+    ds = make_ds(tissue_image(padding_fraction=0.25), SOPClassUID=BREAST_PROJECTION, NumberOfFrames=1)
+    ds.file_meta.MediaStorageSOPClassUID = BREAST_PROJECTION
+    voi = Dataset()
+    voi.WindowCenter, voi.WindowWidth, voi.VOILUTFunction = center, width, "LINEAR"
+    shared = Dataset()
+    shared.FrameVOILUTSequence = [voi]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = [Dataset()]
+    return ds
+
+
+def signed_j2k_unsigned_header_ds(arr: np.ndarray) -> Dataset:
+    """`arr` (uint16, 12-bit) as lossless J2K whose codestream says signed 12-bit while the header says
+    Pixel Representation 0: the codestream holds value - 4096 for every value >= 2048."""
+    from pydicom.uid import JPEG2000Lossless
+
+    signed = np.where(arr >= 2048, arr.astype(np.int32) - 4096, arr).astype(np.int16)
+    ds = make_ds(signed, bits_stored=12, signed=True)
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    ds.PixelRepresentation = 0
+    return ds
+
+
+def write_bare(ds: Dataset, path: Path) -> Path:
+    """`ds` written as a bare Implicit VR Little Endian data set: no preamble, no 'DICM', no File Meta."""
+    from pydicom.filewriter import write_dataset
+
+    ds = Dataset(ds)  # a plain copy without file_meta
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fp:
+        from pydicom.filebase import DicomFileLike
+
+        out = DicomFileLike(fp)
+        out.is_little_endian, out.is_implicit_VR = True, True
+        write_dataset(out, ds)
+    return path
