@@ -3,6 +3,9 @@
 The mag/spot metadata is patchy and vendor-specific (see dicom/headers.py), which is why the pipeline sorts
 images visually. This table shows, per hospital, which fields are populated, and how often the fields that
 speak about magnification contradict each other (e.g. a Magnification modifier with a factor of 1.0).
+It also counts, per hospital, the images of each `image_kind` (2d, synthesized_2d, digitized_film,
+for_processing, secondary_capture from the index; tomosynthesis from the index's quarantine rows), as fields
+`image kind: <kind>` whose fraction is of all the hospital's images including the quarantined tomosynthesis.
 Written to `warehouse/reports/metadata_completeness.{parquet,png}`.
 """
 
@@ -17,7 +20,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mammo_pipeline.atomic import write_bytes, write_parquet
-from mammo_pipeline.dicom.headers import MAG_FACTOR_THRESHOLD, SCT_MAGNIFICATION, mentions_mag, mentions_spot
+from mammo_pipeline.dicom.headers import (
+    IMAGE_KINDS,
+    MAG_FACTOR_THRESHOLD,
+    SCT_MAGNIFICATION,
+    mentions_mag,
+    mentions_spot,
+)
 from mammo_pipeline.settings import Settings
 
 COLUMNS = [
@@ -37,6 +46,8 @@ COLUMNS = [
     "meta_mag",
     "meta_spot",
 ]
+OPTIONAL_COLUMNS = ["image_kind"]  # absent from indexes written before issue 17
+KIND_FIELDS = {kind: f"image kind: {kind}" for kind in IMAGE_KINDS}
 
 
 def _populated(column: str) -> Callable[[pd.DataFrame], pd.Series]:
@@ -106,7 +117,10 @@ def report_paths(settings: Settings) -> tuple[Path, Path]:
 
 def metadata_completeness(settings: Settings) -> tuple[pd.DataFrame, Path]:
     """Completeness per hospital x field (long table) and its heatmap; both written atomically."""
-    frames = [_completeness_of(hospital, df) for hospital, df in _read_index(settings)]
+    frames = [
+        pd.concat([_completeness_of(hospital, df), _kinds_of(settings, hospital, df)], ignore_index=True)
+        for hospital, df in _read_index(settings)
+    ]
     columns = ["hospital", "field", "n_images", "n_populated", "fraction"]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     parquet, png = report_paths(settings)
@@ -118,7 +132,7 @@ def metadata_completeness(settings: Settings) -> tuple[pd.DataFrame, Path]:
 def draw_heatmap(table: pd.DataFrame) -> bytes:
     """The completeness table as a fields x hospitals heatmap (PNG bytes); no pyplot, no global backend."""
     grid = table.pivot(index="field", columns="hospital", values="fraction") if len(table) else pd.DataFrame()
-    grid = grid.reindex([f for f in FIELDS if f in grid.index])
+    grid = grid.reindex([f for f in [*FIELDS, *KIND_FIELDS.values()] if f in grid.index])
     n_rows, n_cols = max(len(grid.index), 1), max(len(grid.columns), 1)
     fig = Figure(figsize=(2.5 + 1.1 * n_cols, 1.0 + 0.38 * n_rows), dpi=110)
     ax = fig.add_subplot()
@@ -146,11 +160,35 @@ def _completeness_of(hospital: str, df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["hospital", "field", "n_images", "n_populated", "fraction"])
 
 
+def _kinds_of(settings: Settings, hospital: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Rows `image kind: <kind>` for one hospital: counts of indexed kinds plus quarantined tomosynthesis."""
+    kinds = df["image_kind"].fillna("2d") if "image_kind" in df.columns else pd.Series("2d", index=df.index)
+    counts = kinds.value_counts().to_dict()
+    counts["tomosynthesis"] = counts.get("tomosynthesis", 0) + _quarantined(settings, hospital, "tomosynthesis")
+    total = len(df) + counts["tomosynthesis"] - int((kinds == "tomosynthesis").sum())
+    rows = [(hospital, field, total, int(counts.get(kind, 0))) for kind, field in KIND_FIELDS.items()]
+    out = pd.DataFrame(rows, columns=["hospital", "field", "n_images", "n_populated"])
+    out["fraction"] = out["n_populated"] / total if total else 0.0
+    return out
+
+
+def _quarantined(settings: Settings, hospital: str, reason: str) -> int:
+    """Index quarantine rows of one hospital with `reason`."""
+    folder = settings.table_dir("quarantine", hospital)
+    files = sorted(folder.glob("index-*.parquet")) if folder.exists() else []
+    return sum(int((pd.read_parquet(f, columns=["reason"])["reason"] == reason).sum()) for f in files)
+
+
 def _read_index(settings: Settings):
     """(hospital, its dicom_index rows, only the columns needed) for every hospital with an index."""
+    import pyarrow.parquet as pq
+
     root = settings.table_dir("dicom_index")
     for folder in sorted(root.glob("hospital=*")) if root.exists() else []:
         files = sorted(folder.glob("*.parquet"))
         if files:
-            frames = [pd.read_parquet(f, columns=COLUMNS) for f in files]
+            frames = []
+            for f in files:
+                present = set(pq.read_schema(f).names)
+                frames.append(pd.read_parquet(f, columns=COLUMNS + [c for c in OPTIONAL_COLUMNS if c in present]))
             yield folder.name.removeprefix("hospital="), pd.concat(frames, ignore_index=True)

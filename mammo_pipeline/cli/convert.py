@@ -1,4 +1,10 @@
-"""`mammo convert`: DICOM files or folders to display PNGs, with the pipeline's own normalization."""
+"""`mammo convert`: DICOM files or folders to display PNGs, with the pipeline's own normalization.
+
+Consistent with the image cache: a tomosynthesis stack (any multi-frame image, `headers.classify`) and a For
+Processing image are refused with their reason (`tomosynthesis`, `for_processing`), as the cache never shows
+them. Two sources whose PNG names would clash get distinct names (`IM0001.png`, `IM0001-2.png`, …, in the
+order given), and the run says how many were renamed.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ import click
 from PIL import Image
 
 from mammo_pipeline import atomic
-from mammo_pipeline.dicom.errors import UnusableImage
+from mammo_pipeline.dicom.errors import ForProcessing, Tomosynthesis, UnusableImage
+from mammo_pipeline.dicom.headers import classify
 from mammo_pipeline.dicom.normalize import read_dataset, to_display
 from mammo_pipeline.parallel import imap_unordered
 from mammo_pipeline.progress import bar
@@ -29,7 +36,11 @@ class Converted:
 
 
 def plan(sources: list[Path], out: Path) -> list[tuple[Path, Path]]:
-    """(source file, target PNG) pairs: a file maps to OUT/<name>.png, a folder's files keep their subpaths."""
+    """(source file, target PNG) pairs: a file maps to OUT/<name>.png, a folder's files keep their subpaths.
+
+    Targets are unique: a name already taken (two `IM0001.dcm` from different folders, `a.dcm` next to `a`, or a
+    source given twice) gets `-2`, `-3`, … before `.png`, in the order the sources are given.
+    """
     pairs = []
     for source in sources:
         if source.is_dir():
@@ -38,7 +49,16 @@ def plan(sources: list[Path], out: Path) -> list[tuple[Path, Path]]:
                 pairs.append((path, out / source.name / rel.parent / f"{_stem(path)}.png"))
         else:
             pairs.append((source, out / f"{_stem(source)}.png"))
-    return pairs
+    taken: set[Path] = set()
+    unique = []
+    for source, target in pairs:
+        candidate, n = target, 1
+        while candidate in taken:
+            n += 1
+            candidate = target.with_name(f"{target.stem}-{n}.png")
+        taken.add(candidate)
+        unique.append((source, candidate))
+    return unique
 
 
 def convert_file(pair: tuple[Path, Path], max_side: int) -> Converted:
@@ -46,6 +66,15 @@ def convert_file(pair: tuple[Path, Path], max_side: int) -> Converted:
     source, target = pair
     try:
         ds, _ = read_dataset(source)
+        kind, rule = classify(ds)
+        if kind == "tomosynthesis":
+            raise Tomosynthesis(
+                f"{source}: a tomosynthesis stack ({rule}), not a 2D view: not converted, as in the cache"
+            )
+        if kind == "for_processing":
+            raise ForProcessing(
+                f"{source}: a For Processing image: not converted (the cache shows For Presentation only)"
+            )
         image = to_display(ds, min(max_side, max(int(ds.Rows), int(ds.Columns))))  # never upscale
     except UnusableImage as exc:
         return Converted(source, None, exc.reason, str(exc))
@@ -71,9 +100,9 @@ def command(sources: tuple[Path, ...], out: Path, max_side: int, workers: int, s
     """Convert DICOM files or folders (recursively) to PNG with the display normalization.
 
     The long side is --max-side or the image's own, whichever is smaller. Each PNG is named after its
-    source file (a folder's subpaths are kept under OUT/<folder name>).
-    Files that cannot be used are listed with the reason; the exit code is non-zero only when nothing
-    converted.
+    source file (a folder's subpaths are kept under OUT/<folder name>); names that would clash get -2, -3, ...
+    Files that cannot be used are listed with the reason, like the cache: tomosynthesis (multi-frame) and
+    For Processing images are refused. The exit code is non-zero only when nothing converted.
 
     \b
     Example:
@@ -81,11 +110,14 @@ def command(sources: tuple[Path, ...], out: Path, max_side: int, workers: int, s
         mammo convert one.dcm two.dcm --out pngs -s
     """
     pairs = plan(list(sources), out)
+    renamed = sum(1 for source, target in pairs if target.stem != _stem(source))
     results = list(bar(convert_all(pairs, max_side, workers), total=len(pairs), desc="convert", silent=silent))
     failed = sorted((r for r in results if r.png is None), key=lambda r: str(r.source))
     for result in failed:
         click.echo(f"failed [{result.reason}] {result.message}", err=True)
     click.echo(f"converted {len(results) - len(failed)} of {len(pairs)} files into {out}")
+    if renamed:
+        click.echo(f"{renamed} PNG name(s) clashed and got a -2, -3, ... suffix")
     if len(failed) == len(pairs):
         raise click.ClickException("nothing converted")
 

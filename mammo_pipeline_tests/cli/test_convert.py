@@ -50,3 +50,32 @@ def test_convert_nothing_converted_exits_nonzero(tmp_path):
 def test_convert_help_has_example():
     result = CliRunner().invoke(command, ["--help"])
     assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_convert_name_clashes_write_every_file(tmp_path):
+    a = _write(tmp_path / "a" / "IM0001.dcm", seed=1)
+    b = _write(tmp_path / "b" / "IM0001.dcm", seed=2)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(command, [str(a), str(b), "--out", str(out), "-s", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert "converted 2 of 2" in result.output and "1 PNG name(s) clashed" in result.output
+    first, second = np.asarray(Image.open(out / "IM0001.png")), np.asarray(Image.open(out / "IM0001-2.png"))
+    assert not np.array_equal(first, second)  # two images, neither overwrote the other
+
+
+def test_convert_refuses_for_processing_and_multi_frame_like_the_cache(tmp_path):
+    from pydicom.uid import generate_uid
+
+    good = _write(tmp_path / "good.dcm")
+    raw = tmp_path / "raw.dcm"
+    ds = make_ds(breast(64, 48), SOPClassUID="1.2.840.10008.5.1.4.1.1.1.2.1")
+    ds.save_as(raw, enforce_file_format=True)
+    stack = tmp_path / "stack.dcm"
+    frames = np.stack([breast(64, 48, seed=i) for i in range(3)])
+    make_ds(frames, SOPInstanceUID=generate_uid()).save_as(stack, enforce_file_format=True)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(command, [str(good), str(raw), str(stack), "--out", str(out), "-s", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert "converted 1 of 3" in result.output
+    assert "failed [for_processing]" in result.output and "failed [tomosynthesis]" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["good.png"]
