@@ -1,25 +1,62 @@
-"""Crash-safe writes: write to a temporary name beside the target, then rename.
+"""Crash-safe writes: write to a temporary name beside the target, then rename; and paths that stay put.
 
 A killed run therefore never leaves a half-written PNG, Parquet file or model behind, and the next run
-sees either the old file or the new one.
+sees either the old file or the new one. Temporary names carry their owner (`run_owner()`: host, process id
+and a random part), so a run cleaning up after a killed one never deletes the in-flight file of a run that
+is still alive (`remove_stale_temps`). `ensure_under` refuses any path that would leave its root, so a value
+read from a file (a UID, a folder name) can never make the pipeline write elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
+STALE_AFTER_S = 6 * 3600  # a temp file of an owner we cannot check (another host, old name) is stale after this
+_OWNER = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]{1,40})~(?P<pid>\d{1,10})~(?P<rand>[0-9a-f]{1,32})\.tmp$")
+
+
+class UnsafePath(ValueError):
+    """A path built from data would leave the folder it must stay in."""
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def run_owner() -> str:
+    """A temp-file owner tag for this process: `<host>~<pid>~<random>` (no dots, no slashes)."""
+    return f"{_host()}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
+
+
+def ensure_under(root: Path, path: Path | str) -> Path:
+    """`path` (absolute, or relative to `root`) resolved; raises UnsafePath unless it lies inside `root`.
+
+    Symlinks and `..` are resolved first, so neither `a/../../x` nor a link out of the tree passes.
+    """
+    root_resolved = Path(root).resolve()
+    resolved = (root_resolved / path).resolve()
+    if not resolved.is_relative_to(root_resolved) or resolved == root_resolved:
+        raise UnsafePath(f"{path} is not inside {root}")
+    return resolved
+
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in the same folder; rename it onto `path` if the block succeeds."""
+def atomic_path(path: Path, owner: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the same folder; rename it onto `path` if the block succeeds.
+
+    `owner` (from `run_owner()`) names the run in the temp name; default: this process.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{owner or run_owner()}{uuid.uuid4().hex[:4]}.tmp")  # unique per write
     try:
         yield tmp
         os.replace(tmp, path)
@@ -47,10 +84,44 @@ def write_parquet(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files a killed run left in `folder` (recursively); return how many."""
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process named by an owner tag (`<host>~<pid>~...`) still runs; None when not on this host."""
+    host, _, rest = owner.partition("~")
+    pid = rest.partition("~")[0]
+    if host != _host() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def is_stale(path: Path, max_age_s: float = STALE_AFTER_S, now: float | None = None) -> bool:
+    """A temp file whose owner on this host is dead, or (owner elsewhere or unknown) older than `max_age_s`."""
+    match = _OWNER.match(path.name)
+    if match:
+        owner = f"{match['host']}~{match['pid']}~{match['rand']}"
+        alive = owner_alive(owner)
+        if alive is not None:
+            return not alive
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > max_age_s
+
+
+def remove_stale_temps(folder: Path, max_age_s: float = STALE_AFTER_S) -> int:
+    """Delete temporary files killed runs left in `folder` (recursively); return how many.
+
+    Only stale ones (`is_stale`): the in-flight files of a run that is still alive are left alone.
+    """
     n = 0
     for tmp in folder.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-        n += 1
+        if is_stale(tmp, max_age_s):
+            tmp.unlink(missing_ok=True)
+            n += 1
     return n

@@ -1,15 +1,29 @@
 """The image cache: a display PNG and a model-size PNG per usable image, and the `image_cache` manifest.
 
-PNGs live at `cache/<hospital>/<NORM_VERSION>/<size>/<sop_instance_uid>.png`, so a new normalization writes
-beside the old one instead of mixing with it. Each image is rendered once for both sizes in a worker process
-that writes its own PNGs and returns only a few numbers, so memory stays flat however large the partition.
-Every write is atomic; an image whose source (size, mtime) and NORM_VERSION are unchanged and whose PNGs
-exist is skipped, so a killed run resumes where it stopped. Images that cannot be rendered are quarantined
-(`quarantine/hospital=<h>/cache.parquet`) and stay skipped until their file or NORM_VERSION changes.
+PNGs live at `cache/<hospital>/<NORM_VERSION>/<size>/<key>.png`, so a new normalization writes beside the old
+one instead of mixing with it. `<key>` is the SOP Instance UID only when it is a valid DICOM UID (digits and
+dots, at most 64 characters), else a hash of hospital and UID (`safe_key`): no value read from a file ever
+becomes a path, and every path written is checked to stay under its root (`atomic.ensure_under`).
+
+Each image is rendered once for both sizes in a worker process that writes its own PNGs and returns only a
+few numbers, so memory stays flat however large the partition. Every write is atomic. An image is skipped
+("unchanged") only when its manifest row records the same source (rel_path, size, mtime), the current
+NORM_VERSION, and PNGs whose mtime is the one recorded when they were written. Each finished image is appended
+at once to a per-run journal beside the manifest (`.journal-<owner>.jsonl`), so a run killed at any point
+(even `kill -9`) resumes with only the missing images; the journal is folded into `manifest.parquet` every
+MANIFEST_EVERY images and at the end, under a lock, merging what overlapping runs of the same partition wrote.
+Temp files carry their run's owner tag and are only cleaned when their owner is dead (or, on another host,
+when old), so overlapping runs never delete each other's in-flight files. Images that cannot be rendered are
+quarantined (`quarantine/hospital=<h>/cache.parquet`) and stay skipped until their file or NORM_VERSION changes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mammo_pipeline.atomic import atomic_path, remove_stale_temps
+from mammo_pipeline.atomic import atomic_path, ensure_under, owner_alive, remove_stale_temps, run_owner
 from mammo_pipeline.dicom.normalize import NORM_VERSION, render
 from mammo_pipeline.dicom.quarantine import quarantine_rows, read_quarantine_rows, write_quarantine
 from mammo_pipeline.dicom.source_paths import redact
@@ -47,7 +61,7 @@ INDEX_COLUMNS = [
     "file_size",
     "file_mtime_ns",
 ]
-MANIFEST_EVERY = 500  # images between manifest writes, so a crash loses little bookkeeping
+MANIFEST_EVERY = 500  # images between folding the journal into manifest.parquet (the journal is per image)
 PNG_COMPRESS_LEVEL = 3  # zlib level: most of level 9's size at a fraction of its time
 
 _STR, _I64, _BOOL = pa.string(), pa.int64(), pa.bool_()
@@ -68,6 +82,8 @@ SCHEMA = pa.schema(
         ("norm_version", _STR),
         ("source_size", _I64),
         ("source_mtime_ns", _I64),
+        ("display_png_mtime_ns", _I64),  # as written by this cache: a PNG replaced since is rendered again
+        ("model_png_mtime_ns", _I64),
         ("voi_method", _STR),
         ("fallback_reason", _STR),
         ("inverted", _BOOL),
@@ -108,11 +124,43 @@ class _Task(NamedTuple):
     model_png: str
     display_size: int
     model_size: int
+    owner: str  # temp-file owner tag of the run (atomic.run_owner)
+    label: str  # how messages name the file: the index's rel_path, never the resolved source path
+
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 §9.1: digits, dots, no leading zeros
+UID_MAX = 64
+
+
+def valid_uid(value: object) -> bool:
+    """Whether `value` is a valid DICOM UID (PS3.5 §9.1): digit components without leading zeros, ≤ 64 chars."""
+    return isinstance(value, str) and len(value) <= UID_MAX and _UID.fullmatch(value) is not None
+
+
+def safe_key(hospital: str, sop_instance_uid: str) -> str:
+    """The file-name stem for one image: the UID when valid, else `h-` + a SHA-256 of hospital and UID.
+
+    Never a raw header value: a UID like `../../x` or one with a slash becomes a 32-hex-digit hash.
+    """
+    if valid_uid(sop_instance_uid):
+        return sop_instance_uid
+    digest = hashlib.sha256(f"{hospital}\0{sop_instance_uid}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"h-{digest[:32]}"
 
 
 def png_path(hospital: str, sop_instance_uid: str, size: int, norm_version: str | None = None) -> str:
-    """Where a rendition lives, relative to `cache/` (current NORM_VERSION unless given)."""
-    return f"{hospital}/{norm_version or NORM_VERSION}/{size}/{sop_instance_uid}.png"
+    """Where a rendition lives, relative to `cache/` (current NORM_VERSION unless given); see `safe_key`."""
+    return f"{hospital}/{norm_version or NORM_VERSION}/{size}/{safe_key(hospital, sop_instance_uid)}.png"
+
+
+def source_path(settings: Settings, hospital: str, rel_path: str) -> Path:
+    """The DICOM file behind an index row's pseudonymized `rel_path`, checked to lie inside the landing folder.
+
+    The one place the cache turns an index row into a file to read (`dicom.source_paths.resolve`).
+
+    Raises ValueError when the resolved file would leave the landing folder, KeyError when no lookup knows it.
+    """
+    return ensure_under(settings.landing, resolve_source(settings, hospital, rel_path))
 
 
 def manifest_path(settings: Settings, hospital: str) -> Path:
@@ -126,9 +174,13 @@ def cache_quarantine_path(settings: Settings, hospital: str) -> Path:
 def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | None = None) -> CacheResult:
     """Render every usable, not yet cached image of one hospital; see the module docstring."""
     start = time.monotonic()
+    owner = run_owner()
     result = CacheResult(hospital, manifest_path=manifest_path(settings, hospital))
     result.quarantine_path = cache_quarantine_path(settings, hospital)
-    for folder in (settings.cache / hospital, settings.table_dir("image_cache", hospital)):
+    table_dir = result.manifest_path.parent
+    hospital_cache = ensure_under(settings.cache, hospital)
+    ensure_under(settings.warehouse, table_dir)
+    for folder in (hospital_cache, table_dir, result.quarantine_path.parent):
         if folder.exists():
             remove_stale_temps(folder)
 
@@ -138,49 +190,56 @@ def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     index = index[~processing].drop_duplicates("sop_instance_uid")
     result.images = len(index)
 
-    old = {r["sop_instance_uid"]: r for r in _read_rows(result.manifest_path)}
-    old_quarantine = {q["rel_path"]: q for q in read_quarantine_rows(result.quarantine_path)}
-    done: dict[str, dict[str, Any]] = {}  # sop -> manifest row (carried or new)
-    quarantine: list[dict[str, Any]] = []
+    with _locked(table_dir):
+        old, old_quarantine, _ = _load(result, table_dir)
+    journal = _Journal(table_dir / f".journal-{owner}.jsonl")
+    mine: dict[str, dict[str, Any]] = {}  # sop -> manifest row rendered by this run
+    mine_quarantined: dict[str, dict[str, Any]] = {}  # sop -> quarantine row written by this run
     todo: list[dict[str, Any]] = []
     for image in index.to_dict("records"):
         sop = image["sop_instance_uid"]
-        prior, bad = old.get(sop), old_quarantine.get(image["rel_path"])
-        if prior is not None and _is_current(prior, image, settings.cache):
-            done[sop] = prior
+        prior, bad = old.get(sop), old_quarantine.get(sop)
+        if prior is not None and _is_current(prior, image, settings, hospital):
+            result.unchanged += 1
         elif bad is not None and _same_source(bad, image) and bad.get("norm_version") == NORM_VERSION:
-            quarantine.append(bad)
+            result.still_quarantined += 1
         else:
             todo.append(image)
-    result.unchanged, result.still_quarantined = len(done), len(quarantine)
+    keep = set(index["sop_instance_uid"])
 
     by_sop = {image["sop_instance_uid"]: image for image in todo}
     reasons: Counter[str] = Counter()
     outcomes = imap_unordered(
         _render_one,
-        _tasks(settings, hospital, todo),
+        _tasks(settings, hospital, todo, owner),
         workers=settings.n_workers,
         dask_scheduler=settings.dask_scheduler,
         chunksize=4,
     )
-    for n, outcome in enumerate(outcomes, start=1):
-        image = by_sop[outcome["sop_instance_uid"]]
-        if outcome["ok"]:
-            done[image["sop_instance_uid"]] = _manifest_row(settings, hospital, image, outcome)
-            result.new += 1
-        else:
-            row = _quarantine_row(hospital, image, outcome)
-            quarantine.append(row)
-            reasons[row["reason"]] += 1
-        if progress:
-            progress(n, len(todo))
-        if n % MANIFEST_EVERY == 0:
-            _write_outputs(result, done, quarantine)
-    if progress and not todo:
-        progress(0, 0)
-    _write_outputs(result, done, quarantine)
+    try:
+        for n, outcome in enumerate(outcomes, start=1):
+            image = by_sop[outcome["sop_instance_uid"]]
+            sop = image["sop_instance_uid"]
+            if outcome["ok"]:
+                row = mine[sop] = _manifest_row(settings, hospital, image, outcome)
+                mine_quarantined.pop(sop, None)
+                journal.append("manifest", row)
+                result.new += 1
+            else:
+                row = mine_quarantined[sop] = _quarantine_row(hospital, image, outcome)
+                mine.pop(sop, None)
+                journal.append("quarantine", row)
+                reasons[row["reason"]] += 1
+            if progress:
+                progress(n, len(todo))
+            if n % MANIFEST_EVERY == 0:
+                result.rows = _fold(result, table_dir, keep, mine, mine_quarantined, journal, final=False)
+        if progress and not todo:
+            progress(0, 0)
+        result.rows = _fold(result, table_dir, keep, mine, mine_quarantined, journal, final=True)
+    finally:
+        journal.close()
     result.quarantined = dict(reasons)
-    result.rows = len(done)
     result.seconds = time.monotonic() - start
     return result
 
@@ -199,26 +258,34 @@ def _read_index(settings: Settings, hospital: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INDEX_COLUMNS)
 
 
-def _tasks(settings: Settings, hospital: str, todo: list[dict[str, Any]]) -> Iterator[_Task]:
+def _tasks(settings: Settings, hospital: str, todo: list[dict[str, Any]], owner: str) -> Iterator[_Task]:
     for image in todo:
         sop = image["sop_instance_uid"]
+        try:
+            source = str(source_path(settings, hospital, image["rel_path"]))
+        except (ValueError, KeyError):  # a rel_path leaving the landing folder: quarantined by the worker, never read
+            source = ""
         yield _Task(
             sop,
-            str(resolve_source(settings, hospital, image["rel_path"])),
-            str(settings.cache / png_path(hospital, sop, settings.display_size)),
-            str(settings.cache / png_path(hospital, sop, settings.model_size)),
+            source,
+            str(ensure_under(settings.cache, png_path(hospital, sop, settings.display_size))),
+            str(ensure_under(settings.cache, png_path(hospital, sop, settings.model_size))),
             settings.display_size,
             settings.model_size,
+            owner,
+            str(image["rel_path"]),
         )
 
 
 def _render_one(task: _Task) -> dict[str, Any]:
     """Render one image to both PNGs in a worker; return only small metadata, never pixels. Never raises."""
     try:
+        if not task.source:
+            raise ValueError("rel_path leaves the landing folder; not read")
         rendition = render(Path(task.source), sizes=(task.display_size, task.model_size))
         display = rendition.images[task.display_size]
-        _write_png(display, Path(task.display_png))
-        _write_png(rendition.images[task.model_size], Path(task.model_png))
+        _write_png(display, Path(task.display_png), task.owner)
+        _write_png(rendition.images[task.model_size], Path(task.model_png), task.owner)
         height, width = (int(v) for v in tuple(rendition.source_shape)[:2])
         return {
             "ok": True,
@@ -230,36 +297,44 @@ def _render_one(task: _Task) -> dict[str, Any]:
             "height": height,
             "display_width": int(display.shape[1]),
             "display_height": int(display.shape[0]),
+            "display_png_mtime_ns": Path(task.display_png).stat().st_mtime_ns,
+            "model_png_mtime_ns": Path(task.model_png).stat().st_mtime_ns,
         }
     except Exception as exc:  # quarantined by the caller with its reason; one image never fails the partition
         row = quarantine_rows(exc, "undecodable", hospital="", drop="", rel_path="", stage="cache")[0]
-        message = row["message"] if task.source in row["message"] else f"{task.source}: {row['message']}"
-        return {
-            "ok": False,
-            "sop_instance_uid": task.sop_instance_uid,
-            "reason": row["reason"],
-            "message": message,
-            "source": task.source,
-        }
+        text = row["message"].replace(task.source, task.label) if task.source else row["message"]
+        message = text if task.label in text else f"{task.label}: {text}"
+        return {"ok": False, "sop_instance_uid": task.sop_instance_uid, "reason": row["reason"], "message": message}
 
 
-def _write_png(pixels: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
+def _write_png(pixels: np.ndarray, path: Path, owner: str) -> None:
+    with atomic_path(path, owner) as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def _same_source(row: dict[str, Any], image: dict[str, Any]) -> bool:
     size = row.get("source_size", row.get("file_size"))
     mtime = row.get("source_mtime_ns", row.get("file_mtime_ns"))
-    return (size, mtime) == (image["file_size"], image["file_mtime_ns"])
+    return (row.get("rel_path"), size, mtime) == (image["rel_path"], image["file_size"], image["file_mtime_ns"])
 
 
-def _is_current(prior: dict[str, Any], image: dict[str, Any], cache: Path) -> bool:
+def _png_current(cache: Path, rel: str, recorded_mtime_ns: int | None) -> bool:
+    try:
+        stat = ensure_under(cache, rel).stat()
+    except (OSError, ValueError):
+        return False
+    return recorded_mtime_ns is None or stat.st_mtime_ns == recorded_mtime_ns  # None: a row from before the column
+
+
+def _is_current(prior: dict[str, Any], image: dict[str, Any], settings: Settings, hospital: str) -> bool:
+    sop = image["sop_instance_uid"]
     return (
         _same_source(prior, image)
         and prior["norm_version"] == NORM_VERSION
-        and (cache / prior["display_png"]).exists()
-        and (cache / prior["model_png"]).exists()
+        and prior["display_png"] == png_path(hospital, sop, settings.display_size)
+        and prior["model_png"] == png_path(hospital, sop, settings.model_size)
+        and _png_current(settings.cache, prior["display_png"], prior.get("display_png_mtime_ns"))
+        and _png_current(settings.cache, prior["model_png"], prior.get("model_png_mtime_ns"))
     )
 
 
@@ -298,13 +373,141 @@ def _quarantine_row(hospital: str, image: dict[str, Any], outcome: dict[str, Any
     }
 
 
+# -- the journal: one JSON line per finished image, folded into manifest.parquet ---------------------------
+_TIMES = ("cached_at", "quarantined_at")
+
+
+class _Journal:
+    """Append-only JSON lines of one run; each line is written and flushed as its image finishes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def append(self, kind: str, row: dict[str, Any]) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        record = {k: _plain(v) for k, v in row.items()}
+        record = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in record.items()}
+        self._file.write(json.dumps({"kind": kind, "row": record}) + "\n")  # one write: a kill tears at most a line
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _journal_owner(path: Path) -> str:
+    return path.name.removeprefix(".journal-").removesuffix(".jsonl")
+
+
+def _read_journal(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return
+    for line in lines:
+        try:
+            record = json.loads(line)
+            row = record["row"]
+        except (ValueError, KeyError, TypeError):  # a line torn by a kill
+            continue
+        for key in _TIMES:
+            if isinstance(row.get(key), str):
+                row[key] = datetime.fromisoformat(row[key])
+        yield record["kind"], row
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the partition's bookkeeping (manifest, quarantine, journals) across processes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _newer(a: dict[str, Any] | None, b: dict[str, Any], key: str) -> bool:
+    """Whether row `b` should replace `a` (no `a`, or `b` written later)."""
+    if a is None:
+        return True
+    ta, tb = a.get(key), b.get(key)
+    return ta is None or (tb is not None and tb >= ta)
+
+
+def _load(
+    result: CacheResult, table_dir: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[Path]]:
+    """Manifest and cache-quarantine rows by SOP UID: the Parquet files, then every journal (newest row wins)."""
+    assert result.manifest_path is not None and result.quarantine_path is not None
+    rows = {r["sop_instance_uid"]: r for r in _read_rows(result.manifest_path)}
+    bad = {q["sop_instance_uid"]: q for q in read_quarantine_rows(result.quarantine_path) if q.get("sop_instance_uid")}
+    journals = sorted(table_dir.glob(".journal-*.jsonl"))
+    for path in journals:
+        for kind, row in _read_journal(path):
+            sop = row.get("sop_instance_uid")
+            if kind == "manifest" and _newer(rows.get(sop), row, "cached_at"):
+                rows[sop] = row
+            elif kind == "quarantine" and _newer(bad.get(sop), row, "quarantined_at"):
+                bad[sop] = row
+    for sop in set(rows) & set(bad):  # rendered and quarantined: the later outcome holds
+        cached, quarantined = rows[sop].get("cached_at"), bad[sop].get("quarantined_at")
+        if cached is not None and quarantined is not None and quarantined > cached:
+            del rows[sop]
+        else:
+            del bad[sop]
+    return rows, bad, journals
+
+
+def _fold(
+    result: CacheResult,
+    table_dir: Path,
+    keep: set[str],
+    mine: dict[str, dict[str, Any]],
+    mine_quarantined: dict[str, dict[str, Any]],
+    journal: _Journal,
+    final: bool,
+) -> int:
+    """Merge manifest, every journal and this run's rows into manifest.parquet and cache.parquet; return rows.
+
+    Under the partition lock, so overlapping runs never overwrite each other's images. Rows of images no
+    longer in the index are dropped unless a live run's journal holds them. Journals of this run (at the end)
+    and of dead runs are deleted once folded in.
+    """
+    with _locked(table_dir):
+        rows, bad, journals = _load(result, table_dir)
+        live = {p for p in journals if p != journal.path and owner_alive(_journal_owner(p)) is not False}
+        live_sops = {row.get("sop_instance_uid") for p in live for _, row in _read_journal(p)}
+        rows.update(mine)
+        for sop in mine:
+            bad.pop(sop, None)
+        bad.update(mine_quarantined)
+        for sop in mine_quarantined:
+            rows.pop(sop, None)
+        wanted = keep | live_sops
+        rows = {sop: r for sop, r in rows.items() if sop in wanted}
+        bad = {sop: q for sop, q in bad.items() if sop in wanted}
+        _write_outputs(result, rows, list(bad.values()))
+        for path in journals:
+            if path not in live and (final or path != journal.path):
+                if path == journal.path:
+                    journal.close()
+                path.unlink(missing_ok=True)
+    return len(rows)
+
+
 def _write_outputs(result: CacheResult, done: dict[str, dict[str, Any]], quarantine: list[dict[str, Any]]) -> None:
     rows = sorted(done.values(), key=lambda r: r["sop_instance_uid"])
     table = pa.Table.from_pylist([{k: _plain(r.get(k)) for k in SCHEMA.names} for r in rows], schema=SCHEMA)
     assert result.manifest_path is not None and result.quarantine_path is not None
     with atomic_path(result.manifest_path) as tmp:
         pq.write_table(table, tmp)
-    write_quarantine(quarantine, result.quarantine_path)
+    write_quarantine(sorted(quarantine, key=lambda q: str(q.get("sop_instance_uid"))), result.quarantine_path)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

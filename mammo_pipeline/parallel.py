@@ -1,19 +1,54 @@
 """One `map` over a local process pool or a Dask cluster, so per-image work scales past one machine.
 
 Both paths submit work in bounded chunks and yield results as they finish, so memory stays flat however
-many items a partition holds.
+many items a partition holds. Local pool workers die with the process that started them (`die_with_parent`):
+a `kill -9` of a cache run leaves no worker rendering on.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_S = 1.0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: end this worker when `parent_pid` dies, even by SIGKILL.
+
+    Linux: prctl(PR_SET_PDEATHSIG, SIGKILL) through ctypes, so the kernel kills the worker at once. Everywhere
+    (and in case the parent died before prctl ran): a daemon thread that exits when the parent changes.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc/prctl: the watcher thread below still works
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _run_chunk(fn: Callable[[T], R], chunk: list[T]) -> list[R]:
@@ -53,7 +88,7 @@ def imap_unordered(
             yield from _drive(client.get_executor(pure=False), fn, items, chunksize, max_pending or 2 * slots)
     else:
         max_pending = max_pending or 2 * workers
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             yield from _drive(pool, fn, items, chunksize, max_pending)
 
 

@@ -1,7 +1,21 @@
+import os
+import subprocess
+import sys
+import time
+
 import pandas as pd
 import pytest
 
-from mammo_pipeline.atomic import atomic_path, remove_stale_temps, write_parquet
+from mammo_pipeline.atomic import (
+    STALE_AFTER_S,
+    UnsafePath,
+    atomic_path,
+    ensure_under,
+    is_stale,
+    remove_stale_temps,
+    run_owner,
+    write_parquet,
+)
 
 
 def test_atomic_path_failure_leaves_old_file_and_no_temp(tmp_path):
@@ -21,9 +35,45 @@ def test_write_parquet_replaces_whole_file(tmp_path):
     assert pd.read_parquet(path)["x"].tolist() == [3]
 
 
-def test_remove_stale_temps(tmp_path):
+def test_remove_stale_temps_by_owner_and_age(tmp_path):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / ".x.png.1234.tmp").write_text("junk")
+    legacy = tmp_path / "sub" / ".x.png.1234.tmp"  # no owner tag: stale only when old
+    legacy.write_text("junk")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = run_owner().split("~")[0]
+    killed = tmp_path / f".y.png.{host}~{dead.stdout.strip()}~ab12.tmp"  # its process is gone
+    killed.write_text("junk")
+    alive = tmp_path / f".z.png.{run_owner()}.tmp"  # this process: in flight
+    alive.write_text("junk")
+    elsewhere = tmp_path / ".w.png.otherhost~1~ab12.tmp"  # another host: stale only when old
+    elsewhere.write_text("junk")
     (tmp_path / "keep.png").write_text("ok")
-    assert remove_stale_temps(tmp_path) == 1
-    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["keep.png"]
+
+    assert remove_stale_temps(tmp_path) == 1 and not killed.exists()
+    for path in (legacy, elsewhere, alive):
+        os.utime(path, (time.time() - STALE_AFTER_S - 60,) * 2)
+    assert remove_stale_temps(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(["keep.png", alive.name])
+
+
+def test_atomic_path_names_its_owner(tmp_path):
+    owner = run_owner()
+    with atomic_path(tmp_path / "a.png", owner) as tmp:
+        assert tmp.name.startswith(f".a.png.{owner}") and tmp.name.endswith(".tmp")
+        tmp.write_text("x")
+        assert not is_stale(tmp)
+
+
+@pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/passwd", "a/../../../root/escaped-1", "."])
+def test_ensure_under_refuses_paths_that_leave_the_root(tmp_path, rel):
+    with pytest.raises(UnsafePath):
+        ensure_under(tmp_path / "root", rel)
+
+
+def test_ensure_under_refuses_a_symlink_out_and_accepts_plain_children(tmp_path):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "link").symlink_to(tmp_path)
+    with pytest.raises(UnsafePath):
+        ensure_under(root, "link/outside.png")
+    assert ensure_under(root, "a/1.2.3.png") == (root / "a" / "1.2.3.png").resolve()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,10 +14,11 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from mammo_pipeline import cache as cache_module
+from mammo_pipeline.atomic import run_owner
 from mammo_pipeline.cache import cache_hospital, read_manifest
 from mammo_pipeline.dicom.headers import MG_FOR_PROCESSING
 from mammo_pipeline.dicom.index import index_hospital
-from mammo_pipeline.dicom.source_paths import pseudonymize_path
+from mammo_pipeline.dicom.source_paths import pseudonymize_path, resolve
 from mammo_pipeline.warehouse import read_partition
 from mammo_pipeline_tests.dicom.test_headers import write_mg
 
@@ -29,6 +34,17 @@ def _landing(settings, n_good: int = 3) -> list[str]:
     write_mg(root / "bad" / "img.dcm", pixel_bytes=b"\x00\x01" * 100)  # well-formed, far fewer pixels than 64x48
     index_hospital(settings, "h1")
     return uids
+
+
+def dead_owner() -> str:
+    """The owner tag of a process of this host that has exited."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from mammo_pipeline.atomic import run_owner; print(run_owner())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.strip()
 
 
 @pytest.fixture
@@ -95,15 +111,21 @@ def test_cache_hospital_after_a_crash_completes_the_rest(settings, render_calls)
     cache_hospital(settings, "h1")
     victim = uids[1]
     (settings.cache / "h1" / cache_module.NORM_VERSION / str(settings.model_size) / f"{victim}.png").unlink()
-    stale = settings.cache / "h1" / cache_module.NORM_VERSION / "1024" / f".{uids[0]}.png.deadbeef.tmp"
+    folder = settings.cache / "h1" / cache_module.NORM_VERSION / "1024"
+    stale = folder / f".{uids[0]}.png.{dead_owner()}.tmp"  # left by a killed run
     stale.write_bytes(b"half a png")
+    old = folder / f".{uids[0]}.png.deadbeef.tmp"  # owner unknown: stale by age
+    old.write_bytes(b"half a png")
+    os.utime(old, (time.time() - 7 * 3600,) * 2)
+    in_flight = folder / f".{uids[2]}.png.{run_owner()}.tmp"  # a live run's file: never touched
+    in_flight.write_bytes(b"being written")
     render_calls.clear()
 
     result = cache_hospital(settings, "h1")
-    assert not stale.exists()
+    assert not stale.exists() and not old.exists() and in_flight.exists()
     assert len(render_calls) == 1 and result.new == 1 and result.unchanged == 2
     assert (settings.cache / "h1" / cache_module.NORM_VERSION / str(settings.model_size) / f"{victim}.png").exists()
-    assert not list((settings.cache / "h1").rglob("*.tmp"))
+    assert [p.name for p in (settings.cache / "h1").rglob("*.tmp")] == [in_flight.name]
 
 
 def test_cache_hospital_killed_mid_run_resumes_without_redoing(settings, monkeypatch):
@@ -158,3 +180,143 @@ def test_cache_hospital_without_index_is_empty(settings):
     result = cache_hospital(settings, "nowhere")
     assert (result.images, result.new, result.rows) == (0, 0, 0)
     assert read_manifest(settings, "nowhere").empty
+
+
+# -- hostile values, kills and overlapping runs (issue 14) ----------------------------------------------
+def test_safe_key_keeps_valid_uids_and_hashes_the_rest():
+    assert cache_module.safe_key("h1", "1.2.840.10008.1") == "1.2.840.10008.1"
+    for bad in ["../../../../../../escaped-1", "1.2/3", "1.02.3", "1..2", "", "1." * 40 + "1", "１.２"]:
+        key = cache_module.safe_key("h1", bad)
+        assert key.startswith("h-") and len(key) == 34 and key[2:].isalnum()
+    assert cache_module.safe_key("h1", "../x") != cache_module.safe_key("h2", "../x")  # per hospital
+
+
+def _files_under(root) -> set:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_traversal_uid_writes_nothing_outside_the_hospital_cache(settings, tmp_path):
+    before = _files_under(tmp_path)
+    evil = "../../../../../../escaped-1"
+    write_mg(settings.landing / "h1" / "d1" / "p0" / "img.dcm", SOPInstanceUID=evil)
+    write_mg(settings.landing / "h1" / "d1" / "p1" / "img.dcm")
+    index_hospital(settings, "h1")
+    cache_hospital(settings, "h1")
+
+    new = _files_under(tmp_path) - before
+    allowed = (
+        settings.landing,
+        settings.warehouse,
+        settings.cache / "h1",
+        settings.home / ".salt",
+        settings.home / "private",
+    )
+    assert all(any(p.is_relative_to(root) for root in allowed) for p in new), sorted(map(str, new))
+    assert not list(tmp_path.rglob("escaped-1*")) and not (settings.home.parent / "escaped-1.png").exists()
+    manifest = read_manifest(settings, "h1")
+    for rel in [*manifest["display_png"], *manifest["model_png"]]:
+        assert "/../" not in rel and (settings.cache / rel).resolve().is_relative_to(settings.cache / "h1")
+    if evil in set(manifest["sop_instance_uid"]):  # before issue 17's invalid_uid quarantine: rendered, hashed
+        row = manifest[manifest["sop_instance_uid"] == evil].iloc[0]
+        assert row.display_png.rsplit("/", 1)[1] == cache_module.safe_key("h1", evil) + ".png"
+
+
+def test_another_hospitals_file_cannot_replace_a_png(settings, render_calls):
+    victim = generate_uid()
+    write_mg(settings.landing / "h2" / "d1" / "p0" / "img.dcm", SOPInstanceUID=victim)
+    index_hospital(settings, "h2")
+    cache_hospital(settings, "h2")
+    target = settings.cache / cache_module.png_path("h2", victim, settings.display_size)
+    original = target.read_bytes()
+    evil = f"../../../h2/{cache_module.NORM_VERSION}/{settings.display_size}/{victim}"
+    write_mg(settings.landing / "h1" / "d1" / "p0" / "img.dcm", SOPInstanceUID=evil, Rows=32)
+    index_hospital(settings, "h1")
+    cache_hospital(settings, "h1")
+    assert target.read_bytes() == original
+
+
+def test_a_replaced_png_is_rendered_again_not_reported_unchanged(settings, render_calls):
+    uids = _landing(settings)
+    cache_hospital(settings, "h1")
+    target = settings.cache / cache_module.png_path("h1", uids[0], settings.display_size)
+    target.write_bytes(b"not our png")
+    render_calls.clear()
+    result = cache_hospital(settings, "h1")
+    assert (result.new, result.unchanged) == (1, 2) and len(render_calls) == 1
+    assert target.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_moved_source_is_rendered_again(settings, render_calls):
+    uids = _landing(settings)
+    cache_hospital(settings, "h1")
+    src = settings.landing / "h1" / "d1" / "p1" / "img.dcm"
+    moved = settings.landing / "h1" / "d1" / "p1b" / "img.dcm"
+    moved.parent.mkdir()
+    os.rename(src, moved)  # same size and mtime, another file
+    index_hospital(settings, "h1")
+    render_calls.clear()
+    cache_hospital(settings, "h1")
+    assert render_calls == [str(moved)]
+    assert uids[1] in set(read_manifest(settings, "h1")["sop_instance_uid"])
+
+
+_SLOW_CACHE = """
+import sys, time
+from mammo_pipeline import cache
+from mammo_pipeline.settings import Settings
+real = cache.render
+def slow(source, sizes):
+    time.sleep(float(sys.argv[2]))
+    return real(source, sizes)
+cache.render = slow
+cache.cache_hospital(Settings.under(sys.argv[1], workers=1, salt="test-salt"), "h1")
+"""
+
+
+def _journal_sops(settings) -> set[str]:
+    sops = set()
+    for path in settings.table_dir("image_cache", "h1").glob(".journal-*.jsonl"):
+        sops |= {row["sop_instance_uid"] for _, row in cache_module._read_journal(path)}
+    return sops
+
+
+def test_kill_9_mid_cache_then_a_rerun_renders_only_the_rest(settings, render_calls):
+    uids = _landing(settings, n_good=8)
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CACHE, str(settings.home), "0.25"])
+    deadline = time.monotonic() + 60
+    while len(_journal_sops(settings)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no finally, no atexit
+    proc.wait()
+    finished = _journal_sops(settings)
+    assert 3 <= len(finished) < 9, "the killed run should have finished some images, not all"
+    render_calls.clear()
+
+    result = cache_hospital(settings, "h1")
+    rendered = {p.split("/")[-2] for p in render_calls}  # landing/h1/d1/<folder>/img.dcm
+    by_folder = {f"p{i}": uid for i, uid in enumerate(uids)} | {"bad": "bad"}
+    assert not {by_folder[f] for f in rendered} & finished  # nothing the killed run finished is rendered again
+    assert len(render_calls) == 9 - len(finished)
+    assert result.rows == 8 and set(read_manifest(settings, "h1")["sop_instance_uid"]) == set(uids)
+    assert not list(settings.table_dir("image_cache", "h1").glob(".journal-*"))  # folded in and removed
+    assert not list((settings.cache / "h1").rglob("*.tmp"))
+
+
+def test_two_overlapping_cache_runs_lose_nothing(settings):
+    uids = _landing(settings, n_good=8)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _SLOW_CACHE, str(settings.home), "0.05"], stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    manifest = read_manifest(settings, "h1")
+    assert set(manifest["sop_instance_uid"]) == set(uids)
+    quarantine = read_partition(settings, "quarantine", "h1")
+    bad = list(quarantine[quarantine["stage"] == "cache"]["rel_path"])
+    assert [resolve(settings, "h1", p) for p in bad] == [settings.landing / "h1/d1/bad/img.dcm"]
+    for row in manifest.itertuples():
+        assert Image.open(settings.cache / row.display_png).size[0] > 0
+    assert not list((settings.cache / "h1").rglob("*.tmp"))
+    assert not list(settings.table_dir("image_cache", "h1").glob(".journal-*"))

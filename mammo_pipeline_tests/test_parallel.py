@@ -1,3 +1,10 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from mammo_pipeline.parallel import imap_unordered
@@ -24,3 +31,45 @@ def test_imap_unordered_bounds_items_in_flight():
     next(results)
     assert len(pulled) <= 5 * 3  # at most max_pending chunks (plus the one being assembled) read ahead
     assert len(list(results)) == 99
+
+
+def record_and_sleep(folder: str) -> int:
+    """A worker that says who it is, then works far longer than the test waits."""
+    Path(folder, str(os.getpid())).touch()
+    time.sleep(60)
+    return 0
+
+
+_PARENT = """
+import sys
+from mammo_pipeline.parallel import imap_unordered
+from mammo_pipeline_tests.test_parallel import record_and_sleep
+list(imap_unordered(record_and_sleep, [sys.argv[1]] * 8, workers=2, chunksize=1))
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_pool_workers_die_when_their_parent_is_killed(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path)])
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(p.name) for p in tmp_path.iterdir()]
+    assert len(workers) == 2 and all(_running(pid) for pid in workers)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [pid for pid in workers if _running(pid)]
+    for pid in survivors:  # never leave orphans behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors

@@ -53,6 +53,7 @@ def command(
         mammo label --export labels.csv
     """
     from mammo_pipeline.labels import app as label_app
+    from mammo_pipeline.labels import security
 
     if hash_password:
         click.echo(label_app.hash_password(click.prompt("Password", hide_input=True, confirmation_prompt=True)))
@@ -69,7 +70,13 @@ def command(
         return
     team = host not in LOOPBACK
     try:
-        app = label_app.create_app(settings, team=team, annotator=annotator or getpass.getuser(), blind=blind)
+        app = label_app.create_app(
+            settings,
+            team=team,
+            annotator=annotator or getpass.getuser(),
+            blind=blind,
+            allowed_hosts=security.allowed_hosts(host),  # loopback, the bind address, MAMMO_ALLOWED_HOSTS
+        )
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     n_images = len(store.images())

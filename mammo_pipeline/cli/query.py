@@ -1,4 +1,4 @@
-"""`mammo query`: SQL over the warehouse views (DuckDB, in process)."""
+"""`mammo query`: read-only SQL over the warehouse views (DuckDB, in process; see read_only_query)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import click
 import duckdb
 
 from mammo_pipeline import warehouse
+from mammo_pipeline.read_only_query import ReadOnlyViolation, run_read_only
 from mammo_pipeline.settings import Settings
 
 
@@ -21,7 +22,8 @@ from mammo_pipeline.settings import Settings
 )
 def command(sql: str, fmt: str) -> None:
     """Run SQL over the warehouse tables (dicom_index, image_cache, labels, model_registry, image_predictions,
-    study_predictions, ...) and print the result.
+    study_predictions, ...) and print the result. Read-only: only SELECT-like statements run, and files outside
+    the warehouse tables, the network, ATTACH and extensions are off (COPY, INSTALL, read_text('/etc/passwd') fail).
 
     \b
     Example:
@@ -30,7 +32,9 @@ def command(sql: str, fmt: str) -> None:
     """
     settings = Settings.from_env()
     try:
-        df = warehouse.query(settings, sql)
+        df = run_read_only(settings, sql)
+    except ReadOnlyViolation as e:
+        raise click.ClickException(str(e)) from e
     except duckdb.Error as e:
         tables = [t for t in warehouse.TABLES if warehouse.table_glob(settings, t)]
         raise click.ClickException(f"query failed: {e}\nTables: {', '.join(tables) or 'none yet'}") from e

@@ -20,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from mammo_pipeline.atomic import atomic_path
 from mammo_pipeline.labels import components as ui
+from mammo_pipeline.labels import security
 from mammo_pipeline.labels.queues import QUEUES
 from mammo_pipeline.labels.store import LabelStore, NothingToUndo, StaleSubmit, UnknownImage, counts_of
 from mammo_pipeline.settings import Settings
@@ -90,11 +91,13 @@ def create_app(
     blind: bool = False,
     seed: int | None = None,
     secret: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> fh.FastHTML:
     """The labeling app over one label store.
 
     `settings_or_db_path`: Settings (store at settings.labels_db, images under settings.cache) or the path
     of a label database (images under `cache`, default the database's folder / "cache").
+    `allowed_hosts`: Host names served (default `security.allowed_hosts()`: loopback + MAMMO_ALLOWED_HOSTS).
     """
     if isinstance(settings_or_db_path, Settings):
         s = settings_or_db_path
@@ -115,7 +118,7 @@ def create_app(
             req.scope["auth"] = solo
             return None
         who = sess.get("annotator")
-        if who in users:
+        if who in users and app.state.sessions.valid(sess, who):  # signed cookie and a live server-side session
             req.scope["auth"] = who
             return None
         if req.method == "GET" and req.url.path in ("/", "/review"):
@@ -134,12 +137,14 @@ def create_app(
         secret_key=secret or session_secret(home),
         session_cookie="mammo_session",
         same_site="strict",
-        before=fh.Beforeware(before, skip=[r"/login", r"/static/.*", r"/favicon\.ico"]),
+        max_age=security.SESSION_HOURS * 3600,
+        before=[security.csrf_before, fh.Beforeware(before, skip=[r"/login", r"/static/.*", r"/favicon\.ico"])],
         htmlkw={"data-theme": "dark", "lang": "en"},
         title="mammo · labeling",
         canonical=False,
     )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    security.install(app, security.allowed_hosts() if allowed_hosts is None else allowed_hosts)
     app.state.store = store
     rt = app.route
 
@@ -275,19 +280,25 @@ def create_app(
         return ui.login_page()
 
     @rt("/login", methods=["post"])
-    def login(session, data: dict):
-        name, password = str(data.get("name", "")), str(data.get("password", ""))
-        stored = (users or {}).get(name)
-        # Compare against a dummy when the name is unknown, so timing does not reveal valid names.
-        ok = check_password(stored or "x" * 32, password) and stored is not None
-        if not team or not ok:
+    def login(req, session, data: dict):
+        name, password = str(data.get("name", ""))[:200], str(data.get("password", ""))[:1000]
+        throttle, address = app.state.login_throttle, security.client_address(req)
+        wait = throttle.retry_after(name, address)
+        if wait:
+            page = ui.login_page(f"Too many failed sign-ins; try again in {int(wait) + 1} s.")
+            return fh.FtResponse(page, status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+        if not team or not security.verify_login(users or {}, name, password):  # same cost for any name
+            throttle.failure(name, address)
             return fh.FtResponse(ui.login_page("Wrong name or password."), status_code=401)
+        throttle.success(name)
         session.clear()
+        app.state.sessions.start(session, name)
         session["annotator"] = name
         return RedirectResponse("/", status_code=303)
 
     @rt("/logout", methods=["post"])
     def logout(session):
+        app.state.sessions.end(session)  # a copy of the cookie is refused from now on
         session.clear()
         return RedirectResponse("/login" if team else "/", status_code=303)
 

@@ -99,3 +99,90 @@ def test_production_k8s_run_launcher_config_matches_dagster_k8s():
     launcher = yaml.safe_load(PRODUCTION_YAML.read_text())["run_launcher"]
     result = validate_config(k8s.K8sRunLauncher.config_type(), launcher["config"])
     assert result.success, result.errors
+
+
+# -- a dead run no longer blocks its partition (issue 14) ----------------------------------------------
+@dg.op
+def _noop() -> None: ...
+
+
+@dg.job
+def _stand_in_job() -> None:
+    _noop()
+
+
+def _started_run(instance: dg.DagsterInstance, pid: int, partition: str):
+    """A STARTED run of partition `partition` whose run worker is process `pid`, as the code server records it."""
+    from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
+
+    run = instance.create_run_for_job(_stand_in_job, tags={"dagster/partition": partition})
+    instance.report_engine_event(f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid))
+    instance.report_dagster_event(
+        DagsterEvent(DagsterEventType.RUN_START.value, job_name=run.job_name, message="started"), run.run_id
+    )
+    return instance.get_run_by_id(run.run_id)
+
+
+def _origin():
+    """Where a queued run's job lives (the queue needs one; nothing is loaded from it here)."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    location = InProcessCodeLocationOrigin(LoadableTargetOrigin(python_file=__file__), location_name="test")
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), "_stand_in_job")
+
+
+def _dequeue(instance: dg.DagsterInstance) -> list[str]:
+    """The queued runs the run queue daemon would launch now."""
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+    return [r.run_id for r in daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), None)]
+
+
+def test_shipped_dagster_yaml_fails_a_killed_run_and_its_partition_queue_moves_on(tmp_path):
+    import logging
+    import subprocess
+    import sys
+
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._daemon.monitoring.run_monitoring import monitor_started_run
+
+    from mammo_pipeline.defs.run_launcher import LocalRunLauncher
+
+    with instance_from(SHIPPED_YAML, tmp_path) as instance:
+        assert instance.run_monitoring_enabled and isinstance(instance.run_launcher, LocalRunLauncher)
+        dead_worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        dead = _started_run(instance, dead_worker.pid, "h2")
+        dead_worker.kill()  # kill -9 of the run worker: the run stays STARTED by itself
+        dead_worker.wait()
+        queued = instance.create_run_for_job(
+            _stand_in_job,
+            tags={"dagster/partition": "h2"},
+            status=DagsterRunStatus.QUEUED,
+            remote_job_origin=_origin(),
+        )
+        assert _dequeue(instance) == []  # h2's queued run waits behind the dead one
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        alive = _started_run(instance, worker.pid, "h1")
+        try:
+            for run in (alive, dead):
+                record = instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id]))[0]
+                monitor_started_run(instance, None, record, logging.getLogger("test"))
+            assert instance.get_run_by_id(alive.run_id).status == DagsterRunStatus.STARTED
+            assert instance.get_run_by_id(dead.run_id).status == DagsterRunStatus.FAILURE
+            assert _dequeue(instance) == [queued.run_id]
+        finally:
+            worker.kill()
+            worker.wait()
+
+
+def test_a_reused_pid_does_not_count_as_the_run_worker():
+    import os
+    import time
+
+    from mammo_pipeline.defs.run_launcher import worker_alive
+
+    assert worker_alive(os.getpid(), time.time())
+    assert not worker_alive(os.getpid(), time.time() - 3600)  # this process started after that "event"
+    assert not worker_alive(2**22 + 12345, time.time())

@@ -9,6 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from mammo_pipeline.labels.app import check_password, create_app, hash_password, load_annotators
+from mammo_pipeline_tests.labels.clients import BrowserClient
 
 from .conftest import event_count
 
@@ -17,13 +18,13 @@ HX = {"HX-Request": "true"}
 
 @pytest.fixture
 def client(settings, store) -> TestClient:
-    return TestClient(create_app(settings, annotator="alice", secret="test-secret"))
+    return BrowserClient(create_app(settings, annotator="alice", secret="test-secret"))
 
 
 @pytest.fixture
 def team(settings, store) -> TestClient:
     users = {"alice": "wonderland", "bob": hash_password("builder")}
-    return TestClient(create_app(settings, team=True, users=users, secret="test-secret"))
+    return BrowserClient(create_app(settings, team=True, users=users, secret="test-secret"))
 
 
 def _card_state(html: str) -> tuple[int, int]:
@@ -244,7 +245,7 @@ def test_two_annotators_labeling_at_once_lose_nothing(settings, store):
     failures: list[int] = []
 
     def work(name: str) -> None:
-        with TestClient(app) as c:
+        with BrowserClient(app) as c:
             c.post("/login", data={"name": name, "password": users[name]})
             for k in range(40):
                 r = c.post("/label", data={"label": str(1 + k % 4), "image_id": str(ids[k % len(ids)])}, headers=HX)

@@ -45,7 +45,7 @@ def test_serve_single_user_on_loopback(settings, cached, monkeypatch):
     result = CliRunner().invoke(command, ["--annotator", "reader7", "--port", "5099"])
     assert result.exit_code == 0, result.output
     assert "5 images (5 new)" in result.output and seen["host"] == "127.0.0.1" and seen["port"] == 5099
-    page = TestClient(seen["app"]).get("/")
+    page = TestClient(seen["app"], base_url="http://localhost:5001").get("/")
     assert page.status_code == 200 and "reader7" in page.text
 
 
@@ -59,7 +59,7 @@ def test_serve_on_a_network_host_needs_annotators(settings, cached, monkeypatch)
     monkeypatch.setenv("MAMMO_ANNOTATORS", "alice:pw")
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app))
     assert CliRunner().invoke(command, ["--host", "0.0.0.0"]).exit_code == 0
-    assert TestClient(seen["app"]).get("/", follow_redirects=False).status_code == 303
+    assert TestClient(seen["app"], base_url="http://localhost:5001").get("/", follow_redirects=False).status_code == 303
 
 
 def test_bad_manifest_is_a_clear_error(settings):
