@@ -37,11 +37,12 @@ def _drops(settings, drop: str, names: list[str], tmp) -> None:
         shutil.move(aside / slug / drop, settings.landing / name / drop)
 
 
-def _materialize(defs, instance, keys: list[str], partition: str | None = None) -> None:
+def _materialize(defs, instance, keys: list[str], partition: str | None = None) -> dg.ExecuteInProcessResult:
     asset_keys = [dg.AssetKey(k) for k in keys]
     job = defs.resolve_implicit_job_def_def_for_assets(asset_keys)
     result = job.execute_in_process(asset_selection=asset_keys, partition_key=partition, instance=instance)
     assert result.success
+    return result
 
 
 @pytest.mark.timeout(600)
@@ -52,8 +53,14 @@ def test_awkward_hospital_names_pass_the_chain_and_an_indexed_instance_requests_
     make_model(settings, version="m-awk")
     _materialize(defs, instance, ["promoted_model"])
     instance.add_dynamic_partitions("hospital", AWKWARD)  # the demo's way: no sensor, direct materializations
+    checks = set()
     for hospital in AWKWARD:
-        _materialize(defs, instance, ["dicom_index", "image_cache", "image_predictions", "study_predictions"], hospital)
+        result = _materialize(
+            defs, instance, ["dicom_index", "image_cache", "image_predictions", "study_predictions"], hospital
+        )
+        checks |= {(e.check_name, e.passed) for e in result.get_asset_check_evaluations()}
+    ran = {"no_unlabeled_device", "class_rates_near_audit", "needs_review_not_growing"}
+    assert checks == {(name, True) for name in ran}  # the drift checks ran on every partition, quiet here
     _materialize(defs, instance, ["prediction_summary"])
 
     first = sensor_tick(instance, defs, settings, None)  # the daemon starts after the demo
