@@ -3,7 +3,7 @@
 import dagster as dg
 import pytest
 
-from mammo_pipeline import warehouse
+from mammo_pipeline import promotions, warehouse
 from mammo_pipeline.defs.partitions import hospital_partitions
 from mammo_pipeline.defs.predict import image_predictions, prediction_summary, promoted_model, study_predictions
 from mammo_pipeline.defs.resources import MammoSettings
@@ -122,3 +122,21 @@ def test_prediction_summary_materializes_tables_and_plot(settings, instance):
     meta = result.asset_materializations_for_node("prediction_summary")[0].metadata
     assert "| h1 |" in meta["agreement"].value
     assert (settings.warehouse / "reports" / "prediction_summary.png").stat().st_size > 0
+
+
+def test_a_model_whose_parity_check_failed_is_not_promoted(settings, instance):
+    @dg.asset_check(asset="onnx_model", name="onnx_matches_pytorch")
+    def failing_parity() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False, metadata={"model_version": "m1"})
+
+    _run(settings, instance, [fake_onnx_model, failing_parity], partition=None)
+    result = dg.materialize(
+        [promoted_model],
+        resources={"mammo": MammoSettings(home=str(settings.home))},
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert "onnx_matches_pytorch failed" in failure.event_specific_data.error.message
+    assert promotions.read_promotions(settings).empty
