@@ -7,11 +7,11 @@ from types import ModuleType
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from mammo_pipeline.defs import automation, ingest, jobs, labels, model, predict, schedules, sensors
+from mammo_pipeline.defs import automation, checks, ingest, jobs, labels, model, predict, schedules, sensors
 from mammo_pipeline.defs.resources import MammoSettings
 
 # Modules of defs/ whose assets, checks, jobs, sensors and schedules make up the code location.
-DOMAIN_MODULES: list[ModuleType] = [ingest, labels, model, predict, jobs, sensors, schedules, automation]
+DOMAIN_MODULES: list[ModuleType] = [ingest, labels, model, predict, checks, jobs, sensors, schedules, automation]
 
 _ASSETS = (dg.AssetsDefinition, dg.SourceAsset, dg.AssetSpec)
 _JOBS = (dg.JobDefinition, UnresolvedAssetJobDefinition)

@@ -33,7 +33,7 @@ FIRST_DROP = "drop-20261101"
 NEW_DROP = "drop-20261127"
 PER_HOSPITAL = ("dicom_index", "image_cache")
 PREDICT = ("image_predictions", "study_predictions")
-MODEL = ("labels", "trained_model", "onnx_model")
+MODEL = ("labels", "trained_model", "onnx_model", "promoted_model")
 # Dagster's console logger at INFO: the assets' progress lines, not every engine event.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 RESOURCES = {"mammo": MammoSettings()}
@@ -151,7 +151,7 @@ class Demo:
     def feed_predictions(self) -> None:
         """Give the label store the newest predictions (and out-of-sample ones) for its queues."""
         preds = warehouse.query(
-            self.settings, "SELECT sop_instance_uid, p_biopsy, p_mag, model_version FROM image_predictions"
+            self.settings, "SELECT sop_instance_uid, p_biopsy, p_mag, model_version FROM image_predictions_current"
         )
         preds["out_of_sample"] = False
         oof_path = self.settings.models / _current_version(self.settings) / "oof.parquet"
@@ -279,7 +279,7 @@ class Demo:
         q = lambda sql: warehouse.query(self.settings, sql)  # noqa: E731
         studies = q(
             "SELECT hospital, count(*) AS studies, count_if(has_biopsy_marker) AS biopsy_studies, "
-            "count_if(is_mag_view) AS mag_studies FROM study_predictions GROUP BY hospital ORDER BY 1"
+            "count_if(is_mag_view) AS mag_studies FROM study_predictions_current GROUP BY hospital ORDER BY 1"
         )
         row = _registry_row(self.settings)
         summary_file = self.settings.warehouse / "reports" / "prediction_summary.parquet"

@@ -1,8 +1,10 @@
-"""Which model labeled which study: one study's predictions traced back to the model, its labels and its run.
+"""Which model labeled which study, now or at any past time: a study's predictions traced back to the model,
+its labels and its run.
 
-Everything comes from the warehouse: image_predictions carry model_version, the sha256 of the ONNX file
-used, the label snapshot and the Dagster run id; the model registry adds how that model scored when it
-was trained; image_cache / dicom_index add the drop each image arrived in.
+Everything comes from the warehouse: image_predictions keep every model's rows (one slice per hospital and
+model_version) with the sha256 of the ONNX file used, the label snapshot and the Dagster run id;
+model_promotions says which model was current when (rule: mammo_pipeline/promotions.py); the model registry
+adds how that model scored when it was trained; image_cache / dicom_index add the drop each image arrived in.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 
 import pandas as pd
 
-from mammo_pipeline import warehouse
+from mammo_pipeline import promotions, warehouse
 from mammo_pipeline.settings import Settings
 
 MODEL_FIELDS = (
@@ -30,34 +32,81 @@ MODEL_FIELDS = (
 
 
 class UnknownStudy(LookupError):
-    """No prediction in the warehouse names this study."""
+    """No prediction in the warehouse names this study (at the time asked)."""
 
 
-def study_lineage(settings: Settings, study_uid: str) -> dict:
-    """The study's prediction, its images' predictions, and for each model used its registry facts.
+def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp | None = None) -> dict:
+    """The study's prediction from the model current for its hospital at `as_of` (now when None), its images'
+    predictions, the registry facts of that model, every model that ever predicted the study, and the
+    promotions that applied to its hospital.
 
-    Raises UnknownStudy when no image_predictions row has this StudyInstanceUID.
+    Raises UnknownStudy when no image_predictions row has this StudyInstanceUID, or none was current then.
     """
+    when = promotions.timestamp_sql(as_of)
     with warehouse.connect(settings) as con:
-        views = {row[0] for row in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        views = warehouse.views(con)
         if "image_predictions" not in views:
             raise UnknownStudy(f"study {study_uid}: no predictions in the warehouse yet")
-        images = con.execute(
-            "SELECT * EXCLUDE (patient_key) FROM image_predictions WHERE study_instance_uid = ? "
-            "ORDER BY sop_instance_uid",
-            [study_uid],
-        ).df()
-        if images.empty:
+        hospitals = [
+            row[0]
+            for row in con.execute(
+                "SELECT DISTINCT hospital FROM image_predictions WHERE study_instance_uid = ?", [study_uid]
+            ).fetchall()
+        ]
+        if not hospitals:
             raise UnknownStudy(f"study {study_uid}: not in image_predictions (try `mammo query` to list studies)")
+        current = con.execute(
+            f"SELECT * FROM ({promotions.current_models_sql(when)}) c "
+            "WHERE hospital IN (SELECT unnest(?)) AND EXISTS (SELECT 1 FROM image_predictions i "
+            "WHERE i.hospital = c.hospital AND i.model_version = c.model_version AND i.study_instance_uid = ?)",
+            [hospitals, study_uid],
+        ).df()
+        if current.empty:
+            raise UnknownStudy(f"study {study_uid}: no model current at {as_of} had predicted it")
+        pick = current.iloc[0]
+        hospital, version = str(pick["hospital"]), str(pick["model_version"])
+        images = con.execute(
+            "SELECT * EXCLUDE (patient_key) FROM image_predictions WHERE study_instance_uid = ? AND hospital = ? "
+            "AND model_version = ? ORDER BY sop_instance_uid",
+            [study_uid, hospital, version],
+        ).df()
         images = images.merge(_drops(con, views, study_uid), on="sop_instance_uid", how="left")
-        study = _study_row(con, views, study_uid)
-        models = _models(con, views, images["model_version"].unique().tolist())
+        study = _study_row(con, views, study_uid, hospital, version)
+        history = con.execute(
+            """SELECT model_version, count(*) AS n_images, bool_or(has_biopsy_marker) AS has_biopsy_marker,
+                      bool_or(is_mag_view) AS is_mag_view, any_value(onnx_sha256) AS onnx_sha256,
+                      any_value(label_snapshot_id) AS label_snapshot_id, any_value(dagster_run_id) AS dagster_run_id,
+                      max(predicted_at) AS predicted_at
+               FROM image_predictions WHERE study_instance_uid = ? AND hospital = ?
+               GROUP BY model_version ORDER BY predicted_at""",
+            [study_uid, hospital],
+        ).df()
+        promoted = con.execute(
+            "SELECT promoted_at, hospital, model_version, reason, promoted_by, dagster_run_id "
+            "FROM model_promotions WHERE hospital IS NULL OR hospital = ? ORDER BY promoted_at",
+            [hospital],
+        ).df()
+        models = _models(con, views, history["model_version"].tolist())
+    first = images.iloc[0]
     return {
         "study_instance_uid": study_uid,
-        "hospital": images["hospital"].iloc[0],
+        "as_of": "now" if as_of is None else str(pd.Timestamp(as_of)),
+        "hospital": hospital,
         "drops": sorted(images["drop"].dropna().unique().tolist()),
+        "current": _clean(
+            {
+                "model_version": version,
+                "promoted": bool(pick["promoted"]),
+                "promoted_at": pick["promoted_at"],
+                "onnx_sha256": first["onnx_sha256"],
+                "label_snapshot_id": first["label_snapshot_id"],
+                "dagster_run_id": first["dagster_run_id"],
+            }
+        ),
         "prediction": study,
         "models": models,
+        "history": [_clean(row) for row in history.to_dict("records")],
+        "promotions": [_clean(row) for row in promoted.to_dict("records")],
         "images": [_clean(row) for row in images.to_dict("records")],
     }
 
@@ -73,11 +122,13 @@ def _drops(con, views: set[str], study_uid: str) -> pd.DataFrame:
     return pd.DataFrame({"sop_instance_uid": pd.Series(dtype=str), "drop": pd.Series(dtype=str)})
 
 
-def _study_row(con, views: set[str], study_uid: str) -> dict | None:
+def _study_row(con, views: set[str], study_uid: str, hospital: str, version: str) -> dict | None:
     if "study_predictions" not in views:
         return None
     rows = con.execute(
-        "SELECT * EXCLUDE (patient_key) FROM study_predictions WHERE study_instance_uid = ?", [study_uid]
+        "SELECT * EXCLUDE (patient_key) FROM study_predictions WHERE study_instance_uid = ? AND hospital = ? "
+        "AND model_version = ?",
+        [study_uid, hospital, version],
     ).df()
     return _clean(rows.iloc[0].to_dict()) if len(rows) else None
 

@@ -14,7 +14,7 @@ import duckdb
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mammo_pipeline import warehouse
+from mammo_pipeline import schemas, warehouse
 from mammo_pipeline.atomic import atomic_path, write_parquet
 from mammo_pipeline.settings import Settings
 
@@ -30,10 +30,14 @@ class MissingTable(LookupError):
 
 
 def aggregate_studies(image_predictions: Path) -> pd.DataFrame:
-    """One row per study from one image_predictions Parquet file (study_predictions columns)."""
+    """One row per study from one image_predictions Parquet file (study_predictions columns; needs_review is
+    ANY over the images, n_needs_review their count, both NULL when the model gave no needs_review flag)."""
     con = duckdb.connect()
     try:
-        con.execute(f"CREATE VIEW images AS SELECT * FROM read_parquet('{image_predictions}')")
+        source = f"read_parquet('{image_predictions}')"
+        present = set(con.execute(f"SELECT * FROM {source} LIMIT 0").df().columns)
+        # typed like the image_predictions table: needs_review is a NULL column for models without it
+        con.execute(f"CREATE VIEW images AS {schemas.select_sql('image_predictions', source, present)}")
         models = con.execute("SELECT DISTINCT model_version, onnx_sha256 FROM images").fetchall()
         if len(models) > 1:
             raise MixedModels(f"{image_predictions}: predictions from {len(models)} models {models}; re-materialize")
@@ -43,6 +47,8 @@ def aggregate_studies(image_predictions: Path) -> pd.DataFrame:
                    count(*) AS n_images,
                    bool_or(has_biopsy_marker) AS has_biopsy_marker, bool_or(is_mag_view) AS is_mag_view,
                    max(p_biopsy) AS max_p_biopsy, max(p_mag) AS max_p_mag,
+                   bool_or(needs_review) AS needs_review,
+                   CASE WHEN count(needs_review) > 0 THEN count_if(needs_review) END AS n_needs_review,
                    any_value(model_version) AS model_version, any_value(onnx_sha256) AS onnx_sha256,
                    any_value(label_snapshot_id) AS label_snapshot_id,
                    any_value(dagster_run_id) AS dagster_run_id, max(predicted_at) AS predicted_at
@@ -65,13 +71,13 @@ class PredictionSummary:
 
 
 _COUNTS_SQL = """
-SELECT hospital, 'image' AS level, predicted_class, count(*) AS n FROM image_predictions GROUP BY ALL
+SELECT hospital, 'image' AS level, predicted_class, count(*) AS n FROM image_predictions_current GROUP BY ALL
 UNION ALL
 SELECT hospital, 'study' AS level,
        CASE WHEN has_biopsy_marker AND is_mag_view THEN 'both' WHEN has_biopsy_marker THEN 'biopsy'
             WHEN is_mag_view THEN 'mag' ELSE 'neither' END AS predicted_class,
        count(*) AS n
-FROM study_predictions GROUP BY ALL
+FROM study_predictions_current GROUP BY ALL
 ORDER BY hospital, level, predicted_class
 """
 
@@ -82,7 +88,7 @@ WITH meta AS (
     FROM dicom_index GROUP BY hospital, sop_instance_uid
 ), joined AS (
     SELECT p.hospital, p.is_mag_view, m.meta_mag
-    FROM image_predictions p LEFT JOIN meta m USING (hospital, sop_instance_uid)
+    FROM image_predictions_current p LEFT JOIN meta m USING (hospital, sop_instance_uid)
 )
 SELECT hospital, count(*) AS n_images,
        count(*) FILTER (meta_mag IS NOT NULL AND meta_mag = is_mag_view) AS agree,
@@ -97,9 +103,10 @@ FROM joined GROUP BY hospital ORDER BY hospital
 
 
 def summarize_predictions(settings: Settings) -> PredictionSummary:
-    """Count classes per hospital and compare header mag flags with the model, writing Parquet + a PNG."""
+    """Count classes per hospital (each hospital's current model) and compare header mag flags with the model,
+    writing Parquet + a PNG."""
     with warehouse.connect(settings) as con:
-        views = {row[0] for row in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        views = warehouse.views(con)
         for needed in ("image_predictions", "study_predictions", "dicom_index"):
             if needed not in views:
                 raise MissingTable(f"{settings.table_dir(needed)}: no Parquet files yet; materialize {needed} first")

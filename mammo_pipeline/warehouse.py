@@ -1,8 +1,11 @@
 """The warehouse: hive-partitioned Parquet tables under `warehouse/`, queried with DuckDB in process.
 
-Each table is a folder; a partitioned table has one `hospital=<key>/` folder per hospital. Writers
-replace whole files atomically, so a reader never sees half a table. `warehouse.duckdb` only holds
-views over the Parquet files (no data), so it can be rebuilt at any time with `refresh_views`.
+Each table is a folder laid out as `schemas.TABLES` says: `hospital=<key>/` per hospital, and for the
+prediction tables one more level, `model_version=<v>/`, so a new model adds a slice and never rewrites
+an older model's rows. Writers replace whole files atomically (temp name, then rename), so a reader never
+sees half a file. Views read every table through `schemas.select_sql`: columns cast to the table's
+schema, hive keys always VARCHAR. `warehouse.duckdb` only holds views over the Parquet files (no data),
+so it can be rebuilt at any time with `refresh_views`.
 """
 
 from __future__ import annotations
@@ -11,18 +14,32 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
 
+from mammo_pipeline import schemas
 from mammo_pipeline.atomic import atomic_path, write_parquet
 from mammo_pipeline.settings import Settings
 
-# Tables with one folder per hospital; the others are flat folders of Parquet files.
-PARTITIONED = ("dicom_index", "quarantine", "image_cache", "image_predictions", "study_predictions")
-FLAT = ("labels", "model_registry")
-TABLES = PARTITIONED + FLAT
+TABLES = tuple(schemas.TABLES)
+PARTITIONED = tuple(t for t, spec in schemas.TABLES.items() if spec.hive_keys)
+FLAT = tuple(t for t, spec in schemas.TABLES.items() if not spec.hive_keys)
+HISTORY = ("image_predictions", "study_predictions")  # one slice per (hospital, model_version)
+# Views derived from the tables: today's answer (see promotions.current_models_sql).
+CURRENT_VIEWS = {"image_predictions_current": "image_predictions", "study_predictions_current": "study_predictions"}
+SLICE_FILE = "part.parquet"
 
 
 def partition_file(settings: Settings, table: str, hospital: str, name: str = "part.parquet") -> Path:
     return settings.table_dir(table, hospital) / name
+
+
+def slice_dir(settings: Settings, table: str, hospital: str, model_version: str) -> Path:
+    """The folder of one model's rows for one hospital in a history table."""
+    return settings.table_dir(table, hospital) / f"model_version={model_version}"
+
+
+def slice_file(settings: Settings, table: str, hospital: str, model_version: str) -> Path:
+    return slice_dir(settings, table, hospital, model_version) / SLICE_FILE
 
 
 def write_partition(
@@ -30,6 +47,19 @@ def write_partition(
 ) -> Path:
     """Replace one file of one hospital's partition atomically."""
     return write_parquet(df, partition_file(settings, table, hospital, name))
+
+
+def write_table_file(table: str, df: pd.DataFrame, path: Path) -> Path:
+    """Write `df` to `path` atomically with exactly the table's schema (schemas.conform raises on a misfit)."""
+    arrow = schemas.conform(table, df)
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow, tmp)
+    return path
+
+
+def write_slice(settings: Settings, table: str, hospital: str, model_version: str, df: pd.DataFrame) -> Path:
+    """Replace one (hospital, model_version) slice of a history table; other models' slices stay untouched."""
+    return write_table_file(table, df, slice_file(settings, table, hospital, model_version))
 
 
 def read_partition(settings: Settings, table: str, hospital: str) -> pd.DataFrame:
@@ -41,27 +71,57 @@ def read_partition(settings: Settings, table: str, hospital: str) -> pd.DataFram
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
+def read_slice(settings: Settings, table: str, hospital: str, model_version: str) -> pd.DataFrame:
+    """One (hospital, model_version) slice with the table's schema (absent columns as NULL)."""
+    path = slice_file(settings, table, hospital, model_version)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no {table} for hospital {hospital} and model {model_version}")
+    with duckdb.connect() as con:
+        return con.execute(_table_sql(con, table, str(path), hive=False)).df()
+
+
 def table_glob(settings: Settings, table: str) -> str | None:
     """The read_parquet glob of a table, or None while it has no files."""
     root = settings.table_dir(table)
-    pattern = "*/*.parquet" if table in PARTITIONED else "*.parquet"
+    pattern = schemas.TABLES[table].glob_pattern
     return str(root / pattern) if any(root.glob(pattern)) else None
+
+
+def _table_sql(con: duckdb.DuckDBPyConnection, table: str, glob: str, hive: bool = True) -> str:
+    options = schemas.read_options(table) if hive else "union_by_name=true"
+    source = f"read_parquet('{glob}', {options})"
+    present = set(con.execute(f"SELECT * FROM {source} LIMIT 0").df().columns)
+    return schemas.select_sql(table, source, present)
+
+
+def _view_sqls(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, str]:
+    """View name -> SELECT for every table with files, the empty promotions table, and the current views."""
+    from mammo_pipeline.promotions import current_rows_sql
+
+    sqls = {}
+    for table in TABLES:
+        glob = table_glob(settings, table)
+        if glob:
+            sqls[table] = _table_sql(con, table, glob)
+    sqls.setdefault("model_promotions", schemas.empty_sql("model_promotions"))
+    for view, table in CURRENT_VIEWS.items():
+        if table in sqls and "image_predictions" in sqls:
+            sqls[view] = current_rows_sql(table)
+    return sqls
 
 
 def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per existing table (no lock on any file)."""
     con = duckdb.connect()
     if settings is not None:
-        for table in TABLES:
-            glob = table_glob(settings, table)
-            if glob:
-                con.execute(f"CREATE VIEW {table} AS {_select(table, glob)}")
+        for view, sql in _view_sqls(con, settings).items():
+            con.execute(f"CREATE VIEW {view} AS {sql}")
     return con
 
 
-def _select(table: str, glob: str) -> str:
-    hive = "true" if table in PARTITIONED else "false"
-    return f"SELECT * FROM read_parquet('{glob}', hive_partitioning={hive}, union_by_name=true)"
+def views(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The views a connection has."""
+    return {row[0] for row in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
 
 
 def refresh_views(settings: Settings) -> list[str]:
@@ -75,18 +135,16 @@ def refresh_views(settings: Settings) -> list[str]:
     with atomic_path(settings.duckdb_path) as tmp:
         con = duckdb.connect(str(tmp))
         try:
-            for table in TABLES:
-                glob = table_glob(settings, table)
-                if glob:
-                    con.execute(f"CREATE OR REPLACE VIEW {table} AS {_select(table, glob)}")
-                    made.append(table)
+            for view, sql in _view_sqls(con, settings).items():
+                con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql}")
+                made.append(view)
         finally:
             con.close()
         Path(f"{tmp}.wal").unlink(missing_ok=True)
     return made
 
 
-def query(settings: Settings, sql: str) -> pd.DataFrame:
+def query(settings: Settings, sql: str, params: list | None = None) -> pd.DataFrame:
     """Run SQL over the warehouse views and return a DataFrame."""
     with connect(settings) as con:
-        return con.execute(sql).df()
+        return con.execute(sql, params or []).df()

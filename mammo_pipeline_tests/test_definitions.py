@@ -7,7 +7,7 @@ from mammo_pipeline.definitions import build_definitions
 
 ASSETS = {
     "dicom_index", "image_cache", "metadata_completeness", "label_store", "labels", "trained_model",
-    "onnx_model", "image_predictions", "study_predictions", "prediction_summary",
+    "onnx_model", "promoted_model", "image_predictions", "study_predictions", "prediction_summary",
 }  # fmt: skip
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pydicom
 import pytest
 
+from mammo_pipeline import warehouse
 from mammo_pipeline.demo import DemoConfig, run_demo
 
 
@@ -21,7 +22,7 @@ def test_demo_quick_runs_end_to_end_and_resumes(settings):
     # the fourth hospital came in through the sensor and has predictions
     assert len(summary["hospitals"]) == 3
     new = summary["hospitals"][-1]
-    preds = pd.read_parquet(settings.table_dir("image_predictions", new))
+    preds = warehouse.query(settings, "SELECT * FROM image_predictions_current WHERE hospital = ?", [new])
     assert len(preds) > 0 and set(preds["model_version"]) == {first["model_version"]}
     assert any("sensor new_hospital_drops requested" in line for line in lines)
     # the audit set was labeled and never trained on

@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from mammo_pipeline import definitions, synth
+from mammo_pipeline import definitions, synth, warehouse
 from mammo_pipeline.defs import sensors
 from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline_tests.model.test_infer import make_model
@@ -57,11 +57,11 @@ def test_new_drop_is_sensed_and_processed_into_predictions(settings, defs, insta
     assert result.success
 
     images = pd.read_parquet(settings.table_dir("image_cache", hospital))
-    predictions = pd.read_parquet(settings.table_dir("image_predictions", hospital) / "predictions.parquet")
+    predictions = warehouse.read_slice(settings, "image_predictions", hospital, ref.model_version)
     assert len(predictions) == images["sop_instance_uid"].nunique() > 0
     assert set(predictions["model_version"]) == {ref.model_version}
     assert set(predictions["sop_instance_uid"]) == set(images["sop_instance_uid"])
-    studies = pd.read_parquet(settings.table_dir("study_predictions", hospital) / "studies.parquet")
+    studies = warehouse.read_slice(settings, "study_predictions", hospital, ref.model_version)
     assert set(studies["study_instance_uid"]) == set(predictions["study_instance_uid"])
 
     assert sensor_tick(instance, defs, settings, tick.cursor).run_requests == []  # the drop is not run again

@@ -16,9 +16,9 @@ def predict_hospital(settings, hospital: str, studies: dict[str, int], version: 
     """Run the real inference + aggregation path for one hospital (what the two assets do)."""
     ref = make_model(settings, version, seed, snapshot=f"snap-{version}")
     manifest = make_cache(settings, hospital, studies, seed=seed)
-    path = warehouse.partition_file(settings, "image_predictions", hospital, "predictions.parquet")
+    path = warehouse.slice_file(settings, "image_predictions", hospital, version)
     write_predictions(settings, manifest, load_model(settings, ref), path, run_id=run_id)
-    warehouse.write_partition(settings, "study_predictions", hospital, aggregate_studies(path), "studies.parquet")
+    warehouse.write_slice(settings, "study_predictions", hospital, version, aggregate_studies(path))
 
 
 def test_study_lineage_names_model_snapshot_metrics_and_run(settings):

@@ -26,9 +26,10 @@ def _predictions(hospital: str, rows: list[tuple[str, str, float, float]], model
 
 
 def _write(settings, hospital: str, df: pd.DataFrame) -> pd.DataFrame:
-    path = write_parquet(df, settings.table_dir("image_predictions", hospital) / "predictions.parquet")
+    version = df["model_version"].iloc[0]
+    path = warehouse.write_slice(settings, "image_predictions", hospital, version, df)
     studies = aggregate_studies(path)
-    warehouse.write_partition(settings, "study_predictions", hospital, studies, "studies.parquet")
+    warehouse.write_slice(settings, "study_predictions", hospital, version, studies)
     return studies
 
 

@@ -1,22 +1,60 @@
 import duckdb
 import pandas as pd
+import pytest
 
-from mammo_pipeline import warehouse
+from mammo_pipeline import schemas, warehouse
+
+# Folder names DuckDB would otherwise type as BIGINT, DATE, DATE 9999-12-31 and BIGINT 42.
+AWKWARD = ["1001", "2024-01-05", "inf", "0042"]
+
+
+def _slice(settings, hospital: str, sops: list[str], model: str = "m1") -> None:
+    df = pd.DataFrame({"sop_instance_uid": sops, "hospital": hospital, "model_version": model})
+    warehouse.write_slice(settings, "image_predictions", hospital, model, df)
 
 
 def test_views_cover_partitioned_and_flat_tables(settings):
-    warehouse.write_partition(settings, "image_predictions", "h1", pd.DataFrame({"sop_instance_uid": ["a", "b"]}))
-    warehouse.write_partition(settings, "image_predictions", "h2", pd.DataFrame({"sop_instance_uid": ["c"]}))
+    _slice(settings, "h1", ["a", "b"])
+    _slice(settings, "h2", ["c"])
     (settings.table_dir("model_registry")).mkdir(parents=True)
     pd.DataFrame({"model_version": ["m1"]}).to_parquet(settings.table_dir("model_registry") / "m1.parquet")
 
     made = warehouse.refresh_views(settings)
-    assert made == ["image_predictions", "model_registry"]
+    assert made == ["image_predictions", "model_registry", "model_promotions", "image_predictions_current"]
     counts = warehouse.query(settings, "SELECT hospital, count(*) AS n FROM image_predictions GROUP BY 1 ORDER BY 1")
     assert counts.to_dict("list") == {"hospital": ["h1", "h2"], "n": [2, 1]}
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:  # the file other tools open
         assert con.execute("SELECT count(*) FROM image_predictions").fetchone() == (3,)
         assert con.execute("SELECT model_version FROM model_registry").fetchone() == ("m1",)
+
+
+def test_views_are_typed_by_the_schema_and_hive_keys_stay_text(settings):
+    for hospital in AWKWARD:
+        _slice(settings, hospital, [f"{hospital}.1"], model="20240105")  # a model version that looks like a date
+    with warehouse.connect(settings) as con:
+        types = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ?", ["image_predictions"]
+            ).fetchall()
+        )
+        assert types["hospital"] == types["model_version"] == "VARCHAR"
+        assert types["p_biopsy"] == "FLOAT" and types["needs_review"] == "BOOLEAN"  # absent in the file: NULL
+        assert list(types) == schemas.IMAGE_PREDICTIONS.names
+        for hospital in AWKWARD:
+            rows = con.execute(
+                "SELECT hospital, model_version FROM image_predictions WHERE hospital IN (SELECT ?)", [hospital]
+            ).fetchall()
+            assert rows == [(hospital, "20240105")]
+
+
+def test_write_refuses_a_frame_that_does_not_fit_the_schema(settings):
+    with pytest.raises(schemas.SchemaError, match="not in its schema"):
+        warehouse.write_slice(settings, "image_predictions", "h1", "m1", pd.DataFrame({"surprise": [1]}))
+    with pytest.raises(schemas.SchemaError, match="p_biopsy"):
+        warehouse.write_slice(settings, "image_predictions", "h1", "m1", pd.DataFrame({"p_biopsy": ["high"]}))
+    assert not settings.table_dir("image_predictions").exists() or not any(
+        settings.table_dir("image_predictions").rglob("*.parquet")
+    )
 
 
 def test_read_partition_of_a_missing_table_is_empty(settings):
@@ -27,5 +65,5 @@ def test_read_partition_of_a_missing_table_is_empty(settings):
 def test_refresh_views_replaces_the_file_atomically(settings):
     warehouse.refresh_views(settings)
     warehouse.write_partition(settings, "quarantine", "h1", pd.DataFrame({"reason": ["not_dicom"]}))
-    assert warehouse.refresh_views(settings) == ["quarantine"]
+    assert warehouse.refresh_views(settings) == ["quarantine", "model_promotions"]
     assert [p.name for p in settings.warehouse.iterdir() if p.name.startswith(".")] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+import pandas as pd
 
 from mammo_pipeline.lineage import UnknownStudy, lineage_json, study_lineage
 from mammo_pipeline.settings import Settings
@@ -18,16 +19,30 @@ from mammo_pipeline.settings import Settings
     show_default=True,
     help="Output format.",
 )
-def command(study_uid: str, fmt: str) -> None:
-    """Trace a study's predictions to the model, its ONNX file, label snapshot, training metrics and run.
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    metavar="WHEN",
+    help="A date or time (UTC unless it says otherwise): the answer that was current then. Default: now.",
+)
+def command(study_uid: str, fmt: str, as_of: str | None) -> None:
+    """Trace a study's predictions to the model, its ONNX file, label snapshot, training metrics and run;
+    with --as-of, the model that was current for its hospital at that time.
 
     \b
     Example:
         mammo lineage 1.2.826.0.1.3680043.8.498.1
+        mammo lineage 1.2.826.0.1.3680043.8.498.1 --as-of 2026-11-01
         mammo lineage 1.2.826.0.1.3680043.8.498.1 --format json
     """
+    if as_of is not None:
+        try:
+            pd.Timestamp(as_of)
+        except ValueError as e:
+            raise click.BadParameter(f"{as_of!r} is not a date or time (e.g. 2026-11-01 or 2026-11-01T09:30)") from e
     try:
-        lineage = study_lineage(Settings.from_env(), study_uid)
+        lineage = study_lineage(Settings.from_env(), study_uid, as_of=as_of)
     except UnknownStudy as e:
         raise click.ClickException(str(e)) from e
     click.echo(lineage_json(lineage) if fmt == "json" else render(lineage))
@@ -36,9 +51,15 @@ def command(study_uid: str, fmt: str) -> None:
 def render(lineage: dict) -> str:
     """A short human-readable report: the study, each model, then one line per image."""
     study = lineage["prediction"] or {}
+    current = lineage["current"]
+    promoted = f"promoted {current['promoted_at']}" if current["promoted"] else "never promoted (newest predictions)"
     lines = [
         f"study      {lineage['study_instance_uid']}",
+        f"as of      {lineage['as_of']}",
         f"hospital   {lineage['hospital']}   drops: {', '.join(lineage['drops']) or '?'}",
+        f"current    model {current['model_version']}  {promoted}",
+        f"           onnx sha256 {current['onnx_sha256']}",
+        f"           labels {current['label_snapshot_id']}  dagster run {current['dagster_run_id']}",
         f"prediction biopsy={study.get('has_biopsy_marker')} mag={study.get('is_mag_view')} "
         f"(max p {_p(study.get('max_p_biopsy'))} / {_p(study.get('max_p_mag'))}, {study.get('n_images')} images)",
     ]
@@ -49,6 +70,18 @@ def render(lineage: dict) -> str:
             f"  n_train {model.get('n_train', '?')}  accuracy {_p(model.get('accuracy'))}"
             f"  biopsy F1 {_p(model.get('biopsy_f1'))}  mag F1 {_p(model.get('mag_f1'))}"
         )
+    if len(lineage["history"]) > 1:
+        lines.append("history    every model that predicted this study (oldest first)")
+        for row in lineage["history"]:
+            lines.append(
+                f"  {row['model_version']}  biopsy={row['has_biopsy_marker']} mag={row['is_mag_view']}"
+                f"  predicted {row['predicted_at']}  run {row['dagster_run_id']}"
+            )
+    if lineage["promotions"]:
+        lines.append(f"promotions for {lineage['hospital']} (oldest first)")
+        for row in lineage["promotions"]:
+            scope = row["hospital"] or "all hospitals"
+            lines.append(f"  {row['promoted_at']}  {row['model_version']}  {row['reason']}  ({scope})")
     lines.append("images")
     for image in lineage["images"]:
         lines.append(

@@ -21,13 +21,16 @@ from mammo_pipeline.settings import Settings
     help="Output format.",
 )
 def command(sql: str, fmt: str) -> None:
-    """Run SQL over the warehouse tables (dicom_index, image_cache, labels, model_registry, image_predictions,
-    study_predictions, ...) and print the result. Read-only: only SELECT-like statements run, and files outside
-    the warehouse tables, the network, ATTACH and extensions are off (COPY, INSTALL, read_text('/etc/passwd') fail).
+    """Run read-only SQL over the warehouse tables and print the result.
+
+    Tables: dicom_index, image_cache, labels, model_registry, model_promotions, image_predictions and
+    study_predictions with every model's rows, image_predictions_current and study_predictions_current with each
+    hospital's current model. Only SELECT-like statements run; files outside the warehouse tables, the network,
+    ATTACH and extensions are off (COPY, INSTALL, read_text('/etc/passwd') fail).
 
     \b
     Example:
-        mammo query "SELECT hospital, predicted_class, count(*) FROM image_predictions GROUP BY ALL"
+        mammo query "SELECT hospital, predicted_class, count(*) FROM image_predictions_current GROUP BY ALL"
         mammo query "SELECT * FROM model_registry" --format json
     """
     settings = Settings.from_env()

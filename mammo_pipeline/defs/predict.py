@@ -1,19 +1,21 @@
-"""Prediction assets: per-image and per-study predictions for each hospital, and the cross-hospital summary.
+"""Prediction assets: the promoted model, per-image and per-study predictions per hospital, the summary.
 
-Each prediction partition is one Parquet file, replaced whole on re-materialization, so it only holds the
-current model's rows (one per image). Older models' predictions are not kept in these tables: their history
-lives in the model registry (`warehouse/model_registry/<v>.parquet`) and in Dagster's materialization
-history, whose metadata names the model version, file and sha256 of every run.
+Predictions are history: each (hospital, model_version) is its own slice
+(`warehouse/image_predictions/hospital=H/model_version=V/part.parquet`), so a new model adds rows and
+never rewrites an older model's; re-running the same model replaces only its own slice. Which model is
+current is recorded in `model_promotions` (see mammo_pipeline/promotions.py): `promoted_model` appends a
+promotion once the ONNX export's blocking checks passed, and the `*_current` views follow it.
 """
 
 from collections import Counter
 
 import dagster as dg
 
-from mammo_pipeline import warehouse
+from mammo_pipeline import promotions, schemas, warehouse
 from mammo_pipeline.model.infer import load_model, write_predictions
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.progress import every
+from mammo_pipeline.settings import Settings
 from mammo_pipeline.summary import aggregate_studies, agreement_markdown, summarize_predictions
 
 from .partitions import hospital_partitions
@@ -21,28 +23,96 @@ from .resources import MammoSettings
 
 # Re-run when the model or the cache changes, but only once their blocking checks passed.
 ON_NEW_INPUTS = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+ONNX_CHECK = dg.AssetCheckKey(dg.AssetKey("onnx_model"), "onnx_matches_pytorch")
+
+
+def _failed_check(instance: dg.DagsterInstance, model_version: str) -> bool:
+    """Whether the newest parity-check evaluation for this model version failed (False when none ran)."""
+    try:
+        history = instance.event_log_storage.get_asset_check_execution_history(ONNX_CHECK, limit=20)
+    except Exception:  # an instance without check storage: nothing recorded, nothing failed
+        return False
+    for record in history:
+        evaluation = getattr(getattr(record.event, "dagster_event", None), "event_specific_data", None)
+        meta = getattr(evaluation, "metadata", None) or {}
+        version = getattr(meta.get("model_version"), "value", None)
+        if version == model_version and hasattr(evaluation, "passed"):
+            return not evaluation.passed
+    return False
 
 
 @dg.asset(
-    deps=[dg.AssetKey("onnx_model"), dg.AssetKey("image_cache")],
+    deps=[dg.AssetKey("onnx_model")],
+    automation_condition=ON_NEW_INPUTS,
+    group_name="predict",
+    kinds={"parquet"},
+)
+def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
+    """Makes the exported model current for every hospital (a `model_promotions` row) once its checks passed."""
+    settings = mammo.get()
+    ref = ModelRef.load(settings.models)
+    if not ref.onnx_file:
+        raise dg.Failure(f"model {ref.model_version} has no ONNX file yet; materialize onnx_model first")
+    if _failed_check(context.instance, ref.model_version):
+        raise dg.Failure(
+            f"model {ref.model_version}: onnx_matches_pytorch failed, so it is not promoted; "
+            "re-export it, or promote another model with `mammo model promote VERSION`"
+        )
+    promotions.save_ref(settings, ref)
+    already = promotions.promoted_version(settings) == ref.model_version
+    row = None
+    if not already:
+        row = promotions.promote(
+            settings,
+            ref.model_version,
+            reason="checks_passed",
+            promoted_by="dagster",
+            dagster_run_id=context.run.run_id,
+        )
+        warehouse.refresh_views(settings)
+    context.log.info(f"Model {ref.model_version} " + ("was already current" if already else "promoted"))
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(ref.model_version),
+        metadata={
+            "model_version": ref.model_version,
+            "onnx_sha256": ref.onnx_sha256,
+            "label_snapshot_id": ref.label_snapshot_id,
+            "promoted": not already,
+            "previous_model_version": (row or {}).get("previous_model_version") or "",
+            "ref": dg.MetadataValue.path(str(promotions.ref_path(settings, ref.model_version))),
+        },
+    )
+
+
+def model_for(settings: Settings, hospital: str) -> ModelRef:
+    """The model that predicts a hospital: the one promoted for it, else (never promoted) current.json."""
+    version = promotions.promoted_version(settings, hospital)
+    return promotions.model_ref(settings, version) if version else ModelRef.load(settings.models)
+
+
+@dg.asset(
+    deps=[promoted_model, dg.AssetKey("image_cache")],
     partitions_def=hospital_partitions,
     automation_condition=ON_NEW_INPUTS,
     group_name="predict",
     kinds={"onnx", "parquet"},
 )
 def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
-    """The current model's biopsy-marker and magnification probabilities for every cached image of a hospital."""
+    """The promoted model's biopsy-marker and magnification probabilities for every cached image of a hospital,
+    written to its own (hospital, model_version) slice beside the older models' slices."""
     settings, hospital = mammo.get(), context.partition_key
-    ref = ModelRef.load(settings.models)
+    promotions.migrate_legacy(settings)
+    ref = model_for(settings, hospital)
     model = load_model(settings, ref)
     manifest = warehouse.read_partition(settings, "image_cache", hospital)
     if len(manifest):
         manifest = manifest.drop_duplicates("sop_instance_uid", keep="last")
     context.log.info(f"Predicting {len(manifest)} images of {hospital} with model {ref.model_version}")
-    path = warehouse.partition_file(settings, "image_predictions", hospital, "predictions.parquet")
+    path = warehouse.slice_file(settings, "image_predictions", hospital, ref.model_version)
     stats = write_predictions(
-        settings, manifest, model, path, run_id=context.run_id, progress=every(10, context.log.info, "predicted")
+        settings, manifest, model, path, run_id=context.run.run_id, progress=every(10, context.log.info, "predicted")
     )
+    schemas.check_file("image_predictions", path)
     warehouse.refresh_views(settings)
     classes = warehouse.query(settings, f"SELECT predicted_class, count(*) AS n FROM read_parquet('{path}') GROUP BY 1")
     class_counts = dict(zip(classes["predicted_class"], classes["n"].tolist(), strict=True))
@@ -71,20 +141,24 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
 def study_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
     """One row per study of a hospital: flagged when ANY of its images is, with the model that decided."""
     settings, hospital = mammo.get(), context.partition_key
-    source = warehouse.partition_file(settings, "image_predictions", hospital, "predictions.parquet")
+    promotions.migrate_legacy(settings)
+    version = model_for(settings, hospital).model_version
+    source = warehouse.slice_file(settings, "image_predictions", hospital, version)
     if not source.exists():
-        raise FileNotFoundError(f"{source}: no image predictions for {hospital}; materialize image_predictions")
+        raise FileNotFoundError(
+            f"{source}: no image predictions of model {version} for {hospital}; materialize image_predictions"
+        )
     studies = aggregate_studies(source)
-    path = warehouse.write_partition(settings, "study_predictions", hospital, studies, "studies.parquet")
+    path = warehouse.write_slice(settings, "study_predictions", hospital, version, studies)
     warehouse.refresh_views(settings)
-    models = studies["model_version"].dropna().unique().tolist()
     return dg.MaterializeResult(
         metadata={
-            "model_version": models[0] if models else "",
+            "model_version": version,
             "path": dg.MetadataValue.path(str(path)),
             "dagster/row_count": len(studies),
             "biopsy_studies": int(studies["has_biopsy_marker"].sum()),
             "mag_studies": int(studies["is_mag_view"].sum()),
+            "needs_review_studies": int(studies["needs_review"].fillna(False).astype(bool).sum()),
         }
     )
 
@@ -96,7 +170,7 @@ def study_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
     kinds={"duckdb", "parquet"},
 )
 def prediction_summary(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
-    """Classes per hospital, and where each hospital's magnification metadata can and cannot be trusted."""
+    """Classes per hospital (current model), and where each hospital's magnification metadata can be trusted."""
     summary = summarize_predictions(mammo.get())
     counts = Counter()
     for row in summary.counts.itertuples(index=False):

@@ -1,7 +1,8 @@
 """Sensors: new hospital drops start the per-hospital chain; enough new labels start a retraining.
 
 Both are on by default (no toggling in the UI) and keep their state in the sensor cursor, so a daemon
-restart neither repeats nor forgets work.
+restart neither repeats nor forgets work. A drop that dicom_index already holds is never new, whatever the
+cursor says: the first tick after the demo, or after a manual materialization, requests nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from mammo_pipeline import warehouse
 from mammo_pipeline.defs import automation, jobs
 from mammo_pipeline.defs.partitions import hospital_partitions
 from mammo_pipeline.defs.resources import MammoSettings
@@ -31,12 +33,18 @@ RETRAIN_SENSOR_INTERVAL = 300
 )
 def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings) -> dg.SensorResult | dg.SkipReason:
     """Adds a `hospital` partition per new landing/ folder; runs the chain per hospital with new ready drops."""
-    landing = mammo.get().landing
+    settings = mammo.get()
+    landing = settings.landing
     if not landing.is_dir():
         return dg.SkipReason(f"{landing} does not exist yet")
+    cursor = DropCursor.from_json(context.cursor)
+    indexed = indexed_drops(settings)
+    if indexed - (cursor.seen if cursor else frozenset()):
+        # drops dicom_index already holds (the demo, a manual materialization) are not new
+        cursor = DropCursor((cursor.seen if cursor else frozenset()) | indexed)
     scan = scan_landing(
         landing,
-        DropCursor.from_json(context.cursor),
+        cursor,
         registered=context.instance.get_dynamic_partitions(hospital_partitions.name),
         quiet_seconds=quiet_seconds_from_env(),
     )
@@ -60,6 +68,18 @@ def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings
         ),
         cursor=scan.cursor.to_json(),
     )
+
+
+def indexed_drops(settings: Settings) -> frozenset[tuple[str, str]]:
+    """(hospital, drop) pairs dicom_index already holds, counting drops whose files were all quarantined."""
+    found: set[tuple[str, str]] = set()
+    with warehouse.connect(settings) as con:
+        present = warehouse.views(con)
+        for table in ("dicom_index", "quarantine"):
+            if table in present:
+                rows = con.execute(f'SELECT DISTINCT hospital, "drop" FROM {table} WHERE "drop" IS NOT NULL').fetchall()
+                found.update((str(h), str(d)) for h, d in rows)
+    return frozenset(found)
 
 
 def retrain_baseline(cursor: str | None, model_event: int | None, has_model: bool, last_event_id: int) -> int:

@@ -1,11 +1,11 @@
 """The prediction assets end to end, with fake upstream assets standing in for onnx_model, image_cache, dicom_index."""
 
 import dagster as dg
-import pandas as pd
 import pytest
 
+from mammo_pipeline import promotions, warehouse
 from mammo_pipeline.defs.partitions import hospital_partitions
-from mammo_pipeline.defs.predict import image_predictions, prediction_summary, study_predictions
+from mammo_pipeline.defs.predict import image_predictions, prediction_summary, promoted_model, study_predictions
 from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline_tests.model.test_infer import make_cache, make_dicom_index, make_model
@@ -36,7 +36,7 @@ def fake_dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) ->
     make_dicom_index(mammo.get(), context.partition_key, {sop: i % 3 == 0 or None for i, sop in enumerate(sops)})
 
 
-ASSETS = [fake_onnx_model, fake_image_cache, fake_dicom_index, image_predictions, study_predictions]
+ASSETS = [fake_onnx_model, promoted_model, fake_image_cache, fake_dicom_index, image_predictions, study_predictions]
 
 
 @pytest.fixture
@@ -62,8 +62,8 @@ def _run(settings, instance, assets, version: str = "m1", seed: int = 0, partiti
 
 def test_predictions_partition_carries_model_lineage_and_the_any_rule(settings, instance):
     result = _run(settings, instance, ASSETS)
-    images = pd.read_parquet(settings.table_dir("image_predictions", HOSPITAL) / "predictions.parquet")
-    studies = pd.read_parquet(settings.table_dir("study_predictions", HOSPITAL) / "studies.parquet")
+    images = warehouse.read_slice(settings, "image_predictions", HOSPITAL, "m1")
+    studies = warehouse.read_slice(settings, "study_predictions", HOSPITAL, "m1")
     ref = ModelRef.load(settings.models)
 
     assert len(images) == sum(STUDIES.values()) and images["sop_instance_uid"].is_unique
@@ -86,10 +86,12 @@ def test_predictions_partition_carries_model_lineage_and_the_any_rule(settings, 
     assert meta["dagster/row_count"].value == len(images)
 
 
-def test_new_model_requests_predictions_again_and_replaces_the_rows(settings, instance):
+def test_new_model_is_promoted_then_predicted_beside_the_old_rows(settings, instance):
     _run(settings, instance, ASSETS, "m1")
-    defs = dg.Definitions(assets=ASSETS, resources={"mammo": MammoSettings(home=str(settings.home))})
-    selection = dg.AssetSelection.assets("image_predictions", "study_predictions")
+    defs = dg.Definitions(
+        assets=[*ASSETS[:1], promoted_model, *ASSETS[2:]], resources={"mammo": MammoSettings(home=str(settings.home))}
+    )
+    selection = dg.AssetSelection.assets("promoted_model", "image_predictions", "study_predictions")
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
     settled = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, asset_selection=selection, cursor=first.cursor
@@ -100,14 +102,18 @@ def test_new_model_requests_predictions_again_and_replaces_the_rows(settings, in
     after = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, asset_selection=selection, cursor=settled.cursor
     )
-    assert after.get_requested_partitions(image_predictions.key) == {HOSPITAL}
+    assert promoted_model.key in {r.key for r in after.results if r.true_subset.size}
 
+    _run(settings, instance, [promoted_model], partition=None)
     _run(settings, instance, [image_predictions, study_predictions])
-    images = pd.read_parquet(settings.table_dir("image_predictions", HOSPITAL) / "predictions.parquet")
-    studies = pd.read_parquet(settings.table_dir("study_predictions", HOSPITAL) / "studies.parquet")
-    assert len(images) == sum(STUDIES.values()) and images["sop_instance_uid"].is_unique
-    assert set(images["model_version"]) == set(studies["model_version"]) == {"m2"}
-    assert set(images["label_snapshot_id"]) == {"snap-m2"}
+    old = warehouse.read_slice(settings, "image_predictions", HOSPITAL, "m1")
+    new = warehouse.read_slice(settings, "image_predictions", HOSPITAL, "m2")
+    studies = warehouse.read_slice(settings, "study_predictions", HOSPITAL, "m2")
+    assert len(old) == len(new) == sum(STUDIES.values()) and new["sop_instance_uid"].is_unique
+    assert set(old["model_version"]) == {"m1"} and set(new["label_snapshot_id"]) == {"snap-m2"}
+    assert set(studies["model_version"]) == {"m2"}
+    current = warehouse.query(settings, "SELECT DISTINCT model_version FROM image_predictions_current")
+    assert current["model_version"].tolist() == ["m2"]
 
 
 def test_prediction_summary_materializes_tables_and_plot(settings, instance):
@@ -116,3 +122,21 @@ def test_prediction_summary_materializes_tables_and_plot(settings, instance):
     meta = result.asset_materializations_for_node("prediction_summary")[0].metadata
     assert "| h1 |" in meta["agreement"].value
     assert (settings.warehouse / "reports" / "prediction_summary.png").stat().st_size > 0
+
+
+def test_a_model_whose_parity_check_failed_is_not_promoted(settings, instance):
+    @dg.asset_check(asset="onnx_model", name="onnx_matches_pytorch")
+    def failing_parity() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False, metadata={"model_version": "m1"})
+
+    _run(settings, instance, [fake_onnx_model, failing_parity], partition=None)
+    result = dg.materialize(
+        [promoted_model],
+        resources={"mammo": MammoSettings(home=str(settings.home))},
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert "onnx_matches_pytorch failed" in failure.event_specific_data.error.message
+    assert promotions.read_promotions(settings).empty

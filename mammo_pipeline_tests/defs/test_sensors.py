@@ -144,6 +144,23 @@ def test_first_start_registers_history_without_flooding(instance, defs, mammo, s
     }
 
 
+def test_drops_dicom_index_holds_are_not_new_even_without_a_cursor(instance, defs, mammo, settings):
+    for hospital, drop in [("h1", "d1"), ("h1", "d2"), ("h2", "d1")]:
+        add_drop(settings.landing, hospital, drop)
+    # h1/d1 indexed, h2/d1 had only bad files (quarantine rows only); h1/d2 was never indexed
+    index = pd.DataFrame({"hospital": ["h1"], "drop": ["d1"], "sop_instance_uid": ["1.2.3"]})
+    write_parquet(index, settings.table_dir("dicom_index", "h1") / "d1.parquet")
+    bad = pd.DataFrame({"hospital": ["h2"], "drop": ["d1"], "stage": ["index"], "reason": ["not_dicom"]})
+    write_parquet(bad, settings.table_dir("quarantine", "h2") / "index-d1.parquet")
+
+    data = tick(instance, defs, mammo, None)  # the daemon's first tick after a manual materialization
+
+    assert keys(data) == [("h1", "h1:d2")]
+    assert sorted(instance.get_dynamic_partitions("hospital")) == ["h1", "h2"]
+    assert json.loads(data.cursor)["seen"] == {"h1": ["d1", "d2"], "h2": ["d1"]}
+    assert tick(instance, defs, mammo, data.cursor).run_requests == []
+
+
 def test_missing_landing_is_skipped(instance, defs, mammo, settings):
     settings.landing.rmdir()
     assert "does not exist" in tick(instance, defs, mammo, None).skip_message

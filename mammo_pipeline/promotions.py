@@ -1,0 +1,236 @@
+"""Which model is current for which hospital, from when to when: the append-only `model_promotions` table.
+
+Every promotion is one Parquet file `warehouse/model_promotions/<promoted_at>-<id>.parquet` holding one row
+(hospital NULL = every hospital), so promotions never rewrite each other and two writers never collide.
+The trained model is promoted when its checks pass (the `promoted_model` asset); `mammo model promote`
+promotes or rolls back by hand. Rows of `image_predictions` / `study_predictions` are never touched by a
+promotion: the `*_current` views pick, per hospital, the slice of the model current at a given time.
+
+The rule (also used by `mammo lineage --as-of`): among the models that have predictions for a hospital,
+the one whose latest promotion applying to that hospital (its own or an all-hospitals one) happened at or
+before the time wins. A hospital none of whose models was ever promoted (homes from before promotions)
+falls back to its most recently predicted model, marked `promoted = false`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from mammo_pipeline import warehouse
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.settings import Settings
+
+TABLE = "model_promotions"
+REASONS = ("checks_passed", "manual", "rollback")
+REF_FILE = "ref.json"  # models/<v>/ref.json: the exported model's ModelRef, saved when it is promoted
+
+
+class UnknownModel(LookupError):
+    """No exported model with this version."""
+
+
+def timestamp_sql(when: pd.Timestamp | str | None) -> str:
+    """A DuckDB TIMESTAMPTZ literal for `when` (a date means its start, UTC); now() when None."""
+    if when is None:
+        return "now()"
+    ts = pd.Timestamp(when)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return f"TIMESTAMPTZ '{ts.isoformat()}'"
+
+
+def current_models_sql(as_of: str = "now()") -> str:
+    """SELECT hospital, model_version, promoted_at, promoted: the current model per hospital at `as_of`.
+
+    Needs the `image_predictions` and `model_promotions` views (warehouse.connect makes both).
+    """
+    return f"""
+    WITH avail AS (
+        SELECT hospital, model_version, max(predicted_at) AS predicted_at FROM image_predictions GROUP BY ALL
+    ), promo AS (
+        SELECT a.hospital, a.model_version, max(p.promoted_at) AS promoted_at
+        FROM avail a JOIN model_promotions p
+          ON p.model_version = a.model_version AND (p.hospital IS NULL OR p.hospital = a.hospital)
+        WHERE p.promoted_at <= {as_of}
+        GROUP BY ALL
+    )
+    SELECT a.hospital, a.model_version, p.promoted_at, p.promoted_at IS NOT NULL AS promoted
+    FROM avail a LEFT JOIN promo p USING (hospital, model_version)
+    WHERE p.promoted_at IS NOT NULL OR a.predicted_at <= {as_of}
+    QUALIFY row_number() OVER (
+        PARTITION BY a.hospital ORDER BY p.promoted_at DESC NULLS LAST, a.predicted_at DESC, a.model_version
+    ) = 1
+    """
+
+
+def current_rows_sql(table: str, as_of: str = "now()") -> str:
+    """The rows of `table` (image_predictions or study_predictions) from each hospital's current model."""
+    return (
+        f"SELECT t.* FROM {table} t JOIN ({current_models_sql(as_of)}) c "
+        "ON t.hospital = c.hospital AND t.model_version = c.model_version"
+    )
+
+
+def read_promotions(settings: Settings) -> pd.DataFrame:
+    """Every promotion, oldest first, with `valid_to` (the next promotion for the same scope, NULL = still)."""
+    with warehouse.connect(settings) as con:
+        return con.execute(
+            """
+            SELECT *, lead(promoted_at) OVER (PARTITION BY coalesce(hospital, '\x00') ORDER BY promoted_at)
+                      AS valid_to
+            FROM model_promotions ORDER BY promoted_at, promotion_id
+            """
+        ).df()
+
+
+def promoted_version(settings: Settings, hospital: str | None = None) -> str | None:
+    """The model promoted last for `hospital` (its own or an all-hospitals promotion; only the latter when
+    None); None if none was ever promoted."""
+    df = read_promotions(settings)
+    if df.empty:
+        return None
+    scope = df["hospital"].isna() if hospital is None else df["hospital"].isna() | (df["hospital"] == hospital)
+    df = df[scope]
+    return None if df.empty else str(df.iloc[-1]["model_version"])
+
+
+def ref_path(settings: Settings, model_version: str) -> Path:
+    return settings.models / model_version / REF_FILE
+
+
+def save_ref(settings: Settings, ref: ModelRef) -> Path:
+    """Keep the exported model's ModelRef beside its files, so it can be used again after a newer one."""
+    return ref.save(settings.models, f"{ref.folder}/{REF_FILE}")
+
+
+def model_ref(settings: Settings, model_version: str) -> ModelRef:
+    """The ModelRef of an exported model: models/<v>/ref.json, else current.json when it names <v>."""
+    path = ref_path(settings, model_version)
+    if path.exists():
+        return ModelRef.load(path.parent, REF_FILE)
+    try:
+        current = ModelRef.load(settings.models)
+    except FileNotFoundError:
+        current = None
+    if current is not None and current.model_version == model_version and current.onnx_file:
+        return current
+    known = sorted(p.parent.name for p in settings.models.glob(f"*/{REF_FILE}"))
+    raise UnknownModel(
+        f"model {model_version}: no exported ONNX model (models/{model_version}/{REF_FILE}); "
+        f"promotable: {', '.join(known) or 'none yet'}"
+    )
+
+
+def promote(
+    settings: Settings,
+    model_version: str,
+    hospital: str | None = None,
+    reason: str = "manual",
+    promoted_by: str = "",
+    dagster_run_id: str = "",
+    note: str = "",
+    now: datetime | None = None,
+) -> dict:
+    """Append one promotion row making `model_version` current (for `hospital`, or all when None)."""
+    if reason not in REASONS:
+        raise ValueError(f"reason must be one of {REASONS}, not {reason!r}")
+    ref = model_ref(settings, model_version)
+    if not ref_path(settings, model_version).exists():
+        save_ref(settings, ref)
+    when = pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC")
+    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    row = {
+        "promotion_id": uuid.uuid4().hex[:12],
+        "hospital": hospital,
+        "model_version": model_version,
+        "promoted_at": when,
+        "reason": reason,
+        "previous_model_version": promoted_version(settings, hospital),
+        "promoted_by": promoted_by,
+        "dagster_run_id": dagster_run_id,
+        "note": note,
+    }
+    name = f"{when.strftime('%Y%m%dT%H%M%S%fZ')}-{row['promotion_id']}.parquet"
+    warehouse.write_table_file(TABLE, pd.DataFrame([row]), settings.table_dir(TABLE) / name)
+    return row
+
+
+def predicted_hospitals(settings: Settings, model_version: str) -> list[str]:
+    """Hospitals with an image_predictions slice of this model."""
+    root = settings.table_dir("image_predictions")
+    return sorted(
+        p.parent.name.split("=", 1)[1]
+        for p in root.glob(f"hospital=*/model_version={model_version}")
+        if (p / warehouse.SLICE_FILE).exists()
+    )
+
+
+@dataclass(frozen=True)
+class PruneItem:
+    table: str
+    hospital: str
+    model_version: str
+    path: Path
+
+
+def prune_plan(settings: Settings, keep: int) -> list[PruneItem]:
+    """The prediction slices the retention rule drops; see `prune`.
+
+    Kept per hospital: the model current now, and the `keep` most recently promoted models that applied to
+    it (so `--as-of` and roll back keep working for them). Never-promoted slices older than the newest
+    promoted one are dropped too. keep >= 1.
+    """
+    if keep < 1:
+        raise ValueError("keep must be at least 1 (the current model is always kept)")
+    promotions = read_promotions(settings)
+    with warehouse.connect(settings) as con:
+        if "image_predictions_current" not in warehouse.views(con):
+            return []
+        current = set(
+            map(tuple, con.execute(f"SELECT hospital, model_version FROM ({current_models_sql()})").fetchall())
+        )
+    plan = []
+    for table in warehouse.HISTORY:
+        for folder in sorted(settings.table_dir(table).glob("hospital=*/model_version=*")):
+            hospital = folder.parent.name.split("=", 1)[1]
+            version = folder.name.split("=", 1)[1]
+            applying = promotions[promotions["hospital"].isna() | (promotions["hospital"] == hospital)]
+            recent = list(dict.fromkeys(reversed(applying["model_version"].tolist())))[:keep]
+            if (hospital, version) in current or version in recent:
+                continue
+            plan.append(PruneItem(table, hospital, version, folder))
+    return plan
+
+
+def prune(settings: Settings, keep: int, dry_run: bool = False) -> list[PruneItem]:
+    """Delete the slices `prune_plan` names (whole model_version folders); return them."""
+    plan = prune_plan(settings, keep)
+    if not dry_run:
+        for item in plan:
+            shutil.rmtree(item.path)
+        warehouse.refresh_views(settings)
+    return plan
+
+
+def migrate_legacy(settings: Settings) -> int:
+    """Move predictions written before the history layout (`hospital=H/predictions.parquet`,
+    `hospital=H/studies.parquet`) to `hospital=H/model_version=V/part.parquet`; return files moved."""
+    moved = 0
+    for table, name in (("image_predictions", "predictions.parquet"), ("study_predictions", "studies.parquet")):
+        for old in settings.table_dir(table).glob(f"hospital=*/{name}"):
+            hospital = old.parent.name.split("=", 1)[1]
+            df = pd.read_parquet(old)
+            versions = df["model_version"].dropna().unique().tolist() if "model_version" in df else []
+            if len(versions) != 1:
+                continue  # mixed or unknown: leave it for a person (the views ignore it)
+            target = warehouse.slice_file(settings, table, hospital, str(versions[0]))
+            if not target.exists():
+                warehouse.write_table_file(table, df.assign(hospital=hospital), target)
+            old.unlink()
+            moved += 1
+    return moved

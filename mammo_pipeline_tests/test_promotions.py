@@ -1,0 +1,150 @@
+"""Prediction history: two models predict one hospital, promotions decide what is current, now and as of a date."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from mammo_pipeline import promotions, warehouse
+from mammo_pipeline.cli.lineage import command as lineage_command
+from mammo_pipeline.cli.model import command as model_command
+from mammo_pipeline.lineage import study_lineage
+from mammo_pipeline.model.infer import load_model, write_predictions
+from mammo_pipeline.summary import aggregate_studies
+from mammo_pipeline_tests.model.test_infer import make_cache, make_model
+
+STUDIES = {"h1": {"s1": 2, "s2": 1}, "h2": {"t1": 2, "t2": 1}}
+OCT, NOV = pd.Timestamp("2026-10-01", tz="UTC"), pd.Timestamp("2026-11-15", tz="UTC")
+
+
+def predict(settings, hospital: str, version: str, seed: int = 0) -> None:
+    """What image_predictions + study_predictions do for one (hospital, model) slice."""
+    ref = promotions.model_ref(settings, version)
+    manifest = make_cache(settings, hospital, STUDIES[hospital], seed=seed)
+    path = warehouse.slice_file(settings, "image_predictions", hospital, version)
+    write_predictions(settings, manifest, load_model(settings, ref), path, run_id=f"run-{version}-{hospital}")
+    warehouse.write_slice(settings, "study_predictions", hospital, version, aggregate_studies(path))
+
+
+def export(settings, version: str, seed: int) -> None:
+    """An exported model with its ref kept (what promoted_model does before promoting)."""
+    promotions.save_ref(settings, make_model(settings, version, seed, snapshot=f"snap-{version}"))
+
+
+def current(settings, view: str = "image_predictions_current") -> dict[str, set[str]]:
+    df = warehouse.query(settings, f"SELECT hospital, model_version FROM {view}")
+    return {h: set(g["model_version"]) for h, g in df.groupby("hospital")}
+
+
+@pytest.fixture
+def two_models(settings):
+    """m1 promoted in October and m2 in November, both predicted h1 (and h2)."""
+    export(settings, "m1", 0)
+    export(settings, "m2", 1)
+    promotions.promote(settings, "m1", reason="checks_passed", now=OCT)
+    predict(settings, "h1", "m1")
+    predict(settings, "h2", "m1")
+    promotions.promote(settings, "m2", reason="checks_passed", now=NOV)
+    predict(settings, "h1", "m2", seed=0)
+    predict(settings, "h2", "m2", seed=0)
+    return settings
+
+
+def test_a_new_model_adds_rows_and_the_current_views_follow_the_promotion(two_models):
+    settings = two_models
+    history = warehouse.query(
+        settings,
+        "SELECT model_version, count(*) AS n FROM image_predictions WHERE hospital = 'h1' GROUP BY 1 ORDER BY 1",
+    )
+    assert history.to_dict("list") == {"model_version": ["m1", "m2"], "n": [3, 3]}  # both sets of rows remain
+    assert current(settings) == {"h1": {"m2"}, "h2": {"m2"}}
+    assert current(settings, "study_predictions_current") == {"h1": {"m2"}, "h2": {"m2"}}
+    assert len(warehouse.query(settings, "SELECT * FROM image_predictions_current")) == 6
+
+
+def test_lineage_as_of_before_the_promotion_shows_the_old_model(two_models):
+    settings = two_models
+    then = study_lineage(settings, "s1", as_of="2026-11-01")
+    now = study_lineage(settings, "s1")
+    assert then["current"]["model_version"] == "m1" and now["current"]["model_version"] == "m2"
+    assert then["current"]["promoted_at"].startswith("2026-10-01")
+    registry = pd.read_parquet(settings.warehouse / "model_registry" / "m1.parquet").iloc[0]
+    assert then["current"]["onnx_sha256"] == registry["onnx_sha256"]
+    assert then["current"]["label_snapshot_id"] == "snap-m1"
+    assert then["current"]["dagster_run_id"] == "run-m1-h1"
+    assert {i["model_version"] for i in then["images"]} == {"m1"} and len(then["images"]) == 2
+    assert [h["model_version"] for h in now["history"]] == ["m1", "m2"]
+    with pytest.raises(Exception, match="no model current"):
+        study_lineage(settings, "s1", as_of="2026-09-01")  # before any promotion and before any prediction
+
+
+def test_roll_back_and_per_hospital_promotion(two_models):
+    settings = two_models
+    row = promotions.promote(settings, "m1", hospital="h2", reason="rollback")
+    assert row["previous_model_version"] == "m2"
+    assert current(settings) == {"h1": {"m2"}, "h2": {"m1"}}
+    promotions.promote(settings, "m1", reason="rollback")  # every hospital back to m1
+    assert current(settings) == {"h1": {"m1"}, "h2": {"m1"}}
+    assert study_lineage(settings, "s1", as_of="2026-11-20")["current"]["model_version"] == "m2"  # history intact
+    table = promotions.read_promotions(settings)
+    assert table["model_version"].tolist() == ["m1", "m2", "m1", "m1"]
+    assert table["valid_to"].isna().tolist() == [False, False, True, True]  # per scope: all, all, h2, all
+
+
+def test_a_promoted_model_without_predictions_keeps_the_previous_rows_current(two_models):
+    settings = two_models
+    export(settings, "m3", 2)
+    promotions.promote(settings, "m3")
+    assert current(settings) == {"h1": {"m2"}, "h2": {"m2"}}
+    predict(settings, "h1", "m3")
+    assert current(settings) == {"h1": {"m3"}, "h2": {"m2"}}
+
+
+def test_prune_keeps_the_current_and_recently_promoted_models(two_models):
+    settings = two_models
+    export(settings, "m3", 2)
+    promotions.promote(settings, "m3")
+    predict(settings, "h1", "m3")
+    plan = promotions.prune(settings, keep=2, dry_run=True)
+    assert {(p.table, p.hospital, p.model_version) for p in plan} == {
+        (t, h, "m1") for t in warehouse.HISTORY for h in ("h1", "h2")
+    }
+    assert (warehouse.slice_dir(settings, "image_predictions", "h1", "m1")).exists()  # dry run
+    promotions.prune(settings, keep=1)
+    left = warehouse.query(settings, "SELECT DISTINCT hospital, model_version FROM image_predictions ORDER BY ALL")
+    assert list(left.itertuples(index=False, name=None)) == [("h1", "m3"), ("h2", "m2")]  # h2's current stays
+    with pytest.raises(ValueError, match="keep"):
+        promotions.prune(settings, keep=0)
+
+
+def test_legacy_single_file_partitions_move_into_the_history_layout(settings):
+    export(settings, "m1", 0)
+    predict(settings, "h1", "m1")
+    for table, name in (("image_predictions", "predictions.parquet"), ("study_predictions", "studies.parquet")):
+        new = warehouse.slice_file(settings, table, "h1", "m1")
+        new.rename(settings.table_dir(table, "h1") / name)
+        new.parent.rmdir()
+    assert promotions.migrate_legacy(settings) == 2
+    assert current(settings) == {"h1": {"m1"}}  # never promoted: the newest predictions count
+
+
+def test_cli_promote_history_prune_and_lineage_as_of(two_models):
+    runner = CliRunner()
+    out = runner.invoke(model_command, ["promote", "m1", "--rollback", "--note", "m2 misses clips"])
+    assert out.exit_code == 0, out.output
+    assert "m1 is current for every hospital" in out.output and "(was m2)" in out.output
+    hist = runner.invoke(model_command, ["history"])
+    assert hist.exit_code == 0 and hist.output.count("rollback") == 1 and "(all)" in hist.output
+    bad = runner.invoke(model_command, ["promote", "nope"])
+    assert bad.exit_code == 1 and "no exported ONNX model" in bad.output
+    then = runner.invoke(lineage_command, ["s1", "--as-of", "2026-11-01"])
+    assert then.exit_code == 0, then.output
+    assert "current    model m1  promoted 2026-10-01" in then.output and "as of      2026-11-01" in then.output
+    data = json.loads(runner.invoke(lineage_command, ["s1", "--as-of", "2026-11-20", "--format", "json"]).output)
+    assert data["current"]["model_version"] == "m2"
+    assert runner.invoke(lineage_command, ["s1", "--as-of", "soon"]).exit_code == 2
+    dry = runner.invoke(model_command, ["prune", "--keep", "1", "--dry-run"])
+    assert dry.exit_code == 0 and "would delete image_predictions hospital=h1 model_version=m2" in dry.output
