@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -35,6 +37,13 @@ def _card_state(html: str) -> tuple[int, int]:
     return value("image_id"), value("seen_event")
 
 
+def _slides(html: str) -> list[tuple[int, bool]]:
+    """(image id, hidden) of a card's slides in page order."""
+    return [
+        (int(m[1]), bool(m[0])) for m in re.findall(r'<div (hidden )?data-image-id="(\d+)"[^>]*class="slide"', html)
+    ]
+
+
 def _label(client: TestClient, label: str, image_id: int | str, seen: int | str | None = 0, **extra):
     data = {"label": label, "image_id": str(image_id), "q": "unlabeled", **extra}
     if seen is not None:
@@ -48,8 +57,10 @@ def test_page_has_key_hints_local_htmx_and_the_first_image(client, store):
     for hint in ("biopsy marker", "magnification view", "neither", "both", "skip", "undo"):
         assert hint in r.text
     assert '<script src="/static/htmx.min.js">' in r.text and "cdn" not in r.text.lower()
-    assert 'hx-sync="this:queue all"' in r.text and 'rel="preload"' in r.text
-    assert _card_state(r.text) == (store.queue("unlabeled", "alice")[0], 0)
+    # the image on screen plus the next ones already in the page (hidden), in queue order
+    order = store.queue("unlabeled", "alice", limit=6)
+    assert _slides(r.text) == [(order[0], False)] + [(i, True) for i in order[1:]]
+    assert _card_state(r.text) == (order[0], 0)
     assert client.get("/static/htmx.min.js").status_code == 200
     assert "0BSD" in client.get("/static/htmx.min.js").text[:200]
     for path in ("/pyproject.toml", "/static/../app.py", "/static/%2e%2e/app.py", "/app.py"):
@@ -237,19 +248,25 @@ def test_team_mode_identity_comes_from_the_session_only(team, store):
     assert event_count(store) == 1
 
 
-def test_two_annotators_labeling_at_once_lose_nothing(settings, store):
+def test_two_annotators_labeling_at_once_lose_nothing_and_never_meet(settings, store):
+    """Two sessions label what the app hands them, at once: every image once, none labeled by both (leases)."""
     users = {"alice": "a", "bob": "b"}
     app = create_app(settings, team=True, users=users, secret="s")
-    ids = store.images()["id"].tolist()
     failures: list[int] = []
+    done: dict[str, list[int]] = {name: [] for name in users}
 
     def work(name: str) -> None:
         with TestClient(app) as c:
             c.post("/login", data={"name": name, "password": users[name]})
-            for k in range(40):
-                r = c.post("/label", data={"label": str(1 + k % 4), "image_id": str(ids[k % len(ids)])}, headers=HX)
+            html = c.get("/card", params={"q": "unlabeled"}, headers=HX).text
+            while 'name="image_id" value=""' not in html:
+                image_id, seen = _card_state(html)
+                r = _label(c, "3", image_id, seen)
                 if r.status_code != 200:
                     failures.append(r.status_code)
+                    break
+                done[name].append(image_id)
+                html = r.text
 
     threads = [threading.Thread(target=work, args=(n,)) for n in users]
     for t in threads:
@@ -257,8 +274,28 @@ def test_two_annotators_labeling_at_once_lose_nothing(settings, store):
     for t in threads:
         t.join()
     assert failures == []
-    events = store.events()
-    assert len(events) == 80 and events["annotator"].value_counts().to_dict() == {"alice": 40, "bob": 40}
+    assert not set(done["alice"]) & set(done["bob"]) and done["alice"] and done["bob"]
+    assert sorted(done["alice"] + done["bob"]) == sorted(store.images()["id"].tolist())
+    assert len(store.events()) == 8
+
+
+def test_leases_keep_an_image_from_the_other_session_until_they_expire(settings, store):
+    users = {"alice": "a", "bob": "b"}
+    app = create_app(settings, team=True, users=users, secret="s", lease_seconds=1.0)
+    alice, bob = TestClient(app), TestClient(app)
+    alice.post("/login", data={"name": "alice", "password": "a"})
+    bob.post("/login", data={"name": "bob", "password": "b"})
+    a_card = alice.get("/card", params={"q": "unlabeled"}, headers=HX).text
+    a_ids = [i for i, _ in _slides(a_card)]
+    b_ids = [i for i, _ in _slides(bob.get("/card", params={"q": "unlabeled"}, headers=HX).text)]
+    assert a_ids and b_ids and not set(a_ids) & set(b_ids)  # 8 images: alice holds 6, bob gets the other 2
+    r = _label(bob, "1", a_ids[0], 0)  # bob forces alice's image
+    assert r.status_code == 409 and "leased to alice" in r.text and event_count(store) == 0
+    time.sleep(1.2)  # alice's lease runs out: the image is free again
+    assert _label(bob, "1", a_ids[0], 0).status_code == 200
+    assert store.events()["annotator"].tolist() == ["bob"]
+    with pytest.raises(ValueError, match="lease_seconds"):
+        create_app(settings, team=True, users=users, secret="s", lease_seconds=0)
 
 
 def test_annotators_from_env_and_file(tmp_path, settings):
