@@ -3,13 +3,14 @@ a full recount."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pandas as pd
 import pytest
 
 from mammo_pipeline.labels import queues
-from mammo_pipeline.labels.store import LabelStore, _recount
+from mammo_pipeline.labels.store import LabelStore, NothingToUndo, _recount
 
 
 def _manifest(n: int = 10, audit: tuple[int, ...] = (8, 9)) -> pd.DataFrame:
@@ -149,10 +150,8 @@ def test_maintained_totals_always_equal_a_full_recount(qstore):
         if move < 0.6:
             store.record(rng.choice(ids), rng.randint(1, 4), rng.choice(people))
         elif move < 0.85:
-            try:
+            with contextlib.suppress(NothingToUndo):
                 store.undo(rng.choice(people))
-            except Exception:
-                pass
         else:
             rows = [(i, rng.random(), rng.random()) for i in rng.sample(ids, 5)]
             oos = [rng.random() < 0.5 for _ in rows]
