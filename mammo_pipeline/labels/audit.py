@@ -35,7 +35,10 @@ def assign_splits(images: pd.DataFrame, seed: int = 0, audit_fraction: float = 0
     keys = images["patient_key"].where(images["patient_key"].notna() & (images["patient_key"] != ""))
     keys = keys.fillna("sop:" + images.get("sop_instance_uid", pd.Series("", index=images.index)).astype(str))
     return pd.Series(
-        [split_of(seed, str(h), str(k), audit_fraction) for h, k in zip(images["hospital"], keys, strict=True)],
+        [
+            split_of(seed, str(h), str(k), audit_fraction)
+            for h, k in zip(images["hospital"].astype(object).tolist(), keys.astype(object).tolist(), strict=True)
+        ],
         index=images.index,
         dtype="object",
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from fasthtml import common as fh
 
 from mammo_pipeline.labels.codes import LABELS, label_of
@@ -111,6 +113,22 @@ def slide(image: dict, queue: str, blind: bool, shown: bool) -> fh.FT:
     )
 
 
+_SLIDES: OrderedDict[tuple, fh.NotStr] = OrderedDict()
+_SLIDES_KEPT = 4096
+
+
+def slide_html(image: dict, queue: str, blind: bool, shown: bool) -> fh.NotStr:
+    """`slide` rendered once per state of the image: a slide is sent up to AHEAD + 1 times as it moves up the
+    queue, and rendering FT trees is most of a key press's cost. The key is every field of the image row."""
+    key = (tuple(image.items()), queue, blind, shown)
+    html = _SLIDES.get(key)
+    if html is None:
+        html = _SLIDES[key] = fh.NotStr(fh.to_xml(slide(image, queue, blind, shown)))
+        if len(_SLIDES) > _SLIDES_KEPT:
+            _SLIDES.popitem(last=False)
+    return html
+
+
 def card(image: dict | None, queue: str, note: str, remaining: int, upcoming: list[dict], blind: bool) -> fh.FT:
     """The swapped region: the image on screen, the next ones already loaded (hidden) so a key press shows the
     next at once, and the state of the image on screen (#image_id, #seen_event) that app.js keeps current."""
@@ -133,8 +151,8 @@ def card(image: dict | None, queue: str, note: str, remaining: int, upcoming: li
         fh.Input(type="hidden", id="image_id", name="image_id", value=str(iid)),
         fh.Input(type="hidden", id="seen_event", name="seen_event", value=str(int(image.get("event_id") or 0))),
         fh.Div(
-            slide(image, queue, blind, True),
-            *[slide(u, queue, blind, False) for u in upcoming],
+            slide_html(image, queue, blind, True),
+            *[slide_html(u, queue, blind, False) for u in upcoming],
             cls="slides",
         ),
         fh.Div(f"{remaining} left · {note}", cls="qnote"),

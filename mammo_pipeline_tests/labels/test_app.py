@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from mammo_pipeline.labels.app import check_password, create_app, hash_password, load_annotators
 
-from .conftest import event_count
+from .conftest import event_count, write_images
 
 HX = {"HX-Request": "true"}
 
@@ -319,3 +319,56 @@ def test_session_secret_is_kept_in_mammo_home(settings, store, monkeypatch):
     text = secret.read_text()
     create_app(settings, annotator="alice")
     assert secret.read_text() == text
+
+
+@pytest.fixture
+def audit_team(settings, store):
+    """Team mode over the store plus 4 audit images (a hospital whose patients all fall in the audit set)."""
+    store.sync_images(write_images(settings.cache, 4, hospital="h9"), audit_fraction=1.0)
+    hints = store.images()[["sop_instance_uid"]].assign(p_biopsy=0.93, p_mag=0.04, model_version="v1")
+    store.set_predictions(hints)
+    users = {"alice": "a", "bob": "b", "carol": "c"}
+    app = create_app(settings, team=True, users=users, secret="s")
+    clients = {}
+    for name, pw in users.items():
+        clients[name] = TestClient(app)
+        clients[name].post("/login", data={"name": name, "password": pw})
+    return clients, store.images().query("split == 'audit'")["id"].tolist()
+
+
+def test_audit_reads_are_blind_and_a_disagreement_goes_to_a_third_reader(audit_team, store):
+    clients, audit_ids = audit_team
+    alice, bob, carol = clients["alice"], clients["bob"], clients["carol"]
+    card = alice.get("/card", params={"q": "audit"}, headers=HX).text
+    first, _ = _card_state(card)
+    assert first in audit_ids and "blind read" in card and "model:" not in card  # no model hint on audit reads
+    assert _label(alice, "1", first, 0, q="audit").status_code == 200
+    card = bob.get("/card", params={"q": "audit"}, headers=HX).text
+    assert _card_state(card)[0] == first  # the second read of alice's image comes first for bob ...
+    assert "biopsy" not in card.split('class="info"')[1].split("</div>")[0]  # ... without alice's label
+    seen = _card_state(card)[1]
+    assert _label(bob, "2", first, seen, q="audit").status_code == 200  # bob disagrees
+    # neither reader adjudicates their own disagreement; carol sees both reads and decides
+    assert 'value=""' in alice.get("/card", params={"q": "adjudication"}, headers=HX).text
+    card = carol.get("/card", params={"q": "adjudication"}, headers=HX).text
+    assert _card_state(card)[0] == first and "read 1: biopsy (alice)" in card and "read 2: mag (bob)" in card
+    assert _label(carol, "2", first, _card_state(card)[1], q="adjudication").status_code == 200
+    truth = store.current_labels().set_index("image_id").loc[first]
+    assert (truth["label"], truth["label_source"], truth["first_read"]) == ("mag", "adjudicated", "biopsy")
+    page = alice.get("/review").text
+    assert "1 adjudicated" in page and 'id="kappa"' in page and "alice" in page and "bob" in page
+
+
+def test_review_shows_kappa_and_each_readers_agreement(audit_team, store):
+    clients, audit_ids = audit_team
+    for image_id, (a, b) in zip(audit_ids, [(1, 1), (2, 2), (3, 4), (4, 4)], strict=True):
+        store.record(image_id, a, "alice")
+        store.record(image_id, b, "bob")
+    store.record(audit_ids[2], 4, "carol")  # adjudicates for bob
+    stats = store.audit_stats()
+    # p_o = 3/4; alice: 1,2,3,4 and bob: 1,2,4,4 -> p_e = (1*1 + 1*1 + 1*0 + 1*2) / 16 = 0.25; κ = 0.5 / 0.75
+    assert stats["kappa"] == pytest.approx(2 / 3)
+    assert stats["per_reader"]["alice"]["agree_truth"] == 0.75 and stats["per_reader"]["bob"]["agree_truth"] == 1.0
+    assert stats["per_reader"]["alice"]["agree_adjudicated"] == 0.0
+    page = clients["carol"].get("/review").text
+    assert ">0.667<" in page and "75.0%" in page and "100.0%" in page
