@@ -148,7 +148,8 @@ def main() -> None:
                             "p95_ms": p95(ms),
                         }
                     )
-            path.unlink()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
     table = pd.DataFrame(rows)
     smallest = table[table["images"] == sizes[0]].set_index(["mode", "route"])["p95_ms"]
     floor = table[table["route"] == "GET /static (floor)"].set_index(["images", "mode"])["p95_ms"]

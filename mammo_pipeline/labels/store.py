@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS predictions (
 # generated columns and partial indexes the queues read (queues.py).
 _MAINTAINED = {
     "dicom_path": "TEXT",  # the source DICOM, relative to MAMMO_LANDING (for full-resolution zoom)
-    "rnd": "INTEGER NOT NULL DEFAULT 0",  # seeded random rank (queues.rank)
+    "rnd": "INTEGER NOT NULL DEFAULT 0",  # seeded random rank (queues.ranks)
     "label": "INTEGER",  # the latest decision over all annotators (code 1-4), NULL when unlabeled
     "label_ts": "TEXT",
     "event_id": "INTEGER NOT NULL DEFAULT 0",  # that decision's event (0 when unlabeled)
@@ -212,16 +212,13 @@ class LabelStore:
                 db.execute("UPDATE current_labels SET first_event = event_id")
             if "needs_review" not in {r[1] for r in db.execute("PRAGMA table_info(predictions)")}:
                 db.execute("ALTER TABLE predictions ADD COLUMN needs_review INTEGER")
-            for name, spec in queues.INDEXES.items():
-                db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {spec}")
+            _create_queue_indexes(db)
             if db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone() is None:
                 db.execute("INSERT INTO meta (key, value) VALUES ('seed', ?)", (int(seed),))
             if added:  # an older file: fill the new columns once
                 store_seed = int(db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone()[0])
-                ranks = [
-                    (queues.rank(store_seed, sop), i)
-                    for i, sop in db.execute("SELECT id, sop_instance_uid FROM images")
-                ]
+                old = db.execute("SELECT id, sop_instance_uid FROM images").fetchall()
+                ranks = list(zip(queues.ranks(store_seed, [r[1] for r in old]), [r[0] for r in old], strict=True))
                 db.conn.executemany("UPDATE images SET rnd = ? WHERE id = ?", ranks)
                 db.execute(_REFRESH_LABELS.format(where="1"))
                 db.execute(_REFRESH_PREDICTIONS.format(where="1"))
@@ -280,7 +277,7 @@ class LabelStore:
 
         A known image gets its paths refreshed but keeps its split. A new image of a patient the store
         already knows joins that patient's split; otherwise its split comes from audit.split_of. Its place in
-        the random order is queues.rank(store seed, SOP Instance UID).
+        the random order is queues.ranks(store seed, SOP Instance UID).
         """
         if manifest.empty:
             return 0
@@ -320,7 +317,7 @@ class LabelStore:
                 meta,
                 [now] * len(df),
                 [_opt(v) for v in df["rel_path"].astype(object).tolist()],
-                [queues.rank(store_seed, s) for s in sops],
+                queues.ranks(store_seed, sops),
                 strict=True,
             )
             db.execute(
@@ -339,8 +336,7 @@ class LabelStore:
             # several times faster than inserting a million random keys into each.
             rebuild = len(sops) > max(50_000, before)
             if rebuild:
-                for name in queues.INDEXES:
-                    db.execute(f"DROP INDEX IF EXISTS {name}")
+                _drop_queue_indexes(db)
             db.execute(
                 """INSERT INTO images (sop_instance_uid, hospital, study_instance_uid, patient_key, display_png,
                        model_png, split, meta_mag, added_at, dicom_path, rnd)
@@ -348,8 +344,7 @@ class LabelStore:
                    WHERE NOT EXISTS (SELECT 1 FROM images i WHERE i.sop_instance_uid = n.sop_instance_uid)"""
             )
             if rebuild:
-                for name, spec in queues.INDEXES.items():
-                    db.execute(f"CREATE INDEX {name} ON {spec}")
+                _create_queue_indexes(db)
             db.execute("DELETE FROM incoming_images")
             after = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
             _recount(db)
@@ -664,7 +659,12 @@ class LabelStore:
                 (now,),
             )
             matched = cur.rowcount
+            bulk = matched > 50_000  # then dropping and rebuilding the queue indexes is several times faster
+            if bulk:
+                _drop_queue_indexes(db)
             db.execute(_REFRESH_PREDICTIONS.format(where="p.updated_at = ?"), (now,))
+            if bulk:
+                _create_queue_indexes(db)
             db.execute("DELETE FROM incoming")
             _recount(db)
         return int(matched)
@@ -806,6 +806,16 @@ def _recount(db: sqlite_utils.Database) -> None:
         "INSERT INTO queue_totals (name, n) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET n = excluded.n",
         zip(queues.COUNTERS, values, strict=True),
     )
+
+
+def _drop_queue_indexes(db: sqlite_utils.Database) -> None:
+    for name in queues.INDEXES:
+        db.execute(f"DROP INDEX IF EXISTS {name}")
+
+
+def _create_queue_indexes(db: sqlite_utils.Database) -> None:
+    for name, spec in queues.INDEXES.items():
+        db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {spec}")
 
 
 def _refresh_one(db: sqlite_utils.Database, image_id: int, before: tuple) -> None:
