@@ -23,7 +23,7 @@ from mammo_pipeline import warehouse
 from mammo_pipeline.atomic import write_text
 from mammo_pipeline.cli.home import init_home
 from mammo_pipeline.defs.resources import MammoSettings
-from mammo_pipeline.labels.simulated import SimulatedAnnotator, load_truth
+from mammo_pipeline.labels.simulated import SimulatedAnnotator, double_read_audit, load_truth
 from mammo_pipeline.labels.store import LabelStore, sync_from_warehouse
 from mammo_pipeline.landing import list_hospitals
 from mammo_pipeline.settings import Settings
@@ -52,6 +52,7 @@ class DemoConfig:
     labels_per_round: int = 100
     new_hospital_studies: int = 12
     annotator_error_rate: float = 0.08  # first reads that slip; the disagreement queue finds them
+    second_reader_error_rate: float = 0.04  # the second blind audit reader slips less often
     seed: int = 0
 
     @classmethod
@@ -166,9 +167,19 @@ class Demo:
             self.echo(f"3.{n + 1} Round {n + 1}/{c.rounds}")
             reviewed = 0
             if n == 0:
-                audit = annotator.label(self.store.queue("audit", annotator.name, limit=100_000), 0, careful=True)
+                second = SimulatedAnnotator(
+                    self.store, annotator_truth(annotator), "second-reader", c.second_reader_error_rate
+                )
+                judge = SimulatedAnnotator(self.store, annotator_truth(annotator), "adjudicator")
+                reads = double_read_audit(self.store, (annotator, second), judge)
+                kappa = self.store.audit_stats()["kappa"]
                 new = self.store.queue("unlabeled", annotator.name, limit=c.first_labels, seed=c.seed)
-                self.echo(f"     labeled the audit set ({audit} images, never trained on) and {len(new)} random images")
+                self.echo(
+                    f"     audit set read blind by two readers (slip rates {c.annotator_error_rate:.0%} and "
+                    f"{c.second_reader_error_rate:.0%}; {reads[annotator.name]} images, never trained on), "
+                    f"{reads['adjudicated']} disagreements adjudicated by a third reader, Cohen's κ "
+                    f"{'n/a' if kappa is None else f'{kappa:.2f}'}; and {len(new)} random images"
+                )
             else:
                 before = annotator.wrong_labels()
                 reviews = self.store.queue("disagreements", annotator.name, limit=c.labels_per_round // 4)
@@ -183,11 +194,15 @@ class Demo:
             self.predict(hospitals)
             self.feed_predictions()
             row = _registry_row(self.settings)
+            vs = audit_accuracies(self.settings, annotator.truth)
             self.state.rounds.append(
                 {
                     "round": n + 1,
                     "n_train": int(row["n_train"]),
                     "accuracy": float(row["accuracy"]),
+                    "accuracy_adjudicated": vs["adjudicated"],
+                    "accuracy_single_read": vs["single_read"],
+                    "accuracy_hidden_truth": vs["hidden_truth"],
                     "model_version": row["model_version"],
                     "reviewed": reviewed,
                     "wrong_labels": annotator.wrong_labels(),
@@ -198,6 +213,7 @@ class Demo:
                 f"     model {row['model_version']}: audit accuracy {row['accuracy']:.1%} "
                 f"with {int(row['n_train'])} training labels ({model_meta.get('train_seconds', 0):.0f}s)"
             )
+            self.echo(f"     {_vs_line(vs)}")
 
     def pick_new(self, n: int, annotator: str) -> list[int]:
         """`n` unlabeled images, lowest model confidence first, topped up at random."""
@@ -299,6 +315,9 @@ class Demo:
         for r in s["rounds"]:
             fixed = f", {r['reviewed']} disagreements reviewed" if r.get("reviewed") else ""
             e(f"     round {r['round']}: {r['accuracy']:.1%} with {r['n_train']} training labels{fixed}")
+            if r.get("accuracy_adjudicated") is not None:
+                refs = ("adjudicated", "single_read", "hidden_truth")
+                e(f"       {_vs_line({k: r.get(f'accuracy_{k}') for k in refs})}")
         e(
             "   Per-hospital accuracy of the last model: "
             + ", ".join(f"{h} {a:.1%}" for h, a in s["per_hospital_accuracy"].items())
@@ -320,6 +339,49 @@ class Demo:
         e(f"   Pictures: {self.settings.reports}")
         e("   Open the Dagster UI:    make ui     (http://127.0.0.1:3000)")
         e("   Open the labeling app:  make label  (http://127.0.0.1:5001)")
+
+
+def annotator_truth(annotator: SimulatedAnnotator) -> pd.DataFrame:
+    """The ground truth a simulated reader answers from, as the table SimulatedAnnotator takes."""
+    return pd.DataFrame({"sop_instance_uid": list(annotator.truth), "label": list(annotator.truth.values())})
+
+
+def audit_accuracies(settings: Settings, truth: dict[str, str]) -> dict[str, float | None]:
+    """4-class accuracy of the latest image_predictions on the labeled audit images, against three references:
+    the adjudicated audit labels (labels/current.parquet), the first blind read alone (the single-read figure
+    the audit used to be) and the synthetic ground truth (hidden from everything else). Same predictions, same
+    threshold as model/evaluate.py."""
+    from mammo_pipeline.model.evaluate import THRESHOLD, classes_of
+
+    path = settings.table_dir("labels") / "current.parquet"
+    empty = {"adjudicated": None, "single_read": None, "hidden_truth": None, "n": 0}
+    if not path.exists():
+        return empty
+    labels = pd.read_parquet(path)
+    audit = labels[labels["split"] == "audit"]
+    if "first_read" not in audit.columns:  # a labels table from before adjudicated reads
+        audit = audit.assign(first_read=audit["label"])
+    preds = warehouse.query(settings, "SELECT sop_instance_uid, p_biopsy, p_mag FROM image_predictions")
+    df = audit.merge(preds.drop_duplicates("sop_instance_uid", keep="last"), on="sop_instance_uid")
+    df = df[df["first_read"].notna()]
+    if df.empty:
+        return empty
+    predicted = classes_of(df["p_biopsy"].to_numpy() >= THRESHOLD, df["p_mag"].to_numpy() >= THRESHOLD)
+    hidden = df["sop_instance_uid"].map(truth)
+    return {
+        "adjudicated": float((predicted == df["label"].to_numpy()).mean()),
+        "single_read": float((predicted == df["first_read"].to_numpy()).mean()),
+        "hidden_truth": float((predicted == hidden.to_numpy()).mean()) if hidden.notna().all() else None,
+        "n": len(df),
+    }
+
+
+def _vs_line(vs: dict) -> str:
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    return (
+        f"model accuracy on the audit set: {pct(vs['adjudicated'])} against adjudicated audit labels, "
+        f"{pct(vs['single_read'])} against a single read, {pct(vs['hidden_truth'])} against the hidden truth"
+    )
 
 
 def _current_version(settings: Settings) -> str:

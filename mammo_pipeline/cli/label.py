@@ -19,6 +19,13 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--annotator", default=None, help="Your name in the labels (single-user mode; default: OS user).")
 @click.option("--blind", is_flag=True, help="Hide the model's hint.")
 @click.option(
+    "--lease-minutes",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Team mode: how long an image shown to one annotator is kept from the others.",
+)
+@click.option(
     "--audit-fraction",
     default=0.2,
     show_default=True,
@@ -37,6 +44,7 @@ def command(
     port: int,
     annotator: str | None,
     blind: bool,
+    lease_minutes: float,
     audit_fraction: float,
     export_file: Path | None,
     hash_password: bool,
@@ -76,10 +84,11 @@ def command(
             annotator=annotator or getpass.getuser(),
             blind=blind,
             allowed_hosts=security.allowed_hosts(host),  # loopback, the bind address, MAMMO_ALLOWED_HOSTS
+            lease_seconds=lease_minutes * 60,
         )
     except ValueError as e:
         raise click.ClickException(str(e)) from e
-    n_images = len(store.images())
+    n_images = store.n_images()
     click.echo(f"{n_images} images ({added} new) · {'team mode: sign in' if team else 'single user'}")
     click.echo(f"Open http://{'localhost' if host in LOOPBACK else host}:{port}/  (press ? for the keys)")
     import uvicorn

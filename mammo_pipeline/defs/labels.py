@@ -5,6 +5,7 @@ import pandas as pd
 
 from mammo_pipeline.atomic import write_parquet
 from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline.labels.agreement import stats_markdown
 from mammo_pipeline.labels.codes import LABELS
 from mammo_pipeline.labels.store import LabelStore, sync_from_warehouse
 
@@ -24,6 +25,9 @@ COLUMNS = [
     "snapshot_id",
     "model_png",
     "display_png",
+    "label_source",
+    "first_read",
+    "n_reads",
 ]
 
 
@@ -52,7 +56,11 @@ def counts_markdown(df: pd.DataFrame) -> str:
     kinds={"sqlite", "parquet"},
 )
 def labels(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
-    """The current labels (latest decision per image) as Parquet, plus an immutable copy per snapshot id."""
+    """The current labels as Parquet, plus an immutable copy per snapshot id.
+
+    Training images carry their latest decision; audit images carry the audit truth (the adjudicated label
+    where two blind readers disagreed, else their agreed label, else a lone read), named in `label_source`.
+    """
     settings = mammo.get()
     store, added = sync_from_warehouse(settings)
     context.log.info(f"Label store: {added} new image(s) from image_cache")
@@ -65,7 +73,8 @@ def labels(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.Materi
         write_parquet(df, snapshot)
     context.log.info(f"Snapshot {snapshot_id}: {len(df)} labeled images")
     per_class = df["label"].value_counts().reindex(list(LABELS.values()), fill_value=0)
-    splits = store.images()["split"].value_counts()
+    totals = store.totals()
+    agreement = store.audit_stats()
     return dg.MaterializeResult(
         data_version=dg.DataVersion(snapshot_id),
         metadata={
@@ -73,8 +82,15 @@ def labels(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.Materi
             "dagster/row_count": len(df),
             "label_counts": dg.MetadataValue.json({k: int(v) for k, v in per_class.items()}),
             "per_hospital": dg.MetadataValue.md(counts_markdown(df)),
-            "images_train": int(splits.get("train", 0)),
-            "images_audit": int(splits.get("audit", 0)),
+            "images_train": int(totals.get("train", 0)),
+            "images_audit": int(totals.get("audit", 0)),
+            "audit_label_sources": dg.MetadataValue.json(
+                {k: int(v) for k, v in df.loc[df["split"] == "audit", "label_source"].value_counts().items()}
+            ),
+            # Cohen's κ between the two blind readers (-1.0 until an image has two reads: metadata needs a float)
+            "audit_kappa": dg.MetadataValue.float(agreement["kappa"] if agreement["kappa"] is not None else -1.0),
+            "audit_agreement": dg.MetadataValue.md(stats_markdown(agreement)),
+            "audit_readers": dg.MetadataValue.json(agreement["per_reader"]),
             "labeled_train": int((df["split"] == "train").sum()),
             "labeled_audit": int((df["split"] == "audit").sum()),
             "new_images": added,

@@ -22,13 +22,16 @@ from mammo_pipeline.atomic import atomic_path
 from mammo_pipeline.labels import components as ui
 from mammo_pipeline.labels import security
 from mammo_pipeline.labels.queues import QUEUES
-from mammo_pipeline.labels.store import LabelStore, NothingToUndo, StaleSubmit, UnknownImage, counts_of
+from mammo_pipeline.labels.store import LabelStore, Leased, NothingToUndo, StaleSubmit, UnknownImage
+from mammo_pipeline.labels.zoom import BadCrop, NoSource, ZoomCache
 from mammo_pipeline.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
 _HASH = "pbkdf2_sha256"
 _ITERATIONS = 200_000
 _MAX_SKIPPED = 100  # kept in the session cookie, which must stay under 4 kB
+AHEAD = 5  # images sent ahead of the one on screen (loaded, hidden), so a burst of keys never waits
+LEASE_SECONDS = 600.0  # team mode: how long an image handed to one annotator is kept from the others
 
 
 # -- annotators and secrets ---------------------------------------------------------------------------
@@ -92,21 +95,31 @@ def create_app(
     seed: int | None = None,
     secret: str | None = None,
     allowed_hosts: list[str] | None = None,
+    lease_seconds: float = LEASE_SECONDS,
+    landing: Path | None = None,
 ) -> fh.FastHTML:
     """The labeling app over one label store.
 
     `settings_or_db_path`: Settings (store at settings.labels_db, images under settings.cache) or the path
-    of a label database (images under `cache`, default the database's folder / "cache").
+    of a label database (images under `cache`, default the database's folder / "cache"; DICOM files for the
+    full-resolution zoom under `landing`, default settings.landing or the database's folder / "landing").
     `allowed_hosts`: Host names served (default `security.allowed_hosts()`: loopback + MAMMO_ALLOWED_HOSTS).
+    `lease_seconds`: in team mode, how long the images shown to one annotator are kept from the others.
     """
-    if isinstance(settings_or_db_path, Settings):
-        s = settings_or_db_path
+    settings = settings_or_db_path if isinstance(settings_or_db_path, Settings) else None
+    if settings is not None:
+        s = settings
         db_path, cache_root, home, seed = s.labels_db, cache or s.cache, s.home, s.seed if seed is None else seed
+        landing = landing or s.landing
     else:
         db_path = Path(settings_or_db_path)
         cache_root, home, seed = cache or db_path.parent / "cache", db_path.parent, seed or 0
+        landing = landing or db_path.parent / "landing"
+    if lease_seconds <= 0:
+        raise ValueError(f"lease_seconds must be positive, not {lease_seconds}")
     cache_root = Path(cache_root).resolve()
-    store = LabelStore(db_path)
+    store = LabelStore(db_path, seed=seed)
+    zoom = ZoomCache(Path(landing), cache_root / "zoom")
     if team:
         users = load_annotators() if users is None else users
         if not users:
@@ -156,18 +169,21 @@ def create_app(
         return q if q in QUEUES else "unlabeled"
 
     def screen(sess, who: str, q: str, image_id: int | None = None) -> tuple[fh.FT, dict[str, tuple[int, int]]]:
-        """The card for `image_id` (or the head of queue `q`) and every queue's counts, from one read."""
-        skipped = set(sess.get("skipped", []))
-        everything = store.all_queues(who, seed)
-        info = everything[q]
-        ids = [i for i in info.ids if i not in skipped]
-        if image_id is None:
-            image_id, upcoming = (ids[0], ids[1:3]) if ids else (None, [])
-        else:
-            upcoming = [i for i in ids if i != image_id][:2]
-        image = store.image(image_id) if image_id is not None else None
-        card = ui.card(image, q, info.note, len(ids), upcoming, sess.get("blind", blind))
-        return card, counts_of(everything)
+        """The card for `image_id` (or the head of queue `q`), the next AHEAD images, and every queue's counts.
+
+        Reads only indexed rows and maintained totals (no scan); in team mode the images shown are leased.
+        """
+        skipped = [int(i) for i in sess.get("skipped", [])]
+        exclude = skipped if image_id is None else [*skipped, image_id]
+        lease = lease_seconds if team and image_id is None else None
+        info, counts = store.next_cards(q, who, AHEAD + (image_id is None), exclude, lease)
+        ids = info.ids if image_id is None else [image_id, *info.ids]
+        if team and image_id is not None:
+            store.lease(ids, who, lease_seconds)
+        images = [img for i in ids[: AHEAD + 1] if (img := store.image(i)) is not None]
+        head, upcoming = (images[0], images[1:]) if images else (None, [])
+        card = ui.card(head, q, info.note, info.remaining, upcoming, sess.get("blind", blind))
+        return card, counts
 
     def next_screen(sess, who: str, q: str, image_id: int | None = None) -> tuple:
         """The new card plus the queue counts and recent list, swapped out of band."""
@@ -179,7 +195,7 @@ def create_app(
         q = queue_name(data, session)
         session["queue"] = q
         image_id = _int(data.get("image_id"))
-        if image_id is not None and store.image(image_id) is None:
+        if image_id is not None and not store.exists(image_id):
             return fail(404, f"no image {image_id}")
         card, counts = screen(session, auth, q, image_id)
         return ui.label_page(auth, counts, q, session.get("blind", blind), team, card, store.recent(auth))
@@ -189,12 +205,13 @@ def create_app(
         q = queue_name(data, session)
         raw = data.get("image_id")
         image_id = _int(raw)
-        if raw not in (None, "") and (image_id is None or store.image(image_id) is None):
+        if raw not in (None, "") and (image_id is None or not store.exists(image_id)):
             return fail(404, f"no image {raw}")
         return screen(session, auth, q, image_id)[0]
 
     @rt("/label", methods=["post"])
     def label(auth, session, data: dict):
+        """Label the image whose id the key press carried (the one on screen), then answer the next card."""
         code = str(data.get("label", "")).strip()
         if code not in {"1", "2", "3", "4"}:
             return fail(422, f"label must be 1, 2, 3 or 4, not {code!r}")
@@ -206,18 +223,20 @@ def create_app(
         if seen_raw not in (None, "") and seen is None:
             return fail(422, f"seen_event must be an event id, not {seen_raw!r}")
         try:
-            store.record(image_id, int(code), auth, source="human", seen_event=seen)
+            store.record(image_id, int(code), auth, source="human", seen_event=seen, respect_leases=team)
         except UnknownImage:
             return fail(404, f"no image {image_id}")
         except StaleSubmit as e:
             msg = f"image {image_id} was relabeled meanwhile (you saw event {e.seen_event}, now {e.current_event})"
             return fail(409, msg)
+        except Leased as e:
+            return fail(409, f"{e}: it is someone else's for now")
         return next_screen(session, auth, queue_name(data, session))
 
     @rt("/skip", methods=["post"])
     def skip(auth, session, data: dict):
         image_id = _int(data.get("image_id"))
-        if image_id is None or store.image(image_id) is None:
+        if image_id is None or not store.exists(image_id):
             return fail(404, "no such image")
         session["skipped"] = [*session.get("skipped", []), image_id][-_MAX_SKIPPED:]
         return next_screen(session, auth, queue_name(data, session))
@@ -256,7 +275,44 @@ def create_app(
 
     @rt("/review", methods=["get"])
     def review(auth):
-        return ui.review_page(auth, store.disagreements_between_annotators())
+        train = [r for r in store.disagreements_between_annotators() if r["split"] == "train"]
+        return ui.review_page(auth, train, store.audit_stats())
+
+    @rt("/zoom/{image_id}", methods=["get"])
+    def zoom_crop(image_id: str, data: dict):
+        """A native-resolution crop (PNG) of the DICOM around (x, y), fractions of the width and height."""
+        iid = _int(image_id)
+        image = store.image(iid) if iid is not None else None
+        if image is None:
+            return fail(404, "no such image")
+        try:
+            png = zoom.crop_png(iid, image.get("dicom_path"), data.get("x"), data.get("y"), data.get("size"))
+        except BadCrop as e:
+            return fail(422, str(e))
+        except NoSource as e:
+            return fail(404, str(e))
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @rt("/heatmap/{image_id}", methods=["get"])
+    def heat_map(image_id: str):
+        """The model's heat map of the image (PNG) from mammo_pipeline.model.explain, when it and a model exist."""
+        iid = _int(image_id)
+        image = store.image(iid) if iid is not None else None
+        if image is None:
+            return fail(404, "no such image")
+        if settings is None:
+            return fail(503, "heat maps need the pipeline settings (start the app with `mammo label`)")
+        try:
+            from mammo_pipeline.model import explain
+        except ImportError:
+            return fail(503, "heat maps are not available: mammo_pipeline.model.explain is not installed")
+        try:
+            png = explain.heatmap_png(settings, image["hospital"], image["sop_instance_uid"])
+        except FileNotFoundError as e:
+            return fail(404, f"no heat map: {e}")
+        except (LookupError, RuntimeError, ValueError) as e:
+            return fail(503, f"no heat map: {e}")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     def export(fmt: str) -> Response:
         df = store.events()

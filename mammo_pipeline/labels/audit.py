@@ -34,8 +34,10 @@ def assign_splits(images: pd.DataFrame, seed: int = 0, audit_fraction: float = 0
     """
     keys = images["patient_key"].where(images["patient_key"].notna() & (images["patient_key"] != ""))
     keys = keys.fillna("sop:" + images.get("sop_instance_uid", pd.Series("", index=images.index)).astype(str))
-    return pd.Series(
-        [split_of(seed, str(h), str(k), audit_fraction) for h, k in zip(images["hospital"], keys, strict=True)],
-        index=images.index,
-        dtype="object",
-    )
+    pairs = pd.DataFrame({"h": images["hospital"].astype(str).to_numpy(), "k": keys.astype(str).to_numpy()})
+    unique = pairs.drop_duplicates()  # one draw per patient (a patient has several images)
+    drawn = [
+        split_of(seed, h, k, audit_fraction) for h, k in zip(unique["h"].tolist(), unique["k"].tolist(), strict=True)
+    ]
+    split = pairs.merge(unique.assign(split=drawn), on=["h", "k"], how="left")["split"]
+    return pd.Series(split.to_numpy(dtype=object), index=images.index, dtype="object")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from fasthtml import common as fh
 
 from mammo_pipeline.labels.codes import LABELS, label_of
@@ -13,7 +15,9 @@ QUEUE_TITLES = {
     "low_confidence": "Low confidence",
     "disagreements": "Model disagrees",
     "meta_conflicts": "Metadata conflicts",
+    "needs_review": "Needs review",
     "audit": "Audit set",
+    "adjudication": "Adjudication",
 }
 HELP = [
     ("1", "biopsy marker"),
@@ -22,50 +26,34 @@ HELP = [
     ("4", "both"),
     ("s", "skip this image"),
     ("z / Backspace", "undo your last label"),
-    ("h", "show or hide the model hint"),
+    ("m", "show or hide the model hint"),
+    ("h", "show or hide the model's heat map"),
+    ("f / mouse wheel", "full-resolution crop around the pointer (wheel down or Esc closes it)"),
     ("+ / - / 0", "zoom in, out, reset (or click the image)"),
     ("i", "invert"),
     ("?", "this help"),
 ]
 
 
-def _keys(*conditions: str) -> str:
-    """An hx-trigger: click, or keyup on the page matching a condition, never while typing or with a modifier."""
-    cond = "||".join(conditions)
-    return f"click, keyup[({cond})&&mammoKeyOk(target,ctrlKey,metaKey,altKey)] from:body"
-
-
 def key_bar() -> fh.FT:
-    """The label keys. They live OUTSIDE the swapped card and queue their requests, so a burst loses nothing."""
+    """The label keys. They live OUTSIDE the swapped card; app.js sends each press with the id of the image on
+    screen at that moment (never read later), and shows the preloaded next image at once."""
     buttons = [
         fh.Button(
             fh.Kbd(str(code)),
             fh.Span(KEY_NAMES[code]),
-            hx_post="/label",
-            hx_vals={"label": str(code)},
-            hx_trigger=_keys(f"key=='{code}'", f"code=='Numpad{code}'"),
+            type="button",
+            data_action="label",
+            data_label=str(code),
             cls=f"key label-{LABELS[code]}",
         )
         for code in LABELS
     ]
     buttons += [
-        fh.Button(fh.Kbd("s"), fh.Span("skip"), hx_post="/skip", hx_trigger=_keys("key=='s'"), cls="key minor"),
-        fh.Button(
-            fh.Kbd("z"),
-            fh.Span("undo"),
-            hx_post="/undo",
-            hx_trigger=_keys("key=='z'", "key=='Backspace'"),
-            cls="key minor",
-        ),
+        fh.Button(fh.Kbd("s"), fh.Span("skip"), type="button", data_action="skip", cls="key minor"),
+        fh.Button(fh.Kbd("z"), fh.Span("undo"), type="button", data_action="undo", cls="key minor"),
     ]
-    return fh.Div(
-        *buttons,
-        id="keys",
-        hx_include="#image_id, #seen_event, #q",
-        hx_target="#card",
-        hx_swap="outerHTML",
-        hx_sync="this:queue all",
-    )
+    return fh.Div(*buttons, id="keys")
 
 
 def _prediction(image: dict) -> fh.FT:
@@ -81,8 +69,69 @@ def _prediction(image: dict) -> fh.FT:
     )
 
 
-def card(image: dict | None, queue: str, note: str, remaining: int, upcoming: list[int], blind: bool) -> fh.FT:
-    """The swapped region: one image, its hidden state (id, seen event, queue) and preloads for the next two."""
+def _reads(image: dict) -> list[fh.FT]:
+    """The two blind reads of a disputed audit image (shown to the adjudicator only)."""
+    return [
+        fh.Span(f"read {n}: {LABELS[int(image[f'read{n}'])]} ({image[f'reader{n}']})", cls="tag labeled")
+        for n in (1, 2)
+        if image.get(f"read{n}") is not None
+    ]
+
+
+def slide(image: dict, queue: str, blind: bool, shown: bool) -> fh.FT:
+    """One image with its state (id, seen event) and tags. Audit reads are blind: no model hint, no other
+    annotator's label; the adjudication queue shows the two reads it must decide between."""
+    iid = int(image["id"])
+    current = image.get("label")
+    meta = {None: "no metadata flag", True: "metadata: magnified", False: "metadata: not magnified"}
+    meta_mag = None if image.get("meta_mag") is None else bool(image["meta_mag"])
+    audit = image["split"] == "audit"
+    info = [
+        fh.Span(f"#{iid}", cls="tag"),
+        fh.Span(image["hospital"], cls="tag"),
+        fh.Span(image["split"], cls=f"tag split-{image['split']}"),
+        fh.Span(meta[meta_mag], cls="tag"),
+    ]
+    if audit and queue == "adjudication":
+        info += _reads(image)
+    elif audit:
+        info.append(fh.Span("blind read", cls="tag"))
+    elif current is not None:
+        info.append(fh.Span(f"labeled {LABELS[int(current)]} by {image['annotator']}", cls="tag labeled"))
+    if not blind and not audit:
+        info.append(_prediction(image))
+    img = fh.Img(src=f"/img/{iid}", alt=f"image {iid}", draggable="false", cls="shot", data_image_id=str(iid))
+    if shown:
+        img.attrs["id"] = "shot"
+    return fh.Div(
+        fh.Div(img, cls="viewer"),
+        fh.Div(*info, cls="info"),
+        cls="slide",
+        hidden=not shown,
+        data_image_id=str(iid),
+        data_seen_event=str(int(image.get("event_id") or 0)),
+    )
+
+
+_SLIDES: OrderedDict[tuple, fh.NotStr] = OrderedDict()
+_SLIDES_KEPT = 4096
+
+
+def slide_html(image: dict, queue: str, blind: bool, shown: bool) -> fh.NotStr:
+    """`slide` rendered once per state of the image: a slide is sent up to AHEAD + 1 times as it moves up the
+    queue, and rendering FT trees is most of a key press's cost. The key is every field of the image row."""
+    key = (tuple(image.items()), queue, blind, shown)
+    html = _SLIDES.get(key)
+    if html is None:
+        html = _SLIDES[key] = fh.NotStr(fh.to_xml(slide(image, queue, blind, shown)))
+        if len(_SLIDES) > _SLIDES_KEPT:
+            _SLIDES.popitem(last=False)
+    return html
+
+
+def card(image: dict | None, queue: str, note: str, remaining: int, upcoming: list[dict], blind: bool) -> fh.FT:
+    """The swapped region: the image on screen, the next ones already loaded (hidden) so a key press shows the
+    next at once, and the state of the image on screen (#image_id, #seen_event) that app.js keeps current."""
     state = [fh.Input(type="hidden", id="q", name="q", value=queue)]
     if image is None:
         return fh.Div(
@@ -97,27 +146,16 @@ def card(image: dict | None, queue: str, note: str, remaining: int, upcoming: li
             id="card",
         )
     iid = int(image["id"])
-    current = image.get("label")
-    meta = {None: "no metadata flag", True: "metadata: magnified", False: "metadata: not magnified"}
-    meta_mag = None if image.get("meta_mag") is None else bool(image["meta_mag"])
-    info = [
-        fh.Span(f"#{iid}", cls="tag"),
-        fh.Span(image["hospital"], cls="tag"),
-        fh.Span(image["split"], cls=f"tag split-{image['split']}"),
-        fh.Span(meta[meta_mag], cls="tag"),
-    ]
-    if current is not None:
-        info.append(fh.Span(f"labeled {LABELS[int(current)]} by {image['annotator']}", cls="tag labeled"))
-    if not blind:
-        info.append(_prediction(image))
     return fh.Div(
         *state,
         fh.Input(type="hidden", id="image_id", name="image_id", value=str(iid)),
         fh.Input(type="hidden", id="seen_event", name="seen_event", value=str(int(image.get("event_id") or 0))),
-        fh.Div(fh.Img(src=f"/img/{iid}", id="shot", alt=f"image {iid}", draggable="false"), cls="viewer"),
-        fh.Div(*info, cls="info"),
+        fh.Div(
+            slide_html(image, queue, blind, True),
+            *[slide_html(u, queue, blind, False) for u in upcoming],
+            cls="slides",
+        ),
         fh.Div(f"{remaining} left · {note}", cls="qnote"),
-        *[fh.Link(rel="preload", href=f"/img/{n}", **{"as": "image"}) for n in upcoming[:2]],
         id="card",
         data_image_id=str(iid),
     )
@@ -127,7 +165,7 @@ def queue_nav(counts: dict[str, tuple[int, int]], current: str, oob: bool = Fals
     links = [
         fh.A(
             QUEUE_TITLES[name],
-            fh.Span(f"{counts[name][0]}/{counts[name][1]}", cls="count"),
+            fh.Span("{}/{}".format(*counts.get(name, (0, 0))), cls="count"),
             href=f"/?q={name}",
             cls="queue active" if name == current else "queue",
             title=QUEUES[name],
@@ -212,12 +250,57 @@ def label_page(annotator, counts, queue, blind, team, the_card, recent) -> tuple
         ),
         fh.Footer(key_bar()),
         help_overlay(),
+        fh.Div(fh.Img(id="loupe-img", alt="full-resolution crop"), id="loupe", hidden=True),
         fh.Div(id="toast", role="status", aria_live="polite"),
     )
 
 
-def review_page(annotator: str, rows: list[dict]) -> tuple:
-    """Images where annotators disagree; open one to adjudicate it with your own label."""
+def agreement_section(stats: dict) -> fh.FT:
+    """Cohen's κ between the blind audit readers and each reader's agreement with the audit truth."""
+    k = stats["kappa"]
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    rows = [
+        fh.Tr(
+            fh.Td(name),
+            fh.Td(str(r["reads"])),
+            fh.Td(pct(r["agree_truth"])),
+            fh.Td(str(r["n_adjudicated"])),
+            fh.Td(pct(r["agree_adjudicated"])),
+        )
+        for name, r in stats["per_reader"].items()
+    ]
+    pairs = [fh.Li(f"{pair.replace('|', ' vs ')}: κ = {v:.3f}") for pair, v in stats["kappa_by_pair"].items()]
+    return fh.Div(
+        fh.H2("Audit reads (blind, double, adjudicated)"),
+        fh.P(
+            f"{stats['n_read']} audit images read, {stats['n_double']} by two readers: {stats['n_agreed']} agreed, ",
+            fh.A(f"{stats['n_disputed']} waiting for adjudication", href="/?q=adjudication"),
+            f", {stats['n_adjudicated']} adjudicated.",
+        ),
+        fh.P("Cohen's κ between the two readers: ", fh.B("n/a" if k is None else f"{k:.3f}", id="kappa")),
+        fh.Ul(*pairs) if len(pairs) > 1 else "",
+        fh.Table(
+            fh.Thead(
+                fh.Tr(
+                    fh.Th("reader"),
+                    fh.Th("reads"),
+                    fh.Th("agree with audit truth"),
+                    fh.Th("adjudicated images"),
+                    fh.Th("agree with the adjudication"),
+                )
+            ),
+            fh.Tbody(*rows),
+            cls="review",
+            id="readers",
+        )
+        if rows
+        else fh.P("No double reads yet.", cls="muted"),
+        id="agreement",
+    )
+
+
+def review_page(annotator: str, rows: list[dict], stats: dict | None = None) -> tuple:
+    """Audit agreement, then training images where annotators disagree; open one to relabel it."""
     body = [
         fh.Tr(
             fh.Td(fh.Img(src=f"/img/{r['image_id']}/model", cls="thumb", alt=f"image {r['image_id']}")),
@@ -243,7 +326,15 @@ def review_page(annotator: str, rows: list[dict]) -> tuple:
             fh.Div("mammo", fh.Span(" · review", cls="muted"), cls="brand"),
             fh.Div(fh.Span(annotator, cls="who"), fh.A("Back to labeling", href="/"), cls="right"),
         ),
-        fh.Main(fh.Section(fh.H2(f"Annotators disagree on {len(rows)} image(s)"), table, cls="page"), cls="single"),
+        fh.Main(
+            fh.Section(
+                agreement_section(stats) if stats is not None else "",
+                fh.H2(f"Annotators disagree on {len(rows)} training image(s)"),
+                table,
+                cls="page",
+            ),
+            cls="single",
+        ),
     )
 
 

@@ -1,12 +1,14 @@
-"""Labeling queues: which image to show next. Pure functions over DataFrames, so they are testable alone.
+"""Labeling queues: which image to show next, as SQL over maintained, indexed columns of `images`.
 
-Inputs (the label store builds them):
-- images: id, split ('train'|'audit'), meta_mag (True/False or 1/0; None or NaN when unknown)
-- labels: image_id, label (code 1-4), ts (ISO time of the latest decision), one row per labeled image
-- predictions: image_id, p_biopsy, p_mag, out_of_sample (bool), updated_at (ISO time)
+Every queue is a partial index over columns of the `images` table that the label store keeps up to date
+(store.py: the latest label, the audit reads, a copy of the latest prediction) plus virtual generated columns
+derived from them (the low-confidence margin, the cleanlab-style self-confidence, ...). Taking the next image is
+an index range scan (`ORDER BY <key> LIMIT n`), and the counts come from maintained totals (`queue_totals`),
+so a key press costs the same with 10,000 or 1,000,000 images in the store.
 
-Every queue returns the image ids still to look at, best first, the size of the pool it draws from, and
-a note saying how it ordered them (a queue without predictions falls back to random order and says so).
+Random order is a seeded rank stored per image when it is added (`images.rnd`, a hash of the store's seed and
+the SOP Instance UID): stable as the pool shrinks, the same for every annotator. Two annotators in team mode
+never meet on one image because of leases (`leases` table), not because of different orders.
 """
 
 from __future__ import annotations
@@ -14,142 +16,177 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
-
-from mammo_pipeline.labels.codes import flags_of
-
 QUEUES: dict[str, str] = {
     "unlabeled": "unlabeled training images, random order",
     "low_confidence": "unlabeled training images the model is least sure about",
     "disagreements": "labels the model contradicts, least self-confidence first",
     "meta_conflicts": "DICOM metadata says magnification one way, the model the other",
-    "audit": "unlabeled audit images (measure the model; never trained on)",
+    "needs_review": "images the latest model run flagged for review (needs_review)",
+    "audit": "audit images still needing a blind read (measure the model; never trained on)",
+    "adjudication": "audit images two readers disagree on: a third read decides",
 }
+
+# Generated columns of `images` (VIRTUAL: computed from the row, indexable). Flags of a label code:
+# biopsy = code in (1, 4), mag = code in (2, 4) (codes.py).
+_BIOPSY = "(label IN (1, 4))"
+_MAG = "(label IN (2, 4))"
+GENERATED: dict[str, str] = {
+    # smallest margin |p - 0.5| over both flags; 2.0 (after every real margin) without a prediction
+    "lc_key": "CASE WHEN pb IS NULL THEN 2.0 ELSE MIN(ABS(pb - 0.5), ABS(pm - 0.5)) END",
+    # the model's probability of the given label (flags independent), when an out-of-sample model contradicts it
+    "dis_conf": f"""CASE WHEN split = 'train' AND label IS NOT NULL AND p_oos = 1
+        AND ({_BIOPSY} != (pb >= 0.5) OR {_MAG} != (pm >= 0.5))
+        THEN (CASE WHEN {_BIOPSY} THEN pb ELSE 1 - pb END) * (CASE WHEN {_MAG} THEN pm ELSE 1 - pm END) END""",
+    # ... and nobody labeled it again after that prediction was made
+    "dis_todo": f"""(split = 'train' AND label IS NOT NULL AND p_oos = 1
+        AND ({_BIOPSY} != (pb >= 0.5) OR {_MAG} != (pm >= 0.5)) AND label_ts <= p_ts)""",
+    # the model most sure first where the DICOM magnification flag and p_mag disagree
+    "mc_key": "CASE WHEN meta_mag IS NOT NULL AND pm IS NOT NULL AND meta_mag != (pm >= 0.5) THEN -ABS(pm - 0.5) END",
+    "nr_todo": "(p_nr = 1 AND (label IS NULL OR label_ts <= p_ts))",
+    # 0 unread, 1 one read, 2 two reads agree, 3 they disagree (adjudication due), 4 adjudicated; NULL off audit
+    "audit_state": """CASE WHEN split != 'audit' THEN NULL WHEN read1 IS NULL THEN 0 WHEN read2 IS NULL THEN 1
+        WHEN adjudicated IS NOT NULL THEN 4 WHEN read1 = read2 THEN 2 ELSE 3 END""",
+    # the audit truth: the adjudicated label, else the agreed one, else a lone first read; NULL while disputed
+    "truth": """CASE WHEN split != 'audit' THEN NULL WHEN adjudicated IS NOT NULL THEN adjudicated
+        WHEN read2 IS NULL THEN read1 WHEN read1 = read2 THEN read1 END""",
+}
+
+# Maintained totals: name -> membership of one image (SQL over the images row). Recounted in bulk writes,
+# updated by the difference before/after in single-image writes.
+COUNTERS: dict[str, str] = {
+    "train": "split = 'train'",
+    "train_unlabeled": "split = 'train' AND label IS NULL",
+    "train_labeled": "split = 'train' AND label IS NOT NULL",
+    "dis_pool": "dis_conf IS NOT NULL",
+    "dis_todo": "dis_todo = 1",
+    "mc_pool": "split = 'train' AND mc_key IS NOT NULL",
+    "mc_todo": "split = 'train' AND mc_key IS NOT NULL AND label IS NULL",
+    "meta_known": "split = 'train' AND meta_mag IS NOT NULL",
+    "meta_known_todo": "split = 'train' AND meta_mag IS NOT NULL AND label IS NULL",
+    "nr_pool": "p_nr = 1",
+    "nr_todo": "nr_todo = 1",
+    "audit": "split = 'audit'",
+    "audit_todo": "split = 'audit' AND audit_state IN (0, 1)",
+    "adj_pool": "audit_state IN (3, 4)",
+    "adj_todo": "audit_state = 3",
+    "predicted": "pb IS NOT NULL",
+    "predicted_oos": "p_oos = 1",
+}
+
+INDEXES = {
+    "q_unlabeled": "images (rnd) WHERE split = 'train' AND label IS NULL",
+    "q_low_confidence": "images (lc_key, rnd) WHERE split = 'train' AND label IS NULL",
+    "q_disagreements": "images (dis_conf, id) WHERE dis_todo = 1",
+    "q_labeled_train": "images (rnd) WHERE split = 'train' AND label IS NOT NULL",
+    "q_meta_conflicts": "images (mc_key, id) WHERE split = 'train' AND mc_key IS NOT NULL AND label IS NULL",
+    "q_meta_known": "images (rnd) WHERE split = 'train' AND meta_mag IS NOT NULL AND label IS NULL",
+    "q_needs_review": "images (rnd) WHERE nr_todo = 1",
+    "q_audit": "images (audit_state DESC, rnd) WHERE split = 'audit' AND audit_state IN (0, 1)",
+    "q_adjudication": "images (rnd) WHERE audit_state = 3",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to read one queue: a WHERE (matching a partial index), an ORDER BY, counters and a note."""
+
+    where: str
+    order: str
+    pool: str  # counter name: size of the pool the queue draws from
+    todo: str  # counter name: what is left
+    note: str
+
+
+PLANS: dict[str, Plan] = {
+    "unlabeled": Plan("split = 'train' AND label IS NULL", "rnd", "train", "train_unlabeled", "random order (seeded)"),
+    "low_confidence": Plan(
+        "split = 'train' AND label IS NULL",
+        "lc_key, rnd",
+        "train_unlabeled",
+        "train_unlabeled",
+        "smallest margin |p - 0.5| first",
+    ),
+    "disagreements": Plan("dis_todo = 1", "dis_conf, id", "dis_pool", "dis_todo", "lowest self-confidence first"),
+    "meta_conflicts": Plan(
+        "split = 'train' AND mc_key IS NOT NULL AND label IS NULL",
+        "mc_key, id",
+        "mc_pool",
+        "mc_todo",
+        "model most sure first",
+    ),
+    "needs_review": Plan("nr_todo = 1", "rnd", "nr_pool", "nr_todo", "flagged by the model run, random order"),
+    # one read first (completes a pair), then unread; never an image this annotator already read
+    "audit": Plan(
+        "split = 'audit' AND audit_state IN (0, 1)",
+        "audit_state DESC, rnd",
+        "audit",
+        "audit_todo",
+        "blind double reads, random order",
+    ),
+    "adjudication": Plan("audit_state = 3", "rnd", "adj_pool", "adj_todo", "third read decides, random order"),
+}
+
+# Used when the model has not given what a queue needs yet (and said so on the card).
+FALLBACKS: dict[str, tuple[str, Plan]] = {
+    "low_confidence": (
+        "predicted",
+        Plan("split = 'train' AND label IS NULL", "rnd", "train_unlabeled", "train_unlabeled", ""),
+    ),
+    "disagreements": (
+        "predicted_oos",
+        Plan(
+            "split = 'train' AND label IS NOT NULL",
+            "rnd",
+            "train_labeled",
+            "train_labeled",
+            "no out-of-sample predictions: all labeled images, random order",
+        ),
+    ),
+    "meta_conflicts": (
+        "predicted",
+        Plan(
+            "split = 'train' AND meta_mag IS NOT NULL AND label IS NULL",
+            "rnd",
+            "meta_known",
+            "meta_known_todo",
+            "no predictions: images with a metadata magnification flag, random order",
+        ),
+    ),
+}
+FALLBACK_NOTES = {"low_confidence": "no predictions: random order"}
+
+
+def plan(name: str, totals: dict[str, int]) -> Plan:
+    """The plan of queue `name` given the maintained totals (a fallback when predictions are missing)."""
+    if name not in PLANS:
+        raise KeyError(f"unknown queue {name!r}; choose one of {', '.join(QUEUES)}")
+    if name in FALLBACKS and not totals.get(FALLBACKS[name][0], 0):
+        fb = FALLBACKS[name][1]
+        return Plan(fb.where, fb.order, fb.pool, fb.todo, fb.note or FALLBACK_NOTES[name])
+    return PLANS[name]
 
 
 @dataclass(frozen=True)
 class Queue:
     name: str
-    ids: list[int]  # remaining image ids, best first
+    ids: list[int]  # the next image ids for this annotator, best first (at most the limit asked for)
+    remaining: int  # images left in the queue (all annotators)
     total: int  # size of the pool the queue draws from
     note: str  # how the order was made
 
 
-def _shuffled(ids: pd.Series, seed: int, annotator: str) -> list[int]:
-    """Ids in a seeded random order that is stable as the pool shrinks (each id has a fixed rank).
+def ranks(seed: int, sop_instance_uids: list[str]) -> list[int]:
+    """The seeded random rank of each image: a signed 63-bit hash of (seed, SOP Instance UID), fixed when the
+    image is added. Vectorized (pandas' hash_array: SipHash-2-4 keyed by the seed), about 50 ns per image."""
+    import numpy as np
+    import pandas as pd
 
-    Each annotator gets their own order, so two people labeling at once rarely meet on one image.
-    """
-    salt = np.uint64(int.from_bytes(hashlib.sha256(f"{seed}\x1f{annotator}".encode()).digest()[:8], "big"))
-    values = ids.to_numpy(dtype=np.uint64)
-    return [int(i) for i in values[np.lexsort((values, _splitmix64(values ^ salt)))]]
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A fast, well-mixed 64-bit hash (SplitMix64 finalizer), vectorized."""
-    with np.errstate(over="ignore"):
-        x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+    key = hashlib.blake2b(str(seed).encode(), digest_size=8).hexdigest()  # 16 characters, as hash_array needs
+    values = np.asarray(sop_instance_uids, dtype=object)
+    hashed = pd.util.hash_array(values, hash_key=key, categorize=False)
+    return (hashed >> np.uint64(1)).astype(np.int64).tolist()
 
 
-def _unlabeled(images: pd.DataFrame, labels: pd.DataFrame, split: str) -> pd.DataFrame:
-    pool = images[images["split"] == split]
-    return pool[~pool["id"].isin(labels["image_id"])]
-
-
-def _with_predictions(pool: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
-    return pool.merge(predictions, left_on="id", right_on="image_id", how="inner")
-
-
-def unlabeled(images, labels, predictions, seed: int = 0, annotator: str = "") -> Queue:
-    pool = _unlabeled(images, labels, "train")
-    total = int((images["split"] == "train").sum())
-    return Queue("unlabeled", _shuffled(pool["id"], seed, annotator), total, "random order (seeded)")
-
-
-def audit(images, labels, predictions, seed: int = 0, annotator: str = "") -> Queue:
-    pool = _unlabeled(images, labels, "audit")
-    total = int((images["split"] == "audit").sum())
-    return Queue("audit", _shuffled(pool["id"], seed, annotator), total, "random order (seeded)")
-
-
-def low_confidence(images, labels, predictions, seed: int = 0, annotator: str = "") -> Queue:
-    """Smallest margin |p - 0.5| over both flags first; images without a prediction after, at random."""
-    pool = _unlabeled(images, labels, "train")
-    scored = _with_predictions(pool, predictions)
-    if scored.empty:
-        return Queue(
-            "low_confidence", _shuffled(pool["id"], seed, annotator), len(pool), "no predictions: random order"
-        )
-    margin = np.minimum((scored["p_biopsy"] - 0.5).abs(), (scored["p_mag"] - 0.5).abs())
-    first = scored.assign(margin=margin).sort_values(["margin", "id"])["id"].astype(int).tolist()
-    rest = _shuffled(pool[~pool["id"].isin(scored["id"])]["id"], seed, annotator)
-    return Queue("low_confidence", first + rest, len(pool), "smallest margin |p - 0.5| first")
-
-
-def self_confidence(label: pd.Series, p_biopsy: pd.Series, p_mag: pd.Series) -> pd.Series:
-    """The model's probability of the given label (flags independent), as in cleanlab's self-confidence."""
-    flags = np.array([flags_of(int(code)) for code in label], dtype=bool).reshape(-1, 2)
-    pb = np.where(flags[:, 0], p_biopsy, 1 - p_biopsy)
-    pm = np.where(flags[:, 1], p_mag, 1 - p_mag)
-    return pd.Series(pb * pm, index=label.index)
-
-
-def contradicts(label: pd.Series, p_biopsy: pd.Series, p_mag: pd.Series) -> pd.Series:
-    """True where the model's predicted flags (p >= 0.5) differ from the label's flags."""
-    flags = np.array([flags_of(int(code)) for code in label], dtype=bool).reshape(-1, 2)
-    return pd.Series((flags[:, 0] != (p_biopsy >= 0.5)) | (flags[:, 1] != (p_mag >= 0.5)), index=label.index)
-
-
-def disagreements(images, labels, predictions, seed: int = 0, annotator: str = "") -> Queue:
-    """Labeled training images the out-of-sample model contradicts, lowest self-confidence first.
-
-    An image leaves the queue once someone labels it again after the prediction was made.
-    Without out-of-sample predictions: every labeled training image, random order (a spot check).
-    """
-    pool = images[images["split"] == "train"].merge(labels, left_on="id", right_on="image_id")
-    oos = predictions[predictions["out_of_sample"].astype(bool)] if len(predictions) else predictions
-    scored = pool.merge(oos[["image_id", "p_biopsy", "p_mag", "updated_at"]], on="image_id") if len(oos) else None
-    if scored is None or scored.empty:
-        note = "no out-of-sample predictions: all labeled images, random order"
-        return Queue("disagreements", _shuffled(pool["id"], seed, annotator), len(pool), note)
-    scored = scored[contradicts(scored["label"], scored["p_biopsy"], scored["p_mag"])]
-    scored = scored.assign(conf=self_confidence(scored["label"], scored["p_biopsy"], scored["p_mag"]))
-    todo = scored[scored["ts"] <= scored["updated_at"]].sort_values(["conf", "id"])
-    return Queue("disagreements", todo["id"].astype(int).tolist(), len(scored), "lowest self-confidence first")
-
-
-def meta_conflicts(images, labels, predictions, seed: int = 0, annotator: str = "") -> Queue:
-    """Unlabeled images whose DICOM magnification flag and the model's p_mag disagree."""
-    known = images[images["meta_mag"].notna()]
-    scored = _with_predictions(known, predictions)
-    if scored.empty:
-        pool = known[~known["id"].isin(labels["image_id"])]
-        note = "no predictions: images with a metadata magnification flag, random order"
-        return Queue("meta_conflicts", _shuffled(pool["id"], seed, annotator), len(known), note)
-    clash = scored[scored["meta_mag"].astype(bool) != (scored["p_mag"] >= 0.5)]
-    todo = clash[~clash["id"].isin(labels["image_id"])]
-    # The most confident model disagreement first: likely a metadata error worth a look.
-    todo = todo.assign(margin=-(todo["p_mag"] - 0.5).abs()).sort_values(["margin", "id"])
-    return Queue("meta_conflicts", todo["id"].astype(int).tolist(), len(clash), "model most sure first")
-
-
-BUILDERS = {
-    "unlabeled": unlabeled,
-    "low_confidence": low_confidence,
-    "disagreements": disagreements,
-    "meta_conflicts": meta_conflicts,
-    "audit": audit,
-}
-
-
-def build(
-    name: str, images: pd.DataFrame, labels: pd.DataFrame, predictions: pd.DataFrame, seed: int = 0, annotator: str = ""
-) -> Queue:
-    """The queue called `name` (one of QUEUES)."""
-    if name not in BUILDERS:
-        raise KeyError(f"unknown queue {name!r}; choose one of {', '.join(QUEUES)}")
-    return BUILDERS[name](images, labels, predictions, seed=seed, annotator=annotator)
+def rank(seed: int, sop_instance_uid: str) -> int:
+    """The rank of one image (see ranks)."""
+    return ranks(seed, [sop_instance_uid])[0]

@@ -26,7 +26,7 @@ def load_truth(landing: Path) -> pd.DataFrame:
 class SimulatedAnnotator:
     """Labels images with their true class, slipping now and then on a first read as a busy reader would.
 
-    A first label is wrong with probability `error_rate` (deterministic per image), which gives the
+    A first label is wrong with probability `error_rate` (deterministic per reader and image), which gives the
     disagreement queue real mistakes to surface; a careful read (`careful=True`: the audit set, a review
     of a disagreement) is always right.
     """
@@ -44,7 +44,8 @@ class SimulatedAnnotator:
         label = self.truth[sop]
         if careful or self.error_rate <= 0:
             return label
-        rng = random.Random(hashlib.sha256(sop.encode()).digest())
+        # per reader and image: two readers slip on different images, each always on the same ones
+        rng = random.Random(hashlib.sha256(f"{self.name}\x1f{sop}".encode()).digest())
         if rng.random() >= self.error_rate:
             return label
         self.slips += 1
@@ -66,3 +67,19 @@ class SimulatedAnnotator:
         current = self.store.current_labels()
         truth = current["sop_instance_uid"].map(self.truth)
         return int((truth.notna() & (truth != current["label"])).sum())
+
+
+def double_read_audit(
+    store: LabelStore, readers: tuple[SimulatedAnnotator, SimulatedAnnotator], adjudicator: SimulatedAnnotator
+) -> dict[str, int]:
+    """The audit protocol: both readers read every audit image blind (at their slip rates), then the adjudicator
+    reads, carefully, each image they disagree on; that third read becomes the audit truth.
+
+    Returns how many reads each step made: {reader name: n, ..., "adjudicated": n}.
+    """
+    done = {}
+    for reader in readers:
+        done[reader.name] = reader.label(store.queue("audit", reader.name, limit=10_000_000), round=0)
+    disputed = store.queue("adjudication", adjudicator.name, limit=10_000_000)
+    done["adjudicated"] = adjudicator.label(disputed, round=0, careful=True)
+    return done

@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sqlite3
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from mammo_pipeline.labels.codes import CODES, LABELS, flags_of
 from mammo_pipeline.settings import Settings
 
 SOURCES = ("human", "import", "model")
+_local = threading.local()  # per-thread connections (see LabelStore._db)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -71,16 +75,66 @@ CREATE TABLE IF NOT EXISTS predictions (
 );
 """
 
-# Bumped in every transaction that changes images or predictions, so readers can cache those tables.
-_BUMP = "INSERT INTO meta (key, value) VALUES ('rev', 1) ON CONFLICT (key) DO UPDATE SET value = value + 1"
-
-# The latest decision per image: the newest current label over all annotators.
-_LATEST = """
-SELECT c.image_id, c.annotator, c.label, c.event_id, c.ts
-FROM current_labels c
-JOIN (SELECT image_id, MAX(event_id) AS event_id FROM current_labels GROUP BY image_id) m
-  ON m.image_id = c.image_id AND m.event_id = c.event_id
+# Columns the store maintains on `images` (kept equal to what current_labels and predictions say) and the
+# generated columns and partial indexes the queues read (queues.py).
+_MAINTAINED = {
+    "dicom_path": "TEXT",  # the source DICOM, relative to MAMMO_LANDING (for full-resolution zoom)
+    "rnd": "INTEGER NOT NULL DEFAULT 0",  # seeded random rank (queues.ranks)
+    "label": "INTEGER",  # the latest decision over all annotators (code 1-4), NULL when unlabeled
+    "label_ts": "TEXT",
+    "event_id": "INTEGER NOT NULL DEFAULT 0",  # that decision's event (0 when unlabeled)
+    "reader1": "TEXT",  # the first two blind reads ('read' role) in order of their first event
+    "read1": "INTEGER",
+    "reader2": "TEXT",
+    "read2": "INTEGER",
+    "adjudicated": "INTEGER",  # the latest adjudicating read (a third annotator, after a disagreement)
+    "pb": "REAL",  # copy of the latest prediction
+    "pm": "REAL",
+    "p_oos": "INTEGER NOT NULL DEFAULT 0",
+    "p_ts": "TEXT",
+    "p_nr": "INTEGER NOT NULL DEFAULT 0",  # needs_review of the latest prediction (0 when the column is absent)
+}
+_EXTRA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue_totals (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    annotator TEXT NOT NULL,
+    until REAL NOT NULL,
+    PRIMARY KEY (image_id, annotator)
+);
+CREATE INDEX IF NOT EXISTS leases_until ON leases (until);
+CREATE INDEX IF NOT EXISTS leases_annotator ON leases (annotator);
 """
+
+# Recompute the label columns of the images matching {where} from current_labels.
+_REFRESH_LABELS = """
+UPDATE images SET
+    label = (SELECT c.label FROM current_labels c WHERE c.image_id = images.id ORDER BY c.event_id DESC LIMIT 1),
+    label_ts = (SELECT c.ts FROM current_labels c WHERE c.image_id = images.id ORDER BY c.event_id DESC LIMIT 1),
+    event_id = COALESCE((SELECT MAX(c.event_id) FROM current_labels c WHERE c.image_id = images.id), 0),
+    reader1 = (SELECT c.annotator FROM current_labels c WHERE c.image_id = images.id AND c.role = 'read'
+               ORDER BY c.first_event LIMIT 1),
+    read1 = (SELECT c.label FROM current_labels c WHERE c.image_id = images.id AND c.role = 'read'
+             ORDER BY c.first_event LIMIT 1),
+    reader2 = (SELECT c.annotator FROM current_labels c WHERE c.image_id = images.id AND c.role = 'read'
+               ORDER BY c.first_event LIMIT 1 OFFSET 1),
+    read2 = (SELECT c.label FROM current_labels c WHERE c.image_id = images.id AND c.role = 'read'
+             ORDER BY c.first_event LIMIT 1 OFFSET 1),
+    adjudicated = (SELECT c.label FROM current_labels c WHERE c.image_id = images.id AND c.role = 'adjudication'
+                   ORDER BY c.event_id DESC LIMIT 1)
+WHERE {where}
+"""
+# Copy the prediction of the images matching {where} onto their rows.
+_REFRESH_PREDICTIONS = """
+UPDATE images SET pb = p.p_biopsy, pm = p.p_mag, p_oos = p.out_of_sample, p_ts = p.updated_at,
+    p_nr = COALESCE(p.needs_review, 0)
+FROM predictions p WHERE p.image_id = images.id AND {where}
+"""
+_MEMBERSHIP = "SELECT " + ", ".join(f"({expr}) IS 1" for expr in queues.COUNTERS.values()) + " FROM images WHERE id = ?"
+_RECOUNT = (
+    "SELECT " + ", ".join(f"COALESCE(SUM(({expr}) IS 1), 0)" for expr in queues.COUNTERS.values()) + " FROM images"
+)
+ROLES = ("read", "adjudication", "extra")
 
 
 class LabelError(ValueError):
@@ -126,28 +180,74 @@ def label_code(label: int | str) -> int:
     raise BadLabel(f"label must be one of {sorted(LABELS)} or {sorted(CODES)}, not {label!r}")
 
 
-class LabelStore:
-    """The label database at `path` (created with its schema on first use)."""
+class Leased(LabelError):
+    """The training image is leased to another annotator (team mode)."""
 
-    def __init__(self, path: Path | str) -> None:
+
+class LabelStore:
+    """The label database at `path` (created with its schema on first use, older files upgraded in place)."""
+
+    def __init__(self, path: Path | str, seed: int = 0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._cached: tuple[int, pd.DataFrame, pd.DataFrame] | None = None  # (rev, images, predictions)
         with self._db() as db:
             db.execute("PRAGMA journal_mode=wal")
-            db.conn.executescript(_SCHEMA)
+            db.conn.executescript(_SCHEMA + _EXTRA_SCHEMA)
+        self._upgrade(seed)
+
+    def _upgrade(self, seed: int) -> None:
+        """Add the maintained columns, generated columns and queue indexes a file made by an older version lacks."""
+        with self._write() as db:
+            have = {r[1] for r in db.execute("PRAGMA table_xinfo(images)")}
+            added = [c for c in _MAINTAINED if c not in have]
+            for col in added:
+                db.execute(f"ALTER TABLE images ADD COLUMN {col} {_MAINTAINED[col]}")
+            for col, expr in queues.GENERATED.items():
+                if col not in have:
+                    db.execute(f"ALTER TABLE images ADD COLUMN {col} GENERATED ALWAYS AS ({expr}) VIRTUAL")
+            cl = {r[1] for r in db.execute("PRAGMA table_info(current_labels)")}
+            if "role" not in cl:
+                db.execute("ALTER TABLE current_labels ADD COLUMN role TEXT NOT NULL DEFAULT 'read'")
+                db.execute("ALTER TABLE current_labels ADD COLUMN first_event INTEGER")
+                db.execute("UPDATE current_labels SET first_event = event_id")
+            if "needs_review" not in {r[1] for r in db.execute("PRAGMA table_info(predictions)")}:
+                db.execute("ALTER TABLE predictions ADD COLUMN needs_review INTEGER")
+            _create_queue_indexes(db)
+            if db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone() is None:
+                db.execute("INSERT INTO meta (key, value) VALUES ('seed', ?)", (int(seed),))
+            if added:  # an older file: fill the new columns once
+                store_seed = int(db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone()[0])
+                old = db.execute("SELECT id, sop_instance_uid FROM images").fetchall()
+                ranks = list(zip(queues.ranks(store_seed, [r[1] for r in old]), [r[0] for r in old], strict=True))
+                db.conn.executemany("UPDATE images SET rnd = ? WHERE id = ?", ranks)
+                db.execute(_REFRESH_LABELS.format(where="1"))
+                db.execute(_REFRESH_PREDICTIONS.format(where="1"))
+            if added or db.execute("SELECT COUNT(*) FROM queue_totals").fetchone()[0] == 0:
+                _recount(db)
 
     # -- connections ---------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite_utils.Database]:
-        conn = sqlite3.connect(self.path, timeout=5, isolation_level=None)
-        conn.execute("PRAGMA foreign_keys=on")
-        # WAL + NORMAL: consistent after any crash; only a power cut can lose the last few commits.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            yield sqlite_utils.Database(conn)
-        finally:
-            conn.close()
+        """This thread's connection to the store (opened once per thread and process, then reused).
+
+        Reused because closing the last connection to a WAL database checkpoints and deletes the WAL with an
+        fsync (about 12 ms, most of a key press), and opening one costs about a millisecond more.
+        """
+        key = (os.getpid(), str(self.path))
+        db = getattr(_local, "dbs", {}).get(key)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            conn.execute("PRAGMA foreign_keys=on")
+            # WAL + NORMAL: consistent after any crash; only a power cut can lose the last few commits.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # 128 MB of page cache: bulk writes of a million rows touch every index at random places.
+            conn.execute("PRAGMA cache_size=-131072")
+            db = sqlite_utils.Database(conn)
+            if not hasattr(_local, "dbs"):
+                _local.dbs = {}
+            _local.dbs[key] = db
+        db.conn.row_factory = None
+        yield db
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite_utils.Database]:
@@ -166,12 +266,18 @@ class LabelStore:
             cur = db.execute(sql, params)
             return pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
 
+    def seed(self) -> int:
+        """The seed the store's random order was made with (fixed when the file was created)."""
+        with self._db() as db:
+            return int(db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone()[0])
+
     # -- images --------------------------------------------------------------------------------------
     def sync_images(self, manifest: pd.DataFrame, seed: int = 0, audit_fraction: float = 0.2) -> int:
         """Upsert images from the image_cache manifest; return how many are new.
 
         A known image gets its paths refreshed but keeps its split. A new image of a patient the store
-        already knows joins that patient's split; otherwise its split comes from audit.split_of.
+        already knows joins that patient's split; otherwise its split comes from audit.split_of. Its place in
+        the random order is queues.ranks(store seed, SOP Instance UID).
         """
         if manifest.empty:
             return 0
@@ -179,63 +285,108 @@ class LabelStore:
         if missing := need - set(manifest.columns):
             raise ValueError(f"the image_cache manifest lacks columns {sorted(missing)}")
         df = manifest.drop_duplicates("sop_instance_uid", keep="last").reset_index(drop=True)
-        for col in ("study_instance_uid", "patient_key", "meta_mag"):
+        for col in ("study_instance_uid", "patient_key", "meta_mag", "rel_path"):
             if col not in df.columns:
                 df[col] = None
         df["split"] = audit.assign_splits(df, seed, audit_fraction)
         now = _now()
         with self._write() as db:
-            known = {r[0]: r[1] for r in db.execute("SELECT hospital || '\x1f' || patient_key, split FROM images")}
-            before = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-            rows = []
-            for r in df.itertuples(index=False):
-                key = f"{r.hospital}\x1f{r.patient_key}" if isinstance(r.patient_key, str) and r.patient_key else None
-                meta = None if pd.isna(r.meta_mag) else int(bool(r.meta_mag))
-                rows.append(
-                    (
-                        r.sop_instance_uid,
-                        r.hospital,
-                        _opt(r.study_instance_uid),
-                        _opt(r.patient_key),
-                        r.display_png,
-                        r.model_png,
-                        known.get(key, r.split),
-                        meta,
-                        now,
-                    )
-                )
-            db.conn.executemany(
-                """INSERT INTO images (sop_instance_uid, hospital, study_instance_uid, patient_key, display_png,
-                       model_png, split, meta_mag, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (sop_instance_uid) DO UPDATE SET display_png = excluded.display_png,
-                       model_png = excluded.model_png, meta_mag = excluded.meta_mag""",
-                rows,
+            store_seed = int(db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone()[0])
+            known = dict(
+                db.execute(
+                    "SELECT hospital || '\x1f' || patient_key, split FROM images WHERE patient_key IS NOT NULL"
+                ).fetchall()
             )
-            db.execute(_BUMP)
+            before = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            sops = df["sop_instance_uid"].astype(str).tolist()
+            hospitals = df["hospital"].astype(str).tolist()
+            pk = [v if isinstance(v, str) and v else None for v in df["patient_key"].astype(object).tolist()]
+            split = [
+                known.get(f"{h}\x1f{k}", s) if k is not None else s
+                for h, k, s in zip(hospitals, pk, df["split"].tolist(), strict=True)
+            ]
+            meta = [None if pd.isna(v) else int(bool(v)) for v in df["meta_mag"].astype(object).tolist()]
+            rows = zip(
+                sops,
+                hospitals,
+                [_opt(v) for v in df["study_instance_uid"].astype(object).tolist()],
+                pk,
+                df["display_png"].astype(str).tolist(),
+                df["model_png"].astype(str).tolist(),
+                split,
+                meta,
+                [now] * len(df),
+                [_opt(v) for v in df["rel_path"].astype(object).tolist()],
+                queues.ranks(store_seed, sops),
+                strict=True,
+            )
+            db.execute(
+                """CREATE TEMP TABLE IF NOT EXISTS incoming_images (sop_instance_uid TEXT, hospital TEXT,
+                   study_instance_uid TEXT, patient_key TEXT, display_png TEXT, model_png TEXT, split TEXT,
+                   meta_mag INTEGER, added_at TEXT, dicom_path TEXT, rnd INTEGER)"""
+            )
+            db.execute("DELETE FROM incoming_images")
+            db.conn.executemany("INSERT INTO incoming_images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute(
+                """UPDATE images SET display_png = n.display_png, model_png = n.model_png, meta_mag = n.meta_mag,
+                       dicom_path = COALESCE(n.dicom_path, images.dicom_path)
+                   FROM incoming_images n WHERE n.sop_instance_uid = images.sop_instance_uid"""
+            )
+            # Many new rows: drop the queue indexes and build them again afterwards (one sort each), which is
+            # several times faster than inserting a million random keys into each.
+            rebuild = len(sops) > max(50_000, before)
+            if rebuild:
+                _drop_queue_indexes(db)
+            db.execute(
+                """INSERT INTO images (sop_instance_uid, hospital, study_instance_uid, patient_key, display_png,
+                       model_png, split, meta_mag, added_at, dicom_path, rnd)
+                   SELECT * FROM incoming_images n
+                   WHERE NOT EXISTS (SELECT 1 FROM images i WHERE i.sop_instance_uid = n.sop_instance_uid)"""
+            )
+            if rebuild:
+                _create_queue_indexes(db)
+            db.execute("DELETE FROM incoming_images")
             after = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            _recount(db)
         return after - before
 
+    def n_images(self) -> int:
+        with self._db() as db:
+            return int(db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
     def images(self) -> pd.DataFrame:
-        """Every image row (id, sop_instance_uid, hospital, ..., split, meta_mag)."""
+        """Every image row (id, sop_instance_uid, hospital, ..., split, meta_mag, and the maintained columns)."""
         df = self._frame("SELECT * FROM images ORDER BY id")
         df["meta_mag"] = df["meta_mag"].map(lambda v: None if pd.isna(v) else bool(v)).astype(object)
         return df
 
     def image(self, image_id: int) -> dict | None:
-        """One image row with its latest decision and prediction, or None."""
-        df = self._frame(
-            f"""SELECT i.*, l.label, l.annotator, l.event_id, p.p_biopsy, p.p_mag, p.model_version
-                FROM images i LEFT JOIN ({_LATEST}) l ON l.image_id = i.id
-                LEFT JOIN predictions p ON p.image_id = i.id WHERE i.id = ?""",
-            (int(image_id),),
-        )
-        return None if df.empty else _clean(df.iloc[0].to_dict())
+        """One image row with its latest decision (label, annotator, event_id) and prediction, or None."""
+        with self._db() as db:
+            db.conn.row_factory = sqlite3.Row
+            row = db.conn.execute(
+                """SELECT i.*, i.pb AS p_biopsy, i.pm AS p_mag, p.model_version,
+                       (SELECT c.annotator FROM current_labels c WHERE c.image_id = i.id
+                        ORDER BY c.event_id DESC LIMIT 1) AS annotator
+                   FROM images i LEFT JOIN predictions p ON p.image_id = i.id WHERE i.id = ?""",
+                (int(image_id),),
+            ).fetchone()
+        return None if row is None else dict(row)
+
+    def exists(self, image_id: int) -> bool:
+        with self._db() as db:
+            return db.execute("SELECT 1 FROM images WHERE id = ?", (int(image_id),)).fetchone() is not None
 
     def sop_uids(self, image_ids: list[int]) -> dict[int, str]:
         """image id -> sop_instance_uid for the ids that exist."""
-        wanted = {int(i) for i in image_ids}
-        df = self._frame("SELECT id, sop_instance_uid FROM images")
-        return {int(i): sop for i, sop in zip(df["id"], df["sop_instance_uid"], strict=True) if int(i) in wanted}
+        wanted = sorted({int(i) for i in image_ids})
+        out: dict[int, str] = {}
+        with self._db() as db:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                sql = f"SELECT id, sop_instance_uid FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+                out.update(dict(db.execute(sql, chunk).fetchall()))
+        return out
 
     def current_event(self, image_id: int) -> int:
         """The id of the image's latest non-undone event (0 when unlabeled)."""
@@ -251,31 +402,91 @@ class LabelStore:
         source: str = "human",
         round: int | None = None,
         seen_event: int | None = None,
+        respect_leases: bool = False,
     ) -> int:
-        """Append a label event and make it the annotator's current label; return the event id."""
+        """Append a label event and make it the annotator's current label; return the event id.
+
+        On an audit image the annotator's role follows the reads so far: one of the first two readers
+        ('read'), a third annotator after the two disagreed ('adjudication'), or 'extra' (counted nowhere).
+        With `respect_leases`, a training image leased to someone else raises Leased (team mode).
+        """
         code = label_code(label)
         if source not in SOURCES:
             raise LabelError(f"source must be one of {SOURCES}, not {source!r}")
         if not annotator:
             raise LabelError("annotator must not be empty")
+        iid = int(image_id)
         with self._write() as db:
-            if db.execute("SELECT 1 FROM images WHERE id = ?", (int(image_id),)).fetchone() is None:
+            row = db.execute("SELECT split, event_id, reader2, audit_state FROM images WHERE id = ?", (iid,)).fetchone()
+            if row is None:
                 raise UnknownImage(f"no image with id {image_id}")
-            if seen_event is not None and (current := _current_event(db, image_id)) != int(seen_event):
-                raise StaleSubmit(int(image_id), int(seen_event), current)
+            split, current, reader2, state = row
+            if seen_event is not None and current != int(seen_event):
+                raise StaleSubmit(iid, int(seen_event), current)
+            if respect_leases and split == "train" and (holder := _lease_holder(db, iid, annotator)):
+                raise Leased(f"image {iid} is leased to {holder}")
+            old = db.execute(
+                "SELECT role FROM current_labels WHERE image_id = ? AND annotator = ?", (iid, annotator)
+            ).fetchone()
+            if old is not None:
+                role = old[0]
+            elif split != "audit" or reader2 is None:
+                role = "read"
+            else:
+                role = "adjudication" if state in (3, 4) else "extra"
+            before = db.execute(_MEMBERSHIP, (iid,)).fetchone()
             ts = _now()
             cur = db.execute(
                 "INSERT INTO events (image_id, label, annotator, ts, source, round, seen_event) VALUES (?,?,?,?,?,?,?)",
-                (int(image_id), code, annotator, ts, source, round, seen_event),
+                (iid, code, annotator, ts, source, round, seen_event),
             )
             event_id = int(cur.lastrowid)
             db.execute(
-                """INSERT INTO current_labels (image_id, annotator, label, event_id, ts) VALUES (?, ?, ?, ?, ?)
+                """INSERT INTO current_labels (image_id, annotator, label, event_id, ts, role, first_event)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (image_id, annotator) DO UPDATE SET label = excluded.label,
                        event_id = excluded.event_id, ts = excluded.ts""",
-                (int(image_id), annotator, code, event_id, ts),
+                (iid, annotator, code, event_id, ts, role, event_id),
             )
+            _refresh_one(db, iid, before)
         return event_id
+
+    def import_labels(self, labels: pd.DataFrame, annotator: str, source: str = "import") -> int:
+        """Record many labels at once (an import of earlier work): `labels` has image_id and label (code or name).
+
+        One transaction, one refresh of the touched images and one recount, instead of a transaction per label.
+        Returns how many were recorded; unknown image ids raise UnknownImage and write nothing.
+        """
+        if source not in SOURCES:
+            raise LabelError(f"source must be one of {SOURCES}, not {source!r}")
+        if not annotator:
+            raise LabelError("annotator must not be empty")
+        codes = [label_code(v) for v in labels["label"]]
+        ids = [int(i) for i in labels["image_id"]]
+        ts = _now()
+        with self._write() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS touched (image_id INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM touched")
+            db.conn.executemany("INSERT OR IGNORE INTO touched VALUES (?)", ((i,) for i in ids))
+            missing = db.execute("SELECT COUNT(*) FROM touched WHERE image_id NOT IN (SELECT id FROM images)")
+            if missing.fetchone()[0]:
+                raise UnknownImage("some image ids are not in the store")
+            first = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]) + 1
+            db.conn.executemany(
+                "INSERT INTO events (image_id, label, annotator, ts, source) VALUES (?, ?, ?, ?, ?)",
+                ((i, c, annotator, ts, source) for i, c in zip(ids, codes, strict=True)),
+            )
+            db.execute(
+                """INSERT INTO current_labels (image_id, annotator, label, event_id, ts, role, first_event)
+                   SELECT image_id, annotator, label, id, ts, 'read', id FROM events WHERE id >= ? AND true
+                   ON CONFLICT (image_id, annotator) DO UPDATE SET label = excluded.label,
+                       event_id = excluded.event_id, ts = excluded.ts""",
+                (first,),
+            )
+            db.execute(_REFRESH_LABELS.format(where="id IN (SELECT image_id FROM touched)"))
+            db.execute("DELETE FROM touched")
+            _recount(db)
+        return len(ids)
 
     def undo(self, annotator: str) -> int:
         """Mark the annotator's latest live event undone and restore their previous label of that image.
@@ -290,6 +501,7 @@ class LabelStore:
             if row is None:
                 raise NothingToUndo(f"{annotator} has nothing to undo")
             event_id, image_id = row
+            before = db.execute(_MEMBERSHIP, (image_id,)).fetchone()
             db.execute("UPDATE events SET undone = 1 WHERE id = ?", (event_id,))
             prev = db.execute(
                 """SELECT id, label, ts FROM events WHERE image_id = ? AND annotator = ? AND undone = 0
@@ -303,44 +515,86 @@ class LabelStore:
                     "UPDATE current_labels SET label = ?, event_id = ?, ts = ? WHERE image_id = ? AND annotator = ?",
                     (prev[1], prev[0], prev[2], image_id, annotator),
                 )
+            _refresh_one(db, image_id, before)
         return int(image_id)
 
     def current_labels(self) -> pd.DataFrame:
-        """One row per labeled image: its latest decision with the image's columns."""
+        """One row per labeled image: its label with the image's columns.
+
+        `label` is the latest decision, except on audit images, where it is the audit truth when there is one:
+        the adjudicated label, else the two readers' agreed label, else a lone first read. `label_source` says
+        which ('latest' on training images; 'single_read', 'agreed', 'adjudicated' or 'disputed' on audit
+        images: 'disputed' keeps the latest decision until a third read decides). `first_read` is the first
+        blind read of an audit image (the single-read figure), `n_reads` how many blind reads it has.
+        """
         df = self._frame(
-            f"""SELECT l.image_id, i.sop_instance_uid, i.hospital, i.study_instance_uid, i.patient_key,
-                       l.label AS code, i.split, l.annotator, l.event_id, l.ts AS labeled_at,
-                       i.display_png, i.model_png
-                FROM ({_LATEST}) l JOIN images i ON i.id = l.image_id ORDER BY l.image_id"""
+            """SELECT i.id AS image_id, i.sop_instance_uid, i.hospital, i.study_instance_uid, i.patient_key,
+                      CASE WHEN i.truth IS NOT NULL THEN i.truth ELSE i.label END AS code, i.split,
+                      c.annotator, i.event_id, i.label_ts AS labeled_at, i.display_png, i.model_png,
+                      CASE WHEN i.split != 'audit' THEN 'latest' WHEN i.audit_state = 4 THEN 'adjudicated'
+                           WHEN i.audit_state = 2 THEN 'agreed' WHEN i.audit_state = 3 THEN 'disputed'
+                           WHEN i.audit_state = 1 THEN 'single_read' ELSE 'latest' END AS label_source,
+                      i.read1 AS first_read_code,
+                      (i.read1 IS NOT NULL) + (i.read2 IS NOT NULL) AS n_reads
+               FROM images i JOIN current_labels c ON c.image_id = i.id AND c.event_id = i.event_id
+               WHERE i.label IS NOT NULL ORDER BY i.id"""
         )
         flags = [flags_of(int(c)) for c in df["code"]]
         df.insert(5, "label", df.pop("code").map(lambda c: LABELS[int(c)]).astype(object))
         df.insert(6, "has_biopsy_marker", [f[0] for f in flags])
         df.insert(7, "is_mag_view", [f[1] for f in flags])
+        first = df.pop("first_read_code")
+        df["first_read"] = [
+            LABELS[int(c)] if s == "audit" and c == c and c is not None else None
+            for c, s in zip(first, df["split"], strict=True)
+        ]
+        df["first_read"] = df["first_read"].astype(object)
+        df["n_reads"] = df["n_reads"].astype(int)
         return df
 
     def snapshot(self) -> tuple[pd.DataFrame, str]:
         """The current labels plus a snapshot_id: a content hash of the label rows (same labels, same id)."""
         df = self.current_labels()
-        keys = df[["sop_instance_uid", "label", "annotator", "event_id", "split"]].astype(str)
+        keys = df[["sop_instance_uid", "label", "annotator", "event_id", "split", "label_source"]].astype(str)
         digest = hashlib.sha256("\n".join("\x1f".join(row) for row in keys.itertuples(index=False)).encode())
         snapshot_id = digest.hexdigest()[:16]
         return df.assign(snapshot_id=snapshot_id), snapshot_id
 
+    def audit_reads(self) -> pd.DataFrame:
+        """Audit images with at least one blind read: image_id, sop_instance_uid, hospital, reader1, read1,
+        reader2, read2, adjudicated, truth (label names, None when missing) and audit_state (0-4, see queues)."""
+        df = self._frame(
+            """SELECT id AS image_id, sop_instance_uid, hospital, reader1, read1, reader2, read2, adjudicated,
+                      truth, audit_state FROM images WHERE split = 'audit' AND read1 IS NOT NULL ORDER BY id"""
+        )
+        for col in ("read1", "read2", "adjudicated", "truth"):
+            df[col] = [LABELS[int(v)] if v == v and v is not None else None for v in df[col]]
+            df[col] = df[col].astype(object)
+        return df
+
+    def audit_stats(self) -> dict:
+        """Agreement of the blind audit reads (see labels/agreement.py)."""
+        from mammo_pipeline.labels.agreement import audit_agreement
+
+        return audit_agreement(self.audit_reads())
+
     def recent(self, annotator: str, n: int = 10) -> list[dict]:
         """The annotator's last `n` live decisions, newest first."""
-        df = self._frame(
-            """SELECT e.id AS event_id, e.image_id, e.label, e.ts, i.hospital, i.sop_instance_uid
-               FROM events e JOIN images i ON i.id = e.image_id
-               WHERE e.annotator = ? AND e.undone = 0 ORDER BY e.id DESC LIMIT ?""",
-            (annotator, int(n)),
-        )
-        return [dict(r, label_name=LABELS[int(r["label"])]) for r in df.to_dict("records")]
+        with self._db() as db:
+            rows = db.execute(
+                """SELECT e.id, e.image_id, e.label, e.ts, i.hospital, i.sop_instance_uid
+                   FROM events e JOIN images i ON i.id = e.image_id
+                   WHERE e.annotator = ? AND e.undone = 0 ORDER BY e.id DESC LIMIT ?""",
+                (annotator, int(n)),
+            ).fetchall()
+        keys = ("event_id", "image_id", "label", "ts", "hospital", "sop_instance_uid")
+        return [dict(zip(keys, r, strict=True), label_name=LABELS[int(r[2])]) for r in rows]
 
     def disagreements_between_annotators(self) -> list[dict]:
         """Images whose annotators' current labels differ: image_id, sop_instance_uid, hospital, labels."""
         df = self._frame(
-            """SELECT c.image_id, i.sop_instance_uid, i.hospital, c.annotator, c.label, c.event_id
+            """SELECT c.image_id, i.sop_instance_uid, i.hospital, i.split, i.audit_state, c.annotator, c.label,
+                      c.event_id, c.role
                FROM current_labels c JOIN images i ON i.id = c.image_id
                WHERE c.image_id IN (SELECT image_id FROM current_labels GROUP BY image_id
                                     HAVING COUNT(DISTINCT label) > 1)
@@ -353,7 +607,9 @@ class LabelStore:
                     "image_id": int(image_id),
                     "sop_instance_uid": rows["sop_instance_uid"].iloc[0],
                     "hospital": rows["hospital"].iloc[0],
+                    "split": rows["split"].iloc[0],
                     "labels": {a: LABELS[int(c)] for a, c in zip(rows["annotator"], rows["label"], strict=True)},
+                    "roles": dict(zip(rows["annotator"], rows["role"], strict=True)),
                     "current_event": int(rows["event_id"].max()),
                 }
             )
@@ -361,7 +617,10 @@ class LabelStore:
 
     # -- predictions and queues ----------------------------------------------------------------------
     def set_predictions(self, df: pd.DataFrame) -> int:
-        """Upsert model probabilities keyed by sop_instance_uid; return how many images matched."""
+        """Upsert model probabilities keyed by sop_instance_uid; return how many images matched.
+
+        Optional columns: model_version, out_of_sample (bool), needs_review (bool; absent = False).
+        """
         if df.empty:
             return 0
         if missing := {"sop_instance_uid", "p_biopsy", "p_mag"} - set(df.columns):
@@ -369,63 +628,119 @@ class LabelStore:
         probs = df[["p_biopsy", "p_mag"]].astype(float)
         if probs.isna().any().any() or ((probs < 0) | (probs > 1)).any().any():
             raise ValueError("p_biopsy and p_mag must be probabilities in [0, 1]")
-        df = df.assign(
-            model_version=df["model_version"] if "model_version" in df.columns else None,
-            out_of_sample=df["out_of_sample"] if "out_of_sample" in df.columns else False,
-        )
+        n = len(df)
+        version = df["model_version"] if "model_version" in df.columns else pd.Series([None] * n, index=df.index)
+        oos = df["out_of_sample"] if "out_of_sample" in df.columns else pd.Series(False, index=df.index)
+        review = df["needs_review"] if "needs_review" in df.columns else pd.Series(False, index=df.index)
         now = _now()
         with self._write() as db:
-            ids = dict(db.execute("SELECT sop_instance_uid, id FROM images").fetchall())
-            rows = [
-                (
-                    ids[r.sop_instance_uid],
-                    float(r.p_biopsy),
-                    float(r.p_mag),
-                    None if r.model_version is None else str(r.model_version),
-                    int(bool(r.out_of_sample)),
-                    now,
-                )
-                for r in df.itertuples(index=False)
-                if r.sop_instance_uid in ids
-            ]
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (sop TEXT, pb REAL, pm REAL, v TEXT, o INT, r INT)")
+            db.execute("DELETE FROM incoming")
             db.conn.executemany(
-                """INSERT INTO predictions (image_id, p_biopsy, p_mag, model_version, out_of_sample, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (image_id) DO UPDATE SET p_biopsy = excluded.p_biopsy,
-                   p_mag = excluded.p_mag, model_version = excluded.model_version,
-                   out_of_sample = excluded.out_of_sample, updated_at = excluded.updated_at""",
-                rows,
+                "INSERT INTO incoming VALUES (?, ?, ?, ?, ?, ?)",
+                zip(
+                    df["sop_instance_uid"],
+                    probs["p_biopsy"].tolist(),
+                    probs["p_mag"].tolist(),
+                    [None if v is None or v != v else str(v) for v in version],
+                    [int(bool(v)) for v in oos.fillna(False)],
+                    [int(bool(v)) for v in review.fillna(False)],
+                    strict=True,
+                ),
             )
-            db.execute(_BUMP)
-        return len(rows)
+            cur = db.execute(
+                """INSERT INTO predictions (image_id, p_biopsy, p_mag, model_version, out_of_sample, needs_review,
+                       updated_at)
+                   SELECT i.id, n.pb, n.pm, n.v, n.o, n.r, ? FROM incoming n JOIN images i ON i.sop_instance_uid = n.sop
+                   WHERE true
+                   ON CONFLICT (image_id) DO UPDATE SET p_biopsy = excluded.p_biopsy, p_mag = excluded.p_mag,
+                       model_version = excluded.model_version, out_of_sample = excluded.out_of_sample,
+                       needs_review = excluded.needs_review, updated_at = excluded.updated_at""",
+                (now,),
+            )
+            matched = cur.rowcount
+            bulk = matched > 50_000  # then dropping and rebuilding the queue indexes is several times faster
+            if bulk:
+                _drop_queue_indexes(db)
+            db.execute(_REFRESH_PREDICTIONS.format(where="p.updated_at = ?"), (now,))
+            if bulk:
+                _create_queue_indexes(db)
+            db.execute("DELETE FROM incoming")
+            _recount(db)
+        return int(matched)
 
-    def _queue_inputs(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        """(images, labels, predictions) for queues.build; images and predictions are cached until they change."""
+    def totals(self) -> dict[str, int]:
+        """The maintained totals (queues.COUNTERS names -> count)."""
         with self._db() as db:
-            rev = int(db.execute("SELECT COALESCE(MAX(value), 0) FROM meta WHERE key = 'rev'").fetchone()[0])
-        cached = self._cached
-        if cached is None or cached[0] != rev:
-            images = self._frame("SELECT id, split, meta_mag FROM images")  # meta_mag: 1.0, 0.0 or NaN
-            preds = self._frame("SELECT image_id, p_biopsy, p_mag, out_of_sample, updated_at FROM predictions")
-            cached = self._cached = (rev, images, preds)
-        labels = self._frame(f"SELECT image_id, label, ts FROM ({_LATEST})")
-        return cached[1], labels, cached[2]
+            return dict(db.execute("SELECT name, n FROM queue_totals").fetchall())
 
-    def queue_info(self, name: str, annotator: str = "", seed: int = 0) -> queues.Queue:
-        """The whole queue `name`: ids best first, pool size and how it was ordered."""
-        return queues.build(name, *self._queue_inputs(), seed=seed, annotator=annotator)
+    def queue_info(
+        self,
+        name: str,
+        annotator: str = "",
+        seed: int | None = None,
+        limit: int = 50,
+        exclude: Iterable[int] = (),
+        leases: bool = False,
+    ) -> queues.Queue:
+        """The next `limit` images of queue `name` for `annotator`, with the queue's remaining count and total.
 
-    def queue(self, name: str, annotator: str = "", limit: int = 50, seed: int = 0) -> list[int]:
+        `exclude`: ids to pass over (skipped ones). `leases`: pass over images leased to other annotators (team
+        mode; an audit image is passed over only when its reads plus others' leases reach two). `seed` is
+        accepted for compatibility: the order was fixed by the store's seed when each image was added.
+        """
+        with self._db() as db:
+            return _queue(db, name, annotator, limit, list(exclude), leases)
+
+    def queue(self, name: str, annotator: str = "", limit: int = 50, seed: int | None = None) -> list[int]:
         """The next `limit` image ids of queue `name` (see labels/queues.py)."""
-        return self.queue_info(name, annotator, seed).ids[:limit]
-
-    def all_queues(self, annotator: str = "", seed: int = 0) -> dict[str, queues.Queue]:
-        """Every queue from one read of the database (what a screen with counts needs)."""
-        inputs = self._queue_inputs()
-        return {name: queues.build(name, *inputs, seed=seed, annotator=annotator) for name in queues.QUEUES}
+        return self.queue_info(name, annotator, seed, limit).ids
 
     def queue_counts(self) -> dict[str, tuple[int, int]]:
-        """Queue name -> (remaining, total)."""
-        return counts_of(self.all_queues())
+        """Queue name -> (remaining, total), from the maintained totals (no scan)."""
+        totals = self.totals()
+        out = {}
+        for name in queues.QUEUES:
+            p = queues.plan(name, totals)
+            out[name] = (totals.get(p.todo, 0), totals.get(p.pool, 0))
+        return out
+
+    def next_cards(
+        self,
+        name: str,
+        annotator: str,
+        n: int = 3,
+        exclude: Iterable[int] = (),
+        lease_seconds: float | None = None,
+    ) -> tuple[queues.Queue, dict[str, tuple[int, int]]]:
+        """The next `n` images of a queue and every queue's counts from one connection; with `lease_seconds`
+        (team mode) the images returned are leased to `annotator` for that long and its older leases end."""
+        if lease_seconds is None:
+            with self._db() as db:
+                q = _queue(db, name, annotator, n, list(exclude), False)
+                totals = dict(db.execute("SELECT name, n FROM queue_totals").fetchall())
+        else:  # pick and lease in one write transaction, so two sessions never pick the same image
+            with self._write() as db:
+                q = _queue(db, name, annotator, n, list(exclude), True)
+                totals = dict(db.execute("SELECT name, n FROM queue_totals").fetchall())
+                _lease(db, q.ids, annotator, lease_seconds, time.time())
+        counts = {}
+        for qn in queues.QUEUES:
+            p = queues.plan(qn, totals)
+            counts[qn] = (totals.get(p.todo, 0), totals.get(p.pool, 0))
+        return q, counts
+
+    # -- leases (team mode) --------------------------------------------------------------------------
+    def lease(self, image_ids: Iterable[int], annotator: str, seconds: float, now: float | None = None) -> None:
+        """Hand `image_ids` to `annotator` for `seconds`; their other leases end (they moved on)."""
+        with self._write() as db:
+            _lease(db, [int(i) for i in image_ids], annotator, seconds, time.time() if now is None else now)
+
+    def leases(self) -> pd.DataFrame:
+        """Active leases: image_id, annotator, until (UNIX seconds)."""
+        return self._frame(
+            "SELECT image_id, annotator, until FROM leases WHERE until >= ? ORDER BY image_id", (time.time(),)
+        )
 
     # -- provenance ----------------------------------------------------------------------------------
     def events(self) -> pd.DataFrame:
@@ -480,17 +795,88 @@ def read_image_cache(settings: Settings) -> pd.DataFrame:
 
 def sync_from_warehouse(settings: Settings, audit_fraction: float = 0.2) -> tuple[LabelStore, int]:
     """Open the store at settings.labels_db and add the images of the image_cache table; (store, new images)."""
-    store = LabelStore(settings.labels_db)
+    store = LabelStore(settings.labels_db, seed=settings.seed)
     return store, store.sync_images(read_image_cache(settings), seed=settings.seed, audit_fraction=audit_fraction)
 
 
-def counts_of(all_queues: dict[str, queues.Queue]) -> dict[str, tuple[int, int]]:
-    return {name: (len(q.ids), q.total) for name, q in all_queues.items()}
+def _recount(db: sqlite_utils.Database) -> None:
+    """Recount every maintained total from the images table (bulk writes; one scan)."""
+    values = db.execute(_RECOUNT).fetchone()
+    db.conn.executemany(
+        "INSERT INTO queue_totals (name, n) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET n = excluded.n",
+        zip(queues.COUNTERS, values, strict=True),
+    )
+
+
+def _drop_queue_indexes(db: sqlite_utils.Database) -> None:
+    for name in queues.INDEXES:
+        db.execute(f"DROP INDEX IF EXISTS {name}")
+
+
+def _create_queue_indexes(db: sqlite_utils.Database) -> None:
+    for name, spec in queues.INDEXES.items():
+        db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {spec}")
+
+
+def _refresh_one(db: sqlite_utils.Database, image_id: int, before: tuple) -> None:
+    """Recompute one image's label columns and move the totals by the change in its queue memberships."""
+    db.execute(_REFRESH_LABELS.format(where="id = ?"), (image_id,))
+    after = db.execute(_MEMBERSHIP, (image_id,)).fetchone()
+    changes = [(int(a) - int(b), name) for name, b, a in zip(queues.COUNTERS, before, after, strict=True) if a != b]
+    if changes:
+        db.conn.executemany("UPDATE queue_totals SET n = n + ? WHERE name = ?", changes)
+
+
+def _lease(db: sqlite_utils.Database, ids: list[int], annotator: str, seconds: float, now: float) -> None:
+    marks = ",".join("?" * len(ids))
+    db.execute(f"DELETE FROM leases WHERE annotator = ? AND image_id NOT IN ({marks})", (annotator, *ids))
+    db.conn.executemany(
+        """INSERT INTO leases (image_id, annotator, until) VALUES (?, ?, ?)
+           ON CONFLICT (image_id, annotator) DO UPDATE SET until = excluded.until""",
+        [(i, annotator, now + seconds) for i in ids],
+    )
+    db.execute("DELETE FROM leases WHERE until < ?", (now,))
+
+
+def _lease_holder(db: sqlite_utils.Database, image_id: int, annotator: str) -> str | None:
+    row = db.execute(
+        "SELECT annotator FROM leases WHERE image_id = ? AND annotator != ? AND until > ? LIMIT 1",
+        (image_id, annotator, time.time()),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def _queue(
+    db: sqlite_utils.Database, name: str, annotator: str, limit: int, exclude: list[int], leases: bool
+) -> queues.Queue:
+    """Read the head of a queue through its partial index (queues.PLANS)."""
+    totals = dict(db.execute("SELECT name, n FROM queue_totals").fetchall())
+    p = queues.plan(name, totals)
+    where, params = [p.where], []
+    if name == "audit":  # blind double reads: never twice by one annotator
+        where.append("(reader1 IS NULL OR reader1 != ?)")
+        params.append(annotator)
+    if name == "adjudication":  # a third annotator decides
+        where.append("reader1 != ? AND reader2 != ?")
+        params += [annotator, annotator]
+    if exclude:
+        where.append(f"id NOT IN ({','.join('?' * len(exclude))})")
+        params += [int(i) for i in exclude]
+    if leases:
+        others = "FROM leases l WHERE l.image_id = images.id AND l.annotator != ? AND l.until > ?"
+        if name == "audit":
+            where.append(f"(SELECT COUNT(*) {others}) + (read1 IS NOT NULL) < 2")
+        else:
+            where.append(f"NOT EXISTS (SELECT 1 {others})")
+        params += [annotator, time.time()]
+    sql = f"SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY {p.order} LIMIT ?"
+    ids = [int(r[0]) for r in db.execute(sql, (*params, int(limit)))]
+    return queues.Queue(name, ids, totals.get(p.todo, 0), totals.get(p.pool, 0), p.note)
 
 
 def _current_event(db: sqlite_utils.Database, image_id: int) -> int:
-    row = db.execute("SELECT COALESCE(MAX(event_id), 0) FROM current_labels WHERE image_id = ?", (int(image_id),))
-    return int(row.fetchone()[0])
+    row = db.execute("SELECT event_id FROM images WHERE id = ?", (int(image_id),)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _opt(value: object) -> object:

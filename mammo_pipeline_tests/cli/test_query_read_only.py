@@ -6,16 +6,18 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from mammo_pipeline.atomic import write_parquet
 from mammo_pipeline.cli.query import command as query_command
 from mammo_pipeline.labels.app import session_secret
 from mammo_pipeline.read_only_query import run_read_only
-from mammo_pipeline.warehouse import write_partition
+from mammo_pipeline.schemas import IMAGE_PREDICTIONS
+from mammo_pipeline.warehouse import slice_file
 
 
 @pytest.fixture
 def warehouse_with_secrets(settings, tmp_path):
     rows = pd.DataFrame({"sop_instance_uid": ["1.1", "1.2"], "study_instance_uid": "s1", "p_biopsy": [0.1, 0.9]})
-    write_partition(settings, "image_predictions", "h1", rows)
+    write_parquet(rows, slice_file(settings, "image_predictions", "h1", "v1"))  # as stored: the view types it
     settings.pseudonym_salt()
     session_secret(settings.home)
     (tmp_path / "outside.txt").write_text("outside")
@@ -81,5 +83,6 @@ def test_reads_still_work_through_the_views(warehouse_with_secrets):
     sql = "WITH p AS (SELECT * FROM image_predictions) SELECT count(*) AS n FROM p"
     df = run_read_only(warehouse_with_secrets, sql)
     assert df["n"].tolist() == [2]
-    assert len(run_read_only(warehouse_with_secrets, "DESCRIBE image_predictions")) == 4  # 3 columns + hospital
+    described = run_read_only(warehouse_with_secrets, "DESCRIBE image_predictions")
+    assert set(described["column_name"]) >= set(IMAGE_PREDICTIONS.names)  # the typed view, every column
     assert len(run_read_only(warehouse_with_secrets, "EXPLAIN SELECT * FROM image_predictions")) == 1

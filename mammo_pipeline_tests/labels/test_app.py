@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ from starlette.testclient import TestClient
 from mammo_pipeline.labels.app import check_password, create_app, hash_password, load_annotators
 from mammo_pipeline_tests.labels.clients import BrowserClient
 
-from .conftest import event_count
+from .conftest import event_count, write_images
 
 HX = {"HX-Request": "true"}
 
@@ -36,6 +38,13 @@ def _card_state(html: str) -> tuple[int, int]:
     return value("image_id"), value("seen_event")
 
 
+def _slides(html: str) -> list[tuple[int, bool]]:
+    """(image id, hidden) of a card's slides in page order."""
+    return [
+        (int(m[1]), bool(m[0])) for m in re.findall(r'<div (hidden )?data-image-id="(\d+)"[^>]*class="slide"', html)
+    ]
+
+
 def _label(client: TestClient, label: str, image_id: int | str, seen: int | str | None = 0, **extra):
     data = {"label": label, "image_id": str(image_id), "q": "unlabeled", **extra}
     if seen is not None:
@@ -49,8 +58,10 @@ def test_page_has_key_hints_local_htmx_and_the_first_image(client, store):
     for hint in ("biopsy marker", "magnification view", "neither", "both", "skip", "undo"):
         assert hint in r.text
     assert '<script src="/static/htmx.min.js">' in r.text and "cdn" not in r.text.lower()
-    assert 'hx-sync="this:queue all"' in r.text and 'rel="preload"' in r.text
-    assert _card_state(r.text) == (store.queue("unlabeled", "alice")[0], 0)
+    # the image on screen plus the next ones already in the page (hidden), in queue order
+    order = store.queue("unlabeled", "alice", limit=6)
+    assert _slides(r.text) == [(order[0], False)] + [(i, True) for i in order[1:]]
+    assert _card_state(r.text) == (order[0], 0)
     assert client.get("/static/htmx.min.js").status_code == 200
     assert "0BSD" in client.get("/static/htmx.min.js").text[:200]
     for path in ("/pyproject.toml", "/static/../app.py", "/static/%2e%2e/app.py", "/app.py"):
@@ -238,19 +249,25 @@ def test_team_mode_identity_comes_from_the_session_only(team, store):
     assert event_count(store) == 1
 
 
-def test_two_annotators_labeling_at_once_lose_nothing(settings, store):
+def test_two_annotators_labeling_at_once_lose_nothing_and_never_meet(settings, store):
+    """Two sessions label what the app hands them, at once: every image once, none labeled by both (leases)."""
     users = {"alice": "a", "bob": "b"}
     app = create_app(settings, team=True, users=users, secret="s")
-    ids = store.images()["id"].tolist()
     failures: list[int] = []
+    done: dict[str, list[int]] = {name: [] for name in users}
 
     def work(name: str) -> None:
         with BrowserClient(app) as c:
             c.post("/login", data={"name": name, "password": users[name]})
-            for k in range(40):
-                r = c.post("/label", data={"label": str(1 + k % 4), "image_id": str(ids[k % len(ids)])}, headers=HX)
+            html = c.get("/card", params={"q": "unlabeled"}, headers=HX).text
+            while 'name="image_id" value=""' not in html:
+                image_id, seen = _card_state(html)
+                r = _label(c, "3", image_id, seen)
                 if r.status_code != 200:
                     failures.append(r.status_code)
+                    break
+                done[name].append(image_id)
+                html = r.text
 
     threads = [threading.Thread(target=work, args=(n,)) for n in users]
     for t in threads:
@@ -258,8 +275,28 @@ def test_two_annotators_labeling_at_once_lose_nothing(settings, store):
     for t in threads:
         t.join()
     assert failures == []
-    events = store.events()
-    assert len(events) == 80 and events["annotator"].value_counts().to_dict() == {"alice": 40, "bob": 40}
+    assert not set(done["alice"]) & set(done["bob"]) and done["alice"] and done["bob"]
+    assert sorted(done["alice"] + done["bob"]) == sorted(store.images()["id"].tolist())
+    assert len(store.events()) == 8
+
+
+def test_leases_keep_an_image_from_the_other_session_until_they_expire(settings, store):
+    users = {"alice": "a", "bob": "b"}
+    app = create_app(settings, team=True, users=users, secret="s", lease_seconds=1.0)
+    alice, bob = BrowserClient(app), BrowserClient(app)
+    alice.post("/login", data={"name": "alice", "password": "a"})
+    bob.post("/login", data={"name": "bob", "password": "b"})
+    a_card = alice.get("/card", params={"q": "unlabeled"}, headers=HX).text
+    a_ids = [i for i, _ in _slides(a_card)]
+    b_ids = [i for i, _ in _slides(bob.get("/card", params={"q": "unlabeled"}, headers=HX).text)]
+    assert a_ids and b_ids and not set(a_ids) & set(b_ids)  # 8 images: alice holds 6, bob gets the other 2
+    r = _label(bob, "1", a_ids[0], 0)  # bob forces alice's image
+    assert r.status_code == 409 and "leased to alice" in r.text and event_count(store) == 0
+    time.sleep(1.2)  # alice's lease runs out: the image is free again
+    assert _label(bob, "1", a_ids[0], 0).status_code == 200
+    assert store.events()["annotator"].tolist() == ["bob"]
+    with pytest.raises(ValueError, match="lease_seconds"):
+        create_app(settings, team=True, users=users, secret="s", lease_seconds=0)
 
 
 def test_annotators_from_env_and_file(tmp_path, settings):
@@ -283,3 +320,56 @@ def test_session_secret_is_kept_in_mammo_home(settings, store, monkeypatch):
     text = secret.read_text()
     create_app(settings, annotator="alice")
     assert secret.read_text() == text
+
+
+@pytest.fixture
+def audit_team(settings, store):
+    """Team mode over the store plus 4 audit images (a hospital whose patients all fall in the audit set)."""
+    store.sync_images(write_images(settings.cache, 4, hospital="h9"), audit_fraction=1.0)
+    hints = store.images()[["sop_instance_uid"]].assign(p_biopsy=0.93, p_mag=0.04, model_version="v1")
+    store.set_predictions(hints)
+    users = {"alice": "a", "bob": "b", "carol": "c"}
+    app = create_app(settings, team=True, users=users, secret="s")
+    clients = {}
+    for name, pw in users.items():
+        clients[name] = BrowserClient(app)
+        clients[name].post("/login", data={"name": name, "password": pw})
+    return clients, store.images().query("split == 'audit'")["id"].tolist()
+
+
+def test_audit_reads_are_blind_and_a_disagreement_goes_to_a_third_reader(audit_team, store):
+    clients, audit_ids = audit_team
+    alice, bob, carol = clients["alice"], clients["bob"], clients["carol"]
+    card = alice.get("/card", params={"q": "audit"}, headers=HX).text
+    first, _ = _card_state(card)
+    assert first in audit_ids and "blind read" in card and "model:" not in card  # no model hint on audit reads
+    assert _label(alice, "1", first, 0, q="audit").status_code == 200
+    card = bob.get("/card", params={"q": "audit"}, headers=HX).text
+    assert _card_state(card)[0] == first  # the second read of alice's image comes first for bob ...
+    assert "biopsy" not in card.split('class="info"')[1].split("</div>")[0]  # ... without alice's label
+    seen = _card_state(card)[1]
+    assert _label(bob, "2", first, seen, q="audit").status_code == 200  # bob disagrees
+    # neither reader adjudicates their own disagreement; carol sees both reads and decides
+    assert 'value=""' in alice.get("/card", params={"q": "adjudication"}, headers=HX).text
+    card = carol.get("/card", params={"q": "adjudication"}, headers=HX).text
+    assert _card_state(card)[0] == first and "read 1: biopsy (alice)" in card and "read 2: mag (bob)" in card
+    assert _label(carol, "2", first, _card_state(card)[1], q="adjudication").status_code == 200
+    truth = store.current_labels().set_index("image_id").loc[first]
+    assert (truth["label"], truth["label_source"], truth["first_read"]) == ("mag", "adjudicated", "biopsy")
+    page = alice.get("/review").text
+    assert "1 adjudicated" in page and 'id="kappa"' in page and "alice" in page and "bob" in page
+
+
+def test_review_shows_kappa_and_each_readers_agreement(audit_team, store):
+    clients, audit_ids = audit_team
+    for image_id, (a, b) in zip(audit_ids, [(1, 1), (2, 2), (3, 4), (4, 4)], strict=True):
+        store.record(image_id, a, "alice")
+        store.record(image_id, b, "bob")
+    store.record(audit_ids[2], 4, "carol")  # adjudicates for bob
+    stats = store.audit_stats()
+    # p_o = 3/4; alice: 1,2,3,4 and bob: 1,2,4,4 -> p_e = (1*1 + 1*1 + 1*0 + 1*2) / 16 = 0.25; κ = 0.5 / 0.75
+    assert stats["kappa"] == pytest.approx(2 / 3)
+    assert stats["per_reader"]["alice"]["agree_truth"] == 0.75 and stats["per_reader"]["bob"]["agree_truth"] == 1.0
+    assert stats["per_reader"]["alice"]["agree_adjudicated"] == 0.0
+    page = clients["carol"].get("/review").text
+    assert ">0.667<" in page and "75.0%" in page and "100.0%" in page

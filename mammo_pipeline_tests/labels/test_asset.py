@@ -79,3 +79,30 @@ def _version(settings) -> str:
     assert result.success
     (obs,) = [e.event_specific_data.asset_observation for e in result.all_events if e.is_asset_observation]
     return obs.tags["dagster/data_version"]
+
+
+def test_labels_table_carries_the_adjudicated_audit_label_and_agreement_metadata(settings):
+    manifest = write_images(settings.cache, 4, hospital="h1")
+    warehouse.write_partition(settings, "image_cache", "h1", manifest, name="manifest.parquet")
+    store = LabelStore(settings.labels_db)
+    store.sync_images(manifest, audit_fraction=1.0)  # all four in the audit set
+    ids = store.images()["id"].tolist()
+    for image_id, (a, b) in zip(ids, [(1, 1), (2, 3), (3, 3), (4, 4)], strict=True):
+        store.record(image_id, a, "alice")
+        store.record(image_id, b, "bob")
+    store.record(ids[1], 2, "carol")  # the third read sides with alice
+    result = _materialize(settings)
+    df = pd.read_parquet(settings.table_dir("labels") / "current.parquet").set_index("image_id")
+    assert list(df.reset_index().columns) == COLUMNS
+    assert df.loc[ids[1], ["label", "is_mag_view", "label_source", "first_read", "n_reads"]].tolist() == [
+        "mag",
+        True,
+        "adjudicated",
+        "mag",
+        2,
+    ]
+    assert df.loc[ids[0], "label_source"] == "agreed" and df["annotator"].loc[ids[1]] == "carol"
+    meta = result.asset_materializations_for_node("labels")[0].metadata
+    assert meta["audit_label_sources"].value == {"agreed": 3, "adjudicated": 1}
+    assert 0 < meta["audit_kappa"].value < 1 and meta["audit_readers"].value["alice"]["agree_truth"] == 1.0
+    assert "Cohen's κ" in meta["audit_agreement"].value

@@ -146,3 +146,66 @@ def test_stale_key_press_writes_nothing_and_refreshes_the_card(server):
     finally:
         browser.close()
         pw.stop()
+
+
+# Records, at every key press, the image on screen before the app handles the key (window, capture phase) and
+# the one on screen right after (window, bubble phase), and counts the server's answers as they arrive.
+RECORDER = """
+window.__presses = []; window.__answers = 0;
+document.addEventListener('mammo:answered', () => { window.__answers += 1; });
+const onScreen = () => {
+  const s = document.getElementById('shot');
+  if (!s) return {id: null, painted: false};
+  const r = s.getBoundingClientRect();
+  return {id: s.dataset.imageId, painted: s.complete && s.naturalWidth > 0 && r.width > 0 && r.height > 0};
+};
+window.addEventListener('keydown', (e) => {
+  window.__presses.push({key: e.key, before: onScreen(), answers: window.__answers});
+}, true);
+window.addEventListener('keydown', () => {
+  const last = window.__presses[window.__presses.length - 1];
+  last.after = onScreen();
+});
+"""
+
+
+def test_each_key_labels_the_image_on_screen_and_the_next_shows_before_the_server_answers(server, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    url, store = server
+    order = store.queue("unlabeled", "reader1", limit=8)
+    slow = LabelStore.record
+
+    def record_slowly(self, *args, **kwargs):  # a slow server: each answer takes at least 300 ms
+        time.sleep(0.3)
+        return slow(self, *args, **kwargs)
+
+    monkeypatch.setattr(LabelStore, "record", record_slowly)
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    try:
+        page = browser.new_page()
+        page.add_init_script(RECORDER)
+        page.goto(url)
+        page.wait_for_function("() => [...document.querySelectorAll('#card img.shot')].every(i => i.complete)")
+        keys = ["2", "3", "1", "4", "3"]
+        for key in keys:  # a burst, no waits
+            page.keyboard.press(key)
+        page.wait_for_function(f"() => window.__answers >= {len(keys)}", timeout=15000)
+        presses = page.evaluate("window.__presses")
+
+        assert [p["key"] for p in presses] == keys
+        shown = [int(p["before"]["id"]) for p in presses]
+        assert shown == order[:5]  # consecutive images, in queue order
+        assert all(p["before"]["painted"] for p in presses)  # each was on screen (loaded, laid out) at its key
+        # the next image was on screen as soon as the key was handled, long before the first answer came
+        assert [int(p["after"]["id"]) for p in presses] == order[1:6]
+        assert all(p["after"]["painted"] for p in presses)
+        assert presses[-1]["answers"] == 0
+        events = store.events()
+        assert events["image_id"].tolist() == shown  # the stored events are the images that were on screen
+        assert events["label"].tolist() == ["mag", "neither", "biopsy", "both", "neither"]
+        assert page.input_value("#image_id") == str(order[5])
+    finally:
+        browser.close()
+        pw.stop()

@@ -72,3 +72,23 @@ def test_hash_password_prints_a_checkable_hash():
     result = CliRunner().invoke(command, ["--hash-password"], input="s3cret\ns3cret\n")
     assert result.exit_code == 0
     assert check_password(result.output.strip().splitlines()[-1], "s3cret")
+
+
+def test_labels_stats_prints_queues_kappa_and_reader_agreement(settings, cached):
+    from mammo_pipeline.cli.labels import command as labels_command
+
+    result = CliRunner().invoke(labels_command, ["stats"])
+    assert result.exit_code != 0 and "no label store" in result.output
+    store = LabelStore(settings.labels_db)
+    store.sync_images(cached, audit_fraction=1.0)
+    ids = store.images()["id"].tolist()
+    for image_id, (a, b) in zip(ids, [(1, 1), (2, 2), (3, 3), (4, 1), (2, 2)], strict=True):
+        store.record(image_id, a, "alice")
+        store.record(image_id, b, "bob")
+    result = CliRunner().invoke(labels_command, ["stats"])
+    assert result.exit_code == 0, result.output
+    assert "Cohen's κ between the two blind readers: 0.722" in result.output  # p_o .8, p_e .28: .52 / .72
+    assert "disputed 1" in result.output and "| alice | 5 |" in result.output
+    assert "adjudication           1 left of 1" in result.output
+    data = json.loads(CliRunner().invoke(labels_command, ["stats", "--json"]).output)
+    assert data["audit"]["n_double"] == 5 and data["queues"]["audit"] == [0, 5]

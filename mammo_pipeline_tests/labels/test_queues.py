@@ -1,88 +1,164 @@
-"""Queues as pure functions over small DataFrames."""
+"""Queues read from maintained, indexed SQLite columns: their order, their fallbacks, and totals that always equal
+a full recount."""
 
 from __future__ import annotations
+
+import contextlib
+import random
 
 import pandas as pd
 import pytest
 
 from mammo_pipeline.labels import queues
+from mammo_pipeline.labels.store import LabelStore, NothingToUndo, _recount
 
 
-def _images(n: int = 10) -> pd.DataFrame:
+def _manifest(n: int = 10, audit: tuple[int, ...] = (8, 9)) -> pd.DataFrame:
+    """n images; the ones at positions `audit` get their own audit patients (audit_fraction 1 for them)."""
     return pd.DataFrame(
         {
-            "id": range(1, n + 1),
-            "split": ["audit" if i in (9, 10) else "train" for i in range(1, n + 1)],
-            "meta_mag": [True, False, None, True, False, None, True, False, None, True][:n],
+            "sop_instance_uid": [f"1.2.{i}" for i in range(n)],
+            "hospital": "h1",
+            "patient_key": [f"p{i}" for i in range(n)],
+            "display_png": "d.png",
+            "model_png": "m.png",
+            "meta_mag": [[True, False, None][i % 3] for i in range(n)],
         }
     )
 
 
-def _labels(rows: list[tuple[int, int]], ts: str = "2026-01-01T00:00:00") -> pd.DataFrame:
-    return pd.DataFrame({"image_id": [r[0] for r in rows], "label": [r[1] for r in rows], "ts": ts})
+@pytest.fixture
+def qstore(tmp_path) -> tuple[LabelStore, list[int]]:
+    """10 images: 8 training, 2 audit (split set directly, as a frozen sample would)."""
+    s = LabelStore(tmp_path / "labels.sqlite")
+    s.sync_images(_manifest(), audit_fraction=0.0)
+    with s._write() as db:
+        db.execute("UPDATE images SET split = 'audit' WHERE sop_instance_uid IN ('1.2.8', '1.2.9')")
+        _recount(db)
+    return s, s.images()["id"].tolist()
 
 
-def _preds(rows: list[tuple[int, float, float]], oos: bool = True, ts: str = "2026-02-01T00:00:00") -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=["image_id", "p_biopsy", "p_mag"])
-    return df.assign(out_of_sample=oos, updated_at=ts)
+def _preds(ids_to_sop: dict[int, str], rows: list[tuple[int, float, float]], **extra) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"sop_instance_uid": [ids_to_sop[r[0]] for r in rows], "p_biopsy": [r[1] for r in rows]}
+    ).assign(p_mag=[r[2] for r in rows], **extra)
 
 
-NO_PREDS = _preds([])
+def test_unlabeled_is_train_only_seeded_and_stable_as_it_shrinks(qstore):
+    store, ids = qstore
+    q = store.queue("unlabeled", "alice")
+    assert sorted(q) == ids[:8]  # no audit image
+    store.record(q[3], 1, "bob")
+    assert store.queue("unlabeled", "alice") == q[:3] + q[4:]  # each image keeps its rank
+    assert store.queue("unlabeled", "bob") == store.queue("unlabeled", "alice")  # leases, not orders, separate people
+    # the rank depends only on the seed and the SOP Instance UID
+    assert queues.rank(0, "1.2.3") == queues.rank(0, "1.2.3") != queues.rank(1, "1.2.3")
+    ranks = store.images().set_index("id")["rnd"]
+    assert q[:3] + q[4:] == sorted(q[:3] + q[4:], key=lambda i: ranks[i])
 
 
-def test_unlabeled_is_train_only_seeded_and_stable_as_it_shrinks():
-    q = queues.unlabeled(_images(), _labels([(2, 1)]), NO_PREDS, seed=0)
-    assert sorted(q.ids) == [1, 3, 4, 5, 6, 7, 8] and q.total == 8
-    again = queues.unlabeled(_images(), _labels([(2, 1), (q.ids[0], 3)]), NO_PREDS, seed=0)
-    assert again.ids == q.ids[1:]  # labeling the head does not reshuffle the rest
-    assert (
-        queues.unlabeled(_images(), _labels([]), NO_PREDS, seed=0, annotator="bob").ids
-        != queues.unlabeled(_images(), _labels([]), NO_PREDS, seed=0, annotator="alice").ids
-    )
+def test_low_confidence_orders_by_smallest_margin_over_both_flags(qstore):
+    store, ids = qstore
+    assert store.queue_info("low_confidence").note == "no predictions: random order"
+    sops = store.sop_uids(ids)
+    store.set_predictions(_preds(sops, [(ids[0], 0.9, 0.1), (ids[1], 0.55, 0.9), (ids[2], 0.6, 0.42)]))
+    q = store.queue_info("low_confidence", limit=10)
+    assert q.ids[:3] == [ids[1], ids[2], ids[0]] and q.note == "smallest margin |p - 0.5| first"
+    assert sorted(q.ids[3:]) == ids[3:8]  # images without a prediction come after, all of them
+    store.record(ids[2], 3, "alice")
+    assert store.queue("low_confidence", limit=1) == [ids[1]]
 
 
-def test_low_confidence_orders_by_smallest_margin_over_both_flags():
-    preds = _preds([(1, 0.9, 0.1), (3, 0.52, 0.99), (4, 0.7, 0.45), (5, 0.01, 0.01)])
-    q = queues.low_confidence(_images(), _labels([(5, 3)]), preds)
-    assert q.ids[:3] == [3, 4, 1]  # margins .02, .05, .1; image 5 is labeled
-    assert sorted(q.ids[3:]) == [2, 6, 7, 8]  # no prediction: after, at random
-    assert "margin" in q.note
+def test_disagreements_rank_contradicted_labels_by_self_confidence_out_of_sample_only(qstore):
+    store, ids = qstore
+    sops = store.sop_uids(ids)
+    for i, code in zip(ids[:4], (1, 2, 3, 4), strict=True):  # biopsy, mag, neither, both
+        store.record(i, code, "alice")
+    note = store.queue_info("disagreements").note
+    assert note.startswith("no out-of-sample predictions") and sorted(store.queue("disagreements")) == ids[:4]
+    rows = [(ids[0], 0.2, 0.1), (ids[1], 0.1, 0.9), (ids[2], 0.6, 0.3), (ids[3], 0.9, 0.45)]
+    store.set_predictions(_preds(sops, rows, out_of_sample=True))
+    # ids[1] agrees; self-confidence: ids[0] 0.2*0.9=.18, ids[2] 0.4*0.7=.28, ids[3] 0.9*0.45=.405
+    q = store.queue_info("disagreements")
+    assert q.ids == [ids[0], ids[2], ids[3]] and (q.remaining, q.total) == (3, 3)
+    store.record(ids[0], 2, "bob")  # reviewed after the prediction: leaves the queue, still contradicted
+    q = store.queue_info("disagreements")
+    assert q.ids == [ids[2], ids[3]] and (q.remaining, q.total) == (2, 3)
+    store.set_predictions(_preds(sops, rows, out_of_sample=False))  # in-sample only: the spot-check fallback
+    assert store.queue_info("disagreements").note.startswith("no out-of-sample")
 
 
-def test_queues_without_predictions_fall_back_to_random_and_say_so():
-    for name in ("low_confidence", "disagreements", "meta_conflicts"):
-        q = queues.build(name, _images(), _labels([(1, 1)]), NO_PREDS)
-        assert "random" in q.note and "no" in q.note
+def test_meta_conflicts_are_unlabeled_training_images_where_metadata_and_model_disagree(qstore):
+    store, ids = qstore
+    sops = store.sop_uids(ids)
+    # meta_mag cycles True, False, None: ids[0] True, ids[1] False, ids[3] True, ids[4] False
+    rows = [(ids[0], 0.5, 0.2), (ids[1], 0.5, 0.95), (ids[3], 0.5, 0.4), (ids[4], 0.5, 0.1)]
+    store.set_predictions(_preds(sops, rows))
+    assert store.queue("meta_conflicts") == [ids[1], ids[0], ids[3]]  # the model most sure first
+    store.record(ids[1], 2, "alice")
+    assert store.queue_counts()["meta_conflicts"] == (2, 3)
 
 
-def test_disagreements_rank_contradicted_labels_by_self_confidence_out_of_sample_only():
-    labels = _labels([(1, 1), (2, 2), (3, 3), (4, 4), (9, 1)])  # 9 is audit: never in this queue
-    preds = pd.concat(
-        [
-            _preds([(1, 0.05, 0.1)]),  # says neither, label biopsy: self-confidence .05*.9 = .045
-            _preds([(2, 0.1, 0.3)]),  # says neither, label mag: .9*.3 = .27
-            _preds([(3, 0.1, 0.1)]),  # agrees
-            _preds([(4, 0.9, 0.1)], oos=False),  # contradicts, but in-sample: ignored
-            _preds([(9, 0.0, 0.0)]),
-        ]
-    )
-    q = queues.disagreements(_images(), labels, preds)
-    assert q.ids == [1, 2] and q.total == 2
-    relabeled = labels.assign(ts=["2026-03-01T00:00:00" if i == 1 else "2026-01-01T00:00:00" for i in labels.image_id])
-    assert queues.disagreements(_images(), relabeled, preds).ids == [2]  # reviewed after the prediction
+def test_needs_review_follows_the_latest_prediction_and_tolerates_its_absence(qstore):
+    store, ids = qstore
+    sops = store.sop_uids(ids)
+    store.set_predictions(_preds(sops, [(ids[0], 0.5, 0.5), (ids[1], 0.5, 0.5)]))  # no needs_review column
+    assert store.queue("needs_review") == [] and store.queue_counts()["needs_review"] == (0, 0)
+    store.set_predictions(_preds(sops, [(ids[0], 0.5, 0.5), (ids[1], 0.5, 0.5)], needs_review=[True, False]))
+    assert store.queue("needs_review") == [ids[0]]
+    store.record(ids[0], 1, "alice")  # looked at after the flag
+    assert store.queue("needs_review") == [] and store.queue_counts()["needs_review"] == (0, 1)
 
 
-def test_meta_conflicts_are_unlabeled_images_where_metadata_and_model_disagree():
-    preds = _preds([(1, 0.1, 0.2), (2, 0.1, 0.9), (4, 0.1, 0.4), (5, 0.1, 0.1), (3, 0.1, 0.9)])
-    q = queues.meta_conflicts(_images(), _labels([(4, 2)]), preds)
-    assert q.ids == [2, 1] and q.total == 3  # model surest first; 4 is labeled; 3 has no metadata flag
+def test_audit_reads_are_blind_doubles_and_disagreements_go_to_a_third_reader(qstore):
+    store, ids = qstore
+    a1, a2 = ids[8], ids[9]
+    assert sorted(store.queue("audit", "alice")) == [a1, a2]
+    store.record(a1, 1, "alice")
+    assert store.queue("audit", "alice") == [a2]  # never twice by one reader
+    assert store.queue("audit", "bob") == [a1, a2]  # a read waiting for its pair comes first
+    store.record(a1, 2, "bob")  # disagrees with alice
+    assert store.queue("adjudication", "alice") == [] and store.queue("adjudication", "bob") == []
+    assert store.queue("adjudication", "carol") == [a1]
+    assert store.queue_counts()["adjudication"] == (1, 1)
+    store.record(a1, 2, "carol")
+    assert store.queue("adjudication", "carol") == [] and store.queue_counts()["adjudication"] == (0, 1)
+    reads = store.audit_reads().set_index("image_id")
+    assert reads.loc[a1, ["read1", "read2", "adjudicated", "truth"]].tolist() == ["biopsy", "mag", "mag", "mag"]
+    store.record(a2, 3, "bob")
+    store.record(a2, 3, "alice")  # agreement: no adjudication needed
+    assert store.queue("adjudication", "carol") == []
+    assert store.audit_reads().set_index("image_id").loc[a2, "truth"] == "neither"
+    store.undo("carol")  # the adjudication undone: disputed again
+    assert store.queue("adjudication", "dave") == [a1]
 
 
-def test_audit_queue_is_unlabeled_audit_images():
-    q = queues.audit(_images(), _labels([(9, 1)]), NO_PREDS)
-    assert q.ids == [10] and q.total == 2
-
-
-def test_unknown_queue_name_is_refused():
+def test_unknown_queue_name_is_refused(qstore):
+    store, _ = qstore
     with pytest.raises(KeyError, match="unknown queue"):
-        queues.build("nope", _images(), _labels([]), NO_PREDS)
+        store.queue("nope")
+
+
+def test_maintained_totals_always_equal_a_full_recount(qstore):
+    """Random labels, relabels, undos, audit reads and predictions: the incremental totals never drift."""
+    store, ids = qstore
+    sops = store.sop_uids(ids)
+    rng = random.Random(7)
+    people = ["alice", "bob", "carol"]
+    for step in range(120):
+        move = rng.random()
+        if move < 0.6:
+            store.record(rng.choice(ids), rng.randint(1, 4), rng.choice(people))
+        elif move < 0.85:
+            with contextlib.suppress(NothingToUndo):
+                store.undo(rng.choice(people))
+        else:
+            rows = [(i, rng.random(), rng.random()) for i in rng.sample(ids, 5)]
+            oos = [rng.random() < 0.5 for _ in rows]
+            store.set_predictions(
+                _preds(sops, rows, out_of_sample=oos, needs_review=[rng.random() < 0.3 for _ in rows])
+            )
+        maintained = store.totals()
+        with store._db() as db:
+            _recount(db)
+        assert store.totals() == maintained, f"step {step}"

@@ -49,3 +49,31 @@ def test_busy_reader_slips_deterministically_and_a_review_fixes_it(big_store):
 def test_load_truth_needs_synth_output(tmp_path):
     with pytest.raises(FileNotFoundError, match="_truth"):
         load_truth(tmp_path)
+
+
+def test_two_readers_and_an_adjudicator_make_the_audit_truth(settings):
+    from mammo_pipeline.labels.simulated import double_read_audit
+
+    manifest = write_images(settings.cache, 60)
+    store = LabelStore(settings.labels_db)
+    store.sync_images(manifest, seed=0, audit_fraction=1.0)  # every image in the audit set
+    names = list(LABELS.values())
+    truth = pd.DataFrame({"sop_instance_uid": manifest["sop_instance_uid"],
+                          "label": [names[i % 4] for i in range(len(manifest))]})  # fmt: skip
+    busy = SimulatedAnnotator(store, truth, name="reader-a", error_rate=0.3)
+    careful = SimulatedAnnotator(store, truth, name="reader-b", error_rate=0.1)
+    judge = SimulatedAnnotator(store, truth, name="adjudicator")
+    done = double_read_audit(store, (busy, careful), judge)
+    assert done["reader-a"] == done["reader-b"] == 60
+    stats = store.audit_stats()
+    assert stats["n_double"] == 60 and stats["n_disputed"] == 0
+    assert done["adjudicated"] == stats["n_adjudicated"] > 0  # the readers slipped on different images
+    # the audit truth is wrong only where both readers slipped to the same wrong label
+    current = store.current_labels().merge(truth, on="sop_instance_uid", suffixes=("", "_true"))
+    first = (current["first_read"] == current["label_true"]).mean()
+    adjudicated = (current["label"] == current["label_true"]).mean()
+    assert adjudicated > first and adjudicated >= 0.95
+    assert set(current["label_source"]) <= {"agreed", "adjudicated"}
+    per = stats["per_reader"]
+    assert per["reader-b"]["agree_truth"] > per["reader-a"]["agree_truth"]
+    assert -1 <= stats["kappa"] < 1

@@ -113,7 +113,9 @@ def test_predictions_feed_the_queues_and_counts(store, manifest):
         "low_confidence",
         "disagreements",
         "meta_conflicts",
+        "needs_review",
         "audit",
+        "adjudication",
     }
 
 

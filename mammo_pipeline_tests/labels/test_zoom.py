@@ -1,0 +1,115 @@
+"""Full-resolution zoom: native-resolution crops of the DICOM through the display pipeline, cached, PNG only;
+bad coordinates and unknown images get 4xx. And the heat-map route's graceful answers without a model."""
+
+from __future__ import annotations
+
+import io
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mammo_pipeline.dicom.normalize import render
+from mammo_pipeline.labels.app import create_app
+from mammo_pipeline.labels.store import LabelStore
+from mammo_pipeline.labels.zoom import GRID, crop_box
+from mammo_pipeline_tests.dicom.crafted import breast, make_ds
+from mammo_pipeline_tests.labels.clients import BrowserClient
+
+from .conftest import write_images
+
+ROWS, COLS = 600, 420
+
+
+@pytest.fixture
+def zoomed(settings):
+    """A store whose first image has a real DICOM (12-bit, windowed) under the landing folder."""
+    manifest = write_images(settings.cache, 3)
+    rel = "h1/drop-1/p0/one.dcm"
+    path = settings.landing / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = make_ds(breast(ROWS, COLS), WindowCenter=1800, WindowWidth=3000)
+    ds.save_as(path, enforce_file_format=True)
+    manifest["rel_path"] = [rel, None, "../../outside.dcm"]
+    store = LabelStore(settings.labels_db)
+    store.sync_images(manifest, audit_fraction=0.0)
+    ids = store.images()["id"].tolist()
+    return BrowserClient(create_app(settings, annotator="alice", secret="s")), ids, path
+
+
+def _png(r) -> np.ndarray:
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(r.content)))
+
+
+def test_crop_is_native_resolution_through_the_display_pipeline_and_cached(zoomed, settings):
+    client, ids, path = zoomed
+    r = client.get(f"/zoom/{ids[0]}", params={"x": 0.5, "y": 0.25, "size": 128})
+    crop = _png(r)
+    full = render(path, (max(ROWS, COLS),)).images[max(ROWS, COLS)]
+    assert full.shape == (ROWS, COLS)  # native size: no resampling
+    top, left, bottom, right = crop_box((ROWS, COLS), 0.5, 0.25, 128)
+    assert crop.shape == (128, 128) and np.array_equal(crop, full[top:bottom, left:right])
+    assert abs((top + bottom) / 2 - 0.25 * (ROWS - 1)) <= GRID and abs((left + right) / 2 - 0.5 * (COLS - 1)) <= GRID
+    cached = list((settings.cache / "zoom" / str(ids[0])).glob("*.png"))
+    assert len(cached) == 1
+    # served from the cached file afterwards (a nearby pointer snaps to the same crop)
+    assert client.get(f"/zoom/{ids[0]}", params={"x": 0.501, "y": 0.2501, "size": 128}).content == r.content
+    assert len(list((settings.cache / "zoom" / str(ids[0])).glob("*.png"))) == 1
+
+
+def test_crops_at_the_edges_stay_inside_the_image(zoomed):
+    client, ids, _ = zoomed
+    for x, y in ((0, 0), (1, 1), (0, 1), (1, 0)):
+        assert _png(client.get(f"/zoom/{ids[0]}", params={"x": x, "y": y})).shape == (512, 420)  # size 512 > 420 cols
+    assert crop_box((ROWS, COLS), 1.0, 1.0, 256) == (ROWS - 256, COLS - 256, ROWS, COLS)
+    assert crop_box((ROWS, COLS), 0.0, 0.0, 256) == (0, 0, 256, 256)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"x": "-0.1", "y": "0.5"},
+        {"x": "1.5", "y": "0.5"},
+        {"x": "abc", "y": "0.5"},
+        {"x": "nan", "y": "0.5"},
+        {"x": "inf", "y": "0.5"},
+        {"x": "0.5"},
+        {},
+        {"x": "0.5", "y": "0.5", "size": "5000"},
+        {"x": "0.5", "y": "0.5", "size": "-3"},
+        {"x": "0.5", "y": "0.5", "size": "1e3"},
+    ],
+)
+def test_bad_coordinates_are_422(zoomed, params):
+    client, ids, _ = zoomed
+    r = client.get(f"/zoom/{ids[0]}", params=params)
+    assert r.status_code == 422 and "must be" in r.text
+
+
+def test_unknown_image_or_missing_dicom_is_404(zoomed):
+    client, ids, _ = zoomed
+    ok = {"x": 0.5, "y": 0.5}
+    assert client.get("/zoom/999999", params=ok).status_code == 404
+    assert client.get("/zoom/-1", params=ok).status_code == 404
+    assert client.get("/zoom/..%2f..%2fetc", params=ok).status_code == 404
+    r = client.get(f"/zoom/{ids[1]}", params=ok)  # no DICOM known
+    assert r.status_code == 404 and "no DICOM" in r.text
+    assert client.get(f"/zoom/{ids[2]}", params=ok).status_code == 404  # a path outside the landing folder
+
+
+def test_heat_map_without_the_explain_module_or_a_model_is_a_clear_503_or_404(zoomed, monkeypatch):
+    client, ids, _ = zoomed
+    monkeypatch.setitem(sys.modules, "mammo_pipeline.model.explain", None)  # not installed: import fails
+    r = client.get(f"/heatmap/{ids[0]}")
+    assert r.status_code == 503 and "explain" in r.text
+    assert client.get("/heatmap/999999").status_code == 404
+
+    def no_model(settings, hospital, sop_instance_uid):
+        raise FileNotFoundError("no trained model in MAMMO_MODELS")
+
+    monkeypatch.setitem(sys.modules, "mammo_pipeline.model.explain", types.SimpleNamespace(heatmap_png=no_model))
+    r = client.get(f"/heatmap/{ids[0]}")
+    assert r.status_code == 404 and "no trained model" in r.text
