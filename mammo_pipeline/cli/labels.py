@@ -11,7 +11,13 @@ from mammo_pipeline.settings import Settings
 
 @click.group("labels")
 def command() -> None:
-    """Facts about the label store."""
+    """Facts about the label store: queue counts, double audit reads and reader agreement.
+
+    \b
+    Example:
+        mammo labels stats
+        mammo labels stats --json
+    """
 
 
 @command.command("stats")
