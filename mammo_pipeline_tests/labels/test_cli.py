@@ -72,3 +72,15 @@ def test_hash_password_prints_a_checkable_hash():
     result = CliRunner().invoke(command, ["--hash-password"], input="s3cret\ns3cret\n")
     assert result.exit_code == 0
     assert check_password(result.output.strip().splitlines()[-1], "s3cret")
+
+
+def test_team_flag_signs_in_on_loopback_behind_a_proxy(settings, cached, monkeypatch):
+    seen = {}
+    monkeypatch.setenv("MAMMO_ANNOTATORS", "alice:pw")
+    monkeypatch.setenv("MAMMO_ALLOWED_HOSTS", "labels.example.org")
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app, host=host))
+    result = CliRunner().invoke(command, ["--host", "127.0.0.1", "--team"])
+    assert result.exit_code == 0 and "labels.example.org" in result.output and seen["host"] == "127.0.0.1"
+    proxied = TestClient(seen["app"], base_url="https://labels.example.org")
+    assert proxied.get("/", follow_redirects=False).status_code == 303  # sign in first
+    assert TestClient(seen["app"], base_url="http://evil.example").get("/login").status_code == 400
