@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "normalize": [],
     "index": ["--n", "4000"],
     "cache_memory": ["--n", "10000"],
+    "cache_resume": ["--n", "600", "--kill-at", "450"],
     "train": [],
     "infer": ["--int8"],
     "dask": [],

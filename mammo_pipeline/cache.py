@@ -61,7 +61,7 @@ INDEX_COLUMNS = [
     "file_size",
     "file_mtime_ns",
 ]
-MANIFEST_EVERY = 500  # images between folding the journal into manifest.parquet (the journal is per image)
+MANIFEST_EVERY = 2000  # images between folding the journals into manifest.parquet (each fold rereads it)
 PNG_COMPRESS_LEVEL = 3  # zlib level: most of level 9's size at a fraction of its time
 
 _STR, _I64, _BOOL = pa.string(), pa.int64(), pa.bool_()

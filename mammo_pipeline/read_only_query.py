@@ -10,11 +10,13 @@ takes the same views and then locks DuckDB down before any user text runs:
 - no spill directory (`temp_directory=''`), then `lock_configuration=true` so SQL cannot `SET` any of it back.
 
 On top, `run_read_only` accepts only SELECT-like statements (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE,
-EXPLAIN): `COPY ... TO` could otherwise write into an allowed table folder, and `CREATE`/`SET`/`PRAGMA`/`CALL` have
-no business in a read-only query.
+and EXPLAIN of a SELECT): `COPY ... TO` (also inside `EXPLAIN ANALYZE`, which runs its statement) could otherwise
+write into an allowed table folder, and `CREATE`/`SET`/`PRAGMA`/`CALL` have no business in a read-only query.
 """
 
 from __future__ import annotations
+
+import re
 
 import duckdb
 import pandas as pd
@@ -22,6 +24,7 @@ import pandas as pd
 from mammo_pipeline import warehouse
 from mammo_pipeline.settings import Settings
 
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?(\([^)]*\)\s*)?", re.IGNORECASE)
 ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 
 
@@ -53,7 +56,13 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> list[duckdb.Sta
     if not statements:
         raise ReadOnlyViolation("no SQL statement given")
     for statement in statements:
-        if statement.type not in ALLOWED_STATEMENTS:
+        if statement.type == duckdb.StatementType.EXPLAIN:  # EXPLAIN ANALYZE runs its statement: check that one
+            inner = _EXPLAIN.sub("", statement.query, count=1)
+            if not inner.strip() or any(s.type != duckdb.StatementType.SELECT for s in con.extract_statements(inner)):
+                raise ReadOnlyViolation(
+                    f"mammo query is read-only: only EXPLAIN of a SELECT ({statement.query[:60]!r})"
+                )
+        elif statement.type not in ALLOWED_STATEMENTS:
             shown = statement.query.strip()[:60]
             raise ReadOnlyViolation(f"mammo query is read-only: {statement.type.name} is refused ({shown!r})")
     return statements

@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from mammo_pipeline import cache as cache_module
-from mammo_pipeline.atomic import run_owner
+from mammo_pipeline.atomic import atomic_path, run_owner
 from mammo_pipeline.cache import cache_hospital, read_manifest
 from mammo_pipeline.dicom.headers import MG_FOR_PROCESSING
 from mammo_pipeline.dicom.index import index_hospital
@@ -319,4 +319,30 @@ def test_two_overlapping_cache_runs_lose_nothing(settings):
     for row in manifest.itertuples():
         assert Image.open(settings.cache / row.display_png).size[0] > 0
     assert not list((settings.cache / "h1").rglob("*.tmp"))
+    assert not list(settings.table_dir("image_cache", "h1").glob(".journal-*"))
+
+
+def test_a_run_starting_while_another_writes_a_png_leaves_its_temp_alone(settings, monkeypatch):
+    """The overlap that dropped a good image: run B starts (and cleans temps) while run A's PNG is in flight."""
+    uids = _landing(settings, n_good=4)
+    real_write = cache_module._write_png
+    started_b: list[int] = []
+
+    def write_then_overlap(pixels, path, owner):
+        with atomic_path(path, owner) as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
+            if not started_b:  # run A holds an in-flight temp file right now
+                started_b.append(1)
+                monkeypatch.setattr(cache_module, "_write_png", real_write)
+                cache_hospital(settings, "h1")  # run B, start to end
+                monkeypatch.setattr(cache_module, "_write_png", write_then_overlap)
+            assert tmp.exists(), "run B deleted run A's in-flight temp file"
+
+    monkeypatch.setattr(cache_module, "_write_png", write_then_overlap)
+    result = cache_hospital(settings, "h1")  # run A
+    assert started_b and sum(result.quarantined.values()) == 1  # only the bad file, no good image lost
+    assert set(read_manifest(settings, "h1")["sop_instance_uid"]) == set(uids)
+    quarantine = read_partition(settings, "quarantine", "h1")
+    bad = list(quarantine[quarantine["stage"] == "cache"]["rel_path"])
+    assert [resolve(settings, "h1", p) for p in bad] == [settings.landing / "h1/d1/bad/img.dcm"]
     assert not list(settings.table_dir("image_cache", "h1").glob(".journal-*"))

@@ -16,6 +16,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.command("label")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Any other than loopback turns on team mode.")
 @click.option("--port", default=5001, show_default=True, type=int)
+@click.option("--team", "force_team", is_flag=True, help="Sign-in even on loopback (behind a TLS reverse proxy).")
 @click.option("--annotator", default=None, help="Your name in the labels (single-user mode; default: OS user).")
 @click.option("--blind", is_flag=True, help="Hide the model's hint.")
 @click.option(
@@ -48,6 +49,7 @@ def command(
     audit_fraction: float,
     export_file: Path | None,
     hash_password: bool,
+    force_team: bool = False,
 ) -> None:
     """Label images with the keyboard: 1 biopsy marker, 2 magnification view, 3 neither, 4 both.
 
@@ -58,6 +60,7 @@ def command(
     Example:
         mammo label --annotator alice
         mammo label --host 0.0.0.0 --port 5001
+        mammo label --host 127.0.0.1 --team   # behind a TLS reverse proxy on this machine
         mammo label --export labels.csv
     """
     from mammo_pipeline.labels import app as label_app
@@ -76,14 +79,15 @@ def command(
         n = store.export(export_file, fmt=fmt)
         click.echo(f"Wrote {n} label events to {export_file} ({fmt})")
         return
-    team = host not in LOOPBACK
+    team = force_team or host not in LOOPBACK
+    hosts = security.allowed_hosts(host)
     try:
         app = label_app.create_app(
             settings,
             team=team,
             annotator=annotator or getpass.getuser(),
             blind=blind,
-            allowed_hosts=security.allowed_hosts(host),  # loopback, the bind address, MAMMO_ALLOWED_HOSTS
+            allowed_hosts=hosts,  # loopback, the bind address, MAMMO_ALLOWED_HOSTS
             lease_seconds=lease_minutes * 60,
         )
     except ValueError as e:
@@ -91,6 +95,8 @@ def command(
     n_images = store.n_images()
     click.echo(f"{n_images} images ({added} new) · {'team mode: sign in' if team else 'single user'}")
     click.echo(f"Open http://{'localhost' if host in LOOPBACK else host}:{port}/  (press ? for the keys)")
+    if team:
+        click.echo(f"Answers to Host names: {', '.join(hosts)} (add yours with MAMMO_ALLOWED_HOSTS)")
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -31,10 +31,11 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from fasthtml import common as fh
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 64 * 1024  # the app's forms are a few hundred bytes
@@ -172,6 +173,23 @@ def _origin_of(url: str) -> str | None:
     return f"{parts.scheme}://{host}:{port}"
 
 
+async def _form_field(scope: Scope, body: bytes, name: str) -> str | None:
+    """One text field of a buffered form body (urlencoded or multipart), parsed by Starlette; None if absent."""
+
+    async def once() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, once).form()
+    except Exception:  # not a form, or a malformed one: no token
+        return None
+    try:
+        value = form.get(name)
+        return value if isinstance(value, str) else None
+    finally:
+        await form.close()
+
+
 class CsrfProtect:
     """ASGI middleware (inside SessionMiddleware): same-origin check and per-session token on unsafe methods."""
 
@@ -191,14 +209,13 @@ class CsrfProtect:
         expected = (scope.get("session") or {}).get(_SESSION_KEY)
         given = headers.get(CSRF_HEADER)
         body = b""
-        if given is None:  # a plain form post: the token is a form field
+        if given is None:  # a plain form post (urlencoded or multipart): the token is a form field
             body, more = b"", True
             while more:
                 message = await receive()
                 body += message.get("body", b"")
                 more = message.get("more_body", False)
-            if headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-                given = (parse_qs(body.decode("latin-1")).get(CSRF_FIELD) or [None])[0]
+            given = await _form_field(scope, body, CSRF_FIELD)
         if not isinstance(expected, str) or not given or not hmac.compare_digest(expected, given):
             await _reply(send, 403, "missing or wrong CSRF token; reload the page")
             return

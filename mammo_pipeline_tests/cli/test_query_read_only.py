@@ -44,6 +44,8 @@ def _forbidden(settings, tmp_path) -> dict[str, str]:
         "create": "CREATE TABLE t AS SELECT 1",
         "second_statement": f"SELECT 1; COPY (SELECT 1) TO '{tmp_path}/stolen2.csv'",
         "export": f"EXPORT DATABASE '{tmp_path}/export'",
+        "explain_analyze_copy": f"EXPLAIN ANALYZE COPY (SELECT 1 AS x) TO '{table}/evil2.parquet'",
+        "explain_analyze_copy_options": f"EXPLAIN (FORMAT json) COPY (SELECT 1 AS x) TO '{table}/evil3.csv'",
     }
 
 
@@ -66,6 +68,8 @@ def _forbidden(settings, tmp_path) -> dict[str, str]:
         "create",
         "second_statement",
         "export",
+        "explain_analyze_copy",
+        "explain_analyze_copy_options",
     ],
 )
 def test_forbidden_query_fails_and_changes_nothing(warehouse_with_secrets, tmp_path, name):
@@ -76,7 +80,7 @@ def test_forbidden_query_fails_and_changes_nothing(warehouse_with_secrets, tmp_p
     assert "read-only" in result.output or "Permission" in result.output or "disabled" in result.output
     salt, secret = settings.pseudonym_salt().decode(), session_secret(settings.home)
     assert salt not in result.output and secret not in result.output and "root:" not in result.output
-    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere (the warehouse is below)
 
 
 def test_reads_still_work_through_the_views(warehouse_with_secrets):
@@ -86,3 +90,4 @@ def test_reads_still_work_through_the_views(warehouse_with_secrets):
     described = run_read_only(warehouse_with_secrets, "DESCRIBE image_predictions")
     assert set(described["column_name"]) >= set(IMAGE_PREDICTIONS.names)  # the typed view, every column
     assert len(run_read_only(warehouse_with_secrets, "EXPLAIN SELECT * FROM image_predictions")) == 1
+    assert len(run_read_only(warehouse_with_secrets, "EXPLAIN ANALYZE SELECT count(*) FROM image_predictions")) == 1

@@ -181,8 +181,10 @@ def test_a_reused_pid_does_not_count_as_the_run_worker():
     import os
     import time
 
-    from mammo_pipeline.defs.run_launcher import worker_alive
+    from mammo_pipeline.defs.run_launcher import _process_start_epoch, worker_alive
 
+    started = _process_start_epoch(os.getpid())
+    assert started is not None and started <= time.time()
     assert worker_alive(os.getpid(), time.time())
-    assert not worker_alive(os.getpid(), time.time() - 3600)  # this process started after that "event"
+    assert not worker_alive(os.getpid(), started - 60)  # this process started after that "event": a reused pid
     assert not worker_alive(2**22 + 12345, time.time())

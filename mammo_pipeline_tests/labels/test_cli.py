@@ -92,3 +92,15 @@ def test_labels_stats_prints_queues_kappa_and_reader_agreement(settings, cached)
     assert "adjudication           1 left of 1" in result.output
     data = json.loads(CliRunner().invoke(labels_command, ["stats", "--json"]).output)
     assert data["audit"]["n_double"] == 5 and data["queues"]["audit"] == [0, 5]
+
+
+def test_team_flag_signs_in_on_loopback_behind_a_proxy(settings, cached, monkeypatch):
+    seen = {}
+    monkeypatch.setenv("MAMMO_ANNOTATORS", "alice:pw")
+    monkeypatch.setenv("MAMMO_ALLOWED_HOSTS", "labels.example.org")
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app, host=host))
+    result = CliRunner().invoke(command, ["--host", "127.0.0.1", "--team"])
+    assert result.exit_code == 0 and "labels.example.org" in result.output and seen["host"] == "127.0.0.1"
+    proxied = TestClient(seen["app"], base_url="https://labels.example.org")
+    assert proxied.get("/", follow_redirects=False).status_code == 303  # sign in first
+    assert TestClient(seen["app"], base_url="http://evil.example").get("/login").status_code == 400

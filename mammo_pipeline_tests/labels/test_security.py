@@ -82,6 +82,8 @@ def test_a_state_change_without_the_session_token_is_refused(team_app, store):
     token = page_token(client.get("/").text)
     ok = raw_post(client, "/label", data=form, headers={**same_origin, "X-CSRF-Token": token})
     assert ok.status_code == 200 and event_count(store) == 1
+    multipart = {"data": {"csrf_token": token}, "files": {"f": ("f.txt", b"x")}}  # FastHTML's Form default
+    assert raw_post(client, "/blind", headers={"Origin": ORIGIN}, **multipart).status_code == 204
     as_field = raw_post(
         client, "/logout", data={"csrf_token": token}, headers={"Origin": ORIGIN}, follow_redirects=False
     )
