@@ -646,7 +646,7 @@ class Header:
     def items(self, keyword: str) -> list[Header]:
         tag = _TAG_OF.get(keyword) or tag_for_keyword(keyword)
         try:
-            elem = self.ds.get_item(tag) if tag is not None else None
+            elem = _element(self.ds, tag)
             if elem is None:
                 return []
             value = self.ds[tag].value if isinstance(elem, RawDataElement) else elem.value
@@ -656,7 +656,7 @@ class Header:
 
     def _decode(self, keyword: str) -> list[str]:
         tag = _TAG_OF.get(keyword) or tag_for_keyword(keyword)
-        elem = self.ds.get_item(tag) if tag is not None else None
+        elem = _element(self.ds, tag)
         if elem is None:
             return []
         if isinstance(elem, RawDataElement) and elem.is_little_endian and isinstance(elem.value, bytes):
@@ -666,6 +666,15 @@ class Header:
             if decoded is not None:
                 return decoded
         return _dataset_strings(self.ds, keyword)
+
+
+def _element(ds: Dataset, tag: int | None) -> Any:
+    """The element at `tag` as stored in the data set (raw or converted), without pydicom's per-call Tag()
+    conversion (Dataset.get_item's cost dominated header reading)."""
+    if tag is None:
+        return None
+    store = getattr(ds, "_dict", None)
+    return store.get(tag) if isinstance(store, dict) else ds.get_item(tag)
 
 
 def _decode_raw(vr: str, raw: bytes, codec: str) -> list[str] | None:
