@@ -531,14 +531,14 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
                 fp.seek(0)
                 seen.clear()
                 ds = read_partial(fp, stop_at_pixels, force=True, specific_tags=SPECIFIC_TAGS)
-                no_file_meta = True
+                no_file_meta = "TransferSyntaxUID" not in ds.file_meta  # a File Meta group without preamble is fine
             meta = ds.file_meta
             meta_length = meta.get("FileMetaInformationGroupLength")
             if isinstance(meta_length, int) and 144 + meta_length > size:
                 raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
             if not no_file_meta and "TransferSyntaxUID" not in meta and (len(meta) > 0 or fp.tell() >= size):
                 raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
-            if no_file_meta or "TransferSyntaxUID" not in meta:
+            if "TransferSyntaxUID" not in meta:
                 no_file_meta = True
                 if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
                     raise NotDicom(f"{name}: no File Meta and no SOP Class / Instance UID: not a DICOM data set")
@@ -598,11 +598,12 @@ def walk_fragments(fp: BinaryIO, position: int, size: int, name: str) -> int:
 
 
 def _bare_dataset(head: bytes) -> bool:
-    """True when a file starts with a group 0008 element (a data set written without preamble or File Meta)."""
+    """True when a file starts with a group 0008 element (a data set written without preamble or File Meta) or a
+    group 0002 one (File Meta without the preamble)."""
     if len(head) < 8:
         return False
     group, element = struct.unpack_from("<HH", head)
-    return group == 0x0008 and element < 0x0100
+    return group in (0x0002, 0x0008) and element < 0x0100
 
 
 def _scrub(exc: BaseException, path: Path, name: str) -> str:
