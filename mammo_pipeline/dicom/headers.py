@@ -183,7 +183,7 @@ _UNDEFINED = 0xFFFFFFFF
 _PATIENT_ID = 0x00100020
 _KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
     "SpecificCharacterSet ImageType SOPClassUID SOPInstanceUID StudyInstanceUID SeriesInstanceUID PatientID "
-    "Modality ConversionType Manufacturer ManufacturerModelName ImageType PresentationIntentType ViewPosition "
+    "Modality ConversionType Manufacturer ManufacturerModelName PresentationIntentType ViewPosition "
     "ImageLaterality Laterality PatientOrientation ViewCodeSequence ViewModifierCodeSequence Rows Columns "
     "NumberOfFrames PixelSpacing ImagerPixelSpacing BitsStored BitsAllocated PhotometricInterpretation "
     "PresentationLUTShape PixelIntensityRelationship WindowCenter WindowWidth VOILUTFunction VOILUTSequence "
@@ -312,12 +312,19 @@ def view(ds: Dataset | Header, view_code: str | None) -> tuple[str | None, str |
 
 
 def read_header_row(
-    path: Path, landing: Path, hospital: str, drop: str, salt: bytes, *, rel_path: str | None = None
+    path: Path,
+    landing: Path,
+    hospital: str,
+    drop: str,
+    salt: bytes,
+    *,
+    rel_path: str | None = None,
+    stat: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Read one file's header (never its pixels) and return its `dicom_index` row.
 
     `rel_path` is the file's pseudonymized path (computed from the salt when not given); messages name the file by
-    it, never by its real path.
+    it, never by its real path. `stat` is (size, mtime_ns) when the caller already has them.
 
     Raises
     ------
@@ -326,9 +333,12 @@ def read_header_row(
     """
     from mammo_pipeline.dicom.source_paths import pseudonymize_path
 
-    stat = path.stat()
+    if stat is None:
+        info = path.stat()
+        stat = (info.st_size, info.st_mtime_ns)
+    size, mtime_ns = stat
     name = rel_path or pseudonymize_path(salt, path.relative_to(landing).as_posix())
-    dataset, pixel, no_file_meta, transfer_syntax = read_until_pixels(path, stat.st_size, name)
+    dataset, pixel, no_file_meta, transfer_syntax = read_until_pixels(path, size, name)
     ds = Header(dataset)
     if not is_mammography(ds):
         sop_class, modality = _text(ds, "SOPClassUID"), _text(ds, "Modality")
@@ -361,8 +371,8 @@ def read_header_row(
         "hospital": hospital,
         "drop": drop,
         "rel_path": name,
-        "file_size": stat.st_size,
-        "file_mtime_ns": stat.st_mtime_ns,
+        "file_size": size,
+        "file_mtime_ns": mtime_ns,
         "sop_instance_uid": sop_uid,
         "study_instance_uid": study_uid,
         "series_instance_uid": series_uid,

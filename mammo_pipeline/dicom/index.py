@@ -357,7 +357,8 @@ def _read_one(
     """
     path, size, mtime, rel = entry
     try:
-        return "row", conform_row(read_header_row(Path(path), Path(landing), hospital, drop, salt, rel_path=rel))
+        row = read_header_row(Path(path), Path(landing), hospital, drop, salt, rel_path=rel, stat=(size, mtime))
+        return "row", conform_row(row)
     except Exception as exc:
         fields = dict(hospital=hospital, drop=drop, rel_path=rel, stage="index")
         row = quarantine_rows(exc, "unsupported", file_size=size, file_mtime_ns=mtime, **fields)[0]
