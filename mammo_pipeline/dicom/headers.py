@@ -89,6 +89,7 @@ from mammo_pipeline.dicom.errors import (
     UnusableImage,
 )
 from mammo_pipeline.dicom.functional_groups import frame_attributes
+from mammo_pipeline.dicom.source_paths import pseudonymize_path
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
@@ -331,8 +332,6 @@ def read_header_row(
     NotDicom, Truncated, NoPixelData, NotMammography, InvalidUID, Tomosynthesis, Unsupported
         With a message naming the file's pseudonymized path; the caller quarantines it.
     """
-    from mammo_pipeline.dicom.source_paths import pseudonymize_path
-
     if stat is None:
         info = path.stat()
         stat = (info.st_size, info.st_mtime_ns)
