@@ -57,6 +57,7 @@ SeriesDescription without the words (most vendors never write them).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
@@ -516,13 +517,11 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
     told from a header whose Pixel Data never arrived: it is `no_pixel_data`.
     """
     seen: list[tuple[str | None, int]] = []
-    last: list[int] = [0]  # end offset of the last top-level element whose header was read
 
     def stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
         if tag in _PIXEL_TAGS:
             seen.append((vr, length))
             return True
-        last[0] = fp.tell() + (0 if length == _UNDEFINED else length)
         return False
 
     no_file_meta = False
@@ -557,7 +556,9 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
             else:
                 syntax = str(meta.TransferSyntaxUID)
             if not seen:
-                end = max(last[0], 144 + meta_length if isinstance(meta_length, int) else 0)
+                end = max(
+                    _last_element_end(path, no_file_meta), 144 + meta_length if isinstance(meta_length, int) else 0
+                )
                 if end > size or 0 < size - end < 8 or len(ds) == 0:
                     raise Truncated(f"{name}: the file ends ({size} bytes) inside a header element, before Pixel Data")
                 raise NoPixelData(f"{name}: no (7FE0,0010) Pixel Data element")
@@ -583,6 +584,21 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
     if length == 0:
         raise NoPixelData(f"{name}: (7FE0,0010) Pixel Data is empty")
     return ds, length, no_file_meta, syntax
+
+
+def _last_element_end(path: Path, force: bool) -> int:
+    """Byte offset where the last top-level element whose header could be read ends (its declared length), by a
+    second pydicom pass; only run for files without Pixel Data, so the common path tracks nothing."""
+    last = [0]
+    with path.open("rb") as fp:
+
+        def track(tag: int, vr: str | None, length: int) -> bool:
+            last[0] = fp.tell() + (0 if length == _UNDEFINED else length)
+            return tag in _PIXEL_TAGS
+
+        with contextlib.suppress(Exception):  # the first pass already judged the file readable up to here
+            read_partial(fp, track, force=force, specific_tags=[0x00080016])
+    return last[0]
 
 
 def walk_fragments(fp: BinaryIO, position: int, size: int, name: str) -> int:
@@ -702,7 +718,13 @@ def _decode_raw(vr: str, raw: bytes, codec: str) -> list[str] | None:
 
 def _codec(header: Header) -> str | None:
     """The Python codec of the data set's single-valued character set; None when pydicom must decode text."""
-    charset = _dataset_strings(header.ds, "SpecificCharacterSet")
+    elem = _element(header.ds, 0x00080005)
+    if elem is None:
+        return _CODECS[""]
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+        charset = [v.strip(" \x00") for v in elem.value.decode("latin-1").strip(" \x00").split("\\")]
+    else:
+        charset = _dataset_strings(header.ds, "SpecificCharacterSet")
     return _CODECS.get(charset[0].upper() if charset else "") if len(charset) <= 1 else None
 
 
@@ -745,7 +767,13 @@ def _text(ds: Dataset | Header, keyword: str) -> str | None:
 
 
 def _has_items(ds: Dataset | Header, keyword: str) -> bool:
-    return bool(_items(ds, keyword))
+    """True when the sequence holds at least one item. A raw little-endian sequence is checked for a leading
+    (FFFE,E000) Item tag without being parsed: converting a VOI LUT Sequence would decode its LUT Data."""
+    header = _header(ds)
+    elem = _element(header.ds, _TAG_OF.get(keyword) or tag_for_keyword(keyword))
+    if isinstance(elem, RawDataElement) and elem.is_little_endian and isinstance(elem.value, bytes):
+        return elem.value[:4] == b"\xfe\xff\x00\xe0"
+    return bool(header.items(keyword))
 
 
 def _floats(ds: Dataset | Header, keyword: str) -> list[float]:
