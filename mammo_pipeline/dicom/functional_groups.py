@@ -31,6 +31,9 @@ MACROS: dict[str, tuple[str, ...]] = {
 }
 
 
+_SHARED, _PER_FRAME = 0x52009229, 0x52009230  # (5200,9229) Shared, (5200,9230) Per-frame Functional Groups Sequence
+
+
 def macro_item(ds: Dataset, macro: str, frame: int = 0) -> Dataset | None:
     """The item of `macro` that applies to `frame`: Shared Functional Groups first, then Per-frame; else None."""
     for groups_keyword, index in (("SharedFunctionalGroupsSequence", 0), ("PerFrameFunctionalGroupsSequence", frame)):
@@ -50,6 +53,8 @@ def frame_attributes(ds: Dataset, frame: int = 0) -> Dataset:
     shallow copy whose top level holds the macro's attributes (they replace any top-level ones, which enhanced
     IODs do not define). The copy shares element objects with `ds` and keeps its file meta and encoding.
     """
+    if _SHARED not in ds and _PER_FRAME not in ds:  # the common case (non-enhanced objects): no copy, no lookups
+        return ds
     found = {macro: item for macro in MACROS if (item := macro_item(ds, macro, frame)) is not None}
     if not found:
         return ds

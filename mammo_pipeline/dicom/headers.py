@@ -57,6 +57,7 @@ SeriesDescription without the words (most vendors never write them).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
@@ -89,6 +90,7 @@ from mammo_pipeline.dicom.errors import (
     UnusableImage,
 )
 from mammo_pipeline.dicom.functional_groups import frame_attributes
+from mammo_pipeline.dicom.source_paths import pseudonymize_path
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
@@ -183,7 +185,7 @@ _UNDEFINED = 0xFFFFFFFF
 _PATIENT_ID = 0x00100020
 _KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
     "SpecificCharacterSet ImageType SOPClassUID SOPInstanceUID StudyInstanceUID SeriesInstanceUID PatientID "
-    "Modality ConversionType Manufacturer ManufacturerModelName ImageType PresentationIntentType ViewPosition "
+    "Modality ConversionType Manufacturer ManufacturerModelName PresentationIntentType ViewPosition "
     "ImageLaterality Laterality PatientOrientation ViewCodeSequence ViewModifierCodeSequence Rows Columns "
     "NumberOfFrames PixelSpacing ImagerPixelSpacing BitsStored BitsAllocated PhotometricInterpretation "
     "PresentationLUTShape PixelIntensityRelationship WindowCenter WindowWidth VOILUTFunction VOILUTSequence "
@@ -312,23 +314,31 @@ def view(ds: Dataset | Header, view_code: str | None) -> tuple[str | None, str |
 
 
 def read_header_row(
-    path: Path, landing: Path, hospital: str, drop: str, salt: bytes, *, rel_path: str | None = None
+    path: Path,
+    landing: Path,
+    hospital: str,
+    drop: str,
+    salt: bytes,
+    *,
+    rel_path: str | None = None,
+    stat: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Read one file's header (never its pixels) and return its `dicom_index` row.
 
     `rel_path` is the file's pseudonymized path (computed from the salt when not given); messages name the file by
-    it, never by its real path.
+    it, never by its real path. `stat` is (size, mtime_ns) when the caller already has them.
 
     Raises
     ------
     NotDicom, Truncated, NoPixelData, NotMammography, InvalidUID, Tomosynthesis, Unsupported
         With a message naming the file's pseudonymized path; the caller quarantines it.
     """
-    from mammo_pipeline.dicom.source_paths import pseudonymize_path
-
-    stat = path.stat()
+    if stat is None:
+        info = path.stat()
+        stat = (info.st_size, info.st_mtime_ns)
+    size, mtime_ns = stat
     name = rel_path or pseudonymize_path(salt, path.relative_to(landing).as_posix())
-    dataset, pixel, no_file_meta, transfer_syntax = read_until_pixels(path, stat.st_size, name)
+    dataset, pixel, no_file_meta, transfer_syntax = read_until_pixels(path, size, name)
     ds = Header(dataset)
     if not is_mammography(ds):
         sop_class, modality = _text(ds, "SOPClassUID"), _text(ds, "Modality")
@@ -361,8 +371,8 @@ def read_header_row(
         "hospital": hospital,
         "drop": drop,
         "rel_path": name,
-        "file_size": stat.st_size,
-        "file_mtime_ns": stat.st_mtime_ns,
+        "file_size": size,
+        "file_mtime_ns": mtime_ns,
         "sop_instance_uid": sop_uid,
         "study_instance_uid": study_uid,
         "series_instance_uid": series_uid,
@@ -507,13 +517,11 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
     told from a header whose Pixel Data never arrived: it is `no_pixel_data`.
     """
     seen: list[tuple[str | None, int]] = []
-    last: list[int] = [0]  # end offset of the last top-level element whose header was read
 
     def stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
         if tag in _PIXEL_TAGS:
             seen.append((vr, length))
             return True
-        last[0] = fp.tell() + (0 if length == _UNDEFINED else length)
         return False
 
     no_file_meta = False
@@ -531,14 +539,14 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
                 fp.seek(0)
                 seen.clear()
                 ds = read_partial(fp, stop_at_pixels, force=True, specific_tags=SPECIFIC_TAGS)
-                no_file_meta = True
+                no_file_meta = "TransferSyntaxUID" not in ds.file_meta  # a File Meta group without preamble is fine
             meta = ds.file_meta
             meta_length = meta.get("FileMetaInformationGroupLength")
             if isinstance(meta_length, int) and 144 + meta_length > size:
                 raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
             if not no_file_meta and "TransferSyntaxUID" not in meta and (len(meta) > 0 or fp.tell() >= size):
                 raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
-            if no_file_meta or "TransferSyntaxUID" not in meta:
+            if "TransferSyntaxUID" not in meta:
                 no_file_meta = True
                 if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
                     raise NotDicom(f"{name}: no File Meta and no SOP Class / Instance UID: not a DICOM data set")
@@ -548,7 +556,9 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
             else:
                 syntax = str(meta.TransferSyntaxUID)
             if not seen:
-                end = max(last[0], 144 + meta_length if isinstance(meta_length, int) else 0)
+                end = max(
+                    _last_element_end(path, no_file_meta), 144 + meta_length if isinstance(meta_length, int) else 0
+                )
                 if end > size or 0 < size - end < 8 or len(ds) == 0:
                     raise Truncated(f"{name}: the file ends ({size} bytes) inside a header element, before Pixel Data")
                 raise NoPixelData(f"{name}: no (7FE0,0010) Pixel Data element")
@@ -576,6 +586,21 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
     return ds, length, no_file_meta, syntax
 
 
+def _last_element_end(path: Path, force: bool) -> int:
+    """Byte offset where the last top-level element whose header could be read ends (its declared length), by a
+    second pydicom pass; only run for files without Pixel Data, so the common path tracks nothing."""
+    last = [0]
+    with path.open("rb") as fp:
+
+        def track(tag: int, vr: str | None, length: int) -> bool:
+            last[0] = fp.tell() + (0 if length == _UNDEFINED else length)
+            return tag in _PIXEL_TAGS
+
+        with contextlib.suppress(Exception):  # the first pass already judged the file readable up to here
+            read_partial(fp, track, force=force, specific_tags=[0x00080016])
+    return last[0]
+
+
 def walk_fragments(fp: BinaryIO, position: int, size: int, name: str) -> int:
     """Total bytes of the encapsulated items (offset table + fragments) up to the delimiter."""
     total = 0
@@ -598,11 +623,12 @@ def walk_fragments(fp: BinaryIO, position: int, size: int, name: str) -> int:
 
 
 def _bare_dataset(head: bytes) -> bool:
-    """True when a file starts with a group 0008 element (a data set written without preamble or File Meta)."""
+    """True when a file starts with a group 0008 element (a data set written without preamble or File Meta) or a
+    group 0002 one (File Meta without the preamble)."""
     if len(head) < 8:
         return False
     group, element = struct.unpack_from("<HH", head)
-    return group == 0x0008 and element < 0x0100
+    return group in (0x0002, 0x0008) and element < 0x0100
 
 
 def _scrub(exc: BaseException, path: Path, name: str) -> str:
@@ -646,7 +672,7 @@ class Header:
     def items(self, keyword: str) -> list[Header]:
         tag = _TAG_OF.get(keyword) or tag_for_keyword(keyword)
         try:
-            elem = self.ds.get_item(tag) if tag is not None else None
+            elem = _element(self.ds, tag)
             if elem is None:
                 return []
             value = self.ds[tag].value if isinstance(elem, RawDataElement) else elem.value
@@ -656,7 +682,7 @@ class Header:
 
     def _decode(self, keyword: str) -> list[str]:
         tag = _TAG_OF.get(keyword) or tag_for_keyword(keyword)
-        elem = self.ds.get_item(tag) if tag is not None else None
+        elem = _element(self.ds, tag)
         if elem is None:
             return []
         if isinstance(elem, RawDataElement) and elem.is_little_endian and isinstance(elem.value, bytes):
@@ -666,6 +692,15 @@ class Header:
             if decoded is not None:
                 return decoded
         return _dataset_strings(self.ds, keyword)
+
+
+def _element(ds: Dataset, tag: int | None) -> Any:
+    """The element at `tag` as stored in the data set (raw or converted), without pydicom's per-call Tag()
+    conversion (Dataset.get_item's cost dominated header reading)."""
+    if tag is None:
+        return None
+    store = getattr(ds, "_dict", None)
+    return store.get(tag) if isinstance(store, dict) else ds.get_item(tag)
 
 
 def _decode_raw(vr: str, raw: bytes, codec: str) -> list[str] | None:
@@ -683,7 +718,13 @@ def _decode_raw(vr: str, raw: bytes, codec: str) -> list[str] | None:
 
 def _codec(header: Header) -> str | None:
     """The Python codec of the data set's single-valued character set; None when pydicom must decode text."""
-    charset = _dataset_strings(header.ds, "SpecificCharacterSet")
+    elem = _element(header.ds, 0x00080005)
+    if elem is None:
+        return _CODECS[""]
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+        charset = [v.strip(" \x00") for v in elem.value.decode("latin-1").strip(" \x00").split("\\")]
+    else:
+        charset = _dataset_strings(header.ds, "SpecificCharacterSet")
     return _CODECS.get(charset[0].upper() if charset else "") if len(charset) <= 1 else None
 
 
@@ -726,7 +767,13 @@ def _text(ds: Dataset | Header, keyword: str) -> str | None:
 
 
 def _has_items(ds: Dataset | Header, keyword: str) -> bool:
-    return bool(_items(ds, keyword))
+    """True when the sequence holds at least one item. A raw little-endian sequence is checked for a leading
+    (FFFE,E000) Item tag without being parsed: converting a VOI LUT Sequence would decode its LUT Data."""
+    header = _header(ds)
+    elem = _element(header.ds, _TAG_OF.get(keyword) or tag_for_keyword(keyword))
+    if isinstance(elem, RawDataElement) and elem.is_little_endian and isinstance(elem.value, bytes):
+        return elem.value[:4] == b"\xfe\xff\x00\xe0"
+    return bool(header.items(keyword))
 
 
 def _floats(ds: Dataset | Header, keyword: str) -> list[float]:

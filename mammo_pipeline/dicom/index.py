@@ -207,40 +207,67 @@ def conform_row(row: dict[str, Any]) -> dict[str, Any]:
     """`row` with every value clamped into its SCHEMA type: integers outside int64, NaN/inf floats and values of
     the wrong type become None (null), list items that do not fit are dropped. Never raises."""
     out = dict(row)
-    for schema_field in SCHEMA:
-        name, kind = schema_field.name, schema_field.type
+    for name, conform in _CONFORMERS.items():
         if name in out:
-            out[name] = _conform(out[name], kind)
+            value = out[name]
+            if value is not None:
+                out[name] = conform(value)
     return out
 
 
-def _conform(value: Any, kind: pa.DataType) -> Any:
-    if value is None:
-        return None
-    if pa.types.is_list(kind):
-        if not isinstance(value, list | tuple):
-            return None
-        items = (_conform(v, kind.value_type) for v in value)
-        return [v for v in items if v is not None]
-    if pa.types.is_boolean(kind):
-        return value if isinstance(value, bool) else None
-    if pa.types.is_integer(kind):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
-        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-            return None
-        return int(value) if _INT64[0] <= value <= _INT64[1] else None
-    if pa.types.is_floating(kind):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
+def _to_int(value: Any) -> int | None:
+    if type(value) is int:
+        return value if _INT64[0] <= value <= _INT64[1] else None
+    if type(value) is float and math.isfinite(value) and value.is_integer() and _INT64[0] <= value <= _INT64[1]:
+        return int(value)
+    return None
+
+
+def _to_float(value: Any) -> float | None:
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int:
         try:
             number = float(value)
         except OverflowError:
             return None
         return number if math.isfinite(number) else None
+    return None
+
+
+def _to_bool(value: Any) -> bool | None:
+    return value if type(value) is bool else None
+
+
+def _to_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _to_list(item: Any) -> Any:
+    def conform(value: Any) -> list | None:
+        if not isinstance(value, list | tuple):
+            return None
+        return [v for v in (item(x) for x in value if x is not None) if v is not None]
+
+    return conform
+
+
+def _conformer(kind: pa.DataType) -> Any:
+    """The clamp function of one Arrow type (identity for types rows never carry wrongly, e.g. timestamps)."""
+    if pa.types.is_list(kind):
+        return _to_list(_conformer(kind.value_type))
+    if pa.types.is_boolean(kind):
+        return _to_bool
+    if pa.types.is_integer(kind):
+        return _to_int
+    if pa.types.is_floating(kind):
+        return _to_float
     if pa.types.is_string(kind):
-        return value if isinstance(value, str) else None
-    return value
+        return _to_str
+    return lambda value: value
+
+
+_CONFORMERS = {schema_field.name: _conformer(schema_field.type) for schema_field in SCHEMA}
 
 
 def remove_stale_temps(folder: Path, older_than_s: float = STALE_TEMP_SECONDS) -> int:
@@ -330,7 +357,8 @@ def _read_one(
     """
     path, size, mtime, rel = entry
     try:
-        return "row", conform_row(read_header_row(Path(path), Path(landing), hospital, drop, salt, rel_path=rel))
+        row = read_header_row(Path(path), Path(landing), hospital, drop, salt, rel_path=rel, stat=(size, mtime))
+        return "row", conform_row(row)
     except Exception as exc:
         fields = dict(hospital=hospital, drop=drop, rel_path=rel, stage="index")
         row = quarantine_rows(exc, "unsupported", file_size=size, file_mtime_ns=mtime, **fields)[0]

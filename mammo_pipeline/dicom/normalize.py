@@ -450,11 +450,14 @@ def _read_bare(path: str, error: InvalidDicomError) -> Dataset:
     """
     with open(path, "rb") as fp:
         head = fp.read(8)
-    if len(head) < 8 or int.from_bytes(head[:2], "little") != 0x0008 or int.from_bytes(head[2:4], "little") >= 0x100:
+    group, element = int.from_bytes(head[:2], "little"), int.from_bytes(head[2:4], "little")
+    if len(head) < 8 or group not in (0x0002, 0x0008) or element >= 0x100:
         raise NotDicom(f"{path}: not a DICOM file ({error})") from error
     ds = pydicom.dcmread(path, force=True)
     if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
         raise NotDicom(f"{path}: no File Meta and no SOP Class / Instance UID: not a DICOM data set") from error
+    if "TransferSyntaxUID" in getattr(ds, "file_meta", {}):
+        return ds  # File Meta without the preamble
     implicit, little = ds.original_encoding
     syntax = pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
     ds.file_meta = pydicom.dataset.FileMetaDataset()

@@ -387,3 +387,23 @@ def test_header_row_refuses_tomosynthesis_with_its_reason(tmp_path):
     with pytest.raises(Tomosynthesis, match="not a 2D view") as info:
         _row(tmp_path, SOPClassUID=BREAST_TOMOSYNTHESIS, NumberOfFrames=1)
     assert info.value.reason == "tomosynthesis"
+
+
+def test_file_meta_without_preamble_is_read_and_not_flagged(tmp_path):
+    full = write_mg(tmp_path / "full.dcm")
+    path = tmp_path / "land" / "h1" / "d1" / "nopreamble.dcm"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(full.read_bytes()[132:])  # starts with (0002,0000)
+    row = read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert row["no_file_meta"] is False and row["transfer_syntax"] == "1.2.840.10008.1.2.1"
+    assert render(path, (64,)).images[64].shape == (48, 64)
+
+
+def test_a_row_pyarrow_still_refuses_is_quarantined_alone():
+    from mammo_pipeline.dicom.index import _isolate
+
+    base = {name: None for name in SCHEMA.names} | {"hospital": "h1", "drop": "d1", "file_size": 1, "file_mtime_ns": 1}
+    good = base | {"rel_path": "h1/d1/a", "rows": 10}
+    bad = base | {"rel_path": "h1/d1/b", "rows": 2**70}  # as if it skipped conform_row
+    kept, refused = _isolate([good, bad])
+    assert kept == [good] and [(q["rel_path"], q["reason"]) for q in refused] == [("h1/d1/b", "unsupported")]
