@@ -35,13 +35,15 @@ class UnknownModel(LookupError):
     """No exported model with this version."""
 
 
-def timestamp_sql(when: pd.Timestamp | str | None) -> str:
-    """A DuckDB TIMESTAMPTZ literal for `when` (a date means its start, UTC); now() when None."""
-    if when is None:
-        return "now()"
+def utc(when: pd.Timestamp | str | datetime) -> pd.Timestamp:
+    """`when` as a UTC timestamp; a value without a time zone is taken as UTC, a date as its start."""
     ts = pd.Timestamp(when)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return f"TIMESTAMPTZ '{ts.isoformat()}'"
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def timestamp_sql(when: pd.Timestamp | str | None) -> str:
+    """A DuckDB TIMESTAMPTZ literal for `when` (see `utc`); now() when None."""
+    return "now()" if when is None else f"TIMESTAMPTZ '{utc(when).isoformat()}'"
 
 
 def current_models_sql(as_of: str = "now()") -> str:
@@ -142,8 +144,7 @@ def promote(
     ref = model_ref(settings, model_version)
     if not ref_path(settings, model_version).exists():
         save_ref(settings, ref)
-    when = pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC")
-    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    when = utc(now) if now is not None else pd.Timestamp.now(tz="UTC")
     row = {
         "promotion_id": uuid.uuid4().hex[:12],
         "hospital": hospital,

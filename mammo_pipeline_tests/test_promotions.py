@@ -142,7 +142,8 @@ def test_cli_promote_history_prune_and_lineage_as_of(two_models):
     assert bad.exit_code == 1 and "no exported ONNX model" in bad.output
     then = runner.invoke(lineage_command, ["s1", "--as-of", "2026-11-01"])
     assert then.exit_code == 0, then.output
-    assert "current    model m1  promoted 2026-10-01" in then.output and "as of      2026-11-01" in then.output
+    assert "current    model m1  promoted 2026-10-01" in then.output
+    assert "as of      2026-11-01T00:00:00+00:00" in then.output
     data = json.loads(runner.invoke(lineage_command, ["s1", "--as-of", "2026-11-20", "--format", "json"]).output)
     assert data["current"]["model_version"] == "m2"
     assert runner.invoke(lineage_command, ["s1", "--as-of", "soon"]).exit_code == 2
