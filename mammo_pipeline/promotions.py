@@ -28,7 +28,7 @@ from mammo_pipeline.settings import Settings
 
 TABLE = "model_promotions"
 REASONS = ("checks_passed", "manual", "rollback")
-REF_FILE = "ref.json"  # models/<v>/ref.json: the exported model's ModelRef, saved when it is promoted
+REF_FILE = "ref.json"  # models/<v>/ref.json: the exported model's ModelRef (model/export.py writes it too)
 
 
 class UnknownModel(LookupError):
@@ -79,13 +79,18 @@ def current_rows_sql(table: str, as_of: str = "now()") -> str:
 
 
 def read_promotions(settings: Settings) -> pd.DataFrame:
-    """Every promotion, oldest first, with `valid_to` (the next promotion for the same scope, NULL = still)."""
+    """Every promotion, oldest first, with `valid_to`: when the next promotion that also covers its scope came
+    (for a hospital's own promotion, the next one for that hospital or for all; for an all-hospitals one, the
+    next all-hospitals one); NULL while it still holds."""
     with warehouse.connect(settings) as con:
         return con.execute(
             """
-            SELECT *, lead(promoted_at) OVER (PARTITION BY coalesce(hospital, '\x00') ORDER BY promoted_at)
-                      AS valid_to
-            FROM model_promotions ORDER BY promoted_at, promotion_id
+            SELECT p.*, (
+                SELECT min(q.promoted_at) FROM model_promotions q
+                WHERE q.promoted_at > p.promoted_at
+                  AND (q.hospital IS NULL OR q.hospital IS NOT DISTINCT FROM p.hospital)
+            ) AS valid_to
+            FROM model_promotions p ORDER BY p.promoted_at, p.promotion_id
             """
         ).df()
 

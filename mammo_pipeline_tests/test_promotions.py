@@ -91,7 +91,9 @@ def test_roll_back_and_per_hospital_promotion(two_models):
     assert study_lineage(settings, "s1", as_of="2026-11-20")["current"]["model_version"] == "m2"  # history intact
     table = promotions.read_promotions(settings)
     assert table["model_version"].tolist() == ["m1", "m2", "m1", "m1"]
-    assert table["valid_to"].isna().tolist() == [False, False, True, True]  # per scope: all, all, h2, all
+    # scopes all, all, h2, all: h2's own roll back ends when the later all-hospitals one comes
+    assert table["valid_to"].isna().tolist() == [False, False, False, True]
+    assert table["valid_to"].iloc[2] == table["promoted_at"].iloc[3]
 
 
 def test_a_promoted_model_without_predictions_keeps_the_previous_rows_current(two_models):

@@ -56,7 +56,7 @@ def _hospital_dirs(settings: Settings):
 
 @command.command("history")
 def history() -> None:
-    """Every promotion, oldest first, with the time the next one for the same scope replaced it."""
+    """Every promotion, oldest first, with the time (valid_to) a later promotion covering its scope replaced it."""
     df = promotions.read_promotions(Settings.from_env())
     if df.empty:
         click.echo("no promotions yet (the promoted_model asset records one when a model passes its checks)")
