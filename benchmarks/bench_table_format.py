@@ -9,7 +9,7 @@ Writes `--slices` (hospital, model_version) slices of `--rows` image_predictions
 Prints the ratios Delta / plain. deltalake is not a project dependency: pass `--deltalake-path DIR` for a
 folder it was installed into with `pip install --target DIR 'deltalake>=1.6,<2'`.
 
-    nice .venv/bin/python benchmarks/bench_table_format.py --slices 20 --rows 5000 --writers 2 --rounds 5
+    nice .venv/bin/python benchmarks/bench_table_format.py --slices 20 --rows 5000 --writers 2 --rounds 5 --repeat 5
 """
 
 from __future__ import annotations
@@ -91,12 +91,58 @@ def _writer(args: tuple[str, str, str, int, int, str]) -> int:
     return failures
 
 
+TIMED = ("write_ms_per_slice", "rewrite_ms_per_slice", "query_ms")
+
+
+def measure(fmt: str, writer, tmp: Path, frames: list[pd.DataFrame], a, with_concurrency: bool) -> dict[str, float]:
+    """One pass: write every slice, rewrite every slice, count rows with DuckDB, then concurrent writers."""
+    root = tmp / fmt
+    root.mkdir()
+    start = time.perf_counter()
+    for df in frames:
+        writer(root, df)
+    write_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for df in frames:  # re-materialization of the same model
+        writer(root, df)
+    rewrite_s = time.perf_counter() - start
+    if fmt == "plain":
+        source = f"read_parquet('{root}/*/*/*.parquet', {schemas.read_options('image_predictions')})"
+    else:
+        from deltalake import DeltaTable
+
+        files = [str(root / f) for f in DeltaTable(str(root)).file_uris()]
+        source = f"read_parquet({files!r}, hive_partitioning=true, hive_types_autocast=false)"
+    start = time.perf_counter()
+    n = duckdb.connect().execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+    query_s = time.perf_counter() - start
+    out = {
+        "write_ms_per_slice": 1000 * write_s / len(frames),
+        "rewrite_ms_per_slice": 1000 * rewrite_s / len(frames),
+        "query_ms": 1000 * query_s,
+        "rows": n,
+        "parquet_files_on_disk": sum(1 for _ in root.rglob("*.parquet")),
+        "concurrent_failed_commits": -1,
+        "concurrent_writes": 0,
+    }
+    if with_concurrency:
+        croot = tmp / f"{fmt}-concurrent"
+        croot.mkdir()
+        writer(croot, frame("seed", "m1", 10, 0))
+        jobs = [(fmt, str(croot), f"w{i}", a.rows, a.rounds, a.deltalake_path) for i in range(a.writers)]
+        with mp.get_context("spawn").Pool(a.writers) as pool:
+            out["concurrent_failed_commits"] = sum(pool.map(_writer, jobs))
+        out["concurrent_writes"] = a.writers * a.rounds
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=20)
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="passes per format; timings are medians")
     parser.add_argument("--deltalake-path", default="")
     a = parser.parse_args()
     if a.deltalake_path:
@@ -107,49 +153,18 @@ def main() -> None:
         raise SystemExit("deltalake is not importable; see --deltalake-path in the docstring") from None
 
     frames = [frame(f"h{i % 5}", f"m{i // 5}", a.rows, i) for i in range(a.slices)]
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "delta": []}
+    for repeat in range(a.repeat):  # formats alternate, so load from other jobs hits both alike
         for fmt, writer in (("plain", write_plain), ("delta", write_delta)):
-            root = Path(tmp) / fmt
-            root.mkdir()
-            start = time.perf_counter()
-            for df in frames:
-                writer(root, df)
-            write_s = time.perf_counter() - start
-            # rewrite every slice once (re-materialization of the same model)
-            start = time.perf_counter()
-            for df in frames:
-                writer(root, df)
-            rewrite_s = time.perf_counter() - start
-            if fmt == "plain":
-                source = f"read_parquet('{root}/*/*/*.parquet', {schemas.read_options('image_predictions')})"
-            else:
-                from deltalake import DeltaTable
-
-                files = [str(root / f) for f in DeltaTable(str(root)).file_uris()]
-                source = f"read_parquet({files!r}, hive_partitioning=true, hive_types_autocast=false)"
-            start = time.perf_counter()
-            n = duckdb.connect().execute(f"SELECT count(*) FROM {source}").fetchone()[0]
-            query_s = time.perf_counter() - start
-            files_on_disk = sum(1 for _ in root.rglob("*.parquet"))
-            croot = Path(tmp) / f"{fmt}-concurrent"
-            croot.mkdir()
-            writer(croot, frame("seed", "m1", 10, 0))
-            jobs = [(fmt, str(croot), f"w{i}", a.rows, a.rounds, a.deltalake_path) for i in range(a.writers)]
-            with mp.get_context("spawn").Pool(a.writers) as pool:
-                failures = sum(pool.map(_writer, jobs))
-            results[fmt] = {
-                "write_ms_per_slice": 1000 * write_s / a.slices,
-                "rewrite_ms_per_slice": 1000 * rewrite_s / a.slices,
-                "query_ms": 1000 * query_s,
-                "rows": n,
-                "parquet_files_on_disk": files_on_disk,
-                "concurrent_failed_commits": failures,
-                "concurrent_writes": a.writers * a.rounds,
-            }
+            with tempfile.TemporaryDirectory() as tmp:
+                runs[fmt].append(measure(fmt, writer, Path(tmp), frames, a, with_concurrency=repeat == 0))
+    results = {
+        fmt: {k: float(np.median([r[k] for r in rs])) if k in TIMED else rs[0][k] for k in rs[0]}
+        for fmt, rs in runs.items()
+    }
     for fmt, r in results.items():
         print(fmt, {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()})
-    for key in ("write_ms_per_slice", "rewrite_ms_per_slice", "query_ms"):
+    for key in TIMED:
         print(f"{key}: delta/plain = {results['delta'][key] / results['plain'][key]:.2f}x")
 
 

@@ -90,7 +90,7 @@ def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp 
     first = images.iloc[0]
     return {
         "study_instance_uid": study_uid,
-        "as_of": "now" if as_of is None else str(pd.Timestamp(as_of)),
+        "as_of": "now" if as_of is None else promotions.utc(as_of).isoformat(),
         "hospital": hospital,
         "drops": sorted(images["drop"].dropna().unique().tolist()),
         "current": _clean(

@@ -28,20 +28,22 @@ from mammo_pipeline.settings import Settings
 
 TABLE = "model_promotions"
 REASONS = ("checks_passed", "manual", "rollback")
-REF_FILE = "ref.json"  # models/<v>/ref.json: the exported model's ModelRef, saved when it is promoted
+REF_FILE = "ref.json"  # models/<v>/ref.json: the exported model's ModelRef (model/export.py writes it too)
 
 
 class UnknownModel(LookupError):
     """No exported model with this version."""
 
 
-def timestamp_sql(when: pd.Timestamp | str | None) -> str:
-    """A DuckDB TIMESTAMPTZ literal for `when` (a date means its start, UTC); now() when None."""
-    if when is None:
-        return "now()"
+def utc(when: pd.Timestamp | str | datetime) -> pd.Timestamp:
+    """`when` as a UTC timestamp; a value without a time zone is taken as UTC, a date as its start."""
     ts = pd.Timestamp(when)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return f"TIMESTAMPTZ '{ts.isoformat()}'"
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def timestamp_sql(when: pd.Timestamp | str | None) -> str:
+    """A DuckDB TIMESTAMPTZ literal for `when` (see `utc`); now() when None."""
+    return "now()" if when is None else f"TIMESTAMPTZ '{utc(when).isoformat()}'"
 
 
 def current_models_sql(as_of: str = "now()") -> str:
@@ -77,13 +79,18 @@ def current_rows_sql(table: str, as_of: str = "now()") -> str:
 
 
 def read_promotions(settings: Settings) -> pd.DataFrame:
-    """Every promotion, oldest first, with `valid_to` (the next promotion for the same scope, NULL = still)."""
+    """Every promotion, oldest first, with `valid_to`: when the next promotion that also covers its scope came
+    (for a hospital's own promotion, the next one for that hospital or for all; for an all-hospitals one, the
+    next all-hospitals one); NULL while it still holds."""
     with warehouse.connect(settings) as con:
         return con.execute(
             """
-            SELECT *, lead(promoted_at) OVER (PARTITION BY coalesce(hospital, '\x00') ORDER BY promoted_at)
-                      AS valid_to
-            FROM model_promotions ORDER BY promoted_at, promotion_id
+            SELECT p.*, (
+                SELECT min(q.promoted_at) FROM model_promotions q
+                WHERE q.promoted_at > p.promoted_at
+                  AND (q.hospital IS NULL OR q.hospital IS NOT DISTINCT FROM p.hospital)
+            ) AS valid_to
+            FROM model_promotions p ORDER BY p.promoted_at, p.promotion_id
             """
         ).df()
 
@@ -142,8 +149,7 @@ def promote(
     ref = model_ref(settings, model_version)
     if not ref_path(settings, model_version).exists():
         save_ref(settings, ref)
-    when = pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC")
-    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    when = utc(now) if now is not None else pd.Timestamp.now(tz="UTC")
     row = {
         "promotion_id": uuid.uuid4().hex[:12],
         "hospital": hospital,

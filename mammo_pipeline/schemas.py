@@ -76,6 +76,55 @@ MODEL_PROMOTIONS = pa.schema(
 )
 
 
+# labels/current.parquet, written by defs/labels.py (issue 16 owns the writer; types as it writes them today).
+LABELS = pa.schema(
+    [
+        ("image_id", _I64),
+        ("sop_instance_uid", _STR),
+        ("hospital", _STR),
+        ("study_instance_uid", _STR),
+        ("patient_key", _STR),
+        ("label", _STR),  # 'biopsy' | 'mag' | 'neither' | 'both'
+        ("has_biopsy_marker", _BOOL),
+        ("is_mag_view", _BOOL),
+        ("split", _STR),  # 'train' | 'audit'
+        ("annotator", _STR),
+        ("event_id", _I64),
+        ("labeled_at", _STR),
+        ("snapshot_id", _STR),
+        ("model_png", _STR),
+        ("display_png", _STR),
+    ]
+)
+
+# warehouse/model_registry/<v>.parquet, written by model/registry.py (its COLUMNS, with these types).
+MODEL_REGISTRY = pa.schema(
+    [
+        ("model_version", _STR),
+        ("created_at", _TS),
+        ("label_snapshot_id", _STR),
+        ("n_train", _I64),
+        ("n_audit", _I64),
+        ("label_counts", _STR),  # JSON
+        ("hyperparameters", _STR),  # JSON
+        ("seed", _I64),
+        ("pretrained", _STR),
+        ("pretrained_source", _STR),
+        *((name, _F64) for name in ("accuracy", "accuracy_3class", "biopsy_precision", "biopsy_recall", "biopsy_f1")),
+        *((name, _F64) for name in ("mag_precision", "mag_recall", "mag_f1")),
+        ("per_hospital_accuracy", _STR),  # JSON
+        ("ece", _F64),
+        ("train_seconds", _F64),
+        ("onnx_sha256", _STR),
+        ("int8_accuracy", _F64),
+        ("fp32_accuracy", _F64),
+        ("onnx_bytes", _I64),
+        ("int8_bytes", _I64),
+        ("inference_file", _STR),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """Where a table lives and how its folders are laid out."""
@@ -83,7 +132,7 @@ class TableSpec:
     name: str
     hive_keys: tuple[str, ...]  # folder levels below the table, e.g. ('hospital', 'model_version')
     schema_ref: str  # 'module:ATTRIBUTE' of the pyarrow schema, imported on demand (no import cycles)
-    strict: bool = True  # False: read as stored (schema owned by a module that has no pyarrow schema yet)
+    strict: bool = True  # False: schema columns typed, columns the schema does not know yet passed through
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -108,9 +157,9 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("image_predictions", ("hospital", "model_version"), "mammo_pipeline.schemas:IMAGE_PREDICTIONS"),
         TableSpec("study_predictions", ("hospital", "model_version"), "mammo_pipeline.schemas:STUDY_PREDICTIONS"),
         TableSpec("model_promotions", (), "mammo_pipeline.schemas:MODEL_PROMOTIONS"),
-        # labels (issue 16) and model_registry (model/registry.py) have column lists but no pyarrow schema yet.
-        TableSpec("labels", (), "", strict=False),
-        TableSpec("model_registry", (), "", strict=False),
+        # Their writers live elsewhere and may add columns before this file learns them: those pass through.
+        TableSpec("labels", (), "mammo_pipeline.schemas:LABELS", strict=False),
+        TableSpec("model_registry", (), "mammo_pipeline.schemas:MODEL_REGISTRY", strict=False),
     )
 }
 
@@ -174,12 +223,12 @@ def duckdb_type(t: pa.DataType) -> str:
 def select_sql(table: str, source: str, present: set[str]) -> str:
     """The typed SELECT over `source` (a read_parquet call) for a table whose files hold columns `present`.
 
-    Strict tables give every schema column (cast; typed NULL when no file has it) plus the hive keys, and
-    nothing else; the others give `*` with the hive keys as VARCHAR.
+    Every schema column comes cast (a typed NULL when no file has it), plus the hive keys as VARCHAR; a
+    non-strict table also passes through the columns its schema does not know yet.
     """
     spec = TABLES[table]
     schema = spec.schema
-    if schema is None or not spec.strict:
+    if schema is None:
         return f"SELECT * FROM {source}"
     cols = []
     for field in schema:
@@ -191,6 +240,8 @@ def select_sql(table: str, source: str, present: set[str]) -> str:
         else:
             cols.append(f"CAST(NULL AS {duckdb_type(field.type)}) AS {ident}")
     cols += [f'"{k}"' for k in spec.hive_keys if k not in schema.names]
+    if not spec.strict:
+        cols += [f'"{c}"' for c in sorted(present - set(schema.names) - set(spec.hive_keys))]
     return f"SELECT {', '.join(cols)} FROM {source}"
 
 

@@ -55,6 +55,8 @@ def test_new_drop_is_sensed_and_processed_into_predictions(settings, defs, insta
     job = defs.resolve_job_def("process_hospital")
     result = job.execute_in_process(partition_key=request.partition_key, instance=instance, tags=request.tags)
     assert result.success
+    checks = {e.check_name for e in result.get_asset_check_evaluations()}  # the drift checks run with the chain
+    assert checks == {"no_unlabeled_device", "class_rates_near_audit", "needs_review_not_growing"}
 
     images = pd.read_parquet(settings.table_dir("image_cache", hospital))
     predictions = warehouse.read_slice(settings, "image_predictions", hospital, ref.model_version)

@@ -37,7 +37,9 @@ def promote(version: str, hospital: str | None, rollback: bool, note: str) -> No
         raise click.ClickException(str(e)) from e
     warehouse.refresh_views(settings)
     scope = hospital or "every hospital"
-    click.echo(f"{version} is current for {scope} since {row['promoted_at']} (was {row['previous_model_version']})")
+    click.echo(
+        f"{version} is current for {scope} since {row['promoted_at']} (was {row['previous_model_version'] or 'none'})"
+    )
     predicted = set(promotions.predicted_hospitals(settings, version))
     wanted = [hospital] if hospital else [p.name.split("=", 1)[1] for p in _hospital_dirs(settings)]
     missing = [h for h in wanted if h not in predicted]
@@ -54,12 +56,14 @@ def _hospital_dirs(settings: Settings):
 
 @command.command("history")
 def history() -> None:
-    """Every promotion, oldest first, with the time the next one for the same scope replaced it."""
+    """Every promotion, oldest first, with the time (valid_to) a later promotion covering its scope replaced it."""
     df = promotions.read_promotions(Settings.from_env())
     if df.empty:
         click.echo("no promotions yet (the promoted_model asset records one when a model passes its checks)")
         return
     df["hospital"] = df["hospital"].fillna("(all)")
+    df["previous_model_version"] = df["previous_model_version"].fillna("-")
+    df["valid_to"] = df["valid_to"].astype(object).where(df["valid_to"].notna(), "(current)")
     cols = ["promoted_at", "valid_to", "hospital", "model_version", "reason", "previous_model_version", "promoted_by"]
     click.echo(df[cols].to_string(index=False))
 

@@ -10,9 +10,10 @@ promotion once the ONNX export's blocking checks passed, and the `*_current` vie
 from collections import Counter
 
 import dagster as dg
+import pandas as pd
 
 from mammo_pipeline import promotions, schemas, warehouse
-from mammo_pipeline.model.infer import load_model, write_predictions
+from mammo_pipeline.model.infer import InferenceStats, load_model, write_predictions
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.progress import every
 from mammo_pipeline.settings import Settings
@@ -107,11 +108,23 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
     manifest = warehouse.read_partition(settings, "image_cache", hospital)
     if len(manifest):
         manifest = manifest.drop_duplicates("sop_instance_uid", keep="last")
-    context.log.info(f"Predicting {len(manifest)} images of {hospital} with model {ref.model_version}")
     path = warehouse.slice_file(settings, "image_predictions", hospital, ref.model_version)
-    stats = write_predictions(
-        settings, manifest, model, path, run_id=context.run.run_id, progress=every(10, context.log.info, "predicted")
-    )
+    newest = pd.to_datetime(manifest["cached_at"], utc=True).max() if "cached_at" in manifest else None
+    sops = set(manifest["sop_instance_uid"]) if len(manifest) else set()
+    unchanged = len(manifest) > 0 and warehouse.slice_is_fresh(path, sops, model.sha256, newest)
+    if unchanged:  # nightly re-runs: same model, same images: keep the slice and its lineage
+        context.log.info(f"{hospital}: predictions of model {ref.model_version} are up to date; nothing to do")
+        stats = InferenceStats(n_images=len(sops))
+    else:
+        context.log.info(f"Predicting {len(manifest)} images of {hospital} with model {ref.model_version}")
+        stats = write_predictions(
+            settings,
+            manifest,
+            model,
+            path,
+            run_id=context.run.run_id,
+            progress=every(10, context.log.info, "predicted"),
+        )
     schemas.check_file("image_predictions", path)
     warehouse.refresh_views(settings)
     classes = warehouse.query(settings, f"SELECT predicted_class, count(*) AS n FROM read_parquet('{path}') GROUP BY 1")
@@ -125,6 +138,7 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             "path": dg.MetadataValue.path(str(path)),
             "dagster/row_count": stats.n_images,
             "missing_png": stats.n_missing,
+            "unchanged": unchanged,
             "images_per_second": round(stats.images_per_second, 1),
             "class_counts": dg.MetadataValue.json(class_counts),
         }

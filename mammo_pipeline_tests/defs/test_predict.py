@@ -1,6 +1,7 @@
 """The prediction assets end to end, with fake upstream assets standing in for onnx_model, image_cache, dicom_index."""
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from mammo_pipeline import promotions, warehouse
@@ -140,3 +141,18 @@ def test_a_model_whose_parity_check_failed_is_not_promoted(settings, instance):
     (failure,) = result.get_step_failure_events()
     assert "onnx_matches_pytorch failed" in failure.event_specific_data.error.message
     assert promotions.read_promotions(settings).empty
+
+
+def test_same_model_same_images_keeps_the_slice_and_its_run(settings, instance):
+    first = _run(settings, instance, ASSETS)
+    again = _run(settings, instance, [image_predictions, study_predictions])
+    images = warehouse.read_slice(settings, "image_predictions", HOSPITAL, "m1")
+    assert set(images["dagster_run_id"]) == {first.run_id}
+    assert again.asset_materializations_for_node("image_predictions")[0].metadata["unchanged"].value is True
+
+    manifest_path = settings.table_dir("image_cache", HOSPITAL) / "manifest.parquet"
+    manifest = pd.read_parquet(manifest_path).assign(cached_at=pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1))
+    manifest.to_parquet(manifest_path)  # an image re-rendered after the predictions were made
+    third = _run(settings, instance, [image_predictions, study_predictions])
+    images = warehouse.read_slice(settings, "image_predictions", HOSPITAL, "m1")
+    assert set(images["dagster_run_id"]) == {third.run_id}
