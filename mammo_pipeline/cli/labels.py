@@ -11,7 +11,12 @@ from mammo_pipeline.settings import Settings
 
 @click.group("labels")
 def command() -> None:
-    """Facts about the label store."""
+    """Facts about the label store.
+
+    \b
+    Example:
+        mammo labels stats
+    """
 
 
 @command.command("stats")
