@@ -56,7 +56,7 @@
     document.getElementById("image_id").value = id;
     document.getElementById("seen_event").value = slide ? slide.dataset.seenEvent : "";
     if (card) card.dataset.imageId = id;
-    card.classList.toggle("waiting", !slide);
+    card.classList.toggle("waiting", !slide && !!card.querySelector(".slides"));
     closeOverlays();
     setVar("--zoom", 1); // a new image starts unzoomed; brightness, contrast and invert carry over
   }
@@ -72,7 +72,12 @@
   function merge(fresh) {
     const card = document.getElementById("card");
     const cur = shown();
-    if (!cur || !card || !fresh.querySelector(".slide")) { replaceCard(fresh); return; }
+    if (!cur || !card || !fresh.querySelector(".slide")) {
+      // nothing on screen (the burst outran the loaded images): show the first image not labeled meanwhile
+      fresh.querySelectorAll(".slide").forEach((s) => { if (pending.has(s.dataset.imageId)) s.remove(); });
+      replaceCard(fresh);
+      return;
+    }
     const box = card.querySelector(".slides");
     box.querySelectorAll(".slide[hidden]").forEach((s) => s.remove());
     fresh.querySelectorAll(".slide").forEach((s) => {
@@ -89,7 +94,7 @@
     const card = document.getElementById("card");
     card.replaceWith(fresh);
     htmx.process(fresh);
-    show(fresh.querySelector(".slide:not([hidden])") || fresh.querySelector(".slide"));
+    show(fresh.querySelector(".slide:not([hidden])") || fresh.querySelector(".slide") || null);
   }
   function applyOob(doc) {
     doc.querySelectorAll("[hx-swap-oob]").forEach((el) => {
