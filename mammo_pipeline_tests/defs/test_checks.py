@@ -43,6 +43,8 @@ def test_checks_warn_on_the_crafted_partition_only(settings):
             verdicts[hospital, evaluation.check_name] = evaluation.passed
             if not evaluation.passed:
                 assert "label" in evaluation.description.lower()
+            if evaluation.check_name == "class_rates_near_audit":
+                assert "| biopsy |" in evaluation.metadata["shares"].value
     checks = ("no_unlabeled_device", "class_rates_near_audit", "needs_review_not_growing")
     assert all(verdicts["normal", c] for c in checks)
     assert not any(verdicts["odd", c] for c in checks)
