@@ -242,6 +242,7 @@ class LabelStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             # 128 MB of page cache: bulk writes of a million rows touch every index at random places.
             conn.execute("PRAGMA cache_size=-131072")
+            conn.execute("PRAGMA temp_store=MEMORY")  # bulk writes stage rows and sort indexes in temp tables
             db = sqlite_utils.Database(conn)
             if not hasattr(_local, "dbs"):
                 _local.dbs = {}

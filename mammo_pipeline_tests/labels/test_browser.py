@@ -210,3 +210,55 @@ def test_each_key_labels_the_image_on_screen_and_the_next_shows_before_the_serve
     finally:
         browser.close()
         pw.stop()
+
+
+def test_f_key_and_mouse_wheel_show_a_native_resolution_crop_around_the_pointer(settings):
+    from playwright.sync_api import sync_playwright
+
+    from mammo_pipeline_tests.dicom.crafted import breast, make_ds
+
+    manifest = write_images(settings.cache, 2, size=(300, 240))
+    rel = "h1/d1/p0/zoom.dcm"
+    (settings.landing / rel).parent.mkdir(parents=True, exist_ok=True)
+    make_ds(breast(1200, 960), WindowCenter=1800, WindowWidth=3000).save_as(
+        settings.landing / rel, enforce_file_format=True
+    )
+    manifest["rel_path"] = [rel, rel]
+    store = LabelStore(settings.labels_db)
+    store.sync_images(manifest, audit_fraction=0.0)
+    app = create_app(settings, annotator="reader1", secret="browser-test")
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        zooms: list[str] = []
+        page.on("request", lambda r: zooms.append(r.url) if "/zoom/" in r.url else None)
+        page.goto(f"http://127.0.0.1:{port}/")
+        box = page.locator("#shot").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)
+        page.keyboard.press("f")
+        page.wait_for_function("() => !document.getElementById('loupe').hidden", timeout=15000)
+        page.wait_for_function("() => document.getElementById('loupe-img').naturalWidth > 0")
+        # native resolution: a 512 x 512 crop of the 1200 x 960 DICOM, not of the 300 x 240 display PNG
+        assert page.evaluate(
+            "[document.getElementById('loupe-img').naturalWidth, document.getElementById('loupe-img').naturalHeight]"
+        ) == [512, 512]
+        x, y = (float(v.split("=")[1]) for v in zooms[-1].split("?")[1].split("&"))
+        assert abs(x - 0.25) < 0.02 and abs(y - 0.75) < 0.02
+        page.mouse.wheel(0, 200)  # wheel down closes it
+        page.wait_for_function("() => document.getElementById('loupe').hidden")
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        page.mouse.wheel(0, -200)  # wheel up opens it again, around the new pointer position
+        page.wait_for_function("() => !document.getElementById('loupe').hidden", timeout=15000)
+        assert len(zooms) == 2 and "x=0.5" in zooms[-1]
+    finally:
+        browser.close()
+        pw.stop()
+        srv.should_exit = True
+        thread.join(10)
