@@ -661,6 +661,7 @@ class Header:
     def __init__(self, ds: Dataset, codec: str | None = None, *, top: bool = True) -> None:
         self.ds = ds
         self.memo: dict[str, list[str]] = {}
+        self.sequences: dict[str, list[Header]] = {}
         self.codec = _codec(self) if top else codec
 
     def strings(self, keyword: str) -> list[str]:
@@ -670,6 +671,12 @@ class Header:
         return hit
 
     def items(self, keyword: str) -> list[Header]:
+        hit = self.sequences.get(keyword)
+        if hit is None:
+            hit = self.sequences[keyword] = self._items(keyword)
+        return hit
+
+    def _items(self, keyword: str) -> list[Header]:
         tag = _TAG_OF.get(keyword) or tag_for_keyword(keyword)
         try:
             elem = _element(self.ds, tag)

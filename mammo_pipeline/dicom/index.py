@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -146,13 +147,17 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     for table in ("dicom_index", "quarantine"):
         remove_stale_temps(settings.table_dir(table, hospital))
     files: dict[str, list[tuple[str, int, int, str]]] = {}  # drop -> [(path, size, mtime_ns, pseudonymized path)]
+    real: dict[str, dict[str, str]] = {}  # drop -> {pseudonymized path: real landing-relative path}
+    prefix = len(str(settings.landing)) + 1
     for drop, path in iter_dicom_files(settings.landing, hospital):
         stat = path.stat()
-        rel = source_paths.pseudonymize_path(salt, _rel(path, settings.landing))
-        files.setdefault(drop, []).append((str(path), stat.st_size, stat.st_mtime_ns, rel))
+        text = str(path)
+        real_rel = text[prefix:] if os.sep == "/" else _rel(path, settings.landing)
+        rel = source_paths.pseudonymize_path(salt, real_rel)
+        files.setdefault(drop, []).append((text, stat.st_size, stat.st_mtime_ns, rel))
+        real.setdefault(drop, {})[rel] = real_rel
     result.files = sum(len(v) for v in files.values())
-    for drop, entries in files.items():
-        mapping = {rel: _rel(path, settings.landing) for path, _, _, rel in entries}
+    for drop, mapping in real.items():
         source_paths.write_lookup(settings, hospital, drop, mapping)
 
     plans = {drop: _plan_drop(settings, hospital, drop, entries) for drop, entries in files.items()}
@@ -191,8 +196,8 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
                 new_quarantine.append(_duplicate_row(row, message))
         result.new += len(unique)
         reasons.update(q["reason"] for q in new_quarantine)
-        rows = sorted(plan.kept_rows + unique, key=lambda r: r["rel_path"])
-        result.index_paths.append(write_index(rows, index_path(settings, hospital, drop)))
+        rows = sorted(plan.kept_rows + unique, key=lambda r: r["rel_path"])  # rows are conformed already
+        result.index_paths.append(write_index(rows, index_path(settings, hospital, drop), conformed=True))
         quarantine = sorted(plan.kept_quarantine + new_quarantine, key=lambda r: r["rel_path"])
         result.quarantine_paths.append(write_quarantine(quarantine, index_quarantine_path(settings, hospital, drop)))
     if progress and total == 0:
@@ -288,9 +293,10 @@ def remove_stale_temps(folder: Path, older_than_s: float = STALE_TEMP_SECONDS) -
     return n
 
 
-def write_index(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write dicom_index rows to one Parquet file atomically, with the fixed schema (rows conformed first)."""
-    table = pa.Table.from_pylist([conform_row(r) for r in rows], schema=SCHEMA)
+def write_index(rows: list[dict[str, Any]], path: Path, *, conformed: bool = False) -> Path:
+    """Write dicom_index rows to one Parquet file atomically, with the fixed schema (rows conformed first unless
+    the caller says they are)."""
+    table = pa.Table.from_pylist(rows if conformed else [conform_row(r) for r in rows], schema=SCHEMA)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path

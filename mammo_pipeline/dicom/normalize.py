@@ -358,7 +358,12 @@ def render_pixels(ds: Dataset, pixels: np.ndarray, sizes: Sequence[int] = (1024,
     if ds.get("ModalityLUTSequence"):  # a LUT is not linear: apply it per pixel, then average
         values, inside = resize_masked(apply_rescale(pixels, ds), weight, work_shape)
     else:  # rescale is linear, so averaging first is exact and cheaper
-        values, inside = resize_masked(pixels, weight, work_shape)
+        zero = (
+            padding is not None
+            and _floats(ds, "PixelPaddingValue")[:1] == [0.0]
+            and not _floats(ds, "PixelPaddingRangeLimit")
+        )
+        values, inside = resize_masked(pixels, weight, work_shape, zero_outside=zero)
         values = apply_rescale(values, ds)
     mask = None if inside is None else inside > 0
     display, method, reason = apply_voi(values, ds, mask)
@@ -369,7 +374,7 @@ def render_pixels(ds: Dataset, pixels: np.ndarray, sizes: Sequence[int] = (1024,
         display = np.where(mask, display, np.float32(0.0))  # padding is no image: black
     images = {}
     for size in wanted:
-        small, _ = resize_masked(display, mask, target_shape(source_shape, size))
+        small, _ = resize_masked(display, mask, target_shape(source_shape, size), zero_outside=True)
         images[size] = to_uint8(small)
     return Rendition(images, method, reason or None, inverted, source_shape)
 
@@ -386,23 +391,26 @@ def padding_mask(ds: Dataset, pixels: np.ndarray) -> np.ndarray | None:
         return None
     limits = _floats(ds, "PixelPaddingRangeLimit")
     lo, hi = sorted((values[0], limits[0] if limits else values[0]))
-    mask = (pixels >= lo) & (pixels <= hi)
+    mask = pixels == lo if lo == hi else (pixels >= lo) & (pixels <= hi)
     return mask if mask.any() else None
 
 
 def resize_masked(
-    arr: np.ndarray, weight: np.ndarray | None, shape: tuple[int, int]
+    arr: np.ndarray, weight: np.ndarray | None, shape: tuple[int, int], *, zero_outside: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Area-resize `arr` averaging only where `weight` (HxW bool, True = image) is set; (values, output weight).
 
     Each output pixel is the mean of the image pixels it covers (0 where it covers none), and the output weight
     is the image share of its area (float32 in [0, 1]). Without `weight`, plain `resize_area` and None.
+    `zero_outside` says `arr` is already 0 wherever `weight` is False (padding stored as 0), saving a copy.
     """
     if weight is None:
         return resize_area(arr, shape), None
-    w = weight.astype(np.float32)
-    covered = resize_area(w, shape)
-    summed = resize_area(np.where(weight, arr, 0).astype(np.float32), shape)
+    # mean(value * inside) / mean(inside) per output pixel; both means in the input's own integer dtype where it
+    # has one (the block mean's fast integer path), never a full-size float copy
+    covered = resize_area(weight.view(np.uint8) if weight.dtype == bool else weight, shape)
+    zeroed = arr if zero_outside else np.where(weight, arr, np.zeros((), dtype=arr.dtype))
+    summed = resize_area(zeroed, shape)
     with np.errstate(divide="ignore", invalid="ignore"):
         values = np.where(covered > 0, summed / np.maximum(covered, np.float32(1e-12)), np.float32(0.0))
     return values.astype(np.float32), covered
