@@ -60,6 +60,7 @@ INDEX_COLUMNS = [
     "for_processing",
     "file_size",
     "file_mtime_ns",
+    "image_kind",  # 2d, synthesized_2d, digitized_film, ... (dicom.headers.classify); absent in older indexes
 ]
 MANIFEST_EVERY = 2000  # images between folding the journals into manifest.parquet (each fold rereads it)
 PNG_COMPRESS_LEVEL = 3  # zlib level: most of level 9's size at a fraction of its time
@@ -75,6 +76,7 @@ SCHEMA = pa.schema(
         ("rel_path", _STR),
         ("view_position", _STR),
         ("laterality", _STR),
+        ("image_kind", _STR),
         ("meta_mag", _BOOL),
         ("meta_spot", _BOOL),
         ("display_png", _STR),
@@ -253,7 +255,11 @@ def read_manifest(settings: Settings, hospital: str) -> pd.DataFrame:
 def _read_index(settings: Settings, hospital: str) -> pd.DataFrame:
     """The index columns the cache needs (not the whole header row), so memory stays small per image."""
     files = sorted(settings.table_dir("dicom_index", hospital).glob("*.parquet"))
-    frames = [pq.read_table(f, columns=INDEX_COLUMNS).to_pandas() for f in files]
+    frames = []
+    for f in files:
+        present = set(pq.read_schema(f).names)
+        frame = pq.read_table(f, columns=[c for c in INDEX_COLUMNS if c in present]).to_pandas()
+        frames.append(frame.reindex(columns=INDEX_COLUMNS))
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INDEX_COLUMNS)
 
@@ -340,7 +346,7 @@ def _is_current(prior: dict[str, Any], image: dict[str, Any], settings: Settings
 
 def _manifest_row(settings: Settings, hospital: str, image: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
     sop = image["sop_instance_uid"]
-    keep = ("study_instance_uid", "patient_key", "drop", "rel_path", "view_position", "laterality")
+    keep = ("study_instance_uid", "patient_key", "drop", "rel_path", "view_position", "laterality", "image_kind")
     row = {k: image.get(k) for k in keep}
     row.update({k: outcome[k] for k in SCHEMA.names if k in outcome})
     return row | {

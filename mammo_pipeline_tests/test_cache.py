@@ -346,3 +346,15 @@ def test_a_run_starting_while_another_writes_a_png_leaves_its_temp_alone(setting
     bad = list(quarantine[quarantine["stage"] == "cache"]["rel_path"])
     assert [resolve(settings, "h1", p) for p in bad] == [settings.landing / "h1/d1/bad/img.dcm"]
     assert not list(settings.table_dir("image_cache", "h1").glob(".journal-*"))
+
+
+def test_the_image_kind_of_the_index_reaches_the_manifest(settings):
+    """Synthesized 2D images are kept but flagged: the flag travels with the rendition to training and inference."""
+    root = settings.landing / "h1" / "d1"
+    plain, cview = generate_uid(), generate_uid()
+    write_mg(root / "p0" / "a.dcm", SOPInstanceUID=plain)
+    write_mg(root / "p0" / "b.dcm", SOPInstanceUID=cview, SeriesDescription="L CC C-View")
+    index_hospital(settings, "h1")
+    cache_hospital(settings, "h1")
+    kinds = read_manifest(settings, "h1").set_index("sop_instance_uid")["image_kind"].to_dict()
+    assert kinds == {plain: "2d", cview: "synthesized_2d"}
