@@ -19,6 +19,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.staticfiles import StaticFiles
 
 from mammo_pipeline.atomic import atomic_path
+from mammo_pipeline.dicom.source_paths import resolve as resolve_source
 from mammo_pipeline.labels import components as ui
 from mammo_pipeline.labels import security
 from mammo_pipeline.labels.queues import QUEUES
@@ -119,7 +120,13 @@ def create_app(
         raise ValueError(f"lease_seconds must be positive, not {lease_seconds}")
     cache_root = Path(cache_root).resolve()
     store = LabelStore(db_path, seed=seed)
-    zoom = ZoomCache(Path(landing), cache_root / "zoom")
+    resolve = None
+    if settings is not None:  # rel_path in the store is pseudonymized: <hospital>/<drop>/<hash>
+
+        def resolve(rel: str) -> Path:
+            return resolve_source(settings, rel.split("/", 1)[0], rel)
+
+    zoom = ZoomCache(Path(landing), cache_root / "zoom", resolve)
     if team:
         users = load_annotators() if users is None else users
         if not users:

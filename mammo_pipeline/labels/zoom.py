@@ -8,10 +8,12 @@ The full-size rendition of the last few images stays in memory (LRU) and every c
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +69,11 @@ def crop_box(shape: tuple[int, int], x: float, y: float, size: int) -> tuple[int
 class ZoomCache:
     """Crops of DICOM files under `landing`, cached as PNG files under `folder`."""
 
-    def __init__(self, landing: Path, folder: Path) -> None:
+    def __init__(self, landing: Path, folder: Path, resolve: Callable[[str], Path] | None = None) -> None:
+        """`resolve` turns a pseudonymized `rel_path` into the real file (`dicom.source_paths.resolve`); a path
+        it does not know (KeyError) is taken as relative to `landing`."""
         self.landing = Path(landing).resolve()
+        self.resolve = resolve
         self.folder = Path(folder)
         self._rendered: OrderedDict[Path, np.ndarray] = OrderedDict()
         self._shapes: dict[Path, tuple[int, int]] = {}
@@ -77,7 +82,11 @@ class ZoomCache:
     def _source(self, rel: str | None) -> Path:
         if not rel:
             raise NoSource("no DICOM file is known for this image (re-run image_cache, then restart the app)")
-        path = (self.landing / rel).resolve()
+        path = self.landing / rel
+        if self.resolve is not None:
+            with contextlib.suppress(KeyError):
+                path = self.resolve(rel)
+        path = path.resolve()
         if not path.is_relative_to(self.landing) or not path.is_file():
             raise NoSource("the image's DICOM file is not under the landing folder")
         return path

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from mammo_pipeline.labels.app import create_app
 from mammo_pipeline.labels.store import LabelStore
 
 from .conftest import write_images
+from .live_server import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "labeling_app.png"
@@ -31,12 +29,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(settings):
     """The app on a free loopback port, over a store of 8 mammogram-like images with model hints."""
@@ -51,17 +43,8 @@ def server(settings):
     )
     store.set_predictions(hints)
     app = create_app(settings, annotator="reader1", secret="browser-test")
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", store
-    srv.should_exit = True
-    thread.join(10)
+    with serve(app) as url:
+        yield url, store
 
 
 def test_key_burst_labels_consecutive_images_and_undo(server):
@@ -213,7 +196,6 @@ def test_each_key_labels_the_image_on_screen_and_the_next_shows_before_the_serve
 
 
 def test_f_key_and_mouse_wheel_show_a_native_resolution_crop_around_the_pointer(settings):
-    from playwright.sync_api import sync_playwright
 
     from mammo_pipeline_tests.dicom.crafted import breast, make_ds
 
@@ -227,19 +209,20 @@ def test_f_key_and_mouse_wheel_show_a_native_resolution_crop_around_the_pointer(
     store = LabelStore(settings.labels_db)
     store.sync_images(manifest, audit_fraction=0.0)
     app = create_app(settings, annotator="reader1", secret="browser-test")
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
+    with serve(app) as url:
+        _zoom_in_the_browser(url)
+
+
+def _zoom_in_the_browser(url: str) -> None:
+    from playwright.sync_api import sync_playwright
+
     pw = sync_playwright().start()
     browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
     try:
         page = browser.new_page(viewport={"width": 1200, "height": 800})
         zooms: list[str] = []
         page.on("request", lambda r: zooms.append(r.url) if "/zoom/" in r.url else None)
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(f"{url}/")
         box = page.locator("#shot").bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)
         page.keyboard.press("f")
@@ -260,5 +243,3 @@ def test_f_key_and_mouse_wheel_show_a_native_resolution_crop_around_the_pointer(
     finally:
         browser.close()
         pw.stop()
-        srv.should_exit = True
-        thread.join(10)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
-import uvicorn
 
 from mammo_pipeline.labels.app import create_app, hash_password
 from mammo_pipeline.labels.store import LabelStore
 
 from .conftest import write_images
-from .test_browser import ARGS, CHROMIUM, _free_port
+from .live_server import serve
+from .test_browser import ARGS, CHROMIUM
 
 pytestmark = [
     pytest.mark.browser,
@@ -25,17 +24,8 @@ def team_server(settings):
     store = LabelStore(settings.labels_db)
     store.sync_images(write_images(settings.cache, 4), audit_fraction=0.0)
     app = create_app(settings, team=True, users={"bob": hash_password("builder")}, secret="browser-test")
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", store
-    srv.should_exit = True
-    thread.join(10)
+    with serve(app) as url:
+        yield url, store
 
 
 def test_sign_in_label_and_sign_out_through_the_pages(team_server):

@@ -113,3 +113,21 @@ def test_heat_map_without_the_explain_module_or_a_model_is_a_clear_503_or_404(zo
     monkeypatch.setitem(sys.modules, "mammo_pipeline.model.explain", types.SimpleNamespace(heatmap_png=no_model))
     r = client.get(f"/heatmap/{ids[0]}")
     assert r.status_code == 404 and "no trained model" in r.text
+
+
+def test_zoom_finds_the_dicom_behind_a_pseudonymized_path(settings):
+    """The store holds the index's pseudonymized rel_path; the zoom resolves it through the private lookup."""
+    from mammo_pipeline.cache import cache_hospital, read_manifest
+    from mammo_pipeline.dicom.index import index_hospital
+    from mammo_pipeline_tests.dicom.test_headers import write_mg
+
+    write_mg(settings.landing / "h1" / "d1" / "PATIENT123" / "img.dcm")
+    index_hospital(settings, "h1")
+    cache_hospital(settings, "h1")
+    manifest = read_manifest(settings, "h1")
+    assert "PATIENT123" not in manifest["rel_path"].iloc[0]
+    store = LabelStore(settings.labels_db)
+    store.sync_images(manifest, audit_fraction=0.0)
+    client = BrowserClient(create_app(settings, annotator="alice", secret="s"))
+    crop = _png(client.get(f"/zoom/{store.images()['id'].iloc[0]}", params={"x": 0.5, "y": 0.5, "size": 64}))
+    assert crop.shape == (48, 64)  # the whole 64 x 48 image: a crop is never larger than its source
