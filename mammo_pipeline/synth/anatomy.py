@@ -21,8 +21,9 @@ Layers, in the order a projection and a vendor's processing chain produce them (
    is a half-cylinder of radius T/2 (§2 step 1), so the path through tissue falls to zero at the skin line and
    the path through the 0.75-1.5 mm skin (VICTRE skin 0.75 mm) peaks there: the bright skin line of real images.
 6. **Vendor processing (§2).** Peripheral (thickness) equalization divides by the smoothed path length
-   (k = 0.7-1.0 of full equalization, §2 step 2), an unsharp mask (sigma 1-3 mm, gain 0.6-1.6, §2 step 3)
-   adds overshoot at every edge, and a per-vendor tone curve maps to display values (§2 step 4).
+   (k = 0.7-1.0 of full equalization, §2 step 2), multiscale enhancement (band gains 1.5-3 below 2 mm, the
+   coarsest band compressed to 0.6-0.9, §2 step 3) adds overshoot at every edge, and a per-vendor tone curve
+   maps to display values (§2 step 4).
    Digitized film (`film=True`) skips equalization and edge enhancement, uses Burgess's film beta (mean 2.8)
    and keeps the air at base + fog gray.
 7. **Quantum noise**, white for a-Se detectors and blurred for CsI (GE; Borges 2019), with variance rising
@@ -45,7 +46,7 @@ from scipy.spatial import cKDTree
 
 TISSUE_MAX = 0.93
 BACKGROUND = 0.0
-WORK_MM = 0.5  # anatomy sampling of the smooth fields (mm); finer detail comes from the line layers and noise
+WORK_MM = 0.25  # anatomy sampling of the fields (mm): Nyquist 2 cycles/mm, above the 0.2-1 cycles/mm beta band
 VORONOI_MM = 1.2  # sampling of the Voronoi distance field (upsampled bilinearly: it is piecewise linear)
 DENSITY_SHARE = {"a": (0.03, 0.12), "b": (0.12, 0.3), "c": (0.3, 0.55), "d": (0.55, 0.8)}  # dense area (†)
 DENSITY_P = {"a": 0.1, "b": 0.4, "c": 0.4, "d": 0.1}  # BI-RADS 5th ed. population shares
@@ -56,9 +57,11 @@ TONES: dict[str, tuple[float, float, float, float]] = {
     "SIE": (1.1, 0.11, 0.70, 0.0),
     "FUJ": (0.95, 0.13, 0.66, 0.0),
     "PHI": (1.05, 0.10, 0.64, 0.0),  # photon counting: low noise
-    "FILM": (1.3, 0.30, 0.78, 0.6),  # digitized film: no equalization, film's own characteristic curve
+    "FILM": (1.3, 0.15, 0.70, 0.6),  # digitized film: no equalization, film's own characteristic curve
 }
-NOISE_70UM = 0.06  # display SD of one 70-um pixel (†: no published figure for processed images)
+ENVELOPE_WEIGHT = 1.6  # gland gathers behind the nipple: weight of the central envelope against the field (†)
+GLAND_SOFTNESS = 0.45  # sigmoid width of the dense/fat threshold, in field SDs (†)
+NOISE_70UM = 0.045  # display SD of one 70-um pixel (†: no published figure; set after comparing, see README)
 
 
 @dataclass
@@ -78,6 +81,17 @@ def upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return a.astype(np.float32, copy=False)
     img = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
     return np.array(img.resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+def _blur(a: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur; wide kernels run on an area-downsampled copy and are upsampled (same look, far cheaper)."""
+    d = int(sigma_px // 3)
+    if d < 2:
+        return ndimage.gaussian_filter(a, sigma_px)
+    small_shape = (max(1, a.shape[0] // d), max(1, a.shape[1] // d))
+    img = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
+    small = np.asarray(img.resize((small_shape[1], small_shape[0]), Image.Resampling.BOX), dtype=np.float32)
+    return upsample(ndimage.gaussian_filter(small, sigma_px / d), a.shape)
 
 
 def power_law_field(
@@ -161,7 +175,7 @@ def draw_breast(
     step = max(1, round(WORK_MM / mm_px))
     hw, ww = -(-rows // step), -(-cols // step)
     wmm = mm_px * step  # anatomy mm per work pixel
-    a = rng.uniform(0.55, 0.85) * cols  # chest wall to nipple, pixels of a contact view
+    a = rng.uniform(0.4, 0.85) * cols  # chest wall to nipple, pixels of a contact view
     mlo = view == "MLO"
     b = rng.uniform(0.36, 0.45) * rows if not mlo else rng.uniform(0.40, 0.47) * rows
     cy = rows * (0.5 if not mlo else rng.uniform(0.52, 0.6))
@@ -182,7 +196,10 @@ def draw_breast(
     r = np.sqrt((X / a) ** 2 + ((Y - cy) / bb) ** 2) * (1 + 0.02 * wobble)
     mask_w = r < 1.0
     # distance from the skin line in anatomy mm; the frame's edges (chest wall, mag field) are not skin
-    depth = ndimage.distance_transform_edt(np.pad(mask_w, 1, mode="edge"))[1:-1, 1:-1].astype(np.float32) * wmm
+    ds = max(1, round(1.0 / wmm))  # a 1-mm grid is plenty for a distance in millimetres
+    coarse = np.pad(mask_w[::ds, ::ds], 1, mode="edge")
+    depth = upsample(ndimage.distance_transform_edt(coarse)[1:-1, 1:-1].astype(np.float32) * (wmm * ds), (hw, ww))
+    depth = np.where(mask_w, np.maximum(depth, 0.5 * wmm), 0.0).astype(np.float32)
 
     # 2. fibroglandular tissue: power-law field under a central envelope, thresholded to the density category
     beta = float(np.clip(rng.normal(2.8 if film else 3.2, 0.25), 2.3 if film else 2.6, 3.8)) + (0.1 * mlo)
@@ -190,10 +207,10 @@ def draw_breast(
     envelope = np.exp(-(((X / a - 0.35) / 0.5) ** 2) - (((Y - cy) / (0.8 * b)) ** 2)).astype(np.float32)
     density = str(rng.choice(list(DENSITY_P), p=list(DENSITY_P.values())))
     share = rng.uniform(*DENSITY_SHARE[density])
-    g = field + 1.6 * envelope
+    g = field + ENVELOPE_WEIGHT * envelope
     inside = g[mask_w] if mask_w.any() else g.ravel()
     thr = float(np.quantile(inside, 1 - share))
-    gland = (1 / (1 + np.exp(-(g - thr) / 0.45))).astype(np.float32)
+    gland = (1 / (1 + np.exp(-(g - thr) / GLAND_SOFTNESS))).astype(np.float32)
     fine = power_law_field(rng, (hw, ww), wmm, 2.4)  # texture inside the gland and the fat
 
     # 3. fat lobules and Cooper's ligaments (two Voronoi layers), on a coarser grid, upsampled
@@ -248,16 +265,25 @@ def draw_breast(
     # fat lobule: a shallow dome, darkest in the cell's middle (work grid: it is smooth)
     dome = upsample(np.clip(borders[0] / 3.0, 0, 1), (hw, ww))
     eq = eq - 0.05 * dome * (1 - gland)
-    # ... then an unsharp mask (sigma in millimetres, so the work grid is fine enough)
+    # ... then multiscale enhancement (§2 step 3): bands between Gaussians of 0.5, 1, 2, 4, 8 mm, gains 1.5-3
+    # for the bands finer than 2 mm, 1 for the 2-8 mm bands, and the coarsest band compressed (gain < 1)
+    fine_gain = 1.0
     if not film:
-        sigma_mm, gain = rng.uniform(1.0, 3.0), rng.uniform(0.6, 1.6)
-        eq = eq + gain * (eq - ndimage.gaussian_filter(eq, sigma_mm / wmm)) * mask_w
+        eq = np.where(mask_w, eq, float(np.mean(eq[mask_w])) if mask_w.any() else 0.0)
+        levels = [eq] + [_blur(eq, sig / wmm) for sig in (0.5, 1.0, 2.0, 4.0, 8.0)]
+        gains = [*rng.uniform(1.5, 3.0, 3), 1.0, 1.0]
+        fine_gain = float(gains[0])
+        coarse = levels[-1]
+        mean = float(coarse[mask_w].mean()) if mask_w.any() else 0.0
+        eq = mean + rng.uniform(0.6, 0.9) * (coarse - mean)
+        for g_, hi_, lo_ in zip(gains, levels[:-1], levels[1:], strict=True):
+            eq = eq + g_ * (hi_ - lo_)
     eq = np.where(mask_w, eq, 0.0).astype(np.float32)
     full = (rows, cols)
     # thin ligaments at full size from the upsampled border distance (piecewise linear, so it stays exact);
     # their amplitude (visibility, fewer in dense tissue, fading into the skin line) is smooth: work grid
-    vis = np.clip(depth / 3.0, 0, 1) * (1 - 0.5 * gland) * 0.2
-    lw = rng.uniform(0.15, 0.3)
+    vis = np.clip(depth / 3.0, 0, 1) * (1 - 0.5 * gland) * (0.1 if film else 0.15 * fine_gain)
+    lw = rng.uniform(0.2, 0.36)  # exp(-(e/lw)^2): full width 0.3-0.6 mm, i.e. 2w with w = 0.2-0.3 mm (§1.3)
     img = upsample(eq, full)
     for k_, bd in enumerate(borders):
         amp = upsample(upsample(show[k_], (hw, ww)) * vis * (1.0 if k_ == 0 else 1.3), full)
@@ -267,19 +293,21 @@ def draw_breast(
     mask = r_full < 1.0
     # ... and the tone curve: fat -> f0, dense gland -> g0
     gamma, f0, g0, nblur = TONES.get(vendor, TONES["H"]) if not film else TONES["FILM"]
-    x = np.clip((img - 0.12) * np.float32(1 / 0.62), 0, None)
-    img = f0 + (g0 - f0) * (x if gamma == 1.0 else x ** np.float32(gamma))
+    x = (img - 0.12) * np.float32(1 / 0.62)  # 0 = fat, 1 = dense gland; below 0 (enhanced dark edges): linear
+    img = f0 + (g0 - f0) * (x if gamma == 1.0 else np.where(x > 0, np.abs(x) ** np.float32(gamma), x))
     air = BACKGROUND if not film else rng.uniform(0.06, 0.12)
     img = np.where(mask, img, np.float32(air)).astype(np.float32)
     _draw_calcifications(rng, img, mask, 1.0 / mm_px)
 
     # 7. quantum noise, scaled to the pixel size (a coarser pixel averages more quanta)
-    sd = noise * 0.07 / spacing_mm * (0.3 if film else 1.0)
+    sd = noise * 0.07 / spacing_mm * (0.1 if film else 1.0)  # film: fine grain, averaged by the scanner spot
     n = rng.standard_normal((rows, cols), dtype=np.float32)
     if nblur:  # CsI: correlated noise, same SD
         n = ndimage.gaussian_filter(n, nblur)
         n *= np.float32(1.0 / (n.std() + 1e-9))
     img += n * np.float32(sd) * (0.6 + 0.8 * img)
+    np.clip(img, 0.02 if not film else air, TISSUE_MAX, out=img)
+    img[~mask] = np.float32(air) + n[~mask] * np.float32(sd * 0.3)
     np.clip(img, 0.0, TISSUE_MAX, out=img)
     nipple = (int((cy - oy) * zoom), int((a - ox) * zoom))
     return Breast(image=img, mask=mask, r=r_full, nipple=nipple, density=density)

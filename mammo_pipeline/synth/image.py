@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mammo_pipeline.synth import magview, markers
-from mammo_pipeline.synth.anatomy import TISSUE_MAX, draw_breast
+from mammo_pipeline.synth.anatomy import NOISE_70UM, TISSUE_MAX, draw_breast
 
 # confounder -> probability per contact image (†: see the module docstring)
 CONFOUNDER_RATES: dict[str, float] = {
@@ -111,7 +111,7 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
         spec.pixel_spacing,
         spec.view,
         zoom,
-        noise=0.06 * noise,
+        noise=NOISE_70UM * noise,
         vendor=spec.vendor,
         film=spec.film,
     )
