@@ -52,15 +52,17 @@ DENSITY_SHARE = {"a": (0.03, 0.12), "b": (0.12, 0.3), "c": (0.3, 0.55), "d": (0.
 DENSITY_P = {"a": 0.1, "b": 0.4, "c": 0.4, "d": 0.1}  # BI-RADS 5th ed. population shares
 # per-vendor tone (gamma, display of fat, display of dense gland) and noise blur (px): † (§2 step 4)
 TONES: dict[str, tuple[float, float, float, float]] = {
-    "H": (1.0, 0.12, 0.68, 0.0),  # Hologic: sigmoid baked into the pixels, one window
-    "GE": (0.9, 0.15, 0.66, 0.7),  # GE: CsI, correlated noise (Borges 2019)
-    "SIE": (1.1, 0.11, 0.70, 0.0),
-    "FUJ": (0.95, 0.13, 0.66, 0.0),
-    "PHI": (1.05, 0.10, 0.64, 0.0),  # photon counting: low noise
+    "H": (1.0, 0.10, 0.68, 0.0),  # Hologic: sigmoid baked into the pixels, one window
+    "GE": (0.9, 0.12, 0.66, 0.7),  # GE: CsI, correlated noise (Borges 2019)
+    "SIE": (1.1, 0.09, 0.70, 0.0),
+    "FUJ": (0.95, 0.11, 0.66, 0.0),
+    "PHI": (1.05, 0.08, 0.64, 0.0),  # photon counting: low noise
     "FILM": (1.3, 0.15, 0.70, 0.6),  # digitized film: no equalization, film's own characteristic curve
 }
 ENVELOPE_WEIGHT = 1.6  # gland gathers behind the nipple: weight of the central envelope against the field (†)
 GLAND_SOFTNESS = 0.45  # sigmoid width of the dense/fat threshold, in field SDs (†)
+GLAND_TEXTURE = 0.35  # share of the gland's density modulated by a FINE_BETA field: its fluffy look (†)
+FINE_BETA = 2.7  # the fine texture field's exponent (†; within the literature's 1.5-4.0 span, realism.md §1.1)
 NOISE_70UM = 0.045  # display SD of one 70-um pixel (†: no published figure; set after comparing, see README)
 
 
@@ -211,7 +213,7 @@ def draw_breast(
     inside = g[mask_w] if mask_w.any() else g.ravel()
     thr = float(np.quantile(inside, 1 - share))
     gland = (1 / (1 + np.exp(-(g - thr) / GLAND_SOFTNESS))).astype(np.float32)
-    fine = power_law_field(rng, (hw, ww), wmm, 2.4)  # texture inside the gland and the fat
+    fine = power_law_field(rng, (hw, ww), wmm, FINE_BETA)  # texture inside the gland and the fat
 
     # 3. fat lobules and Cooper's ligaments (two Voronoi layers), on a coarser grid, upsampled
     vstep = max(1, round(VORONOI_MM / wmm))
@@ -247,8 +249,8 @@ def draw_breast(
     tissue_path, skin_path = inner, np.clip(total - inner, 0, None)
 
     # tissue "density" (dense-equivalent share) on the work grid, without the thin lines
-    dens = 0.12 + 0.62 * gland * (0.8 + 0.2 * np.tanh(fine)) + 0.12 * linear * (1 - 0.5 * gland)
-    dens = dens + 0.03 * fine * (1 - gland)
+    dens = 0.12 + 0.62 * gland * (1 - GLAND_TEXTURE + GLAND_TEXTURE * np.tanh(fine)) + 0.12 * linear * (1 - 0.5 * gland)
+    dens = dens + 0.04 * fine * (1 - gland)
     signal = tissue_path * dens + skin_path * 0.7
     if mlo:
         px, py = rng.uniform(0.25, 0.45) * cols, rng.uniform(0.45, 0.75) * rows
