@@ -2,8 +2,11 @@
 keep the ground truth apart in `_truth/<hospital>.parquet`.
 
 Layout: `out/<hospital>/<drop>/<PatientID>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`, plus `_READY` in each
-finished drop. UIDs, dates and pixels derive from (seed, hospital, drop, study), so the same call gives
-byte-identical files and a new drop never reuses a UID.
+finished drop. The truth (one row per file) names every clip and confounder drawn, with its bounding box
+(`boxes`, JSON `[kind, row0, row1, col0, col1]` in stored pixels), the view type (`is_mag_view` = geometric
+magnification; `is_spot_view` = spot paddle, with or without magnification) and the BI-RADS density.
+UIDs, dates and pixels derive from (seed, hospital, drop, study), so the same call gives byte-identical files
+and a new drop never reuses a UID.
 """
 
 from __future__ import annotations

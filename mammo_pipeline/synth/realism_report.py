@@ -253,7 +253,7 @@ def stats_figure(real: pd.DataFrame, synth: pd.DataFrame, path: Path) -> Path:
         ax.set_title(stat, fontsize=10)
     for ax in axes.ravel()[len(stats) :]:
         ax.axis("off")
-    fig.suptitle("Realism statistics: synthetic (boxes, 10-90 % whiskers off) vs real (red dots)", fontsize=11)
+    fig.suptitle("Realism statistics: synthetic (boxes: quartiles, whiskers 1.5 IQR) vs real (red dots)", fontsize=11)
     fig.tight_layout()
     path = Path(path)
     with atomic.atomic_path(path) as tmp:
