@@ -1,7 +1,9 @@
 """Synthetic drop generation speed: images per second at scale 0.25 (parallel vs one process) and at full vendor
-size (vendor transfer syntax vs writing uncompressed), measured in the same run.
+size (vendor transfer syntax vs writing uncompressed), measured in the same run. With --baseline-checkout, the
+CPU seconds per file of this generator against another checkout's (e.g. the main branch), same drop call.
 
 Run: .venv/bin/python benchmarks/bench_synth.py [--studies 12] [--workers 2] [--full-images 4]
+     [--baseline-checkout ../main]
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,12 +73,40 @@ def full_size_rate(n: int, compressed: bool) -> float:
     return n / (time.perf_counter() - start)
 
 
+CPU_PER_FILE = """
+import tempfile, time
+from pathlib import Path
+from mammo_pipeline.synth import generate_drops
+with tempfile.TemporaryDirectory() as tmp:
+    t = time.process_time()
+    r = generate_drops(Path(tmp), 3, {studies}, seed=0, scale=0.25, drop="b", workers=1)
+    print((time.process_time() - t) / r.files_written)
+"""
+
+
+def cpu_per_file(checkout: Path, studies: int) -> float:
+    """CPU seconds per written file of `checkout`'s generator (3 hospitals x `studies`, scale 0.25, one process)."""
+    env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
+    code = CPU_PER_FILE.format(studies=studies)
+    cmd = [sys.executable, "-c", code]
+    out = subprocess.run(cmd, env=env, cwd=checkout, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=12, help="studies per hospital at scale 0.25 (3 hospitals)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--full-images", type=int, default=6, help="full-size images (cycling through profiles)")
+    parser.add_argument("--baseline-checkout", type=Path, default=None, help="another checkout to compare CPU with")
     args = parser.parse_args()
+    if args.baseline_checkout:
+        here = Path(__file__).resolve().parents[1]
+        new, old = cpu_per_file(here, 4), cpu_per_file(args.baseline_checkout, 4)
+        print(
+            f"CPU per file at scale 0.25 (3 hospitals x 4 studies, one process): {new:.3f} s here vs {old:.3f} s "
+            f"in {args.baseline_checkout} (ratio {new / old:.2f}x)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         single, single_cpu, n = drop_rate(Path(tmp) / "single", args.studies, 1)
         parallel, parallel_cpu, _ = drop_rate(Path(tmp) / "parallel", args.studies, args.workers)

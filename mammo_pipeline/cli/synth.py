@@ -39,6 +39,19 @@ from mammo_pipeline.synth.contact_sheet import make_contact_sheet
     default=None,
     help="Also write a labelled PNG: one example per vendor profile x class.",
 )
+@click.option(
+    "--realism-report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also compare the drops with the real images in --realdata: a table, PNG (real | synthetic) and "
+    "PNG_stats.png. Skipped with a message when the real images are absent.",
+)
+@click.option(
+    "--realdata",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Real evaluation images [default: $MAMMO_REALDATA or ../shared/realdata].",
+)
 @click.option("-s", "--silent", is_flag=True, help="No progress bar.")
 def command(
     out: Path,
@@ -51,6 +64,8 @@ def command(
     only: tuple[str, ...],
     workers: int,
     contact_sheet: Path | None,
+    realism_report: Path | None,
+    realdata: Path | None,
     silent: bool,
 ) -> None:
     """Write synthetic hospital drops to OUT/<hospital>/<drop>/ and the truth to OUT/_truth/.
@@ -61,6 +76,7 @@ def command(
     Example:
         mammo synth landing --hospitals 3 --studies-per-hospital 60 --scale 0.25 --seed 0
         mammo synth landing --hospitals 4 --studies-per-hospital 20 --scale 0.25 --drop drop-2 --only st-georges-tooting
+        mammo synth landing --hospitals 3 --scale 0.25 --realism-report docs/images/realism_contact_sheet.png
     """
     with tqdm(desc="synth", unit="img", disable=silent, dynamic_ncols=True) as bar:
 
@@ -86,3 +102,14 @@ def command(
     click.echo(report.summary())
     if contact_sheet:
         click.echo(f"contact sheet: {make_contact_sheet(contact_sheet, seed=seed)}")
+    if realism_report:
+        from mammo_pipeline.synth.realism_report import RealdataMissing
+        from mammo_pipeline.synth.realism_report import realism_report as run_report
+
+        try:
+            report_ = run_report(out, realism_report, realdata, echo=click.echo)
+        except RealdataMissing as e:
+            click.echo(f"realism report skipped: {e}")
+            return
+        click.echo(report_.summary())
+        click.echo("pictures: " + ", ".join(str(p) for p in report_.pictures))

@@ -1,4 +1,5 @@
-"""A labelled contact sheet: one example per vendor profile x class, to eyeball what the generator draws."""
+"""A labelled contact sheet: one example per vendor profile x class (plus a spot-compression view without
+magnification), each labelled with the confounders drawn on it, to eyeball what the generator draws."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def _tile(profile_key: str, label: str, seed: int, scale: float, k: int) -> tupl
         label in ("biopsy", "both"),
         label in ("mag", "both"),
         screening=label == "neither",
+        spot=label in ("mag", "both", "spot"),
+        vendor=profile_key.split("-")[0],
+        film=profile.secondary_capture,
     )
     display, drawn = draw_image(spec, rng_for(seed, "contact-sheet", profile_key, label))
     img = Image.fromarray(np.rint(display * 255).astype(np.uint8))
@@ -40,23 +44,27 @@ def _tile(profile_key: str, label: str, seed: int, scale: float, k: int) -> tupl
             ("subtle", drawn.subtle_mag),
             ("outside", drawn.marker_partly_outside),
             ("wire", drawn.hook_wire),
-            ("skin mk", drawn.distractor),
         )
         if on
+    ] + [
+        c.replace("_marker", " mk").replace("_calc", " calc").replace("lead_letters", "letters")
+        for c in drawn.confounders
     ]
+    if drawn.n_clips_unsaturated:
+        extras.append(f"{drawn.n_clips_unsaturated} dim clip")
     text = f"{profile_key} {label}" + (f" ({', '.join(extras)})" if extras else "")
     return img.resize((width, TILE_HEIGHT), Image.BOX), text
 
 
 def make_contact_sheet(path: Path, seed: int = 0, scale: float = 0.25) -> Path:
-    """Write a PNG grid (rows = vendor profiles, columns = classes) of synthetic images, each labelled."""
-    labels = list(CLASS_MIX)
+    """Write a PNG grid (rows = vendor profiles, columns = classes and a spot view) of synthetic images, labelled."""
+    labels = [*CLASS_MIX, "spot"]
     tiles = [[_tile(p, lab, seed, scale, i + j) for j, lab in enumerate(labels)] for i, p in enumerate(PROFILES)]
     cell_w = max(t.width for row in tiles for t, _ in row) + 8
     sheet = Image.new("L", (cell_w * len(labels), (TILE_HEIGHT + LABEL_HEIGHT) * len(tiles)), 40)
     draw = ImageDraw.Draw(sheet)
     try:
-        font = ImageFont.load_default(size=15)
+        font = ImageFont.load_default(size=13)
     except TypeError:  # Pillow < 10.1
         font = ImageFont.load_default()
     for i, row in enumerate(tiles):

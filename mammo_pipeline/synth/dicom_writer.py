@@ -51,6 +51,7 @@ class ImageHeader:
     laterality: str
     pixel_spacing: float
     mag: bool = False
+    spot: bool = False  # spot compression paddle (with `mag`: spot magnification)
     mag_factor: float = 1.0
     for_processing: bool = False
     source_sop_uid: str | None = None
@@ -85,7 +86,7 @@ def _view_code_sequence(h: ImageHeader, profile: VendorProfile) -> Sequence:
     modifiers = []
     if h.mag and h.flags.get("mag_modifier"):
         modifiers.append(_code(MAG_CODES[scheme][0], scheme, MAG_CODES[scheme][1]))
-    if h.mag and h.flags.get("spot_modifier"):
+    if (h.mag or h.spot) and h.flags.get("spot_modifier"):
         modifiers.append(_code(SPOT_CODES[scheme][0], scheme, SPOT_CODES[scheme][1]))
     if modifiers or profile.key == "H-LOR":  # Lorad sends the sequence with zero items
         view.ViewModifierCodeSequence = Sequence(modifiers)
@@ -112,6 +113,9 @@ def build_dataset(stored: np.ndarray, h: ImageHeader, profile: VendorProfile) ->
         if h.for_processing
         else uid.DigitalMammographyXRayImageStorageForPresentation
     )
+    film = profile.secondary_capture
+    if film:  # a digitized film: PS3.3 A.8.1 Secondary Capture, SC Equipment Module (ConversionType DF)
+        sop_class = uid.SecondaryCaptureImageStorage
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY"] if h.for_processing else ["DERIVED", "PRIMARY"]
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, h.sop_uid
@@ -119,7 +123,10 @@ def build_dataset(stored: np.ndarray, h: ImageHeader, profile: VendorProfile) ->
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = h.study_time
     ds.AccessionNumber = h.accession
     ds.Modality = "MG"
-    ds.PresentationIntentType = "FOR PROCESSING" if h.for_processing else "FOR PRESENTATION"
+    if film:
+        ds.ConversionType = "DF"
+    else:
+        ds.PresentationIntentType = "FOR PROCESSING" if h.for_processing else "FOR PRESENTATION"
     ds.Manufacturer = profile.manufacturer
     ds.InstitutionName = h.institution
     ds.ReferringPhysicianName = ""
@@ -139,6 +146,8 @@ def build_dataset(stored: np.ndarray, h: ImageHeader, profile: VendorProfile) ->
     ds.SoftwareVersions = profile.software_versions
     if profile.protocol_name:
         ds.ProtocolName = profile.protocol_name
+    if film:
+        return _film_rest(ds, stored, h, profile, series)
     ds.DistanceSourceToDetector = "660"
     ds.DistanceSourceToPatient = f"{660 / h.mag_factor:.0f}" if h.mag else "640"
     ds.EstimatedRadiographicMagnificationFactor = (
@@ -153,8 +162,8 @@ def build_dataset(stored: np.ndarray, h: ImageHeader, profile: VendorProfile) ->
         force = lo + (hi - lo) * (0.2 if h.mag else 0.7)
         ds.CompressionForce = f"{force:.0f}"
         ds.BodyPartThickness = f"{40 if h.mag else 60:.0f}"
-    if h.mag and h.flags.get("spot_modifier"):
-        ds.PaddleDescription = "SPOT MAG"
+    if (h.mag or h.spot) and h.flags.get("spot_modifier"):
+        ds.PaddleDescription = "SPOT MAG" if h.mag else "SPOT"
     ds.ViewPosition = h.view
     ds.StudyInstanceUID, ds.SeriesInstanceUID = h.study_uid, h.series_uid
     ds.StudyID = h.accession[-6:]
@@ -190,6 +199,25 @@ def build_dataset(stored: np.ndarray, h: ImageHeader, profile: VendorProfile) ->
         ref.ReferencedSOPClassUID = uid.DigitalMammographyXRayImageStorageForProcessing
         ref.ReferencedSOPInstanceUID = h.source_sop_uid
         ds.SourceImageSequence = Sequence([ref])
+    return ds
+
+
+def _film_rest(ds: Dataset, stored: np.ndarray, h: ImageHeader, profile: VendorProfile, series: str) -> Dataset:
+    """The rest of a digitized film's header: no detector, VOI window only, NominalScannedPixelSpacing."""
+    ds.ViewPosition = h.view
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = h.study_uid, h.series_uid
+    ds.StudyID = h.accession[-6:]
+    ds.SeriesNumber, ds.InstanceNumber = h.series_number, h.instance_number
+    ds.ImageLaterality = ds.Laterality = "R" if h.laterality == "R" else "L"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    spacing = f"{h.pixel_spacing:.6g}"
+    ds.NominalScannedPixelSpacing = [spacing, spacing]
+    ds.BitsAllocated, ds.BitsStored = 16, profile.bits_stored
+    ds.HighBit, ds.PixelRepresentation = profile.bits_stored - 1, 0
+    _add_voi(ds, h, profile)
+    ds.LossyImageCompression = "00"
     return ds
 
 

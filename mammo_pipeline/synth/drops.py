@@ -2,14 +2,18 @@
 keep the ground truth apart in `_truth/<hospital>.parquet`.
 
 Layout: `out/<hospital>/<drop>/<PatientID>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`, plus `_READY` in each
-finished drop. UIDs, dates and pixels derive from (seed, hospital, drop, study), so the same call gives
-byte-identical files and a new drop never reuses a UID.
+finished drop. The truth (one row per file) names every clip and confounder drawn, with its bounding box
+(`boxes`, JSON `[kind, row0, row1, col0, col1]` in stored pixels), the view type (`is_mag_view` = geometric
+magnification; `is_spot_view` = spot paddle, with or without magnification) and the BI-RADS density.
+UIDs, dates and pixels derive from (seed, hospital, drop, study), so the same call gives byte-identical files
+and a new drop never reuses a UID.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -27,7 +31,7 @@ from mammo_pipeline.progress import ProgressFn
 from mammo_pipeline.synth import corrupt
 from mammo_pipeline.synth.dicom_writer import ImageHeader, build_dataset, encode, to_stored
 from mammo_pipeline.synth.identities import hospital_slugs, institution_name, make_patient, make_uid, rng_for
-from mammo_pipeline.synth.image import ImageSpec, draw_image
+from mammo_pipeline.synth.image import CONFOUNDERS, ImageSpec, draw_image
 from mammo_pipeline.synth.profiles import CLASS_MIX, PROFILES, machines_of
 
 TRUTH_DIR = "_truth"
@@ -42,7 +46,11 @@ _BOOL_COLUMNS = (
     "grid_streaks",
     "bright_stripes",
     "for_processing",
+    "is_spot_view",
+    *CONFOUNDERS,
 )
+FORCED_PER_HOSPITAL = 4  # studies per hospital that carry a forced confounder: 3 hospitals cover all nine
+SPOT_SHARE = 0.35  # diagnostic biopsy studies whose second image is a spot-compression view (†)
 _SCREENING_DESCRIPTIONS = ("SCREENING MAMMOGRAPHY", "Breast Screening", "MAMMO SCREEN BILATERAL")
 _DIAGNOSTIC_DESCRIPTIONS = ("DIAGNOSTIC", "MAMMO DIAGNOSTIC", "Breast Assessment", "Further views")
 
@@ -61,6 +69,7 @@ class StudyTask:
     profile: str
     patient_index: int
     corrupt: tuple[str, ...] = ()
+    force: tuple[str, ...] = ()  # confounders forced onto the study's first image (coverage of small drops)
 
     @property
     def n_files(self) -> int:
@@ -128,6 +137,13 @@ def plan_hospital(
         StudyTask(drop_dir, hospital, drop, seed, scale, i, kinds[j][0], kinds[j][1], first_patient + i % n_patients)
         for i, j in enumerate(order)
     ]
+    contact = [i for i, t in enumerate(tasks) if t.kind in ("neither", "biopsy")][:FORCED_PER_HOSPITAL]
+    for slot, i in enumerate(contact):
+        kind = CONFOUNDERS[(hospital_index * FORCED_PER_HOSPITAL + slot) % len(CONFOUNDERS)]
+        tasks[i] = StudyTask(**{**tasks[i].__dict__, "force": (kind,)})
+    biopsy = [i for i, t in enumerate(tasks) if t.kind == "biopsy"][:1]  # one spot-compression view per drop
+    for i in biopsy:
+        tasks[i] = StudyTask(**{**tasks[i].__dict__, "force": (*tasks[i].force, "spot_view")})
     n_images = sum(t.n_files for t in tasks)
     n_corrupt = round(corrupt_fraction * n_images)
     if n_corrupt and tasks:
@@ -150,18 +166,25 @@ def _study_date(task: StudyTask) -> tuple[str, str]:
     )
 
 
-def _views(kind: str, side: str) -> list[tuple[str, str, bool, bool]]:
-    """(laterality, view, biopsy, mag) per image of a study kind."""
+def _views(kind: str, side: str, spot_second: bool = False) -> list[tuple[str, str, bool, bool, bool]]:
+    """(laterality, view, biopsy, mag, spot) per image of a study kind.
+
+    Mag views are spot magnification (coned paddle, is_spot_view True); a diagnostic biopsy study may have a
+    spot-compression view without magnification as its second image (a hard negative for is_mag_view).
+    """
     if kind == "neither":
         return [
-            ("R", "CC", False, False),
-            ("L", "CC", False, False),
-            ("R", "MLO", False, False),
-            ("L", "MLO", False, False),
+            ("R", "CC", False, False, False),
+            ("L", "CC", False, False, False),
+            ("R", "MLO", False, False, False),
+            ("L", "MLO", False, False, False),
         ]
     mag = kind in ("mag", "both")
     biopsy = kind in ("biopsy", "both")
-    return [(side, "CC", biopsy, mag), (side, "ML" if mag else "MLO", biopsy, mag)]
+    if mag:
+        return [(side, "CC", biopsy, True, True), (side, "ML", biopsy, True, True)]
+    second = (side, "CC", biopsy, False, True) if spot_second else (side, "MLO", biopsy, False, False)
+    return [(side, "CC", biopsy, False, False), second]
 
 
 def render_study(task: StudyTask) -> list[dict]:
@@ -191,9 +214,22 @@ def render_study(task: StudyTask) -> list[dict]:
     rows: list[dict] = []
     last_ds = None
     side = str(rng.choice(["L", "R"]))
-    for k, (laterality, view, biopsy, mag) in enumerate(_views(task.kind, side)):
+    spot_second = task.kind == "biopsy" and (rng.random() < SPOT_SHARE or "spot_view" in task.force)
+    for k, (laterality, view, biopsy, mag, spot) in enumerate(_views(task.kind, side, spot_second)):
         spec = ImageSpec(
-            rows_px, cols_px, spacing, task.scale, "CC" if view == "CC" else "MLO", laterality, biopsy, mag, screening
+            rows_px,
+            cols_px,
+            spacing,
+            task.scale,
+            "CC" if view == "CC" else "MLO",
+            laterality,
+            biopsy,
+            mag,
+            screening,
+            spot=spot,
+            vendor=profile.key.split("-")[0],
+            film=profile.secondary_capture,
+            force=task.force if k == 0 else (),
         )
         display, drawn = draw_image(spec, rng_for(task.seed, task.hospital, task.drop, task.index, "image", k))
         flags = {
@@ -226,6 +262,7 @@ def render_study(task: StudyTask) -> list[dict]:
             laterality=laterality,
             pixel_spacing=spacing,
             mag=mag,
+            spot=spot,
             mag_factor=drawn.mag_factor,
             flags=flags,
             source_sop_uid=proc_sop,
@@ -238,8 +275,10 @@ def render_study(task: StudyTask) -> list[dict]:
             "laterality": laterality,
             "has_biopsy_marker": biopsy,
             "is_mag_view": mag,
+            "is_spot_view": spot,
             "label": label_of(biopsy, mag),
             "n_clips": drawn.n_clips,
+            "n_clips_unsaturated": drawn.n_clips_unsaturated,
             "hook_wire": drawn.hook_wire,
             "marker_partly_outside": drawn.marker_partly_outside,
             "subtle_mag": drawn.subtle_mag,
@@ -247,6 +286,9 @@ def render_study(task: StudyTask) -> list[dict]:
             "distractor": drawn.distractor,
             "grid_streaks": drawn.grid_streaks,
             "bright_stripes": drawn.bright_stripes,
+            **{kind: kind in drawn.confounders for kind in CONFOUNDERS},
+            "density": drawn.density,
+            "boxes": json.dumps([list(b) for b in drawn.boxes]),
             "corrupt_kind": None,
         }
         stored = to_stored(display, profile, for_processing=False)
@@ -321,7 +363,9 @@ def read_truth(out: Path, hospital: str | None = None) -> pd.DataFrame:
 def _update_truth(out: Path, hospital: str, drop: str, rows: list[dict]) -> None:
     path = out / TRUTH_DIR / f"{hospital}.parquet"
     new = pd.DataFrame(rows).sort_values(["study_instance_uid", "sop_instance_uid"], kind="stable")
-    new = new.astype({c: "boolean" for c in _BOOL_COLUMNS} | {"n_clips": "Int64"})
+    new = new.astype(
+        {c: "boolean" for c in _BOOL_COLUMNS if c in new} | {c: "Int64" for c in ("n_clips", "n_clips_unsaturated")}
+    )
     if path.exists():
         old = pd.read_parquet(path)
         new = pd.concat([old[old["drop"] != drop], new], ignore_index=True)

@@ -1,7 +1,16 @@
-"""Compose one synthetic mammogram (display values in [0, 1]) and record what was drawn on it.
+"""Compose one synthetic mammogram (display values in [0, 1]) and record what was drawn on it, and where.
 
-Layer order matters for the ground truth: anatomy, then artefacts, then a clamp to the tissue ceiling, then
-distractors, clips and wires, and on mag views the collimator border last (clips are placed in the field).
+Layer order: anatomy (already vendor-processed), detector artefacts, a clamp to the tissue ceiling, then the
+bright objects - confounders (markers, letters, calcifications, implant, device), clips and wires - and on
+mag/spot views the collimator border last (clips are placed in the field). Every bright object's bounding box
+(after the laterality flip) goes into `Drawn.boxes`, so the truth can be checked on geometry: confounders are
+as bright as clips now, so no brightness threshold can.
+
+Rates per image (research note realism.md §4, counted from 22,012 EMBED images of mammo-artifacts; that set
+is enriched for non-negative exams, so these are upper ends): circle markers 22.3 % (split here into nipple
+pellets and mole rings), triangles 5.4 %, implants 8.2 %, devices 1.3 % (89 % on MLO). Scar wires, lead
+letters and coarse/vascular calcifications have no published rate (†). Spot-compression views without
+magnification: realism.md §5 (same sampling, a small paddle outline, collimated field).
 """
 
 from __future__ import annotations
@@ -11,7 +20,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from mammo_pipeline.synth import magview, markers
-from mammo_pipeline.synth.anatomy import TISSUE_MAX, draw_breast
+from mammo_pipeline.synth.anatomy import NOISE_70UM, TISSUE_MAX, draw_breast
+
+# confounder -> probability per contact image (†: see the module docstring)
+CONFOUNDER_RATES: dict[str, float] = {
+    "nipple_marker": 0.12,
+    "skin_marker": 0.10,
+    "triangle_marker": 0.054,
+    "scar_marker": 0.03,
+    "lead_letters": 0.45,
+    "popcorn_calc": 0.05,
+    "vascular_calc": 0.06,
+    "implant": 0.06,
+    "device": 0.013,
+}
+CONFOUNDERS: tuple[str, ...] = tuple(CONFOUNDER_RATES)
 
 
 @dataclass(frozen=True)
@@ -27,6 +50,10 @@ class ImageSpec:
     biopsy: bool
     mag: bool
     screening: bool = False
+    spot: bool = False  # spot compression (with `mag`: spot magnification; alone: no magnification)
+    vendor: str = "H"  # anatomy.TONES key
+    film: bool = False  # digitized screen-film
+    force: tuple[str, ...] = ()  # confounders drawn whatever the rates say (coverage of small drops)
 
 
 @dataclass(frozen=True)
@@ -34,6 +61,7 @@ class Drawn:
     """Facts about a drawn image, for the truth table."""
 
     n_clips: int = 0
+    n_clips_unsaturated: int = 0
     hook_wire: bool = False
     marker_partly_outside: bool = False
     subtle_mag: bool = False
@@ -41,7 +69,11 @@ class Drawn:
     distractor: bool = False
     grid_streaks: bool = False
     bright_stripes: bool = False
-    field: tuple[int, int, int, int] | None = None  # exposed field of a mag view, after the laterality flip
+    density: str = ""
+    field: tuple[int, int, int, int] | None = None  # exposed field of a mag/spot view, after the laterality flip
+    confounders: tuple[str, ...] = ()
+    # (kind, row0, row1, col0, col1) of every clip ('clip' saturated, 'clip_unsaturated'), wire and confounder
+    boxes: tuple[tuple[str, int, int, int, int], ...] = ()
 
 
 def _inside_points(rng: np.random.Generator, mask: np.ndarray, r: np.ndarray, box: tuple[int, int, int, int], n: int):
@@ -56,23 +88,48 @@ def _inside_points(rng: np.random.Generator, mask: np.ndarray, r: np.ndarray, bo
     return [(r0 + (k // sub.shape[1]) * step, c0 + (k % sub.shape[1]) * step) for k in pick]
 
 
+def _skin_point(rng: np.random.Generator, r: np.ndarray, lo: float = 0.96, hi: float = 1.0) -> tuple[int, int]:
+    """A random point on the skin line (elliptic radius in [lo, hi))."""
+    skin = np.flatnonzero((r[::4, ::4] > lo) & (r[::4, ::4] < hi))
+    k = int(rng.choice(skin)) if skin.size else 0
+    w4 = r[::4, ::4].shape[1]
+    return (k // w4) * 4, (k % w4) * 4
+
+
 def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, Drawn]:
     """Draw one image; right breasts come out mirrored (chest wall on the right)."""
     rows, cols = spec.rows, spec.cols
     subtle = spec.mag and rng.random() < 0.3
-    zoom = float(rng.uniform(1.5, 1.8)) if spec.mag else 1.0
+    zoom = float(rng.uniform(1.5, 1.8)) if spec.mag else 1.0  # realism.md §5: x1.5 and x1.8 set-ups
     if subtle:
         zoom = float(rng.uniform(1.5, 1.6))
-    breast = draw_breast(rng, rows, cols, spec.pixel_spacing, spec.view, zoom, noise=0.006 if spec.mag else 0.012)
+    noise = 0.6 if spec.mag else 1.0  # mag views: 2-3x the dose, no grid (§5)
+    breast = draw_breast(
+        rng,
+        rows,
+        cols,
+        spec.pixel_spacing,
+        spec.view,
+        zoom,
+        noise=NOISE_70UM * noise,
+        vendor=spec.vendor,
+        film=spec.film,
+    )
     img = breast.image
-    facts: dict[str, object] = {"subtle_mag": subtle, "mag_factor": round(zoom, 2) if spec.mag else 1.0}
+    facts: dict[str, object] = {
+        "subtle_mag": subtle,
+        "mag_factor": round(zoom, 2) if spec.mag else 1.0,
+        "density": breast.density,
+    }
+    boxes: list[tuple[str, tuple[int, int, int, int]]] = []
 
-    field = (0, rows, 0, cols)
-    if spec.mag:
-        field = magview.collimated_field(rng, (rows, cols), subtle)
-        magview.draw_mag_artifacts(img, rng, field, subtle)
+    coned = spec.mag or spec.spot
+    field_box = (0, rows, 0, cols)
+    if coned:
+        field_box = magview.collimated_field(rng, (rows, cols), subtle)
+        magview.draw_mag_artifacts(img, rng, field_box, subtle)
     else:
-        if rng.random() < 0.08:
+        if rng.random() < 0.08 and not spec.film:
             markers.draw_grid_streaks(img, rng)
             facts["grid_streaks"] = True
         if rng.random() < 0.06:
@@ -82,28 +139,37 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
 
     small = spec.scale < 0.5  # keep metal visible in the 256-px model rendition
     px_mm = 1.0 / spec.pixel_spacing
-    if not spec.mag and rng.random() < (0.2 if spec.screening else 0.1):
-        radius = max(1.0 * px_mm, 0.006 * max(rows, cols) if small else 0.0)
-        if rng.random() < 0.5 and 0 <= breast.nipple[0] < rows and 0 <= breast.nipple[1] < cols:
-            center = breast.nipple
-        else:
-            skin = np.flatnonzero((breast.r[::4, ::4] > 0.97) & (breast.r[::4, ::4] < 1.0))
-            k = int(rng.choice(skin)) if skin.size else 0
-            w4 = breast.r[::4, ::4].shape[1]
-            center = ((k // w4) * 4, (k % w4) * 4)
-        markers.draw_skin_marker(img, rng, center, radius)
-        facts["distractor"] = True
+    long_side = max(rows, cols)
+    confounders: list[str] = []
+    if not spec.mag:
+        for kind, rate in CONFOUNDER_RATES.items():
+            if kind == "device" and spec.view != "MLO" and kind not in spec.force:
+                continue
+            if kind == "lead_letters" and spec.spot:
+                continue
+            if kind in spec.force or rng.random() < rate:
+                box = _draw_confounder(kind, img, rng, breast, spec, px_mm, small, long_side)
+                if box is not None:
+                    boxes.append((kind, box))
+                    confounders.append(kind)
+    facts["confounders"] = tuple(confounders)
+    facts["distractor"] = any(k.endswith("_marker") for k in confounders)
 
     if spec.biopsy:
         n = int(rng.choice([1, 1, 2, 3]))  # clips per image, one of them maybe cut off at the chest wall
-        want_outside = not spec.mag and rng.random() < 0.25
+        want_outside = not coned and rng.random() < 0.25
         n_inside = n - 1 if want_outside and n > 1 else n
-        length_min = 0.022 * max(rows, cols) if small else 0.0
-        thick_min = max(2.0, 0.0045 * max(rows, cols)) if small else 2.0
-        for center in _inside_points(rng, breast.mask, breast.r, _shrink(field, 0.1), n_inside):
-            length = max(rng.uniform(1.0, 4.0) * px_mm * zoom, length_min)
+        length_min = 0.022 * long_side if small else 0.0
+        thick_min = max(2.0, 0.0045 * long_side) if small else 2.0
+        n_unsat = 0
+        for center in _inside_points(rng, breast.mask, breast.r, _shrink(field_box, 0.1), n_inside):
+            length = max(rng.uniform(2.0, 4.0) * px_mm * zoom, length_min)  # about 3 mm (§4)
             thick = max(rng.uniform(0.3, 0.6) * px_mm * zoom, thick_min)
-            markers.draw_clip(img, rng, center, length, thick)
+            value, saturated = markers.clip_value(rng, float(img[int(center[0]), int(center[1])]))
+            _, box = markers.draw_clip(img, rng, center, length, thick, value)
+            if box:
+                boxes.append(("clip" if saturated else "clip_unsaturated", box))
+            n_unsat += not saturated
         outside, n = False, n_inside
         if want_outside:
             length = max(rng.uniform(2.0, 4.0) * px_mm, length_min)
@@ -112,22 +178,106 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
                 patch, origin = markers.clip_stroke(rng, center, length, max(0.5 * px_mm, thick_min))
                 if 0.2 <= markers.inside_share(img.shape, patch, origin) <= 0.9:
                     markers.stamp(img, patch, origin, markers.metal_value(rng))
+                    box = markers.patch_box(img.shape, patch, origin)
+                    if box:
+                        boxes.append(("clip", box))
                     outside, n = True, n + 1
                     break
-        facts.update(n_clips=n, marker_partly_outside=outside)
-        if not spec.mag and rng.random() < 0.2:
+        facts.update(n_clips=n, marker_partly_outside=outside, n_clips_unsaturated=n_unsat)
+        if not coned and rng.random() < 0.2:
             target = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
             entry = (0.0, rng.uniform(0.3, 0.9) * breast.nipple[1]) if spec.view == "CC" else (rows - 1.0, target[1])
-            markers.draw_hook_wire(img, rng, entry, target, max(0.4 * px_mm, thick_min * 0.75))
+            box = markers.draw_hook_wire(img, rng, entry, target, max(0.4 * px_mm, thick_min * 0.75))
+            if box:
+                boxes.append(("hook_wire", box))
             facts["hook_wire"] = True
 
-    if spec.mag:
-        magview.draw_collimation(img, rng, field)
+    if coned:
+        magview.draw_collimation(img, rng, field_box)
+        # the collimator covers what lies outside the field: keep only boxes that still show
+        boxes = [(k, b) for k, b in ((k, _intersect(b, field_box)) for k, b in boxes) if b]
     np.clip(img, 0.0, 1.0, out=img)
     if spec.laterality == "R":
         img = img[:, ::-1]
-        field = (field[0], field[1], cols - field[3], cols - field[2])
-    return np.ascontiguousarray(img), Drawn(field=field if spec.mag else None, **facts)  # type: ignore[arg-type]
+        field_box = (field_box[0], field_box[1], cols - field_box[3], cols - field_box[2])
+        boxes = [(k, (b[0], b[1], cols - b[3], cols - b[2])) for k, b in boxes]
+    facts["boxes"] = tuple((k, *b) for k, b in boxes)
+    return np.ascontiguousarray(img), Drawn(field=field_box if coned else None, **facts)  # type: ignore[arg-type]
+
+
+def _draw_confounder(
+    kind: str,
+    img: np.ndarray,
+    rng: np.random.Generator,
+    breast,
+    spec: ImageSpec,
+    px_mm: float,
+    small: bool,
+    long_side: int,
+) -> tuple[int, int, int, int] | None:
+    """Draw one confounder of `kind` (a CONFOUNDERS key); its bounding box, or None if it fell off the frame."""
+    rows, cols = img.shape
+    floor = 0.006 * long_side if small else 0.0  # keep it a few pixels wide at small scales
+    if kind == "nipple_marker":  # BB pellet < 3 mm on the nipple (GE 2000D manual)
+        center = breast.nipple
+        if not (0 <= center[0] < rows and 0 <= center[1] < cols):
+            center = _skin_point(rng, breast.r)
+        return markers.draw_skin_marker(img, rng, center, max(rng.uniform(0.5, 1.5) * px_mm, floor), ring=False)
+    if kind == "skin_marker":  # mole ring, 2-4 mm, anywhere on the skin
+        center = _skin_point(rng, breast.r, 0.5, 1.0) if rng.random() < 0.5 else _skin_point(rng, breast.r)
+        return markers.draw_skin_marker(img, rng, center, max(rng.uniform(1.0, 2.0) * px_mm, floor), ring=True)
+    if kind == "triangle_marker":  # palpable lump, over the breast
+        center = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+        return markers.draw_triangle_marker(img, rng, center, max(rng.uniform(4.0, 8.0) * px_mm, 2.5 * floor))
+    if kind == "scar_marker":  # a wire along the scar, often crossing the breast
+        p0 = np.array(_inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0], dtype=np.float64)
+        ang = rng.uniform(0, np.pi)
+        length = rng.uniform(20, 50) * px_mm
+        pts = p0[None, :] + np.linspace(0, 1, 9)[:, None] * length * np.array([np.sin(ang), np.cos(ang)])[None, :]
+        pts += np.cumsum(rng.normal(0, 0.02 * length, (9, 2)), axis=0)
+        return markers.draw_polyline(img, rng, pts, max(0.5 * px_mm, 0.4 * floor), broken=True)
+    if kind == "lead_letters":  # in the air, away from the chest wall (realism.md §4: NYU labels at the top)
+        text = f"{'R' if spec.laterality == 'R' else 'L'}{'' if rng.random() < 0.5 else ' '}{spec.view}"
+        height = max(rng.uniform(4.0, 9.0) * px_mm, 8.0)
+        width = height * (len(text) + 1)
+        c0 = int(np.clip(rng.uniform(0.55, 0.85) * cols, 0, max(0, cols - width)))
+        r0 = int(rng.uniform(0.02, 0.1) * rows)
+        if spec.laterality == "R":  # flipped at the end: draw mirrored, in the air on the final image's left
+            return _draw_letters_flipped(img, rng, text, r0, int(max(0, cols - c0 - width)), height)
+        return markers.draw_lead_letters(img, rng, text, (r0, c0), height)
+    if kind == "popcorn_calc":  # coarse benign calcification > 2 mm
+        center = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+        return markers.draw_popcorn(img, rng, center, max(rng.uniform(2.0, 5.0) * px_mm, 1.5 * floor))
+    if kind == "vascular_calc":  # tram-track arterial calcification
+        start = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+        length = rng.uniform(10, 30) * px_mm
+        gap = max(rng.uniform(1.0, 2.0) * px_mm, 0.6 * floor)
+        return markers.draw_tram_track(img, rng, start, length, gap, max(0.3 * px_mm, 0.3 * floor))
+    if kind == "implant":  # behind the gland, towards the chest wall
+        center = (breast.nipple[0] + rng.uniform(-0.05, 0.05) * rows, rng.uniform(0.12, 0.3) * cols)
+        radii = (rng.uniform(0.2, 0.3) * rows, rng.uniform(0.15, 0.25) * cols)
+        return markers.draw_implant(img, rng, center, radii)
+    if kind == "device":  # pacemaker/port at the upper edge, near the chest wall
+        center = (rng.uniform(-0.02, 0.06) * rows, rng.uniform(0.02, 0.2) * cols)
+        return markers.draw_device(img, rng, center, rng.uniform(30, 50) * px_mm)
+    raise ValueError(f"unknown confounder {kind!r}; expected one of {CONFOUNDERS}")
+
+
+def _draw_letters_flipped(img: np.ndarray, rng: np.random.Generator, text: str, r0: int, c0: int, height: float):
+    """Lead letters on a right breast's unflipped canvas, mirrored, so they read normally after the final flip."""
+    mirror = np.zeros_like(img)
+    box = markers.draw_lead_letters(mirror, rng, text, (r0, c0), height)
+    mirror = mirror[:, ::-1]
+    np.maximum(img, mirror, out=img)
+    if box is None:
+        return None
+    cols = img.shape[1]
+    return (box[0], box[1], cols - box[3], cols - box[2])
+
+
+def _intersect(b: tuple[int, int, int, int], f: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    r0, r1, c0, c1 = max(b[0], f[0]), min(b[1], f[1]), max(b[2], f[2]), min(b[3], f[3])
+    return (r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
 
 
 def _shrink(box: tuple[int, int, int, int], frac: float) -> tuple[int, int, int, int]:

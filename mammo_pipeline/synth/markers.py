@@ -1,16 +1,22 @@
 """Metal in the breast and its look-alikes: biopsy clips (ribbon, coil, X, O, T), hook wires, and the hard
-negatives - skin and nipple markers, grid-line streaks, bright horizontal stripes.
+negatives that are just as bright - nipple pellets, skin rings, triangles and scar wires, lead letters, coarse
+("popcorn") and vascular calcifications, implants and pacemakers/ports - plus grid-line streaks and bright stripes.
 
-Clips and wires are near-saturated (>= CLIP_MIN) with sharp edges; distractors stay at or below
-DISTRACTOR_MAX, so the ground truth can be checked on the pixels.
+Sizes and shapes: research note realism.md §4 (clips about 3 mm titanium; BB nipple markers < 3 mm, GE 2000D
+manual; skin-marker code pellet = nipple, circle = mole, triangle = palpable mass, line = scar, Beekley;
+coarse benign calcifications > 2 mm; devices at the upper edge of MLO views). Confounders are drawn at
+>= CLIP_MIN like metal clips, so no gray-level threshold separates them; a share of clips is drawn below
+saturation (`clip_value`: a polymer/hydrogel marker's small core in dense tissue, Pinkney BJR 2016). Every
+stamp returns its bounding box so the truth table can be checked on geometry.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-CLIP_MIN = 0.975
-DISTRACTOR_MAX = 0.955
+CLIP_MIN = 0.975  # saturated metal, and every confounder, is drawn at or above this display level
+DISTRACTOR_MAX = 0.955  # the old ceiling of hard negatives; only grid streaks and stripes stay below it now
+UNSATURATED_CLIP_SHARE = 0.25  # clips drawn below saturation (†: realism.md §4 gives no rate)
 CLIP_SHAPES = ("ribbon", "coil", "x", "o", "t")
 
 
@@ -47,6 +53,19 @@ def render_segments(segments: np.ndarray, thickness: float, pad: int = 2) -> tup
         u = np.clip(((xx - x0) * dx + (yy - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
         np.minimum(dist, np.hypot(xx - (x0 + u * dx), yy - (y0 + u * dy)), out=dist)
     return np.clip(thickness / 2 + 0.5 - dist, 0, 1), (int(lo[1]), int(lo[0]))
+
+
+Box = tuple[int, int, int, int]  # (row0, row1, col0, col1), end-exclusive, clipped to the frame
+
+
+def patch_box(shape: tuple[int, int], patch: np.ndarray, origin: tuple[int, int]) -> Box | None:
+    """The frame-clipped bounding box of a patch's covered pixels (None when nothing is inside)."""
+    rr, cc = np.nonzero(patch > 0.5)
+    if rr.size == 0:
+        return None
+    r0, r1 = max(0, origin[0] + int(rr.min())), min(shape[0], origin[0] + int(rr.max()) + 1)
+    c0, c1 = max(0, origin[1] + int(cc.min())), min(shape[1], origin[1] + int(cc.max()) + 1)
+    return (r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
 
 
 def stamp(img: np.ndarray, patch: np.ndarray, origin: tuple[int, int], value: float) -> float:
@@ -92,16 +111,22 @@ def metal_value(rng: np.random.Generator) -> float:
 
 
 def draw_clip(
-    img: np.ndarray, rng: np.random.Generator, center: tuple[float, float], length_px: float, thickness_px: float
-) -> float:
-    """One clip of a random shape and angle; returns the share of it inside the frame."""
+    img: np.ndarray,
+    rng: np.random.Generator,
+    center: tuple[float, float],
+    length_px: float,
+    thickness_px: float,
+    value: float | None = None,
+) -> tuple[float, Box | None]:
+    """One clip of a random shape and angle at `value` (default: saturated metal); (share inside, box)."""
     patch, origin = clip_stroke(rng, center, length_px, thickness_px)
-    return stamp(img, patch, origin, metal_value(rng))
+    share = stamp(img, patch, origin, metal_value(rng) if value is None else value)
+    return share, patch_box(img.shape, patch, origin)
 
 
 def draw_hook_wire(
     img: np.ndarray, rng: np.random.Generator, entry: tuple[float, float], target: tuple[float, float], width: float
-) -> None:
+) -> Box | None:
     """A localisation wire from the skin (`entry`) to `target`, ending in a small hook."""
     (y0, x0), (y1, x1) = entry, target
     n = 6
@@ -116,19 +141,144 @@ def draw_hook_wire(
     pts = np.stack([np.append(xs, hx), np.append(ys, hy)], axis=1).astype(np.float32)
     patch, origin = render_segments(np.stack([pts[:-1], pts[1:]], axis=1), width)
     stamp(img, patch, origin, metal_value(rng))
+    return patch_box(img.shape, patch, origin)
 
 
-def draw_skin_marker(img: np.ndarray, rng: np.random.Generator, center: tuple[float, float], radius: float) -> None:
-    """A skin or nipple marker: a metal bead or a ring, bright but below clip level (a hard negative)."""
+def clip_value(rng: np.random.Generator, tissue: float) -> tuple[float, bool]:
+    """(display value, saturated?) of one clip over tissue of display value `tissue`.
+
+    Most clips are titanium and saturate; UNSATURATED_CLIP_SHARE are a polymer marker's small core or sit in
+    dense tissue: 0.12-0.3 above the tissue, always below CLIP_MIN.
+    """
+    if rng.random() >= UNSATURATED_CLIP_SHARE:
+        return metal_value(rng), True
+    return float(min(CLIP_MIN - 0.03, tissue + rng.uniform(0.12, 0.3))), False
+
+
+def _disc(radius: float, ring: float | None = None) -> np.ndarray:
     h = int(np.ceil(radius)) + 2
     yy, xx = np.ogrid[-h : h + 1, -h : h + 1]
     d = np.sqrt(yy**2 + xx**2).astype(np.float32)
-    if rng.random() < 0.5:
-        patch = np.clip(radius + 0.5 - d, 0, 1)
-    else:
-        ring = max(1.0, radius * 0.3)
-        patch = np.clip(ring / 2 + 0.5 - np.abs(d - radius + ring / 2), 0, 1)
-    stamp(img, patch, (int(center[0]) - h, int(center[1]) - h), rng.uniform(0.9, DISTRACTOR_MAX))
+    if ring is None:
+        return np.clip(radius + 0.5 - d, 0, 1)
+    return np.clip(ring / 2 + 0.5 - np.abs(d - radius + ring / 2), 0, 1)
+
+
+def _stamp_centered(img: np.ndarray, patch: np.ndarray, center: tuple[float, float], value: float) -> Box | None:
+    origin = (int(center[0]) - patch.shape[0] // 2, int(center[1]) - patch.shape[1] // 2)
+    stamp(img, patch, origin, value)
+    return patch_box(img.shape, patch, origin)
+
+
+def draw_skin_marker(
+    img: np.ndarray, rng: np.random.Generator, center: tuple[float, float], radius: float, ring: bool | None = None
+) -> Box | None:
+    """A metal pellet (nipple marker, `ring=False`) or a hollow circle (mole marker, `ring=True`), clip-bright."""
+    ring = bool(rng.random() < 0.5) if ring is None else ring
+    patch = _disc(radius, max(1.0, radius * 0.3) if ring else None)
+    return _stamp_centered(img, patch, center, metal_value(rng))
+
+
+def draw_triangle_marker(img: np.ndarray, rng: np.random.Generator, center: tuple[float, float], side: float):
+    """A palpable-lump triangle (outline), as bright as a clip."""
+    ang = rng.uniform(0, 2 * np.pi)
+    pts = [
+        (
+            center[1] + side / np.sqrt(3) * np.cos(ang + k * 2 * np.pi / 3),
+            center[0] + side / np.sqrt(3) * np.sin(ang + k * 2 * np.pi / 3),
+        )
+        for k in range(4)
+    ]
+    seg = np.array([[pts[k], pts[k + 1]] for k in range(3)], dtype=np.float32)
+    patch, origin = render_segments(seg, max(1.0, side * 0.12))
+    stamp(img, patch, origin, metal_value(rng))
+    return patch_box(img.shape, patch, origin)
+
+
+def draw_polyline(
+    img: np.ndarray, rng: np.random.Generator, points: np.ndarray, width: float, broken: bool = False
+) -> Box | None:
+    """A metal wire along `points` ((row, col) pairs): scar markers (broken when `broken`), device leads."""
+    xy = points[:, ::-1].astype(np.float32)
+    seg = np.stack([xy[:-1], xy[1:]], axis=1)
+    if broken:
+        seg = seg[::2] if len(seg) > 2 else seg
+    patch, origin = render_segments(seg, width)
+    stamp(img, patch, origin, metal_value(rng))
+    return patch_box(img.shape, patch, origin)
+
+
+def draw_popcorn(img: np.ndarray, rng: np.random.Generator, center: tuple[float, float], size: float) -> Box | None:
+    """A coarse ("popcorn") calcification: 3-6 overlapping lumps, `size` px across, saturated."""
+    h = int(size) + 3
+    patch = np.zeros((2 * h + 1, 2 * h + 1), dtype=np.float32)
+    for _ in range(int(rng.integers(3, 7))):
+        rad = rng.uniform(0.2, 0.35) * size
+        dy, dx = rng.uniform(-0.3, 0.3, 2) * size
+        yy, xx = np.ogrid[-h : h + 1, -h : h + 1]
+        np.maximum(patch, np.clip(rad + 0.5 - np.sqrt((yy - dy) ** 2 + (xx - dx) ** 2), 0, 1), out=patch)
+    return _stamp_centered(img, patch, center, metal_value(rng))
+
+
+def draw_tram_track(
+    img: np.ndarray, rng: np.random.Generator, start: tuple[float, float], length: float, gap: float, width: float
+) -> Box | None:
+    """A vascular calcification: two parallel, slightly broken lines (the vessel's calcified walls), saturated."""
+    ang = rng.uniform(0, np.pi)
+    d = np.array([np.sin(ang), np.cos(ang)])  # (row, col) direction
+    nrm = np.array([d[1], -d[0]])
+    ts = np.linspace(0, length, 9)
+    base = np.array(start)[None, :] + ts[:, None] * d[None, :]
+    base += np.cumsum(rng.normal(0, 0.03 * length / 8, (9, 2)), axis=0)
+    segs = []
+    for side in (-0.5, 0.5):
+        line = (base + side * gap * nrm)[:, ::-1].astype(np.float32)
+        segs += [[line[k], line[k + 1]] for k in range(8) if rng.random() < 0.8]
+    if not segs:
+        segs = [[base[0, ::-1], base[-1, ::-1]]]
+    patch, origin = render_segments(np.array(segs, dtype=np.float32), width)
+    stamp(img, patch, origin, metal_value(rng))
+    return patch_box(img.shape, patch, origin)
+
+
+def draw_lead_letters(img: np.ndarray, rng: np.random.Generator, text: str, corner: tuple[int, int], height: float):
+    """Burned-in lead letters / orientation label ("LCC", "R MLO") at `corner` (row, col of the top-left)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    size = max(8, round(height))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    canvas = Image.new("L", (size * (len(text) + 1), size * 2), 0)
+    ImageDraw.Draw(canvas).text((size // 4, size // 4), text, fill=255, font=font)
+    patch = (np.asarray(canvas, dtype=np.float32) / 255.0 > 0.4).astype(np.float32)
+    stamp(img, patch, corner, metal_value(rng))
+    return patch_box(img.shape, patch, corner)
+
+
+def draw_implant(
+    img: np.ndarray, rng: np.random.Generator, center: tuple[float, float], radii: tuple[float, float]
+) -> Box | None:
+    """A breast implant: a large, smooth, saturated oval behind the gland (silicone stops the beam)."""
+    ry, rx = radii
+    h, w = int(ry) + 2, int(rx) + 2
+    yy, xx = np.ogrid[-h : h + 1, -w : w + 1]
+    r = np.sqrt((yy / ry) ** 2 + (xx / rx) ** 2).astype(np.float32)
+    patch = np.clip((1.0 - r) * max(ry, rx) + 0.5, 0, 1)
+    return _stamp_centered(img, patch, center, metal_value(rng))
+
+
+def draw_device(img: np.ndarray, rng: np.random.Generator, center: tuple[float, float], size: float) -> Box | None:
+    """A pacemaker or port: a rounded can (`size` px across) with a lead, saturated; may run off the frame."""
+    ry, rx = size * rng.uniform(0.35, 0.5), size * rng.uniform(0.5, 0.7)
+    box = draw_implant(img, rng, center, (ry, rx))
+    lead = np.array(center)[None, :] + np.cumsum(rng.normal([0.0, 1.0], 0.4, (6, 2)) * size * 0.35, axis=0)
+    wire = draw_polyline(img, rng, np.vstack([np.array(center)[None, :], lead]), max(1.0, size * 0.04))
+    boxes = [b for b in (box, wire) if b]
+    if not boxes:
+        return None
+    return (min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
 def draw_grid_streaks(img: np.ndarray, rng: np.random.Generator) -> None:

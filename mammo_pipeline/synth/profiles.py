@@ -55,6 +55,7 @@ class VendorProfile:
     compression_force: tuple[float, float] | None = (80.0, 130.0)
     protocol_name: str | None = None
     software_versions: str = "1.0"
+    secondary_capture: bool = False  # digitized film: Secondary Capture, ConversionType DF, no detector tags
 
 
 MAG_CODES: dict[str, tuple[str, str]] = {  # scheme -> (code value, meaning) for Magnification (CID 4015)
@@ -189,15 +190,32 @@ PROFILES: dict[str, VendorProfile] = {
             compression_force=None,
             software_versions="8.2",
         ),
+        # Digitized screen-film prior (realism.md §1.1: film beta ~2.8; DDSM-style laser scan of an 18 x 24 cm
+        # film at 50 um, 12 bits): Secondary Capture with Modality MG, no vendor or detector attributes.
+        VendorProfile(
+            key="FILM-DF",
+            manufacturer="",
+            model_name="",
+            rows=4800,
+            columns=3600,
+            pixel_spacing=0.050,
+            bits_stored=12,
+            windows=((0.5, 1.0),),
+            grid_contact=None,
+            mag_in_series_description=0.5,
+            compression_force=None,
+            software_versions="",
+            secondary_capture=True,
+        ),
     )
 }
 PROFILE_ORDER: tuple[str, ...] = tuple(PROFILES)
 
 
 def machines_of(hospital_index: int) -> list[str]:
-    """The 2-3 profiles a hospital runs; hospitals 0-2 together cover all six."""
+    """The 2-3 profiles a hospital runs (odd hospitals 3), consecutive in PROFILE_ORDER, so hospitals 0-2
+    together cover all seven (the digitized-film "machine" stands for a site's scanned priors)."""
     n = len(PROFILE_ORDER)
-    keys = [PROFILE_ORDER[(2 * hospital_index) % n], PROFILE_ORDER[(2 * hospital_index + 1) % n]]
-    if hospital_index % 2 == 1:
-        keys.append(PROFILE_ORDER[(2 * hospital_index + 3) % n])
-    return keys
+    start = 2 * hospital_index + hospital_index // 2
+    count = 3 if hospital_index % 2 == 1 else 2
+    return [PROFILE_ORDER[(start + k) % n] for k in range(count)]

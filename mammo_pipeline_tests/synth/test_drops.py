@@ -1,5 +1,7 @@
-"""Synthetic drops: layout, ground truth checked on the pixels, determinism, incremental drops, corrupt files."""
+"""Synthetic drops: layout, ground truth checked on the pixels' geometry, coverage of every confounder and
+special view, determinism, incremental drops, corrupt files."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,9 @@ from pydicom.errors import InvalidDicomError
 
 from mammo_pipeline.landing import SLUG, list_drops, list_hospitals
 from mammo_pipeline.synth import generate_drops, hospital_slugs, read_truth
+from mammo_pipeline.synth.image import CONFOUNDERS
 from mammo_pipeline.synth.markers import CLIP_MIN
+from mammo_pipeline.synth.profiles import PROFILES
 
 SCALE = 0.1
 
@@ -48,24 +52,86 @@ def test_generate_drops_layout_ready_and_truth(landing):
         assert (landing / row.rel_path).stat().st_size == row.file_size
     good = truth[truth["corrupt_kind"].isna()]
     assert set(good["label"]) == {"neither", "biopsy", "mag", "both"}
-    assert set(truth["vendor_profile"]) == {"H-DIM", "H-LOR", "GE-ESS", "SIE-INS", "FUJ-AMU", "PHI-MD"}
+    assert set(truth["vendor_profile"]) == set(PROFILES)
     assert truth["sop_instance_uid"].is_unique
     assert (good.groupby("study_instance_uid").size() >= 2).all()
     assert (good[good["study_kind"] == "screening"].groupby("study_instance_uid").size() >= 4).all()
     assert good.groupby("patient_id")["study_instance_uid"].nunique().max() >= 2
 
 
-def test_truth_agrees_with_pixels(landing):
+def _images(landing):
     truth = read_truth(landing)
-    images = truth[truth["corrupt_kind"].isna() & ~truth["for_processing"].astype(bool)]
-    for row in images.itertuples():
+    return truth[truth["corrupt_kind"].isna() & ~truth["for_processing"].astype(bool)]
+
+
+def _in_boxes(shape, boxes, pad=1) -> np.ndarray:
+    inside = np.zeros(shape, dtype=bool)
+    for _, r0, r1, c0, c1 in boxes:
+        inside[max(0, r0 - pad) : r1 + pad, max(0, c0 - pad) : c1 + pad] = True
+    return inside
+
+
+def test_truth_agrees_with_pixel_geometry(landing):
+    """Confounders are as bright as clips, so the truth is checked on where things are, not on a gray gap."""
+    hot_level = CLIP_MIN - 0.005
+    for row in _images(landing).itertuples():
         v = _display(pydicom.dcmread(landing / row.rel_path))
-        assert bool((v >= CLIP_MIN - 0.005).any()) == row.has_biopsy_marker, row.rel_path
-        assert _has_unexposed_border(v) == row.is_mag_view, row.rel_path
+        boxes = json.loads(row.boxes)
+        kinds = [b[0] for b in boxes]
+        hot = v >= hot_level
+        assert not (hot & ~_in_boxes(v.shape, boxes)).any(), f"{row.rel_path}: bright pixels outside every box"
+        for i, (kind, r0, r1, c0, c1) in enumerate(boxes):
+            patch = v[r0:r1, c0:c1]
+            others = _in_boxes(v.shape, boxes[:i] + boxes[i + 1 :], pad=0)[r0:r1, c0:c1]
+            if kind == "clip_unsaturated" and not others.any():  # below saturation, visible above the tissue
+                pad = max(3, r1 - r0, c1 - c0)
+                ring = v[max(0, r0 - pad) : r1 + pad, max(0, c0 - pad) : c1 + pad]
+                assert patch.max() < hot_level and patch.max() - np.median(ring) > 0.08, row.rel_path
+            elif kind != "clip_unsaturated":  # clips, wires and every confounder reach the clips' gray level
+                assert patch.max() >= hot_level, (row.rel_path, kind)
+        n_clips = kinds.count("clip") + kinds.count("clip_unsaturated")
+        assert (n_clips > 0) == row.has_biopsy_marker and n_clips == row.n_clips, row.rel_path
+        assert kinds.count("clip_unsaturated") == row.n_clips_unsaturated, row.rel_path
+        assert kinds.count("hook_wire") == int(row.hook_wire), row.rel_path
+        for kind in CONFOUNDERS:
+            assert (kind in kinds) == getattr(row, kind), (row.rel_path, kind)
+        assert _has_unexposed_border(v) == (row.is_mag_view or row.is_spot_view), row.rel_path
+        assert (row.mag_factor > 1.0) == row.is_mag_view, row.rel_path
         if row.marker_partly_outside:  # cut off at the chest-wall edge (column 0 for a left breast)
             edge = v[:, 0] if row.laterality == "L" else v[:, -1]
-            assert (edge >= CLIP_MIN - 0.005).any(), row.rel_path
-    assert images["marker_partly_outside"].any() and images["subtle_mag"].any()
+            assert (edge >= hot_level).any(), row.rel_path
+
+
+def test_drops_cover_every_confounder_and_special_view(landing):
+    images = _images(landing)
+    for kind in CONFOUNDERS:
+        assert images[kind].any(), kind
+    assert images["marker_partly_outside"].any() and images["subtle_mag"].any() and images["hook_wire"].any()
+    assert (images["n_clips_unsaturated"] > 0).any()  # some clips do not saturate
+    assert (images["n_clips"] > images["n_clips_unsaturated"]).any()  # and most do
+    spot_only = images["is_spot_view"] & ~images["is_mag_view"]
+    assert spot_only.any() and (images["is_mag_view"] & images["is_spot_view"]).any()
+    assert not images.loc[spot_only, "label"].isin(["mag", "both"]).any()  # spot compression is not a mag view
+    assert set(images["density"]) <= {"a", "b", "c", "d"} and images["density"].nunique() >= 3
+
+
+def test_confounders_are_as_bright_as_clips(landing):
+    """The old brightness gap is gone: some negative image holds a confounder at or above the clips' gray."""
+    hot_level = CLIP_MIN - 0.005
+    negatives = _images(landing)
+    negatives = negatives[~negatives["has_biopsy_marker"].astype(bool) & negatives[list(CONFOUNDERS)].any(axis=1)]
+    brightest = [float(_display(pydicom.dcmread(landing / p)).max()) for p in negatives["rel_path"]]
+    assert brightest and max(brightest) >= hot_level
+
+
+def test_digitized_film_is_secondary_capture_with_modality_mg(landing):
+    truth = _images(landing)
+    film = truth[truth["vendor_profile"] == "FILM-DF"]
+    assert len(film)
+    ds = pydicom.dcmread(landing / film["rel_path"].iloc[0])
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.Modality == "MG" and ds.ConversionType == "DF"
+    assert not ds.Manufacturer and "PresentationIntentType" not in ds and "PixelSpacing" not in ds
+    assert ds.NominalScannedPixelSpacing
 
 
 def test_headers_never_reveal_a_marker_and_carry_identities(landing):

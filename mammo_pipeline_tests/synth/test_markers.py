@@ -1,4 +1,4 @@
-"""Clips are near-saturated and sharp; look-alike distractors stay below clip level."""
+"""Clips are near-saturated and sharp (a share below saturation); look-alike confounders are just as bright."""
 
 import numpy as np
 import pytest
@@ -26,11 +26,38 @@ def test_inside_share_counts_what_the_frame_keeps():
     assert far == 0.0
 
 
-def test_skin_marker_stays_below_clip_level():
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda img, rng: markers.draw_skin_marker(img, rng, (30, 30), radius=6, ring=False),
+        lambda img, rng: markers.draw_skin_marker(img, rng, (30, 30), radius=6, ring=True),
+        lambda img, rng: markers.draw_triangle_marker(img, rng, (30, 30), side=20),
+        lambda img, rng: markers.draw_popcorn(img, rng, (30, 30), size=12),
+        lambda img, rng: markers.draw_tram_track(img, rng, (20, 20), length=30, gap=5, width=2),
+        lambda img, rng: markers.draw_polyline(img, rng, np.array([[10, 10], [30, 40], [50, 50]]), 2, broken=True),
+        lambda img, rng: markers.draw_lead_letters(img, rng, "LCC", (5, 5), height=12),
+        lambda img, rng: markers.draw_implant(img, rng, (30, 30), (20, 15)),
+        lambda img, rng: markers.draw_device(img, rng, (5, 20), size=30),
+    ],
+)
+def test_confounders_reach_clip_level_inside_their_box(draw):
     img = np.full((60, 60), 0.3, dtype=np.float32)
-    for seed in range(6):
-        markers.draw_skin_marker(img, np.random.default_rng(seed), (30, 30), radius=6)
-    assert 0.9 <= img.max() <= markers.DISTRACTOR_MAX < markers.CLIP_MIN
+    box = draw(img, np.random.default_rng(0))
+    assert box is not None
+    r0, r1, c0, c1 = box
+    inside = np.zeros(img.shape, dtype=bool)
+    inside[r0:r1, c0:c1] = True
+    assert img[inside].max() >= markers.CLIP_MIN  # as bright as metal clips
+    assert (img[~inside] <= 0.3 + 0.5).all() and (img[~inside] < markers.CLIP_MIN).all()  # nothing outside its box
+
+
+def test_clip_value_saturates_mostly_and_stays_below_when_not():
+    rng = np.random.default_rng(0)
+    values = [markers.clip_value(rng, 0.6) for _ in range(400)]
+    unsaturated = [v for v, sat in values if not sat]
+    assert 0.15 < len(unsaturated) / len(values) < 0.35
+    assert all(0.6 + 0.12 <= v < markers.CLIP_MIN for v in unsaturated)
+    assert all(v >= markers.CLIP_MIN for v, sat in values if sat)
 
 
 def test_unknown_clip_shape_is_rejected():

@@ -15,6 +15,7 @@ SCALE = 0.05
 
 def test_three_hospitals_run_every_profile():
     assert {key for i in range(3) for key in machines_of(i)} == set(PROFILES)
+    assert "FILM-DF" in PROFILES and PROFILES["FILM-DF"].secondary_capture
     assert all(2 <= len(machines_of(i)) <= 3 for i in range(10))
 
 
@@ -31,8 +32,11 @@ def test_profile_files_read_back_and_decode(tmp_path, key):
         arr = ds.pixel_array
         assert arr.shape == (round(profile.rows * SCALE), round(profile.columns * SCALE))
         assert arr.max() < 1 << profile.bits_stored and ds.BitsStored == profile.bits_stored
-        assert float(ds.PixelSpacing[0]) == pytest.approx(profile.pixel_spacing / SCALE, rel=1e-4)
-        if not row["for_processing"]:
+        spacing = ds.NominalScannedPixelSpacing if profile.secondary_capture else ds.PixelSpacing
+        assert float(spacing[0]) == pytest.approx(profile.pixel_spacing / SCALE, rel=1e-4)
+        if profile.secondary_capture:  # digitized film
+            assert ds.SOPClassUID == uid.SecondaryCaptureImageStorage and ds.Modality == "MG"
+        elif not row["for_processing"]:
             assert ds.SOPClassUID == uid.DigitalMammographyXRayImageStorageForPresentation
             shown = apply_voi_lut(apply_modality_lut(arr, ds), ds)
             assert np.isfinite(shown).all() and shown.max() > shown.min()
