@@ -255,11 +255,13 @@ def test_two_annotators_labeling_at_once_lose_nothing_and_never_meet(settings, s
     app = create_app(settings, team=True, users=users, secret="s")
     failures: list[int] = []
     done: dict[str, list[int]] = {name: [] for name in users}
+    both_hold_a_card = threading.Barrier(len(users), timeout=60)  # else one fast session may label all 8 alone
 
     def work(name: str) -> None:
         with BrowserClient(app) as c:
             c.post("/login", data={"name": name, "password": users[name]})
             html = c.get("/card", params={"q": "unlabeled"}, headers=HX).text
+            both_hold_a_card.wait()
             while 'name="image_id" value=""' not in html:
                 image_id, seen = _card_state(html)
                 r = _label(c, "3", image_id, seen)
