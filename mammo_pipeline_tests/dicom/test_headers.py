@@ -302,6 +302,7 @@ def test_read_header_row_decodes_text_in_its_character_set(tmp_path):
 
 def test_read_header_row_on_every_vendor_profile_matches_the_truth(tmp_path):
     from mammo_pipeline.synth.drops import generate_drops, read_truth
+    from mammo_pipeline.synth.profiles import PROFILES
 
     landing = tmp_path / "land"
     generate_drops(landing, hospitals=6, studies_per_hospital=2, seed=5, scale=0.05, workers=1)
@@ -311,5 +312,7 @@ def test_read_header_row_on_every_vendor_profile_matches_the_truth(tmp_path):
         hospital, drop = t.rel_path.split("/")[:2]
         row = read_header_row(landing / t.rel_path, landing, hospital, drop, SALT)
         assert row["sop_instance_uid"] == t.sop_instance_uid, t.rel_path
-        assert row["image_kind"] in ("2d", "for_processing") and row["patient_key_source"] == "patient_id"
+        film = PROFILES[t.vendor_profile].secondary_capture  # the digitized-film profile: Secondary Capture, MG
+        assert row["image_kind"] == "digitized_film" if film else row["image_kind"] in ("2d", "for_processing")
+        assert row["patient_key_source"] == "patient_id"
         assert row["no_file_meta"] is False and row["pixel_data_bytes"] > 0
