@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import re
 import struct
@@ -113,6 +114,7 @@ FOR_PROCESSING_SOP_CLASSES = frozenset({MG_FOR_PROCESSING, DX_FOR_PROCESSING, BR
 IMAGE_KINDS = ("2d", "synthesized_2d", "digitized_film", "for_processing", "secondary_capture", "tomosynthesis")
 QUARANTINED_KINDS = frozenset({"tomosynthesis"})
 MAX_FRAMES = 2**31 - 1  # IS range (PS3.5 6.2)
+HEAD_BYTES = 65536  # read at once: holds a typical header (1.5-35 kB in vendor files); longer ones are re-read
 
 # SNOMED-RT / SNM3 code -> SCT concept (PS3.16 CID 4014 views, CID 4015 view modifiers).
 SRT_TO_SCT: dict[str, str] = {
@@ -516,6 +518,27 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
     NoPixelData (no Pixel Data element, or an empty one). A file cut exactly between two header elements cannot be
     told from a header whose Pixel Data never arrived: it is `no_pixel_data`.
     """
+    with path.open("rb") as real:
+        head = real.read(HEAD_BYTES)
+        whole = len(head) >= size
+        if whole or len(head) == HEAD_BYTES:
+            # the common case: the header and Pixel Data's own header lie in the first HEAD_BYTES (or the whole
+            # file does), so pydicom parses from memory instead of issuing a read and a tell per element
+            with contextlib.suppress(_Retry):
+                return _read_until_pixels(io.BytesIO(head), real, path, size, name, trial=not whole)
+        real.seek(0)
+        return _read_until_pixels(real, real, path, size, name, trial=False)
+
+
+class _Retry(Exception):
+    """The first HEAD_BYTES of a file do not hold its header up to Pixel Data: read the file itself."""
+
+
+def _read_until_pixels(
+    fp: BinaryIO, real: BinaryIO, path: Path, size: int, name: str, *, trial: bool
+) -> tuple[Dataset, int, bool, str]:
+    """`read_until_pixels` on `fp`, either the open file or an in-memory copy of its first bytes (`trial`: any
+    failure or a header running past the copy raises _Retry); `real` is the open file, for the fragment walk."""
     seen: list[tuple[str | None, int]] = []
 
     def stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
@@ -526,56 +549,60 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
 
     no_file_meta = False
     try:
-        with path.open("rb") as fp:
-            try:
-                ds = read_partial(fp, stop_at_pixels, specific_tags=SPECIFIC_TAGS)
-            except InvalidDicomError as exc:
-                fp.seek(0)
-                head = fp.read(132)
-                if not _bare_dataset(head):
-                    if 0 < size < 144 and b"DICM".startswith(head[128:132]) and not head[:128].strip(b"\x00"):
-                        raise Truncated(f"{name}: the file ends ({size} bytes) before its File Meta group") from exc
-                    raise NotDicom(f"{name}: not a DICOM file (no DICM prefix, no data set at byte 0)") from exc
-                fp.seek(0)
-                seen.clear()
-                ds = read_partial(fp, stop_at_pixels, force=True, specific_tags=SPECIFIC_TAGS)
-                no_file_meta = "TransferSyntaxUID" not in ds.file_meta  # a File Meta group without preamble is fine
-            meta = ds.file_meta
-            meta_length = meta.get("FileMetaInformationGroupLength")
-            if isinstance(meta_length, int) and 144 + meta_length > size:
-                raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
-            if not no_file_meta and "TransferSyntaxUID" not in meta and (len(meta) > 0 or fp.tell() >= size):
-                raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
-            if "TransferSyntaxUID" not in meta:
-                no_file_meta = True
-                if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
-                    raise NotDicom(f"{name}: no File Meta and no SOP Class / Instance UID: not a DICOM data set")
-                implicit, little = ds.original_encoding
-                syntax = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-                syntax = ImplicitVRLittleEndian if implicit else syntax
-            else:
-                syntax = str(meta.TransferSyntaxUID)
-            if not seen:
-                end = max(
-                    _last_element_end(path, no_file_meta), 144 + meta_length if isinstance(meta_length, int) else 0
-                )
-                if end > size or 0 < size - end < 8 or len(ds) == 0:
-                    raise Truncated(f"{name}: the file ends ({size} bytes) inside a header element, before Pixel Data")
-                raise NoPixelData(f"{name}: no (7FE0,0010) Pixel Data element")
-            if syntax == DeflatedExplicitVRLittleEndian:
-                return ds, -1, no_file_meta, syntax  # inside a zlib stream: the length cannot be checked
-            vr, length = seen[0]
-            header = 12 if vr in _LONG_VRS else 8  # implicit VR (vr None): tag + 4-byte length
-            value_start = fp.tell() + header
-            if length == _UNDEFINED:
-                return ds, walk_fragments(fp, value_start, size, name), no_file_meta, syntax
-    except InvalidDicomError as exc:
-        raise NotDicom(f"{name}: not a DICOM file ({exc})") from exc
-    except (EOFError, struct.error) as exc:
-        raise Truncated(f"{name}: the header ends early ({_scrub(exc, path, name)})") from exc
-    except UnusableImage:
+        try:
+            ds = read_partial(fp, stop_at_pixels, specific_tags=SPECIFIC_TAGS)
+        except InvalidDicomError as exc:
+            fp.seek(0)
+            head = fp.read(132)
+            if not _bare_dataset(head):
+                if 0 < size < 144 and b"DICM".startswith(head[128:132]) and not head[:128].strip(b"\x00"):
+                    raise Truncated(f"{name}: the file ends ({size} bytes) before its File Meta group") from exc
+                raise NotDicom(f"{name}: not a DICOM file (no DICM prefix, no data set at byte 0)") from exc
+            fp.seek(0)
+            seen.clear()
+            ds = read_partial(fp, stop_at_pixels, force=True, specific_tags=SPECIFIC_TAGS)
+            no_file_meta = "TransferSyntaxUID" not in ds.file_meta  # a File Meta group without preamble is fine
+        meta = ds.file_meta
+        meta_length = meta.get("FileMetaInformationGroupLength")
+        if isinstance(meta_length, int) and 144 + meta_length > size:
+            raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
+        if not no_file_meta and "TransferSyntaxUID" not in meta and (len(meta) > 0 or fp.tell() >= size):
+            raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
+        if "TransferSyntaxUID" not in meta:
+            no_file_meta = True
+            if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+                raise NotDicom(f"{name}: no File Meta and no SOP Class / Instance UID: not a DICOM data set")
+            implicit, little = ds.original_encoding
+            syntax = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+            syntax = ImplicitVRLittleEndian if implicit else syntax
+        else:
+            syntax = str(meta.TransferSyntaxUID)
+        if trial and not seen:  # the copy ended first (pydicom saw Pixel Data's element header, so it is inside)
+            raise _Retry
+        if not seen:
+            end = max(_last_element_end(path, no_file_meta), 144 + meta_length if isinstance(meta_length, int) else 0)
+            if end > size or 0 < size - end < 8 or len(ds) == 0:
+                raise Truncated(f"{name}: the file ends ({size} bytes) inside a header element, before Pixel Data")
+            raise NoPixelData(f"{name}: no (7FE0,0010) Pixel Data element")
+        if syntax == DeflatedExplicitVRLittleEndian:
+            return ds, -1, no_file_meta, syntax  # inside a zlib stream: the length cannot be checked
+        vr, length = seen[0]
+        header = 12 if vr in _LONG_VRS else 8  # implicit VR (vr None): tag + 4-byte length
+        value_start = fp.tell() + header
+        if length == _UNDEFINED:
+            return ds, walk_fragments(real, value_start, size, name), no_file_meta, syntax
+    except _Retry:
         raise
-    except Exception as exc:  # pydicom raises many kinds on garbage; all mean "cannot parse"
+    except Exception as exc:
+        if trial:
+            raise _Retry from exc
+        if isinstance(exc, UnusableImage):
+            raise
+        if isinstance(exc, InvalidDicomError):
+            raise NotDicom(f"{name}: not a DICOM file ({exc})") from exc
+        if isinstance(exc, EOFError | struct.error):
+            raise Truncated(f"{name}: the header ends early ({_scrub(exc, path, name)})") from exc
+        # pydicom raises many kinds on garbage; all mean "cannot parse"
         if size < 144:
             raise Truncated(f"{name}: the file ends ({size} bytes) inside its File Meta group") from exc
         raise NotDicom(f"{name}: unreadable header ({type(exc).__name__}: {_scrub(exc, path, name)})") from exc
