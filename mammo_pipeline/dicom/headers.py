@@ -197,6 +197,12 @@ _KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
 ).split()
 _TAG_OF: dict[str, int] = {keyword: tag_for_keyword(keyword) for keyword in _KEYWORDS}  # type: ignore[misc]
 SPECIFIC_TAGS: list[int] = sorted(set(_TAG_OF.values()))
+# Elements a Header decodes eagerly: the wanted top-level ones and those of code sequence items.
+_KEYWORD_OF: dict[int, str] = {
+    tag_for_keyword(keyword): keyword  # type: ignore[misc]
+    for keyword in (*_KEYWORDS, "CodeValue", "CodingSchemeDesignator", "CodeMeaning")
+}
+_VR_OF: dict[int, str] = {tag: dictionary_VR(tag) for tag in _KEYWORD_OF}
 
 
 def pseudonymize(value: str | bytes, salt: bytes) -> str:
@@ -690,6 +696,31 @@ class Header:
         self.memo: dict[str, list[str]] = {}
         self.sequences: dict[str, list[Header]] = {}
         self.codec = _codec(self) if top else codec
+        self._decode_present()
+
+    def _decode_present(self) -> None:
+        """Decode every wanted raw element the data set holds in one pass over its elements (a header read with
+        `specific_tags` holds little else), instead of one keyword-to-element lookup per access."""
+        store = getattr(self.ds, "_dict", None)
+        if not isinstance(store, dict):
+            return
+        memo, codec = self.memo, self.codec
+        for tag, elem in store.items():
+            keyword = _KEYWORD_OF.get(tag)
+            if keyword is None or type(elem) is not RawDataElement or not elem.is_little_endian:
+                continue
+            value = elem.value
+            if type(value) is not bytes:
+                continue
+            vr = elem.VR or _VR_OF[tag]
+            if vr in _TEXT_VRS:
+                if codec is None:
+                    continue
+                decoded = _decode_raw(vr, value, codec)
+            else:
+                decoded = _decode_raw(vr, value, "latin-1")
+            if decoded is not None:
+                memo[keyword] = decoded
 
     def strings(self, keyword: str) -> list[str]:
         hit = self.memo.get(keyword)
