@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from mammo_pipeline.dicom.errors import NoPixelData, NotDicom, NotMammography, Truncated, UnusableImage
 from mammo_pipeline.dicom.headers import (
+    HEAD_BYTES,
     MG_FOR_PRESENTATION,
     MG_FOR_PROCESSING,
     meta_flags,
@@ -284,6 +285,28 @@ def test_read_header_row_reports_every_cut_inside_the_header_as_truncated(tmp_pa
     boundaries = set(starts[1:]) | {pixel_tag}  # a cut before the first element leaves an empty data set
     assert {cut for cut, r in reasons.items() if r != "truncated"} == boundaries
     assert {reasons[cut] for cut in boundaries} == {"no_pixel_data"}
+
+
+@pytest.mark.parametrize("shift", [-30, -12, -4, 0, 4, 12, 30])
+def test_read_header_row_reads_headers_longer_than_the_first_read(tmp_path, shift):
+    """A header whose Pixel Data element starts near or past the first HEAD_BYTES (read into memory at once) gives
+    the row a short header gives, and a cut file is still truncated."""
+    uids = {"SOPInstanceUID": "1.2.3.4", "StudyInstanceUID": "1.2.3.5", "SeriesInstanceUID": "1.2.3.6"}
+    short = row_of(tmp_path, **uids)
+    pad = 8
+    for _ in range(2):  # size the ICC Profile so that Pixel Data's tag lands at HEAD_BYTES + shift
+        path = write_mg(tmp_path / "land" / "h1" / "d1" / "long.dcm", ICCProfile=b"\0" * pad, **uids)
+        pad += HEAD_BYTES + shift - path.read_bytes().index(b"\xe0\x7f\x10\x00")
+    data = path.read_bytes()
+    assert data.index(b"\xe0\x7f\x10\x00") == HEAD_BYTES + shift
+    row = read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    ignore = {"rel_path", "file_size", "file_mtime_ns", "indexed_at"}
+    assert {k: v for k, v in row.items() if k not in ignore} == {k: v for k, v in short.items() if k not in ignore}
+    for cut in (len(data) - 1, HEAD_BYTES + shift + 6, HEAD_BYTES - 1000):  # in the pixels, their header, the ICC
+        path.write_bytes(data[:cut])
+        with pytest.raises(UnusableImage) as info:
+            read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+        assert info.value.reason == "truncated", cut
 
 
 def test_read_header_row_rejects_other_modalities(tmp_path):
