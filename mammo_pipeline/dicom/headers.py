@@ -71,7 +71,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
+from pydicom.filereader import data_element_generator, read_partial
 from pydicom.multival import MultiValue
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -184,6 +184,8 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00009, 0x7FE00008}  # Pixel Data, Double Float / Float Pixel Data
 _LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ", "UC", "UR", "UT"}  # explicit VRs with a 4-byte length
 _UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000  # (FFFE,E000) Item
+_RAW_SQ_LIMIT = 0x4141  # below it, no item length's low bytes read as an explicit VR (two letters A-Z)
 _PATIENT_ID = 0x00100020
 _KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
     "SpecificCharacterSet ImageType SOPClassUID SOPInstanceUID StudyInstanceUID SeriesInstanceUID PatientID "
@@ -691,7 +693,7 @@ class Header:
     goes through pydicom. Element boundaries, VRs, sequences and character sets always come from pydicom.
     """
 
-    def __init__(self, ds: Dataset, codec: str | None = None, *, top: bool = True) -> None:
+    def __init__(self, ds: Dataset | _Elements, codec: str | None = None, *, top: bool = True) -> None:
         self.ds = ds
         self.memo: dict[str, list[str]] = {}
         self.sequences: dict[str, list[Header]] = {}
@@ -740,6 +742,10 @@ class Header:
             elem = _element(self.ds, tag)
             if elem is None:
                 return []
+            if isinstance(elem, RawDataElement):
+                items = _raw_items(elem, self.codec)
+                if items is not None:
+                    return items
             value = self.ds[tag].value if isinstance(elem, RawDataElement) else elem.value
             return [Header(item, self.codec, top=False) for item in value or []]
         except Exception:  # an unparsable sequence counts as absent
@@ -757,6 +763,55 @@ class Header:
             if decoded is not None:
                 return decoded
         return _dataset_strings(self.ds, keyword)
+
+
+def _raw_items(elem: RawDataElement, codec: str | None) -> list[Header] | None:
+    """The items of a short, defined-length sequence that pydicom kept raw, each read by pydicom's element
+    generator into a plain tag -> raw element dict instead of a Dataset per item (item and Dataset set-up cost
+    more than the code items hold). None, so that pydicom converts the sequence itself, when the character set
+    needs pydicom, the sequence is long (an item length of 16705 bytes or more could read as an explicit VR), or
+    anything is not a defined-length item."""
+    value = elem.value
+    if codec is None or not elem.is_little_endian or type(value) is not bytes or len(value) >= _RAW_SQ_LIMIT:
+        return None
+    if elem.VR not in (None, "SQ"):
+        return None
+    implicit = elem.is_implicit_VR
+    items = []
+    try:
+        for item in data_element_generator(io.BytesIO(value), implicit, True):
+            if item.tag != _ITEM or type(item) is not RawDataElement or item.length == _UNDEFINED:
+                return None
+            elements = {e.tag: e for e in data_element_generator(io.BytesIO(item.value or b""), implicit, True)}
+            items.append(Header(_Elements(elements), codec, top=False))
+    except Exception:
+        return None
+    return items
+
+
+class _Elements:
+    """The elements of one sequence item as pydicom's element generator yielded them (tag -> raw element); a
+    pydicom Dataset of them is built only for the rare lookups that need pydicom's converters."""
+
+    __slots__ = ("_dataset", "_dict")
+
+    def __init__(self, elements: dict[int, Any]) -> None:
+        self._dict = elements
+        self._dataset: Dataset | None = None
+
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = Dataset(self._dict)
+        return self._dataset
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.dataset().get(key, default)
+
+    def get_item(self, tag: int) -> Any:
+        return self._dict.get(tag)
+
+    def __getitem__(self, tag: int) -> Any:
+        return self.dataset()[tag]
 
 
 def _element(ds: Dataset, tag: int | None) -> Any:

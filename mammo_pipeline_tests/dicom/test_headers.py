@@ -11,8 +11,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_partial
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
+from mammo_pipeline.dicom import headers as headers_module
 from mammo_pipeline.dicom.errors import NoPixelData, NotDicom, NotMammography, Truncated, UnusableImage
 from mammo_pipeline.dicom.headers import (
     HEAD_BYTES,
@@ -307,6 +308,34 @@ def test_read_header_row_reads_headers_longer_than_the_first_read(tmp_path, shif
         with pytest.raises(UnusableImage) as info:
             read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
         assert info.value.reason == "truncated", cut
+
+
+@pytest.mark.parametrize("encoding", ["defined", "undefined_length", "implicit_vr", "long"])
+def test_read_header_row_reads_code_sequences_in_every_encoding(tmp_path, encoding, monkeypatch):
+    """Code sequence items read straight from pydicom's element generator give the row that pydicom's own
+    sequence conversion gives, for defined- and undefined-length sequences and items, implicit VR, and sequences
+    too long for the short path."""
+    modifiers = [code_item("R-102D6", "SRT", "Magnification"), code_item("399055006", "SCT", "Spot Compression")]
+    if encoding == "long":
+        modifiers += [code_item(f"9{i:08d}", "99LOCAL", "x" * 60) for i in range(200)]  # over 16705 bytes
+    path = write_mg(tmp_path / "land" / "h1" / "d1" / "a.dcm", modifiers=modifiers)
+    if encoding != "defined":
+        ds = dcmread(path)
+        if encoding == "undefined_length":
+            for seq in (ds["ViewCodeSequence"], ds.ViewCodeSequence[0]["ViewModifierCodeSequence"]):
+                seq.is_undefined_length = True
+                for item in seq.value:
+                    item.is_undefined_length_sequence_item = True
+        if encoding == "implicit_vr":
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+    row = read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert row["view_code"] == "SCT:399162004" and row["view_code_meaning"] == "cranio-caudal"
+    assert row["view_modifier_codes"][:2] == ["SCT:399163009", "SCT:399055006"]
+    assert len(row["view_modifier_codes"]) == len(modifiers)
+    monkeypatch.setattr(headers_module, "_raw_items", lambda elem, codec: None)  # pydicom converts every sequence
+    slow = read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert {k: v for k, v in row.items() if k != "indexed_at"} == {k: v for k, v in slow.items() if k != "indexed_at"}
 
 
 def test_read_header_row_rejects_other_modalities(tmp_path):
