@@ -1,10 +1,12 @@
 """One `dicom_index` row per DICOM file, read from the header alone, plus what the metadata says about mag/spot.
 
 Headers are read with pydicom (`read_partial` with `specific_tags`, stopping at (7FE0,0010) Pixel Data), the one
-DICOM reader of the project; pixels are never loaded. Pixel Data's presence and declared length come from that
-stopping point, which also reveals files cut short. No patient text (name, birth date, raw IDs, accession,
-institution, folder names) enters the row: the patient is a salted hash and `rel_path` is pseudonymized
-(`source_paths.py`).
+DICOM reader of the project; pixels are never loaded. For speed, pydicom parses the file's first `HEAD_BYTES` from
+memory (the file itself when its header runs longer), the wanted raw values are decoded once in one pass, and short
+code sequences are read item by item with pydicom's element generator instead of a Dataset per item. Pixel
+Data's presence and declared length come from that stopping point, which also reveals files cut short. No patient
+text (name, birth date, raw IDs, accession, institution, folder names) enters the row: the patient is a salted hash
+and `rel_path` is pseudonymized (`source_paths.py`).
 
 Routing (`image_kind`, `classify`; first rule that fires wins, the rule is recorded in `image_kind_rule`):
 
@@ -59,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import re
 import struct
@@ -70,7 +73,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
+from pydicom.filereader import data_element_generator, read_partial
 from pydicom.multival import MultiValue
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -113,6 +116,7 @@ FOR_PROCESSING_SOP_CLASSES = frozenset({MG_FOR_PROCESSING, DX_FOR_PROCESSING, BR
 IMAGE_KINDS = ("2d", "synthesized_2d", "digitized_film", "for_processing", "secondary_capture", "tomosynthesis")
 QUARANTINED_KINDS = frozenset({"tomosynthesis"})
 MAX_FRAMES = 2**31 - 1  # IS range (PS3.5 6.2)
+HEAD_BYTES = 65536  # read at once: holds a typical header (1.5-35 kB in vendor files); longer ones are re-read
 
 # SNOMED-RT / SNM3 code -> SCT concept (PS3.16 CID 4014 views, CID 4015 view modifiers).
 SRT_TO_SCT: dict[str, str] = {
@@ -182,6 +186,8 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00009, 0x7FE00008}  # Pixel Data, Double Float / Float Pixel Data
 _LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ", "UC", "UR", "UT"}  # explicit VRs with a 4-byte length
 _UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000  # (FFFE,E000) Item
+_RAW_SQ_LIMIT = 0x4141  # below it, no item length's low bytes read as an explicit VR (two letters A-Z)
 _PATIENT_ID = 0x00100020
 _KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
     "SpecificCharacterSet ImageType SOPClassUID SOPInstanceUID StudyInstanceUID SeriesInstanceUID PatientID "
@@ -195,6 +201,12 @@ _KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
 ).split()
 _TAG_OF: dict[str, int] = {keyword: tag_for_keyword(keyword) for keyword in _KEYWORDS}  # type: ignore[misc]
 SPECIFIC_TAGS: list[int] = sorted(set(_TAG_OF.values()))
+# Elements a Header decodes eagerly: the wanted top-level ones and those of code sequence items.
+_KEYWORD_OF: dict[int, str] = {
+    tag_for_keyword(keyword): keyword  # type: ignore[misc]
+    for keyword in (*_KEYWORDS, "CodeValue", "CodingSchemeDesignator", "CodeMeaning")
+}
+_VR_OF: dict[int, str] = {tag: dictionary_VR(tag) for tag in _KEYWORD_OF}
 
 
 def pseudonymize(value: str | bytes, salt: bytes) -> str:
@@ -516,6 +528,27 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
     NoPixelData (no Pixel Data element, or an empty one). A file cut exactly between two header elements cannot be
     told from a header whose Pixel Data never arrived: it is `no_pixel_data`.
     """
+    with path.open("rb") as real:
+        head = real.read(HEAD_BYTES)
+        whole = len(head) >= size
+        if whole or len(head) == HEAD_BYTES:
+            # the common case: the header and Pixel Data's own header lie in the first HEAD_BYTES (or the whole
+            # file does), so pydicom parses from memory instead of issuing a read and a tell per element
+            with contextlib.suppress(_Retry):
+                return _read_until_pixels(io.BytesIO(head), real, path, size, name, trial=not whole)
+        real.seek(0)
+        return _read_until_pixels(real, real, path, size, name, trial=False)
+
+
+class _Retry(Exception):
+    """The first HEAD_BYTES of a file do not hold its header up to Pixel Data: read the file itself."""
+
+
+def _read_until_pixels(
+    fp: BinaryIO, real: BinaryIO, path: Path, size: int, name: str, *, trial: bool
+) -> tuple[Dataset, int, bool, str]:
+    """`read_until_pixels` on `fp`, either the open file or an in-memory copy of its first bytes (`trial`: any
+    failure or a header running past the copy raises _Retry); `real` is the open file, for the fragment walk."""
     seen: list[tuple[str | None, int]] = []
 
     def stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
@@ -526,56 +559,60 @@ def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, b
 
     no_file_meta = False
     try:
-        with path.open("rb") as fp:
-            try:
-                ds = read_partial(fp, stop_at_pixels, specific_tags=SPECIFIC_TAGS)
-            except InvalidDicomError as exc:
-                fp.seek(0)
-                head = fp.read(132)
-                if not _bare_dataset(head):
-                    if 0 < size < 144 and b"DICM".startswith(head[128:132]) and not head[:128].strip(b"\x00"):
-                        raise Truncated(f"{name}: the file ends ({size} bytes) before its File Meta group") from exc
-                    raise NotDicom(f"{name}: not a DICOM file (no DICM prefix, no data set at byte 0)") from exc
-                fp.seek(0)
-                seen.clear()
-                ds = read_partial(fp, stop_at_pixels, force=True, specific_tags=SPECIFIC_TAGS)
-                no_file_meta = "TransferSyntaxUID" not in ds.file_meta  # a File Meta group without preamble is fine
-            meta = ds.file_meta
-            meta_length = meta.get("FileMetaInformationGroupLength")
-            if isinstance(meta_length, int) and 144 + meta_length > size:
-                raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
-            if not no_file_meta and "TransferSyntaxUID" not in meta and (len(meta) > 0 or fp.tell() >= size):
-                raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
-            if "TransferSyntaxUID" not in meta:
-                no_file_meta = True
-                if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
-                    raise NotDicom(f"{name}: no File Meta and no SOP Class / Instance UID: not a DICOM data set")
-                implicit, little = ds.original_encoding
-                syntax = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-                syntax = ImplicitVRLittleEndian if implicit else syntax
-            else:
-                syntax = str(meta.TransferSyntaxUID)
-            if not seen:
-                end = max(
-                    _last_element_end(path, no_file_meta), 144 + meta_length if isinstance(meta_length, int) else 0
-                )
-                if end > size or 0 < size - end < 8 or len(ds) == 0:
-                    raise Truncated(f"{name}: the file ends ({size} bytes) inside a header element, before Pixel Data")
-                raise NoPixelData(f"{name}: no (7FE0,0010) Pixel Data element")
-            if syntax == DeflatedExplicitVRLittleEndian:
-                return ds, -1, no_file_meta, syntax  # inside a zlib stream: the length cannot be checked
-            vr, length = seen[0]
-            header = 12 if vr in _LONG_VRS else 8  # implicit VR (vr None): tag + 4-byte length
-            value_start = fp.tell() + header
-            if length == _UNDEFINED:
-                return ds, walk_fragments(fp, value_start, size, name), no_file_meta, syntax
-    except InvalidDicomError as exc:
-        raise NotDicom(f"{name}: not a DICOM file ({exc})") from exc
-    except (EOFError, struct.error) as exc:
-        raise Truncated(f"{name}: the header ends early ({_scrub(exc, path, name)})") from exc
-    except UnusableImage:
+        try:
+            ds = read_partial(fp, stop_at_pixels, specific_tags=SPECIFIC_TAGS)
+        except InvalidDicomError as exc:
+            fp.seek(0)
+            head = fp.read(132)
+            if not _bare_dataset(head):
+                if 0 < size < 144 and b"DICM".startswith(head[128:132]) and not head[:128].strip(b"\x00"):
+                    raise Truncated(f"{name}: the file ends ({size} bytes) before its File Meta group") from exc
+                raise NotDicom(f"{name}: not a DICOM file (no DICM prefix, no data set at byte 0)") from exc
+            fp.seek(0)
+            seen.clear()
+            ds = read_partial(fp, stop_at_pixels, force=True, specific_tags=SPECIFIC_TAGS)
+            no_file_meta = "TransferSyntaxUID" not in ds.file_meta  # a File Meta group without preamble is fine
+        meta = ds.file_meta
+        meta_length = meta.get("FileMetaInformationGroupLength")
+        if isinstance(meta_length, int) and 144 + meta_length > size:
+            raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
+        if not no_file_meta and "TransferSyntaxUID" not in meta and (len(meta) > 0 or fp.tell() >= size):
+            raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
+        if "TransferSyntaxUID" not in meta:
+            no_file_meta = True
+            if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+                raise NotDicom(f"{name}: no File Meta and no SOP Class / Instance UID: not a DICOM data set")
+            implicit, little = ds.original_encoding
+            syntax = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+            syntax = ImplicitVRLittleEndian if implicit else syntax
+        else:
+            syntax = str(meta.TransferSyntaxUID)
+        if trial and not seen:  # the copy ended first (pydicom saw Pixel Data's element header, so it is inside)
+            raise _Retry
+        if not seen:
+            end = max(_last_element_end(path, no_file_meta), 144 + meta_length if isinstance(meta_length, int) else 0)
+            if end > size or 0 < size - end < 8 or len(ds) == 0:
+                raise Truncated(f"{name}: the file ends ({size} bytes) inside a header element, before Pixel Data")
+            raise NoPixelData(f"{name}: no (7FE0,0010) Pixel Data element")
+        if syntax == DeflatedExplicitVRLittleEndian:
+            return ds, -1, no_file_meta, syntax  # inside a zlib stream: the length cannot be checked
+        vr, length = seen[0]
+        header = 12 if vr in _LONG_VRS else 8  # implicit VR (vr None): tag + 4-byte length
+        value_start = fp.tell() + header
+        if length == _UNDEFINED:
+            return ds, walk_fragments(real, value_start, size, name), no_file_meta, syntax
+    except _Retry:
         raise
-    except Exception as exc:  # pydicom raises many kinds on garbage; all mean "cannot parse"
+    except Exception as exc:
+        if trial:
+            raise _Retry from exc
+        if isinstance(exc, UnusableImage):
+            raise
+        if isinstance(exc, InvalidDicomError):
+            raise NotDicom(f"{name}: not a DICOM file ({exc})") from exc
+        if isinstance(exc, EOFError | struct.error):
+            raise Truncated(f"{name}: the header ends early ({_scrub(exc, path, name)})") from exc
+        # pydicom raises many kinds on garbage; all mean "cannot parse"
         if size < 144:
             raise Truncated(f"{name}: the file ends ({size} bytes) inside its File Meta group") from exc
         raise NotDicom(f"{name}: unreadable header ({type(exc).__name__}: {_scrub(exc, path, name)})") from exc
@@ -658,11 +695,36 @@ class Header:
     goes through pydicom. Element boundaries, VRs, sequences and character sets always come from pydicom.
     """
 
-    def __init__(self, ds: Dataset, codec: str | None = None, *, top: bool = True) -> None:
+    def __init__(self, ds: Dataset | _Elements, codec: str | None = None, *, top: bool = True) -> None:
         self.ds = ds
         self.memo: dict[str, list[str]] = {}
         self.sequences: dict[str, list[Header]] = {}
         self.codec = _codec(self) if top else codec
+        self._decode_present()
+
+    def _decode_present(self) -> None:
+        """Decode every wanted raw element the data set holds in one pass over its elements (a header read with
+        `specific_tags` holds little else), instead of one keyword-to-element lookup per access."""
+        store = getattr(self.ds, "_dict", None)
+        if not isinstance(store, dict):
+            return
+        memo, codec = self.memo, self.codec
+        for tag, elem in store.items():
+            keyword = _KEYWORD_OF.get(tag.real)  # a plain int: BaseTag compares equal in Python, 4x slower
+            if keyword is None or type(elem) is not RawDataElement or not elem.is_little_endian:
+                continue
+            value = elem.value
+            if type(value) is not bytes:
+                continue
+            vr = elem.VR or _VR_OF[tag.real]
+            if vr in _TEXT_VRS:
+                if codec is None:
+                    continue
+                decoded = _decode_raw(vr, value, codec)
+            else:
+                decoded = _decode_raw(vr, value, "latin-1")
+            if decoded is not None:
+                memo[keyword] = decoded
 
     def strings(self, keyword: str) -> list[str]:
         hit = self.memo.get(keyword)
@@ -682,6 +744,10 @@ class Header:
             elem = _element(self.ds, tag)
             if elem is None:
                 return []
+            if isinstance(elem, RawDataElement):
+                items = _raw_items(elem, self.codec)
+                if items is not None:
+                    return items
             value = self.ds[tag].value if isinstance(elem, RawDataElement) else elem.value
             return [Header(item, self.codec, top=False) for item in value or []]
         except Exception:  # an unparsable sequence counts as absent
@@ -699,6 +765,55 @@ class Header:
             if decoded is not None:
                 return decoded
         return _dataset_strings(self.ds, keyword)
+
+
+def _raw_items(elem: RawDataElement, codec: str | None) -> list[Header] | None:
+    """The items of a short, defined-length sequence that pydicom kept raw, each read by pydicom's element
+    generator into a plain tag -> raw element dict instead of a Dataset per item (item and Dataset set-up cost
+    more than the code items hold). None, so that pydicom converts the sequence itself, when the character set
+    needs pydicom, the sequence is long (an item length of 16705 bytes or more could read as an explicit VR), or
+    anything is not a defined-length item."""
+    value = elem.value
+    if codec is None or not elem.is_little_endian or type(value) is not bytes or len(value) >= _RAW_SQ_LIMIT:
+        return None
+    if elem.VR not in (None, "SQ"):
+        return None
+    implicit = elem.is_implicit_VR
+    items = []
+    try:
+        for item in data_element_generator(io.BytesIO(value), implicit, True):
+            if item.tag != _ITEM or type(item) is not RawDataElement or item.length == _UNDEFINED:
+                return None
+            elements = {e.tag: e for e in data_element_generator(io.BytesIO(item.value or b""), implicit, True)}
+            items.append(Header(_Elements(elements), codec, top=False))
+    except Exception:
+        return None
+    return items
+
+
+class _Elements:
+    """The elements of one sequence item as pydicom's element generator yielded them (tag -> raw element); a
+    pydicom Dataset of them is built only for the rare lookups that need pydicom's converters."""
+
+    __slots__ = ("_dataset", "_dict")
+
+    def __init__(self, elements: dict[int, Any]) -> None:
+        self._dict = elements
+        self._dataset: Dataset | None = None
+
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = Dataset(self._dict)
+        return self._dataset
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.dataset().get(key, default)
+
+    def get_item(self, tag: int) -> Any:
+        return self._dict.get(tag)
+
+    def __getitem__(self, tag: int) -> Any:
+        return self.dataset()[tag]
 
 
 def _element(ds: Dataset, tag: int | None) -> Any:

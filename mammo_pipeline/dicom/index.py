@@ -182,22 +182,24 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
             done += 1
             if progress:
                 progress(done, total)
-        new_rows, refused = _isolate(new_rows)
-        new_quarantine.extend(refused)
         order = {entry[3]: i for i, entry in enumerate(files[drop])}  # real-path order: the first file by name wins
         new_rows.sort(key=lambda r: order.get(r["rel_path"], len(order)))
-        unique = []
-        for row in new_rows:
-            first = seen.setdefault(row["sop_instance_uid"], row["rel_path"])
-            if first == row["rel_path"]:
-                unique.append(row)
-            else:
-                message = f"{row['rel_path']}: SOP Instance UID {row['sop_instance_uid']} already indexed from {first}"
-                new_quarantine.append(_duplicate_row(row, message))
+        before = dict(seen)
+        unique, duplicates = _deduplicate(new_rows, seen)
+        rows = sorted(plan.kept_rows + unique, key=lambda r: r["rel_path"])  # rows are conformed already
+        table = _table(rows)  # one conversion; only when pyarrow refuses a row are the rows tried one by one
+        if table is None:
+            seen.clear()
+            seen.update(before)
+            new_rows, refused = _isolate(new_rows)
+            new_quarantine.extend(refused)
+            unique, duplicates = _deduplicate(new_rows, seen)
+            rows = sorted(plan.kept_rows + unique, key=lambda r: r["rel_path"])
+            table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        new_quarantine.extend(duplicates)
         result.new += len(unique)
         reasons.update(q["reason"] for q in new_quarantine)
-        rows = sorted(plan.kept_rows + unique, key=lambda r: r["rel_path"])  # rows are conformed already
-        result.index_paths.append(write_index(rows, index_path(settings, hospital, drop), conformed=True))
+        result.index_paths.append(_write_table(table, index_path(settings, hospital, drop)))
         quarantine = sorted(plan.kept_quarantine + new_quarantine, key=lambda r: r["rel_path"])
         result.quarantine_paths.append(write_quarantine(quarantine, index_quarantine_path(settings, hospital, drop)))
     if progress and total == 0:
@@ -297,9 +299,35 @@ def write_index(rows: list[dict[str, Any]], path: Path, *, conformed: bool = Fal
     """Write dicom_index rows to one Parquet file atomically, with the fixed schema (rows conformed first unless
     the caller says they are)."""
     table = pa.Table.from_pylist(rows if conformed else [conform_row(r) for r in rows], schema=SCHEMA)
+    return _write_table(table, path)
+
+
+def _write_table(table: pa.Table, path: Path) -> Path:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+def _table(rows: list[dict[str, Any]]) -> pa.Table | None:
+    """The rows as a SCHEMA table; None when pyarrow refuses one of them (see `_isolate`)."""
+    try:
+        return pa.Table.from_pylist(rows, schema=SCHEMA)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        return None
+
+
+def _deduplicate(rows: list[dict[str, Any]], seen: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows whose SOP Instance UID is new, duplicate quarantine rows for the others); `seen` (sop uid -> rel_path
+    of the row that holds it) is updated."""
+    unique, duplicates = [], []
+    for row in rows:
+        first = seen.setdefault(row["sop_instance_uid"], row["rel_path"])
+        if first == row["rel_path"]:
+            unique.append(row)
+        else:
+            message = f"{row['rel_path']}: SOP Instance UID {row['sop_instance_uid']} already indexed from {first}"
+            duplicates.append(_duplicate_row(row, message))
+    return unique, duplicates
 
 
 def _isolate(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -11,10 +11,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_partial
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
+from mammo_pipeline.dicom import headers as headers_module
 from mammo_pipeline.dicom.errors import NoPixelData, NotDicom, NotMammography, Truncated, UnusableImage
 from mammo_pipeline.dicom.headers import (
+    HEAD_BYTES,
     MG_FOR_PRESENTATION,
     MG_FOR_PROCESSING,
     meta_flags,
@@ -284,6 +286,56 @@ def test_read_header_row_reports_every_cut_inside_the_header_as_truncated(tmp_pa
     boundaries = set(starts[1:]) | {pixel_tag}  # a cut before the first element leaves an empty data set
     assert {cut for cut, r in reasons.items() if r != "truncated"} == boundaries
     assert {reasons[cut] for cut in boundaries} == {"no_pixel_data"}
+
+
+@pytest.mark.parametrize("shift", [-30, -12, -4, 0, 4, 12, 30])
+def test_read_header_row_reads_headers_longer_than_the_first_read(tmp_path, shift):
+    """A header whose Pixel Data element starts near or past the first HEAD_BYTES (read into memory at once) gives
+    the row a short header gives, and a cut file is still truncated."""
+    uids = {"SOPInstanceUID": "1.2.3.4", "StudyInstanceUID": "1.2.3.5", "SeriesInstanceUID": "1.2.3.6"}
+    short = row_of(tmp_path, **uids)
+    pad = 8
+    for _ in range(2):  # size the ICC Profile so that Pixel Data's tag lands at HEAD_BYTES + shift
+        path = write_mg(tmp_path / "land" / "h1" / "d1" / "long.dcm", ICCProfile=b"\0" * pad, **uids)
+        pad += HEAD_BYTES + shift - path.read_bytes().index(b"\xe0\x7f\x10\x00")
+    data = path.read_bytes()
+    assert data.index(b"\xe0\x7f\x10\x00") == HEAD_BYTES + shift
+    row = read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    ignore = {"rel_path", "file_size", "file_mtime_ns", "indexed_at"}
+    assert {k: v for k, v in row.items() if k not in ignore} == {k: v for k, v in short.items() if k not in ignore}
+    for cut in (len(data) - 1, HEAD_BYTES + shift + 6, HEAD_BYTES - 1000):  # in the pixels, their header, the ICC
+        path.write_bytes(data[:cut])
+        with pytest.raises(UnusableImage) as info:
+            read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+        assert info.value.reason == "truncated", cut
+
+
+@pytest.mark.parametrize("encoding", ["defined", "undefined_length", "implicit_vr", "long"])
+def test_read_header_row_reads_code_sequences_in_every_encoding(tmp_path, encoding, monkeypatch):
+    """Code sequence items read straight from pydicom's element generator give the row that pydicom's own
+    sequence conversion gives, for defined- and undefined-length sequences and items, implicit VR, and sequences
+    too long for the short path."""
+    modifiers = [code_item("R-102D6", "SRT", "Magnification"), code_item("399055006", "SCT", "Spot Compression")]
+    if encoding == "long":
+        modifiers += [code_item(f"9{i:08d}", "99LOCAL", "x" * 60) for i in range(200)]  # over 16705 bytes
+    path = write_mg(tmp_path / "land" / "h1" / "d1" / "a.dcm", modifiers=modifiers)
+    if encoding != "defined":
+        ds = dcmread(path)
+        if encoding == "undefined_length":
+            for seq in (ds["ViewCodeSequence"], ds.ViewCodeSequence[0]["ViewModifierCodeSequence"]):
+                seq.is_undefined_length = True
+                for item in seq.value:
+                    item.is_undefined_length_sequence_item = True
+        if encoding == "implicit_vr":
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+    row = read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert row["view_code"] == "SCT:399162004" and row["view_code_meaning"] == "cranio-caudal"
+    assert row["view_modifier_codes"][:2] == ["SCT:399163009", "SCT:399055006"]
+    assert len(row["view_modifier_codes"]) == len(modifiers)
+    monkeypatch.setattr(headers_module, "_raw_items", lambda elem, codec: None)  # pydicom converts every sequence
+    slow = read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert {k: v for k, v in row.items() if k != "indexed_at"} == {k: v for k, v in slow.items() if k != "indexed_at"}
 
 
 def test_read_header_row_rejects_other_modalities(tmp_path):

@@ -165,3 +165,26 @@ def test_index_hospital_on_a_synthetic_drop_matches_the_truth(settings):
     assert (index.loc[good.index, "for_processing"] == good["for_processing"].astype(bool)).all()
     said_mag = index.index[index["meta_mag"] == True]  # noqa: E712 (nullable column)
     assert good.loc[said_mag, "is_mag_view"].all()  # the metadata never calls a contact view a mag view
+
+
+def test_index_hospital_quarantines_a_row_pyarrow_refuses_before_deduplicating(settings, monkeypatch):
+    """The table is built once; when pyarrow refuses a row, that row alone is quarantined `unsupported` and does
+    not claim its SOP Instance UID: its copy under a later name is indexed instead."""
+    root = settings.landing / "h1" / "d1"
+    first = write_mg(root / "a.dcm")
+    shutil.copy(first, root / "b.dcm")  # same SOP Instance UID
+    write_mg(root / "c.dcm")
+    real = index_module.read_header_row
+
+    def refused_a(path, *args, **kwargs):
+        row = real(path, *args, **kwargs)
+        return row | {"rows": 2**70} if path.name == "a.dcm" else row
+
+    monkeypatch.setattr(index_module, "read_header_row", refused_a)
+    monkeypatch.setattr(index_module, "conform_row", lambda row: row)  # as if a row slipped past the clamp
+    result = index_hospital(settings, "h1")
+    assert (result.new, result.rows, result.quarantined) == (2, 2, {"unsupported": 1})
+    index = read_partition(settings, "dicom_index", "h1")
+    assert sorted(index["rel_path"]) == sorted(pseudo(settings, f"h1/d1/{n}.dcm") for n in ("b", "c"))
+    quarantine = read_partition(settings, "quarantine", "h1")
+    assert list(quarantine["rel_path"]) == [pseudo(settings, "h1/d1/a.dcm")]
