@@ -13,7 +13,17 @@ from mammo_pipeline import __version__
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 # Each module defines `command` (a click command or group); its name is the subcommand's name.
-SUBCOMMANDS: tuple[str, ...] = ("home", "synth", "convert", "label", "weights", "query", "lineage", "demo")
+SUBCOMMANDS: tuple[str, ...] = (
+    "home",
+    "synth",
+    "convert",
+    "label",
+    "weights",
+    "explain",
+    "query",
+    "lineage",
+    "demo",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
