@@ -79,7 +79,7 @@ def missed_gallery_png(
             k = 1 if "mag" in row.reason and "marker" not in row.reason else 0
             ax.imshow(np.ma.masked_less(heatmaps(row.model_png)[k], 0.15), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         ax.set_title(f"true {row.label}\np_biopsy {row.p_biopsy:.2f} p_mag {row.p_mag:.2f}\n{row.reason}", fontsize=7)
-    fig.suptitle(f"{title} ({len(missed)} total, {n} shown)" + (", heat map of the flag" if heatmaps else ""))
+    fig.suptitle(f"{title} ({len(missed)} total, {n} shown)" + (", heat map of the flag" if heatmaps else ""), y=1.02)
     return _save(fig, paths)
 
 
