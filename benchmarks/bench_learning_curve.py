@@ -1,7 +1,7 @@
 """Audit ROC-AUC vs number of train labels at several input sizes (from scratch), with seconds and images/s.
 
 Run:  .venv/bin/python benchmarks/bench_learning_curve.py [--data DIR] [--counts 50,150,300,500]
-      [--sizes 64,128] [--baseline] [--studies 70] [--threads 0]
+      [--sizes 64,128] [--baseline] [--studies 70] [--threads 0] [--second-look]
 
 Builds a realistic dataset once with the real pipeline (synthetic drops -> dicom_index -> image_cache, 3
 hospitals, `--studies` studies each, scale 0.25; reused when DIR already holds it), labels every image from
@@ -12,6 +12,8 @@ ROC-AUC, biopsy sensitivity/specificity at its operating point, Cohen's kappa pe
 (time.process_time: the CPU is shared) and PyTorch eager images/s (preprocessing included) on audit images.
 With --baseline the old default schedule (160 px, 2 epochs, lr 2e-3, batch 32, no flips, no class weights)
 runs on the same labels and the ratios of final accuracy and time against it are printed.
+With --second-look only the biopsy flag's second look runs: candidates from the display PNGs
+(model/candidates.py), a patch CNN trained on their crops from image labels (model/second_look.py).
 Target: per-flag ROC-AUC >= 0.99 at <= 500 labels; <= 120 s per training at 500 labels on 2 CPU cores.
 """
 
@@ -28,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -98,6 +101,48 @@ def train_once(settings: Settings, labels: pd.DataFrame, config: TrainConfig) ->
         return {**result.metrics, "wall": wall, "cpu": cpu, "eager_ips": ips}
 
 
+def second_look(settings: Settings, labels: pd.DataFrame, order: pd.DataFrame, counts: list[int], seed: int) -> None:
+    """The second look (model/candidates.py + model/second_look.py) on the biopsy flag, per label count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mammo_pipeline.model.candidates import image_candidates
+    from mammo_pipeline.model.evaluate import roc_auc
+    from mammo_pipeline.model.second_look import predict_patch_mil, train_patch_mil
+
+    manifests = sorted(settings.table_dir("image_cache").glob("hospital=*/manifest.parquet"))
+    display = pd.concat(pd.read_parquet(f, columns=["sop_instance_uid", "display_png"]) for f in manifests)
+    path_of = dict(zip(display["sop_instance_uid"], display["display_png"], strict=True))
+    audit = labels[labels["split"] == "audit"]
+    start, cpu = time.monotonic(), time.process_time()
+    with ThreadPoolExecutor(2) as pool:
+        found = dict(
+            zip(
+                list(order["sop_instance_uid"]) + list(audit["sop_instance_uid"]),
+                pool.map(
+                    lambda uid: image_candidates(settings.cache / path_of[uid])[0],
+                    list(order["sop_instance_uid"]) + list(audit["sop_instance_uid"]),
+                ),
+                strict=True,
+            )
+        )
+    n_img = len(found)
+    print(
+        f"second look: candidates of {n_img} display PNGs in {time.monotonic() - start:.0f} s wall, "
+        f"{(time.process_time() - cpu) / n_img * 1000:.0f} CPU ms/image"
+    )
+    audit_crops = np.stack([found[u] for u in audit["sop_instance_uid"]])
+    truth = audit["has_biopsy_marker"].to_numpy(bool)
+    print(f"{'second look':12} {'labels':>6} {'bAUC':>6} {'wall s':>7} {'cpu s':>7}")
+    for count in counts:
+        part = order.head(min(count, len(order)))
+        crops = np.stack([found[u] for u in part["sop_instance_uid"]])
+        wall, cpu = time.monotonic(), time.process_time()
+        net = train_patch_mil(crops, part["has_biopsy_marker"].to_numpy(bool), seed=seed)
+        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+        probs, _ = predict_patch_mil(net, audit_crops)
+        print(f"{'second look':12} {len(part):6d} {_f(roc_auc(truth, probs)):>6} {wall:7.1f} {cpu:7.1f}", flush=True)
+
+
 def _f(value: float | None) -> str:
     return "    -" if value is None else f"{value:.3f}"
 
@@ -109,6 +154,7 @@ def main() -> None:
     parser.add_argument("--counts", default="50,150,300,500", help="train label counts")
     parser.add_argument("--sizes", default="", help="input sizes to compare (default: the from-scratch default)")
     parser.add_argument("--baseline", action="store_true", help="also run the old default schedule")
+    parser.add_argument("--second-look", action="store_true", help="only the second look (candidates + patch CNN)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
     parser.add_argument("--seed", type=int, default=0, help="label sampling and training seed")
     args = parser.parse_args()
@@ -123,6 +169,9 @@ def main() -> None:
             f"audit positives: biopsy {int(audit.has_biopsy_marker.sum())}, mag {int(audit.is_mag_view.sum())}; "
             f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
         )
+        if args.second_look:
+            second_look(settings, labels, order, [int(c) for c in args.counts.split(",")], args.seed)
+            return
         sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [None]
         configs = {f"size {z or 'default'}": TrainConfig(size=z, seed=args.seed, threads=args.threads) for z in sizes}
         if args.baseline:
