@@ -20,6 +20,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "label",
     "labels",
     "weights",
+    "explain",
     "query",
     "lineage",
     "model",

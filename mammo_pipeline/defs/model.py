@@ -50,11 +50,32 @@ def _fmt(value: float | None) -> str:
 
 
 def _flag_table(metrics: dict) -> str:
-    lines = ["| flag | precision | recall | F1 |", "|---|---|---|---|"]
+    """Per flag at its operating point (chosen on the audit set): threshold, review band and the audit figures."""
+    head = (
+        "| flag | ROC-AUC | threshold | review band | sensitivity | specificity | balanced acc. | κ | study FP rate "
+        "| precision | recall | F1 |"
+    )
+    lines = [head, "|---|" + "---|" * 11]
     for flag in ("biopsy", "mag"):
-        p, r, f = (metrics[f"{flag}_{k}"] for k in ("precision", "recall", "f1"))
-        lines.append(f"| {flag} | {_fmt(p)} | {_fmt(r)} | {_fmt(f)} |")
+        d = metrics.get("flags", {}).get(flag, {})
+        point = metrics.get("operating_points", {}).get(flag, {})
+        band = f"{_fmt(point.get('review_low'))}–{_fmt(point.get('review_high'))}"
+        cells = [d.get(k) for k in ("roc_auc",)] + [point.get("threshold")]
+        rest = [d.get(k) for k in ("sensitivity", "specificity", "balanced_accuracy", "kappa", "study_fp_rate")]
+        prf = [metrics[f"{flag}_{k}"] for k in ("precision", "recall", "f1")]
+        lines.append(
+            f"| {flag} | {' | '.join(_fmt(v) for v in cells)} | {band} | {' | '.join(_fmt(v) for v in rest + prf)} |"
+        )
     return "\n".join(lines)
+
+
+def _per_group(metrics: dict, group: str) -> dict:
+    """{flag: {value: {roc_auc, sensitivity, specificity, kappa, n}}} for asset metadata."""
+    keep = ("n", "positives", "roc_auc", "sensitivity", "specificity", "balanced_accuracy", "kappa")
+    return {
+        flag: {value: {k: m.get(k) for k in keep} for value, m in d.get(f"by_{group}", {}).items()}
+        for flag, d in metrics.get("flags", {}).items()
+    }
 
 
 @dg.asset(
@@ -93,6 +114,11 @@ def trained_model(
             "accuracy_3class": m["accuracy_3class"],
             "flags": dg.MetadataValue.md(_flag_table(m)),
             "per_hospital_accuracy": dg.MetadataValue.json(m["per_hospital_accuracy"]),
+            "biopsy_roc_auc": row.get("biopsy_roc_auc"),
+            "mag_roc_auc": row.get("mag_roc_auc"),
+            "operating_points": dg.MetadataValue.json(m.get("operating_points", {})),
+            "per_hospital_metrics": dg.MetadataValue.json(_per_group(m, "hospital")),
+            "per_vendor_metrics": dg.MetadataValue.json(_per_group(m, "manufacturer")),
             "ece": m["ece"],
             "train_seconds": round(result.train_seconds, 1),
             "path": dg.MetadataValue.path(str(result.ref.path(settings.models))),

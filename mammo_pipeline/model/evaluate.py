@@ -29,10 +29,12 @@ def classes_of(biopsy: np.ndarray, mag: np.ndarray) -> np.ndarray:
     return np.array([label_of(b, m) for b, m in zip(biopsy, mag, strict=True)], dtype=object)
 
 
-def three_class_correct(true_b: np.ndarray, true_m: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def three_class_correct(
+    true_b: np.ndarray, true_m: np.ndarray, probs: np.ndarray, thresholds: tuple[float, float] = (THRESHOLD, THRESHOLD)
+) -> np.ndarray:
     """Per-image correctness under the 3-class rule in the module docstring."""
     pb, pm = probs[:, 0], probs[:, 1]
-    pred_b, pred_m = pb >= THRESHOLD, pm >= THRESHOLD
+    pred_b, pred_m = pb >= thresholds[0], pm >= thresholds[1]
     pred3 = np.where(~pred_b & ~pred_m, "neither", np.where(pb >= pm, "biopsy", "mag"))
     true4 = classes_of(true_b, true_m)
     both = true4 == "both"
@@ -72,8 +74,9 @@ def confusion(true4: np.ndarray, pred4: np.ndarray) -> np.ndarray:
     return cm
 
 
-def evaluate(audit: pd.DataFrame, probs: np.ndarray) -> dict:
-    """Metrics for `audit` (columns has_biopsy_marker, is_mag_view, hospital) and probs [N, 2].
+def evaluate(audit: pd.DataFrame, probs: np.ndarray, thresholds: tuple[float, float] = (THRESHOLD, THRESHOLD)) -> dict:
+    """Metrics for `audit` (columns has_biopsy_marker, is_mag_view, hospital) and probs [N, 2], a flag set
+    when its probability >= its threshold (the model's operating points; 0.5 by default).
 
     With no audit rows every metric is None (the caller warns); the confusion matrix is all zeros.
     """
@@ -93,12 +96,12 @@ def evaluate(audit: pd.DataFrame, probs: np.ndarray) -> dict:
     probs = np.asarray(probs, dtype=float).reshape(n, 2)
     true_b = audit["has_biopsy_marker"].to_numpy(bool)
     true_m = audit["is_mag_view"].to_numpy(bool)
-    pred_b, pred_m = probs[:, 0] >= THRESHOLD, probs[:, 1] >= THRESHOLD
+    pred_b, pred_m = probs[:, 0] >= thresholds[0], probs[:, 1] >= thresholds[1]
     true4, pred4 = classes_of(true_b, true_m), classes_of(pred_b, pred_m)
     correct4 = true4 == pred4
     out = dict(empty, n_audit=n)
     out["accuracy"] = float(correct4.mean())
-    out["accuracy_3class"] = float(three_class_correct(true_b, true_m, probs).mean())
+    out["accuracy_3class"] = float(three_class_correct(true_b, true_m, probs, thresholds).mean())
     for flag, t, p in (("biopsy", true_b, pred_b), ("mag", true_m, pred_m)):
         out[f"{flag}_precision"], out[f"{flag}_recall"], out[f"{flag}_f1"] = precision_recall_f1(t, p)
     out["ece"] = expected_calibration_error(probs, np.stack([true_b, true_m], axis=1))
@@ -108,11 +111,178 @@ def evaluate(audit: pd.DataFrame, probs: np.ndarray) -> dict:
     return out
 
 
-def miss_reason(true_b: bool, true_m: bool, p_biopsy: float, p_mag: float) -> str:
+def miss_reason(
+    true_b: bool, true_m: bool, p_biopsy: float, p_mag: float, thresholds: tuple[float, float] = (THRESHOLD, THRESHOLD)
+) -> str:
     """Why an audit image counts as a false negative ('' when it does not)."""
     reasons = []
-    if true_b and p_biopsy < THRESHOLD:
+    if true_b and p_biopsy < thresholds[0]:
         reasons.append("missed marker")
-    if true_m and p_mag < THRESHOLD:
+    if true_m and p_mag < thresholds[1]:
         reasons.append("missed mag")
     return " + ".join(reasons)
+
+
+def false_alarm_reason(
+    true_b: bool, true_m: bool, p_biopsy: float, p_mag: float, thresholds: tuple[float, float] = (THRESHOLD, THRESHOLD)
+) -> str:
+    """Why an audit image counts as a false positive ('' when it does not)."""
+    reasons = []
+    if not true_b and p_biopsy >= thresholds[0]:
+        reasons.append("false marker")
+    if not true_m and p_mag >= thresholds[1]:
+        reasons.append("false mag")
+    return " + ".join(reasons)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Operating points and per-flag metrics (ROC-AUC, sensitivity/specificity, balanced accuracy, Cohen's kappa)
+# ---------------------------------------------------------------------------------------------------------
+
+FLAGS: tuple[str, ...] = ("biopsy", "mag")
+TRUTH_COLUMNS = {"biopsy": "has_biopsy_marker", "mag": "is_mag_view"}
+BIOPSY_MIN_SENSITIVITY = 0.98  # a missed clip costs more than a second look: sensitivity first
+REVIEW_SENSITIVITY = 0.995  # the review band's low edge keeps (at least) this share of the audit positives above it
+REVIEW_SPECIFICITY = 0.995  # ... and its high edge this share of the audit negatives below it
+DEFAULT_POINT = {"threshold": 0.5, "review_low": 0.25, "review_high": 0.75, "rule": "default (no audit labels)"}
+
+
+def _sens_spec(truth: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
+    pred = probs >= threshold
+    pos, neg = truth.sum(), (~truth).sum()
+    sens = float((pred & truth).sum() / pos) if pos else None
+    spec = float((~pred & ~truth).sum() / neg) if neg else None
+    return sens, spec
+
+
+def _candidates(probs: np.ndarray) -> np.ndarray:
+    """Every threshold that changes a decision: the distinct probabilities (and one above the largest)."""
+    values = np.unique(probs.astype(float))
+    return np.append(values, np.nextafter(values[-1], np.inf) if len(values) else 1.0)
+
+
+def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
+    """Threshold and review band of one flag on the audit set. Rules:
+
+    - 'sensitivity': the highest threshold whose sensitivity >= BIOPSY_MIN_SENSITIVITY (best specificity);
+    - 'balanced': the threshold with the best balanced accuracy ((sens + spec) / 2; ties: the one nearest 0.5).
+
+    The review band [review_low, review_high) holds the uncertain predictions: review_low is the highest
+    threshold keeping REVIEW_SENSITIVITY of the positives at or above it, review_high the lowest keeping
+    REVIEW_SPECIFICITY of the negatives below it, widened to contain the threshold. Without both classes
+    the DEFAULT_POINT is returned.
+    """
+    truth = np.asarray(truth, dtype=bool)
+    probs = np.asarray(probs, dtype=float)
+    if truth.all() or not truth.any():
+        return dict(DEFAULT_POINT)
+    cands = _candidates(probs)
+    stats = [(t, *_sens_spec(truth, probs, t)) for t in cands]
+    if rule == "sensitivity":
+        ok = [t for t, se, _ in stats if se >= BIOPSY_MIN_SENSITIVITY]
+        threshold = max(ok)
+        name = f"sensitivity >= {BIOPSY_MIN_SENSITIVITY} at the best specificity"
+    elif rule == "balanced":
+        best = max((se + sp) / 2 for _, se, sp in stats)
+        threshold = min((t for t, se, sp in stats if (se + sp) / 2 >= best - 1e-12), key=lambda t: abs(t - 0.5))
+        name = "best balanced accuracy"
+    else:
+        raise ValueError(f"operating-point rule must be 'sensitivity' or 'balanced', not {rule!r}")
+    low = max(t for t, se, _ in stats if se >= REVIEW_SENSITIVITY)
+    high = min(t for t, _, sp in stats if sp >= REVIEW_SPECIFICITY)
+    return {
+        "threshold": float(threshold),
+        "review_low": float(min(low, threshold)),
+        "review_high": float(max(high, threshold)),
+        "rule": name,
+    }
+
+
+def operating_points(audit: pd.DataFrame, probs: np.ndarray) -> dict[str, dict]:
+    """{'biopsy': point, 'mag': point} chosen on the audit set (rules: biopsy 'sensitivity', mag 'balanced')."""
+    probs = np.asarray(probs, dtype=float).reshape(len(audit), 2)
+    if len(audit) == 0:
+        return {flag: dict(DEFAULT_POINT) for flag in FLAGS}
+    return {
+        flag: operating_point(audit[TRUTH_COLUMNS[flag]].to_numpy(bool), probs[:, k], rule)
+        for k, (flag, rule) in enumerate(zip(FLAGS, ("sensitivity", "balanced"), strict=True))
+    }
+
+
+def needs_review(probs: np.ndarray, points: dict[str, dict]) -> np.ndarray:
+    """Bool [N]: any flag's probability inside its review band [review_low, review_high)."""
+    probs = np.asarray(probs, dtype=float).reshape(-1, 2)
+    out = np.zeros(len(probs), dtype=bool)
+    for k, flag in enumerate(FLAGS):
+        p = points[flag]
+        out |= (probs[:, k] >= p["review_low"]) & (probs[:, k] < p["review_high"])
+    return out
+
+
+def cohen_kappa(truth: np.ndarray, pred: np.ndarray) -> float | None:
+    """Cohen's kappa of two binary ratings; None when undefined (both raters constant and equal)."""
+    truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
+    if len(truth) == 0:
+        return None
+    po = float((truth == pred).mean())
+    pe = float(truth.mean() * pred.mean() + (1 - truth.mean()) * (1 - pred.mean()))
+    return None if pe >= 1.0 else (po - pe) / (1.0 - pe)
+
+
+def roc_auc(truth: np.ndarray, probs: np.ndarray) -> float | None:
+    """ROC-AUC (ties count one half); None without both classes."""
+    truth = np.asarray(truth, bool)
+    if truth.all() or not truth.any():
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(truth, probs))
+
+
+def flag_metrics(truth: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
+    """ROC-AUC, sensitivity, specificity, balanced accuracy and kappa of one flag at `threshold`."""
+    truth, probs = np.asarray(truth, bool), np.asarray(probs, float)
+    sens, spec = _sens_spec(truth, probs, threshold) if len(truth) else (None, None)
+    balanced = (sens + spec) / 2 if sens is not None and spec is not None else None
+    return {
+        "n": len(truth),
+        "positives": int(truth.sum()),
+        "roc_auc": roc_auc(truth, probs),
+        "sensitivity": sens,
+        "specificity": spec,
+        "balanced_accuracy": balanced,
+        "kappa": cohen_kappa(truth, probs >= threshold),
+    }
+
+
+def study_false_positive_rate(studies: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> float | None:
+    """Share of studies with no true flag in which ANY image is predicted positive (the study-level flag)."""
+    frame = pd.DataFrame({"study": studies, "truth": truth, "pred": pred}).groupby("study").any()
+    negative = frame[~frame["truth"]]
+    return float(negative["pred"].mean()) if len(negative) else None
+
+
+def detailed_metrics(audit: pd.DataFrame, probs: np.ndarray, points: dict[str, dict], groups=("hospital",)) -> dict:
+    """Per flag at its operating point: overall, per study (FP rate) and per value of each `groups` column.
+
+    {'biopsy': {'roc_auc': .., 'sensitivity': .., ..., 'study_fp_rate': .., 'by_hospital': {h: {...}}}, 'mag': ...}
+    """
+    probs = np.asarray(probs, dtype=float).reshape(len(audit), 2)
+    out: dict[str, dict] = {}
+    for k, flag in enumerate(FLAGS):
+        truth = audit[TRUTH_COLUMNS[flag]].to_numpy(bool) if len(audit) else np.zeros(0, bool)
+        threshold = points[flag]["threshold"]
+        m = flag_metrics(truth, probs[:, k], threshold)
+        m["threshold"] = threshold
+        if "study_instance_uid" in audit and len(audit):
+            m["study_fp_rate"] = study_false_positive_rate(
+                audit["study_instance_uid"].to_numpy(), truth, probs[:, k] >= threshold
+            )
+        for column in groups:
+            if column in audit and len(audit):
+                m[f"by_{column}"] = {
+                    str(value): flag_metrics(truth[idx], probs[idx, k], threshold)
+                    for value, idx in audit.groupby(audit[column].fillna("unknown").astype(str)).indices.items()
+                }
+        out[flag] = m
+    return out

@@ -20,7 +20,7 @@ import pandas as pd
 from mammo_pipeline.atomic import atomic_path, write_text
 from mammo_pipeline.model import registry
 from mammo_pipeline.model.evaluate import evaluate
-from mammo_pipeline.model.preprocess import PREPROCESS_VERSION, preprocess_batch
+from mammo_pipeline.model.preprocess import PREPROCESS_VERSION, describe, preprocess_batch
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 
@@ -44,6 +44,8 @@ def _metadata(ref: ModelRef) -> dict[str, str]:
         "std": json.dumps(list(ref.std)),
         "class_names": json.dumps(list(ref.class_names)),
         "preprocess_version": PREPROCESS_VERSION,
+        "preprocessing": json.dumps(describe()),
+        "operating_points": json.dumps(ref.extra.get("operating_points") or {}),
     }
 
 
@@ -176,7 +178,8 @@ def _audit_accuracy(settings: Settings, ref: ModelRef, onnx_path: Path) -> float
     if audit.empty:
         return None
     pngs = [settings.cache / p for p in audit["model_png"]]
-    return evaluate(audit, onnx_probs(onnx_path, pngs, ref.input_size, settings.inference_threads))["accuracy"]
+    probs = onnx_probs(onnx_path, pngs, ref.input_size, settings.inference_threads)
+    return evaluate(audit, probs, ref.thresholds())["accuracy"]
 
 
 def export_onnx(settings: Settings, ref: ModelRef) -> ModelRef:

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,12 +25,13 @@ import pyarrow.parquet as pq
 
 from mammo_pipeline.atomic import atomic_path
 from mammo_pipeline.labels.codes import label_of
+from mammo_pipeline.model.evaluate import DEFAULT_POINT, FLAGS
 from mammo_pipeline.model.preprocess import PREPROCESS_VERSION, preprocess
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.progress import ProgressFn
 from mammo_pipeline.settings import Settings
 
-THRESHOLD = 0.5  # a flag is set when its probability >= THRESHOLD
+THRESHOLD = 0.5  # a flag's threshold for a model made before operating points (models record their own)
 KEYS = ("sop_instance_uid", "study_instance_uid", "patient_key", "hospital")
 COLUMNS = (
     *KEYS,
@@ -38,6 +39,7 @@ COLUMNS = (
     "p_mag",
     "has_biopsy_marker",
     "is_mag_view",
+    "needs_review",
     "predicted_class",
     "model_version",
     "onnx_sha256",
@@ -61,6 +63,12 @@ class LoadedModel:
     model_version: str
     label_snapshot_id: str
     input_size: int
+    operating_points: dict = field(default_factory=dict)  # {'biopsy'|'mag': {threshold, review_low, review_high}}
+
+    def point(self, flag: str) -> dict:
+        """The operating point of one flag (threshold 0.5, no review band for a model made before them)."""
+        legacy = {**DEFAULT_POINT, "threshold": THRESHOLD, "review_low": THRESHOLD, "review_high": THRESHOLD}
+        return self.operating_points.get(flag) or legacy
 
 
 @dataclass
@@ -120,7 +128,8 @@ def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
             f"{PREPROCESS_VERSION}; retrain (materialize trained_model and onnx_model)"
         )
     size = int(meta.get("input_size", ref.input_size))
-    return LoadedModel(session, path, sha, ref.model_version, ref.label_snapshot_id, size)
+    points = ref.extra.get("operating_points") or {}
+    return LoadedModel(session, path, sha, ref.model_version, ref.label_snapshot_id, size, points)
 
 
 def _load_batch(paths: list[Path], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,8 +194,13 @@ def predict_images(
 
 
 def _frame(part: pd.DataFrame, probs: np.ndarray, model: LoadedModel) -> pd.DataFrame:
-    biopsy = probs[:, 0] >= THRESHOLD
-    mag = probs[:, 1] >= THRESHOLD
+    """One batch's image_predictions rows: flags at the model's thresholds, needs_review inside a review band."""
+    points = [model.point(flag) for flag in FLAGS]
+    biopsy = probs[:, 0] >= points[0]["threshold"]
+    mag = probs[:, 1] >= points[1]["threshold"]
+    review = np.zeros(len(probs), dtype=bool)
+    for k, point in enumerate(points):
+        review |= (probs[:, k] >= point["review_low"]) & (probs[:, k] < point["review_high"])
     return pd.DataFrame(
         {
             **{key: part[key].to_numpy() for key in KEYS},
@@ -194,6 +208,7 @@ def _frame(part: pd.DataFrame, probs: np.ndarray, model: LoadedModel) -> pd.Data
             "p_mag": probs[:, 1].astype(np.float32),
             "has_biopsy_marker": biopsy,
             "is_mag_view": mag,
+            "needs_review": review,
             "predicted_class": [label_of(b, m) for b, m in zip(biopsy, mag, strict=True)],
             "model_version": model.model_version,
             "onnx_sha256": model.sha256,
@@ -210,6 +225,7 @@ _SCHEMA = pa.schema(
         ("p_mag", pa.float32()),
         ("has_biopsy_marker", pa.bool_()),
         ("is_mag_view", pa.bool_()),
+        ("needs_review", pa.bool_()),
         ("predicted_class", pa.string()),
         ("model_version", pa.string()),
         ("onnx_sha256", pa.string()),

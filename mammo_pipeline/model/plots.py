@@ -7,6 +7,7 @@ model folder and to settings.reports).
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -49,8 +50,19 @@ def confusion_png(cm: np.ndarray | list, paths: list[Path], title: str = "") -> 
     return _save(fig, paths)
 
 
-def missed_gallery_png(missed: pd.DataFrame, cache: Path, paths: list[Path], max_tiles: int = 24) -> list[Path]:
-    """Audit images the model missed; columns model_png, label, p_biopsy, p_mag, reason."""
+def missed_gallery_png(
+    missed: pd.DataFrame,
+    cache: Path,
+    paths: list[Path],
+    max_tiles: int = 24,
+    heatmaps: Callable[[str], np.ndarray] | None = None,
+    title: str = "Missed audit images",
+) -> list[Path]:
+    """Audit images the model got wrong; columns model_png, label, p_biopsy, p_mag, reason.
+
+    With `heatmaps` (model_png -> [2, H, W] maps in 0..1) the map of the flag the reason names is drawn over
+    each tile (biopsy unless the reason is about mag), so the gallery shows where the model looked.
+    """
     shown = missed.head(max_tiles)
     n = len(shown)
     cols = min(6, max(n, 1))
@@ -59,17 +71,20 @@ def missed_gallery_png(missed: pd.DataFrame, cache: Path, paths: list[Path], max
     for ax in axes.ravel():
         ax.axis("off")
     if n == 0:
-        axes[0, 0].text(0.5, 0.5, "no missed audit images", ha="center", va="center")
+        axes[0, 0].text(0.5, 0.5, f"no {title.lower()}", ha="center", va="center")
     for ax, row in zip(axes.ravel(), shown.itertuples(), strict=False):
         with Image.open(cache / row.model_png) as img:
             ax.imshow(np.asarray(img.convert("L")), cmap="gray")
+        if heatmaps is not None:
+            k = 1 if "mag" in row.reason and "marker" not in row.reason else 0
+            ax.imshow(np.ma.masked_less(heatmaps(row.model_png)[k], 0.15), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         ax.set_title(f"true {row.label}\np_biopsy {row.p_biopsy:.2f} p_mag {row.p_mag:.2f}\n{row.reason}", fontsize=7)
-    fig.suptitle(f"Missed audit images ({len(missed)} total, {n} shown)")
+    fig.suptitle(f"{title} ({len(missed)} total, {n} shown)" + (", heat map of the flag" if heatmaps else ""), y=1.02)
     return _save(fig, paths)
 
 
 def accuracy_by_round_png(registry: pd.DataFrame, paths: list[Path]) -> list[Path]:
-    """Audit accuracy against the number of train labels, one point per registered model."""
+    """Audit accuracy and per-flag ROC-AUC against the number of train labels, one point per registered model."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     reg = registry.dropna(subset=["accuracy"]) if len(registry) else registry
     if len(reg):
@@ -77,11 +92,15 @@ def accuracy_by_round_png(registry: pd.DataFrame, paths: list[Path]) -> list[Pat
         ax.plot(reg["n_train"].astype(float), reg["accuracy"].astype(float) * 100, "o-", label="4-class")
         if "accuracy_3class" in reg and reg["accuracy_3class"].notna().any():
             ax.plot(reg["n_train"].astype(float), reg["accuracy_3class"].astype(float) * 100, "s--", label="3-class")
-        ax.legend(loc="lower right")
+        for flag, marker in (("biopsy", "^:"), ("mag", "v:")):
+            col = f"{flag}_roc_auc"
+            if col in reg and reg[col].notna().any():
+                ax.plot(reg["n_train"].astype(float), reg[col].astype(float) * 100, marker, label=f"{flag} ROC-AUC")
+        ax.legend(loc="lower right", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no model with audit metrics yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("train labels")
-    ax.set_ylabel("audit accuracy (%)")
+    ax.set_ylabel("audit accuracy / ROC-AUC (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.set_title("Accuracy by labeling round")

@@ -1,20 +1,28 @@
-"""The one preprocessing step shared by training, the ONNX parity check and batch inference.
+"""The one preprocessing step shared by training, the ONNX parity check, batch inference and the heat maps.
 
 A model PNG (grayscale, long side 256, portrait) is padded with black to a square, centred, then turned into
-three channels at `size`, each in 0..1 and normalized with the ImageNet statistics (kept so the ONNX metadata
-and the PRETRAINED path stay as they are):
+three channels at `size`. No channel depends on a constant measured on any data set: each is expressed in
+units of the image's *own* tissue, so a real mammogram with dense, high-contrast texture and a synthetic one
+with smooth texture land on the same scale (see `describe()`, which every model records in its metadata):
 
-0. the area-resized image (PIL BOX): the breast as a whole, the mag view's fine line pattern;
+0. the area-resized image (PIL BOX), mapped so the tissue's 1st percentile is 0 and its 99th is 1: the
+   breast as a whole, the mag view's fine line pattern;
 1. the white top-hat (image minus its grey opening with a TOPHAT_SIZE square), block-MAX-pooled to `size`,
-   then ramped from TOPHAT_FLOOR to TOPHAT_FLOOR + TOPHAT_RANGE grey levels onto 0..1: only bright objects
-   smaller than the square survive, so a 3-5 px metal clip keeps its full contrast where area resizing would
-   average it into the tissue; straight edges (skin line, pectoral muscle) give nothing, and the ramp turns
-   tissue texture off and clips fully on, which the from-scratch network needs to learn markers at all;
-2. the block-MAX-pooled image: a clip stays near-saturated instead of being diluted.
+   as r² / (1 + r²) with r = top-hat / (99th percentile of the top-hat inside the tissue): the image's own
+   fine texture sits at or below 0.5 and an object several times brighter than anything in its
+   surroundings (metal) approaches 1 (r = 3: 0.9), whatever the vendor's contrast. Straight edges (skin
+   line, pectoral muscle) give nothing;
+2. the block-MAX-pooled image, in the units of channel 0: a clip stays at its full brightness instead of
+   being diluted.
 
-Padding (rather than squishing) keeps a marker's round shape and the mag view's line spacing the same in
-every image; black is what lies outside the breast anyway. Only numpy and PIL, so inference
-stays light (about 1 ms per 256-px image).
+"Tissue" is the Otsu foreground of the image (threshold from its own histogram, so again no fitted level).
+Channels 0 and 2 are clipped to [-1, 2] tissue ranges (padding and air below, metal above), then all three
+are normalized with the ImageNet statistics (kept so the PRETRAINED path sees what its weights expect).
+
+TOPHAT_SIZE is geometry, not intensity: 7 px of a 256-px PNG is 2.7 % of the detector's long side (6-8 mm on
+a 24-30 cm detector), wider than a 2-4 mm clip and narrower than a mass or the pectoral muscle.
+Padding (rather than squishing) keeps a marker's shape and the mag view's line spacing the same in every
+image. Only numpy and PIL, so inference stays light (about 1-2 ms per 256-px image).
 """
 
 from __future__ import annotations
@@ -27,13 +35,31 @@ from PIL import Image
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # Bump when the network's input changes meaning: models record it, inference refuses a mismatch.
-PREPROCESS_VERSION = "2"
-TOPHAT_SIZE = 7  # px at the 256-px PNG: clips are 3-5 px long there, calcification clusters and vessels wider
-# Top-hat grey levels (0..255) mapped onto 0..1. Measured on the synthetic drops (498 images): an image's
-# largest top-hat is 39-103 (median 59-66) without a marker and 74-247 (median 144-156) with one; tissue
-# texture sits below ~50 in 99.9% of pixels.
-TOPHAT_FLOOR = 48
-TOPHAT_RANGE = 96
+# 3: channels in units of the image's own tissue distribution (2 ramped the top-hat with fixed grey levels).
+PREPROCESS_VERSION = "3"
+TOPHAT_SIZE = 7  # px at the 256-px PNG (geometry: see the module docstring)
+TISSUE_PERCENTILES = (1.0, 99.0)  # the tissue range that channels 0 and 2 map onto 0..1
+TOPHAT_PERCENTILE = 99.0  # the tissue's own top-hat level that channel 1 maps onto 0.5
+CHANNEL_RANGE = (-1.0, 2.0)  # channels 0 and 2, in tissue ranges
+
+
+def describe() -> dict:
+    """What the network's input is, for the model's metadata (meta.json, ONNX metadata_props)."""
+    return {
+        "version": PREPROCESS_VERSION,
+        "source": "model PNG (cache, long side settings.model_size), padded black to a square",
+        "tissue": "Otsu foreground of the image's own histogram",
+        "channels": [
+            f"area-resized image, tissue p{TISSUE_PERCENTILES[0]:g}->0, p{TISSUE_PERCENTILES[1]:g}->1, "
+            f"clipped to {list(CHANNEL_RANGE)}",
+            f"white top-hat ({TOPHAT_SIZE}-px square), max-pooled, r^2/(1+r^2) with r = top-hat / tissue "
+            f"top-hat p{TOPHAT_PERCENTILE:g}",
+            "max-pooled image, same units as channel 0",
+        ],
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "fitted_constants": [],
+    }
+
 
 _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
 _STD = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
@@ -128,16 +154,58 @@ def white_tophat(gray: np.ndarray, width: int = TOPHAT_SIZE) -> np.ndarray:
     return gray - opened
 
 
+def otsu_threshold(gray: np.ndarray) -> int:
+    """Otsu's grey level (0..255) of a uint8 image: maximizes the between-class variance of its histogram.
+
+    Pixels > threshold are the foreground; a flat image returns its one level (so nothing is foreground).
+    """
+    if gray.size == 0 or gray.min() == gray.max():
+        return int(gray.min()) if gray.size else 0
+    hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * levels)
+    mu0 = np.divide(m0, w0, out=np.zeros(256), where=w0 > 0)
+    mu1 = np.divide(m0[-1] - m0, w1, out=np.zeros(256), where=w1 > 0)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return int(np.argmax(between))
+
+
+def tissue_mask(gray: np.ndarray) -> np.ndarray:
+    """Bool mask of the image's tissue (Otsu foreground); every pixel when that leaves fewer than 1 %."""
+    mask = gray > otsu_threshold(gray)
+    return mask if mask.sum() >= 0.01 * gray.size else np.ones_like(mask)
+
+
+def channel_scales(gray: np.ndarray, tophat: np.ndarray) -> tuple[float, float, float]:
+    """(low, range, top-hat level) of one image, all measured on its own tissue (grey levels, >= 1)."""
+    mask = tissue_mask(gray)
+    tissue = gray[mask]
+    low, high = np.percentile(tissue, TISSUE_PERCENTILES)
+    level = np.percentile(tophat[mask], TOPHAT_PERCENTILE)
+    return float(low), float(max(high - low, 1.0)), float(max(level, 1.0))
+
+
 def preprocess(png: Path | str | np.ndarray, size: int) -> np.ndarray:
-    """float32 [3, size, size]: area-resized image, ramped max-pooled top-hat, max-pooled image; ImageNet-normalized."""
-    square = pad_square(_as_gray_uint8(png))
+    """float32 [3, size, size]: tissue-scaled area image, self-normalized top-hat, tissue-scaled max image;
+    ImageNet-normalized. See the module docstring."""
+    gray = _as_gray_uint8(png)
+    square = pad_square(gray)
+    tophat = white_tophat(square)
+    h, w = gray.shape
+    top, left = (square.shape[0] - h) // 2, (square.shape[1] - w) // 2
+    low, span, level = channel_scales(gray, tophat[top : top + h, left : left + w])
     out = np.empty((3, size, size), dtype=np.float32)
     out[0] = np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.BOX), dtype=np.float32)
-    out[1] = max_pool(white_tophat(square), size)
+    out[1] = max_pool(tophat, size)
     out[2] = max_pool(square, size)
-    out[0] *= np.float32(1.0 / 255.0)
-    out[2] *= np.float32(1.0 / 255.0)
-    np.clip((out[1] - np.float32(TOPHAT_FLOOR)) * np.float32(1.0 / TOPHAT_RANGE), 0.0, 1.0, out=out[1])
+    for c in (0, 2):
+        out[c] -= np.float32(low)
+        out[c] *= np.float32(1.0 / span)
+    np.clip(out[0::2], *CHANNEL_RANGE, out=out[0::2])
+    r2 = np.square(out[1] * np.float32(1.0 / level))
+    out[1] = r2 / (np.float32(1.0) + r2)
     return (out - _MEAN) / _STD
 
 

@@ -35,6 +35,14 @@ class ModelRef:
     def save(self, models_root: Path, name: str = "current.json") -> Path:
         return write_text(models_root / name, json.dumps(asdict(self), indent=2, sort_keys=True))
 
+    def thresholds(self) -> tuple[float, float]:
+        """Per-flag operating thresholds (biopsy, mag) chosen on the audit set; 0.5 for models made before them."""
+        points = self.extra.get("operating_points") or {}
+        return (
+            float(points.get("biopsy", {}).get("threshold", 0.5)),
+            float(points.get("mag", {}).get("threshold", 0.5)),
+        )
+
     def with_(self, **changes: object) -> ModelRef:
         return replace(self, **changes)  # type: ignore[arg-type]
 

@@ -41,8 +41,30 @@ COLUMNS: tuple[str, ...] = (
     "onnx_bytes",
     "int8_bytes",
     "inference_file",
+    "operating_points",
+    "per_hospital_metrics",
+    "per_vendor_metrics",
+    "biopsy_roc_auc",
+    "biopsy_sensitivity",
+    "biopsy_specificity",
+    "biopsy_balanced_accuracy",
+    "biopsy_kappa",
+    "biopsy_study_fp_rate",
+    "mag_roc_auc",
+    "mag_sensitivity",
+    "mag_specificity",
+    "mag_balanced_accuracy",
+    "mag_kappa",
+    "mag_study_fp_rate",
 )
-JSON_COLUMNS = ("label_counts", "hyperparameters", "per_hospital_accuracy")
+JSON_COLUMNS = (
+    "label_counts",
+    "hyperparameters",
+    "per_hospital_accuracy",
+    "operating_points",
+    "per_hospital_metrics",
+    "per_vendor_metrics",
+)
 FLOAT_COLUMNS = (
     "accuracy",
     "accuracy_3class",
@@ -56,6 +78,18 @@ FLOAT_COLUMNS = (
     "train_seconds",
     "int8_accuracy",
     "fp32_accuracy",
+    "biopsy_roc_auc",
+    "biopsy_sensitivity",
+    "biopsy_specificity",
+    "biopsy_balanced_accuracy",
+    "biopsy_kappa",
+    "biopsy_study_fp_rate",
+    "mag_roc_auc",
+    "mag_sensitivity",
+    "mag_specificity",
+    "mag_balanced_accuracy",
+    "mag_kappa",
+    "mag_study_fp_rate",
 )
 INT_COLUMNS = ("n_train", "n_audit", "seed", "onnx_bytes", "int8_bytes")
 TABLE = "model_registry"

@@ -30,15 +30,27 @@ import pandas as pd
 from mammo_pipeline.atomic import write_bytes, write_parquet, write_text
 from mammo_pipeline.labels.codes import label_of
 from mammo_pipeline.model import plots, registry
-from mammo_pipeline.model.evaluate import evaluate, miss_reason
-from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_batch
+from mammo_pipeline.model.evaluate import (
+    detailed_metrics,
+    evaluate,
+    false_alarm_reason,
+    miss_reason,
+    needs_review,
+    operating_points,
+)
+from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, describe, preprocess_batch
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.model.weights import load_imagenet_state
 from mammo_pipeline.progress import ProgressFn
 from mammo_pipeline.settings import Settings
 
 REQUIRED_COLUMNS = ("sop_instance_uid", "hospital", "label", "has_biopsy_marker", "is_mag_view", "split", "model_png")
-PICTURES = {"confusion": "confusion_matrix.png", "missed": "missed_audit.png", "rounds": "accuracy_by_round.png"}
+PICTURES = {
+    "confusion": "confusion_matrix.png",
+    "missed": "missed_audit.png",
+    "false_positives": "false_positive_audit.png",
+    "rounds": "accuracy_by_round.png",
+}
 
 
 @dataclass(frozen=True)
@@ -93,11 +105,14 @@ class PathDefaults:
     pos_weight: bool
 
 
+# The input side both paths use by default (ImageNet fine-tuning included): see the README's learning curves.
+INPUT_SIZE = 64
+
 # Chosen with benchmarks/bench_learning_curve.py (synthetic drops, 50..410 train labels, 2 shared CPU cores).
 # PRETRAINED is the schedule measured by benchmarks/bench_train.py; SCRATCH learns with far fewer labels
 # than the same schedule from random weights (which stayed at 0.2-0.6 audit accuracy).
 SCRATCH = PathDefaults(
-    size=64,  # markers survive in preprocess's max-pooled top-hat channel; 4x fewer pixels than 128 buys epochs
+    size=INPUT_SIZE,  # markers survive in preprocess's max-pooled top-hat channel; 4x fewer pixels than 128 buys epochs
     epochs=0,  # from image_passes: 40 (the cap) at 50 labels, 12 at 410, so every round gets about the same compute
     image_passes=4800,  # 128 px / 1800 passes (4-5 epochs at 410 labels) learned no markers (biopsy F1 0.0-0.3)
     freeze_epochs=0,
@@ -108,7 +123,7 @@ SCRATCH = PathDefaults(
     pos_weight=True,
 )
 PRETRAINED = PathDefaults(
-    size=160,
+    size=INPUT_SIZE,  # fine-tune at the size chosen by measurement (was 160 px)
     epochs=2,
     image_passes=0,
     freeze_epochs=1,
@@ -362,14 +377,21 @@ def train_model(
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     version = weights_version(state)
     folder = settings.models / version
-    metrics = evaluate(audit, audit_probs)
+    points = operating_points(audit, audit_probs)
+    cut = (points["biopsy"]["threshold"], points["mag"]["threshold"])
+    metrics = evaluate(audit, audit_probs, cut)
+    audit_groups = _with_vendor(settings, audit)
+    flags_detail = detailed_metrics(audit_groups, audit_probs, points, groups=("hospital", "manufacturer"))
+    metrics["operating_points"] = points
+    metrics["flags"] = flags_detail
 
     buf = io.BytesIO()
     torch.save(state, buf)
     write_bytes(folder / "model.pth", buf.getvalue())
     audit_out = audit[["sop_instance_uid", "hospital", "label", "has_biopsy_marker", "is_mag_view", "model_png"]].copy()
     audit_out["p_biopsy"], audit_out["p_mag"] = audit_probs[:, 0], audit_probs[:, 1]
-    audit_out["predicted_class"] = [label_of(b >= 0.5, m >= 0.5) for b, m in audit_probs]
+    audit_out["predicted_class"] = [label_of(b >= cut[0], m >= cut[1]) for b, m in audit_probs]
+    audit_out["needs_review"] = needs_review(audit_probs, points)
     audit_out["model_version"] = version
     write_parquet(audit_out, folder / "audit_predictions.parquet")
     oof_out = pd.DataFrame(
@@ -399,22 +421,38 @@ def train_model(
         "pretrained_source": pretrained_source,
         "per_hospital_accuracy": metrics["per_hospital_accuracy"],
         "train_seconds": train_seconds,
+        "operating_points": points,
+        "per_hospital_metrics": {f: flags_detail[f].get("by_hospital", {}) for f in flags_detail},
+        "per_vendor_metrics": {f: flags_detail[f].get("by_manufacturer", {}) for f in flags_detail},
+        **{
+            f"{flag}_{key}": flags_detail[flag].get(key)
+            for flag in flags_detail
+            for key in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "kappa", "study_fp_rate")
+        },
         **{k: metrics[k] for k in registry.FLOAT_COLUMNS if k in metrics},
     }
     registry.write_row(settings, row)
 
-    missed = audit_out.assign(
-        reason=[
-            miss_reason(b, m, pb, pm)
-            for b, m, pb, pm in zip(
-                audit_out.has_biopsy_marker, audit_out.is_mag_view, audit_probs[:, 0], audit_probs[:, 1], strict=True
-            )
-        ]
+    rows = list(
+        zip(audit_out.has_biopsy_marker, audit_out.is_mag_view, audit_probs[:, 0], audit_probs[:, 1], strict=True)
     )
+    missed = audit_out.assign(reason=[miss_reason(b, m, pb, pm, cut) for b, m, pb, pm in rows])
     missed = missed[missed["reason"] != ""]
+    false_pos = audit_out.assign(reason=[false_alarm_reason(b, m, pb, pm, cut) for b, m, pb, pm in rows])
+    false_pos = false_pos[false_pos["reason"] != ""]
     pictures = {name: folder / file for name, file in PICTURES.items()}
     plots.confusion_png(metrics["confusion"], [pictures["confusion"], settings.reports / PICTURES["confusion"]])
-    plots.missed_gallery_png(missed, settings.cache, [pictures["missed"], settings.reports / PICTURES["missed"]])
+    heat = partial(_gallery_heatmaps, net, settings.cache, hyper.size)
+    plots.missed_gallery_png(
+        missed, settings.cache, [pictures["missed"], settings.reports / PICTURES["missed"]], heatmaps=heat
+    )
+    plots.missed_gallery_png(
+        false_pos,
+        settings.cache,
+        [pictures["false_positives"], settings.reports / PICTURES["false_positives"]],
+        heatmaps=heat,
+        title="False-positive audit images",
+    )
     plots.accuracy_by_round_png(
         registry.read_registry(settings), [pictures["rounds"], settings.reports / PICTURES["rounds"]]
     )
@@ -427,7 +465,13 @@ def train_model(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         pretrained=pretrained,
-        extra={"model_file": "model.pth", "pretrained_source": pretrained_source, "seed": seed},
+        extra={
+            "model_file": "model.pth",
+            "pretrained_source": pretrained_source,
+            "seed": seed,
+            "operating_points": points,
+            "preprocessing": describe(),
+        },
     )
     meta = {
         "ref": asdict(ref),
@@ -439,6 +483,8 @@ def train_model(
         "n_audit": len(audit),
         "label_counts": row["label_counts"],
         "train_seconds": train_seconds,
+        "preprocessing": describe(),
+        "operating_points": points,
         "oof_method": f"{hyper.oof_folds}-fold logistic regression on the untrained body's pooled features",
         "warnings": notes,
     }
@@ -447,6 +493,26 @@ def train_model(
     return TrainResult(
         ref=ref, metrics=metrics, row=row, pictures=pictures, train_seconds=train_seconds, warnings=notes
     )
+
+
+def _with_vendor(settings: Settings, audit: pd.DataFrame) -> pd.DataFrame:
+    """`audit` plus a `manufacturer` column (the vendor profile) from the dicom_index, 'unknown' where absent."""
+    out = audit.copy()
+    out["manufacturer"] = "unknown"
+    files = sorted(settings.table_dir("dicom_index").glob("hospital=*/*.parquet"))
+    if not files or audit.empty:
+        return out
+    index = pd.concat(pd.read_parquet(f, columns=["sop_instance_uid", "manufacturer"]) for f in files)
+    vendor = index.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")["manufacturer"]
+    out["manufacturer"] = out["sop_instance_uid"].map(vendor).fillna("unknown").replace("", "unknown")
+    return out
+
+
+def _gallery_heatmaps(net, cache: Path, size: int, model_png: str) -> np.ndarray:
+    """[2, H, W] heat maps of one gallery image (explain.image_heatmaps)."""
+    from mammo_pipeline.model.explain import image_heatmaps
+
+    return image_heatmaps(net, cache / model_png, size).maps
 
 
 def load_network(settings: Settings, ref: ModelRef):

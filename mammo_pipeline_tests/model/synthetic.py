@@ -29,7 +29,7 @@ def synthetic_image(rng: np.random.Generator, biopsy: bool, mag: bool, height: i
     if biopsy:
         for _ in range(int(rng.integers(2, 4))):
             by, bx = rng.integers(height // 4, 3 * height // 4), rng.integers(2, max(3, width // 2))
-            img[((yy - by) ** 2 + (xx - bx) ** 2) <= max(3, height // 16) ** 2] = 255
+            img[((yy - by) ** 2 + (xx - bx) ** 2) <= max(2, height // 40) ** 2] = 255  # clip-sized: 5 px across
     if mag:
         band = max(4, height // 6)
         img[:band], img[-band:], img[:, -band:] = 0, 0, 0

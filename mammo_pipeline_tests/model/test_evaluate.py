@@ -4,7 +4,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo_pipeline.model.evaluate import evaluate, expected_calibration_error, miss_reason, three_class_correct
+from mammo_pipeline.model.evaluate import (
+    cohen_kappa,
+    detailed_metrics,
+    evaluate,
+    expected_calibration_error,
+    flag_metrics,
+    miss_reason,
+    needs_review,
+    operating_point,
+    roc_auc,
+    study_false_positive_rate,
+    three_class_correct,
+)
 
 
 def _audit(rows):
@@ -53,3 +65,56 @@ def test_miss_reason():
     assert miss_reason(True, True, 0.2, 0.1) == "missed marker + missed mag"
     assert miss_reason(True, False, 0.7, 0.9) == ""
     assert miss_reason(False, True, 0.9, 0.3) == "missed mag"
+
+
+def test_biopsy_operating_point_keeps_98_percent_sensitivity_at_the_best_specificity():
+    rng = np.random.default_rng(0)
+    truth = np.r_[np.ones(100, bool), np.zeros(300, bool)]
+    probs = np.r_[rng.uniform(0.3, 1.0, 100), rng.uniform(0.0, 0.6, 300)]
+    point = operating_point(truth, probs, "sensitivity")
+    pred = probs >= point["threshold"]
+    assert pred[truth].mean() >= 0.98
+    # one step higher (the next distinct probability) would drop below 98 %: it is the best specificity
+    higher = np.unique(probs)[np.searchsorted(np.unique(probs), point["threshold"]) + 1]
+    assert (probs[truth] >= higher).mean() < 0.98
+    assert point["review_low"] <= point["threshold"] <= point["review_high"]
+
+
+def test_mag_operating_point_is_the_best_balanced_accuracy_and_perfect_separation_is_found():
+    truth = np.array([False, False, False, True, True])
+    probs = np.array([0.05, 0.2, 0.3, 0.35, 0.9])
+    point = operating_point(truth, probs, "balanced")
+    assert 0.3 < point["threshold"] <= 0.35  # separates perfectly although below 0.5
+    assert flag_metrics(truth, probs, point["threshold"])["balanced_accuracy"] == 1.0
+    assert operating_point(np.zeros(3, bool), np.zeros(3), "balanced")["rule"].startswith("default")
+
+
+def test_needs_review_marks_exactly_the_band():
+    points = {
+        "biopsy": {"threshold": 0.5, "review_low": 0.2, "review_high": 0.7},
+        "mag": {"threshold": 0.5, "review_low": 0.4, "review_high": 0.6},
+    }
+    probs = np.array([[0.1, 0.1], [0.2, 0.1], [0.69, 0.9], [0.7, 0.9], [0.0, 0.5], [0.9, 0.6]])
+    assert needs_review(probs, points).tolist() == [False, True, True, False, True, False]
+
+
+def test_kappa_auc_and_study_false_positive_rate():
+    truth = np.array([True, True, False, False])
+    assert cohen_kappa(truth, truth) == pytest.approx(1.0)
+    assert cohen_kappa(truth, ~truth) == pytest.approx(-1.0)
+    assert roc_auc(truth, np.array([0.9, 0.8, 0.1, 0.85])) == pytest.approx(0.75)
+    assert roc_auc(np.ones(3, bool), np.zeros(3)) is None
+    studies = np.array(["a", "a", "b", "b", "c"])
+    # study a is truly positive; b negative with one false alarm; c negative and clean
+    rate = study_false_positive_rate(studies, np.array([1, 0, 0, 0, 0], bool), np.array([0, 0, 0, 1, 0], bool))
+    assert rate == pytest.approx(0.5)
+
+
+def test_detailed_metrics_per_group():
+    audit = _audit([(True, False, "a"), (False, True, "a"), (False, False, "b"), (True, True, "b")])
+    audit["study_instance_uid"] = ["s1", "s1", "s2", "s2"]
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.2], [0.8, 0.9]])
+    points = {f: {"threshold": 0.5, "review_low": 0.5, "review_high": 0.5} for f in ("biopsy", "mag")}
+    d = detailed_metrics(audit, probs, points)
+    assert d["biopsy"]["roc_auc"] == 1.0 and d["biopsy"]["kappa"] == pytest.approx(1.0)
+    assert set(d["mag"]["by_hospital"]) == {"a", "b"} and d["mag"]["by_hospital"]["a"]["n"] == 2

@@ -221,3 +221,27 @@ def test_load_model_refuses_a_model_made_for_other_preprocessing(settings, monke
     monkeypatch.setattr(infer, "PREPROCESS_VERSION", "999")
     with pytest.raises(infer.ModelMismatch, match="preprocessing version"):
         infer.load_model(settings, ref)
+
+
+def test_predictions_use_the_models_thresholds_and_mark_the_review_band(settings):
+    ref = make_model(settings, "m9", seed=3)
+    manifest = make_cache(settings, "h1", {"s1": 4, "s2": 4})
+    plain = pd.concat(predict_images(settings, manifest, load_model(settings, ref)), ignore_index=True)
+    pb, pm = plain["p_biopsy"].to_numpy(), plain["p_mag"].to_numpy()
+    # thresholds inside the spread of this model's probabilities, so both decisions and the band matter
+    tb, tm = float(np.median(pb)), float(np.median(pm))
+    points = {
+        "biopsy": {"threshold": tb, "review_low": float(np.quantile(pb, 0.25)), "review_high": tb},
+        "mag": {"threshold": tm, "review_low": tm, "review_high": float(np.quantile(pm, 0.75))},
+    }
+    ref = ref.with_(extra={**ref.extra, "operating_points": points})
+    ref.save(settings.models)
+    path = settings.table_dir("image_predictions", "h1") / "predictions.parquet"
+    write_predictions(settings, manifest, load_model(settings, ref), path)
+    out = pd.read_parquet(path)
+    assert list(out.columns) == list(COLUMNS) and out["needs_review"].dtype == bool
+    assert out["has_biopsy_marker"].tolist() == (pb >= tb).tolist()
+    assert out["is_mag_view"].tolist() == (pm >= tm).tolist()
+    band = ((pb >= points["biopsy"]["review_low"]) & (pb < tb)) | ((pm >= tm) & (pm < points["mag"]["review_high"]))
+    assert out["needs_review"].tolist() == band.tolist() and 0 < band.sum() < len(out)
+    assert not plain["needs_review"].any()  # a model without operating points: 0.5, no review band

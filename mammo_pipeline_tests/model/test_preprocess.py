@@ -7,9 +7,10 @@ from PIL import Image
 from mammo_pipeline.model.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    TOPHAT_FLOOR,
-    TOPHAT_RANGE,
+    PREPROCESS_VERSION,
+    describe,
     max_pool,
+    otsu_threshold,
     pad_square,
     preprocess,
     preprocess_batch,
@@ -26,15 +27,16 @@ def test_preprocess_shape_dtype_and_path_equals_array(tmp_path):
     np.testing.assert_array_equal(from_path, preprocess(tmp_path / "a.png", 48))  # deterministic
 
 
-def test_preprocess_pads_black_and_normalizes_per_channel():
-    white = np.full((100, 80), 255, dtype=np.uint8)  # portrait: padding left and right
-    x = preprocess(white, 50)
-    inside = {0: 1.0, 1: 0.0, 2: 1.0}  # area and max-pooled image full; a flat image has no small bright detail
-    for c in range(3):
-        black = (0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
-        assert x[c, 25, 0] == pytest.approx(black, abs=1e-5)  # padded column
-        assert x[c, 25, 25] == pytest.approx((inside[c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c], abs=1e-5)
-        assert x[c, 25, 49] == pytest.approx(black, abs=1e-5)
+def test_preprocess_pads_black_and_measures_channels_in_tissue_units():
+    rng = np.random.default_rng(3)
+    img = np.zeros((100, 80), dtype=np.uint8)
+    img[:, 10:] = rng.integers(100, 201, (100, 70))  # tissue: uniform 100..200, air on the left
+    x = _unnormalize(preprocess(img, 50))
+    low, high = np.percentile(img[:, 10:], [1, 99])
+    assert x[0, 25, 0] == pytest.approx(max((0 - low) / (high - low), -1.0), abs=1e-5)  # padding: air units
+    inside = x[0, 10:40, 20:40]
+    assert inside.min() > -0.05 and inside.max() < 1.05  # the tissue spans about 0..1
+    assert x[2, 10:40, 20:40].max() <= (img.max() - low) / (high - low) + 1e-5
 
 
 def test_pad_square_centres_the_image():
@@ -66,25 +68,51 @@ def _unnormalize(x: np.ndarray) -> np.ndarray:
     )
 
 
+def _textured(rng: np.random.Generator, contrast: float, shape=(256, 200)) -> np.ndarray:
+    """Air on the left, 'tissue' of the given texture contrast (grey levels of noise around 120) elsewhere."""
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.5)
+    img = np.where(np.arange(shape[1])[None, :] > 30, 120 + contrast * noise / noise.std(), 0)
+    return np.clip(img, 0, 255)
+
+
 def test_small_bright_dot_survives_in_the_object_channels_but_fades_in_the_area_channel():
-    img = np.full((256, 200), 100, dtype=np.uint8)  # flat tissue
-    img[101:103, 61:63] = 250  # a 2-px clip straddling four 2x2 blocks (the image is padded 28 px each side)
+    img = _textured(np.random.default_rng(0), 10.0).astype(np.uint8)
+    img[101:103, 61:63] = 255  # a 2-px clip straddling four 2x2 blocks (the image is padded 28 px each side)
     x = _unnormalize(preprocess(img, 128))
     area, tophat, peak = x[0], x[1], x[2]
-    assert area.max() == pytest.approx((3 * 100 + 250) / 4 / 255, abs=1 / 255)  # averaged away (PIL rounds)
-    assert tophat.max() == pytest.approx(1.0)  # 150 grey levels above the tissue: fully on
-    assert peak.max() == pytest.approx(250 / 255, abs=1e-5)
-    assert np.count_nonzero(tophat > 1e-6) == 4  # only the four blocks the dot touches
+    dot = (slice(50, 52), slice(44, 46))  # its blocks at 128 px
+    assert tophat[dot].min() > 0.9  # far above the tissue's own top-hat level
+    assert np.count_nonzero(tophat > 0.9) == 4  # only the four blocks the dot touches
+    assert peak[dot].min() > 1.2  # above the tissue's 99th percentile
+    assert area[dot].max() < peak[dot].min() - 0.3  # averaged into the tissue
 
 
-def test_tophat_channel_ramps_faint_texture_off_and_clips_on():
-    img = np.full((64, 64), 100, dtype=np.uint8)
-    img[10, 10] = 100 + TOPHAT_FLOOR  # texture-level detail: off
-    img[30, 30] = 100 + TOPHAT_FLOOR + TOPHAT_RANGE // 2  # halfway up the ramp
-    tophat = _unnormalize(preprocess(img, 64))[1]
-    assert tophat[10, 10] == pytest.approx(0.0, abs=1e-6)
-    assert tophat[30, 30] == pytest.approx(0.5, abs=1e-5)
-    assert np.count_nonzero(np.abs(tophat) > 1e-6) == 1
+def test_channels_do_not_depend_on_the_images_contrast_or_brightness():
+    """No grey-level constant: an affine change of the image's intensities leaves every channel the same,
+    and a marker stands out equally in low- and high-contrast tissue (where fixed levels saturate)."""
+    rng = np.random.default_rng(1)
+    base = _textured(rng, 1.0)
+    base[120:123, 100:103] += 8  # a marker 8 texture-SDs above its surroundings
+    xs = []
+    for gain, offset in ((8.0, -860.0), (14.0, -1560.0), (5.0, -500.0)):
+        img = np.where(base > 0, base * gain + offset, 0)
+        xs.append(_unnormalize(preprocess(np.clip(np.rint(img), 0, 255).astype(np.uint8), 64)))
+    for other in xs[1:]:
+        np.testing.assert_allclose(other[1], xs[0][1], atol=0.08)
+        np.testing.assert_allclose(other[0, :, 20:], xs[0][0, :, 20:], atol=0.08)
+    for x in xs:
+        marker = x[1, 29:32, 31:34].max()  # rows 120-122, columns 128-130 of the padded square
+        assert marker > 0.8 and np.mean(x[1] > 0.8) < 0.01  # the marker, and almost nothing else
+    assert describe()["fitted_constants"] == [] and describe()["version"] == PREPROCESS_VERSION
+
+
+def test_otsu_threshold_splits_two_levels():
+    img = np.array([[10] * 50 + [200] * 50], dtype=np.uint8)
+    assert 10 <= otsu_threshold(img) < 200
+    flat = np.full((4, 4), 7, np.uint8)
+    assert not (flat > otsu_threshold(flat)).any()  # a flat image has no foreground
 
 
 def test_tophat_ignores_edges_and_wide_objects():

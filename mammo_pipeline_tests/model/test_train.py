@@ -47,7 +47,7 @@ def test_metrics_match_the_saved_audit_predictions(trained):
     s, ref = trained.settings, trained.result.ref
     audit = pd.read_parquet(ref.path(s.models, "audit_predictions.parquet"))
     assert set(audit["sop_instance_uid"]) == set(trained.labels.query("split == 'audit'")["sop_instance_uid"])
-    again = evaluate(audit, audit[["p_biopsy", "p_mag"]].to_numpy())
+    again = evaluate(audit, audit[["p_biopsy", "p_mag"]].to_numpy(), ref.thresholds())
     assert again["accuracy"] == pytest.approx(trained.result.metrics["accuracy"])
     assert again["confusion"] == trained.result.metrics["confusion"]
 
@@ -121,6 +121,7 @@ def test_unset_fields_take_the_defaults_of_the_path():
     assert scratch == dataclasses.replace(TrainConfig(), **dataclasses.asdict(SCRATCH))
     assert fine_tune == dataclasses.replace(TrainConfig(), **dataclasses.asdict(PRETRAINED))
     assert fine_tune.freeze_epochs >= 1 and scratch.lr > fine_tune.lr
+    assert fine_tune.size == scratch.size  # ImageNet weights fine-tune at the size chosen by the learning curves
     mine = TrainConfig(size=48, lr=0.5).resolved(pretrained=False)
     assert (mine.size, mine.lr, mine.batch_size) == (48, 0.5, SCRATCH.batch_size)
 

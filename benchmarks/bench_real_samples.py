@@ -1,0 +1,195 @@
+"""The current model on the real public mammograms of ../shared/realdata: probabilities and heat maps.
+
+Run:  .venv/bin/python benchmarks/bench_real_samples.py [--home MAMMO_HOME] [--realdata DIR] [--out PNG]
+
+Wraps every real image as a DICOM object (Modality MG, Digital Mammography X-Ray For Presentation, laterality
+and view from the file name, no window so the pipeline's own percentile fallback applies) in a temporary
+landing folder, runs the real index -> cache -> predict steps with the model named by <home>/models/
+current.json, prints each image's probabilities, flags and needs_review against the clip truth written down
+below, and draws a contact sheet with each image's biopsy-marker heat map. It never trains on these images.
+Skips, with a message, when the folder is absent.
+
+Truth (decided by looking at every image at full resolution, see README "Real images"): only
+`nyu-breast_cancer_classifier/2_R_CC` holds a metal clip inside the breast (a saturated, sharp-edged barbell,
+about 3 mm, inside dense tissue). The round BBs on or beside the nipple (1_L_CC, 1_R_CC, the four nyu-gmic
+views) and the perfectly round disk over the mass of the WG04 film (a palpable-lump BB) are skin markers; the
+bright specks of 2_L_CC, 0_R-MLO and 1_R_CC are calcifications (clustered or under 1 mm). No image is a
+magnification or spot view. Target: biopsy flagged exactly on 2_R_CC, mag on none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import re
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from mammo_pipeline.settings import Settings
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+CLIP_IMAGES = {"nyu-breast_cancer_classifier/2_R_CC"}
+NAME = re.compile(r"(?P<exam>\w+?)[_-](?P<lat>[LR])[_-](?P<view>CC|MLO)$")
+DIGITAL_MAMMO_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+
+
+def _uid(text: str) -> str:
+    """A deterministic DICOM UID from a text (2.25 + decimal of a hash)."""
+    return "2.25." + str(int(hashlib.sha256(text.encode()).hexdigest()[:30], 16))
+
+
+def real_images(root: Path) -> list[tuple[str, np.ndarray, str, str]]:
+    """(name, pixels uint16, laterality, view) for every real image; the WG04 pair counts once (J2KI)."""
+    import pydicom
+
+    out = []
+    for path in sorted(root.rglob("*.png")):
+        match = NAME.search(path.stem)
+        if not match:
+            continue
+        with Image.open(path) as img:
+            pixels = np.asarray(img).astype(np.uint16)
+        out.append((f"{path.parent.name}/{path.stem}", pixels, match["lat"], match["view"]))
+    wg04 = root / "dicom-wg04" / "MG1_J2KI.dcm"
+    if wg04.exists():
+        ds = pydicom.dcmread(wg04)
+        lat = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "L")
+        out.append(("dicom-wg04/MG1_J2KI", ds.pixel_array.astype(np.uint16), lat, str(ds.get("ViewPosition", "MLO"))))
+    return out
+
+
+def wrap_as_dicom(name: str, pixels: np.ndarray, laterality: str, view: str, path: Path) -> None:
+    """Write `pixels` as an uncompressed MG For Presentation object (MONOCHROME2, no patient data)."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    exam = name.rsplit("_", 1)[0].rsplit("-", 1)[0]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DIGITAL_MAMMO_PRESENTATION
+    meta.MediaStorageSOPInstanceUID = _uid(name)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = generate_uid(entropy_srcs=["mammo-pipeline bench_real_samples"])
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = DIGITAL_MAMMO_PRESENTATION, _uid(name)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = _uid("study " + exam), _uid("series " + name)
+    ds.PatientID = "REAL-" + hashlib.sha256(exam.encode()).hexdigest()[:8]
+    ds.Modality, ds.Manufacturer = "MG", "public sample"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.ImageLaterality, ds.ViewPosition = laterality, view
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    bits = max(int(pixels.max()).bit_length(), 8)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: Path) -> None:
+    """Each image with its biopsy-marker heat map, its probabilities and the truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mammo_pipeline.model.explain import image_heatmaps
+
+    n = len(rows)
+    cols = min(5, n)
+    lines = -(-n // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(2.6 * cols, 3.9 * lines), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, row in zip(axes.ravel(), rows.itertuples(), strict=False):
+        explanation = image_heatmaps(net, settings.cache / row.model_png, size)
+        ax.imshow(explanation.gray, cmap="gray", vmin=0, vmax=255)
+        ax.imshow(np.ma.masked_less(explanation.maps[0], 0.15), cmap="jet", alpha=0.55, vmin=0, vmax=1)
+        y, x = np.unravel_index(int(np.argmax(explanation.maps[0])), explanation.maps[0].shape)
+        ax.plot([x], [y], marker="+", color="white", markersize=9, mew=1.2)
+        verdict = "clip" if row.truth_clip else "no clip"
+        ax.set_title(
+            f"{row.name}\ntruth: {verdict}\np_biopsy {row.p_biopsy:.2f} p_mag {row.p_mag:.2f}"
+            + (" (review)" if row.needs_review else ""),
+            fontsize=7,
+            color="black" if bool(row.has_biopsy_marker) == bool(row.truth_clip) else "red",
+        )
+    fig.suptitle("Real public mammograms: biopsy-marker heat map of the current model (red title: wrong)", fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(buf.getvalue())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=None, help="MAMMO_HOME whose current model to use (default: env)")
+    parser.add_argument("--realdata", type=Path, default=REALDATA, help="the real images folder")
+    parser.add_argument("--out", type=Path, default=None, help="contact sheet PNG (default: <home>/reports/)")
+    args = parser.parse_args()
+    if not args.realdata.is_dir():
+        print(f"SKIP: {args.realdata} is absent; the real samples live only beside the project (never copied in)")
+        return 0
+    from mammo_pipeline.cache import cache_hospital
+    from mammo_pipeline.dicom.index import index_hospital
+    from mammo_pipeline.model.infer import load_model, write_predictions
+    from mammo_pipeline.model.ref import ModelRef
+    from mammo_pipeline.model.train import load_network
+
+    model_home = Settings.from_env() if args.home is None else Settings.under(args.home)
+    ref = ModelRef.load(model_home.models)
+    images = real_images(args.realdata)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = replace(Settings.under(Path(tmp) / "home", workers=2).ensure_dirs(), models=model_home.models)
+        names = {}
+        for name, pixels, lat, view in images:
+            wrap_as_dicom(name, pixels, lat, view, settings.landing / "realdata" / "drop-real" / f"{_uid(name)}.dcm")
+            names[_uid(name)] = name
+        start = time.monotonic()
+        index_hospital(settings, "realdata")
+        cache_hospital(settings, "realdata")
+        manifest = pd.read_parquet(settings.table_dir("image_cache", "realdata") / "manifest.parquet")
+        manifest = manifest[manifest["model_png"].notna() & (manifest["model_png"] != "")]
+        out_path = settings.table_dir("image_predictions", "realdata") / "predictions.parquet"
+        write_predictions(settings, manifest, load_model(settings, ref), out_path)
+        preds = pd.read_parquet(out_path).merge(manifest[["sop_instance_uid", "model_png"]], on="sop_instance_uid")
+        preds["name"] = preds["sop_instance_uid"].map(names)
+        preds["truth_clip"] = preds["name"].isin(CLIP_IMAGES)
+        preds = preds.sort_values("name").reset_index(drop=True)
+        print(
+            f"model {ref.model_version} (input {ref.input_size} px, thresholds {ref.thresholds()}), "
+            f"{len(preds)} of {len(images)} images through index -> cache -> predict in "
+            f"{time.monotonic() - start:.0f} s"
+        )
+        print(f"{'image':40} {'p_biopsy':>8} {'p_mag':>6} {'biopsy':>6} {'mag':>4} {'review':>6} {'truth':>7}")
+        for r in preds.itertuples():
+            print(
+                f"{r.name:40} {r.p_biopsy:8.3f} {r.p_mag:6.3f} {r.has_biopsy_marker!s:>6} {r.is_mag_view!s:>4} "
+                f"{r.needs_review!s:>6} {'clip' if r.truth_clip else '-':>7}"
+            )
+        right = (preds["has_biopsy_marker"] == preds["truth_clip"]).sum()
+        print(
+            f"RESULT biopsy flag right on {right}/{len(preds)} (target all), mag flagged on "
+            f"{int(preds['is_mag_view'].sum())} (target 0)"
+        )
+        sheet = args.out or model_home.reports / "real_samples.png"
+        contact_sheet(preds, settings, load_network(settings, ref), ref.input_size, sheet)
+        print(f"contact sheet: {sheet}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Where the network saw each flag: Guided Grad-CAM heat maps, computed on demand from the PyTorch weights.
+
+Grad-CAM (Selvaraju et al., ICCV 2017) on the last convolutional block (ResNet18 `layer4`) says *which
+region* raised a flag's logit, but at the input sizes we train at its cells are 16-32 input pixels wide.
+Multiplying the upsampled Grad-CAM by a pixel-level attribution (the "guided" part) sharpens it to the
+object itself, so a clip's heat map peaks on the clip and not merely in its quadrant. The attribution is
+gradient × input on the object channel (preprocess channel 1, the self-normalized top-hat, which is 0 where
+nothing small and bright lies), positive part, box-smoothed over 3 px: it is high exactly where a small
+bright object both exists and pushes the flag's logit up. Air, padding and smooth tissue score 0 there.
+
+Pure functions (no Dagster): `heatmaps` for a network and one preprocessed image, `image_heatmaps` for a
+model PNG, `overlay_png` to draw them, and `heatmap_png(settings, hospital, sop_instance_uid) -> bytes`
+for the CLI (`mammo explain`) and the labeling app's model hint.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, _as_gray_uint8, preprocess
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.settings import Settings
+
+FLAG_NAMES = ("biopsy marker", "magnification view")
+_OBJECT_ZERO = (0.0 - IMAGENET_MEAN[1]) / IMAGENET_STD[1]  # channel 1's value where the top-hat is 0
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Probabilities [2] and heat maps [2, H, W] (0..1, in the model PNG's pixel grid) of one image."""
+
+    probs: np.ndarray
+    maps: np.ndarray
+    gray: np.ndarray  # the model PNG [H, W] uint8
+
+
+def heatmaps(net, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probs [2], maps [2, S, S] in 0..1) for one preprocessed image x [3, S, S]; `net` is fastai's body+head."""
+    import torch
+    import torch.nn.functional as F
+
+    net.eval()
+    inp = torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32)).requires_grad_(True)
+    feats = net[0](inp)
+    logits = net[1](feats)
+    size = x.shape[-1]
+    maps = []
+    for k in range(logits.shape[1]):
+        g_feats, g_inp = torch.autograd.grad(logits[0, k], [feats, inp], retain_graph=True)
+        weights = g_feats.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * feats).sum(dim=1, keepdim=True))
+        cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)
+        objects = (inp[:, 1:2] - float(_OBJECT_ZERO)).detach()  # channel 1 before ImageNet normalization, x std
+        saliency = F.avg_pool2d(F.relu(g_inp[:, 1:2] * objects), 3, stride=1, padding=1)
+        heat = (cam * saliency)[0, 0].detach().numpy()
+        peak = float(heat.max())
+        maps.append(heat / peak if peak > 0 else heat)
+    probs = torch.sigmoid(logits[0]).detach().numpy()
+    return probs.astype(np.float32), np.stack(maps).astype(np.float32)
+
+
+def to_image_grid(square_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A [S, S] map over the padded square back onto the [H, W] image (undo pad_square and the resize)."""
+    h, w = shape
+    side = max(h, w)
+    full = np.asarray(Image.fromarray(square_map.astype(np.float32), mode="F").resize((side, side), Image.BILINEAR))
+    top, left = (side - h) // 2, (side - w) // 2
+    return full[top : top + h, left : left + w]
+
+
+def image_heatmaps(net, png: Path | str | np.ndarray, size: int) -> Explanation:
+    """Probabilities and heat maps of one model PNG (path or uint8 array), maps on the PNG's own grid."""
+    gray = _as_gray_uint8(png)
+    probs, maps = heatmaps(net, preprocess(gray, size))
+    return Explanation(probs, np.stack([to_image_grid(m, gray.shape) for m in maps]), gray)
+
+
+def overlay_png(
+    explanation: Explanation, title: str = "", thresholds: tuple[float, float] | None = None, dpi: int = 100
+) -> bytes:
+    """PNG bytes: the image twice, each flag's heat map drawn over it (jet, transparent where cold)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = explanation.gray.shape
+    fig, axes = plt.subplots(1, 2, figsize=(2 * 3.2 * w / max(h, w) + 0.4, 3.6), squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        ax.imshow(explanation.gray, cmap="gray", vmin=0, vmax=255)
+        heat = np.ma.masked_less(explanation.maps[k], 0.15)
+        ax.imshow(heat, cmap="jet", alpha=0.55, vmin=0, vmax=1)
+        y, x = np.unravel_index(int(np.argmax(explanation.maps[k])), explanation.maps[k].shape)
+        ax.plot([x], [y], marker="+", color="white", markersize=10, mew=1.2)
+        flag = FLAG_NAMES[k]
+        cut = f" (threshold {thresholds[k]:.2f})" if thresholds else ""
+        ax.set_title(f"{flag}\np = {explanation.probs[k]:.3f}{cut}", fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def find_model_png(settings: Settings, hospital: str, sop_instance_uid: str) -> Path:
+    """The cached model PNG of one image, from the hospital's image_cache manifest (KeyError if not cached)."""
+    manifest = settings.table_dir("image_cache", hospital) / "manifest.parquet"
+    if not manifest.exists():
+        raise FileNotFoundError(f"{manifest}: hospital {hospital!r} has no image cache; materialize image_cache")
+    rows = pd.read_parquet(manifest, columns=["sop_instance_uid", "model_png"])
+    hit = rows.loc[rows["sop_instance_uid"] == sop_instance_uid, "model_png"]
+    if hit.empty or not isinstance(hit.iloc[0], str) or not hit.iloc[0]:
+        raise KeyError(f"image {sop_instance_uid} is not in the image cache of hospital {hospital!r}")
+    return settings.cache / hit.iloc[0]
+
+
+def heatmap_png(settings: Settings, hospital: str, sop_instance_uid: str, ref: ModelRef | None = None) -> bytes:
+    """PNG bytes of the current model's heat maps for one cached image (the CLI and the labeling app's hint).
+
+    Raises FileNotFoundError when there is no model or no cache, KeyError when the image is not cached.
+    """
+    from mammo_pipeline.model.train import load_network
+
+    ref = ref or ModelRef.load(settings.models)
+    net = load_network(settings, ref)
+    explanation = image_heatmaps(net, find_model_png(settings, hospital, sop_instance_uid), ref.input_size)
+    title = f"{hospital} · model {ref.model_version} · Grad-CAM (layer4) x object-channel gradient x input"
+    return overlay_png(explanation, title=title, thresholds=ref.thresholds())

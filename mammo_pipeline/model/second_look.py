@@ -1,0 +1,96 @@
+"""The second look's second stage: a small patch CNN over an image's candidate crops, trained from image labels.
+
+Multiple-instance learning: an image's biopsy logit is the maximum of the patch logits of its K candidates
+(`candidates.candidates`), so image-level labels suffice and the flag means "at least one candidate is a clip".
+The winning candidate is also the heat map: its box says where the clip is. Not yet wired into train/infer
+(see the README's Limitations); `benchmarks/bench_learning_curve.py --second-look` measures it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def patch_network():
+    """[N, K, 1, P, P] tissue-scaled crops -> image logits [N] (max over K) and patch logits [N, K]."""
+    import torch
+    import torch.nn as nn
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+    class PatchMIL(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                block(1, 16),
+                block(16, 16),
+                nn.MaxPool2d(2),
+                block(16, 32),
+                block(32, 32),
+                nn.MaxPool2d(2),
+                block(32, 64),
+                nn.AdaptiveMaxPool2d(1),
+                nn.Flatten(),
+                nn.Linear(64, 1),
+            )
+
+        def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
+            n, k = x.shape[:2]
+            return self.features(x.flatten(0, 1)).view(n, k)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.patch_logits(x).max(dim=1).values
+
+    return PatchMIL()
+
+
+def train_patch_mil(
+    crops: np.ndarray, flags: np.ndarray, epochs: int = 25, lr: float = 3e-3, batch_size: int = 32, seed: int = 0
+):
+    """Train `patch_network` on crops [N, K, P, P] (float32) and image flags [N] (bool); return it in eval mode.
+
+    One-cycle AdamW, flips of whole images' crops, positives weighted by sqrt(negatives / positives).
+    """
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(seed)
+    x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32))[:, :, None]
+    y = torch.from_numpy(np.asarray(flags, dtype=np.float32))
+    net = patch_network()
+    steps = epochs * max(1, (len(x) + batch_size - 1) // batch_size)
+    opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
+    pos = float(y.sum())
+    weight = torch.tensor(np.sqrt((len(y) - pos) / pos) if 0 < pos < len(y) else 1.0, dtype=torch.float32)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
+    for _ in range(epochs):
+        net.train()
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            if len(idx) < 2:  # BatchNorm needs two
+                sched.step()
+                continue
+            xb = x[idx]
+            if torch.rand(1).item() < 0.5:
+                xb = xb.flip(-1)
+            if torch.rand(1).item() < 0.5:
+                xb = xb.flip(-2)
+            loss = loss_fn(net(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return net.eval()
+
+
+def predict_patch_mil(net, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(image probabilities [N], patch probabilities [N, K]) of crops [N, K, P, P]."""
+    import torch
+
+    with torch.no_grad():
+        patch = net.patch_logits(torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32))[:, :, None])
+        prob = torch.sigmoid(patch)
+    return prob.max(dim=1).values.numpy(), prob.numpy()

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from mammo_pipeline.atomic import write_parquet
+from mammo_pipeline.cli import cli
+from mammo_pipeline.model.explain import heatmap_png, image_heatmaps
+from mammo_pipeline.model.train import TrainConfig, load_network, train_model
+from mammo_pipeline.settings import Settings
+from mammo_pipeline_tests.model.synthetic import make_labels, synthetic_image
+
+
+def _one_clip_image(seed: int, where: tuple[int, int] | None) -> np.ndarray:
+    """A synthetic 'neither' image (80 x 64) with one clip-sized (5 px) bright blob at `where` (None: no clip)."""
+    img = synthetic_image(np.random.default_rng(seed), biopsy=False, mag=False)
+    if where is not None:
+        yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+        img[(yy - where[0]) ** 2 + (xx - where[1]) ** 2 <= 4] = 255
+    return img
+
+
+def _clip_at(i: int) -> tuple[int, int]:
+    rng = np.random.default_rng(1000 + i)
+    return int(rng.integers(22, 58)), int(rng.integers(4, 30))
+
+
+@pytest.fixture(scope="module")
+def clip_model(tmp_path_factory):
+    """A small from-scratch network that learned 'one clip or none' (the heat-map test's subject)."""
+    settings = Settings.under(tmp_path_factory.mktemp("clip") / "home", pretrained="none").ensure_dirs()
+    labels = make_labels(settings, n=48, seed=0, write=False)
+    for i, row in labels.iterrows():  # redraw every image: half carry one clip, none is a mag view
+        clip = i % 2 == 1
+        Image.fromarray(_one_clip_image(i, _clip_at(i) if clip else None)).save(settings.cache / row["model_png"])
+        labels.loc[i, ["has_biopsy_marker", "is_mag_view", "label"]] = [clip, False, "biopsy" if clip else "neither"]
+    labels.loc[labels.index[-4:], "is_mag_view"] = True  # both classes on the mag flag, for the loss weights
+    config = TrainConfig(size=64, epochs=10, lr=3e-3, batch_size=8, pretrained="none", threads=1, oof_folds=2)
+    result = train_model(settings, labels, config)
+    return settings, result
+
+
+@pytest.mark.parametrize("where", [(30, 14), (50, 25), (40, 8)])
+def test_heat_map_of_one_stamped_clip_peaks_on_it(clip_model, where):
+    settings, result = clip_model
+    net = load_network(settings, result.ref)
+    explanation = image_heatmaps(net, _one_clip_image(5, where), result.ref.input_size)
+    assert explanation.maps.shape == (2, 80, 64) and explanation.maps.max() <= 1.0
+    assert explanation.probs[0] > image_heatmaps(net, _one_clip_image(5, None), result.ref.input_size).probs[0]
+    peak = np.unravel_index(int(np.argmax(explanation.maps[0])), explanation.maps[0].shape)
+    assert np.hypot(peak[0] - where[0], peak[1] - where[1]) <= 4, f"biopsy heat map peaks at {peak}, clip at {where}"
+
+
+def test_heatmap_png_and_mammo_explain_write_a_picture(trained, monkeypatch, tmp_path):
+    settings = trained.settings
+    row = trained.labels.iloc[0]
+    manifest = pd.DataFrame([{"sop_instance_uid": row["sop_instance_uid"], "model_png": row["model_png"]}])
+    write_parquet(manifest, settings.table_dir("image_cache", "alpha") / "manifest.parquet")
+    png = heatmap_png(settings, "alpha", row["sop_instance_uid"])
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.format == "PNG" and img.width > 100
+    with pytest.raises(KeyError):
+        heatmap_png(settings, "alpha", "1.2.3.not.cached")
+
+    monkeypatch.setenv("MAMMO_HOME", str(settings.home))
+    out = tmp_path / "explain.png"
+    result = CliRunner().invoke(cli, ["explain", row["sop_instance_uid"], "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = CliRunner().invoke(cli, ["explain", "1.2.3.not.cached"])
+    assert missing.exit_code != 0 and "no hospital's image cache" in missing.output
