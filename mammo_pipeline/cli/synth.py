@@ -37,7 +37,7 @@ from mammo_pipeline.synth.contact_sheet import make_contact_sheet
     "--contact-sheet",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write a labelled PNG: one example per vendor profile x class.",
+    help="Also write a labelled PNG: one example per vendor profile x class (at --scale, at most 0.25).",
 )
 @click.option(
     "--realism-report",
@@ -101,7 +101,7 @@ def command(
             raise click.ClickException(str(e)) from e
     click.echo(report.summary())
     if contact_sheet:
-        click.echo(f"contact sheet: {make_contact_sheet(contact_sheet, seed=seed)}")
+        click.echo(f"contact sheet: {make_contact_sheet(contact_sheet, seed=seed, scale=min(scale, 0.25))}")
     if realism_report:
         from mammo_pipeline.synth.realism_report import RealdataMissing
         from mammo_pipeline.synth.realism_report import realism_report as run_report
