@@ -2,7 +2,7 @@
 the evaluation-only real images in ../shared/realdata, as a table (synthetic median vs the real range), a
 real | synthetic contact sheet and a statistics figure. Skips with a message when the real images are absent.
 
-Run: .venv/bin/python benchmarks/bench_realism.py [--studies 6] [--scale 0.25] [--out docs/images/realism.png]
+Run: .venv/bin/python benchmarks/bench_realism.py [--studies 6] [--scale 0.25] [--out reports/realism.png]
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def command(
     Example:
         mammo synth landing --hospitals 3 --studies-per-hospital 60 --scale 0.25 --seed 0
         mammo synth landing --hospitals 4 --studies-per-hospital 20 --scale 0.25 --drop drop-2 --only st-georges-tooting
-        mammo synth landing --hospitals 3 --scale 0.25 --realism-report docs/images/realism_contact_sheet.png
+        mammo synth landing --hospitals 3 --scale 0.25 --realism-report reports/realism.png
     """
     with tqdm(desc="synth", unit="img", disable=silent, dynamic_ncols=True) as bar:
 
