@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
+import importlib
 import os
 import secrets
 from pathlib import Path
@@ -310,7 +311,7 @@ def create_app(
         if settings is None:
             return fail(503, "heat maps need the pipeline settings (start the app with `mammo label`)")
         try:
-            from mammo_pipeline.model import explain
+            explain = importlib.import_module("mammo_pipeline.model.explain")  # lazy: torch only when asked
         except ImportError:
             return fail(503, "heat maps are not available: mammo_pipeline.model.explain is not installed")
         try:
