@@ -13,6 +13,12 @@ import pandas as pd
 from mammo_pipeline.atomic import write_parquet
 from mammo_pipeline.settings import Settings
 
+# Per flag, at the flag's operating point (model/evaluate.py).
+FLAG_METRICS = tuple(
+    f"{flag}_{metric}"
+    for flag in ("biopsy", "mag")
+    for metric in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "kappa", "study_fp_rate")
+)
 COLUMNS: tuple[str, ...] = (
     "model_version",
     "created_at",
@@ -44,18 +50,7 @@ COLUMNS: tuple[str, ...] = (
     "operating_points",
     "per_hospital_metrics",
     "per_vendor_metrics",
-    "biopsy_roc_auc",
-    "biopsy_sensitivity",
-    "biopsy_specificity",
-    "biopsy_balanced_accuracy",
-    "biopsy_kappa",
-    "biopsy_study_fp_rate",
-    "mag_roc_auc",
-    "mag_sensitivity",
-    "mag_specificity",
-    "mag_balanced_accuracy",
-    "mag_kappa",
-    "mag_study_fp_rate",
+    *FLAG_METRICS,
 )
 JSON_COLUMNS = (
     "label_counts",
@@ -78,18 +73,7 @@ FLOAT_COLUMNS = (
     "train_seconds",
     "int8_accuracy",
     "fp32_accuracy",
-    "biopsy_roc_auc",
-    "biopsy_sensitivity",
-    "biopsy_specificity",
-    "biopsy_balanced_accuracy",
-    "biopsy_kappa",
-    "biopsy_study_fp_rate",
-    "mag_roc_auc",
-    "mag_sensitivity",
-    "mag_specificity",
-    "mag_balanced_accuracy",
-    "mag_kappa",
-    "mag_study_fp_rate",
+    *FLAG_METRICS,
 )
 INT_COLUMNS = ("n_train", "n_audit", "seed", "onnx_bytes", "int8_bytes")
 TABLE = "model_registry"
