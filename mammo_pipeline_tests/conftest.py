@@ -14,3 +14,20 @@ def settings(tmp_path, monkeypatch) -> Settings:
     for key, value in s.as_env().items():
         monkeypatch.setenv(key, value)
     return s
+
+
+@pytest.fixture
+def defs():
+    """The real Definitions of the code location."""
+    from mammo_pipeline import definitions
+
+    return definitions.build_definitions()
+
+
+@pytest.fixture
+def instance():
+    """A throw-away Dagster instance (modules that share one across tests override this)."""
+    import dagster as dg
+
+    with dg.instance_for_test() as inst:
+        yield inst

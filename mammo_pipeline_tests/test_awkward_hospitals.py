@@ -6,7 +6,7 @@ import shutil
 import dagster as dg
 import pytest
 
-from mammo_pipeline import definitions, synth, warehouse
+from mammo_pipeline import synth, warehouse
 from mammo_pipeline.lineage import study_lineage
 from mammo_pipeline_tests.model.test_infer import make_model
 from mammo_pipeline_tests.test_e2e_new_drop import sensor_tick
@@ -14,17 +14,6 @@ from mammo_pipeline_tests.test_e2e_new_drop import sensor_tick
 # DuckDB's hive type guessing would make these BIGINT, DATE, DATE 9999-12-31 and BIGINT 42.
 AWKWARD = ["1001", "2024-01-05", "inf", "0042"]
 DROP, NEW_DROP = "drop-20260301", "drop-20260315"
-
-
-@pytest.fixture
-def defs():
-    return definitions.build_definitions()
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def _drops(settings, drop: str, names: list[str], tmp) -> None:

@@ -4,24 +4,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from mammo_pipeline import definitions, synth, warehouse
+from mammo_pipeline import synth, warehouse
 from mammo_pipeline.defs import sensors
 from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline_tests.model.test_infer import make_model
 
 DROP = "drop-20260301"
-
-
-@pytest.fixture
-def defs():
-    """The real Definitions of the code location (the model itself comes from the test)."""
-    return definitions.build_definitions()
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def sensor_tick(instance, defs, settings, cursor):
