@@ -7,8 +7,18 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's Chromium; never `playwright install`
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -33,3 +43,17 @@ def serve(app, start_timeout: float = 20.0) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator:
+    """A headless system Chromium driven by Playwright, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    try:
+        yield browser
+    finally:
+        browser.close()
+        pw.stop()

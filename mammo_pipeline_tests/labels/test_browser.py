@@ -11,17 +11,9 @@ from mammo_pipeline.labels.app import create_app
 from mammo_pipeline.labels.store import LabelStore
 
 from .conftest import write_images
-from .live_server import serve
+from .live_server import CHROMIUM, chromium, serve
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "labeling_app.png"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = [
     pytest.mark.browser,
@@ -48,13 +40,9 @@ def server(settings):
 
 
 def test_key_burst_labels_consecutive_images_and_undo(server):
-    from playwright.sync_api import sync_playwright
-
     url, store = server
     order = store.queue("unlabeled", "reader1", limit=8)
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-    try:
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         posts: list[str] = []
         done: list[int] = []
@@ -102,18 +90,11 @@ def test_key_burst_labels_consecutive_images_and_undo(server):
         )
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT))
-    finally:
-        browser.close()
-        pw.stop()
 
 
 def test_stale_key_press_writes_nothing_and_refreshes_the_card(server):
-    from playwright.sync_api import sync_playwright
-
     url, store = server
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-    try:
+    with chromium() as browser:
         page = browser.new_page()
         page.goto(url)
         image = int(page.input_value("#image_id"))
@@ -126,9 +107,6 @@ def test_stale_key_press_writes_nothing_and_refreshes_the_card(server):
         page.keyboard.press("1")  # now an informed relabel
         page.wait_for_function(f"() => document.getElementById('image_id').value !== '{image}'", timeout=10000)
         assert store.events()[["annotator", "label", "seen_event"]].values.tolist()[-1] == ["reader1", "biopsy", other]
-    finally:
-        browser.close()
-        pw.stop()
 
 
 # Records, at every key press, the image on screen before the app handles the key (window, capture phase) and
@@ -153,8 +131,6 @@ window.addEventListener('keydown', () => {
 
 
 def test_each_key_labels_the_image_on_screen_and_the_next_shows_before_the_server_answers(server, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
     url, store = server
     order = store.queue("unlabeled", "reader1", limit=8)
     slow = LabelStore.record
@@ -164,9 +140,7 @@ def test_each_key_labels_the_image_on_screen_and_the_next_shows_before_the_serve
         return slow(self, *args, **kwargs)
 
     monkeypatch.setattr(LabelStore, "record", record_slowly)
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-    try:
+    with chromium() as browser:
         page = browser.new_page()
         page.add_init_script(RECORDER)
         page.goto(url)
@@ -190,9 +164,6 @@ def test_each_key_labels_the_image_on_screen_and_the_next_shows_before_the_serve
         assert events["image_id"].tolist() == shown  # the stored events are the images that were on screen
         assert events["label"].tolist() == ["mag", "neither", "biopsy", "both", "neither"]
         assert page.input_value("#image_id") == str(order[5])
-    finally:
-        browser.close()
-        pw.stop()
 
 
 def test_f_key_and_mouse_wheel_show_a_native_resolution_crop_around_the_pointer(settings):
@@ -214,11 +185,7 @@ def test_f_key_and_mouse_wheel_show_a_native_resolution_crop_around_the_pointer(
 
 
 def _zoom_in_the_browser(url: str) -> None:
-    from playwright.sync_api import sync_playwright
-
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-    try:
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1200, "height": 800})
         zooms: list[str] = []
         page.on("request", lambda r: zooms.append(r.url) if "/zoom/" in r.url else None)
@@ -240,6 +207,3 @@ def _zoom_in_the_browser(url: str) -> None:
         page.mouse.wheel(0, -200)  # wheel up opens it again, around the new pointer position
         page.wait_for_function("() => !document.getElementById('loupe').hidden", timeout=15000)
         assert len(zooms) == 2 and "x=0.5" in zooms[-1]
-    finally:
-        browser.close()
-        pw.stop()

@@ -10,8 +10,7 @@ from mammo_pipeline.labels.app import create_app, hash_password
 from mammo_pipeline.labels.store import LabelStore
 
 from .conftest import write_images
-from .live_server import serve
-from .test_browser import ARGS, CHROMIUM
+from .live_server import CHROMIUM, chromium, serve
 
 pytestmark = [
     pytest.mark.browser,
@@ -29,12 +28,8 @@ def team_server(settings):
 
 
 def test_sign_in_label_and_sign_out_through_the_pages(team_server):
-    from playwright.sync_api import sync_playwright
-
     url, store = team_server
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-    try:
+    with chromium() as browser:
         context = browser.new_context()
         page = context.new_page()
         page.goto(url)  # redirected to the sign-in page
@@ -61,6 +56,3 @@ def test_sign_in_label_and_sign_out_through_the_pages(team_server):
         again = replay.new_page()
         again.goto(url)
         assert again.url == f"{url}/login"
-    finally:
-        browser.close()
-        pw.stop()
