@@ -32,6 +32,8 @@ from mammo_pipeline.labels.store import LabelStore
 
 HX = {"HX-Request": "true"}
 STATE = re.compile(r'name="image_id" value="(\d*)".*?name="seen_event" value="(\d*)"', re.S)
+CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
+ORIGIN = "http://localhost:5001"  # a Host the app answers to (labels/security.py) and the Origin its CSRF check wants
 
 
 def manifest(n: int) -> pd.DataFrame:
@@ -98,9 +100,12 @@ def measure(path: Path, n: int, warmup: int, team: bool) -> dict[str, tuple[list
     """Milliseconds per request of POST /label, GET /card and the static floor, labeling what each card shows."""
     users = {"reader": "pw"}
     app = create_app(path, annotator="reader", team=team, users=users if team else None, secret="bench")
-    client = TestClient(app)
+    client = TestClient(app, base_url=ORIGIN)
+    token = CSRF.search(client.get("/login" if team else "/").text).group(1)
+    client.headers.update({"Origin": ORIGIN, "X-CSRF-Token": token})
     if team:
-        client.post("/login", data={"name": "reader", "password": "pw"})
+        assert client.post("/login", data={"name": "reader", "password": "pw"}).status_code < 400
+        client.headers["X-CSRF-Token"] = CSRF.search(client.get("/").text).group(1)
     state = {"html": client.get("/card", params={"q": "unlabeled"}, headers=HX).text}
 
     def label() -> None:

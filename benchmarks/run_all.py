@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "train": [],
     "infer": ["--int8"],
     "dask": [],
+    "label_app": ["--sizes", "10000,100000,1000000", "--n", "200"],
 }
 # Slow (about 10 minutes): run it by name, `python benchmarks/run_all.py learning_curve`.
 EXTRA: dict[str, list[str]] = {"learning_curve": ["--baseline"]}

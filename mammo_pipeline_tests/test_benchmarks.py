@@ -1,0 +1,39 @@
+"""The benchmarks still run against the current code (at toy sizes), so a change to the app or the
+pipeline cannot silently break the commands the README quotes. Figures are not checked here: speed
+targets live in the benchmarks themselves."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(name: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"bench_{name}.py"), *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_every_benchmark_in_run_all_exists():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    for name in {**run_all.BENCHMARKS, **run_all.EXTRA}:
+        assert (BENCHMARKS / f"bench_{name}.py").exists(), name
+
+
+def test_label_app_benchmark_labels_through_the_secured_routes():
+    out = run("label_app", "--sizes", "300,600", "--n", "5", "--warmup", "2")
+    verdict = re.search(r"POST /label p95 at 600 images: ([\d.]+) ms \((meets|MISSES)", out)
+    assert verdict, out
+    # both modes and all three routes were timed at both sizes
+    rows = [line for line in out.splitlines() if re.match(r"\s*(300|600)\s+(single|team)\s", line)]
+    assert len(rows) == 12, out
