@@ -11,6 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def network_input(crops: np.ndarray) -> np.ndarray:
+    """The patch network's input [N, K, C, P, P] float32 (C-contiguous) from `candidates` crops of N images.
+
+    Crops arrive as [N, K, P, P] (one channel) or [N, K, C, P, P]; train, ONNX export and inference all go
+    through here, so the network's input layout is defined once.
+    """
+    x = np.ascontiguousarray(crops, dtype=np.float32)
+    return x[:, :, None] if x.ndim == 4 else x
+
+
 def patch_network():
     """[N, K, 1, P, P] tissue-scaled crops -> image logits [N] (max over K) and patch logits [N, K]."""
     import torch
@@ -56,7 +66,7 @@ def train_patch_mil(
     import torch.nn as nn
 
     torch.manual_seed(seed)
-    x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32))[:, :, None]
+    x = torch.from_numpy(network_input(crops))
     y = torch.from_numpy(np.asarray(flags, dtype=np.float32))
     net = patch_network()
     steps = epochs * max(1, (len(x) + batch_size - 1) // batch_size)
@@ -91,6 +101,6 @@ def predict_patch_mil(net, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     with torch.no_grad():
-        patch = net.patch_logits(torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32))[:, :, None])
+        patch = net.patch_logits(torch.from_numpy(network_input(crops)))
         prob = torch.sigmoid(patch)
     return prob.max(dim=1).values.numpy(), prob.numpy()
