@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from mammo_pipeline.defs.resources import MammoSettings
-from mammo_pipeline.model.export import export_onnx, parity, parity_images
+from mammo_pipeline.model.export import export_onnx, parity, parity_images, second_look_parity
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.model.train import TrainConfig, train_model
 from mammo_pipeline.progress import every
@@ -32,6 +32,7 @@ class TrainingConfig(dg.Config):
     seed: int = -1
     pretrained: str = ""
     oof_folds: int = TrainConfig.oof_folds
+    second_look: bool = TrainConfig.second_look
     threads: int = TrainConfig.threads
 
     def to_train_config(self) -> TrainConfig:
@@ -115,6 +116,8 @@ def trained_model(
             "flags": dg.MetadataValue.md(_flag_table(m)),
             "per_hospital_accuracy": dg.MetadataValue.json(m["per_hospital_accuracy"]),
             "biopsy_roc_auc": row.get("biopsy_roc_auc"),
+            "biopsy_source": row.get("biopsy_source", "global_network"),
+            "global_network_biopsy_roc_auc": m.get("global_network_biopsy_roc_auc"),
             "mag_roc_auc": row.get("mag_roc_auc"),
             "operating_points": dg.MetadataValue.json(m.get("operating_points", {})),
             "per_hospital_metrics": dg.MetadataValue.json(_per_group(m, "hospital")),
@@ -150,15 +153,20 @@ def onnx_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.Ma
 
 @dg.asset_check(asset=onnx_model, blocking=True)
 def onnx_matches_pytorch(mammo: MammoSettings) -> dg.AssetCheckResult:
-    """ONNX Runtime and PyTorch agree on 32 cached images (max probability difference <= 1e-4)."""
+    """ONNX Runtime and PyTorch agree on 32 cached images (max probability difference <= 1e-4), for the global
+    network and, when the model has one, for the second look (image and candidate probabilities)."""
     settings = mammo.get()
     ref = ModelRef.load(settings.models)
     pngs = parity_images(settings, ref)
-    diff = parity(settings, ref, pngs)
+    global_diff = parity(settings, ref, pngs)
+    look_diff = second_look_parity(settings, ref)
+    diff = max(global_diff, look_diff or 0.0)
     return dg.AssetCheckResult(
         passed=diff <= PARITY_TOLERANCE,
         metadata={
             "max_abs_diff": diff,
+            "global_network_max_abs_diff": global_diff,
+            "second_look_max_abs_diff": -1.0 if look_diff is None else look_diff,  # -1: no second look
             "images": len(pngs),
             "tolerance": PARITY_TOLERANCE,
             "model_version": ref.model_version,

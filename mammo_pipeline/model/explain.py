@@ -8,6 +8,10 @@ gradient × input on the object channel (preprocess channel 1, the self-normaliz
 nothing small and bright lies), positive part, box-smoothed over 3 px: it is high exactly where a small
 bright object both exists and pushes the flag's logit up. Air, padding and smooth tissue score 0 there.
 
+For a model with a second look (model/second_look_model.py) the biopsy flag's map is the second look's own
+explanation instead: a bump on each candidate it examined, as high as that candidate's patch probability, so
+the peak is the object that decided p_biopsy.
+
 Pure functions (no Dagster): `heatmaps` for a network and one preprocessed image, `image_heatmaps` for a
 model PNG, `overlay_png` to draw them, and `heatmap_png(settings, hospital, sop_instance_uid) -> bytes`
 for the CLI (`mammo explain`) and the labeling app's model hint.
@@ -110,16 +114,29 @@ def overlay_png(
     return buf.getvalue()
 
 
-def find_model_png(settings: Settings, hospital: str, sop_instance_uid: str) -> Path:
-    """The cached model PNG of one image, from the hospital's image_cache manifest (KeyError if not cached)."""
+def find_model_png(settings: Settings, hospital: str, sop_instance_uid: str, column: str = "model_png") -> Path:
+    """A cached rendition (`model_png` or `display_png`) of one image, from the hospital's image_cache manifest
+    (KeyError if not cached)."""
     manifest = settings.table_dir("image_cache", hospital) / "manifest.parquet"
     if not manifest.exists():
         raise FileNotFoundError(f"{manifest}: hospital {hospital!r} has no image cache; materialize image_cache")
-    rows = pd.read_parquet(manifest, columns=["sop_instance_uid", "model_png"])
-    hit = rows.loc[rows["sop_instance_uid"] == sop_instance_uid, "model_png"]
+    rows = pd.read_parquet(manifest, columns=["sop_instance_uid", column])
+    hit = rows.loc[rows["sop_instance_uid"] == sop_instance_uid, column]
     if hit.empty or not isinstance(hit.iloc[0], str) or not hit.iloc[0]:
         raise KeyError(f"image {sop_instance_uid} is not in the image cache of hospital {hospital!r}")
     return settings.cache / hit.iloc[0]
+
+
+def with_second_look(explanation: Explanation, look, display_png: Path | str | np.ndarray) -> Explanation:
+    """`explanation` with the biopsy flag's probability and map taken from the second look `look` (a patch
+    network) on the candidates of the image's display PNG."""
+    from mammo_pipeline.model import second_look_model as second_look
+
+    found = second_look.candidates_of([display_png])
+    probs, patch = second_look.torch_probs(look, found)
+    maps = explanation.maps.copy()
+    maps[0] = second_look.heat_map(found.centres[0], patch[0], tuple(found.shapes[0]), explanation.gray.shape)
+    return Explanation(np.array([probs[0], explanation.probs[1]], dtype=np.float32), maps, explanation.gray)
 
 
 def heatmap_png(settings: Settings, hospital: str, sop_instance_uid: str, ref: ModelRef | None = None) -> bytes:
@@ -127,10 +144,16 @@ def heatmap_png(settings: Settings, hospital: str, sop_instance_uid: str, ref: M
 
     Raises FileNotFoundError when there is no model or no cache, KeyError when the image is not cached.
     """
-    from mammo_pipeline.model.train import load_network
+    from mammo_pipeline.model.train import load_network, load_second_look
 
     ref = ref or ModelRef.load(settings.models)
     net = load_network(settings, ref)
     explanation = image_heatmaps(net, find_model_png(settings, hospital, sop_instance_uid), ref.input_size)
-    title = f"{hospital} · model {ref.model_version} · Grad-CAM (layer4) x object-channel gradient x input"
+    look = load_second_look(settings, ref)
+    how = "Grad-CAM (layer4) x object-channel gradient x input"
+    if look is not None:
+        display = find_model_png(settings, hospital, sop_instance_uid, "display_png")
+        explanation = with_second_look(explanation, look, display)
+        how = f"biopsy: second look's candidates; mag: {how}"
+    title = f"{hospital} · model {ref.model_version} · {how}"
     return overlay_png(explanation, title=title, thresholds=ref.thresholds())

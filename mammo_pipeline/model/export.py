@@ -4,6 +4,8 @@
 `probs` [N, 2] = [p_biopsy, p_mag]; its metadata_props carry what inference needs to reproduce the input.
 `model.int8.onnx` (static quantization, QDQ, calibrated on cached train images) becomes the inference
 default only when its audit accuracy is within 1 point of fp32; the comparison is recorded either way.
+A model with a second look (model/second_look_model.py) also gets `second_look.onnx` (fp32), whose p_biopsy
+replaces the global network's in every audit figure here, and whose parity is checked the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 
 from mammo_pipeline.atomic import atomic_path, write_text
 from mammo_pipeline.model import registry
+from mammo_pipeline.model import second_look_model as second_look
 from mammo_pipeline.model.evaluate import evaluate
 from mammo_pipeline.model.preprocess import PREPROCESS_VERSION, describe, preprocess_batch
 from mammo_pipeline.model.ref import ModelRef
@@ -161,6 +164,40 @@ def parity_images(settings: Settings, ref: ModelRef, n: int = PARITY_IMAGES) -> 
     return (audit + cached_images(settings, ref, "oof.parquet", n))[:n]
 
 
+def second_look_pngs(settings: Settings, ref: ModelRef, table: str, n: int | None = None) -> list[Path]:
+    """Display PNGs of a model table (audit_predictions / oof): all rows in order, or the first n existing by name."""
+    path = ref.path(settings.models, table)
+    if not path.exists():
+        return []
+    rels = pd.read_parquet(path)
+    rels = list(rels["display_png"]) if "display_png" in rels else []
+    if n is None:  # every row, in order (a missing PNG raises later, rather than shifting rows)
+        return [settings.cache / r for r in rels]
+    return [settings.cache / r for r in sorted(rels)[:n] if (settings.cache / r).exists()]
+
+
+def second_look_parity(settings: Settings, ref: ModelRef, n: int = PARITY_IMAGES) -> float | None:
+    """max |p_onnx - p_torch| of the second look's image and patch probabilities over up to n cached display
+    PNGs (audit first); None for a model without a second look."""
+    info = ref.extra.get("second_look") or {}
+    if not info:
+        return None
+    if not info.get("onnx_file"):
+        raise ValueError(f"model {ref.model_version} has no second_look.onnx yet; run export_onnx first")
+    from mammo_pipeline.model.train import load_second_look
+
+    pngs = (
+        second_look_pngs(settings, ref, "audit_predictions.parquet", n)
+        + second_look_pngs(settings, ref, "oof.parquet", n)
+    )[:n]
+    if not pngs:
+        raise ValueError("the second look's parity needs at least one cached display PNG")
+    found = second_look.candidates_of(pngs, settings.n_threads)
+    a, a_patch = second_look.onnx_probs(session(ref.path(settings.models, info["onnx_file"])), found)
+    b, b_patch = second_look.torch_probs(load_second_look(settings, ref), found)
+    return float(max(np.max(np.abs(a - b)), np.max(np.abs(a_patch - b_patch))))
+
+
 def parity(settings: Settings, ref: ModelRef, pngs: list[Path]) -> float:
     """max |p_onnx - p_torch| over `pngs` (fp32 ONNX file of `ref`)."""
     if not ref.onnx_file:
@@ -172,14 +209,41 @@ def parity(settings: Settings, ref: ModelRef, pngs: list[Path]) -> float:
     return float(np.max(np.abs(a - b)))
 
 
-def _audit_accuracy(settings: Settings, ref: ModelRef, onnx_path: Path) -> float | None:
+def _audit_accuracy(
+    settings: Settings, ref: ModelRef, onnx_path: Path, biopsy: np.ndarray | None = None
+) -> float | None:
+    """Audit accuracy of an ONNX file of the global network; `biopsy` [N_audit] (the second look's ONNX
+    probabilities, in audit_predictions order) replaces its biopsy column when the model has a second look."""
     path = ref.path(settings.models, "audit_predictions.parquet")
     audit = pd.read_parquet(path) if path.exists() else pd.DataFrame()
     if audit.empty:
         return None
     pngs = [settings.cache / p for p in audit["model_png"]]
     probs = onnx_probs(onnx_path, pngs, ref.input_size, settings.inference_threads)
+    if biopsy is not None:
+        probs[:, 0] = biopsy
     return evaluate(audit, probs, ref.thresholds())["accuracy"]
+
+
+def _export_second_look(settings: Settings, ref: ModelRef) -> tuple[dict | None, np.ndarray | None]:
+    """Write second_look.onnx; (ref.extra["second_look"] with its file and sha256, its audit probabilities)."""
+    info = ref.extra.get("second_look")
+    if not info:
+        return None, None
+    from mammo_pipeline.model.train import load_second_look
+
+    net = load_second_look(settings, ref)
+    example = second_look.candidates_of([np.zeros((64, 64), np.uint8)] * 2).crops
+    path = ref.path(settings.models, second_look.ONNX_FILE)
+    meta = {**_metadata(ref), "second_look": json.dumps(info), "second_look_version": second_look.version()}
+    sha = second_look.export(net, path, example, meta)
+    audit = second_look_pngs(settings, ref, "audit_predictions.parquet")
+    probs = None
+    if audit:
+        probs = second_look.onnx_probs(
+            session(path, settings.inference_threads), second_look.candidates_of(audit, settings.n_threads)
+        )[0]
+    return {**info, "onnx_file": path.name, "onnx_sha256": sha}, probs
 
 
 def export_onnx(settings: Settings, ref: ModelRef) -> ModelRef:
@@ -187,12 +251,13 @@ def export_onnx(settings: Settings, ref: ModelRef) -> ModelRef:
     fp32 = ref.path(settings.models, ONNX_FILE)
     int8 = ref.path(settings.models, INT8_FILE)
     _export_fp32(settings, ref, fp32)
-    fp32_acc = _audit_accuracy(settings, ref, fp32)
+    look, biopsy = _export_second_look(settings, ref)
+    fp32_acc = _audit_accuracy(settings, ref, fp32, biopsy)
     calibration = cached_images(settings, ref, "oof.parquet", CALIBRATION_IMAGES)
     int8_acc: float | None = None
     if calibration:
         _quantize_int8(fp32, int8, calibration, ref)
-        int8_acc = _audit_accuracy(settings, ref, int8)
+        int8_acc = _audit_accuracy(settings, ref, int8, biopsy)
     keep_int8 = fp32_acc is not None and int8_acc is not None and int8_acc >= fp32_acc - INT8_TOLERANCE
     chosen = int8 if keep_int8 else fp32
     comparison = {
@@ -208,7 +273,7 @@ def export_onnx(settings: Settings, ref: ModelRef) -> ModelRef:
         onnx_sha256=_sha256(fp32),
         inference_file=chosen.name,
         inference_sha256=_sha256(chosen),
-        extra={**ref.extra, "int8": comparison},
+        extra={**ref.extra, "int8": comparison, **({"second_look": look} if look else {})},
     )
     registry.update_row(
         settings,

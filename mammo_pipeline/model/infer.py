@@ -3,6 +3,8 @@
 PNG decoding and preprocessing run in a small thread pool (PIL and NumPy release the GIL) a few batches
 ahead of the ONNX Runtime session, so the network never waits for the disk and the CPU stays busy.
 Only `prefetch` batches are ever in flight, so memory is flat however many images a partition holds.
+A model with a second look (model/second_look_model.py) also cuts candidates from each display PNG in the
+same pool and takes p_biopsy from `second_look.onnx`; the global network still answers p_mag.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pyarrow.parquet as pq
 
 from mammo_pipeline.atomic import atomic_path
 from mammo_pipeline.labels.codes import label_of
+from mammo_pipeline.model import second_look_model as second_look
 from mammo_pipeline.model.evaluate import DEFAULT_POINT, FLAGS
 from mammo_pipeline.model.preprocess import PREPROCESS_VERSION, preprocess
 from mammo_pipeline.model.ref import ModelRef
@@ -64,6 +67,7 @@ class LoadedModel:
     label_snapshot_id: str
     input_size: int
     operating_points: dict = field(default_factory=dict)  # {'biopsy'|'mag': {threshold, review_low, review_high}}
+    second_look: ort.InferenceSession | None = None  # answers p_biopsy when the model has one
 
     def point(self, flag: str) -> dict:
         """The operating point of one flag (threshold 0.5, no review band for a model made before them)."""
@@ -103,13 +107,7 @@ def model_file(settings: Settings, ref: ModelRef) -> Path:
     return path
 
 
-def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
-    """Open the inference file on CPU with `settings.n_threads` intra-op threads, after checking it is `ref`'s."""
-    path = model_file(settings, ref)
-    sha = sha256_file(path)
-    expected = ref.inference_sha256 if ref.inference_file else ref.onnx_sha256
-    if expected and expected != sha:
-        raise ModelMismatch(f"{path}: sha256 {sha[:12]} differs from current.json ({expected[:12]}); re-export")
+def _options(settings: Settings) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.n_threads
     options.inter_op_num_threads = 1
@@ -118,7 +116,38 @@ def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
     # Idle ORT threads yield instead of spinning, leaving the cores to the PNG decoders between batches
     # (measured 15-30% more images/s on a shared 2-core machine).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def _second_look_session(settings: Settings, ref: ModelRef) -> ort.InferenceSession | None:
+    """The second look's ONNX session after checking its file, version and display size; None without one."""
+    info = ref.extra.get("second_look") or {}
+    if not info:
+        return None
+    try:
+        second_look.check(info, settings.display_size)
+    except second_look.SecondLookMismatch as err:
+        raise ModelMismatch(str(err)) from err
+    if not info.get("onnx_file"):
+        raise FileNotFoundError(f"model {ref.model_version} has no second_look.onnx yet; materialize onnx_model")
+    path = ref.path(settings.models, info["onnx_file"])
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the second look's ONNX file is missing; re-materialize onnx_model")
+    sha = sha256_file(path)
+    if info.get("onnx_sha256") and info["onnx_sha256"] != sha:
+        raise ModelMismatch(f"{path}: sha256 {sha[:12]} differs from current.json ({info['onnx_sha256'][:12]})")
+    return ort.InferenceSession(str(path), _options(settings), providers=["CPUExecutionProvider"])
+
+
+def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
+    """Open the inference file (and the second look's) on CPU with `settings.n_threads` intra-op threads, after
+    checking they are `ref`'s."""
+    path = model_file(settings, ref)
+    sha = sha256_file(path)
+    expected = ref.inference_sha256 if ref.inference_file else ref.onnx_sha256
+    if expected and expected != sha:
+        raise ModelMismatch(f"{path}: sha256 {sha[:12]} differs from current.json ({expected[:12]}); re-export")
+    session = ort.InferenceSession(str(path), _options(settings), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("model_version", ref.model_version) != ref.model_version:
         raise ModelMismatch(f"{path}: metadata model_version {meta['model_version']} != {ref.model_version}")
@@ -129,16 +158,25 @@ def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
         )
     size = int(meta.get("input_size", ref.input_size))
     points = ref.extra.get("operating_points") or {}
-    return LoadedModel(session, path, sha, ref.model_version, ref.label_snapshot_id, size, points)
+    look = _second_look_session(settings, ref)
+    return LoadedModel(session, path, sha, ref.model_version, ref.label_snapshot_id, size, points, look)
 
 
-def _load_batch(paths: list[Path], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessed images of one batch, and a mask of the ones whose PNG exists."""
+def _load_batch(
+    paths: list[Path], size: int, displays: list[Path] | None = None
+) -> tuple[np.ndarray, np.ndarray, second_look.Candidates | None]:
+    """Preprocessed images of one batch, a mask of the ones whose PNGs exist, and (with `displays`) the
+    second look's candidates of their display PNGs."""
     ok = np.array([p.is_file() for p in paths], dtype=bool)
+    if displays is not None:
+        ok &= np.array([p.is_file() for p in displays], dtype=bool)
     batch = np.empty((int(ok.sum()), 3, size, size), dtype=np.float32)
     for i, path in enumerate(p for p, good in zip(paths, ok, strict=True) if good):
         batch[i] = preprocess(path, size)
-    return batch, ok
+    found = None
+    if displays is not None:
+        found = second_look.candidates_of([p for p, good in zip(displays, ok, strict=True) if good])
+    return batch, ok, found
 
 
 def predict_images(
@@ -157,7 +195,7 @@ def predict_images(
     """
     model = load_model(settings, model) if isinstance(model, ModelRef) else model
     stats = stats if stats is not None else InferenceStats()
-    missing = {*KEYS, "model_png"} - set(manifest.columns)
+    missing = {*KEYS, "model_png", *(["display_png"] if model.second_look else [])} - set(manifest.columns)
     if len(manifest) and missing:
         raise ValueError(f"image_cache manifest lacks columns {sorted(missing)}; re-materialize image_cache")
     total = len(manifest)
@@ -165,25 +203,29 @@ def predict_images(
         return
     rows = manifest.reset_index(drop=True)
     paths = [settings.cache / str(p) for p in rows["model_png"].fillna("")]
+    displays = [settings.cache / str(p) for p in rows["display_png"].fillna("")] if model.second_look else None
     starts = range(0, total, batch_size)
     prefetch = max(2, settings.n_threads)
     started = time.perf_counter()
     done = 0
     with ThreadPoolExecutor(max(1, settings.n_threads), thread_name_prefix="preprocess") as pool:
 
-        def submit(start: int) -> Future[tuple[np.ndarray, np.ndarray]]:
-            return pool.submit(_load_batch, paths[start : start + batch_size], model.input_size)
+        def submit(start: int) -> Future[tuple[np.ndarray, np.ndarray, second_look.Candidates | None]]:
+            stop = start + batch_size
+            return pool.submit(_load_batch, paths[start:stop], model.input_size, displays and displays[start:stop])
 
         upcoming = iter(starts)
         pending = deque(submit(start) for start in itertools.islice(upcoming, prefetch))
         for start in starts:
-            batch, ok = pending.popleft().result()
+            batch, ok, found = pending.popleft().result()
             nxt = next(upcoming, None)
             if nxt is not None:
                 pending.append(submit(nxt))
             part = rows.iloc[start : start + batch_size][ok]
             if len(part):
                 probs = model.session.run(["probs"], {"image": batch})[0]
+                if model.second_look is not None and found is not None:
+                    probs[:, 0] = second_look.onnx_probs(model.second_look, found)[0]
                 yield _frame(part, probs, model)
             stats.n_images += len(part)
             stats.n_missing += int((~ok).sum())

@@ -51,6 +51,8 @@ COLUMNS: tuple[str, ...] = (
     "per_hospital_metrics",
     "per_vendor_metrics",
     *FLAG_METRICS,
+    "biopsy_source",  # 'second_look' | 'global_network': which network answers the biopsy flag
+    "global_network_biopsy_roc_auc",  # the global network's own biopsy ROC-AUC, beside the second look's
 )
 JSON_COLUMNS = (
     "label_counts",
@@ -74,6 +76,7 @@ FLOAT_COLUMNS = (
     "int8_accuracy",
     "fp32_accuracy",
     *FLAG_METRICS,
+    "global_network_biopsy_roc_auc",
 )
 INT_COLUMNS = ("n_train", "n_audit", "seed", "onnx_bytes", "int8_bytes")
 TABLE = "model_registry"
@@ -92,7 +95,8 @@ def _frame(row: dict) -> pd.DataFrame:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     for c in INT_COLUMNS:
         df[c] = pd.array([values[c]], dtype="Int64")
-    for c in ("model_version", "label_snapshot_id", "pretrained", "pretrained_source", "onnx_sha256", "inference_file"):
+    strings = ("model_version", "label_snapshot_id", "pretrained", "pretrained_source", "onnx_sha256", "inference_file")
+    for c in (*strings, "biopsy_source"):
         df[c] = df[c].fillna("").astype(str)
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
     return df

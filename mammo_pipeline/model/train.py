@@ -30,6 +30,7 @@ import pandas as pd
 from mammo_pipeline.atomic import write_bytes, write_parquet, write_text
 from mammo_pipeline.labels.codes import label_of
 from mammo_pipeline.model import plots, registry
+from mammo_pipeline.model import second_look_model as second_look
 from mammo_pipeline.model.evaluate import (
     detailed_metrics,
     evaluate,
@@ -37,6 +38,7 @@ from mammo_pipeline.model.evaluate import (
     miss_reason,
     needs_review,
     operating_points,
+    roc_auc,
 )
 from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, describe, preprocess_batch
 from mammo_pipeline.model.ref import ModelRef
@@ -75,6 +77,7 @@ class TrainConfig:
     seed: int | None = None  # None: settings.seed
     pretrained: str | None = None  # None: settings.pretrained ('imagenet' | 'none')
     oof_folds: int = 3
+    second_look: bool = True  # biopsy flag from the second look (needs display_png); False: the global network's
     threads: int = 0  # torch intra-op threads while training; 0 = torch's default (one per core)
 
     def resolved(self, pretrained: bool) -> TrainConfig:
@@ -369,6 +372,10 @@ def train_model(
                 learn.fit_one_cycle(hyper.epochs, hyper.lr, cbs=cbs)
         net = learn.model.cpu().eval()
         audit_probs = _predict(net, [settings.cache / p for p in audit["model_png"]], hyper.size)
+        look = _second_look(settings, train, audit, flags[:, 0], hyper, seed, notes)
+        global_biopsy_auc = roc_auc(audit["has_biopsy_marker"].to_numpy(bool), audit_probs[:, 0])
+        if look is not None:
+            audit_probs[:, 0] = look.audit_probs
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         torch.set_num_threads(was_threads)
@@ -384,11 +391,18 @@ def train_model(
     flags_detail = detailed_metrics(audit_groups, audit_probs, points, groups=("hospital", "manufacturer"))
     metrics["operating_points"] = points
     metrics["flags"] = flags_detail
+    metrics["biopsy_source"] = "second_look" if look is not None else "global_network"
+    metrics["global_network_biopsy_roc_auc"] = global_biopsy_auc
 
     buf = io.BytesIO()
     torch.save(state, buf)
     write_bytes(folder / "model.pth", buf.getvalue())
-    audit_out = audit[["sop_instance_uid", "hospital", "label", "has_biopsy_marker", "is_mag_view", "model_png"]].copy()
+    second_look_info = None
+    if look is not None:
+        second_look.save(look.net, folder)
+        second_look_info = second_look.describe(settings.display_size)
+    keep = ["sop_instance_uid", "hospital", "label", "has_biopsy_marker", "is_mag_view", "model_png"]
+    audit_out = audit[keep + (["display_png"] if "display_png" in audit else [])].copy()
     audit_out["p_biopsy"], audit_out["p_mag"] = audit_probs[:, 0], audit_probs[:, 1]
     audit_out["predicted_class"] = [label_of(b >= cut[0], m >= cut[1]) for b, m in audit_probs]
     audit_out["needs_review"] = needs_review(audit_probs, points)
@@ -401,6 +415,7 @@ def train_model(
             "p_mag": oof[:, 1],
             "out_of_sample": True,
             "model_png": train["model_png"],
+            **({"display_png": train["display_png"]} if "display_png" in train else {}),
             "model_version": version,
         }
     )
@@ -430,6 +445,7 @@ def train_model(
             for key in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "kappa", "study_fp_rate")
         },
         **{k: metrics[k] for k in registry.FLOAT_COLUMNS if k in metrics},
+        "biopsy_source": metrics["biopsy_source"],
     }
     registry.write_row(settings, row)
 
@@ -442,7 +458,7 @@ def train_model(
     false_pos = false_pos[false_pos["reason"] != ""]
     pictures = {name: folder / file for name, file in PICTURES.items()}
     plots.confusion_png(metrics["confusion"], [pictures["confusion"], settings.reports / PICTURES["confusion"]])
-    heat = partial(_gallery_heatmaps, net, settings.cache, hyper.size)
+    heat = partial(_gallery_heatmaps, net, settings.cache, hyper.size, look.gallery(audit) if look else {})
     plots.missed_gallery_png(
         missed, settings.cache, [pictures["missed"], settings.reports / PICTURES["missed"]], heatmaps=heat
     )
@@ -471,6 +487,7 @@ def train_model(
             "seed": seed,
             "operating_points": points,
             "preprocessing": describe(),
+            **({"second_look": second_look_info} if second_look_info else {}),
         },
     )
     meta = {
@@ -484,6 +501,7 @@ def train_model(
         "label_counts": row["label_counts"],
         "train_seconds": train_seconds,
         "preprocessing": describe(),
+        "second_look": second_look_info,
         "operating_points": points,
         "oof_method": f"{hyper.oof_folds}-fold logistic regression on the untrained body's pooled features",
         "warnings": notes,
@@ -508,11 +526,68 @@ def _with_vendor(settings: Settings, audit: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _gallery_heatmaps(net, cache: Path, size: int, model_png: str) -> np.ndarray:
-    """[2, H, W] heat maps of one gallery image (explain.image_heatmaps)."""
+@dataclass(frozen=True)
+class _SecondLook:
+    net: object
+    audit: second_look.Candidates
+    audit_probs: np.ndarray  # [N_audit]
+    audit_patch_probs: np.ndarray  # [N_audit, k]
+
+    def gallery(self, audit: pd.DataFrame) -> dict[str, tuple]:
+        """model_png -> (centres, patch probabilities, display shape) of each audit image, for the galleries."""
+        return {
+            png: (self.audit.centres[i], self.audit_patch_probs[i], tuple(self.audit.shapes[i]))
+            for i, png in enumerate(audit["model_png"])
+        }
+
+
+def _second_look(
+    settings: Settings,
+    train: pd.DataFrame,
+    audit: pd.DataFrame,
+    biopsy: np.ndarray,
+    hyper: TrainConfig,
+    seed: int,
+    notes: list[str],
+) -> _SecondLook | None:
+    """Fit the biopsy flag's second look on the train images' display PNGs; None (with a note) when disabled
+    or when the labels carry no display_png column."""
+    if not hyper.second_look:
+        notes.append("second look disabled (TrainConfig.second_look=False): biopsy flag from the global network")
+        return None
+    if "display_png" not in train.columns:
+        notes.append("labels have no display_png column: biopsy flag from the global network, no second look")
+        return None
+    threads = hyper.threads or settings.n_threads
+    found = second_look.candidates_of([settings.cache / p for p in train["display_png"]], threads)
+    net = second_look.fit(found, biopsy, seed)
+    audit_found = second_look.candidates_of([settings.cache / p for p in audit["display_png"]], threads)
+    probs, patch = second_look.torch_probs(net, audit_found)
+    return _SecondLook(net, audit_found, probs, patch)
+
+
+def _gallery_heatmaps(net, cache: Path, size: int, looks: dict[str, tuple], model_png: str) -> np.ndarray:
+    """[2, H, W] heat maps of one gallery image: the second look's candidates for the biopsy flag when the model
+    has one, Grad-CAM for the rest (explain.image_heatmaps)."""
     from mammo_pipeline.model.explain import image_heatmaps
 
-    return image_heatmaps(net, cache / model_png, size).maps
+    explanation = image_heatmaps(net, cache / model_png, size)
+    maps = explanation.maps
+    if model_png in looks:
+        centres, patch, display_shape = looks[model_png]
+        maps = maps.copy()
+        maps[0] = second_look.heat_map(centres, patch, display_shape, explanation.gray.shape)
+    return maps
+
+
+def load_second_look(settings: Settings, ref: ModelRef):
+    """The second look of `ref` (eval mode, CPU), or None for a model without one; SecondLookMismatch when it was
+    made for other crops than this code cuts."""
+    info = ref.extra.get("second_look")
+    if not info:
+        return None
+    second_look.check(info, settings.display_size)
+    return second_look.load(ref.path(settings.models))
 
 
 def load_network(settings: Settings, ref: ModelRef):

@@ -47,8 +47,13 @@ def make_labels(
     hospitals: tuple[str, ...] = ("alpha", "beta"),
     snapshot_id: str = "snap-test",
     write: bool = True,
+    display_scale: int = 4,
 ) -> pd.DataFrame:
-    """Write n PNGs under settings.cache/synthetic/ and return (and write) warehouse/labels/current.parquet."""
+    """Write n PNGs under settings.cache/synthetic/ and return (and write) warehouse/labels/current.parquet.
+
+    Each image also gets a display PNG `display_scale` times larger (nearest neighbour: the same objects,
+    5 px blobs become 20 px), for the second look; display_scale 0 leaves the display_png column out.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -58,7 +63,13 @@ def make_labels(
         rel = f"synthetic/{sop}.png"
         path = settings.cache / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(synthetic_image(rng, biopsy, mag, height)).save(path)
+        image = Image.fromarray(synthetic_image(rng, biopsy, mag, height))
+        image.save(path)
+        display = f"synthetic/display/{sop}.png"
+        if display_scale:
+            (settings.cache / display).parent.mkdir(parents=True, exist_ok=True)
+            size = (image.width * display_scale, image.height * display_scale)
+            image.resize(size, Image.Resampling.NEAREST).save(settings.cache / display)
         hospital = hospitals[i % len(hospitals)]
         rows.append(
             {
@@ -76,6 +87,7 @@ def make_labels(
                 "labeled_at": pd.Timestamp("2026-01-01", tz="UTC"),
                 "snapshot_id": snapshot_id,
                 "model_png": rel,
+                **({"display_png": display} if display_scale else {}),
             }
         )
     labels = pd.DataFrame(rows)

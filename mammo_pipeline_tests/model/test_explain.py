@@ -59,7 +59,7 @@ def test_heat_map_of_one_stamped_clip_peaks_on_it(clip_model, where):
 def test_heatmap_png_and_mammo_explain_write_a_picture(trained, monkeypatch, tmp_path):
     settings = trained.settings
     row = trained.labels.iloc[0]
-    manifest = pd.DataFrame([{"sop_instance_uid": row["sop_instance_uid"], "model_png": row["model_png"]}])
+    manifest = pd.DataFrame([row[["sop_instance_uid", "model_png", "display_png"]].to_dict()])
     write_parquet(manifest, settings.table_dir("image_cache", "alpha") / "manifest.parquet")
     png = heatmap_png(settings, "alpha", row["sop_instance_uid"])
     with Image.open(io.BytesIO(png)) as img:

@@ -180,7 +180,7 @@ def test_predict_images_keeps_only_a_few_batches_in_flight(settings, monkeypatch
     ref = make_model(settings)
     manifest = make_cache(settings, "h1", {f"s{i}": 2 for i in range(10)})
     loaded, real = [], infer._load_batch
-    monkeypatch.setattr(infer, "_load_batch", lambda paths, size: (loaded.append(len(paths)), real(paths, size))[1])
+    monkeypatch.setattr(infer, "_load_batch", lambda paths, *a: (loaded.append(len(paths)), real(paths, *a))[1])
     gen = predict_images(settings, manifest, load_model(settings, ref), batch_size=2)
     next(gen)
     assert len(loaded) <= 1 + max(2, settings.n_threads), "preprocessing ran ahead of inference unbounded"
