@@ -26,7 +26,7 @@ from torchvision.models import resnet18
 from mammo_pipeline.model import weights
 from mammo_pipeline.model.train import TrainConfig, train_model
 from mammo_pipeline.settings import Settings
-from mammo_pipeline_tests.model.synthetic import make_labels
+from mammo_pipeline.synth.toy_labels import make_labels
 
 
 def _weights_source(settings: Settings, tmp: Path) -> Settings:

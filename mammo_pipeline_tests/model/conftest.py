@@ -11,7 +11,7 @@ from mammo_pipeline.model.export import export_onnx
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.model.train import TrainConfig, TrainResult, train_model
 from mammo_pipeline.settings import Settings
-from mammo_pipeline_tests.model.synthetic import make_labels
+from mammo_pipeline.synth.toy_labels import make_labels
 
 # Small, fast and still able to learn the synthetic markers (48 images, about 20 s on one busy core).
 TINY = TrainConfig(size=64, epochs=6, lr=3e-3, batch_size=8, pretrained="none", threads=1, oof_folds=2)

@@ -7,7 +7,7 @@ from mammo_pipeline.defs.model import TrainingConfig, onnx_matches_pytorch, onnx
 from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline.model import registry
 from mammo_pipeline.model.ref import ModelRef
-from mammo_pipeline_tests.model.synthetic import make_labels
+from mammo_pipeline.synth.toy_labels import make_labels
 
 
 def test_trained_and_onnx_model_materialize_with_blocking_check(settings):

@@ -13,7 +13,7 @@ from mammo_pipeline.cli import cli
 from mammo_pipeline.model.explain import heatmap_png, image_heatmaps
 from mammo_pipeline.model.train import TrainConfig, load_network, train_model
 from mammo_pipeline.settings import Settings
-from mammo_pipeline_tests.model.synthetic import make_labels, synthetic_image
+from mammo_pipeline.synth.toy_labels import make_labels, synthetic_image
 
 
 def _one_clip_image(seed: int, where: tuple[int, int] | None) -> np.ndarray:

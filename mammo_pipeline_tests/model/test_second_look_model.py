@@ -18,8 +18,8 @@ from mammo_pipeline.model.export import second_look_parity, session
 from mammo_pipeline.model.infer import ModelMismatch, load_model, predict_images
 from mammo_pipeline.model.train import load_second_look, train_model
 from mammo_pipeline.settings import Settings
+from mammo_pipeline.synth.toy_labels import make_labels
 from mammo_pipeline_tests.model.conftest import MINI
-from mammo_pipeline_tests.model.synthetic import make_labels
 
 
 def _manifest(labels: pd.DataFrame) -> pd.DataFrame:

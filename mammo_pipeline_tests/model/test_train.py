@@ -21,8 +21,8 @@ from mammo_pipeline.model.train import (
     train_model,
     weights_version,
 )
+from mammo_pipeline.synth.toy_labels import make_labels
 from mammo_pipeline_tests.model.conftest import MINI
-from mammo_pipeline_tests.model.synthetic import make_labels
 
 
 def test_trained_model_files_and_version_is_weights_hash(trained):

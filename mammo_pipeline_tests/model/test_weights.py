@@ -17,8 +17,8 @@ from mammo_pipeline.model.weights import (
     load_imagenet_state,
     sha256_file,
 )
+from mammo_pipeline.synth.toy_labels import make_labels
 from mammo_pipeline_tests.model.conftest import MINI
-from mammo_pipeline_tests.model.synthetic import make_labels
 
 
 @pytest.fixture

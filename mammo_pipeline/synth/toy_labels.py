@@ -1,4 +1,4 @@
-"""Tiny synthetic model PNGs and a labels table in the `labels` contract, for tests and the benchmark.
+"""Toy model PNGs and a labels table in the `labels` contract, for the model tests and `bench_train.py`.
 
 "biopsy" images carry small bright blobs, "mag" images a dark border band and horizontal lines, so a
 small network learns both flags in seconds.
