@@ -378,7 +378,7 @@ def draw_breast(
     # 2. fibroglandular tissue: power-law field under a central envelope, thresholded to the density category
     beta = float(np.clip(rng.normal(2.8 if film else 3.2, 0.25), 2.3 if film else 2.6, 3.8)) + (0.1 * mlo)
     field = power_law_field(rng, (hw, ww), wmm, beta, interp_mm=interp)
-    envelope = np.exp(-(((xa - 0.35) / 0.5) ** 2) - (((Y - np.float32(cy)) / np.float32(0.8 * b)) ** 2))
+    envelope = np.exp(-(((xa - 0.35) / 0.5) ** 2)) * np.exp(-(((Y - np.float32(cy)) / np.float32(0.8 * b)) ** 2))
     density = str(rng.choice(list(DENSITY_P), p=list(DENSITY_P.values())))
     share = rng.uniform(*DENSITY_SHARE[density])
     g = field + np.float32(ENVELOPE_WEIGHT) * envelope
@@ -494,9 +494,14 @@ def draw_breast(
     if nblur:  # CsI: correlated noise, same SD
         n = ndimage.gaussian_filter(n, nblur)
         n *= np.float32(1.0 / (n.std() + 1e-9))
-    img += n * np.float32(sd) * (np.float32(0.6) + np.float32(0.8) * img)
+    gain = img * np.float32(0.8 * sd)  # affine variance: SD sd x (0.6 + 0.8 img), in place to spare copies
+    gain += np.float32(0.6 * sd)
+    gain *= n
+    img += gain
     np.clip(img, 0.02 if not film else air, TISSUE_MAX, out=img)
-    img[~mask] = np.float32(air) + n[~mask] * np.float32(sd * 0.3)
+    n *= np.float32(sd * 0.3)  # the air: faint noise around its gray
+    n += np.float32(air)
+    np.copyto(img, n, where=~mask)
     np.clip(img, 0.0, TISSUE_MAX, out=img)
     nipple = (int((cy - oy) * zoom), int((a - ox) * zoom))
     return Breast(image=img, mask=mask, r=r_full, nipple=nipple, density=density)
