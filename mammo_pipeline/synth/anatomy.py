@@ -58,7 +58,6 @@ WORK_MM = 0.4  # anatomy sampling of the smooth fields (mm): Nyquist 1.25 cycles
 # band (the bilinear upsampling's damping is pre-compensated in power_law_field); finer pixels get thin lines,
 # ligaments and noise at full size
 ENHANCE_SIGMAS_MM = (0.5, 1.0, 2.0, 4.0, 8.0)  # Gaussians of the multiscale enhancement (realism.md §2 step 3)
-VORONOI_MM = 1.2  # sampling of the Voronoi distance field (upsampled bilinearly: it is piecewise linear)
 DENSITY_SHARE = {"a": (0.03, 0.12), "b": (0.12, 0.3), "c": (0.3, 0.55), "d": (0.55, 0.8)}  # dense area (†)
 DENSITY_P = {"a": 0.1, "b": 0.4, "c": 0.4, "d": 0.1}  # BI-RADS 5th ed. population shares
 # per-vendor tone (gamma, display of fat, display of dense gland) and noise blur (px): † (§2 step 4)
