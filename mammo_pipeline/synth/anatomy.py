@@ -153,8 +153,9 @@ def power_law_field(
     amp[0, 0] = 0
     white = rng.standard_normal((*amp.shape, 2), dtype=np.float32).view(np.complex64)[..., 0]
     out = scipy.fft.irfft2(white * amp, s=fshape, workers=1)[: shape[0], : shape[1]]
-    out = out - out.mean(dtype=np.float64)
-    return (out * np.float32(1.0 / (out.std(dtype=np.float64) + 1e-12))).astype(np.float32, copy=False)
+    out = out - np.float32(out.mean(dtype=np.float64))  # float32 scalars: a float64 one would promote the array
+    out *= np.float32(1.0 / (float(out.std(dtype=np.float64)) + 1e-12))
+    return out
 
 
 _BANDS: dict[tuple, np.ndarray] = {}  # per (fft shape, pixel): Gaussian transfer functions of ENHANCE_SIGMAS_MM
