@@ -11,43 +11,53 @@ Layers, in the order a projection and a vendor's processing chain produce them (
    +0.1 on MLO (Chen et al., Med Phys 2012: CC 3.17 +- 0.23, MLO 3.30 +- 0.24; recipe §1.1), elongated 1.3x
    towards the nipple (PMC3189972), thresholded to the dense-area share of a BI-RADS density category a-d
    (population 10/40/40/10 %; the fibroglandular fraction mean 19 %, Yaffe 2009).
-3. **Fat lobules and Cooper's ligaments.** Two layers of anisotropic Voronoi cells (the borders of adipose
-   compartments are the ligaments: Bakic 2011, OpenVCT); a pixel is ligament near a cell border, width
-   0.1-0.3 mm (VICTRE ligament thickness 0.1 mm, §1.3 "cheap 2-D approximation"). Cells are 8-14 and 16-26 mm
-   (VICTRE fat lobule axes 20-30 mm), borders warped and faded at random (†).
+3. **Fat lobules and Cooper's ligaments.** Two layers of Voronoi cells (the borders of adipose compartments
+   are the ligaments: Bakic 2011, OpenVCT) in nipple-centred polar coordinates, so the cells are elongated
+   along the radius and their borders fan out from the nipple (structure points to the nipple: PMC3189972).
+   The ridges are drawn as continuous lines carrying the projected amount of a 0.3-0.6 mm wide ligament
+   (§1.3 "cheap 2-D approximation"; VICTRE ligament thickness 0.1 mm), before the vendor processing, so it
+   gives them the light/dark overshoot of §2. Cells are 8-14 and 16-26 mm (VICTRE fat lobule axes 20-30 mm),
+   borders warped and faded at random (†).
 4. **Vessels and ducts.** Long curved vessels from the chest wall (root radius 0.75 mm, VICTRE) and ducts
-   converging on the nipple (root radius 0.5 mm, VICTRE), drawn as anti-aliased lines on a coarse grid.
+   converging on the nipple (root radius 0.5 mm, VICTRE), drawn as lines on the work grid.
 5. **Projection through a compressed breast.** Compressed thickness T ~ N(59, 16) mm (Yaffe 2009); the margin
    is a half-cylinder of radius T/2 (§2 step 1), so the path through tissue falls to zero at the skin line and
    the path through the 0.75-1.5 mm skin (VICTRE skin 0.75 mm) peaks there: the bright skin line of real images.
 6. **Vendor processing (§2).** Peripheral (thickness) equalization divides by the smoothed path length
-   (k = 0.7-1.0 of full equalization, §2 step 2), multiscale enhancement (band gains 1.5-3 below 2 mm, the
-   coarsest band compressed to 0.6-0.9, §2 step 3) adds overshoot at every edge, and a per-vendor tone curve
-   maps to display values (§2 step 4).
+   (k = 0.7-1.0 of full equalization, §2 step 2), multiscale enhancement as §2 step 3 writes it
+   (s += sum g_i (G_sigma_i - G_sigma_i+1) s, g = 1.5-3 for the bands of sigma 0.5, 1, 2 mm, so their gain is
+   1 + g; finer detail gets the 0.5 mm band's gain; the coarsest band compressed to 0.6-0.9) adds overshoot at
+   every edge, and a per-vendor tone curve with a sigmoid toe maps to display values (§2 step 4).
    Digitized film (`film=True`) skips equalization and edge enhancement, uses Burgess's film beta (mean 2.8)
    and keeps the air at base + fog gray.
 7. **Quantum noise**, white for a-Se detectors and blurred for CsI (GE; Borges 2019), with variance rising
    with the signal (affine variance), scaled to the pixel size so that a `--scale` < 1 image looks like an
    area-averaged full-size one.
 
-Intensities are display values in [0, 1] (1 = white); tissue stays below TISSUE_MAX. Fields are computed on
-grids of about WORK_MM (anatomy mm) and upsampled; thin lines are drawn at full size from an upsampled distance
-field, so they stay one or two pixels wide. About 0.15 s for a 1024 x 832 image, 2-3 s at 4096 x 3328.
+Intensities are display values in [0, 1] (1 = white); tissue stays below TISSUE_MAX. Everything but the noise
+and the calcifications is computed on a work grid of about WORK_MM (0.4 mm: the texture is band-limited there,
+the power-law spectrum pre-emphasised against the bilinear upsampling) and upsampled once; the multiscale
+enhancement is one FFT filter whose Gaussian transfer functions are cached per grid (so per vendor profile),
+and the power-law fields are drawn directly in the Fourier domain. About 0.15 CPU-s for a 1024 x 832 image.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
 from PIL import Image, ImageDraw
 from scipy import ndimage
-from scipy.spatial import cKDTree
+from scipy.spatial import Voronoi, cKDTree
 
 TISSUE_MAX = 0.93
 BACKGROUND = 0.0
-WORK_MM = 0.25  # anatomy sampling of the fields (mm): Nyquist 2 cycles/mm, above the 0.2-1 cycles/mm beta band
-VORONOI_MM = 1.2  # sampling of the Voronoi distance field (upsampled bilinearly: it is piecewise linear)
+WORK_MM = 0.4  # anatomy sampling of the smooth fields (mm): Nyquist 1.25 cycles/mm, above the 0.2-1 cycles/mm beta
+# band (the bilinear upsampling's damping is pre-compensated in power_law_field); finer pixels get thin lines,
+# ligaments and noise at full size
+ENHANCE_SIGMAS_MM = (0.5, 1.0, 2.0, 4.0, 8.0)  # Gaussians of the multiscale enhancement (realism.md §2 step 3)
 DENSITY_SHARE = {"a": (0.03, 0.12), "b": (0.12, 0.3), "c": (0.3, 0.55), "d": (0.55, 0.8)}  # dense area (†)
 DENSITY_P = {"a": 0.1, "b": 0.4, "c": 0.4, "d": 0.1}  # BI-RADS 5th ed. population shares
 # per-vendor tone (gamma, display of fat, display of dense gland) and noise blur (px): † (§2 step 4)
@@ -61,8 +71,8 @@ TONES: dict[str, tuple[float, float, float, float]] = {
 }
 ENVELOPE_WEIGHT = 1.6  # gland gathers behind the nipple: weight of the central envelope against the field (†)
 GLAND_SOFTNESS = 0.45  # sigmoid width of the dense/fat threshold, in field SDs (†)
-GLAND_TEXTURE = 0.35  # share of the gland's density modulated by a FINE_BETA field: its fluffy look (†)
-FINE_BETA = 2.7  # the fine texture field's exponent (†; within the literature's 1.5-4.0 span, realism.md §1.1)
+GLAND_TEXTURE = 0.35  # share of the gland's density modulated by a second field of the image's beta: fluffy look (†)
+LIGAMENT_CONTRAST = 0.15  # ligament contrast after processing, per unit of the fine bands' gain (†, see README)
 NOISE_70UM = 0.045  # display SD of one 70-um pixel (†: no published figure; set after comparing, see README)
 
 
@@ -85,59 +95,213 @@ def upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.array(img.resize((shape[1], shape[0]), Image.BILINEAR))
 
 
-def _blur(a: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian blur; wide kernels run on an area-downsampled copy and are upsampled (same look, far cheaper)."""
-    d = int(sigma_px // 3)
-    if d < 2:
-        return ndimage.gaussian_filter(a, sigma_px)
-    small_shape = (max(1, a.shape[0] // d), max(1, a.shape[1] // d))
-    img = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
-    small = np.asarray(img.resize((small_shape[1], small_shape[0]), Image.Resampling.BOX), dtype=np.float32)
-    return upsample(ndimage.gaussian_filter(small, sigma_px / d), a.shape)
+def _fast_shape(shape: tuple[int, int], pad: int = 0) -> tuple[int, int]:
+    """An FFT-friendly shape at least `pad` pixels larger than `shape` in each dimension."""
+    return (scipy.fft.next_fast_len(shape[0] + pad, real=True), scipy.fft.next_fast_len(shape[1] + pad, real=True))
+
+
+_SPECTRA: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # per (fft shape, pixel, stretch, interp): see _spectrum_grid
+
+
+def _spectrum_grid(
+    shape: tuple[int, int], px_mm: float, stretch: float, interp_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(-0.5 * ln f, ln of the bilinear-interpolation pre-emphasis) on the rfft2 grid of `shape`, cached.
+
+    f is the radial frequency in cycles/mm with x scaled by `stretch` and clipped at 1/FOV. When the field is
+    later upsampled bilinearly from `interp_mm` pixels, its spectrum is damped by sinc^2(f_x d) sinc^2(f_y d)
+    (the triangle kernel); the pre-emphasis is the inverse (capped at x4 in amplitude), so the texture keeps its
+    power law up to the work grid's Nyquist frequency. All grids of one vendor profile share an entry.
+    """
+    key = (shape, round(px_mm, 6), round(stretch, 4), round(interp_mm, 6))
+    hit = _SPECTRA.get(key)
+    if hit is not None:
+        return hit
+    h, w = shape
+    fy = np.fft.fftfreq(h, d=px_mm)[:, None]
+    fx = np.fft.rfftfreq(w, d=px_mm)[None, :]
+    f = np.maximum(np.sqrt((fx * stretch) ** 2 + fy**2), 1.0 / (max(h, w) * px_mm))
+    half_log_f = (-0.5 * np.log(f)).astype(np.float32)
+    emph = np.zeros((1, 1), np.float32)
+    if interp_mm > 0:
+        damp = (np.sinc(fy * interp_mm) * np.sinc(fx * interp_mm)) ** 2
+        emph = np.minimum(-np.log(np.maximum(damp, 1e-6)), np.log(4.0)).astype(np.float32)
+    if len(_SPECTRA) > 64:
+        _SPECTRA.clear()
+    _SPECTRA[key] = (half_log_f, emph)
+    return half_log_f, emph
 
 
 def power_law_field(
-    rng: np.random.Generator, shape: tuple[int, int], px_mm: float, beta: float, stretch: float = 1.3
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    px_mm: float,
+    beta: float,
+    stretch: float = 1.3,
+    interp_mm: float = 0.0,
 ) -> np.ndarray:
-    """Unit-SD Gaussian field with power spectrum ~ 1/f^beta (f in cycles/mm, clipped at 1/FOV).
+    """Unit-SD Gaussian field with power spectrum ~ 1/f^beta (f in cycles/mm, clipped at 1/FOV); float32.
 
     `stretch` > 1 elongates structures along the columns (chest wall -> nipple): the spectrum is evaluated at
-    (fx * stretch, fy), so it falls faster along x (§1.1 step 3).
+    (fx * stretch, fy), so it falls faster along x (§1.1 step 3). The white noise is drawn directly in the
+    Fourier domain (one inverse FFT, no forward one) on an FFT-friendly grid and cropped. `interp_mm` > 0:
+    pre-emphasise for a later bilinear upsampling from pixels of that size (`_spectrum_grid`).
     """
-    h, w = shape
-    fy = np.fft.fftfreq(h, d=px_mm).astype(np.float32)[:, None]
-    fx = np.fft.rfftfreq(w, d=px_mm).astype(np.float32)[None, :]
-    f = np.sqrt((fx * stretch) ** 2 + fy**2)
-    f = np.maximum(f, 1.0 / (max(h, w) * px_mm))
-    spec = np.fft.rfft2(rng.standard_normal(shape, dtype=np.float32)) * f ** np.float32(-beta / 2)
-    spec[0, 0] = 0
-    out = np.fft.irfft2(spec, s=shape).astype(np.float32)
-    return out / (out.std() + 1e-12)
+    fshape = _fast_shape(shape)
+    half_log_f, emph = _spectrum_grid(fshape, px_mm, stretch, interp_mm)
+    amp = np.exp(half_log_f * np.float32(beta) + emph)
+    amp[0, 0] = 0
+    white = rng.standard_normal((*amp.shape, 2), dtype=np.float32).view(np.complex64)[..., 0]
+    out = scipy.fft.irfft2(white * amp, s=fshape, workers=1)[: shape[0], : shape[1]]
+    out = out - np.float32(out.mean(dtype=np.float64))  # float32 scalars: a float64 one would promote the array
+    out *= np.float32(1.0 / (float(out.std(dtype=np.float64)) + 1e-12))
+    return out
 
 
-def voronoi_border_distance(
-    rng: np.random.Generator, X: np.ndarray, Y: np.ndarray, cell_mm: float, stretch: float
-) -> np.ndarray:
-    """Half the gap between the nearest and second-nearest seed (mm): 0 on a cell border, large in a cell.
+_BANDS: dict[tuple, np.ndarray] = {}  # per (fft shape, pixel): Gaussian transfer functions of ENHANCE_SIGMAS_MM
 
-    X, Y: anatomy coordinates (mm) of a grid. Seeds are uniform with mean spacing `cell_mm`; distances use a
-    metric shrunk by `stretch` along x, so cells are elongated towards the nipple, and the grid is warped by a
-    smooth random displacement (0.6 of a cell) so that borders curve like ligaments instead of being straight.
+
+def _gauss_transfer(shape: tuple[int, int], px_mm: float) -> np.ndarray:
+    """(len(ENHANCE_SIGMAS_MM), h, w//2+1) float32: exp(-2 pi^2 sigma^2 f^2) of each band's Gaussian, cached."""
+    key = (shape, round(px_mm, 6))
+    hit = _BANDS.get(key)
+    if hit is None:
+        f2 = np.fft.fftfreq(shape[0], d=px_mm)[:, None] ** 2 + np.fft.rfftfreq(shape[1], d=px_mm)[None, :] ** 2
+        hit = np.stack([np.exp(-2 * np.pi**2 * s**2 * f2) for s in ENHANCE_SIGMAS_MM]).astype(np.float32)
+        if len(_BANDS) > 32:
+            _BANDS.clear()
+        _BANDS[key] = hit
+    return hit
+
+
+def multiscale_enhance(eq: np.ndarray, px_mm: float, gains: tuple[float, ...], coarse: float, mean: float):
+    """Vendor multiscale enhancement (§2 step 3) in one FFT pass; returns float32 of eq's shape.
+
+    Bands are differences of Gaussians of ENHANCE_SIGMAS_MM (the finest band is eq minus the first Gaussian);
+    band i is multiplied by gains[i] and what is coarser than the last Gaussian is compressed around `mean` by
+    `coarse` (< 1). The sum of bands is linear, so its transfer function is
+    H = g0 + sum_i (g_i - g_{i-1}) G_i + (coarse - g_last) G_last, applied once in the Fourier domain of a
+    reflect-padded copy (reflection stands in for the Gaussian filters' border handling).
     """
-    x0, x1, y0, y1 = X.min() - cell_mm, X.max() + cell_mm, Y.min() - cell_mm, Y.max() + cell_mm
-    n = max(4, int((x1 - x0) * (y1 - y0) / cell_mm**2))
-    seeds = np.column_stack([rng.uniform(x0, x1, n) / stretch, rng.uniform(y0, y1, n)])
-    px = max(float(X[0, 1] - X[0, 0]) if X.shape[1] > 1 else 1.0, 1e-3)
-    sig = 0.6 * cell_mm / px
-    warp = [ndimage.gaussian_filter(rng.standard_normal(X.shape, dtype=np.float32), sig) for _ in range(2)]
-    warp = [w / (w.std() + 1e-9) * cell_mm * 0.6 for w in warp]
-    pts = np.column_stack([(X + warp[0]).ravel() / stretch, (Y + warp[1]).ravel()])
-    d, _ = cKDTree(seeds).query(pts, k=2)
-    return ((d[:, 1] - d[:, 0]) / 2).reshape(X.shape).astype(np.float32)
+    pad = int(np.ceil(2 * ENHANCE_SIGMAS_MM[-1] / px_mm))
+    fshape = _fast_shape(eq.shape, 2 * pad)
+    padded = np.pad(
+        eq - np.float32(mean),
+        ((pad, fshape[0] - eq.shape[0] - pad), (pad, fshape[1] - eq.shape[1] - pad)),
+        mode="reflect",
+    )
+    g = _gauss_transfer(fshape, px_mm)
+    h = np.full(g.shape[1:], np.float32(gains[0]), dtype=np.float32)
+    for i in range(1, len(gains)):
+        h += np.float32(gains[i] - gains[i - 1]) * g[i - 1]
+    h += np.float32(coarse - gains[-1]) * g[-1]
+    spec = scipy.fft.rfft2(padded, workers=1)
+    spec *= h
+    out = scipy.fft.irfft2(spec, s=fshape, workers=1)[pad : pad + eq.shape[0], pad : pad + eq.shape[1]]
+    return (out + np.float32(mean)).astype(np.float32, copy=False)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
+    """Unit-SD Gaussian-filtered white noise (float32): a smooth random field on a small grid."""
+    f = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma_px, mode="wrap")
+    return f * np.float32(1.0 / (f.std() + 1e-9))
+
+
+class _Frame:
+    """Where anatomy lies on the work grid: contact-view pixels <-> work-grid pixels, and mm."""
+
+    def __init__(self, ox: float, oy: float, zoom: float, sx: float, sy: float, spacing_mm: float):
+        self.ox, self.oy, self.zoom, self.sx, self.sy, self.spacing_mm = ox, oy, zoom, sx, sy, spacing_mm
+
+    def to_work(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Contact-view pixel coordinates -> work-grid pixel coordinates (PIL's: pixel j spans j-0.5..j+0.5)."""
+        return (x - self.ox) * (self.zoom / self.sx) - 0.5, (y - self.oy) * (self.zoom / self.sy) - 0.5
+
+
+class NipplePolar:
+    """Coordinates in which Cooper's ligaments converge on the nipple (realism.md §1.1: structure points to it).
+
+    (p, q) = (rho / stretch, theta * rho_m): rho is the distance from the nipple (mm), theta the angle from the
+    direction of the chest wall. Voronoi cells of uniform seeds in (p, q) are elongated along rho by `stretch`
+    and narrow towards the nipple (an arc of theta * rho shrinks with rho), so their borders fan out from it.
+    """
+
+    def __init__(self, nipple_mm: tuple[float, float], rho_m: float, stretch: float):
+        self.nx, self.ny, self.rho_m, self.stretch = nipple_mm[0], nipple_mm[1], max(rho_m, 1.0), stretch
+
+    def to_pq(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        dx, dy = self.nx - x, y - self.ny
+        return np.column_stack([np.hypot(dx, dy).ravel() / self.stretch, np.arctan2(dy, dx).ravel() * self.rho_m])
+
+    def to_xy(self, p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rho, theta = p * self.stretch, q / self.rho_m
+        return self.nx - rho * np.cos(theta), self.ny + rho * np.sin(theta)
+
+
+def voronoi_ligaments(
+    rng: np.random.Generator,
+    frame: _Frame,
+    polar: NipplePolar,
+    rho_max: float,
+    cell_mm: float,
+    value: float,
+    inside: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[list[tuple[np.ndarray, float]], cKDTree, Callable]:
+    """The borders of one layer of adipose compartments (Cooper's ligaments), as polylines on the work grid.
+
+    Seeds are uniform in `polar`'s (p, q) space out to `rho_max` mm from the nipple, with mean spacing
+    `cell_mm`. Each Voronoi ridge is cut into four pieces, mapped back to the image (curving) and displaced by a
+    smooth random warp (0.4 of a cell, †), and drawn with `value` times a smooth random visibility (real
+    ligaments fade in and out). Returns the polylines ((k, 2) work-grid points, value), the seeds' tree and the
+    warp, so `border_distance` can shade the lobules consistently.
+    """
+    p1 = rho_max / polar.stretch + cell_mm
+    q1 = (np.pi / 2 + 0.35) * polar.rho_m + cell_mm
+    n = max(4, int(p1 * 2 * q1 / cell_mm**2))
+    p0 = 0.3 * polar.rho_m / polar.stretch  # no seeds right at the nipple: the first cells reach into it
+    seeds = np.column_stack([rng.uniform(p0, p1, n), rng.uniform(-q1, q1, n)])
+    # smooth warp and visibility on an image-space grid of half a cell around the nipple
+    g = cell_mm / 2
+    x0, y0 = polar.nx - rho_max - cell_mm, polar.ny - rho_max - cell_mm
+    gshape = (int(2 * (rho_max + cell_mm) / g) + 2, int((rho_max + 2 * cell_mm) / g) + 2)
+    warp = np.stack([_smooth_noise(rng, gshape, 1.2) for _ in range(2)]) * np.float32(0.4 * cell_mm)
+    show = np.clip(_smooth_noise(rng, gshape, 1.5) * 0.8 + 0.6, 0, 1)
+
+    def warp_at(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        coords = np.stack([(y - y0) / g, (x - x0) / g])
+        return tuple(ndimage.map_coordinates(w, coords, order=1, mode="nearest") for w in warp)  # type: ignore[return-value]
+
+    vor = Voronoi(seeds)
+    ridges = np.array([rv for rv in vor.ridge_vertices if rv[0] >= 0 and rv[1] >= 0], dtype=np.intp).reshape(-1, 2)
+    lines: list[tuple[np.ndarray, float]] = []
+    if len(ridges):
+        t = np.linspace(0.0, 1.0, 5)[None, :, None]
+        v = vor.vertices
+        pq = v[ridges[:, 0]][:, None, :] * (1 - t) + v[ridges[:, 1]][:, None, :] * t  # (m, 5, 2)
+        pq = pq[(np.abs(pq[:, 0] - pq[:, -1]).max(axis=1) < 4 * cell_mm) & (pq[..., 0].min(axis=1) >= 0)]
+        xs, ys = polar.to_xy(pq[..., 0], pq[..., 1])
+        keep = inside(xs[:, 2], ys[:, 2])
+        xs, ys = xs[keep], ys[keep]
+        if len(xs):
+            # a pixel p lies on a warped border when p + warp(p) lies on the straight one: move points by -warp
+            wx, wy = warp_at(xs.ravel(), ys.ravel())
+            xs, ys = xs - wx.reshape(xs.shape), ys - wy.reshape(ys.shape)
+            vis = ndimage.map_coordinates(show, np.stack([(ys[:, 2] - y0) / g, (xs[:, 2] - x0) / g]), order=1)
+            wx_, wy_ = frame.to_work(xs / frame.spacing_mm, ys / frame.spacing_mm)
+            for k in np.flatnonzero(vis > 0.05):
+                lines.append((np.column_stack([wx_[k], wy_[k]]), float(value * vis[k])))
+    return lines, cKDTree(seeds), warp_at
+
+
+def border_distance(tree: cKDTree, polar: NipplePolar, warp_at: Callable, xmm: np.ndarray, ymm: np.ndarray):
+    """Half the gap between the nearest and second-nearest seed (in (p, q) mm) at warped points: 0 on a ligament."""
+    wx, wy = warp_at(xmm.ravel(), ymm.ravel())
+    d, _ = tree.query(polar.to_pq(xmm.ravel() + wx, ymm.ravel() + wy), k=2)
+    return ((d[:, 1] - d[:, 0]) / 2).reshape(xmm.shape).astype(np.float32)
 
 
 def _curve(rng: np.random.Generator, start: np.ndarray, direction: float, length: float, steps: int, wiggle: float):
-    """A gently curved polyline (points in mm) from `start` heading `direction` (radians)."""
+    """A gently curved polyline (points in contact-view pixels) from `start` heading `direction` (radians)."""
     pts = [start]
     ang = direction
     step = length / steps
@@ -147,14 +311,15 @@ def _curve(rng: np.random.Generator, start: np.ndarray, direction: float, length
     return np.array(pts)
 
 
-def _draw_lines(shape: tuple[int, int], lines: list[tuple[np.ndarray, float, float]], px_mm: float) -> np.ndarray:
-    """Polylines (points in mm (x, y), width mm, value) drawn on a float grid of `px_mm` pixels, slightly blurred."""
+def _draw_lines(shape: tuple[int, int], lines: list[tuple[np.ndarray, float, int]]) -> np.ndarray:
+    """Polylines ((k, 2) work-grid points (x, y), value, width in pixels) on a float32 canvas of `shape`."""
     canvas = Image.new("F", (shape[1], shape[0]), 0.0)
     draw = ImageDraw.Draw(canvas)
-    for pts, width, value in lines:
-        xy = [(float(x / px_mm), float(y / px_mm)) for x, y in pts]
-        draw.line(xy, fill=float(value), width=max(1, round(width / px_mm)), joint="curve")
-    return ndimage.gaussian_filter(np.asarray(canvas, dtype=np.float32), 0.7)
+    for pts, value, width in lines:
+        draw.line(
+            pts.ravel().tolist(), fill=float(value), width=max(1, int(width)), joint="curve" if width > 2 else None
+        )
+    return np.asarray(canvas, dtype=np.float32)
 
 
 def draw_breast(
@@ -174,9 +339,12 @@ def draw_breast(
     actual pixel); `vendor` picks the tone curve (TONES key); `film` draws a digitized screen-film image.
     """
     mm_px = spacing_mm / zoom  # anatomy mm per output pixel
-    step = max(1, round(WORK_MM / mm_px))
-    hw, ww = -(-rows // step), -(-cols // step)
-    wmm = mm_px * step  # anatomy mm per work pixel
+    # work grid: about WORK_MM per pixel (the output grid itself when its pixels are nearly as coarse)
+    step = WORK_MM / mm_px if mm_px < WORK_MM / 1.2 else 1.0
+    hw, ww = max(8, round(rows / step)), max(8, round(cols / step))
+    sy, sx = rows / hw, cols / ww  # output pixels per work pixel along each axis
+    wmm = mm_px * (sy + sx) / 2  # anatomy mm per work pixel
+    interp = wmm if step > 1.0 else 0.0  # fields are upsampled bilinearly from wmm pixels: pre-emphasise
     a = rng.uniform(0.4, 0.85) * cols  # chest wall to nipple, pixels of a contact view
     mlo = view == "MLO"
     b = rng.uniform(0.36, 0.45) * rows if not mlo else rng.uniform(0.40, 0.47) * rows
@@ -187,118 +355,137 @@ def draw_breast(
         ox, oy = xc - cols / (2 * zoom), yc - rows / (2 * zoom)
     else:
         ox, oy = 0.0, 0.0
+    frame = _Frame(ox, oy, zoom, sx, sy, spacing_mm)
 
-    # anatomy coordinates (contact-view pixels) of the work grid
-    ys = (np.arange(hw, dtype=np.float32) + 0.5) * step / zoom + oy
-    xs = (np.arange(ww, dtype=np.float32) + 0.5) * step / zoom + ox
-    X, Y = np.meshgrid(xs, ys)
-    wobble = upsample(ndimage.gaussian_filter(rng.standard_normal((24, 24), dtype=np.float32), 2.0), (hw, ww))
-    wobble = wobble / (wobble.std() + 1e-6)
-    bb = np.where(cy > Y, b * (1 + 0.7 * np.clip(1 - X / a, 0, 1)), b) if mlo else b
-    r = np.sqrt((X / a) ** 2 + ((Y - cy) / bb) ** 2) * (1 + 0.02 * wobble)
+    # 1. shape: anatomy coordinates (contact-view pixels) of the work grid, as a column and a row
+    Y = ((np.arange(hw, dtype=np.float32) + 0.5) * np.float32(sy / zoom) + np.float32(oy))[:, None]
+    X = ((np.arange(ww, dtype=np.float32) + 0.5) * np.float32(sx / zoom) + np.float32(ox))[None, :]
+    wobble = upsample(_smooth_noise(rng, (24, 24), 2.0), (hw, ww))
+    xa = X / np.float32(a)
+    if mlo:
+        bb = np.where(cy > Y, b * (1 + 0.7 * np.clip(1 - xa, 0, 1)), np.float32(b)).astype(np.float32)
+        r = np.sqrt(xa**2 + ((Y - np.float32(cy)) / bb) ** 2)
+    else:
+        r = np.sqrt(xa**2 + ((Y - np.float32(cy)) / np.float32(b)) ** 2)
+    r *= 1 + np.float32(0.02) * wobble
     mask_w = r < 1.0
     # distance from the skin line in anatomy mm; the frame's edges (chest wall, mag field) are not skin
     ds = max(1, round(1.0 / wmm))  # a 1-mm grid is plenty for a distance in millimetres
     coarse = np.pad(mask_w[::ds, ::ds], 1, mode="edge")
     depth = upsample(ndimage.distance_transform_edt(coarse)[1:-1, 1:-1].astype(np.float32) * (wmm * ds), (hw, ww))
-    depth = np.where(mask_w, np.maximum(depth, 0.5 * wmm), 0.0).astype(np.float32)
+    depth = np.where(mask_w, np.maximum(depth, np.float32(0.5 * wmm)), np.float32(0.0))
 
     # 2. fibroglandular tissue: power-law field under a central envelope, thresholded to the density category
     beta = float(np.clip(rng.normal(2.8 if film else 3.2, 0.25), 2.3 if film else 2.6, 3.8)) + (0.1 * mlo)
-    field = power_law_field(rng, (hw, ww), wmm, beta)
-    envelope = np.exp(-(((X / a - 0.35) / 0.5) ** 2) - (((Y - cy) / (0.8 * b)) ** 2)).astype(np.float32)
+    field = power_law_field(rng, (hw, ww), wmm, beta, interp_mm=interp)
+    envelope = np.exp(-(((xa - 0.35) / 0.5) ** 2)) * np.exp(-(((Y - np.float32(cy)) / np.float32(0.8 * b)) ** 2))
     density = str(rng.choice(list(DENSITY_P), p=list(DENSITY_P.values())))
     share = rng.uniform(*DENSITY_SHARE[density])
-    g = field + ENVELOPE_WEIGHT * envelope
-    inside = g[mask_w] if mask_w.any() else g.ravel()
-    thr = float(np.quantile(inside, 1 - share))
-    gland = (1 / (1 + np.exp(-(g - thr) / GLAND_SOFTNESS))).astype(np.float32)
-    fine = power_law_field(rng, (hw, ww), wmm, FINE_BETA)  # texture inside the gland and the fat
+    g = field + np.float32(ENVELOPE_WEIGHT) * envelope
+    sub = mask_w[::2, ::2]
+    thr = float(np.quantile(g[::2, ::2][sub] if sub.any() else g.ravel(), 1 - share))
+    gland = np.float32(1) / (1 + np.exp((g - np.float32(thr)) * np.float32(-1 / GLAND_SOFTNESS)))
+    fine = power_law_field(rng, (hw, ww), wmm, beta, interp_mm=interp)  # texture in the gland and the fat (one beta
+    # per image, as Chen et al. measure one per image)
 
-    # 3. fat lobules and Cooper's ligaments (two Voronoi layers), on a coarser grid, upsampled
-    vstep = max(1, round(VORONOI_MM / wmm))
-    Xmm, Ymm = X[::vstep, ::vstep] * spacing_mm, Y[::vstep, ::vstep] * spacing_mm
-    borders = [
-        voronoi_border_distance(rng, Xmm, Ymm, rng.uniform(8, 14), 1.8),
-        voronoi_border_distance(rng, Xmm, Ymm, rng.uniform(16, 26), 1.4),
-    ]
-    # which border segments show: a smooth random visibility per region (real ligaments fade in and out)
-    show = [np.clip(power_law_field(rng, bd.shape, wmm * vstep, 2.0) * 0.8 + 0.6, 0, 1) for bd in borders]
-    # 4. vessels from the chest wall, ducts to the nipple (mm on the work grid)
-    nip = np.array([(a - ox) * spacing_mm, (cy - oy) * spacing_mm]) if zoom == 1.0 else None
+    # 3. fat lobules and Cooper's ligaments: borders of two layers of Voronoi cells fanning out from the nipple
+    a_mm, b_mm, cy_mm = a * spacing_mm, 1.3 * b * spacing_mm, cy * spacing_mm
+    rho_max = float(np.hypot(a_mm, max(cy_mm, rows * spacing_mm - cy_mm)))
+
+    def in_breast(xm: np.ndarray, ym: np.ndarray) -> np.ndarray:
+        return ((xm / a_mm) ** 2 + ((ym - cy_mm) / b_mm) ** 2 < 1.1) & (xm > ox * spacing_mm - 5)
+
+    lw = rng.uniform(0.2, 0.36)  # exp(-(e/lw)^2): full width 0.3-0.6 mm, i.e. 2w with w = 0.2-0.3 mm (§1.3)
+    # a 1-px line on the work grid carries the same projected amount as the exp profile: value x wmm = sqrt(pi) lw
+    # the lines are drawn before the vendor processing, whose fine-band gain 1 + g (mean 3.25) now acts on them;
+    # before, 0.15 x g (g mean 2.25) was added after it: 0.15 x 2.25 / 3.25 keeps their contrast (film: 0.1, no gain)
+    lig_value = (0.1 if film else LIGAMENT_CONTRAST * 2.25 / 3.25) * np.sqrt(np.pi) * lw / wmm
+    layers = []
+    lig_lines: list[tuple[np.ndarray, float, int]] = []
+    for cell, stretch, weight in ((rng.uniform(8, 14), 1.8, 1.0), (rng.uniform(16, 26), 1.4, 1.3)):
+        polar = NipplePolar((a_mm, cy_mm), 0.7 * a_mm, stretch)
+        lines_k, tree, warp_at = voronoi_ligaments(rng, frame, polar, rho_max, cell, lig_value * weight, in_breast)
+        lig_lines += [(p, v, 1) for p, v in lines_k]
+        layers.append((tree, polar, warp_at))
+    # 4. vessels from the chest wall, ducts to the nipple (contact-view pixels)
     lines = []
     for _ in range(int(rng.integers(2, 5))):
-        start = np.array([0.0 - ox * spacing_mm, (cy - oy + rng.uniform(-0.8, 0.6) * b) * spacing_mm])
-        lines.append(
-            (_curve(rng, start, rng.normal(0, 0.25), a * spacing_mm * rng.uniform(0.5, 1), 30, 0.08), 1.5, 1.0)
-        )
-    nipple_mm = np.array([(a - ox) * spacing_mm, (cy - oy) * spacing_mm])
+        start = np.array([0.0, cy + rng.uniform(-0.8, 0.6) * b])
+        lines.append((_curve(rng, start, rng.normal(0, 0.25), a * rng.uniform(0.5, 1), 30, 0.08), 1.0, 1.5))
+    nipple_c = np.array([a, cy])
     for _ in range(int(rng.integers(4, 9))):
-        lines.append((_curve(rng, nipple_mm, np.pi + rng.normal(0, 0.45), a * spacing_mm * 0.5, 15, 0.1), 1.0, 0.7))
-    del nip
-    linear = _draw_lines((hw, ww), lines, wmm) if lines else np.zeros((hw, ww), np.float32)
+        lines.append((_curve(rng, nipple_c, np.pi + rng.normal(0, 0.45), a * 0.5, 15, 0.1), 0.7, 1.0))
+    work_lines = []
+    for pts, value, width_mm in lines:
+        px, py = frame.to_work(pts[:, 0], pts[:, 1])
+        work_lines.append((np.column_stack([px, py]), value, max(1, round(width_mm / wmm))))
+    linear = ndimage.gaussian_filter(_draw_lines((hw, ww), work_lines), 0.7 * 0.25 / wmm)
 
     # 5. projection: path through tissue and through the skin shell of a half-cylinder margin of radius T/2
     T = float(np.clip(rng.normal(59, 16), 25, 95))
-    R = T / 2
-    skin = rng.uniform(0.75, 1.5)
+    R = np.float32(T / 2)
+    skin = np.float32(rng.uniform(0.75, 1.5))
     d = np.minimum(depth, R)
     total = 2 * np.sqrt(np.clip(2 * R * d - d**2, 0, None))
-    dc = np.minimum(d, R)
-    inner = 2 * np.sqrt(np.clip((R - skin) ** 2 - (R - dc) ** 2, 0, None))
+    inner = 2 * np.sqrt(np.clip((R - skin) ** 2 - (R - d) ** 2, 0, None))
     tissue_path, skin_path = inner, np.clip(total - inner, 0, None)
 
-    # tissue "density" (dense-equivalent share) on the work grid, without the thin lines
+    # tissue "density" (dense-equivalent share) on the work grid
     dens = 0.12 + 0.62 * gland * (1 - GLAND_TEXTURE + GLAND_TEXTURE * np.tanh(fine)) + 0.12 * linear * (1 - 0.5 * gland)
-    dens = dens + 0.04 * fine * (1 - gland)
-    signal = tissue_path * dens + skin_path * 0.7
+    dens += np.float32(0.04) * fine * (1 - gland)
+    signal = tissue_path * dens + skin_path * np.float32(0.7)
     if mlo:
         px, py = rng.uniform(0.25, 0.45) * cols, rng.uniform(0.45, 0.75) * rows
-        pect = np.clip((1 - (np.clip(X / px, 0, None) ** 1.15 + np.clip(Y / py, 0, None))) * 4, 0, 1)
-        signal = signal + pect * total * 0.3 * (0.9 + 0.05 * wobble)
+        pect = np.clip(
+            (1 - (np.clip(X / np.float32(px), 0, None) ** 1.15 + np.clip(Y / np.float32(py), 0, None))) * 4, 0, 1
+        )
+        signal += pect * total * (np.float32(0.27) + np.float32(0.015) * wobble)
 
     # 6. vendor processing: peripheral equalization (divide by the smoothed path) ...
     if film:
-        eq = signal / T
+        eq = signal / np.float32(T)
     else:
         k = rng.uniform(0.7, 1.0)
-        path = ndimage.gaussian_filter(np.maximum(total, 0.5), max(0.5, 1.0 / wmm))
-        eq = signal / (T ** (1 - k) * np.maximum(path, 0.05 * T) ** k)
-    # fat lobule: a shallow dome, darkest in the cell's middle (work grid: it is smooth)
-    dome = upsample(np.clip(borders[0] / 3.0, 0, 1), (hw, ww))
-    eq = eq - 0.05 * dome * (1 - gland)
+        path = ndimage.gaussian_filter(np.maximum(total, np.float32(0.5)), max(0.5, 1.0 / wmm))
+        eq = signal / (np.float32(T ** (1 - k)) * np.maximum(path, np.float32(0.05 * T)) ** np.float32(k))
+    # fat lobule: a shallow dome, darkest in the cell's middle (smooth: a 2.5-mm grid is plenty)
+    tree, polar, warp_at = layers[0]
+    gy = max(2, round(2.5 / wmm))
+    xm = (X[:, ::gy] * spacing_mm).astype(np.float64)
+    ym = (Y[::gy, :] * spacing_mm).astype(np.float64)
+    xm, ym = np.broadcast_arrays(xm, ym)
+    dome = upsample(np.clip(border_distance(tree, polar, warp_at, xm, ym) / 3.0, 0, 1), (hw, ww))
+    eq -= np.float32(0.05) * dome * (1 - gland)
+    # thin ligaments (fewer in dense tissue, fading into the skin line), anti-aliased by half a pixel
+    vis = np.clip(depth * np.float32(1 / 3.0), 0, 1) * (1 - np.float32(0.5) * gland)
+    eq += ndimage.gaussian_filter(_draw_lines((hw, ww), lig_lines), 0.5) * vis
     # ... then multiscale enhancement (§2 step 3): bands between Gaussians of 0.5, 1, 2, 4, 8 mm, gains 1.5-3
     # for the bands finer than 2 mm, 1 for the 2-8 mm bands, and the coarsest band compressed (gain < 1)
-    fine_gain = 1.0
     if not film:
-        eq = np.where(mask_w, eq, float(np.mean(eq[mask_w])) if mask_w.any() else 0.0)
-        levels = [eq] + [_blur(eq, sig / wmm) for sig in (0.5, 1.0, 2.0, 4.0, 8.0)]
-        gains = [*rng.uniform(1.5, 3.0, 3), 1.0, 1.0]
-        fine_gain = float(gains[0])
-        coarse = levels[-1]
-        mean = float(coarse[mask_w].mean()) if mask_w.any() else 0.0
-        eq = mean + rng.uniform(0.6, 0.9) * (coarse - mean)
-        for g_, hi_, lo_ in zip(gains, levels[:-1], levels[1:], strict=True):
-            eq = eq + g_ * (hi_ - lo_)
-    eq = np.where(mask_w, eq, 0.0).astype(np.float32)
-    full = (rows, cols)
-    # thin ligaments at full size from the upsampled border distance (piecewise linear, so it stays exact);
-    # their amplitude (visibility, fewer in dense tissue, fading into the skin line) is smooth: work grid
-    vis = np.clip(depth / 3.0, 0, 1) * (1 - 0.5 * gland) * (0.1 if film else 0.15 * fine_gain)
-    lw = rng.uniform(0.2, 0.36)  # exp(-(e/lw)^2): full width 0.3-0.6 mm, i.e. 2w with w = 0.2-0.3 mm (§1.3)
-    img = upsample(eq, full)
-    for k_, bd in enumerate(borders):
-        amp = upsample(upsample(show[k_], (hw, ww)) * vis * (1.0 if k_ == 0 else 1.3), full)
-        e = upsample(bd, full)
-        img += np.minimum(np.exp(-((e / lw) ** 2)), 1.0) * amp
-    r_full = upsample(r.astype(np.float32), full)
-    mask = r_full < 1.0
+        eq = np.where(mask_w, eq, np.float32(eq[mask_w].mean()) if mask_w.any() else np.float32(0.0))
+        # s += sum_i g_i (G_sigma_i - G_sigma_i+1) s: the bands of sigma 0.5, 1 and 2 mm get 1 + g, g = 1.5-3,
+        # and so does what is finer than 0.5 mm (the 0.5 mm band's gain); the 4-8 mm band keeps gain 1
+        g_ = [1.0 + float(v) for v in rng.uniform(1.5, 3.0, 3)]
+        gains = (g_[0], *g_, 1.0)
+        mean = float(eq[mask_w].mean()) if mask_w.any() else 0.0
+        eq = multiscale_enhance(eq.astype(np.float32), wmm, gains, float(rng.uniform(0.6, 0.9)), mean)
     # ... and the tone curve: fat -> f0, dense gland -> g0
     gamma, f0, g0, nblur = TONES.get(vendor, TONES["H"]) if not film else TONES["FILM"]
-    x = (img - 0.12) * np.float32(1 / 0.62)  # 0 = fat, 1 = dense gland; below 0 (enhanced dark edges): linear
-    img = f0 + (g0 - f0) * (x if gamma == 1.0 else np.where(x > 0, np.abs(x) ** np.float32(gamma), x))
+    x = (eq - np.float32(0.12)) * np.float32(1 / 0.62)  # 0 = fat, 1 = dense
+    if gamma != 1.0:
+        x = np.where(x > 0, np.abs(x) ** np.float32(gamma), x)
+    tone = np.float32(f0) + np.float32(g0 - f0) * x
+    # below fat (the enhancement's dark overshoots) the curve has the toe of a sigmoid (§2 step 4: vendors bake a
+    # sigmoid into the pixels): f0 + f0 tanh(slope x / f0) meets the line at fat with the same slope and
+    # flattens towards black instead of clipping at it
+    toe = np.float32(f0) * (1 + np.tanh(np.float32((g0 - f0) / f0) * x))
+    tone = np.where(x < 0, toe, tone)
+    full = (rows, cols)
+    img = upsample(tone.astype(np.float32), full)
+    r_full = upsample(r.astype(np.float32), full)
+    mask = r_full < 1.0
     air = BACKGROUND if not film else rng.uniform(0.06, 0.12)
-    img = np.where(mask, img, np.float32(air)).astype(np.float32)
+    img[~mask] = np.float32(air)
     _draw_calcifications(rng, img, mask, 1.0 / mm_px)
 
     # 7. quantum noise, scaled to the pixel size (a coarser pixel averages more quanta)
@@ -307,9 +494,14 @@ def draw_breast(
     if nblur:  # CsI: correlated noise, same SD
         n = ndimage.gaussian_filter(n, nblur)
         n *= np.float32(1.0 / (n.std() + 1e-9))
-    img += n * np.float32(sd) * (0.6 + 0.8 * img)
+    gain = img * np.float32(0.8 * sd)  # affine variance: SD sd x (0.6 + 0.8 img), in place to spare copies
+    gain += np.float32(0.6 * sd)
+    gain *= n
+    img += gain
     np.clip(img, 0.02 if not film else air, TISSUE_MAX, out=img)
-    img[~mask] = np.float32(air) + n[~mask] * np.float32(sd * 0.3)
+    n *= np.float32(sd * 0.3)  # the air: faint noise around its gray
+    n += np.float32(air)
+    np.copyto(img, n, where=~mask)
     np.clip(img, 0.0, TISSUE_MAX, out=img)
     nipple = (int((cy - oy) * zoom), int((a - ox) * zoom))
     return Breast(image=img, mask=mask, r=r_full, nipple=nipple, density=density)

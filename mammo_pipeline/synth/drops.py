@@ -141,9 +141,9 @@ def plan_hospital(
     for slot, i in enumerate(contact):
         kind = CONFOUNDERS[(hospital_index * FORCED_PER_HOSPITAL + slot) % len(CONFOUNDERS)]
         tasks[i] = StudyTask(**{**tasks[i].__dict__, "force": (kind,)})
-    biopsy = [i for i, t in enumerate(tasks) if t.kind == "biopsy"][:1]  # one spot-compression view per drop
-    for i in biopsy:
-        tasks[i] = StudyTask(**{**tasks[i].__dict__, "force": (*tasks[i].force, "spot_view")})
+    biopsy = [i for i, t in enumerate(tasks) if t.kind == "biopsy"][:1]  # one spot-compression view per drop,
+    for i in biopsy:  # and a hook wire on its contact view, so that a small drop covers both
+        tasks[i] = StudyTask(**{**tasks[i].__dict__, "force": (*tasks[i].force, "spot_view", "hook_wire")})
     n_images = sum(t.n_files for t in tasks)
     n_corrupt = round(corrupt_fraction * n_images)
     if n_corrupt and tasks:

@@ -184,7 +184,7 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
                     outside, n = True, n + 1
                     break
         facts.update(n_clips=n, marker_partly_outside=outside, n_clips_unsaturated=n_unsat)
-        if not coned and rng.random() < 0.2:
+        if not coned and (rng.random() < 0.2 or "hook_wire" in spec.force):
             target = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
             entry = (0.0, rng.uniform(0.3, 0.9) * breast.nipple[1]) if spec.view == "CC" else (rows - 1.0, target[1])
             box = markers.draw_hook_wire(img, rng, entry, target, max(0.4 * px_mm, thick_min * 0.75))

@@ -19,7 +19,7 @@ Statistics (one `ImageStats` per image):
 - `hist_p05` / `hist_p50` / `hist_p95`: gray-level percentiles of the breast in the 256-px rendition (0..1).
 - `skin_ratio`: mean gray 0.5-1.5 mm inside the skin line divided by the mean gray 9-11 mm inside
   (peripheral equalization lifts it towards 1 and beyond; without it the edge is darker: Tortajada 2014).
-- `noise`: robust SD (1.4826 x MAD) of the image minus its 3 x 3 median on the `GRID_MM` grid, in tissue.
+- `noise`: robust SD (central 98 %) of the image minus its 3 x 3 median on the `GRID_MM` grid, in tissue.
 - `saturated_air` / `saturated_skin` / `saturated_inside`: whether the 256-px rendition has a connected object
   at display >= `SATURATED` in the air (lead letters, labels), within `SKIN_BAND_MM` of the skin line (nipple and
   skin markers) or deeper inside the breast (clips, coarse calcifications, wires).
@@ -189,12 +189,23 @@ def skin_ratio(img: np.ndarray, mask: np.ndarray, grid_mm: float = GRID_MM) -> f
     return float(near / far) if far > 0 else float("nan")
 
 
+TRIM_SD_FACTOR = 0.9346  # SD of a normal distribution's central 98 % / its SD (truncation at +-2.326 SD)
+
+
 def noise_level(img: np.ndarray, tissue: np.ndarray) -> float:
-    """Robust SD of the 3 x 3 median residual in `tissue` (display units)."""
+    """Robust SD of the 3 x 3 median residual in `tissue` (display units): the SD of its central 98 %, divided
+    by TRIM_SD_FACTOR so that Gaussian noise gives its SD.
+
+    Not 1.4826 x MAD: on an 8-bit rendition (the synthetic drops are measured as the pipeline renders them) most
+    residuals are whole gray levels, so the MAD jumps in steps of 1/255 (1.4826/255 = 0.0058) while the real
+    16-bit images vary smoothly; a trimmed SD averages and does not jump.
+    """
     if not tissue.any():
         return float("nan")
-    resid = (img - ndimage.median_filter(img, size=3))[tissue]
-    return float(1.4826 * np.median(np.abs(resid - np.median(resid))))
+    resid = (img - ndimage.median_filter(img, size=3))[tissue].astype(np.float64)
+    lo, hi = np.percentile(resid, [1, 99])
+    core = resid[(resid >= lo) & (resid <= hi)]
+    return float(core.std() / TRIM_SD_FACTOR) if core.size else float("nan")
 
 
 def white_tophat(gray: np.ndarray, width: int = TOPHAT_PX) -> np.ndarray:

@@ -98,3 +98,16 @@ def test_real_images_load_for_evaluation_and_the_undecodable_one_is_skipped():
     assert any("MG1_JPLY" in m for m in messages)
     for m in real:
         assert m.image.min() >= 0.0 and m.image.max() <= 1.0
+
+
+def test_noise_level_does_not_jump_with_8_bit_quantization():
+    """The synthetic drops are measured on 8-bit renditions, the real images on 16-bit ones: the noise estimate of
+    the same noise must agree on both (a MAD would snap to multiples of 1.4826/255 on the 8-bit copy)."""
+    rng = np.random.default_rng(4)
+    tissue = np.ones((200, 200), dtype=bool)
+    for sd in (0.004, 0.007, 0.011):
+        img = (0.4 + sd * rng.standard_normal(tissue.shape)).astype(np.float32)
+        fine = realism.noise_level(img, tissue)
+        coarse = realism.noise_level(np.rint(img * 255) / 255, tissue)
+        assert coarse == pytest.approx(fine, rel=0.12)
+        assert fine == pytest.approx(realism.noise_level(img * 2, tissue) / 2, rel=1e-6)
