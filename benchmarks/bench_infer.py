@@ -8,6 +8,11 @@ per image and the rate that implies with every core to itself ("cpu-bound").
 
     .venv/bin/python benchmarks/bench_infer.py            # N=1000 at the trainer's from-scratch size
     .venv/bin/python benchmarks/bench_infer.py -n 2000 --size 192 --int8
+    .venv/bin/python benchmarks/bench_infer.py -n 1000 --int8 --second-look
+
+With --second-look every image also gets a 1024-px display PNG and the model a (random) second look
+(model/second_look_model.py), so the ONNX path also cuts candidates from each display PNG and runs the patch
+network, as inference does for a model that has one: the figure to hold against the issue's >= 67 images/s.
 """
 
 from __future__ import annotations
@@ -55,6 +60,39 @@ def make_pngs(settings: Settings, n: int) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def make_display_pngs(settings: Settings, manifest: pd.DataFrame, size: int = 1024) -> pd.DataFrame:
+    """A display PNG (long side `size`) per model PNG: the same image upsampled, with a few small bright blobs."""
+    rng = np.random.default_rng(1)
+    rels = []
+    for rel in manifest["model_png"]:
+        with Image.open(settings.cache / rel) as img:
+            big = np.asarray(img.resize((round(img.width * size / img.height), size), Image.Resampling.BILINEAR))
+        big = big.copy()
+        for _ in range(3):
+            y, x = rng.integers(100, size - 100), rng.integers(20, big.shape[1] - 20)
+            big[y - 4 : y + 5, x - 2 : x + 3] = 255
+        out = Path("bench") / "display" / Path(rel).name
+        (settings.cache / out).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(big).save(settings.cache / out)
+        rels.append(str(out))
+    return manifest.assign(display_png=rels)
+
+
+def add_second_look(settings: Settings, ref: ModelRef) -> ModelRef:
+    """`ref` with a random second look exported next to it (what a trained model carries)."""
+    import torch
+
+    from mammo_pipeline.model import second_look_model as look
+    from mammo_pipeline.model.second_look import patch_network
+
+    torch.manual_seed(0)
+    example = look.candidates_of([np.zeros((64, 64), np.uint8)] * 2).crops
+    path = ref.path(settings.models, look.ONNX_FILE)
+    sha = look.export(patch_network().eval(), path, example, {"model_version": ref.model_version})
+    info = {**look.describe(settings.display_size), "onnx_file": path.name, "onnx_sha256": sha}
+    return ref.with_(extra={**ref.extra, "second_look": info})
 
 
 def make_torch_model():
@@ -175,6 +213,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = one per core)")
     parser.add_argument("--int8", action="store_true", help="also measure an int8 quantize_static model")
+    parser.add_argument("--second-look", action="store_true", help="also measure the pipeline with a second look")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,6 +229,11 @@ def main() -> None:
         if args.int8:
             int8_ref = quantize(settings, ref, manifest)
             report("onnxruntime int8 pipeline", measure("onnx", common[0], int8_ref, *common[1:]), base)
+        if args.second_look:
+            with_look = make_display_pngs(settings, manifest)
+            look_ref = add_second_look(settings, int8_ref if args.int8 else ref)
+            name = f"onnxruntime {'int8' if args.int8 else 'fp32'} + second look"
+            report(name, measure("onnx", common[0], look_ref, with_look, *common[2:]), base)
 
 
 def report(name: str, figures: tuple[float, float, float], base: tuple[float, float, float] | None = None):

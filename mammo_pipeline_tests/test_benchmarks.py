@@ -37,3 +37,8 @@ def test_label_app_benchmark_labels_through_the_secured_routes():
     # both modes and all three routes were timed at both sizes
     rows = [line for line in out.splitlines() if re.match(r"\s*(300|600)\s+(single|team)\s", line)]
     assert len(rows) == 12, out
+
+
+def test_infer_benchmark_runs_the_second_look_path():
+    out = run("infer", "-n", "8", "--batch-size", "4", "--second-look")
+    assert re.search(r"onnxruntime fp32 \+ second look:\s+[\d.]+ images/s", out), out
