@@ -1,12 +1,17 @@
 """One `dicom_index` row per DICOM file, read from the header alone, plus what the metadata says about mag/spot.
 
-Headers are read with pydicom (`read_partial` with `specific_tags`, stopping at (7FE0,0010) Pixel Data), the one
-DICOM reader of the project; pixels are never loaded. For speed, pydicom parses the file's first `HEAD_BYTES` from
-memory (the file itself when its header runs longer), the wanted raw values are decoded once in one pass, and short
-code sequences are read item by item with pydicom's element generator instead of a Dataset per item. Pixel
-Data's presence and declared length come from that stopping point, which also reveals files cut short. No patient
-text (name, birth date, raw IDs, accession, institution, folder names) enters the row: the patient is a salted hash
-and `rel_path` is pseudonymized (`source_paths.py`).
+Headers are read with pydicom, the one DICOM reader of the project, with `specific_tags`, stopping at (7FE0,0010)
+Pixel Data; pixels are never loaded. For speed, pydicom parses the file's first `HEAD_BYTES` from memory (the file
+itself when its header runs longer). A well-formed Part 10 file (preamble, File Meta, a little-endian
+non-deflated syntax, the VR form the syntax says) is read by pydicom's element generator straight into a tag ->
+raw element dict (`_read_plain`): the File Meta Dataset, FileDataset and their validation that `read_partial` adds
+cost as much as the elements themselves. Every other file goes to `read_partial`, whose errors name what is wrong;
+a test holds both paths to the same values on pydicom's own test files. The wanted raw values are decoded once in
+one pass (a value seen in an earlier file is not decoded again), and short code sequences are read item by item
+with pydicom's element generator, once per distinct encoding, instead of a Dataset per item. Pixel Data's presence
+and declared length come from the stopping point, which also reveals files cut short. No patient text (name, birth
+date, raw IDs, accession, institution, folder names) enters the row: the patient is a salted hash and `rel_path` is
+pseudonymized (`source_paths.py`).
 
 Routing (`image_kind`, `classify`; first rule that fires wins, the rule is recorded in `image_kind_rule`):
 
@@ -815,9 +820,11 @@ class Header:
                 key = (vr, value, "latin-1")
             decoded = _DECODED.get(key, _MISSING)
             if decoded is _MISSING:
-                if len(_DECODED) >= _DECODED_MAX:
-                    _DECODED.clear()
-                decoded = _DECODED[key] = _decode_raw(*key)
+                decoded = _decode_raw(*key)
+                if len(value) <= _DECODED_VALUE_MAX:
+                    if len(_DECODED) >= _DECODED_MAX:
+                        _DECODED.clear()
+                    _DECODED[key] = decoded
             if decoded is not None:
                 memo[keyword] = decoded
 
@@ -876,8 +883,12 @@ def _raw_items(elem: RawDataElement, codec: str | None) -> list[Header] | None:
         return None
     if elem.VR not in (None, "SQ"):
         return None
-    items = _parse_items(value, bool(elem.is_implicit_VR), codec)
+    parse = _parse_items if len(value) <= _CACHED_SQ_MAX else _parse_items.__wrapped__
+    items = parse(value, bool(elem.is_implicit_VR), codec)
     return None if items is None else list(items)
+
+
+_CACHED_SQ_MAX = 2048  # bytes: code sequences are a few hundred; longer ones are parsed each time, not kept
 
 
 @functools.lru_cache(maxsize=4096)
@@ -936,6 +947,7 @@ def _element(ds: Dataset, tag: int | None) -> Any:
 # the lists. Cleared when full, so unique values (instance UIDs) cannot grow it.
 _DECODED: dict[tuple[str, bytes, str], list[str] | None] = {}
 _DECODED_MAX = 8192
+_DECODED_VALUE_MAX = 256  # bytes; longer values (malformed files) are decoded each time, not kept
 _MISSING = object()
 
 
@@ -980,6 +992,9 @@ def _items(ds: Dataset | Header, keyword: str) -> list[Header]:
 
 
 def _strings(ds: Dataset | Header, keyword: str) -> list[str]:
+    if type(ds) is Header:  # the common case, a memoized value: no further calls (a row makes ~50 lookups)
+        hit = ds.memo.get(keyword)
+        return hit if hit is not None else ds.strings(keyword)
     return _header(ds).strings(keyword)
 
 
@@ -998,7 +1013,9 @@ def _dataset_strings(ds: Dataset, keyword: str) -> list[str]:
 
 
 def _text(ds: Dataset | Header, keyword: str) -> str | None:
-    values = _strings(ds, keyword)
+    values = ds.memo.get(keyword) if type(ds) is Header else None
+    if values is None:
+        values = _strings(ds, keyword)
     return values[0] if values and values[0] else None
 
 

@@ -282,6 +282,48 @@ _SOP, _REL = NAMES.index("sop_instance_uid"), NAMES.index("rel_path")
 _CONFORM_PLAN = [(f.name, _conformer(f.type), pa.types.is_string(f.type)) for f in SCHEMA]
 
 
+def _columns(test: Any) -> tuple[int, ...]:
+    return tuple(i for i, f in enumerate(SCHEMA) if test(f.type))
+
+
+_STR_COLUMNS = _columns(pa.types.is_string)
+_INT_COLUMNS = _columns(pa.types.is_integer)
+_FLOAT_COLUMNS = _columns(pa.types.is_floating)
+_BOOL_COLUMNS = _columns(pa.types.is_boolean)
+_OTHER_COLUMNS = tuple(  # lists (conformed item by item) and timestamps (identity)
+    (i, _conformer(SCHEMA.field(i).type))
+    for i in sorted(set(range(len(SCHEMA))) - {*_STR_COLUMNS, *_INT_COLUMNS, *_FLOAT_COLUMNS, *_BOOL_COLUMNS})
+)
+
+
+def conform_record(row: dict[str, Any]) -> tuple[Any, ...]:
+    """`conform_row`'s clamp as a record (a tuple in SCHEMA order; keys the schema lacks are dropped, missing ones
+    are None). A value already of its column's type and range, the usual case, is taken as it is; any other goes
+    through the same clamp function as in `conform_row`. Never raises."""
+    values = list(map(row.get, NAMES))
+    for i in _STR_COLUMNS:
+        value = values[i]
+        if value is not None and type(value) is not str:
+            values[i] = _to_str(value)
+    for i in _INT_COLUMNS:
+        value = values[i]
+        if value is not None and not (type(value) is int and _INT64[0] <= value <= _INT64[1]):
+            values[i] = _to_int(value)
+    for i in _FLOAT_COLUMNS:
+        value = values[i]
+        if value is not None and not (type(value) is float and value - value == 0.0):  # finite
+            values[i] = _to_float(value)
+    for i in _BOOL_COLUMNS:
+        value = values[i]
+        if value is not None and type(value) is not bool:
+            values[i] = None
+    for i, conform in _OTHER_COLUMNS:
+        value = values[i]
+        if value is not None:
+            values[i] = conform(value)
+    return tuple(values)
+
+
 def remove_stale_temps(folder: Path, older_than_s: float = STALE_TEMP_SECONDS) -> int:
     """Delete the `.*.tmp` files in `folder` (not below) older than `older_than_s`; return how many.
 
@@ -412,7 +454,7 @@ def _read_one(
     path, size, mtime, rel = entry
     try:
         row = read_header_row(Path(path), None, hospital, drop, salt, rel_path=rel, stat=(size, mtime))
-        return "row", tuple(map(conform_row(row).get, NAMES))
+        return "row", conform_record(row)
     except Exception as exc:
         fields = dict(hospital=hospital, drop=drop, rel_path=rel, stage="index")
         row = quarantine_rows(exc, "unsupported", file_size=size, file_mtime_ns=mtime, **fields)[0]
