@@ -58,7 +58,9 @@ def iter_dicom_stats(
     as indexing a drop of 10^5 files must not spend its time in pathlib."""
     for drop in drops if drops is not None else list_drops(landing, hospital):
         found: list[tuple[tuple[str, ...], str, os.stat_result]] = []
-        _scan(os.fspath(landing / hospital / drop), (), found)
+        root = os.fspath(landing / hospital / drop)
+        if os.path.isdir(root):  # as rglob: a missing drop holds nothing
+            _scan(root, (), found)
         found.sort(key=lambda entry: entry[0])
         for _, path, info in found:
             yield drop, path, info.st_size, info.st_mtime_ns

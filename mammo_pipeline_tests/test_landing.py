@@ -60,3 +60,4 @@ def test_iter_dicom_files_walks_like_pathlib_rglob(tmp_path):
     for _, path, size, mtime_ns in stats:
         info = Path(path).stat()
         assert (size, mtime_ns) == (info.st_size, info.st_mtime_ns)
+    assert list(iter_dicom_stats(tmp_path, "h", drops=["gone"])) == []
