@@ -7,8 +7,11 @@ backfill keys with commas).
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -40,10 +43,45 @@ def drop_is_ready(drop: Path, quiet_seconds: float, now: float | None = None) ->
     return newest is not None and now - newest >= quiet_seconds
 
 
-def iter_dicom_files(landing: Path, hospital: str, drops: list[str] | None = None):
+def iter_dicom_files(landing: Path, hospital: str, drops: list[str] | None = None) -> Iterator[tuple[str, Path]]:
     """(drop, path) for every file of a hospital's drops, in a stable order; skips hidden files and markers."""
+    for drop, path, _, _ in iter_dicom_stats(landing, hospital, drops):
+        yield drop, Path(path)
+
+
+def iter_dicom_stats(
+    landing: Path, hospital: str, drops: list[str] | None = None
+) -> Iterator[tuple[str, str, int, int]]:
+    """(drop, path, size in bytes, mtime_ns) for every file of a hospital's drops: regular files (symlinks to them
+    too) in every folder below the drop, symlinked folders not entered, names starting with `.` or `_` skipped,
+    in path order (component by component, as pathlib sorts). One `os.scandir` per folder and one stat per file,
+    as indexing a drop of 10^5 files must not spend its time in pathlib."""
     for drop in drops if drops is not None else list_drops(landing, hospital):
-        root = landing / hospital / drop
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.name.startswith((".", "_")):
-                yield drop, path
+        found: list[tuple[tuple[str, ...], str, os.stat_result]] = []
+        root = os.fspath(landing / hospital / drop)
+        if os.path.isdir(root):  # as rglob: a missing drop holds nothing
+            _scan(root, (), found)
+        found.sort(key=lambda entry: entry[0])
+        for _, path, info in found:
+            yield drop, path, info.st_size, info.st_mtime_ns
+
+
+def _scan(folder: str, parts: tuple[str, ...], found: list[tuple[tuple[str, ...], str, os.stat_result]]) -> None:
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except PermissionError:  # as pathlib's rglob: an unreadable folder holds nothing
+        return
+    for entry in entries:
+        key = (*parts, entry.name)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                _scan(entry.path, key, found)
+                continue
+            if entry.name.startswith((".", "_")):
+                continue
+            info = entry.stat()  # follows a symlink, as Path.is_file does
+        except OSError:  # vanished, or a broken symlink: not a file
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found.append((key, entry.path, info))

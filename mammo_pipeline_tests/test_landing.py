@@ -21,3 +21,43 @@ def test_drop_ready_by_marker_or_quiet_time(tmp_path):
     (drop / "_READY").touch()
     os.utime(f, (now + 5, now + 5))
     assert drop_is_ready(drop, quiet_seconds=60, now=now + 6)
+
+
+def test_iter_dicom_files_walks_like_pathlib_rglob(tmp_path):
+    """The scandir walk yields what `sorted(root.rglob("*"))` filtered to files would: files in hidden folders,
+    symlinks to files, not symlinked folders, broken links or `.`/`_` names, in pathlib's component order (where
+    "a/b" sorts before "a-b/c", unlike plain string order), with each file's size and mtime."""
+    from pathlib import Path
+
+    from mammo_pipeline.landing import iter_dicom_files, iter_dicom_stats
+
+    names = ["a0", "a-b/c", "a/b", "a.b", ".hid/x", "_x", ".y", "Z", "z/_READY", "é", "deep/er/f.dcm"]
+    for rel in names:
+        (tmp_path / "h" / "d1" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "h" / "d1" / rel).write_bytes(rel.encode())
+    (tmp_path / "h" / "d2").mkdir()
+    (tmp_path / "h" / "d2" / "only.dcm").write_bytes(b"12345")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x").write_bytes(b"x")
+    os.symlink(tmp_path / "other", tmp_path / "h" / "d1" / "linkdir")
+    os.symlink(tmp_path / "other" / "x", tmp_path / "h" / "d1" / "linkfile")
+    os.symlink(tmp_path / "nope", tmp_path / "h" / "d1" / "broken")
+
+    expected = []
+    for drop in list_drops(tmp_path, "h"):
+        for path in sorted((tmp_path / "h" / drop).rglob("*")):
+            if path.is_file() and not path.name.startswith((".", "_")):
+                expected.append((drop, path))
+    assert list(iter_dicom_files(tmp_path, "h")) == expected
+    assert [p.relative_to(tmp_path / "h").as_posix() for _, p in expected][:4] == [
+        "d1/.hid/x",
+        "d1/Z",
+        "d1/a/b",
+        "d1/a-b/c",
+    ]
+    stats = list(iter_dicom_stats(tmp_path, "h"))
+    assert [(d, Path(p)) for d, p, _, _ in stats] == expected
+    for _, path, size, mtime_ns in stats:
+        info = Path(path).stat()
+        assert (size, mtime_ns) == (info.st_size, info.st_mtime_ns)
+    assert list(iter_dicom_stats(tmp_path, "h", drops=["gone"])) == []

@@ -1,12 +1,17 @@
 """One `dicom_index` row per DICOM file, read from the header alone, plus what the metadata says about mag/spot.
 
-Headers are read with pydicom (`read_partial` with `specific_tags`, stopping at (7FE0,0010) Pixel Data), the one
-DICOM reader of the project; pixels are never loaded. For speed, pydicom parses the file's first `HEAD_BYTES` from
-memory (the file itself when its header runs longer), the wanted raw values are decoded once in one pass, and short
-code sequences are read item by item with pydicom's element generator instead of a Dataset per item. Pixel
-Data's presence and declared length come from that stopping point, which also reveals files cut short. No patient
-text (name, birth date, raw IDs, accession, institution, folder names) enters the row: the patient is a salted hash
-and `rel_path` is pseudonymized (`source_paths.py`).
+Headers are read with pydicom, the one DICOM reader of the project, with `specific_tags`, stopping at (7FE0,0010)
+Pixel Data; pixels are never loaded. For speed, pydicom parses the file's first `HEAD_BYTES` from memory (the file
+itself when its header runs longer). A well-formed Part 10 file (preamble, File Meta, a little-endian
+non-deflated syntax, the VR form the syntax says) is read by pydicom's element generator straight into a tag ->
+raw element dict (`_read_plain`): the File Meta Dataset, FileDataset and their validation that `read_partial` adds
+cost as much as the elements themselves. Every other file goes to `read_partial`, whose errors name what is wrong;
+a test holds both paths to the same values on pydicom's own test files. The wanted raw values are decoded once in
+one pass (a value seen in an earlier file is not decoded again), and short code sequences are read item by item
+with pydicom's element generator, once per distinct encoding, instead of a Dataset per item. Pixel Data's presence
+and declared length come from the stopping point, which also reveals files cut short. No patient text (name, birth
+date, raw IDs, accession, institution, folder names) enters the row: the patient is a salted hash and `rel_path` is
+pseudonymized (`source_paths.py`).
 
 Routing (`image_kind`, `classify`; first rule that fires wins, the rule is recorded in `image_kind_rule`):
 
@@ -60,9 +65,11 @@ SeriesDescription without the words (most vendors never write them).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import math
+import os
 import re
 import struct
 from datetime import UTC, datetime
@@ -75,12 +82,15 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator, read_partial
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    PrivateTransferSyntaxes,
 )
+from pydicom.valuerep import VR
 
 from mammo_pipeline.dicom.errors import (
     InvalidUID,
@@ -186,9 +196,13 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00009, 0x7FE00008}  # Pixel Data, Double Float / Float Pixel Data
 _LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ", "UC", "UR", "UT"}  # explicit VRs with a 4-byte length
 _UNDEFINED = 0xFFFFFFFF
+_VALID_VRS = frozenset(vr.value for vr in VR)
+# read_partial reads these differently from Explicit VR Little Endian (or re-maps them): never on the plain path
+_NOT_PLAIN_SYNTAXES = frozenset({DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian})
 _ITEM = 0xFFFEE000  # (FFFE,E000) Item
 _RAW_SQ_LIMIT = 0x4141  # below it, no item length's low bytes read as an explicit VR (two letters A-Z)
 _PATIENT_ID = 0x00100020
+_SHARED_GROUPS, _PER_FRAME_GROUPS = 0x52009229, 0x52009230  # Shared / Per-frame Functional Groups Sequence
 _KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
     "SpecificCharacterSet ImageType SOPClassUID SOPInstanceUID StudyInstanceUID SeriesInstanceUID PatientID "
     "Modality ConversionType Manufacturer ManufacturerModelName PresentationIntentType ViewPosition "
@@ -326,8 +340,8 @@ def view(ds: Dataset | Header, view_code: str | None) -> tuple[str | None, str |
 
 
 def read_header_row(
-    path: Path,
-    landing: Path,
+    path: str | Path,
+    landing: Path | None,
     hospital: str,
     drop: str,
     salt: bytes,
@@ -337,8 +351,9 @@ def read_header_row(
 ) -> dict[str, Any]:
     """Read one file's header (never its pixels) and return its `dicom_index` row.
 
-    `rel_path` is the file's pseudonymized path (computed from the salt when not given); messages name the file by
-    it, never by its real path. `stat` is (size, mtime_ns) when the caller already has them.
+    `rel_path` is the file's pseudonymized path (computed from the salt and `path` relative to `landing` when not
+    given); messages name the file by it, never by its real path. `stat` is (size, mtime_ns) when the caller
+    already has them.
 
     Raises
     ------
@@ -346,10 +361,10 @@ def read_header_row(
         With a message naming the file's pseudonymized path; the caller quarantines it.
     """
     if stat is None:
-        info = path.stat()
+        info = os.stat(path)
         stat = (info.st_size, info.st_mtime_ns)
     size, mtime_ns = stat
-    name = rel_path or pseudonymize_path(salt, path.relative_to(landing).as_posix())
+    name = rel_path or pseudonymize_path(salt, Path(path).relative_to(landing or "").as_posix())
     dataset, pixel, no_file_meta, transfer_syntax = read_until_pixels(path, size, name)
     ds = Header(dataset)
     if not is_mammography(ds):
@@ -372,8 +387,11 @@ def read_header_row(
             f"{number_of_frames(ds)} frame(s), ImageType {'/'.join(_strings(ds, 'ImageType')) or '(none)'}), "
             "not a 2D view"
         )
-    frame_ds = frame_attributes(dataset)  # window and rescale from Shared, then Per-frame, Functional Groups
-    frame = ds if frame_ds is dataset else Header(frame_ds)
+    frame = ds
+    if _element(dataset, _SHARED_GROUPS) is not None or _element(dataset, _PER_FRAME_GROUPS) is not None:
+        full = dataset.dataset() if isinstance(dataset, _Elements) else dataset
+        frame_ds = frame_attributes(full)  # window and rescale from Shared, then Per-frame, Functional Groups
+        frame = ds if frame_ds is full else Header(frame_ds)
     codes, meanings = view_modifiers(ds)
     view_code, view_meaning = _view_code(ds)
     view_position, view_source = view(ds, view_code)
@@ -515,29 +533,110 @@ def _view_code(ds: Dataset | Header) -> tuple[str | None, str | None]:
     return None, None
 
 
-def read_until_pixels(path: Path, size: int, name: str) -> tuple[Dataset, int, bool, str]:
+def read_until_pixels(path: str | Path, size: int, name: str) -> tuple[Dataset | _Elements, int, bool, str]:
     """(header, Pixel Data bytes, no_file_meta, transfer syntax UID) of a file, read with pydicom up to its pixels.
 
-    A file without preamble and File Meta (a bare data set, PS3.10 7.1 not followed) is read with `force=True`
-    when it starts with a group 0008 element and holds a SOP Class or SOP Instance UID; its transfer syntax is
-    the one pydicom detects (Implicit VR Little Endian, the PS3.5 default, or Explicit VR Little Endian).
-    Native Pixel Data has a declared length, checked against the file size. Encapsulated Pixel Data is walked
-    item by item (seeks, no pixel reads) to its Sequence Delimitation Item, so a cut codestream is caught here.
+    The header is a pydicom Dataset, or, on the plain path (`_read_plain`), the raw elements pydicom's element
+    generator yielded (`_Elements`, whose `dataset()` is the Dataset). A file without preamble and File Meta (a
+    bare data set, PS3.10 7.1 not followed) is read with `force=True` when it starts with a group 0008 element and
+    holds a SOP Class or SOP Instance UID; its transfer syntax is the one pydicom detects (Implicit VR Little
+    Endian, the PS3.5 default, or Explicit VR Little Endian). Native Pixel Data has a declared length, checked
+    against the file size. Encapsulated Pixel Data is walked item by item (seeks, no pixel reads) to its Sequence
+    Delimitation Item, so a cut codestream is caught here.
 
     Raises NotDicom, Truncated (also a file cut anywhere inside its preamble, File Meta or header elements),
     NoPixelData (no Pixel Data element, or an empty one). A file cut exactly between two header elements cannot be
     told from a header whose Pixel Data never arrived: it is `no_pixel_data`.
     """
-    with path.open("rb") as real:
+    with open(path, "rb") as real:
         head = real.read(HEAD_BYTES)
         whole = len(head) >= size
         if whole or len(head) == HEAD_BYTES:
-            # the common case: the header and Pixel Data's own header lie in the first HEAD_BYTES (or the whole
-            # file does), so pydicom parses from memory instead of issuing a read and a tell per element
+            plain = _read_plain(head, size)
+            if plain is not None:
+                elements, (vr, length), value_start, syntax = plain
+                return elements, _pixel_bytes(real, vr, length, value_start, size, name), False, syntax
+            # the header and Pixel Data's own header lie in the first HEAD_BYTES (or the whole file does), so
+            # pydicom parses from memory instead of issuing a read and a tell per element
             with contextlib.suppress(_Retry):
                 return _read_until_pixels(io.BytesIO(head), real, path, size, name, trial=not whole)
         real.seek(0)
         return _read_until_pixels(real, real, path, size, name, trial=False)
+
+
+def _read_plain(head: bytes, size: int) -> tuple[_Elements, tuple[str | None, int], int, str] | None:
+    """The plain path of `read_until_pixels`: (elements, (Pixel Data VR, declared length), offset of its value,
+    transfer syntax) of a well-formed Part 10 file whose header up to Pixel Data lies in `head`; None for anything
+    else, which `read_partial` then reads and judges (its errors name what is wrong).
+
+    Well-formed: preamble and DICM prefix, File Meta elements with valid explicit VRs whose group length fits the
+    file, a single Transfer Syntax UID that is little endian and not deflated, no Command Set (0000) group, a data
+    set whose first element is encoded in the VR form the syntax says, and Pixel Data's element header inside
+    `head`. Then pydicom's element generator gives the same elements `read_partial` gives, without the File Meta
+    Dataset, the FileDataset and their validation (which cost as much as the elements themselves).
+    """
+    if len(head) < 144 or head[128:132] != b"DICM":
+        return None
+    fp = io.BytesIO(head)
+    fp.seek(132)
+    seen: list[tuple[str | None, int]] = []
+
+    def stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
+        if tag in _PIXEL_TAGS:
+            seen.append((vr, length))
+            return True
+        return False
+
+    try:
+        meta = {e.tag.real: e for e in data_element_generator(fp, False, True, _not_file_meta)}
+        if not all(e.VR in _VALID_VRS and type(e.value) is bytes for e in meta.values()):
+            return None
+        group_length = meta.get(0x00020000)
+        if group_length is not None:
+            if group_length.VR != "UL" or len(group_length.value) != 4:
+                return None
+            if 144 + struct.unpack("<I", group_length.value)[0] > size:
+                return None
+        syntax_elem = meta.get(0x00020010)
+        if syntax_elem is None:
+            return None
+        syntax = syntax_elem.value.decode("latin-1").rstrip("\x00 ")
+        if syntax in _NOT_PLAIN_SYNTAXES or syntax in PrivateTransferSyntaxes or not _UID.fullmatch(syntax):
+            return None
+        implicit = syntax == ImplicitVRLittleEndian
+        start = fp.tell()
+        first = head[start : start + 6]
+        if len(first) < 6 or first[:2] == b"\x00\x00":  # nothing after File Meta, or a Command Set group
+            return None
+        if implicit == (0x40 < first[4] < 0x5B and 0x40 < first[5] < 0x5B):  # VR form differs from the syntax
+            return None
+        elements = {
+            e.tag.real: e
+            for e in data_element_generator(fp, implicit, True, stop_at_pixels, None, "iso8859", SPECIFIC_TAGS)
+        }
+    except Exception:
+        return None
+    if not seen:  # the header runs past `head`, or has no Pixel Data: read_partial tells which
+        return None
+    vr, length = seen[0]
+    value_start = fp.tell() + (12 if vr in _LONG_VRS else 8)  # implicit VR (vr None): tag + 4-byte length
+    return _Elements(elements), (vr, length), value_start, syntax
+
+
+def _not_file_meta(tag: int, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 2
+
+
+def _pixel_bytes(real: BinaryIO, vr: str | None, length: int, value_start: int, size: int, name: str) -> int:
+    """The bytes Pixel Data holds: its declared length, or the encapsulated items' total; Truncated when the file
+    ends first, NoPixelData when it is empty."""
+    if length == _UNDEFINED:
+        return walk_fragments(real, value_start, size, name)
+    if value_start + length > size:
+        raise Truncated(f"{name}: Pixel Data declares {length} bytes, the file holds {max(size - value_start, 0)}")
+    if length == 0:
+        raise NoPixelData(f"{name}: (7FE0,0010) Pixel Data is empty")
+    return length
 
 
 class _Retry(Exception):
@@ -545,7 +644,7 @@ class _Retry(Exception):
 
 
 def _read_until_pixels(
-    fp: BinaryIO, real: BinaryIO, path: Path, size: int, name: str, *, trial: bool
+    fp: BinaryIO, real: BinaryIO, path: str | Path, size: int, name: str, *, trial: bool
 ) -> tuple[Dataset, int, bool, str]:
     """`read_until_pixels` on `fp`, either the open file or an in-memory copy of its first bytes (`trial`: any
     failure or a header running past the copy raises _Retry); `real` is the open file, for the fragment walk."""
@@ -616,18 +715,14 @@ def _read_until_pixels(
         if size < 144:
             raise Truncated(f"{name}: the file ends ({size} bytes) inside its File Meta group") from exc
         raise NotDicom(f"{name}: unreadable header ({type(exc).__name__}: {_scrub(exc, path, name)})") from exc
-    if value_start + length > size:
-        raise Truncated(f"{name}: Pixel Data declares {length} bytes, the file holds {max(size - value_start, 0)}")
-    if length == 0:
-        raise NoPixelData(f"{name}: (7FE0,0010) Pixel Data is empty")
-    return ds, length, no_file_meta, syntax
+    return ds, _pixel_bytes(real, vr, length, value_start, size, name), no_file_meta, syntax
 
 
-def _last_element_end(path: Path, force: bool) -> int:
+def _last_element_end(path: str | Path, force: bool) -> int:
     """Byte offset where the last top-level element whose header could be read ends (its declared length), by a
     second pydicom pass; only run for files without Pixel Data, so the common path tracks nothing."""
     last = [0]
-    with path.open("rb") as fp:
+    with open(path, "rb") as fp:
 
         def track(tag: int, vr: str | None, length: int) -> bool:
             last[0] = fp.tell() + (0 if length == _UNDEFINED else length)
@@ -668,7 +763,7 @@ def _bare_dataset(head: bytes) -> bool:
     return group in (0x0002, 0x0008) and element < 0x0100
 
 
-def _scrub(exc: BaseException, path: Path, name: str) -> str:
+def _scrub(exc: BaseException, path: str | Path, name: str) -> str:
     return str(exc).replace(str(path), name)
 
 
@@ -720,9 +815,16 @@ class Header:
             if vr in _TEXT_VRS:
                 if codec is None:
                     continue
-                decoded = _decode_raw(vr, value, codec)
+                key = (vr, value, codec)
             else:
-                decoded = _decode_raw(vr, value, "latin-1")
+                key = (vr, value, "latin-1")
+            decoded = _DECODED.get(key, _MISSING)
+            if decoded is _MISSING:
+                decoded = _decode_raw(*key)
+                if len(value) <= _DECODED_VALUE_MAX:
+                    if len(_DECODED) >= _DECODED_MAX:
+                        _DECODED.clear()
+                    _DECODED[key] = decoded
             if decoded is not None:
                 memo[keyword] = decoded
 
@@ -772,28 +874,43 @@ def _raw_items(elem: RawDataElement, codec: str | None) -> list[Header] | None:
     generator into a plain tag -> raw element dict instead of a Dataset per item (item and Dataset set-up cost
     more than the code items hold). None, so that pydicom converts the sequence itself, when the character set
     needs pydicom, the sequence is long (an item length of 16705 bytes or more could read as an explicit VR), or
-    anything is not a defined-length item."""
+    anything is not a defined-length item.
+
+    The items are parsed once per distinct encoded sequence (`_parse_items`): code sequences (View Code, View
+    Modifier Code) repeat byte for byte across a drop's files, as they hold codes of a small context group."""
     value = elem.value
     if codec is None or not elem.is_little_endian or type(value) is not bytes or len(value) >= _RAW_SQ_LIMIT:
         return None
     if elem.VR not in (None, "SQ"):
         return None
-    implicit = elem.is_implicit_VR
+    parse = _parse_items if len(value) <= _CACHED_SQ_MAX else _parse_items.__wrapped__
+    items = parse(value, bool(elem.is_implicit_VR), codec)
+    return None if items is None else list(items)
+
+
+_CACHED_SQ_MAX = 2048  # bytes: code sequences are a few hundred; longer ones are parsed each time, not kept
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_items(value: bytes, implicit: bool, codec: str) -> tuple[Header, ...] | None:
+    """The items of an encoded sequence value (see `_raw_items`); the Headers are shared by every file whose
+    sequence holds the same bytes, which is safe as a Header only ever memoizes what its own bytes say."""
     items = []
     try:
         for item in data_element_generator(io.BytesIO(value), implicit, True):
             if item.tag != _ITEM or type(item) is not RawDataElement or item.length == _UNDEFINED:
                 return None
-            elements = {e.tag: e for e in data_element_generator(io.BytesIO(item.value or b""), implicit, True)}
+            elements = {e.tag.real: e for e in data_element_generator(io.BytesIO(item.value or b""), implicit, True)}
             items.append(Header(_Elements(elements), codec, top=False))
     except Exception:
         return None
-    return items
+    return tuple(items)
 
 
 class _Elements:
-    """The elements of one sequence item as pydicom's element generator yielded them (tag -> raw element); a
-    pydicom Dataset of them is built only for the rare lookups that need pydicom's converters."""
+    """The elements of a header or of one sequence item as pydicom's element generator yielded them (plain int
+    tag -> raw element: a BaseTag key would run its Python __eq__ on every lookup); a pydicom Dataset of them is
+    built only for the rare lookups that need pydicom's converters."""
 
     __slots__ = ("_dataset", "_dict")
 
@@ -803,7 +920,7 @@ class _Elements:
 
     def dataset(self) -> Dataset:
         if self._dataset is None:
-            self._dataset = Dataset(self._dict)
+            self._dataset = Dataset({BaseTag(tag): elem for tag, elem in self._dict.items()})
         return self._dataset
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -823,6 +940,15 @@ def _element(ds: Dataset, tag: int | None) -> Any:
         return None
     store = getattr(ds, "_dict", None)
     return store.get(tag) if isinstance(store, dict) else ds.get_item(tag)
+
+
+# (VR, raw value, codec) -> decoded strings, shared by every header of this process: most values (Modality,
+# Manufacturer, ImageType, Rows, SOP Class UID, windows, ...) repeat across a drop's files. Callers never mutate
+# the lists. Cleared when full, so unique values (instance UIDs) cannot grow it.
+_DECODED: dict[tuple[str, bytes, str], list[str] | None] = {}
+_DECODED_MAX = 8192
+_DECODED_VALUE_MAX = 256  # bytes; longer values (malformed files) are decoded each time, not kept
+_MISSING = object()
 
 
 def _decode_raw(vr: str, raw: bytes, codec: str) -> list[str] | None:
@@ -866,6 +992,9 @@ def _items(ds: Dataset | Header, keyword: str) -> list[Header]:
 
 
 def _strings(ds: Dataset | Header, keyword: str) -> list[str]:
+    if type(ds) is Header:  # the common case, a memoized value: no further calls (a row makes ~50 lookups)
+        hit = ds.memo.get(keyword)
+        return hit if hit is not None else ds.strings(keyword)
     return _header(ds).strings(keyword)
 
 
@@ -884,7 +1013,9 @@ def _dataset_strings(ds: Dataset, keyword: str) -> list[str]:
 
 
 def _text(ds: Dataset | Header, keyword: str) -> str | None:
-    values = _strings(ds, keyword)
+    values = ds.memo.get(keyword) if type(ds) is Header else None
+    if values is None:
+        values = _strings(ds, keyword)
     return values[0] if values and values[0] else None
 
 

@@ -20,6 +20,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from mammo_pipeline.dicom.quarantine import (
     read_quarantine_rows,
     write_quarantine,
 )
-from mammo_pipeline.landing import iter_dicom_files
+from mammo_pipeline.landing import iter_dicom_stats
 from mammo_pipeline.parallel import imap_unordered
 from mammo_pipeline.progress import ProgressFn
 from mammo_pipeline.settings import Settings
@@ -103,6 +104,9 @@ SCHEMA = pa.schema(
         ("indexed_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+# Files per task sent to a worker (the pool's per-task cost is paid once per task): a drop's files / (8 x
+# workers), within these bounds, so every worker gets several tasks and the last one finishes soon after the rest.
+CHUNK_FILES = (16, 256)
 STALE_TEMP_SECONDS = 6 * 3600  # a temp file this old belongs to no running index (one drop takes minutes)
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -149,12 +153,10 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     files: dict[str, list[tuple[str, int, int, str]]] = {}  # drop -> [(path, size, mtime_ns, pseudonymized path)]
     real: dict[str, dict[str, str]] = {}  # drop -> {pseudonymized path: real landing-relative path}
     prefix = len(str(settings.landing)) + 1
-    for drop, path in iter_dicom_files(settings.landing, hospital):
-        stat = path.stat()
-        text = str(path)
-        real_rel = text[prefix:] if os.sep == "/" else _rel(path, settings.landing)
+    for drop, text, size, mtime_ns in iter_dicom_stats(settings.landing, hospital):
+        real_rel = text[prefix:] if os.sep == "/" else _rel(text, settings.landing)
         rel = source_paths.pseudonymize_path(salt, real_rel)
-        files.setdefault(drop, []).append((text, stat.st_size, stat.st_mtime_ns, rel))
+        files.setdefault(drop, []).append((text, size, mtime_ns, rel))
         real.setdefault(drop, {})[rel] = real_rel
     result.files = sum(len(v) for v in files.values())
     for drop, mapping in real.items():
@@ -163,8 +165,8 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     plans = {drop: _plan_drop(settings, hospital, drop, entries) for drop, entries in files.items()}
     seen: dict[str, str] = {}  # sop uid -> rel_path; rows already indexed win over new ones
     for plan in plans.values():
-        for row in plan.kept_rows:
-            seen.setdefault(row["sop_instance_uid"], row["rel_path"])
+        for record in plan.kept_rows:
+            seen.setdefault(record[_SOP], record[_REL])
     total = sum(len(p.to_read) for p in plans.values())
     done = 0
     reasons: Counter[str] = Counter()
@@ -173,29 +175,31 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         if not plan.changed:
             continue
         read = functools.partial(_read_one, landing=str(settings.landing), hospital=hospital, drop=drop, salt=salt)
-        new_rows: list[dict[str, Any]] = []
+        new_rows: list[tuple[Any, ...]] = []  # records: conformed rows as tuples in SCHEMA order
         new_quarantine: list[dict[str, Any]] = []
+        workers = settings.n_workers or os.cpu_count() or 1
+        chunk = max(CHUNK_FILES[0], min(CHUNK_FILES[1], len(plan.to_read) // (8 * workers)))
         for kind, row in imap_unordered(
-            read, plan.to_read, workers=settings.n_workers, dask_scheduler=settings.dask_scheduler, chunksize=32
+            read, plan.to_read, workers=settings.n_workers, dask_scheduler=settings.dask_scheduler, chunksize=chunk
         ):
             (new_rows if kind == "row" else new_quarantine).append(row)
             done += 1
             if progress:
                 progress(done, total)
         order = {entry[3]: i for i, entry in enumerate(files[drop])}  # real-path order: the first file by name wins
-        new_rows.sort(key=lambda r: order.get(r["rel_path"], len(order)))
+        new_rows.sort(key=lambda r: order.get(r[_REL], len(order)))
         before = dict(seen)
         unique, duplicates = _deduplicate(new_rows, seen)
-        rows = sorted(plan.kept_rows + unique, key=lambda r: r["rel_path"])  # rows are conformed already
+        rows = sorted(plan.kept_rows + unique, key=itemgetter(_REL))  # records are conformed already
         table = _table(rows)  # one conversion; only when pyarrow refuses a row are the rows tried one by one
         if table is None:
             seen.clear()
             seen.update(before)
-            new_rows, refused = _isolate(new_rows)
+            accepted, refused = _isolate([dict(zip(NAMES, r, strict=True)) for r in new_rows])
             new_quarantine.extend(refused)
-            unique, duplicates = _deduplicate(new_rows, seen)
-            rows = sorted(plan.kept_rows + unique, key=lambda r: r["rel_path"])
-            table = pa.Table.from_pylist(rows, schema=SCHEMA)
+            unique, duplicates = _deduplicate([tuple(r.values()) for r in accepted], seen)
+            rows = sorted(plan.kept_rows + unique, key=itemgetter(_REL))
+            table = _records_table(rows)
         new_quarantine.extend(duplicates)
         result.new += len(unique)
         reasons.update(q["reason"] for q in new_quarantine)
@@ -214,11 +218,10 @@ def conform_row(row: dict[str, Any]) -> dict[str, Any]:
     """`row` with every value clamped into its SCHEMA type: integers outside int64, NaN/inf floats and values of
     the wrong type become None (null), list items that do not fit are dropped. Never raises."""
     out = dict(row)
-    for name, conform in _CONFORMERS.items():
-        if name in out:
-            value = out[name]
-            if value is not None:
-                out[name] = conform(value)
+    for name, conform, text in _CONFORM_PLAN:
+        value = out.get(name)
+        if value is not None and not (text and type(value) is str):  # a str in a string column is right as it is
+            out[name] = conform(value)
     return out
 
 
@@ -274,7 +277,51 @@ def _conformer(kind: pa.DataType) -> Any:
     return lambda value: value
 
 
-_CONFORMERS = {schema_field.name: _conformer(schema_field.type) for schema_field in SCHEMA}
+NAMES: tuple[str, ...] = tuple(SCHEMA.names)
+_SOP, _REL = NAMES.index("sop_instance_uid"), NAMES.index("rel_path")
+_CONFORM_PLAN = [(f.name, _conformer(f.type), pa.types.is_string(f.type)) for f in SCHEMA]
+
+
+def _columns(test: Any) -> tuple[int, ...]:
+    return tuple(i for i, f in enumerate(SCHEMA) if test(f.type))
+
+
+_STR_COLUMNS = _columns(pa.types.is_string)
+_INT_COLUMNS = _columns(pa.types.is_integer)
+_FLOAT_COLUMNS = _columns(pa.types.is_floating)
+_BOOL_COLUMNS = _columns(pa.types.is_boolean)
+_OTHER_COLUMNS = tuple(  # lists (conformed item by item) and timestamps (identity)
+    (i, _conformer(SCHEMA.field(i).type))
+    for i in sorted(set(range(len(SCHEMA))) - {*_STR_COLUMNS, *_INT_COLUMNS, *_FLOAT_COLUMNS, *_BOOL_COLUMNS})
+)
+
+
+def conform_record(row: dict[str, Any]) -> tuple[Any, ...]:
+    """`conform_row`'s clamp as a record (a tuple in SCHEMA order; keys the schema lacks are dropped, missing ones
+    are None). A value already of its column's type and range, the usual case, is taken as it is; any other goes
+    through the same clamp function as in `conform_row`. Never raises."""
+    values = list(map(row.get, NAMES))
+    for i in _STR_COLUMNS:
+        value = values[i]
+        if value is not None and type(value) is not str:
+            values[i] = _to_str(value)
+    for i in _INT_COLUMNS:
+        value = values[i]
+        if value is not None and not (type(value) is int and _INT64[0] <= value <= _INT64[1]):
+            values[i] = _to_int(value)
+    for i in _FLOAT_COLUMNS:
+        value = values[i]
+        if value is not None and not (type(value) is float and value - value == 0.0):  # finite
+            values[i] = _to_float(value)
+    for i in _BOOL_COLUMNS:
+        value = values[i]
+        if value is not None and type(value) is not bool:
+            values[i] = None
+    for i, conform in _OTHER_COLUMNS:
+        value = values[i]
+        if value is not None:
+            values[i] = conform(value)
+    return tuple(values)
 
 
 def remove_stale_temps(folder: Path, older_than_s: float = STALE_TEMP_SECONDS) -> int:
@@ -308,25 +355,37 @@ def _write_table(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def _table(rows: list[dict[str, Any]]) -> pa.Table | None:
-    """The rows as a SCHEMA table; None when pyarrow refuses one of them (see `_isolate`)."""
+def _table(records: list[tuple[Any, ...]]) -> pa.Table | None:
+    """The records as a SCHEMA table; None when pyarrow refuses one of them (see `_isolate`)."""
     try:
-        return pa.Table.from_pylist(rows, schema=SCHEMA)
+        return _records_table(records)
     except (pa.ArrowException, OverflowError, TypeError, ValueError):
         return None
 
 
-def _deduplicate(rows: list[dict[str, Any]], seen: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows whose SOP Instance UID is new, duplicate quarantine rows for the others); `seen` (sop uid -> rel_path
-    of the row that holds it) is updated."""
+def _records_table(records: list[tuple[Any, ...]]) -> pa.Table:
+    """A SCHEMA table of records (tuples in SCHEMA order), built column by column: half the cost of
+    `Table.from_pylist` on dicts, which looks every key up in every row."""
+    if not records:
+        return SCHEMA.empty_table()
+    columns = zip(*records, strict=True)
+    return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, SCHEMA, strict=True)], schema=SCHEMA)
+
+
+def _deduplicate(
+    records: list[tuple[Any, ...]], seen: dict[str, str]
+) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+    """(records whose SOP Instance UID is new, duplicate quarantine rows for the others); `seen` (sop uid ->
+    rel_path of the record that holds it) is updated."""
     unique, duplicates = [], []
-    for row in rows:
-        first = seen.setdefault(row["sop_instance_uid"], row["rel_path"])
-        if first == row["rel_path"]:
-            unique.append(row)
+    for record in records:
+        sop, rel = record[_SOP], record[_REL]
+        first = seen.setdefault(sop, rel)
+        if first == rel:
+            unique.append(record)
         else:
-            message = f"{row['rel_path']}: SOP Instance UID {row['sop_instance_uid']} already indexed from {first}"
-            duplicates.append(_duplicate_row(row, message))
+            message = f"{rel}: SOP Instance UID {sop} already indexed from {first}"
+            duplicates.append(_duplicate_row(dict(zip(NAMES, record, strict=True)), message))
     return unique, duplicates
 
 
@@ -361,7 +420,7 @@ def _isolate(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dic
 
 @dataclass
 class _DropPlan:
-    kept_rows: list[dict[str, Any]]
+    kept_rows: list[tuple[Any, ...]]  # records (SCHEMA order) of files already indexed and unchanged
     kept_quarantine: list[dict[str, Any]]
     to_read: list[tuple[str, int, int, str]]
     changed: bool
@@ -373,9 +432,11 @@ def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple
     old_rows = pq.read_table(old_index).to_pylist() if old_index.exists() else []
     old_quarantine = read_quarantine_rows(index_quarantine_path(settings, hospital, drop))
     current = {rel: (size, mtime) for _, size, mtime, rel in entries}
-    kept_rows = [r for r in old_rows if current.get(r["rel_path"]) == (r["file_size"], r["file_mtime_ns"])]
+    kept_rows = [
+        tuple(map(r.get, NAMES)) for r in old_rows if current.get(r["rel_path"]) == (r["file_size"], r["file_mtime_ns"])
+    ]
     kept_quarantine = [q for q in old_quarantine if current.get(q["rel_path"]) == (q["file_size"], q["file_mtime_ns"])]
-    known = {r["rel_path"] for r in kept_rows} | {q["rel_path"] for q in kept_quarantine}
+    known = {r[_REL] for r in kept_rows} | {q["rel_path"] for q in kept_quarantine}
     to_read = [e for e in entries if e[3] not in known]
     dropped = len(old_rows) + len(old_quarantine) - len(kept_rows) - len(kept_quarantine)
     changed = bool(to_read) or dropped > 0 or not old_index.exists()
@@ -384,15 +445,16 @@ def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple
 
 def _read_one(
     entry: tuple[str, int, int, str], *, landing: str, hospital: str, drop: str, salt: bytes
-) -> tuple[str, dict[str, Any]]:
-    """('row', conformed index row) or ('quarantine', quarantine row); never raises (runs in a worker process).
+) -> tuple[str, tuple[Any, ...] | dict[str, Any]]:
+    """('row', conformed index row as a record: a tuple in SCHEMA order, smaller to pickle and faster to turn into
+    columns than a dict) or ('quarantine', quarantine row); never raises (runs in a worker process).
 
     Messages name the file by its pseudonymized path only (any real path an exception carries is replaced).
     """
     path, size, mtime, rel = entry
     try:
-        row = read_header_row(Path(path), Path(landing), hospital, drop, salt, rel_path=rel, stat=(size, mtime))
-        return "row", conform_row(row)
+        row = read_header_row(Path(path), None, hospital, drop, salt, rel_path=rel, stat=(size, mtime))
+        return "row", conform_record(row)
     except Exception as exc:
         fields = dict(hospital=hospital, drop=drop, rel_path=rel, stage="index")
         row = quarantine_rows(exc, "unsupported", file_size=size, file_mtime_ns=mtime, **fields)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -310,16 +311,16 @@ def test_read_header_row_reads_headers_longer_than_the_first_read(tmp_path, shif
         assert info.value.reason == "truncated", cut
 
 
-@pytest.mark.parametrize("encoding", ["defined", "undefined_length", "implicit_vr", "long"])
+@pytest.mark.parametrize("encoding", ["defined", "undefined_length", "implicit_vr", "medium", "long"])
 def test_read_header_row_reads_code_sequences_in_every_encoding(tmp_path, encoding, monkeypatch):
     """Code sequence items read straight from pydicom's element generator give the row that pydicom's own
     sequence conversion gives, for defined- and undefined-length sequences and items, implicit VR, and sequences
     too long for the short path."""
     modifiers = [code_item("R-102D6", "SRT", "Magnification"), code_item("399055006", "SCT", "Spot Compression")]
-    if encoding == "long":
-        modifiers += [code_item(f"9{i:08d}", "99LOCAL", "x" * 60) for i in range(200)]  # over 16705 bytes
+    if encoding in ("medium", "long"):  # 3 kB: parsed each time, not cached; over 16705 bytes: by pydicom
+        modifiers += [code_item(f"9{i:08d}", "99LOCAL", "x" * 60) for i in range(30 if encoding == "medium" else 200)]
     path = write_mg(tmp_path / "land" / "h1" / "d1" / "a.dcm", modifiers=modifiers)
-    if encoding != "defined":
+    if encoding not in ("defined", "medium"):
         ds = dcmread(path)
         if encoding == "undefined_length":
             for seq in (ds["ViewCodeSequence"], ds.ViewCodeSequence[0]["ViewModifierCodeSequence"]):
@@ -368,3 +369,75 @@ def test_read_header_row_on_every_vendor_profile_matches_the_truth(tmp_path):
         assert row["image_kind"] == "digitized_film" if film else row["image_kind"] in ("2d", "for_processing")
         assert row["patient_key_source"] == "patient_id"
         assert row["no_file_meta"] is False and row["pixel_data_bytes"] > 0
+
+
+def _header_reading(path: Path) -> object:
+    """What `read_until_pixels` makes of a file: every wanted value, the code sequences, Pixel Data's length, the
+    File Meta flag and the transfer syntax; or the error type and message."""
+    from mammo_pipeline.dicom.headers import (
+        _KEYWORDS,
+        Header,
+        _has_items,
+        _view_code,
+        read_until_pixels,
+        view_modifiers,
+    )
+
+    try:
+        header, pixel, no_file_meta, syntax = read_until_pixels(path, path.stat().st_size, "x")
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    h = Header(header)
+    values = {k: h.strings(k) for k in _KEYWORDS if not k.endswith("Sequence")}
+    sequences = (view_modifiers(h), _view_code(h), _has_items(h, "VOILUTSequence"))
+    return values, sequences, pixel, no_file_meta, syntax
+
+
+def test_plain_path_reads_every_file_as_read_partial_does(tmp_path, monkeypatch):
+    """The plain path (pydicom's element generator run straight on the first HEAD_BYTES, without File Meta
+    Dataset and FileDataset) gives every value, error and length that `read_partial` gives: on pydicom's shipped
+    test files (every transfer syntax, big endian, deflated, no File Meta, broken files) and on crafted ones
+    (implicit VR, undefined-length sequences, a Command Set group, a File Meta group length past the end)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from mammo_pipeline.dicom.headers import _read_plain
+    from mammo_pipeline_tests.dicom.crafted import local_test_files
+
+    land = tmp_path / "land" / "h1" / "d1"
+    crafted = [write_mg(land / "plain.dcm"), write_mg(land / "nowin.dcm", WindowCenter=None, WindowWidth=None)]
+    for name in ("implicit", "undefined", "deflated"):
+        ds = dcmread(write_mg(land / f"{name}.dcm", modifiers=[code_item("R-102D6", "SRT", "Magnification")]))
+        if name == "implicit":
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        if name == "undefined":
+            ds["ViewCodeSequence"].is_undefined_length = True
+        if name == "deflated":
+            ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(land / f"{name}.dcm", enforce_file_format=True)
+        crafted.append(land / f"{name}.dcm")
+    data = crafted[0].read_bytes()
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    command = struct.pack("<HHII", 0x0000, 0x0000, 4, 0)  # (0000,0000) Command Group Length, implicit VR
+    (land / "command.dcm").write_bytes(data[:meta_end] + command + data[meta_end:])
+    (land / "long_meta.dcm").write_bytes(data[:140] + len(data).to_bytes(4, "little") + data[144:])
+    crafted += [land / "command.dcm", land / "long_meta.dcm"]  # the second: a File Meta group length past the end
+    data = (land / "implicit.dcm").read_bytes()  # the data set in implicit VR, File Meta saying explicit
+    at = data.index(b"\x02\x00\x10\x00UI")
+    explicit = ExplicitVRLittleEndian.encode() + b"\x00"
+    data = data[: at + 6] + struct.pack("<H", len(explicit)) + explicit + data[at + 8 + data[at + 6] :]
+    meta_length = int.from_bytes(data[140:144], "little") + len(explicit) - len(ImplicitVRLittleEndian) - 1
+    (land / "wrong_vr.dcm").write_bytes(data[:140] + meta_length.to_bytes(4, "little") + data[144:])
+    crafted.append(land / "wrong_vr.dcm")
+
+    files = crafted + local_test_files()
+    plain = {p: _header_reading(p) for p in files}
+    taken = {p for p in files if _read_plain(p.read_bytes()[:HEAD_BYTES], p.stat().st_size) is not None}
+    monkeypatch.setattr(headers_module, "_read_plain", lambda head, size: None)
+    partial = {p: _header_reading(p) for p in files}
+    assert plain == partial
+    assert set(crafted[:2]) | {land / "implicit.dcm", land / "undefined.dcm"} <= taken  # the common files
+    unusual = {land / f"{name}.dcm" for name in ("deflated", "command", "long_meta", "wrong_vr")}
+    assert not unusual & taken
+    assert plain[land / "wrong_vr.dcm"][:4] == plain[land / "implicit.dcm"][:4]  # pydicom reads the VR form found
+    assert plain[land / "long_meta.dcm"][0] == "Truncated" and plain[land / "deflated.dcm"][2] == -1
+    assert len(taken) >= 100, len(taken)

@@ -181,7 +181,8 @@ def test_index_hospital_quarantines_a_row_pyarrow_refuses_before_deduplicating(s
         return row | {"rows": 2**70} if path.name == "a.dcm" else row
 
     monkeypatch.setattr(index_module, "read_header_row", refused_a)
-    monkeypatch.setattr(index_module, "conform_row", lambda row: row)  # as if a row slipped past the clamp
+    unclamped = lambda row: tuple(map(row.get, index_module.NAMES))  # noqa: E731
+    monkeypatch.setattr(index_module, "conform_record", unclamped)  # as if a row slipped past the clamp
     result = index_hospital(settings, "h1")
     assert (result.new, result.rows, result.quarantined) == (2, 2, {"unsupported": 1})
     index = read_partition(settings, "dicom_index", "h1")

@@ -25,7 +25,7 @@ from mammo_pipeline.dicom.headers import (
     pseudonymize,
     read_header_row,
 )
-from mammo_pipeline.dicom.index import SCHEMA, conform_row, index_hospital, write_index
+from mammo_pipeline.dicom.index import SCHEMA, conform_record, conform_row, index_hospital, write_index
 from mammo_pipeline.dicom.normalize import render, to_uint8, window_linear
 from mammo_pipeline.dicom.source_paths import lookup_path, pseudonymize_path, resolve
 from mammo_pipeline.labels.audit import assign_splits
@@ -321,8 +321,16 @@ def test_conform_row_clamps_every_value_into_the_schema(tmp_path):
         "window_centers": [1.0, float("nan"), "x"],
         "meta_mag": "yes",
         "manufacturer": 12,
+        "bits_stored": 12.0,  # an integral float in an int column: kept as 12
+        "columns": True,  # a bool is no int here
+        "rescale_slope": 2,  # an int in a float column: 2.0
+        "compression_force": float("nan"),
+        "focal_spot": True,
     }
     clean = conform_row(row)
+    assert (clean["bits_stored"], clean["columns"], clean["rescale_slope"]) == (12, None, 2.0)
+    assert (clean["compression_force"], clean["focal_spot"]) == (None, None)
+    assert conform_record(row) == tuple(clean.get(name) for name in SCHEMA.names)  # the workers' form of it
     assert (clean["rows"], clean["number_of_frames"], clean["pixel_spacing"]) == (None, None, None)
     assert (clean["window_centers"], clean["meta_mag"], clean["manufacturer"]) == ([1.0], None, None)
     assert write_index([row], tmp_path / "d1.parquet").exists()  # the raw row, conformed on write
