@@ -98,14 +98,15 @@ def wrap_as_dicom(name: str, pixels: np.ndarray, laterality: str, view: str, pat
     ds.save_as(path, enforce_file_format=True)
 
 
-def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: Path) -> None:
-    """Each image with its biopsy-marker heat map, its probabilities and the truth."""
+def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: Path, look=None) -> None:
+    """Each image with its biopsy-marker heat map (the second look's candidates when the model has one), its
+    probabilities and the truth."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mammo_pipeline.model.explain import image_heatmaps
+    from mammo_pipeline.model.explain import image_heatmaps, with_second_look
 
     n = len(rows)
     cols = min(5, n)
@@ -115,6 +116,8 @@ def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: P
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows.itertuples(), strict=False):
         explanation = image_heatmaps(net, settings.cache / row.model_png, size)
+        if look is not None:
+            explanation = with_second_look(explanation, look, settings.cache / row.display_png)
         ax.imshow(explanation.gray, cmap="gray", vmin=0, vmax=255)
         ax.imshow(np.ma.masked_less(explanation.maps[0], 0.15), cmap="jet", alpha=0.55, vmin=0, vmax=1)
         y, x = np.unravel_index(int(np.argmax(explanation.maps[0])), explanation.maps[0].shape)
@@ -147,7 +150,7 @@ def main() -> int:
     from mammo_pipeline.dicom.index import index_hospital
     from mammo_pipeline.model.infer import load_model, write_predictions
     from mammo_pipeline.model.ref import ModelRef
-    from mammo_pipeline.model.train import load_network
+    from mammo_pipeline.model.train import load_network, load_second_look
 
     model_home = Settings.from_env() if args.home is None else Settings.under(args.home)
     ref = ModelRef.load(model_home.models)
@@ -165,7 +168,8 @@ def main() -> int:
         manifest = manifest[manifest["model_png"].notna() & (manifest["model_png"] != "")]
         out_path = settings.table_dir("image_predictions", "realdata") / "predictions.parquet"
         write_predictions(settings, manifest, load_model(settings, ref), out_path)
-        preds = pd.read_parquet(out_path).merge(manifest[["sop_instance_uid", "model_png"]], on="sop_instance_uid")
+        pngs = manifest[["sop_instance_uid", "model_png", "display_png"]]
+        preds = pd.read_parquet(out_path).merge(pngs, on="sop_instance_uid")
         preds["name"] = preds["sop_instance_uid"].map(names)
         preds["truth_clip"] = preds["name"].isin(CLIP_IMAGES)
         preds = preds.sort_values("name").reset_index(drop=True)
@@ -186,7 +190,8 @@ def main() -> int:
             f"{int(preds['is_mag_view'].sum())} (target 0)"
         )
         sheet = args.out or model_home.reports / "real_samples.png"
-        contact_sheet(preds, settings, load_network(settings, ref), ref.input_size, sheet)
+        net, look = load_network(settings, ref), load_second_look(settings, ref)
+        contact_sheet(preds, settings, net, ref.input_size, sheet, look)
         print(f"contact sheet: {sheet}")
     return 0
 
