@@ -22,6 +22,7 @@ import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +68,29 @@ class Candidates:
     shapes: np.ndarray  # [N, 2]
 
 
-def _one(path: Path | str | np.ndarray):
+CACHE_IMAGES = 2048  # candidates kept in memory per process (about 100 kB each): a round's train + audit images
+
+
+def _cut(path: Path | str | np.ndarray):
     from mammo_pipeline.model.preprocess import _as_gray_uint8
 
     gray = _as_gray_uint8(path)
     crops, centres, scores = cand.candidates(gray)
     return crops, centres, scores, gray.shape
+
+
+@lru_cache(maxsize=CACHE_IMAGES)
+def _cut_file(path: str, mtime_ns: int, size: int, version: str):
+    """`_cut` of a file, remembered by (path, mtime, size, crops' version): training, the ONNX export and
+    inference of one round look at the same display PNGs, and a replaced PNG has another mtime."""
+    return _cut(path)
+
+
+def _one(path: Path | str | np.ndarray):
+    if isinstance(path, np.ndarray):
+        return _cut(path)
+    stat = Path(path).stat()
+    return _cut_file(str(path), stat.st_mtime_ns, stat.st_size, version())
 
 
 def candidates_of(pngs: list[Path] | list[np.ndarray], threads: int = 1) -> Candidates:
