@@ -117,8 +117,10 @@ def train_patch_mil(
                 continue
             xb = _symmetry(x[idx], int(torch.randint(0, 8, (1,))))
             if xb.shape[1] > top:  # only the top crops can win the max: backpropagate through those alone
+                net.eval()  # choosing must not move BatchNorm's running statistics
                 with torch.no_grad():
                     best = net.patch_logits(xb).topk(top, dim=1).indices
+                net.train()
                 xb = xb[torch.arange(len(idx))[:, None], best]
             loss = loss_fn(net(xb), y[idx])
             opt.zero_grad()
