@@ -13,7 +13,11 @@ ROC-AUC, biopsy sensitivity/specificity at its operating point, Cohen's kappa pe
 With --baseline the old default schedule (160 px, 2 epochs, lr 2e-3, batch 32, no flips, no class weights)
 runs on the same labels and the ratios of final accuracy and time against it are printed.
 With --second-look only the biopsy flag's second look runs: candidates from the display PNGs
-(model/candidates.py), a patch CNN trained on their crops from image labels (model/second_look.py).
+(model/candidates.py, extracted once per image and timed apart, as the product caches them per image), a patch
+CNN trained on their crops from image labels (model/second_look.py, two torch threads); it prints candidate
+recall (diagnosis from the synthetic truth's boxes), biopsy ROC-AUC, sensitivity/specificity at the
+sensitivity >= 0.98 operating point, wall/CPU seconds per round, and the ratio of the final ROC-AUC against the
+candidate score alone (no learning) in the same run.
 Target: per-flag ROC-AUC >= 0.99 at <= 500 labels; <= 120 s per training at 500 labels on 2 CPU cores.
 """
 
