@@ -105,7 +105,9 @@ def train_once(settings: Settings, labels: pd.DataFrame, config: TrainConfig) ->
         return {**result.metrics, "wall": wall, "cpu": cpu, "eager_ips": ips}
 
 
-def second_look(settings: Settings, labels: pd.DataFrame, order: pd.DataFrame, counts: list[int], seed: int) -> None:
+def second_look(
+    settings: Settings, labels: pd.DataFrame, order: pd.DataFrame, counts: list[int], seed: int, epochs: int = 20
+) -> None:
     """The second look (model/candidates.py + model/second_look.py) on the biopsy flag, per label count.
 
     Candidates are extracted once per image (the cache a product run keeps per image: they depend on the PNG
@@ -168,7 +170,7 @@ def second_look(settings: Settings, labels: pd.DataFrame, order: pd.DataFrame, c
         part = order.head(min(count, len(order)))
         crops = np.stack([found[u][0] for u in part["sop_instance_uid"]])
         wall, cpu = time.monotonic(), time.process_time()
-        net = train_patch_mil(crops, part["has_biopsy_marker"].to_numpy(bool), seed=seed)
+        net = train_patch_mil(crops, part["has_biopsy_marker"].to_numpy(bool), epochs=epochs, seed=seed)
         wall, cpu = time.monotonic() - wall, time.process_time() - cpu
         probs, _ = predict_patch_mil(net, audit_crops)
         auc = roc_auc(truth, probs)
@@ -197,6 +199,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="", help="input sizes to compare (default: the from-scratch default)")
     parser.add_argument("--baseline", action="store_true", help="also run the old default schedule")
     parser.add_argument("--second-look", action="store_true", help="only the second look (candidates + patch CNN)")
+    parser.add_argument("--patch-epochs", type=int, default=20, help="second look: patch CNN epochs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
     parser.add_argument("--seed", type=int, default=0, help="label sampling and training seed")
     args = parser.parse_args()
@@ -212,7 +215,7 @@ def main() -> None:
             f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
         )
         if args.second_look:
-            second_look(settings, labels, order, [int(c) for c in args.counts.split(",")], args.seed)
+            second_look(settings, labels, order, [int(c) for c in args.counts.split(",")], args.seed, args.patch_epochs)
             return
         sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [None]
         configs = {f"size {z or 'default'}": TrainConfig(size=z, seed=args.seed, threads=args.threads) for z in sizes}
