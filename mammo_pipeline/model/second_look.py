@@ -2,13 +2,19 @@
 
 Multiple-instance learning: an image's biopsy logit is the maximum of the patch logits of its K candidates
 (`candidates.candidates`), so image-level labels suffice and the flag means "at least one candidate is a clip".
-The winning candidate is also the heat map: its box says where the clip is. Not yet wired into train/infer
-(see the README's Limitations); `benchmarks/bench_learning_curve.py --second-look` measures it.
+The winning candidate is also the heat map: its box says where the clip is.
+
+Each crop has `candidates.CHANNELS` channels (native crop, wider context crop), all in units of the image's
+own tissue. Training sees every crop under the 8 symmetries of the square (flips and 90-degree turns: a clip,
+a BB or a letter has no preferred orientation on the detector, and the context channel's skin line may run any
+way); a batch shares one symmetry (one cheap tensor op per step).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from mammo_pipeline.model.candidates import CHANNELS
 
 
 def network_input(crops: np.ndarray) -> np.ndarray:
@@ -22,7 +28,11 @@ def network_input(crops: np.ndarray) -> np.ndarray:
 
 
 def patch_network():
-    """[N, K, 1, P, P] tissue-scaled crops -> image logits [N] (max over K) and patch logits [N, K]."""
+    """[N, K, CHANNELS, P, P] tissue-scaled crops -> image logits [N] (max over K) and patch logits [N, K].
+
+    Small on purpose (about 25 k weights, ~2.7 MFLOP per crop): a clip's shape is a few strokes at 32 px, and
+    CPU inference must stay far above the 67 images/s the pipeline needs at K crops per image.
+    """
     import torch
     import torch.nn as nn
 
@@ -33,11 +43,9 @@ def patch_network():
         def __init__(self) -> None:
             super().__init__()
             self.features = nn.Sequential(
-                block(1, 16),
-                block(16, 16),
+                block(CHANNELS, 16),
                 nn.MaxPool2d(2),
                 block(16, 32),
-                block(32, 32),
                 nn.MaxPool2d(2),
                 block(32, 64),
                 nn.AdaptiveMaxPool2d(1),
@@ -55,16 +63,40 @@ def patch_network():
     return PatchMIL()
 
 
-def train_patch_mil(
-    crops: np.ndarray, flags: np.ndarray, epochs: int = 25, lr: float = 3e-3, batch_size: int = 32, seed: int = 0
-):
-    """Train `patch_network` on crops [N, K, P, P] (float32) and image flags [N] (bool); return it in eval mode.
+def _symmetry(x, which: int):
+    """One of the 8 symmetries of the square on the last two axes (0 = identity)."""
+    if which & 4:
+        x = x.transpose(-1, -2)
+    if which & 2:
+        x = x.flip(-1)
+    if which & 1:
+        x = x.flip(-2)
+    return x
 
-    One-cycle AdamW, flips of whole images' crops, positives weighted by sqrt(negatives / positives).
+
+def train_patch_mil(
+    crops: np.ndarray,
+    flags: np.ndarray,
+    epochs: int = 20,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    threads: int = 2,
+    top: int = 3,
+):
+    """Train `patch_network` on crops [N, K, (C,) P, P] (float32) and image flags [N] (bool); return it in eval
+    mode.
+
+    One-cycle AdamW, a random square symmetry per batch (module docstring), positives weighted by
+    sqrt(negatives / positives). Each step scores all K crops without gradients and trains on each image's
+    `top` highest-scoring ones (the max can only pick among them; this halves the cost of a round).
+    `threads` caps torch's CPU threads (the 2-core budget of the issue).
     """
     import torch
     import torch.nn as nn
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     x = torch.from_numpy(network_input(crops))
     y = torch.from_numpy(np.asarray(flags, dtype=np.float32))
@@ -83,11 +115,13 @@ def train_patch_mil(
             if len(idx) < 2:  # BatchNorm needs two
                 sched.step()
                 continue
-            xb = x[idx]
-            if torch.rand(1).item() < 0.5:
-                xb = xb.flip(-1)
-            if torch.rand(1).item() < 0.5:
-                xb = xb.flip(-2)
+            xb = _symmetry(x[idx], int(torch.randint(0, 8, (1,))))
+            if xb.shape[1] > top:  # only the top crops can win the max: backpropagate through those alone
+                net.eval()  # choosing must not move BatchNorm's running statistics
+                with torch.no_grad():
+                    best = net.patch_logits(xb).topk(top, dim=1).indices
+                net.train()
+                xb = xb[torch.arange(len(idx))[:, None], best]
             loss = loss_fn(net(xb), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -97,7 +131,7 @@ def train_patch_mil(
 
 
 def predict_patch_mil(net, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(image probabilities [N], patch probabilities [N, K]) of crops [N, K, P, P]."""
+    """(image probabilities [N], patch probabilities [N, K]) of crops [N, K, (C,) P, P]."""
     import torch
 
     with torch.no_grad():

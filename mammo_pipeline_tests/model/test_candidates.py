@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mammo_pipeline.model.candidates import CROP, candidates
+from mammo_pipeline.model.candidates import CHANNELS, CONTEXT, CROP, SECOND_LOOK_VERSION, blob_score, candidates
 
 
 def _tissue(rng: np.random.Generator, shape=(512, 400)) -> np.ndarray:
@@ -13,19 +13,49 @@ def _tissue(rng: np.random.Generator, shape=(512, 400)) -> np.ndarray:
     return np.clip(img, 0, 255)
 
 
+def _ribbon(img: np.ndarray, where: tuple[int, int], value: float = 250) -> None:
+    img[where[0] - 1 : where[0] + 2, where[1] - 6 : where[1] + 7] = value  # a 3 x 13 px ribbon
+
+
 def test_the_strongest_candidate_is_the_stamped_clip_and_its_crop_is_centred_on_it():
     rng = np.random.default_rng(0)
     for where in [(100, 200), (400, 90), (260, 350)]:
         img = _tissue(rng)
-        img[where[0] - 1 : where[0] + 2, where[1] - 6 : where[1] + 7] = 250  # a 3 x 13 px ribbon
+        _ribbon(img, where)
         crops, centres, scores = candidates(img.astype(np.uint8), k=4)
-        assert crops.shape == (4, CROP, CROP) and crops.dtype == np.float32
+        assert crops.shape == (4, CHANNELS, CROP, CROP) and crops.dtype == np.float32
+        assert centres.shape == (4, 2) and scores.shape == (4,) and scores.dtype == np.float32
         assert np.hypot(*(centres[0] - np.array(where))) <= 7 and scores[0] == scores.max()
-        assert crops[0, CROP // 2 - 1 : CROP // 2 + 2].max() >= 1.5  # far above the tissue range in the middle
-        assert scores[0] > 2 * scores[1]  # texture maxima score far lower
+        assert crops[0, 0, CROP // 2 - 2 : CROP // 2 + 2].max() >= 1.5  # far above the tissue range in the middle
+        assert scores[0] > 1.5 * scores[1]  # texture maxima score far lower
 
 
-def test_candidates_are_a_crop_apart_and_a_flat_image_has_none():
+def test_a_bright_curved_skin_line_and_a_straight_wire_do_not_outrank_an_equally_bright_clip():
+    """Lines of any curvature are ridges, not blobs: a clip as bright as they are comes first, far ahead."""
+    img = _tissue(np.random.default_rng(2))
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    rim = np.abs(np.hypot(yy - 256, xx + 40) - 330) <= 1.5  # a 3-px bright arc, like an equalized skin rim
+    img[rim & (img > 0)] = 255
+    line = np.abs(yy * 80 - (xx - 70) * 511) / np.hypot(80, 511) <= 1.5  # a straight 3-px wire or vessel across
+    img[line] = 255  # the tissue from edge to edge (a line's end or a crossing of two lines is a blob: see README)
+    _ribbon(img, (300, 200), value=255)
+    _, centres, scores = candidates(img.astype(np.uint8), k=3)
+    assert np.hypot(*(centres[0] - np.array((300, 200)))) <= 7
+    assert scores[0] > 1.5 * scores[1]
+
+
+def test_the_context_channel_shows_the_skin_line_beside_a_bead_on_the_skin():
+    img = _tissue(np.random.default_rng(3))
+    img[250:256, 58:64] = 255  # a BB just inside the skin line at column 60
+    crops, centres, _ = candidates(img.astype(np.uint8), k=1)
+    assert np.hypot(*(centres[0] - np.array((253, 61)))) <= 3
+    context = crops[0, 1]
+    half = CROP // 2
+    air = CROP * CONTEXT // 2 // CONTEXT  # context pixels from the centre to the crop's edge
+    assert context[half, 1 : half - 2].max() < 0 < context[half, half + 3 : half + air].min()  # air left, tissue right
+
+
+def test_candidates_are_half_a_crop_apart_and_a_flat_image_has_none():
     img = _tissue(np.random.default_rng(1)).astype(np.uint8)
     _, centres, _ = candidates(img, k=6)
     for i in range(6):
@@ -33,3 +63,5 @@ def test_candidates_are_a_crop_apart_and_a_flat_image_has_none():
             assert np.abs(centres[i] - centres[j]).max() >= CROP // 2
     crops, centres, scores = candidates(np.full((64, 64), 90, np.uint8), k=3)
     assert (scores == 0).all() and (centres == -1).all() and (crops == 0).all()
+    assert blob_score(np.full((100, 80), 90, np.uint8))[0].shape == (50, 40)
+    assert isinstance(SECOND_LOOK_VERSION, str)

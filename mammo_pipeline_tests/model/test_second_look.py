@@ -2,23 +2,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from mammo_pipeline.model.candidates import CHANNELS
 from mammo_pipeline.model.evaluate import roc_auc
-from mammo_pipeline.model.second_look import predict_patch_mil, train_patch_mil
+from mammo_pipeline.model.second_look import network_input, patch_network, predict_patch_mil, train_patch_mil
 
 P, K = 32, 3
 
 
 def _crops(rng: np.random.Generator, clip: bool) -> np.ndarray:
-    """K tissue crops; each holds a round bead (a skin-marker look-alike), one holds a ribbon if `clip`."""
-    crops = rng.normal(0.5, 0.15, (K, P, P)).astype(np.float32)
+    """K tissue crops [K, CHANNELS, P, P]; each holds a round bead (a skin-marker look-alike), one holds a ribbon if
+    `clip`; the context channel is plain tissue."""
+    crops = rng.normal(0.5, 0.15, (K, CHANNELS, P, P)).astype(np.float32)
     yy, xx = np.mgrid[0:P, 0:P]
     for k in range(K):
-        crops[k][(yy - 16) ** 2 + (xx - 16) ** 2 <= 9] = 2.0
+        crops[k, 0][(yy - 16) ** 2 + (xx - 16) ** 2 <= 9] = 2.0
     if clip:
         k = int(rng.integers(K))
-        crops[k] = rng.normal(0.5, 0.15, (P, P))
-        crops[k][14:17, 8:24] = 2.0  # a bar as bright as the beads: only the shape differs
-        crops[k][10:21, 8:11] = 2.0
+        crops[k, 0] = rng.normal(0.5, 0.15, (P, P))
+        crops[k, 0][14:17, 8:24] = 2.0  # a bar as bright as the beads: only the shape differs
+        crops[k, 0][10:21, 8:11] = 2.0
     return crops
 
 
@@ -31,3 +33,29 @@ def test_patch_classifier_tells_a_clip_from_equally_bright_beads_by_shape():
     probs, patch = predict_patch_mil(net, np.stack([_crops(rng, f) for f in test_flags]))
     assert patch.shape == (40, K) and np.allclose(probs, patch.max(axis=1))
     assert roc_auc(test_flags, probs) >= 0.95
+
+
+def test_patch_network_shapes_and_onnx_export_with_a_dynamic_batch(tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    net = patch_network().eval()
+    x = torch.from_numpy(network_input(np.random.default_rng(1).normal(0, 1, (2, K, CHANNELS, P, P))))
+    with torch.no_grad():
+        logits, patch = net(x), net.patch_logits(x)
+    assert logits.shape == (2,) and patch.shape == (2, K) and torch.allclose(logits, patch.max(dim=1).values)
+    path = tmp_path / "second_look.onnx"
+    torch.onnx.export(
+        net,
+        (x,),
+        str(path),
+        opset_version=17,
+        input_names=["crops"],
+        output_names=["logit"],
+        dynamic_axes={"crops": {0: "n"}, "logit": {0: "n"}},
+        dynamo=False,
+    )
+    x5 = network_input(np.random.default_rng(2).normal(0, 1, (5, K, CHANNELS, P, P)))
+    out = ort.InferenceSession(str(path)).run(None, {"crops": x5})[0]
+    with torch.no_grad():
+        assert np.allclose(out, net(torch.from_numpy(x5)).numpy(), atol=1e-4)
