@@ -101,7 +101,8 @@ def candidates_of(pngs: list[Path] | list[np.ndarray], threads: int = 1) -> Cand
     """
     if not pngs:
         empty = np.zeros((0, cand.K), dtype=np.float32)
-        return Candidates(np.zeros((0, cand.K, cand.CROP, cand.CROP), np.float32), empty[..., None], empty, empty)
+        crops = np.zeros((0, cand.K, getattr(cand, "CHANNELS", 1), cand.CROP, cand.CROP), np.float32)
+        return Candidates(crops, np.zeros((0, cand.K, 2), np.int64), empty, np.zeros((0, 2), np.int64))
     missing = [p for p in pngs if not isinstance(p, np.ndarray) and not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} display PNGs missing, e.g. {missing[0]}; re-materialize image_cache")
