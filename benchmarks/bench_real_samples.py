@@ -121,6 +121,7 @@ def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: P
         ax.imshow(explanation.gray, cmap="gray", vmin=0, vmax=255)
         ax.imshow(np.ma.masked_less(explanation.maps[0], 0.15), cmap="jet", alpha=0.55, vmin=0, vmax=1)
         y, x = np.unravel_index(int(np.argmax(explanation.maps[0])), explanation.maps[0].shape)
+        print(f"{row.name:40} biopsy heat map peaks at (row {y}, col {x}) of the {explanation.gray.shape} model PNG")
         ax.plot([x], [y], marker="+", color="white", markersize=9, mew=1.2)
         verdict = "clip" if row.truth_clip else "no clip"
         ax.set_title(
