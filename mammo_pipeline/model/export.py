@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +124,18 @@ def _export_fp32(settings: Settings, ref: ModelRef, path: Path) -> None:
     export_module(torch.nn.Sequential(load_network(settings, ref), torch.nn.Sigmoid()), path, ref)
 
 
+@contextmanager
+def _quiet_root_logger():
+    """Root logger at ERROR inside the block (onnxruntime's quantizer warns through the root logger)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _quantize_int8(fp32: Path, out: Path, calibration: list[Path], ref: ModelRef) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -137,15 +151,16 @@ def _quantize_int8(fp32: Path, out: Path, calibration: list[Path], ref: ModelRef
     with tempfile.TemporaryDirectory() as tmp:
         raw, prepared = Path(tmp) / "int8.onnx", Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))  # shape inference + graph optimization (folds BatchNorm)
-        quantize_static(
-            str(prepared),
-            str(raw),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
+        with _quiet_root_logger():  # per-channel QDQ warns "Axis 1 is out-of-range" on the head's 1-D BatchNorm weights
+            quantize_static(
+                str(prepared),
+                str(raw),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )
         _write_onnx(onnx.load(str(raw)), out, ref)
 
 
