@@ -62,16 +62,17 @@ def _opening(g: np.ndarray, width: int) -> np.ndarray:
     return ndimage.grey_dilation(ndimage.grey_erosion(g, size=(width, width)), size=(width, width))
 
 
-def blob_score(gray: np.ndarray) -> tuple[np.ndarray, int]:
+def blob_score(gray: np.ndarray, tissue: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """(score float32 [H/f, W/f], f): the self-normalized Hessian blob measure (module docstring) and its
-    subsampling factor f (2, or 1 for images under 64 px) relative to `gray`."""
+    subsampling factor f (2, or 1 for images under 64 px) relative to `gray`; `tissue` is
+    `preprocess.tissue_mask(gray)` when the caller has it already."""
     from scipy import ndimage
 
     f = 2 if min(gray.shape) >= 64 else 1
     width = max(3, round(TOPHAT_WINDOW * max(gray.shape) / f) | 1)
     g = _half(gray) if f == 2 else gray.astype(np.float32)
     g = g - _opening(g, width)
-    mask = tissue_mask(gray)[: g.shape[0] * f : f, : g.shape[1] * f : f]
+    mask = (tissue_mask(gray) if tissue is None else tissue)[: g.shape[0] * f : f, : g.shape[1] * f : f]
     out = np.zeros_like(g)
     for share in BLOB_SCALES:
         sigma = max(share * max(gray.shape) / f, 1.0)
@@ -97,8 +98,8 @@ def candidates(gray: np.ndarray, k: int = K, crop: int = CROP) -> tuple[np.ndarr
     Scores are the blob measure in units of the image's own tissue texture (module docstring).
     """
     gray = _as_gray_uint8(gray)
-    score, f = blob_score(gray)
     mask = tissue_mask(gray)
+    score, f = blob_score(gray, mask)
     low, high = np.percentile(gray[mask], TISSUE_PERCENTILES)
     span = float(max(high - low, 1.0))
     wide = crop * CONTEXT
