@@ -72,6 +72,7 @@ import math
 import os
 import re
 import struct
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -579,13 +580,7 @@ def _read_plain(head: bytes, size: int) -> tuple[_Elements, tuple[str | None, in
         return None
     fp = io.BytesIO(head)
     fp.seek(132)
-    seen: list[tuple[str | None, int]] = []
-
-    def stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
-        if tag in _PIXEL_TAGS:
-            seen.append((vr, length))
-            return True
-        return False
+    seen, stop_at_pixels = _pixel_stop()
 
     try:
         meta = {e.tag.real: e for e in data_element_generator(fp, False, True, _not_file_meta)}
@@ -623,6 +618,19 @@ def _read_plain(head: bytes, size: int) -> tuple[_Elements, tuple[str | None, in
     return _Elements(elements), (vr, length), value_start, syntax
 
 
+def _pixel_stop() -> tuple[list[tuple[str | None, int]], Callable[[int, str | None, int], bool]]:
+    """(seen, stop): a pydicom stop-when callback that stops at Pixel Data and records its (VR, length) in seen."""
+    seen: list[tuple[str | None, int]] = []
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        if tag in _PIXEL_TAGS:
+            seen.append((vr, length))
+            return True
+        return False
+
+    return seen, stop
+
+
 def _not_file_meta(tag: int, vr: str | None, length: int) -> bool:
     return tag >> 16 != 2
 
@@ -648,13 +656,7 @@ def _read_until_pixels(
 ) -> tuple[Dataset, int, bool, str]:
     """`read_until_pixels` on `fp`, either the open file or an in-memory copy of its first bytes (`trial`: any
     failure or a header running past the copy raises _Retry); `real` is the open file, for the fragment walk."""
-    seen: list[tuple[str | None, int]] = []
-
-    def stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
-        if tag in _PIXEL_TAGS:
-            seen.append((vr, length))
-            return True
-        return False
+    seen, stop_at_pixels = _pixel_stop()
 
     no_file_meta = False
     try:
