@@ -127,6 +127,18 @@ def find_model_png(settings: Settings, hospital: str, sop_instance_uid: str, col
     return settings.cache / hit.iloc[0]
 
 
+def with_candidates(
+    explanation: Explanation, p_biopsy: float, centres: np.ndarray, patch: np.ndarray, display_shape: tuple[int, int]
+) -> Explanation:
+    """`explanation` with the biopsy flag's probability and map taken from a second look's verdict on one image:
+    its candidates' centres [k, 2] and patch probabilities [k] in a display PNG of `display_shape`."""
+    from mammo_pipeline.model import second_look_model as second_look
+
+    maps = explanation.maps.copy()
+    maps[0] = second_look.heat_map(centres, patch, display_shape, explanation.gray.shape)
+    return Explanation(np.array([p_biopsy, explanation.probs[1]], dtype=np.float32), maps, explanation.gray)
+
+
 def with_second_look(explanation: Explanation, look, display_png: Path | str | np.ndarray) -> Explanation:
     """`explanation` with the biopsy flag's probability and map taken from the second look `look` (a patch
     network) on the candidates of the image's display PNG."""
@@ -134,9 +146,7 @@ def with_second_look(explanation: Explanation, look, display_png: Path | str | n
 
     found = second_look.candidates_of([display_png])
     probs, patch = second_look.torch_probs(look, found)
-    maps = explanation.maps.copy()
-    maps[0] = second_look.heat_map(found.centres[0], patch[0], tuple(found.shapes[0]), explanation.gray.shape)
-    return Explanation(np.array([probs[0], explanation.probs[1]], dtype=np.float32), maps, explanation.gray)
+    return with_candidates(explanation, float(probs[0]), found.centres[0], patch[0], tuple(found.shapes[0]))
 
 
 def heatmap_png(settings: Settings, hospital: str, sop_instance_uid: str, ref: ModelRef | None = None) -> bytes:

@@ -212,7 +212,8 @@ def predict_images(
 
         def submit(start: int) -> Future[tuple[np.ndarray, np.ndarray, second_look.Candidates | None]]:
             stop = start + batch_size
-            return pool.submit(_load_batch, paths[start:stop], model.input_size, displays and displays[start:stop])
+            batch_displays = None if displays is None else displays[start:stop]
+            return pool.submit(_load_batch, paths[start:stop], model.input_size, batch_displays)
 
         upcoming = iter(starts)
         pending = deque(submit(start) for start in itertools.islice(upcoming, prefetch))

@@ -29,6 +29,7 @@ import numpy as np
 
 from mammo_pipeline.atomic import atomic_path, write_bytes
 from mammo_pipeline.model import candidates as cand
+from mammo_pipeline.model.preprocess import _as_gray_uint8
 from mammo_pipeline.model.second_look import network_input, patch_network, predict_patch_mil, train_patch_mil
 
 WEIGHTS_FILE = "second_look.pth"
@@ -40,8 +41,8 @@ class SecondLookMismatch(ValueError):
 
 
 def version() -> str:
-    """The crops' meaning (candidates.SECOND_LOOK_VERSION; "1" for code made before the constant)."""
-    return str(getattr(cand, "SECOND_LOOK_VERSION", "1"))
+    """The crops' meaning (candidates.SECOND_LOOK_VERSION)."""
+    return cand.SECOND_LOOK_VERSION
 
 
 def describe(display_size: int) -> dict:
@@ -72,8 +73,6 @@ CACHE_IMAGES = 2048  # candidates kept in memory per process (about 100 kB each)
 
 
 def _cut(path: Path | str | np.ndarray):
-    from mammo_pipeline.model.preprocess import _as_gray_uint8
-
     gray = _as_gray_uint8(path)
     crops, centres, scores = cand.candidates(gray)
     return crops, centres, scores, gray.shape
@@ -101,7 +100,7 @@ def candidates_of(pngs: list[Path] | list[np.ndarray], threads: int = 1) -> Cand
     """
     if not pngs:
         empty = np.zeros((0, cand.K), dtype=np.float32)
-        crops = np.zeros((0, cand.K, getattr(cand, "CHANNELS", 1), cand.CROP, cand.CROP), np.float32)
+        crops = np.zeros((0, cand.K, cand.CHANNELS, cand.CROP, cand.CROP), np.float32)
         return Candidates(crops, np.zeros((0, cand.K, 2), np.int64), empty, np.zeros((0, 2), np.int64))
     missing = [p for p in pngs if not isinstance(p, np.ndarray) and not Path(p).is_file()]
     if missing:

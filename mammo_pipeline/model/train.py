@@ -536,9 +536,11 @@ class _SecondLook:
     audit_patch_probs: np.ndarray  # [N_audit, k]
 
     def gallery(self, audit: pd.DataFrame) -> dict[str, tuple]:
-        """model_png -> (centres, patch probabilities, display shape) of each audit image, for the galleries."""
+        """model_png -> (p_biopsy, centres, patch probabilities, display shape) of each audit image (the
+        arguments of explain.with_candidates), for the galleries."""
+        found = self.audit
         return {
-            png: (self.audit.centres[i], self.audit_patch_probs[i], tuple(self.audit.shapes[i]))
+            png: (float(self.audit_probs[i]), found.centres[i], self.audit_patch_probs[i], tuple(found.shapes[i]))
             for i, png in enumerate(audit["model_png"])
         }
 
@@ -571,15 +573,12 @@ def _second_look(
 def _gallery_heatmaps(net, cache: Path, size: int, looks: dict[str, tuple], model_png: str) -> np.ndarray:
     """[2, H, W] heat maps of one gallery image: the second look's candidates for the biopsy flag when the model
     has one, Grad-CAM for the rest (explain.image_heatmaps)."""
-    from mammo_pipeline.model.explain import image_heatmaps
+    from mammo_pipeline.model.explain import image_heatmaps, with_candidates
 
     explanation = image_heatmaps(net, cache / model_png, size)
-    maps = explanation.maps
     if model_png in looks:
-        centres, patch, display_shape = looks[model_png]
-        maps = maps.copy()
-        maps[0] = second_look.heat_map(centres, patch, display_shape, explanation.gray.shape)
-    return maps
+        explanation = with_candidates(explanation, *looks[model_png])
+    return explanation.maps
 
 
 def load_second_look(settings: Settings, ref: ModelRef):
