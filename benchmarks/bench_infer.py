@@ -11,8 +11,11 @@ per image and the rate that implies with every core to itself ("cpu-bound").
     .venv/bin/python benchmarks/bench_infer.py -n 1000 --int8 --second-look
 
 With --second-look every image also gets a 1024-px display PNG and the model a (random) second look
-(model/second_look_model.py), so the ONNX path also cuts candidates from each display PNG and runs the patch
-network, as inference does for a model that has one: the figure to hold against the issue's >= 67 images/s.
+(model/second_look_model.py), so the ONNX path also runs the patch network on each display PNG's candidates, as
+inference does for a model that has one: the figure to hold against the issue's >= 67 images/s. Measured twice:
+with the candidates `image_cache` keeps beside each display PNG (model/candidate_store.py; the product's path),
+and cold, with every kept candidate deleted after the warm-up, so inference decodes each display PNG and cuts its
+candidates (a cache made before this SECOND_LOOK_VERSION).
 """
 
 from __future__ import annotations
@@ -63,7 +66,10 @@ def make_pngs(settings: Settings, n: int) -> pd.DataFrame:
 
 
 def make_display_pngs(settings: Settings, manifest: pd.DataFrame, size: int = 1024) -> pd.DataFrame:
-    """A display PNG (long side `size`) per model PNG: the same image upsampled, with a few small bright blobs."""
+    """A display PNG (long side `size`) per model PNG: the same image upsampled, with a few small bright blobs,
+    and its candidates kept beside it, as `image_cache` writes them."""
+    from mammo_pipeline.model import candidate_store
+
     rng = np.random.default_rng(1)
     rels = []
     for rel in manifest["model_png"]:
@@ -76,6 +82,7 @@ def make_display_pngs(settings: Settings, manifest: pd.DataFrame, size: int = 10
         out = Path("bench") / "display" / Path(rel).name
         (settings.cache / out).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(big).save(settings.cache / out)
+        candidate_store.keep(candidate_store.cut(big), settings.cache / out)  # as image_cache does
         rels.append(str(out))
     return manifest.assign(display_png=rels)
 
@@ -153,12 +160,19 @@ class Timer:
         return n / self.wall, 1000 * self.cpu / n
 
 
-def run_onnx(settings: Settings, ref: ModelRef, manifest: pd.DataFrame, batch_size: int) -> tuple[float, float]:
+def run_onnx(
+    settings: Settings, ref: ModelRef, manifest: pd.DataFrame, batch_size: int, cold: bool = False
+) -> tuple[float, float]:
+    """Images/s and CPU ms per image of `write_predictions`; `cold`: kept candidates deleted after the warm-up."""
+    import shutil
+
     from mammo_pipeline.model.infer import load_model, write_predictions
 
     model = load_model(settings, ref)
     out = settings.home / f"out-{ref.inference_file}.parquet"
     write_predictions(settings, manifest.iloc[:batch_size], model, out, batch_size=batch_size)  # warm-up
+    for kept in settings.cache.glob("bench/display/candidates-v*") if cold else []:
+        shutil.rmtree(kept)
     with Timer() as timer:
         stats = write_predictions(settings, manifest, model, out, batch_size=batch_size)
     assert stats.n_images == len(manifest)
@@ -187,7 +201,10 @@ def run_torch(settings: Settings, ref: ModelRef, manifest: pd.DataFrame, batch_s
 
 def _child(kind: str, home: str, ref: ModelRef, manifest: pd.DataFrame, batch_size: int, threads: int):
     settings = Settings.under(home, inference_threads=threads)
-    rate, cpu_ms = (run_torch if kind == "torch" else run_onnx)(settings, ref, manifest, batch_size)
+    if kind == "torch":
+        rate, cpu_ms = run_torch(settings, ref, manifest, batch_size)
+    else:
+        rate, cpu_ms = run_onnx(settings, ref, manifest, batch_size, cold=kind == "onnx-cold")
     return rate, cpu_ms, peak_rss_mib()
 
 
@@ -233,7 +250,9 @@ def main() -> None:
             with_look = make_display_pngs(settings, manifest)
             look_ref = add_second_look(settings, int8_ref if args.int8 else ref)
             name = f"onnxruntime {'int8' if args.int8 else 'fp32'} + second look"
-            report(name, measure("onnx", common[0], look_ref, with_look, *common[2:]), base)
+            look_args = (common[0], look_ref, with_look, *common[2:])
+            report(f"{name} (kept candidates)", measure("onnx", *look_args), base)
+            report(f"{name} (cut at inference)", measure("onnx-cold", *look_args), base)
 
 
 def report(name: str, figures: tuple[float, float, float], base: tuple[float, float, float] | None = None):

@@ -292,6 +292,7 @@ def _render_one(task: _Task) -> dict[str, Any]:
         display = rendition.images[task.display_size]
         _write_png(display, Path(task.display_png), task.owner)
         _write_png(rendition.images[task.model_size], Path(task.model_png), task.owner)
+        _keep_candidates(display, Path(task.display_png))
         height, width = (int(v) for v in tuple(rendition.source_shape)[:2])
         return {
             "ok": True,
@@ -311,6 +312,16 @@ def _render_one(task: _Task) -> dict[str, Any]:
         text = row["message"].replace(task.source, task.label) if task.source else row["message"]
         message = text if task.label in text else f"{task.label}: {text}"
         return {"ok": False, "sop_instance_uid": task.sop_instance_uid, "reason": row["reason"], "message": message}
+
+
+def _keep_candidates(display: np.ndarray, png: Path) -> None:
+    """Cut the second look's candidates from the pixels just rendered (no decode) and keep them beside the PNG
+    (`model/candidate_store.py`); a failure here is not the image's fault and never quarantines it: whoever
+    needs them cuts them from the PNG and meets the error there."""
+    from mammo_pipeline.model import candidate_store
+
+    with contextlib.suppress(Exception):  # see docstring
+        candidate_store.keep(candidate_store.cut(display), png)
 
 
 def _write_png(pixels: np.ndarray, path: Path, owner: str) -> None:

@@ -41,4 +41,5 @@ def test_label_app_benchmark_labels_through_the_secured_routes():
 
 def test_infer_benchmark_runs_the_second_look_path():
     out = run("infer", "-n", "8", "--batch-size", "4", "--second-look")
-    assert re.search(r"onnxruntime fp32 \+ second look:\s+[\d.]+ images/s", out), out
+    for how in ("kept candidates", "cut at inference"):
+        assert re.search(rf"onnxruntime fp32 \+ second look \({how}\):\s+[\d.]+ images/s", out), out

@@ -358,3 +358,21 @@ def test_the_image_kind_of_the_index_reaches_the_manifest(settings):
     cache_hospital(settings, "h1")
     kinds = read_manifest(settings, "h1").set_index("sop_instance_uid")["image_kind"].to_dict()
     assert kinds == {plain: "2d", cview: "synthesized_2d"}
+
+
+def test_the_cache_keeps_each_display_pngs_second_look_candidates_as_cut_from_the_png(settings, monkeypatch):
+    from mammo_pipeline.model import candidate_store
+
+    _landing(settings)
+    cache_hospital(settings, "h1")
+    manifest = read_manifest(settings, "h1")
+    assert len(manifest) == 3
+    kept = {}
+    for row in manifest.itertuples():
+        png = settings.cache / row.display_png
+        assert candidate_store.store_path(png).is_file()
+        kept[row.display_png] = candidate_store.candidates_of_png(png)  # read back (checked against the PNG's stat)
+    monkeypatch.setattr(candidate_store, "store_path", lambda png: png.parent / "elsewhere" / f"{png.stem}.npz")
+    for rel, found in kept.items():  # cut afresh from the PNG on disk: the same crops as from the rendered pixels
+        fresh = candidate_store.candidates_of_png(settings.cache / rel)
+        assert all(np.array_equal(a, b) for a, b in zip(found[:3], fresh[:3], strict=True)) and found[3] == fresh[3]

@@ -22,12 +22,12 @@ import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from mammo_pipeline.atomic import atomic_path, write_bytes
+from mammo_pipeline.model import candidate_store
 from mammo_pipeline.model import candidates as cand
 from mammo_pipeline.model.preprocess import _as_gray_uint8
 from mammo_pipeline.model.second_look import network_input, patch_network, predict_patch_mil, train_patch_mil
@@ -69,31 +69,15 @@ class Candidates:
     shapes: np.ndarray  # [N, 2]
 
 
-CACHE_IMAGES = 2048  # candidates kept in memory per process (about 100 kB each): a round's train + audit images
-
-
-def _cut(path: Path | str | np.ndarray):
-    gray = _as_gray_uint8(path)
-    crops, centres, scores = cand.candidates(gray)
-    return crops, centres, scores, gray.shape
-
-
-@lru_cache(maxsize=CACHE_IMAGES)
-def _cut_file(path: str, mtime_ns: int, size: int, version: str):
-    """`_cut` of a file, remembered by (path, mtime, size, crops' version): training, the ONNX export and
-    inference of one round look at the same display PNGs, and a replaced PNG has another mtime."""
-    return _cut(path)
-
-
-def _one(path: Path | str | np.ndarray):
-    if isinstance(path, np.ndarray):
-        return _cut(path)
-    stat = Path(path).stat()
-    return _cut_file(str(path), stat.st_mtime_ns, stat.st_size, version())
+def _one(png: Path | str | np.ndarray) -> candidate_store.Found:
+    if isinstance(png, np.ndarray):
+        return candidate_store.cut(_as_gray_uint8(png))
+    return candidate_store.candidates_of_png(Path(png))
 
 
 def candidates_of(pngs: list[Path] | list[np.ndarray], threads: int = 1) -> Candidates:
-    """`candidates.candidates` of each display PNG, `threads` at a time (NumPy and PIL release the GIL).
+    """`candidates.candidates` of each display PNG (or uint8 array), `threads` at a time (NumPy, SciPy and PIL
+    release the GIL); a PNG's candidates come from `candidate_store` when it has them.
 
     Raises FileNotFoundError for a missing PNG: a model trained or evaluated without some images' crops would
     report figures about other images than it names.

@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from mammo_pipeline.model.candidates import CHANNELS, CONTEXT, CROP, SECOND_LOOK_VERSION, blob_score, candidates
+from mammo_pipeline.model.candidates import (
+    CHANNELS,
+    CONTEXT,
+    CROP,
+    SCORE_GRID,
+    SECOND_LOOK_VERSION,
+    blob_score,
+    candidates,
+)
 
 
 def _tissue(rng: np.random.Generator, shape=(512, 400)) -> np.ndarray:
@@ -63,5 +71,6 @@ def test_candidates_are_half_a_crop_apart_and_a_flat_image_has_none():
             assert np.abs(centres[i] - centres[j]).max() >= CROP // 2
     crops, centres, scores = candidates(np.full((64, 64), 90, np.uint8), k=3)
     assert (scores == 0).all() and (centres == -1).all() and (crops == 0).all()
-    assert blob_score(np.full((100, 80), 90, np.uint8))[0].shape == (50, 40)
+    score, f = blob_score(np.full((1024, 800), 90, np.uint8))
+    assert f == 1024 // SCORE_GRID and score.shape == (1024 // f, 800 // f)
     assert isinstance(SECOND_LOOK_VERSION, str)

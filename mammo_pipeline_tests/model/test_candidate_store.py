@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mammo_pipeline.model import candidate_store, candidates
+
+
+def _display_png(path: Path, seed: int = 0) -> np.ndarray:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, (512, 400)), 3)
+    img = np.clip(np.where(np.arange(400)[None, :] > 60, 120 + 10 * noise / noise.std(), 0), 0, 255)
+    img[200:203, 150:163] = 250  # a ribbon clip
+    gray = img.astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(gray).save(path)
+    return gray
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a[:3], b[:3], strict=True)) and tuple(a[3]) == tuple(b[3])
+
+
+def test_kept_candidates_are_the_ones_cut_from_the_png_and_are_read_back_not_cut_again(tmp_path, monkeypatch):
+    png = tmp_path / "h" / "2" / "1024" / "abc.png"
+    gray = _display_png(png)
+    first = candidate_store.candidates_of_png(png)
+    assert _same(first, (*candidates.candidates(gray), gray.shape))
+    kept = candidate_store.store_path(png)
+    assert kept.is_file() and kept.parent.name == f"candidates-v{candidates.SECOND_LOOK_VERSION}"
+    assert [p.name for p in kept.parent.iterdir()] == ["abc.npz"]  # no temp file left behind
+
+    def fail(_):
+        raise AssertionError("cut again although kept")
+
+    monkeypatch.setattr(candidate_store, "cut", fail)
+    assert _same(candidate_store.candidates_of_png(png), first)
+
+
+def test_a_png_rendered_again_or_a_damaged_file_gets_its_candidates_cut_again(tmp_path):
+    png = tmp_path / "abc.png"
+    _display_png(png, seed=0)
+    candidate_store.candidates_of_png(png)
+    gray = _display_png(png, seed=1)  # the cache rendered this image again: other pixels, other mtime
+    stat = png.stat()
+    os.utime(png, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert _same(candidate_store.candidates_of_png(png), (*candidates.candidates(gray), gray.shape))
+    candidate_store.store_path(png).write_bytes(b"PK\x03\x04 not a whole archive")
+    assert _same(candidate_store.candidates_of_png(png), (*candidates.candidates(gray), gray.shape))
+    assert np.load(candidate_store.store_path(png))["png_mtime_ns"] == png.stat().st_mtime_ns  # kept anew
+
+
+def test_an_unwritable_cache_still_gives_the_candidates(tmp_path, monkeypatch):
+    png = tmp_path / "abc.png"
+    gray = _display_png(png)
+    (tmp_path / "a-file").write_text("")  # a folder that cannot be made: its parent is a file
+    monkeypatch.setattr(candidate_store, "store_path", lambda p: tmp_path / "a-file" / "cands" / "x.npz")
+    assert _same(candidate_store.candidates_of_png(png), (*candidates.candidates(gray), gray.shape))
