@@ -6,7 +6,6 @@ from mammo_pipeline.model.candidates import (
     CHANNELS,
     CONTEXT,
     CROP,
-    SCORE_GRID,
     SECOND_LOOK_VERSION,
     blob_score,
     candidates,
@@ -71,6 +70,16 @@ def test_candidates_are_half_a_crop_apart_and_a_flat_image_has_none():
             assert np.abs(centres[i] - centres[j]).max() >= CROP // 2
     crops, centres, scores = candidates(np.full((64, 64), 90, np.uint8), k=3)
     assert (scores == 0).all() and (centres == -1).all() and (crops == 0).all()
-    score, f = blob_score(np.full((1024, 800), 90, np.uint8))
-    assert f == 1024 // SCORE_GRID and score.shape == (1024 // f, 800 // f)
+    score, f = blob_score(np.full((1024, 800), 90, np.uint8))  # finest scale 2 px: scored on 2x2 block means
+    assert f == 2 and score.shape == (512, 400)
     assert isinstance(SECOND_LOOK_VERSION, str)
+
+
+def test_a_one_millimetre_bead_at_display_size_is_found_and_centred():
+    """A barbell clip's metal bead is ~1 mm: 4-5 px of a 1024-px display PNG, under the 2-3 mm clips' scales."""
+    rng = np.random.default_rng(4)
+    for where in [(300, 500), (700, 250)]:
+        img = _tissue(rng, shape=(1024, 800))
+        img[where[0] - 2 : where[0] + 3, where[1] - 2 : where[1] + 3] = 180  # bright, not saturated
+        _, centres, _ = candidates(img.astype(np.uint8), k=3)
+        assert np.hypot(*(centres[0] - np.array(where))) <= 3
