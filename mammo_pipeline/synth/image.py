@@ -165,8 +165,9 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
         for center in _inside_points(rng, breast.mask, breast.r, _shrink(field_box, 0.1), n_inside):
             length = max(rng.uniform(2.0, 4.0) * px_mm * zoom, length_min)  # about 3 mm (§4)
             thick = max(rng.uniform(0.3, 0.6) * px_mm * zoom, thick_min)
-            value, saturated = markers.clip_value(rng, float(img[int(center[0]), int(center[1])]))
-            _, box = markers.draw_clip(img, rng, center, length, thick, value)
+            contrast = markers.unsaturated_contrast(rng)
+            saturated = contrast is None
+            _, box = markers.draw_clip(img, rng, center, length, thick, contrast)
             if box:
                 boxes.append(("clip" if saturated else "clip_unsaturated", box))
             n_unsat += not saturated

@@ -6,7 +6,9 @@ Sizes and shapes: research note realism.md §4 (clips about 3 mm titanium; BB ni
 manual; skin-marker code pellet = nipple, circle = mole, triangle = palpable mass, line = scar, Beekley;
 coarse benign calcifications > 2 mm; devices at the upper edge of MLO views). Confounders are drawn at
 >= CLIP_MIN like metal clips, so no gray-level threshold separates them; a share of clips is drawn below
-saturation (`clip_value`: a polymer/hydrogel marker's small core in dense tissue, Pinkney BJR 2016). Every
+saturation (`unsaturated_contrast`: a polymer/hydrogel marker's small core in dense tissue, Pinkney BJR 2016),
+drawn *on top of* the tissue (`add`: attenuation adds along the ray, so the marker is brighter than the tissue
+under every pixel of it, however that tissue varies), never as a flat gray shape. Every
 stamp returns its bounding box so the truth table can be checked on geometry.
 """
 
@@ -116,11 +118,16 @@ def draw_clip(
     center: tuple[float, float],
     length_px: float,
     thickness_px: float,
-    value: float | None = None,
+    contrast: float | None = None,
 ) -> tuple[float, Box | None]:
-    """One clip of a random shape and angle at `value` (default: saturated metal); (share inside, box)."""
+    """One clip of a random shape and angle: saturated metal, or with `contrast` (`unsaturated_contrast`) added
+    over the tissue and kept below CLIP_MIN; (share inside, box)."""
     patch, origin = clip_stroke(rng, center, length_px, thickness_px)
-    share = stamp(img, patch, origin, metal_value(rng) if value is None else value)
+    if contrast is None:
+        share = stamp(img, patch, origin, metal_value(rng))
+    else:
+        add(img, patch, origin, contrast, CLIP_MIN - 0.03)
+        share = inside_share(img.shape, patch, origin)
     return share, patch_box(img.shape, patch, origin)
 
 
@@ -144,15 +151,25 @@ def draw_hook_wire(
     return patch_box(img.shape, patch, origin)
 
 
-def clip_value(rng: np.random.Generator, tissue: float) -> tuple[float, bool]:
-    """(display value, saturated?) of one clip over tissue of display value `tissue`.
-
-    Most clips are titanium and saturate; UNSATURATED_CLIP_SHARE are a polymer marker's small core or sit in
-    dense tissue: 0.12-0.3 above the tissue, always below CLIP_MIN.
-    """
+def unsaturated_contrast(rng: np.random.Generator) -> float | None:
+    """None for a titanium clip (saturated metal, most of them); for UNSATURATED_CLIP_SHARE of clips (a polymer
+    marker's small core, or a clip in dense tissue) the display contrast it adds over its tissue, 0.12-0.3."""
     if rng.random() >= UNSATURATED_CLIP_SHARE:
-        return metal_value(rng), True
-    return float(min(CLIP_MIN - 0.03, tissue + rng.uniform(0.12, 0.3))), False
+        return None
+    return float(rng.uniform(0.12, 0.3))
+
+
+def add(img: np.ndarray, patch: np.ndarray, origin: tuple[int, int], contrast: float, ceiling: float) -> None:
+    """Add `contrast` x coverage over the tissue under `patch` (Beer-Lambert: attenuations add along the ray),
+    kept below `ceiling` (not saturated) but never below the tissue it covers."""
+    r0, c0 = origin
+    y0, y1 = max(r0, 0), min(r0 + patch.shape[0], img.shape[0])
+    x0, x1 = max(c0, 0), min(c0 + patch.shape[1], img.shape[1])
+    if y0 >= y1 or x0 >= x1:
+        return
+    part = patch[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0]
+    region = img[y0:y1, x0:x1]
+    np.maximum(region, np.minimum(region + np.float32(contrast) * part, np.float32(ceiling)), out=region)
 
 
 def _disc(radius: float, ring: float | None = None) -> np.ndarray:

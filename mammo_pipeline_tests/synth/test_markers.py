@@ -51,13 +51,24 @@ def test_confounders_reach_clip_level_inside_their_box(draw):
     assert (img[~inside] <= 0.3 + 0.5).all() and (img[~inside] < markers.CLIP_MIN).all()  # nothing outside its box
 
 
-def test_clip_value_saturates_mostly_and_stays_below_when_not():
+def test_most_clips_saturate_and_an_unsaturated_one_is_brighter_than_the_tissue_under_every_pixel():
     rng = np.random.default_rng(0)
-    values = [markers.clip_value(rng, 0.6) for _ in range(400)]
-    unsaturated = [v for v, sat in values if not sat]
-    assert 0.15 < len(unsaturated) / len(values) < 0.35
-    assert all(0.6 + 0.12 <= v < markers.CLIP_MIN for v in unsaturated)
-    assert all(v >= markers.CLIP_MIN for v, sat in values if sat)
+    contrasts = [markers.unsaturated_contrast(rng) for _ in range(400)]
+    unsaturated = [c for c in contrasts if c is not None]
+    assert 0.15 < len(unsaturated) / len(contrasts) < 0.35 and all(0.12 <= c <= 0.3 for c in unsaturated)
+    tissue = np.clip(0.5 + 0.25 * np.sin(np.arange(80)[:, None] / 3.0) * np.cos(np.arange(80)[None, :] / 4.0), 0, 1)
+    for contrast in (None, 0.15):  # saturated metal, then a marker over strongly varying tissue
+        img = tissue.astype(np.float32).copy()
+        markers.draw_clip(img, np.random.default_rng(1), (40.0, 40.0), 30.0, 3.0, contrast)
+        covered = img > tissue + 1e-6
+        assert covered.sum() > 30
+        if contrast is None:
+            assert (img[covered] >= markers.CLIP_MIN).mean() > 0.5  # the blended 1-px rim aside, at saturation
+        else:
+            core = img - tissue > 0.5 * contrast
+            assert core.sum() > 20 and img.max() < markers.CLIP_MIN  # visible everywhere, never saturated
+            lift = (img - tissue)[core]  # the same lift over dark and bright tissue (less only on the 1-px rim)
+            assert (lift <= contrast + 1e-6).all() and np.isclose(lift, contrast, atol=1e-5).mean() > 0.6
 
 
 def test_unknown_clip_shape_is_rejected():
