@@ -471,20 +471,23 @@ def draw_breast(
         eq = multiscale_enhance(eq.astype(np.float32), wmm, gains, float(rng.uniform(0.6, 0.9)), mean)
     # ... and the tone curve: fat -> f0, dense gland -> g0
     gamma, f0, g0, nblur = TONES.get(vendor, TONES["H"]) if not film else TONES["FILM"]
-    x = (eq - np.float32(0.12)) * np.float32(1 / 0.62)  # 0 = fat, 1 = dense
-    if gamma != 1.0:
-        x = np.where(x > 0, np.abs(x) ** np.float32(gamma), x)
-    tone = np.float32(f0) + np.float32(g0 - f0) * x
-    # below fat (the enhancement's dark overshoots) the curve has the toe of a sigmoid (§2 step 4: vendors bake a
-    # sigmoid into the pixels): f0 + f0 tanh(slope x / f0) meets the line at fat with the same slope and
-    # flattens towards black instead of clipping at it
-    toe = np.float32(f0) * (1 + np.tanh(np.float32((g0 - f0) / f0) * x))
-    tone = np.where(x < 0, toe, tone)
+    if film:  # exposure -> film density -> scanner: the film's own characteristic curve, no vendor tone curve
+        tone, air = film_display(rng, eq * np.float32(T), tissue_path, skin_path, mask_w)
+    else:
+        x = (eq - np.float32(0.12)) * np.float32(1 / 0.62)  # 0 = fat, 1 = dense
+        if gamma != 1.0:
+            x = np.where(x > 0, np.abs(x) ** np.float32(gamma), x)
+        tone = np.float32(f0) + np.float32(g0 - f0) * x
+        # below fat (the enhancement's dark overshoots) the curve has the toe of a sigmoid (§2 step 4: vendors bake
+        # a sigmoid into the pixels): f0 + f0 tanh(slope x / f0) meets the line at fat with the same slope and
+        # flattens towards black instead of clipping at it
+        toe = np.float32(f0) * (1 + np.tanh(np.float32((g0 - f0) / f0) * x))
+        tone = np.where(x < 0, toe, tone)
+        air = BACKGROUND
     full = (rows, cols)
     img = upsample(tone.astype(np.float32), full)
     r_full = upsample(r.astype(np.float32), full)
     mask = r_full < 1.0
-    air = BACKGROUND if not film else rng.uniform(0.06, 0.12)
     img[~mask] = np.float32(air)
     _draw_calcifications(rng, img, mask, 1.0 / mm_px)
 
@@ -505,6 +508,53 @@ def draw_breast(
     np.clip(img, 0.0, TISSUE_MAX, out=img)
     nipple = (int((cy - oy) * zoom), int((a - ox) * zoom))
     return Breast(image=img, mask=mask, r=r_full, nipple=nipple, density=density)
+
+
+# Digitized screen film (film=True). Sources are outside realism.md (which gives only the film beta): see README.
+MU_FAT_MM, MU_GLAND_MM = 0.0456, 0.0802  # linear attenuation at 20 keV, 1/mm (Johns & Yaffe, PMB 1987)
+FILM_GRADIENT = (3.77, 4.38)  # average gradient, net OD 0.25-2.0: Kodak Min-R 2000, Fuji AD-M (Young, BJR 2001)
+FILM_DMIN = (0.18, 0.25)  # base + fog (†; regulators allow up to 0.25-0.30: Dickerson, Carestream)
+FILM_DMAX = 4.0  # maximum density of mammography film (†; medical film 3-5)
+FILM_TARGET_OD = (1.3, 1.9)  # AEC: the breast's median density (†; screening ODs peak at the AEC target)
+# volumetric gland per unit of dense area: the population means, 19 % volumetric (Yaffe 2009, realism.md §1.3) over
+# the 33 % dense area that DENSITY_SHARE and DENSITY_P give on average
+FILM_VOLUME_PER_AREA = 0.19 / sum(DENSITY_P[k] * sum(DENSITY_SHARE[k]) / 2 for k in DENSITY_P)
+SCANNER_OD_MAX = 3.6  # Lumisys 200 laser digitizer of DDSM: pixel = 4095 - 1000 OD down to OD 3.6 (DDSM calibration)
+
+
+def film_display(
+    rng: np.random.Generator, dense_path: np.ndarray, tissue_path: np.ndarray, skin_path: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """(display image, air display) of a screen-film mammogram digitized by a DDSM-style laser scanner.
+
+    `dense_path` is the breast's dense-equivalent path (mm; the generator's `signal`: 0.12 per mm of fat, 0.74
+    per mm of gland, 0.7 per mm of skin), `tissue_path` / `skin_path` the paths through tissue and skin (mm).
+    The generator's gland share is an area share (BI-RADS dense area); film blackening depends on the volume of
+    gland along the ray, so the gland path is scaled by FILM_VOLUME_PER_AREA. Attenuation A = mu_fat tissue +
+    (mu_gland - mu_fat) gland + mu_gland skin; the exposure is set (automatic exposure control) so the breast's
+    median density is FILM_TARGET_OD; density follows a logistic characteristic curve in log exposure (the
+    "logit" film model: de Almeida, Sobol & Barnes, Med Phys 1999) from base + fog to FILM_DMAX with the average
+    gradient of mammography film; the scanner maps density linearly to gray and stops at SCANNER_OD_MAX. The
+    directly exposed air is therefore the darkest gray (the scanner's floor, 495/4095), and only a breast's
+    burned-out periphery gets as dark.
+    """
+    gland = (dense_path - np.float32(0.12) * tissue_path - np.float32(0.7) * skin_path) * np.float32(1 / 0.62)
+    gland = np.clip(gland, 0, None) * np.float32(FILM_VOLUME_PER_AREA)
+    attenuation = np.float32(MU_FAT_MM) * tissue_path + np.float32(MU_GLAND_MM - MU_FAT_MM) * gland
+    attenuation += np.float32(MU_GLAND_MM) * skin_path
+    log_e = -np.float32(np.log10(np.e)) * attenuation  # log10 of the exposure relative to the unattenuated beam
+    dmin = float(rng.uniform(*FILM_DMIN))
+    span = FILM_DMAX - dmin
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    slope = float(rng.uniform(*FILM_GRADIENT)) * (logit(2.0 / span) - logit(0.25 / span)) / 1.75
+    target = float(rng.uniform(*FILM_TARGET_OD))
+    u0 = logit((target - dmin) / span) / slope - float(np.median(log_e[mask])) if mask.any() else 0.0
+
+    def to_display(le: np.ndarray) -> np.ndarray:
+        od = np.float32(dmin) + np.float32(span) / (1 + np.exp(-np.float32(slope) * (le + np.float32(u0))))
+        return (4095.0 - 1000.0 * np.minimum(od, np.float32(SCANNER_OD_MAX))) * np.float32(1 / 4095.0)
+
+    return to_display(log_e).astype(np.float32), float(to_display(np.zeros(1, np.float32))[0])
 
 
 def _draw_calcifications(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, px_per_mm: float) -> None:

@@ -45,6 +45,7 @@ class Measured:
     image: np.ndarray  # display [0, 1]
     spacing_mm: float
     stats: dict = field(default_factory=dict)
+    label: str | None = None  # synthetic: the truth label ('neither', 'biopsy', ...); real: unknown
 
 
 def realdata_dir(folder: Path | str | None = None) -> Path:
@@ -112,7 +113,7 @@ def load_synthetic(landing: Path, limit: int | None = None, seed: int = 0) -> li
         profile = PROFILES[row.vendor_profile]
         spacing = profile.pixel_spacing * profile.rows / rend.source_shape[0]
         kind = "FILM" if profile.secondary_capture else "FFDM"
-        out.append(Measured(path.name, kind, row.vendor_profile, row.view_position, img, spacing))
+        out.append(Measured(path.name, kind, row.vendor_profile, row.view_position, img, spacing, label=row.label))
     return out
 
 
@@ -121,7 +122,7 @@ def measure(images: list[Measured]) -> pd.DataFrame:
     rows = []
     for m in images:
         m.stats = image_stats(m.image, m.spacing_mm).as_dict()
-        rows.append({"name": m.name, "kind": m.kind, "source": m.source, "view": m.view, **m.stats})
+        rows.append({"name": m.name, "kind": m.kind, "source": m.source, "view": m.view, "label": m.label, **m.stats})
     return pd.DataFrame(rows)
 
 
@@ -130,7 +131,9 @@ def compare(real: pd.DataFrame, synth: pd.DataFrame) -> pd.DataFrame:
 
     "inside" = the synthetic median lies in [real min, real max] (within TOLERANCE of the value when there is one
     real image). Shares of images with a saturated object compare shares (inside = within 0.25 of the real share,
-    since a handful of real images cannot pin a share down more finely).
+    since a handful of real images cannot pin a share down more finely), like for like: the real images are
+    screening views, so the synthetic share counts the images of label 'neither' only (no clip, no
+    magnification; markers, letters and calcifications at their published rates), when `synth` has labels.
     """
     rows = []
     for kind in sorted(set(real["kind"]) & set(synth["kind"])):
@@ -157,8 +160,9 @@ def compare(real: pd.DataFrame, synth: pd.DataFrame) -> pd.DataFrame:
                     "inside": lo <= med <= hi,
                 }
             )
+        plain = s[s["label"] == "neither"] if "label" in s and (s["label"] == "neither").any() else s
         for stat in SHARE_NAMES:
-            rs, ss = float(r[stat].mean()), float(s[stat].mean())
+            rs, ss = float(r[stat].mean()), float(plain[stat].mean())
             rows.append(
                 {
                     "kind": kind,
@@ -166,7 +170,7 @@ def compare(real: pd.DataFrame, synth: pd.DataFrame) -> pd.DataFrame:
                     "n_real": len(r),
                     "real_min": rs,
                     "real_max": rs,
-                    "n_synthetic": len(s),
+                    "n_synthetic": len(plain),
                     "synthetic_median": ss,
                     "synthetic_p10": np.nan,
                     "synthetic_p90": np.nan,
