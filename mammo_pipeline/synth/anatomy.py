@@ -95,6 +95,51 @@ def upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.array(img.resize((shape[1], shape[0]), Image.BILINEAR))
 
 
+_AREA: dict[tuple[int, int], object] = {}  # per (n_in, n_out): sparse area-of-bilinear resampling matrix
+
+
+def _area_matrix(n_in: int, n_out: int):
+    """(n_out, n_in) sparse matrix: the mean of the 1-D bilinear interpolant of n_in samples over each of n_out
+    equal output pixels (PIL's pixel-centre convention, edge samples held), from 16 sub-samples per pixel; cached.
+    """
+    key = (n_in, n_out)
+    hit = _AREA.get(key)
+    if hit is None:
+        from scipy import sparse
+
+        m = 16
+        x = (np.arange(n_out)[:, None] + (np.arange(m)[None, :] + 0.5) / m) * (n_in / n_out) - 0.5
+        x = np.clip(x, 0.0, n_in - 1.0)
+        i0 = np.minimum(np.floor(x).astype(np.intp), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        t = x - i0
+        rows = np.repeat(np.arange(n_out), m)
+        data = np.concatenate([(1 - t).ravel(), t.ravel()]) / m
+        hit = sparse.csr_matrix(
+            (data, (np.concatenate([rows, rows]), np.concatenate([i0.ravel(), i1.ravel()]))), shape=(n_out, n_in)
+        ).astype(np.float32)
+        if len(_AREA) > 64:
+            _AREA.clear()
+        _AREA[key] = hit
+    return hit
+
+
+def area_upsample(a: np.ndarray, shape: tuple[int, int], step: float) -> np.ndarray:
+    """`a` on the grid of `shape` as a full-size image area-averaged to that grid would show it.
+
+    The full-size image is `a` upsampled bilinearly by a large factor; area-averaging it back over an output pixel
+    of 1 / `step` work pixels (step < 2: --scale 0.25 of most detectors) gives the mean of the bilinear interpolant
+    over the pixel, not its value at the pixel's centre (plain bilinear resizing leaves the output samples that
+    fall on work-grid samples unsmoothed and smooths those between them: a periodic pattern that adds fine
+    texture). Below step 2 that mean is taken exactly (one sparse matrix per axis; at step 1 it is the
+    [1/8, 3/4, 1/8] kernel); at step >= 2 plain bilinear resizing is close enough.
+    """
+    if step >= 2.0:
+        return upsample(a, shape)
+    my, mx = _area_matrix(a.shape[0], shape[0]), _area_matrix(a.shape[1], shape[1])
+    return np.ascontiguousarray((mx @ (my @ a).T).T, dtype=np.float32)
+
+
 def _fast_shape(shape: tuple[int, int], pad: int = 0) -> tuple[int, int]:
     """An FFT-friendly shape at least `pad` pixels larger than `shape` in each dimension."""
     return (scipy.fft.next_fast_len(shape[0] + pad, real=True), scipy.fft.next_fast_len(shape[1] + pad, real=True))
@@ -339,12 +384,16 @@ def draw_breast(
     actual pixel); `vendor` picks the tone curve (TONES key); `film` draws a digitized screen-film image.
     """
     mm_px = spacing_mm / zoom  # anatomy mm per output pixel
-    # work grid: about WORK_MM per pixel (the output grid itself when its pixels are nearly as coarse)
-    step = WORK_MM / mm_px if mm_px < WORK_MM / 1.2 else 1.0
+    # work grid: about WORK_MM per pixel (the output grid itself when its pixels are as coarse: --scale 0.25 of a
+    # 0.1 mm detector); output pixels between WORK_MM / 2 and WORK_MM are area-averaged (area_upsample)
+    step = WORK_MM / mm_px if mm_px < WORK_MM else 1.0
     hw, ww = max(8, round(rows / step)), max(8, round(cols / step))
     sy, sx = rows / hw, cols / ww  # output pixels per work pixel along each axis
     wmm = mm_px * (sy + sx) / 2  # anatomy mm per work pixel
-    interp = wmm if step > 1.0 else 0.0  # fields are upsampled bilinearly from wmm pixels: pre-emphasise
+    # fields are upsampled bilinearly from wmm pixels: pre-emphasise. Also when the output grid is itself the work
+    # grid (pixels >= WORK_MM / 1.2, e.g. --scale 0.25 of a 0.085-0.1 mm detector): area_upsample then damps it as
+    # area-averaging the full-size image would, so every scale shows the full-size image area-averaged
+    interp = wmm
     a = rng.uniform(0.4, 0.85) * cols  # chest wall to nipple, pixels of a contact view
     mlo = view == "MLO"
     b = rng.uniform(0.36, 0.45) * rows if not mlo else rng.uniform(0.40, 0.47) * rows
@@ -485,7 +534,7 @@ def draw_breast(
         tone = np.where(x < 0, toe, tone)
         air = BACKGROUND
     full = (rows, cols)
-    img = upsample(tone.astype(np.float32), full)
+    img = area_upsample(tone.astype(np.float32), full, step)
     r_full = upsample(r.astype(np.float32), full)
     mask = r_full < 1.0
     img[~mask] = np.float32(air)
