@@ -130,6 +130,8 @@ def chest_wall_side(img: np.ndarray) -> int:
     Compared on the column bands 3-15 % in from each side, so a film's bright border strips do not count.
     """
     w = img.shape[1]
+    if w < 8:
+        return 0
     a, b = max(1, round(0.03 * w)), max(2, round(0.15 * w))
     return 0 if img[:, a:b].mean() >= img[:, w - b : w - a].mean() else -1
 
