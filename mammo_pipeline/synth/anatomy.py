@@ -29,7 +29,8 @@ Layers, in the order a projection and a vendor's processing chain produce them (
    1 + g; finer detail gets the 0.5 mm band's gain; the coarsest band compressed to 0.6-0.9) adds overshoot at
    every edge, and a per-vendor tone curve with a sigmoid toe maps to display values (§2 step 4).
    Digitized film (`film=True`) skips equalization and edge enhancement, uses Burgess's film beta (mean 2.8)
-   and keeps the air at base + fog gray.
+   and replaces the tone curve by film physics (`film_display`: attenuation, exposure control, the film's
+   characteristic curve, a laser digitizer), so its air is the scanner's darkest gray.
 7. **Quantum noise**, white for a-Se detectors and blurred for CsI (GE; Borges 2019), with variance rising
    with the signal (affine variance), scaled to the pixel size so that a `--scale` < 1 image looks like an
    area-averaged full-size one.
@@ -67,7 +68,7 @@ TONES: dict[str, tuple[float, float, float, float]] = {
     "SIE": (1.1, 0.09, 0.70, 0.0),
     "FUJ": (0.95, 0.11, 0.66, 0.0),
     "PHI": (1.05, 0.08, 0.64, 0.0),  # photon counting: low noise
-    "FILM": (1.3, 0.15, 0.70, 0.6),  # digitized film: no equalization, film's own characteristic curve
+    "FILM": (1.3, 0.15, 0.70, 0.6),  # digitized film: only the noise blur is used (film_display draws the tones)
 }
 ENVELOPE_WEIGHT = 1.6  # gland gathers behind the nipple: weight of the central envelope against the field (†)
 GLAND_SOFTNESS = 0.45  # sigmoid width of the dense/fat threshold, in field SDs (†)
