@@ -569,6 +569,8 @@ FILM_TARGET_OD = (1.3, 1.9)  # AEC: the breast's median density (†; screening 
 # volumetric gland per unit of dense area: the population means, 19 % volumetric (Yaffe 2009, realism.md §1.3) over
 # the 33 % dense area that DENSITY_SHARE and DENSITY_P give on average
 FILM_VOLUME_PER_AREA = 0.19 / sum(DENSITY_P[k] * sum(DENSITY_SHARE[k]) / 2 for k in DENSITY_P)
+FILM_SPR_NO_GRID = (0.40, 0.85)  # scatter / primary without a grid, clinical fields and thicknesses (Barnes 1978)
+GRID_TRANSMISSION = (0.73, 0.13)  # primary, scatter transmission of a mammography grid (Xia, Lo & Floyd, SPIE 2005)
 SCANNER_OD_MAX = 3.6  # Lumisys 200 laser digitizer of DDSM: pixel = 4095 - 1000 OD down to OD 3.6 (DDSM calibration)
 
 
@@ -581,18 +583,23 @@ def film_display(
     per mm of gland, 0.7 per mm of skin), `tissue_path` / `skin_path` the paths through tissue and skin (mm).
     The generator's gland share is an area share (BI-RADS dense area); film blackening depends on the volume of
     gland along the ray, so the gland path is scaled by FILM_VOLUME_PER_AREA. Attenuation A = mu_fat tissue +
-    (mu_gland - mu_fat) gland + mu_gland skin; the exposure is set (automatic exposure control) so the breast's
-    median density is FILM_TARGET_OD; density follows a logistic characteristic curve in log exposure (the
-    "logit" film model: de Almeida, Sobol & Barnes, Med Phys 1999) from base + fog to FILM_DMAX with the average
-    gradient of mammography film; the scanner maps density linearly to gray and stops at SCANNER_OD_MAX. The
-    directly exposed air is therefore the darkest gray (the scanner's floor, 495/4095), and only a breast's
-    burned-out periphery gets as dark.
+    (mu_gland - mu_fat) gland + mu_gland skin; grid-filtered scatter adds a uniform exposure; the exposure is set
+    (automatic exposure control) so the breast's median density is FILM_TARGET_OD; density follows a logistic
+    characteristic curve in log exposure (the "logit" film model: de Almeida, Sobol & Barnes, Med Phys 1999) from
+    base + fog to FILM_DMAX with the average gradient of mammography film; the scanner maps density linearly to
+    gray and stops at SCANNER_OD_MAX. The directly exposed air is therefore the darkest gray (the scanner's floor,
+    495/4095), and only a breast's burned-out periphery gets as dark.
     """
     gland = (dense_path - np.float32(0.12) * tissue_path - np.float32(0.7) * skin_path) * np.float32(1 / 0.62)
     gland = np.clip(gland, 0, None) * np.float32(FILM_VOLUME_PER_AREA)
     attenuation = np.float32(MU_FAT_MM) * tissue_path + np.float32(MU_GLAND_MM - MU_FAT_MM) * gland
     attenuation += np.float32(MU_GLAND_MM) * skin_path
-    log_e = -np.float32(np.log10(np.e)) * attenuation  # log10 of the exposure relative to the unattenuated beam
+    primary = np.exp(-attenuation)  # exposure relative to the unattenuated beam
+    # scatter: a uniform background (the constant-bias model) of SPR x the breast's mean primary, the SPR without a
+    # grid times the grid's scatter / primary transmission
+    spr = float(rng.uniform(*FILM_SPR_NO_GRID)) * GRID_TRANSMISSION[1] / GRID_TRANSMISSION[0]
+    scatter = np.float32(spr * (float(primary[mask].mean()) if mask.any() else 1.0))
+    log_e = np.log10(primary + scatter)
     dmin = float(rng.uniform(*FILM_DMIN))
     span = FILM_DMAX - dmin
     logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
@@ -604,7 +611,8 @@ def film_display(
         od = np.float32(dmin) + np.float32(span) / (1 + np.exp(-np.float32(slope) * (le + np.float32(u0))))
         return (4095.0 - 1000.0 * np.minimum(od, np.float32(SCANNER_OD_MAX))) * np.float32(1 / 4095.0)
 
-    return to_display(log_e).astype(np.float32), float(to_display(np.zeros(1, np.float32))[0])
+    air = np.full(1, np.log10(1 + scatter), np.float32)
+    return to_display(log_e).astype(np.float32), float(to_display(air)[0])
 
 
 def _draw_calcifications(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, px_per_mm: float) -> None:
