@@ -29,7 +29,8 @@ Layers, in the order a projection and a vendor's processing chain produce them (
    1 + g; finer detail gets the 0.5 mm band's gain; the coarsest band compressed to 0.6-0.9) adds overshoot at
    every edge, and a per-vendor tone curve with a sigmoid toe maps to display values (§2 step 4).
    Digitized film (`film=True`) skips equalization and edge enhancement, uses Burgess's film beta (mean 2.8)
-   and keeps the air at base + fog gray.
+   and replaces the tone curve by film physics (`film_display`: attenuation, exposure control, the film's
+   characteristic curve, a laser digitizer), so its air is the scanner's darkest gray.
 7. **Quantum noise**, white for a-Se detectors and blurred for CsI (GE; Borges 2019), with variance rising
    with the signal (affine variance), scaled to the pixel size so that a `--scale` < 1 image looks like an
    area-averaged full-size one.
@@ -67,7 +68,7 @@ TONES: dict[str, tuple[float, float, float, float]] = {
     "SIE": (1.1, 0.09, 0.70, 0.0),
     "FUJ": (0.95, 0.11, 0.66, 0.0),
     "PHI": (1.05, 0.08, 0.64, 0.0),  # photon counting: low noise
-    "FILM": (1.3, 0.15, 0.70, 0.6),  # digitized film: no equalization, film's own characteristic curve
+    "FILM": (1.3, 0.15, 0.70, 0.6),  # digitized film: only the noise blur is used (film_display draws the tones)
 }
 ENVELOPE_WEIGHT = 1.6  # gland gathers behind the nipple: weight of the central envelope against the field (†)
 GLAND_SOFTNESS = 0.45  # sigmoid width of the dense/fat threshold, in field SDs (†)
@@ -93,6 +94,51 @@ def upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return a.astype(np.float32, copy=False)
     img = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
     return np.array(img.resize((shape[1], shape[0]), Image.BILINEAR))
+
+
+_AREA: dict[tuple[int, int], object] = {}  # per (n_in, n_out): sparse area-of-bilinear resampling matrix
+
+
+def _area_matrix(n_in: int, n_out: int):
+    """(n_out, n_in) sparse matrix: the mean of the 1-D bilinear interpolant of n_in samples over each of n_out
+    equal output pixels (PIL's pixel-centre convention, edge samples held), from 16 sub-samples per pixel; cached.
+    """
+    key = (n_in, n_out)
+    hit = _AREA.get(key)
+    if hit is None:
+        from scipy import sparse
+
+        m = 16
+        x = (np.arange(n_out)[:, None] + (np.arange(m)[None, :] + 0.5) / m) * (n_in / n_out) - 0.5
+        x = np.clip(x, 0.0, n_in - 1.0)
+        i0 = np.minimum(np.floor(x).astype(np.intp), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        t = x - i0
+        rows = np.repeat(np.arange(n_out), m)
+        data = np.concatenate([(1 - t).ravel(), t.ravel()]) / m
+        hit = sparse.csr_matrix(
+            (data, (np.concatenate([rows, rows]), np.concatenate([i0.ravel(), i1.ravel()]))), shape=(n_out, n_in)
+        ).astype(np.float32)
+        if len(_AREA) > 64:
+            _AREA.clear()
+        _AREA[key] = hit
+    return hit
+
+
+def area_upsample(a: np.ndarray, shape: tuple[int, int], step: float) -> np.ndarray:
+    """`a` on the grid of `shape` as a full-size image area-averaged to that grid would show it.
+
+    The full-size image is `a` upsampled bilinearly by a large factor; area-averaging it back over an output pixel
+    of 1 / `step` work pixels (step < 2: --scale 0.25 of most detectors) gives the mean of the bilinear interpolant
+    over the pixel, not its value at the pixel's centre (plain bilinear resizing leaves the output samples that
+    fall on work-grid samples unsmoothed and smooths those between them: a periodic pattern that adds fine
+    texture). Below step 2 that mean is taken exactly (one sparse matrix per axis; at step 1 it is the
+    [1/8, 3/4, 1/8] kernel); at step >= 2 plain bilinear resizing is close enough.
+    """
+    if step >= 2.0:
+        return upsample(a, shape)
+    my, mx = _area_matrix(a.shape[0], shape[0]), _area_matrix(a.shape[1], shape[1])
+    return np.ascontiguousarray((mx @ (my @ a).T).T, dtype=np.float32)
 
 
 def _fast_shape(shape: tuple[int, int], pad: int = 0) -> tuple[int, int]:
@@ -339,12 +385,16 @@ def draw_breast(
     actual pixel); `vendor` picks the tone curve (TONES key); `film` draws a digitized screen-film image.
     """
     mm_px = spacing_mm / zoom  # anatomy mm per output pixel
-    # work grid: about WORK_MM per pixel (the output grid itself when its pixels are nearly as coarse)
-    step = WORK_MM / mm_px if mm_px < WORK_MM / 1.2 else 1.0
+    # work grid: about WORK_MM per pixel (the output grid itself when its pixels are as coarse: --scale 0.25 of a
+    # 0.1 mm detector); output pixels between WORK_MM / 2 and WORK_MM are area-averaged (area_upsample)
+    step = WORK_MM / mm_px if mm_px < WORK_MM else 1.0
     hw, ww = max(8, round(rows / step)), max(8, round(cols / step))
     sy, sx = rows / hw, cols / ww  # output pixels per work pixel along each axis
     wmm = mm_px * (sy + sx) / 2  # anatomy mm per work pixel
-    interp = wmm if step > 1.0 else 0.0  # fields are upsampled bilinearly from wmm pixels: pre-emphasise
+    # fields are upsampled bilinearly from wmm pixels: pre-emphasise. Also when the output grid is itself the work
+    # grid (pixels >= WORK_MM / 1.2, e.g. --scale 0.25 of a 0.085-0.1 mm detector): area_upsample then damps it as
+    # area-averaging the full-size image would, so every scale shows the full-size image area-averaged
+    interp = wmm
     a = rng.uniform(0.4, 0.85) * cols  # chest wall to nipple, pixels of a contact view
     mlo = view == "MLO"
     b = rng.uniform(0.36, 0.45) * rows if not mlo else rng.uniform(0.40, 0.47) * rows
@@ -471,20 +521,23 @@ def draw_breast(
         eq = multiscale_enhance(eq.astype(np.float32), wmm, gains, float(rng.uniform(0.6, 0.9)), mean)
     # ... and the tone curve: fat -> f0, dense gland -> g0
     gamma, f0, g0, nblur = TONES.get(vendor, TONES["H"]) if not film else TONES["FILM"]
-    x = (eq - np.float32(0.12)) * np.float32(1 / 0.62)  # 0 = fat, 1 = dense
-    if gamma != 1.0:
-        x = np.where(x > 0, np.abs(x) ** np.float32(gamma), x)
-    tone = np.float32(f0) + np.float32(g0 - f0) * x
-    # below fat (the enhancement's dark overshoots) the curve has the toe of a sigmoid (§2 step 4: vendors bake a
-    # sigmoid into the pixels): f0 + f0 tanh(slope x / f0) meets the line at fat with the same slope and
-    # flattens towards black instead of clipping at it
-    toe = np.float32(f0) * (1 + np.tanh(np.float32((g0 - f0) / f0) * x))
-    tone = np.where(x < 0, toe, tone)
+    if film:  # exposure -> film density -> scanner: the film's own characteristic curve, no vendor tone curve
+        tone, air = film_display(rng, eq * np.float32(T), tissue_path, skin_path, mask_w)
+    else:
+        x = (eq - np.float32(0.12)) * np.float32(1 / 0.62)  # 0 = fat, 1 = dense
+        if gamma != 1.0:
+            x = np.where(x > 0, np.abs(x) ** np.float32(gamma), x)
+        tone = np.float32(f0) + np.float32(g0 - f0) * x
+        # below fat (the enhancement's dark overshoots) the curve has the toe of a sigmoid (§2 step 4: vendors bake
+        # a sigmoid into the pixels): f0 + f0 tanh(slope x / f0) meets the line at fat with the same slope and
+        # flattens towards black instead of clipping at it
+        toe = np.float32(f0) * (1 + np.tanh(np.float32((g0 - f0) / f0) * x))
+        tone = np.where(x < 0, toe, tone)
+        air = BACKGROUND
     full = (rows, cols)
-    img = upsample(tone.astype(np.float32), full)
+    img = area_upsample(tone.astype(np.float32), full, step)
     r_full = upsample(r.astype(np.float32), full)
     mask = r_full < 1.0
-    air = BACKGROUND if not film else rng.uniform(0.06, 0.12)
     img[~mask] = np.float32(air)
     _draw_calcifications(rng, img, mask, 1.0 / mm_px)
 
@@ -505,6 +558,61 @@ def draw_breast(
     np.clip(img, 0.0, TISSUE_MAX, out=img)
     nipple = (int((cy - oy) * zoom), int((a - ox) * zoom))
     return Breast(image=img, mask=mask, r=r_full, nipple=nipple, density=density)
+
+
+# Digitized screen film (film=True). Sources are outside realism.md (which gives only the film beta): see README.
+MU_FAT_MM, MU_GLAND_MM = 0.0456, 0.0802  # linear attenuation at 20 keV, 1/mm (Johns & Yaffe, PMB 1987)
+FILM_GRADIENT = (3.77, 4.38)  # average gradient, net OD 0.25-2.0: Kodak Min-R 2000, Fuji AD-M (Young, BJR 2001)
+FILM_DMIN = (0.18, 0.25)  # base + fog (†; regulators allow up to 0.25-0.30: Dickerson, Carestream)
+FILM_DMAX = 4.0  # maximum density of mammography film (†; medical film 3-5)
+FILM_TARGET_OD = (1.3, 1.9)  # AEC: the breast's median density (†; screening ODs peak at the AEC target)
+# volumetric gland per unit of dense area: the population means, 19 % volumetric (Yaffe 2009, realism.md §1.3) over
+# the 33 % dense area that DENSITY_SHARE and DENSITY_P give on average
+FILM_VOLUME_PER_AREA = 0.19 / sum(DENSITY_P[k] * sum(DENSITY_SHARE[k]) / 2 for k in DENSITY_P)
+FILM_SPR_NO_GRID = (0.40, 0.85)  # scatter / primary without a grid, clinical fields and thicknesses (Barnes 1978)
+GRID_TRANSMISSION = (0.73, 0.13)  # primary, scatter transmission of a mammography grid (Xia, Lo & Floyd, SPIE 2005)
+SCANNER_OD_MAX = 3.6  # Lumisys 200 laser digitizer of DDSM: pixel = 4095 - 1000 OD down to OD 3.6 (DDSM calibration)
+
+
+def film_display(
+    rng: np.random.Generator, dense_path: np.ndarray, tissue_path: np.ndarray, skin_path: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """(display image, air display) of a screen-film mammogram digitized by a DDSM-style laser scanner.
+
+    `dense_path` is the breast's dense-equivalent path (mm; the generator's `signal`: 0.12 per mm of fat, 0.74
+    per mm of gland, 0.7 per mm of skin), `tissue_path` / `skin_path` the paths through tissue and skin (mm).
+    The generator's gland share is an area share (BI-RADS dense area); film blackening depends on the volume of
+    gland along the ray, so the gland path is scaled by FILM_VOLUME_PER_AREA. Attenuation A = mu_fat tissue +
+    (mu_gland - mu_fat) gland + mu_gland skin; grid-filtered scatter adds a uniform exposure; the exposure is set
+    (automatic exposure control) so the breast's median density is FILM_TARGET_OD; density follows a logistic
+    characteristic curve in log exposure (the "logit" film model: de Almeida, Sobol & Barnes, Med Phys 1999) from
+    base + fog to FILM_DMAX with the average gradient of mammography film; the scanner maps density linearly to
+    gray and stops at SCANNER_OD_MAX. The directly exposed air is therefore the darkest gray (the scanner's floor,
+    495/4095), and only a breast's burned-out periphery gets as dark.
+    """
+    gland = (dense_path - np.float32(0.12) * tissue_path - np.float32(0.7) * skin_path) * np.float32(1 / 0.62)
+    gland = np.clip(gland, 0, None) * np.float32(FILM_VOLUME_PER_AREA)
+    attenuation = np.float32(MU_FAT_MM) * tissue_path + np.float32(MU_GLAND_MM - MU_FAT_MM) * gland
+    attenuation += np.float32(MU_GLAND_MM) * skin_path
+    primary = np.exp(-attenuation)  # exposure relative to the unattenuated beam
+    # scatter: a uniform background (the constant-bias model) of SPR x the breast's mean primary, the SPR without a
+    # grid times the grid's scatter / primary transmission
+    spr = float(rng.uniform(*FILM_SPR_NO_GRID)) * GRID_TRANSMISSION[1] / GRID_TRANSMISSION[0]
+    scatter = np.float32(spr * (float(primary[mask].mean()) if mask.any() else 1.0))
+    log_e = np.log10(primary + scatter)
+    dmin = float(rng.uniform(*FILM_DMIN))
+    span = FILM_DMAX - dmin
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    slope = float(rng.uniform(*FILM_GRADIENT)) * (logit(2.0 / span) - logit(0.25 / span)) / 1.75
+    target = float(rng.uniform(*FILM_TARGET_OD))
+    u0 = logit((target - dmin) / span) / slope - float(np.median(log_e[mask])) if mask.any() else 0.0
+
+    def to_display(le: np.ndarray) -> np.ndarray:
+        od = np.float32(dmin) + np.float32(span) / (1 + np.exp(-np.float32(slope) * (le + np.float32(u0))))
+        return (4095.0 - 1000.0 * np.minimum(od, np.float32(SCANNER_OD_MAX))) * np.float32(1 / 4095.0)
+
+    air = np.full(1, np.log10(1 + scatter), np.float32)
+    return to_display(log_e).astype(np.float32), float(to_display(air)[0])
 
 
 def _draw_calcifications(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, px_per_mm: float) -> None:

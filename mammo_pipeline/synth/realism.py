@@ -20,9 +20,14 @@ Statistics (one `ImageStats` per image):
 - `skin_ratio`: mean gray 0.5-1.5 mm inside the skin line divided by the mean gray 9-11 mm inside
   (peripheral equalization lifts it towards 1 and beyond; without it the edge is darker: Tortajada 2014).
 - `noise`: robust SD (central 98 %) of the image minus its 3 x 3 median on the `GRID_MM` grid, in tissue.
-- `saturated_air` / `saturated_skin` / `saturated_inside`: whether the 256-px rendition has a connected object
-  at display >= `SATURATED` in the air (lead letters, labels), within `SKIN_BAND_MM` of the skin line (nipple and
-  skin markers) or deeper inside the breast (clips, coarse calcifications, wires).
+- `saturated_air` / `saturated_skin` / `saturated_inside`: whether the image has a connected object at display
+  >= `SATURATED` in the air (lead letters, labels), within `SKIN_BAND_MM` of the skin line (nipple and skin
+  markers) or deeper inside the breast (clips, coarse calcifications, wires); pieces of the saturated skin rim
+  near the chest wall are not objects (`is_rim_piece`).
+
+The breast mask (`breast_mask`) thresholds against the image's own background level (`background_level`) and
+peels film border strips off the frame, so a digitized film's unexposed border, label cut-outs and scanner
+background do not join the breast.
 """
 
 from __future__ import annotations
@@ -104,22 +109,97 @@ def model_rendition(img: np.ndarray, long_side: int = MODEL_SIZE) -> np.ndarray:
     return np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
 
 
-def breast_mask(img: np.ndarray) -> np.ndarray:
-    """The breast: the largest bright connected region, holes filled.
+def background_level(img: np.ndarray, bins: int = 64) -> float:
+    """Gray level of the unattenuated background (air, or a film's directly exposed region), display units.
 
-    Threshold a fifth of the way from the darkest pixels (air) to the median of the rest, found from the image
-    itself; air is the darkest mode in processed FFDM and in the film's exposed region.
+    The most common gray level of the image's darker half (mean of the pixels in the fullest of `bins` bins). Not
+    the darkest pixels: a digitized film also holds things darker than its air (label cut-outs, scanner background
+    beyond the film's edge; WG04's MG1 has a black patch), and its unexposed border (film base + fog) is brighter
+    than the breast. The background is the largest flat dark region either way.
     """
-    lo = float(np.percentile(img, 0.1))
-    hi = float(np.percentile(img[img > lo + 0.02], 50)) if (img > lo + 0.02).any() else lo + 0.1
-    fg = img > lo + 0.2 * (hi - lo)
+    vals = img[img <= np.median(img)]
+    hist, edges = np.histogram(vals, bins=bins, range=(0.0, 1.0))
+    k = int(np.argmax(hist))
+    sel = vals[(vals >= edges[k]) & (vals <= edges[k + 1])]
+    return float(sel.mean()) if sel.size else float(edges[k])
+
+
+def chest_wall_side(img: np.ndarray) -> int:
+    """0 when the chest wall is at column 0, -1 when it is at the last column: the brighter side of the image.
+
+    Compared on the column bands 3-15 % in from each side, so a film's bright border strips do not count.
+    """
+    w = img.shape[1]
+    if w < 8:
+        return 0
+    a, b = max(1, round(0.03 * w)), max(2, round(0.15 * w))
+    return 0 if img[:, a:b].mean() >= img[:, w - b : w - a].mean() else -1
+
+
+FRAME_STRIP_FG = 0.9  # a line along a frame edge this full of foreground is a film border, not breast
+FRAME_STRIP_MAX = 0.05  # peel at most this share of the rows / columns from each edge
+
+
+def _peel_frame_strips(fg: np.ndarray, chest: int) -> tuple[np.ndarray, dict[str, int]]:
+    """`fg` without the strips along the top, bottom and far edges that are (almost) wholly foreground.
+
+    A digitized film's unexposed border (film base + fog) and a bright scanner background run along the frame and
+    would join everything bright into one ring. A breast never fills a whole line along the top, bottom or the
+    side opposite the chest wall, so such lines (at most FRAME_STRIP_MAX of the frame, outermost first) are
+    removed. Returns the peeled foreground and how many lines went from each edge.
+    """
+    fg = fg.copy()
+    h, w = fg.shape
+    peeled = {"top": 0, "bottom": 0, "far": 0}
+    for edge, n_max in (("top", h), ("bottom", h), ("far", w)):
+        for k in range(max(1, round(FRAME_STRIP_MAX * n_max))):
+            if edge == "top":
+                line = fg[k, :]
+            elif edge == "bottom":
+                line = fg[h - 1 - k, :]
+            else:
+                line = fg[:, w - 1 - k] if chest == 0 else fg[:, k]
+            if line.mean() <= FRAME_STRIP_FG:
+                break
+            line[:] = False
+            peeled[edge] = k + 1
+    return fg, peeled
+
+
+def breast_mask(img: np.ndarray) -> np.ndarray:
+    """The breast: the largest bright connected region (preferably touching the chest-wall side), holes filled.
+
+    Threshold a fifth of the way from the background (`background_level`) to the median of what is brighter,
+    found from the image itself; film border strips along the frame are peeled off first (`_peel_frame_strips`)
+    and the breast's own part of them is put back afterwards, so a breast touching the frame keeps its edge.
+    """
+    lo = background_level(img)
+    above = img > lo + 0.02
+    hi = float(np.percentile(img[above], 50)) if above.any() else lo + 0.1
+    raw = img > lo + 0.2 * (hi - lo)
+    chest = chest_wall_side(img)
+    fg, peeled = _peel_frame_strips(raw, chest)
     fg = ndimage.binary_opening(fg, iterations=2)
     labels, n = ndimage.label(fg)
     if n == 0:
         return np.zeros(img.shape, dtype=bool)
     sizes = ndimage.sum(fg, labels, index=np.arange(1, n + 1))
-    mask = labels == (1 + int(np.argmax(sizes)))
-    return ndimage.binary_fill_holes(mask)
+    at_chest = np.unique(labels[:, chest])
+    at_chest = at_chest[at_chest > 0]
+    pool = at_chest if at_chest.size else np.arange(1, n + 1)
+    best = int(pool[np.argmax(sizes[pool - 1])])
+    mask = ndimage.binary_fill_holes(labels == best)
+    h, w = mask.shape  # give back the breast's share of peeled lines: where the first kept line is breast
+    for k in range(peeled["top"] - 1, -1, -1):
+        mask[k, :] = raw[k, :] & mask[k + 1, :]
+    for k in range(peeled["bottom"] - 1, -1, -1):
+        mask[h - 1 - k, :] = raw[h - 1 - k, :] & mask[h - 2 - k, :]
+    for k in range(peeled["far"] - 1, -1, -1):
+        if chest == 0:
+            mask[:, w - 1 - k] = raw[:, w - 1 - k] & mask[:, w - 2 - k]
+        else:
+            mask[:, k] = raw[:, k] & mask[:, k + 1]
+    return mask
 
 
 def tissue_mask(mask: np.ndarray, px: int) -> np.ndarray:
@@ -222,13 +302,18 @@ def saturated_objects(
     Measured on the `grid_mm` image (a 2 mm marker survives there; area resizing to 256 px would dilute it).
     Objects are connected pixels >= `level` with an area >= OBJECT_MIN_MM2 and a bounding box <= OBJECT_MAX_MM,
     which keeps markers, clips, coarse calcifications and lead letters and drops long saturated skin rims.
-    An object counts by its centre: outside the mask = air; within SKIN_BAND_MM of the skin line = skin.
+    An object counts by its centre: farther than SKIN_BAND_MM outside the breast = air; within SKIN_BAND_MM of
+    the skin line, inside or outside (a pellet on the nipple sticks out of the skin line) = skin; deeper = inside.
+    Pieces of the skin rim itself are not objects (`is_rim_piece`): where the bright rim of an equalized image
+    meets the chest-wall edge it saturates and breaks into pieces that are neither markers nor clips.
     """
     hot = grid >= level
     labels, n = ndimage.label(hot)
     if n == 0:
         return False, False, False
     depth = _depth_mm(mask, grid_mm)
+    outside = ndimage.distance_transform_edt(~mask) * grid_mm if mask.any() else np.full(mask.shape, np.inf)
+    chest = 0 if mask[:, 0].sum() >= mask[:, -1].sum() else -1
     air = skin = inside = False
     for k, sl in enumerate(ndimage.find_objects(labels), start=1):
         size = max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) * grid_mm
@@ -237,13 +322,32 @@ def saturated_objects(
             continue
         rr, cc = np.nonzero(obj)
         r, c = int(rr.mean()) + sl[0].start, int(cc.mean()) + sl[1].start
-        if not mask[r, c]:
+        if not mask[r, c] and outside[r, c] > SKIN_BAND_MM:
             air = True
+        elif is_rim_piece(depth[sl][obj], mask[sl][obj], c, mask.shape[1], chest, grid_mm):
+            continue
         elif depth[r, c] <= SKIN_BAND_MM:
             skin = True
         else:
             inside = True
     return air, skin, inside
+
+
+RIM_MM = 3.0  # the bright skin rim: skin (VICTRE 0.75 mm, the generator 0.75-1.5 mm) plus the equalized margin (†)
+RIM_CHEST_MM = 10.0  # rim pieces lie this close to the chest-wall edge (†, set after seeing the NYU rims: README)
+
+
+def is_rim_piece(depth_mm: np.ndarray, in_mask: np.ndarray, col: int, width: int, chest: int, grid_mm: float) -> bool:
+    """Is a saturated piece part of the skin rim rather than an object on it?
+
+    `depth_mm` / `in_mask`: depth inside the skin line and mask membership of the piece's pixels; `col` its centre
+    column; `chest` 0 or -1 (the chest-wall column). Rim = mostly inside the breast, its pixels within RIM_MM of
+    the skin line (median), and its centre within RIM_CHEST_MM of the chest-wall edge, where the skin line
+    meets the frame and the rim is brightest. A marker on the skin there is counted as rim too (rare: nipple
+    markers sit on the nipple, far from the chest wall).
+    """
+    from_chest = (col if chest == 0 else width - 1 - col) * grid_mm
+    return bool(in_mask.mean() >= 0.5 and np.median(depth_mm) <= RIM_MM and from_chest <= RIM_CHEST_MM)
 
 
 def _depth_mm(mask: np.ndarray, grid_mm: float) -> np.ndarray:

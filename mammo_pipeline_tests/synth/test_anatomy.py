@@ -71,3 +71,33 @@ def test_ligaments_fan_out_from_the_nipple():
         if np.hypot(*seg) > 1 and np.hypot(*mid) > 20:
             cosines.append(abs(seg @ mid) / (np.hypot(*seg) * np.hypot(*mid)))
     assert np.mean(cosines) > 0.69
+
+
+@pytest.mark.parametrize("out_shape", [(70, 60), (100, 86), (140, 120)])
+def test_area_upsample_is_the_full_size_image_area_averaged(out_shape):
+    """--scale 0.25 images must look like area-averaged full-size ones: below 2 output pixels per work pixel the
+    work grid's bilinear interpolant is averaged over each output pixel, not sampled at its centre."""
+    from PIL import Image
+
+    from mammo_pipeline.synth.anatomy import area_upsample, upsample
+
+    work = np.random.default_rng(0).standard_normal((70, 60)).astype(np.float32)
+    step = out_shape[0] / work.shape[0]
+    full = upsample(work, (work.shape[0] * 48, work.shape[1] * 48))  # "full size": bilinear, many pixels per sample
+    truth = np.asarray(Image.fromarray(full, mode="F").resize(out_shape[::-1], Image.BOX), dtype=np.float32)
+    got = area_upsample(work, out_shape, step)
+    assert got.shape == out_shape
+
+    def rms(a: np.ndarray) -> float:
+        return float(np.sqrt(((a - truth)[2:-2, 2:-2] ** 2).mean()))
+
+    assert rms(got) < 0.01  # of a unit-SD field
+    if step < 2.0:  # plain bilinear resizing (sampling the interpolant at pixel centres) is far off there
+        assert rms(upsample(work, out_shape)) > 0.09
+    if step == 1.0:  # the [1/8, 3/4, 1/8] kernel per axis
+        expect = 0.75 * work[5, 5] + 0.125 * (work[4, 5] + work[6, 5])
+        col = 0.75 * expect + 0.125 * (
+            (0.75 * work[5, 4] + 0.125 * (work[4, 4] + work[6, 4]))
+            + (0.75 * work[5, 6] + 0.125 * (work[4, 6] + work[6, 6]))
+        )
+        assert got[5, 5] == pytest.approx(col, abs=1e-5)

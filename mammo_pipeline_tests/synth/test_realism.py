@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from scipy import ndimage
 
 from mammo_pipeline.cli.synth import command
 from mammo_pipeline.synth import realism
@@ -52,6 +53,34 @@ def test_saturated_objects_are_told_apart_by_where_they_are():
     assert realism.saturated_objects(air, mask) == (True, False, False)
     assert realism.saturated_objects(skin, mask) == (False, True, False)
     assert realism.saturated_objects(inside, mask) == (False, False, True)
+
+
+def test_saturated_skin_rim_at_the_chest_wall_is_not_an_object_but_a_pellet_off_the_skin_is_on_the_skin():
+    img, mask = _disc_breast()
+    depth = realism._depth_mm(mask, realism.GRID_MM)
+    rim = img.copy()
+    rim[(depth > 0) & (depth <= 1.6) & (np.arange(img.shape[1])[None, :] < 12)] = 1.0  # rim at the chest wall
+    assert realism.saturated_objects(rim, mask) == (False, False, False)
+    far_rim = img.copy()
+    far_rim[148:152, 150:160] = 1.0  # the same brightness on the skin line far from the chest wall: an object
+    assert realism.saturated_objects(far_rim, mask) == (False, True, False)
+    pellet = img.copy()
+    pellet[147:153, 163:169] = 1.0  # a nipple pellet just outside the skin line (edge at column ~160)
+    assert realism.saturated_objects(pellet, mask) == (False, True, False)
+    assert realism.saturated_objects(np.fliplr(rim), np.fliplr(mask)) == (False, False, False)
+
+
+def test_compare_counts_saturated_shares_on_synthetic_images_without_clips_only():
+    real = pd.DataFrame({"kind": ["FFDM"] * 4})
+    synth = pd.DataFrame({"kind": ["FFDM"] * 4, "label": ["neither", "neither", "biopsy", "both"]})
+    for name in realism.STAT_NAMES:
+        real[name], synth[name] = 1.0, 1.0
+    for name in realism.SHARE_NAMES:
+        real[name], synth[name] = False, False
+    synth["saturated_inside"] = [False, False, True, True]  # clips only on the biopsy images
+    table = compare(real, synth).set_index(["kind", "statistic"])
+    row = table.loc[("FFDM", "share saturated_inside")]
+    assert row["synthetic_median"] == 0.0 and row["n_synthetic"] == 2 and row["inside"]
 
 
 def test_image_stats_of_a_textured_breast_are_finite_and_tophat_sees_small_bright_detail():
@@ -111,3 +140,41 @@ def test_noise_level_does_not_jump_with_8_bit_quantization():
         coarse = realism.noise_level(np.rint(img * 255) / 255, tissue)
         assert coarse == pytest.approx(fine, rel=0.12)
         assert fine == pytest.approx(realism.noise_level(img * 2, tissue) / 2, rel=1e-6)
+
+
+def _film_like(laterality: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A synthetic digitized-film MLO (the FILM profile's anatomy and film physics) with what a scanned film has
+    around the breast: a bright unexposed border (film base + fog) along the top, bottom and far edges, a black
+    cut-out darker than the air and a scanner fall-off across the film. Returns (display image, truth breast
+    mask, the part of the truth that stands 0.1 (0.4 OD) above the air: a film's burned-out periphery sits at the
+    scanner's floor like the air, and no threshold can tell the two apart)."""
+    from mammo_pipeline.synth.anatomy import draw_breast
+
+    rows, cols, spacing = 1200, 900, 0.2
+    breast = draw_breast(np.random.default_rng(3), rows, cols, spacing, "MLO", vendor="FILM", film=True)
+    img, mask = breast.image.copy(), breast.mask.copy()
+    floor = float(np.median(img[~mask]))
+    visible = mask & (ndimage.uniform_filter(img, 9) > floor + 0.1)
+    img += np.linspace(0.0, 0.06, cols, dtype=np.float32)[None, :]  # scanner fall-off
+    img[300:520, 820:860] = 0.0  # a black cut-out in the air
+    border = np.zeros_like(mask)
+    border[:12, :], border[-18:, :], border[:, -10:] = True, True, True  # 2.4-3.6 mm unexposed film edge
+    img[border] = 0.9
+    mask &= ~border
+    visible &= ~border
+    if laterality == "R":
+        img, mask, visible = img[:, ::-1], mask[:, ::-1], visible[:, ::-1]
+    return np.ascontiguousarray(img), np.ascontiguousarray(mask), np.ascontiguousarray(visible)
+
+
+@pytest.mark.parametrize("laterality", ["L", "R"])
+def test_breast_mask_of_a_digitized_film_ignores_its_border_cut_outs_and_background(laterality):
+    img, truth, visible = _film_like(laterality)
+    small = realism.model_rendition(img).astype(np.float32) / 255.0
+    truth_s = realism.resize_to(truth.astype(np.float32), small.shape) > 0.5
+    visible_s = realism.resize_to(visible.astype(np.float32), small.shape) > 0.5
+    mask = realism.breast_mask(small)
+    assert (mask & visible_s).sum() >= 0.95 * visible_s.sum()  # all of the breast that shows
+    assert (mask & ~truth_s).sum() <= 0.02 * mask.sum()  # none of the border, the cut-out or the air
+    assert realism.background_level(small) == pytest.approx(float(np.median(small[~truth_s])), abs=0.05)
+    assert realism.chest_wall_side(small) == (0 if laterality == "L" else -1)
