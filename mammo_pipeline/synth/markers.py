@@ -165,9 +165,10 @@ def add(
 ) -> bool:
     """Lift the tissue under `patch` by one offset x coverage, so that the marker's dim end (p10 of the tissue under
     its stroke, plus the offset) stands `contrast` above the bright end (p90) of the tissue within `reach` px
-    around it, kept below `ceiling` (not saturated). One offset for the whole stroke: the tissue's texture shows
-    through it (attenuations add along the ray). Returns False, drawing nothing, when the tissue around is within
-    MIN_UNSATURATED_LIFT of `ceiling` (an implant, the densest gland): no unsaturated marker shows there.
+    around it, rolled off softly below `ceiling` (not saturated). One offset for the whole stroke: the tissue's
+    texture shows through it (attenuations add along the ray). Returns False, drawing nothing, when the tissue
+    around is within MIN_UNSATURATED_LIFT of `ceiling` (an implant, the densest gland): no unsaturated marker
+    shows there.
 
     Why not `contrast` alone: the tissue under a stroke is often darker than the tissue a millimetre away (fat
     between gland, the enhancement's dark rims), and a 0.12-0.3 lift over it stayed below that tissue: a flat
@@ -188,13 +189,20 @@ def add(
     region = img[y0:y1, x0:x1]
     stroke = part > 0.5
     ring = ndimage.binary_dilation(part > 0, iterations=reach) & (part == 0)
-    lift = float(contrast)
+    lift, around = float(contrast), float(region.min())
     if stroke.any() and ring.any():
         around = float(np.percentile(region[ring], 90))
         if around + MIN_UNSATURATED_LIFT > ceiling:
             return False
         lift += max(0.0, around - float(np.percentile(region[stroke], 10)))
-    np.maximum(region, np.minimum(region + np.float32(lift) * part, np.float32(ceiling)), out=region)
+    # above a knee, a soft shoulder (slope 1 at the knee, tanh towards the ceiling) instead of a hard clip: the
+    # stroke over the brightest tissue keeps its texture, compressed, rather than a flat plateau at the ceiling
+    knee = np.float32(min(around + contrast, (around + ceiling) / 2))
+    room = np.float32(ceiling) - knee
+    lifted = region + np.float32(lift) * part
+    over = lifted > knee
+    lifted[over] = knee + room * np.tanh((lifted[over] - knee) / room)
+    np.maximum(region, np.where(part > 0, lifted, region), out=region)
     return True
 
 

@@ -70,11 +70,13 @@ def test_most_clips_saturate_and_an_unsaturated_one_stands_above_the_tissue_arou
             lift = img - tissue
             core = lift > 0.5 * lift.max()
             assert core.sum() > 20 and img.max() < markers.CLIP_MIN  # visible everywhere, never saturated
-            # one lift for the whole stroke (less only on the 1-px rim and where it meets the ceiling): the
-            # tissue's texture shows through it ...
-            inner = ndimage.binary_erosion(core) & (img < markers.CLIP_MIN - 0.03 - 1e-5)
-            assert inner.sum() > 20 and np.allclose(lift[inner], lift[inner].max(), atol=1e-5)
-            # ... and large enough that the stroke stands `contrast` above the bright end of the tissue around it
+            # one lift for the whole stroke, rolled off below the ceiling (not clipped): the tissue's texture shows
+            # through it, in the same order ...
+            inner = ndimage.binary_erosion(core)
+            order = np.argsort(tissue[inner], kind="stable")
+            assert inner.sum() > 20 and (np.diff(img[inner][order]) >= -1e-6).all()
+            assert img[inner].std() > 0.25 * tissue[inner].std() and img.max() < markers.CLIP_MIN - 0.03
+            # ... and the stroke stands `contrast` above the bright end of the tissue around it
             ring = ndimage.binary_dilation(covered, iterations=3) & ~covered
             assert np.median(img[core]) >= np.percentile(img[ring], 90) + contrast
 
