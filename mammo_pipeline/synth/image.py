@@ -166,8 +166,7 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
             length = max(rng.uniform(2.0, 4.0) * px_mm * zoom, length_min)  # about 3 mm (§4)
             thick = max(rng.uniform(0.3, 0.6) * px_mm * zoom, thick_min)
             contrast = markers.unsaturated_contrast(rng)
-            saturated = contrast is None
-            _, box = markers.draw_clip(img, rng, center, length, thick, contrast)
+            _, box, saturated = markers.draw_clip(img, rng, center, length, thick, contrast)
             if box:
                 boxes.append(("clip" if saturated else "clip_unsaturated", box))
             n_unsat += not saturated

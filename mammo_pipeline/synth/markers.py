@@ -7,18 +7,20 @@ manual; skin-marker code pellet = nipple, circle = mole, triangle = palpable mas
 coarse benign calcifications > 2 mm; devices at the upper edge of MLO views). Confounders are drawn at
 >= CLIP_MIN like metal clips, so no gray-level threshold separates them; a share of clips is drawn below
 saturation (`unsaturated_contrast`: a polymer/hydrogel marker's small core in dense tissue, Pinkney BJR 2016),
-drawn *on top of* the tissue (`add`: attenuation adds along the ray, so the marker is brighter than the tissue
-under every pixel of it, however that tissue varies), never as a flat gray shape. Every
+drawn *on top of* the tissue (`add`: attenuation adds along the ray, so the tissue's texture shows through it) and
+lifted until it stands above the tissue around it, never as a flat gray shape. Every
 stamp returns its bounding box so the truth table can be checked on geometry.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 CLIP_MIN = 0.975  # saturated metal, and every confounder, is drawn at or above this display level
 DISTRACTOR_MAX = 0.955  # the old ceiling of hard negatives; only grid streaks and stripes stay below it now
 UNSATURATED_CLIP_SHARE = 0.25  # clips drawn below saturation (†: realism.md §4 gives no rate)
+MIN_UNSATURATED_LIFT = 0.06  # an unsaturated clip needs this much room below its ceiling over the tissue around (†)
 CLIP_SHAPES = ("ribbon", "coil", "x", "o", "t")
 
 
@@ -119,16 +121,15 @@ def draw_clip(
     length_px: float,
     thickness_px: float,
     contrast: float | None = None,
-) -> tuple[float, Box | None]:
-    """One clip of a random shape and angle: saturated metal, or with `contrast` (`unsaturated_contrast`) added
-    over the tissue and kept below CLIP_MIN; (share inside, box)."""
+) -> tuple[float, Box | None, bool]:
+    """One clip of a random shape and angle: saturated metal, or `contrast` (`unsaturated_contrast`) above the
+    tissue around it and below CLIP_MIN (`add`); (share inside, box, saturated). Where the tissue around leaves
+    no room below saturation the clip is drawn as saturated metal (and reported so)."""
     patch, origin = clip_stroke(rng, center, length_px, thickness_px)
-    if contrast is None:
-        share = stamp(img, patch, origin, metal_value(rng))
-    else:
-        add(img, patch, origin, contrast, CLIP_MIN - 0.03)
-        share = inside_share(img.shape, patch, origin)
-    return share, patch_box(img.shape, patch, origin)
+    if contrast is not None and add(img, patch, origin, contrast, CLIP_MIN - 0.03, max(3, int(np.ceil(thickness_px)))):
+        return inside_share(img.shape, patch, origin), patch_box(img.shape, patch, origin), False
+    share = stamp(img, patch, origin, metal_value(rng))
+    return share, patch_box(img.shape, patch, origin), True
 
 
 def draw_hook_wire(
@@ -159,17 +160,50 @@ def unsaturated_contrast(rng: np.random.Generator) -> float | None:
     return float(rng.uniform(0.12, 0.3))
 
 
-def add(img: np.ndarray, patch: np.ndarray, origin: tuple[int, int], contrast: float, ceiling: float) -> None:
-    """Add `contrast` x coverage over the tissue under `patch` (Beer-Lambert: attenuations add along the ray),
-    kept below `ceiling` (not saturated) but never below the tissue it covers."""
+def add(
+    img: np.ndarray, patch: np.ndarray, origin: tuple[int, int], contrast: float, ceiling: float, reach: int = 3
+) -> bool:
+    """Lift the tissue under `patch` by one offset x coverage, so that the marker's dim end (p10 of the tissue under
+    its stroke, plus the offset) stands `contrast` above the bright end (p90) of the tissue within `reach` px
+    around it, rolled off softly below `ceiling` (not saturated). One offset for the whole stroke: the tissue's
+    texture shows through it (attenuations add along the ray). Returns False, drawing nothing, when the tissue
+    around is within MIN_UNSATURATED_LIFT of `ceiling` (an implant, the densest gland): no unsaturated marker
+    shows there.
+
+    Why not `contrast` alone: the tissue under a stroke is often darker than the tissue a millimetre away (fat
+    between gland, the enhancement's dark rims), and a 0.12-0.3 lift over it stayed below that tissue: a flat
+    gray shape that reads as darker than its surroundings, in the drawn image and every rendering of it.
+    """
     r0, c0 = origin
-    y0, y1 = max(r0, 0), min(r0 + patch.shape[0], img.shape[0])
-    x0, x1 = max(c0, 0), min(c0 + patch.shape[1], img.shape[1])
+    h, w = patch.shape
+    y0, y1 = max(r0 - reach, 0), min(r0 + h + reach, img.shape[0])
+    x0, x1 = max(c0 - reach, 0), min(c0 + w + reach, img.shape[1])
     if y0 >= y1 or x0 >= x1:
-        return
-    part = patch[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0]
+        return True
+    part = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)  # the patch's coverage on the window around it
+    py0, px0 = max(r0, y0) - r0, max(c0, x0) - c0
+    py1, px1 = min(r0 + h, y1) - r0, min(c0 + w, x1) - c0
+    if py0 >= py1 or px0 >= px1:
+        return True
+    part[py0 + r0 - y0 : py1 + r0 - y0, px0 + c0 - x0 : px1 + c0 - x0] = patch[py0:py1, px0:px1]
     region = img[y0:y1, x0:x1]
-    np.maximum(region, np.minimum(region + np.float32(contrast) * part, np.float32(ceiling)), out=region)
+    stroke = part > 0.5
+    ring = ndimage.binary_dilation(part > 0, iterations=reach) & (part == 0)
+    lift, around = float(contrast), float(region.min())
+    if stroke.any() and ring.any():
+        around = float(np.percentile(region[ring], 90))
+        if around + MIN_UNSATURATED_LIFT > ceiling:
+            return False
+        lift += max(0.0, around - float(np.percentile(region[stroke], 10)))
+    # above a knee, a soft shoulder (slope 1 at the knee, tanh towards the ceiling) instead of a hard clip: the
+    # stroke over the brightest tissue keeps its texture, compressed, rather than a flat plateau at the ceiling
+    knee = np.float32(min(around + contrast, (around + ceiling) / 2))
+    room = np.float32(ceiling) - knee
+    lifted = region + np.float32(lift) * part
+    over = lifted > knee
+    lifted[over] = knee + room * np.tanh((lifted[over] - knee) / room)
+    np.maximum(region, np.where(part > 0, lifted, region), out=region)
+    return True
 
 
 def _disc(radius: float, ring: float | None = None) -> np.ndarray:

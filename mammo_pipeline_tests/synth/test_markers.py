@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from mammo_pipeline.synth import markers
 
@@ -51,7 +52,7 @@ def test_confounders_reach_clip_level_inside_their_box(draw):
     assert (img[~inside] <= 0.3 + 0.5).all() and (img[~inside] < markers.CLIP_MIN).all()  # nothing outside its box
 
 
-def test_most_clips_saturate_and_an_unsaturated_one_is_brighter_than_the_tissue_under_every_pixel():
+def test_most_clips_saturate_and_an_unsaturated_one_stands_above_the_tissue_around_it():
     rng = np.random.default_rng(0)
     contrasts = [markers.unsaturated_contrast(rng) for _ in range(400)]
     unsaturated = [c for c in contrasts if c is not None]
@@ -59,16 +60,33 @@ def test_most_clips_saturate_and_an_unsaturated_one_is_brighter_than_the_tissue_
     tissue = np.clip(0.5 + 0.25 * np.sin(np.arange(80)[:, None] / 3.0) * np.cos(np.arange(80)[None, :] / 4.0), 0, 1)
     for contrast in (None, 0.15):  # saturated metal, then a marker over strongly varying tissue
         img = tissue.astype(np.float32).copy()
-        markers.draw_clip(img, np.random.default_rng(1), (40.0, 40.0), 30.0, 3.0, contrast)
+        _, _, saturated = markers.draw_clip(img, np.random.default_rng(1), (40.0, 40.0), 30.0, 3.0, contrast)
+        assert saturated == (contrast is None)
         covered = img > tissue + 1e-6
         assert covered.sum() > 30
         if contrast is None:
             assert (img[covered] >= markers.CLIP_MIN).mean() > 0.5  # the blended 1-px rim aside, at saturation
         else:
-            core = img - tissue > 0.5 * contrast
+            lift = img - tissue
+            core = lift > 0.5 * lift.max()
             assert core.sum() > 20 and img.max() < markers.CLIP_MIN  # visible everywhere, never saturated
-            lift = (img - tissue)[core]  # the same lift over dark and bright tissue (less only on the 1-px rim)
-            assert (lift <= contrast + 1e-6).all() and np.isclose(lift, contrast, atol=1e-5).mean() > 0.6
+            # one lift for the whole stroke, rolled off below the ceiling (not clipped): the tissue's texture shows
+            # through it, in the same order ...
+            inner = ndimage.binary_erosion(core)
+            order = np.argsort(tissue[inner], kind="stable")
+            assert inner.sum() > 20 and (np.diff(img[inner][order]) >= -1e-6).all()
+            assert img[inner].std() > 0.25 * tissue[inner].std() and img.max() < markers.CLIP_MIN - 0.03
+            # ... and the stroke stands `contrast` above the bright end of the tissue around it
+            ring = ndimage.binary_dilation(covered, iterations=3) & ~covered
+            assert np.median(img[core]) >= np.percentile(img[ring], 90) + contrast
+
+
+def test_an_unsaturated_clip_over_an_implant_is_drawn_as_metal():
+    """Tissue around at or above the unsaturated ceiling (an implant) leaves no room: the clip is saturated metal."""
+    img = np.full((80, 80), 0.99, dtype=np.float32)
+    _, box, saturated = markers.draw_clip(img, np.random.default_rng(1), (40.0, 40.0), 30.0, 3.0, 0.2)
+    assert saturated and box is not None
+    assert not markers.add(np.full((40, 40), 0.92, np.float32), np.ones((5, 5), np.float32), (10, 10), 0.2, 0.945)
 
 
 def test_unknown_clip_shape_is_rejected():
