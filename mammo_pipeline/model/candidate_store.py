@@ -18,6 +18,7 @@ that cannot be written to only costs the time of cutting again.
 from __future__ import annotations
 
 import os
+import threading
 import zipfile
 from pathlib import Path
 
@@ -28,6 +29,10 @@ from mammo_pipeline.model import candidates as cand
 from mammo_pipeline.model.preprocess import _as_gray_uint8
 
 Found = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]  # crops, centres, scores, (height, width)
+# np.load parses each array's .npy header with ast.literal_eval, and CPython 3.11's AST constructor is not
+# thread-safe (python/cpython#106905: "SystemError: AST constructor recursion depth mismatch" when two threads
+# parse at once; seen in a demo round). Reads are ~0.3 ms, so one lock costs nothing next to the work around them.
+_LOAD_LOCK = threading.Lock()
 
 
 def store_path(png: Path) -> Path:
@@ -43,7 +48,7 @@ def cut(gray: np.ndarray) -> Found:
 
 def _read(path: Path, stat: os.stat_result) -> Found | None:
     try:
-        with np.load(path) as kept:
+        with _LOAD_LOCK, np.load(path) as kept:
             if int(kept["png_mtime_ns"]) != stat.st_mtime_ns or int(kept["png_size"]) != stat.st_size:
                 return None
             found = kept["crops"], kept["centres"], kept["scores"], tuple(int(v) for v in kept["shape"])
