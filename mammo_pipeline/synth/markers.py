@@ -72,20 +72,29 @@ def patch_box(shape: tuple[int, int], patch: np.ndarray, origin: tuple[int, int]
     return (r0, r1, c0, c1) if r0 < r1 and c0 < c1 else None
 
 
+def _overlap(
+    shape: tuple[int, int], patch: np.ndarray, origin: tuple[int, int]
+) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """(the frame window a patch placed at `origin` covers, the part of the patch inside it); None when it misses
+    the frame of `shape` entirely."""
+    r0, c0 = origin
+    y0, y1 = max(r0, 0), min(r0 + patch.shape[0], shape[0])
+    x0, x1 = max(c0, 0), min(c0 + patch.shape[1], shape[1])
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return (slice(y0, y1), slice(x0, x1)), patch[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0]
+
+
 def stamp(img: np.ndarray, patch: np.ndarray, origin: tuple[int, int], value: float) -> float:
     """Paint `patch` (coverage 0..1) at `origin` with max-compositing; return the covered share inside the frame."""
-    r0, c0 = origin
-    h, w = patch.shape
-    y0, y1 = max(r0, 0), min(r0 + h, img.shape[0])
-    x0, x1 = max(c0, 0), min(c0 + w, img.shape[1])
-    total = float(patch.sum()) or 1.0
-    if y0 >= y1 or x0 >= x1:
+    hit = _overlap(img.shape, patch, origin)
+    if hit is None:
         return 0.0
-    part = patch[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0]
-    region = img[y0:y1, x0:x1]
+    window, part = hit
+    region = img[window]
     painted = region + (np.float32(value) - region) * part  # sharp: coverage is 1 except a 1-px rim
     np.maximum(region, np.where(part > 0.5, np.float32(value), painted), out=region)
-    return float(part.sum()) / total
+    return float(part.sum()) / (float(patch.sum()) or 1.0)
 
 
 def clip_stroke(
@@ -101,12 +110,8 @@ def clip_stroke(
 
 def inside_share(shape: tuple[int, int], patch: np.ndarray, origin: tuple[int, int]) -> float:
     """Share of a patch's coverage that falls inside an image of `shape`."""
-    r0, c0 = origin
-    y0, y1 = max(r0, 0), min(r0 + patch.shape[0], shape[0])
-    x0, x1 = max(c0, 0), min(c0 + patch.shape[1], shape[1])
-    if y0 >= y1 or x0 >= x1:
-        return 0.0
-    return float(patch[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0].sum()) / (float(patch.sum()) or 1.0)
+    hit = _overlap(shape, patch, origin)
+    return 0.0 if hit is None else float(hit[1].sum()) / (float(patch.sum()) or 1.0)
 
 
 def metal_value(rng: np.random.Generator) -> float:
@@ -174,19 +179,12 @@ def add(
     between gland, the enhancement's dark rims), and a 0.12-0.3 lift over it stayed below that tissue: a flat
     gray shape that reads as darker than its surroundings, in the drawn image and every rendering of it.
     """
-    r0, c0 = origin
-    h, w = patch.shape
-    y0, y1 = max(r0 - reach, 0), min(r0 + h + reach, img.shape[0])
-    x0, x1 = max(c0 - reach, 0), min(c0 + w + reach, img.shape[1])
-    if y0 >= y1 or x0 >= x1:
+    # the patch's coverage on the window `reach` px around it (zero there), clipped to the frame
+    hit = _overlap(img.shape, np.pad(patch.astype(np.float32), reach), (origin[0] - reach, origin[1] - reach))
+    if hit is None:
         return True
-    part = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)  # the patch's coverage on the window around it
-    py0, px0 = max(r0, y0) - r0, max(c0, x0) - c0
-    py1, px1 = min(r0 + h, y1) - r0, min(c0 + w, x1) - c0
-    if py0 >= py1 or px0 >= px1:
-        return True
-    part[py0 + r0 - y0 : py1 + r0 - y0, px0 + c0 - x0 : px1 + c0 - x0] = patch[py0:py1, px0:px1]
-    region = img[y0:y1, x0:x1]
+    window, part = hit
+    region = img[window]
     stroke = part > 0.5
     ring = ndimage.binary_dilation(part > 0, iterations=reach) & (part == 0)
     lift, around = float(contrast), float(region.min())
