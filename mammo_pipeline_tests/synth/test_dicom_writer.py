@@ -7,32 +7,13 @@ from scipy import ndimage
 
 from mammo_pipeline.dicom.normalize import render
 from mammo_pipeline.synth import markers
-from mammo_pipeline.synth.anatomy import draw_breast
-from mammo_pipeline.synth.dicom_writer import ImageHeader, Patient, build_dataset, encode, to_stored
+from mammo_pipeline.synth.anatomy import TISSUE_MAX, draw_breast
+from mammo_pipeline.synth.dicom_writer import build_dataset, encode, to_stored
 from mammo_pipeline.synth.profiles import PROFILES
+from mammo_pipeline_tests.synth.test_profiles import _header
 
 SCALE = 0.25  # the demo's scale
 N_CLIPS = 6
-
-
-def _header(profile_key: str, spacing: float, laterality: str) -> ImageHeader:
-    return ImageHeader(
-        patient=Patient("P1", "Doe^Jane", "19600101"),
-        institution="Test",
-        station=profile_key,
-        study_uid="1.2.3.1",
-        series_uid="1.2.3.2",
-        sop_uid="1.2.3.3",
-        study_date="20260101",
-        study_time="120000",
-        accession="ACC00000001",
-        study_description="MAMMO",
-        series_number=1,
-        instance_number=1,
-        view="CC",
-        laterality=laterality,
-        pixel_spacing=spacing,
-    )
 
 
 def _stroke_and_ring(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +38,7 @@ def test_unsaturated_clip_stays_brighter_than_the_tissue_around_it_through_write
         rng, rows, cols, spacing, "CC", vendor=profile_key.split("-")[0], film=profile.secondary_capture
     )
     img = breast.image
-    np.clip(img, 0.0, 0.93, out=img)
+    np.clip(img, 0.0, TISSUE_MAX, out=img)  # as draw_image does before any metal
     inside = np.argwhere(ndimage.binary_erosion(breast.mask, iterations=40))
     strokes = []
     for k, i in enumerate(rng.choice(len(inside), N_CLIPS, replace=False)):
@@ -73,7 +54,7 @@ def test_unsaturated_clip_stays_brighter_than_the_tissue_around_it_through_write
     display = img[:, ::-1].copy()  # a right breast, as draw_image mirrors it
     strokes = [(s[:, ::-1], r[:, ::-1]) for s, r in strokes]
     stored = to_stored(display, profile, for_processing=False)
-    ds = build_dataset(stored, _header(profile_key, spacing, "R"), profile)
+    ds = build_dataset(stored, _header(station=profile_key, laterality="R", pixel_spacing=spacing), profile)
     path = tmp_path / "image.dcm"
     path.write_bytes(encode(ds, stored, profile.transfer_syntax, profile.jpeg_predictor))
     shown = render(path, sizes=(max(rows, cols),)).images[max(rows, cols)].astype(np.float64)
