@@ -126,7 +126,7 @@ def second_look(
     import json
     from concurrent.futures import ThreadPoolExecutor
 
-    from mammo_pipeline.model.candidates import K, image_candidates
+    from mammo_pipeline.model.candidates import K, candidates
     from mammo_pipeline.model.evaluate import operating_point, roc_auc
     from mammo_pipeline.model.second_look import predict_patch_mil, train_patch_mil
 
@@ -140,7 +140,7 @@ def second_look(
         found = dict(
             zip(
                 uids,
-                pool.map(lambda uid: image_candidates(settings.cache / display.at[uid, "display_png"]), uids),
+                pool.map(lambda uid: candidates(settings.cache / display.at[uid, "display_png"]), uids),
                 strict=True,
             )
         )

@@ -140,9 +140,12 @@ def blob_score(gray: np.ndarray) -> tuple[np.ndarray, int]:
     return score, f
 
 
-def candidates(gray: np.ndarray, k: int = K, crop: int = CROP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def candidates(
+    gray: Path | str | np.ndarray, k: int = K, crop: int = CROP
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(crops float32 [k, CHANNELS, crop, crop], centres int [k, 2] (row, col), scores float32 [k]) of a uint8
-    image; always k rows, an image with fewer than k blobs gets zero crops, score 0 and centre -1.
+    image (or a PNG path: the display PNG, long side settings.display_size); always k rows, an image with fewer
+    than k blobs gets zero crops, score 0 and centre -1.
 
     Scores are the blob measure in units of the image's own tissue texture (module docstring).
     """
@@ -178,7 +181,3 @@ def candidates(gray: np.ndarray, k: int = K, crop: int = CROP) -> tuple[np.ndarr
     np.clip(crops, *CHANNEL_RANGE, out=crops)
     return crops, centres, scores
 
-
-def image_candidates(png: Path | str | np.ndarray, k: int = K, crop: int = CROP):
-    """`candidates` of a PNG path or array (the display PNG, long side settings.display_size)."""
-    return candidates(_as_gray_uint8(png), k, crop)
