@@ -180,4 +180,3 @@ def candidates(
     crops[:found] *= np.float32(1.0 / span)
     np.clip(crops, *CHANNEL_RANGE, out=crops)
     return crops, centres, scores
-
