@@ -114,17 +114,19 @@ def overlay_png(
     return buf.getvalue()
 
 
-def find_model_png(settings: Settings, hospital: str, sop_instance_uid: str, column: str = "model_png") -> Path:
-    """A cached rendition (`model_png` or `display_png`) of one image, from the hospital's image_cache manifest
-    (KeyError if not cached)."""
+def find_renditions(
+    settings: Settings, hospital: str, sop_instance_uid: str, columns: tuple[str, ...] = ("model_png",)
+) -> list[Path]:
+    """The cached renditions (`model_png`, `display_png`) of one image, in the order of `columns`, from one read
+    of the hospital's image_cache manifest (KeyError if not cached)."""
     manifest = settings.table_dir("image_cache", hospital) / "manifest.parquet"
     if not manifest.exists():
         raise FileNotFoundError(f"{manifest}: hospital {hospital!r} has no image cache; materialize image_cache")
-    rows = pd.read_parquet(manifest, columns=["sop_instance_uid", column])
-    hit = rows.loc[rows["sop_instance_uid"] == sop_instance_uid, column]
-    if hit.empty or not isinstance(hit.iloc[0], str) or not hit.iloc[0]:
+    rows = pd.read_parquet(manifest, columns=["sop_instance_uid", *columns])
+    hit = rows.loc[rows["sop_instance_uid"] == sop_instance_uid, list(columns)]
+    if hit.empty or not all(isinstance(v, str) and v for v in hit.iloc[0]):
         raise KeyError(f"image {sop_instance_uid} is not in the image cache of hospital {hospital!r}")
-    return settings.cache / hit.iloc[0]
+    return [settings.cache / v for v in hit.iloc[0]]
 
 
 def with_candidates(
@@ -158,12 +160,13 @@ def heatmap_png(settings: Settings, hospital: str, sop_instance_uid: str, ref: M
 
     ref = ref or ModelRef.load(settings.models)
     net = load_network(settings, ref)
-    explanation = image_heatmaps(net, find_model_png(settings, hospital, sop_instance_uid), ref.input_size)
     look = load_second_look(settings, ref)
+    columns = ("model_png", "display_png") if look is not None else ("model_png",)
+    pngs = find_renditions(settings, hospital, sop_instance_uid, columns)
+    explanation = image_heatmaps(net, pngs[0], ref.input_size)
     how = "Grad-CAM (layer4) x object-channel gradient x input"
     if look is not None:
-        display = find_model_png(settings, hospital, sop_instance_uid, "display_png")
-        explanation = with_second_look(explanation, look, display)
+        explanation = with_second_look(explanation, look, pngs[1])
         how = f"biopsy: second look's candidates; mag: {how}"
     title = f"{hospital} · model {ref.model_version} · {how}"
     return overlay_png(explanation, title=title, thresholds=ref.thresholds())
