@@ -27,6 +27,7 @@ import os
 import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -217,8 +218,10 @@ def peak_rss_mib() -> float:
 
 
 def measure(kind: str, *args) -> tuple[float, float, float]:
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_child, (kind, *args))
+    """One path in a fresh spawned process. A ProcessPoolExecutor's shutdown lets the worker exit on its own;
+    multiprocessing.Pool's __exit__ terminates it and once hung joining a worker stuck on the task queue's lock."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(_child, kind, *args).result()
 
 
 def main() -> None:
