@@ -18,6 +18,11 @@ It runs on a pyramid (Lindeberg's scale space, sampled): the white top-hat is ta
 px wide (for the 1024-px display: 2x2, 4x4 and 8x8 block means), so the work is about that of one scale on
 the 2x2 level. `image_cache` cuts the candidates once per image and keeps them (`candidate_store.py`).
 
+**Where not to look.** Nothing within `air.SKIN_DEPTH` of the image's air is a candidate: lead letters lie in
+the air and nipple pellets and skin rings on the skin line, as bright and as compact as a clip, while a clip is
+placed in the tissue (`air.py`). Their K slots go to objects inside the breast instead: on the synthetic drops
+the clip became the first candidate of 128 of 186 clip images instead of 93 (README "Second look").
+
 **What the classifier sees (the crops).** The K strongest local maxima, at least half a crop apart, each
 give two CROP x CROP channels in units of the image's own tissue (1st percentile -> 0, 99th -> 1, clipped to
 CHANNEL_RANGE): 0. the native crop (shape: ribbon vs bead vs letter vs popcorn); 1. a CONTEXT-times wider
@@ -30,12 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mammo_pipeline.model.air import SKIN_DEPTH, away_from_air
 from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _as_gray_uint8, tissue_mask
 
 # Bump whenever the crops' meaning or the patch network's input changes: saved second-look models record it
 # and are refused when it differs. 1: two scales on the 2x2-averaged image; 2: three scales on a pyramid, tissue
 # statistics from the 2x2-averaged image.
-SECOND_LOOK_VERSION = "2"
+SECOND_LOOK_VERSION = "3"
 # Gaussian scales of the blob score as shares of the long side: 0.2 %, 0.4 % and 0.8 % of a 24-30 cm detector
 # are 0.5-0.6, 1-1.2 and 2-2.4 mm, about the half-size of the object where the scale-normalized blob measure
 # peaks: the 1-mm metal bead of a barbell or the end of a 0.5-mm ribbon, a 2-3 mm clip, a 4-5 mm (or magnified)
@@ -130,6 +136,10 @@ def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     edge = int(np.ceil(2 * max(BLOB_SCALES) * long_side / f0)) + 1
     if min(out.shape) > 4 * edge:  # within 2 sigma of the frame the derivatives see the padding, not the image:
         out[:edge], out[-edge:], out[:, :edge], out[:, -edge:] = 0, 0, 0, 0  # a line leaving it looks like an end
+    inside = away_from_air(_block_mean(image, 2) / np.float32(255), SKIN_DEPTH * long_side / (2 * f0))
+    inside = inside.repeat(2, axis=0).repeat(2, axis=1)  # letters in the air, pellets on the skin: never clips
+    h, w = min(inside.shape[0], out.shape[0]), min(inside.shape[1], out.shape[1])
+    out[:h, :w] *= inside[:h, :w]
     return out, f0, image, levels[f0][1]
 
 

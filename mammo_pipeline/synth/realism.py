@@ -38,6 +38,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from mammo_pipeline.model.air import background_level
+
 GRID_MM = 0.4  # common sampling for beta, noise and the skin profile: coarser than every --scale 0.25 pixel, and
 # its Nyquist frequency (1.25 cycles/mm) stays above the 1.0 cycles/mm fit limit
 ROI_MM = 25.6  # ROI side for beta (SPIE 9412)
@@ -107,21 +109,6 @@ def model_rendition(img: np.ndarray, long_side: int = MODEL_SIZE) -> np.ndarray:
     s = long_side / max(img.shape)
     small = resize_to(img, (max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))))
     return np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
-
-
-def background_level(img: np.ndarray, bins: int = 64) -> float:
-    """Gray level of the unattenuated background (air, or a film's directly exposed region), display units.
-
-    The most common gray level of the image's darker half (mean of the pixels in the fullest of `bins` bins). Not
-    the darkest pixels: a digitized film also holds things darker than its air (label cut-outs, scanner background
-    beyond the film's edge; WG04's MG1 has a black patch), and its unexposed border (film base + fog) is brighter
-    than the breast. The background is the largest flat dark region either way.
-    """
-    vals = img[img <= np.median(img)]
-    hist, edges = np.histogram(vals, bins=bins, range=(0.0, 1.0))
-    k = int(np.argmax(hist))
-    sel = vals[(vals >= edges[k]) & (vals <= edges[k + 1])]
-    return float(sel.mean()) if sel.size else float(edges[k])
 
 
 def chest_wall_side(img: np.ndarray) -> int:

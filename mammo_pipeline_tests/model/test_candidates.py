@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mammo_pipeline.model.air import SKIN_DEPTH
 from mammo_pipeline.model.candidates import (
     CHANNELS,
     CONTEXT,
@@ -51,15 +52,27 @@ def test_a_bright_curved_skin_line_and_a_straight_wire_do_not_outrank_an_equally
     assert scores[0] > 1.5 * scores[1]
 
 
-def test_the_context_channel_shows_the_skin_line_beside_a_bead_on_the_skin():
+def test_the_context_channel_shows_the_skin_line_beside_a_bead_under_the_skin():
     img = _tissue(np.random.default_rng(3))
-    img[250:256, 58:64] = 255  # a BB just inside the skin line at column 60
+    img[250:256, 73:79] = 255  # a BB 15 px (3 % of the long side) inside the skin line at column 60
     crops, centres, _ = candidates(img.astype(np.uint8), k=1)
-    assert np.hypot(*(centres[0] - np.array((253, 61)))) <= 3
-    context = crops[0, 1]
+    assert np.hypot(*(centres[0] - np.array((253, 76)))) <= 3
+    context = crops[0, 1]  # context pixel j covers columns 76 - 48 + 3j .. + 2: air up to j = 10, tissue from 11
     half = CROP // 2
-    air = CROP * CONTEXT // 2 // CONTEXT  # context pixels from the centre to the crop's edge
-    assert context[half, 1 : half - 2].max() < 0 < context[half, half + 3 : half + air].min()  # air left, tissue right
+    assert context[half, 1:10].max() < 0 < context[half, 12 : CROP - 1].min()  # air left, tissue right
+
+
+def test_nothing_in_the_air_or_on_the_skin_line_is_a_candidate():
+    """Lead letters in the air and a pellet on the skin line are as bright as a clip and rounder; a clip lies
+    in the tissue, so only the clip is a candidate (air.py)."""
+    img = _tissue(np.random.default_rng(5))
+    img[100:110, 20:24], img[100:104, 20:30] = 255, 255  # an "L" in the air
+    img[300:306, 57:63] = 255  # a pellet on the skin line (column 60)
+    img[200:203, 240:248] = 200  # a fainter, thinner clip deep in the tissue
+    _, centres, scores = candidates(img.astype(np.uint8), k=4)
+    found = centres[scores > 0]
+    assert np.hypot(*(found[0] - np.array((201, 244)))) <= 5
+    assert (found[:, 1] >= 60 + SKIN_DEPTH * img.shape[0] - 2).all()
 
 
 def test_candidates_are_half_a_crop_apart_and_a_flat_image_has_none():
