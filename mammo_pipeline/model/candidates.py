@@ -165,7 +165,7 @@ def candidates(
     span = float(max(high - low, 1.0))
     wide = crop * CONTEXT
     pad = wide // 2 + 1
-    padded = np.pad(gray, pad)  # uint8 zeros: black air around the image
+    padded = np.pad(gray, pad, mode="reflect")  # the image mirrored: a breast cut by the frame goes on, air stays air
     crops = np.zeros((k, CHANNELS, crop, crop), dtype=np.float32)
     centres = np.full((k, 2), -1, dtype=np.int64)
     scores = np.zeros(k, dtype=np.float32)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from mammo_pipeline.model.air import SKIN_DEPTH
+from mammo_pipeline.model.preprocess import CHANNEL_RANGE
 from mammo_pipeline.model.candidates import (
     CHANNELS,
     CONTEXT,
@@ -96,3 +97,15 @@ def test_a_one_millimetre_bead_at_display_size_is_found_and_centred():
         img[where[0] - 2 : where[0] + 3, where[1] - 2 : where[1] + 3] = 180  # bright, not saturated
         _, centres, _ = candidates(img.astype(np.uint8), k=3)
         assert np.hypot(*(centres[0] - np.array(where))) <= 3
+
+
+def test_a_crop_at_the_frame_shows_the_breast_going_on_beyond_it_not_air():
+    """Where the frame cuts the breast (chest wall, a cropped image) the crop's missing part is mirrored: black
+    padding would draw a skin line there and make the object look like a skin marker."""
+    img = _tissue(np.random.default_rng(6))
+    img[:, :61] = img[:, 61:122]  # tissue from edge to edge: no air
+    img[28:34, 198:204] = 255  # a bead near the top of the frame
+    crops, centres, _ = candidates(img.astype(np.uint8), k=1)
+    assert np.hypot(*(centres[0] - np.array((31, 201)))) <= 3
+    context = crops[0, 1]  # rows 0-5 of the context channel lie above the frame
+    assert (context[:5] > CHANNEL_RANGE[0]).all()  # tissue, not black padding (air: the channel's floor)
