@@ -3,15 +3,14 @@ from __future__ import annotations
 import numpy as np
 
 from mammo_pipeline.model.air import SKIN_DEPTH
-from mammo_pipeline.model.preprocess import CHANNEL_RANGE
 from mammo_pipeline.model.candidates import (
     CHANNELS,
-    CONTEXT,
     CROP,
     SECOND_LOOK_VERSION,
     blob_score,
     candidates,
 )
+from mammo_pipeline.model.preprocess import CHANNEL_RANGE
 
 
 def _tissue(rng: np.random.Generator, shape=(512, 400)) -> np.ndarray:
