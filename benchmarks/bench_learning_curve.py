@@ -113,7 +113,7 @@ def train_once(settings: Settings, labels: pd.DataFrame, config: TrainConfig) ->
 
 
 def second_look(
-    settings: Settings, labels: pd.DataFrame, order: pd.DataFrame, counts: list[int], seed: int, epochs: int = 20
+    settings: Settings, labels: pd.DataFrame, order: pd.DataFrame, counts: list[int], seed: int, epochs: int = 0
 ) -> None:
     """The second look (model/candidates.py + model/second_look.py) on the biopsy flag, per label count.
 
@@ -177,7 +177,7 @@ def second_look(
         part = order.head(min(count, len(order)))
         crops = np.stack([found[u][0] for u in part["sop_instance_uid"]])
         wall, cpu = time.monotonic(), time.process_time()
-        net = train_patch_mil(crops, part["has_biopsy_marker"].to_numpy(bool), epochs=epochs, seed=seed)
+        net = train_patch_mil(crops, part["has_biopsy_marker"].to_numpy(bool), epochs=epochs or None, seed=seed)
         wall, cpu = time.monotonic() - wall, time.process_time() - cpu
         probs, _ = predict_patch_mil(net, audit_crops)
         auc = roc_auc(truth, probs)
@@ -209,7 +209,9 @@ def main() -> None:
     parser.add_argument(
         "--product", action="store_true", help="also the product's whole round: global network + second look"
     )
-    parser.add_argument("--patch-epochs", type=int, default=20, help="second look: patch CNN epochs")
+    parser.add_argument(
+        "--patch-epochs", type=int, default=0, help="second look: patch CNN epochs (0: the product's epochs_for)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
     parser.add_argument("--seed", type=int, default=0, help="label sampling and training seed")
     args = parser.parse_args()

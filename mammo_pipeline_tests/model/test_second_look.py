@@ -59,3 +59,13 @@ def test_patch_network_shapes_and_onnx_export_with_a_dynamic_batch(tmp_path):
     out = ort.InferenceSession(str(path)).run(None, {"crops": x5})[0]
     with torch.no_grad():
         assert np.allclose(out, net(torch.from_numpy(x5)).numpy(), atol=1e-4)
+
+
+def test_a_rounds_patch_epochs_stay_within_the_image_pass_budget():
+    from mammo_pipeline.model.second_look import IMAGE_PASSES, MAX_EPOCHS, epochs_for
+
+    assert epochs_for(50) == MAX_EPOCHS  # few labels: the full schedule
+    for n in (300, 500, 2000, 100_000):
+        assert 1 <= epochs_for(n) <= MAX_EPOCHS
+        assert (epochs_for(n) - 1) * n < IMAGE_PASSES  # one epoch fewer would leave budget unused
+        assert epochs_for(n) == 1 or epochs_for(n) * n <= IMAGE_PASSES + n
