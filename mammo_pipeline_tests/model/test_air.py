@@ -41,3 +41,28 @@ def test_away_from_air_keeps_what_lies_deeper_than_the_skin_depth():
     truth = ndimage.distance_transform_edt(inside) >= depth
     assert (keep == truth).mean() > 0.98
     assert keep[128, 20] and not keep[128, 112]  # deep in the breast; on its skin line (radius 115 px)
+
+
+@pytest.mark.parametrize("laterality", ["L", "R"])
+def test_on_drawn_mammograms_of_every_profile_no_candidate_sits_on_a_nipple_pellet_or_a_lead_letter(laterality):
+    """The synthetic drops' pellets on the nipple and letters in the air are clip-bright; none may take a
+    candidate slot, on any vendor profile (film included), while the breast's own blobs still fill them."""
+    from mammo_pipeline.model.candidates import candidates
+    from mammo_pipeline.synth.image import ImageSpec, draw_image
+    from mammo_pipeline.synth.profiles import PROFILES
+
+    for i, (key, profile) in enumerate(sorted(PROFILES.items())):
+        scale = 1024 / max(profile.rows, profile.columns)  # the display PNG's size
+        rows, cols = round(profile.rows * scale), round(profile.columns * scale)
+        spec = ImageSpec(
+            rows, cols, profile.pixel_spacing / scale, scale, "CC", laterality, False, False, screening=True,
+            vendor=key.split("-")[0], film=profile.secondary_capture, force=("nipple_marker", "lead_letters"),
+        )  # fmt: skip
+        display, drawn = draw_image(spec, np.random.default_rng(i))
+        _, centres, scores = candidates(np.rint(np.clip(display, 0, 1) * 255).astype(np.uint8))
+        assert (scores > 0).sum() >= 6, key  # the breast still offers blobs
+        boxes = [b for kind, *b in drawn.boxes if kind in ("nipple_marker", "lead_letters")]
+        assert boxes, key
+        for r0, r1, c0, c1 in boxes:
+            on = [(r, c) for r, c in centres if r0 - 3 <= r <= r1 + 3 and c0 - 3 <= c <= c1 + 3]
+            assert not on, f"{key}: candidate {on} on a {drawn.boxes}"
