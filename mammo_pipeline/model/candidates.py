@@ -40,7 +40,8 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 
 # Bump whenever the crops' meaning or the patch network's input changes: saved second-look models record it
 # and are refused when it differs. 1: two scales on the 2x2-averaged image; 2: three scales on a pyramid, tissue
-# statistics from the 2x2-averaged image.
+# statistics from the 2x2-averaged image; 3: nothing within air.SKIN_DEPTH of the air, crops beyond the frame
+# mirrored (black padding drew a false skin line where the frame cuts the breast).
 SECOND_LOOK_VERSION = "3"
 # Gaussian scales of the blob score as shares of the long side: 0.2 %, 0.4 % and 0.8 % of a 24-30 cm detector
 # are 0.5-0.6, 1-1.2 and 2-2.4 mm, about the half-size of the object where the scale-normalized blob measure
