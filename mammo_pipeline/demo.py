@@ -279,6 +279,10 @@ class Demo:
         )
         self.echo("3. Active learning with a simulated radiologist (accuracy on the frozen audit set)")
         if len(self.state.rounds) >= self.config.rounds:
+            stale = _stale_model(self.settings)
+            if stale:  # made by an older version of this code: its inputs no longer mean what it learned
+                self.echo(f"     the current model does not fit this code ({stale}): retraining it on the same labels")
+                self.materialize(MODEL)
             self.echo(f"     {len(self.state.rounds)} rounds already done; refreshing predictions")
             self.predict(hospitals)
         self.active_learning(hospitals, annotator)
@@ -388,6 +392,18 @@ def _current_version(settings: Settings) -> str:
     from mammo_pipeline.model.ref import ModelRef
 
     return ModelRef.load(settings.models).model_version
+
+
+def _stale_model(settings: Settings) -> str | None:
+    """Why inference refuses the current model (another preprocessing or second-look version), or None."""
+    from mammo_pipeline.model.infer import ModelMismatch, load_model
+    from mammo_pipeline.model.ref import ModelRef
+
+    try:
+        load_model(settings, ModelRef.load(settings.models))
+    except ModelMismatch as err:
+        return str(err).split(";")[0]
+    return None
 
 
 def _registry_row(settings: Settings) -> pd.Series:

@@ -12,7 +12,7 @@ from mammo_pipeline_tests.privacy import scan
 
 
 @pytest.mark.slow
-def test_demo_quick_runs_end_to_end_and_resumes(settings):
+def test_demo_quick_runs_end_to_end_and_resumes(settings, monkeypatch):
     lines: list[str] = []
     summary = run_demo(settings, DemoConfig.quick(), echo=lines.append)
 
@@ -39,3 +39,15 @@ def test_demo_quick_runs_end_to_end_and_resumes(settings):
     # a second run reuses what exists: no new round, no new model
     again = run_demo(settings, DemoConfig.quick(), echo=lines.append)
     assert again["rounds"] == summary["rounds"]
+
+    # after an upgrade that changes what the second look's crops mean, a rerun retrains instead of failing
+    from mammo_pipeline.demo import _stale_model
+    from mammo_pipeline.model import candidates
+
+    assert _stale_model(settings) is None
+    monkeypatch.setattr(candidates, "SECOND_LOOK_VERSION", "upgraded")
+    assert "version upgraded" in (_stale_model(settings) or "")
+    upgraded = run_demo(settings, DemoConfig.quick(), echo=lines.append)
+    assert any("does not fit this code" in line for line in lines)
+    assert _stale_model(settings) is None  # the new current model is this code's
+    assert upgraded["rounds"] == summary["rounds"]  # same labels, no new round
