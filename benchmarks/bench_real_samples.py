@@ -190,6 +190,16 @@ def main() -> int:
             f"RESULT biopsy flag right on {right}/{len(preds)} (target all), mag flagged on "
             f"{int(preds['is_mag_view'].sum())} (target 0)"
         )
+        from mammo_pipeline.model.evaluate import roc_auc
+
+        truth = preds["truth_clip"].to_numpy(bool)
+        if 0 < truth.sum() < len(truth):  # the threshold-free view: how the clip images rank among all
+            auc = roc_auc(truth, preds["p_biopsy"].to_numpy(float))
+            ranks = preds["p_biopsy"].rank(ascending=False, method="min")[truth].astype(int).tolist()
+            print(
+                f"RANKING biopsy ROC-AUC on these images {auc:.3f}: clip image(s) ranked {ranks} of {len(preds)} "
+                "by p_biopsy (1 = most probable)"
+            )
         sheet = args.out or model_home.reports / "real_samples.png"
         net, look = load_network(settings, ref), load_second_look(settings, ref)
         contact_sheet(preds, settings, net, ref.input_size, sheet, look)
