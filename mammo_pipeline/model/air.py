@@ -45,12 +45,20 @@ def background_level(img: np.ndarray, bins: int = 64) -> float:
     return float(sel.mean()) if sel.size else float(edges[k])
 
 
-def air_mask(img: np.ndarray) -> np.ndarray:
-    """bool [H, W]: the air of a display image `img` (float in [0, 1], white = dense); module docstring."""
+def air_threshold(img: np.ndarray) -> tuple[float, float]:
+    """(threshold, contrast) of a display image (float in [0, 1]): air is at or below the threshold, AIR_LEVEL of
+    the way from the background level (`background_level`) to the median of what is brighter; contrast is that
+    median minus the background level. The breast is what lies above it (`synth.realism.breast_mask`)."""
     lo = background_level(img)
     above = img > lo + 0.02
     hi = float(np.percentile(img[above], 50)) if above.any() else lo + 0.1
-    dark = ndimage.binary_opening(img <= lo + AIR_LEVEL * (hi - lo))
+    return lo + AIR_LEVEL * (hi - lo), hi - lo
+
+
+def air_mask(img: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the air of a display image `img` (float in [0, 1], white = dense); module docstring."""
+    threshold, contrast = air_threshold(img)
+    dark = ndimage.binary_opening(img <= threshold)
     labels, _ = ndimage.label(dark)
     rim = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     keep = []
@@ -59,7 +67,7 @@ def air_mask(img: np.ndarray) -> np.ndarray:
         if region.size < AIR_MIN_SHARE * img.size:
             continue
         p10, p90 = np.percentile(region, (10, 90))
-        if p90 - p10 <= AIR_FLATNESS * (hi - lo):
+        if p90 - p10 <= AIR_FLATNESS * contrast:
             keep.append(k)
     return np.isin(labels, keep)
 

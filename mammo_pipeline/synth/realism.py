@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from mammo_pipeline.model.air import background_level
+from mammo_pipeline.model.air import air_threshold
 
 GRID_MM = 0.4  # common sampling for beta, noise and the skin profile: coarser than every --scale 0.25 pixel, and
 # its Nyquist frequency (1.25 cycles/mm) stays above the 1.0 cycles/mm fit limit
@@ -160,10 +160,7 @@ def breast_mask(img: np.ndarray) -> np.ndarray:
     found from the image itself; film border strips along the frame are peeled off first (`_peel_frame_strips`)
     and the breast's own part of them is put back afterwards, so a breast touching the frame keeps its edge.
     """
-    lo = background_level(img)
-    above = img > lo + 0.02
-    hi = float(np.percentile(img[above], 50)) if above.any() else lo + 0.1
-    raw = img > lo + 0.2 * (hi - lo)
+    raw = img > air_threshold(img)[0]
     chest = chest_wall_side(img)
     fg, peeled = _peel_frame_strips(raw, chest)
     fg = ndimage.binary_opening(fg, iterations=2)

@@ -7,8 +7,11 @@ from scipy import ndimage
 from mammo_pipeline.model.air import SKIN_DEPTH, air_mask, away_from_air
 
 
-def _breast(rng: np.random.Generator, shape=(256, 200), air: float = 0.02, noise: float = 0.004) -> np.ndarray:
-    """A textured half-disc breast against the left frame edge, in noisy air of gray `air` (display 0..1)."""
+def _breast(
+    rng: np.random.Generator, shape=(256, 200), air: float = 0.02, noise: float = 0.004
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image, breast mask): a textured half-disc breast against the left frame edge, in noisy air of gray `air`
+    (display 0..1)."""
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     inside = np.hypot(yy - shape[0] / 2, xx) < 0.45 * shape[0]
     texture = ndimage.gaussian_filter(rng.normal(0, 1, shape), 2)

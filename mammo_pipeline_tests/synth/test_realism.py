@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from scipy import ndimage
 
 from mammo_pipeline.cli.synth import command
+from mammo_pipeline.model.air import background_level
 from mammo_pipeline.synth import realism
 from mammo_pipeline.synth.anatomy import power_law_field
 from mammo_pipeline.synth.realism_report import RealdataMissing, compare, load_real, realdata_dir
@@ -176,5 +177,5 @@ def test_breast_mask_of_a_digitized_film_ignores_its_border_cut_outs_and_backgro
     mask = realism.breast_mask(small)
     assert (mask & visible_s).sum() >= 0.95 * visible_s.sum()  # all of the breast that shows
     assert (mask & ~truth_s).sum() <= 0.02 * mask.sum()  # none of the border, the cut-out or the air
-    assert realism.background_level(small) == pytest.approx(float(np.median(small[~truth_s])), abs=0.05)
+    assert background_level(small) == pytest.approx(float(np.median(small[~truth_s])), abs=0.05)
     assert realism.chest_wall_side(small) == (0 if laterality == "L" else -1)
