@@ -41,8 +41,9 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # Bump whenever the crops' meaning or the patch network's input changes: saved second-look models record it
 # and are refused when it differs. 1: two scales on the 2x2-averaged image; 2: three scales on a pyramid, tissue
 # statistics from the 2x2-averaged image; 3: nothing within air.SKIN_DEPTH of the air, crops beyond the frame
-# mirrored (black padding drew a false skin line where the frame cuts the breast).
-SECOND_LOOK_VERSION = "3"
+# mirrored (black padding drew a false skin line where the frame cuts the breast); 4: the air of a scanned film
+# too (inside its clear border, uneven: air.py).
+SECOND_LOOK_VERSION = "4"
 # Gaussian scales of the blob score as shares of the long side: 0.2 %, 0.4 % and 0.8 % of a 24-30 cm detector
 # are 0.5-0.6, 1-1.2 and 2-2.4 mm, about the half-size of the object where the scale-normalized blob measure
 # peaks: the 1-mm metal bead of a barbell or the end of a 0.5-mm ribbon, a 2-3 mm clip, a 4-5 mm (or magnified)

@@ -30,7 +30,8 @@ Layers, in the order a projection and a vendor's processing chain produce them (
    every edge, and a per-vendor tone curve with a sigmoid toe maps to display values (§2 step 4).
    Digitized film (`film=True`) skips equalization and edge enhancement, uses Burgess's film beta (mean 2.8)
    and replaces the tone curve by film physics (`film_display`: attenuation, exposure control, the film's
-   characteristic curve, a laser digitizer), so its air is the scanner's darkest gray.
+   characteristic curve), so its air is the darkest gray; the film's edge, dust and the scanner are drawn by
+   `film.digitize` after the objects (metal leaves film at base + fog: `Breast.film_dmin`).
 7. **Quantum noise**, white for a-Se detectors and blurred for CsI (GE; Borges 2019), with variance rising
    with the signal (affine variance), scaled to the pixel size so that a `--scale` < 1 image looks like an
    area-averaged full-size one.
@@ -86,6 +87,7 @@ class Breast:
     r: np.ndarray  # float32 normalised elliptic radius (1 = skin)
     nipple: tuple[int, int]  # (row, col), may lie outside the frame on mag views
     density: str = "b"  # BI-RADS category a-d
+    film_dmin: float = 0.0  # digitized film: base + fog (OD), the density of unexposed film (film.digitize)
 
 
 def upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -522,7 +524,7 @@ def draw_breast(
     # ... and the tone curve: fat -> f0, dense gland -> g0
     gamma, f0, g0, nblur = TONES.get(vendor, TONES["H"]) if not film else TONES["FILM"]
     if film:  # exposure -> film density -> scanner: the film's own characteristic curve, no vendor tone curve
-        tone, air = film_display(rng, eq * np.float32(T), tissue_path, skin_path, mask_w)
+        tone, air, dmin = film_display(rng, eq * np.float32(T), tissue_path, skin_path, mask_w)
     else:
         x = (eq - np.float32(0.12)) * np.float32(1 / 0.62)  # 0 = fat, 1 = dense
         if gamma != 1.0:
@@ -533,7 +535,7 @@ def draw_breast(
         # flattens towards black instead of clipping at it
         toe = np.float32(f0) * (1 + np.tanh(np.float32((g0 - f0) / f0) * x))
         tone = np.where(x < 0, toe, tone)
-        air = BACKGROUND
+        air, dmin = BACKGROUND, 0.0
     full = (rows, cols)
     img = area_upsample(tone.astype(np.float32), full, step)
     r_full = upsample(r.astype(np.float32), full)
@@ -557,7 +559,7 @@ def draw_breast(
     np.copyto(img, n, where=~mask)
     np.clip(img, 0.0, TISSUE_MAX, out=img)
     nipple = (int((cy - oy) * zoom), int((a - ox) * zoom))
-    return Breast(image=img, mask=mask, r=r_full, nipple=nipple, density=density)
+    return Breast(image=img, mask=mask, r=r_full, nipple=nipple, density=density, film_dmin=dmin)
 
 
 # Digitized screen film (film=True). Sources are outside realism.md (which gives only the film beta): see README.
@@ -571,13 +573,12 @@ FILM_TARGET_OD = (1.3, 1.9)  # AEC: the breast's median density (†; screening 
 FILM_VOLUME_PER_AREA = 0.19 / sum(DENSITY_P[k] * sum(DENSITY_SHARE[k]) / 2 for k in DENSITY_P)
 FILM_SPR_NO_GRID = (0.40, 0.85)  # scatter / primary without a grid, clinical fields and thicknesses (Barnes 1978)
 GRID_TRANSMISSION = (0.73, 0.13)  # primary, scatter transmission of a mammography grid (Xia, Lo & Floyd, SPIE 2005)
-SCANNER_OD_MAX = 3.6  # Lumisys 200 laser digitizer of DDSM: pixel = 4095 - 1000 OD down to OD 3.6 (DDSM calibration)
 
 
 def film_display(
     rng: np.random.Generator, dense_path: np.ndarray, tissue_path: np.ndarray, skin_path: np.ndarray, mask: np.ndarray
-) -> tuple[np.ndarray, float]:
-    """(display image, air display) of a screen-film mammogram digitized by a DDSM-style laser scanner.
+) -> tuple[np.ndarray, float, float]:
+    """(display image, air display, base + fog OD) of a screen-film mammogram before the scanner's floor.
 
     `dense_path` is the breast's dense-equivalent path (mm; the generator's `signal`: 0.12 per mm of fat, 0.74
     per mm of gland, 0.7 per mm of skin), `tissue_path` / `skin_path` the paths through tissue and skin (mm).
@@ -586,9 +587,9 @@ def film_display(
     (mu_gland - mu_fat) gland + mu_gland skin; grid-filtered scatter adds a uniform exposure; the exposure is set
     (automatic exposure control) so the breast's median density is FILM_TARGET_OD; density follows a logistic
     characteristic curve in log exposure (the "logit" film model: de Almeida, Sobol & Barnes, Med Phys 1999) from
-    base + fog to FILM_DMAX with the average gradient of mammography film; the scanner maps density linearly to
-    gray and stops at SCANNER_OD_MAX. The directly exposed air is therefore the darkest gray (the scanner's floor,
-    495/4095), and only a breast's burned-out periphery gets as dark.
+    base + fog to FILM_DMAX with the average gradient of mammography film; density maps linearly to gray as the
+    DDSM scanner maps it (`film.to_display`), whose floor, flare and noise `film.digitize` adds once every object
+    is drawn. The directly exposed air is the darkest gray, and only a breast's burned-out periphery gets as dark.
     """
     gland = (dense_path - np.float32(0.12) * tissue_path - np.float32(0.7) * skin_path) * np.float32(1 / 0.62)
     gland = np.clip(gland, 0, None) * np.float32(FILM_VOLUME_PER_AREA)
@@ -609,10 +610,10 @@ def film_display(
 
     def to_display(le: np.ndarray) -> np.ndarray:
         od = np.float32(dmin) + np.float32(span) / (1 + np.exp(-np.float32(slope) * (le + np.float32(u0))))
-        return (4095.0 - 1000.0 * np.minimum(od, np.float32(SCANNER_OD_MAX))) * np.float32(1 / 4095.0)
+        return (4095.0 - 1000.0 * od) * np.float32(1 / 4095.0)
 
     air = np.full(1, np.log10(1 + scatter), np.float32)
-    return to_display(log_e).astype(np.float32), float(to_display(air)[0])
+    return to_display(log_e).astype(np.float32), float(to_display(air)[0]), dmin
 
 
 def _draw_calcifications(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, px_per_mm: float) -> None:

@@ -4,7 +4,9 @@ keep the ground truth apart in `_truth/<hospital>.parquet`.
 Layout: `out/<hospital>/<drop>/<PatientID>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`, plus `_READY` in each
 finished drop. The truth (one row per file) names every clip and confounder drawn, with its bounding box
 (`boxes`, JSON `[kind, row0, row1, col0, col1]` in stored pixels), the view type (`is_mag_view` = geometric
-magnification; `is_spot_view` = spot paddle, with or without magnification) and the BI-RADS density.
+magnification; `is_spot_view` = spot paddle, with or without magnification), the BI-RADS density, and on
+digitized film its clear border and dust (`film_edge`, `film_dust`) and the gray its metal reaches (`metal_gray`:
+the film's base + fog, where detectors draw metal at markers.CLIP_MIN).
 UIDs, dates and pixels derive from (seed, hospital, drop, study), so the same call gives byte-identical files
 and a new drop never reuses a UID.
 """
@@ -48,6 +50,8 @@ _BOOL_COLUMNS = (
     "for_processing",
     "is_spot_view",
     *CONFOUNDERS,
+    "film_edge",
+    "film_dust",
 )
 FORCED_PER_HOSPITAL = 4  # studies per hospital that carry a forced confounder: 3 hospitals cover all nine
 SPOT_SHARE = 0.35  # diagnostic biopsy studies whose second image is a spot-compression view (†)
@@ -287,6 +291,9 @@ def render_study(task: StudyTask) -> list[dict]:
             "grid_streaks": drawn.grid_streaks,
             "bright_stripes": drawn.bright_stripes,
             **{kind: kind in drawn.confounders for kind in CONFOUNDERS},
+            "film_edge": bool(drawn.film_edges),
+            "film_dust": drawn.film_dust,
+            "metal_gray": drawn.metal_gray,
             "density": drawn.density,
             "boxes": json.dumps([list(b) for b in drawn.boxes]),
             "corrupt_kind": None,

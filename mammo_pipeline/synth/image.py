@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mammo_pipeline.synth import magview, markers
+from mammo_pipeline.synth import film, magview, markers
 from mammo_pipeline.synth.anatomy import NOISE_70UM, TISSUE_MAX, draw_breast
 
 # confounder -> probability per contact image (†: see the module docstring)
@@ -72,7 +72,11 @@ class Drawn:
     density: str = ""
     field: tuple[int, int, int, int] | None = None  # exposed field of a mag/spot view, after the laterality flip
     confounders: tuple[str, ...] = ()
-    # (kind, row0, row1, col0, col1) of every clip ('clip' saturated, 'clip_unsaturated'), wire and confounder
+    film_edges: tuple[str, ...] = ()  # digitized film: unexposed strips along 'top', 'bottom', 'far' (film.py)
+    film_dust: bool = False  # digitized film: dust specks printed white (film.py)
+    metal_gray: float = markers.CLIP_MIN  # the display gray metal reaches: CLIP_MIN, or a film's base + fog
+    # (kind, row0, row1, col0, col1) of every clip ('clip' saturated, 'clip_unsaturated'), wire, confounder and
+    # film artefact ('film_edge', 'film_dust')
     boxes: tuple[tuple[str, int, int, int, int], ...] = ()
 
 
@@ -132,7 +136,7 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
         if rng.random() < 0.08 and not spec.film:
             markers.draw_grid_streaks(img, rng)
             facts["grid_streaks"] = True
-        if rng.random() < 0.06:
+        if rng.random() < 0.06 and not spec.film:  # detector read-out stripes
             markers.draw_bright_stripes(img, rng)
             facts["bright_stripes"] = True
     np.clip(img, 0.0, TISSUE_MAX, out=img)
@@ -197,6 +201,14 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
         # the collimator covers what lies outside the field: keep only boxes that still show
         boxes = [(k, b) for k, b in ((k, _intersect(b, field_box)) for k, b in boxes) if b]
     np.clip(img, 0.0, 1.0, out=img)
+    if spec.film:  # metal at base + fog, the film's edge, dust, the scanner (film.py)
+        digitized = film.digitize(img, rng, breast.film_dmin, spec.pixel_spacing)
+        boxes += list(digitized.boxes)
+        facts.update(
+            film_edges=digitized.edges,
+            film_dust=any(k == "film_dust" for k, _ in digitized.boxes),
+            metal_gray=film.clear_display(breast.film_dmin),
+        )
     if spec.laterality == "R":
         img = img[:, ::-1]
         field_box = (field_box[0], field_box[1], cols - field_box[3], cols - field_box[2])

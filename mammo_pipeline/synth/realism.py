@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from mammo_pipeline.model.air import air_threshold
+from mammo_pipeline.model.air import air_threshold, chest_wall_side, peel_frame_strips
 
 GRID_MM = 0.4  # common sampling for beta, noise and the skin profile: coarser than every --scale 0.25 pixel, and
 # its Nyquist frequency (1.25 cycles/mm) stays above the 1.0 cycles/mm fit limit
@@ -111,58 +111,16 @@ def model_rendition(img: np.ndarray, long_side: int = MODEL_SIZE) -> np.ndarray:
     return np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
 
 
-def chest_wall_side(img: np.ndarray) -> int:
-    """0 when the chest wall is at column 0, -1 when it is at the last column: the brighter side of the image.
-
-    Compared on the column bands 3-15 % in from each side, so a film's bright border strips do not count.
-    """
-    w = img.shape[1]
-    if w < 8:
-        return 0
-    a, b = max(1, round(0.03 * w)), max(2, round(0.15 * w))
-    return 0 if img[:, a:b].mean() >= img[:, w - b : w - a].mean() else -1
-
-
-FRAME_STRIP_FG = 0.9  # a line along a frame edge this full of foreground is a film border, not breast
-FRAME_STRIP_MAX = 0.05  # peel at most this share of the rows / columns from each edge
-
-
-def _peel_frame_strips(fg: np.ndarray, chest: int) -> tuple[np.ndarray, dict[str, int]]:
-    """`fg` without the strips along the top, bottom and far edges that are (almost) wholly foreground.
-
-    A digitized film's unexposed border (film base + fog) and a bright scanner background run along the frame and
-    would join everything bright into one ring. A breast never fills a whole line along the top, bottom or the
-    side opposite the chest wall, so such lines (at most FRAME_STRIP_MAX of the frame, outermost first) are
-    removed. Returns the peeled foreground and how many lines went from each edge.
-    """
-    fg = fg.copy()
-    h, w = fg.shape
-    peeled = {"top": 0, "bottom": 0, "far": 0}
-    for edge, n_max in (("top", h), ("bottom", h), ("far", w)):
-        for k in range(max(1, round(FRAME_STRIP_MAX * n_max))):
-            if edge == "top":
-                line = fg[k, :]
-            elif edge == "bottom":
-                line = fg[h - 1 - k, :]
-            else:
-                line = fg[:, w - 1 - k] if chest == 0 else fg[:, k]
-            if line.mean() <= FRAME_STRIP_FG:
-                break
-            line[:] = False
-            peeled[edge] = k + 1
-    return fg, peeled
-
-
 def breast_mask(img: np.ndarray) -> np.ndarray:
     """The breast: the largest bright connected region (preferably touching the chest-wall side), holes filled.
 
     Threshold a fifth of the way from the background (`background_level`) to the median of what is brighter,
-    found from the image itself; film border strips along the frame are peeled off first (`_peel_frame_strips`)
+    found from the image itself; film border strips along the frame are peeled off first (`peel_frame_strips`)
     and the breast's own part of them is put back afterwards, so a breast touching the frame keeps its edge.
     """
     raw = img > air_threshold(img)[0]
     chest = chest_wall_side(img)
-    fg, peeled = _peel_frame_strips(raw, chest)
+    fg, peeled = peel_frame_strips(raw, chest)
     fg = ndimage.binary_opening(fg, iterations=2)
     labels, n = ndimage.label(fg)
     if n == 0:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mammo_pipeline.model.air import SKIN_DEPTH, air_mask, away_from_air
+from mammo_pipeline.model.air import SKIN_DEPTH, air_mask, air_threshold, away_from_air
 
 
 def _breast(
@@ -35,6 +35,21 @@ def test_dark_fat_touching_the_frame_is_not_air_nor_is_a_bright_collimator():
     collimator = np.where(inside, img, 0.9)  # a coned view: the breast inside a bright collimator frame
     assert not air_mask(collimator).any()
     assert away_from_air(collimator, 10).all()
+
+
+def test_a_scanned_films_uneven_air_inside_its_clear_edge_is_air():
+    """A digitized film: clear strips along the top, bottom and far edge, so the air never touches the frame, and
+    air that is grainy and brightens towards the strips (scanner flare): still air; the breast is not."""
+    img, inside = _breast(np.random.default_rng(4), air=0.12, noise=0.004)
+    h, w = img.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    dist = np.minimum.reduce([yy - 6, h - 7 - yy, w - 7 - xx])  # px from the clear strips (negative: on them)
+    img = np.where(inside, img, img + 0.15 * np.exp(-np.clip(dist, 0, None) / 15.0))
+    img[dist < 0] = 0.95
+    found = air_mask(img)
+    dark_air = ~inside & (dist >= 0) & (img <= air_threshold(img)[0])  # the flare's brightest rim is not dark
+    assert dark_air.sum() > 0.6 * (~inside & (dist >= 0)).sum()
+    assert (found & dark_air).sum() / dark_air.sum() > 0.98 and (found & inside).sum() <= 0.001 * inside.sum()
 
 
 def test_away_from_air_keeps_what_lies_deeper_than_the_skin_depth():

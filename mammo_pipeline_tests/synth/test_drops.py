@@ -8,6 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.errors import InvalidDicomError
+from scipy import ndimage
 
 from mammo_pipeline.landing import SLUG, list_drops, list_hospitals
 from mammo_pipeline.synth import generate_drops, hospital_slugs, read_truth
@@ -73,13 +74,19 @@ def _in_boxes(shape, boxes, pad=1) -> np.ndarray:
 
 def test_truth_agrees_with_pixel_geometry(landing):
     """Confounders are as bright as clips, so the truth is checked on where things are, not on a gray gap."""
-    hot_level = CLIP_MIN - 0.005
     for row in _images(landing).itertuples():
+        hot_level = row.metal_gray - 0.005  # CLIP_MIN; on digitized film its base + fog
         v = _display(pydicom.dcmread(landing / row.rel_path))
         boxes = json.loads(row.boxes)
         kinds = [b[0] for b in boxes]
-        hot = v >= hot_level
-        assert not (hot & ~_in_boxes(v.shape, boxes)).any(), f"{row.rel_path}: bright pixels outside every box"
+        stray = (v >= hot_level) & ~_in_boxes(v.shape, boxes)
+        if row.metal_gray < CLIP_MIN and (
+            row.is_mag_view or row.is_spot_view
+        ):  # film: its collimator shadow is clear film
+            labels, _ = ndimage.label(v >= 0.85)  # the collimator's bright shadow reaches the frame
+            frame = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+            stray &= ~np.isin(labels, frame[frame > 0])
+        assert not stray.any(), f"{row.rel_path}: bright pixels outside every box"
         for i, (kind, r0, r1, c0, c1) in enumerate(boxes):
             patch = v[r0:r1, c0:c1]
             others = _in_boxes(v.shape, boxes[:i] + boxes[i + 1 :], pad=0)[r0:r1, c0:c1]
@@ -87,7 +94,13 @@ def test_truth_agrees_with_pixel_geometry(landing):
                 pad = max(3, r1 - r0, c1 - c0)
                 ring = v[max(0, r0 - pad) : r1 + pad, max(0, c0 - pad) : c1 + pad]
                 assert patch.max() < hot_level and patch.max() - np.median(ring) > 0.08, row.rel_path
-            elif kind != "clip_unsaturated":  # clips, wires and every confounder reach the clips' gray level
+            elif kind == "film_dust":  # a white speck on whatever lies beneath
+                pad = max(3, r1 - r0, c1 - c0)
+                ring = v[max(0, r0 - pad) : r1 + pad, max(0, c0 - pad) : c1 + pad]
+                assert patch.max() - np.median(ring) > 0.05, row.rel_path
+            elif (
+                kind != "clip_unsaturated"
+            ):  # clips, wires, every confounder and a film's clear edge reach metal's gray
                 assert patch.max() >= hot_level, (row.rel_path, kind)
         n_clips = kinds.count("clip") + kinds.count("clip_unsaturated")
         assert (n_clips > 0) == row.has_biopsy_marker and n_clips == row.n_clips, row.rel_path
@@ -95,7 +108,10 @@ def test_truth_agrees_with_pixel_geometry(landing):
         assert kinds.count("hook_wire") == int(row.hook_wire), row.rel_path
         for kind in CONFOUNDERS:
             assert (kind in kinds) == getattr(row, kind), (row.rel_path, kind)
-        assert _has_unexposed_border(v) == (row.is_mag_view or row.is_spot_view), row.rel_path
+        if not row.film_edge:  # (a film's clear edge is checked as a box above)
+            assert _has_unexposed_border(v) == (row.is_mag_view or row.is_spot_view), row.rel_path
+        assert (kinds.count("film_edge") > 0) == row.film_edge and ("film_dust" in kinds) == row.film_dust
+        assert row.metal_gray == CLIP_MIN or row.vendor_profile == "FILM-DF", row.rel_path
         assert (row.mag_factor > 1.0) == row.is_mag_view, row.rel_path
         if row.marker_partly_outside:  # cut off at the chest-wall edge (column 0 for a left breast)
             edge = v[:, 0] if row.laterality == "L" else v[:, -1]
