@@ -351,7 +351,7 @@ def annotator_truth(annotator: SimulatedAnnotator) -> pd.DataFrame:
 
 
 def audit_accuracies(settings: Settings, truth: dict[str, str]) -> dict[str, float | None]:
-    """4-class accuracy of the latest image_predictions on the labeled audit images, against three references:
+    """4-class accuracy of the current model's image_predictions on the labeled audit images, against three references:
     the adjudicated audit labels (labels/current.parquet), the first blind read alone (the single-read figure
     the audit used to be) and the synthetic ground truth (hidden from everything else). Same predictions, same
     threshold as model/evaluate.py."""
@@ -365,8 +365,13 @@ def audit_accuracies(settings: Settings, truth: dict[str, str]) -> dict[str, flo
     audit = labels[labels["split"] == "audit"]
     if "first_read" not in audit.columns:  # a labels table from before adjudicated reads
         audit = audit.assign(first_read=audit["label"])
-    preds = warehouse.query(settings, "SELECT sop_instance_uid, p_biopsy, p_mag FROM image_predictions")
-    df = audit.merge(preds.drop_duplicates("sop_instance_uid", keep="last"), on="sop_instance_uid")
+    # image_predictions keeps every model's rows (prediction history): take the current model's, not any
+    preds = warehouse.query(
+        settings,
+        "SELECT sop_instance_uid, p_biopsy, p_mag FROM image_predictions WHERE model_version = ?",
+        [_current_version(settings)],
+    )
+    df = audit.merge(preds.drop_duplicates("sop_instance_uid"), on="sop_instance_uid")
     df = df[df["first_read"].notna()]
     if df.empty:
         return empty

@@ -51,3 +51,29 @@ def test_demo_quick_runs_end_to_end_and_resumes(settings, monkeypatch):
     assert any("does not fit this code" in line for line in lines)
     assert _stale_model(settings) is None  # the new current model is this code's
     assert upgraded["rounds"] == summary["rounds"]  # same labels, no new round
+
+
+def test_the_audit_accuracy_of_a_round_is_the_current_models_not_an_earlier_ones(settings):
+    """image_predictions keeps every model's rows (prediction history); a round's printed accuracy must read the
+    model just trained, whatever order the warehouse returns the slices in."""
+    from mammo_pipeline.demo import audit_accuracies
+    from mammo_pipeline.model.ref import ModelRef
+
+    uids = [f"1.2.826.0.{i}" for i in range(4)]
+    truth = dict(zip(uids, ["biopsy", "neither", "mag", "both"], strict=True))
+    labels = pd.DataFrame({"sop_instance_uid": uids, "split": "audit", "label": list(truth.values())})
+    labels["first_read"] = labels["label"]
+    path = settings.table_dir("labels") / "current.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels.to_parquet(path)
+    right = {"p_biopsy": [0.9, 0.1, 0.1, 0.9], "p_mag": [0.1, 0.1, 0.9, 0.9]}
+    wrong = {"p_biopsy": [0.1, 0.9, 0.9, 0.1], "p_mag": [0.9, 0.9, 0.1, 0.1]}
+    for version, p in (("a-current", right), ("z-earlier", wrong)):  # the stale slice sorts last
+        warehouse.write_slice(
+            settings, "image_predictions", "h1", version, pd.DataFrame({"sop_instance_uid": uids, **p})
+        )
+    ref = ModelRef("a-current", "snap", "a-current", 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    ref.save(settings.models)
+    assert audit_accuracies(settings, truth)["adjudicated"] == 1.0
+    ref.with_(model_version="z-earlier").save(settings.models)
+    assert audit_accuracies(settings, truth)["adjudicated"] == 0.0
