@@ -11,6 +11,9 @@ from mammo_pipeline import __version__
 
 # Dagster marks observable source assets as beta; say so in the docs, not on every command line.
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+# torch 2.14 deprecates torch.jit.script, which its own code paths still call when a model is traced or exported;
+# nothing for a user to act on, so it does not belong on their terminal.
+warnings.filterwarnings("ignore", message=r".*`torch\.jit\.script` is deprecated.*", category=FutureWarning)
 
 # Each module defines `command` (a click command or group); its name is the subcommand's name.
 SUBCOMMANDS: tuple[str, ...] = (
