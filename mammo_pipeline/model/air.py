@@ -111,14 +111,14 @@ def exposed_edge(img: np.ndarray, threshold: float) -> np.ndarray:
     h, w = img.shape
     chest = chest_wall_side(img)
     _, peeled = peel_frame_strips(img > threshold, chest)
-    edge = np.zeros((h, w), dtype=bool)
-    top, bottom, far = peeled["top"], h - 3 - peeled["bottom"], w - 3 - peeled["far"]
-    edge[max(0, top) : top + 3, :] = True
-    edge[max(0, bottom) : bottom + 3, :] = True
+    top, bottom, far = peeled["top"], peeled["bottom"], peeled["far"]
     if chest == 0:
-        edge[:, max(0, far) : far + 3], edge[:, :3] = True, True
+        far_cols, chest_cols = slice(max(0, w - 3 - far), w - far), slice(None, 3)
     else:
-        edge[:, peeled["far"] : peeled["far"] + 3], edge[:, -3:] = True, True
+        far_cols, chest_cols = slice(far, far + 3), slice(-3, None)
+    edge = np.zeros((h, w), dtype=bool)
+    edge[top : top + 3], edge[max(0, h - 3 - bottom) : h - bottom] = True, True
+    edge[:, far_cols], edge[:, chest_cols] = True, True
     return edge
 
 

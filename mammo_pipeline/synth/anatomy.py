@@ -573,6 +573,10 @@ FILM_TARGET_OD = (1.3, 1.9)  # AEC: the breast's median density (†; screening 
 FILM_VOLUME_PER_AREA = 0.19 / sum(DENSITY_P[k] * sum(DENSITY_SHARE[k]) / 2 for k in DENSITY_P)
 FILM_SPR_NO_GRID = (0.40, 0.85)  # scatter / primary without a grid, clinical fields and thicknesses (Barnes 1978)
 GRID_TRANSMISSION = (0.73, 0.13)  # primary, scatter transmission of a mammography grid (Xia, Lo & Floyd, SPIE 2005)
+# the DDSM scanners' linear map (DDSM calibration notes): pixel = SCANNER_FULL_SCALE - SCANNER_PER_OD x OD, display =
+# pixel / SCANNER_FULL_SCALE (film.py adds the scanner's floor, flare and noise on top)
+SCANNER_FULL_SCALE, SCANNER_PER_OD = 4095.0, 1000.0
+OD_PER_DISPLAY = SCANNER_FULL_SCALE / SCANNER_PER_OD  # OD = OD_PER_DISPLAY x (1 - display)
 
 
 def film_display(
@@ -610,7 +614,7 @@ def film_display(
 
     def to_display(le: np.ndarray) -> np.ndarray:
         od = np.float32(dmin) + np.float32(span) / (1 + np.exp(-np.float32(slope) * (le + np.float32(u0))))
-        return (4095.0 - 1000.0 * od) * np.float32(1 / 4095.0)
+        return (SCANNER_FULL_SCALE - SCANNER_PER_OD * od) * np.float32(1 / SCANNER_FULL_SCALE)
 
     air = np.full(1, np.log10(1 + scatter), np.float32)
     return to_display(log_e).astype(np.float32), float(to_display(air)[0]), dmin

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from mammo_pipeline.synth.anatomy import upsample
+from mammo_pipeline.synth.anatomy import OD_PER_DISPLAY, upsample
 
 SCANNER_OD_MAX = 3.6  # Lumisys 200 laser digitizer of DDSM: pixel = 4095 - 1000 OD down to OD 3.6 (DDSM calibration)
-OD_PER_DISPLAY = 4.095  # display = (4095 - 1000 OD) / 4095, so OD = 4.095 (1 - display)
 FILM_EDGE_P = 0.7  # chance that each of the film's three free edges shows an unexposed strip (†)
 FILM_EDGE_MM = (1.0, 6.0)  # width of the unexposed strip (†)
 FILM_PENUMBRA_MM = (0.5, 2.0)  # exposure ramp from the field edge to the strip (focal spot x collimator geometry, †)
