@@ -3,6 +3,9 @@
 Both paths read the same N model-size PNGs from disk, run the same `model.preprocess.preprocess`, and
 push the batches through the same ResNet18 (random weights, 2 sigmoid outputs). Each path runs in its
 own process so the peak RSS printed is that path's alone. Optional int8 (QDQ, quantize_static) path.
+Then the network alone ("network alone" lines): the same batches preprocessed before the clock starts, pushed
+through PyTorch eager and through the ONNX Runtime session inference opens; decoding and preprocessing cost
+both end-to-end paths the same few CPU ms per image, so this is the ratio of the engines themselves.
 On a shared machine wall-clock images/s depends on the neighbours, so each path also prints its CPU time
 per image and the rate that implies with every core to itself ("cpu-bound").
 
@@ -200,9 +203,48 @@ def run_torch(settings: Settings, ref: ModelRef, manifest: pd.DataFrame, batch_s
     return timer.figures(len(manifest))
 
 
+REPEATS = 3  # passes over the images when the network alone is timed (one pass takes a second or two)
+
+
+def run_network(
+    settings: Settings, ref: ModelRef, manifest: pd.DataFrame, batch_size: int, engine: str
+) -> tuple[float, float]:
+    """The network alone: images/s and CPU ms per image of `engine` ('torch' eager, or 'onnx': the session
+    `infer.load_model` opens for `ref`) on batches preprocessed before the clock starts, REPEATS passes."""
+    import torch
+
+    from mammo_pipeline.model.infer import load_model
+
+    batches = [
+        np.stack([preprocess(settings.cache / p, ref.input_size) for p in manifest["model_png"][i : i + batch_size]])
+        for i in range(0, len(manifest), batch_size)
+    ]
+    if engine == "torch":
+        torch.set_num_threads(settings.n_threads)
+        torch.manual_seed(0)
+        net = make_torch_model()
+
+        def run(x: np.ndarray) -> int:
+            with torch.inference_mode():
+                return len(net(torch.from_numpy(x)))
+    else:
+        session = load_model(settings, ref).session
+        name = session.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> int:
+            return len(session.run(None, {name: x})[0])
+
+    run(batches[0])  # warm-up
+    with Timer() as timer:
+        n = sum(run(x) for _ in range(REPEATS) for x in batches)
+    return timer.figures(n)
+
+
 def _child(kind: str, home: str, ref: ModelRef, manifest: pd.DataFrame, batch_size: int, threads: int):
     settings = Settings.under(home, inference_threads=threads)
-    if kind == "torch":
+    if kind.startswith("network-"):
+        rate, cpu_ms = run_network(settings, ref, manifest, batch_size, kind.removeprefix("network-"))
+    elif kind == "torch":
         rate, cpu_ms = run_torch(settings, ref, manifest, batch_size)
     else:
         rate, cpu_ms = run_onnx(settings, ref, manifest, batch_size, cold=kind == "onnx-cold")
@@ -249,6 +291,12 @@ def main() -> None:
         if args.int8:
             int8_ref = quantize(settings, ref, manifest)
             report("onnxruntime int8 pipeline", measure("onnx", common[0], int8_ref, *common[1:]), base)
+        # The network alone, on the same preprocessed batches: PNG decoding and preprocessing (about 4 CPU ms
+        # per 256-px image, the same code on both paths) bound the end-to-end ratio; this is the engine's.
+        net_base = report("network alone: pytorch eager", measure("network-torch", common[0], ref, *common[1:]))
+        report("network alone: onnx fp32   ", measure("network-onnx", common[0], ref, *common[1:]), net_base)
+        if args.int8:
+            report("network alone: onnx int8   ", measure("network-onnx", common[0], int8_ref, *common[1:]), net_base)
         if args.second_look:
             with_look = make_display_pngs(settings, manifest)
             look_ref = add_second_look(settings, int8_ref if args.int8 else ref)
