@@ -20,15 +20,9 @@ import pandas as pd
 from PIL import Image
 
 from mammo_pipeline.model.air import air_mask
-from mammo_pipeline.model.candidates import BLOB_SCALES, _block_mean, _grid_factor, _pyramid
+from mammo_pipeline.model.candidates import air_grid
 from mammo_pipeline.synth import image as synth_image
 from mammo_pipeline.synth.profiles import PROFILES
-
-
-def air_grid(gray: np.ndarray) -> tuple[np.ndarray, int]:
-    """The grid the candidates look for air on (2x2 means of the finest pyramid level) and its step in pixels."""
-    levels, image = _pyramid(gray, {_grid_factor(s * max(gray.shape)) for s in BLOB_SCALES})
-    return _block_mean(image, 2) / np.float32(255), 2 * min(levels)
 
 
 def synthetic_rows(per_kind: int) -> pd.DataFrame:

@@ -20,9 +20,17 @@ BENCHMARKS: dict[str, list[str]] = {
     "infer": ["--int8"],
     "dask": [],
     "label_app": ["--sizes", "10000,100000,1000000", "--n", "200"],
+    "air": [],
 }
-# Slow (about 10 minutes): run it by name, `python benchmarks/run_all.py learning_curve`.
-EXTRA: dict[str, list[str]] = {"learning_curve": ["--baseline"]}
+# Run by name only (`python benchmarks/run_all.py learning_curve`): slow (learning_curve about 10 minutes, realism
+# a few), needing a trained model (real_samples: the demo's, `--home`), or a library installed aside
+# (table_format: deltalake).
+EXTRA: dict[str, list[str]] = {
+    "learning_curve": ["--baseline"],
+    "realism": ["--studies", "8", "--scale", "0.25"],
+    "real_samples": [],
+    "table_format": ["--slices", "20", "--rows", "5000", "--writers", "2", "--rounds", "5", "--repeat", "5"],
+}
 
 
 def main(names: list[str]) -> int:

@@ -26,8 +26,11 @@ def test_every_benchmark_in_run_all_exists():
         import run_all
     finally:
         sys.path.remove(str(BENCHMARKS))
-    for name in {**run_all.BENCHMARKS, **run_all.EXTRA}:
+    listed = {**run_all.BENCHMARKS, **run_all.EXTRA}
+    for name in listed:
         assert (BENCHMARKS / f"bench_{name}.py").exists(), name
+    # and every benchmark is listed, so `make bench` or its name finds it
+    assert {p.stem.removeprefix("bench_") for p in BENCHMARKS.glob("bench_*.py")} == set(listed)
 
 
 def test_label_app_benchmark_labels_through_the_secured_routes():
@@ -43,3 +46,16 @@ def test_infer_benchmark_runs_the_second_look_path():
     out = run("infer", "-n", "8", "--batch-size", "4", "--second-look")
     for how in ("kept candidates", "cut at inference"):
         assert re.search(rf"onnxruntime fp32 \+ second look \({how}\):\s+[\d.]+ images/s", out), out
+    # the engines alone too, the ONNX one against eager
+    assert re.search(r"network alone: pytorch eager:\s+[\d.]+ images/s", out), out
+    assert re.search(r"network alone: onnx fp32\s+:\s+[\d.]+ images/s .* x[\d.]+ wall", out), out
+
+
+def test_air_benchmark_scores_the_air_rule_on_drawn_images(monkeypatch):
+    monkeypatch.setenv("MAMMO_REALDATA", "/nonexistent-realdata")
+    out = run("air", "--per-kind", "1")
+    rows = re.findall(r"^(\S+)\s+\d+\s+\d+\s+\d+\s+([\d.]+)\s+([\d.]+)$", out, flags=re.M)
+    assert {name for name, _, _ in rows} >= {"FILM-DF", "GE-ESS", "SIE-INS"}, out
+    # detector contact views: what the rule calls air is air (the film's burned-out periphery is harder)
+    assert all(float(precision) >= 0.9 for name, precision, _ in rows if name != "FILM-DF"), out
+    assert "real images skipped" in out

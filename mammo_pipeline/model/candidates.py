@@ -116,6 +116,19 @@ def _pyramid(gray: np.ndarray, factors: set[int]) -> tuple[dict[int, tuple[np.nd
     return levels, image
 
 
+def _air_grid(level: np.ndarray, f: int) -> tuple[np.ndarray, int]:
+    """(2 x 2 means of a pyramid level in 0..1, its step in image px): where `air.away_from_air` runs."""
+    return _block_mean(level, 2) / np.float32(255), 2 * f
+
+
+def air_grid(gray: Path | str | np.ndarray) -> tuple[np.ndarray, int]:
+    """(float32 grid [H/s, W/s] in 0..1, step s in image px): the image the candidates look for air on (2 x 2 means
+    of the finest pyramid level), for callers that want the air the candidates avoid (`benchmarks/bench_air.py`)."""
+    gray = _as_gray_uint8(gray)
+    f0 = min(_grid_factor(share * max(gray.shape)) for share in BLOB_SCALES)
+    return _air_grid(_block_mean(gray, f0) if f0 > 1 else gray.astype(np.float32), f0)
+
+
 def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """(score on the finest grid, its block size f, that grid's image, its tissue mask): module docstring."""
     long_side = max(gray.shape)
@@ -138,7 +151,8 @@ def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     edge = int(np.ceil(2 * max(BLOB_SCALES) * long_side / f0)) + 1
     if min(out.shape) > 4 * edge:  # within 2 sigma of the frame the derivatives see the padding, not the image:
         out[:edge], out[-edge:], out[:, :edge], out[:, -edge:] = 0, 0, 0, 0  # a line leaving it looks like an end
-    inside = away_from_air(_block_mean(image, 2) / np.float32(255), SKIN_DEPTH * long_side / (2 * f0))
+    grid, step = _air_grid(image, f0)
+    inside = away_from_air(grid, SKIN_DEPTH * long_side / step)
     inside = inside.repeat(2, axis=0).repeat(2, axis=1)  # letters in the air, pellets on the skin: never clips
     h, w = min(inside.shape[0], out.shape[0]), min(inside.shape[1], out.shape[1])
     out[:h, :w] *= inside[:h, :w]

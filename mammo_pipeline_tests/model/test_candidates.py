@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from mammo_pipeline.model.air import SKIN_DEPTH
+from mammo_pipeline.model.air import SKIN_DEPTH, away_from_air
 from mammo_pipeline.model.candidates import (
     CHANNELS,
     CROP,
     SECOND_LOOK_VERSION,
+    air_grid,
     blob_score,
     candidates,
 )
@@ -73,6 +74,20 @@ def test_nothing_in_the_air_or_on_the_skin_line_is_a_candidate():
     found = centres[scores > 0]
     assert np.hypot(*(found[0] - np.array((201, 244)))) <= 5
     assert (found[:, 1] >= 60 + SKIN_DEPTH * img.shape[0] - 2).all()
+
+
+def test_air_grid_is_the_air_the_candidates_avoid():
+    """`air_grid` (what bench_air measures) finds the air left of the skin line, and every candidate lies where
+    the skin band around that air is not."""
+    img = _tissue(np.random.default_rng(6)).astype(np.uint8)
+    img[300:306, 57:63] = 255  # a pellet on the skin line
+    grid, step = air_grid(img)
+    assert grid.shape == (img.shape[0] // step, img.shape[1] // step) and 0 <= grid.min() <= grid.max() <= 1
+    inside = away_from_air(grid, SKIN_DEPTH * max(img.shape) / step)
+    assert not inside[:, : 60 // step].any() and inside[:, (60 + 20) // step :].all()
+    _, centres, scores = candidates(img, k=8)
+    for r, c in centres[scores > 0]:
+        assert inside[min(r // step, inside.shape[0] - 1), min(c // step, inside.shape[1] - 1)]
 
 
 def test_candidates_are_half_a_crop_apart_and_a_flat_image_has_none():
