@@ -22,8 +22,11 @@ With --second-look only the biopsy flag's second look runs: candidates from the 
 (model/candidates.py, extracted once per image and timed apart, as the product caches them per image), a patch
 CNN trained on their crops from image labels (model/second_look.py, two torch threads); it prints candidate
 recall (diagnosis from the synthetic truth's boxes), biopsy ROC-AUC, sensitivity/specificity at the
-sensitivity >= 0.98 operating point, wall/CPU seconds per round, and the ratio of the final ROC-AUC against the
-candidate score alone (no learning) in the same run.
+sensitivity >= 0.98 operating point, wall/CPU seconds per round, what limits the last round's ROC-AUC (the
+clip images with negatives scored above them, their share of the misordered pairs and whether a clip was among
+their candidates; the most probable negatives and what their winning candidate sits on: diagnosis from the
+truth), and the ratio of the final ROC-AUC against the candidate score alone (no learning) in the same run.
+The audit split is the same in every run (a fixed pseudonym salt: synthetic patients only).
 Target: per-flag ROC-AUC >= 0.99 at <= 500 labels; <= 120 s per training at 500 labels on 2 CPU cores.
 """
 
@@ -72,7 +75,8 @@ LABEL_COLUMNS = [
 
 def build_dataset(home: Path, studies: int) -> Settings:
     """Synthetic drops, indexed and cached under `home` (each step skips work already done)."""
-    settings = Settings.under(home, workers=2, pretrained="none").ensure_dirs()
+    # synthetic patients only: a fixed pseudonym salt gives the same patient keys, so the same audit split, every run
+    settings = Settings.under(home, workers=2, pretrained="none", salt="bench-learning-curve").ensure_dirs()
     generate_drops(
         settings.landing, hospitals=3, studies_per_hospital=studies, seed=0, scale=0.25, drop="drop-20261101"
     )
@@ -149,25 +153,57 @@ def second_look(
         f"{(time.process_time() - cpu) / len(found) * 1000:.0f} CPU ms/image (cached per image, not in a round)"
     )
     truth_files = sorted(glob.glob(str(settings.landing / "_truth" / "*.parquet")))
-    boxes = pd.concat(pd.read_parquet(f, columns=["sop_instance_uid", "boxes"]) for f in truth_files)
-    boxes = boxes.set_index("sop_instance_uid")["boxes"]
-    hit = clip_images = 0
-    for uid in uids:
-        clips = [b[1:] for b in json.loads(boxes[uid]) if b[0].startswith("clip")]
-        if not clips:
-            continue
-        clip_images += 1
+    facts = ["sop_instance_uid", "boxes", "vendor_profile", "view_position", "n_clips_unsaturated"]
+    truth_table = pd.concat(pd.read_parquet(f, columns=facts) for f in truth_files).set_index("sop_instance_uid")
+
+    def boxes_at(uid: str, row: int, col: int) -> list[str]:
+        """The truth's box kinds (clip, lead_letters, ...) holding display pixel (row, col) of image `uid`."""
         f = display.at[uid, "display_height"] / display.at[uid, "height"]
-        centres = found[uid][1]
-        hit += any(
-            r0 * f - 4 <= r <= r1 * f + 4 and c0 * f - 4 <= c <= c1 * f + 4
-            for r0, r1, c0, c1 in clips
-            for r, c in centres
-        )
+        return [
+            kind
+            for kind, r0, r1, c0, c1 in json.loads(truth_table.at[uid, "boxes"])
+            if r0 * f - 4 <= row <= r1 * f + 4 and c0 * f - 4 <= col <= c1 * f + 4
+        ]
+
+    clip_found = {
+        uid: any(k.startswith("clip") for r, c in found[uid][1] if r >= 0 for k in boxes_at(uid, r, c))
+        for uid in uids
+        if any(b[0].startswith("clip") for b in json.loads(truth_table.at[uid, "boxes"]))
+    }
+    hit, clip_images = sum(clip_found.values()), len(clip_found)
     print(
         f"candidate recall (diagnosis, from the truth's boxes): {hit}/{clip_images} clip images "
         f"= {hit / max(clip_images, 1):.3f}"
     )
+
+    def limits(audit: pd.DataFrame, probs: np.ndarray, patch: np.ndarray, shown: int = 6) -> None:
+        """Which audit images cost the last round its ROC-AUC (diagnosis, from the truth): each clip image with
+        the negatives scored above it (its share of the misordered pairs, whether a clip was among its
+        candidates), and the most probable negatives above the lowest clip image that had one, with what their
+        winning candidate sits on ('-': tissue)."""
+        ids = audit["sop_instance_uid"].to_numpy()
+        neg = np.sort(probs[~truth])
+        above = {u: int((neg > p).sum()) for u, p, t in zip(ids, probs, truth, strict=True) if t}
+        pairs = sum(above.values())
+        print(f"what limits the ROC-AUC at {len(order.head(max(counts)))} labels (diagnosis, from the truth): "
+              f"{pairs} misordered pairs of {truth.sum() * (~truth).sum()}")  # fmt: skip
+        for u, n in sorted(above.items(), key=lambda kv: -kv[1])[:shown]:
+            if n:
+                t = truth_table.loc[u]
+                print(f"  clip image ...{u[-8:]} p={probs[ids == u][0]:.3f}: {n} negatives above ({n / pairs:.0%}); "
+                      f"clip among candidates: {clip_found.get(u)}; {t.vendor_profile} {t.view_position}, "
+                      f"{t.n_clips_unsaturated} unsaturated")  # fmt: skip
+        floor = min((p for u, p, t in zip(ids, probs, truth, strict=True) if t and clip_found.get(u)), default=1.0)
+        negatives = [i for i in np.argsort(-probs) if not truth[i] and probs[i] > floor]
+        for i in negatives[:shown]:
+            r, c = found[ids[i]][1][int(np.argmax(patch[i]))]
+            kinds = ",".join(boxes_at(ids[i], int(r), int(c))) or "-"
+            t = truth_table.loc[ids[i]]
+            print(f"  negative ...{ids[i][-8:]} p={probs[i]:.3f}: winning candidate on {kinds}; "
+                  f"{t.vendor_profile} {t.view_position}")  # fmt: skip
+        if len(negatives) > shown:
+            print(f"  ... and {len(negatives) - shown} more negatives above p={floor:.3f}")
+
     audit_crops = np.stack([found[u][0] for u in audit["sop_instance_uid"]])
     truth = audit["has_biopsy_marker"].to_numpy(bool)
     base = roc_auc(truth, np.stack([found[u][2] for u in audit["sop_instance_uid"]]).max(axis=1))
@@ -179,7 +215,7 @@ def second_look(
         wall, cpu = time.monotonic(), time.process_time()
         net = train_patch_mil(crops, part["has_biopsy_marker"].to_numpy(bool), epochs=epochs or None, seed=seed)
         wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-        probs, _ = predict_patch_mil(net, audit_crops)
+        probs, patch = predict_patch_mil(net, audit_crops)
         auc = roc_auc(truth, probs)
         point = operating_point(truth, probs, "sensitivity")
         pred = probs >= point["threshold"]
@@ -188,6 +224,8 @@ def second_look(
             f"{'second look':12} {len(part):6d} {_f(auc):>6} {sens:6.3f} {spec:6.3f} {wall:7.1f} {cpu:7.1f}",
             flush=True,
         )
+    if auc is not None:
+        limits(audit, probs, patch)
     print(
         f"RATIO second look / candidate score alone: biopsy ROC-AUC {_f(auc)} / {_f(base)} = "
         f"{(auc or 0) / max(base or 0, 1e-9):.2f}x (target ROC-AUC >= 0.99, <= 120 s wall per round at 500 labels)"
@@ -226,6 +264,9 @@ def main() -> None:
             f"audit positives: biopsy {int(audit.has_biopsy_marker.sum())}, mag {int(audit.is_mag_view.sum())}; "
             f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
         )
+        if audit.has_biopsy_marker.nunique() < 2 or audit.is_mag_view.nunique() < 2:
+            sys.exit(f"the audit split needs images with and without each flag to measure ROC-AUC; raise --studies "
+                     f"(it has {args.studies} per hospital)")  # fmt: skip
         if args.second_look:
             second_look(settings, labels, order, [int(c) for c in args.counts.split(",")], args.seed, args.patch_epochs)
             return

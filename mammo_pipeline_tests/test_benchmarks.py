@@ -59,3 +59,24 @@ def test_air_benchmark_scores_the_air_rule_on_drawn_images(monkeypatch):
     # detector contact views: what the rule calls air is air (the film's burned-out periphery is harder)
     assert all(float(precision) >= 0.9 for name, precision, _ in rows if name != "FILM-DF"), out
     assert "real images skipped" in out
+
+
+def test_learning_curve_second_look_says_what_limits_its_roc_auc(tmp_path):
+    out = run("learning_curve", "--data", str(tmp_path / "data"), "--studies", "12", "--second-look", "--counts", "40")
+    assert re.search(r"candidate recall \(diagnosis, from the truth's boxes\): \d+/\d+ clip images", out), out
+    auc = float(re.search(r"^second look\s+\d+\s+([\d.]+)\s", out, flags=re.M).group(1))
+    pairs, total = map(int, re.search(r"(\d+) misordered pairs of (\d+)", out).groups())
+    # the listed pairs are the ROC-AUC's own (ties count one half, so allow a little)
+    assert total > 0 and abs(auc - (1 - pairs / total)) <= 0.05, out
+    shares = [int(x) for x in re.findall(r"negatives above \((\d+)%\)", out)]
+    assert shares == sorted(shares, reverse=True) and sum(shares) <= 101, out
+    assert re.search(r"negative \.\.\.\w+ p=[\d.]+: winning candidate on [\w,-]+", out), out
+
+
+def test_learning_curve_refuses_an_audit_split_without_both_classes(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_learning_curve.py"), "--data", str(tmp_path / "d"), "--studies", "2",
+         "--second-look", "--counts", "10"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode != 0 and "raise --studies" in done.stderr, done.stderr[-2000:]
