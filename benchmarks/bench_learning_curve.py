@@ -176,7 +176,7 @@ def second_look(
         f"= {hit / max(clip_images, 1):.3f}"
     )
 
-    def limits(audit: pd.DataFrame, probs: np.ndarray, patch: np.ndarray, shown: int = 6) -> None:
+    def limits(audit: pd.DataFrame, n_labels: int, probs: np.ndarray, patch: np.ndarray, shown: int = 6) -> None:
         """Which audit images cost the last round its ROC-AUC (diagnosis, from the truth): each clip image with
         the negatives scored above it (its share of the misordered pairs, whether a clip was among its
         candidates), and the most probable negatives above the lowest clip image that had one, with what their
@@ -185,7 +185,7 @@ def second_look(
         neg = np.sort(probs[~truth])
         above = {u: int((neg > p).sum()) for u, p, t in zip(ids, probs, truth, strict=True) if t}
         pairs = sum(above.values())
-        print(f"what limits the ROC-AUC at {len(order.head(max(counts)))} labels (diagnosis, from the truth): "
+        print(f"what limits the ROC-AUC at {n_labels} labels (diagnosis, from the truth): "
               f"{pairs} misordered pairs of {truth.sum() * (~truth).sum()}")  # fmt: skip
         for u, n in sorted(above.items(), key=lambda kv: -kv[1])[:shown]:
             if n:
@@ -225,7 +225,7 @@ def second_look(
             flush=True,
         )
     if auc is not None:
-        limits(audit, probs, patch)
+        limits(audit, len(part), probs, patch)
     print(
         f"RATIO second look / candidate score alone: biopsy ROC-AUC {_f(auc)} / {_f(base)} = "
         f"{(auc or 0) / max(base or 0, 1e-9):.2f}x (target ROC-AUC >= 0.99, <= 120 s wall per round at 500 labels)"

@@ -99,12 +99,17 @@ def _grid_factor(sigma_px: float) -> int:
     return f
 
 
+def _finest_level(gray: np.ndarray, f: int) -> np.ndarray:
+    """The pyramid's finest level: float32 f x f block means of `gray` (`gray` itself as float32 when f is 1)."""
+    return _block_mean(gray, f) if f > 1 else gray.astype(np.float32)
+
+
 def _pyramid(gray: np.ndarray, factors: set[int]) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """({f: (white top-hat as f x f block means, tissue mask)} for the block sizes asked for, the finest level's
     block means of `gray`). The top-hat is taken once, on the finest level (TOPHAT_WINDOW of the long side);
     coarser levels are its 2 x 2 means, so the image's pixels are read once."""
     finest = min(factors)
-    image = _block_mean(gray, finest) if finest > 1 else gray.astype(np.float32)
+    image = _finest_level(gray, finest)
     mask = tissue_mask(np.rint(image).astype(np.uint8))
     level = image - _opening(image, max(3, round(TOPHAT_WINDOW * max(gray.shape) / finest) | 1))
     levels, f = {finest: (level, mask)}, finest
@@ -126,7 +131,7 @@ def air_grid(gray: Path | str | np.ndarray) -> tuple[np.ndarray, int]:
     of the finest pyramid level), for callers that want the air the candidates avoid (`benchmarks/bench_air.py`)."""
     gray = _as_gray_uint8(gray)
     f0 = min(_grid_factor(share * max(gray.shape)) for share in BLOB_SCALES)
-    return _air_grid(_block_mean(gray, f0) if f0 > 1 else gray.astype(np.float32), f0)
+    return _air_grid(_finest_level(gray, f0), f0)
 
 
 def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
