@@ -23,11 +23,12 @@ BENCHMARKS: dict[str, list[str]] = {
     "air": [],
 }
 # Run by name only (`python benchmarks/run_all.py learning_curve`): slow (learning_curve about 10 minutes, realism
-# a few), needing a trained model (real_samples: the demo's, `--home`), or a library installed aside
-# (table_format: deltalake).
+# and film_compression a few), needing a trained model (real_samples: the demo's, `--home`), or a library
+# installed aside (table_format: deltalake).
 EXTRA: dict[str, list[str]] = {
     "learning_curve": ["--baseline"],
     "realism": ["--studies", "8", "--scale", "0.25"],
+    "film_compression": [],
     "real_samples": [],
     "table_format": ["--slices", "20", "--rows", "5000", "--writers", "2", "--rounds", "5", "--repeat", "5"],
 }

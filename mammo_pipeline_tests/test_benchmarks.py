@@ -80,3 +80,31 @@ def test_learning_curve_refuses_an_audit_split_without_both_classes(tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode != 0 and "raise --studies" in done.stderr, done.stderr[-2000:]
+
+
+def test_film_compression_benchmark_compresses_at_the_asked_ratio(monkeypatch):
+    monkeypatch.setenv("MAMMO_REALDATA", "/nonexistent-realdata")  # without the real header: 10:1
+    out = run("film_compression", "--studies", "2")
+    lo, hi = map(float, re.search(r"achieved ([\d.]+)-([\d.]+):1", out).groups())
+    assert 9.0 <= lo <= hi <= 11.0, out
+    rows = re.findall(r"^(\w+)\s+([\d.e-]+)\s+([\d.e-]+)\s+([\d.]+)x$", out, flags=re.M)
+    assert {r[0] for r in rows} >= {"tophat_p99", "noise", "beta"}, out
+
+
+def test_the_film_codec_is_lossy_at_its_ratio():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_film_compression as bench
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    pixels = (2000 + 800 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + rng.normal(0, 60, (256, 256))).astype(np.uint16)
+    decoded, ratio = bench.j2k_lossy(pixels, 10.0)
+    assert decoded.shape == pixels.shape and decoded.dtype == pixels.dtype
+    assert 9.0 <= ratio <= 11.0
+    error = np.abs(decoded.astype(np.int32) - pixels.astype(np.int32))
+    assert error.max() > 0  # lossy: the noise is not kept exactly
+    assert error.mean() < 60  # but the image is: the error is below the noise's own SD
