@@ -206,14 +206,16 @@ class Demo:
                     "model_version": row["model_version"],
                     "reviewed": reviewed,
                     "wrong_labels": annotator.wrong_labels(),
+                    **_flag_metrics(row),
                 }
             )
             self.state.save(self.state_path)
             self.echo(
-                f"     model {row['model_version']}: audit accuracy {row['accuracy']:.1%} "
+                f"     model {row['model_version']}: audit accuracy {row['accuracy']:.1%} at the operating points "
                 f"with {int(row['n_train'])} training labels ({model_meta.get('train_seconds', 0):.0f}s)"
             )
             self.echo(f"     {_vs_line(vs)}")
+            self.echo(f"     {_flags_line(self.state.rounds[-1])}")
 
     def pick_new(self, n: int, annotator: str) -> list[int]:
         """`n` unlabeled images, lowest model confidence first, topped up at random."""
@@ -318,7 +320,10 @@ class Demo:
         e("   Accuracy by round (frozen audit set):")
         for r in s["rounds"]:
             fixed = f", {r['reviewed']} disagreements reviewed" if r.get("reviewed") else ""
-            e(f"     round {r['round']}: {r['accuracy']:.1%} with {r['n_train']} training labels{fixed}")
+            labels = f"{r['n_train']} training labels{fixed}"
+            e(f"     round {r['round']}: {r['accuracy']:.1%} at the operating points with {labels}")
+            if "biopsy_roc_auc" in r:  # rounds saved by an older demo lack them
+                e(f"       {_flags_line(r)}")
             if r.get("accuracy_adjudicated") is not None:
                 refs = ("adjudicated", "single_read", "hidden_truth")
                 e(f"       {_vs_line({k: r.get(f'accuracy_{k}') for k in refs})}")
@@ -391,6 +396,31 @@ def _vs_line(vs: dict) -> str:
         f"model accuracy on the audit set: {pct(vs['adjudicated'])} against adjudicated audit labels, "
         f"{pct(vs['single_read'])} against a single read, {pct(vs['hidden_truth'])} against the hidden truth"
     )
+
+
+FLAG_NAMES = {"biopsy": "biopsy marker", "mag": "magnification"}
+
+
+def _flag_metrics(row: pd.Series) -> dict[str, float | None]:
+    """Per flag, the registry row's audit ROC-AUC and the sensitivity / specificity at its stored operating point
+    (None where the audit set lacks a class)."""
+    out: dict[str, float | None] = {}
+    for flag in FLAG_NAMES:
+        for metric in ("roc_auc", "sensitivity", "specificity"):
+            value = row.get(f"{flag}_{metric}")
+            out[f"{flag}_{metric}"] = None if value is None or pd.isna(value) else float(value)
+    return out
+
+
+def _flags_line(r: dict) -> str:
+    """Why the accuracy at the operating points is what it is: each flag's ROC-AUC and its operating point."""
+    num = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    parts = [
+        f"{name} ROC-AUC {num(r.get(f'{flag}_roc_auc'), '.3f')} (sensitivity {num(r.get(f'{flag}_sensitivity'), '.2f')}"
+        f" / specificity {num(r.get(f'{flag}_specificity'), '.2f')} at its operating point)"
+        for flag, name in FLAG_NAMES.items()
+    ]
+    return "per flag: " + "; ".join(parts)
 
 
 def _current_version(settings: Settings) -> str:

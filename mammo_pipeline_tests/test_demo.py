@@ -25,6 +25,13 @@ def test_demo_quick_runs_end_to_end_and_resumes(settings, monkeypatch):
     preds = warehouse.query(settings, "SELECT * FROM image_predictions_current WHERE hospital = ?", [new])
     assert len(preds) > 0 and set(preds["model_version"]) == {first["model_version"]}
     assert any("sensor new_hospital_drops requested" in line for line in lines)
+    # each round says why its accuracy at the operating points is what it is: the registry's per-flag figures
+    row = warehouse.query(
+        settings, "SELECT * FROM model_registry WHERE model_version = ?", [first["model_version"]]
+    ).iloc[0]
+    for key in ("biopsy_roc_auc", "biopsy_sensitivity", "biopsy_specificity", "mag_roc_auc", "mag_specificity"):
+        assert first[key] == (None if pd.isna(row[key]) else pytest.approx(float(row[key]))), key
+    assert any(line.strip().startswith("per flag: biopsy marker ROC-AUC") for line in lines)
     # the audit set was labeled and never trained on
     labels = pd.read_parquet(settings.warehouse / "labels" / "current.parquet")
     assert {"train", "audit"} <= set(labels["split"])
