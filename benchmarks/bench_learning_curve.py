@@ -187,6 +187,14 @@ def second_look(
         pairs = sum(above.values())
         print(f"what limits the ROC-AUC at {n_labels} labels (diagnosis, from the truth): "
               f"{pairs} misordered pairs of {truth.sum() * (~truth).sum()}")  # fmt: skip
+        unsat = np.array(
+            [bool(t) and (truth_table.loc[u].n_clips_unsaturated or 0) > 0 for u, t in zip(ids, truth, strict=True)]
+        )
+        for name, part in (("with an unsaturated clip", unsat), ("with every clip saturated", truth & ~unsat)):
+            if part.any():  # the two kinds of clip image, each against every negative
+                keep = part | ~truth
+                print(f"  {part.sum()} clip images {name}: ROC-AUC {_f(roc_auc(truth[keep], probs[keep]))} "
+                      f"against all negatives, {sum(above[u] for u in ids[part])} of the misordered pairs")  # fmt: skip
         for u, n in sorted(above.items(), key=lambda kv: -kv[1])[:shown]:
             if n:
                 t = truth_table.loc[u]

@@ -68,6 +68,10 @@ def test_learning_curve_second_look_says_what_limits_its_roc_auc(tmp_path):
     pairs, total = map(int, re.search(r"(\d+) misordered pairs of (\d+)", out).groups())
     # the listed pairs are the ROC-AUC's own (ties count one half, so allow a little)
     assert total > 0 and abs(auc - (1 - pairs / total)) <= 0.05, out
+    # the pairs split by kind of clip image (an unsaturated clip or not) add up to all of them
+    by_kind = re.findall(r"(\d+) clip images with (?:an unsaturated clip|every clip saturated): ROC-AUC [\d.]+ "
+                         r"against all negatives, (\d+) of the misordered pairs", out)  # fmt: skip
+    assert by_kind and sum(int(n) for _, n in by_kind) == pairs, out
     shares = [int(x) for x in re.findall(r"negatives above \((\d+)%\)", out)]
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 101, out
     assert re.search(r"negative \.\.\.\w+ p=[\d.]+: winning candidate on [\w,-]+", out), out
