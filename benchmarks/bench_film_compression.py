@@ -23,13 +23,13 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from mammo_pipeline.dicom.normalize import read_dataset, render
+from mammo_pipeline.dicom.normalize import read_dataset
 from mammo_pipeline.synth import generate_drops
 from mammo_pipeline.synth.drops import read_truth
 from mammo_pipeline.synth.identities import hospital_slugs
 from mammo_pipeline.synth.profiles import PROFILES, machines_of
 from mammo_pipeline.synth.realism import image_stats
-from mammo_pipeline.synth.realism_report import realdata_dir
+from mammo_pipeline.synth.realism_report import contact_views, realdata_dir, synthetic_display
 
 FILM = "FILM-DF"
 STATS = ("tophat_p99", "tophat_p999", "noise", "skin_ratio", "beta", "hist_p05", "hist_p50", "hist_p95")
@@ -57,12 +57,8 @@ def j2k_lossy(pixels: np.ndarray, ratio: float) -> tuple[np.ndarray, float]:
 
 
 def stats_of(ds: pydicom.Dataset) -> dict:
-    """The realism statistics of a dataset, rendered at its full stored size as the realism report does."""
-    long_side = max(int(ds.Rows), int(ds.Columns))
-    rend = render(ds, (long_side,))
-    profile = PROFILES[FILM]
-    spacing = profile.pixel_spacing * profile.rows / rend.source_shape[0]
-    return image_stats(rend.images[long_side].astype(np.float32) / 255.0, spacing).as_dict()
+    """The realism statistics of a film dataset, rendered as the realism report renders it."""
+    return image_stats(*synthetic_display(ds, FILM)).as_dict()
 
 
 def main() -> None:
@@ -81,13 +77,8 @@ def main() -> None:
         generate_drops(landing, index + 1, args.studies, seed=args.seed, scale=1.0, drop="bench", only=[slug])
         drawn_s = time.perf_counter() - start
         truth = read_truth(landing)
-        films = truth[
-            (truth["vendor_profile"] == FILM)
-            & ~truth["is_mag_view"].astype(bool)
-            & ~truth["is_spot_view"].astype(bool)
-            & truth["corrupt_kind"].isna()
-            & ~truth["for_processing"].astype(bool)
-        ]
+        films = contact_views(truth)
+        films = films[films["vendor_profile"] == FILM]
         if films.empty:
             raise SystemExit(f"no film contact view among {len(truth)} files: raise --studies")
         before, after, achieved = [], [], []

@@ -90,29 +90,44 @@ def load_real(folder: Path | str | None = None, echo: Callable[[str], None] = pr
     return out
 
 
+def contact_views(truth: pd.DataFrame) -> pd.DataFrame:
+    """The truth rows of drawn For Presentation contact views: no corrupt file, no magnification or spot view."""
+    truth = truth[truth["corrupt_kind"].isna() & ~truth["for_processing"].astype(bool)]
+    return truth[~truth["is_mag_view"].astype(bool) & ~truth["is_spot_view"].astype(bool)]
+
+
+def synthetic_display(ds, vendor_profile: str) -> tuple[np.ndarray, float]:
+    """(display image in [0, 1] at the full stored size, as the pipeline's VOI renders it; its pixel spacing in mm,
+    from the vendor profile's detector scaled to the stored size) of a synthetic dataset."""
+    from mammo_pipeline.dicom.normalize import render
+    from mammo_pipeline.synth.profiles import PROFILES
+
+    long_side = max(int(ds.Rows), int(ds.Columns))
+    rend = render(ds, (long_side,))
+    profile = PROFILES[vendor_profile]
+    return rend.images[long_side].astype(np.float32) / 255.0, profile.pixel_spacing * profile.rows / rend.source_shape[
+        0
+    ]
+
+
 def load_synthetic(landing: Path, limit: int | None = None, seed: int = 0) -> list[Measured]:
     """For Presentation images of the drops under `landing` (truth in `_truth/`), rendered like the pipeline."""
-    from mammo_pipeline.dicom.normalize import read_dataset, render
+    from mammo_pipeline.dicom.normalize import read_dataset
     from mammo_pipeline.synth.drops import read_truth
     from mammo_pipeline.synth.profiles import PROFILES
 
     truth = read_truth(Path(landing))
     if truth.empty:
         raise FileNotFoundError(f"{landing}: no synthetic drops (no _truth/)")
-    truth = truth[truth["corrupt_kind"].isna() & ~truth["for_processing"].astype(bool)]
-    truth = truth[~truth["is_mag_view"].astype(bool) & ~truth["is_spot_view"].astype(bool)]  # contact views only
+    truth = contact_views(truth)
     if limit and len(truth) > limit:
         truth = truth.sample(limit, random_state=seed)
     out = []
     for row in truth.sort_values("rel_path").itertuples():
         path = Path(landing) / row.rel_path
         ds, _ = read_dataset(path)
-        long_side = max(int(ds.Rows), int(ds.Columns))
-        rend = render(ds, (long_side,))  # full stored size, as the pipeline's VOI renders it
-        img = rend.images[long_side].astype(np.float32) / 255.0
-        profile = PROFILES[row.vendor_profile]
-        spacing = profile.pixel_spacing * profile.rows / rend.source_shape[0]
-        kind = "FILM" if profile.secondary_capture else "FFDM"
+        img, spacing = synthetic_display(ds, row.vendor_profile)
+        kind = "FILM" if PROFILES[row.vendor_profile].secondary_capture else "FFDM"
         out.append(Measured(path.name, kind, row.vendor_profile, row.view_position, img, spacing, label=row.label))
     return out
 
