@@ -7,6 +7,9 @@ object itself, so a clip's heat map peaks on the clip and not merely in its quad
 gradient × input on the object channel (preprocess channel 1, the self-normalized top-hat, which is 0 where
 nothing small and bright lies), positive part, box-smoothed over 3 px: it is high exactly where a small
 bright object both exists and pushes the flag's logit up. Air, padding and smooth tissue score 0 there.
+When no Grad-CAM cell is positive (layer4 is a 2 x 2 grid at 64 px, and all four can weigh against a flag
+whose probability is still raised by one small object), Grad-CAM localizes nothing and the map is the
+attribution alone, instead of an empty map.
 
 For a model with a second look (model/second_look_model.py) the biopsy flag's map is the second look's own
 explanation instead: a bump on each candidate it examined, as high as that candidate's patch probability, so
@@ -59,6 +62,8 @@ def heatmaps(net, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g_feats, g_inp = torch.autograd.grad(logits[0, k], [feats, inp], retain_graph=True)
         weights = g_feats.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * feats).sum(dim=1, keepdim=True))
+        if float(cam.max()) <= 0:  # no cell of layer4's coarse grid (2 x 2 at 64 px) speaks for the class:
+            cam = torch.ones_like(cam)  # Grad-CAM cannot localize, so gradient x input alone draws the map
         cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)
         objects = (inp[:, 1:2] - float(_OBJECT_ZERO)).detach()  # channel 1 before ImageNet normalization, x std
         saliency = F.avg_pool2d(F.relu(g_inp[:, 1:2] * objects), 3, stride=1, padding=1)
