@@ -1,9 +1,10 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
-# Each creates .venv when it is missing; a stamp keyed on pyproject.toml's hash avoids reinstalling.
+# Each creates .venv when it is missing; a stamp keyed on pyproject.toml's and constraints.txt's hash avoids
+# reinstalling. constraints.txt pins every package to the versions the tests last passed with.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 export MAMMO_HOME ?= $(CURDIR)/mammo-home
 export DAGSTER_HOME ?= $(MAMMO_HOME)/dagster
 PYTEST_ARGS ?=
@@ -12,10 +13,10 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 lint: $(STAMP)
