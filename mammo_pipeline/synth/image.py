@@ -2,9 +2,9 @@
 
 Layer order: anatomy (already vendor-processed), detector artefacts, a clamp to the tissue ceiling, then the
 bright objects - confounders (markers, letters, calcifications, implant, device), clips and wires - and on
-mag/spot views the collimator border last (clips are placed in the field). Every bright object's bounding box
-(after the laterality flip) goes into `Drawn.boxes`, so the truth can be checked on geometry: confounders are
-as bright as clips now, so no brightness threshold can.
+mag/spot views the collimator border last (clips are placed in the field, clear of anything already
+metal-white). Every bright object's bounding box (after the laterality flip) goes into `Drawn.boxes`, so the
+truth can be checked on geometry: confounders are as bright as clips now, so no brightness threshold can.
 
 Rates per image (research note realism.md §4, counted from 22,012 EMBED images of mammo-artifacts; that set
 is enriched for non-negative exams, so these are upper ends): circle markers 22.3 % (split here into nipple
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from mammo_pipeline.synth import film, magview, markers
 from mammo_pipeline.synth.anatomy import NOISE_70UM, TISSUE_MAX, draw_breast
@@ -80,11 +81,24 @@ class Drawn:
     boxes: tuple[tuple[str, int, int, int, int], ...] = ()
 
 
-def _inside_points(rng: np.random.Generator, mask: np.ndarray, r: np.ndarray, box: tuple[int, int, int, int], n: int):
-    """n random (row, col) points well inside the breast and inside `box`."""
+def _inside_points(
+    rng: np.random.Generator,
+    mask: np.ndarray,
+    r: np.ndarray,
+    box: tuple[int, int, int, int],
+    n: int,
+    avoid: np.ndarray | None = None,
+    clearance: float = 0.0,
+):
+    """n random (row, col) points well inside the breast and inside `box`, at least `clearance` px from every
+    True pixel of `avoid` (when it leaves any such point)."""
     r0, r1, c0, c1 = box
     step = max(1, min(mask.shape) // 128)
     sub = (mask & (r < 0.85))[r0:r1:step, c0:c1:step]
+    if avoid is not None and avoid.any():
+        near = ndimage.distance_transform_edt(~avoid[r0:r1:step, c0:c1:step]) * step < clearance
+        if (sub & ~near).any():
+            sub = sub & ~near
     idx = np.flatnonzero(sub)
     if idx.size == 0:
         idx = np.arange(sub.size)
@@ -166,7 +180,13 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
         length_min = 0.022 * long_side if small else 0.0
         thick_min = max(2.0, 0.0045 * long_side) if small else 2.0
         n_unsat = 0
-        for center in _inside_points(rng, breast.mask, breast.r, _shrink(field_box, 0.1), n_inside):
+        # not over what is already metal-white (an implant, a marker): a clip there cannot be seen, and the labels
+        # are visual (a reader who sees no clip labels the view 'neither'; clips behind an implant are shown by
+        # implant-displaced views); clearance = the longest clip's half-length
+        white = img >= markers.CLIP_MIN
+        reach = max(4.0 * px_mm * zoom, length_min) / 2
+        centers = _inside_points(rng, breast.mask, breast.r, _shrink(field_box, 0.1), n_inside, white, reach)
+        for center in centers:
             length = max(rng.uniform(2.0, 4.0) * px_mm * zoom, length_min)  # about 3 mm (§4)
             thick = max(rng.uniform(0.3, 0.6) * px_mm * zoom, thick_min)
             contrast = markers.unsaturated_contrast(rng)

@@ -92,3 +92,30 @@ def test_an_unsaturated_clip_over_an_implant_is_drawn_as_metal():
 def test_unknown_clip_shape_is_rejected():
     with pytest.raises(ValueError, match="unknown clip shape 'star'"):
         markers._shape_segments("star", np.random.default_rng(0))
+
+
+def test_clips_are_placed_off_what_is_already_metal_white():
+    """A clip over an implant (or a marker) cannot be seen, and the labels are visual: clip centres keep clear of
+    every pixel already at metal brightness, so no clip is drawn inside an implant."""
+    from mammo_pipeline.synth.image import ImageSpec, _inside_points, draw_image
+
+    mask, r = np.ones((200, 200), bool), np.zeros((200, 200), np.float32)
+    avoid = np.zeros((200, 200), bool)
+    avoid[:, :120] = True
+    points = _inside_points(np.random.default_rng(0), mask, r, (0, 200, 0, 200), 50, avoid, 20.0)
+    assert min(c for _, c in points) >= 120 + 20 - 2  # (the grid step of the search is 1 px here)
+
+    inside = 0
+    for seed in range(12):
+        spec = ImageSpec(rows=480, cols=360, pixel_spacing=0.5, scale=0.125, view="CC", laterality="L",
+                         biopsy=True, mag=False, vendor="H", force=("implant",))  # fmt: skip
+        _, drawn = draw_image(spec, np.random.default_rng(seed))
+        implants = [b for kind, *b in drawn.boxes if kind == "implant"]
+        clips = [b for kind, *b in drawn.boxes if kind.startswith("clip")]
+        for r0, r1, c0, c1 in implants:  # the oval holds the middle half of its box in each direction
+            dr, dc = (r1 - r0) / 4, (c1 - c0) / 4
+            for q0, q1, p0, p1 in clips:
+                cr, cc = (q0 + q1) / 2, (p0 + p1) / 2
+                assert not (r0 + dr < cr < r1 - dr and c0 + dc < cc < c1 - dc), (seed, (cr, cc))
+        inside += bool(implants and clips)
+    assert inside >= 6  # the check ran on images holding both
