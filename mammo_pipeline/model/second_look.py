@@ -2,7 +2,10 @@
 
 Multiple-instance learning: an image's biopsy logit is the maximum of the patch logits of its K candidates
 (`candidates.candidates`), so image-level labels suffice and the flag means "at least one candidate is a clip".
-The winning candidate is also the heat map: its box says where the clip is.
+The winning candidate is also the heat map: its box says where the clip is. Training backpropagates through a
+smooth maximum instead (LSE pooling, `lse_pool`; Pinheiro & Collobert, CVPR 2015): through a hard maximum only
+the crop the network already favours learns, so in a clip image whose clip it does not yet favour (a faint
+unsaturated one) a tissue crop is taught to be a clip and the clip never is.
 
 Each crop has `candidates.CHANNELS` channels (native crop, wider context crop), all in units of the image's
 own tissue. Training sees every crop under the 8 symmetries of the square (flips and 90-degree turns: a clip,
@@ -21,6 +24,10 @@ from mammo_pipeline.model.candidates import CHANNELS
 # labels (README "Second look"): 12 epochs gave biopsy ROC-AUC 0.961 in 35 s, 20 epochs 0.966 in 62 s.
 IMAGE_PASSES = 6000
 MAX_EPOCHS = 20
+# Sharpness r of the training pool (1/r) log mean exp(r x): r -> infinity is the maximum, r -> 0 the mean. Set once
+# to 5 and not tuned (README "Second look": biopsy ROC-AUC at 500 labels 0.952-0.962 with the hard maximum,
+# 0.960-0.970 with r = 5, four paired runs); prediction keeps the hard maximum (the same ranking within 0.001).
+LSE_SHARPNESS = 5.0
 
 
 def epochs_for(n_images: int) -> int:
@@ -74,6 +81,17 @@ def patch_network():
     return PatchMIL()
 
 
+def lse_pool(logits, sharpness: float = LSE_SHARPNESS):
+    """Smooth maximum over the last axis of patch logits [N, k] -> [N]: (1/r) log((1/k) sum exp(r x)), between
+    the mean and the maximum (LSE pooling, Pinheiro & Collobert, CVPR 2015); every crop gets gradient, the
+    highest the most."""
+    import math
+
+    import torch
+
+    return (torch.logsumexp(sharpness * logits, dim=-1) - math.log(logits.shape[-1])) / sharpness
+
+
 def _symmetry(x, which: int):
     """One of the 8 symmetries of the square on the last two axes (0 = identity)."""
     if which & 4:
@@ -100,7 +118,8 @@ def train_patch_mil(
 
     `epochs` None: `epochs_for(N)`. One-cycle AdamW, a random square symmetry per batch (module docstring),
     positives weighted by sqrt(negatives / positives). Each step scores all K crops without gradients and trains
-    on each image's `top` highest-scoring ones (the max can only pick among them; this halves the cost of a round).
+    on each image's `top` highest-scoring ones through `lse_pool` (module docstring; this halves the cost of a
+    round).
     `threads` caps torch's CPU threads (the 2-core budget of the issue).
     """
     import torch
@@ -134,7 +153,7 @@ def train_patch_mil(
                     best = net.patch_logits(xb).topk(top, dim=1).indices
                 net.train()
                 xb = xb[torch.arange(len(idx))[:, None], best]
-            loss = loss_fn(net(xb), y[idx])
+            loss = loss_fn(lse_pool(net.patch_logits(xb)), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -69,3 +69,20 @@ def test_a_rounds_patch_epochs_stay_within_the_image_pass_budget():
         assert 1 <= epochs_for(n) <= MAX_EPOCHS
         assert (epochs_for(n) - 1) * n < IMAGE_PASSES  # one epoch fewer would leave budget unused
         assert epochs_for(n) == 1 or epochs_for(n) * n <= IMAGE_PASSES + n
+
+
+def test_the_training_pool_is_a_smooth_maximum_that_teaches_every_crop():
+    """lse_pool lies between the mean and the maximum, tends to the maximum as it sharpens, and (unlike the max,
+    which teaches only the crop already favoured) passes gradient to every crop, the highest the most."""
+    import torch
+
+    from mammo_pipeline.model.second_look import lse_pool
+
+    logits = torch.tensor([[2.0, 1.5, -1.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    pooled = lse_pool(logits)
+    assert (logits.mean(dim=1) <= pooled).all() and (pooled <= logits.max(dim=1).values).all()
+    assert torch.allclose(pooled[1], torch.tensor(0.0))  # equal crops: the pool is their value
+    assert torch.allclose(lse_pool(logits, sharpness=200.0), logits.max(dim=1).values, atol=0.01)
+    pooled[0].backward()
+    grad = logits.grad[0]
+    assert (grad > 0).all() and grad[0] > grad[1] > grad[2] and torch.isclose(grad.sum(), torch.tensor(1.0))
