@@ -62,7 +62,7 @@ def heatmaps(net, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g_feats, g_inp = torch.autograd.grad(logits[0, k], [feats, inp], retain_graph=True)
         weights = g_feats.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * feats).sum(dim=1, keepdim=True))
-        if float(cam.max()) <= 0:  # no cell of layer4's coarse grid (2 x 2 at 64 px) speaks for the class:
+        if float(cam.detach().max()) <= 0:  # no cell of layer4's coarse grid (2 x 2 at 64 px) speaks for the class:
             cam = torch.ones_like(cam)  # Grad-CAM cannot localize, so gradient x input alone draws the map
         cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)
         objects = (inp[:, 1:2] - float(_OBJECT_ZERO)).detach()  # channel 1 before ImageNet normalization, x std
