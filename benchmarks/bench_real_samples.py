@@ -128,9 +128,12 @@ def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: P
             f"{row.name}\ntruth: {verdict}\np_biopsy {row.p_biopsy:.2f} p_mag {row.p_mag:.2f}"
             + (" (review)" if row.needs_review else ""),
             fontsize=7,
-            color="black" if bool(row.has_biopsy_marker) == bool(row.truth_clip) else "red",
+            # none of these images is a magnification view, so a mag flag is wrong too
+            color="black" if bool(row.has_biopsy_marker) == bool(row.truth_clip) and not row.is_mag_view else "red",
         )
-    fig.suptitle("Real public mammograms: biopsy-marker heat map of the current model (red title: wrong)", fontsize=9)
+    fig.suptitle(
+        "Real public mammograms: biopsy-marker heat map of the current model (red title: a flag is wrong)", fontsize=9
+    )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
