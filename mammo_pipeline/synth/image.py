@@ -186,10 +186,12 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
         white = img >= markers.CLIP_MIN
         reach = max(4.0 * px_mm * zoom, length_min) / 2
         centers = _inside_points(rng, breast.mask, breast.r, _shrink(field_box, 0.1), n_inside, white, reach)
+        median = float(np.median(img[breast.mask])) if breast.mask.any() else 1.0
         for center in centers:
             length = max(rng.uniform(2.0, 4.0) * px_mm * zoom, length_min)  # about 3 mm (§4)
             thick = max(rng.uniform(0.3, 0.6) * px_mm * zoom, thick_min)
-            contrast = markers.unsaturated_contrast(rng)
+            dense = markers.in_dense_tissue(img, center, max(1, round(10 * px_mm * zoom)), median)
+            contrast = markers.unsaturated_contrast(rng, dense)
             _, box, saturated = markers.draw_clip(img, rng, center, length, thick, contrast)
             if box:
                 boxes.append(("clip" if saturated else "clip_unsaturated", box))

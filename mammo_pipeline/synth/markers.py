@@ -20,6 +20,10 @@ from scipy import ndimage
 CLIP_MIN = 0.975  # saturated metal, and every confounder, is drawn at or above this display level
 DISTRACTOR_MAX = 0.955  # the old ceiling of hard negatives; only grid streaks and stripes stay below it now
 UNSATURATED_CLIP_SHARE = 0.25  # clips drawn below saturation (†: realism.md §4 gives no rate)
+# ... and only in dense tissue (realism.md §4: "a 1 mm core that falls below saturation in dense tissue"): where
+# the tissue within a centimetre is brighter than the breast's median gray, about DENSE_SHARE of the breast by
+# construction, so a clip there is unsaturated with UNSATURATED_CLIP_SHARE / DENSE_SHARE and the share stays
+DENSE_SHARE = 0.5
 MIN_UNSATURATED_LIFT = 0.06  # an unsaturated clip needs this much room below its ceiling over the tissue around (†)
 CLIP_SHAPES = ("ribbon", "coil", "x", "o", "t")
 
@@ -157,12 +161,21 @@ def draw_hook_wire(
     return patch_box(img.shape, patch, origin)
 
 
-def unsaturated_contrast(rng: np.random.Generator) -> float | None:
-    """None for a titanium clip (saturated metal, most of them); for UNSATURATED_CLIP_SHARE of clips (a polymer
-    marker's small core, or a clip in dense tissue) the display contrast it adds over its tissue, 0.12-0.3."""
-    if rng.random() >= UNSATURATED_CLIP_SHARE:
+def unsaturated_contrast(rng: np.random.Generator, dense: bool = True) -> float | None:
+    """None for a titanium clip (saturated metal, most of them, and every clip outside dense tissue); in dense
+    tissue (`dense`), for UNSATURATED_CLIP_SHARE / DENSE_SHARE of clips (a polymer marker's small core, a clip in
+    dense gland), the display contrast it adds over its tissue, 0.12-0.3."""
+    u = rng.random()
+    if not dense or u >= UNSATURATED_CLIP_SHARE / DENSE_SHARE:
         return None
     return float(rng.uniform(0.12, 0.3))
+
+
+def in_dense_tissue(img: np.ndarray, center: tuple[float, float], half: int, breast_median: float) -> bool:
+    """Whether the tissue within `half` px of `center` (its mean) is brighter than the breast's median gray."""
+    r, c = int(center[0]), int(center[1])
+    window = img[max(0, r - half) : r + half + 1, max(0, c - half) : c + half + 1]
+    return bool(window.size) and float(window.mean()) > breast_median
 
 
 def add(

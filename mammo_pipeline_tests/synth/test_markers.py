@@ -54,7 +54,8 @@ def test_confounders_reach_clip_level_inside_their_box(draw):
 
 def test_most_clips_saturate_and_an_unsaturated_one_stands_above_the_tissue_around_it():
     rng = np.random.default_rng(0)
-    contrasts = [markers.unsaturated_contrast(rng) for _ in range(400)]
+    contrasts = [markers.unsaturated_contrast(rng, dense=i % 2 == 0) for i in range(800)]
+    assert all(c is None for c in contrasts[1::2])  # outside dense tissue a clip saturates
     unsaturated = [c for c in contrasts if c is not None]
     assert 0.15 < len(unsaturated) / len(contrasts) < 0.35 and all(0.12 <= c <= 0.3 for c in unsaturated)
     tissue = np.clip(0.5 + 0.25 * np.sin(np.arange(80)[:, None] / 3.0) * np.cos(np.arange(80)[None, :] / 4.0), 0, 1)
@@ -119,3 +120,11 @@ def test_clips_are_placed_off_what_is_already_metal_white():
                 assert not (r0 + dr < cr < r1 - dr and c0 + dc < cc < c1 - dc), (seed, (cr, cc))
         inside += bool(implants and clips)
     assert inside >= 6  # the check ran on images holding both
+
+
+def test_dense_tissue_is_where_the_centimetre_around_is_brighter_than_the_breasts_median():
+    img = np.full((60, 60), 0.3, np.float32)
+    img[:, 30:] = 0.7  # fat on the left, gland on the right
+    median = float(np.median(img))
+    assert markers.in_dense_tissue(img, (30.0, 50.0), 5, median)
+    assert not markers.in_dense_tissue(img, (30.0, 10.0), 5, median)
