@@ -15,6 +15,8 @@ way); a batch shares one symmetry (one cheap tensor op per step).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mammo_pipeline.model.candidates import CHANNELS
@@ -88,8 +90,6 @@ def lse_pool(logits, sharpness: float = LSE_SHARPNESS):
     """Smooth maximum over the last axis of patch logits [N, k] -> [N]: (1/r) log((1/k) sum exp(r x)), between
     the mean and the maximum (LSE pooling, Pinheiro & Collobert, CVPR 2015); every crop gets gradient, the
     highest the most."""
-    import math
-
     import torch
 
     return (torch.logsumexp(sharpness * logits, dim=-1) - math.log(logits.shape[-1])) / sharpness

@@ -22,7 +22,8 @@ DISTRACTOR_MAX = 0.955  # the old ceiling of hard negatives; only grid streaks a
 UNSATURATED_CLIP_SHARE = 0.25  # clips drawn below saturation (†: realism.md §4 gives no rate)
 # ... and only in dense tissue (realism.md §4: "a 1 mm core that falls below saturation in dense tissue"): where
 # the tissue within a centimetre is brighter than the breast's median gray, about DENSE_SHARE of the breast by
-# construction, so a clip there is unsaturated with UNSATURATED_CLIP_SHARE / DENSE_SHARE and the share stays
+# construction, so a clip there is unsaturated with UNSATURATED_CLIP_SHARE / DENSE_SHARE and the overall share
+# stays UNSATURATED_CLIP_SHARE
 DENSE_SHARE = 0.5
 MIN_UNSATURATED_LIFT = 0.06  # an unsaturated clip needs this much room below its ceiling over the tissue around (†)
 CLIP_SHAPES = ("ribbon", "coil", "x", "o", "t")
@@ -165,7 +166,7 @@ def unsaturated_contrast(rng: np.random.Generator, dense: bool = True) -> float 
     """None for a titanium clip (saturated metal, most of them, and every clip outside dense tissue); in dense
     tissue (`dense`), for UNSATURATED_CLIP_SHARE / DENSE_SHARE of clips (a polymer marker's small core, a clip in
     dense gland), the display contrast it adds over its tissue, 0.12-0.3."""
-    u = rng.random()
+    u = rng.random()  # drawn whatever `dense` says, so the tissue does not shift the rest of the random stream
     if not dense or u >= UNSATURATED_CLIP_SHARE / DENSE_SHARE:
         return None
     return float(rng.uniform(0.12, 0.3))

@@ -105,9 +105,8 @@ def synthetic_display(ds, vendor_profile: str) -> tuple[np.ndarray, float]:
     long_side = max(int(ds.Rows), int(ds.Columns))
     rend = render(ds, (long_side,))
     profile = PROFILES[vendor_profile]
-    return rend.images[long_side].astype(np.float32) / 255.0, profile.pixel_spacing * profile.rows / rend.source_shape[
-        0
-    ]
+    spacing = profile.pixel_spacing * profile.rows / rend.source_shape[0]
+    return rend.images[long_side].astype(np.float32) / 255.0, spacing
 
 
 def load_synthetic(landing: Path, limit: int | None = None, seed: int = 0) -> list[Measured]:
