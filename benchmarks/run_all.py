@@ -22,11 +22,13 @@ BENCHMARKS: dict[str, list[str]] = {
     "label_app": ["--sizes", "10000,100000,1000000", "--n", "200"],
     "air": [],
 }
-# Run by name only (`python benchmarks/run_all.py learning_curve`): slow (learning_curve about 10 minutes, realism
+# Run by name only (`python benchmarks/run_all.py learning_curve`): slow (learning_curve about 10 minutes,
+# second_look_cv about 3 plus 5 the first time it builds its data set, realism
 # and film_compression a few), needing a trained model (real_samples: the demo's, `--home`), or a library
 # installed aside (table_format: deltalake).
 EXTRA: dict[str, list[str]] = {
     "learning_curve": ["--baseline"],
+    "second_look_cv": [],
     "realism": ["--studies", "8", "--scale", "0.25"],
     "film_compression": [],
     "real_samples": [],

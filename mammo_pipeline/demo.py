@@ -47,7 +47,9 @@ class DemoConfig:
     studies_per_hospital: int = 90
     scale: float = 0.25
     corrupt_fraction: float = 0.02
-    first_labels: int = 50
+    # 100 random labels, then 4 rounds of 100 (reviews of disagreements included): 500 label acts, the issue's
+    # budget and the reference effort's (with 50 first labels the last model trained on about 350)
+    first_labels: int = 100
     rounds: int = 5  # the first round plus four active-learning rounds
     labels_per_round: int = 100
     new_hospital_studies: int = 12

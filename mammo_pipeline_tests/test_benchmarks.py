@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -75,6 +77,34 @@ def test_learning_curve_second_look_says_what_limits_its_roc_auc(tmp_path):
     shares = [int(x) for x in re.findall(r"negatives above \((\d+)%\)", out)]
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 101, out
     assert re.search(r"negative \.\.\.\w+ p=[\d.]+: winning candidate on [\w,-]+", out), out
+
+
+def test_second_look_cross_validation_scores_every_image_once_by_a_model_that_never_saw_its_patient(tmp_path):
+    out = run("second_look_cv", "--data", str(tmp_path / "data"), "--studies", "8", "--folds", "2", "--labels", "30",
+              "--bootstrap", "50")  # fmt: skip
+    n = int(re.search(r"data set: (\d+) images", out).group(1))
+    folds = re.findall(r"^fold \d: trained on (\d+) images .*, scored (\d+) ", out, flags=re.M)
+    assert len(folds) == 2 and sum(int(scored) for _, scored in folds) == n, out
+    assert all(int(trained) <= 30 for trained, _ in folds), out
+    assert f"scored {n} of {n} images, each once" in out, out
+    auc, low, high = map(float, re.search(r"pooled biopsy ROC-AUC ([\d.]+) \(patient bootstrap 95 % interval "
+                                          r"([\d.]+)-([\d.]+)\)", out).groups())  # fmt: skip
+    assert 0 <= low <= high <= 1 and 0 <= auc <= 1, out
+    assert re.search(r"RATIO pooled second look / candidate score alone: biopsy ROC-AUC [\d.]+ / [\d.]+ = ", out)
+
+
+def test_patient_folds_keep_each_patient_whole_and_use_every_fold():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from bench_second_look_cv import patient_folds
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    patients = np.repeat(np.arange(20), 4)[np.random.default_rng(0).permutation(80)]
+    fold = patient_folds(patients, 3, seed=1)
+    assert set(fold) == {0, 1, 2}
+    for p in range(20):
+        assert len(set(fold[patients == p])) == 1
+    assert (patient_folds(patients, 3, seed=1) == fold).all()  # seeded
 
 
 def test_learning_curve_refuses_an_audit_split_without_both_classes(tmp_path):
