@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import json
 import os
 import sys
 import tempfile
@@ -50,6 +51,7 @@ import torch
 from mammo_pipeline.cache import cache_hospital
 from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.labels.audit import assign_splits
+from mammo_pipeline.model.evaluate import roc_auc
 from mammo_pipeline.model.preprocess import preprocess_batch
 from mammo_pipeline.model.train import TrainConfig, load_network, train_model
 from mammo_pipeline.settings import Settings
@@ -97,6 +99,33 @@ def labels_frame(settings: Settings) -> pd.DataFrame:
     return df[LABEL_COLUMNS].sort_values("sop_instance_uid").reset_index(drop=True)
 
 
+def box_kinds_at(boxes: str, scale: float, row: int, col: int) -> list[str]:
+    """The kinds (clip, lead_letters, ...) of the truth's boxes (JSON, source pixels) that hold display pixel
+    (row, col), `scale` display px per source px, with 4 px of slack (diagnosis only)."""
+    return [
+        kind
+        for kind, r0, r1, c0, c1 in json.loads(boxes)
+        if r0 * scale - 4 <= row <= r1 * scale + 4 and c0 * scale - 4 <= col <= c1 * scale + 4
+    ]
+
+
+def clip_among(boxes: str, scale: float, centres: np.ndarray) -> bool:
+    """Whether any candidate centre (display px, row -1 for an empty slot) lies in one of the truth's clip boxes."""
+    return any(k.startswith("clip") for r, c in centres if r >= 0 for k in box_kinds_at(boxes, scale, r, c))
+
+
+def by_clip_kind(truth: np.ndarray, unsaturated: np.ndarray, probs: np.ndarray):
+    """(name, clip images of that kind, their ROC-AUC against all negatives) for the clip images holding an
+    unsaturated clip and those whose every clip is saturated, each kind that occurs."""
+    for name, part in (
+        ("with an unsaturated clip", truth & unsaturated),
+        ("with every clip saturated", truth & ~unsaturated),
+    ):
+        if part.any():
+            keep = part | ~truth
+            yield name, part, roc_auc(truth[keep], probs[keep])
+
+
 def train_once(settings: Settings, labels: pd.DataFrame, config: TrainConfig) -> dict:
     """Train in a throwaway models/warehouse folder; the metrics, the seconds and PyTorch eager images/s."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,11 +156,10 @@ def second_look(
     Candidate recall (share of audit+train clip images with a clip among the K candidates) uses the synthetic
     truth's boxes for diagnosis only; training sees image labels only.
     """
-    import json
     from concurrent.futures import ThreadPoolExecutor
 
     from mammo_pipeline.model.candidates import K, candidates
-    from mammo_pipeline.model.evaluate import operating_point, roc_auc
+    from mammo_pipeline.model.evaluate import operating_point
     from mammo_pipeline.model.second_look import predict_patch_mil, train_patch_mil
 
     manifests = sorted(settings.table_dir("image_cache").glob("hospital=*/manifest.parquet"))
@@ -156,17 +184,11 @@ def second_look(
     facts = ["sop_instance_uid", "boxes", "vendor_profile", "view_position", "n_clips_unsaturated"]
     truth_table = pd.concat(pd.read_parquet(f, columns=facts) for f in truth_files).set_index("sop_instance_uid")
 
-    def boxes_at(uid: str, row: int, col: int) -> list[str]:
-        """The truth's box kinds (clip, lead_letters, ...) holding display pixel (row, col) of image `uid`."""
-        f = display.at[uid, "display_height"] / display.at[uid, "height"]
-        return [
-            kind
-            for kind, r0, r1, c0, c1 in json.loads(truth_table.at[uid, "boxes"])
-            if r0 * f - 4 <= row <= r1 * f + 4 and c0 * f - 4 <= col <= c1 * f + 4
-        ]
+    def scale(uid: str) -> float:
+        return display.at[uid, "display_height"] / display.at[uid, "height"]
 
     clip_found = {
-        uid: any(k.startswith("clip") for r, c in found[uid][1] if r >= 0 for k in boxes_at(uid, r, c))
+        uid: clip_among(truth_table.at[uid, "boxes"], scale(uid), found[uid][1])
         for uid in uids
         if any(b[0].startswith("clip") for b in json.loads(truth_table.at[uid, "boxes"]))
     }
@@ -190,11 +212,9 @@ def second_look(
         unsat = np.array(
             [bool(t) and (truth_table.loc[u].n_clips_unsaturated or 0) > 0 for u, t in zip(ids, truth, strict=True)]
         )
-        for name, part in (("with an unsaturated clip", unsat), ("with every clip saturated", truth & ~unsat)):
-            if part.any():  # the two kinds of clip image, each against every negative
-                keep = part | ~truth
-                print(f"  {part.sum()} clip images {name}: ROC-AUC {_f(roc_auc(truth[keep], probs[keep]))} "
-                      f"against all negatives, {sum(above[u] for u in ids[part])} of the misordered pairs")  # fmt: skip
+        for name, part, auc in by_clip_kind(truth, unsat, probs):  # the two kinds of clip image
+            print(f"  {part.sum()} clip images {name}: ROC-AUC {_f(auc)} "
+                  f"against all negatives, {sum(above[u] for u in ids[part])} of the misordered pairs")  # fmt: skip
         for u, n in sorted(above.items(), key=lambda kv: -kv[1])[:shown]:
             if n:
                 t = truth_table.loc[u]
@@ -205,7 +225,7 @@ def second_look(
         negatives = [i for i in np.argsort(-probs) if not truth[i] and probs[i] > floor]
         for i in negatives[:shown]:
             r, c = found[ids[i]][1][int(np.argmax(patch[i]))]
-            kinds = ",".join(boxes_at(ids[i], int(r), int(c))) or "-"
+            kinds = ",".join(box_kinds_at(truth_table.at[ids[i], "boxes"], scale(ids[i]), int(r), int(c))) or "-"
             t = truth_table.loc[ids[i]]
             print(f"  negative ...{ids[i][-8:]} p={probs[i]:.3f}: winning candidate on {kinds}; "
                   f"{t.vendor_profile} {t.view_position}")  # fmt: skip

@@ -25,7 +25,6 @@ same images. Target: ROC-AUC >= 0.99 per flag (issue 13).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import pandas as pd
-from bench_learning_curve import build_dataset, labels_frame
+from bench_learning_curve import build_dataset, by_clip_kind, clip_among, labels_frame
 
 from mammo_pipeline.model.evaluate import roc_auc
 from mammo_pipeline.model.second_look import predict_patch_mil, train_patch_mil
@@ -115,11 +114,8 @@ def main() -> int:
     low, high = bootstrap_interval(y, scored, patients, args.bootstrap, args.seed)
     print(f"pooled biopsy ROC-AUC {pooled:.3f} (patient bootstrap 95 % interval {low:.3f}-{high:.3f})")
     unsaturated = truth["n_clips_unsaturated"].fillna(0).to_numpy() > 0
-    for name, part in (("with an unsaturated clip", y & unsaturated), ("with every clip saturated", y & ~unsaturated)):
-        keep = part | ~y
-        if part.any():
-            auc = roc_auc(y[keep], scored[keep])
-            print(f"  {part.sum()} clip images {name}: ROC-AUC {auc:.3f} against all negatives")
+    for name, part, auc in by_clip_kind(y, unsaturated, scored):
+        print(f"  {part.sum()} clip images {name}: ROC-AUC {auc:.3f} against all negatives")
     vendors = sorted(truth["vendor_profile"].unique())
     groups = [(f"vendor {v}", (truth["vendor_profile"] == v).to_numpy()) for v in vendors]
     mag = truth["is_mag_view"].astype(bool).to_numpy()
@@ -127,17 +123,8 @@ def main() -> int:
         if 0 < y[part].sum() < part.sum():
             print(f"  {name}: {part.sum()} images, ROC-AUC {roc_auc(y[part], scored[part]):.3f}")
 
-    hits = 0
-    for i in np.flatnonzero(y):
-        uid = labels["sop_instance_uid"].iat[i]
-        f = display.at[uid, "display_height"] / display.at[uid, "height"]
-        boxes = [b for b in json.loads(truth["boxes"].iat[i]) if b[0].startswith("clip")]
-        hits += any(
-            r0 * f - 4 <= r <= r1 * f + 4 and c0 * f - 4 <= c <= c1 * f + 4
-            for r, c in found.centres[i]
-            if r >= 0
-            for _, r0, r1, c0, c1 in boxes
-        )
+    scale = (display["display_height"] / display["height"]).loc[labels["sop_instance_uid"]].to_numpy()
+    hits = sum(clip_among(truth["boxes"].iat[i], scale[i], found.centres[i]) for i in np.flatnonzero(y))
     print(f"candidate recall (diagnosis, from the truth's boxes): {hits}/{y.sum()} clip images = {hits / y.sum():.3f}")
     alone = roc_auc(y, found.scores.max(axis=1))
     print(f"RATIO pooled second look / candidate score alone: biopsy ROC-AUC {pooled:.3f} / {alone:.3f} = "

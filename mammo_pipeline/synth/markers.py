@@ -162,7 +162,7 @@ def draw_hook_wire(
     return patch_box(img.shape, patch, origin)
 
 
-def unsaturated_contrast(rng: np.random.Generator, dense: bool = True) -> float | None:
+def unsaturated_contrast(rng: np.random.Generator, dense: bool) -> float | None:
     """None for a titanium clip (saturated metal, most of them, and every clip outside dense tissue); in dense
     tissue (`dense`), for UNSATURATED_CLIP_SHARE / DENSE_SHARE of clips (a polymer marker's small core, a clip in
     dense gland), the display contrast it adds over its tissue, 0.12-0.3."""
