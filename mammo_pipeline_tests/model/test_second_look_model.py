@@ -109,3 +109,17 @@ def test_heat_map_peaks_on_the_candidate_that_decided(tmp_path):
     peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
     assert abs(peak[0] - clip[0] / 4) <= 2 and abs(peak[1] - clip[1] / 4) <= 2
     assert heat.max() == pytest.approx(1.0)
+
+
+def test_exporting_leaves_the_second_look_in_eval_mode(trained, tmp_path):
+    """torch.onnx.export puts the module it was given back into that module's mode; a fresh wrapper is in
+    training mode, and restoring it once left the exported network training (BatchNorm on batch statistics), so
+    its own later predictions differed from the ONNX file's."""
+    s, ref = trained.settings, trained.result.ref
+    net = load_second_look(s, ref)
+    audit = pd.read_parquet(ref.path(s.models, "audit_predictions.parquet"))
+    found = second_look.candidates_of([s.cache / p for p in audit["display_png"]])
+    second_look.export(net, tmp_path / "look.onnx", found.crops, {})
+    assert not net.training and not any(m.training for m in net.modules())
+    after, _ = second_look.torch_probs(net, found)
+    np.testing.assert_allclose(second_look.onnx_probs(session(tmp_path / "look.onnx"), found)[0], after, atol=1e-5)
