@@ -82,11 +82,14 @@ def test_heatmap_png_and_mammo_explain_write_a_picture(trained, monkeypatch, tmp
 
 def test_when_no_grad_cam_cell_is_positive_the_map_is_the_attribution_alone():
     """All of layer4's cells weighing against the flag (Grad-CAM all zero) must not blank the map: it falls back to
-    gradient x input of the object channel, which still peaks on the object that raised the logit."""
+    the saliency (the input gradient's magnitude), which still peaks on the object that raised the logit."""
     import torch
     import torch.nn as nn
 
-    from mammo_pipeline.model.explain import _OBJECT_ZERO, heatmaps
+    from mammo_pipeline.model.explain import heatmaps
+    from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    _OBJECT_ZERO = (0.0 - IMAGENET_MEAN[1]) / IMAGENET_STD[1]  # channel 1's value where the top-hat is 0
 
     class Head(nn.Module):  # logit = the strongest cell minus twice the mean: every cell's Grad-CAM weight < 0
         def forward(self, feats):
