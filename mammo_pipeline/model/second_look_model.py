@@ -165,7 +165,7 @@ def export(net, path: Path, example_crops: np.ndarray, metadata: dict[str, str])
         warnings.simplefilter("ignore")
         raw = Path(tmp) / "raw.onnx"
         torch.onnx.export(
-            Probabilities(net.eval()).eval(),  # export restores the wrapper's mode, and with it net's
+            Probabilities(net).eval(),  # eval on the wrapper: export restores its mode, and with it net's
             (example,),
             str(raw),
             input_names=["crops"],
