@@ -16,7 +16,7 @@ dark as air in some renderings (magnified, coned views) but is never flat at mil
 collimator is bright, not dark. An image without such a region (a breast cropped to the frame) has no air, and
 nothing is ignored.
 
-Disclosed (README "Second look"): this rule was written after the evaluation-only real images showed nipple BBs
+Disclosed (docs/history.md "Second look"): this rule was written after the evaluation-only real images showed nipple BBs
 and lead letters outranking their clip; SKIN_DEPTH is anatomy (skin plus a marker, the realism report's 6-mm skin
 band); the flatness test was added when the synthetic magnification views' dark fat was taken for air, with
 AIR_FLATNESS chosen before it was run (a tenth of the breast's contrast), not tuned on either data set. Version 4

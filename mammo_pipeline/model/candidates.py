@@ -25,7 +25,7 @@ the 2x2 level. `image_cache` cuts the candidates once per image and keeps them (
 **Where not to look.** Nothing within `air.SKIN_DEPTH` of the image's air is a candidate: lead letters lie in
 the air and nipple pellets and skin rings on the skin line, as bright and as compact as a clip, while a clip is
 placed in the tissue (`air.py`). Their K slots go to objects inside the breast instead: on the synthetic drops
-the clip became the first candidate of 128 of 186 clip images instead of 93 (README "Second look").
+the clip became the first candidate of 128 of 186 clip images instead of 93 (docs/history.md "Second look").
 
 **What the classifier sees (the crops).** The K strongest local maxima, at least half a crop apart, each
 give two CROP x CROP channels in units of the image's own tissue (1st percentile -> 0, 99th -> 1, clipped to
@@ -53,14 +53,14 @@ SECOND_LOOK_VERSION = "5"
 # are 0.5-0.6, 1-1.2 and 2-2.4 mm, about the half-size of the object where the scale-normalized blob measure
 # peaks: the 1-mm metal bead of a barbell or the end of a 0.5-mm ribbon, a 2-3 mm clip, a 4-5 mm (or magnified)
 # one. The finest scale was added after the real clip of the evaluation images (a ~1.2 mm saturated bead,
-# README "Real images") fell between the candidates of the two coarser ones: disclosed there.
+# docs/history.md "Real images, run by run") fell between the candidates of the two coarser ones: disclosed there.
 BLOB_SCALES = (0.002, 0.004, 0.008)
 MIN_SIGMA = 1.0  # grid px: each scale runs on the coarsest power-of-two grid where its Gaussian is still this wide
 CROP = 32  # px at the display PNG: 3 % of the long side (8-10 mm), a 3-mm clip with its surroundings
 CONTEXT = 3  # the context channel covers CONTEXT * CROP px (9 % of the long side, 2-3 cm) at 1/CONTEXT resolution
 CHANNELS = 2
 # candidates per image: with the holes filled, recall of clip images at K = 12 / 24 0.952 / 0.989 (0.946 / 0.968
-# without; README "Second look", stop 27), and the cross-validated ROC-AUC follows at 24, not at 12
+# without; docs/history.md "Second look", stop 27), and the cross-validated ROC-AUC follows at 24, not at 12
 K = 24
 # The blob measure runs on the white top-hat with a square of TOPHAT_WINDOW of the long side (as preprocess's
 # TOPHAT_SIZE: 2.7 %, 6-8 mm, wider than a clip): steps (the breast's edge against the air, the pectoral muscle)

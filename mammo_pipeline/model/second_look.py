@@ -25,12 +25,12 @@ from mammo_pipeline.model.candidates import CHANNELS
 # that stays within IMAGE_PASSES images, fewer beyond (20 up to 500 labels, 10 at 1000). Stop 14 measured, at 500
 # labels, 12 epochs 0.961 in 35 s and 20 epochs 0.966 in 62 s and kept 6000 passes for the 2-minute round; on
 # stop 25's install a whole round at 500 labels took 42 s, and 20 epochs gave 0.983 / 0.985 / 0.981 against 12
-# epochs' 0.976 / 0.985 / 0.969 (seeds 0-2, README "Second look"), so the budget became 10000 (a compute budget,
-# not a constant fitted to data: 30 epochs gave 0.987 / 0.980 / 0.985, no better).
+# epochs' 0.976 / 0.985 / 0.969 (seeds 0-2, docs/history.md "Second look"), so the budget became 10000 (a compute
+# budget, not a constant fitted to data: 30 epochs gave 0.987 / 0.980 / 0.985, no better).
 IMAGE_PASSES = 10000
 MAX_EPOCHS = 20
 # Sharpness r of the training pool (1/r) log mean exp(r x): r -> infinity is the maximum, r -> 0 the mean. Set once
-# to 5 and not tuned (README "Second look": biopsy ROC-AUC at 500 labels 0.952-0.962 with the hard maximum,
+# to 5 and not tuned (docs/history.md "Second look": biopsy ROC-AUC at 500 labels 0.952-0.962 with the hard maximum,
 # 0.960-0.970 with r = 5, four paired runs); prediction keeps the hard maximum (the same ranking within 0.001).
 LSE_SHARPNESS = 5.0
 
