@@ -47,7 +47,7 @@ def test_a_bright_curved_skin_line_and_a_straight_wire_do_not_outrank_an_equally
     rim = np.abs(np.hypot(yy - 256, xx + 40) - 330) <= 1.5  # a 3-px bright arc, like an equalized skin rim
     img[rim & (img > 0)] = 255
     line = np.abs(yy * 80 - (xx - 70) * 511) / np.hypot(80, 511) <= 1.5  # a straight 3-px wire or vessel across
-    img[line] = 255  # the tissue from edge to edge (a line's end or a crossing of two lines is a blob: see README)
+    img[line] = 255  # the tissue from edge to edge (a line's end or a crossing of two lines is a blob: docs/history.md)
     _ribbon(img, (300, 200), value=255)
     _, centres, scores = candidates(img.astype(np.uint8), k=3)
     assert np.hypot(*(centres[0] - np.array((300, 200)))) <= 7
