@@ -89,7 +89,7 @@ def test_when_no_grad_cam_cell_is_positive_the_map_is_the_attribution_alone():
     from mammo_pipeline.model.explain import heatmaps
     from mammo_pipeline.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-    _OBJECT_ZERO = (0.0 - IMAGENET_MEAN[1]) / IMAGENET_STD[1]  # channel 1's value where the top-hat is 0
+    object_zero = float((0.0 - IMAGENET_MEAN[1]) / IMAGENET_STD[1])  # channel 1's value where the top-hat is 0
 
     class Head(nn.Module):  # logit = the strongest cell minus twice the mean: every cell's Grad-CAM weight < 0
         def forward(self, feats):
@@ -100,11 +100,11 @@ def test_when_no_grad_cam_cell_is_positive_the_map_is_the_attribution_alone():
     body = nn.Conv2d(3, 1, 1)
     with torch.no_grad():  # the feature map is the object channel's top-hat units, > 0 everywhere
         body.weight[:] = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1)
-        body.bias[:] = -float(_OBJECT_ZERO)
+        body.bias[:] = -object_zero
     x = np.zeros((3, 32, 32), np.float32)
-    x[1] = float(_OBJECT_ZERO) + 0.1
-    x[1, 10:13, 20:23] = float(_OBJECT_ZERO) + 2.0  # one bright object, brightest at (11, 21)
-    x[1, 11, 21] = float(_OBJECT_ZERO) + 3.0
+    x[1] = object_zero + 0.1
+    x[1, 10:13, 20:23] = object_zero + 2.0  # one bright object, brightest at (11, 21)
+    x[1, 11, 21] = object_zero + 3.0
     _, maps = heatmaps(nn.Sequential(body, Head()), x)
     peak = np.unravel_index(int(np.argmax(maps[0])), maps[0].shape)
     assert maps[0].max() == pytest.approx(1.0) and abs(peak[0] - 11) <= 1 and abs(peak[1] - 21) <= 1
