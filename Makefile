@@ -43,6 +43,7 @@ bench: $(STAMP)
 
 pictures: $(STAMP)
 	$(BIN)/python -m mammo_pipeline.docs_pictures
+	MAMMO_UPDATE_PICTURES=1 $(BIN)/pytest -q -m browser mammo_pipeline_tests/labels/test_browser.py
 
 clean:
 	rm -rf mammo-home .pytest_cache

@@ -36,8 +36,8 @@ import pandas as pd
 from PIL import Image
 
 from mammo_pipeline.settings import Settings
+from mammo_pipeline.synth.realism_report import realdata_dir
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 CLIP_IMAGES = {"nyu-breast_cancer_classifier/2_R_CC"}
 NAME = re.compile(r"(?P<exam>\w+?)[_-](?P<lat>[LR])[_-](?P<view>CC|MLO)$")
 DIGITAL_MAMMO_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -144,7 +144,9 @@ def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: P
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=None, help="MAMMO_HOME whose current model to use (default: env)")
-    parser.add_argument("--realdata", type=Path, default=REALDATA, help="the real images folder")
+    parser.add_argument(
+        "--realdata", type=Path, default=realdata_dir(), help="default: $MAMMO_REALDATA or ../shared/realdata"
+    )
     parser.add_argument("--out", type=Path, default=None, help="contact sheet PNG (default: <home>/reports/)")
     args = parser.parse_args()
     if not args.realdata.is_dir():

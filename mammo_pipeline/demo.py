@@ -41,7 +41,8 @@ RESOURCES = {"mammo": MammoSettings()}
 
 @dataclass
 class DemoConfig:
-    """How big the demo is. The defaults take about 15 minutes on 2 cores; `quick()` is the CI version."""
+    """How big the demo is. The defaults take about 10 minutes on an idle 2-core machine (under 15 under load;
+    README "Latest run"); `quick()` is the CI version."""
 
     hospitals: int = 3
     studies_per_hospital: int = 90
@@ -252,7 +253,7 @@ class Demo:
         # the sensor's first tick learns what is already there (its runs were done above)
         cursor = cursor_path.read_text() if cursor_path.exists() else self.sensor_tick(None).cursor
         write_text(cursor_path, cursor or "")
-        self.echo(f"4. A new drop arrives for a fourth hospital: {slug}/{NEW_DROP}")
+        self.echo(f"4. A new drop arrives for a new hospital: {slug}/{NEW_DROP}")
         generate_drops(
             self.settings.landing,
             hospitals=self.config.hospitals + 1,
@@ -395,7 +396,7 @@ def audit_accuracies(settings: Settings, truth: dict[str, str]) -> dict[str, flo
 def _vs_line(vs: dict) -> str:
     pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
     return (
-        f"model accuracy on the audit set: {pct(vs['adjudicated'])} against adjudicated audit labels, "
+        f"model accuracy on the audit set at p >= 0.5: {pct(vs['adjudicated'])} against adjudicated audit labels, "
         f"{pct(vs['single_read'])} against a single read, {pct(vs['hidden_truth'])} against the hidden truth"
     )
 

@@ -19,7 +19,7 @@ def test_demo_quick_runs_end_to_end_and_resumes(settings, monkeypatch):
     assert len(summary["rounds"]) == 1
     first = summary["rounds"][0]
     assert 0.0 <= first["accuracy"] <= 1.0 and first["n_train"] > 0
-    # the fourth hospital came in through the sensor and has predictions
+    # the new hospital came in through the sensor and has predictions
     assert len(summary["hospitals"]) == 3
     new = summary["hospitals"][-1]
     preds = warehouse.query(settings, "SELECT * FROM image_predictions_current WHERE hospital = ?", [new])

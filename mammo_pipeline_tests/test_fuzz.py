@@ -1,6 +1,6 @@
 """Seeded fuzz of the index and the cache: hostile and broken files never fail a partition or get lost (issue 14).
 
-`mammo synth` writes small drops for three hospitals (together all six vendor profiles, uncompressed and
+`mammo synth` writes small drops for three hospitals (together all seven vendor profiles, uncompressed and
 compressed transfer syntaxes); from those files the fuzzer makes ~300 mutants, seeded: hostile header values
 written as raw bytes (Number of Frames 1e30, traversal UIDs, zero or huge Rows, Bits Allocated 64, NaN windows,
 ...), flipped bytes in the header and in the pixel data, cuts at random offsets, inserted and zeroed blocks.
@@ -27,7 +27,7 @@ from mammo_pipeline.synth.drops import generate_drops
 from mammo_pipeline.warehouse import read_partition
 
 SEED = 14
-HOSPITALS = 3  # hospitals 0-2 run all six vendor profiles between them
+HOSPITALS = 3  # hospitals 0-2 run all seven vendor profiles between them
 MUTANTS_PER_HOSPITAL = 100
 HOSTILE_VALUES: list[tuple[int, str, bytes]] = [
     (0x00280008, "IS", b"-1"),  # Number of Frames

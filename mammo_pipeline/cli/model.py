@@ -27,7 +27,13 @@ def command() -> None:
 @click.option("--rollback", is_flag=True, help="Record the promotion as a roll back to an earlier model.")
 @click.option("--note", default="", help="Why (kept in model_promotions).")
 def promote(version: str, hospital: str | None, rollback: bool, note: str) -> None:
-    """Make VERSION the current model (its predictions show in the *_current views from now on)."""
+    """Make VERSION the current model (its predictions show in the *_current views from now on).
+
+    \b
+    Example:
+        mammo model promote 3f2a9c1d7e4b --note "retrained on round 5"
+        mammo model promote 1b7e0c9a2d44 --hospital hospital-b --rollback
+    """
     settings = Settings.from_env()
     try:
         row = promotions.promote(
@@ -56,7 +62,12 @@ def _hospital_dirs(settings: Settings):
 
 @command.command("history")
 def history() -> None:
-    """Every promotion, oldest first, with the time (valid_to) a later promotion covering its scope replaced it."""
+    """Every promotion, oldest first, with the time (valid_to) a later promotion covering its scope replaced it.
+
+    \b
+    Example:
+        mammo model history
+    """
     df = promotions.read_promotions(Settings.from_env())
     if df.empty:
         click.echo("no promotions yet (the promoted_model asset records one when a model passes its checks)")
@@ -72,7 +83,12 @@ def history() -> None:
 @click.option("--keep", type=int, default=3, show_default=True, help="Promoted models kept per hospital.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
 def prune(keep: int, dry_run: bool) -> None:
-    """Delete prediction slices of models no longer needed (retention rule: README, 'Prediction history')."""
+    """Delete prediction slices of models no longer needed (retention rule: README, 'Prediction history').
+
+    \b
+    Example:
+        mammo model prune --keep 3 --dry-run
+    """
     settings = Settings.from_env()
     try:
         plan = promotions.prune(settings, keep, dry_run=dry_run)

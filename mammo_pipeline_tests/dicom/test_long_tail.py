@@ -29,6 +29,7 @@ from mammo_pipeline.dicom.index import SCHEMA, conform_record, conform_row, inde
 from mammo_pipeline.dicom.normalize import render, to_uint8, window_linear
 from mammo_pipeline.dicom.source_paths import lookup_path, pseudonymize_path, resolve
 from mammo_pipeline.labels.audit import assign_splits
+from mammo_pipeline.synth.realism_report import realdata_dir
 from mammo_pipeline.warehouse import read_partition
 from mammo_pipeline_tests.dicom.crafted import (
     BREAST_TOMOSYNTHESIS,
@@ -44,7 +45,7 @@ from mammo_pipeline_tests.dicom.crafted import (
 )
 from mammo_pipeline_tests.dicom.test_headers import PATIENT, SALT, code_item, write_mg
 
-REALDATA = Path(__file__).resolve().parents[3] / "shared" / "realdata"
+REALDATA = realdata_dir()  # $MAMMO_REALDATA or ../shared/realdata
 FRAME_BYTES = 48 * 64 * 2
 TOMO_TYPE = ["DERIVED", "PRIMARY", "TOMOSYNTHESIS", "NONE"]
 

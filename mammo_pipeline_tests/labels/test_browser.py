@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from mammo_pipeline.labels.store import LabelStore
 from .conftest import write_images
 from .live_server import CHROMIUM, chromium, serve
 
+# The README's picture; a test run writes its screenshot to a temporary folder instead, so `make test` leaves the
+# checkout as it found it (`make pictures` sets MAMMO_UPDATE_PICTURES=1 to refresh the README's copy).
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "labeling_app.png"
 
 pytestmark = [
@@ -39,8 +42,9 @@ def server(settings):
         yield url, store
 
 
-def test_key_burst_labels_consecutive_images_and_undo(server):
+def test_key_burst_labels_consecutive_images_and_undo(server, tmp_path):
     url, store = server
+    shot = SCREENSHOT if os.environ.get("MAMMO_UPDATE_PICTURES") == "1" else tmp_path / SCREENSHOT.name
     order = store.queue("unlabeled", "reader1", limit=8)
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1440, "height": 900})
@@ -88,8 +92,9 @@ def test_key_burst_labels_consecutive_images_and_undo(server):
         assert (
             page.evaluate("getComputedStyle(document.getElementById('stage')).getPropertyValue('--contrast')") == "1.15"
         )
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot))
+    assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_stale_key_press_writes_nothing_and_refreshes_the_card(server):
