@@ -2,7 +2,7 @@
 its patient, with a bootstrap interval, against the candidate score alone.
 
 Run:  .venv/bin/python benchmarks/bench_second_look_cv.py [--data DIR] [--studies 80] [--folds 3] [--labels 500]
-      [--seed 0] [--bootstrap 1000]
+      [--seed 0] [--bootstrap 1000] [--oracle-bags]
 
 Why: `bench_learning_curve.py --second-look` scores one fixed audit split of about 140 images (40 clip images),
 and which hard images land in it moves ROC-AUC by several hundredths. Stop 26 measured it: on the same drops that
@@ -20,6 +20,10 @@ saturated, each against all negatives), by vendor profile and for magnification 
 (share of clip images with a clip among the K candidates: diagnosis from the truth's boxes), and the ratio of the
 pooled ROC-AUC against the candidate score alone (image score = its strongest blob score, nothing learned) on the
 same images. Target: ROC-AUC >= 0.99 per flag (issue 13).
+
+`--oracle-bags` (diagnosis only, an upper bound, never a product setting): each *training* clip image's bag holds
+only its crops that the truth's boxes call a clip, so the network is told which crop is the clip; scoring is
+unchanged. What it adds over the plain run is all that better weak supervision (which crop is the clip) could buy.
 """
 
 from __future__ import annotations
@@ -62,6 +66,18 @@ def bootstrap_interval(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n: int,
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
+def oracle_bags(found, boxes: np.ndarray, scale: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Crops [N, K, ...] in which every clip image's non-clip slots repeat its clip crops (truth's boxes), so MIL
+    training can only pick a clip; images without a clip crop (candidate misses) and clip-free images unchanged."""
+    crops = found.crops.copy()
+    for i in np.flatnonzero(y):
+        clips = [j for j, centre in enumerate(found.centres[i]) if clip_among(boxes[i], scale[i], centre[None])]
+        for j in range(crops.shape[1]):
+            if clips and j not in clips:
+                crops[i, j] = crops[i, clips[j % len(clips)]]
+    return crops
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/tmp/mammo-learning-curve"))
@@ -70,6 +86,7 @@ def main() -> int:
     ap.add_argument("--labels", type=int, default=500, help="train images per fold (a seeded subsample)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--oracle-bags", action="store_true", help="diagnosis: train clip images on their clip crops only")
     args = ap.parse_args()
     if args.folds < 2:
         ap.error("--folds must be at least 2")
@@ -92,6 +109,8 @@ def main() -> int:
     print(f"data set: {len(y)} images ({y.sum()} with a clip) of {len(np.unique(patients))} patients; candidates "
           f"in {time.monotonic() - start:.0f} s wall, {time.process_time() - cpu:.0f} CPU s")  # fmt: skip
 
+    scale = (display["display_height"] / display["height"]).loc[labels["sop_instance_uid"]].to_numpy()
+    train_crops = oracle_bags(found, truth["boxes"].to_numpy(), scale, y) if args.oracle_bags else found.crops
     fold = patient_folds(patients, args.folds, args.seed)
     rng = np.random.default_rng(args.seed)
     scored = np.full(len(y), np.nan)
@@ -101,7 +120,7 @@ def main() -> int:
         train = np.sort(rng.choice(train, size=min(args.labels, len(train)), replace=False))
         test = fold == k
         t0, c0 = time.monotonic(), time.process_time()
-        net = train_patch_mil(found.crops[train], y[train], seed=args.seed + k)
+        net = train_patch_mil(train_crops[train], y[train], seed=args.seed + k)
         wall, cpu = wall + time.monotonic() - t0, cpu + time.process_time() - c0
         scored[test] = predict_patch_mil(net, found.crops[test])[0]
         auc = roc_auc(y[test], scored[test]) if 0 < y[test].sum() < test.sum() else float("nan")
@@ -123,7 +142,6 @@ def main() -> int:
         if 0 < y[part].sum() < part.sum():
             print(f"  {name}: {part.sum()} images, ROC-AUC {roc_auc(y[part], scored[part]):.3f}")
 
-    scale = (display["display_height"] / display["height"]).loc[labels["sop_instance_uid"]].to_numpy()
     hits = sum(clip_among(truth["boxes"].iat[i], scale[i], found.centres[i]) for i in np.flatnonzero(y))
     print(f"candidate recall (diagnosis, from the truth's boxes): {hits}/{y.sum()} clip images = {hits / y.sum():.3f}")
     alone = roc_auc(y, found.scores.max(axis=1))

@@ -142,3 +142,21 @@ def test_the_film_codec_is_lossy_at_its_ratio():
     error = np.abs(decoded.astype(np.int32) - pixels.astype(np.int32))
     assert error.max() > 0  # lossy: the noise is not kept exactly
     assert error.mean() < 60  # but the image is: the error is below the noise's own SD
+
+
+def test_oracle_bags_hold_only_the_clip_crops_of_clip_images():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from bench_second_look_cv import oracle_bags
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from types import SimpleNamespace
+
+    crops = np.arange(3 * 3 * 2 * 4 * 4, dtype=np.float32).reshape(3, 3, 2, 4, 4)
+    centres = np.array([[[10, 10], [50, 50], [-1, -1]], [[50, 50], [10, 10], [80, 80]], [[50, 50], [1, 1], [2, 2]]])
+    boxes = np.array(['[["clip", 45, 55, 45, 55]]', '[["clip", 45, 55, 45, 55]]', '[["clip", 300, 310, 0, 5]]'])
+    y = np.array([True, False, True])  # image 1 has the box but no clip label; image 2's clip is no candidate
+    out = oracle_bags(SimpleNamespace(crops=crops, centres=centres), boxes, np.ones(3), y)
+    assert all((out[0, j] == crops[0, 1]).all() for j in range(3))  # every slot repeats the one clip crop
+    assert (out[1:] == crops[1:]).all()  # clip-free and candidate-miss images keep their bags
+    assert (crops[0, 0] != crops[0, 1]).any()  # the input was not modified in place
