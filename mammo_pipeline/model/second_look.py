@@ -7,10 +7,14 @@ smooth maximum instead (LSE pooling, `lse_pool`; Pinheiro & Collobert, CVPR 2015
 the crop the network already favours learns, so in a clip image whose clip it does not yet favour (a faint
 unsaturated one) a tissue crop is taught to be a clip and the clip never is.
 
-Each crop has `candidates.CHANNELS` channels (native crop, wider context crop), all in units of the image's
-own tissue. Training sees every crop under the 8 symmetries of the square (flips and 90-degree turns: a clip,
-a BB or a letter has no preferred orientation on the detector, and the context channel's skin line may run any
-way); a batch shares one symmetry (one cheap tensor op per step).
+Each kept candidate has `candidates.CHANNELS` channels (native crop, wider context crop), in units of the image's
+own tissue; `network_input` adds a third when the network reads them, the native crop in units of its own
+surroundings (minus the context's median, over the context's 10th-90th percentile spread, at least LOCAL_FLOOR):
+what a dim clip in dense gland and a bright one in fat have in common is how far they stand out from the tissue
+around them, which the image-wide units hide (docs/history.md "Second look", stop 30). Training sees every crop
+under the 8 symmetries of the square (flips and 90-degree turns: a clip, a BB or a letter has no preferred
+orientation on the detector, and the context channel's skin line may run any way); a batch shares one symmetry
+(one cheap tensor op per step).
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ from mammo_pipeline.model.candidates import CHANNELS
 # stop 25's install a whole round at 500 labels took 42 s, and 20 epochs gave 0.983 / 0.985 / 0.981 against 12
 # epochs' 0.976 / 0.985 / 0.969 (seeds 0-2, docs/history.md "Second look"), so the budget became 10000 (a compute
 # budget, not a constant fitted to data: 30 epochs gave 0.987 / 0.980 / 0.985, no better).
+# The patch network's input made from the kept crops (the crops' own meaning is candidates.SECOND_LOOK_VERSION; a
+# model records both, `second_look_model.version`). 1: the crops as kept; 2: plus the crop in units of its own
+# surroundings (module docstring).
+INPUT_VERSION = "2"
+INPUT_CHANNELS = CHANNELS + 1
+# The surroundings' spread is at least 1/20 of the image's tissue range (set at stop 26, before running): flat
+# fat must not turn a faint ripple into a clip-sized signal. The channel is clipped to LOCAL_RANGE spreads, so
+# metal (tens of spreads over fat) stands out without swamping the other channels.
+LOCAL_FLOOR = 0.05
+LOCAL_RANGE = (-4.0, 8.0)
 IMAGE_PASSES = 10000
 MAX_EPOCHS = 20
 # Sharpness r of the training pool (1/r) log mean exp(r x): r -> infinity is the maximum, r -> 0 the mean. Set once
@@ -41,17 +55,23 @@ def epochs_for(n_images: int) -> int:
 
 
 def network_input(crops: np.ndarray) -> np.ndarray:
-    """The patch network's input [N, K, C, P, P] float32 (C-contiguous) from `candidates` crops of N images.
-
-    Crops arrive as [N, K, P, P] (one channel) or [N, K, C, P, P]; train, ONNX export and inference all go
-    through here, so the network's input layout is defined once.
+    """The patch network's input [N, K, INPUT_CHANNELS, P, P] float32 (C-contiguous) from kept crops
+    [N, K, CHANNELS, P, P] (`candidates`: native, context; tissue units): those two and the native crop in units
+    of its own surroundings (module docstring). Train, ONNX export and inference all go through here, so the
+    network's input is defined once. Raises ValueError for crops of another layout.
     """
-    x = np.ascontiguousarray(crops, dtype=np.float32)
-    return x[:, :, None] if x.ndim == 4 else x
+    x = np.asarray(crops, dtype=np.float32)
+    if x.ndim != 5 or x.shape[2] != CHANNELS:
+        raise ValueError(f"crops must be [N, K, {CHANNELS}, P, P] (native, context), not {list(x.shape)}")
+    context = x[:, :, 1].reshape(*x.shape[:2], -1)
+    p10, median, p90 = np.percentile(context, (10, 50, 90), axis=-1)[..., None, None]
+    local = (x[:, :, 0] - median) / np.maximum(p90 - p10, np.float32(LOCAL_FLOOR))
+    local = np.clip(local, *LOCAL_RANGE).astype(np.float32)
+    return np.ascontiguousarray(np.concatenate([x, local[:, :, None]], axis=2))
 
 
 def patch_network():
-    """[N, K, CHANNELS, P, P] tissue-scaled crops -> image logits [N] (max over K) and patch logits [N, K].
+    """[N, K, INPUT_CHANNELS, P, P] (`network_input`) -> image logits [N] (max over K) and patch logits [N, K].
 
     Small on purpose (about 25 k weights, ~2.7 MFLOP per crop): a clip's shape is a few strokes at 32 px, and
     CPU inference must stay far above the 67 images/s the pipeline needs at K crops per image.
@@ -66,7 +86,7 @@ def patch_network():
         def __init__(self) -> None:
             super().__init__()
             self.features = nn.Sequential(
-                block(CHANNELS, 16),
+                block(INPUT_CHANNELS, 16),
                 nn.MaxPool2d(2),
                 block(16, 32),
                 nn.MaxPool2d(2),

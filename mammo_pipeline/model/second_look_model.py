@@ -9,9 +9,10 @@ metric of the biopsy flag are the second look's; the global network's own biopsy
 it for comparison.
 
 Files in `models/<version>/`: `second_look.pth` (state dict), `second_look.onnx` (input `crops` [N, k, C, P, P],
-outputs `probs` [N] and `patch_probs` [N, k], fp32: the network is small and candidates dominate the cost).
-`ModelRef.extra["second_look"]` records the file names, the ONNX sha256, SECOND_LOOK_VERSION and the display
-size the crops were cut from; inference refuses a model whose version or display size differs from this code's.
+`second_look.network_input`'s channels, outputs `probs` [N] and `patch_probs` [N, k], fp32: the network is small
+and candidates dominate the cost). `ModelRef.extra["second_look"]` records the file names, the ONNX sha256, the
+version (`version()`: the kept crops' SECOND_LOOK_VERSION and the network's INPUT_VERSION) and the display size
+the crops were cut from; inference refuses a model whose version or display size differs from this code's.
 """
 
 from __future__ import annotations
@@ -30,19 +31,27 @@ from mammo_pipeline.atomic import atomic_path, write_bytes
 from mammo_pipeline.model import candidate_store
 from mammo_pipeline.model import candidates as cand
 from mammo_pipeline.model.preprocess import _as_gray_uint8
-from mammo_pipeline.model.second_look import network_input, patch_network, predict_patch_mil, train_patch_mil
+from mammo_pipeline.model.second_look import (
+    INPUT_VERSION,
+    network_input,
+    patch_network,
+    predict_patch_mil,
+    train_patch_mil,
+)
 
 WEIGHTS_FILE = "second_look.pth"
 ONNX_FILE = "second_look.onnx"
 
 
 class SecondLookMismatch(ValueError):
-    """A saved second look was made for other crops than this code cuts (version or display size)."""
+    """A saved second look was made for other crops or another input than this code's (version or display size)."""
 
 
 def version() -> str:
-    """The crops' meaning (candidates.SECOND_LOOK_VERSION)."""
-    return cand.SECOND_LOOK_VERSION
+    """What the patch network reads: the kept crops' meaning (candidates.SECOND_LOOK_VERSION) and the input made
+    from them (second_look.INPUT_VERSION), as "<crops>.<input>"; a model made for another is refused. The cache
+    keeps crops by SECOND_LOOK_VERSION alone, so a new input version retrains without cutting again."""
+    return f"{cand.SECOND_LOOK_VERSION}.{INPUT_VERSION}"
 
 
 def describe(display_size: int) -> dict:
@@ -127,8 +136,8 @@ def check(info: dict, display_size: int) -> None:
     """Refuse a saved second look made for other crops (SecondLookMismatch says what to do)."""
     if str(info.get("version")) != version():
         raise SecondLookMismatch(
-            f"the model's second look was trained on crops of version {info.get('version')}, this code cuts "
-            f"version {version()}; retrain (materialize trained_model and onnx_model)"
+            f"the model's second look was made for version {info.get('version')}, this code's is version "
+            f"{version()} (crops.input); retrain (materialize trained_model and onnx_model)"
         )
     if int(info.get("display_size", display_size)) != display_size:
         raise SecondLookMismatch(

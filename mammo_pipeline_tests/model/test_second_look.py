@@ -86,3 +86,36 @@ def test_the_training_pool_is_a_smooth_maximum_that_teaches_every_crop():
     pooled[0].backward()
     grad = logits.grad[0]
     assert (grad > 0).all() and grad[0] > grad[1] > grad[2] and torch.isclose(grad.sum(), torch.tensor(1.0))
+
+
+def test_the_third_channel_is_the_crop_in_units_of_its_own_surroundings():
+    """A dim bar in bright, contrasty gland and a bright bar in dark, flat fat read alike in the third channel (the
+    same shape over its surroundings), though the stored channels differ by their tissue levels; the third channel
+    ignores an offset and a gain of the crop pair, and empty slots stay zero."""
+    from mammo_pipeline.model.second_look import INPUT_CHANNELS, LOCAL_FLOOR
+
+    rng = np.random.default_rng(3)
+    texture = rng.normal(0, 1, (P, P)).astype(np.float32)
+    bar = np.zeros((P, P), np.float32)
+    bar[14:18, 6:26] = 1
+    crops = np.zeros((1, 3, CHANNELS, P, P), np.float32)
+    for k, (level, spread) in enumerate(((0.85, 0.08), (0.2, 0.02))):  # dense gland, fat
+        crops[0, k, 0] = level + spread * texture + 3 * spread * bar  # the bar: 3 SD over its surroundings
+        crops[0, k, 1] = level + spread * rng.normal(0, 1, (P, P))
+    x = network_input(crops)
+    assert x.shape == (1, 3, INPUT_CHANNELS, P, P) and x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(x[:, :, :CHANNELS], crops)  # the kept channels pass through
+    gland, fat, empty = x[0, :, CHANNELS]
+    assert abs(gland[bar > 0].mean() - fat[bar > 0].mean()) < 0.35 * gland[bar > 0].mean()
+    # 3 SD over the median is 3 / 2.56 = 1.17 of a normal p10-p90 spread
+    assert gland[bar > 0].mean() > 0.9 and (crops[0, 0, 0][bar > 0].mean() - crops[0, 1, 0][bar > 0].mean()) > 0.5
+    np.testing.assert_allclose(network_input(0.3 + 2 * crops[:, :2])[0, :, CHANNELS], x[0, :2, CHANNELS], atol=1e-4)
+    assert not empty.any()
+    assert LOCAL_FLOOR > 0
+
+
+def test_crops_of_another_layout_are_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="native, context"):
+        network_input(np.zeros((2, K, P, P), np.float32))

@@ -75,6 +75,11 @@ def test_a_second_look_made_for_other_crops_is_refused(trained, monkeypatch):
     with pytest.raises(ModelMismatch, match="retrain"):
         load_model(s, ref)
     monkeypatch.undo()
+    # another input made from the same kept crops (a model of stop 29 read two channels) is refused too
+    monkeypatch.setattr(second_look, "INPUT_VERSION", "1")
+    with pytest.raises(ModelMismatch, match=r"version \d+\.\d+ \(crops\.input\); retrain"):
+        load_model(s, ref)
+    monkeypatch.undo()
     with pytest.raises(ModelMismatch, match="MAMMO_DISPLAY_SIZE"):
         load_model(dataclasses.replace(s, display_size=s.display_size * 2), ref)
 
