@@ -133,7 +133,8 @@ def save(net, folder: Path) -> Path:
 
 
 def check(info: dict, display_size: int) -> None:
-    """Refuse a saved second look made for other crops (SecondLookMismatch says what to do)."""
+    """Refuse a saved second look made for other crops, another input or another display size
+    (SecondLookMismatch says what to do)."""
     if str(info.get("version")) != version():
         raise SecondLookMismatch(
             f"the model's second look was made for version {info.get('version')}, this code's is version "

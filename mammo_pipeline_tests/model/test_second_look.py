@@ -91,7 +91,8 @@ def test_the_training_pool_is_a_smooth_maximum_that_teaches_every_crop():
 def test_the_third_channel_is_the_crop_in_units_of_its_own_surroundings():
     """A dim bar in bright, contrasty gland and a bright bar in dark, flat fat read alike in the third channel (the
     same shape over its surroundings), though the stored channels differ by their tissue levels; the third channel
-    ignores an offset and a gain of the crop pair, and empty slots stay zero."""
+    ignores an offset and a gain of the crop pair, empty slots stay zero, and flat surroundings do not blow a faint
+    ripple up (the spread's floor)."""
     from mammo_pipeline.model.second_look import INPUT_CHANNELS, LOCAL_FLOOR
 
     rng = np.random.default_rng(3)
@@ -111,7 +112,10 @@ def test_the_third_channel_is_the_crop_in_units_of_its_own_surroundings():
     assert gland[bar > 0].mean() > 0.9 and (crops[0, 0, 0][bar > 0].mean() - crops[0, 1, 0][bar > 0].mean()) > 0.5
     np.testing.assert_allclose(network_input(0.3 + 2 * crops[:, :2])[0, :, CHANNELS], x[0, :2, CHANNELS], atol=1e-4)
     assert not empty.any()
-    assert LOCAL_FLOOR > 0
+    flat = np.full((1, 1, CHANNELS, P, P), 0.5, np.float32)
+    flat[0, 0, 0] += 0.01 * bar  # a 1 %-of-tissue-range ripple over perfectly flat surroundings
+    ripple = network_input(flat)[0, 0, CHANNELS]
+    np.testing.assert_allclose(ripple[bar > 0], 0.01 / LOCAL_FLOOR, rtol=1e-4)
 
 
 def test_crops_of_another_layout_are_refused():
