@@ -75,13 +75,22 @@ LABEL_COLUMNS = [
 ]
 
 
-def build_dataset(home: Path, studies: int) -> Settings:
-    """Synthetic drops, indexed and cached under `home` (each step skips work already done)."""
+def build_dataset(home: Path, studies: int, drops_seed: int = 0) -> Settings:
+    """Synthetic drops, indexed and cached under `home` (each step skips work already done).
+
+    `drops_seed` 0 is the development data set every second-look change since stop 12 was measured on; other seeds
+    draw fresh drops that no decision has seen (held-out). `home` records its seed and refuses another one.
+    """
+    marker = Path(home) / "drops-seed.txt"
+    if marker.exists() and marker.read_text().strip() != str(drops_seed):
+        held = marker.read_text().strip()
+        raise SystemExit(f"{home} holds the drops of seed {held}, not {drops_seed}: use another --data")
     # synthetic patients only: a fixed pseudonym salt gives the same patient keys, so the same audit split, every run
     settings = Settings.under(home, workers=2, pretrained="none", salt="bench-learning-curve").ensure_dirs()
     generate_drops(
-        settings.landing, hospitals=3, studies_per_hospital=studies, seed=0, scale=0.25, drop="drop-20261101"
+        settings.landing, hospitals=3, studies_per_hospital=studies, seed=drops_seed, scale=0.25, drop="drop-20261101"
     )
+    marker.write_text(f"{drops_seed}\n")
     for hospital in sorted(p.name for p in settings.landing.iterdir() if p.is_dir() and not p.name.startswith("_")):
         index_hospital(settings, hospital)
         cache_hospital(settings, hospital)
@@ -280,10 +289,11 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
     parser.add_argument("--seed", type=int, default=0, help="label sampling and training seed")
+    parser.add_argument("--drops-seed", type=int, default=0, help="synthetic drops' seed (0: development set)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_dir:
         start = time.monotonic()
-        settings = build_dataset(args.data or Path(tmp_dir) / "data", args.studies)
+        settings = build_dataset(args.data or Path(tmp_dir) / "data", args.studies, args.drops_seed)
         labels = labels_frame(settings)
         train, audit = labels[labels["split"] == "train"], labels[labels["split"] == "audit"]
         order = train.sample(frac=1.0, random_state=args.seed)

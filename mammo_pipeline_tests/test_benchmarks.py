@@ -160,3 +160,18 @@ def test_oracle_bags_hold_only_the_clip_crops_of_clip_images():
     assert all((out[0, j] == crops[0, 1]).all() for j in range(3))  # every slot repeats the one clip crop
     assert (out[1:] == crops[1:]).all()  # clip-free and candidate-miss images keep their bags
     assert (crops[0, 0] != crops[0, 1]).any()  # the input was not modified in place
+
+
+def test_a_data_folder_keeps_the_drops_seed_it_was_built_with(tmp_path):
+    """Held-out drops (`--drops-seed`) must never be silently the development set's: a folder records its seed."""
+    import pytest
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_learning_curve as bench
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    (tmp_path / "drops-seed.txt").write_text("1\n")
+    with pytest.raises(SystemExit, match="holds the drops of seed 1, not 0"):
+        bench.build_dataset(tmp_path, 1)
+    assert not (tmp_path / "landing").exists()  # refused before drawing anything

@@ -16,6 +16,12 @@ dark as air in some renderings (magnified, coned views) but is never flat at mil
 collimator is bright, not dark. An image without such a region (a breast cropped to the frame) has no air, and
 nothing is ignored.
 
+The unexposed border (`unexposed_mask`: a coned view's collimator shadow, a film's clear edge) is the air's
+bright twin: flat, along a whole side of the frame. It is neither breast nor the frame: the breast's median is
+taken without it, and the air reaches the exposed field's edge where it meets it. (Version 6 of the second look:
+before, a border wider than a fatty breast set the breast's median, so the fat was taken for air and the true
+air, fenced in by the border, was not found.)
+
 Disclosed (docs/history.md "Second look"): this rule was written after the evaluation-only real images showed nipple BBs
 and lead letters outranking their clip; SKIN_DEPTH is anatomy (skin plus a marker, the realism report's 6-mm skin
 band); the flatness test was added when the synthetic magnification views' dark fat was taken for air, with
@@ -23,6 +29,9 @@ AIR_FLATNESS chosen before it was run (a tenth of the breast's contrast), not tu
 (the film border, the reach through flare and the trend removal over SKIN_DEPTH) followed the realism work on
 digitized film (synth/film.py): the synthetic films' air, like the real WG04 film's, was found by version 3 on
 none of them. AIR_REACH (halfway) and the trend's width (SKIN_DEPTH, no new length) were set before measuring.
+Version 6 (the unexposed border) came from a miss on fresh synthetic drops (a GE spot view's three clips, its whole
+fatty breast taken for air) and reuses AIR_REACH, AIR_FLATNESS, AIR_MIN_SHARE, SKIN_DEPTH and FRAME_STRIP_FG; no
+constant was added or tuned.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ AIR_REACH = 0.5  # ... and reaches the edge of the exposed field through what is
 AIR_MIN_SHARE = 0.01  # a dark region touching the frame counts only if it covers this share of the image
 AIR_FLATNESS = 0.1  # p90 - p10 of an air region is at most this share of (breast median - background level)
 SKIN_DEPTH = 0.02  # share of the long side: 5-6 mm on a 24-30 cm detector, the skin (<= 2.4 mm) plus a marker
+P10_P90_PER_SD = 2.563  # p90 - p10 of Gaussian noise, in standard deviations (2 x 1.2816)
 
 
 def chest_wall_side(img: np.ndarray) -> int:
@@ -94,20 +104,61 @@ def background_level(img: np.ndarray, bins: int = 64) -> float:
     return float(sel.mean()) if sel.size else float(edges[k])
 
 
-def air_threshold(img: np.ndarray) -> tuple[float, float]:
-    """(threshold, contrast) of a display image (float in [0, 1]): air is at or below the threshold, AIR_LEVEL of
-    the way from the background level (`background_level`) to the median of what is brighter; contrast is that
-    median minus the background level. The breast is what lies above it (`synth.realism.breast_mask`)."""
+def unexposed_mask(img: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the unexposed border of a display image (float in [0, 1]): a coned view's collimator shadow, a
+    scanned film's clear edge. Like the air it carries only noise (no X-rays reached it), so it is recognised the
+    same way: a region along a whole side of the frame (FRAME_STRIP_FG of it) that is brighter than halfway to the
+    breast (`AIR_REACH`) and flat, its gray levels' local spread (standard deviation over SKIN_DEPTH of the long
+    side, times P10_P90_PER_SD) at most AIR_FLATNESS of the contrast, and at least AIR_MIN_SHARE of the image.
+    Anatomy is never flat at millimetre scale, so the breast is not taken, however dense; a saturated implant is
+    flat but meets the frame along part of the chest wall only. Empty when there is none (a detector's contact
+    view).
+
+    Why it matters: when the border is large (a spot or magnification view collimated on two or three sides) it
+    outweighed a fatty breast, so the breast's median was the border's gray, the fat fell below the air threshold
+    and was taken for air, and the true air, fenced in by the border, never reached the frame.
+    """
     lo = background_level(img)
     above = img > lo + 0.02
+    if not above.any():
+        return np.zeros(img.shape, dtype=bool)
+    contrast = float(np.percentile(img[above], 50)) - lo
+    bright = img > lo + AIR_REACH * contrast
+    width = max(3, round(SKIN_DEPTH * max(img.shape)) | 1)
+    x = img.astype(np.float64)
+    mean = ndimage.uniform_filter(x, width, mode="nearest")
+    sd = np.sqrt(np.maximum(ndimage.uniform_filter(x * x, width, mode="nearest") - mean * mean, 0.0))
+    flat = bright & (P10_P90_PER_SD * sd <= AIR_FLATNESS * contrast)
+    labels, _ = ndimage.label(flat)
+    sides = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
+    # a collimator blade's shadow or a film's clear edge runs along a whole side of the frame (FRAME_STRIP_FG of
+    # it); a saturated implant against the chest wall touches the frame too, but along part of one side only
+    along = {int(k) for side in sides for k in np.unique(side) if k > 0 and (side == k).mean() >= FRAME_STRIP_FG}
+    keep = [k for k in along if (labels == k).sum() >= AIR_MIN_SHARE * img.size]
+    border = np.isin(labels, keep)
+    if border.any():  # its rim, where the window straddles the border's edge and reads a spread, is border if bright
+        border |= ndimage.binary_dilation(border, iterations=width // 2 + 1) & bright
+    return border
+
+
+def air_threshold(img: np.ndarray, unexposed: np.ndarray | None = None) -> tuple[float, float]:
+    """(threshold, contrast) of a display image (float in [0, 1]): air is at or below the threshold, AIR_LEVEL of
+    the way from the background level (`background_level`) to the median of what is brighter and not the unexposed
+    border (`unexposed_mask`, computed when not given); contrast is that median minus the background level. The
+    breast is what lies above it (`synth.realism.breast_mask`)."""
+    lo = background_level(img)
+    if unexposed is None:
+        unexposed = unexposed_mask(img)
+    above = (img > lo + 0.02) & ~unexposed
     hi = float(np.percentile(img[above], 50)) if above.any() else lo + 0.1
     return lo + AIR_LEVEL * (hi - lo), hi - lo
 
 
-def exposed_edge(img: np.ndarray, threshold: float) -> np.ndarray:
+def exposed_edge(img: np.ndarray, threshold: float, unexposed: np.ndarray | None = None) -> np.ndarray:
     """bool [H, W]: the edge of the exposed field, 3 px wide: the frame, moved inwards past the unexposed strips
     (a digitized film's clear border) that run along the top, the bottom and the edge far from the chest wall
-    (`peel_frame_strips` on what is brighter than `threshold`)."""
+    (`peel_frame_strips` on what is brighter than `threshold`), and the inner rim of the unexposed border
+    (`unexposed_mask`: a collimator's shadow, however wide; the rim is the mask's window wide)."""
     h, w = img.shape
     chest = chest_wall_side(img)
     _, peeled = peel_frame_strips(img > threshold, chest)
@@ -119,18 +170,25 @@ def exposed_edge(img: np.ndarray, threshold: float) -> np.ndarray:
     edge = np.zeros((h, w), dtype=bool)
     edge[top : top + 3], edge[max(0, h - 3 - bottom) : h - bottom] = True, True
     edge[:, far_cols], edge[:, chest_cols] = True, True
+    if unexposed is not None and unexposed.any():
+        # the local spread straddles the border's own edge for half a window, so the rim is that wide
+        reach = max(3, round(SKIN_DEPTH * max(h, w)) | 1)
+        edge |= ndimage.binary_dilation(unexposed, iterations=reach) & ~unexposed
     return edge
 
 
-def air_mask(img: np.ndarray) -> np.ndarray:
-    """bool [H, W]: the air of a display image `img` (float in [0, 1], white = dense); module docstring."""
-    threshold, contrast = air_threshold(img)
+def air_mask(img: np.ndarray, unexposed: np.ndarray | None = None) -> np.ndarray:
+    """bool [H, W]: the air of a display image `img` (float in [0, 1], white = dense); module docstring.
+    `unexposed`: its `unexposed_mask` when the caller has it already."""
+    if unexposed is None:
+        unexposed = unexposed_mask(img)
+    threshold, contrast = air_threshold(img, unexposed)
     dark = ndimage.binary_opening(img <= threshold)
     labels, _ = ndimage.label(dark)
     # does it reach the edge of the exposed field? Through what is darker than halfway to the breast (hysteresis):
     # a scanned film's air brightens towards its clear border (scanner flare) before the border itself
     reach, _ = ndimage.label(ndimage.binary_opening(img <= threshold + (AIR_REACH - AIR_LEVEL) * contrast) | dark)
-    edge_reach = np.unique(reach[exposed_edge(img, threshold)])
+    edge_reach = np.unique(reach[exposed_edge(img, threshold, unexposed)])
     touching = np.unique(labels[dark & np.isin(reach, edge_reach[edge_reach > 0])])
     sigma = SKIN_DEPTH * max(img.shape)
     keep = []
@@ -149,9 +207,9 @@ def air_mask(img: np.ndarray) -> np.ndarray:
     return np.isin(labels, keep)
 
 
-def away_from_air(img: np.ndarray, depth_px: float) -> np.ndarray:
+def away_from_air(img: np.ndarray, depth_px: float, unexposed: np.ndarray | None = None) -> np.ndarray:
     """bool [H, W]: pixels at least `depth_px` from the air (`air_mask`); all True when the image has none."""
-    air = air_mask(img)
+    air = air_mask(img, unexposed)
     if not air.any():
         return np.ones(img.shape, dtype=bool)
     return ndimage.distance_transform_edt(~air) >= depth_px

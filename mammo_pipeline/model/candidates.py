@@ -29,8 +29,9 @@ the clip became the first candidate of 128 of 186 clip images instead of 93 (doc
 
 **What the classifier sees (the crops).** The K strongest local maxima, at least half a crop apart, each
 give two CROP x CROP channels in units of the image's own tissue (1st percentile -> 0, 99th -> 1, clipped to
-CHANNEL_RANGE): 0. the native crop (shape: ribbon vs bead vs letter vs popcorn); 1. a CONTEXT-times wider
-crop, area-averaged to CROP (where it is: in the breast, on the skin line, in the air beside the letters).
+CHANNEL_RANGE; the tissue is the Otsu foreground without a coned view's unexposed border, `_pyramid`):
+0. the native crop (shape: ribbon vs bead vs letter vs popcorn); 1. a CONTEXT-times wider crop, area-averaged to
+CROP (where it is: in the breast, on the skin line, in the air beside the letters).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mammo_pipeline.model.air import SKIN_DEPTH, away_from_air
+from mammo_pipeline.model.air import SKIN_DEPTH, away_from_air, unexposed_mask
 from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _as_gray_uint8, tissue_mask
 
 # Bump whenever the crops' meaning or the patch network's input changes: saved second-look models record it
@@ -47,8 +48,8 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # statistics from the 2x2-averaged image; 3: nothing within air.SKIN_DEPTH of the air, crops beyond the frame
 # mirrored (black padding drew a false skin line where the frame cuts the breast); 4: the air of a scanned film
 # too (inside its clear border, uneven: air.py); 5: holes filled before the blob measure (`fill_holes`: ring clips)
-# and K = 24.
-SECOND_LOOK_VERSION = "5"
+# and K = 24; 6: the air of a coned view too (a collimator's unexposed border is not breast: `air.unexposed_mask`).
+SECOND_LOOK_VERSION = "6"
 # Gaussian scales of the blob score as shares of the long side: 0.2 %, 0.4 % and 0.8 % of a 24-30 cm detector
 # are 0.5-0.6, 1-1.2 and 2-2.4 mm, about the half-size of the object where the scale-normalized blob measure
 # peaks: the 1-mm metal bead of a barbell or the end of a 0.5-mm ribbon, a 2-3 mm clip, a 4-5 mm (or magnified)
@@ -124,13 +125,21 @@ def _finest_level(gray: np.ndarray, f: int) -> np.ndarray:
     return _block_mean(gray, f) if f > 1 else gray.astype(np.float32)
 
 
-def _pyramid(gray: np.ndarray, factors: set[int]) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+def _pyramid(
+    gray: np.ndarray, factors: set[int]
+) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
     """({f: (white top-hat as f x f block means, tissue mask)} for the block sizes asked for, the finest level's
-    block means of `gray`). The top-hat is taken once, on the finest level (TOPHAT_WINDOW of the long side);
-    coarser levels are its 2 x 2 means, so the image's pixels are read once."""
+    block means of `gray`, the unexposed border on `_air_grid` of it). The top-hat is taken once, on the finest
+    level (TOPHAT_WINDOW of the long side); coarser levels are its 2 x 2 means, so the image's pixels are read
+    once. The tissue is the Otsu foreground of what is not a coned view's unexposed border (`air.unexposed_mask`:
+    a collimator's shadow is as bright as dense tissue but is none; `preprocess.tissue_mask`)."""
     finest = min(factors)
     image = _finest_level(gray, finest)
-    mask = tissue_mask(np.rint(image).astype(np.uint8))
+    border = unexposed_mask(_air_grid(image, finest)[0])
+    fine = np.zeros(image.shape, dtype=bool)  # the border on this level (the grid is its 2 x 2 means)
+    h, w = min(2 * border.shape[0], fine.shape[0]), min(2 * border.shape[1], fine.shape[1])
+    fine[:h, :w] = border.repeat(2, axis=0).repeat(2, axis=1)[:h, :w]
+    mask = tissue_mask(np.rint(image).astype(np.uint8), exclude=fine)
     level = image - _opening(image, max(3, round(TOPHAT_WINDOW * max(gray.shape) / finest) | 1))
     level = fill_holes(level)
     levels, f = {finest: (level, mask)}, finest
@@ -139,7 +148,7 @@ def _pyramid(gray: np.ndarray, factors: set[int]) -> tuple[dict[int, tuple[np.nd
         level = _block_mean(level, 2)
         mask = mask[1 : 2 * level.shape[0] : 2, 1 : 2 * level.shape[1] : 2]
         levels[f] = (level, mask)
-    return levels, image
+    return levels, image, border
 
 
 def _air_grid(level: np.ndarray, f: int) -> tuple[np.ndarray, int]:
@@ -159,7 +168,7 @@ def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """(score on the finest grid, its block size f, that grid's image, its tissue mask): module docstring."""
     long_side = max(gray.shape)
     factors = {share: _grid_factor(share * long_side) for share in BLOB_SCALES}
-    levels, image = _pyramid(gray, set(factors.values()))
+    levels, image, border = _pyramid(gray, set(factors.values()))
     f0 = min(levels)
     out = np.zeros_like(image)
     for share, f in factors.items():
@@ -178,7 +187,7 @@ def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     if min(out.shape) > 4 * edge:  # within 2 sigma of the frame the derivatives see the padding, not the image:
         out[:edge], out[-edge:], out[:, :edge], out[:, -edge:] = 0, 0, 0, 0  # a line leaving it looks like an end
     grid, step = _air_grid(image, f0)
-    inside = away_from_air(grid, SKIN_DEPTH * long_side / step)
+    inside = away_from_air(grid, SKIN_DEPTH * long_side / step, border)
     inside = inside.repeat(2, axis=0).repeat(2, axis=1)  # letters in the air, pellets on the skin: never clips
     h, w = min(inside.shape[0], out.shape[0]), min(inside.shape[1], out.shape[1])
     out[:h, :w] *= inside[:h, :w]

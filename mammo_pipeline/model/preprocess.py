@@ -172,10 +172,18 @@ def otsu_threshold(gray: np.ndarray) -> int:
     return int(np.argmax(between))
 
 
-def tissue_mask(gray: np.ndarray) -> np.ndarray:
-    """Bool mask of the image's tissue (Otsu foreground); every pixel when that leaves fewer than 1 %."""
-    mask = gray > otsu_threshold(gray)
-    return mask if mask.sum() >= 0.01 * gray.size else np.ones_like(mask)
+def tissue_mask(gray: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Bool mask of the image's tissue (Otsu foreground); every pixel when that leaves fewer than 1 %.
+
+    `exclude` (bool, gray's shape): pixels that are no tissue whatever their gray, such as a coned view's
+    collimator shadow (`air.unexposed_mask`); Otsu's level is then found on the rest, and they stay outside.
+    """
+    if exclude is None or not exclude.any():
+        mask = gray > otsu_threshold(gray)
+        return mask if mask.sum() >= 0.01 * gray.size else np.ones_like(mask)
+    keep = ~exclude
+    mask = keep & (gray > otsu_threshold(gray[keep]))
+    return mask if mask.sum() >= 0.01 * gray.size else tissue_mask(gray)
 
 
 def channel_scales(gray: np.ndarray, tophat: np.ndarray) -> tuple[float, float, float]:

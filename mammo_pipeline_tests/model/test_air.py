@@ -84,3 +84,40 @@ def test_on_drawn_mammograms_of_every_profile_no_candidate_sits_on_a_nipple_pell
         for r0, r1, c0, c1 in boxes:
             on = [(r, c) for r, c in centres if r0 - 3 <= r <= r1 + 3 and c0 - 3 <= c <= c1 + 3]
             assert not on, f"{key}: candidate {on} on a {drawn.boxes}"
+
+
+def test_a_coned_views_air_is_found_inside_a_wide_collimator_and_its_fatty_breast_is_not_air():
+    """A spot or magnification view collimated on two sides: the bright, flat unexposed border covers more of the
+    image than a fatty breast does. It is not breast (`unexposed_mask`), so the breast's median stays the
+    breast's and the fat is not taken for air, and the air, fenced in by the border, reaches the field's edge
+    there. (Before, the border's gray was the breast's median: the whole fatty breast was air, the true air none.)"""
+    from mammo_pipeline.model.air import unexposed_mask
+
+    rng = np.random.default_rng(5)
+    h, w = 256, 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    field = (yy < 200) & (xx < 140)  # the exposed field (55 %); the rest is the collimator's shadow
+    inside = (np.hypot(yy - 100, xx) < 110) & field
+    fat = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.5)
+    img = np.where(inside, 0.22 + 0.06 * fat / fat.std(), 0.02 + rng.normal(0, 0.004, (h, w)))
+    img = np.where(field, img, 0.92 + rng.normal(0, 0.002, (h, w)))
+    img = np.clip(img, 0, 1)
+    assert (~field).sum() > inside.sum()  # the border outweighs the breast
+    border = unexposed_mask(img)
+    assert (border & field).sum() == 0 and border.sum() > 0.9 * (~field).sum()
+    found = air_mask(img)
+    air = field & ~inside
+    assert (found & air).sum() > 0.9 * air.sum()
+    assert (found & inside).sum() <= 0.01 * inside.sum()
+    assert away_from_air(img, 5)[100, 30]  # deep in the fatty breast: a clip there is still a candidate
+
+
+@pytest.mark.parametrize("gray", [0.55, 0.85])
+def test_a_bright_breast_is_not_an_unexposed_border(gray):
+    """However dense (bright) the breast, its texture is never flat at millimetre scale: a contact view has no
+    unexposed border, so nothing of the breast is dropped from its median."""
+    from mammo_pipeline.model.air import unexposed_mask
+
+    img, inside = _breast(np.random.default_rng(6))
+    img = np.where(inside, img - 0.55 + gray, img)
+    assert not unexposed_mask(np.clip(img, 0, 1)).any()

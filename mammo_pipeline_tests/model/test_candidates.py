@@ -152,3 +152,21 @@ def test_a_magnified_ring_clip_among_small_specks_is_a_candidate():
         _ring(img, where, 12, 4)
         _, centres, _ = candidates(img.astype(np.uint8))
         assert min(np.hypot(*(c - np.array(where))) for c in centres) <= 6
+
+
+def test_a_coned_views_crops_are_in_units_of_its_breast_not_of_its_collimator():
+    """A collimator's shadow is as bright as dense tissue but is none: cut from the same breast, a clip's crop reads
+    the same with or without a wide unexposed border around the field (before, the border's gray set the 99th
+    percentile, so a coned view's tissue and its clip read darker than a contact view's)."""
+    rng = np.random.default_rng(8)
+    img = _tissue(rng)
+    img[:, :60] = 10 + rng.normal(0, 1, (img.shape[0], 60))  # air beside the breast, as a coned view's field has
+    _ribbon(img, (260, 200), value=200)
+    coned = img.copy()
+    coned[400:], coned[:, 330:] = 235, 235  # the collimator's flat shadow below and beyond the field
+    coned = np.clip(coned + rng.normal(0, 0.5, img.shape) * (coned == 235), 0, 255)
+    plain, centres, _ = candidates(np.clip(img, 0, 255).astype(np.uint8), k=1)
+    shaded, centres_coned, _ = candidates(coned.astype(np.uint8), k=1)
+    assert np.hypot(*(centres[0] - np.array((260, 200)))) <= 7
+    assert (centres_coned[0] == centres[0]).all()
+    assert np.abs(shaded[0, 0] - plain[0, 0]).max() < 0.05  # the native crop in the same units
