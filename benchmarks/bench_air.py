@@ -62,9 +62,16 @@ def synthetic_rows(per_kind: int) -> pd.DataFrame:
 
 
 def summary(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    g = df.groupby(by)[["found", "true_found", "true"]].sum()
+    """Pixel precision and recall of the air per group, and per image the faults a pixel total hides: images whose
+    found air is under 90 % true air (tissue taken for air: a clip there is lost) and images with air where none
+    was found (their letters and pellets stay candidates)."""
+    per_image_precision = df["true_found"] / df["found"].clip(lower=1)
+    tissue_as_air = (df["found"] > 0) & (per_image_precision < 0.9)
+    df = df.assign(tissue_as_air=tissue_as_air, no_air_found=(df["found"] == 0) & (df["true"] > 0))
+    g = df.groupby(by)[["found", "true_found", "true", "tissue_as_air", "no_air_found"]].sum()
     g["precision"] = g["true_found"] / g["found"].clip(lower=1)
     g["recall"] = g["true_found"] / g["true"].clip(lower=1)
+    g["images"] = df.groupby(by).size()
     return g.round(3)
 
 
@@ -76,6 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     df = synthetic_rows(args.per_kind)
     print("synthetic, by view kind:\n" + summary(df, ["kind"]).to_string())
+    detector = df.assign(detector=np.where(df["profile"] == "FILM-DF", "film", "FFDM"))
+    print("\nsynthetic, by detector and view kind:\n" + summary(detector, ["detector", "kind"]).to_string())
     print("\nsynthetic contact views, by profile:\n" + summary(df[df["kind"] == "contact"], ["profile"]).to_string())
 
     from mammo_pipeline.synth.realism_report import RealdataMissing, load_real
