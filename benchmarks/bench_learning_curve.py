@@ -82,8 +82,8 @@ def build_dataset(home: Path, studies: int, drops_seed: int = 0) -> Settings:
     draw fresh drops that no decision has seen (held-out). `home` records its seed and refuses another one.
     """
     marker = Path(home) / "drops-seed.txt"
-    if marker.exists() and marker.read_text().strip() != str(drops_seed):
-        held = marker.read_text().strip()
+    held = marker.read_text().strip() if marker.exists() else str(drops_seed)
+    if held != str(drops_seed):
         raise SystemExit(f"{home} holds the drops of seed {held}, not {drops_seed}: use another --data")
     # synthetic patients only: a fixed pseudonym salt gives the same patient keys, so the same audit split, every run
     settings = Settings.under(home, workers=2, pretrained="none", salt="bench-learning-curve").ensure_dirs()

@@ -104,6 +104,20 @@ def background_level(img: np.ndarray, bins: int = 64) -> float:
     return float(sel.mean()) if sel.size else float(edges[k])
 
 
+def _median_above(img: np.ndarray, lo: float, exclude: np.ndarray | None = None) -> float | None:
+    """Median gray of what is brighter than the background level `lo` (by more than 0.02) and not in `exclude`:
+    the breast's gray, against which air and border are judged; None when nothing is."""
+    above = img > lo + 0.02
+    if exclude is not None:
+        above &= ~exclude
+    return float(np.percentile(img[above], 50)) if above.any() else None
+
+
+def _skin_window(shape: tuple[int, ...]) -> int:
+    """Odd width in px of SKIN_DEPTH of the long side (at least 3): the border's flatness window, and its rim."""
+    return max(3, round(SKIN_DEPTH * max(shape)) | 1)
+
+
 def unexposed_mask(img: np.ndarray) -> np.ndarray:
     """bool [H, W]: the unexposed border of a display image (float in [0, 1]): a coned view's collimator shadow, a
     scanned film's clear edge. Like the air it carries only noise (no X-rays reached it), so it is recognised the
@@ -119,12 +133,12 @@ def unexposed_mask(img: np.ndarray) -> np.ndarray:
     and was taken for air, and the true air, fenced in by the border, never reached the frame.
     """
     lo = background_level(img)
-    above = img > lo + 0.02
-    if not above.any():
+    hi = _median_above(img, lo)
+    if hi is None:
         return np.zeros(img.shape, dtype=bool)
-    contrast = float(np.percentile(img[above], 50)) - lo
+    contrast = hi - lo
     bright = img > lo + AIR_REACH * contrast
-    width = max(3, round(SKIN_DEPTH * max(img.shape)) | 1)
+    width = _skin_window(img.shape)
     x = img.astype(np.float64)
     mean = ndimage.uniform_filter(x, width, mode="nearest")
     sd = np.sqrt(np.maximum(ndimage.uniform_filter(x * x, width, mode="nearest") - mean * mean, 0.0))
@@ -149,8 +163,8 @@ def air_threshold(img: np.ndarray, unexposed: np.ndarray | None = None) -> tuple
     lo = background_level(img)
     if unexposed is None:
         unexposed = unexposed_mask(img)
-    above = (img > lo + 0.02) & ~unexposed
-    hi = float(np.percentile(img[above], 50)) if above.any() else lo + 0.1
+    hi = _median_above(img, lo, unexposed)
+    hi = lo + 0.1 if hi is None else hi
     return lo + AIR_LEVEL * (hi - lo), hi - lo
 
 
@@ -171,9 +185,8 @@ def exposed_edge(img: np.ndarray, threshold: float, unexposed: np.ndarray | None
     edge[top : top + 3], edge[max(0, h - 3 - bottom) : h - bottom] = True, True
     edge[:, far_cols], edge[:, chest_cols] = True, True
     if unexposed is not None and unexposed.any():
-        # the local spread straddles the border's own edge for half a window, so the rim is that wide
-        reach = max(3, round(SKIN_DEPTH * max(h, w)) | 1)
-        edge |= ndimage.binary_dilation(unexposed, iterations=reach) & ~unexposed
+        # the local spread straddles the border's own edge for half a window on either side: a window-wide rim
+        edge |= ndimage.binary_dilation(unexposed, iterations=_skin_window(img.shape)) & ~unexposed
     return edge
 
 
