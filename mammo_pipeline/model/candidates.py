@@ -26,6 +26,9 @@ the 2x2 level. `image_cache` cuts the candidates once per image and keeps them (
 the air and nipple pellets and skin rings on the skin line, as bright and as compact as a clip, while a clip is
 placed in the tissue (`air.py`). Their K slots go to objects inside the breast instead: on the synthetic drops
 the clip became the first candidate of 128 of 186 clip images instead of 93 (docs/history.md "Second look").
+A candidate is a local maximum of the blob measure (the highest within half a crop) *before* that margin and the
+frame's edge are masked: masking cuts a pellet's response at the margin, not at its foot, and the response's
+flank just inside would otherwise be a candidate whose crop holds the pellet (version 7).
 
 **What the classifier sees (the crops).** The K strongest local maxima, at least half a crop apart, each
 give two CROP x CROP channels in units of the image's own tissue (1st percentile -> 0, 99th -> 1, clipped to
@@ -48,8 +51,10 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # statistics from the 2x2-averaged image; 3: nothing within air.SKIN_DEPTH of the air, crops beyond the frame
 # mirrored (black padding drew a false skin line where the frame cuts the breast); 4: the air of a scanned film
 # too (inside its clear border, uneven: air.py); 5: holes filled before the blob measure (`fill_holes`: ring clips)
-# and K = 24; 6: the air of a coned view too (a collimator's unexposed border is not breast: `air.unexposed_mask`).
-SECOND_LOOK_VERSION = "6"
+# and K = 24; 6: the air of a coned view too (a collimator's unexposed border is not breast: `air.unexposed_mask`);
+# 7: a candidate is a local maximum of the blob measure before the air margin and the frame are masked (the
+# flank of a nipple pellet's response, just inside the margin, was a candidate with the pellet in its crop).
+SECOND_LOOK_VERSION = "7"
 # Gaussian scales of the blob score as shares of the long side: 0.2 %, 0.4 % and 0.8 % of a 24-30 cm detector
 # are 0.5-0.6, 1-1.2 and 2-2.4 mm, about the half-size of the object where the scale-normalized blob measure
 # peaks: the 1-mm metal bead of a barbell or the end of a 0.5-mm ribbon, a 2-3 mm clip, a 4-5 mm (or magnified)
@@ -166,6 +171,8 @@ def air_grid(gray: Path | str | np.ndarray) -> tuple[np.ndarray, int]:
 
 def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """(score on the finest grid, its block size f, that grid's image, its tissue mask): module docstring."""
+    from scipy import ndimage
+
     long_side = max(gray.shape)
     factors = {share: _grid_factor(share * long_side) for share in BLOB_SCALES}
     levels, image, border = _pyramid(gray, set(factors.values()))
@@ -183,6 +190,8 @@ def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
             blob = blob.repeat(up, axis=0).repeat(up, axis=1)
         h, w = min(blob.shape[0], out.shape[0]), min(blob.shape[1], out.shape[1])
         np.maximum(out[:h, :w], blob[:h, :w], out=out[:h, :w])
+    gap = max(1, CROP // 2 // f0)  # half a crop on this grid: a candidate must be the highest blob this near
+    out *= out >= ndimage.maximum_filter(out, size=2 * gap + 1, mode="nearest")  # ... before anything is masked
     edge = int(np.ceil(2 * max(BLOB_SCALES) * long_side / f0)) + 1
     if min(out.shape) > 4 * edge:  # within 2 sigma of the frame the derivatives see the padding, not the image:
         out[:edge], out[-edge:], out[:, :edge], out[:, -edge:] = 0, 0, 0, 0  # a line leaving it looks like an end
