@@ -98,12 +98,15 @@ def patch_network():
 
         def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
             n, k = x.shape[:2]
-            return self.features(x.flatten(0, 1)).view(n, k)
+            return self.features(x.flatten(0, 1).contiguous(memory_format=torch.channels_last)).view(n, k)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.patch_logits(x).max(dim=1).values
 
-    return PatchMIL()
+    # Channels-last (NHWC) memory: PyTorch's CPU convolutions with 3-64 channels at 8-32 px run faster than in NCHW
+    # (`train_patch_mil`, 20 epochs on 500 images, 2 cores: 87.4 -> 62.4 s wall; most of a step is the
+    # no-gradient scoring of all K crops); the same network and weights, only the memory layout differs.
+    return PatchMIL().to(memory_format=torch.channels_last)
 
 
 def lse_pool(logits, sharpness: float = LSE_SHARPNESS):
