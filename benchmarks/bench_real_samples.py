@@ -6,7 +6,9 @@ Wraps every real image as a DICOM object (Modality MG, Digital Mammography X-Ray
 and view from the file name, no window so the pipeline's own percentile fallback applies) in a temporary
 landing folder, runs the real index -> cache -> predict steps with the model named by <home>/models/
 current.json, prints each image's probabilities, flags and needs_review against the clip truth written down
-below, and draws a contact sheet with each image's biopsy-marker heat map. It never trains on these images.
+below and, for a model with a second look, each image's three most clip-like crops (patch probability and the
+crop's centre in display PNG px: what decided its p_biopsy), and draws a contact sheet with each image's
+biopsy-marker heat map. It never trains on these images.
 Skips, with a message, when the folder is absent.
 
 Truth (decided by looking at every image at full resolution, see README "Real images"): only
@@ -156,6 +158,7 @@ def main() -> int:
     from mammo_pipeline.dicom.index import index_hospital
     from mammo_pipeline.model.infer import load_model, write_predictions
     from mammo_pipeline.model.ref import ModelRef
+    from mammo_pipeline.model.second_look_model import candidates_of, torch_probs
     from mammo_pipeline.model.train import load_network, load_second_look
 
     model_home = Settings.from_env() if args.home is None else Settings.under(args.home)
@@ -207,6 +210,13 @@ def main() -> int:
             )
         sheet = args.out or model_home.reports / "real_samples.png"
         net, look = load_network(settings, ref), load_second_look(settings, ref)
+        if look is not None:  # what decided each p_biopsy: its most clip-like crops (display PNG px)
+            found = candidates_of([settings.cache / p for p in preds["display_png"]])
+            _, patch = torch_probs(look, found)
+            for name, centres, probs in zip(preds["name"], found.centres, patch, strict=True):
+                top = np.argsort(-probs)[:3]
+                crops = ", ".join(f"{probs[k]:.2f} at ({centres[k][0]}, {centres[k][1]})" for k in top)
+                print(f"{name:40} top crops: {crops}")
         contact_sheet(preds, settings, net, ref.input_size, sheet, look)
         print(f"contact sheet: {sheet}")
     return 0
