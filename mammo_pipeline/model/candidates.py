@@ -169,8 +169,14 @@ def air_grid(gray: Path | str | np.ndarray) -> tuple[np.ndarray, int]:
     return _air_grid(_finest_level(gray, f0), f0)
 
 
-def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-    """(score on the finest grid, its block size f, that grid's image, its tissue mask): module docstring."""
+def _half_crop(crop: int, f: int) -> int:
+    """Half a `crop` (image px) on a grid of f x f blocks, at least 1: how near two candidates may be."""
+    return max(1, crop // 2 // f)
+
+
+def _scores(gray: np.ndarray, crop: int = CROP) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """(score on the finest grid, its block size f, that grid's image, its tissue mask): module docstring;
+    positive only at the highest blob within half a `crop`."""
     from scipy import ndimage
 
     long_side = max(gray.shape)
@@ -190,7 +196,7 @@ def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
             blob = blob.repeat(up, axis=0).repeat(up, axis=1)
         h, w = min(blob.shape[0], out.shape[0]), min(blob.shape[1], out.shape[1])
         np.maximum(out[:h, :w], blob[:h, :w], out=out[:h, :w])
-    gap = max(1, CROP // 2 // f0)  # half a crop on this grid: a candidate must be the highest blob this near
+    gap = _half_crop(crop, f0)  # a candidate must be the highest blob this near
     out *= out >= ndimage.maximum_filter(out, size=2 * gap + 1, mode="nearest")  # ... before anything is masked
     edge = int(np.ceil(2 * max(BLOB_SCALES) * long_side / f0)) + 1
     if min(out.shape) > 4 * edge:  # within 2 sigma of the frame the derivatives see the padding, not the image:
@@ -220,7 +226,7 @@ def candidates(
     Scores are the blob measure in units of the image's own tissue texture (module docstring).
     """
     gray = _as_gray_uint8(gray)
-    score, f, small, mask = _scores(gray)
+    score, f, small, mask = _scores(gray, crop)
     low, high = np.percentile(small[mask], TISSUE_PERCENTILES)
     span = float(max(high - low, 1.0))
     wide = crop * CONTEXT
@@ -230,7 +236,7 @@ def candidates(
     centres = np.full((k, 2), -1, dtype=np.int64)
     scores = np.zeros(k, dtype=np.float32)
     work = score.copy()
-    gap = max(1, crop // 2 // f)
+    gap = _half_crop(crop, f)
     found = 0
     for i in range(k):
         flat = int(np.argmax(work))
