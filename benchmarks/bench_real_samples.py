@@ -6,9 +6,10 @@ Wraps every real image as a DICOM object (Modality MG, Digital Mammography X-Ray
 and view from the file name, no window so the pipeline's own percentile fallback applies) in a temporary
 landing folder, runs the real index -> cache -> predict steps with the model named by <home>/models/
 current.json, prints each image's probabilities, flags and needs_review against the clip truth written down
-below and, for a model with a second look, each image's three most clip-like crops (patch probability and the
-crop's centre in display PNG px: what decided its p_biopsy), and draws a contact sheet with each image's
-biopsy-marker heat map. It never trains on these images.
+below, the study flags (one study per exam: `summary.aggregate_studies` at the model's study thresholds) and,
+for a model with a second look, each image's three most clip-like crops (patch probability and the crop's
+centre in display PNG px: what decided its p_biopsy), and draws a contact sheet with each image's biopsy-marker
+heat map. It never trains on these images.
 Skips, with a message, when the folder is absent.
 
 Truth (decided by looking at every image at full resolution, see README "Real images"): only
@@ -16,7 +17,7 @@ Truth (decided by looking at every image at full resolution, see README "Real im
 about 3 mm, inside dense tissue). The round BBs on or beside the nipple (1_L_CC, 1_R_CC, the four nyu-gmic
 views) and the perfectly round disk over the mass of the WG04 film (a palpable-lump BB) are skin markers; the
 bright specks of 2_L_CC, 0_R-MLO and 1_R_CC are calcifications (clustered or under 1 mm). No image is a
-magnification or spot view. Target: biopsy flagged exactly on 2_R_CC, mag on none.
+magnification or spot view. Target: biopsy flagged exactly on 2_R_CC (and on its study, exam 2), mag on none.
 """
 
 from __future__ import annotations
@@ -198,7 +199,27 @@ def main() -> int:
             f"RESULT biopsy flag right on {right}/{len(preds)} (target all), mag flagged on "
             f"{int(preds['is_mag_view'].sum())} (target 0)"
         )
-        from mammo_pipeline.model.evaluate import roc_auc
+        from mammo_pipeline.model.evaluate import roc_auc, study_point
+        from mammo_pipeline.summary import aggregate_studies
+
+        # the study flag (MAX over a study's images at the model's study threshold): one study per exam
+        points = ref.extra.get("operating_points") or {}
+        studies = aggregate_studies(out_path, points)
+        clip_studies = set(preds.loc[preds["truth_clip"], "study_instance_uid"])
+        studies["truth_clip"] = studies["study_instance_uid"].isin(clip_studies)
+        exams = preds.groupby("study_instance_uid")["name"].agg(lambda n: "+".join(sorted(n)))
+        point = study_point(points, "biopsy")
+        print(f"study threshold {'(none: ANY image flagged)' if point is None else round(point['threshold'], 3)}")
+        for r in studies.itertuples():
+            print(
+                f"  study {exams[r.study_instance_uid]}: max p_biopsy {r.max_p_biopsy:.3f} -> biopsy "
+                f"{r.has_biopsy_marker}, mag {r.is_mag_view} (truth {'clip' if r.truth_clip else '-'})"
+            )
+        right = int((studies["has_biopsy_marker"] == studies["truth_clip"]).sum())
+        print(
+            f"STUDIES biopsy flag right on {right}/{len(studies)} studies (target all), mag flagged on "
+            f"{int(studies['is_mag_view'].sum())} (target 0)"
+        )
 
         truth = preds["truth_clip"].to_numpy(bool)
         if 0 < truth.sum() < len(truth):  # the threshold-free view: how the clip images rank among all

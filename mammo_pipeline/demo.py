@@ -219,6 +219,8 @@ class Demo:
             )
             self.echo(f"     {_vs_line(vs)}")
             self.echo(f"     {_flags_line(self.state.rounds[-1])}")
+            if studies := _studies_line(self.state.rounds[-1]):
+                self.echo(f"     {studies}")
 
     def pick_new(self, n: int, annotator: str) -> list[int]:
         """`n` unlabeled images, lowest model confidence first, topped up at random."""
@@ -327,6 +329,8 @@ class Demo:
             e(f"     round {r['round']}: {r['accuracy']:.1%} at the operating points with {labels}")
             if "biopsy_roc_auc" in r:  # rounds saved by an older demo lack them
                 e(f"       {_flags_line(r)}")
+            if studies := _studies_line(r):
+                e(f"       {studies}")
             if r.get("accuracy_adjudicated") is not None:
                 refs = ("adjudicated", "single_read", "hidden_truth")
                 e(f"       {_vs_line({k: r.get(f'accuracy_{k}') for k in refs})}")
@@ -336,7 +340,7 @@ class Demo:
         )
         for key, value in s["throughput"].items():
             e(f"   {key}: {value:.0f} images/s")
-        e("   Studies flagged (ANY image):")
+        e("   Studies flagged (ANY image at the study operating point):")
         for r in s["studies"]:
             e(
                 f"     {r['hospital']}: {int(r['studies'])} studies, {int(r['biopsy_studies'])} biopsy marker, "
@@ -409,7 +413,7 @@ def _flag_metrics(row: pd.Series) -> dict[str, float | None]:
     (None where the audit set lacks a class)."""
     out: dict[str, float | None] = {}
     for flag in FLAG_NAMES:
-        for metric in ("roc_auc", "sensitivity", "specificity"):
+        for metric in ("roc_auc", "sensitivity", "specificity", "study_sensitivity", "study_specificity"):
             value = row.get(f"{flag}_{metric}")
             out[f"{flag}_{metric}"] = None if value is None or pd.isna(value) else float(value)
     return out
@@ -424,6 +428,20 @@ def _flags_line(r: dict) -> str:
         for flag, name in FLAG_NAMES.items()
     ]
     return "per flag: " + "; ".join(parts)
+
+
+def _studies_line(r: dict) -> str | None:
+    """The study flags (MAX over a study's images at each flag's study operating point) on the audit studies;
+    None for rounds saved by an older demo or models without study operating points."""
+    if r.get("biopsy_study_sensitivity") is None:
+        return None
+    num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    parts = [
+        f"{name} sensitivity {num(r.get(f'{flag}_study_sensitivity'))} / specificity "
+        f"{num(r.get(f'{flag}_study_specificity'))}"
+        for flag, name in FLAG_NAMES.items()
+    ]
+    return "per study (at the study operating points): " + "; ".join(parts)
 
 
 def _current_version(settings: Settings) -> str:

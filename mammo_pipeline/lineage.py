@@ -72,15 +72,7 @@ def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp 
         ).df()
         images = images.merge(_drops(con, views, study_uid), on="sop_instance_uid", how="left")
         study = _study_row(con, views, study_uid, hospital, version)
-        history = con.execute(
-            """SELECT model_version, count(*) AS n_images, bool_or(has_biopsy_marker) AS has_biopsy_marker,
-                      bool_or(is_mag_view) AS is_mag_view, any_value(onnx_sha256) AS onnx_sha256,
-                      any_value(label_snapshot_id) AS label_snapshot_id, any_value(dagster_run_id) AS dagster_run_id,
-                      max(predicted_at) AS predicted_at
-               FROM image_predictions WHERE study_instance_uid = ? AND hospital = ?
-               GROUP BY model_version ORDER BY predicted_at""",
-            [study_uid, hospital],
-        ).df()
+        history = _history(con, views, study_uid, hospital)
         promoted = con.execute(
             "SELECT promoted_at, hospital, model_version, reason, promoted_by, dagster_run_id "
             "FROM model_promotions WHERE hospital IS NULL OR hospital = ? ORDER BY promoted_at",
@@ -120,6 +112,32 @@ def _drops(con, views: set[str], study_uid: str) -> pd.DataFrame:
                 [study_uid],
             ).df()
     return pd.DataFrame({"sop_instance_uid": pd.Series(dtype=str), "drop": pd.Series(dtype=str)})
+
+
+def _history(con, views: set[str], study_uid: str, hospital: str) -> pd.DataFrame:
+    """One row per model that predicted the study, oldest first: its study flags as study_predictions holds them
+    (each model's own study thresholds), else ANY of its image flags (study_predictions not materialized)."""
+    studies = "SELECT NULL::VARCHAR AS model_version, NULL::BOOLEAN AS b, NULL::BOOLEAN AS m"
+    if "study_predictions" in views:
+        studies = (
+            "SELECT model_version, any_value(has_biopsy_marker) AS b, any_value(is_mag_view) AS m "
+            "FROM study_predictions WHERE study_instance_uid = $study AND hospital = $hospital GROUP BY 1"
+        )
+    return con.execute(
+        f"""WITH images AS (
+                SELECT model_version, count(*) AS n_images, bool_or(has_biopsy_marker) AS b,
+                       bool_or(is_mag_view) AS m, any_value(onnx_sha256) AS onnx_sha256,
+                       any_value(label_snapshot_id) AS label_snapshot_id,
+                       any_value(dagster_run_id) AS dagster_run_id, max(predicted_at) AS predicted_at
+                FROM image_predictions WHERE study_instance_uid = $study AND hospital = $hospital
+                GROUP BY model_version),
+            studies AS ({studies})
+            SELECT i.model_version, i.n_images, coalesce(s.b, i.b) AS has_biopsy_marker,
+                   coalesce(s.m, i.m) AS is_mag_view, i.onnx_sha256, i.label_snapshot_id, i.dagster_run_id,
+                   i.predicted_at
+            FROM images i LEFT JOIN studies s USING (model_version) ORDER BY i.predicted_at""",
+        {"study": study_uid, "hospital": hospital},
+    ).df()
 
 
 def _study_row(con, views: set[str], study_uid: str, hospital: str, version: str) -> dict | None:

@@ -48,9 +48,11 @@ STUDY_PREDICTIONS = pa.schema(
         ("n_images", _I64),
         ("has_biopsy_marker", _BOOL),
         ("is_mag_view", _BOOL),
+        ("n_biopsy_images", _I64),  # images flagged at the image threshold (the study flag has its own)
+        ("n_mag_images", _I64),
         ("max_p_biopsy", _F32),
         ("max_p_mag", _F32),
-        ("needs_review", _BOOL),  # ANY image needs review; NULL when the model gave no such flag
+        ("needs_review", _BOOL),  # a study MAX in its study review band (older models: ANY image); NULL: no flag
         ("n_needs_review", _I64),
         ("model_version", _STR),
         ("onnx_sha256", _STR),

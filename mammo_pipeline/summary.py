@@ -1,6 +1,8 @@
 """Prediction summaries in DuckDB: one row per study, and per hospital where metadata can be trusted.
 
-A study is flagged when ANY of its images is (a biopsy marker on one view is a biopsy marker study).
+A study is flagged when ANY of its images reaches the model's *study* threshold (a biopsy marker on one view is
+a biopsy marker study), chosen on the audit studies (`model/evaluate.py::operating_points`); for a model made
+before study thresholds, when ANY image is flagged at the image threshold.
 The disagreement table compares the DICOM header's magnification flag (`dicom_index.meta_mag`) with
 what the model sees (`image_predictions.is_mag_view`), per hospital.
 """
@@ -16,6 +18,7 @@ from matplotlib.figure import Figure
 
 from mammo_pipeline import schemas, warehouse
 from mammo_pipeline.atomic import atomic_path, write_parquet
+from mammo_pipeline.model import evaluate
 from mammo_pipeline.settings import Settings
 
 AGREEMENT = ("agree", "meta_only", "visual_only", "silent")
@@ -29,9 +32,30 @@ class MissingTable(LookupError):
     """A warehouse table the step reads has no files yet."""
 
 
-def aggregate_studies(image_predictions: Path) -> pd.DataFrame:
-    """One row per study from one image_predictions Parquet file (study_predictions columns; needs_review is
-    ANY over the images, n_needs_review their count, both NULL when the model gave no needs_review flag)."""
+def _study_flag(flag: str, column: str, point: dict | None) -> tuple[str, list[float]]:
+    """SQL for one study flag and its parameters: MAX(p) at the study threshold, else ANY image's flag."""
+    if point is None:
+        return f"bool_or({column})", []
+    return f"max({flag}) >= ?", [float(point["threshold"])]
+
+
+def aggregate_studies(image_predictions: Path, points: dict | None = None) -> pd.DataFrame:
+    """One row per study from one image_predictions Parquet file (study_predictions columns).
+
+    `points` is the predicting model's `operating_points`: a study is flagged when the MAX of a flag's
+    probability over its images reaches that flag's study threshold, and needs review when either MAX lies in
+    its study review band. Without study points (older models, `points` None) a study is flagged when ANY image
+    is and needs review when ANY image does (NULL when the model gave no needs_review flag). n_biopsy_images,
+    n_mag_images and n_needs_review count the images flagged at the image thresholds.
+    """
+    biopsy, mag = (evaluate.study_point(points or {}, flag) for flag in evaluate.FLAGS)
+    biopsy_sql, biopsy_args = _study_flag("p_biopsy", "has_biopsy_marker", biopsy)
+    mag_sql, mag_args = _study_flag("p_mag", "is_mag_view", mag)
+    review_sql, review_args = "bool_or(needs_review)", []
+    if biopsy is not None and mag is not None:
+        review_sql = "(max(p_biopsy) >= ? AND max(p_biopsy) < ?) OR (max(p_mag) >= ? AND max(p_mag) < ?)"
+        review_args = [float(biopsy["review_low"]), float(biopsy["review_high"])]
+        review_args += [float(mag["review_low"]), float(mag["review_high"])]
     con = duckdb.connect()
     try:
         source = f"read_parquet('{image_predictions}')"
@@ -42,18 +66,20 @@ def aggregate_studies(image_predictions: Path) -> pd.DataFrame:
         if len(models) > 1:
             raise MixedModels(f"{image_predictions}: predictions from {len(models)} models {models}; re-materialize")
         return con.execute(
-            """
+            f"""
             SELECT study_instance_uid, any_value(hospital) AS hospital, any_value(patient_key) AS patient_key,
                    count(*) AS n_images,
-                   bool_or(has_biopsy_marker) AS has_biopsy_marker, bool_or(is_mag_view) AS is_mag_view,
+                   {biopsy_sql} AS has_biopsy_marker, {mag_sql} AS is_mag_view,
+                   count_if(has_biopsy_marker) AS n_biopsy_images, count_if(is_mag_view) AS n_mag_images,
                    max(p_biopsy) AS max_p_biopsy, max(p_mag) AS max_p_mag,
-                   bool_or(needs_review) AS needs_review,
+                   {review_sql} AS needs_review,
                    CASE WHEN count(needs_review) > 0 THEN count_if(needs_review) END AS n_needs_review,
                    any_value(model_version) AS model_version, any_value(onnx_sha256) AS onnx_sha256,
                    any_value(label_snapshot_id) AS label_snapshot_id,
                    any_value(dagster_run_id) AS dagster_run_id, max(predicted_at) AS predicted_at
             FROM images GROUP BY study_instance_uid ORDER BY study_instance_uid
-            """
+            """,
+            biopsy_args + mag_args + review_args,
         ).df()
     finally:
         con.close()

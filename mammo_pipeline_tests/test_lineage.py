@@ -49,3 +49,20 @@ def test_study_lineage_unknown_study_is_a_clear_error(settings):
     predict_hospital(settings, "h1", {"s1": 1}, "m1", seed=0, run_id="run-1")
     with pytest.raises(UnknownStudy, match="nope: not in image_predictions"):
         study_lineage(settings, "nope")
+
+
+@pytest.mark.parametrize("study_threshold", [0.0, 1.01])
+def test_study_lineage_history_gives_each_models_study_flag_at_its_study_threshold(settings, study_threshold):
+    predict_hospital(settings, "h1", {"s1": 3}, "m1", seed=0, run_id="run-1")
+    path = warehouse.slice_file(settings, "image_predictions", "h1", "m1")
+    point = {"threshold": 0.5, "review_low": 0.5, "review_high": 0.5, "rule": "test"}
+    study = {**point, "threshold": study_threshold}
+    points = {flag: {**point, "study": study} for flag in ("biopsy", "mag")}
+    warehouse.write_slice(settings, "study_predictions", "h1", "m1", aggregate_studies(path, points))
+
+    lineage = study_lineage(settings, "s1")
+    flagged = study_threshold == 0.0  # every MAX reaches 0, none reaches 1.01, whatever the image flags say
+    assert lineage["prediction"]["has_biopsy_marker"] is flagged
+    assert [(h["model_version"], h["has_biopsy_marker"], h["is_mag_view"]) for h in lineage["history"]] == [
+        ("m1", flagged, flagged)
+    ]

@@ -51,6 +51,46 @@ def test_aggregate_studies_flags_a_study_when_any_image_is_flagged(settings):
     assert set(studies["model_version"]) == {"m1"} and set(studies["dagster_run_id"]) == {"run1"}
 
 
+def test_aggregate_studies_flags_and_reviews_at_the_models_study_points(settings):
+    rows = [
+        ("a.1", "a", 0.7, 0.1),  # study a: an image flagged at the image threshold, its MAX under the study one
+        ("a.2", "a", 0.2, 0.1),
+        ("b.1", "b", 0.95, 0.1),  # study b: over the study threshold, outside the study review band
+        ("b.2", "b", 0.6, 0.2),
+        ("c.1", "c", 0.1, 0.45),  # study c: mag under its image threshold, inside its study review band
+    ]
+    band = {"rule": "test"}
+    points = {
+        "biopsy": {
+            **band,
+            "threshold": 0.5,
+            "review_low": 0.3,
+            "review_high": 0.8,
+            "study": {**band, "threshold": 0.8, "review_low": 0.75, "review_high": 0.9},
+        },
+        "mag": {
+            **band,
+            "threshold": 0.5,
+            "review_low": 0.5,
+            "review_high": 0.5,
+            "study": {**band, "threshold": 0.5, "review_low": 0.4, "review_high": 0.6},
+        },
+    }
+    df = _predictions("h1", rows)
+    df["needs_review"] = [True, False, False, True, False]  # the image bands: a study's own band decides instead
+    path = warehouse.write_slice(settings, "image_predictions", "h1", "m1", df)
+    studies = aggregate_studies(path, points).set_index("study_instance_uid")
+    assert studies["has_biopsy_marker"].to_dict() == {"a": False, "b": True, "c": False}
+    assert studies["n_biopsy_images"].to_dict() == {"a": 1, "b": 2, "c": 0}
+    assert studies["is_mag_view"].to_dict() == {"a": False, "b": False, "c": False}
+    assert studies["needs_review"].to_dict() == {"a": False, "b": False, "c": True}
+    assert studies["n_needs_review"].to_dict() == {"a": 1, "b": 1, "c": 0}
+    # a model made before study points: the ANY rule on the image flags, as before
+    legacy = aggregate_studies(path, {f: {k: v for k, v in p.items() if k != "study"} for f, p in points.items()})
+    assert legacy.set_index("study_instance_uid")["has_biopsy_marker"].to_dict() == {"a": True, "b": True, "c": False}
+    assert legacy.set_index("study_instance_uid")["needs_review"].to_dict() == {"a": True, "b": True, "c": False}
+
+
 def test_aggregate_studies_fails_loudly_on_mixed_models(settings):
     mixed = pd.concat(
         [_predictions("h1", [("a.1", "a", 0.1, 0.1)]), _predictions("h1", [("a.2", "a", 0.1, 0.1)], "m2")]

@@ -51,18 +51,20 @@ def _fmt(value: float | None) -> str:
 
 
 def _flag_table(metrics: dict) -> str:
-    """Per flag at its operating point (chosen on the audit set): threshold, review band and the audit figures."""
+    """Per flag at its operating points (chosen on the audit set): threshold, review band and the audit figures of
+    the images, then of the studies (the MAX over a study's images at the study threshold)."""
     head = (
-        "| flag | ROC-AUC | threshold | review band | sensitivity | specificity | balanced acc. | κ | study FP rate "
-        "| precision | recall | F1 |"
+        "| flag | ROC-AUC | threshold | review band | sensitivity | specificity | balanced acc. | κ "
+        "| study ROC-AUC | study threshold | study sensitivity | study specificity | precision | recall | F1 |"
     )
-    lines = [head, "|---|" + "---|" * 11]
+    lines = [head, "|---|" + "---|" * 14]
     for flag in ("biopsy", "mag"):
         d = metrics.get("flags", {}).get(flag, {})
         point = metrics.get("operating_points", {}).get(flag, {})
         band = f"{_fmt(point.get('review_low'))}–{_fmt(point.get('review_high'))}"
         cells = [d.get(k) for k in ("roc_auc",)] + [point.get("threshold")]
-        rest = [d.get(k) for k in ("sensitivity", "specificity", "balanced_accuracy", "kappa", "study_fp_rate")]
+        rest = [d.get(k) for k in ("sensitivity", "specificity", "balanced_accuracy", "kappa")]
+        rest += [d.get(k) for k in ("study_roc_auc", "study_threshold", "study_sensitivity", "study_specificity")]
         prf = [metrics[f"{flag}_{k}"] for k in ("precision", "recall", "f1")]
         lines.append(
             f"| {flag} | {' | '.join(_fmt(v) for v in cells)} | {band} | {' | '.join(_fmt(v) for v in rest + prf)} |"

@@ -153,16 +153,19 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
     kinds={"duckdb", "parquet"},
 )
 def study_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
-    """One row per study of a hospital: flagged when ANY of its images is, with the model that decided."""
+    """One row per study of a hospital: flagged when ANY of its images reaches the model's study threshold (the
+    MAX over its images; `summary.aggregate_studies`), with the model that decided."""
     settings, hospital = mammo.get(), context.partition_key
     promotions.migrate_legacy(settings)
-    version = model_for(settings, hospital).model_version
+    ref = model_for(settings, hospital)
+    version = ref.model_version
     source = warehouse.slice_file(settings, "image_predictions", hospital, version)
     if not source.exists():
         raise FileNotFoundError(
             f"{source}: no image predictions of model {version} for {hospital}; materialize image_predictions"
         )
-    studies = aggregate_studies(source)
+    points = ref.extra.get("operating_points") or {}
+    studies = aggregate_studies(source, points)
     path = warehouse.write_slice(settings, "study_predictions", hospital, version, studies)
     warehouse.refresh_views(settings)
     return dg.MaterializeResult(
@@ -173,6 +176,9 @@ def study_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             "biopsy_studies": int(studies["has_biopsy_marker"].sum()),
             "mag_studies": int(studies["is_mag_view"].sum()),
             "needs_review_studies": int(studies["needs_review"].fillna(False).astype(bool).sum()),
+            "study_thresholds": dg.MetadataValue.json(
+                {flag: (points.get(flag) or {}).get("study", {}).get("threshold") for flag in ("biopsy", "mag")}
+            ),
         }
     )
 

@@ -198,15 +198,45 @@ def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
     }
 
 
+def study_scores(studies: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(truth bool [S], score float [S]) per study: ANY of its images true, the MAX of their probabilities (a
+    study is flagged when its most probable image reaches the study threshold, i.e. when ANY image does)."""
+    frame = pd.DataFrame({"study": studies, "truth": np.asarray(truth, bool), "p": np.asarray(probs, float)})
+    per_study = frame.groupby("study", sort=True).agg(truth=("truth", "any"), p=("p", "max"))
+    return per_study["truth"].to_numpy(bool), per_study["p"].to_numpy(float)
+
+
 def operating_points(audit: pd.DataFrame, probs: np.ndarray) -> dict[str, dict]:
-    """{'biopsy': point, 'mag': point} chosen on the audit set (rules: biopsy 'sensitivity', mag 'balanced')."""
+    """{'biopsy': point, 'mag': point} chosen on the audit set (rules: biopsy 'sensitivity', mag 'balanced').
+
+    With a `study_instance_uid` column each point also holds `study`: the same rule applied to the audit studies
+    (truth = ANY image, score = the MAX over its labeled audit images). An image-level threshold must reach the
+    faintest clip image on its own; a study's clip usually shows in a second view too, so its study threshold
+    can sit higher and raise fewer clip-free studies. Where the audit studies lack a class, `study` is a copy of
+    the image point (the study flag is then ANY image flagged, as for models made before study points).
+    """
     probs = np.asarray(probs, dtype=float).reshape(len(audit), 2)
     if len(audit) == 0:
         return {flag: dict(DEFAULT_POINT) for flag in FLAGS}
-    return {
-        flag: operating_point(audit[TRUTH_COLUMNS[flag]].to_numpy(bool), probs[:, k], rule)
-        for k, (flag, rule) in enumerate(zip(FLAGS, ("sensitivity", "balanced"), strict=True))
-    }
+    points = {}
+    for k, (flag, rule) in enumerate(zip(FLAGS, ("sensitivity", "balanced"), strict=True)):
+        truth = audit[TRUTH_COLUMNS[flag]].to_numpy(bool)
+        point = operating_point(truth, probs[:, k], rule)
+        if "study_instance_uid" in audit:
+            s_truth, s_score = study_scores(audit["study_instance_uid"].to_numpy(), truth, probs[:, k])
+            if 0 < s_truth.sum() < len(s_truth):
+                study = operating_point(s_truth, s_score, rule)
+            else:
+                study = {**point, "rule": f"{point['rule']} (the image point: the audit studies lack a class)"}
+            point["study"] = {**study, "n_studies": len(s_truth), "positives": int(s_truth.sum())}
+        points[flag] = point
+    return points
+
+
+def study_point(points: dict, flag: str) -> dict | None:
+    """The study-level operating point of `flag` in a model's `operating_points`; None for a model made before
+    them (its study flag is ANY image flagged at the image threshold)."""
+    return (points.get(flag) or {}).get("study")
 
 
 def needs_review(probs: np.ndarray, points: dict[str, dict]) -> np.ndarray:
@@ -262,8 +292,26 @@ def study_false_positive_rate(studies: np.ndarray, truth: np.ndarray, pred: np.n
     return float(negative["pred"].mean()) if len(negative) else None
 
 
+def study_metrics(studies: np.ndarray, truth: np.ndarray, probs: np.ndarray, point: dict) -> dict:
+    """The study flag of one flag at its study threshold (`point['study']`, else the image threshold):
+    n_studies, study_positives, study_roc_auc (of the MAX per study), study_sensitivity, study_specificity and
+    study_fp_rate (the share of studies without the finding that the study flag raises: 1 - specificity)."""
+    threshold = (point.get("study") or point)["threshold"]
+    s_truth, s_score = study_scores(studies, truth, probs)
+    sens, spec = _sens_spec(s_truth, s_score, threshold)
+    return {
+        "n_studies": len(s_truth),
+        "study_positives": int(s_truth.sum()),
+        "study_threshold": float(threshold),
+        "study_roc_auc": roc_auc(s_truth, s_score),
+        "study_sensitivity": sens,
+        "study_specificity": spec,
+        "study_fp_rate": study_false_positive_rate(studies, truth, np.asarray(probs, float) >= threshold),
+    }
+
+
 def detailed_metrics(audit: pd.DataFrame, probs: np.ndarray, points: dict[str, dict], groups=("hospital",)) -> dict:
-    """Per flag at its operating point: overall, per study (FP rate) and per value of each `groups` column.
+    """Per flag at its operating point: overall, per study (`study_metrics`) and per value of each `groups` column.
 
     {'biopsy': {'roc_auc': .., 'sensitivity': .., ..., 'study_fp_rate': .., 'by_hospital': {h: {...}}}, 'mag': ...}
     """
@@ -275,9 +323,7 @@ def detailed_metrics(audit: pd.DataFrame, probs: np.ndarray, points: dict[str, d
         m = flag_metrics(truth, probs[:, k], threshold)
         m["threshold"] = threshold
         if "study_instance_uid" in audit and len(audit):
-            m["study_fp_rate"] = study_false_positive_rate(
-                audit["study_instance_uid"].to_numpy(), truth, probs[:, k] >= threshold
-            )
+            m.update(study_metrics(audit["study_instance_uid"].to_numpy(), truth, probs[:, k], points[flag]))
         for column in groups:
             if column in audit and len(audit):
                 m[f"by_{column}"] = {

@@ -13,12 +13,11 @@ import pandas as pd
 from mammo_pipeline.atomic import write_parquet
 from mammo_pipeline.settings import Settings
 
-# Per flag, at the flag's operating point (model/evaluate.py).
-FLAG_METRICS = tuple(
-    f"{flag}_{metric}"
-    for flag in ("biopsy", "mag")
-    for metric in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "kappa", "study_fp_rate")
-)
+# Per flag: images at the flag's operating point, studies (MAX over a study's images) at its study operating
+# point (model/evaluate.py::study_metrics; study_fp_rate = 1 - study_specificity).
+METRICS = ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "kappa")
+STUDY_METRICS = ("study_roc_auc", "study_sensitivity", "study_specificity", "study_fp_rate")
+FLAG_METRICS = tuple(f"{flag}_{metric}" for flag in ("biopsy", "mag") for metric in (*METRICS, *STUDY_METRICS))
 COLUMNS: tuple[str, ...] = (
     "model_version",
     "created_at",

@@ -13,6 +13,7 @@ from mammo_pipeline.model.evaluate import (
     miss_reason,
     needs_review,
     operating_point,
+    operating_points,
     roc_auc,
     study_false_positive_rate,
     three_class_correct,
@@ -118,3 +119,46 @@ def test_detailed_metrics_per_group():
     d = detailed_metrics(audit, probs, points)
     assert d["biopsy"]["roc_auc"] == 1.0 and d["biopsy"]["kappa"] == pytest.approx(1.0)
     assert set(d["mag"]["by_hospital"]) == {"a", "b"} and d["mag"]["by_hospital"]["a"]["n"] == 2
+
+
+def _studies_audit(rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
+    """An audit set of 20 clip studies (two views: the clip clear in one, p 0.6-1.0, and faint in the other, p
+    0.02-0.5) and 40 clip-free studies (four views, p 0.0-0.55), no magnification views."""
+    rows, probs = [], []
+    for s in range(20):
+        for p in (rng.uniform(0.6, 1.0), rng.uniform(0.02, 0.5)):
+            rows.append((True, False, "h", f"clip{s}"))
+            probs.append((p, 0.1))
+    for s in range(40):
+        for _ in range(4):
+            rows.append((False, False, "h", f"clean{s}"))
+            probs.append((rng.uniform(0.0, 0.55), 0.1))
+    audit = pd.DataFrame(rows, columns=["has_biopsy_marker", "is_mag_view", "hospital", "study_instance_uid"])
+    return audit, np.array(probs)
+
+
+def test_study_operating_point_reaches_each_clip_study_through_its_clearest_view():
+    audit, probs = _studies_audit(np.random.default_rng(1))
+    point = operating_points(audit, probs)["biopsy"]
+    study = point["study"]
+    assert study["n_studies"] == 60 and study["positives"] == 20
+    # the image threshold must reach the faint views; the study threshold only each study's clearest one
+    assert point["threshold"] <= 0.05 < 0.55 < study["threshold"]
+    d = detailed_metrics(audit, probs, operating_points(audit, probs))["biopsy"]
+    assert d["study_threshold"] == study["threshold"]
+    assert d["study_sensitivity"] >= 0.98 and d["study_specificity"] == 1.0 and d["study_fp_rate"] == 0.0
+    assert d["study_roc_auc"] == 1.0 and d["n_studies"] == 60 and d["study_positives"] == 20
+    # at the image threshold nearly every clip-free study would have been flagged (the ANY rule)
+    at_image = study_false_positive_rate(
+        audit["study_instance_uid"].to_numpy(), np.zeros(len(audit), bool), probs[:, 0] >= point["threshold"]
+    )
+    assert at_image > 0.9
+
+
+def test_study_point_is_the_image_point_when_the_audit_studies_lack_a_class():
+    audit, probs = _studies_audit(np.random.default_rng(2))
+    points = operating_points(audit, probs)
+    mag = points["mag"]  # no audit study holds a magnification view
+    assert mag["study"]["threshold"] == mag["threshold"] and "lack a class" in mag["study"]["rule"]
+    without = operating_points(audit.drop(columns="study_instance_uid"), probs)
+    assert "study" not in without["biopsy"] and without["biopsy"]["threshold"] == points["biopsy"]["threshold"]
