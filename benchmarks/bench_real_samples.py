@@ -51,6 +51,14 @@ def _uid(text: str) -> str:
     return "2.25." + str(int(hashlib.sha256(text.encode()).hexdigest()[:30], 16))
 
 
+def exam_of(name: str) -> str:
+    """The exam (one patient's study) of a real image name: its folder and the file name's prefix
+    ('nyu-gmic/0_L-CC' -> 'nyu-gmic/0', 'nyu-breast_cancer_classifier/2_R_CC' -> '.../2', 'dicom-wg04/MG1_J2KI'
+    -> 'dicom-wg04/MG1')."""
+    folder, _, stem = name.rpartition("/")
+    return f"{folder}/{stem.split('_', 1)[0]}"
+
+
 def real_images(root: Path) -> list[tuple[str, np.ndarray, str, str]]:
     """(name, pixels uint16, laterality, view) for every real image; the WG04 pair counts once (J2KI)."""
     import pydicom
@@ -77,7 +85,7 @@ def wrap_as_dicom(name: str, pixels: np.ndarray, laterality: str, view: str, pat
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    exam = name.rsplit("_", 1)[0].rsplit("-", 1)[0]
+    exam = exam_of(name)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DIGITAL_MAMMO_PRESENTATION
     meta.MediaStorageSOPInstanceUID = _uid(name)
@@ -207,7 +215,7 @@ def main() -> int:
         studies = aggregate_studies(out_path, points)
         clip_studies = set(preds.loc[preds["truth_clip"], "study_instance_uid"])
         studies["truth_clip"] = studies["study_instance_uid"].isin(clip_studies)
-        exams = preds.groupby("study_instance_uid")["name"].agg(lambda n: "+".join(sorted(n)))
+        exams = preds.groupby("study_instance_uid")["name"].agg(lambda n: f"{exam_of(n.iloc[0])} ({len(n)} images)")
         point = study_point(points, "biopsy")
         print(f"study threshold {'(none: ANY image flagged)' if point is None else round(point['threshold'], 3)}")
         for r in studies.itertuples():
