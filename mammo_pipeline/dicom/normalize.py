@@ -22,7 +22,11 @@ Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
       multi-valued centers and widths are indexed independently (VM mismatch is tolerated);
    c. else, or when the window is degenerate (`check_window`: width < 1 for LINEAR, <= 0 otherwise, a window
       wholly outside the data, an 8-bit window on deeper data) or maps the image to one gray level, a linear
-      map from the 0.5th to the 99.5th percentile (`percentile_window`). The reason lands in
+      map of the image's own range: min..max for a For Presentation image (`range_window`: its values are the
+      vendor's display values already, so its brightest tissue stays below its metal; the 0.5-99.5th percentile
+      window of versions 1-2 made the top half percent of such an image white, dense-tissue junctions as white
+      as a clip), the 0.5th to 99.5th percentile for a For Processing one (`percentile_window`: raw detector
+      values, whose extremes are dead pixels and direct exposure). The reason lands in
       `Rendition.fallback_reason`. A constant image renders black, without dividing by zero.
 3. **Inversion** (`is_inverted`, `invert`). Policy: the display is inverted exactly when (0028,0004)
    Photometric Interpretation is MONOCHROME1. (2050,0020) Presentation LUT Shape is not applied on top:
@@ -57,8 +61,11 @@ from pydicom.multival import MultiValue
 from mammo_pipeline.dicom.decode import check_image, decode_frame
 from mammo_pipeline.dicom.errors import NotDicom, Truncated, Unsupported, UnusableImage
 from mammo_pipeline.dicom.functional_groups import frame_attributes
+from mammo_pipeline.dicom.headers import is_for_processing
 
-NORM_VERSION = "2"  # 2: functional-group windows, padding kept out of percentiles and averages, signed J2K fix
+# 2: functional-group windows, padding kept out of percentiles and averages, signed J2K fix; 3: a For Presentation
+# image without a usable window shows its own min..max (`range_window`), no longer the 0.5-99.5th percentiles
+NORM_VERSION = "3"
 
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
@@ -259,11 +266,22 @@ def percentile_window(
     return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0), None
 
 
-def apply_voi(arr: np.ndarray, ds: Dataset, mask: np.ndarray | None = None) -> tuple[np.ndarray, str, str | None]:
-    """The VOI step: VOI LUT Sequence, else window index 0, else percentiles; (image in [0,1], method, reason).
+def range_window(arr: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, str | None]:
+    """Linear map of the image's own min..max (pixels where `mask` is True, padding left out) onto [0, 1]; (image,
+    note). A constant image gives zeros and a note."""
+    x = np.asarray(arr, dtype=np.float32)
+    values = x[mask] if mask is not None and mask.any() else x
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros_like(x), f"constant image (every value {lo:g})"
+    return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0), None
 
-    `mask` (HxW bool, True = image) keeps padding out of the window checks and the percentiles.
-    """
+
+def apply_voi(arr: np.ndarray, ds: Dataset, mask: np.ndarray | None = None) -> tuple[np.ndarray, str, str | None]:
+    """The VOI step: VOI LUT Sequence, else window index 0, else the image's own range (min..max, or the
+    percentiles of a For Processing image); (image in [0,1], method 'voi_lut' | 'window:<function>' | 'range' |
+    'percentile', reason). `mask` (HxW bool, True = image) keeps padding out of the window checks, the range
+    and the percentiles."""
     reasons: list[str] = []
     data = arr if mask is None or not mask.any() else arr[mask]
     lut_out = apply_voi_lut_sequence(arr, ds) if ds.get("VOILUTSequence") else None
@@ -287,8 +305,12 @@ def apply_voi(arr: np.ndarray, ds: Dataset, mask: np.ndarray | None = None) -> t
         reasons.append(note)
     elif not reasons:
         reasons.append("no VOI LUT Sequence or Window Center/Width")
-    out, constant = percentile_window(arr, mask=mask if mask is not None and mask.any() else None)
-    return out, "percentile", "; ".join([*reasons, *([constant] if constant else [])])
+    image = mask if mask is not None and mask.any() else None
+    if is_for_processing(ds):
+        out, constant = percentile_window(arr, mask=image)
+        return out, "percentile", "; ".join([*reasons, *([constant] if constant else [])])
+    out, constant = range_window(arr, mask=image)
+    return out, "range", "; ".join([*reasons, *([constant] if constant else [])])
 
 
 # --- 3. Inversion ------------------------------------------------------------------------------------------

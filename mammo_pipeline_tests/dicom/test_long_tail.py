@@ -162,11 +162,11 @@ def test_signed_j2k_codestream_with_unsigned_header_keeps_values_on_the_reduced_
 # --- 4. Padding in the automatic window ----------------------------------------------------------------------
 
 
-def test_padding_is_left_out_of_the_percentile_window():
+def test_padding_is_left_out_of_the_automatic_window():
     arr = tissue_image(64, 80, padding_fraction=0.4)
     tissue = arr > 0
     with_padding = render(make_ds(arr, PixelPaddingValue=0), (80,))
-    assert with_padding.voi_method == "percentile"
+    assert with_padding.voi_method == "range"
     shown = with_padding.images[80][tissue]
     assert shown.min() <= 2 and shown.max() >= 253  # tissue spans 0..255
     assert (with_padding.images[80][~tissue] == 0).all()

@@ -14,6 +14,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import JPEG2000Lossless
 
 from mammo_pipeline.dicom.decode import decode_frame
+from mammo_pipeline.dicom.headers import MG_FOR_PROCESSING
 from mammo_pipeline.dicom.normalize import (
     Window,
     apply_rescale,
@@ -92,7 +93,7 @@ def test_render_agrees_with_pydicom(path):
     assert reference is not None
     long_side = max(reference.shape)
     rendition = render(path, (long_side, max(1, long_side // 2)))
-    if rendition.voi_method == "percentile":  # our degenerate-window check fired: it must name a real problem
+    if rendition.voi_method in ("percentile", "range"):  # our degenerate-window check fired: a real problem
         window, _ = read_window(ds)
         assert window is not None and rendition.fallback_reason
         assert check_window(window, apply_rescale(decode_frame(ds).pixels, ds), int(ds.BitsStored)) is not None
@@ -256,10 +257,28 @@ def test_modality_lut_sequence_is_applied():
 # --- §8.6 no VOI, constant images --------------------------------------------------------------------------
 
 
-def test_no_voi_uses_percentiles_and_says_so():
+def test_no_voi_shows_a_for_presentation_image_in_its_own_range_and_says_so():
     rendition = render(make_ds(breast(128, 96)), (64,))
-    assert rendition.voi_method == "percentile" and "no VOI" in rendition.fallback_reason
+    assert rendition.voi_method == "range" and "no VOI" in rendition.fallback_reason
     assert rendition.images[64].min() == 0 and rendition.images[64].max() == 255
+
+
+def test_no_voi_never_turns_the_brightest_tissue_into_metal_white():
+    """A For Presentation image holds display values already: without a window its brightest tissue must stay
+    below a metal clip's gray, as its vendor drew it. A 0.5-99.5th percentile window (version 2) made the top
+    half percent of the image white, dense-tissue junctions as white as the clip."""
+    arr = breast(256, 200)
+    tissue_top = int(np.percentile(arr, 99.9))
+    arr[100:106, 80:86] = 4095  # a saturated clip
+    shown = render(make_ds(arr), (256,)).images[256].astype(int)
+    clip = np.zeros(arr.shape, bool)
+    clip[100:106, 80:86] = True
+    assert (shown[clip] == 255).all()
+    assert (shown[~clip] == 255).mean() < 1e-4  # only the clip is white
+    assert np.percentile(shown[~clip], 99.9) <= round(255 * tissue_top / 4095) + 1
+    raw = make_ds(arr, SOPClassUID=MG_FOR_PROCESSING)  # raw detector values: the percentile window still
+    raw.file_meta.MediaStorageSOPClassUID = MG_FOR_PROCESSING
+    assert render(raw, (256,)).voi_method == "percentile"
 
 
 @pytest.mark.parametrize("window", [{}, {"WindowCenter": 2047, "WindowWidth": 4096}])
@@ -346,9 +365,9 @@ def test_odd_length_8bit_data_renders():
         ({"WindowCenter": 127, "WindowWidth": 256}, "8-bit"),
     ],
 )
-def test_degenerate_windows_fall_back_to_percentiles(tags, needle):
+def test_degenerate_windows_fall_back_to_the_images_own_range(tags, needle):
     rendition = render(make_ds(breast(128, 96), **tags), (64,))
-    assert rendition.voi_method == "percentile" and needle in rendition.fallback_reason
+    assert rendition.voi_method == "range" and needle in rendition.fallback_reason
     assert rendition.images[64].std() > 20  # a real picture, not a saturated one
 
 
