@@ -308,6 +308,7 @@ class Demo:
             "SELECT hospital, count(*) AS studies, count_if(has_biopsy_marker) AS biopsy_studies, "
             "count_if(is_mag_view) AS mag_studies FROM study_predictions_current GROUP BY hospital ORDER BY 1"
         )
+        studies = studies.merge(_true_studies(self.settings), on="hospital", how="left")
         row = _registry_row(self.settings)
         summary_file = self.settings.warehouse / "reports" / "prediction_summary.parquet"
         return {
@@ -343,8 +344,9 @@ class Demo:
         e("   Studies flagged (ANY image at the study operating point):")
         for r in s["studies"]:
             e(
-                f"     {r['hospital']}: {int(r['studies'])} studies, {int(r['biopsy_studies'])} biopsy marker, "
-                f"{int(r['mag_studies'])} magnification"
+                f"     {r['hospital']}: {int(r['studies'])} studies, {int(r['biopsy_studies'])} biopsy marker"
+                f"{_truly(r, 'true_biopsy_studies')}, {int(r['mag_studies'])} magnification"
+                f"{_truly(r, 'true_mag_studies')}"
             )
         if s["metadata_vs_visual"]:
             e("   Where metadata and pixels disagree on magnification views:")
@@ -406,6 +408,21 @@ def _vs_line(vs: dict) -> str:
 
 
 FLAG_NAMES = {"biopsy": "biopsy marker", "mag": "magnification"}
+
+
+def _truly(row: dict, key: str) -> str:
+    """' (N truly)' from a summary row's truth count, '' when the row has none (a summary of an older demo)."""
+    value = row.get(key)
+    return "" if value is None or pd.isna(value) else f" ({int(value)} truly)"
+
+
+def _true_studies(settings: Settings) -> pd.DataFrame:
+    """Per hospital, the studies that truly hold a clip / a magnification view (the synthetic ground truth the
+    simulated readers answer from; never seen by the model)."""
+    truth = load_truth(settings.landing).drop_duplicates("sop_instance_uid")
+    per_study = truth.groupby(["hospital", "study_instance_uid"])[["has_biopsy_marker", "is_mag_view"]].any()
+    counts = per_study.astype(int).groupby("hospital").sum().reset_index()
+    return counts.rename(columns={"has_biopsy_marker": "true_biopsy_studies", "is_mag_view": "true_mag_studies"})
 
 
 def _flag_metrics(row: pd.Series) -> dict[str, float | None]:

@@ -8,6 +8,7 @@ import pytest
 from mammo_pipeline import warehouse
 from mammo_pipeline.demo import DemoConfig, run_demo
 from mammo_pipeline.dicom.source_paths import private_root
+from mammo_pipeline.labels.simulated import load_truth
 from mammo_pipeline_tests.privacy import scan
 
 
@@ -32,6 +33,17 @@ def test_demo_quick_runs_end_to_end_and_resumes(settings, monkeypatch):
     for key in ("biopsy_roc_auc", "biopsy_sensitivity", "biopsy_specificity", "mag_roc_auc", "mag_specificity"):
         assert first[key] == (None if pd.isna(row[key]) else pytest.approx(float(row[key]))), key
     assert any(line.strip().startswith("per flag: biopsy marker ROC-AUC") for line in lines)
+    # ... and per study at the study operating points, which the study flags of the warehouse use
+    for key in ("biopsy_study_sensitivity", "biopsy_study_specificity"):
+        assert first[key] == (None if pd.isna(row[key]) else pytest.approx(float(row[key]))), key
+    studies = warehouse.query(settings, "SELECT * FROM study_predictions_current")
+    point = json.loads(row["operating_points"])["biopsy"]["study"]
+    assert (studies["has_biopsy_marker"] == (studies["max_p_biopsy"] >= point["threshold"])).all()
+    # the summary's study counts beside the truth they can be judged against
+    truth = load_truth(settings.landing).groupby(["hospital", "study_instance_uid"])["has_biopsy_marker"].any()
+    for r in summary["studies"]:
+        assert r["true_biopsy_studies"] == int(truth.loc[r["hospital"]].sum())
+    assert any("biopsy marker (" in line and "truly)" in line for line in lines)
     # the audit set was labeled and never trained on
     labels = pd.read_parquet(settings.warehouse / "labels" / "current.parquet")
     assert {"train", "audit"} <= set(labels["split"])
