@@ -214,7 +214,7 @@ class Demo:
             )
             self.state.save(self.state_path)
             self.echo(
-                f"     model {row['model_version']}: audit accuracy {row['accuracy']:.1%} at the operating points "
+                f"     model {row['model_version']}: audit accuracy {_pct(row['accuracy'])} at the operating points "
                 f"with {int(row['n_train'])} training labels ({model_meta.get('train_seconds', 0):.0f}s)"
             )
             self.echo(f"     {_vs_line(vs)}")
@@ -327,7 +327,7 @@ class Demo:
         for r in s["rounds"]:
             fixed = f", {r['reviewed']} disagreements reviewed" if r.get("reviewed") else ""
             labels = f"{r['n_train']} training labels{fixed}"
-            e(f"     round {r['round']}: {r['accuracy']:.1%} at the operating points with {labels}")
+            e(f"     round {r['round']}: {_pct(r['accuracy'])} at the operating points with {labels}")
             if "biopsy_roc_auc" in r:  # rounds saved by an older demo lack them
                 e(f"       {_flags_line(r)}")
             if studies := _studies_line(r):
@@ -337,7 +337,7 @@ class Demo:
                 e(f"       {_vs_line({k: r.get(f'accuracy_{k}') for k in refs})}")
         e(
             "   Per-hospital accuracy of the last model: "
-            + ", ".join(f"{h} {a:.1%}" for h, a in s["per_hospital_accuracy"].items())
+            + ", ".join(f"{h} {_pct(a)}" for h, a in s["per_hospital_accuracy"].items())
         )
         for key, value in s["throughput"].items():
             e(f"   {key}: {value:.0f} images/s")
@@ -400,14 +400,18 @@ def audit_accuracies(settings: Settings, truth: dict[str, str]) -> dict[str, flo
 
 
 def _vs_line(vs: dict) -> str:
-    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
     return (
-        f"model accuracy on the audit set at p >= 0.5: {pct(vs['adjudicated'])} against adjudicated audit labels, "
-        f"{pct(vs['single_read'])} against a single read, {pct(vs['hidden_truth'])} against the hidden truth"
+        f"model accuracy on the audit set at p >= 0.5: {_pct(vs['adjudicated'])} against adjudicated audit labels, "
+        f"{_pct(vs['single_read'])} against a single read, {_pct(vs['hidden_truth'])} against the hidden truth"
     )
 
 
 FLAG_NAMES = {"biopsy": "biopsy marker", "mag": "magnification"}
+
+
+def _pct(value: float | None) -> str:
+    """A share as a percentage; 'n/a' when there is none (an audit split without images, as a tiny demo can draw)."""
+    return "n/a" if value is None or pd.isna(value) else f"{value:.1%}"
 
 
 def _truly(row: dict, key: str) -> str:

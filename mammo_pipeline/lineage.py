@@ -28,6 +28,7 @@ MODEL_FIELDS = (
     "mag_f1",
     "onnx_sha256",
     "inference_file",
+    "operating_points",  # JSON: per flag the image point and its study point (what decided the study's flags)
 )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
 from mammo_pipeline import warehouse
+from mammo_pipeline.cli.lineage import render
 from mammo_pipeline.lineage import UnknownStudy, study_lineage
 from mammo_pipeline.model.infer import load_model, write_predictions
 from mammo_pipeline.summary import aggregate_studies
@@ -60,8 +63,14 @@ def test_study_lineage_history_gives_each_models_study_flag_at_its_study_thresho
     points = {flag: {**point, "study": study} for flag in ("biopsy", "mag")}
     warehouse.write_slice(settings, "study_predictions", "h1", "m1", aggregate_studies(path, points))
 
+    registry = settings.warehouse / "model_registry" / "m1.parquet"
+    row = pd.read_parquet(registry).assign(operating_points=json.dumps(points))
+    row.to_parquet(registry)
+
     lineage = study_lineage(settings, "s1")
     flagged = study_threshold == 0.0  # every MAX reaches 0, none reaches 1.01, whatever the image flags say
+    report = render(lineage)
+    assert f"against study thresholds {study_threshold:.3f} / {study_threshold:.3f}, 3 images" in report
     assert lineage["prediction"]["has_biopsy_marker"] is flagged
     assert [(h["model_version"], h["has_biopsy_marker"], h["is_mag_view"]) for h in lineage["history"]] == [
         ("m1", flagged, flagged)

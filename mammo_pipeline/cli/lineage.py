@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 import pandas as pd
 
@@ -61,7 +63,8 @@ def render(lineage: dict) -> str:
         f"           onnx sha256 {current['onnx_sha256']}",
         f"           labels {current['label_snapshot_id']}  dagster run {current['dagster_run_id']}",
         f"prediction biopsy={study.get('has_biopsy_marker')} mag={study.get('is_mag_view')} "
-        f"(max p {_p(study.get('max_p_biopsy'))} / {_p(study.get('max_p_mag'))}, {study.get('n_images')} images)",
+        f"(max p {_p(study.get('max_p_biopsy'))} / {_p(study.get('max_p_mag'))} against "
+        f"{_study_rule(lineage['models'].get(current['model_version'], {}))}, {study.get('n_images')} images)",
     ]
     for version, model in lineage["models"].items():
         lines.append(
@@ -90,6 +93,19 @@ def render(lineage: dict) -> str:
             f"  onnx {image['onnx_sha256'][:12]}  labels {image['label_snapshot_id']}  run {image['dagster_run_id']}"
         )
     return "\n".join(lines)
+
+
+def _study_rule(model: dict) -> str:
+    """What a model's study flags were decided against: its study thresholds (biopsy / mag), or, for a model
+    made before study operating points, the ANY-image rule."""
+    try:
+        points = json.loads(model.get("operating_points") or "{}")
+    except (TypeError, ValueError):
+        points = {}
+    thresholds = [((points.get(flag) or {}).get("study") or {}).get("threshold") for flag in ("biopsy", "mag")]
+    if None in thresholds:
+        return "ANY image at the image thresholds"
+    return f"study thresholds {thresholds[0]:.3f} / {thresholds[1]:.3f}"
 
 
 def _p(value: float | None) -> str:

@@ -38,6 +38,7 @@ def test_lineage_table_and_json(settings):
     assert "model      m1  labels snap-m1" in table.output
     assert table.output.count("run run-1") == 3  # the current model line and one line per image
     assert "current    model m1  never promoted" in table.output
+    assert "against ANY image at the image thresholds, 2 images)" in table.output  # a model without study points
     data = json.loads(runner.invoke(lineage_command, ["s1", "--format", "json"]).output)
     assert data["models"]["m1"]["n_train"] == 100
     assert {image["dagster_run_id"] for image in data["images"]} == {"run-1"}
