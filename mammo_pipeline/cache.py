@@ -7,8 +7,9 @@ becomes a path, and every path written is checked to stay under its root (`atomi
 
 Each image is rendered once for both sizes in a worker process that writes its own PNGs and returns only a
 few numbers, so memory stays flat however large the partition. Every write is atomic. An image is skipped
-("unchanged") only when its manifest row records the same source (rel_path, size, mtime), the current
-NORM_VERSION, and PNGs whose mtime is the one recorded when they were written. Each finished image is appended
+("unchanged") only when its manifest row records the same source (rel_path, size, mtime), a rendition the current
+NORM_VERSION would make (`normalize.rendition_current`: an upgrade that changes one VOI step re-renders only the
+images that took it), and PNGs whose mtime is the one recorded when they were written. Each finished image is appended
 at once to a per-run journal beside the manifest (`.journal-<owner>.jsonl`), so a run killed at any point
 (even `kill -9`) resumes with only the missing images; the journal is folded into `manifest.parquet` every
 MANIFEST_EVERY images and at the end, under a lock, merging what overlapping runs of the same partition wrote.
@@ -39,7 +40,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from mammo_pipeline.atomic import atomic_path, ensure_under, owner_alive, remove_stale_temps, run_owner
-from mammo_pipeline.dicom.normalize import NORM_VERSION, render
+from mammo_pipeline.dicom.normalize import NORM_VERSION, render, rendition_current
 from mammo_pipeline.dicom.quarantine import quarantine_rows, read_quarantine_rows, write_quarantine
 from mammo_pipeline.dicom.source_paths import redact
 from mammo_pipeline.dicom.source_paths import resolve as resolve_source
@@ -344,12 +345,15 @@ def _png_current(cache: Path, rel: str, recorded_mtime_ns: int | None) -> bool:
 
 
 def _is_current(prior: dict[str, Any], image: dict[str, Any], settings: Settings, hospital: str) -> bool:
-    sop = image["sop_instance_uid"]
+    """The image's PNGs need no new rendering: same source, a rendition this NORM_VERSION would make (an earlier
+    version's where only other images changed: `normalize.rendition_current`; its PNGs stay where they are),
+    the configured sizes, and PNGs untouched since they were written."""
+    sop, version = image["sop_instance_uid"], prior.get("norm_version")
     return (
         _same_source(prior, image)
-        and prior["norm_version"] == NORM_VERSION
-        and prior["display_png"] == png_path(hospital, sop, settings.display_size)
-        and prior["model_png"] == png_path(hospital, sop, settings.model_size)
+        and rendition_current(version, prior.get("voi_method"), NORM_VERSION)
+        and prior["display_png"] == png_path(hospital, sop, settings.display_size, version)
+        and prior["model_png"] == png_path(hospital, sop, settings.model_size, version)
         and _png_current(settings.cache, prior["display_png"], prior.get("display_png_mtime_ns"))
         and _png_current(settings.cache, prior["model_png"], prior.get("model_png_mtime_ns"))
     )

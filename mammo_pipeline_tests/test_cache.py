@@ -168,6 +168,31 @@ def test_cache_hospital_new_norm_version_renders_again_beside_the_old(settings, 
     assert (settings.cache / "h1" / "next-version" / str(settings.model_size)).is_dir()
 
 
+def test_an_upgrade_renders_again_only_the_images_whose_voi_step_it_changed(settings, monkeypatch, render_calls):
+    """Version 3 changed only the fallback window: version 2's windowed renditions stand where they are, a
+    percentile one is rendered again (on a million-image archive, a few files instead of all)."""
+    uids = _landing(settings)
+    monkeypatch.setattr(cache_module, "NORM_VERSION", "2")  # a cache made by version 2 ...
+    cache_hospital(settings, "h1")
+    manifest = cache_module.read_manifest(settings, "h1").set_index("sop_instance_uid")
+    assert set(manifest["voi_method"]) == {"window:LINEAR"} and set(manifest["norm_version"]) == {"2"}
+    table = settings.table_dir("image_cache", "h1") / "manifest.parquet"
+    rows = manifest.reset_index()
+    rows.loc[rows["sop_instance_uid"] == uids[0], "voi_method"] = "percentile"  # ... that fell back on one image
+    rows.to_parquet(table)
+
+    monkeypatch.setattr(cache_module, "NORM_VERSION", "3")  # ... upgraded
+    render_calls.clear()
+    result = cache_hospital(settings, "h1")
+    assert (result.new, result.unchanged) == (1, 2) and len(render_calls) == 2  # + the quarantined image's retry
+    after = cache_module.read_manifest(settings, "h1").set_index("sop_instance_uid")
+    assert after.loc[uids[0], "norm_version"] == "3" and "/3/" in after.loc[uids[0], "display_png"]
+    for sop in uids[1:]:
+        assert after.loc[sop, "norm_version"] == "2" and (settings.cache / after.loc[sop, "display_png"]).exists()
+    monkeypatch.setattr(cache_module, "NORM_VERSION", "4")  # a version that declares nothing unchanged
+    assert cache_hospital(settings, "h1").new == 3
+
+
 def test_cache_hospital_in_a_process_pool(settings):
     _landing(settings)
     seen: list[tuple[int, int]] = []

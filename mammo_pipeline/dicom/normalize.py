@@ -67,6 +67,19 @@ from mammo_pipeline.dicom.headers import is_for_processing
 # image without a usable window shows its own min..max (`range_window`), no longer the 0.5-99.5th percentiles
 NORM_VERSION = "3"
 
+
+# (earlier version, later version) -> the VOI methods whose renditions the later version left as they were
+UNCHANGED_SINCE = {("2", "3"): frozenset({"voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID"})}
+
+
+def rendition_current(norm_version: str | None, voi_method: str | None, current: str = NORM_VERSION) -> bool:
+    """Whether a PNG rendered by `norm_version` (its VOI step `voi_method`) is what version `current` renders, so
+    a cache need not render it again: `current`'s own renditions, and an earlier version's whose VOI method the
+    later one left alone (`UNCHANGED_SINCE`: version 3 changed only the fallback window, so version 2's windowed
+    and LUT renditions stand)."""
+    return norm_version == current or voi_method in UNCHANGED_SINCE.get((norm_version or "", current), frozenset())
+
+
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
