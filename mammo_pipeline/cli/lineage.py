@@ -8,6 +8,7 @@ import click
 import pandas as pd
 
 from mammo_pipeline.lineage import UnknownStudy, lineage_json, study_lineage
+from mammo_pipeline.model.evaluate import FLAGS, study_point
 from mammo_pipeline.settings import Settings
 
 
@@ -102,7 +103,7 @@ def _study_rule(model: dict) -> str:
         points = json.loads(model.get("operating_points") or "{}")
     except (TypeError, ValueError):
         points = {}
-    thresholds = [((points.get(flag) or {}).get("study") or {}).get("threshold") for flag in ("biopsy", "mag")]
+    thresholds = [(study_point(points, flag) or {}).get("threshold") for flag in FLAGS]
     if None in thresholds:
         return "ANY image at the image thresholds"
     return f"study thresholds {thresholds[0]:.3f} / {thresholds[1]:.3f}"

@@ -13,6 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from mammo_pipeline import promotions, schemas, warehouse
+from mammo_pipeline.model.evaluate import FLAGS, study_point
 from mammo_pipeline.model.infer import InferenceStats, load_model, write_predictions
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.progress import every
@@ -177,7 +178,7 @@ def study_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             "mag_studies": int(studies["is_mag_view"].sum()),
             "needs_review_studies": int(studies["needs_review"].fillna(False).astype(bool).sum()),
             "study_thresholds": dg.MetadataValue.json(
-                {flag: (points.get(flag) or {}).get("study", {}).get("threshold") for flag in ("biopsy", "mag")}
+                {flag: (study_point(points, flag) or {}).get("threshold") for flag in FLAGS}
             ),
         }
     )

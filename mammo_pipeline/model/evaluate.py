@@ -285,13 +285,6 @@ def flag_metrics(truth: np.ndarray, probs: np.ndarray, threshold: float) -> dict
     }
 
 
-def study_false_positive_rate(studies: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> float | None:
-    """Share of studies with no true flag in which ANY image is predicted positive (the study-level flag)."""
-    frame = pd.DataFrame({"study": studies, "truth": truth, "pred": pred}).groupby("study").any()
-    negative = frame[~frame["truth"]]
-    return float(negative["pred"].mean()) if len(negative) else None
-
-
 def study_metrics(studies: np.ndarray, truth: np.ndarray, probs: np.ndarray, point: dict) -> dict:
     """The study flag of one flag at its study threshold (`point['study']`, else the image threshold):
     n_studies, study_positives, study_roc_auc (of the MAX per study), study_sensitivity, study_specificity and
@@ -306,7 +299,7 @@ def study_metrics(studies: np.ndarray, truth: np.ndarray, probs: np.ndarray, poi
         "study_roc_auc": roc_auc(s_truth, s_score),
         "study_sensitivity": sens,
         "study_specificity": spec,
-        "study_fp_rate": study_false_positive_rate(studies, truth, np.asarray(probs, float) >= threshold),
+        "study_fp_rate": float((s_score[~s_truth] >= threshold).mean()) if (~s_truth).any() else None,
     }
 
 

@@ -15,7 +15,7 @@ from mammo_pipeline.model.evaluate import (
     operating_point,
     operating_points,
     roc_auc,
-    study_false_positive_rate,
+    study_metrics,
     three_class_correct,
 )
 
@@ -107,7 +107,8 @@ def test_kappa_auc_and_study_false_positive_rate():
     assert roc_auc(np.ones(3, bool), np.zeros(3)) is None
     studies = np.array(["a", "a", "b", "b", "c"])
     # study a is truly positive; b negative with one false alarm; c negative and clean
-    rate = study_false_positive_rate(studies, np.array([1, 0, 0, 0, 0], bool), np.array([0, 0, 0, 1, 0], bool))
+    pred = np.array([0, 0, 0, 1, 0], float)  # the study flag at threshold 0.5: ANY image at or above it
+    rate = study_metrics(studies, np.array([1, 0, 0, 0, 0], bool), pred, {"threshold": 0.5})["study_fp_rate"]
     assert rate == pytest.approx(0.5)
 
 
@@ -149,10 +150,9 @@ def test_study_operating_point_reaches_each_clip_study_through_its_clearest_view
     assert d["study_sensitivity"] >= 0.98 and d["study_specificity"] == 1.0 and d["study_fp_rate"] == 0.0
     assert d["study_roc_auc"] == 1.0 and d["n_studies"] == 60 and d["study_positives"] == 20
     # at the image threshold nearly every clip-free study would have been flagged (the ANY rule)
-    at_image = study_false_positive_rate(
-        audit["study_instance_uid"].to_numpy(), np.zeros(len(audit), bool), probs[:, 0] >= point["threshold"]
-    )
-    assert at_image > 0.9
+    studies, truth = audit["study_instance_uid"].to_numpy(), audit["has_biopsy_marker"].to_numpy(bool)
+    at_image = study_metrics(studies, truth, probs[:, 0], {"threshold": point["threshold"]})
+    assert at_image["study_fp_rate"] > 0.9
 
 
 def test_study_point_is_the_image_point_when_the_audit_studies_lack_a_class():
