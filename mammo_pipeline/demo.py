@@ -435,17 +435,26 @@ def _flag_metrics(row: pd.Series) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for flag in FLAG_NAMES:
         for metric in ("roc_auc", "sensitivity", "specificity", "study_sensitivity", "study_specificity"):
-            value = row.get(f"{flag}_{metric}")
-            out[f"{flag}_{metric}"] = None if value is None or pd.isna(value) else float(value)
+            for key in (metric, f"{metric}_low", f"{metric}_high"):
+                value = row.get(f"{flag}_{key}")
+                out[f"{flag}_{key}"] = None if value is None or pd.isna(value) else float(value)
     return out
 
 
+def _bounds(r: dict, key: str, fmt: str) -> str:
+    """' [low–high]' of `key`'s 95 % interval, or nothing (rounds saved before the registry had intervals)."""
+    low, high = r.get(f"{key}_low"), r.get(f"{key}_high")
+    return "" if low is None or high is None else f" [{low:{fmt}}–{high:{fmt}}]"
+
+
 def _flags_line(r: dict) -> str:
-    """Why the accuracy at the operating points is what it is: each flag's ROC-AUC and its operating point."""
+    """Why the accuracy at the operating points is what it is: each flag's ROC-AUC and its operating point, with
+    their 95 % intervals in brackets."""
     num = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     parts = [
-        f"{name} ROC-AUC {num(r.get(f'{flag}_roc_auc'), '.3f')} (sensitivity {num(r.get(f'{flag}_sensitivity'), '.2f')}"
-        f" / specificity {num(r.get(f'{flag}_specificity'), '.2f')} at its operating point)"
+        f"{name} ROC-AUC {num(r.get(f'{flag}_roc_auc'), '.3f')}{_bounds(r, f'{flag}_roc_auc', '.3f')} (sensitivity "
+        f"{num(r.get(f'{flag}_sensitivity'), '.2f')}{_bounds(r, f'{flag}_sensitivity', '.2f')} / specificity "
+        f"{num(r.get(f'{flag}_specificity'), '.2f')}{_bounds(r, f'{flag}_specificity', '.2f')} at its operating point)"
         for flag, name in FLAG_NAMES.items()
     ]
     return "per flag: " + "; ".join(parts)
@@ -458,8 +467,8 @@ def _studies_line(r: dict) -> str | None:
         return None
     num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     parts = [
-        f"{name} sensitivity {num(r.get(f'{flag}_study_sensitivity'))} / specificity "
-        f"{num(r.get(f'{flag}_study_specificity'))}"
+        f"{name} sensitivity {num(r.get(f'{flag}_study_sensitivity'))}{_bounds(r, f'{flag}_study_sensitivity', '.2f')}"
+        f" / specificity {num(r.get(f'{flag}_study_specificity'))}{_bounds(r, f'{flag}_study_specificity', '.2f')}"
         for flag, name in FLAG_NAMES.items()
     ]
     return "per study (at the study operating points): " + "; ".join(parts)

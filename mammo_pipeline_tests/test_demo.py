@@ -33,6 +33,9 @@ def test_demo_quick_runs_end_to_end_and_resumes(settings, monkeypatch):
     for key in ("biopsy_roc_auc", "biopsy_sensitivity", "biopsy_specificity", "mag_roc_auc", "mag_specificity"):
         assert first[key] == (None if pd.isna(row[key]) else pytest.approx(float(row[key]))), key
     assert any(line.strip().startswith("per flag: biopsy marker ROC-AUC") for line in lines)
+    low, high = first["mag_roc_auc_low"], first["mag_roc_auc_high"]  # ... with the 95 % intervals of the registry
+    assert low == pytest.approx(float(row["mag_roc_auc_low"])) and high == pytest.approx(float(row["mag_roc_auc_high"]))
+    assert any(f"magnification ROC-AUC {first['mag_roc_auc']:.3f} [{low:.3f}–{high:.3f}]" in line for line in lines)
     # ... and per study at the study operating points, which the study flags of the warehouse use
     for key in ("biopsy_study_sensitivity", "biopsy_study_specificity"):
         assert first[key] == (None if pd.isna(row[key]) else pytest.approx(float(row[key]))), key

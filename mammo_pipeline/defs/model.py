@@ -50,11 +50,18 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def _ci(d: dict, key: str) -> str:
+    """`key`'s value with its 95 % interval (`key_low`-`key_high`) when it has one."""
+    low, high = d.get(f"{key}_low"), d.get(f"{key}_high")
+    return _fmt(d.get(key)) + ("" if low is None or high is None else f" ({low:.2f}–{high:.2f})")
+
+
 def _flag_table(metrics: dict) -> str:
     """Per flag at its operating points (chosen on the audit set): threshold, review band and the audit figures of
-    the images, then of the studies (the MAX over a study's images at the study threshold)."""
+    the images, then of the studies (the MAX over a study's images at the study threshold); 95 % intervals in
+    brackets (`model/intervals.py`)."""
     head = (
-        "| flag | ROC-AUC | threshold | review band | sensitivity | specificity | balanced acc. | κ "
+        "| flag | ROC-AUC (95 % CI) | threshold | review band | sensitivity | specificity | balanced acc. | κ "
         "| study ROC-AUC | study threshold | study sensitivity | study specificity | precision | recall | F1 |"
     )
     lines = [head, "|---|" + "---|" * 14]
@@ -62,19 +69,18 @@ def _flag_table(metrics: dict) -> str:
         d = metrics.get("flags", {}).get(flag, {})
         point = metrics.get("operating_points", {}).get(flag, {})
         band = f"{_fmt(point.get('review_low'))}–{_fmt(point.get('review_high'))}"
-        cells = [d.get(k) for k in ("roc_auc",)] + [point.get("threshold")]
-        rest = [d.get(k) for k in ("sensitivity", "specificity", "balanced_accuracy", "kappa")]
-        rest += [d.get(k) for k in ("study_roc_auc", "study_threshold", "study_sensitivity", "study_specificity")]
-        prf = [metrics[f"{flag}_{k}"] for k in ("precision", "recall", "f1")]
-        lines.append(
-            f"| {flag} | {' | '.join(_fmt(v) for v in cells)} | {band} | {' | '.join(_fmt(v) for v in rest + prf)} |"
-        )
+        cells = [_ci(d, "roc_auc"), _fmt(point.get("threshold")), band, _ci(d, "sensitivity"), _ci(d, "specificity")]
+        cells += [_fmt(d.get(k)) for k in ("balanced_accuracy", "kappa", "study_roc_auc", "study_threshold")]
+        cells += [_ci(d, "study_sensitivity"), _ci(d, "study_specificity")]
+        cells += [_fmt(metrics[f"{flag}_{k}"]) for k in ("precision", "recall", "f1")]
+        lines.append(f"| {flag} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
 def _per_group(metrics: dict, group: str) -> dict:
-    """{flag: {value: {roc_auc, sensitivity, specificity, kappa, n}}} for asset metadata."""
-    keep = ("n", "positives", "roc_auc", "sensitivity", "specificity", "balanced_accuracy", "kappa")
+    """{flag: {value: {roc_auc (and its 95 % interval), sensitivity, specificity, kappa, n}}} for asset metadata."""
+    keep = ("n", "positives", "roc_auc", "roc_auc_low", "roc_auc_high", "sensitivity", "specificity")
+    keep += ("balanced_accuracy", "kappa")
     return {
         flag: {value: {k: m.get(k) for k in keep} for value, m in d.get(f"by_{group}", {}).items()}
         for flag, d in metrics.get("flags", {}).items()
@@ -121,6 +127,10 @@ def trained_model(
             "biopsy_source": row.get("biopsy_source", "global_network"),
             "global_network_biopsy_roc_auc": m.get("global_network_biopsy_roc_auc"),
             "mag_roc_auc": row.get("mag_roc_auc"),
+            **{
+                f"{flag}_roc_auc_95ci": dg.MetadataValue.json([row.get(f"{flag}_roc_auc_{e}") for e in ("low", "high")])
+                for flag in ("biopsy", "mag")
+            },
             "operating_points": dg.MetadataValue.json(m.get("operating_points", {})),
             "per_hospital_metrics": dg.MetadataValue.json(_per_group(m, "hospital")),
             "per_vendor_metrics": dg.MetadataValue.json(_per_group(m, "manufacturer")),

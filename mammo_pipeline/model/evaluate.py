@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mammo_pipeline.labels.codes import label_of
+from mammo_pipeline.model.intervals import roc_auc_interval, wilson_interval
 
 CLASSES: tuple[str, ...] = ("biopsy", "mag", "neither", "both")
 THRESHOLD = 0.5
@@ -269,11 +270,14 @@ def roc_auc(truth: np.ndarray, probs: np.ndarray) -> float | None:
     return float(roc_auc_score(truth, probs))
 
 
-def flag_metrics(truth: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
-    """ROC-AUC, sensitivity, specificity, balanced accuracy and kappa of one flag at `threshold`."""
+def flag_metrics(truth: np.ndarray, probs: np.ndarray, threshold: float, groups: np.ndarray | None = None) -> dict:
+    """ROC-AUC, sensitivity, specificity, balanced accuracy and kappa of one flag at `threshold`, each of the
+    first three with its 95 % interval (`*_low`, `*_high`; `intervals.py`: ROC-AUC bootstrapped over whole
+    `groups`, e.g. patients, None: images; the rates by Wilson's score interval); None where a class is missing."""
     truth, probs = np.asarray(truth, bool), np.asarray(probs, float)
     sens, spec = _sens_spec(truth, probs, threshold) if len(truth) else (None, None)
     balanced = (sens + spec) / 2 if sens is not None and spec is not None else None
+    pred = probs >= threshold
     return {
         "n": len(truth),
         "positives": int(truth.sum()),
@@ -281,8 +285,26 @@ def flag_metrics(truth: np.ndarray, probs: np.ndarray, threshold: float) -> dict
         "sensitivity": sens,
         "specificity": spec,
         "balanced_accuracy": balanced,
-        "kappa": cohen_kappa(truth, probs >= threshold),
+        "kappa": cohen_kappa(truth, pred),
+        **_interval("roc_auc", roc_auc_interval(truth, probs, groups) if len(truth) else None),
+        **_interval("sensitivity", wilson_interval(int((pred & truth).sum()), int(truth.sum()))),
+        **_interval("specificity", wilson_interval(int((~pred & ~truth).sum()), int((~truth).sum()))),
     }
+
+
+def _interval(name: str, bounds: tuple[float, float] | None) -> dict[str, float | None]:
+    low, high = bounds if bounds is not None else (None, None)
+    return {f"{name}_low": low, f"{name}_high": high}
+
+
+def resampling_groups(audit: pd.DataFrame) -> np.ndarray | None:
+    """What the ROC-AUC bootstrap resamples whole: each image's patient, else its study, else None (images).
+    An image without a patient key stands for its study (or itself)."""
+    for column in ("patient_key", "study_instance_uid"):
+        if column in audit and audit[column].notna().any():
+            own = audit.get("sop_instance_uid", pd.Series(audit.index, index=audit.index)).astype(str)
+            return audit[column].fillna(own).astype(str).to_numpy()
+    return None
 
 
 def study_metrics(studies: np.ndarray, truth: np.ndarray, probs: np.ndarray, point: dict) -> dict:
@@ -292,6 +314,7 @@ def study_metrics(studies: np.ndarray, truth: np.ndarray, probs: np.ndarray, poi
     threshold = (point.get("study") or point)["threshold"]
     s_truth, s_score = study_scores(studies, truth, probs)
     sens, spec = _sens_spec(s_truth, s_score, threshold)
+    flagged = s_score >= threshold
     return {
         "n_studies": len(s_truth),
         "study_positives": int(s_truth.sum()),
@@ -300,6 +323,8 @@ def study_metrics(studies: np.ndarray, truth: np.ndarray, probs: np.ndarray, poi
         "study_sensitivity": sens,
         "study_specificity": spec,
         "study_fp_rate": float((s_score[~s_truth] >= threshold).mean()) if (~s_truth).any() else None,
+        **_interval("study_sensitivity", wilson_interval(int((flagged & s_truth).sum()), int(s_truth.sum()))),
+        **_interval("study_specificity", wilson_interval(int((~flagged & ~s_truth).sum()), int((~s_truth).sum()))),
     }
 
 
@@ -309,18 +334,21 @@ def detailed_metrics(audit: pd.DataFrame, probs: np.ndarray, points: dict[str, d
     {'biopsy': {'roc_auc': .., 'sensitivity': .., ..., 'study_fp_rate': .., 'by_hospital': {h: {...}}}, 'mag': ...}
     """
     probs = np.asarray(probs, dtype=float).reshape(len(audit), 2)
+    units = resampling_groups(audit) if len(audit) else None  # what the ROC-AUC bootstrap resamples
     out: dict[str, dict] = {}
     for k, flag in enumerate(FLAGS):
         truth = audit[TRUTH_COLUMNS[flag]].to_numpy(bool) if len(audit) else np.zeros(0, bool)
         threshold = points[flag]["threshold"]
-        m = flag_metrics(truth, probs[:, k], threshold)
+        m = flag_metrics(truth, probs[:, k], threshold, units)
         m["threshold"] = threshold
         if "study_instance_uid" in audit and len(audit):
             m.update(study_metrics(audit["study_instance_uid"].to_numpy(), truth, probs[:, k], points[flag]))
         for column in groups:
             if column in audit and len(audit):
                 m[f"by_{column}"] = {
-                    str(value): flag_metrics(truth[idx], probs[idx, k], threshold)
+                    str(value): flag_metrics(
+                        truth[idx], probs[idx, k], threshold, None if units is None else units[idx]
+                    )
                     for value, idx in audit.groupby(audit[column].fillna("unknown").astype(str)).indices.items()
                 }
         out[flag] = m

@@ -84,7 +84,8 @@ def missed_gallery_png(
 
 
 def accuracy_by_round_png(registry: pd.DataFrame, paths: list[Path]) -> list[Path]:
-    """Audit accuracy and per-flag ROC-AUC against the number of train labels, one point per registered model."""
+    """Audit accuracy and per-flag ROC-AUC against the number of train labels, one point per registered model;
+    ROC-AUC with its 95 % interval as an error bar where the registry has one (`model/intervals.py`)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     reg = registry.dropna(subset=["accuracy"]) if len(registry) else registry
     if len(reg):
@@ -95,7 +96,13 @@ def accuracy_by_round_png(registry: pd.DataFrame, paths: list[Path]) -> list[Pat
         for flag, marker in (("biopsy", "^:"), ("mag", "v:")):
             col = f"{flag}_roc_auc"
             if col in reg and reg[col].notna().any():
-                ax.plot(reg["n_train"].astype(float), reg[col].astype(float) * 100, marker, label=f"{flag} ROC-AUC")
+                x, y = reg["n_train"].astype(float), reg[col].astype(float) * 100
+                if f"{col}_low" in reg and reg[f"{col}_low"].notna().any():
+                    low = (y - reg[f"{col}_low"].astype(float) * 100).clip(lower=0).fillna(0)
+                    high = (reg[f"{col}_high"].astype(float) * 100 - y).clip(lower=0).fillna(0)
+                    ax.errorbar(x, y, yerr=[low, high], fmt=marker, capsize=3, label=f"{flag} ROC-AUC (95 % CI)")
+                else:
+                    ax.plot(x, y, marker, label=f"{flag} ROC-AUC")
         ax.legend(loc="lower right", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no model with audit metrics yet", ha="center", va="center", transform=ax.transAxes)

@@ -444,7 +444,7 @@ def train_model(
         **{
             f"{flag}_{key}": flags_detail[flag].get(key)
             for flag in flags_detail
-            for key in (*registry.METRICS, *registry.STUDY_METRICS)
+            for key in (*registry.METRICS, *registry.STUDY_METRICS, *registry.INTERVALS)
         },
         **{k: metrics[k] for k in registry.FLOAT_COLUMNS if k in metrics},
         "biopsy_source": metrics["biopsy_source"],

@@ -70,6 +70,11 @@ def test_registry_row_and_current_json(trained):
     assert json.loads(row["per_hospital_accuracy"]).keys() == {"alpha", "beta"}
     assert row["pretrained"] == "none" and row["train_seconds"] > 0
     assert ModelRef.load(s.models).model_version == ref.model_version
+    # each flag's audit figures with their 95 % intervals (model/intervals.py)
+    for flag in ("biopsy", "mag"):
+        for key in ("roc_auc", "sensitivity", "specificity"):
+            low, value, high = (row[f"{flag}_{key}{end}"] for end in ("_low", "", "_high"))
+            assert low <= value <= high and high - low > 0, (flag, key)
 
 
 def test_pictures_are_valid_pngs(trained):
