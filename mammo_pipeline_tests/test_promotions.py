@@ -151,3 +151,24 @@ def test_cli_promote_history_prune_and_lineage_as_of(two_models):
     assert runner.invoke(lineage_command, ["s1", "--as-of", "soon"]).exit_code == 2
     dry = runner.invoke(model_command, ["prune", "--keep", "1", "--dry-run"])
     assert dry.exit_code == 0 and "would delete image_predictions hospital=h1 model_version=m2" in dry.output
+
+
+def test_cli_model_list_gives_each_models_intervals_and_what_it_serves(two_models):
+    from mammo_pipeline.model import registry
+
+    old = {"model_version": "m1", "created_at": OCT, "n_train": 100, "n_audit": 50, "biopsy_roc_auc": 0.9}
+    registry.write_row(two_models, old)  # registered before the intervals: the figure alone
+    new = {"model_version": "m2", "created_at": NOV, "n_train": 400, "n_audit": 138, "biopsy_source": "second_look"}
+    new |= {"biopsy_roc_auc": 0.907, "biopsy_roc_auc_low": 0.825, "biopsy_roc_auc_high": 0.967}
+    registry.write_row(two_models, new)
+    out = CliRunner().invoke(model_command, ["list"])
+    assert out.exit_code == 0, out.output
+    lines = {line.split()[0]: line for line in out.output.splitlines()[1:]}
+    assert lines.keys() == {"m1", "m2"} and out.output.index("m1") < out.output.index("m2")  # oldest first
+    assert "0.900 " in lines["m1"] and "[" not in lines["m1"] and lines["m1"].rstrip().endswith("-")
+    assert "0.907 [0.825-0.967]" in lines["m2"] and "second_look" in lines["m2"]
+    assert lines["m2"].rstrip().endswith("h1, h2")  # m2, promoted in November, serves both hospitals
+    runner = CliRunner()
+    runner.invoke(model_command, ["promote", "m1", "--hospital", "h2", "--rollback"])
+    lines = {line.split()[0]: line for line in runner.invoke(model_command, ["list"]).output.splitlines()[1:]}
+    assert lines["m1"].rstrip().endswith("h2") and lines["m2"].rstrip().endswith("h1")

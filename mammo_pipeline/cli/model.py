@@ -1,24 +1,73 @@
-"""`mammo model`: promote or roll back a model, list the promotions, prune old models' predictions."""
+"""`mammo model`: list the trained models, promote or roll back one, list the promotions, prune old predictions."""
 
 from __future__ import annotations
 
 import click
+import pandas as pd
 
 from mammo_pipeline import promotions, warehouse
+from mammo_pipeline.model import registry
 from mammo_pipeline.settings import Settings
 
 
 @click.group("model")
 def command() -> None:
-    """Which model is current: promote, roll back, history, prune.
+    """Which model is current: list, promote, roll back, history, prune.
 
     \b
     Example:
+        mammo model list
         mammo model promote 3f2a9c1d7e4b
         mammo model promote 3f2a9c1d7e4b --hospital hospital-b --rollback
         mammo model history
         mammo model prune --keep 3 --dry-run
     """
+
+
+@command.command("list")
+def list_models() -> None:
+    """Every trained model, oldest first: its labels, its audit ROC-AUC per flag with the 95 % interval, which
+    network answers the biopsy flag, and the hospitals whose predictions it currently serves.
+
+    \b
+    Example:
+        mammo model list
+    """
+    settings = Settings.from_env()
+    reg = registry.read_registry(settings)
+    if reg.empty:
+        click.echo("no trained models yet (materialize trained_model, or run `mammo demo`)")
+        return
+    serving: dict[str, str] = {}
+    try:
+        rows = warehouse.query(settings, f"SELECT hospital, model_version FROM ({promotions.current_models_sql()})")
+        for version, group in rows.groupby("model_version"):
+            serving[str(version)] = ", ".join(sorted(map(str, group["hospital"])))
+    except Exception:  # no predictions yet: no model serves any hospital
+        pass
+    table = pd.DataFrame(
+        {
+            "model_version": reg["model_version"],
+            "created_at": pd.to_datetime(reg["created_at"], utc=True).dt.strftime("%Y-%m-%d %H:%M"),
+            "n_train": reg["n_train"],
+            "n_audit": reg["n_audit"],
+            "biopsy ROC-AUC [95 % CI]": [_with_interval(r, "biopsy_roc_auc") for _, r in reg.iterrows()],
+            "mag ROC-AUC [95 % CI]": [_with_interval(r, "mag_roc_auc") for _, r in reg.iterrows()],
+            "biopsy from": reg.get("biopsy_source", pd.Series("", index=reg.index)).replace("", "-"),
+            "current for": [serving.get(str(v), "-") for v in reg["model_version"]],
+        }
+    )
+    click.echo(table.to_string(index=False))
+
+
+def _with_interval(row: pd.Series, key: str) -> str:
+    """'0.907 [0.825-0.967]', '0.907' (a model registered before intervals) or 'n/a'."""
+    value, low, high = (row.get(f"{key}{end}") for end in ("", "_low", "_high"))
+    if value is None or pd.isna(value):
+        return "n/a"
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}-{high:.3f}]"
 
 
 @command.command("promote")
