@@ -144,7 +144,11 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
     coned = spec.mag or spec.spot
     field_box = (0, rows, 0, cols)
     if coned:
-        field_box = magview.collimated_field(rng, (rows, cols), subtle)
+        if spec.mag:
+            field_box = magview.collimated_field(rng, (rows, cols), subtle)
+        else:  # spot compression at 1x: coned down to the small paddle, over a point of the breast
+            centre = _inside_points(rng, breast.mask, breast.r, field_box, 1)[0]
+            field_box = magview.spot_field(rng, (rows, cols), spec.pixel_spacing, centre)
         magview.draw_mag_artifacts(img, rng, field_box, subtle)
     else:
         if rng.random() < 0.08 and not spec.film:
@@ -220,8 +224,11 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
 
     if coned:
         magview.draw_collimation(img, rng, field_box)
-        # the collimator covers what lies outside the field: keep only boxes that still show
+        # the collimator covers what lies outside the field: keep only boxes that still show, and the truth says
+        # only what shows (a spot view's small field hides most of what the breast carries elsewhere)
         boxes = [(k, b) for k, b in ((k, _intersect(b, field_box)) for k, b in boxes) if b]
+        facts["confounders"] = tuple(k for k in confounders if any(kind == k for kind, _ in boxes))
+        facts["distractor"] = any(k.endswith("_marker") for k in facts["confounders"])
     np.clip(img, 0.0, 1.0, out=img)
     if spec.film:  # metal at base + fog, the film's edge, dust, the scanner (film.py)
         digitized = film.digitize(img, rng, breast.film_dmin, spec.pixel_spacing)

@@ -1,8 +1,12 @@
-"""What makes a magnification view look like one: a collimated rectangular field with an unexposed border,
-the bright rim of the raised spot/mag paddle, and faint horizontal line artefacts (the anatomy itself is
-drawn magnified x1.5-1.8 and with less noise by anatomy.draw_breast).
+"""What makes a magnification or spot-compression view look like one: a collimated rectangular field with an
+unexposed border, the bright rim of the raised spot/mag paddle, and faint horizontal line artefacts (the anatomy
+itself is drawn magnified x1.5-1.8 and with less noise by anatomy.draw_breast).
 
-Subtle mag views collimate one side only, narrowly, with a faint rim: they are the hard positives.
+A magnification view keeps most of the detector (`collimated_field`: 1-3 sides collimated); subtle mag views
+collimate one side only, narrowly, with a faint rim: they are the hard positives. A spot-compression view
+without magnification is coned down to its small paddle (`spot_field`: realism.md §5, "same detector sampling,
+a small paddle outline", the paddle 7-10 cm): at 1x a 7-10 cm paddle spans a third of a 24-30 cm detector, where
+the same paddle under a 1.5-1.8x magnification stand would span half or more.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 UNEXPOSED = (0.90, 0.935)  # collimator shadow: bright and flat, below clip level
+SPOT_PADDLE_MM = (70.0, 100.0)  # spot paddle width (realism.md §5: 7-10 cm round or rectangular, †)
+SPOT_MARGIN_MM = (5.0, 15.0)  # the collimator opened a little beyond the paddle on each side (†)
 
 
 def collimated_field(rng: np.random.Generator, shape: tuple[int, int], subtle: bool) -> tuple[int, int, int, int]:
@@ -30,6 +36,23 @@ def collimated_field(rng: np.random.Generator, shape: tuple[int, int], subtle: b
     if "far" in chosen:
         c1 = cols - int(rng.uniform(lo, hi) * cols)
     return r0, r1, c0, c1
+
+
+def spot_field(
+    rng: np.random.Generator, shape: tuple[int, int], pixel_spacing_mm: float, centre: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) of a spot-compression view's exposed field: the spot paddle (SPOT_PADDLE_MM) plus
+    a collimator margin (SPOT_MARGIN_MM) in detector mm at `pixel_spacing_mm`, centred on `centre` (a point of the
+    breast under the paddle) and moved whole inside the detector."""
+    rows, cols = shape
+    sides = []
+    for _ in range(2):  # height, width: a rectangular paddle, or a round one's square field
+        mm = rng.uniform(*SPOT_PADDLE_MM) + 2 * rng.uniform(*SPOT_MARGIN_MM)
+        sides.append(mm / pixel_spacing_mm)
+    h, w = min(rows, max(8, round(sides[0]))), min(cols, max(8, round(sides[1])))
+    r0 = int(np.clip(round(centre[0] - h / 2), 0, rows - h))
+    c0 = int(np.clip(round(centre[1] - w / 2), 0, cols - w))
+    return r0, r0 + h, c0, c0 + w
 
 
 def draw_mag_artifacts(
