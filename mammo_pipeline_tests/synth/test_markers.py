@@ -128,3 +128,21 @@ def test_dense_tissue_is_where_the_centimetre_around_is_brighter_than_the_breast
     median = float(np.median(img))
     assert markers.in_dense_tissue(img, (30.0, 50.0), 5, median)
     assert not markers.in_dense_tissue(img, (30.0, 10.0), 5, median)
+
+
+def test_a_spot_view_is_coned_to_its_paddle_and_a_magnification_view_keeps_most_of_the_detector():
+    # realism.md §5: a 7-10 cm spot paddle at 1x spans about a third of a 24-30 cm detector; the magnification
+    # views' field (1-3 sides collimated by at most a fifth each) keeps at least 0.6 x 0.8 of it
+    from mammo_pipeline.synth.image import ImageSpec, draw_image
+
+    base = dict(rows=600, cols=480, pixel_spacing=0.5, scale=0.125, view="CC", laterality="L", biopsy=True)
+    for seed in range(6):
+        _, spot = draw_image(ImageSpec(**base, mag=False, spot=True), np.random.default_rng(seed))
+        _, mag = draw_image(ImageSpec(**base, mag=True, spot=True), np.random.default_rng(seed))
+        (r0, r1, c0, c1), (m0, m1, n0, n1) = spot.field, mag.field
+        for side_px in (r1 - r0, c1 - c0):
+            assert 80 / 0.5 - 1 <= side_px <= 130 / 0.5 + 1, (seed, spot.field)  # paddle + margins, in mm
+        assert 0 <= r0 < r1 <= 600 and 0 <= c0 < c1 <= 480
+        assert (r1 - r0) * (c1 - c0) < 0.25 * 600 * 480 < 0.45 * 600 * 480 < (m1 - m0) * (n1 - n0), seed
+        clips = [b for kind, *b in spot.boxes if kind.startswith("clip")]
+        assert clips and all(r0 <= q0 and q1 <= r1 and c0 <= p0 and p1 <= c1 for q0, q1, p0, p1 in clips), seed
