@@ -322,7 +322,7 @@ def study_metrics(studies: np.ndarray, truth: np.ndarray, probs: np.ndarray, poi
         "study_roc_auc": roc_auc(s_truth, s_score),
         "study_sensitivity": sens,
         "study_specificity": spec,
-        "study_fp_rate": float((s_score[~s_truth] >= threshold).mean()) if (~s_truth).any() else None,
+        "study_fp_rate": float(flagged[~s_truth].mean()) if (~s_truth).any() else None,
         **_interval("study_sensitivity", wilson_interval(int((flagged & s_truth).sum()), int(s_truth.sum()))),
         **_interval("study_specificity", wilson_interval(int((~flagged & ~s_truth).sum()), int((~s_truth).sum()))),
     }

@@ -72,12 +72,11 @@ def roc_auc_interval(
 ) -> tuple[float, float] | None:
     """(low, high) of ROC-AUC's 95 % interval: the wider of `bootstrap_interval` (whole `groups` resampled) and
     `newcombe_interval` (module docstring); None without both classes. `truth` bool [N], `probs` float [N]."""
-    truth = np.asarray(truth, dtype=bool)
-    if truth.all() or not truth.any():
+    truth, pairs = _pairs(truth, probs)
+    if pairs is None:
         return None
-    pairs = _pairs(truth, np.asarray(probs, dtype=float))
     low, high = newcombe_interval(float(pairs.mean()), *pairs.shape)
-    boot = bootstrap_interval(truth, probs, groups, resamples, seed)
+    boot = _bootstrap(truth, pairs, groups, resamples, seed)
     return (low, high) if boot is None else (min(low, boot[0]), max(high, boot[1]))
 
 
@@ -94,9 +93,14 @@ def bootstrap_interval(
     Resamples drawing no positive or no negative are skipped (they have no ROC-AUC). Deterministic for a given
     `seed`. Memory: [positives x negatives] + [resamples x N] floats.
     """
-    truth = np.asarray(truth, dtype=bool)
-    if truth.all() or not truth.any():
-        return None
+    truth, pairs = _pairs(truth, probs)
+    return None if pairs is None else _bootstrap(truth, pairs, groups, resamples, seed)
+
+
+def _bootstrap(
+    truth: np.ndarray, pairs: np.ndarray, groups: np.ndarray | None, resamples: int, seed: int
+) -> tuple[float, float] | None:
+    """`bootstrap_interval` from the (positive, negative) pair matrix of `_pairs`."""
     if groups is None:
         index = np.arange(len(truth))
     else:
@@ -109,7 +113,7 @@ def bootstrap_interval(
     w_pos, w_neg = weights[:, truth], weights[:, ~truth]
     total = w_pos.sum(axis=1) * w_neg.sum(axis=1)
     ok = total > 0
-    auc = ((w_pos @ _pairs(truth, np.asarray(probs, dtype=float))) * w_neg).sum(axis=1)[ok] / total[ok]
+    auc = ((w_pos @ pairs) * w_neg).sum(axis=1)[ok] / total[ok]
     if not len(auc):
         return None
     tail = 100 * (1 - LEVEL) / 2
@@ -117,7 +121,11 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
-def _pairs(truth: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """[positives, negatives]: 1 where the positive scores higher, 1/2 on a tie, else 0 (its mean is ROC-AUC)."""
+def _pairs(truth: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(truth as bool [N], [positives, negatives]: 1 where the positive scores higher, 1/2 on a tie, else 0 (its
+    mean is ROC-AUC)); the matrix is None without both classes."""
+    truth, probs = np.asarray(truth, dtype=bool), np.asarray(probs, dtype=float)
+    if truth.all() or not truth.any():
+        return truth, None
     pos, neg = probs[truth], probs[~truth]
-    return (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    return truth, (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])

@@ -174,8 +174,6 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
                 if box is not None:
                     boxes.append((kind, box))
                     confounders.append(kind)
-    facts["confounders"] = tuple(confounders)
-    facts["distractor"] = any(k.endswith("_marker") for k in confounders)
 
     if spec.biopsy:
         n = int(rng.choice([1, 1, 2, 3]))  # clips per image, one of them maybe cut off at the chest wall
@@ -224,11 +222,11 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
 
     if coned:
         magview.draw_collimation(img, rng, field_box)
-        # the collimator covers what lies outside the field: keep only boxes that still show, and the truth says
-        # only what shows (a spot view's small field hides most of what the breast carries elsewhere)
+        # the collimator covers what lies outside the field: keep only boxes that still show
         boxes = [(k, b) for k, b in ((k, _intersect(b, field_box)) for k, b in boxes) if b]
-        facts["confounders"] = tuple(k for k in confounders if any(kind == k for kind, _ in boxes))
-        facts["distractor"] = any(k.endswith("_marker") for k in facts["confounders"])
+    # the truth says only what shows (a spot view's small field hides most of what the breast carries elsewhere)
+    facts["confounders"] = tuple(k for k in confounders if any(kind == k for kind, _ in boxes))
+    facts["distractor"] = any(k.endswith("_marker") for k in facts["confounders"])
     np.clip(img, 0.0, 1.0, out=img)
     if spec.film:  # metal at base + fog, the film's edge, dust, the scanner (film.py)
         digitized = film.digitize(img, rng, breast.film_dmin, spec.pixel_spacing)
