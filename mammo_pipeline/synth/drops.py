@@ -34,7 +34,7 @@ from mammo_pipeline.synth import corrupt
 from mammo_pipeline.synth.dicom_writer import ImageHeader, build_dataset, encode, to_stored
 from mammo_pipeline.synth.identities import hospital_slugs, institution_name, make_patient, make_uid, rng_for
 from mammo_pipeline.synth.image import CONFOUNDERS, ImageSpec, draw_image
-from mammo_pipeline.synth.profiles import CLASS_MIX, PROFILES, machines_of
+from mammo_pipeline.synth.profiles import CLASS_MIX, OTHER_MATRIX_SHARE, PROFILES, machines_of
 
 TRUTH_DIR = "_truth"
 STUDY_IMAGES: dict[str, int] = {"neither": 4, "biopsy": 2, "mag": 2, "both": 2}
@@ -191,6 +191,15 @@ def _views(kind: str, side: str, spot_second: bool = False) -> list[tuple[str, s
     return [(side, "CC", biopsy, False, False), second]
 
 
+def study_matrix(task: StudyTask) -> tuple[int, int]:
+    """(Rows, Columns) at full size of the study's contact views: the profile's matrix, or for a machine with two
+    paddle fields its other one in OTHER_MATRIX_SHARE of studies (a stream of its own, so the rest of the study
+    draws the same numbers either way)."""
+    profile = PROFILES[task.profile]
+    other = rng_for(task.seed, task.hospital, task.drop, "matrix", task.index).random() < OTHER_MATRIX_SHARE
+    return profile.other_matrix if profile.other_matrix and other else (profile.rows, profile.columns)
+
+
 def render_study(task: StudyTask) -> list[dict]:
     """Draw, encode and write every file of one study; return its truth rows."""
     profile = PROFILES[task.profile]
@@ -202,7 +211,7 @@ def render_study(task: StudyTask) -> list[dict]:
     descriptions = _SCREENING_DESCRIPTIONS if screening else _DIAGNOSTIC_DESCRIPTIONS
     description = str(rng.choice(descriptions))
     folder = Path(task.drop_dir) / patient.patient_id / study_uid
-    rows_px, cols_px = max(16, round(profile.rows * task.scale)), max(16, round(profile.columns * task.scale))
+    contact_matrix = study_matrix(task)
     spacing = profile.pixel_spacing / task.scale
     accession = (
         f"{task.hospital[:3].upper()}{rng_for(task.seed, task.hospital, task.drop, task.index).integers(10**8):08d}"
@@ -220,9 +229,10 @@ def render_study(task: StudyTask) -> list[dict]:
     side = str(rng.choice(["L", "R"]))
     spot_second = task.kind == "biopsy" and (rng.random() < SPOT_SHARE or "spot_view" in task.force)
     for k, (laterality, view, biopsy, mag, spot) in enumerate(_views(task.kind, side, spot_second)):
+        matrix = (profile.rows, profile.columns) if mag or spot else contact_matrix
         spec = ImageSpec(
-            rows_px,
-            cols_px,
+            max(16, round(matrix[0] * task.scale)),
+            max(16, round(matrix[1] * task.scale)),
             spacing,
             task.scale,
             "CC" if view == "CC" else "MLO",
@@ -295,6 +305,7 @@ def render_study(task: StudyTask) -> list[dict]:
             "film_dust": drawn.film_dust,
             "metal_gray": drawn.metal_gray,
             "density": drawn.density,
+            "matrix": f"{matrix[0]}x{matrix[1]}",
             "boxes": json.dumps([list(b) for b in drawn.boxes]),
             "corrupt_kind": None,
         }

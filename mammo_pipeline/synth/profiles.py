@@ -13,6 +13,9 @@ from pydicom import uid
 
 # Share of images per class in a drop; studies are drawn so the image mix matches in expectation.
 CLASS_MIX: dict[str, float] = {"neither": 0.55, "biopsy": 0.20, "mag": 0.17, "both": 0.08}
+# Share of a two-matrix machine's studies stored at its other matrix (VendorProfile.other_matrix): † (no published
+# figure; the eight Hologic headers of OMI-DB in dicom_mammo.md are all 18 x 24, so neither size is rare)
+OTHER_MATRIX_SHARE = 0.5
 
 JPEG_LOSSLESS_SV1 = uid.JPEGLosslessSV1  # 1.2.840.10008.1.2.4.70
 JPEG_LOSSLESS = uid.JPEGLossless  # 1.2.840.10008.1.2.4.57 (any predictor)
@@ -29,6 +32,11 @@ class VendorProfile:
     columns: int
     pixel_spacing: float  # mm at full size
     bits_stored: int
+    # The machine's other stored matrix (rows, columns at the same spacing): a detector that takes an 18 x 24 and
+    # a 24 x 30 cm paddle stores each field at its own size (dicom_mammo.md §7 Rows x Cols and realism.md §3:
+    # Hologic 4096 x 3328 / 3328 x 2560, GE 3062 x 2394 / 2294 x 1914, Fujifilm 5928 x 4728 / 4740 x 3540),
+    # chosen per woman by the size of her breast; OTHER_MATRIX_SHARE of a machine's studies use it (contact views)
+    other_matrix: tuple[int, int] | None = None
     photometric: str = "MONOCHROME2"
     presentation_lut_shape: str | None = "IDENTITY"
     # (center, width) as fractions of the stored range; several pairs = several windows
@@ -85,6 +93,7 @@ PROFILES: dict[str, VendorProfile] = {
             columns=3328,
             pixel_spacing=0.070,
             bits_stored=12,
+            other_matrix=(3328, 2560),  # the 18 x 24 paddle: the Lorad Selenia's (and the NYU images') matrix
             windows=((0.5, 1.0),),
             transfer_syntax=uid.JPEG2000Lossless,
             mag_modifier_scheme="SNM3",
@@ -122,6 +131,7 @@ PROFILES: dict[str, VendorProfile] = {
             columns=2394,
             pixel_spacing=0.100,
             bits_stored=12,
+            other_matrix=(2294, 1914),  # the 19 x 23 cm field (Senographe 2000D / DS and the small paddle)
             presentation_lut_shape="IDENTITY",
             windows=((0.5, 0.9), (0.55, 0.7), (0.45, 1.1), (0.5, 0.8)),
             window_explanations=("NORMAL", "HARDER", "SOFTER", "USER"),
@@ -158,6 +168,7 @@ PROFILES: dict[str, VendorProfile] = {
             columns=3540,
             pixel_spacing=0.050,
             bits_stored=10,
+            other_matrix=(5928, 4728),  # the 24 x 30 paddle
             photometric="MONOCHROME1",
             presentation_lut_shape="INVERSE",
             windows=((0.5, 1.0),),

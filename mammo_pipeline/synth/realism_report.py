@@ -27,6 +27,9 @@ DEFAULT_REALDATA = Path(__file__).resolve().parents[3] / "shared" / "realdata"
 NYU_SPACING_MM = 0.07  # no pixel spacing in the PNGs; 2560 x 3328 matches a 70-um detector (realdata README)
 FILM_SPACING_MM = 0.05  # no pixel spacing in the WG04 header; DDSM films were scanned at 43.5-50 um
 NEAREST_PROFILE = {"FFDM": "H-LOR", "FILM": "FILM-DF"}  # NYU: 2560 x 3328 at 70 um = the Lorad Selenia matrix
+# The NYU images' detector (rows x columns at 70 um): the Hologic 18 x 24 cm field, which both Hologic profiles store
+# (H-LOR always, H-DIM for its small paddle: profiles.VendorProfile.other_matrix)
+NYU_MATRIX = "3328x2560"
 TOLERANCE = 0.2  # with one real value, "inside" means within 20 % of it
 
 
@@ -46,6 +49,7 @@ class Measured:
     spacing_mm: float
     stats: dict = field(default_factory=dict)
     label: str | None = None  # synthetic: the truth label ('neither', 'biopsy', ...); real: unknown
+    matrix: str | None = None  # synthetic: the full-size "ROWSxCOLUMNS" of its detector field (truth's `matrix`)
 
 
 def realdata_dir(folder: Path | str | None = None) -> Path:
@@ -96,16 +100,18 @@ def contact_views(truth: pd.DataFrame) -> pd.DataFrame:
     return truth[~truth["is_mag_view"].astype(bool) & ~truth["is_spot_view"].astype(bool)]
 
 
-def synthetic_display(ds, vendor_profile: str) -> tuple[np.ndarray, float]:
+def synthetic_display(ds, vendor_profile: str, matrix: str | None = None) -> tuple[np.ndarray, float]:
     """(display image in [0, 1] at the full stored size, as the pipeline's VOI renders it; its pixel spacing in mm,
-    from the vendor profile's detector scaled to the stored size) of a synthetic dataset."""
+    from the vendor profile's detector scaled to the stored size) of a synthetic dataset. `matrix` is the truth's
+    full-size "ROWSxCOLUMNS" (a machine with two paddle fields stores two sizes); None: the profile's."""
     from mammo_pipeline.dicom.normalize import render
     from mammo_pipeline.synth.profiles import PROFILES
 
     long_side = max(int(ds.Rows), int(ds.Columns))
     rend = render(ds, (long_side,))
     profile = PROFILES[vendor_profile]
-    spacing = profile.pixel_spacing * profile.rows / rend.source_shape[0]
+    full_rows = int(matrix.split("x")[0]) if matrix else profile.rows
+    spacing = profile.pixel_spacing * full_rows / rend.source_shape[0]
     return rend.images[long_side].astype(np.float32) / 255.0, spacing
 
 
@@ -125,19 +131,34 @@ def load_synthetic(landing: Path, limit: int | None = None, seed: int = 0) -> li
     for row in truth.sort_values("rel_path").itertuples():
         path = Path(landing) / row.rel_path
         ds, _ = read_dataset(path)
-        img, spacing = synthetic_display(ds, row.vendor_profile)
-        kind = "FILM" if PROFILES[row.vendor_profile].secondary_capture else "FFDM"
-        out.append(Measured(path.name, kind, row.vendor_profile, row.view_position, img, spacing, label=row.label))
+        profile = PROFILES[row.vendor_profile]
+        matrix = getattr(row, "matrix", None) or f"{profile.rows}x{profile.columns}"  # drops before the column
+        img, spacing = synthetic_display(ds, row.vendor_profile, matrix)
+        kind = "FILM" if profile.secondary_capture else "FFDM"
+        out.append(
+            Measured(
+                path.name, kind, row.vendor_profile, row.view_position, img, spacing, label=row.label, matrix=matrix
+            )
+        )
     return out
 
 
 def measure(images: list[Measured]) -> pd.DataFrame:
-    """One row per image: name, kind, source, view and every statistic."""
+    """One row per image: name, kind, source, view, label, matrix and every statistic."""
     rows = []
     for m in images:
         m.stats = image_stats(m.image, m.spacing_mm).as_dict()
-        rows.append({"name": m.name, "kind": m.kind, "source": m.source, "view": m.view, "label": m.label, **m.stats})
+        keys = {"name": m.name, "kind": m.kind, "source": m.source, "view": m.view, "label": m.label}
+        rows.append({**keys, "matrix": m.matrix, **m.stats})
     return pd.DataFrame(rows)
+
+
+def nyu_detector(synth: pd.DataFrame) -> pd.Series:
+    """Which synthetic rows were drawn on the NYU images' detector (NYU_MATRIX at 70 um; by vendor profile when
+    the table has no matrix column)."""
+    if "matrix" in synth and synth["matrix"].notna().any():
+        return (synth["matrix"] == NYU_MATRIX) & (synth["kind"] == "FFDM")
+    return synth["source"] == NEAREST_PROFILE["FFDM"]
 
 
 def compare(real: pd.DataFrame, synth: pd.DataFrame) -> pd.DataFrame:
@@ -150,8 +171,9 @@ def compare(real: pd.DataFrame, synth: pd.DataFrame) -> pd.DataFrame:
     magnification; markers, letters and calcifications at their published rates), when `synth` has labels.
 
     When `synth` has a `source` column, the image statistics are also compared like for like by detector: kind
-    "FFDM H-LOR" holds the real FFDM images against the synthetic ones of NEAREST_PROFILE (the NYU images' 2560 x
-    3328 matrix at 70 um; the top-hat of the 256-px rendition depends on the field of view that 256 px span).
+    "FFDM 3328x2560" holds the real FFDM images against the synthetic ones drawn on the NYU images' detector
+    (`nyu_detector`: the 18 x 24 cm field at 70 um; the top-hat of the 256-px rendition depends on the field of
+    view that 256 px span).
     """
     rows: list[dict] = []
     for kind in sorted(set(real["kind"]) & set(synth["kind"])):
@@ -175,10 +197,9 @@ def compare(real: pd.DataFrame, synth: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     if "source" in synth:
-        profile = NEAREST_PROFILE["FFDM"]
-        r, s = real[real["kind"] == "FFDM"], synth[synth["source"] == profile]
+        r, s = real[real["kind"] == "FFDM"], synth[nyu_detector(synth)]
         if len(r) and len(s):
-            rows += _compare_stats(f"FFDM {profile}", r, s)
+            rows += _compare_stats(f"FFDM {NYU_MATRIX}", r, s)
     return pd.DataFrame(rows)
 
 
@@ -267,7 +288,7 @@ def contact_sheet(real: list[Measured], synth: list[Measured], path: Path, heigh
 
 def stats_figure(real: pd.DataFrame, synth: pd.DataFrame, path: Path) -> Path:
     """PNG: per statistic, real values (dots) against synthetic ones (box per kind; the middle box holds only the
-    synthetic images of the NYU images' detector, NEAREST_PROFILE["FFDM"], against the same real FFDM dots)."""
+    synthetic images of the NYU images' detector, `nyu_detector`, against the same real FFDM dots)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,7 +297,7 @@ def stats_figure(real: pd.DataFrame, synth: pd.DataFrame, path: Path) -> Path:
     stats = list(STAT_NAMES)
     fig, axes = plt.subplots(2, (len(stats) + 1) // 2, figsize=(3.0 * ((len(stats) + 1) // 2), 6.2))
     for ax, stat in zip(axes.ravel(), stats, strict=False):
-        groups = (("FFDM", synth["kind"] == "FFDM"), ("FFDM", synth["source"] == NEAREST_PROFILE["FFDM"]))
+        groups = (("FFDM", synth["kind"] == "FFDM"), ("FFDM", nyu_detector(synth)))
         for i, (kind, pick) in enumerate((*groups, ("FILM", synth["kind"] == "FILM"))):
             sv = synth.loc[pick, stat].dropna()
             rv = real.loc[real["kind"] == kind, stat].dropna()
@@ -285,7 +306,7 @@ def stats_figure(real: pd.DataFrame, synth: pd.DataFrame, path: Path) -> Path:
             if len(rv):
                 jitter = np.linspace(-0.12, 0.12, len(rv)) if len(rv) > 1 else [0.0]
                 ax.scatter(np.full(len(rv), i) + jitter, rv, color="tab:red", s=14, zorder=3, label="real")
-        ax.set_xticks([0, 1, 2], ["FFDM", NEAREST_PROFILE["FFDM"], "film"])
+        ax.set_xticks([0, 1, 2], ["FFDM", NYU_MATRIX, "film"])
         ax.set_title(stat, fontsize=10)
     for ax in axes.ravel()[len(stats) :]:
         ax.axis("off")

@@ -42,6 +42,36 @@ def test_profile_files_read_back_and_decode(tmp_path, key):
             assert np.isfinite(shown).all() and shown.max() > shown.min()
 
 
+@pytest.mark.parametrize("key", sorted(k for k, p in PROFILES.items() if p.other_matrix))
+def test_a_two_field_machine_stores_each_paddle_at_its_own_matrix(tmp_path, key):
+    """Contact views come at either matrix (per study: both breasts of a woman on the same paddle), the truth
+    names it, the pixel spacing stays the detector's; magnification views keep the profile's matrix."""
+    profile = PROFILES[key]
+    seen: dict[str, set[tuple[int, int]]] = {"contact": set(), "mag": set()}
+    for index in range(12):
+        kind = "neither" if index % 3 else "mag"
+        rows = render_study(StudyTask(str(tmp_path / "h" / "d"), "h", "d", 0, SCALE, index, kind, key, index))
+        study = {r["matrix"] for r in rows if not r["is_mag_view"]}
+        assert len(study) <= 1
+        for row in rows:
+            ds = pydicom.dcmread(tmp_path / row["rel_path"])
+            full = tuple(int(v) for v in row["matrix"].split("x"))
+            assert ds.pixel_array.shape == (round(full[0] * SCALE), round(full[1] * SCALE))
+            spacing = ds.PixelSpacing
+            assert float(spacing[0]) == pytest.approx(profile.pixel_spacing / SCALE, rel=1e-4)
+            seen["mag" if row["is_mag_view"] else "contact"].add(full)
+    assert seen["contact"] == {(profile.rows, profile.columns), profile.other_matrix}
+    assert seen["mag"] == {(profile.rows, profile.columns)}
+
+
+def test_a_one_field_machine_keeps_its_matrix(tmp_path):
+    key = next(k for k, p in PROFILES.items() if not p.other_matrix and not p.secondary_capture)
+    profile = PROFILES[key]
+    for index in range(6):
+        rows = render_study(StudyTask(str(tmp_path / "h" / "d"), "h", "d", 0, SCALE, index, "neither", key, index))
+        assert {r["matrix"] for r in rows} == {f"{profile.rows}x{profile.columns}"}
+
+
 def _header(**kw) -> ImageHeader:
     base = dict(
         patient=Patient("P1", "DOE^JANE", "19600101"),
