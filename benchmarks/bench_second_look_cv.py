@@ -21,7 +21,8 @@ patients into `--folds` seeded folds, and for each fold trains the product's pat
 (`candidate_store`), as in the product. Prints each fold's ROC-AUC, the pooled ROC-AUC over all images with a
 patient-level bootstrap 95 % interval, the pooled ROC-AUC by kind of clip image (an unsaturated clip or every clip
 saturated, each against all negatives), by vendor profile and for magnification vs contact views, candidate recall
-(share of clip images with a clip among the K candidates: diagnosis from the truth's boxes), and the ratio of the
+(share of clip images with a clip among the K candidates: diagnosis from the truth's boxes) with the missed ones
+by kind of view and the ROC-AUC they cost (what finding their clips could at most buy), and the ratio of the
 pooled ROC-AUC against the candidate score alone (image score = its strongest blob score, nothing learned) on the
 same images. Target: ROC-AUC >= 0.99 per flag (issue 13).
 
@@ -52,6 +53,7 @@ from bench_learning_curve import build_dataset, by_clip_kind, clip_among, labels
 from mammo_pipeline.model.evaluate import roc_auc
 from mammo_pipeline.model.second_look import predict_patch_mil, train_patch_mil
 from mammo_pipeline.model.second_look_model import candidates_of
+from mammo_pipeline.synth.profiles import PROFILES
 
 
 def patient_folds(patients: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -85,6 +87,32 @@ def oracle_bags(found, boxes: np.ndarray, scale: np.ndarray, y: np.ndarray) -> n
             if clips and j not in clips:
                 crops[i, j] = crops[i, clips[j % len(clips)]]
     return crops
+
+
+def missed_line(truth: pd.DataFrame, y: np.ndarray, scored: np.ndarray, centres: np.ndarray, scale: np.ndarray):
+    """One line: the clip images without a clip among their candidates, by kind of view, and the ROC-AUC they cost.
+
+    ROC-AUC = 1 - (1 / P) x the sum over the P clip images of the share of negatives scored above each (ties
+    half), so a group of clip images costs its own part of that sum: what finding their clips could at most buy.
+    """
+    negatives = np.sort(scored[~y])
+    missed = [i for i in np.flatnonzero(y) if not clip_among(truth["boxes"].iat[i], scale[i], centres[i])]
+    if not missed:
+        return "  no clip image without a clip among its candidates"
+    film = truth["vendor_profile"].map(lambda key: PROFILES[key].secondary_capture).to_numpy(bool)
+    view = np.where(
+        truth["is_mag_view"].astype(bool),
+        "magnification",
+        np.where(film, "film", np.where(truth["is_spot_view"].astype(bool), "spot", "contact")),
+    )
+    kinds = pd.Series(view[missed]).value_counts()
+    above = (len(negatives) - np.searchsorted(negatives, scored[missed], side="right")) / len(negatives)
+    ties = np.searchsorted(negatives, scored[missed], side="right") - np.searchsorted(negatives, scored[missed])
+    cost = float((above + 0.5 * ties / len(negatives)).sum() / y.sum())
+    return (
+        f"  missed: {len(missed)} clip images (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + "), "
+        f"{cost:.3f} of ROC-AUC (their share of the misordered pairs)"
+    )
 
 
 def main() -> int:
@@ -160,6 +188,7 @@ def main() -> int:
 
     hits = sum(clip_among(truth["boxes"].iat[i], scale[i], found.centres[i]) for i in np.flatnonzero(y))
     print(f"candidate recall (diagnosis, from the truth's boxes): {hits}/{y.sum()} clip images = {hits / y.sum():.3f}")
+    print(missed_line(truth, y, scored, found.centres, scale))
     alone = roc_auc(y, found.scores.max(axis=1))
     print(f"RATIO pooled second look / candidate score alone: biopsy ROC-AUC {pooled:.3f} / {alone:.3f} = "
           f"{pooled / alone:.2f}x (target ROC-AUC >= 0.99)")  # fmt: skip

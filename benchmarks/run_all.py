@@ -29,7 +29,7 @@ BENCHMARKS: dict[str, list[str]] = {
 EXTRA: dict[str, list[str]] = {
     "learning_curve": ["--baseline"],
     "second_look_cv": [],
-    "realism": ["--studies", "8", "--scale", "0.25"],
+    "realism": ["--studies", "40", "--scale", "0.25", "--limit", "0"],  # the README table's sample
     "film_compression": [],
     "real_samples": [],
     "study_points": ["--home", "mammo-home"],

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -167,9 +168,38 @@ def test_oracle_bags_hold_only_the_clip_crops_of_clip_images():
     assert (crops[0, 0] != crops[0, 1]).any()  # the input was not modified in place
 
 
+def test_missed_clip_images_are_counted_by_view_and_cost_their_share_of_the_roc_auc():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from bench_second_look_cv import missed_line
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import pandas as pd
+
+    from mammo_pipeline.model.evaluate import roc_auc
+
+    hit, miss = '[["clip", 45, 55, 45, 55]]', '[["clip", 300, 310, 0, 5]]'
+    truth = pd.DataFrame(
+        {
+            "boxes": [hit, miss, miss, hit, "[]", "[]", "[]", "[]"],
+            "vendor_profile": ["H-LOR", "H-LOR", "FILM-DF", "H-LOR", "H-LOR", "H-LOR", "H-LOR", "H-LOR"],
+            "is_mag_view": [False, True, False, False, False, False, False, False],
+            "is_spot_view": [False, False, False, False, False, False, False, False],
+        }
+    )
+    y = np.array([True, True, True, True, False, False, False, False])
+    scored = np.array([0.9, 0.1, 0.35, 0.8, 0.2, 0.3, 0.4, 0.5])  # the misses sit below 4 and 2 of 4 negatives
+    centres = np.tile(np.array([[50, 50]]), (8, 1, 1))
+    line = missed_line(truth, y, scored, centres, np.ones(8))
+    assert "missed: 2 clip images (1 magnification, 1 film)" in line, line
+    cost = float(re.search(r"([\d.]+) of ROC-AUC", line).group(1))
+    assert cost == pytest.approx(1 - roc_auc(y, scored), abs=1e-3) == pytest.approx((4 / 4 + 2 / 4) / 4)
+    found = truth.assign(boxes=[hit] * 4 + ["[]"] * 4)
+    assert "no clip image without a clip" in missed_line(found, y, scored, centres, np.ones(8))
+
+
 def test_a_data_folder_keeps_the_drops_seed_it_was_built_with(tmp_path):
     """Held-out drops (`--drops-seed`) must never be silently the development set's: a folder records its seed."""
-    import pytest
 
     sys.path.insert(0, str(BENCHMARKS))
     try:

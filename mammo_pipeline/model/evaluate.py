@@ -166,7 +166,8 @@ def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
     """Threshold and review band of one flag on the audit set. Rules:
 
     - 'sensitivity': the highest threshold whose sensitivity >= BIOPSY_MIN_SENSITIVITY (best specificity);
-    - 'balanced': the threshold with the best balanced accuracy ((sens + spec) / 2; ties: the one nearest 0.5).
+    - 'balanced': the threshold with the best balanced accuracy ((sens + spec) / 2; ties: the one nearest 0.5,
+      any threshold between two adjacent audit probabilities counting, not only the probabilities themselves).
 
     The review band [review_low, review_high) holds the uncertain predictions: review_low is the highest
     threshold keeping REVIEW_SENSITIVITY of the positives at or above it, review_high the lowest keeping
@@ -185,7 +186,16 @@ def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
         name = f"sensitivity >= {BIOPSY_MIN_SENSITIVITY} at the best specificity"
     elif rule == "balanced":
         best = max((se + sp) / 2 for _, se, sp in stats)
-        threshold = min((t for t, se, sp in stats if (se + sp) / 2 >= best - 1e-12), key=lambda t: abs(t - 0.5))
+        # a candidate's decisions hold for every threshold in (the next lower probability, candidate]: the tie
+        # rule looks at those whole intervals, not only at their upper ends, so where the audit set leaves a gap
+        # between its classes the threshold is 0.5 when the gap holds it, not the lowest positive's edge
+        lower = np.concatenate(([-np.inf], cands[:-1]))
+        options = [
+            min(max(0.5, float(np.nextafter(lo, np.inf))), t)
+            for (t, se, sp), lo in zip(stats, lower, strict=True)
+            if (se + sp) / 2 >= best - 1e-12
+        ]
+        threshold = min(options, key=lambda t: abs(t - 0.5))
         name = "best balanced accuracy"
     else:
         raise ValueError(f"operating-point rule must be 'sensitivity' or 'balanced', not {rule!r}")

@@ -35,7 +35,8 @@ class VendorProfile:
     # The machine's other stored matrix (rows, columns at the same spacing): a detector that takes an 18 x 24 and
     # a 24 x 30 cm paddle stores each field at its own size (dicom_mammo.md §7 Rows x Cols and realism.md §3:
     # Hologic 4096 x 3328 / 3328 x 2560, GE 3062 x 2394 / 2294 x 1914, Fujifilm 5928 x 4728 / 4740 x 3540),
-    # chosen per woman by the size of her breast; OTHER_MATRIX_SHARE of a machine's studies use it (contact views)
+    # in practice chosen by the size of the woman's breast; here drawn per study (drops.study_matrix), in
+    # OTHER_MATRIX_SHARE of a machine's studies (contact views)
     other_matrix: tuple[int, int] | None = None
     photometric: str = "MONOCHROME2"
     presentation_lut_shape: str | None = "IDENTITY"

@@ -90,6 +90,18 @@ def test_mag_operating_point_is_the_best_balanced_accuracy_and_perfect_separatio
     assert operating_point(np.zeros(3, bool), np.zeros(3), "balanced")["rule"].startswith("default")
 
 
+def test_a_gap_between_the_classes_puts_the_balanced_threshold_at_one_half_not_at_the_lowest_positive():
+    """Every threshold in the gap (0.07, 0.89] separates the audit set; the one nearest 0.5 is 0.5 itself. The
+    lowest positive's edge (0.89, the old choice) would miss any unseen positive just below it."""
+    truth = np.array([False, False, False, True, True, True])
+    probs = np.array([0.01, 0.04, 0.07, 0.89, 0.95, 0.99])
+    assert operating_point(truth, probs, "balanced")["threshold"] == 0.5
+    high = operating_point(truth, probs * 0.4 + 0.6, "balanced")["threshold"]  # gap (0.628, 0.956]: its lower end
+    assert 0.6 + 0.4 * 0.07 < high < 0.6 + 0.4 * 0.89 and high == pytest.approx(0.628)
+    one = operating_point(truth, probs, "balanced")
+    assert one["review_low"] <= one["threshold"] <= one["review_high"]
+
+
 def test_needs_review_marks_exactly_the_band():
     points = {
         "biopsy": {"threshold": 0.5, "review_low": 0.2, "review_high": 0.7},
