@@ -25,7 +25,7 @@ BENCHMARKS: dict[str, list[str]] = {
 # Run by name only (`python benchmarks/run_all.py learning_curve`): slow (learning_curve about 10 minutes,
 # second_look_cv about 3 plus 5 the first time it builds its data set, realism
 # and film_compression a few), needing a trained model (real_samples: the demo's, `--home`), or a library
-# installed aside (table_format: deltalake), or a demo's home (study_points: `make demo` first).
+# installed aside (table_format: deltalake), or a demo's home (study_points, demo_audit: `make demo` first).
 EXTRA: dict[str, list[str]] = {
     "learning_curve": ["--baseline"],
     "second_look_cv": [],
@@ -33,6 +33,7 @@ EXTRA: dict[str, list[str]] = {
     "film_compression": [],
     "real_samples": [],
     "study_points": ["--home", "mammo-home"],
+    "demo_audit": ["--home", "mammo-home"],
     "table_format": ["--slices", "20", "--rows", "5000", "--writers", "2", "--rounds", "5", "--repeat", "5"],
 }
 

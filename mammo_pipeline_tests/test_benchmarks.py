@@ -15,6 +15,18 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def bench_module(name: str):
+    """A script of benchmarks/ imported as a module (they import each other by bare name, so the folder goes on
+    sys.path while it loads)."""
+    import importlib
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
 def run(name: str, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / f"bench_{name}.py"), *args], capture_output=True, text=True, timeout=600
@@ -24,11 +36,7 @@ def run(name: str, *args: str) -> str:
 
 
 def test_every_benchmark_in_run_all_exists():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import run_all
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    run_all = bench_module("run_all")
     listed = {**run_all.BENCHMARKS, **run_all.EXTRA}
     for name in listed:
         assert (BENCHMARKS / f"bench_{name}.py").exists(), name
@@ -100,11 +108,7 @@ def test_second_look_cross_validation_scores_every_image_once_by_a_model_that_ne
 
 
 def test_patient_folds_keep_each_patient_whole_and_use_every_fold():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from bench_second_look_cv import patient_folds
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    patient_folds = bench_module("bench_second_look_cv").patient_folds
     patients = np.repeat(np.arange(20), 4)[np.random.default_rng(0).permutation(80)]
     fold = patient_folds(patients, 3, seed=1)
     assert set(fold) == {0, 1, 2}
@@ -132,11 +136,7 @@ def test_film_compression_benchmark_compresses_at_the_asked_ratio(monkeypatch):
 
 
 def test_the_film_codec_is_lossy_at_its_ratio():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_film_compression as bench
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    bench = bench_module("bench_film_compression")
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -151,11 +151,7 @@ def test_the_film_codec_is_lossy_at_its_ratio():
 
 
 def test_oracle_bags_hold_only_the_clip_crops_of_clip_images():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from bench_second_look_cv import oracle_bags
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    oracle_bags = bench_module("bench_second_look_cv").oracle_bags
     from types import SimpleNamespace
 
     crops = np.arange(3 * 3 * 2 * 4 * 4, dtype=np.float32).reshape(3, 3, 2, 4, 4)
@@ -169,11 +165,7 @@ def test_oracle_bags_hold_only_the_clip_crops_of_clip_images():
 
 
 def test_missed_clip_images_are_counted_by_view_and_cost_their_share_of_the_roc_auc():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from bench_second_look_cv import missed_line
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    missed_line = bench_module("bench_second_look_cv").missed_line
     import pandas as pd
 
     from mammo_pipeline.model.evaluate import roc_auc
@@ -198,14 +190,33 @@ def test_missed_clip_images_are_counted_by_view_and_cost_their_share_of_the_roc_
     assert "no clip image without a clip" in missed_line(found, y, scored, centres, np.ones(8))
 
 
+def test_demo_audit_counts_each_clip_images_misordered_pairs_and_names_its_view():
+    bench = bench_module("bench_demo_audit")
+    misordered, view_kind = bench.misordered, bench.view_kind
+    from types import SimpleNamespace
+
+    from mammo_pipeline.model.evaluate import roc_auc
+
+    rng = np.random.default_rng(3)
+    pos, neg = rng.uniform(0.2, 1.0, 30), np.r_[rng.uniform(0.0, 0.7, 50), [0.5, 0.5]]
+    pos[:3] = 0.5  # ties count half, as in ROC-AUC
+    pairs = misordered(pos, neg)
+    y = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    assert 1 - pairs.sum() / (len(pos) * len(neg)) == pytest.approx(roc_auc(y, np.r_[pos, neg]))
+    assert pairs[0] == (neg > 0.5).sum() + 1.0  # two ties at 0.5, half each
+
+    def row(mag=False, spot=False, vendor="H-LOR"):
+        return SimpleNamespace(is_mag_view=mag, is_spot_view=spot, vendor_profile=vendor)
+
+    assert view_kind(row(mag=True, vendor="FILM-DF")) == "magnification"
+    assert view_kind(row(vendor="FILM-DF")) == "film"
+    assert view_kind(row(spot=True)) == "spot" and view_kind(row()) == "contact"
+
+
 def test_a_data_folder_keeps_the_drops_seed_it_was_built_with(tmp_path):
     """Held-out drops (`--drops-seed`) must never be silently the development set's: a folder records its seed."""
 
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_learning_curve as bench
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    bench = bench_module("bench_learning_curve")
     (tmp_path / "drops-seed.txt").write_text("1\n")
     with pytest.raises(SystemExit, match="holds the drops of seed 1, not 0"):
         bench.build_dataset(tmp_path, 1)

@@ -1,0 +1,122 @@
+"""Where a demo model's biopsy ROC-AUC goes on its own audit set: clip images whose clip is no candidate.
+
+Run:  .venv/bin/python benchmarks/bench_demo_audit.py --home MAMMO_HOME [--home ANOTHER ...] [--top 8]
+
+For each home made by `mammo demo` (synthetic drops, so `landing/_truth/` knows every image and where each clip
+lies): the current model's `image_predictions` on the audit split, scored against the synthetic truth (diagnosis
+only). Prints the `--top` lowest-scored clip images, each with its kind of view, vendor profile, whether a clip of
+the truth's boxes is among the second look's kept candidates (`candidate_store`, as inference read them) and the
+share of clip-free audit images scored above it; then the RATIO of the misordered (clip image, clip-free image)
+pairs made by clip images without a candidate on their clip to all misordered pairs, per home and pooled: what
+finding those clips could at most buy, against the whole loss (1 - ROC-AUC). A model without a second look is
+refused (its biopsy flag has no candidates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import pandas as pd
+from bench_learning_curve import clip_among
+
+from mammo_pipeline import warehouse
+from mammo_pipeline.model.candidate_store import candidates_of_png
+from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline.settings import Settings
+from mammo_pipeline.synth.drops import read_truth
+from mammo_pipeline.synth.profiles import PROFILES
+
+
+def audit_scores(home: Path) -> tuple[str, pd.DataFrame]:
+    """(model version, one row per audit image: p_biopsy, the truth's flags, boxes and view, display PNG path and
+    the display / stored height ratio). Raises SystemExit for a model without a second look."""
+    settings = Settings.under(home)
+    ref = ModelRef.load(settings.models)
+    if not ref.extra.get("second_look"):
+        raise SystemExit(f"{home}: model {ref.model_version} has no second look, so no candidates to diagnose")
+    preds = warehouse.query(
+        settings,
+        "SELECT sop_instance_uid, p_biopsy FROM image_predictions WHERE model_version = ?",
+        [ref.model_version],
+    )
+    labels = pd.read_parquet(settings.warehouse / "labels" / "current.parquet")
+    audit = labels.loc[labels["split"] == "audit", ["sop_instance_uid"]].merge(preds, on="sop_instance_uid")
+    truth = read_truth(settings.landing).drop_duplicates("sop_instance_uid")
+    cols = ["sop_instance_uid", "has_biopsy_marker", "is_mag_view", "is_spot_view", "vendor_profile", "boxes"]
+    manifest = warehouse.query(
+        settings, "SELECT sop_instance_uid, display_png, height, display_height FROM image_cache"
+    )
+    out = audit.merge(truth[cols], on="sop_instance_uid").merge(manifest, on="sop_instance_uid")
+    out["display_png"] = [str(settings.cache / p) for p in out["display_png"]]
+    out["scale"] = out["display_height"] / out["height"]
+    return ref.model_version, out
+
+
+def view_kind(row) -> str:
+    """'magnification', 'film', 'spot' or 'contact' (a film's magnification view counts as magnification)."""
+    if bool(row.is_mag_view):
+        return "magnification"
+    if PROFILES[row.vendor_profile].secondary_capture:
+        return "film"
+    return "spot" if bool(row.is_spot_view) else "contact"
+
+
+def misordered(scores: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """Per clip image score: the clip-free scores above it, ties counted half (its misordered pairs)."""
+    negatives = np.sort(negatives)
+    above = len(negatives) - np.searchsorted(negatives, scores, side="right")
+    ties = np.searchsorted(negatives, scores, side="right") - np.searchsorted(negatives, scores, side="left")
+    return above + 0.5 * ties
+
+
+def diagnose(frame: pd.DataFrame) -> pd.DataFrame:
+    """The clip images of `frame` with `found` (a clip among their kept candidates), `kind` and `pairs`."""
+    truth = frame["has_biopsy_marker"].astype(bool).to_numpy()
+    clips = frame[truth].copy()
+    clips["found"] = [
+        clip_among(row.boxes, row.scale, candidates_of_png(Path(row.display_png))[1])  # (crops, centres, ...)
+        for row in clips.itertuples()
+    ]
+    clips["kind"] = [view_kind(row) for row in clips.itertuples()]
+    clips["pairs"] = misordered(clips["p_biopsy"].to_numpy(float), frame.loc[~truth, "p_biopsy"].to_numpy(float))
+    return clips
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", type=Path, action="append", required=True, help="a demo's MAMMO_HOME (repeatable)")
+    parser.add_argument("--top", type=int, default=8, help="lowest-scored clip images listed per home")
+    args = parser.parse_args()
+    lost = missed = 0.0
+    for home in args.home:
+        version, frame = audit_scores(home)
+        clips = diagnose(frame)
+        n_neg = int((~frame["has_biopsy_marker"].astype(bool)).sum())
+        print(f"{home}: model {version}, {len(frame)} audit images, {len(clips)} with a clip, {n_neg} without")
+        for row in clips.sort_values("p_biopsy").head(args.top).itertuples():
+            print(
+                f"  p {row.p_biopsy:.3f}  {row.kind:<13} {row.vendor_profile:<8} clip among candidates: "
+                f"{'yes' if row.found else 'NO '}  clip-free images above: {row.pairs / max(n_neg, 1):.2f}"
+            )
+        home_lost, home_missed = float(clips["pairs"].sum()), float(clips.loc[~clips["found"], "pairs"].sum())
+        kinds = clips.loc[~clips["found"], "kind"].value_counts()
+        print(
+            f"  {int((~clips['found']).sum())} clip images without a candidate on their clip ("
+            + ", ".join(f"{n} {k}" for k, n in kinds.items())
+            + f"); ROC-AUC {1 - home_lost / max(len(clips) * n_neg, 1):.3f}, "
+            f"of which they cost {home_missed / max(len(clips) * n_neg, 1):.3f}"
+        )
+        lost, missed = lost + home_lost, missed + home_missed
+    share = missed / lost if lost else 0.0
+    print(f"RATIO misordered pairs from clips no candidate found / all misordered pairs: {share:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
