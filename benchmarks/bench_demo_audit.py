@@ -21,16 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np
 import pandas as pd
-from bench_learning_curve import clip_among
+from bench_learning_curve import clip_among, misordered, view_kind
 
 from mammo_pipeline import warehouse
 from mammo_pipeline.model.candidate_store import candidates_of_png
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 from mammo_pipeline.synth.drops import read_truth
-from mammo_pipeline.synth.profiles import PROFILES
 
 
 def audit_scores(home: Path) -> tuple[str, pd.DataFrame]:
@@ -56,23 +54,6 @@ def audit_scores(home: Path) -> tuple[str, pd.DataFrame]:
     out["display_png"] = [str(settings.cache / p) for p in out["display_png"]]
     out["scale"] = out["display_height"] / out["height"]
     return ref.model_version, out
-
-
-def view_kind(row) -> str:
-    """'magnification', 'film', 'spot' or 'contact' (a film's magnification view counts as magnification)."""
-    if bool(row.is_mag_view):
-        return "magnification"
-    if PROFILES[row.vendor_profile].secondary_capture:
-        return "film"
-    return "spot" if bool(row.is_spot_view) else "contact"
-
-
-def misordered(scores: np.ndarray, negatives: np.ndarray) -> np.ndarray:
-    """Per clip image score: the clip-free scores above it, ties counted half (its misordered pairs)."""
-    negatives = np.sort(negatives)
-    above = len(negatives) - np.searchsorted(negatives, scores, side="right")
-    ties = np.searchsorted(negatives, scores, side="right") - np.searchsorted(negatives, scores, side="left")
-    return above + 0.5 * ties
 
 
 def diagnose(frame: pd.DataFrame) -> pd.DataFrame:

@@ -56,6 +56,7 @@ from mammo_pipeline.model.preprocess import preprocess_batch
 from mammo_pipeline.model.train import TrainConfig, load_network, train_model
 from mammo_pipeline.settings import Settings
 from mammo_pipeline.synth import generate_drops
+from mammo_pipeline.synth.profiles import PROFILES
 
 OLD_DEFAULT = TrainConfig(
     size=160, epochs=2, freeze_epochs=1, lr=2e-3, batch_size=32, weight_decay=1e-2, flips=False, pos_weight=False
@@ -121,6 +122,25 @@ def box_kinds_at(boxes: str, scale: float, row: int, col: int) -> list[str]:
 def clip_among(boxes: str, scale: float, centres: np.ndarray) -> bool:
     """Whether any candidate centre (display px, row -1 for an empty slot) lies in one of the truth's clip boxes."""
     return any(k.startswith("clip") for r, c in centres if r >= 0 for k in box_kinds_at(boxes, scale, r, c))
+
+
+def view_kind(row) -> str:
+    """'magnification', 'film', 'spot' or 'contact' of a truth row (a film's magnification view counts as
+    magnification): how the diagnoses group clip images (diagnosis only)."""
+    if bool(row.is_mag_view):
+        return "magnification"
+    if PROFILES[row.vendor_profile].secondary_capture:
+        return "film"
+    return "spot" if bool(row.is_spot_view) else "contact"
+
+
+def misordered(scores: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """Per clip image score: the clip-free scores above it, ties counted half (its misordered pairs; 1 - ROC-AUC
+    is their sum over positives x negatives)."""
+    negatives = np.sort(negatives)
+    above = len(negatives) - np.searchsorted(negatives, scores, side="right")
+    ties = np.searchsorted(negatives, scores, side="right") - np.searchsorted(negatives, scores, side="left")
+    return above + 0.5 * ties
 
 
 def by_clip_kind(truth: np.ndarray, unsaturated: np.ndarray, probs: np.ndarray):

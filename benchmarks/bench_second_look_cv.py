@@ -48,12 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import pandas as pd
-from bench_learning_curve import build_dataset, by_clip_kind, clip_among, labels_frame
+from bench_learning_curve import build_dataset, by_clip_kind, clip_among, labels_frame, misordered, view_kind
 
 from mammo_pipeline.model.evaluate import roc_auc
 from mammo_pipeline.model.second_look import predict_patch_mil, train_patch_mil
 from mammo_pipeline.model.second_look_model import candidates_of
-from mammo_pipeline.synth.profiles import PROFILES
 
 
 def patient_folds(patients: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -95,20 +94,11 @@ def missed_line(truth: pd.DataFrame, y: np.ndarray, scored: np.ndarray, centres:
     ROC-AUC = 1 - (1 / P) x the sum over the P clip images of the share of negatives scored above each (ties
     half), so a group of clip images costs its own part of that sum: what finding their clips could at most buy.
     """
-    negatives = np.sort(scored[~y])
     missed = [i for i in np.flatnonzero(y) if not clip_among(truth["boxes"].iat[i], scale[i], centres[i])]
     if not missed:
         return "  no clip image without a clip among its candidates"
-    film = truth["vendor_profile"].map(lambda key: PROFILES[key].secondary_capture).to_numpy(bool)
-    view = np.where(
-        truth["is_mag_view"].astype(bool),
-        "magnification",
-        np.where(film, "film", np.where(truth["is_spot_view"].astype(bool), "spot", "contact")),
-    )
-    kinds = pd.Series(view[missed]).value_counts()
-    above = (len(negatives) - np.searchsorted(negatives, scored[missed], side="right")) / len(negatives)
-    ties = np.searchsorted(negatives, scored[missed], side="right") - np.searchsorted(negatives, scored[missed])
-    cost = float((above + 0.5 * ties / len(negatives)).sum() / y.sum())
+    kinds = pd.Series([view_kind(row) for row in truth.iloc[missed].itertuples()]).value_counts()
+    cost = float(misordered(scored[missed], scored[~y]).sum() / ((~y).sum() * y.sum()))
     return (
         f"  missed: {len(missed)} clip images (" + ", ".join(f"{n} {k}" for k, n in kinds.items()) + "), "
         f"{cost:.3f} of ROC-AUC (their share of the misordered pairs)"
