@@ -8,8 +8,10 @@ landing folder, runs the real index -> cache -> predict steps with the model nam
 current.json, prints each image's probabilities, flags and needs_review against the clip truth written down
 below, the study flags (one study per exam: `summary.aggregate_studies` at the model's study thresholds) and,
 for a model with a second look, each image's three most clip-like crops (patch probability and the crop's
-centre in display PNG px: what decided its p_biopsy), and draws a contact sheet with each image's biopsy-marker
-heat map. It never trains on these images.
+centre in display PNG px: what decided its p_biopsy), where the clip-free real images' p_biopsy fall among the
+model's own clip-free audit images (the synthetic images its threshold was chosen on: is a false flag the real
+tissue or the operating point?), and draws a contact sheet with each image's biopsy-marker heat map. It never
+trains on these images.
 Skips, with a message, when the folder is absent.
 
 Truth (decided by looking at every image at full resolution, see README "Real images"): only
@@ -152,6 +154,26 @@ def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: P
     out.write_bytes(buf.getvalue())
 
 
+def audit_clip_free(settings: Settings, model_version: str) -> np.ndarray:
+    """float [n]: p_biopsy of the audit images labelled clip-free, predicted by `model_version` (the images its
+    biopsy threshold was chosen on); empty when the home has no such labels or predictions."""
+    from mammo_pipeline import warehouse
+
+    labels_path = settings.warehouse / "labels" / "current.parquet"
+    if not labels_path.exists():
+        return np.zeros(0)
+    labels = pd.read_parquet(labels_path, columns=["sop_instance_uid", "split", "has_biopsy_marker"])
+    clip_free = labels[(labels["split"] == "audit") & ~labels["has_biopsy_marker"].astype(bool)]
+    import duckdb
+
+    try:
+        sql = "SELECT sop_instance_uid, p_biopsy FROM image_predictions WHERE model_version = ?"
+        preds = warehouse.query(settings, sql, [model_version])
+    except duckdb.Error:  # a home without predictions yet: nothing to compare with
+        return np.zeros(0)
+    return preds.merge(clip_free, on="sop_instance_uid")["p_biopsy"].to_numpy(float)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=None, help="MAMMO_HOME whose current model to use (default: env)")
@@ -229,6 +251,17 @@ def main() -> int:
             f"{int(studies['is_mag_view'].sum())} (target 0)"
         )
 
+        audit = audit_clip_free(model_home, ref.model_version)
+        if len(audit):  # are the real clip-free images scored like the synthetic ones the threshold was set on?
+            threshold = ref.thresholds()[0]
+            real = preds.loc[~preds["truth_clip"], "p_biopsy"].to_numpy(float)
+            ranks = [float((audit < p).mean()) for p in real]
+            print(
+                f"AGAINST THE AUDIT the real clip-free images' p_biopsy sit at the {np.median(ranks):.0%} point "
+                f"(median; {min(ranks):.0%}-{max(ranks):.0%}) of the model's {len(audit)} clip-free audit images; "
+                f"at the image threshold {threshold:.3f} it flags {(real >= threshold).mean():.0%} of these and "
+                f"{(audit >= threshold).mean():.0%} of those"
+            )
         truth = preds["truth_clip"].to_numpy(bool)
         if 0 < truth.sum() < len(truth):  # the threshold-free view: how the clip images rank among all
             auc = roc_auc(truth, preds["p_biopsy"].to_numpy(float))
