@@ -160,3 +160,16 @@ def test_a_small_air_pocket_of_a_coned_view_full_of_fat_is_air_and_the_fat_is_no
     assert abs(background_level(img) - 0.02) < 0.01
     found = air_mask(img)
     assert (found & air).sum() > 0.9 * air.sum() and (found & inside).sum() <= 0.01 * inside.sum()
+
+
+def test_a_small_pocket_of_air_cut_off_by_a_line_is_air():
+    """A read-out line across the detector, brighter than the air threshold but darker than halfway to the breast,
+    cuts a strip of air off along the top: too small to count as air on its own (AIR_MIN_SHARE), flat and joined
+    to the rest of the air by the hysteresis through the line, so it is the same air. (Before, it was not air, and
+    a pellet or the skin line where it meets the frame stayed a candidate.)"""
+    img, inside = _breast(np.random.default_rng(9), shape=(400, 200))
+    img[3] = np.clip(img[3] + 0.15, 0, 1)
+    pocket = ~inside & (np.arange(img.shape[0]) < 3)[:, None]
+    assert 0 < pocket.mean() < 0.01
+    found = air_mask(img)
+    assert found[pocket].mean() > 0.9 and (found & inside).sum() <= 0.001 * inside.sum()
