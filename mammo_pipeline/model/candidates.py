@@ -53,8 +53,11 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # too (inside its clear border, uneven: air.py); 5: holes filled before the blob measure (`fill_holes`: ring clips)
 # and K = 24; 6: the air of a coned view too (a collimator's unexposed border is not breast: `air.unexposed_mask`);
 # 7: a candidate is a local maximum of the blob measure before the air margin and the frame are masked (the
-# flank of a nipple pellet's response, just inside the margin, was a candidate with the pellet in its crop).
-SECOND_LOOK_VERSION = "7"
+# flank of a nipple pellet's response, just inside the margin, was a candidate with the pellet in its crop); 8: the
+# air of a display with line artefacts and a coned view's small air pocket too (`air.background_level`'s vote
+# weighted by flatness, the flatness test also without the detector's lines, a small flat pocket joined to the air
+# by the hysteresis: the skin line was a candidate).
+SECOND_LOOK_VERSION = "8"
 # Gaussian scales of the blob score as shares of the long side: 0.2 %, 0.4 % and 0.8 % of a 24-30 cm detector
 # are 0.5-0.6, 1-1.2 and 2-2.4 mm, about the half-size of the object where the scale-normalized blob measure
 # peaks: the 1-mm metal bead of a barbell or the end of a 0.5-mm ribbon, a 2-3 mm clip, a 4-5 mm (or magnified)
