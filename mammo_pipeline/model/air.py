@@ -50,8 +50,6 @@ air shares unchanged.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from scipy import ndimage
 
@@ -262,11 +260,20 @@ def _line_offsets(img: np.ndarray, exposed: np.ndarray, sigma: float) -> np.ndar
     x = np.where(exposed, img, 0.0).astype(np.float64)
     weight = ndimage.gaussian_filter(exposed.astype(np.float64), sigma)
     detail = np.where(exposed, x - ndimage.gaussian_filter(x, sigma) / np.maximum(weight, 1e-6), np.nan)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # rows or columns wholly unexposed: no line
-        rows = np.nan_to_num(np.nanmedian(detail, axis=1))
-        cols = np.nan_to_num(np.nanmedian(detail - rows[:, None], axis=0))
+    rows = _median_along(detail, axis=1)
+    cols = _median_along(detail - rows[:, None], axis=0)
     return rows[:, None] + cols[None, :]
+
+
+def _median_along(a: np.ndarray, axis: int) -> np.ndarray:
+    """float64: the median of `a` along `axis` ignoring NaN, 0 for a line wholly NaN (wholly unexposed: no line).
+    Only lines holding a value are passed to `np.nanmedian`, so nothing warns (no global warning filter: the
+    candidates are cut in threads)."""
+    has = ~np.isnan(a).all(axis=axis)
+    out = np.zeros(a.shape[1 - axis])
+    if has.any():
+        out[has] = np.nanmedian(a[has] if axis == 1 else a[:, has], axis=axis)
+    return out
 
 
 def _residual_spread(img: np.ndarray, region: np.ndarray, sigma: float, lines: np.ndarray) -> float:
