@@ -56,7 +56,8 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # flank of a nipple pellet's response, just inside the margin, was a candidate with the pellet in its crop); 8: the
 # air of a display with line artefacts and a coned view's small air pocket too (`air.background_level`'s vote
 # weighted by flatness, the flatness test also without the detector's lines, a small flat pocket joined to the air
-# by the hysteresis: the skin line was a candidate).
+# by the hysteresis: the skin line was a candidate) and of a spot view whose collimator covers most of the image
+# (that shadow took the background level's vote: `air._border_that_took_the_vote`).
 SECOND_LOOK_VERSION = "8"
 # Gaussian scales of the blob score as shares of the long side: 0.2 %, 0.4 % and 0.8 % of a 24-30 cm detector
 # are 0.5-0.6, 1-1.2 and 2-2.4 mm, about the half-size of the object where the scale-normalized blob measure

@@ -173,3 +173,40 @@ def test_a_small_pocket_of_air_cut_off_by_a_line_is_air():
     assert 0 < pocket.mean() < 0.01
     found = air_mask(img)
     assert found[pocket].mean() > 0.9 and (found & inside).sum() <= 0.001 * inside.sum()
+
+
+def test_a_spot_views_collimator_covering_most_of_the_image_is_the_border_and_its_air_pocket_is_air():
+    """A spot view coned to its paddle: the collimator's shadow covers 80 % of the image, so the image's darker
+    half is mostly that shadow and it took the background level's vote. The border was then not found (nothing was
+    brighter than the "background"), the field's real air was not air, and the breast's units and the air's
+    contrast were the collimator's. The breast is brighter than the air but darker than the border: the shadow
+    that took the vote, with the rest of the image darker than it, is the border, and the level is the field's."""
+    from mammo_pipeline.model.air import background_level, unexposed_mask
+
+    rng = np.random.default_rng(10)
+    h, w = 256, 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    field = (yy >= 60) & (yy < 160) & (xx >= 40) & (xx < 140)  # a paddle-sized field: 20 % of the image
+    inside = (np.hypot(yy - 110, xx - 40) < 75) & field  # the breast fills the field but its far corners
+    tissue = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.5)
+    img = np.where(inside, 0.45 + 0.08 * tissue / tissue.std(), 0.02 + rng.normal(0, 0.004, (h, w)))
+    img = np.clip(np.where(field, img, 0.92 + rng.normal(0, 0.002, (h, w))), 0, 1)
+    air = field & ~inside
+    assert (~field).mean() > 0.75 and air.mean() > 0.01
+    assert abs(background_level(img) - 0.92) < 0.01  # the shadow takes the plain vote
+    border = unexposed_mask(img)
+    rim = field & ~ndimage.binary_erosion(field, iterations=4)  # where the spread's window straddles the edge
+    assert not (border & field & ~rim).any() and border.sum() > 0.95 * (~field).sum()
+    found = air_mask(img)
+    assert (found & air).sum() > 0.9 * air.sum() and (found & inside).sum() <= 0.01 * inside.sum()
+    assert away_from_air(img, 5)[110, 60]  # deep in the breast: a clip there is still a candidate
+
+
+def test_air_that_takes_the_background_vote_is_not_mistaken_for_a_border():
+    """The other twin: in a contact view the air holds the background level and runs along the far side of the
+    frame, but the rest of the image (the breast) is brighter than it, so it is air, not an unexposed border."""
+    from mammo_pipeline.model.air import unexposed_mask
+
+    img, inside = _breast(np.random.default_rng(11), shape=(256, 120))
+    assert not unexposed_mask(img).any()
+    assert (air_mask(img) == ~inside).mean() > 0.98
