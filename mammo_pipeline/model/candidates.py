@@ -207,6 +207,8 @@ def _scores(gray: np.ndarray, crop: int = CROP) -> tuple[np.ndarray, int, np.nda
         out[:edge], out[-edge:], out[:, :edge], out[:, -edge:] = 0, 0, 0, 0  # a line leaving it looks like an end
     grid, step = _air_grid(image, f0)
     inside = away_from_air(grid, SKIN_DEPTH * long_side / step, border)
+    if border.any():  # the exposed field's edge is a frame too: the same band along a coned view's collimator
+        inside &= ndimage.distance_transform_edt(~border) * (step / f0) >= edge
     inside = inside.repeat(2, axis=0).repeat(2, axis=1)  # letters in the air, pellets on the skin: never clips
     h, w = min(inside.shape[0], out.shape[0]), min(inside.shape[1], out.shape[1])
     out[:h, :w] *= inside[:h, :w]

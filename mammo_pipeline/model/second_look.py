@@ -47,6 +47,10 @@ MAX_EPOCHS = 20
 # to 5 and not tuned (docs/history.md "Second look": biopsy ROC-AUC at 500 labels 0.952-0.962 with the hard maximum,
 # 0.960-0.970 with r = 5, four paired runs); prediction keeps the hard maximum (the same ranking within 0.001).
 LSE_SHARPNESS = 5.0
+# Share of a round's steps during which the one-cycle learning rate rises (OneCycleLR's pct_start, its default
+# 0.3): while it does, the crops trained through are each image's strongest candidates by blob score, not the
+# network's own choice (`training_crops`; docs/history.md "Second look", stop 36).
+WARMUP_SHARE = 0.3
 
 
 def epochs_for(n_images: int) -> int:
@@ -129,6 +133,24 @@ def _symmetry(x, which: int):
     return x
 
 
+def training_crops(net, xb, top: int, warming_up: bool):
+    """Indices [B, top] of the crops of a batch [B, K, ...] to train through: the `top` the network scores
+    highest, or, while the learning rate warms up, the first `top` slots (the candidates come strongest blob
+    first). Why: until it has learnt something the network's ranking is noise, and a clip image then teaches that
+    three random tissue crops are a clip; a round could stay there (stop 36: 2 of 6 seeds on one demo snapshot
+    ended at audit ROC-AUC 0.49-0.55, the others 0.96-0.98). The blob score knows where the salient objects are
+    from the first step, and a saturated clip is most often the strongest blob."""
+    import torch
+
+    if warming_up:
+        return torch.arange(top).expand(len(xb), top)
+    net.eval()  # choosing must not move BatchNorm's running statistics
+    with torch.no_grad():
+        best = net.patch_logits(xb).topk(top, dim=1).indices
+    net.train()
+    return best
+
+
 def train_patch_mil(
     crops: np.ndarray,
     flags: np.ndarray,
@@ -143,9 +165,9 @@ def train_patch_mil(
     mode.
 
     `epochs` None: `epochs_for(N)`. One-cycle AdamW, a random square symmetry per batch (module docstring),
-    positives weighted by sqrt(negatives / positives). Each step scores all K crops without gradients and trains
-    on each image's `top` highest-scoring ones through `lse_pool` (module docstring; this halves the cost of a
-    round).
+    positives weighted by sqrt(negatives / positives). Each step trains on `top` crops per image through
+    `lse_pool` (module docstring; this halves the cost of a round): the network's highest-scoring ones, scored
+    without gradients, or while the learning rate warms up the strongest candidates (`training_crops`).
     `threads` caps torch's CPU threads (the 2-core budget of the issue).
     """
     import torch
@@ -160,24 +182,23 @@ def train_patch_mil(
     net = patch_network()
     steps = epochs * max(1, (len(x) + batch_size - 1) // batch_size)
     opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=WARMUP_SHARE)
     pos = float(y.sum())
     weight = torch.tensor(np.sqrt((len(y) - pos) / pos) if 0 < pos < len(y) else 1.0, dtype=torch.float32)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
+    step = 0
     for _ in range(epochs):
         net.train()
         order = torch.randperm(len(x))
         for i in range(0, len(x), batch_size):
             idx = order[i : i + batch_size]
+            step += 1
             if len(idx) < 2:  # BatchNorm needs two
                 sched.step()
                 continue
             xb = _symmetry(x[idx], int(torch.randint(0, 8, (1,))))
             if xb.shape[1] > top:  # only the top crops can win the max: backpropagate through those alone
-                net.eval()  # choosing must not move BatchNorm's running statistics
-                with torch.no_grad():
-                    best = net.patch_logits(xb).topk(top, dim=1).indices
-                net.train()
+                best = training_crops(net, xb, top, warming_up=step <= WARMUP_SHARE * steps)
                 xb = xb[torch.arange(len(idx))[:, None], best]
             loss = loss_fn(lse_pool(net.patch_logits(xb)), y[idx])
             opt.zero_grad()

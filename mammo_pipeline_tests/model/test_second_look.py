@@ -123,3 +123,22 @@ def test_crops_of_another_layout_are_refused():
 
     with pytest.raises(ValueError, match="native, context"):
         network_input(np.zeros((2, K, P, P), np.float32))
+
+
+def test_while_the_learning_rate_warms_up_the_strongest_candidates_are_trained_then_the_networks_choice():
+    """Until it has learnt something the network's ranking of an image's crops is noise, so the warm-up trains
+    through the first slots (the candidates come strongest blob first); afterwards the network's own top crops."""
+    import torch
+
+    from mammo_pipeline.model.second_look import training_crops
+
+    torch.manual_seed(0)
+    net = patch_network()
+    xb = torch.from_numpy(network_input(np.random.default_rng(0).normal(size=(4, 8, CHANNELS, 32, 32))))
+    warm = training_crops(net, xb, 3, warming_up=True)
+    assert warm.tolist() == [[0, 1, 2]] * 4
+    with torch.no_grad():
+        net.eval()
+        expected = net.patch_logits(xb).topk(3, dim=1).indices
+    chosen = training_crops(net, xb, 3, warming_up=False)
+    assert torch.equal(chosen, expected) and net.training
