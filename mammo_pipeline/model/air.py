@@ -67,6 +67,7 @@ AIR_FLATNESS = 0.1  # p90 - p10 of an air region is at most this share of (breas
 SKIN_DEPTH = 0.02  # share of the long side: 5-6 mm on a 24-30 cm detector, the skin (<= 2.4 mm) plus a marker
 QUANTUM_SD = 1 / (255 * 12**0.5)  # sd of an 8-bit display's rounding (a step / sqrt 12): nothing is measured flatter
 P10_P90_PER_SD = 2.563  # p90 - p10 of Gaussian noise, in standard deviations (2 x 1.2816)
+VOTE_BINS = 64  # the background level's vote: equal gray-level bins over 0..1
 
 
 def chest_wall_side(img: np.ndarray) -> int:
@@ -111,7 +112,7 @@ def peel_frame_strips(fg: np.ndarray, chest: int) -> tuple[np.ndarray, dict[str,
     return fg, peeled
 
 
-def background_level(img: np.ndarray, bins: int = 64, exclude: np.ndarray | None = None) -> float:
+def background_level(img: np.ndarray, bins: int = VOTE_BINS, exclude: np.ndarray | None = None) -> float:
     """Gray level of the unattenuated background (air, or a film's directly exposed region), display units.
 
     The most common gray level (`_mode`) of the image's darker half, each pixel's vote weighted by the inverse of its
@@ -201,7 +202,7 @@ def _along_a_side(mask: np.ndarray) -> np.ndarray:
     return np.isin(labels, keep)
 
 
-def _border_that_took_the_vote(img: np.ndarray, lo: float, bins: int = 64) -> np.ndarray:
+def _border_that_took_the_vote(img: np.ndarray, lo: float, bins: int = VOTE_BINS) -> np.ndarray:
     """bool [H, W]: the unexposed border when it, not the air, holds the background level `lo`; else empty.
 
     A spot view coned to its 7-10 cm paddle leaves the collimator's shadow over most of the image (70-90 % of
@@ -266,17 +267,20 @@ def air_mask(img: np.ndarray, unexposed: np.ndarray | None = None) -> np.ndarray
     touching = np.unique(labels[dark & np.isin(reach, edge_reach[edge_reach > 0])])
     sigma = SKIN_DEPTH * max(img.shape)
     lines = _line_offsets(img, ~unexposed, sigma)
-    keep, small = [], []
-    for k in touching[touching > 0]:
-        region = labels == k
-        if _residual_spread(img, region, sigma, lines) > AIR_FLATNESS * contrast:
-            continue
-        (keep if region.sum() >= AIR_MIN_SHARE * img.size else small).append(k)
-    # a flat pocket too small to count on its own is the same air when the hysteresis joins it to air that counts:
-    # a line or a stripe between the threshold and halfway to the breast split them
-    found = np.isin(labels, keep)
+    touching = touching[touching > 0]
+    large = ndimage.sum(dark, labels, touching) >= AIR_MIN_SHARE * img.size
+
+    def flat(k: int) -> bool:
+        return _residual_spread(img, labels == k, sigma, lines) <= AIR_FLATNESS * contrast
+
+    found = np.isin(labels, [k for k in touching[large] if flat(k)])
+    # a flat pocket too small to count on its own is the same air when the hysteresis joins it to air that counts
+    # (a line or a stripe between the threshold and halfway to the breast split them); each pocket lies within one
+    # hysteresis region, so only the joined ones need the flatness test
     joined = np.unique(reach[found])
-    return found | (np.isin(labels, small) & np.isin(reach, joined[joined > 0]))
+    small = touching[~large]
+    pockets = small[np.isin(ndimage.maximum(reach, labels, small), joined[joined > 0])] if len(small) else small
+    return found | np.isin(labels, [k for k in pockets if flat(k)])
 
 
 def _line_offsets(img: np.ndarray, exposed: np.ndarray, sigma: float) -> np.ndarray:
