@@ -157,6 +157,8 @@ def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: P
 def audit_clip_free(settings: Settings, model_version: str) -> np.ndarray:
     """float [n]: p_biopsy of the audit images labelled clip-free, predicted by `model_version` (the images its
     biopsy threshold was chosen on); empty when the home has no such labels or predictions."""
+    import duckdb
+
     from mammo_pipeline import warehouse
 
     labels_path = settings.warehouse / "labels" / "current.parquet"
@@ -164,8 +166,6 @@ def audit_clip_free(settings: Settings, model_version: str) -> np.ndarray:
         return np.zeros(0)
     labels = pd.read_parquet(labels_path, columns=["sop_instance_uid", "split", "has_biopsy_marker"])
     clip_free = labels[(labels["split"] == "audit") & ~labels["has_biopsy_marker"].astype(bool)]
-    import duckdb
-
     try:
         sql = "SELECT sop_instance_uid, p_biopsy FROM image_predictions WHERE model_version = ?"
         preds = warehouse.query(settings, sql, [model_version])

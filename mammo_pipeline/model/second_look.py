@@ -186,19 +186,18 @@ def train_patch_mil(
     pos = float(y.sum())
     weight = torch.tensor(np.sqrt((len(y) - pos) / pos) if 0 < pos < len(y) else 1.0, dtype=torch.float32)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
-    step = 0
     for _ in range(epochs):
         net.train()
         order = torch.randperm(len(x))
         for i in range(0, len(x), batch_size):
             idx = order[i : i + batch_size]
-            step += 1
             if len(idx) < 2:  # BatchNorm needs two
                 sched.step()
                 continue
             xb = _symmetry(x[idx], int(torch.randint(0, 8, (1,))))
             if xb.shape[1] > top:  # only the top crops can win the max: backpropagate through those alone
-                best = training_crops(net, xb, top, warming_up=step <= WARMUP_SHARE * steps)
+                # the scheduler counts the steps taken: this is step last_epoch + 1 of `steps`
+                best = training_crops(net, xb, top, warming_up=sched.last_epoch + 1 <= WARMUP_SHARE * steps)
                 xb = xb[torch.arange(len(idx))[:, None], best]
             loss = loss_fn(lse_pool(net.patch_logits(xb)), y[idx])
             opt.zero_grad()
