@@ -114,6 +114,7 @@ BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
 BREAST_PROJECTION_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.13.1.4"
 BREAST_PROJECTION_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.13.1.5"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: the index of a CD/DVD import, never an image
 MULTIFRAME_SECONDARY_CAPTURE = frozenset(f"1.2.840.10008.5.1.4.1.1.7.{i}" for i in range(1, 5))
 CT_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"})
 MAMMO_SOP_CLASSES = {  # uid -> for_processing
@@ -545,9 +546,10 @@ def read_until_pixels(path: str | Path, size: int, name: str) -> tuple[Dataset |
     against the file size. Encapsulated Pixel Data is walked item by item (seeks, no pixel reads) to its Sequence
     Delimitation Item, so a cut codestream is caught here.
 
-    Raises NotDicom, Truncated (also a file cut anywhere inside its preamble, File Meta or header elements),
-    NoPixelData (no Pixel Data element, or an empty one). A file cut exactly between two header elements cannot be
-    told from a header whose Pixel Data never arrived: it is `no_pixel_data`.
+    Raises NotDicom, Truncated (also a file cut anywhere inside its preamble, File Meta or header elements, a
+    sequence's items included), NoPixelData (no Pixel Data element, or an empty one), NotMammography (a DICOMDIR).
+    A file cut exactly between two header elements cannot be told from a header whose Pixel Data never arrived: it
+    is `no_pixel_data`.
     """
     with open(path, "rb") as real:
         head = real.read(HEAD_BYTES)
@@ -674,6 +676,10 @@ def _read_until_pixels(
             ds = read_partial(fp, stop_at_pixels, force=True, specific_tags=SPECIFIC_TAGS)
             no_file_meta = "TransferSyntaxUID" not in ds.file_meta  # a File Meta group without preamble is fine
         meta = ds.file_meta
+        if str(meta.get("MediaStorageSOPClassUID", "")).strip("\x00 ") == MEDIA_STORAGE_DIRECTORY:
+            raise NotMammography(
+                f"{name}: a DICOMDIR (Media Storage Directory, {MEDIA_STORAGE_DIRECTORY}), not an image"
+            )
         meta_length = meta.get("FileMetaInformationGroupLength")
         if isinstance(meta_length, int) and 144 + meta_length > size:
             raise Truncated(f"{name}: the file ends ({size} bytes) inside its (0002) File Meta group")
@@ -711,7 +717,8 @@ def _read_until_pixels(
             raise
         if isinstance(exc, InvalidDicomError):
             raise NotDicom(f"{name}: not a DICOM file ({exc})") from exc
-        if isinstance(exc, EOFError | struct.error):
+        # pydicom's read_sequence_item raises a bare OSError (no errno) when the file ends where an item tag should be
+        if isinstance(exc, EOFError | struct.error) or (type(exc) is OSError and exc.errno is None):
             raise Truncated(f"{name}: the header ends early ({_scrub(exc, path, name)})") from exc
         # pydicom raises many kinds on garbage; all mean "cannot parse"
         if size < 144:

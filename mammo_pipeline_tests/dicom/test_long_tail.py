@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 
 from mammo_pipeline.cache import cache_hospital, read_manifest
 from mammo_pipeline.dicom.decode import decode_frame
-from mammo_pipeline.dicom.errors import InvalidUID, Tomosynthesis, Undecodable, Unsupported
+from mammo_pipeline.dicom.errors import InvalidUID, Tomosynthesis, Truncated, Undecodable, Unsupported
 from mammo_pipeline.dicom.headers import (
     BREAST_PROJECTION_FOR_PRESENTATION,
     MG_FOR_PROCESSING,
@@ -418,3 +418,44 @@ def test_a_row_pyarrow_still_refuses_is_quarantined_alone():
     bad = base | {"rel_path": "h1/d1/b", "rows": 2**70}  # as if it skipped conform_row
     kept, refused = _isolate([good, bad])
     assert kept == [good] and [(q["rel_path"], q["reason"]) for q in refused] == [("h1/d1/b", "unsupported")]
+
+
+# --- 12. Fuzz sweep: a DICOMDIR, a file cut inside an undefined-length sequence ------------------------------
+
+
+def test_a_dicomdir_is_quarantined_as_not_an_image(settings):
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.FileSetID = "CD0001"
+    ds.PatientName = PATIENT["PatientName"]  # a DICOMDIR's PATIENT records name the patient
+    ds.DirectoryRecordSequence = []
+    path = settings.landing / "h1" / "d1" / "DICOMDIR"
+    path.parent.mkdir(parents=True)
+    ds.save_as(path, enforce_file_format=True)
+    write_mg(settings.landing / "h1" / "d1" / "img.dcm")
+    result = index_hospital(settings, "h1")
+    assert result.rows == 1 and result.quarantined == {"not_mammography": 1}
+    message = read_partition(settings, "quarantine", "h1")["message"].iloc[0]
+    assert "a DICOMDIR" in message and "Doe" not in message
+
+
+def test_a_file_cut_inside_an_undefined_length_sequence_is_truncated(tmp_path):
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds = make_ds(tissue_image(), ViewPosition="CC", ImageLaterality="L")
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.ViewCodeSequence = [code_item("399162004", "SCT", "cranio-caudal")]
+    ds["ViewCodeSequence"].is_undefined_length = True
+    path = tmp_path / "land" / "h1" / "d1" / "cut.dcm"
+    path.parent.mkdir(parents=True)
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: raw.index(b"399162004") + 4])  # the file ends inside the sequence's only item
+    with pytest.raises(Truncated, match="header ends early"):
+        read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
