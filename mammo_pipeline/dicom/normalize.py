@@ -12,7 +12,9 @@ Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
    and are shown black.
 
 1. **Modality LUT** (`apply_rescale`): (0028,3000) Modality LUT Sequence if present, else (0028,1053) Rescale
-   Slope and (0028,1052) Rescale Intercept.
+   Slope and (0028,1052) Rescale Intercept. A Rescale Slope of 0 (which would map every pixel to the intercept,
+   one gray level) is a header error: the rescale is skipped, as DCMTK does, and `Rendition.fallback_reason`
+   says so (`rescale_problem`).
 2. **VOI** (`apply_voi`), output in [0, 1]:
    a. (0028,3010) VOI LUT Sequence item 0 when present (`apply_voi_lut_sequence`), scaled by the largest value
       the LUT really holds, not by 2**bits (LUTs that declare 16 bits and hold 0..4095 exist);
@@ -117,7 +119,8 @@ def apply_rescale(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         Stored values (or their area averages).
     ds : Dataset
         Holds (0028,3000) Modality LUT Sequence, or (0028,1053) Rescale Slope and (0028,1052) Rescale
-        Intercept; a missing slope is 1, a missing intercept 0.
+        Intercept; a missing slope is 1, a missing intercept 0. A slope of 0 is ignored with its intercept
+        (see `rescale_problem`).
 
     Returns
     -------
@@ -129,11 +132,20 @@ def apply_rescale(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         return _lookup(arr, first_map, lut)
     out = np.asarray(arr, dtype=np.float32)
     slope, intercept = _first_float(ds, "RescaleSlope", 1.0), _first_float(ds, "RescaleIntercept", 0.0)
+    if slope == 0.0:  # see rescale_problem
+        return out
     if slope != 1.0:
         out = out * np.float32(slope)
     if intercept != 0.0:
         out = out + np.float32(intercept)
     return out
+
+
+def rescale_problem(ds: Dataset) -> str | None:
+    """Why `apply_rescale` skipped the rescale of `ds`, or None: a (0028,1053) Rescale Slope of 0."""
+    if not ds.get("ModalityLUTSequence") and _first_float(ds, "RescaleSlope", 1.0) == 0.0:
+        return "(0028,1053) Rescale Slope 0 ignored (would map every pixel to the intercept)"
+    return None
 
 
 def lut_table(item: Dataset, ds: Dataset) -> tuple[int, np.ndarray]:
@@ -402,6 +414,7 @@ def render_pixels(ds: Dataset, pixels: np.ndarray, sizes: Sequence[int] = (1024,
         values = apply_rescale(values, ds)
     mask = None if inside is None else inside > 0
     display, method, reason = apply_voi(values, ds, mask)
+    reason = "; ".join(r for r in (rescale_problem(ds), reason) if r) or None
     inverted = is_inverted(ds)
     if inverted:
         display = invert(display)

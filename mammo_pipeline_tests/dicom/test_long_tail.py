@@ -420,7 +420,16 @@ def test_a_row_pyarrow_still_refuses_is_quarantined_alone():
     assert kept == [good] and [(q["rel_path"], q["reason"]) for q in refused] == [("h1/d1/b", "unsupported")]
 
 
-# --- 12. Fuzz sweep: a DICOMDIR, a file cut inside an undefined-length sequence ------------------------------
+# --- 12. Fuzz sweep: a zero Rescale Slope, a DICOMDIR, a file cut inside an undefined-length sequence ----------
+
+
+def test_a_zero_rescale_slope_is_ignored_instead_of_rendering_black():
+    arr = breast(96, 80)
+    rendition = render(make_ds(arr, RescaleSlope=0, RescaleIntercept=0), (80,))
+    image = rendition.images[80]
+    assert int(image.max()) - int(image.min()) > 200  # not one gray level (all black before)
+    assert np.array_equal(image, render(make_ds(arr), (80,)).images[80])  # as if the rescale were absent
+    assert "(0028,1053) Rescale Slope 0 ignored" in rendition.fallback_reason
 
 
 def test_a_dicomdir_is_quarantined_as_not_an_image(settings):
