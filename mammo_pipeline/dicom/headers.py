@@ -241,10 +241,20 @@ def patient_key(ds: Dataset | Header, salt: bytes) -> tuple[str, str]:
 
 
 def check_uid(value: str | None, tag: str, name: str) -> None:
-    """Raise InvalidUID unless `value` is digits and dots, 1..64 characters, no empty component (PS3.5 9.1)."""
+    """Raise InvalidUID unless `value` is digits and dots, 1..64 characters, no empty component (PS3.5 9.1).
+
+    The message says what is wrong, never the value: an invalid UID is often an accession number or a Patient ID
+    written where the UID belongs."""
     if value is None or len(value) > 64 or not _UID.fullmatch(value):
-        shown = "(none)" if value is None else repr(value[:80])
-        raise InvalidUID(f"{name}: {tag} {shown} is not a valid DICOM UID (digits and dots, at most 64 characters)")
+        if not value:
+            fault = "is missing or empty"
+        elif len(value) > 64:
+            fault = f"has {len(value)} characters"
+        elif set(value) - set("0123456789."):
+            fault = f"({len(value)} characters) holds characters other than digits and dots"
+        else:
+            fault = f"({len(value)} characters) has an empty component"
+        raise InvalidUID(f"{name}: {tag} {fault}: not a valid DICOM UID (digits and dots, at most 64 characters)")
 
 
 def classify(ds: Dataset | Header) -> tuple[str, str]:

@@ -468,3 +468,17 @@ def test_a_file_cut_inside_an_undefined_length_sequence_is_truncated(tmp_path):
     path.write_bytes(raw[: raw.index(b"399162004") + 4])  # the file ends inside the sequence's only item
     with pytest.raises(Truncated, match="header ends early"):
         read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+
+
+def test_an_invalid_uid_is_quarantined_without_its_value(settings):
+    root = settings.landing / "h1" / "d1"
+    write_mg(root / "accession.dcm", StudyInstanceUID=PATIENT["AccessionNumber"])  # an accession number as the UID
+    write_mg(root / "patient.dcm", SOPInstanceUID=f"1.2.3.{PATIENT['PatientID']}.{PATIENT['PatientBirthDate']}")
+    write_mg(root / "long.dcm", SeriesInstanceUID="1." + "2" * 70)
+    result = index_hospital(settings, "h1")
+    assert result.quarantined == {"invalid_uid": 3}
+    messages = sorted(read_partition(settings, "quarantine", "h1")["message"])
+    assert sum("holds characters other than digits and dots" in m for m in messages) == 2
+    assert sum("(0020,000E) Series Instance UID has 72 characters" in m for m in messages) == 1
+    for value in (PATIENT["AccessionNumber"], PATIENT["PatientID"], PATIENT["PatientBirthDate"], "2" * 70):
+        assert not any(value in m for m in messages)
