@@ -53,7 +53,7 @@ from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.labels.audit import assign_splits
 from mammo_pipeline.model.evaluate import roc_auc
 from mammo_pipeline.model.preprocess import preprocess_batch
-from mammo_pipeline.model.train import TrainConfig, load_network, train_model
+from mammo_pipeline.model.train import TrainConfig, flip_reading, load_network, train_model
 from mammo_pipeline.settings import Settings
 from mammo_pipeline.synth import generate_drops
 from mammo_pipeline.synth.profiles import PROFILES
@@ -164,7 +164,7 @@ def train_once(settings: Settings, labels: pd.DataFrame, config: TrainConfig) ->
         cpu, wall = time.process_time(), time.monotonic()
         result = train_model(scratch, labels, config)
         wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-        net = load_network(scratch, result.ref)
+        net = flip_reading(load_network(scratch, result.ref)).eval()  # as predictions read it
         pngs = [settings.cache / p for p in labels.loc[labels["split"] == "audit", "model_png"]][:128]
         start = time.monotonic()
         with torch.no_grad():

@@ -13,6 +13,17 @@ When no Grad-CAM cell is positive (layer4 is a 2 x 2 grid at 64 px, and all four
 whose probability is still raised by one small object), Grad-CAM localizes nothing and the map is the
 saliency alone, instead of an empty map.
 
+The biopsy flag's map of the global network is an *object occlusion* instead (`object_occlusion`; occlusion
+sensitivity, Zeiler & Fergus, ECCV 2014, asked of objects rather than of a sliding square): each of the
+OCCLUSION_OBJECTS strongest small bright objects of the model PNG (local maxima of its white top-hat, the
+preprocessing's TOPHAT_SIZE) is removed in turn (its square replaced by the image's grey opening, which is the
+image without objects that small), and the map is a bump on each object, as high as the drop of the biopsy logit
+its removal causes. It asks the question the flag answers, "which object made the network say clip", and it is
+faithful where the gradient was not: on a 2-core machine of 2026-12 a network trained on one-clip images put
+its saliency 11-16 px off the clip in 3 of 5 test images, while removing the clip was the largest drop within a
+pixel of every clip (stop 37). A few dozen forward passes, so still on demand. When no removal lowers the logit
+the Grad-CAM map stays.
+
 For a model with a second look (model/second_look_model.py) the biopsy flag's map is the second look's own
 explanation instead: a bump on each candidate it examined, as high as that candidate's patch probability, so
 the peak is the object that decided p_biopsy.
@@ -32,11 +43,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mammo_pipeline.model.preprocess import _as_gray_uint8, preprocess
+from mammo_pipeline.model.preprocess import TOPHAT_SIZE, _as_gray_uint8, preprocess
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 
 FLAG_NAMES = ("biopsy marker", "magnification view")
+# How many of a model PNG's small bright objects the biopsy map removes in turn (`object_occlusion`): more than the
+# clips, markers and calcifications an image holds; one batched forward pass of this many + 1 images.
+OCCLUSION_OBJECTS = 24
 
 
 @dataclass(frozen=True)
@@ -83,11 +97,58 @@ def to_image_grid(square_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return full[top : top + h, left : left + w]
 
 
+def object_occlusion(net, gray: np.ndarray, size: int, objects: int = OCCLUSION_OBJECTS) -> np.ndarray | None:
+    """[H, W] map in 0..1 of the biopsy logit's drop when each of the `objects` strongest small bright objects of a
+    model PNG (uint8 [H, W]) is removed (module docstring), on the PNG's grid; None when no removal lowers it."""
+    import torch
+    from scipy import ndimage
+
+    opened = ndimage.grey_opening(gray, size=(TOPHAT_SIZE, TOPHAT_SIZE))
+    tophat = gray.astype(np.float32) - opened
+    peaks = tophat * (tophat >= ndimage.maximum_filter(tophat, size=TOPHAT_SIZE)) * (tophat > 0)
+    order = np.argsort(peaks.ravel())[::-1][:objects]
+    centres = [divmod(int(i), gray.shape[1]) for i in order if peaks.flat[i] > 0]
+    if not centres:
+        return None
+    half = TOPHAT_SIZE // 2 + 1  # the object and its rim: the opening's square, one pixel wider
+    batch = [preprocess(gray, size)]
+    for r, c in centres:
+        removed = gray.copy()
+        window = (slice(max(0, r - half), r + half + 1), slice(max(0, c - half), c + half + 1))
+        removed[window] = opened[window]
+        batch.append(preprocess(removed, size))
+    with torch.no_grad():
+        logits = net(torch.from_numpy(np.stack(batch)))[:, 0].numpy()
+    drops = logits[0] - logits[1:]
+    if not (drops > 0).any():
+        return None
+    rows, cols = np.mgrid[0 : gray.shape[0], 0 : gray.shape[1]].astype(np.float32)
+    heat = np.zeros(gray.shape, dtype=np.float32)
+    for (r, c), drop in zip(centres, drops.tolist(), strict=True):
+        if drop > 0:
+            bump = np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * (half / 2) ** 2))
+            np.maximum(heat, np.float32(drop) * bump, out=heat)
+    return heat / heat.max()
+
+
 def image_heatmaps(net, png: Path | str | np.ndarray, size: int) -> Explanation:
-    """Probabilities and heat maps of one model PNG (path or uint8 array), maps on the PNG's own grid."""
+    """Probabilities (as predictions read them, `train.flip_reading`) and heat maps of one model PNG (path or
+    uint8 array), maps on the PNG's own grid: the biopsy flag's by `object_occlusion`, the magnification flag's by
+    Guided Grad-CAM (module docstring)."""
+    import torch
+
+    from mammo_pipeline.model.train import flip_reading
+
     gray = _as_gray_uint8(png)
-    probs, maps = heatmaps(net, preprocess(gray, size))
-    return Explanation(probs, np.stack([to_image_grid(m, gray.shape) for m in maps]), gray)
+    x = preprocess(gray, size)
+    _, maps = heatmaps(net, x)
+    maps = [to_image_grid(m, gray.shape) for m in maps]
+    occluded = object_occlusion(net, gray, size)
+    if occluded is not None:
+        maps[0] = occluded
+    with torch.no_grad():
+        probs = torch.sigmoid(flip_reading(net.eval())(torch.from_numpy(x[None])))[0].numpy()
+    return Explanation(probs.astype(np.float32), np.stack(maps).astype(np.float32), gray)
 
 
 def overlay_png(

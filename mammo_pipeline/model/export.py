@@ -85,9 +85,9 @@ def onnx_probs(path: Path, pngs: list[Path], size: int, threads: int = 0, batch_
 def torch_probs(settings: Settings, ref: ModelRef, pngs: list[Path]) -> np.ndarray:
     import torch
 
-    from mammo_pipeline.model.train import load_network
+    from mammo_pipeline.model.train import flip_reading, load_network
 
-    net = load_network(settings, ref)
+    net = flip_reading(load_network(settings, ref)).eval()
     with torch.no_grad():
         return torch.sigmoid(net(torch.from_numpy(preprocess_batch(pngs, ref.input_size)))).numpy()
 
@@ -119,9 +119,9 @@ def export_module(module, path: Path, ref: ModelRef) -> Path:
 def _export_fp32(settings: Settings, ref: ModelRef, path: Path) -> None:
     import torch
 
-    from mammo_pipeline.model.train import load_network
+    from mammo_pipeline.model.train import flip_reading, load_network
 
-    export_module(torch.nn.Sequential(load_network(settings, ref), torch.nn.Sigmoid()), path, ref)
+    export_module(torch.nn.Sequential(flip_reading(load_network(settings, ref)), torch.nn.Sigmoid()), path, ref)
 
 
 @contextmanager

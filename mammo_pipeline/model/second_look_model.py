@@ -167,7 +167,7 @@ def export(net, path: Path, example_crops: np.ndarray, metadata: dict[str, str])
             self.inner = inner
 
         def forward(self, x: torch.Tensor):
-            patch = torch.sigmoid(self.inner.patch_logits(x))
+            patch = torch.sigmoid(self.inner.read_logits(x))
             return patch.max(dim=1).values, patch
 
     example = torch.from_numpy(network_input(example_crops[:2] if len(example_crops) >= 2 else example_crops))

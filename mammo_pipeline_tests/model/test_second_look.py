@@ -42,7 +42,7 @@ def test_patch_network_shapes_and_onnx_export_with_a_dynamic_batch(tmp_path):
     net = patch_network().eval()
     x = torch.from_numpy(network_input(np.random.default_rng(1).normal(0, 1, (2, K, CHANNELS, P, P))))
     with torch.no_grad():
-        logits, patch = net(x), net.patch_logits(x)
+        logits, patch = net(x), net.read_logits(x)
     assert logits.shape == (2,) and patch.shape == (2, K) and torch.allclose(logits, patch.max(dim=1).values)
     path = tmp_path / "second_look.onnx"
     torch.onnx.export(
@@ -59,6 +59,25 @@ def test_patch_network_shapes_and_onnx_export_with_a_dynamic_batch(tmp_path):
     out = ort.InferenceSession(str(path)).run(None, {"crops": x5})[0]
     with torch.no_grad():
         assert np.allclose(out, net(torch.from_numpy(x5)).numpy(), atol=1e-4)
+
+
+def test_a_prediction_reads_each_crop_under_a_group_of_symmetries_so_it_cannot_tell_them_apart():
+    import torch
+
+    from mammo_pipeline.model.second_look import READ_SYMMETRIES, _symmetry
+
+    torch.manual_seed(0)
+    net = patch_network().eval()
+    x = torch.from_numpy(network_input(np.random.default_rng(3).normal(0, 1, (2, K, CHANNELS, P, P))))
+    with torch.no_grad():
+        read = net.read_logits(x)
+        once = [net.patch_logits(_symmetry(x, w)) for w in READ_SYMMETRIES]
+        assert torch.allclose(read, torch.stack(once).mean(dim=0), atol=1e-6)
+        assert not torch.allclose(once[0], once[1], atol=1e-3)  # a single reading does depend on the orientation
+        for w in READ_SYMMETRIES:  # the mean over a group is invariant under each of its members
+            assert torch.allclose(net.read_logits(_symmetry(x, w)), read, atol=1e-5)
+    probs, patch = predict_patch_mil(net, x.numpy()[:, :, :CHANNELS])
+    assert np.allclose(patch, torch.sigmoid(read).numpy(), atol=1e-6) and np.allclose(probs, patch.max(axis=1))
 
 
 def test_a_rounds_patch_epochs_stay_within_the_image_pass_budget():

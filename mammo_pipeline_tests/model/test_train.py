@@ -17,6 +17,8 @@ from mammo_pipeline.model.train import (
     PRETRAINED,
     SCRATCH,
     TrainConfig,
+    flip_reading,
+    load_network,
     positive_weights,
     train_model,
     weights_version,
@@ -50,6 +52,22 @@ def test_metrics_match_the_saved_audit_predictions(trained):
     again = evaluate(audit, audit[["p_biopsy", "p_mag"]].to_numpy(), ref.thresholds())
     assert again["accuracy"] == pytest.approx(trained.result.metrics["accuracy"])
     assert again["confusion"] == trained.result.metrics["confusion"]
+
+
+def test_the_audit_probabilities_are_the_mean_logit_over_the_four_flips(trained):
+    from mammo_pipeline.model.preprocess import preprocess_batch
+
+    s, ref = trained.settings, trained.result.ref
+    audit = pd.read_parquet(ref.path(s.models, "audit_predictions.parquet"))
+    x = torch.from_numpy(preprocess_batch([s.cache / p for p in audit["model_png"]], ref.input_size))
+    net = load_network(s, ref)
+    with torch.no_grad():
+        readings = [net(x), net(x.flip(-1)), net(x.flip(-2)), net(x.flip(-1).flip(-2))]
+        mean = torch.sigmoid(torch.stack(readings).mean(dim=0))[:, 1].numpy()
+        assert np.allclose(audit["p_mag"], mean, atol=1e-5)
+        assert not np.allclose(audit["p_mag"], torch.sigmoid(readings[0])[:, 1].numpy(), atol=1e-5)
+        for flipped in (x.flip(-1), x.flip(-2)):  # the mean over the flips cannot tell a flipped image apart
+            assert torch.allclose(flip_reading(net)(flipped), flip_reading(net)(x), atol=1e-5)
 
 
 def test_oof_probabilities_cover_exactly_the_train_split(trained):
