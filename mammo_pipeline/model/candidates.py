@@ -57,8 +57,10 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # air of a display with line artefacts and a coned view's small air pocket too (`air.background_level`'s vote
 # weighted by flatness, the flatness test also without the detector's lines, a small flat pocket joined to the air
 # by the hysteresis: the skin line was a candidate) and of a spot view whose collimator covers most of the image
-# (that shadow took the background level's vote: `air._border_that_took_the_vote`).
-SECOND_LOOK_VERSION = "8"
+# (that shadow took the background level's vote: `air._border_that_took_the_vote`); 9: also of a spot view over an
+# implant, whose field is brighter than its collimator (what the collimator leaves is a rectangle:
+# `air._frames_a_rectangle`).
+SECOND_LOOK_VERSION = "9"
 # Gaussian scales of the blob score as shares of the long side: 0.2 %, 0.4 % and 0.8 % of a 24-30 cm detector
 # are 0.5-0.6, 1-1.2 and 2-2.4 mm, about the half-size of the object where the scale-normalized blob measure
 # peaks: the 1-mm metal bead of a barbell or the end of a 0.5-mm ribbon, a 2-3 mm clip, a 4-5 mm (or magnified)

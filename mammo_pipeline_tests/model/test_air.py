@@ -202,6 +202,29 @@ def test_a_spot_views_collimator_covering_most_of_the_image_is_the_border_and_it
     assert away_from_air(img, 5)[110, 60]  # deep in the breast: a clip there is still a candidate
 
 
+def test_a_spot_views_collimator_is_the_border_when_an_implant_makes_its_field_brighter_than_it():
+    """A spot view over an implant: the field, filled by breast and a saturated implant, is brighter than the
+    collimator's shadow that took the vote, so "the rest is darker than the border" cannot tell it from air. What
+    that shadow leaves is a rectangle cut off from the frame's sides: a collimated field, so it is the border,
+    the field holds no air, and a clip beside the implant stays a candidate."""
+    from mammo_pipeline.model.air import unexposed_mask
+
+    rng = np.random.default_rng(12)
+    h, w = 256, 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    field = (yy >= 90) & (yy < 200) & (xx >= 4) & (xx < 100)  # the paddle's field, cut off from three sides
+    implant = (((yy - 145) / 52.0) ** 2 + ((xx - 40) / 40.0) ** 2 < 1) & field
+    tissue = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.5)
+    img = np.where(implant, 0.98, 0.35 + 0.1 * tissue / tissue.std())
+    img = np.clip(np.where(field, img, 0.90 + rng.normal(0, 0.002, (h, w))), 0, 1)
+    assert (~field).mean() > 0.75 and np.median(img[field]) > 0.9
+    border = unexposed_mask(img)
+    rim = field & ~ndimage.binary_erosion(field, iterations=4)
+    assert not (border & field & ~rim).any() and border.sum() > 0.95 * (~field).sum()
+    assert not air_mask(img).any()
+    assert away_from_air(img, 5)[145, 88]  # in the tissue beside the implant
+
+
 def test_air_that_takes_the_background_vote_is_not_mistaken_for_a_border():
     """The other twin: in a contact view the air holds the background level and runs along the far side of the
     frame, but the rest of the image (the breast) is brighter than it, so it is air, not an unexposed border."""
