@@ -128,7 +128,7 @@ def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: P
     for ax in axes.ravel():
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows.itertuples(), strict=False):
-        explanation = image_heatmaps(net, settings.cache / row.model_png, size)
+        explanation = image_heatmaps(net, settings.cache / row.model_png, size, occlude=look is None)
         if look is not None:
             explanation = with_second_look(explanation, look, settings.cache / row.display_png)
         ax.imshow(explanation.gray, cmap="gray", vmin=0, vmax=255)

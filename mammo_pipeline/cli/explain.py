@@ -30,7 +30,8 @@ def _hospital_of(settings: Settings, sop_instance_uid: str) -> str:
 @click.option("--hospital", default="", help="The image's hospital (looked up in the image cache when omitted).")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="PNG to write.")
 def command(sop_instance_uid: str, hospital: str, out: Path | None) -> None:
-    """Write where the current model saw each flag (Guided Grad-CAM heat maps over the image) to a PNG.
+    """Write where the current model saw each flag to a PNG (the biopsy flag: the second look's candidates, or an
+    object occlusion; magnification: Guided Grad-CAM).
 
     \b
     Example:

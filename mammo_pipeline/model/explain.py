@@ -103,14 +103,22 @@ def object_occlusion(net, gray: np.ndarray, size: int, objects: int = OCCLUSION_
     import torch
     from scipy import ndimage
 
+    net.eval()
     opened = ndimage.grey_opening(gray, size=(TOPHAT_SIZE, TOPHAT_SIZE))
     tophat = gray.astype(np.float32) - opened
     peaks = tophat * (tophat >= ndimage.maximum_filter(tophat, size=TOPHAT_SIZE)) * (tophat > 0)
-    order = np.argsort(peaks.ravel())[::-1][:objects]
-    centres = [divmod(int(i), gray.shape[1]) for i in order if peaks.flat[i] > 0]
+    half = TOPHAT_SIZE // 2 + 1  # the object and its rim: the opening's square, one pixel wider
+    # one centre per object: a saturated object is a plateau of many equal maxima, so the strongest maxima are taken
+    # in turn, each at least a removal window away from those taken before
+    centres: list[tuple[int, int]] = []
+    for i in np.argsort(-peaks.ravel(), kind="stable"):
+        if len(centres) == objects or peaks.flat[i] <= 0:
+            break
+        r, c = divmod(int(i), gray.shape[1])
+        if all(max(abs(r - a), abs(c - b)) > 2 * half for a, b in centres):
+            centres.append((r, c))
     if not centres:
         return None
-    half = TOPHAT_SIZE // 2 + 1  # the object and its rim: the opening's square, one pixel wider
     batch = [preprocess(gray, size)]
     for r, c in centres:
         removed = gray.copy()
@@ -131,10 +139,11 @@ def object_occlusion(net, gray: np.ndarray, size: int, objects: int = OCCLUSION_
     return heat / heat.max()
 
 
-def image_heatmaps(net, png: Path | str | np.ndarray, size: int) -> Explanation:
+def image_heatmaps(net, png: Path | str | np.ndarray, size: int, occlude: bool = True) -> Explanation:
     """Probabilities (as predictions read them, `train.flip_reading`) and heat maps of one model PNG (path or
-    uint8 array), maps on the PNG's own grid: the biopsy flag's by `object_occlusion`, the magnification flag's by
-    Guided Grad-CAM (module docstring)."""
+    uint8 array), maps on the PNG's own grid: the biopsy flag's by `object_occlusion` (Grad-CAM with `occlude`
+    False: a caller that draws the second look's candidates instead spares the forward passes), the magnification
+    flag's by Guided Grad-CAM (module docstring). The maps explain the plain reading of the network."""
     import torch
 
     from mammo_pipeline.model.train import flip_reading
@@ -143,7 +152,7 @@ def image_heatmaps(net, png: Path | str | np.ndarray, size: int) -> Explanation:
     x = preprocess(gray, size)
     _, maps = heatmaps(net, x)
     maps = [to_image_grid(m, gray.shape) for m in maps]
-    occluded = object_occlusion(net, gray, size)
+    occluded = object_occlusion(net, gray, size) if occlude else None
     if occluded is not None:
         maps[0] = occluded
     with torch.no_grad():
@@ -229,10 +238,12 @@ def heatmap_png(settings: Settings, hospital: str, sop_instance_uid: str, ref: M
     look = load_second_look(settings, ref)
     columns = ("model_png", "display_png") if look is not None else ("model_png",)
     pngs = find_renditions(settings, hospital, sop_instance_uid, columns)
-    explanation = image_heatmaps(net, pngs[0], ref.input_size)
+    explanation = image_heatmaps(net, pngs[0], ref.input_size, occlude=look is None)
     how = "Grad-CAM (layer4) x saliency (|gradient|)"
     if look is not None:
         explanation = with_second_look(explanation, look, pngs[1])
         how = f"biopsy: second look's candidates; mag: {how}"
+    else:
+        how = f"biopsy: object occlusion; mag: {how}"
     title = f"{hospital} · model {ref.model_version} · {how}"
     return overlay_png(explanation, title=title, thresholds=ref.thresholds())

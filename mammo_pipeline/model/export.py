@@ -262,7 +262,18 @@ def _export_second_look(settings: Settings, ref: ModelRef) -> tuple[dict | None,
 
 
 def export_onnx(settings: Settings, ref: ModelRef) -> ModelRef:
-    """Write model.onnx and model.int8.onnx, choose the inference file, update the registry row and current.json."""
+    """Write model.onnx and model.int8.onnx, choose the inference file, update the registry row and current.json.
+
+    Raises ModelMismatch for a model trained on another PREPROCESS_VERSION: its operating points were chosen on
+    another input or reading, so exporting it with this code's would silently move them."""
+    from mammo_pipeline.model.infer import ModelMismatch
+
+    trained = str((ref.extra.get("preprocessing") or {}).get("version", PREPROCESS_VERSION))
+    if trained != PREPROCESS_VERSION:
+        raise ModelMismatch(
+            f"model {ref.model_version} was trained on preprocessing version {trained}, this code makes version "
+            f"{PREPROCESS_VERSION}; retrain (materialize trained_model and onnx_model)"
+        )
     fp32 = ref.path(settings.models, ONNX_FILE)
     int8 = ref.path(settings.models, INT8_FILE)
     _export_fp32(settings, ref, fp32)

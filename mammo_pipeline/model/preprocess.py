@@ -35,8 +35,10 @@ from PIL import Image
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # Bump when the network's input changes meaning: models record it, inference refuses a mismatch.
-# 3: channels in units of the image's own tissue distribution (2 ramped the top-hat with fixed grey levels).
-PREPROCESS_VERSION = "3"
+# 3: channels in units of the image's own tissue distribution (2 ramped the top-hat with fixed grey levels);
+# 4: the same channels, read under the image's four flips (`train.flip_reading`; a model whose operating points
+# came from one reading is refused, not read otherwise).
+PREPROCESS_VERSION = "4"
 TOPHAT_SIZE = 7  # px at the 256-px PNG (geometry: see the module docstring)
 TISSUE_PERCENTILES = (1.0, 99.0)  # the tissue range that channels 0 and 2 map onto 0..1
 TOPHAT_PERCENTILE = 99.0  # the tissue's own top-hat level that channel 1 maps onto 0.5
@@ -57,6 +59,7 @@ def describe() -> dict:
             "max-pooled image, same units as channel 0",
         ],
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "reading": "mean logit over the image and its left-right, up-down and double flips",
         "fitted_constants": [],
     }
 

@@ -240,8 +240,10 @@ def flip_reading(net):
     Why: a breast's side and a view's up-down orientation carry no class (the from-scratch path trains under the
     same flips, `_random_flips`), so the four readings differ only by the network's noise, which the mean reduces:
     magnification ROC-AUC of five demo-round models on their audit set 0.972 / 0.994 / 0.994 / 0.986 / 0.958 read
-    once, 0.968 / 0.999 / 0.997 / 0.994 / 0.994 read four times (docs/history.md, stop 37). Training, the ONNX
-    export (so int8 inference) and the parity check all read through this; Grad-CAM explains the plain reading.
+    once, 0.968 / 0.999 / 0.997 / 0.994 / 0.994 read four times (docs/history.md, stop 37). The audit evaluation
+    after training (so the operating points), the ONNX export (so int8 inference) and the parity check all read
+    through this; the heat maps explain the plain reading. The ImageNet fine-tuning path, which trains without
+    flips, is read the same way (unmeasured: no ImageNet weights on the machines this was built on).
     """
     import torch
 
@@ -597,10 +599,10 @@ def _second_look(
 
 def _gallery_heatmaps(net, cache: Path, size: int, looks: dict[str, tuple], model_png: str) -> np.ndarray:
     """[2, H, W] heat maps of one gallery image: the second look's candidates for the biopsy flag when the model
-    has one, Grad-CAM for the rest (explain.image_heatmaps)."""
+    has one, explain.image_heatmaps for the rest."""
     from mammo_pipeline.model.explain import image_heatmaps, with_candidates
 
-    explanation = image_heatmaps(net, cache / model_png, size)
+    explanation = image_heatmaps(net, cache / model_png, size, occlude=model_png not in looks)
     if model_png in looks:
         explanation = with_candidates(explanation, *looks[model_png])
     return explanation.maps

@@ -60,6 +60,35 @@ def test_heat_map_of_one_stamped_clip_peaks_on_it(clip_model, where):
     assert np.hypot(peak[0] - where[0], peak[1] - where[1]) <= 4, f"biopsy heat map peaks at {peak}, clip at {where}"
 
 
+def test_the_occlusion_removes_each_object_once_so_a_dimmer_clip_among_brighter_markers_is_weighed(clip_model):
+    from mammo_pipeline.model import explain
+
+    settings, result = clip_model
+    net = load_network(settings, result.ref)
+    img = _one_clip_image(7, (40, 20))
+    img[(img == 255)] = 235  # the clip, a little dimmer than ...
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    for r, c in ((15, 40), (60, 45), (30, 50)):  # ... three saturated plateaus, each many equal maxima
+        img[(yy - r) ** 2 + (xx - c) ** 2 <= 4] = 255
+    seen = []
+    real = explain.preprocess
+
+    def counting(gray, size):  # each removal is one preprocess call: record where the image changed
+        changed = np.argwhere(gray != img)
+        if len(changed):
+            seen.append(tuple(changed.mean(axis=0)))
+        return real(gray, size)
+
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.setattr(explain, "preprocess", counting)
+        explain.object_occlusion(net, img, result.ref.input_size)
+    near = lambda r, c: sum(np.hypot(a - r, b - c) <= 3 for a, b in seen)  # noqa: E731
+    assert [near(15, 40), near(60, 45), near(30, 50)] == [1, 1, 1]
+    assert near(40, 20) == 1
+
+
 def test_heatmap_png_and_mammo_explain_write_a_picture(trained, monkeypatch, tmp_path):
     settings = trained.settings
     row = trained.labels.iloc[0]

@@ -40,6 +40,25 @@ def test_parity_with_pytorch(trained):
     assert parity(s, ref, pngs) <= 1e-4
 
 
+def test_the_exported_network_gives_the_audit_probabilities_the_thresholds_were_chosen_on(trained):
+    import pandas as pd
+
+    s, ref = trained.settings, trained.onnx
+    audit = pd.read_parquet(ref.path(s.models, "audit_predictions.parquet"))
+    probs = onnx_probs(ref.path(s.models, ref.onnx_file), [s.cache / p for p in audit["model_png"]], ref.input_size)
+    np.testing.assert_allclose(probs[:, 1], audit["p_mag"], atol=1e-4)
+
+
+def test_a_model_trained_on_another_preprocessing_version_is_not_exported(trained):
+    from mammo_pipeline.model.export import export_onnx
+    from mammo_pipeline.model.infer import ModelMismatch
+
+    s, ref = trained.settings, trained.onnx
+    old = ref.with_(extra={**ref.extra, "preprocessing": {**ref.extra["preprocessing"], "version": "3"}})
+    with pytest.raises(ModelMismatch, match="preprocessing version 3"):
+        export_onnx(s, old)
+
+
 def test_hashes_recorded_in_ref_registry_and_current(trained):
     s, ref = trained.settings, trained.onnx
     assert ref.onnx_sha256 == hashlib.sha256(ref.path(s.models, ref.onnx_file).read_bytes()).hexdigest()
