@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mammo_pipeline.model.preprocess import TOPHAT_SIZE, _as_gray_uint8, preprocess
+from mammo_pipeline.model.preprocess import TOPHAT_SIZE, _as_gray_uint8, preprocess, white_tophat
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 
@@ -103,9 +103,12 @@ def object_occlusion(net, gray: np.ndarray, size: int, objects: int = OCCLUSION_
     import torch
     from scipy import ndimage
 
+    from mammo_pipeline.model.second_look_model import heat_map
+
     net.eval()
-    opened = ndimage.grey_opening(gray, size=(TOPHAT_SIZE, TOPHAT_SIZE))
-    tophat = gray.astype(np.float32) - opened
+    detail = white_tophat(gray)  # the network's own top-hat channel, before its scaling
+    opened = gray - detail  # the image without objects narrower than TOPHAT_SIZE
+    tophat = detail.astype(np.float32)
     peaks = tophat * (tophat >= ndimage.maximum_filter(tophat, size=TOPHAT_SIZE)) * (tophat > 0)
     half = TOPHAT_SIZE // 2 + 1  # the object and its rim: the opening's square, one pixel wider
     # one centre per object: a saturated object is a plateau of many equal maxima, so the strongest maxima are taken
@@ -130,13 +133,7 @@ def object_occlusion(net, gray: np.ndarray, size: int, objects: int = OCCLUSION_
     drops = logits[0] - logits[1:]
     if not (drops > 0).any():
         return None
-    rows, cols = np.mgrid[0 : gray.shape[0], 0 : gray.shape[1]].astype(np.float32)
-    heat = np.zeros(gray.shape, dtype=np.float32)
-    for (r, c), drop in zip(centres, drops.tolist(), strict=True):
-        if drop > 0:
-            bump = np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * (half / 2) ** 2))
-            np.maximum(heat, np.float32(drop) * bump, out=heat)
-    return heat / heat.max()
+    return heat_map(np.asarray(centres), np.maximum(drops, 0), gray.shape, gray.shape, sigma=half / 2)
 
 
 def image_heatmaps(net, png: Path | str | np.ndarray, size: int, occlude: bool = True) -> Explanation:

@@ -202,14 +202,21 @@ def onnx_probs(session, found: Candidates, batch_size: int = 64) -> tuple[np.nda
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
-def heat_map(centres: np.ndarray, patch_probs: np.ndarray, display_shape: tuple[int, int], shape: tuple[int, int]):
+def heat_map(
+    centres: np.ndarray,
+    patch_probs: np.ndarray,
+    display_shape: tuple[int, int],
+    shape: tuple[int, int],
+    sigma: float | None = None,
+):
     """[H, W] map in 0..1 on a grid of `shape` (the model PNG): a Gaussian bump on each candidate's centre,
-    as high as its patch probability, sigma a quarter of the crop (the clip sits in the crop's centre); scaled
-    so the peak is 1, like the Grad-CAM maps. The peak is the candidate that decided the image's p_biopsy."""
+    as high as its patch probability, `sigma` px of that grid wide (default a quarter of the crop: the clip sits in
+    the crop's centre); scaled so the peak is 1, like the Grad-CAM maps. The peak is the candidate that decided the
+    image's p_biopsy. `explain.object_occlusion` draws its removed objects with it too."""
     heat = np.zeros(shape, dtype=np.float32)
     sy, sx = shape[0] / display_shape[0], shape[1] / display_shape[1]
     rows, cols = np.arange(shape[0], dtype=np.float32)[:, None], np.arange(shape[1], dtype=np.float32)[None, :]
-    sigma = max(cand.CROP / 4 * sy, 1.0)
+    sigma = max(cand.CROP / 4 * sy, 1.0) if sigma is None else sigma
     for (r, c), p in zip(centres.tolist(), patch_probs.tolist(), strict=True):
         if r < 0:
             continue
