@@ -181,7 +181,7 @@ def second_look(
 
     Candidates are extracted once per image (the cache a product run keeps per image: they depend on the PNG
     only), timed apart; each round's wall/CPU seconds are the patch CNN's training alone. The baseline in the
-    same run is the candidate score alone (image probability = its strongest blob score, nothing learned).
+    same run is the candidate score alone (image probability = its strongest candidate score, nothing learned).
     Candidate recall (share of audit+train clip images with a clip among the K candidates) uses the synthetic
     truth's boxes for diagnosis only; training sees image labels only.
     """
@@ -230,8 +230,8 @@ def second_look(
     def limits(audit: pd.DataFrame, n_labels: int, probs: np.ndarray, patch: np.ndarray, shown: int = 6) -> None:
         """Which audit images cost the last round its ROC-AUC (diagnosis, from the truth): each clip image with
         the negatives scored above it (its share of the misordered pairs, whether a clip was among its
-        candidates), and the most probable negatives above the lowest clip image that had one, with what their
-        winning candidate sits on ('-': tissue)."""
+        candidates), how many negatives score above the lowest clip image that had one, and the most probable
+        negatives (above it or not) with what their winning candidate sits on ('-': tissue)."""
         ids = audit["sop_instance_uid"].to_numpy()
         neg = np.sort(probs[~truth])
         above = {u: int((neg > p).sum()) for u, p, t in zip(ids, probs, truth, strict=True) if t}
@@ -251,15 +251,15 @@ def second_look(
                       f"clip among candidates: {clip_found.get(u)}; {t.vendor_profile} {t.view_position}, "
                       f"{t.n_clips_unsaturated} unsaturated")  # fmt: skip
         floor = min((p for u, p, t in zip(ids, probs, truth, strict=True) if t and clip_found.get(u)), default=1.0)
-        negatives = [i for i in np.argsort(-probs) if not truth[i] and probs[i] > floor]
+        negatives = [i for i in np.argsort(-probs) if not truth[i]]
+        print(f"  {sum(probs[i] > floor for i in negatives)} negatives above the lowest clip image with its clip "
+              f"among the candidates (p={floor:.3f}); the most probable negatives:")  # fmt: skip
         for i in negatives[:shown]:
             r, c = found[ids[i]][1][int(np.argmax(patch[i]))]
             kinds = ",".join(box_kinds_at(truth_table.at[ids[i], "boxes"], scale(ids[i]), int(r), int(c))) or "-"
             t = truth_table.loc[ids[i]]
             print(f"  negative ...{ids[i][-8:]} p={probs[i]:.3f}: winning candidate on {kinds}; "
                   f"{t.vendor_profile} {t.view_position}")  # fmt: skip
-        if len(negatives) > shown:
-            print(f"  ... and {len(negatives) - shown} more negatives above p={floor:.3f}")
 
     audit_crops = np.stack([found[u][0] for u in audit["sop_instance_uid"]])
     truth = audit["has_biopsy_marker"].to_numpy(bool)

@@ -23,7 +23,7 @@ patient-level bootstrap 95 % interval, the pooled ROC-AUC by kind of clip image 
 saturated, each against all negatives), by vendor profile and for magnification vs contact views, candidate recall
 (share of clip images with a clip among the K candidates: diagnosis from the truth's boxes) with the missed ones
 by kind of view and the ROC-AUC they cost (what finding their clips could at most buy), and the ratio of the
-pooled ROC-AUC against the candidate score alone (image score = its strongest blob score, nothing learned) on the
+pooled ROC-AUC against the candidate score alone (image score = its strongest candidate score, nothing learned) on the
 same images. Target: ROC-AUC >= 0.99 per flag (issue 13).
 
 `--oracle-bags` (diagnosis only, an upper bound, never a product setting): each *training* clip image's bag holds

@@ -90,6 +90,8 @@ def test_learning_curve_second_look_says_what_limits_its_roc_auc(tmp_path):
     assert by_kind and sum(int(n) for _, n in by_kind) == pairs, out
     shares = [int(x) for x in re.findall(r"negatives above \((\d+)%\)", out)]
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 101, out
+    above = int(re.search(r"(\d+) negatives above the lowest clip image with its clip among the candidates", out)[1])
+    assert pairs > 0 or above == 0, out  # no misordered pair: no negative above a found clip
     assert re.search(r"negative \.\.\.\w+ p=[\d.]+: winning candidate on [\w,-]+", out), out
 
 

@@ -1,6 +1,6 @@
 """The second look's candidates of each display PNG, kept beside it in the image cache.
 
-Cutting candidates costs about 30 CPU ms per image (decoding the 1024-px PNG is half of it, the blob score the
+Cutting candidates costs about 30 CPU ms per image (decoding the 1024-px PNG is half of it, the score the
 rest), while inference of both networks on already cut crops costs under 10: every model version, every
 round's training, export and audit would pay it again for the same image. Candidates depend on the PNG's pixels
 and `candidates.SECOND_LOOK_VERSION` only (not on any model), so they are derived data of the cache, like the

@@ -4,35 +4,40 @@ A clip is 2-4 mm: 10-15 px in the 1024-px display PNG of a 24-30 cm detector, wh
 barbell) is still visible, while it is 3-5 px in the 256-px model PNG and one pixel at the global network's
 64 px.
 
-**Where to look (the score).** A clip, a BB, a calcification are *blobs*: at a scale about their size the image
-curves down in every direction. The skin line, the bright equalized rim, vessels, ligaments, collimator and
-paddle edges are *ridges* or *edges*: they curve in one direction only, whatever their brightness, length or
-curvature. The score is therefore the Hessian blob measure max(0, -lambda_2) * sigma^2 (lambda_2 the larger
-eigenvalue of the Gaussian-smoothed Hessian: strongly negative only where *both* principal curvatures are),
-at BLOB_SCALES (fractions of the long side: geometry, not intensity), each divided by its own 99th percentile
-inside the image's tissue (so the units are "times the image's own texture", whatever the vendor's contrast
-or the tissue density; an unsaturated clip in dense tissue still stands out against its own surroundings).
-A white top-hat with a square, the first cut, lets thin lines through; this measure does not (tested).
-The top-hat's enclosed holes are filled first (`fill_holes`): a ring clip ("O", "Venus", magnified in a
-magnification view) is a closed ridge around a dark centre, no blob at any scale, and lost its slots to tissue
-specks (4 of the 10 clip images no candidate found on the learning-curve drops were magnification views, most of
-them rings); filled, it is a disc.
-It runs on a pyramid (Lindeberg's scale space, sampled): the white top-hat is taken once on the display PNG's
-2x2 block means and each scale runs on the coarsest power-of-two level where its Gaussian is still MIN_SIGMA
-px wide (for the 1024-px display: 2x2, 4x4 and 8x8 block means), so the work is about that of one scale on
-the 2x2 level. `image_cache` cuts the candidates once per image and keeps them (`candidate_store.py`).
+**Where to look (the score).** A clip is made of metal *strokes*: a ribbon, a coil, a ring, a barbell's wire and
+beads, a "T", an "X", a "+", 0.3-0.6 mm wide, all of them within a few millimetres. The image curves down across
+every stroke, so the stroke energy max(0, -lambda_1) (lambda_1 the smaller eigenvalue of the Gaussian-smoothed
+Hessian at STROKE_SCALE, a stroke's width: `_stroke_energy`, the measure behind Frangi's and Sato's line filters)
+is high on all of a clip, and on a bead as on a ribbon. Tissue has strokes too (ligaments, vessels, the edges of
+glandular lumps), but they run on for centimetres or lie scattered, while a clip's are packed into one compact
+cluster. The score is therefore the Hessian blob measure max(0, -lambda_2) of the stroke energy at CLIP_SCALE,
+a whole clip's size (lambda_2 the larger eigenvalue: strongly negative only where the energy falls off in
+*every* direction, so a long line of energy, a vessel, a ligament, the skin line, a paddle's edge, scores only
+at its end or where two lines cross), divided by its own 99th percentile inside the image's tissue (so the
+units are "times the image's own texture", whatever the vendor's contrast or the tissue density; an
+unsaturated clip in dense tissue still stands out against its own surroundings). A white top-hat with a
+square, the first cut, lets thin lines through; this measure does not (tested).
+The energy's enclosed holes are filled first (`fill_holes`): a ring clip ("O", "Venus", magnified in a
+magnification view) is a closed ring of energy around an empty centre, whose blob measure peaks on the ring
+rather than at the clip; filled, it is a disc of energy, centred.
+Until version 10 the score was the blob measure of the top-hat itself, at three scales: a bead or a stroke's end
+is a blob, but a "T" or an "X" is ridges, which that measure ignores by design; those clips scored 1.2-1.9 times
+the tissue's 99th percentile, below the 24th candidate (docs/history.md "Stroke energy"). Both scales are the
+former blob scales' finest and coarsest (geometry, not measured on any data set).
+It runs on the display PNG's 2x2 block means (STROKE_SCALE's Gaussian is still MIN_SIGMA px wide there), the
+top-hat taken there too. `image_cache` cuts the candidates once per image and keeps them (`candidate_store.py`).
 
 **Where not to look.** Nothing within `air.SKIN_DEPTH` of the image's air is a candidate: lead letters lie in
 the air and nipple pellets and skin rings on the skin line, as bright and as compact as a clip, while a clip is
 placed in the tissue (`air.py`). Their K slots go to objects inside the breast instead: on the synthetic drops
 the clip became the first candidate of 128 of 186 clip images instead of 93 (docs/history.md "Second look").
-A candidate is a local maximum of the blob measure (the highest within half a crop) *before* that margin and the
+A candidate is a local maximum of the score (the highest within half a crop) *before* that margin and the
 frame's edge are masked: masking cuts a pellet's response at the margin, not at its foot, and the response's
 flank just inside would otherwise be a candidate whose crop holds the pellet (version 7).
 
 **What the classifier sees (the crops).** The K strongest local maxima, at least half a crop apart, each
 give two CROP x CROP channels in units of the image's own tissue (1st percentile -> 0, 99th -> 1, clipped to
-CHANNEL_RANGE; the tissue is the Otsu foreground without a coned view's unexposed border, `_pyramid`):
+CHANNEL_RANGE; the tissue is the Otsu foreground without a coned view's unexposed border, `_grid`):
 0. the native crop (shape: ribbon vs bead vs letter vs popcorn); 1. a CONTEXT-times wider crop, area-averaged to
 CROP (where it is: in the breast, on the skin line, in the air beside the letters).
 """
@@ -59,26 +64,28 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # by the hysteresis: the skin line was a candidate) and of a spot view whose collimator covers most of the image
 # (that shadow took the background level's vote: `air._border_that_took_the_vote`); 9: also of a spot view over an
 # implant, whose field is brighter than its collimator (what the collimator leaves is a rectangle:
-# `air._frames_a_rectangle`).
-SECOND_LOOK_VERSION = "9"
-# Gaussian scales of the blob score as shares of the long side: 0.2 %, 0.4 % and 0.8 % of a 24-30 cm detector
-# are 0.5-0.6, 1-1.2 and 2-2.4 mm, about the half-size of the object where the scale-normalized blob measure
-# peaks: the 1-mm metal bead of a barbell or the end of a 0.5-mm ribbon, a 2-3 mm clip, a 4-5 mm (or magnified)
-# one. The finest scale was added after the real clip of the evaluation images (a ~1.2 mm saturated bead,
-# docs/history.md "Real images, run by run") fell between the candidates of the two coarser ones: disclosed there.
-BLOB_SCALES = (0.002, 0.004, 0.008)
-MIN_SIGMA = 1.0  # grid px: each scale runs on the coarsest power-of-two grid where its Gaussian is still this wide
+# `air._frames_a_rectangle`); 10: the score is the blob measure of the stroke energy, not of the top-hat (a clip
+# of crossed or bent strokes, "T", "X", "+", is ridges, no blob), holes filled in that energy.
+SECOND_LOOK_VERSION = "10"
+# Gaussian scales as shares of the long side (0.2 % and 0.8 % of a 24-30 cm detector are 0.5-0.6 and 2-2.4 mm):
+# a stroke's width (the 0.3-0.6 mm ribbon or wire, the 1-mm bead of a barbell; this scale was added in stop 27
+# after the real clip of the evaluation images, a ~1.2 mm saturated bead, fell between the candidates of two
+# coarser ones: disclosed in docs/history.md "Real images, run by run"), and about the half-size of a whole 4-5 mm
+# (or magnified) clip, where the blob measure of its energy peaks.
+STROKE_SCALE = 0.002
+CLIP_SCALE = 0.008
+MIN_SIGMA = 1.0  # grid px: the score runs on the coarsest power-of-two grid where STROKE_SCALE is still this wide
 CROP = 32  # px at the display PNG: 3 % of the long side (8-10 mm), a 3-mm clip with its surroundings
 CONTEXT = 3  # the context channel covers CONTEXT * CROP px (9 % of the long side, 2-3 cm) at 1/CONTEXT resolution
 CHANNELS = 2
 # candidates per image: with the holes filled, recall of clip images at K = 12 / 24 0.952 / 0.989 (0.946 / 0.968
 # without; docs/history.md "Second look", stop 27), and the cross-validated ROC-AUC follows at 24, not at 12
 K = 24
-# The blob measure runs on the white top-hat with a square of TOPHAT_WINDOW of the long side (as preprocess's
+# The stroke energy runs on the white top-hat with a square of TOPHAT_WINDOW of the long side (as preprocess's
 # TOPHAT_SIZE: 2.7 %, 6-8 mm, wider than a clip): steps (the breast's edge against the air, the pectoral muscle)
 # vanish, so where a bright line crosses such a step no false "corner blob" appears.
 TOPHAT_WINDOW = 0.027
-SCORE_PERCENTILE = 99.0  # each blob scale is divided by its own tissue percentile (as preprocess's top-hat)
+SCORE_PERCENTILE = 99.0  # the score is divided by its own tissue percentile (as preprocess's top-hat)
 
 
 def _block_mean(gray: np.ndarray, f: int) -> np.ndarray:
@@ -102,9 +109,9 @@ def _opening(g: np.ndarray, width: int) -> np.ndarray:
 def fill_holes(g: np.ndarray) -> np.ndarray:
     """float32 `g` (2-D) with every dark region that brighter values enclose raised to the lowest level of its rim
     (grey reconstruction by erosion from the frame, scikit-image's `reconstruction`; Soille, Morphological Image
-    Analysis, 2nd ed. 2003, section 6.3.7). A ring clip, a closed ridge whose centre the Hessian blob measure
-    does not see, becomes a disc, a blob at its own scale; a blob stays a blob. The troughs between tissue
-    specks fill too, up to the lowest pass between them, so the specks lose some of their blob score."""
+    Analysis, 2nd ed. 2003, section 6.3.7). On the stroke energy: a ring clip's ring of energy, whose blob
+    measure peaks on the ring and not at the clip's centre, becomes a disc, a blob at its own scale; a blob stays a
+    blob."""
     from skimage.morphology import reconstruction
 
     seed = g.copy()
@@ -112,15 +119,29 @@ def fill_holes(g: np.ndarray) -> np.ndarray:
     return reconstruction(seed, g, method="erosion").astype(np.float32)
 
 
-def _blob_measure(g: np.ndarray, sigma: float) -> np.ndarray:
-    """max(0, -lambda_2) of the Hessian of `g` by Gaussian derivative filters of scale `sigma` (px)."""
+def _hessian_eigenvalues(g: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lambda_1, lambda_2), lambda_1 <= lambda_2, of the Hessian of `g` by Gaussian derivative filters of scale
+    `sigma` (px), each the shape of `g`."""
     from scipy import ndimage
 
     rr = ndimage.gaussian_filter(g, sigma, order=(2, 0), mode="nearest")
     cc = ndimage.gaussian_filter(g, sigma, order=(0, 2), mode="nearest")
     rc = ndimage.gaussian_filter(g, sigma, order=(1, 1), mode="nearest")
-    lam2 = 0.5 * (rr + cc) + np.sqrt(0.25 * (rr - cc) ** 2 + rc**2)
-    return np.maximum(-lam2, 0.0)
+    mean, half = 0.5 * (rr + cc), np.sqrt(0.25 * (rr - cc) ** 2 + rc**2)
+    return mean - half, mean + half
+
+
+def _blob_measure(g: np.ndarray, sigma: float) -> np.ndarray:
+    """max(0, -lambda_2) of the Hessian of `g` at scale `sigma` (px): positive only where the image curves down in
+    every direction (a blob), zero along a ridge or an edge."""
+    return np.maximum(-_hessian_eigenvalues(g, sigma)[1], 0.0)
+
+
+def _stroke_energy(g: np.ndarray, sigma: float) -> np.ndarray:
+    """max(0, -lambda_1) of the Hessian of `g` at scale `sigma` (px): positive wherever the image curves down in
+    at least one direction, across a stroke (a ridge) as on a blob; the measure of Frangi's and Sato's line
+    filters (Frangi et al., MICCAI 1998; Sato et al., Med Image Anal 1998) without their ridge-only factor."""
+    return np.maximum(-_hessian_eigenvalues(g, sigma)[0], 0.0)
 
 
 def _grid_factor(sigma_px: float) -> int:
@@ -132,46 +153,35 @@ def _grid_factor(sigma_px: float) -> int:
 
 
 def _finest_level(gray: np.ndarray, f: int) -> np.ndarray:
-    """The pyramid's finest level: float32 f x f block means of `gray` (`gray` itself as float32 when f is 1)."""
+    """float32 f x f block means of `gray` (`gray` itself as float32 when f is 1): the score's grid."""
     return _block_mean(gray, f) if f > 1 else gray.astype(np.float32)
 
 
-def _pyramid(
-    gray: np.ndarray, factors: set[int]
-) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
-    """({f: (white top-hat as f x f block means, tissue mask)} for the block sizes asked for, the finest level's
-    block means of `gray`, the unexposed border on `_air_grid` of it). The top-hat is taken once, on the finest
-    level (TOPHAT_WINDOW of the long side); coarser levels are its 2 x 2 means, so the image's pixels are read
-    once. The tissue is the Otsu foreground of what is not a coned view's unexposed border (`air.unexposed_mask`:
-    a collimator's shadow is as bright as dense tissue but is none; `preprocess.tissue_mask`)."""
-    finest = min(factors)
-    image = _finest_level(gray, finest)
-    border = unexposed_mask(_air_grid(image, finest)[0])
-    fine = np.zeros(image.shape, dtype=bool)  # the border on this level (the grid is its 2 x 2 means)
+def _grid(gray: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(f x f block means of `gray`, their white top-hat, their tissue mask, the unexposed border on `_air_grid`
+    of them): the grid the score runs on. The top-hat's square is TOPHAT_WINDOW of the long side. The tissue is
+    the Otsu foreground of what is not a coned view's unexposed border (`air.unexposed_mask`: a collimator's
+    shadow is as bright as dense tissue but is none; `preprocess.tissue_mask`)."""
+    image = _finest_level(gray, f)
+    border = unexposed_mask(_air_grid(image, f)[0])
+    fine = np.zeros(image.shape, dtype=bool)  # the border on this grid (the air grid is its 2 x 2 means)
     h, w = min(2 * border.shape[0], fine.shape[0]), min(2 * border.shape[1], fine.shape[1])
     fine[:h, :w] = border.repeat(2, axis=0).repeat(2, axis=1)[:h, :w]
     mask = tissue_mask(np.rint(image).astype(np.uint8), exclude=fine)
-    level = image - _opening(image, max(3, round(TOPHAT_WINDOW * max(gray.shape) / finest) | 1))
-    level = fill_holes(level)
-    levels, f = {finest: (level, mask)}, finest
-    while f < max(factors):
-        f *= 2
-        level = _block_mean(level, 2)
-        mask = mask[1 : 2 * level.shape[0] : 2, 1 : 2 * level.shape[1] : 2]
-        levels[f] = (level, mask)
-    return levels, image, border
+    tophat = image - _opening(image, max(3, round(TOPHAT_WINDOW * max(gray.shape) / f) | 1))
+    return image, tophat, mask, border
 
 
 def _air_grid(level: np.ndarray, f: int) -> tuple[np.ndarray, int]:
-    """(2 x 2 means of a pyramid level in 0..1, its step in image px): where `air.away_from_air` runs."""
+    """(2 x 2 means of the score's grid in 0..1, its step in image px): where `air.away_from_air` runs."""
     return _block_mean(level, 2) / np.float32(255), 2 * f
 
 
 def air_grid(gray: Path | str | np.ndarray) -> tuple[np.ndarray, int]:
     """(float32 grid [H/s, W/s] in 0..1, step s in image px): the image the candidates look for air on (2 x 2 means
-    of the finest pyramid level), for callers that want the air the candidates avoid (`benchmarks/bench_air.py`)."""
+    of the score's grid), for callers that want the air the candidates avoid (`benchmarks/bench_air.py`)."""
     gray = _as_gray_uint8(gray)
-    f0 = min(_grid_factor(share * max(gray.shape)) for share in BLOB_SCALES)
+    f0 = _grid_factor(STROKE_SCALE * max(gray.shape))
     return _air_grid(_finest_level(gray, f0), f0)
 
 
@@ -181,30 +191,22 @@ def _half_crop(crop: int, f: int) -> int:
 
 
 def _scores(gray: np.ndarray, crop: int = CROP) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-    """(score on the finest grid, its block size f, that grid's image, its tissue mask): module docstring;
-    positive only at the highest blob within half a `crop`."""
+    """(score on the grid, its block size f, that grid's image, its tissue mask): module docstring; positive only
+    at the highest score within half a `crop`."""
     from scipy import ndimage
 
     long_side = max(gray.shape)
-    factors = {share: _grid_factor(share * long_side) for share in BLOB_SCALES}
-    levels, image, border = _pyramid(gray, set(factors.values()))
-    f0 = min(levels)
-    out = np.zeros_like(image)
-    for share, f in factors.items():
-        tophat, mask = levels[f]
-        blob = _blob_measure(tophat, share * long_side / f)
-        level = float(np.percentile(blob[mask], SCORE_PERCENTILE)) if mask.any() else 0.0
-        if level <= 1e-6:  # flat tissue: nothing to normalize by, an absolute blob still counts
-            level = 1e-6 if blob.max() > 1e-3 else np.inf
-        blob /= np.float32(level)
-        up = f // f0
-        if up > 1:  # back onto the finest grid (each coarse pixel covers up x up fine ones)
-            blob = blob.repeat(up, axis=0).repeat(up, axis=1)
-        h, w = min(blob.shape[0], out.shape[0]), min(blob.shape[1], out.shape[1])
-        np.maximum(out[:h, :w], blob[:h, :w], out=out[:h, :w])
-    gap = _half_crop(crop, f0)  # a candidate must be the highest blob this near
+    f0 = _grid_factor(STROKE_SCALE * long_side)
+    image, tophat, mask, border = _grid(gray, f0)
+    strokes = fill_holes(_stroke_energy(tophat, STROKE_SCALE * long_side / f0))
+    out = _blob_measure(strokes, CLIP_SCALE * long_side / f0)
+    level = float(np.percentile(out[mask], SCORE_PERCENTILE)) if mask.any() else 0.0
+    if level <= 1e-6:  # flat tissue: nothing to normalize by, an absolute blob still counts
+        level = 1e-6 if out.max() > 1e-3 else np.inf
+    out /= np.float32(level)
+    gap = _half_crop(crop, f0)  # a candidate must be the highest score this near
     out *= out >= ndimage.maximum_filter(out, size=2 * gap + 1, mode="nearest")  # ... before anything is masked
-    edge = int(np.ceil(2 * max(BLOB_SCALES) * long_side / f0)) + 1
+    edge = int(np.ceil(2 * CLIP_SCALE * long_side / f0)) + 1
     if min(out.shape) > 4 * edge:  # within 2 sigma of the frame the derivatives see the padding, not the image:
         out[:edge], out[-edge:], out[:, :edge], out[:, -edge:] = 0, 0, 0, 0  # a line leaving it looks like an end
     grid, step = _air_grid(image, f0)
@@ -214,12 +216,12 @@ def _scores(gray: np.ndarray, crop: int = CROP) -> tuple[np.ndarray, int, np.nda
     inside = inside.repeat(2, axis=0).repeat(2, axis=1)  # letters in the air, pellets on the skin: never clips
     h, w = min(inside.shape[0], out.shape[0]), min(inside.shape[1], out.shape[1])
     out[:h, :w] *= inside[:h, :w]
-    return out, f0, image, levels[f0][1]
+    return out, f0, image, mask
 
 
 def blob_score(gray: np.ndarray) -> tuple[np.ndarray, int]:
-    """(score float32 [H/f, W/f], f): the self-normalized Hessian blob measure (module docstring) of a uint8
-    image on its finest grid, f image px per grid px (the finest scale's block size)."""
+    """(score float32 [H/f, W/f], f): the self-normalized blob measure of the stroke energy (module docstring)
+    of a uint8 image on its grid, f image px per grid px (STROKE_SCALE's block size)."""
     score, f, _, _ = _scores(_as_gray_uint8(gray))
     return score, f
 
@@ -231,7 +233,8 @@ def candidates(
     image (or a PNG path: the display PNG, long side settings.display_size); always k rows, an image with fewer
     than k blobs gets zero crops, score 0 and centre -1.
 
-    Scores are the blob measure in units of the image's own tissue texture (module docstring).
+    Scores are the blob measure of the stroke energy in units of the image's own tissue texture (module
+    docstring).
     """
     gray = _as_gray_uint8(gray)
     score, f, small, mask = _scores(gray, crop)

@@ -51,7 +51,7 @@ MAX_EPOCHS = 20
 # 0.960-0.970 with r = 5, four paired runs); prediction keeps the hard maximum (the same ranking within 0.001).
 LSE_SHARPNESS = 5.0
 # Share of a round's steps during which the one-cycle learning rate rises (OneCycleLR's pct_start, its default
-# 0.3): while it does, the crops trained through are each image's strongest candidates by blob score, not the
+# 0.3): while it does, the crops trained through are each image's strongest candidates by their score, not the
 # network's own choice (`training_crops`; docs/history.md "Second look", stop 36).
 WARMUP_SHARE = 0.3
 # The symmetries of the square (`_symmetry`'s numbering) a prediction averages its patch logits over: the identity,
@@ -149,11 +149,11 @@ def _symmetry(x, which: int):
 
 def training_crops(net, xb, top: int, warming_up: bool):
     """Indices [B, top] of the crops of a batch [B, K, ...] to train through: the `top` the network scores
-    highest, or, while the learning rate warms up, the first `top` slots (the candidates come strongest blob
+    highest, or, while the learning rate warms up, the first `top` slots (the candidates come strongest score
     first). Why: until it has learnt something the network's ranking is noise, and a clip image then teaches that
     three random tissue crops are a clip; a round could stay there (stop 36: 2 of 6 seeds on one demo snapshot
-    ended at audit ROC-AUC 0.49-0.55, the others 0.96-0.98). The blob score knows where the salient objects are
-    from the first step, and a saturated clip is most often the strongest blob."""
+    ended at audit ROC-AUC 0.49-0.55, the others 0.96-0.98). The candidates' score knows where the salient objects
+    are from the first step, and a clip is most often the strongest candidate."""
     import torch
 
     if warming_up:
