@@ -257,6 +257,7 @@ def second_look(
         for i in negatives[:shown]:
             r, c = found[ids[i]][1][int(np.argmax(patch[i]))]
             kinds = ",".join(box_kinds_at(truth_table.at[ids[i], "boxes"], scale(ids[i]), int(r), int(c))) or "-"
+            kinds = kinds if r >= 0 else "no candidate"  # an empty slot (an image with fewer than K objects)
             t = truth_table.loc[ids[i]]
             print(f"  negative ...{ids[i][-8:]} p={probs[i]:.3f}: winning candidate on {kinds}; "
                   f"{t.vendor_profile} {t.view_position}")  # fmt: skip

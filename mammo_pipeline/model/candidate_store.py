@@ -1,7 +1,8 @@
 """The second look's candidates of each display PNG, kept beside it in the image cache.
 
-Cutting candidates costs about 30 CPU ms per image (decoding the 1024-px PNG is half of it, the score the
-rest), while inference of both networks on already cut crops costs under 10: every model version, every
+Cutting candidates costs about 100 CPU ms per 1024-px display image (version 10, stop 38: 95 ms to cut, 9 to
+decode the PNG; `fill_holes` is about half of the cut), while inference of both networks on already cut crops
+costs about 10: every model version, every
 round's training, export and audit would pay it again for the same image. Candidates depend on the PNG's pixels
 and `candidates.SECOND_LOOK_VERSION` only (not on any model), so they are derived data of the cache, like the
 PNGs themselves: `image_cache` cuts them from the display pixels it has just rendered (no decode), and anyone

@@ -22,7 +22,7 @@ magnification view) is a closed ring of energy around an empty centre, whose blo
 rather than at the clip; filled, it is a disc of energy, centred.
 Until version 10 the score was the blob measure of the top-hat itself, at three scales: a bead or a stroke's end
 is a blob, but a "T" or an "X" is ridges, which that measure ignores by design; those clips scored 1.2-1.9 times
-the tissue's 99th percentile, below the 24th candidate (docs/history.md "Stroke energy"). Both scales are the
+the tissue's 99th percentile, below the 24th candidate (docs/history.md "Second look", stop 38). Both scales are the
 former blob scales' finest and coarsest (geometry, not measured on any data set).
 It runs on the display PNG's 2x2 block means (STROKE_SCALE's Gaussian is still MIN_SIGMA px wide there), the
 top-hat taken there too. `image_cache` cuts the candidates once per image and keeps them (`candidate_store.py`).
@@ -111,7 +111,7 @@ def fill_holes(g: np.ndarray) -> np.ndarray:
     (grey reconstruction by erosion from the frame, scikit-image's `reconstruction`; Soille, Morphological Image
     Analysis, 2nd ed. 2003, section 6.3.7). On the stroke energy: a ring clip's ring of energy, whose blob
     measure peaks on the ring and not at the clip's centre, becomes a disc, a blob at its own scale; a blob stays a
-    blob."""
+    blob. The troughs between tissue strokes fill too, up to the lowest pass between them."""
     from skimage.morphology import reconstruction
 
     seed = g.copy()

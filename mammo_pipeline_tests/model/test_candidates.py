@@ -115,7 +115,7 @@ def test_candidates_are_half_a_crop_apart_and_a_flat_image_has_none():
             assert np.abs(centres[i] - centres[j]).max() >= CROP // 2
     crops, centres, scores = candidates(np.full((64, 64), 90, np.uint8), k=3)
     assert (scores == 0).all() and (centres == -1).all() and (crops == 0).all()
-    score, f = blob_score(np.full((1024, 800), 90, np.uint8))  # finest scale 2 px: scored on 2x2 block means
+    score, f = blob_score(np.full((1024, 800), 90, np.uint8))  # STROKE_SCALE 2 px: scored on 2x2 block means
     assert f == 2 and score.shape == (512, 400)
     assert isinstance(SECOND_LOOK_VERSION, str)
 
