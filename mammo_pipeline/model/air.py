@@ -200,14 +200,42 @@ def unexposed_mask(img: np.ndarray) -> np.ndarray:
 
 
 def _along_a_side(mask: np.ndarray) -> np.ndarray:
-    """bool [H, W]: the connected pieces of `mask` that run along FRAME_STRIP_FG of a side of the frame and cover
-    AIR_MIN_SHARE of the image. A collimator blade's shadow or a film's clear edge runs along a whole side; a
-    saturated implant against the chest wall touches the frame too, but along part of one side only."""
-    labels, _ = ndimage.label(mask)
-    sides = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
-    along = {int(k) for side in sides for k in np.unique(side) if k > 0 and (side == k).mean() >= FRAME_STRIP_FG}
-    keep = [k for k in along if (labels == k).sum() >= AIR_MIN_SHARE * mask.size]
-    return np.isin(labels, keep)
+    """bool [H, W]: the bands of `mask` along the sides of the frame, each from the outermost line it fills to
+    FRAME_STRIP_FG (within FRAME_STRIP_MAX of the side: a scanned film's edge strips may lie outside it), where
+    together they cover AIR_MIN_SHARE of the image. A band is each line's run of `mask` from its side, cut at
+    a straight inner edge: a collimator blade and a film's edge are straight (possibly tilted), so most lines' runs
+    follow one straight line (fitted from their median, then again on the runs within `_skin_window` of it, twice),
+    and a run reaching more than half a window beyond it is cut there. Flat bright tissue that touches the band (a
+    film's dense gland, cleared to the film base) is such a reach and stays out, as does anything not joined to the
+    side along its line (a saturated clip inside a spot view's field); a saturated implant against the chest wall
+    fills part of that side only. A (nearly) whole line is a band along a perpendicular side, seen from this one,
+    and stays whole. Why: taken as one connected piece with the band, a film's dense gland was border and the clip
+    in it had no candidate (stop 38; docs/history.md "Second look")."""
+    tol = _skin_window(mask.shape)
+    out = np.zeros(mask.shape, dtype=bool)
+    for axis in (0, 1):
+        lines = mask if axis == 0 else mask.T  # depth from the side along axis 0, position along the side axis 1
+        for from_end in (False, True):
+            m = lines[::-1] if from_end else lines
+            strip = max(1, round(FRAME_STRIP_MAX * m.shape[0]))  # a film's edge strips may lie outside the band
+            full = np.flatnonzero(m[:strip].mean(axis=1) >= FRAME_STRIP_FG)
+            if not len(full):
+                continue
+            m = m[full[0] :]
+            run = np.where(m.all(axis=0), m.shape[0], np.argmin(m, axis=0)).astype(float)  # each line's, from the side
+            across = run >= m.shape[0] - tol
+            if not across.all():
+                x = np.arange(len(run))
+                edge = np.full(len(run), np.median(run[~across]))
+                for _ in range(3):  # the straight edge of most lines, refitted without those off it
+                    ok = ~across & (np.abs(run - edge) <= tol)
+                    edge = np.polyval(np.polyfit(x[ok], run[ok], 1), x) if ok.sum() > 1 else edge
+                run = np.where(across, run, np.minimum(run, edge + tol / 2))
+            band = np.zeros(lines.shape, dtype=bool)
+            band[full[0] :] = np.arange(m.shape[0])[:, None] < run[None, :]
+            band = band[::-1] if from_end else band
+            out |= band if axis == 0 else band.T
+    return out if out.sum() >= AIR_MIN_SHARE * mask.size else np.zeros(mask.shape, dtype=bool)
 
 
 def _border_that_took_the_vote(img: np.ndarray, lo: float, bins: int = VOTE_BINS) -> np.ndarray:

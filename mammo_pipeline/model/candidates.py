@@ -65,8 +65,10 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # (that shadow took the background level's vote: `air._border_that_took_the_vote`); 9: also of a spot view over an
 # implant, whose field is brighter than its collimator (what the collimator leaves is a rectangle:
 # `air._frames_a_rectangle`); 10: the score is the blob measure of the stroke energy, not of the top-hat (a clip
-# of crossed or bent strokes, "T", "X", "+", is ridges, no blob), holes filled in that energy.
-SECOND_LOOK_VERSION = "10"
+# of crossed or bent strokes, "T", "X", "+", is ridges, no blob), holes filled in that energy; 11: the unexposed
+# border is a band along a side up to a straight inner edge (`air._along_a_side`: a film's flat bright gland
+# touching the film's edge or a collimator's band was border, and a clip in it no candidate).
+SECOND_LOOK_VERSION = "11"
 # Gaussian scales as shares of the long side (0.2 % and 0.8 % of a 24-30 cm detector are 0.5-0.6 and 2-2.4 mm):
 # a stroke's width (the 0.3-0.6 mm ribbon or wire, the 1-mm bead of a barbell; this scale was added in stop 27
 # after the real clip of the evaluation images, a ~1.2 mm saturated bead, fell between the candidates of two

@@ -233,3 +233,25 @@ def test_air_that_takes_the_background_vote_is_not_mistaken_for_a_border():
     img, inside = _breast(np.random.default_rng(11), shape=(256, 120))
     assert not unexposed_mask(img).any()
     assert (air_mask(img) == ~inside).mean() > 0.98
+
+
+@pytest.mark.parametrize("tilt", [0, 8, 30])
+def test_flat_bright_gland_touching_a_collimators_band_is_not_the_unexposed_border(tilt):
+    """A film magnification view: the collimator's shadow is a straight band along the top (tilted by `tilt` px
+    across the image, as a scanned film may be), and dense gland, cleared to the film base, is as bright and as
+    flat as that shadow where it touches it. The border is the band up to its straight inner edge
+    (`air._along_a_side`); before, the gland joined the band as one connected piece and was border, and a clip
+    inside it had no candidate (stop 38). The tilted band stays border whole."""
+    from mammo_pipeline.model.air import unexposed_mask
+
+    rng = np.random.default_rng(9)
+    img, _ = _breast(rng)
+    h, w = img.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    band = yy < 20 + tilt * xx / w  # the collimator's shadow along the top
+    gland = np.hypot(yy - 45, xx - 30) < 40  # a flat bright gland at the chest wall, reaching up into the band
+    img = np.where(band | gland, 0.95 + rng.normal(0, 0.002, (h, w)), img)
+    border = unexposed_mask(np.clip(img, 0, 1))
+    assert border[band].mean() > 0.99  # the band is border
+    core = ndimage.binary_erosion(gland & ~band, iterations=12)
+    assert core.any() and not border[core].any()  # the gland, beyond the border's rim, is not
