@@ -36,8 +36,10 @@ from mammo_pipeline.model.candidates import CHANNELS
 # The patch network's input made from the kept crops (the crops' own meaning is candidates.SECOND_LOOK_VERSION; a
 # model records both, `second_look_model.version`). 1: the crops as kept; 2: plus the crop in units of its own
 # surroundings (module docstring); 3: the same input, read under READ_SYMMETRIES at prediction (the saved ONNX
-# file holds the four readings, so a model exported before reads once and is refused).
-INPUT_VERSION = "3"
+# file holds the four readings, so a model exported before reads once and is refused); 4: the same input, read by a
+# network with a fourth block (`patch_network`: its receptive field covers the whole crop; a version-3 state dict
+# does not fit it).
+INPUT_VERSION = "4"
 INPUT_CHANNELS = CHANNELS + 1
 # The surroundings' spread is at least 1/20 of the image's tissue range (set at stop 26, before running): flat
 # fat must not turn a faint ripple into a clip-sized signal. The channel is clipped to LOCAL_RANGE spreads, so
@@ -87,8 +89,12 @@ def network_input(crops: np.ndarray) -> np.ndarray:
 def patch_network():
     """[N, K, INPUT_CHANNELS, P, P] (`network_input`) -> image logits [N] (max over K) and patch logits [N, K].
 
-    Small on purpose (about 25 k weights, ~2.7 MFLOP per crop): a clip's shape is a few strokes at 32 px, and
-    CPU inference must stay far above the 67 images/s the pipeline needs at K crops per image.
+    Small on purpose (about 61 k weights, 3.4 M multiply-adds per crop): a clip's shape is a few strokes at 32 px,
+    and CPU inference must stay far above the 67 images/s the pipeline needs at K crops per image. Four 3x3
+    blocks, each after a 2x2 pooling but the first, give a receptive field of 38 px, so one unit sees a whole
+    32-px crop: a ring clip from a triangle skin marker, a "Z" clip from two crossing ligaments, are told apart
+    by the whole outline. With three blocks (up to version 3, about 24 k weights) it was 18 px, half a crop;
+    the fourth block, at 4 x 4 px, adds a fifth of the cost (docs/history.md "Second look", stop 39).
     """
     import torch
     import torch.nn as nn
@@ -105,6 +111,8 @@ def patch_network():
                 block(16, 32),
                 nn.MaxPool2d(2),
                 block(32, 64),
+                nn.MaxPool2d(2),
+                block(64, 64),
                 nn.AdaptiveMaxPool2d(1),
                 nn.Flatten(),
                 nn.Linear(64, 1),

@@ -61,6 +61,23 @@ def test_patch_network_shapes_and_onnx_export_with_a_dynamic_batch(tmp_path):
         assert np.allclose(out, net(torch.from_numpy(x5)).numpy(), atol=1e-4)
 
 
+def test_one_unit_of_the_last_block_sees_all_but_one_line_of_the_crop():
+    """A unit must see a whole clip with its surroundings to tell a ring clip from a triangle skin marker by the
+    outline: the last block's receptive field is 38 px (with three blocks, up to input version 3, 18 px)."""
+    import torch
+
+    net = patch_network().eval()
+    trunk = net.features[: [type(m).__name__ for m in net.features].index("AdaptiveMaxPool2d")]
+    x = torch.from_numpy(network_input(np.random.default_rng(3).normal(0.5, 0.3, (8, 1, CHANNELS, P, P)))[:, 0])
+    x.requires_grad_(True)
+    out = trunk(x)
+    assert out.shape[-2:] == (P // 8, P // 8)
+    out[:, :, 1, 1].sum().backward()  # a unit next to the centre; unit j sees input rows 8j-15 .. 8j+22
+    seen = (x.grad.abs().sum(dim=(0, 1)) > 0).numpy()
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (0, P - 2, 0, P - 2)
+
+
 def test_a_prediction_reads_each_crop_under_a_group_of_symmetries_so_it_cannot_tell_them_apart():
     import torch
 
