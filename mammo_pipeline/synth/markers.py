@@ -1,6 +1,7 @@
-"""Metal in the breast and its look-alikes: biopsy clips (ribbon, coil, X, O, T), hook wires, and the hard
-negatives that are just as bright - nipple pellets, skin rings, triangles and scar wires, lead letters, coarse
-("popcorn") and vascular calcifications, implants and pacemakers/ports - plus grid-line streaks and bright stripes.
+"""Metal in the breast and its look-alikes: biopsy clips (ribbon, coil, X, O, T, barbell, heart), hook wires, and
+the hard negatives that are just as bright - nipple pellets, skin rings, triangles and scar wires, lead letters,
+coarse ("popcorn") and vascular calcifications, implants and pacemakers/ports - plus grid-line streaks and bright
+stripes.
 
 Sizes and shapes: research note realism.md §4 (clips about 3 mm titanium; BB nipple markers < 3 mm, GE 2000D
 manual; skin-marker code pellet = nipple, circle = mole, triangle = palpable mass, line = scar, Beekley;
@@ -26,7 +27,10 @@ UNSATURATED_CLIP_SHARE = 0.25  # clips drawn below saturation (†: realism.md �
 # stays UNSATURATED_CLIP_SHARE
 DENSE_SHARE = 0.5
 MIN_UNSATURATED_LIFT = 0.06  # an unsaturated clip needs this much room below its ceiling over the tissue around (†)
-CLIP_SHAPES = ("ribbon", "coil", "x", "o", "t")
+# the shapes realism.md section 4 names (awareness ribbon, barbell, heart, ring or "Venus"), plus a coil, an X and a
+# T; "barbell" and "heart" joined at stop 39: until then a short two-lobed saturated object inside the breast was
+# drawn only as a popcorn calcification, a negative (docs/history.md "Synthetic drops", stop 39)
+CLIP_SHAPES = ("ribbon", "coil", "x", "o", "t", "barbell", "heart")
 
 
 def _shape_segments(shape: str, rng: np.random.Generator) -> np.ndarray:
@@ -42,6 +46,20 @@ def _shape_segments(shape: str, rng: np.random.Generator) -> np.ndarray:
     elif shape == "o":
         u = np.linspace(0, 2 * np.pi, 17)
         pts = np.stack([0.4 * np.cos(u), 0.4 * np.sin(u)], axis=1)
+    elif shape == "barbell":  # a wire with a solid bead at each end, from a long wire to two beads touching
+        r = rng.uniform(0.1, 0.25)
+        u = np.linspace(0, 2 * np.pi, 13)
+        parts = [np.array([[[-0.5 + r, 0.0], [0.5 - r, 0.0]]])]  # the wire, end to end through both beads
+        for x in (-0.5 + r, 0.5 - r):  # each bead: concentric loops a third of its radius apart (the stroke fills)
+            for q in (r, 2 * r / 3, r / 3):
+                loop = np.stack([x + q * np.cos(u), q * np.sin(u)], axis=1)
+                parts.append(np.stack([loop[:-1], loop[1:]], axis=1))
+        return np.concatenate(parts).astype(np.float32)
+    elif shape == "heart":  # the heart curve, scaled to the unit square
+        u = np.linspace(0, 2 * np.pi, 25)
+        x = 16 * np.sin(u) ** 3
+        y = -(13 * np.cos(u) - 5 * np.cos(2 * u) - 2 * np.cos(3 * u) - np.cos(4 * u))
+        pts = np.stack([x / 34, (y + 2.5) / 34], axis=1)
     elif shape == "x":
         return np.array([[[-0.5, -0.5], [0.5, 0.5]], [[-0.5, 0.5], [0.5, -0.5]]], dtype=np.float32)
     elif shape == "t":

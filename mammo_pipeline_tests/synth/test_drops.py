@@ -94,10 +94,11 @@ def test_truth_agrees_with_pixel_geometry(landing):
                 pad = max(3, r1 - r0, c1 - c0)
                 ring = v[max(0, r0 - pad) : r1 + pad, max(0, c0 - pad) : c1 + pad]
                 assert patch.max() < hot_level and patch.max() - np.median(ring) > 0.08, row.rel_path
-            elif kind == "film_dust":  # a white speck on whatever lies beneath
+            elif kind == "film_dust":  # a white speck on whatever lies beneath, unless that is already clear film
                 pad = max(3, r1 - r0, c1 - c0)
                 ring = v[max(0, r0 - pad) : r1 + pad, max(0, c0 - pad) : c1 + pad]
-                assert patch.max() - np.median(ring) > 0.05, row.rel_path
+                if np.median(ring) < hot_level - 0.05:
+                    assert patch.max() - np.median(ring) > 0.05, row.rel_path
             elif (
                 kind != "clip_unsaturated"
             ):  # clips, wires, every confounder and a film's clear edge reach metal's gray

@@ -19,6 +19,23 @@ def test_each_clip_shape_is_near_saturated_with_a_sharp_edge(shape):
     assert rim.sum() <= metal.sum()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_barbells_beads_are_solid_and_wider_than_its_wire(seed):
+    """A barbell clip is two solid metal beads on a wire (realism.md section 4), not two rings: drawn at a 3-mm
+    clip's size with the thinnest stroke (0.3 mm at 0.07 mm per px: 43 px long, 4 px wide)."""
+    rng = np.random.default_rng(seed)
+    segments = markers._shape_segments("barbell", rng)
+    radius = float(segments[1:, :, 1].max())  # the beads' outer loop; segment 0 is the wire along y = 0
+    patch, origin = markers.render_segments(segments * 43 + 60, thickness=4)
+    yy, xx = np.mgrid[: patch.shape[0], : patch.shape[1]]
+    for end in (-0.5 + radius, 0.5 - radius):
+        centre = (60 - origin[0], end * 43 + 60 - origin[1])
+        bead = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= (radius * 43) ** 2
+        assert patch[bead].min() > 0.5  # no hole
+    wire = patch[:, patch.shape[1] // 2] > 0.5
+    assert wire.sum() < 2 * radius * 43  # the middle is the wire, narrower than a bead
+
+
 def test_inside_share_counts_what_the_frame_keeps():
     patch, origin = markers.clip_stroke(np.random.default_rng(1), (50, 0), 20, 3)
     share = markers.inside_share((100, 100), patch, origin)
