@@ -37,7 +37,7 @@ from mammo_pipeline.model.candidates import CHANNELS
 # model records both, `second_look_model.version`). 1: the crops as kept; 2: plus the crop in units of its own
 # surroundings (module docstring); 3: the same input, read under READ_SYMMETRIES at prediction (the saved ONNX
 # file holds the four readings, so a model exported before reads once and is refused); 4: the same input, read by a
-# network with a fourth block (`patch_network`: its receptive field covers the whole crop; a version-3 state dict
+# network with a fourth block (`patch_network`: its receptive field spans the crop; a version-3 state dict
 # does not fit it).
 INPUT_VERSION = "4"
 INPUT_CHANNELS = CHANNELS + 1
@@ -91,9 +91,10 @@ def patch_network():
 
     Small on purpose (about 61 k weights, 3.4 M multiply-adds per crop): a clip's shape is a few strokes at 32 px,
     and CPU inference must stay far above the 67 images/s the pipeline needs at K crops per image. Four 3x3
-    blocks, each after a 2x2 pooling but the first, give a receptive field of 38 px, so one unit sees a whole
-    32-px crop: a ring clip from a triangle skin marker, a "Z" clip from two crossing ligaments, are told apart
-    by the whole outline. With three blocks (up to version 3, about 24 k weights) it was 18 px, half a crop;
+    blocks, each after a 2x2 pooling but the first, give a receptive field of 38 px on an 8-px grid, so each
+    central unit of the last block sees 31 x 31 px of the 32-px crop, all of it but one line: a ring clip from a
+    triangle skin marker, a "Z" clip from two crossing ligaments, are told apart by the whole outline. With
+    three blocks (up to version 3, about 24 k weights) it was 18 px, about half a crop;
     the fourth block, at 4 x 4 px, adds a fifth of the cost (docs/history.md "Second look", stop 39).
     """
     import torch

@@ -29,7 +29,7 @@ DENSE_SHARE = 0.5
 MIN_UNSATURATED_LIFT = 0.06  # an unsaturated clip needs this much room below its ceiling over the tissue around (†)
 # the shapes realism.md section 4 names (awareness ribbon, barbell, heart, ring or "Venus"), plus a coil, an X and a
 # T; "barbell" and "heart" joined at stop 39: until then a short two-lobed saturated object inside the breast was
-# drawn only as a popcorn calcification, a negative (docs/history.md "Synthetic drops", stop 39)
+# drawn only as a popcorn calcification, a negative (docs/history.md "Second look", stop 39)
 CLIP_SHAPES = ("ribbon", "coil", "x", "o", "t", "barbell", "heart")
 
 
@@ -50,8 +50,8 @@ def _shape_segments(shape: str, rng: np.random.Generator) -> np.ndarray:
         r = rng.uniform(0.1, 0.25)
         u = np.linspace(0, 2 * np.pi, 13)
         parts = [np.array([[[-0.5 + r, 0.0], [0.5 - r, 0.0]]])]  # the wire, end to end through both beads
-        for x in (-0.5 + r, 0.5 - r):  # each bead: concentric loops a third of its radius apart (the stroke fills)
-            for q in (r, 2 * r / 3, r / 3):
+        for x in (-0.5 + r, 0.5 - r):  # each bead: concentric loops a quarter of its radius apart, which the
+            for q in (r, 0.75 * r, 0.5 * r, 0.25 * r):  # thinnest stroke (0.075 of the length, image.py) fills
                 loop = np.stack([x + q * np.cos(u), q * np.sin(u)], axis=1)
                 parts.append(np.stack([loop[:-1], loop[1:]], axis=1))
         return np.concatenate(parts).astype(np.float32)
@@ -59,7 +59,7 @@ def _shape_segments(shape: str, rng: np.random.Generator) -> np.ndarray:
         u = np.linspace(0, 2 * np.pi, 25)
         x = 16 * np.sin(u) ** 3
         y = -(13 * np.cos(u) - 5 * np.cos(2 * u) - 2 * np.cos(3 * u) - np.cos(4 * u))
-        pts = np.stack([x / 34, (y + 2.5) / 34], axis=1)
+        pts = np.stack([x / 34, (y - 2.5) / 34], axis=1)  # y spans -11.9 .. 17: centred
     elif shape == "x":
         return np.array([[[-0.5, -0.5], [0.5, 0.5]], [[-0.5, 0.5], [0.5, -0.5]]], dtype=np.float32)
     elif shape == "t":

@@ -94,11 +94,13 @@ def test_truth_agrees_with_pixel_geometry(landing):
                 pad = max(3, r1 - r0, c1 - c0)
                 ring = v[max(0, r0 - pad) : r1 + pad, max(0, c0 - pad) : c1 + pad]
                 assert patch.max() < hot_level and patch.max() - np.median(ring) > 0.08, row.rel_path
-            elif kind == "film_dust":  # a white speck on whatever lies beneath, unless that is already clear film
+            elif kind == "film_dust":  # a white speck on whatever lies beneath (alone in its box)
                 pad = max(3, r1 - r0, c1 - c0)
                 ring = v[max(0, r0 - pad) : r1 + pad, max(0, c0 - pad) : c1 + pad]
-                if np.median(ring) < hot_level - 0.05:
-                    assert patch.max() - np.median(ring) > 0.05, row.rel_path
+                # a speck stops 80-100 % of the screen's light: it lifts the film most of the way to clear film
+                # (`synth/film.py`), so by a share of the room left below clear film (none on cleared gland)
+                room = row.metal_gray - np.median(ring)
+                assert others.any() or patch.max() - np.median(ring) > 0.3 * room, row.rel_path
             elif (
                 kind != "clip_unsaturated"
             ):  # clips, wires, every confounder and a film's clear edge reach metal's gray

@@ -19,21 +19,39 @@ def test_each_clip_shape_is_near_saturated_with_a_sharp_edge(shape):
     assert rim.sum() <= metal.sum()
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_a_barbells_beads_are_solid_and_wider_than_its_wire(seed):
-    """A barbell clip is two solid metal beads on a wire (realism.md section 4), not two rings: drawn at a 3-mm
-    clip's size with the thinnest stroke (0.3 mm at 0.07 mm per px: 43 px long, 4 px wide)."""
-    rng = np.random.default_rng(seed)
+@pytest.mark.parametrize("shape", markers.CLIP_SHAPES)
+def test_each_clip_shape_is_centred_in_the_unit_square(shape):
+    """`_shape_segments` draws in [-0.5, 0.5]: scaled by the clip's length, the clip is centred where it is placed."""
+    for seed in range(20):
+        segments = markers._shape_segments(shape, np.random.default_rng(seed))
+        assert np.abs(segments).max() <= 0.5
+        lo, hi = segments.reshape(-1, 2).min(axis=0), segments.reshape(-1, 2).max(axis=0)
+        assert np.all(np.abs(lo + hi) <= 0.2)  # the bounding box's centre near the origin
+
+
+class _Upper:
+    """A generator stand-in whose uniform draws return the upper bound (the largest bead)."""
+
+    def uniform(self, low: float, high: float) -> float:
+        return high
+
+
+@pytest.mark.parametrize(("rng", "length", "stroke"), [(np.random.default_rng(s), 43, 4) for s in range(4)]
+                         + [(_Upper(), 43, 4), (_Upper(), 57, 4.3), (_Upper(), 86, 6.4)])  # fmt: skip
+def test_a_barbells_beads_are_solid_and_wider_than_its_wire(rng, length, stroke):
+    """A barbell clip is two solid metal beads on a wire (realism.md section 4), not two rings: a 3-4 mm clip at
+    0.07 mm per px (43-57 px) down to the thinnest stroke the generator draws (0.3 mm over 4 mm, 0.075 of the
+    length: `synth.image`), the beads from their smallest to their largest radius."""
     segments = markers._shape_segments("barbell", rng)
     radius = float(segments[1:, :, 1].max())  # the beads' outer loop; segment 0 is the wire along y = 0
-    patch, origin = markers.render_segments(segments * 43 + 60, thickness=4)
+    patch, origin = markers.render_segments(segments * length + 60, thickness=stroke)
     yy, xx = np.mgrid[: patch.shape[0], : patch.shape[1]]
     for end in (-0.5 + radius, 0.5 - radius):
-        centre = (60 - origin[0], end * 43 + 60 - origin[1])
-        bead = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= (radius * 43) ** 2
+        centre = (60 - origin[0], end * length + 60 - origin[1])
+        bead = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= (radius * length) ** 2
         assert patch[bead].min() > 0.5  # no hole
     wire = patch[:, patch.shape[1] // 2] > 0.5
-    assert wire.sum() < 2 * radius * 43  # the middle is the wire, narrower than a bead
+    assert wire.sum() < 2 * radius * length  # the middle is the wire (or the beads' waist), narrower than a bead
 
 
 def test_inside_share_counts_what_the_frame_keeps():
