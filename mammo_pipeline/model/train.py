@@ -31,6 +31,7 @@ from mammo_pipeline.atomic import write_bytes, write_parquet, write_text
 from mammo_pipeline.labels.codes import label_of
 from mammo_pipeline.model import plots, registry
 from mammo_pipeline.model import second_look_model as second_look
+from mammo_pipeline.model.augment import cropped_batch
 from mammo_pipeline.model.evaluate import (
     detailed_metrics,
     evaluate,
@@ -73,6 +74,7 @@ class TrainConfig:
     batch_size: int | None = None
     weight_decay: float | None = None  # AdamW decoupled weight decay
     flips: bool | None = None  # train-only random horizontal + vertical flips (seeded)
+    crops: bool | None = None  # train-only: half the draws see the image cropped to the breast (model/augment.py)
     pos_weight: bool | None = None  # weight each flag's positives by sqrt(negatives / positives) in the loss
     seed: int | None = None  # None: settings.seed
     pretrained: str | None = None  # None: settings.pretrained ('imagenet' | 'none')
@@ -105,6 +107,7 @@ class PathDefaults:
     batch_size: int
     weight_decay: float
     flips: bool
+    crops: bool
     pos_weight: bool
 
 
@@ -125,6 +128,7 @@ SCRATCH = PathDefaults(
     batch_size=16,
     weight_decay=1e-2,
     flips=True,
+    crops=True,  # a contact view cropped to the breast is not a mag view (model/augment.py)
     pos_weight=True,
 )
 PRETRAINED = PathDefaults(
@@ -136,6 +140,7 @@ PRETRAINED = PathDefaults(
     batch_size=32,
     weight_decay=1e-2,
     flips=False,
+    crops=True,  # the real archives the pretrained path is for hold cropped exports too (unmeasured: no weights)
     pos_weight=False,
 )
 
@@ -170,18 +175,23 @@ def _check_labels(labels: pd.DataFrame) -> None:
         raise ValueError("fewer than 2 labels with split == 'train': label some images first")
 
 
-def _datasets(images: np.ndarray, flags: np.ndarray):
-    """fastai Datasets over row numbers of `images` (preprocess() output, computed once) and their flags."""
+def _datasets(images: np.ndarray, flags: np.ndarray, cropped: np.ndarray | None = None):
+    """fastai Datasets over row numbers of `images` (preprocess() output, computed once) and their flags; with
+    `cropped` (the same images cropped to the breast, `augment.cropped_batch`) each draw takes either framing with
+    p = 1/2 (torch RNG)."""
     import torch
     from fastai.data.core import Datasets
     from fastai.torch_core import TensorImage
     from fasttransform import Transform
 
     pixels = torch.from_numpy(images)
+    crops = torch.from_numpy(cropped) if cropped is not None else None
     targets = torch.tensor(flags, dtype=torch.float32)
 
     class PreprocessedImage(Transform):
         def encodes(self, i):
+            if crops is not None and torch.rand(()) < 0.5:
+                return TensorImage(crops[i])
             return TensorImage(pixels[i])
 
     class Flags(Transform):
@@ -368,7 +378,8 @@ def train_model(
         train_paths = [settings.cache / p for p in train["model_png"]]
         flags = train[["has_biopsy_marker", "is_mag_view"]].to_numpy(bool)
         images = preprocess_batch(train_paths, hyper.size)
-        dsets = _datasets(images, flags)
+        cropped = cropped_batch(train_paths, hyper.size, seed) if hyper.crops else None
+        dsets = _datasets(images, flags, cropped)
         # fastai drops the last partial train batch (a batch of 1 breaks BatchNorm); keep >= 1 batch per epoch
         batch_size = max(2, min(hyper.batch_size, len(train)))
         dls = dsets.dataloaders(bs=batch_size, num_workers=0, device=device)

@@ -1,0 +1,142 @@
+"""The magnification flag on views cropped to the breast: the global network trained with and without train-time
+crops (`model/augment.py`), paired on the same labels and seeds.
+
+Run:  .venv/bin/python benchmarks/bench_crops.py [--data DIR] [--drops-seed 0] [--studies 80] [--labels 500]
+      [--seeds 0,1] [--threads 0] [--keep DIR]
+
+Why: research exports crop each view to the breast (the NYU samples in `../shared/realdata/` are), and a contact
+view so cropped has no air and large anatomy, like a coned magnification view. A network trained on whole-detector
+views only flagged such crops as magnified; `TrainConfig.crops` trains on both framings.
+
+Builds (or reuses) the learning-curve data set (`bench_learning_curve.build_dataset`; `--drops-seed` other than 0
+for held-out drops), labels every image from the synthetic truth, and for each seed trains the product's from-scratch
+global network (`TrainConfig()`, second look off) on the same `--labels` train images twice: crops off (the
+baseline) and on. For each run it prints the magnification ROC-AUC on the audit images as they are and on the same
+images cropped to their breast (`augment.crop_to_breast`, no margin), the model's magnification threshold (balanced
+point, chosen on the whole audit images) and the share of the cropped non-magnification audit images at or over
+it, then the mean over seeds of each, crops on against off (the baseline, same run). With `--keep DIR` each run's
+model is exported (ONNX, as `onnx_model` does) into a home of its own, `DIR/crops-on-seed0` ..., for
+`bench_real_samples.py --home` (the real images are scored there, never here: nothing is chosen on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import pandas as pd
+import torch
+from bench_learning_curve import build_dataset, labels_frame
+
+from mammo_pipeline.model.augment import crop_to_breast
+from mammo_pipeline.model.evaluate import roc_auc
+from mammo_pipeline.model.export import export_onnx
+from mammo_pipeline.model.preprocess import preprocess_batch
+from mammo_pipeline.model.train import TrainConfig, flip_reading, load_network, train_model
+from mammo_pipeline.settings import Settings
+
+
+def mag_probs(net, pngs: list[Path], size: int, cropped: bool) -> np.ndarray:
+    """p_mag [N] as predictions read the network (four flips), of the images as cached or cropped to the breast."""
+    from PIL import Image
+
+    grays = [np.asarray(Image.open(p).convert("L")) for p in pngs]
+    if cropped:
+        grays = [crop_to_breast(g) for g in grays]
+    with torch.no_grad():
+        return torch.sigmoid(net(torch.from_numpy(preprocess_batch(grays, size)))).numpy()[:, 1]
+
+
+def one_run(settings: Settings, labels, crops: bool, seed: int, threads: int, keep: Path | None = None) -> dict:
+    """Train in a throwaway models folder (or `keep`, exported to ONNX); mag ROC-AUC whole and cropped, threshold,
+    cropped negatives over it."""
+    audit = labels[labels["split"] == "audit"]
+    with tempfile.TemporaryDirectory() as tmp:
+        home = keep or Path(tmp)
+        scratch = dataclasses.replace(
+            settings, models=home / "models", warehouse=home / "warehouse", reports=home / "reports"
+        )
+        for folder in (scratch.models, scratch.warehouse, scratch.reports):
+            folder.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        config = TrainConfig(second_look=False, crops=crops, seed=seed, threads=threads)
+        result = train_model(scratch, labels, config)
+        seconds = time.monotonic() - start
+        net = flip_reading(load_network(scratch, result.ref)).eval()
+        pngs = [settings.cache / p for p in audit["model_png"]]
+        whole = mag_probs(net, pngs, result.ref.input_size, cropped=False)
+        cropped = mag_probs(net, pngs, result.ref.input_size, cropped=True)
+        if keep is not None:
+            export_onnx(scratch, result.ref).save(scratch.models)
+    truth = audit["is_mag_view"].to_numpy(bool)
+    threshold = result.ref.thresholds()[1]
+    return {
+        "auc_whole": roc_auc(truth, whole),
+        "auc_cropped": roc_auc(truth, cropped),
+        "threshold": threshold,
+        "over": float(np.mean(cropped[~truth] >= threshold)) if (~truth).any() else float("nan"),
+        "seconds": seconds,
+    }
+
+
+def _f(x: float | None) -> str:
+    return "  —  " if x is None else f"{x:.4f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="dataset folder (built there if missing; default: a temp dir)")
+    parser.add_argument("--drops-seed", type=int, default=0, help="synthetic drops' seed (0: development set)")
+    parser.add_argument("--studies", type=int, default=80, help="studies per hospital when building")
+    parser.add_argument("--labels", type=int, default=500, help="train labels (a seeded sample of the train split)")
+    parser.add_argument("--seeds", default="0,1", help="training seeds (each trains crops off and on)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
+    parser.add_argument("--keep", type=Path, help="keep each run's model as a home under this folder")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = build_dataset(args.data or Path(tmp) / "data", args.studies, args.drops_seed)
+        labels = labels_frame(settings)
+        audit = labels[labels["split"] == "audit"]
+        if audit["is_mag_view"].all() or not audit["is_mag_view"].any():
+            raise SystemExit("the audit split lacks a magnification class: raise --studies")
+        print(
+            f"{len(audit)} audit images ({int(audit['is_mag_view'].sum())} magnification views), drops seed "
+            f"{args.drops_seed}, {args.labels} train labels per run"
+        )
+        print("seed  crops  mag ROC-AUC whole  cropped  threshold  cropped non-mag over it  train s")
+        ratios: dict[str, list[float]] = {"auc_whole": [], "auc_cropped": [], "over": []}
+        for seed in (int(s) for s in args.seeds.split(",")):
+            train = labels[labels["split"] == "train"].sample(frac=1.0, random_state=seed).head(args.labels)
+            chosen = pd.concat([train, labels[labels["split"] == "audit"]])
+            runs = {}
+            for crops in (False, True):
+                keep = args.keep / f"crops-{'on' if crops else 'off'}-seed{seed}" if args.keep else None
+                runs[crops] = one_run(settings, chosen, crops, seed, args.threads, keep)
+            for crops, r in runs.items():
+                print(
+                    f"{seed:>4}  {'on ' if crops else 'off'}    {_f(r['auc_whole'])}           "
+                    f"{_f(r['auc_cropped'])}   {r['threshold']:.3f}      {r['over']:.3f}"
+                    f"                    {r['seconds']:.0f}"
+                )
+            for key in ratios:
+                off, on = runs[False][key], runs[True][key]
+                if off is not None and on is not None:
+                    ratios[key].append((on, off))
+    for key, name in (("auc_whole", "mag ROC-AUC, whole"), ("auc_cropped", "mag ROC-AUC, cropped")):
+        on, off = (float(np.mean(v)) for v in zip(*ratios[key], strict=True))
+        print(f"{name}: crops on {on:.4f} / off {off:.4f} = {on / off:.4f}x")
+    on, off = (float(np.mean(v)) for v in zip(*ratios["over"], strict=True))
+    print(f"cropped non-magnification images at or over the threshold: on {on:.3f} / off {off:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
