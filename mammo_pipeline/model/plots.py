@@ -67,7 +67,11 @@ def missed_gallery_png(
     n = len(shown)
     cols = min(6, max(n, 1))
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.9 * rows), squeeze=False)
+    # constrained layout keeps the figure title clear of the tiles' three-line titles; at least 5.5 in wide, so
+    # the figure title of a gallery of one tile is not cut
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(max(2.2 * cols, 5.5), 2.9 * rows), squeeze=False, layout="constrained"
+    )
     for ax in axes.ravel():
         ax.axis("off")
     if n == 0:
@@ -79,7 +83,7 @@ def missed_gallery_png(
             k = 1 if "mag" in row.reason and "marker" not in row.reason else 0
             ax.imshow(np.ma.masked_less(heatmaps(row.model_png)[k], 0.15), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         ax.set_title(f"true {row.label}\np_biopsy {row.p_biopsy:.2f} p_mag {row.p_mag:.2f}\n{row.reason}", fontsize=7)
-    fig.suptitle(f"{title} ({len(missed)} total, {n} shown)" + (", heat map of the flag" if heatmaps else ""), y=1.02)
+    fig.suptitle(f"{title} ({len(missed)} total, {n} shown)" + (", heat map of the flag" if heatmaps else ""))
     return _save(fig, paths)
 
 
