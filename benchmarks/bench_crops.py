@@ -1,21 +1,22 @@
-"""The magnification flag on views cropped to the breast: the global network trained with and without train-time
-crops (`model/augment.py`), paired on the same labels and seeds.
+"""The magnification flag on views cropped to the breast: the global network trained with and without two framings
+(`TrainConfig.framings`, `model/augment.py`), paired on the same labels and seeds.
 
 Run:  .venv/bin/python benchmarks/bench_crops.py [--data DIR] [--drops-seed 0] [--studies 80] [--labels 500]
       [--seeds 0,1] [--threads 0] [--keep DIR]
 
 Why: research exports crop each view to the breast (the NYU samples in `../shared/realdata/` are), and a contact
 view so cropped has no air and large anatomy, like a coned magnification view. A network trained on whole-detector
-views only flagged such crops as magnified; `TrainConfig.crops` trains on both framings.
+views only flagged such crops as magnified; `TrainConfig.framings` trains on both.
 
 Builds (or reuses) the learning-curve data set (`bench_learning_curve.build_dataset`; `--drops-seed` other than 0
 for held-out drops), labels every image from the synthetic truth, and for each seed trains the product's from-scratch
-global network (`TrainConfig()`, second look off) on the same `--labels` train images twice: crops off (the
-baseline) and on. For each run it prints the magnification ROC-AUC on the audit images as they are and on the same
-images cropped to their breast (`augment.crop_to_breast`, no margin), the model's magnification threshold (balanced
-point, chosen on the whole audit images) and the share of the cropped non-magnification audit images at or over
-it, then the mean over seeds of each, crops on against off (the baseline, same run). With `--keep DIR` each run's
-model is exported (ONNX, as `onnx_model` does) into a home of its own, `DIR/crops-on-seed0` ..., for
+global network (`TrainConfig()`, second look off) on the same `--labels` train images twice, with the same initial
+weights: framings off (the baseline) and on. For each run it prints the magnification ROC-AUC on the audit images as
+they are and on the same images cropped tight to their breast (`augment.crop_to_breast`, no margin, pixels from the
+display PNG as in training), the model's magnification threshold (balanced point, chosen on the whole audit images)
+and the share of the cropped non-magnification audit images at or over it; then the mean over seeds of each, on
+against off (the baseline, same run), and how much of each kind of audit view the tight box keeps. With `--keep DIR`
+each run's model is exported (ONNX, as `onnx_model` does) into a home of its own, `DIR/framings-on-seed0` ..., for
 `bench_real_samples.py --home` (the real images are scored there, never here: nothing is chosen on them).
 """
 
@@ -36,26 +37,28 @@ import pandas as pd
 import torch
 from bench_learning_curve import build_dataset, labels_frame
 
-from mammo_pipeline.model.augment import crop_to_breast
+from mammo_pipeline.model.augment import breast_box, crop_to_breast
 from mammo_pipeline.model.evaluate import roc_auc
 from mammo_pipeline.model.export import export_onnx
-from mammo_pipeline.model.preprocess import preprocess_batch
+from mammo_pipeline.model.preprocess import _as_gray_uint8, preprocess_batch
 from mammo_pipeline.model.train import TrainConfig, flip_reading, load_network, train_model
 from mammo_pipeline.settings import Settings
 
 
-def mag_probs(net, pngs: list[Path], size: int, cropped: bool) -> np.ndarray:
-    """p_mag [N] as predictions read the network (four flips), of the images as cached or cropped to the breast."""
-    from PIL import Image
+def framed(pngs: list[Path], displays: list[Path]) -> list[np.ndarray]:
+    """The model PNGs cropped tight to their breast (no margin), their pixels from the display PNGs."""
+    return [crop_to_breast(_as_gray_uint8(p), 0.0, _as_gray_uint8(d)) for p, d in zip(pngs, displays, strict=True)]
 
-    grays = [np.asarray(Image.open(p).convert("L")) for p in pngs]
-    if cropped:
-        grays = [crop_to_breast(g) for g in grays]
+
+def mag_probs(net: torch.nn.Module, images: list[Path] | list[np.ndarray], size: int) -> np.ndarray:
+    """p_mag [N] as predictions read the network (`flip_reading`: four flips) of model PNGs or arrays."""
     with torch.no_grad():
-        return torch.sigmoid(net(torch.from_numpy(preprocess_batch(grays, size)))).numpy()[:, 1]
+        return torch.sigmoid(net(torch.from_numpy(preprocess_batch(images, size)))).numpy()[:, 1]
 
 
-def one_run(settings: Settings, labels, crops: bool, seed: int, threads: int, keep: Path | None = None) -> dict:
+def one_run(
+    settings: Settings, labels: pd.DataFrame, framings: bool, seed: int, threads: int, keep: Path | None = None
+) -> dict:
     """Train in a throwaway models folder (or `keep`, exported to ONNX); mag ROC-AUC whole and cropped, threshold,
     cropped negatives over it."""
     audit = labels[labels["split"] == "audit"]
@@ -67,13 +70,15 @@ def one_run(settings: Settings, labels, crops: bool, seed: int, threads: int, ke
         for folder in (scratch.models, scratch.warehouse, scratch.reports):
             folder.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
-        config = TrainConfig(second_look=False, crops=crops, seed=seed, threads=threads)
+        config = TrainConfig(second_look=False, framings=framings, seed=seed, threads=threads)
         result = train_model(scratch, labels, config)
         seconds = time.monotonic() - start
         net = flip_reading(load_network(scratch, result.ref)).eval()
         pngs = [settings.cache / p for p in audit["model_png"]]
-        whole = mag_probs(net, pngs, result.ref.input_size, cropped=False)
-        cropped = mag_probs(net, pngs, result.ref.input_size, cropped=True)
+        whole = mag_probs(net, pngs, result.ref.input_size)
+        cropped = mag_probs(
+            net, framed(pngs, [settings.cache / p for p in audit["display_png"]]), result.ref.input_size
+        )
         if keep is not None:
             export_onnx(scratch, result.ref).save(scratch.models)
     truth = audit["is_mag_view"].to_numpy(bool)
@@ -88,6 +93,7 @@ def one_run(settings: Settings, labels, crops: bool, seed: int, threads: int, ke
 
 
 def _f(x: float | None) -> str:
+    """A ROC-AUC to 4 places, a dash when undefined."""
     return "  —  " if x is None else f"{x:.4f}"
 
 
@@ -97,7 +103,7 @@ def main() -> int:
     parser.add_argument("--drops-seed", type=int, default=0, help="synthetic drops' seed (0: development set)")
     parser.add_argument("--studies", type=int, default=80, help="studies per hospital when building")
     parser.add_argument("--labels", type=int, default=500, help="train labels (a seeded sample of the train split)")
-    parser.add_argument("--seeds", default="0,1", help="training seeds (each trains crops off and on)")
+    parser.add_argument("--seeds", default="0,1", help="training seeds (each trains framings off and on)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
     parser.add_argument("--keep", type=Path, help="keep each run's model as a home under this folder")
     args = parser.parse_args()
@@ -111,30 +117,45 @@ def main() -> int:
             f"{len(audit)} audit images ({int(audit['is_mag_view'].sum())} magnification views), drops seed "
             f"{args.drops_seed}, {args.labels} train labels per run"
         )
-        print("seed  crops  mag ROC-AUC whole  cropped  threshold  cropped non-mag over it  train s")
-        ratios: dict[str, list[float]] = {"auc_whole": [], "auc_cropped": [], "over": []}
+        print("seed  framings  mag ROC-AUC whole  cropped  threshold  cropped non-mag over it  train s")
+        kept = []  # share of the image the tight box keeps (1.0: the view comes back whole)
+        for png in audit["model_png"]:
+            gray = _as_gray_uint8(settings.cache / png)
+            top, bottom, left, right = breast_box(gray)
+            kept.append((bottom - top) * (right - left) / gray.size)
+        kept, mag = np.array(kept), audit["is_mag_view"].to_numpy(bool)
+        print(
+            f"share of the image the tight box keeps, median [p10-p90]: magnification views "
+            f"{np.median(kept[mag]):.2f} [{np.percentile(kept[mag], 10):.2f}-{np.percentile(kept[mag], 90):.2f}], "
+            f"others {np.median(kept[~mag]):.2f} [{np.percentile(kept[~mag], 10):.2f}-"
+            f"{np.percentile(kept[~mag], 90):.2f}]"
+        )
+        pairs: dict[str, list[tuple[float, float]]] = {"auc_whole": [], "auc_cropped": [], "over": []}
         for seed in (int(s) for s in args.seeds.split(",")):
             train = labels[labels["split"] == "train"].sample(frac=1.0, random_state=seed).head(args.labels)
             chosen = pd.concat([train, labels[labels["split"] == "audit"]])
             runs = {}
-            for crops in (False, True):
-                keep = args.keep / f"crops-{'on' if crops else 'off'}-seed{seed}" if args.keep else None
-                runs[crops] = one_run(settings, chosen, crops, seed, args.threads, keep)
-            for crops, r in runs.items():
+            for framings in (False, True):
+                keep = args.keep / f"framings-{'on' if framings else 'off'}-seed{seed}" if args.keep else None
+                runs[framings] = one_run(settings, chosen, framings, seed, args.threads, keep)
+            for framings, r in runs.items():
                 print(
-                    f"{seed:>4}  {'on ' if crops else 'off'}    {_f(r['auc_whole'])}           "
+                    f"{seed:>4}  {'on ' if framings else 'off'}       {_f(r['auc_whole'])}           "
                     f"{_f(r['auc_cropped'])}   {r['threshold']:.3f}      {r['over']:.3f}"
                     f"                    {r['seconds']:.0f}"
                 )
-            for key in ratios:
+            for key, both in pairs.items():
                 off, on = runs[False][key], runs[True][key]
                 if off is not None and on is not None:
-                    ratios[key].append((on, off))
-    for key, name in (("auc_whole", "mag ROC-AUC, whole"), ("auc_cropped", "mag ROC-AUC, cropped")):
-        on, off = (float(np.mean(v)) for v in zip(*ratios[key], strict=True))
-        print(f"{name}: crops on {on:.4f} / off {off:.4f} = {on / off:.4f}x")
-    on, off = (float(np.mean(v)) for v in zip(*ratios["over"], strict=True))
-    print(f"cropped non-magnification images at or over the threshold: on {on:.3f} / off {off:.3f}")
+                    both.append((on, off))
+    for key, name in (
+        ("auc_whole", "mag ROC-AUC, whole"),
+        ("auc_cropped", "mag ROC-AUC, cropped"),
+        ("over", "cropped non-magnification images at or over the threshold"),
+    ):
+        on, off = (float(np.mean(v)) for v in zip(*pairs[key], strict=True))
+        ratio = f"{on / off:.4f}x" if off else "—"
+        print(f"{name}: framings on {on:.4f} / off {off:.4f} = {ratio}")
     return 0
 
 

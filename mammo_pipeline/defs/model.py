@@ -28,7 +28,7 @@ class TrainingConfig(dg.Config):
     batch_size: int | None = None
     weight_decay: float | None = None
     flips: bool | None = None
-    crops: bool | None = None
+    framings: bool | None = None
     pos_weight: bool | None = None
     seed: int = -1
     pretrained: str = ""

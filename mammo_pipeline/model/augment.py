@@ -1,45 +1,78 @@
-"""Train-only crops: a view as an export cropped to the breast would show it.
+"""Train-only framings: a contact view as an export cropped to the breast would show it.
 
 Research exports and some archives crop each view to the breast (the NYU samples in `../shared/realdata/` are
 cropped so), and the cache then renders that crop at the same long side as a whole detector. Such a contact view
-has no air around the breast and its anatomy is drawn larger: both are what a coned magnification view looks
-like, so a network trained only on whole-detector views learns "little air, large structures" as its mag cue and
-calls cropped contact views magnified. Training on both framings of every image leaves it the cues a crop cannot
-take away: the paddle edge, the collimator and the magnified micro-structure. No constant here comes from data:
-the crop is the image's own Otsu tissue, and the margin is drawn from a range given in the image's own size.
+has no air and its anatomy is drawn larger: both are what a coned magnification view looks like, so a network
+trained only on whole-detector views learns "little air, large structures" as its mag cue and calls cropped
+contact views magnified. Half of the training draws therefore take the view cut to the bounding box of its Otsu
+tissue. A coned view's collimator shadow is as bright as dense tissue, so the box keeps it and most magnification
+views come back whole (`benchmarks/bench_crops.py` counts them): the framings teach "no air is not magnified"
+and leave the collimator and the magnified micro-structure as the mag cues. A magnification view exported cut
+inside its collimator is outside what this was measured on (no such image in any data here); cutting the coned
+views inside their shadow too was measured at stop 40 and flagged more cropped contact views (docs/history.md).
+No constant here comes from data: the box is the image's own tissue, and the margin is drawn from a range given
+in the image's own size.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
-from mammo_pipeline.model.preprocess import preprocess_batch, tissue_mask
+from mammo_pipeline.model.preprocess import _as_gray_uint8, preprocess_batch, tissue_mask
 
 CROP_MARGIN = (0.0, 0.05)  # share of each side's length kept around the tissue (a tight crop up to a loose one)
 
 
-def crop_to_breast(gray: np.ndarray, margin: float = 0.0) -> np.ndarray:
-    """uint8 [h', w'] with the long side of `gray` (uint8 [H, W]): the bounding box of its tissue (Otsu
-    foreground, `preprocess.tissue_mask`) widened by `margin` of each side, resized (Lanczos) as the cache would
-    render an image cropped so. An image whose tissue fills it comes back unchanged."""
+def breast_box(gray: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), px of `gray` (uint8 [H, W]), bottom and right exclusive: the bounding box of its
+    tissue (`preprocess.tissue_mask`: Otsu foreground, so a collimator's bright shadow counts), widened by `margin`
+    of each side and clipped to the image. The whole image when the tissue fills it or when there is none to find
+    (a flat image)."""
     mask = tissue_mask(gray)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     h, w = gray.shape
     pad_r, pad_c = round(margin * h), round(margin * w)
-    top, bottom = max(0, rows[0] - pad_r), min(h, rows[-1] + 1 + pad_r)
-    left, right = max(0, cols[0] - pad_c), min(w, cols[-1] + 1 + pad_c)
+    return (
+        int(max(0, rows[0] - pad_r)),
+        int(min(h, rows[-1] + 1 + pad_r)),
+        int(max(0, cols[0] - pad_c)),
+        int(min(w, cols[-1] + 1 + pad_c)),
+    )
+
+
+def crop_to_breast(gray: np.ndarray, margin: float = 0.0, source: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [h', w'] with the long side of `gray` (uint8 [H, W], the model PNG): the image cut to `breast_box`
+    and rendered at that long side, as the cache would render an export cropped so. `source` (uint8, a larger
+    rendering of the same image: the display PNG) gives the pixels, cut at the same place and reduced with BOX
+    like the cache; without it `gray` itself is enlarged (Lanczos), which blurs what the cache would keep sharp.
+    An image whose tissue fills it comes back unchanged."""
+    h, w = gray.shape
+    top, bottom, left, right = breast_box(gray, margin)
     if (top, bottom, left, right) == (0, h, 0, w):
         return gray
-    crop = gray[top:bottom, left:right]
+    pixels, k = gray, 1.0
+    if source is not None:
+        pixels, k = source, source.shape[0] / h
+    crop = pixels[round(top * k) : round(bottom * k), round(left * k) : round(right * k)]
     scale = max(h, w) / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-    return np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS))
+    resample = Image.Resampling.BOX if scale <= 1 else Image.Resampling.LANCZOS
+    return np.asarray(Image.fromarray(crop).resize(size, resample))
 
 
-def cropped_batch(pngs: list, size: int, seed: int) -> np.ndarray:
-    """float32 [N, 3, size, size]: `preprocess` of each image cropped to its breast, with a margin drawn from
-    CROP_MARGIN (seeded, so a training run is reproducible)."""
+def cropped_batch(
+    pngs: list[Path] | list[np.ndarray], size: int, seed: int, sources: list[Path] | None = None
+) -> np.ndarray:
+    """float32 [N, 3, size, size]: `preprocess` of each model PNG cropped to its breast (`crop_to_breast`, its
+    pixels from the matching display PNG of `sources` when given), with a margin drawn from CROP_MARGIN (seeded,
+    so a training run is reproducible)."""
     rng = np.random.default_rng(seed)
-    grays = [np.asarray(Image.open(p).convert("L")) if not isinstance(p, np.ndarray) else p for p in pngs]
-    return preprocess_batch([crop_to_breast(g, float(rng.uniform(*CROP_MARGIN))) for g in grays], size)
+    out = []
+    for i, png in enumerate(pngs):
+        source = _as_gray_uint8(sources[i]) if sources is not None else None
+        margin = float(rng.uniform(*CROP_MARGIN))
+        out.append(crop_to_breast(_as_gray_uint8(png), margin, source))
+    return preprocess_batch(out, size)

@@ -62,7 +62,8 @@ class TrainConfig:
 
     From scratch the network must learn its own features from a few hundred images, so it gets a longer
     one-cycle schedule at a higher learning rate, train-only random flips (markers and mag views look the
-    same mirrored) and positive-class weights for the rarer flags. Fine-tuning ImageNet features needs a
+    same mirrored), train-only framings (half the draws cropped to the breast, `model/augment.py`: a cropped
+    export is not a coned view) and positive-class weights for the rarer flags. Fine-tuning ImageNet features needs a
     frozen head epoch and a gentle learning rate instead. Both fit the demo (5 retrains on 2 CPU cores).
     """
 
@@ -74,7 +75,7 @@ class TrainConfig:
     batch_size: int | None = None
     weight_decay: float | None = None  # AdamW decoupled weight decay
     flips: bool | None = None  # train-only random horizontal + vertical flips (seeded)
-    crops: bool | None = None  # train-only: half the draws see the image cropped to the breast (model/augment.py)
+    framings: bool | None = None  # train-only: half the draws see the view cropped to its breast (model/augment.py)
     pos_weight: bool | None = None  # weight each flag's positives by sqrt(negatives / positives) in the loss
     seed: int | None = None  # None: settings.seed
     pretrained: str | None = None  # None: settings.pretrained ('imagenet' | 'none')
@@ -107,7 +108,7 @@ class PathDefaults:
     batch_size: int
     weight_decay: float
     flips: bool
-    crops: bool
+    framings: bool
     pos_weight: bool
 
 
@@ -128,7 +129,7 @@ SCRATCH = PathDefaults(
     batch_size=16,
     weight_decay=1e-2,
     flips=True,
-    crops=True,  # a contact view cropped to the breast is not a mag view (model/augment.py)
+    framings=True,  # a contact view cropped to the breast is not a mag view (model/augment.py)
     pos_weight=True,
 )
 PRETRAINED = PathDefaults(
@@ -140,7 +141,7 @@ PRETRAINED = PathDefaults(
     batch_size=32,
     weight_decay=1e-2,
     flips=False,
-    crops=True,  # the real archives the pretrained path is for hold cropped exports too (unmeasured: no weights)
+    framings=True,  # real archives, what this path is for, hold cropped exports too (unmeasured: no weights here)
     pos_weight=False,
 )
 
@@ -175,10 +176,12 @@ def _check_labels(labels: pd.DataFrame) -> None:
         raise ValueError("fewer than 2 labels with split == 'train': label some images first")
 
 
-def _datasets(images: np.ndarray, flags: np.ndarray, cropped: np.ndarray | None = None):
+def _datasets(images: np.ndarray, flags: np.ndarray, cropped: np.ndarray | None = None, seed: int = 0):
     """fastai Datasets over row numbers of `images` (preprocess() output, computed once) and their flags; with
     `cropped` (the same images cropped to the breast, `augment.cropped_batch`) each draw takes either framing with
-    p = 1/2 (torch RNG)."""
+    p = 1/2 (an even split: neither framing is the rarer one), from a generator of its own seeded with `seed`, so
+    turning the framings on leaves the network's initial weights and the flips' draws as they were. Training draws
+    only: evaluation, out-of-fold features and export read the images themselves, and the valid split is empty."""
     import torch
     from fastai.data.core import Datasets
     from fastai.torch_core import TensorImage
@@ -186,11 +189,12 @@ def _datasets(images: np.ndarray, flags: np.ndarray, cropped: np.ndarray | None 
 
     pixels = torch.from_numpy(images)
     crops = torch.from_numpy(cropped) if cropped is not None else None
+    draws = torch.Generator().manual_seed(seed)
     targets = torch.tensor(flags, dtype=torch.float32)
 
     class PreprocessedImage(Transform):
         def encodes(self, i):
-            if crops is not None and torch.rand(()) < 0.5:
+            if crops is not None and torch.rand((), generator=draws) < 0.5:
                 return TensorImage(crops[i])
             return TensorImage(pixels[i])
 
@@ -378,8 +382,11 @@ def train_model(
         train_paths = [settings.cache / p for p in train["model_png"]]
         flags = train[["has_biopsy_marker", "is_mag_view"]].to_numpy(bool)
         images = preprocess_batch(train_paths, hyper.size)
-        cropped = cropped_batch(train_paths, hyper.size, seed) if hyper.crops else None
-        dsets = _datasets(images, flags, cropped)
+        cropped = None
+        if hyper.framings:
+            displays = [settings.cache / p for p in train["display_png"]] if "display_png" in train else None
+            cropped = cropped_batch(train_paths, hyper.size, seed, displays)
+        dsets = _datasets(images, flags, cropped, seed)
         # fastai drops the last partial train batch (a batch of 1 breaks BatchNorm); keep >= 1 batch per epoch
         batch_size = max(2, min(hyper.batch_size, len(train)))
         dls = dsets.dataloaders(bs=batch_size, num_workers=0, device=device)

@@ -4,15 +4,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mammo_pipeline.model.augment import CROP_MARGIN, crop_to_breast, cropped_batch
+from mammo_pipeline.model.augment import CROP_MARGIN, breast_box, crop_to_breast, cropped_batch
 from mammo_pipeline.model.preprocess import preprocess
 from mammo_pipeline.model.train import _datasets
 
 
 def _view(h: int = 256, w: int = 200) -> np.ndarray:
-    """Black air with a gray 'breast' (rows 40..199, cols 0..119) holding a one-pixel bright dot at (100, 60)."""
+    """Black air with a textured gray 'breast' (rows 40..199, cols 0..119) holding a bright dot at (100, 60)."""
     gray = np.zeros((h, w), dtype=np.uint8)
-    gray[40:200, :120] = 120
+    gray[40:200, :120] = np.random.default_rng(0).integers(100, 140, (160, 120), dtype=np.uint8)
     gray[100, 60] = 250
     return gray
 
@@ -29,16 +29,40 @@ def test_a_crop_keeps_the_long_side_and_leaves_no_air_around_the_breast():
 
 
 def test_a_margin_keeps_that_share_of_each_side_around_the_breast():
-    gray = _view()
-    out = crop_to_breast(gray, margin=0.05)
-    # rows 40 - 13 .. 199 + 13 (0.05 of 256), cols 0 .. 119 + 10 (0.05 of 200): 186 x 130 before scaling
+    assert breast_box(_view(), margin=0.05) == (40 - 13, 200 + 13, 0, 120 + 10)  # 0.05 of 256 rows, of 200 columns
+    out = crop_to_breast(_view(), margin=0.05)
     assert max(out.shape) == 256 and abs(out.shape[1] - round(130 * 256 / 186)) <= 1
     assert out[0].max() < 10 and out[:, -1].max() < 10  # air above and on the far side
 
 
-def test_an_image_whose_tissue_fills_it_comes_back_unchanged():
-    gray = np.random.default_rng(0).integers(80, 200, (256, 180), dtype=np.uint8)
+def test_a_coned_view_keeps_its_collimator_shadow_and_comes_back_whole():
+    """The shadow is as bright as dense tissue, so the tissue's box holds it: the framings take the air from
+    contact views and leave a magnification view its collimator (module docstring)."""
+    gray = np.full((256, 200), 240, dtype=np.uint8)  # the unexposed border: flat, bright, along the frame
+    gray[50:210, 30:170] = 20  # the exposed field's air
+    gray[60:200, 30:140] = np.random.default_rng(1).integers(90, 150, (140, 110), dtype=np.uint8)  # the breast
+    assert breast_box(gray) == (0, 256, 0, 200)
     assert crop_to_breast(gray) is gray
+
+
+def test_the_display_png_gives_the_pixels_where_the_model_png_gives_the_box():
+    gray = _view()
+    display = np.asarray(Image.fromarray(gray).resize((800, 1024), Image.Resampling.NEAREST))
+    display = display.copy()
+    display[400:404, 240:244] = 255  # a detail only the larger rendering has (beside the dot at (400, 240))
+    out = crop_to_breast(gray, source=display)
+    assert out.shape == crop_to_breast(gray).shape == (256, 192)
+    np.testing.assert_array_equal(out, crop_to_breast(gray, source=display))  # deterministic
+    assert out.max() == 255  # reduced with BOX from the display's pixels, so its brightest detail survives
+
+
+def test_a_view_whose_tissue_fills_it_and_a_flat_one_come_back_unchanged():
+    filled = np.random.default_rng(0).integers(80, 200, (256, 180), dtype=np.uint8)
+    filled[:, :90] = np.random.default_rng(1).integers(150, 220, (256, 90), dtype=np.uint8)  # dense beside fat
+    assert breast_box(filled) == (0, 256, 0, 180)
+    assert crop_to_breast(filled) is filled
+    for flat in (np.zeros((256, 180), np.uint8), np.full((256, 180), 128, np.uint8)):  # no tissue to find
+        assert crop_to_breast(flat) is flat
 
 
 def test_cropped_batch_is_the_preprocessed_crop_and_seeded(tmp_path):
@@ -50,14 +74,30 @@ def test_cropped_batch_is_the_preprocessed_crop_and_seeded(tmp_path):
     np.testing.assert_array_equal(batch[0], preprocess(crop_to_breast(_view(), margin), 32))
 
 
-def test_training_draws_see_both_framings_and_keep_the_flags():
+def test_training_draws_see_both_framings_reproducibly_and_keep_the_flags():
     images, cropped = np.zeros((4, 3, 8, 8), np.float32), np.ones((4, 3, 8, 8), np.float32)
     flags = np.array([[1, 0], [0, 1], [0, 0], [1, 1]], dtype=bool)
-    torch.manual_seed(0)
-    dsets = _datasets(images, flags, cropped)
-    draws = [dsets[i % 4] for i in range(200)]
-    seen_crop = [float(x.mean()) == 1.0 for x, _ in draws]
-    assert 0.35 < np.mean(seen_crop) < 0.65  # p = 1/2 per draw
-    assert all(y.tolist() == flags[i % 4].tolist() for i, (_, y) in enumerate(draws))
-    plain = _datasets(images, flags)  # crops off: only the whole image
+
+    def framings(seed: int) -> list[bool]:
+        dsets = _datasets(images, flags, cropped, seed)
+        draws = [dsets[i % 4] for i in range(200)]
+        assert all(y.tolist() == flags[i % 4].tolist() for i, (_, y) in enumerate(draws))
+        return [float(x.mean()) == 1.0 for x, _ in draws]
+
+    first = framings(seed=0)
+    assert 0.35 < np.mean(first) < 0.65  # p = 1/2 per draw
+    assert framings(seed=0) == first and framings(seed=1) != first  # seeded
+    plain = _datasets(images, flags)  # framings off: only the whole image
     assert all(float(plain[i][0].mean()) == 0.0 for i in range(4))
+
+
+def test_the_framing_draws_leave_the_global_torch_generator_alone():
+    """So a run with framings on starts from the same weights and flips as one with them off (bench_crops pairs)."""
+    images, cropped = np.zeros((4, 3, 8, 8), np.float32), np.ones((4, 3, 8, 8), np.float32)
+    flags = np.zeros((4, 2), dtype=bool)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    dsets = _datasets(images, flags, cropped, seed=5)
+    _ = [dsets[i % 4] for i in range(50)]
+    assert torch.equal(torch.rand(3), expected)

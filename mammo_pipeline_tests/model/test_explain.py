@@ -43,10 +43,10 @@ def clip_model(tmp_path_factory):
     # 30 epochs: at 10 the network ends half-trained on some installs (p_biopsy about 0.6 on a clip image), and at
     # 20 on some CPUs too (0.66-0.78 on a 2-core x86 machine of 2026-12, where the CPU kernels round otherwise;
     # 0.97-0.99 at 30); an undecided network's heat map says nothing; the test checks the precondition below.
-    # Crops off: half the draws cropped to the toy breast slow this 40-image run (p 0.77 at 30 epochs), and where
+    # Framings off: half the draws cropped to the toy breast slow this 40-image run (p 0.77 at 30 epochs), and where
     # the map peaks is what is tested, not the framing (model/augment.py has its own tests)
     config = TrainConfig(
-        size=64, epochs=30, lr=3e-3, batch_size=8, pretrained="none", threads=1, oof_folds=2, crops=False
+        size=64, epochs=30, lr=3e-3, batch_size=8, pretrained="none", threads=1, oof_folds=2, framings=False
     )
     result = train_model(settings, labels, config)
     return settings, result
