@@ -57,10 +57,16 @@ def mag_probs(net: torch.nn.Module, images: list[Path] | list[np.ndarray], size:
 
 
 def one_run(
-    settings: Settings, labels: pd.DataFrame, framings: bool, seed: int, threads: int, keep: Path | None = None
+    settings: Settings,
+    labels: pd.DataFrame,
+    cut: list[np.ndarray],
+    framings: bool,
+    seed: int,
+    threads: int,
+    keep: Path | None = None,
 ) -> dict:
-    """Train in a throwaway models folder (or `keep`, exported to ONNX); mag ROC-AUC whole and cropped, threshold,
-    cropped negatives over it."""
+    """Train in a throwaway models folder (or `keep`, exported to ONNX); mag ROC-AUC on the whole audit images and
+    on `cut` (the same images cropped, `framed`, in the labels' audit order), threshold, cropped negatives over it."""
     audit = labels[labels["split"] == "audit"]
     with tempfile.TemporaryDirectory() as tmp:
         home = keep or Path(tmp)
@@ -76,9 +82,7 @@ def one_run(
         net = flip_reading(load_network(scratch, result.ref)).eval()
         pngs = [settings.cache / p for p in audit["model_png"]]
         whole = mag_probs(net, pngs, result.ref.input_size)
-        cropped = mag_probs(
-            net, framed(pngs, [settings.cache / p for p in audit["display_png"]]), result.ref.input_size
-        )
+        cropped = mag_probs(net, cut, result.ref.input_size)
         if keep is not None:
             export_onnx(scratch, result.ref).save(scratch.models)
     truth = audit["is_mag_view"].to_numpy(bool)
@@ -118,6 +122,10 @@ def main() -> int:
             f"{args.drops_seed}, {args.labels} train labels per run"
         )
         print("seed  framings  mag ROC-AUC whole  cropped  threshold  cropped non-mag over it  train s")
+        # the audit images cut tight to their tissue, once: every run scores the same ones
+        cut = framed(
+            [settings.cache / p for p in audit["model_png"]], [settings.cache / p for p in audit["display_png"]]
+        )
         kept = []  # share of the image the tight box keeps (1.0: the view comes back whole)
         for png in audit["model_png"]:
             gray = _as_gray_uint8(settings.cache / png)
@@ -137,7 +145,7 @@ def main() -> int:
             runs = {}
             for framings in (False, True):
                 keep = args.keep / f"framings-{'on' if framings else 'off'}-seed{seed}" if args.keep else None
-                runs[framings] = one_run(settings, chosen, framings, seed, args.threads, keep)
+                runs[framings] = one_run(settings, chosen, cut, framings, seed, args.threads, keep)
             for framings, r in runs.items():
                 print(
                     f"{seed:>4}  {'on ' if framings else 'off'}       {_f(r['auc_whole'])}           "
