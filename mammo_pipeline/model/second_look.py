@@ -56,6 +56,15 @@ LSE_SHARPNESS = 5.0
 # 0.3): while it does, the crops trained through are each image's strongest candidates by their score, not the
 # network's own choice (`training_crops`; docs/history.md "Second look", stop 36).
 WARMUP_SHARE = 0.3
+# Contrast jitter in training (`contrast_jitter`): CONTRAST_SHARE of the crops a step trains through have every
+# channel's deviation from its own median multiplied by a factor drawn log-uniformly from [CONTRAST_MIN, 1], so a
+# clip is also seen as faintly as a hydrogel marker's core in dense gland, and a calcification or a skin marker as
+# faintly as tissue: the network must tell them by their outline, not by how bright they are (issue 13's "sees the
+# marker, not the brightness"). Both set once before measuring (†: a quarter is the contrast of the faintest
+# unsaturated synthetic clips against the saturated ones; half the crops keep their own contrast) and not tuned.
+# docs/history.md "Second look", stop 41: cross-validated biopsy ROC-AUC, held-out drops seed 1, seeds 0 / 1 / 2.
+CONTRAST_MIN = 0.25
+CONTRAST_SHARE = 0.5
 # The symmetries of the square (`_symmetry`'s numbering) a prediction averages its patch logits over: the identity,
 # the half turn and the two diagonal mirrors, a subgroup (so no orientation is favoured). Cross-validated biopsy
 # ROC-AUC with the same trained networks (docs/history.md "Second look", stop 37), read once / under these four /
@@ -156,6 +165,22 @@ def _symmetry(x, which: int):
     return x
 
 
+def contrast_jitter(xb, generator=None, low: float = CONTRAST_MIN, share: float = CONTRAST_SHARE):
+    """Crops [B, k, C, P, P] (tensor) with CONTRAST_SHARE of them (each crop drawn on its own) brought closer to
+    their own per-channel median by a factor log-uniform in [`low`, 1] (module constants): the same object at
+    lower contrast over the same surroundings. The median and the ordering of every crop's values are kept, so
+    the outline is unchanged; only how far it stands out shrinks. Draws from `generator` (torch's global one when
+    None, seeded by `train_patch_mil`)."""
+    import torch
+
+    b, k = xb.shape[:2]
+    draw = torch.rand(b, k, 2, generator=generator)
+    factor = torch.exp(math.log(low) * draw[..., 0])
+    factor = torch.where(draw[..., 1] < share, factor, torch.ones_like(factor))[..., None, None, None]
+    median = xb.flatten(-2).median(dim=-1).values[..., None, None]
+    return median + factor * (xb - median)
+
+
 def training_crops(net, xb, top: int, warming_up: bool):
     """Indices [B, top] of the crops of a batch [B, K, ...] to train through: the `top` the network scores
     highest, or, while the learning rate warms up, the first `top` slots (the candidates come strongest score
@@ -183,12 +208,14 @@ def train_patch_mil(
     seed: int = 0,
     threads: int = 2,
     top: int = 3,
+    contrast: tuple[float, float] = (CONTRAST_MIN, CONTRAST_SHARE),
 ):
     """Train `patch_network` on crops [N, K, (C,) P, P] (float32) and image flags [N] (bool); return it in eval
     mode.
 
     `epochs` None: `epochs_for(N)`. One-cycle AdamW, a random square symmetry per batch (module docstring),
-    positives weighted by sqrt(negatives / positives). Each step trains on `top` crops per image through
+    `contrast_jitter` on the crops trained through (`contrast`: its lowest factor and share; (1, 0) turns it
+    off), positives weighted by sqrt(negatives / positives). Each step trains on `top` crops per image through
     `lse_pool` (module docstring; this halves the cost of a round): the network's highest-scoring ones, scored
     without gradients, or while the learning rate warms up the strongest candidates (`training_crops`).
     `threads` caps torch's CPU threads (the 2-core budget of the issue).
@@ -222,7 +249,7 @@ def train_patch_mil(
                 # the scheduler counts the steps taken: this is step last_epoch + 1 of `steps`
                 best = training_crops(net, xb, top, warming_up=sched.last_epoch + 1 <= WARMUP_SHARE * steps)
                 xb = xb[torch.arange(len(idx))[:, None], best]
-            loss = loss_fn(lse_pool(net.patch_logits(xb)), y[idx])
+            loss = loss_fn(lse_pool(net.patch_logits(contrast_jitter(xb, None, *contrast))), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

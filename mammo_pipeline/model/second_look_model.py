@@ -32,6 +32,8 @@ from mammo_pipeline.model import candidate_store
 from mammo_pipeline.model import candidates as cand
 from mammo_pipeline.model.preprocess import _as_gray_uint8
 from mammo_pipeline.model.second_look import (
+    CONTRAST_MIN,
+    CONTRAST_SHARE,
     INPUT_VERSION,
     network_input,
     patch_network,
@@ -64,6 +66,7 @@ def describe(display_size: int) -> dict:
         "crop": cand.CROP,
         "candidates": (cand.__doc__ or "").strip().splitlines()[0],
         "weights": WEIGHTS_FILE,
+        "contrast_jitter": {"min_factor": CONTRAST_MIN, "share": CONTRAST_SHARE},
     }
 
 
