@@ -9,18 +9,18 @@ from mammo_pipeline.model.second_look import network_input, patch_network, predi
 P, K = 32, 3
 
 
-def _crops(rng: np.random.Generator, clip: bool) -> np.ndarray:
-    """K tissue crops [K, CHANNELS, P, P]; each holds a round bead (a skin-marker look-alike), one holds a ribbon if
-    `clip`; the context channel is plain tissue."""
+def _crops(rng: np.random.Generator, clip: bool, bead: float = 2.0, clip_level: float = 2.0) -> np.ndarray:
+    """K tissue crops [K, CHANNELS, P, P]; each holds a round bead (a skin-marker look-alike) at level `bead`, one
+    holds a ribbon at `clip_level` if `clip`; the context channel is plain tissue."""
     crops = rng.normal(0.5, 0.15, (K, CHANNELS, P, P)).astype(np.float32)
     yy, xx = np.mgrid[0:P, 0:P]
     for k in range(K):
-        crops[k, 0][(yy - 16) ** 2 + (xx - 16) ** 2 <= 9] = 2.0
+        crops[k, 0][(yy - 16) ** 2 + (xx - 16) ** 2 <= 9] = bead
     if clip:
         k = int(rng.integers(K))
         crops[k, 0] = rng.normal(0.5, 0.15, (P, P))
-        crops[k, 0][14:17, 8:24] = 2.0  # a bar as bright as the beads: only the shape differs
-        crops[k, 0][10:21, 8:11] = 2.0
+        crops[k, 0][14:17, 8:24] = clip_level  # by default as bright as the beads: only the shape differs
+        crops[k, 0][10:21, 8:11] = clip_level
     return crops
 
 
@@ -214,24 +214,11 @@ def test_trained_on_bright_clips_it_still_finds_a_clip_as_faint_as_the_beads():
     """The brightness shortcut: in training every clip is brighter than every bead, so "bright" alone separates
     them; a faint clip (a hydrogel marker's core in dense gland) must still be told from a bead by its outline.
     Without `contrast_jitter` one of these three seeds scored the faint test set at ROC-AUC 0.39 (stop 41)."""
-    yy, xx = np.mgrid[0:P, 0:P]
-
-    def crops(rng: np.random.Generator, clip: bool, clip_level: float) -> np.ndarray:
-        out = rng.normal(0.5, 0.15, (K, CHANNELS, P, P)).astype(np.float32)
-        for k in range(K):
-            out[k, 0][(yy - 16) ** 2 + (xx - 16) ** 2 <= 9] = 1.0  # a bead in every crop
-        if clip:
-            k = int(rng.integers(K))
-            out[k, 0] = rng.normal(0.5, 0.15, (P, P))
-            out[k, 0][14:17, 8:24] = clip_level
-            out[k, 0][10:21, 8:11] = clip_level
-        return out
-
     rng = np.random.default_rng(0)
     flags = np.arange(96) % 2 == 1
-    train = np.stack([crops(rng, f, 2.0) for f in flags])
+    train = np.stack([_crops(rng, f, bead=1.0, clip_level=2.0) for f in flags])
     test_flags = np.arange(60) % 2 == 1
-    faint = np.stack([crops(rng, f, 1.0) for f in test_flags])
+    faint = np.stack([_crops(rng, f, bead=1.0, clip_level=1.0) for f in test_flags])
     for seed in (0, 1, 2):
         net = train_patch_mil(train, flags, epochs=8, seed=seed)
         assert roc_auc(test_flags, predict_patch_mil(net, faint)[0]) >= 0.95
