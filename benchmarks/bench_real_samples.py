@@ -243,12 +243,14 @@ def main() -> int:
         for r in studies.itertuples():
             print(
                 f"  study {exams[r.study_instance_uid]}: max p_biopsy {r.max_p_biopsy:.3f} -> biopsy "
-                f"{r.has_biopsy_marker}, mag {r.is_mag_view} (truth {'clip' if r.truth_clip else '-'})"
+                f"{r.has_biopsy_marker}, mag {r.is_mag_view}, needs review {r.needs_review} "
+                f"(truth {'clip' if r.truth_clip else '-'})"
             )
-        right = int((studies["has_biopsy_marker"] == studies["truth_clip"]).sum())
+        wrong = studies["has_biopsy_marker"] != studies["truth_clip"]
+        reviewed = int(studies.loc[wrong, "needs_review"].fillna(False).astype(bool).sum())
         print(
-            f"STUDIES biopsy flag right on {right}/{len(studies)} studies (target all), mag flagged on "
-            f"{int(studies['is_mag_view'].sum())} (target 0)"
+            f"STUDIES biopsy flag right on {int((~wrong).sum())}/{len(studies)} studies (target all), mag flagged on "
+            f"{int(studies['is_mag_view'].sum())} (target 0); {reviewed} of the wrong ones need review"
         )
 
         audit = audit_clip_free(model_home, ref.model_version)
