@@ -40,6 +40,24 @@ def test_kept_candidates_are_the_ones_cut_from_the_png_and_are_read_back_not_cut
 
     monkeypatch.setattr(candidate_store, "cut", fail)
     assert _same(candidate_store.candidates_of_png(png), first)
+    assert kept.stat().st_size < first[0].nbytes / 2  # deflated: the crops alone take twice as much raw
+
+
+def test_candidates_kept_raw_by_an_older_release_are_still_read(tmp_path, monkeypatch):
+    png = tmp_path / "h" / "2" / "1024" / "old.png"
+    gray = _display_png(png, seed=1)
+    crops, centres, scores = candidates.candidates(gray)
+    stat = png.stat()
+    kept = candidate_store.store_path(png)
+    kept.parent.mkdir(parents=True)
+    np.savez(kept, crops=crops, centres=centres, scores=scores, shape=np.asarray(gray.shape, dtype=np.int64),
+             png_mtime_ns=np.int64(stat.st_mtime_ns), png_size=np.int64(stat.st_size))  # fmt: skip
+
+    def fail(_):
+        raise AssertionError("cut again although kept")
+
+    monkeypatch.setattr(candidate_store, "cut", fail)
+    assert _same(candidate_store.candidates_of_png(png), (crops, centres, scores, gray.shape))
 
 
 def test_a_png_rendered_again_or_a_damaged_file_gets_its_candidates_cut_again(tmp_path):
