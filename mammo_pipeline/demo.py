@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from mammo_pipeline import warehouse
@@ -206,6 +207,8 @@ class Demo:
                     "accuracy_adjudicated": vs["adjudicated"],
                     "accuracy_single_read": vs["single_read"],
                     "accuracy_hidden_truth": vs["hidden_truth"],
+                    **{k: vs[k] for k in ("biopsy_roc_auc_truth", "mag_roc_auc_truth", "labels_off_truth")},
+                    "audit_images": vs["n"],
                     "model_version": row["model_version"],
                     "reviewed": reviewed,
                     "wrong_labels": annotator.wrong_labels(),
@@ -335,6 +338,8 @@ class Demo:
             if r.get("accuracy_adjudicated") is not None:
                 refs = ("adjudicated", "single_read", "hidden_truth")
                 e(f"       {_vs_line({k: r.get(f'accuracy_{k}') for k in refs})}")
+            if r.get("biopsy_roc_auc_truth") is not None:
+                e(f"       {_truth_line(r)}")
         e(
             "   Per-hospital accuracy of the last model: "
             + ", ".join(f"{h} {_pct(a)}" for h, a in s["per_hospital_accuracy"].items())
@@ -368,11 +373,15 @@ def audit_accuracies(settings: Settings, truth: dict[str, str]) -> dict[str, flo
     """4-class accuracy of the current model's image_predictions on the labeled audit images, against three references:
     the adjudicated audit labels (labels/current.parquet), the first blind read alone (the single-read figure
     the audit used to be) and the synthetic ground truth (hidden from everything else). Same predictions, same
-    threshold as model/evaluate.py."""
-    from mammo_pipeline.model.evaluate import THRESHOLD, classes_of
+    threshold as model/evaluate.py. Also each flag's ROC-AUC against that hidden truth (`biopsy_roc_auc_truth`,
+    `mag_roc_auc_truth`) and how many adjudicated audit labels differ from it (`labels_off_truth`): two readers
+    can slip on the same image, and the registry's ROC-AUC is measured against their labels."""
+    from mammo_pipeline.labels.codes import flags_of
+    from mammo_pipeline.model.evaluate import THRESHOLD, classes_of, roc_auc
 
     path = settings.table_dir("labels") / "current.parquet"
     empty = {"adjudicated": None, "single_read": None, "hidden_truth": None, "n": 0}
+    empty |= {"biopsy_roc_auc_truth": None, "mag_roc_auc_truth": None, "labels_off_truth": None}
     if not path.exists():
         return empty
     labels = pd.read_parquet(path)
@@ -391,11 +400,16 @@ def audit_accuracies(settings: Settings, truth: dict[str, str]) -> dict[str, flo
         return empty
     predicted = classes_of(df["p_biopsy"].to_numpy() >= THRESHOLD, df["p_mag"].to_numpy() >= THRESHOLD)
     hidden = df["sop_instance_uid"].map(truth)
+    known = hidden.notna().all()
+    flags = np.array([flags_of(label) for label in hidden], dtype=bool).reshape(-1, 2) if known else None
     return {
         "adjudicated": float((predicted == df["label"].to_numpy()).mean()),
         "single_read": float((predicted == df["first_read"].to_numpy()).mean()),
-        "hidden_truth": float((predicted == hidden.to_numpy()).mean()) if hidden.notna().all() else None,
+        "hidden_truth": float((predicted == hidden.to_numpy()).mean()) if known else None,
         "n": len(df),
+        "biopsy_roc_auc_truth": roc_auc(flags[:, 0], df["p_biopsy"].to_numpy()) if known else None,
+        "mag_roc_auc_truth": roc_auc(flags[:, 1], df["p_mag"].to_numpy()) if known else None,
+        "labels_off_truth": int((df["label"].to_numpy() != hidden.to_numpy()).sum()) if known else None,
     }
 
 
@@ -407,6 +421,16 @@ def _vs_line(vs: dict) -> str:
 
 
 FLAG_NAMES = {"biopsy": "biopsy marker", "mag": "magnification"}
+
+
+def _truth_line(r: dict) -> str:
+    """Each flag's audit ROC-AUC against the synthetic truth instead of the adjudicated labels, and how many of
+    those labels differ from it: what the readers' shared slips cost the reported figure."""
+    num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    aucs = ", ".join(f"{name} {num(r.get(f'{flag}_roc_auc_truth'))}" for flag, name in FLAG_NAMES.items())
+    off, n = r.get("labels_off_truth"), r.get("audit_images")
+    differ = f"{off} of {n} adjudicated audit labels " + ("differs" if off == 1 else "differ")
+    return f"per flag against the hidden truth: ROC-AUC {aucs} ({differ} from it)"
 
 
 def _pct(value: float | None) -> str:

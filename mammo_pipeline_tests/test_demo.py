@@ -99,3 +99,28 @@ def test_the_audit_accuracy_of_a_round_is_the_current_models_not_an_earlier_ones
     assert audit_accuracies(settings, truth)["adjudicated"] == 1.0
     ref.with_(model_version="z-earlier").save(settings.models)
     assert audit_accuracies(settings, truth)["adjudicated"] == 0.0
+
+
+def test_the_audit_roc_auc_against_the_hidden_truth_sees_past_a_label_both_readers_got_wrong(settings):
+    """Two blind readers can slip on the same image; the registry's ROC-AUC is measured against their adjudicated
+    label, so the demo also prints each flag's ROC-AUC against the synthetic truth, and how many labels differ."""
+    from mammo_pipeline.demo import _truth_line, audit_accuracies
+    from mammo_pipeline.model.ref import ModelRef
+
+    uids = [f"1.2.826.0.{i}" for i in range(4)]
+    truth = dict(zip(uids, ["biopsy", "neither", "both", "mag"], strict=True))
+    adjudicated = ["biopsy", "neither", "mag", "mag"]  # the clip of image 2 missed by both readers
+    labels = pd.DataFrame({"sop_instance_uid": uids, "split": "audit", "label": adjudicated})
+    labels["first_read"] = labels["label"]
+    path = settings.table_dir("labels") / "current.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels.to_parquet(path)
+    p = {"p_biopsy": [0.9, 0.1, 0.8, 0.2], "p_mag": [0.1, 0.2, 0.9, 0.7]}
+    warehouse.write_slice(settings, "image_predictions", "h1", "m1", pd.DataFrame({"sop_instance_uid": uids, **p}))
+    ModelRef("m1", "snap", "m1", 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).save(settings.models)
+
+    vs = audit_accuracies(settings, truth)
+    assert vs["biopsy_roc_auc_truth"] == 1.0 and vs["mag_roc_auc_truth"] == 1.0  # against the labels: 2 of 3 pairs
+    assert vs["labels_off_truth"] == 1 and vs["adjudicated"] == 0.75 and vs["hidden_truth"] == 1.0
+    line = _truth_line({**vs, "audit_images": vs["n"]})
+    assert "biopsy marker 1.000" in line and "1 of 4 adjudicated audit labels differs" in line
