@@ -250,7 +250,8 @@ def main() -> int:
         reviewed = int(studies.loc[wrong, "needs_review"].fillna(False).astype(bool).sum())
         print(
             f"STUDIES biopsy flag right on {int((~wrong).sum())}/{len(studies)} studies (target all), mag flagged on "
-            f"{int(studies['is_mag_view'].sum())} (target 0); {reviewed} of the wrong ones need review"
+            f"{int(studies['is_mag_view'].sum())} (target 0); {reviewed} of the {int(wrong.sum())} wrong ones "
+            "need review"
         )
 
         audit = audit_clip_free(model_home, ref.model_version)

@@ -222,6 +222,8 @@ class Demo:
             )
             self.echo(f"     {_vs_line(vs)}")
             self.echo(f"     {_flags_line(self.state.rounds[-1])}")
+            if self.state.rounds[-1].get("labels_off_truth") is not None:
+                self.echo(f"     {_truth_line(self.state.rounds[-1])}")
             if studies := _studies_line(self.state.rounds[-1]):
                 self.echo(f"     {studies}")
 
@@ -338,7 +340,7 @@ class Demo:
             if r.get("accuracy_adjudicated") is not None:
                 refs = ("adjudicated", "single_read", "hidden_truth")
                 e(f"       {_vs_line({k: r.get(f'accuracy_{k}') for k in refs})}")
-            if r.get("biopsy_roc_auc_truth") is not None:
+            if r.get("labels_off_truth") is not None:
                 e(f"       {_truth_line(r)}")
         e(
             "   Per-hospital accuracy of the last model: "

@@ -44,11 +44,9 @@ def aggregate_studies(image_predictions: Path, points: dict | None = None) -> pd
 
     `points` is the predicting model's `operating_points`: a study is flagged when the MAX of a flag's
     probability over its images reaches that flag's study threshold, and needs review when either MAX lies in
-    its study review band or when the image flags disagree with the study flag (an image flagged at the image
-    threshold in a study that is not, or a study flagged with no image flagged). Without study points (older
-    models, `points` None) a study is flagged when ANY image is and needs review when ANY image does (NULL when
-    the model gave no needs_review flag). n_biopsy_images, n_mag_images and n_needs_review count the images
-    flagged at the image thresholds.
+    its study review band. Without study points (older models, `points` None) a study is flagged when ANY image
+    is and needs review when ANY image does (NULL when the model gave no needs_review flag). n_biopsy_images,
+    n_mag_images and n_needs_review count the images flagged at the image thresholds.
     """
     biopsy, mag = (evaluate.study_point(points or {}, flag) for flag in evaluate.FLAGS)
     biopsy_sql, biopsy_args = _study_flag("p_biopsy", "has_biopsy_marker", biopsy)
@@ -58,12 +56,6 @@ def aggregate_studies(image_predictions: Path, points: dict | None = None) -> pd
         review_sql = "(max(p_biopsy) >= ? AND max(p_biopsy) < ?) OR (max(p_mag) >= ? AND max(p_mag) < ?)"
         review_args = [float(biopsy["review_low"]), float(biopsy["review_high"])]
         review_args += [float(mag["review_low"]), float(mag["review_high"])]
-        # the two levels disagree: an image flagged at the image threshold in a study left unflagged (a clip seen
-        # in one view only, which the study threshold, chosen on studies that show it in two, can miss), or the
-        # reverse
-        review_sql += f" OR ((count_if(has_biopsy_marker) > 0) <> ({biopsy_sql}))"
-        review_sql += f" OR ((count_if(is_mag_view) > 0) <> ({mag_sql}))"
-        review_args += biopsy_args + mag_args
     con = duckdb.connect()
     try:
         source = f"read_parquet('{image_predictions}')"

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -115,12 +116,15 @@ def test_the_audit_roc_auc_against_the_hidden_truth_sees_past_a_label_both_reade
     path = settings.table_dir("labels") / "current.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     labels.to_parquet(path)
-    p = {"p_biopsy": [0.9, 0.1, 0.8, 0.2], "p_mag": [0.1, 0.2, 0.9, 0.7]}
+    p = {"p_biopsy": [0.8, 0.1, 0.9, 0.2], "p_mag": [0.1, 0.2, 0.9, 0.7]}  # the missed clip scores highest
     warehouse.write_slice(settings, "image_predictions", "h1", "m1", pd.DataFrame({"sop_instance_uid": uids, **p}))
     ModelRef("m1", "snap", "m1", 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).save(settings.models)
 
+    from mammo_pipeline.model.evaluate import roc_auc
+
+    assert roc_auc(np.array([True, False, False, False]), np.array(p["p_biopsy"])) == pytest.approx(2 / 3)  # labels
     vs = audit_accuracies(settings, truth)
-    assert vs["biopsy_roc_auc_truth"] == 1.0 and vs["mag_roc_auc_truth"] == 1.0  # against the labels: 2 of 3 pairs
+    assert vs["biopsy_roc_auc_truth"] == 1.0 and vs["mag_roc_auc_truth"] == 1.0
     assert vs["labels_off_truth"] == 1 and vs["adjudicated"] == 0.75 and vs["hidden_truth"] == 1.0
     line = _truth_line({**vs, "audit_images": vs["n"]})
     assert "biopsy marker 1.000" in line and "1 of 4 adjudicated audit labels differs" in line
