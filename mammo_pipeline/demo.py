@@ -222,8 +222,6 @@ class Demo:
             )
             self.echo(f"     {_vs_line(vs)}")
             self.echo(f"     {_flags_line(self.state.rounds[-1])}")
-            if self.state.rounds[-1].get("labels_off_truth") is not None:
-                self.echo(f"     {_truth_line(self.state.rounds[-1])}")
             if studies := _studies_line(self.state.rounds[-1]):
                 self.echo(f"     {studies}")
 
