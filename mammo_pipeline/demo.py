@@ -423,11 +423,15 @@ def _vs_line(vs: dict) -> str:
 FLAG_NAMES = {"biopsy": "biopsy marker", "mag": "magnification"}
 
 
+def _num(value: float | None, fmt: str) -> str:
+    """`value` in format `fmt`, or 'n/a' (a flag whose audit set lacks a class has no ROC-AUC)."""
+    return "n/a" if value is None else format(value, fmt)
+
+
 def _truth_line(r: dict) -> str:
     """Each flag's audit ROC-AUC against the synthetic truth instead of the adjudicated labels, and how many of
     those labels differ from it: what the readers' shared slips cost the reported figure."""
-    num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    aucs = ", ".join(f"{name} {num(r.get(f'{flag}_roc_auc_truth'))}" for flag, name in FLAG_NAMES.items())
+    aucs = ", ".join(f"{name} {_num(r.get(f'{flag}_roc_auc_truth'), '.3f')}" for flag, name in FLAG_NAMES.items())
     off, n = r.get("labels_off_truth"), r.get("audit_images")
     differ = f"{off} of {n} adjudicated audit labels " + ("differs" if off == 1 else "differ")
     return f"per flag against the hidden truth: ROC-AUC {aucs} ({differ} from it)"
@@ -474,11 +478,10 @@ def _bounds(r: dict, key: str, fmt: str) -> str:
 def _flags_line(r: dict) -> str:
     """Why the accuracy at the operating points is what it is: each flag's ROC-AUC and its operating point, with
     their 95 % intervals in brackets."""
-    num = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     parts = [
-        f"{name} ROC-AUC {num(r.get(f'{flag}_roc_auc'), '.3f')}{_bounds(r, f'{flag}_roc_auc', '.3f')} (sensitivity "
-        f"{num(r.get(f'{flag}_sensitivity'), '.2f')}{_bounds(r, f'{flag}_sensitivity', '.2f')} / specificity "
-        f"{num(r.get(f'{flag}_specificity'), '.2f')}{_bounds(r, f'{flag}_specificity', '.2f')} at its operating point)"
+        f"{name} ROC-AUC {_num(r.get(f'{flag}_roc_auc'), '.3f')}{_bounds(r, f'{flag}_roc_auc', '.3f')} (sensitivity "
+        f"{_num(r.get(f'{flag}_sensitivity'), '.2f')}{_bounds(r, f'{flag}_sensitivity', '.2f')} / specificity "
+        f"{_num(r.get(f'{flag}_specificity'), '.2f')}{_bounds(r, f'{flag}_specificity', '.2f')} at its operating point)"
         for flag, name in FLAG_NAMES.items()
     ]
     return "per flag: " + "; ".join(parts)
@@ -489,10 +492,11 @@ def _studies_line(r: dict) -> str | None:
     None for rounds saved by an older demo or models without study operating points."""
     if r.get("biopsy_study_sensitivity") is None:
         return None
-    num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     parts = [
-        f"{name} sensitivity {num(r.get(f'{flag}_study_sensitivity'))}{_bounds(r, f'{flag}_study_sensitivity', '.2f')}"
-        f" / specificity {num(r.get(f'{flag}_study_specificity'))}{_bounds(r, f'{flag}_study_specificity', '.2f')}"
+        f"{name} sensitivity {_num(r.get(f'{flag}_study_sensitivity'), '.2f')}"
+        f"{_bounds(r, f'{flag}_study_sensitivity', '.2f')}"
+        f" / specificity {_num(r.get(f'{flag}_study_specificity'), '.2f')}"
+        f"{_bounds(r, f'{flag}_study_specificity', '.2f')}"
         for flag, name in FLAG_NAMES.items()
     ]
     return "per study (at the study operating points): " + "; ".join(parts)

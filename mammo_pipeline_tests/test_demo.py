@@ -106,6 +106,7 @@ def test_the_audit_roc_auc_against_the_hidden_truth_sees_past_a_label_both_reade
     """Two blind readers can slip on the same image; the registry's ROC-AUC is measured against their adjudicated
     label, so the demo also prints each flag's ROC-AUC against the synthetic truth, and how many labels differ."""
     from mammo_pipeline.demo import _truth_line, audit_accuracies
+    from mammo_pipeline.model.evaluate import roc_auc
     from mammo_pipeline.model.ref import ModelRef
 
     uids = [f"1.2.826.0.{i}" for i in range(4)]
@@ -119,8 +120,6 @@ def test_the_audit_roc_auc_against_the_hidden_truth_sees_past_a_label_both_reade
     p = {"p_biopsy": [0.8, 0.1, 0.9, 0.2], "p_mag": [0.1, 0.2, 0.9, 0.7]}  # the missed clip scores highest
     warehouse.write_slice(settings, "image_predictions", "h1", "m1", pd.DataFrame({"sop_instance_uid": uids, **p}))
     ModelRef("m1", "snap", "m1", 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).save(settings.models)
-
-    from mammo_pipeline.model.evaluate import roc_auc
 
     assert roc_auc(np.array([True, False, False, False]), np.array(p["p_biopsy"])) == pytest.approx(2 / 3)  # labels
     vs = audit_accuracies(settings, truth)
