@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import re
 import time
 from collections import Counter
@@ -39,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mammo_pipeline.atomic import atomic_path, ensure_under, owner_alive, remove_stale_temps, run_owner
+from mammo_pipeline.atomic import UnsafePath, atomic_path, ensure_under, owner_alive, remove_stale_temps, run_owner
 from mammo_pipeline.dicom.normalize import NORM_VERSION, render, rendition_current
 from mammo_pipeline.dicom.quarantine import quarantine_rows, read_quarantine_rows, write_quarantine
 from mammo_pipeline.dicom.source_paths import redact
@@ -110,6 +111,7 @@ class CacheResult:
     unchanged: int = 0  # images whose PNGs were already current
     quarantined: dict[str, int] = field(default_factory=dict)  # newly quarantined this run, by reason
     still_quarantined: int = 0  # skipped: quarantined before, file and NORM_VERSION unchanged
+    kept_without_source: int = 0  # not current, but their source left landing: the rendition they have stays
     rows: int = 0  # manifest rows after the run
     seconds: float = 0.0
     manifest_path: Path | None = None
@@ -159,11 +161,18 @@ def png_path(hospital: str, sop_instance_uid: str, size: int, norm_version: str 
 def source_path(settings: Settings, hospital: str, rel_path: str) -> Path:
     """The DICOM file behind an index row's pseudonymized `rel_path`, checked to lie inside the landing folder.
 
-    The one place the cache turns an index row into a file to read (`dicom.source_paths.resolve`).
+    The one place the cache turns an index row into a file to read (`dicom.source_paths.resolve`). The check is
+    on the path as written, `..` removed, not on where symlinks lead: the index follows a hospital or drop folder
+    linked in from a mount (landing/<hospital> -> /sftp/<hospital>, instead of copying terabytes) and a linked file,
+    and what it indexed the cache must read (a link resolved here took every such image for one leaving landing).
 
-    Raises ValueError when the resolved file would leave the landing folder, KeyError when no lookup knows it.
+    Raises ValueError when the path would leave the landing folder, KeyError when no lookup knows it.
     """
-    return ensure_under(settings.landing, resolve_source(settings, hospital, rel_path))
+    root = Path(os.path.abspath(settings.landing))
+    path = Path(os.path.abspath(resolve_source(settings, hospital, rel_path)))  # abspath: `..` gone, links kept
+    if not path.is_relative_to(root / hospital):
+        raise UnsafePath(f"{rel_path} is not inside {settings.landing / hospital}")
+    return path
 
 
 def manifest_path(settings: Settings, hospital: str) -> Path:
@@ -206,6 +215,8 @@ def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
             result.unchanged += 1
         elif bad is not None and _same_source(bad, image) and bad.get("norm_version") == NORM_VERSION:
             result.still_quarantined += 1
+        elif prior is not None and _kept_without_source(prior, image, settings, hospital):
+            result.kept_without_source += 1
         else:
             todo.append(image)
     keep = set(index["sop_instance_uid"])
@@ -357,6 +368,19 @@ def _is_current(prior: dict[str, Any], image: dict[str, Any], settings: Settings
         and _png_current(settings.cache, prior["display_png"], prior.get("display_png_mtime_ns"))
         and _png_current(settings.cache, prior["model_png"], prior.get("model_png_mtime_ns"))
     )
+
+
+def _kept_without_source(prior: dict[str, Any], image: dict[str, Any], settings: Settings, hospital: str) -> bool:
+    """An image that is not current (`_is_current`) keeps its manifest row as it is when its source file is gone
+    from landing (cleaned up after ingest, a drop archived) while its PNGs are still there: rendering it again
+    (after a NORM_VERSION upgrade, a touched PNG) can only fail, and the failure would replace a good rendition
+    with a quarantine row."""
+    try:
+        if source_path(settings, hospital, image["rel_path"]).exists():
+            return False
+    except (ValueError, KeyError):
+        return False
+    return all((settings.cache / prior[key]).is_file() for key in ("display_png", "model_png"))
 
 
 def _manifest_row(settings: Settings, hospital: str, image: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,12 @@
 Folders whose names start with `_` or `.` are not hospitals (`mammo synth` keeps its ground truth in
 `_truth/`). Hospital keys are the folder names, which must be comma-free slugs (Dagster's UI cannot
 backfill keys with commas).
+
+Some drop folders are refused (`drop_refusal`), so that neither the sensor nor the index ever writes their name:
+a name that is not UTF-8 text, and a name that is a patient identifier of the drop's own files (an export copied
+without its drop level, `landing/<hospital>/<PatientID>/<Study>/...`, whose first level is then the patient).
+Files lying directly in a hospital's folder, outside any drop, are not indexed either (`loose_files`). Both are
+reported by the index (`IndexResult.refused`), never by name.
 """
 
 from __future__ import annotations
@@ -30,8 +36,108 @@ def list_hospitals(landing: Path) -> list[str]:
 
 
 def list_drops(landing: Path, hospital: str) -> list[str]:
-    """Drop folder names of one hospital, sorted."""
-    return [p.name for p in _visible_dirs(landing / hospital)]
+    """Drop folder names of one hospital, sorted; refused drops (`drop_refusal`) left out."""
+    return [p.name for p in _visible_dirs(landing / hospital) if drop_refusal(p) is None]
+
+
+def refused_drops(landing: Path, hospital: str) -> list[str]:
+    """Why each refused drop folder of one hospital is not indexed (`drop_refusal`), one message per drop, in
+    folder order; the messages never hold the folder's name."""
+    return [why for p in _visible_dirs(landing / hospital) if (why := drop_refusal(p)) is not None]
+
+
+# Patient identifiers a drop folder may not be named after, read from the first files of the drop: enough to
+# catch an export without its drop level, where every file below the folder is that one patient's.
+IDENTIFIER_KEYWORDS = ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
+FILES_CHECKED = 3
+_refusals: dict[tuple[str, int], str | None] = {}  # (drop folder, its mtime_ns) -> refusal, per process
+
+
+def drop_refusal(drop: Path) -> str | None:
+    """Why the drop folder `drop` is not indexed, or None. Refused: a name that is not UTF-8 text (`os.scandir`
+    hands it back with surrogate escapes; Parquet and Dagster need text), and a name equal (case and spaces
+    aside) to the PatientID, a component of the PatientName, the AccessionNumber or an OtherPatientIDs value of
+    one of its first FILES_CHECKED files. Memoized per process on the folder's mtime: the sensor asks every tick.
+    """
+    try:
+        key = (os.fspath(drop), drop.stat().st_mtime_ns)
+    except OSError:
+        return None
+    if key not in _refusals:
+        _refusals[key] = _refusal(drop)
+    return _refusals[key]
+
+
+def _refusal(drop: Path) -> str | None:
+    try:
+        drop.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a drop folder whose name is not UTF-8 text was not indexed: rename it (its files are untouched)"
+    name = _folded(drop.name)
+    for path in _first_files(os.fspath(drop), FILES_CHECKED):
+        if name in _identifiers(path):
+            return (
+                "a drop folder named after a patient identifier of its own files (an export copied without its drop "
+                "level?) was not indexed, so the identifier stays out of every table: move it into a drop folder, "
+                "landing/<hospital>/<drop>/<patient>/... (its files are untouched)"
+            )
+    return None
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _identifiers(path: str) -> set[str]:
+    """The patient identifiers of one DICOM file (`IDENTIFIER_KEYWORDS`), folded; empty when it is none."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(IDENTIFIER_KEYWORDS), force=True)
+        values: set[str] = set()
+        for keyword in IDENTIFIER_KEYWORDS:
+            value = ds.get(keyword)
+            items = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+            for item in items:
+                if item is not None and str(item).strip():
+                    values.add(str(item))
+                    if keyword == "PatientName":
+                        values.update(part for part in re.split(r"[\\^=]", str(item)) if part.strip())
+        return {_folded(v) for v in values}
+    except Exception:  # not DICOM, unreadable: the index quarantines it with its reason
+        return set()
+
+
+def _first_files(folder: str, n: int) -> list[str]:
+    """Up to `n` regular files below `folder` (depth first, in name order), names starting with `.` or `_` skipped."""
+    found: list[str] = []
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return found
+    for entry in entries:
+        if len(found) >= n:
+            break
+        if entry.name.startswith((".", "_")):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                found += _first_files(entry.path, n - len(found))
+            elif entry.is_file():
+                found.append(entry.path)
+        except OSError:
+            continue
+    return found
+
+
+def loose_files(landing: Path, hospital: str) -> int:
+    """Files lying directly in `landing/<hospital>/`, outside any drop folder (names starting with `.` or `_`
+    aside): never indexed, since a file's drop is the folder it was delivered in."""
+    folder = landing / hospital
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
 
 
 def drop_is_ready(drop: Path, quiet_seconds: float, now: float | None = None) -> bool:

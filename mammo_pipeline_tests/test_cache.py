@@ -401,3 +401,46 @@ def test_the_cache_keeps_each_display_pngs_second_look_candidates_as_cut_from_th
     for rel, found in kept.items():  # cut afresh from the PNG on disk: the same crops as from the rendered pixels
         fresh = candidate_store.candidates_of_png(settings.cache / rel)
         assert all(np.array_equal(a, b) for a, b in zip(found[:3], fresh[:3], strict=True)) and found[3] == fresh[3]
+
+
+def test_a_hospital_and_a_file_linked_in_from_a_mount_are_rendered(settings, tmp_path):
+    """Linking each hospital's SFTP or NFS area into landing/ (instead of copying terabytes) is a normal
+    deployment: the index follows such links, so the cache must read what it indexed (it used to resolve the
+    link, call the file outside landing/ and quarantine every image as undecodable)."""
+    mount = tmp_path / "sftp" / "h1"
+    write_mg(mount / "d1" / "a.dcm", SOPInstanceUID="1.2.3.4.1")
+    elsewhere = write_mg(tmp_path / "elsewhere" / "b.dcm", SOPInstanceUID="1.2.3.4.2")
+    (settings.landing).mkdir(parents=True, exist_ok=True)
+    (settings.landing / "h1").symlink_to(mount, target_is_directory=True)
+    (mount / "d1" / "b.dcm").symlink_to(elsewhere)
+    index_hospital(settings, "h1")
+    result = cache_hospital(settings, "h1")
+    assert result.quarantined == {}
+    assert set(read_manifest(settings, "h1")["sop_instance_uid"]) == {"1.2.3.4.1", "1.2.3.4.2"}
+
+
+def test_a_rel_path_climbing_out_of_its_hospital_is_never_read(settings, tmp_path):
+    """The check is on the path as written: a lookup entry with `..` in it (tampered with, say) is refused even
+    though no symlink is involved."""
+    from mammo_pipeline.dicom.source_paths import write_lookup
+
+    rel = pseudonymize_path(settings.pseudonym_salt(), "h1/d1/x.dcm")
+    write_lookup(settings, "h1", "d1", {rel: "h1/d1/../../h2/d1/x.dcm"})
+    with pytest.raises(ValueError, match="not inside"):
+        cache_module.source_path(settings, "h1", rel)
+
+
+def test_a_rendition_whose_source_left_landing_is_kept_when_it_would_be_rendered_again(settings, monkeypatch):
+    """Landing is often cleaned up after ingest; a later NORM_VERSION upgrade (or a touched PNG) must not turn
+    the images it can no longer read into quarantine rows and drop their manifest rows."""
+    uids = _landing(settings, n_good=2)
+    cache_hospital(settings, "h1")
+    gone = settings.landing / "h1" / "d1" / "p1" / "img.dcm"
+    gone.unlink()
+    monkeypatch.setattr(cache_module, "NORM_VERSION", cache_module.NORM_VERSION + "-next")
+    result = cache_hospital(settings, "h1")
+    assert result.kept_without_source == 1 and result.quarantined == {"truncated": 1}  # _landing's short file
+    manifest = read_manifest(settings, "h1").set_index("sop_instance_uid")
+    assert set(uids) <= set(manifest.index)
+    assert manifest.loc[uids[1], "norm_version"] != cache_module.NORM_VERSION  # the old rendition, as it was
+    assert manifest.loc[uids[0], "norm_version"] == cache_module.NORM_VERSION  # its source is there: rendered again

@@ -27,6 +27,8 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     result = index_hospital(settings, hospital, progress=every(10, context.log.info, f"headers read ({hospital})"))
     warehouse.refresh_views(settings)
     context.log.info(f"{hospital}: {result.new} new, {result.unchanged} unchanged, {result.quarantined} quarantined")
+    for why in result.refused:
+        context.log.warning(f"{hospital}: {why}")
     index = warehouse.read_partition(settings, "dicom_index", hospital)
     return dg.MaterializeResult(
         metadata={
@@ -34,6 +36,7 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "new": result.new,
             "unchanged": result.unchanged,
             "files": result.files,
+            "not_indexed": dg.MetadataValue.md("\n".join(f"- {why}" for why in result.refused) or "none"),
             **_by_reason(result.quarantined),
             **_by_kind(index),
             "headers_per_second": round(result.headers_per_s, 1),
@@ -67,6 +70,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "unchanged": result.unchanged,
             "for_processing_skipped": result.for_processing,
             "still_quarantined": result.still_quarantined,
+            "kept_without_source": result.kept_without_source,
             **_by_reason(result.quarantined),
             "images_per_second": round(result.images_per_s, 2),
             "seconds": round(result.seconds, 2),

@@ -37,7 +37,7 @@ from mammo_pipeline.dicom.quarantine import (
     read_quarantine_rows,
     write_quarantine,
 )
-from mammo_pipeline.landing import iter_dicom_stats
+from mammo_pipeline.landing import iter_dicom_stats, loose_files, refused_drops
 from mammo_pipeline.parallel import imap_unordered
 from mammo_pipeline.progress import ProgressFn
 from mammo_pipeline.settings import Settings
@@ -124,6 +124,7 @@ class IndexResult:
     seconds: float = 0.0
     index_paths: list[Path] = field(default_factory=list)  # files written this run
     quarantine_paths: list[Path] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # why files were left out (`landing`): never by name
 
     @property
     def read(self) -> int:
@@ -159,6 +160,12 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         files.setdefault(drop, []).append((text, size, mtime_ns, rel))
         real.setdefault(drop, {})[rel] = real_rel
     result.files = sum(len(v) for v in files.values())
+    result.refused = refused_drops(settings.landing, hospital)
+    if loose := loose_files(settings.landing, hospital):
+        result.refused.append(
+            f"{loose} file(s) directly in landing/{hospital}/, outside any drop folder, were not indexed: move them "
+            f"into a drop folder, landing/{hospital}/<drop>/..."
+        )
     for drop, mapping in real.items():
         source_paths.write_lookup(settings, hospital, drop, mapping)
 

@@ -51,7 +51,9 @@ def lookup_path(settings: Settings, hospital: str, drop: str) -> Path:
 def write_lookup(settings: Settings, hospital: str, drop: str, mapping: dict[str, str]) -> Path:
     """Write one drop's {pseudonymized: real relative path} lookup atomically, mode 600 in 700 folders.
 
-    Skipped (no write) when the file already holds exactly `mapping`.
+    Skipped (no write) when the file already holds exactly `mapping`. Written as ASCII JSON: a name that is not
+    UTF-8 (an export from a cp437 or latin-1 archive; `os.scandir` hands it back with surrogate escapes) is kept
+    as a `\\udcXX` escape, which reads back to the same string.
     """
     path = lookup_path(settings, hospital, drop)
     for folder in (private_root(settings), path.parent.parent, path.parent):
@@ -62,7 +64,7 @@ def write_lookup(settings: Settings, hospital: str, drop: str, mapping: dict[str
     with atomic_path(path) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
         with os.fdopen(fd, "w", encoding="utf-8") as fp:
-            json.dump(mapping, fp, sort_keys=True, ensure_ascii=False)
+            json.dump(mapping, fp, sort_keys=True, ensure_ascii=True)
     return path
 
 

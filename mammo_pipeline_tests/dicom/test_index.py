@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 
 import pandas as pd
@@ -189,3 +190,47 @@ def test_index_hospital_quarantines_a_row_pyarrow_refuses_before_deduplicating(s
     assert sorted(index["rel_path"]) == sorted(pseudo(settings, f"h1/d1/{n}.dcm") for n in ("b", "c"))
     quarantine = read_partition(settings, "quarantine", "h1")
     assert list(quarantine["rel_path"]) == [pseudo(settings, "h1/d1/a.dcm")]
+
+
+def test_a_name_that_is_not_utf8_is_indexed_and_read_back(settings):
+    """Exports copied from SMB or unzipped from cp437/latin-1 archives carry folder names that are not UTF-8
+    (os.scandir hands them back surrogate-escaped): one such name stopped the whole hospital's index."""
+    other = write_mg(settings.landing / "h1" / "d1" / "a.dcm")
+    odd = os.fsdecode(b"M\xfcller")  # latin-1 "Müller", not UTF-8
+    write_mg(settings.landing / "h1" / "d2" / odd / "b.dcm", SOPInstanceUID="1.2.3.4.99")
+    result = index_hospital(settings, "h1")
+    assert (result.rows, result.quarantined) == (2, {})
+    rel = pseudo(settings, f"h1/d2/{odd}/b.dcm")
+    assert resolve(settings, "h1", rel) == settings.landing / "h1" / "d2" / odd / "b.dcm"
+    assert resolve(settings, "h1", pseudo(settings, "h1/d1/a.dcm")) == other
+    assert index_hospital(settings, "h1").new == 0  # the lookup reads back equal: nothing re-read
+
+
+def test_a_drop_whose_name_is_not_utf8_does_not_stop_the_others(settings):
+    write_mg(settings.landing / "h1" / "d1" / "a.dcm")
+    write_mg(settings.landing / "h1" / os.fsdecode(b"drop-\xe9t\xe9") / "b.dcm", SOPInstanceUID="1.2.3.4.98")
+    result = index_hospital(settings, "h1")
+    assert (result.files, result.rows) == (1, 1)
+    assert set(read_partition(settings, "dicom_index", "h1")["drop"]) == {"d1"}
+    assert len(result.refused) == 1 and "not UTF-8" in result.refused[0]
+
+
+def test_a_drop_named_after_its_patient_is_not_indexed_and_never_named(settings):
+    """An export copied without its drop level, landing/<hospital>/<PatientID>/<Study>/...: its first level, the
+    drop, is the patient. Also files directly in the hospital's folder: reported, not silently skipped."""
+    write_mg(settings.landing / "h1" / "d1" / "a.dcm")
+    for i, folder in enumerate([PATIENT["PatientID"], "doe", f" {PATIENT['AccessionNumber'].lower()} "]):
+        write_mg(settings.landing / "h1" / folder / "s1" / "b.dcm", SOPInstanceUID=f"1.2.3.4.{90 + i}")
+    write_mg(settings.landing / "h1" / "loose.dcm", SOPInstanceUID="1.2.3.4.97")
+    result = index_hospital(settings, "h1")
+    assert (result.files, result.rows) == (1, 1)
+    assert len(result.refused) == 4 and sum("patient identifier" in why for why in result.refused) == 3
+    assert "1 file(s) directly in landing/h1/" in result.refused[-1]
+    outside = [
+        p for p in settings.home.rglob("*") if not p.is_relative_to(settings.landing) and "private" not in p.parts
+    ]
+    written = " ".join(result.refused) + " ".join(p.name for p in outside)
+    for table in ("dicom_index", "quarantine"):
+        written += " ".join(map(str, read_partition(settings, table, "h1").to_numpy().ravel()))
+    assert PATIENT["PatientID"] not in written and "ACC-777".lower() not in written.lower()
+    assert not re.search(r"\bdoe\b", written.lower())
