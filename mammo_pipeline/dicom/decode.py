@@ -36,12 +36,17 @@ from pydicom.uid import (
     JPEGExtended12Bit,
     JPEGLossless,
     JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
 )
 
 from mammo_pipeline.dicom.errors import NoPixelData, Truncated, Undecodable, Unsupported
 
 J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000})
 LIBJPEG_SYNTAXES = frozenset({JPEGLossless, JPEGLosslessSV1, JPEGBaseline8Bit, JPEGExtended12Bit})
+# ISO 10918-1 and ISO 14495-1 codestreams end with an EOI marker (FFD9). A copy cut short loses it, and the lenient
+# decoders (libjpeg, pylibjpeg) then return the image's first part over grey or garbage rather than fail.
+EOI_SYNTAXES = LIBJPEG_SYNTAXES | {JPEGLSLossless, JPEGLSNearLossless}
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,8 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
     tried: list[str] = []
     if ts.is_encapsulated:
         codestream = _frame_bytes(ds, n_frames, path)
+        if ts in EOI_SYNTAXES:
+            _check_end_of_image(codestream, ts, path)
         if ts in J2K_SYNTAXES and min_long_side:
             frame = _decode_j2k_reduced(ds, codestream, min_long_side, path)
             if frame is not None:
@@ -302,6 +309,17 @@ def _frame_bytes(ds: Dataset, n_frames: int, path: str) -> bytes:
         return get_frame(ds.PixelData, 0, number_of_frames=n_frames)
     except (ValueError, EOFError, struct.error, IndexError) as exc:
         raise Truncated(f"{path}: encapsulated (7FE0,0010) Pixel Data has no complete first frame ({exc})") from exc
+
+
+def _check_end_of_image(codestream: bytes, ts: UID, path: str) -> None:
+    """Raise Truncated unless a JPEG or JPEG-LS frame ends with its EOI marker (FFD9), after the fragment's padding
+    (PS3.5 A.4: an odd-length stream gets one trailing 0x00; some writers pad with more, or with 0xFF fill)."""
+    end = codestream.rstrip(b"\x00\xff")
+    if not end.endswith(b"\xff\xd9"):
+        raise Truncated(
+            f"{path}: the {ts.name} codestream of frame 1 ends without its EOI marker (FFD9): the file was cut short "
+            f"or its pixel data is corrupt"
+        )
 
 
 def _check_native_length(ds: Dataset, n_frames: int, path: str) -> None:

@@ -174,6 +174,14 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     for plan in plans.values():
         for record in plan.kept_rows:
             seen.setdefault(record[_SOP], record[_REL])
+    planned = {index_path(settings, hospital, drop) for drop in plans}
+    for path in sorted(settings.table_dir("dicom_index", hospital).glob("*.parquet")):
+        if path not in planned:  # a drop gone from landing keeps its rows, and its images stay taken
+            table = pq.read_table(path, columns=["sop_instance_uid", "rel_path"])
+            for sop, rel in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
+                seen.setdefault(sop, rel)
+    for drop, plan in plans.items():
+        _reread_orphaned_duplicates(plan, files[drop], seen)
     total = sum(len(p.to_read) for p in plans.values())
     done = 0
     reasons: Counter[str] = Counter()
@@ -448,6 +456,21 @@ def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple
     dropped = len(old_rows) + len(old_quarantine) - len(kept_rows) - len(kept_quarantine)
     changed = bool(to_read) or dropped > 0 or not old_index.exists()
     return _DropPlan(kept_rows, kept_quarantine, to_read, changed)
+
+
+def _reread_orphaned_duplicates(
+    plan: _DropPlan, entries: list[tuple[str, int, int, str]], seen: dict[str, str]
+) -> None:
+    """Move a kept `duplicate` quarantine row whose SOP Instance UID no kept row holds any more (the file that won
+    was deleted or changed) back to the files to read: otherwise the surviving copy stayed quarantined as the
+    duplicate of nothing, and its image out of the index, until someone touched the file."""
+    orphans = {
+        q["rel_path"] for q in plan.kept_quarantine if q["reason"] == DUPLICATE and q["sop_instance_uid"] not in seen
+    }
+    if orphans:
+        plan.kept_quarantine[:] = [q for q in plan.kept_quarantine if q["rel_path"] not in orphans]
+        plan.to_read.extend(e for e in entries if e[3] in orphans)
+        plan.changed = True
 
 
 def _read_one(

@@ -128,3 +128,27 @@ def test_unknown_transfer_syntax_is_unsupported():
     ds.file_meta.TransferSyntaxUID = "1.2.3.4.5"
     with pytest.raises(Unsupported, match=r"\(0002,0010\)"):
         decode_frame(ds, path="x.dcm")
+
+
+@pytest.mark.parametrize("name", ["jpeg-lossless", "jpeg-ls"])
+def test_a_jpeg_codestream_cut_short_is_truncated_not_rendered(name):
+    """libjpeg and pylibjpeg decode a JPEG or JPEG-LS stream that lost its tail (an interrupted copy) without
+    complaint, the missing rows grey or garbage; without its EOI marker the frame is Truncated."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    from mammo_pipeline.dicom.errors import Truncated
+
+    if name == "jpeg-lossless":
+        ds = pydicom.dcmread(_local("JPEG-LL.dcm"))
+    else:
+        arr = breast(96, 80)
+        ds = make_ds(arr, WindowCenter=2047, WindowWidth=4096)
+        ds.compress(JPEGLSLossless, arr)
+    whole = get_frame(ds.PixelData, 0, number_of_frames=1)
+    assert decode_frame(ds).pixels.shape == (ds.Rows, ds.Columns)  # the whole stream decodes
+    ds.PixelData = encapsulate([whole + b"\x00\x00"])  # padding after the EOI is fine
+    assert decode_frame(ds).pixels.shape == (ds.Rows, ds.Columns)
+    ds.PixelData = encapsulate([whole[: len(whole) * 2 // 3] + b"\x00"])
+    with pytest.raises(Truncated, match="EOI"):
+        decode_frame(ds, path="x.dcm")

@@ -234,3 +234,30 @@ def test_a_drop_named_after_its_patient_is_not_indexed_and_never_named(settings)
         written += " ".join(map(str, read_partition(settings, table, "h1").to_numpy().ravel()))
     assert PATIENT["PatientID"] not in written and "ACC-777".lower() not in written.lower()
     assert not re.search(r"\bdoe\b", written.lower())
+
+
+def test_the_copy_of_a_deleted_duplicate_takes_its_place(settings):
+    first = write_mg(settings.landing / "h1" / "d1" / "a.dcm")
+    write_mg(settings.landing / "h1" / "d1" / "b.dcm", SOPInstanceUID="1.2.3.4.5")
+    (settings.landing / "h1" / "d2").mkdir(parents=True)
+    shutil.copy(first, settings.landing / "h1" / "d2" / "a_again.dcm")
+    assert index_hospital(settings, "h1").quarantined == {"duplicate": 1}
+    first.unlink()  # the copy that won is cleaned up; the other is the image now
+    result = index_hospital(settings, "h1")
+    assert (result.rows, result.new) == (2, 1)
+    rels = set(read_partition(settings, "dicom_index", "h1")["rel_path"])
+    assert rels == {pseudo(settings, "h1/d1/b.dcm"), pseudo(settings, "h1/d2/a_again.dcm")}
+    assert read_partition(settings, "quarantine", "h1").empty
+
+
+def test_a_copy_of_an_image_whose_drop_left_landing_is_still_a_duplicate(settings):
+    """A drop cleaned out of landing keeps its index rows (its renditions stay usable), so its images are still
+    taken: a copy arriving in a later drop is a duplicate, not a second row of the same SOP Instance UID."""
+    first = write_mg(settings.landing / "h1" / "d1" / "a.dcm")
+    index_hospital(settings, "h1")
+    (settings.landing / "h1" / "d2").mkdir(parents=True)
+    shutil.copy(first, settings.landing / "h1" / "d2" / "a_again.dcm")
+    shutil.rmtree(settings.landing / "h1" / "d1")
+    result = index_hospital(settings, "h1")
+    assert (result.rows, result.quarantined) == (1, {"duplicate": 1})
+    assert index_hospital(settings, "h1").quarantined == {}  # and it stays one, without being read again
