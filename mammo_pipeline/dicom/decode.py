@@ -173,14 +173,22 @@ def fit_bits_stored(arr: np.ndarray, ds: Dataset, *, native: bool) -> np.ndarray
     """Force values into the (0028,0101) Bits Stored range of the (0028,0103) Pixel Representation.
 
     Native data: bits above Bits Stored are not part of the value (PS3.5 8.1.1), so they are masked off
-    (unsigned) or replaced by the sign bit (signed). Decoded codestreams: values are clipped to the range.
+    (unsigned) or replaced by the sign bit (signed); a (0028,0102) High Bit above Bits Stored - 1 (the value in the
+    high bits, a retired layout) is shifted down first. Decoded codestreams: values are clipped to the range.
     """
     bits = int(ds.get("BitsStored") or ds.BitsAllocated)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     if arr.dtype == bool:
         return arr.astype(np.uint8)
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    if arr.dtype.kind in "ui" and arr.dtype.itemsize * 8 > bits:
+    width = arr.dtype.itemsize * 8
+    high = ds.get("HighBit")
+    if native and arr.dtype.kind in "ui" and high is not None and bits - 1 < int(high) < width:
+        # (0028,0102) High Bit above Bits Stored - 1: the value sits in bits [High Bit - Bits Stored + 1, High Bit]
+        # (allowed before PS3.5 2013's retirement of other positions; some old modalities wrote 12 bits in 15..4)
+        view = arr.view(arr.dtype.str.replace("u", "i")) if signed else arr
+        return (view << (width - 1 - int(high))) >> (width - bits) if signed else (arr >> (int(high) + 1 - bits)) & hi
+    if arr.dtype.kind in "ui" and width > bits:
         if native and signed:
             shift = arr.dtype.itemsize * 8 - bits
             signed_view = arr.view(arr.dtype.str.replace("u", "i"))
@@ -330,6 +338,12 @@ def _check_native_length(ds: Dataset, n_frames: int, path: str) -> None:
             f"{path}: (7FE0,0010) Pixel Data holds {len(ds.PixelData)} bytes, frame 0 needs {needed}"
             f" ({n_frames} frame(s) declared)"
         )
+    if n_frames == 1 and len(ds.PixelData) >= 2 * needed:  # not padding: whole further frames
+        raise Unsupported(
+            f"{path}: (7FE0,0010) Pixel Data holds {len(ds.PixelData) // needed} frames' worth of pixels "
+            f"({len(ds.PixelData)} bytes) but (0028,0008) Number of Frames is absent or 1: a multi-frame object "
+            f"(tomosynthesis?) labelled as one image, not rendered as its first frame"
+        )
 
 
 def _decode_pydicom(ds: Dataset, ts: UID, path: str, tried: list[str] | None = None) -> tuple[np.ndarray, str]:
@@ -343,7 +357,11 @@ def _decode_pydicom(ds: Dataset, ts: UID, path: str, tried: list[str] | None = N
         missing = "; ".join(decoder.missing_dependencies) or "no plugin"
         raise Undecodable(f"{path}: no installed decoder for {ts.name} ({missing}); decoders tried: {', '.join(tried)}")
     try:
-        arr, _ = decoder.as_array(ds, index=0)
+        high = ds.get("HighBit")  # a value in the high bits: pydicom masks to Bits Stored, fit_bits_stored shifts
+        shifted = not ts.is_encapsulated and high is not None and int(ds.get("BitsStored") or 0) <= int(high)
+        shifted = shifted and int(high) < int(ds.BitsAllocated)
+        options = {"bits_stored": int(high) + 1} if shifted else {}
+        arr, _ = decoder.as_array(ds, index=0, **options)
     except Exception as exc:  # plugins raise anything from ValueError to RuntimeError to struct.error
         raise Undecodable(
             f"{path}: {ts.name} decode failed; decoders tried: {', '.join(tried)} ({type(exc).__name__}: {exc})"

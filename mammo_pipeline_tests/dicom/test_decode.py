@@ -152,3 +152,27 @@ def test_a_jpeg_codestream_cut_short_is_truncated_not_rendered(name):
     ds.PixelData = encapsulate([whole[: len(whole) * 2 // 3] + b"\x00"])
     with pytest.raises(Truncated, match="EOI"):
         decode_frame(ds, path="x.dcm")
+
+
+def test_a_value_stored_in_the_high_bits_is_shifted_down():
+    """High Bit 15 with Bits Stored 12 (a layout PS3.5 once allowed): the value is bits 15..4, not 11..0."""
+    value = np.array([[0, 1, 2047, 4095]], np.uint16)
+    ds = make_ds(np.zeros((1, 4), np.uint16), bits_stored=12)
+    ds.HighBit = 15
+    assert fit_bits_stored((value << 4) | 0x000F, ds, native=True).tolist() == value.tolist()
+    signed = make_ds(np.zeros((1, 3), np.int16), bits_stored=12, signed=True)
+    signed.HighBit = 15
+    raw = (np.array([[-1, 5, -2048]], np.int16).astype(np.int32) << 4).astype(np.int16)
+    assert fit_bits_stored(raw, signed, native=True).tolist() == [[-1, 5, -2048]]
+
+
+def test_native_pixels_of_several_frames_without_number_of_frames_are_unsupported():
+    """Three frames of pixel data and no (0028,0008): a mislabelled multi-frame object (a tomosynthesis stack),
+    not a 2-D mammogram whose first frame could be shown."""
+    arr = breast(32, 24)
+    ds = make_ds(arr)
+    ds.PixelData = arr.tobytes() * 3
+    with pytest.raises(Unsupported, match="3 frames' worth"):
+        decode_frame(ds, path="x.dcm")
+    ds.PixelData = arr.tobytes() + b"\x00\x00"  # padding is not a frame
+    assert decode_frame(ds).pixels.shape == (32, 24)

@@ -307,6 +307,16 @@ def test_garbage_high_bits_are_masked():
     assert np.array_equal(to_display(make_ds(dirty, **tags), 64), to_display(make_ds(clean, **tags), 64))
 
 
+def test_a_value_in_the_high_bits_renders_as_the_same_value_in_the_low_bits():
+    """(0028,0102) High Bit 15 with Bits Stored 12 (PS3.5 allowed it until 2013): the value is bits 15..4; the
+    low 12 bits read as the value gave a garbage picture."""
+    clean = breast(64, 48)
+    tags = {"WindowCenter": 2047, "WindowWidth": 4096}
+    high = make_ds((clean << 4) | np.uint16(0x0005), **tags)
+    high.HighBit = 15
+    assert np.array_equal(to_display(high, 64), to_display(make_ds(clean, **tags), 64))
+
+
 def test_uint16_above_32767_is_not_read_as_negative():
     arr = np.array([[0, 30000, 40000, 65535]], dtype=np.uint16)
     ds = make_ds(arr, bits_stored=16, WindowCenter=32768, WindowWidth=65536)
