@@ -49,7 +49,9 @@ def refused_drops(landing: Path, hospital: str) -> list[str]:
 # Patient identifiers a drop folder may not be named after, read from the first files of the drop: enough to
 # catch an export without its drop level, where every file below the folder is that one patient's.
 IDENTIFIER_KEYWORDS = ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
-FILES_CHECKED = 3
+FILES_CHECKED = 3  # DICOM files whose identifiers are read ...
+FILES_LOOKED_AT = 20  # ... among the first this many files (a CD export's AUTORUN.INF, INDEX.HTM come first)
+MIN_PART, MIN_ID = 3, 6  # shortest name part matched as a word of the folder name, shortest ID found inside it
 _refusals: dict[tuple[str, int], str | None] = {}  # (drop folder, its mtime_ns) -> refusal, per process
 
 
@@ -57,7 +59,8 @@ def drop_refusal(drop: Path) -> str | None:
     """Why the drop folder `drop` is not indexed, or None. Refused: a name that is not UTF-8 text (`os.scandir`
     hands it back with surrogate escapes; Parquet and Dagster need text), and a name equal (case and spaces
     aside) to the PatientID, a component of the PatientName, the AccessionNumber or an OtherPatientIDs value of
-    one of its first FILES_CHECKED files. Memoized per process on the folder's mtime: the sensor asks every tick.
+    one of its first FILES_CHECKED DICOM files, or holding one of them (`_names_it`: "SMITH_JANE_12345678").
+    Memoized per process on the folder's mtime: the sensor asks every tick.
     """
     try:
         key = (os.fspath(drop), drop.stat().st_mtime_ns)
@@ -74,14 +77,31 @@ def _refusal(drop: Path) -> str | None:
     except UnicodeEncodeError:
         return "a drop folder whose name is not UTF-8 text was not indexed: rename it (its files are untouched)"
     name = _folded(drop.name)
-    for path in _first_files(os.fspath(drop), FILES_CHECKED):
-        if name in _identifiers(path):
+    tokens = set(re.split(r"[^0-9a-z]+", name)) - {""}
+    read = 0
+    for path in _first_files(os.fspath(drop), FILES_LOOKED_AT):
+        identifiers = _identifiers(path)
+        read += bool(identifiers)
+        if name in identifiers or any(_names_it(name, tokens, value) for value in identifiers):
             return (
                 "a drop folder named after a patient identifier of its own files (an export copied without its drop "
                 "level?) was not indexed, so the identifier stays out of every table: move it into a drop folder, "
                 "landing/<hospital>/<drop>/<patient>/... (its files are untouched)"
             )
+        if read >= FILES_CHECKED:
+            break
     return None
+
+
+def _names_it(name: str, tokens: set[str], value: str) -> bool:
+    """A folded folder `name` (and its alphanumeric `tokens`) holds the folded identifier `value`: as one of its
+    tokens (a name part of at least MIN_PART characters: "macdonald_joanne", "smith, jane") or, for a whole
+    identifier of at least MIN_ID characters, anywhere in it ("rsc2100087_20240101")."""
+    parts = set(re.split(r"[^0-9a-z]+", value)) - {""}
+    if any(len(part) >= MIN_PART and part in tokens for part in parts):
+        return True
+    compact = re.sub(r"[^0-9a-z]+", "", value)
+    return len(compact) >= MIN_ID and compact in re.sub(r"[^0-9a-z]+", "", name)
 
 
 def _folded(text: str) -> str:

@@ -261,3 +261,27 @@ def test_a_copy_of_an_image_whose_drop_left_landing_is_still_a_duplicate(setting
     result = index_hospital(settings, "h1")
     assert (result.rows, result.quarantined) == (1, {"duplicate": 1})
     assert index_hospital(settings, "h1").quarantined == {}  # and it stays one, without being read again
+
+
+@pytest.mark.parametrize(
+    ("folder", "refused"),
+    [
+        ("Doe Jane", True),
+        ("DOE_JANE", True),
+        ("Doe, Jane", True),
+        ("doe_jane_pat-0042", True),
+        ("PAT-0042_20240101", True),
+        ("acc777_export", True),  # the accession "ACC-777", its punctuation aside
+        ("20240101", False),
+        ("batch_001", False),
+        ("2024-01-15_export", False),
+    ],
+)
+def test_a_drop_folder_holding_a_patients_name_or_id_is_refused(settings, folder, refused):
+    root = settings.landing / "h1" / folder
+    (root / "IHE_PDI").mkdir(parents=True)
+    for name in ("AUTORUN.INF", "IHE_PDI/INDEX.HTM", "IHE_PDI/STYLE.CSS"):  # a CD export: these sort first
+        (root / name).write_text("not DICOM")
+    write_mg(root / "IMAGES" / "a.dcm")
+    result = index_hospital(settings, "h1")
+    assert any("patient identifier" in why for why in result.refused) == refused
