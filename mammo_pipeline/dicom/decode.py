@@ -38,6 +38,7 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    RLELossless,
 )
 
 from mammo_pipeline.dicom.errors import NoPixelData, Truncated, Undecodable, Unsupported
@@ -166,7 +167,10 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
     else:
         _check_native_length(ds, n_frames, path)
     pixels, plugin = _decode_pydicom(ds, ts, path, tried)
-    return Frame(fit_bits_stored(pixels, ds, native=not ts.is_encapsulated), 1, plugin)
+    # RLE Lossless (PS3.5 G) carries the native pixel cells byte plane by byte plane: its unused bits are a native
+    # image's, to mask or shift, not a lossy codec's overshoot to clip
+    cells = not ts.is_encapsulated or ts == RLELossless
+    return Frame(fit_bits_stored(pixels, ds, native=cells), 1, plugin)
 
 
 def fit_bits_stored(arr: np.ndarray, ds: Dataset, *, native: bool) -> np.ndarray:
@@ -358,7 +362,11 @@ def _decode_pydicom(ds: Dataset, ts: UID, path: str, tried: list[str] | None = N
         raise Undecodable(f"{path}: no installed decoder for {ts.name} ({missing}); decoders tried: {', '.join(tried)}")
     try:
         high = ds.get("HighBit")  # a value in the high bits: pydicom masks to Bits Stored, fit_bits_stored shifts
-        shifted = not ts.is_encapsulated and high is not None and int(ds.get("BitsStored") or 0) <= int(high)
+        shifted = (
+            (not ts.is_encapsulated or ts == RLELossless)
+            and high is not None
+            and int(ds.get("BitsStored") or 0) <= int(high)
+        )
         shifted = shifted and int(high) < int(ds.BitsAllocated)
         options = {"bits_stored": int(high) + 1} if shifted else {}
         arr, _ = decoder.as_array(ds, index=0, **options)

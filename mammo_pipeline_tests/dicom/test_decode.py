@@ -176,3 +176,15 @@ def test_native_pixels_of_several_frames_without_number_of_frames_are_unsupporte
         decode_frame(ds, path="x.dcm")
     ds.PixelData = arr.tobytes() + b"\x00\x00"  # padding is not a frame
     assert decode_frame(ds).pixels.shape == (32, 24)
+
+
+def test_rle_with_the_value_in_the_high_bits_decodes_as_native_data():
+    """RLE Lossless holds the native pixel cells byte plane by byte plane, so High Bit 15 with Bits Stored 12
+    means the same there as in native data."""
+    from pydicom.uid import RLELossless
+
+    value = breast(32, 24) & np.uint16(0x0FFF)
+    ds = make_ds(value << 4, bits_stored=16)
+    ds.compress(RLELossless, value << 4)
+    ds.BitsStored, ds.HighBit = 12, 15
+    assert np.array_equal(decode_frame(ds).pixels, value)
