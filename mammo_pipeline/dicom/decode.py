@@ -167,18 +167,15 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
     else:
         _check_native_length(ds, n_frames, path)
     pixels, plugin = _decode_pydicom(ds, ts, path, tried)
-    # RLE Lossless (PS3.5 G) carries the native pixel cells byte plane by byte plane: its unused bits are a native
-    # image's, to mask or shift, not a lossy codec's overshoot to clip
-    cells = not ts.is_encapsulated or ts == RLELossless
-    return Frame(fit_bits_stored(pixels, ds, native=cells), 1, plugin)
+    return Frame(fit_bits_stored(pixels, ds, native=holds_pixel_cells(ts)), 1, plugin)
 
 
 def fit_bits_stored(arr: np.ndarray, ds: Dataset, *, native: bool) -> np.ndarray:
     """Force values into the (0028,0101) Bits Stored range of the (0028,0103) Pixel Representation.
 
     Native data: bits above Bits Stored are not part of the value (PS3.5 8.1.1), so they are masked off
-    (unsigned) or replaced by the sign bit (signed); a (0028,0102) High Bit above Bits Stored - 1 (the value in the
-    high bits, a retired layout) is shifted down first. Decoded codestreams: values are clipped to the range.
+    (unsigned) or replaced by the sign bit (signed), and a value in the high bits (`value_high_bit`) is shifted down
+    first. Decoded codestreams: values are clipped to the range.
     """
     bits = int(ds.get("BitsStored") or ds.BitsAllocated)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
@@ -186,22 +183,36 @@ def fit_bits_stored(arr: np.ndarray, ds: Dataset, *, native: bool) -> np.ndarray
         return arr.astype(np.uint8)
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     width = arr.dtype.itemsize * 8
-    high = ds.get("HighBit")
-    if native and arr.dtype.kind in "ui" and high is not None and bits - 1 < int(high) < width:
-        # (0028,0102) High Bit above Bits Stored - 1: the value sits in bits [High Bit - Bits Stored + 1, High Bit]
-        # (allowed before PS3.5 2013's retirement of other positions; some old modalities wrote 12 bits in 15..4)
-        view = arr.view(arr.dtype.str.replace("u", "i")) if signed else arr
-        return (view << (width - 1 - int(high))) >> (width - bits) if signed else (arr >> (int(high) + 1 - bits)) & hi
     if arr.dtype.kind in "ui" and width > bits:
-        if native and signed:
-            shift = arr.dtype.itemsize * 8 - bits
-            signed_view = arr.view(arr.dtype.str.replace("u", "i"))
-            return (signed_view << shift) >> shift
-        if native:
-            return arr & np.asarray(hi, dtype=arr.dtype)
+        if native:  # the value is bits [high - bits + 1, high]; above and below them: not part of it
+            high = value_high_bit(ds)
+            high = high if high < width else bits - 1
+            if signed:
+                signed_view = arr.view(arr.dtype.str.replace("u", "i"))
+                return (signed_view << (width - 1 - high)) >> (width - bits)
+            return (arr >> (high + 1 - bits) if high + 1 > bits else arr) & np.asarray(hi, dtype=arr.dtype)
         if arr.min() < lo or arr.max() > hi:
             return np.clip(arr, lo, hi)
     return arr
+
+
+def value_high_bit(ds: Dataset) -> int:
+    """The bit a native value's top lies in: (0028,0102) High Bit when it lies between Bits Stored - 1 and Bits
+    Allocated - 1 (above Bits Stored - 1 the value sits in the high bits, a layout allowed until PS3.5 2013 and
+    written by some old modalities: 12 bits in 15..4), Bits Stored - 1 otherwise (absent, or a value that cannot
+    hold the value). Raises TypeError or ValueError for a High Bit that is no single integer."""
+    bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+    high = ds.get("HighBit")
+    if high is None:
+        return bits - 1
+    return int(high) if bits - 1 <= int(high) < int(ds.BitsAllocated) else bits - 1
+
+
+def holds_pixel_cells(ts: UID) -> bool:
+    """The pixel data carries the native pixel cells, unused bits included: native data, or RLE Lossless (PS3.5 G,
+    the same cells byte plane by byte plane). Their unused bits are masked or shifted (`fit_bits_stored`); a
+    codec's output is clipped instead."""
+    return not ts.is_encapsulated or ts == RLELossless
 
 
 def j2k_header(codestream: bytes) -> J2KHeader:
@@ -361,14 +372,9 @@ def _decode_pydicom(ds: Dataset, ts: UID, path: str, tried: list[str] | None = N
         missing = "; ".join(decoder.missing_dependencies) or "no plugin"
         raise Undecodable(f"{path}: no installed decoder for {ts.name} ({missing}); decoders tried: {', '.join(tried)}")
     try:
-        high = ds.get("HighBit")  # a value in the high bits: pydicom masks to Bits Stored, fit_bits_stored shifts
-        shifted = (
-            (not ts.is_encapsulated or ts == RLELossless)
-            and high is not None
-            and int(ds.get("BitsStored") or 0) <= int(high)
-        )
-        shifted = shifted and int(high) < int(ds.BitsAllocated)
-        options = {"bits_stored": int(high) + 1} if shifted else {}
+        high = value_high_bit(ds)  # a value in the high bits: pydicom masks to Bits Stored, fit_bits_stored shifts
+        shifted = holds_pixel_cells(ts) and high + 1 > int(ds.get("BitsStored") or ds.BitsAllocated)
+        options = {"bits_stored": high + 1} if shifted else {}
         arr, _ = decoder.as_array(ds, index=0, **options)
     except Exception as exc:  # plugins raise anything from ValueError to RuntimeError to struct.error
         raise Undecodable(
