@@ -52,6 +52,7 @@ IDENTIFIER_KEYWORDS = ("PatientID", "PatientName", "AccessionNumber", "OtherPati
 FILES_CHECKED = 3  # DICOM files whose identifiers are read ...
 FILES_LOOKED_AT = 20  # ... among the first this many files (a CD export's AUTORUN.INF, INDEX.HTM come first)
 MIN_PART, MIN_ID = 3, 6  # shortest name part matched as a word of the folder name, shortest ID found inside it
+_NOT_ALNUM = re.compile(r"[^0-9a-z]+")  # on folded text: what separates the words of a name or an ID
 _refusals: dict[tuple[str, int], str | None] = {}  # (drop folder, its mtime_ns) -> refusal, per process
 
 
@@ -77,12 +78,12 @@ def _refusal(drop: Path) -> str | None:
     except UnicodeEncodeError:
         return "a drop folder whose name is not UTF-8 text was not indexed: rename it (its files are untouched)"
     name = _folded(drop.name)
-    tokens = set(re.split(r"[^0-9a-z]+", name)) - {""}
+    tokens, compact = set(re.split(_NOT_ALNUM, name)) - {""}, re.sub(_NOT_ALNUM, "", name)
     read = 0
     for path in _first_files(os.fspath(drop), FILES_LOOKED_AT):
         identifiers = _identifiers(path)
         read += bool(identifiers)
-        if name in identifiers or any(_names_it(name, tokens, value) for value in identifiers):
+        if name in identifiers or any(_names_it(tokens, compact, value) for value in identifiers):
             return (
                 "a drop folder named after a patient identifier of its own files (an export copied without its drop "
                 "level?) was not indexed, so the identifier stays out of every table: move it into a drop folder, "
@@ -93,15 +94,15 @@ def _refusal(drop: Path) -> str | None:
     return None
 
 
-def _names_it(name: str, tokens: set[str], value: str) -> bool:
-    """A folded folder `name` (and its alphanumeric `tokens`) holds the folded identifier `value`: as one of its
-    tokens (a name part of at least MIN_PART characters: "macdonald_joanne", "smith, jane") or, for a whole
-    identifier of at least MIN_ID characters, anywhere in it ("rsc2100087_20240101")."""
-    parts = set(re.split(r"[^0-9a-z]+", value)) - {""}
-    if any(len(part) >= MIN_PART and part in tokens for part in parts):
+def _names_it(tokens: set[str], compact: str, value: str) -> bool:
+    """A folded folder name, given as its alphanumeric `tokens` and as `compact` (its letters and digits alone),
+    holds the folded identifier `value`: as one of its tokens (a name part of at least MIN_PART characters:
+    "macdonald_joanne", "smith, jane") or, for a whole identifier of at least MIN_ID characters, anywhere in it
+    ("rsc2100087_20240101")."""
+    if any(len(part) >= MIN_PART and part in tokens for part in re.split(_NOT_ALNUM, value)):
         return True
-    compact = re.sub(r"[^0-9a-z]+", "", value)
-    return len(compact) >= MIN_ID and compact in re.sub(r"[^0-9a-z]+", "", name)
+    value = re.sub(_NOT_ALNUM, "", value)
+    return len(value) >= MIN_ID and value in compact
 
 
 def _folded(text: str) -> str:
