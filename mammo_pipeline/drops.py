@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mammo_pipeline.landing import drop_is_ready, list_drops, list_hospitals
+from mammo_pipeline.landing import check_drop, drop_folders, drop_is_ready, list_hospitals
 
 QUIET_SECONDS_VAR = "MAMMO_DROP_QUIET_SECONDS"
 DEFAULT_QUIET_SECONDS = 120.0
@@ -82,13 +82,24 @@ class DropRun:
 
 @dataclass(frozen=True)
 class DropScan:
-    """What one look at landing/ found: partitions to add, runs to request, drops still being copied."""
+    """What one look at landing/ found: partitions to add, runs to request, drops still being copied.
+
+    A drop still being copied is named (`waiting`) only once its name has passed the refusal check on a readable
+    DICOM file; one whose first files cannot be read yet is only counted (`undecided`), as it may be named after
+    its patient.
+    """
 
     new_hospitals: tuple[str, ...]
     runs: tuple[DropRun, ...]
     waiting: tuple[tuple[str, str], ...]
+    undecided: tuple[tuple[str, int], ...]  # (hospital, drops being copied with no readable DICOM file yet)
     cursor: DropCursor
     first_start: bool
+
+    @property
+    def copying(self) -> int:
+        """Drops still being copied, named or not."""
+        return len(self.waiting) + sum(n for _, n in self.undecided)
 
     @property
     def changed(self) -> bool:
@@ -105,7 +116,9 @@ def scan_landing(
     """Compare landing/ with the cursor and the registered hospital partitions.
 
     A drop that is neither marked `_READY` nor quiet for `quiet_seconds` is left out of the cursor, so a
-    later scan picks it up once its copy has finished.
+    later scan picks it up once its copy has finished. Refused drops (`landing.check_drop`) are left out; a ready
+    drop whose first files hold no readable DICOM file is not: its copy is over, so there is nothing left to read
+    (the index quarantines its files).
     """
     now = time.time() if now is None else now
     seen = cursor.seen if cursor is not None else frozenset()
@@ -113,16 +126,23 @@ def scan_landing(
     hospitals = list_hospitals(landing)
     runs: list[DropRun] = []
     waiting: list[tuple[str, str]] = []
+    undecided: list[tuple[str, int]] = []
     newly_seen: set[tuple[str, str]] = set()
     for hospital in hospitals:
         ready: list[str] = []
-        for drop in list_drops(landing, hospital):
-            if (hospital, drop) in seen:
+        unread = 0
+        for folder in drop_folders(landing, hospital):
+            drop, check = folder.name, check_drop(folder)
+            if check.refusal is not None or (hospital, drop) in seen:
                 continue
-            if drop_is_ready(landing / hospital / drop, quiet_seconds, now=now):
+            if drop_is_ready(folder, quiet_seconds, now=now):
                 ready.append(drop)
-            else:
+            elif check.decided:
                 waiting.append((hospital, drop))
+            else:
+                unread += 1
+        if unread:
+            undecided.append((hospital, unread))
         if ready:
             runs.append(DropRun(hospital, tuple(ready)))
             newly_seen.update((hospital, drop) for drop in ready)
@@ -130,6 +150,7 @@ def scan_landing(
         new_hospitals=tuple(h for h in hospitals if h not in registered),
         runs=tuple(runs),
         waiting=tuple(waiting),
+        undecided=tuple(undecided),
         cursor=DropCursor(seen | newly_seen),
         first_start=cursor is None,
     )

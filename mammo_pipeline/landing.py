@@ -8,7 +8,9 @@ Some drop folders are refused (`drop_refusal`), so that neither the sensor nor t
 a name that is not UTF-8 text, and a name that is a patient identifier of the drop's own files (an export copied
 without its drop level, `landing/<hospital>/<PatientID>/<Study>/...`, whose first level is then the patient).
 Files lying directly in a hospital's folder, outside any drop, are not indexed either (`loose_files`). Both are
-reported by the index (`IndexResult.refused`), never by name.
+reported by the index (`IndexResult.refused`), never by name. A drop whose first files cannot be read yet (still
+being copied) is neither refused nor passed (`NameCheck.decided`): the sensor counts it and names it only once
+decided.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import stat
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -35,9 +38,14 @@ def list_hospitals(landing: Path) -> list[str]:
     return [p.name for p in _visible_dirs(landing) if SLUG.match(p.name)]
 
 
+def drop_folders(landing: Path, hospital: str) -> list[Path]:
+    """Every drop folder of one hospital, refused ones too, sorted by name."""
+    return _visible_dirs(landing / hospital)
+
+
 def list_drops(landing: Path, hospital: str) -> list[str]:
     """Drop folder names of one hospital, sorted; refused drops (`drop_refusal`) left out."""
-    return [p.name for p in _visible_dirs(landing / hospital) if drop_refusal(p) is None]
+    return [p.name for p in drop_folders(landing, hospital) if drop_refusal(p) is None]
 
 
 def refused_drops(landing: Path, hospital: str) -> list[str]:
@@ -53,45 +61,73 @@ FILES_CHECKED = 3  # DICOM files whose identifiers are read ...
 FILES_LOOKED_AT = 20  # ... among the first this many files (a CD export's AUTORUN.INF, INDEX.HTM come first)
 MIN_PART, MIN_ID = 3, 6  # shortest name part matched as a word of the folder name, shortest ID found inside it
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")  # on folded text: what separates the words of a name or an ID
-_refusals: dict[tuple[str, int], str | None] = {}  # (drop folder, its mtime_ns) -> refusal, per process
+NOT_UTF8 = "a drop folder whose name is not UTF-8 text was not indexed: rename it (its files are untouched)"
+NAMED_AFTER_PATIENT = (
+    "a drop folder named after a patient identifier of its own files (an export copied without its drop level?) "
+    "was not indexed, so the identifier stays out of every table: move it into a drop folder, "
+    "landing/<hospital>/<drop>/<patient>/... (its files are untouched)"
+)
+
+
+@dataclass(frozen=True)
+class NameCheck:
+    """What the first files below a folder say about its name (`check_drop`)."""
+
+    refusal: str | None = None  # why the folder is refused; None when it is not, or not yet
+    read: int = 0  # first files whose patient identifiers could be read; 0: nothing to decide on yet
+
+    @property
+    def decided(self) -> bool:
+        """Refused, or passed on at least one readable DICOM file. A folder still being copied may be neither (no
+        file yet, or only a file cut short): its name is not known to be safe to write yet."""
+        return self.refusal is not None or self.read > 0
+
+
+# folder -> ((path, size, mtime_ns) of its first files, the check they gave), per process: the sensor asks every tick
+_checks: dict[str, tuple[tuple[tuple[str, int, int], ...], NameCheck]] = {}
 
 
 def drop_refusal(drop: Path) -> str | None:
-    """Why the drop folder `drop` is not indexed, or None. Refused: a name that is not UTF-8 text (`os.scandir`
-    hands it back with surrogate escapes; Parquet and Dagster need text), and a name equal (case and spaces
-    aside) to the PatientID, a component of the PatientName, the AccessionNumber or an OtherPatientIDs value of
-    one of its first FILES_CHECKED DICOM files, or holding one of them (`_names_it`: "SMITH_JANE_12345678").
-    Memoized per process on the folder's mtime: the sensor asks every tick.
+    """Why the drop folder `drop` is not indexed, or None (`check_drop`)."""
+    return check_drop(drop).refusal
+
+
+def check_drop(drop: Path) -> NameCheck:
+    """Whether the drop folder `drop` is refused. Refused: a name that is not UTF-8 text (`os.scandir` hands it back
+    with surrogate escapes; Parquet and Dagster need text), and a name equal (case and spaces aside) to the
+    PatientID, a component of the PatientName, the AccessionNumber or an OtherPatientIDs value of one of its first
+    FILES_CHECKED DICOM files, or holding one of them (`_names_it`: "SMITH_JANE_12345678").
+
+    Memoized per process on the path, size and mtime of the folder's first FILES_LOOKED_AT files, not on the
+    folder's own mtime: a file arriving below a study folder leaves the drop folder's mtime alone, and a drop
+    checked before its first DICOM file could be read must be checked again once it can.
     """
-    try:
-        key = (os.fspath(drop), drop.stat().st_mtime_ns)
-    except OSError:
-        return None
-    if key not in _refusals:
-        _refusals[key] = _refusal(drop)
-    return _refusals[key]
+    path = os.fspath(drop)
+    if not os.path.isdir(path):
+        return NameCheck()
+    files = tuple(_first_files(path, FILES_LOOKED_AT))
+    hit = _checks.get(path)
+    if hit is None or hit[0] != files:
+        hit = _checks[path] = (files, _check(drop.name, files))
+    return hit[1]
 
 
-def _refusal(drop: Path) -> str | None:
+def _check(name: str, files: tuple[tuple[str, int, int], ...]) -> NameCheck:
     try:
-        drop.name.encode("utf-8")
+        name.encode("utf-8")
     except UnicodeEncodeError:
-        return "a drop folder whose name is not UTF-8 text was not indexed: rename it (its files are untouched)"
-    name = _folded(drop.name)
-    tokens, compact = set(re.split(_NOT_ALNUM, name)) - {""}, re.sub(_NOT_ALNUM, "", name)
+        return NameCheck(NOT_UTF8)
+    folded = _folded(name)
+    tokens, compact = set(re.split(_NOT_ALNUM, folded)) - {""}, re.sub(_NOT_ALNUM, "", folded)
     read = 0
-    for path in _first_files(os.fspath(drop), FILES_LOOKED_AT):
+    for path, _, _ in files:
         identifiers = _identifiers(path)
         read += bool(identifiers)
-        if name in identifiers or any(_names_it(tokens, compact, value) for value in identifiers):
-            return (
-                "a drop folder named after a patient identifier of its own files (an export copied without its drop "
-                "level?) was not indexed, so the identifier stays out of every table: move it into a drop folder, "
-                "landing/<hospital>/<drop>/<patient>/... (its files are untouched)"
-            )
+        if folded in identifiers or any(_names_it(tokens, compact, value) for value in identifiers):
+            return NameCheck(NAMED_AFTER_PATIENT, read)
         if read >= FILES_CHECKED:
             break
-    return None
+    return NameCheck(None, read)
 
 
 def _names_it(tokens: set[str], compact: str, value: str) -> bool:
@@ -129,9 +165,10 @@ def _identifiers(path: str) -> set[str]:
         return set()
 
 
-def _first_files(folder: str, n: int) -> list[str]:
-    """Up to `n` regular files below `folder` (depth first, in name order), names starting with `.` or `_` skipped."""
-    found: list[str] = []
+def _first_files(folder: str, n: int) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of up to `n` regular files below `folder` (depth first, in name order), names starting
+    with `.` or `_` skipped."""
+    found: list[tuple[str, int, int]] = []
     try:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -146,7 +183,8 @@ def _first_files(folder: str, n: int) -> list[str]:
             if entry.is_dir(follow_symlinks=False):
                 found += _first_files(entry.path, n - len(found))
             elif entry.is_file():
-                found.append(entry.path)
+                info = entry.stat()
+                found.append((entry.path, info.st_size, info.st_mtime_ns))
         except OSError:
             continue
     return found

@@ -4,20 +4,31 @@ import time
 import pytest
 
 from mammo_pipeline.drops import DropCursor, DropRun, quiet_seconds_from_env, scan_landing
+from mammo_pipeline_tests.dicom.test_headers import PATIENT, write_mg
 
 NOW = 1_800_000_000.0
 
 
-def make_drop(landing, hospital, drop, *, age=3600.0, ready_marker=False):
-    """A drop folder with one file last modified `age` seconds before NOW."""
+def make_drop(landing, hospital, drop, *, age=3600.0, ready_marker=False, dicom=False):
+    """A drop folder with one file last modified `age` seconds before NOW (a readable DICOM file when `dicom`)."""
     folder = landing / hospital / drop
     folder.mkdir(parents=True)
     f = folder / "img.dcm"
-    f.write_bytes(b"dicom")
+    if dicom:
+        write_mg(f)
+    else:
+        f.write_bytes(b"dicom")
     os.utime(f, (NOW - age, NOW - age))
     if ready_marker:
         (folder / "_READY").touch()
     return folder
+
+
+def touch(path, *, age, write=True):
+    """`path` (emptied when `write`) last modified `age` seconds before NOW."""
+    if write:
+        path.write_bytes(b"")
+    os.utime(path, (NOW - age, NOW - age))
 
 
 def scan(landing, cursor, registered=(), quiet=120.0):
@@ -68,7 +79,7 @@ def test_drops_arriving_together_share_one_run_keyed_by_the_newest(tmp_path):
 
 def test_drop_still_being_copied_waits_until_quiet_or_marked(tmp_path):
     cursor = scan(tmp_path, None).cursor
-    folder = make_drop(tmp_path, "h1", "d1", age=10)
+    folder = make_drop(tmp_path, "h1", "d1", age=10, dicom=True)
     busy = scan(tmp_path, cursor)
     assert busy.runs == () and busy.waiting == (("h1", "d1"),)
     assert ("h1", "d1") not in busy.cursor.seen
@@ -82,7 +93,39 @@ def test_drop_still_being_copied_waits_until_quiet_or_marked(tmp_path):
 def test_empty_drop_is_not_ready(tmp_path):
     (tmp_path / "h1" / "d1").mkdir(parents=True)
     result = scan(tmp_path, None)
-    assert result.runs == () and result.waiting == (("h1", "d1"),)
+    assert result.runs == () and result.waiting == () and result.undecided == (("h1", 1),)
+
+
+def test_a_drop_being_copied_is_named_only_once_its_files_can_be_read(tmp_path):
+    """A drop still being copied whose first files cannot be read yet may be named after its patient (an export
+    copied without its drop level): counted, not named, and checked again once its files arrive, although a file
+    arriving below a study folder leaves the drop folder's own mtime alone."""
+    make_drop(tmp_path, "h1", "d1")
+    cursor = scan(tmp_path, None).cursor
+    study = tmp_path / "h1" / PATIENT["PatientID"] / "s1"
+    study.mkdir(parents=True)
+    for folder in (study, tmp_path / "h1" / "d2"):  # the copy has just begun: an empty first file
+        folder.mkdir(exist_ok=True)
+        touch(folder / "a.dcm", age=5)
+    drop_mtime = study.parent.stat().st_mtime_ns
+
+    busy = scan(tmp_path, cursor, registered=["h1"])
+    assert PATIENT["PatientID"] not in repr(busy) and "d2" not in repr(busy)
+    assert busy.undecided == (("h1", 2),) and busy.copying == 2 and busy.runs == ()
+
+    for folder in (study, tmp_path / "h1" / "d2"):  # the first files are copied
+        write_mg(folder / "a.dcm")
+        touch(folder / "a.dcm", age=5, write=False)
+    assert study.parent.stat().st_mtime_ns == drop_mtime
+    copied = scan(tmp_path, busy.cursor, registered=["h1"])
+    assert PATIENT["PatientID"] not in repr(copied)
+    assert copied.waiting == (("h1", "d2"),) and copied.undecided == ()  # d2 passed the check: named now
+
+    for folder in (study, tmp_path / "h1" / "d2"):
+        touch(folder / "a.dcm", age=3600, write=False)
+    done = scan(tmp_path, copied.cursor, registered=["h1"])
+    assert PATIENT["PatientID"] not in repr(done)
+    assert done.runs == (DropRun("h1", ("d2",)),)
 
 
 def test_invalid_hospital_folders_are_ignored(tmp_path):

@@ -50,10 +50,15 @@ def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings
     )
     for hospital, drop in scan.waiting:
         context.log.info(f"{hospital}/{drop} is still being copied (no _READY, files changed recently)")
+    for hospital, n in scan.undecided:  # maybe named after their patient: counted, never named
+        context.log.info(
+            f"{hospital}: {n} drop folder(s) still being copied, with no readable DICOM file yet to check their "
+            "names against (named here once checked)"
+        )
     if scan.first_start and scan.runs:
         context.log.info(f"First start: one run per hospital for {sum(len(r.drops) for r in scan.runs)} drops")
     if not scan.changed and context.cursor == scan.cursor.to_json():
-        return dg.SkipReason(f"no new ready drops ({len(scan.waiting)} still being copied)")
+        return dg.SkipReason(f"no new ready drops ({scan.copying} still being copied)")
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import time
 
@@ -12,6 +13,7 @@ from mammo_pipeline.defs.partitions import hospital_partitions
 from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline.labels.store import LabelStore
 from mammo_pipeline.model.ref import ModelRef
+from mammo_pipeline_tests.dicom.test_headers import PATIENT, write_mg
 
 CHAIN = ["dicom_index", "image_cache", "image_predictions", "study_predictions"]
 
@@ -45,11 +47,25 @@ def quiet_two_minutes(monkeypatch):
     monkeypatch.setenv("MAMMO_DROP_QUIET_SECONDS", "120")
 
 
-def tick(instance, defs, mammo, cursor):
-    """One sensor evaluation, then what the daemon does with it: add the requested partitions."""
+class Lines(logging.Handler):
+    """The messages a sensor logs, kept in a list."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def tick(instance, defs, mammo, cursor, logs: list[str] | None = None):
+    """One sensor evaluation, then what the daemon does with it: add the requested partitions. The sensor's log
+    lines are appended to `logs`."""
     context = dg.build_sensor_context(
         instance=instance, instance_ref=instance.get_ref(), cursor=cursor, definitions=defs, resources={"mammo": mammo}
     )
+    if logs is not None:
+        context.log.addHandler(Lines(logs))
     data = sensors.new_hospital_drops.evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -70,6 +86,12 @@ def add_drop(landing, hospital, drop, age=3600.0, ready_marker=False):
 
 def keys(data):
     return [(r.partition_key, r.run_key) for r in data.run_requests]
+
+
+def written(data, logs: list[str]) -> str:
+    """Everything a tick hands to Dagster as text: log lines, skip reason, run keys, tags, cursor."""
+    requests = [f"{r.run_key} {r.tags}" for r in data.run_requests]
+    return " ".join([*logs, data.skip_message or "", *requests, data.cursor or ""])
 
 
 def test_new_hospital_adds_partition_and_requests_its_drop(instance, defs, mammo, settings):
@@ -106,6 +128,28 @@ def test_half_copied_drop_is_picked_only_once_quiet(instance, defs, mammo, setti
     os.utime(folder / "img.dcm", (old, old))
     later = tick(instance, defs, mammo, busy.cursor)
     assert keys(later) == [("h1", "h1:d1")]
+
+
+def test_a_drop_being_copied_is_not_named_before_its_files_can_be_read(instance, defs, mammo, settings):
+    """A drop folder named after its patient whose first file is still empty: not named in a log line while it
+    is being copied, and refused, not requested, once its files arrive below its study folder."""
+    add_drop(settings.landing, "h1", "d1")
+    cursor = tick(instance, defs, mammo, None).cursor
+    study = settings.landing / "h1" / PATIENT["PatientID"] / "s1"
+    study.mkdir(parents=True)
+    (study / "a.dcm").write_bytes(b"")
+    logs: list[str] = []
+
+    busy = tick(instance, defs, mammo, cursor, logs)
+    assert PATIENT["PatientID"] not in written(busy, logs)
+    assert any("h1: 1 drop folder(s) still being copied" in line for line in logs)
+
+    write_mg(study / "a.dcm")
+    old = time.time() - 300
+    os.utime(study / "a.dcm", (old, old))
+    later = tick(instance, defs, mammo, busy.cursor, logs)
+    assert PATIENT["PatientID"] not in written(busy, logs) + written(later, logs)
+    assert later.run_requests == []
 
 
 def test_restart_with_stored_cursor_repeats_nothing(instance, defs, mammo, settings):
