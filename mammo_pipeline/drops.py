@@ -6,6 +6,9 @@ partition (every drop; the assets skip what is already done), so one run covers 
 drops. It is keyed by the newest of them (`<hospital>:<drop>`, drops ordered by name), and two drops that
 arrive together do not start two runs that would write the same partition at once.
 
+Refused drop folders and files outside any drop are reported by count per hospital, never by name, in a
+warning logged once per change (`DropScan.new_notices`; the cursor keeps what was reported).
+
 On the first start (no cursor) every existing drop counts as new, so the same rule gives one run per
 hospital, keyed by its newest ready drop, instead of flooding the queue with one run per historical drop.
 """
@@ -19,7 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mammo_pipeline.landing import check_drop, drop_folders, drop_is_ready, list_hospitals
+from mammo_pipeline.landing import check_drop, drop_folders, drop_is_ready, list_hospitals, loose_files
 
 QUIET_SECONDS_VAR = "MAMMO_DROP_QUIET_SECONDS"
 DEFAULT_QUIET_SECONDS = 120.0
@@ -43,15 +46,20 @@ def quiet_seconds_from_env(env: Mapping[str, str] | None = None) -> float:
 
 @dataclass(frozen=True)
 class DropCursor:
-    """The (hospital, drop) pairs already handed to a run; stored as the sensor cursor (JSON)."""
+    """The (hospital, drop) pairs already handed to a run, and the not-indexed notices already logged (counts,
+    never a name: `DropScan.notices`); stored as the sensor cursor (JSON)."""
 
     seen: frozenset[tuple[str, str]] = frozenset()
+    reported: frozenset[str] = frozenset()
 
     def to_json(self) -> str:
         by_hospital: dict[str, list[str]] = {}
         for hospital, drop in sorted(self.seen):
             by_hospital.setdefault(hospital, []).append(drop)
-        return json.dumps({"version": _CURSOR_VERSION, "seen": by_hospital}, sort_keys=True)
+        data: dict[str, object] = {"version": _CURSOR_VERSION, "seen": by_hospital}
+        if self.reported:  # absent from cursors written before it existed: read as none
+            data["reported"] = sorted(self.reported)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> DropCursor | None:
@@ -60,10 +68,11 @@ class DropCursor:
             return None
         try:
             data = json.loads(text)
-            seen = data["seen"]
-            if data.get("version") != _CURSOR_VERSION or not isinstance(seen, dict):
+            seen, reported = data["seen"], data.get("reported", [])
+            if data.get("version") != _CURSOR_VERSION or not isinstance(seen, dict) or not isinstance(reported, list):
                 raise ValueError(f"unknown cursor version {data.get('version')!r}")
-            return cls(frozenset((str(h), str(d)) for h, drops in seen.items() for d in drops))
+            pairs = frozenset((str(h), str(d)) for h, drops in seen.items() for d in drops)
+            return cls(pairs, frozenset(map(str, reported)))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"new_hospital_drops cursor is not a drop cursor ({exc}): {text[:200]!r}") from None
 
@@ -93,6 +102,9 @@ class DropScan:
     runs: tuple[DropRun, ...]
     waiting: tuple[tuple[str, str], ...]
     undecided: tuple[tuple[str, int], ...]  # (hospital, drops being copied with no readable DICOM file yet)
+    not_indexed: tuple[tuple[str, int, int], ...]  # (hospital, refused drop folders, loose files), never names
+    notices: tuple[str, ...]  # `not_indexed` as warnings (`not_indexed_notices`), counts only
+    new_notices: tuple[str, ...]  # the notices the cursor had not reported yet: logged once per change
     cursor: DropCursor
     first_start: bool
 
@@ -104,6 +116,33 @@ class DropScan:
     @property
     def changed(self) -> bool:
         return bool(self.new_hospitals or self.runs)
+
+    @property
+    def not_indexed_summary(self) -> str:
+        """`not_indexed` in a few words, for the sensor's skip reason ("" when everything is indexed)."""
+        parts = [
+            f"{hospital}: {refused} refused drop folder(s), {loose} loose file(s)"
+            for hospital, refused, loose in self.not_indexed
+        ]
+        return "not indexed: " + "; ".join(parts) if parts else ""
+
+
+def not_indexed_notices(hospital: str, refused: int, loose: int) -> list[str]:
+    """The sensor's warnings for one hospital's refused drop folders and loose files: counts, never a name (the
+    name of a refused drop is what must not be written)."""
+    lines = []
+    if refused:
+        lines.append(
+            f"landing/{hospital}/: {refused} drop folder(s) not indexed, named after a patient identifier of their "
+            f"own files or not UTF-8 text: move each into a drop folder, landing/{hospital}/<drop>/<patient>/..., "
+            "or rename it (dicom_index's not_indexed metadata gives each one's reason)"
+        )
+    if loose:
+        lines.append(
+            f"landing/{hospital}/: {loose} file(s) outside any drop folder, not indexed: move them into a drop "
+            f"folder, landing/{hospital}/<drop>/..."
+        )
+    return lines
 
 
 def scan_landing(
@@ -127,12 +166,14 @@ def scan_landing(
     runs: list[DropRun] = []
     waiting: list[tuple[str, str]] = []
     undecided: list[tuple[str, int]] = []
+    not_indexed: list[tuple[str, int, int]] = []
     newly_seen: set[tuple[str, str]] = set()
     for hospital in hospitals:
         ready: list[str] = []
-        unread = 0
+        unread = refused = 0
         for folder in drop_folders(landing, hospital):
             drop, check = folder.name, check_drop(folder)
+            refused += check.refusal is not None
             if check.refusal is not None or (hospital, drop) in seen:
                 continue
             if drop_is_ready(folder, quiet_seconds, now=now):
@@ -143,14 +184,22 @@ def scan_landing(
                 unread += 1
         if unread:
             undecided.append((hospital, unread))
+        loose = loose_files(landing, hospital)
+        if refused or loose:
+            not_indexed.append((hospital, refused, loose))
         if ready:
             runs.append(DropRun(hospital, tuple(ready)))
             newly_seen.update((hospital, drop) for drop in ready)
+    notices = [line for counts in not_indexed for line in not_indexed_notices(*counts)]
+    reported = cursor.reported if cursor is not None else frozenset()
     return DropScan(
         new_hospitals=tuple(h for h in hospitals if h not in registered),
         runs=tuple(runs),
         waiting=tuple(waiting),
         undecided=tuple(undecided),
-        cursor=DropCursor(seen | newly_seen),
+        not_indexed=tuple(not_indexed),
+        notices=tuple(notices),
+        new_notices=tuple(line for line in notices if line not in reported),
+        cursor=DropCursor(seen | newly_seen, frozenset(notices)),
         first_start=cursor is None,
     )

@@ -128,6 +128,29 @@ def test_a_drop_being_copied_is_named_only_once_its_files_can_be_read(tmp_path):
     assert done.runs == (DropRun("h1", ("d2",)),)
 
 
+def test_refused_drops_and_loose_files_are_reported_by_count_once_per_change(tmp_path):
+    make_drop(tmp_path, "h1", "d1")
+    make_drop(tmp_path, "h2", "d1")
+    write_mg(tmp_path / "h1" / PATIENT["PatientID"] / "s1" / "a.dcm")  # an export copied without its drop level
+    (tmp_path / "h1" / "loose.dcm").write_bytes(b"x")
+
+    first = scan(tmp_path, None)
+    assert first.not_indexed == (("h1", 1, 1),)
+    assert first.new_notices == first.notices and len(first.notices) == 2
+    assert "landing/h1/: 1 drop folder(s) not indexed" in first.notices[0]
+    assert "landing/h1/: 1 file(s) outside any drop folder" in first.notices[1]
+    assert first.not_indexed_summary == "not indexed: h1: 1 refused drop folder(s), 1 loose file(s)"
+    assert PATIENT["PatientID"] not in repr(first) + first.cursor.to_json()
+
+    again = scan(tmp_path, DropCursor.from_json(first.cursor.to_json()), registered=["h1", "h2"])
+    assert again.new_notices == () and again.notices == first.notices and again.cursor == first.cursor
+
+    (tmp_path / "h1" / "loose2.dcm").write_bytes(b"x")
+    more = scan(tmp_path, again.cursor, registered=["h1", "h2"])
+    assert len(more.new_notices) == 1 and more.new_notices[0].startswith("landing/h1/: 2 file(s) outside any drop")
+    assert more.cursor != again.cursor
+
+
 def test_invalid_hospital_folders_are_ignored(tmp_path):
     make_drop(tmp_path, "Bad,Name", "d1")
     make_drop(tmp_path, ".cache", "d1")
@@ -138,6 +161,8 @@ def test_invalid_hospital_folders_are_ignored(tmp_path):
 def test_cursor_round_trips_and_rejects_garbage():
     cursor = DropCursor(frozenset({("h1", "d1"), ("h2", "d9")}))
     assert DropCursor.from_json(cursor.to_json()) == cursor
+    reported = DropCursor(cursor.seen, frozenset({"landing/h1/: 1 file(s) outside any drop folder"}))
+    assert DropCursor.from_json(reported.to_json()) == reported
     assert DropCursor.from_json(None) is None and DropCursor.from_json("") is None
     with pytest.raises(ValueError, match="not a drop cursor"):
         DropCursor.from_json('{"last": 3}')

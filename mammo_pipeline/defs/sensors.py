@@ -32,7 +32,8 @@ RETRAIN_SENSOR_INTERVAL = 300
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings) -> dg.SensorResult | dg.SkipReason:
-    """Adds a `hospital` partition per new landing/ folder; runs the chain per hospital with new ready drops."""
+    """Adds a `hospital` partition per new landing/ folder; runs the chain per hospital with new ready drops;
+    warns, by count and once per change, about drop folders and files that are not indexed."""
     settings = mammo.get()
     landing = settings.landing
     if not landing.is_dir():
@@ -55,10 +56,13 @@ def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings
             f"{hospital}: {n} drop folder(s) still being copied, with no readable DICOM file yet to check their "
             "names against (named here once checked)"
         )
+    for line in scan.new_notices:  # once per change: the cursor keeps what was reported
+        context.log.warning(line)
     if scan.first_start and scan.runs:
         context.log.info(f"First start: one run per hospital for {sum(len(r.drops) for r in scan.runs)} drops")
     if not scan.changed and context.cursor == scan.cursor.to_json():
-        return dg.SkipReason(f"no new ready drops ({scan.copying} still being copied)")
+        summary = f"; {scan.not_indexed_summary}" if scan.not_indexed else ""
+        return dg.SkipReason(f"no new ready drops ({scan.copying} still being copied){summary}")
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(

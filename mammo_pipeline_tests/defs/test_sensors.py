@@ -152,6 +152,25 @@ def test_a_drop_being_copied_is_not_named_before_its_files_can_be_read(instance,
     assert later.run_requests == []
 
 
+def test_refused_drops_and_loose_files_are_reported_by_count_once(instance, defs, mammo, settings):
+    """Without waiting for another drop of the hospital to start a run (the index's warning), and not every tick."""
+    add_drop(settings.landing, "h1", "d1")
+    write_mg(settings.landing / "h1" / PATIENT["PatientID"] / "s1" / "a.dcm")
+    (settings.landing / "h1" / "loose.dcm").write_bytes(b"x")
+    logs: list[str] = []
+
+    first = tick(instance, defs, mammo, None, logs)
+    assert any("landing/h1/: 1 drop folder(s) not indexed" in line for line in logs)
+    assert any("landing/h1/: 1 file(s) outside any drop folder" in line for line in logs)
+    assert PATIENT["PatientID"] not in written(first, logs)
+
+    again: list[str] = []
+    second = tick(instance, defs, mammo, first.cursor, again)
+    assert not any("not indexed" in line for line in again)
+    assert second.skip_message.endswith("; not indexed: h1: 1 refused drop folder(s), 1 loose file(s)")
+    assert PATIENT["PatientID"] not in written(second, again)
+
+
 def test_restart_with_stored_cursor_repeats_nothing(instance, defs, mammo, settings):
     add_drop(settings.landing, "h1", "d1")
     add_drop(settings.landing, "h2", "d1")
