@@ -155,7 +155,8 @@ def scan_landing(
     """Compare landing/ with the cursor and the registered hospital partitions.
 
     A drop that is neither marked `_READY` nor quiet for `quiet_seconds` is left out of the cursor, so a
-    later scan picks it up once its copy has finished. Refused drops (`landing.check_drop`) are left out; a ready
+    later scan picks it up once its copy has finished. Refused drops (`landing.check_drop`) are left out, of the
+    cursor too (one indexed while half-copied, before its name could be checked, may be in it); a ready
     drop whose first files hold no readable DICOM file is not: its copy is over, so there is nothing left to read
     (the index quarantines its files).
     """
@@ -168,13 +169,17 @@ def scan_landing(
     undecided: list[tuple[str, int]] = []
     not_indexed: list[tuple[str, int, int]] = []
     newly_seen: set[tuple[str, str]] = set()
+    forgotten: set[tuple[str, str]] = set()  # refused drops the cursor may hold (indexed while half-copied)
     for hospital in hospitals:
         ready: list[str] = []
         unread = refused = 0
         for folder in drop_folders(landing, hospital):
             drop, check = folder.name, check_drop(folder)
-            refused += check.refusal is not None
-            if check.refusal is not None or (hospital, drop) in seen:
+            if check.refusal is not None:
+                refused += 1
+                forgotten.add((hospital, drop))
+                continue
+            if (hospital, drop) in seen:
                 continue
             if drop_is_ready(folder, quiet_seconds, now=now):
                 ready.append(drop)
@@ -200,6 +205,6 @@ def scan_landing(
         not_indexed=tuple(not_indexed),
         notices=tuple(notices),
         new_notices=tuple(line for line in notices if line not in reported),
-        cursor=DropCursor(seen | newly_seen, frozenset(notices)),
+        cursor=DropCursor((seen | newly_seen) - forgotten, frozenset(notices)),
         first_start=cursor is None,
     )

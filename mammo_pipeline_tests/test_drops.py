@@ -151,6 +151,16 @@ def test_refused_drops_and_loose_files_are_reported_by_count_once_per_change(tmp
     assert more.cursor != again.cursor
 
 
+def test_a_drop_refused_after_it_was_seen_leaves_the_cursor(tmp_path):
+    """A drop indexed while half-copied (by hand, or before its name could be checked) came into the cursor from
+    dicom_index; refused now, its name leaves the cursor too."""
+    make_drop(tmp_path, "h1", "d1")
+    write_mg(tmp_path / "h1" / PATIENT["PatientID"] / "s1" / "a.dcm")
+    cursor = DropCursor(frozenset({("h1", "d1"), ("h1", PATIENT["PatientID"])}))
+    result = scan(tmp_path, cursor, registered=["h1"])
+    assert result.cursor.seen == {("h1", "d1")} and result.runs == ()
+
+
 def test_invalid_hospital_folders_are_ignored(tmp_path):
     make_drop(tmp_path, "Bad,Name", "d1")
     make_drop(tmp_path, ".cache", "d1")

@@ -29,6 +29,11 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     context.log.info(f"{hospital}: {result.new} new, {result.unchanged} unchanged, {result.quarantined} quarantined")
     for why in result.refused:
         context.log.warning(f"{hospital}: {why}")
+    if result.forgotten:
+        context.log.warning(
+            f"{hospital}: {result.forgotten} refused drop folder(s) had been indexed before (half-copied then): "
+            "their index and quarantine rows and private source-path lookup were removed"
+        )
     index = warehouse.read_partition(settings, "dicom_index", hospital)
     return dg.MaterializeResult(
         metadata={
@@ -37,6 +42,7 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "unchanged": result.unchanged,
             "files": result.files,
             "not_indexed": dg.MetadataValue.md("\n".join(f"- {why}" for why in result.refused) or "none"),
+            "refused_drops_removed": result.forgotten,
             **_by_reason(result.quarantined),
             **_by_kind(index),
             "headers_per_second": round(result.headers_per_s, 1),

@@ -8,8 +8,9 @@ that holds in the stage that writes the table too: every row is clamped into the
 (`conform_row`), and a row pyarrow still refuses is quarantined `unsupported` on its own.
 
 `rel_path` in every row and message is the pseudonymized path of `source_paths.py` (`<hospital>/<drop>/<hash>`);
-the index writes the private lookup that maps it back to the file. Temporary files that a killed index run left
-in its table folders are removed once they are older than `STALE_TEMP_SECONDS`.
+the index writes the private lookup that maps it back to the file. A drop refused (`landing.drop_refusal`) after it
+was indexed, half-copied then, loses what was written under its name (`forget_drop`). Temporary files that a
+killed index run left in its table folders are removed once they are older than `STALE_TEMP_SECONDS`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from mammo_pipeline.dicom.quarantine import (
     read_quarantine_rows,
     write_quarantine,
 )
-from mammo_pipeline.landing import iter_dicom_stats, loose_files, refused_drops
+from mammo_pipeline.landing import drop_folders, drop_refusal, iter_dicom_stats, loose_files
 from mammo_pipeline.parallel import imap_unordered
 from mammo_pipeline.progress import ProgressFn
 from mammo_pipeline.settings import Settings
@@ -125,6 +126,7 @@ class IndexResult:
     index_paths: list[Path] = field(default_factory=list)  # files written this run
     quarantine_paths: list[Path] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # why files were left out (`landing`): never by name
+    forgotten: int = 0  # refused drops indexed before (half-copied then): what was written under their name removed
 
     @property
     def read(self) -> int:
@@ -144,6 +146,27 @@ def index_quarantine_path(settings: Settings, hospital: str, drop: str) -> Path:
     return settings.table_dir("quarantine", hospital) / f"index-{drop}.parquet"
 
 
+def forget_drop(settings: Settings, hospital: str, drop: str) -> bool:
+    """Delete the files the index wrote under a drop's name (its dicom_index and quarantine files, its private
+    source-path lookup); True when there was one. For a drop refused after it was indexed: a patient-named drop
+    indexed while half-copied, before its first DICOM file could be read. Each file goes in one atomic unlink,
+    rows first; a kill part way leaves files that the next run deletes, as it looks for all three. The cache drops
+    the drop's manifest rows on its next run (its images are no longer in the index); PNGs are named by UID.
+    """
+    found = False
+    for path in (
+        index_path(settings, hospital, drop),
+        index_quarantine_path(settings, hospital, drop),
+        source_paths.lookup_path(settings, hospital, drop),
+    ):
+        try:
+            path.unlink()
+            found = True
+        except FileNotFoundError:
+            continue
+    return found
+
+
 def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | None = None) -> IndexResult:
     """Index every new or changed file of one hospital; see the module docstring."""
     start = time.monotonic()
@@ -160,7 +183,9 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         files.setdefault(drop, []).append((text, size, mtime_ns, rel))
         real.setdefault(drop, {})[rel] = real_rel
     result.files = sum(len(v) for v in files.values())
-    result.refused = refused_drops(settings.landing, hospital)
+    refused = [(p.name, why) for p in drop_folders(settings.landing, hospital) if (why := drop_refusal(p)) is not None]
+    result.refused = [why for _, why in refused]
+    result.forgotten = sum(forget_drop(settings, hospital, drop) for drop, _ in refused)
     if loose := loose_files(settings.landing, hospital):
         result.refused.append(
             f"{loose} file(s) directly in landing/{hospital}/, outside any drop folder, were not indexed: move them "

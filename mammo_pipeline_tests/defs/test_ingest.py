@@ -6,9 +6,10 @@ import shutil
 
 import dagster as dg
 
+from mammo_pipeline.cache import read_manifest
 from mammo_pipeline.defs.ingest import dicom_index, image_cache, metadata_completeness
 from mammo_pipeline.defs.resources import MammoSettings
-from mammo_pipeline_tests.dicom.test_headers import code_item, write_mg
+from mammo_pipeline_tests.dicom.test_headers import PATIENT, code_item, write_mg
 
 
 def _materialize(settings, assets, instance, partition_key=None):
@@ -58,6 +59,26 @@ def test_ingest_assets_materialize_per_hospital_then_completeness(settings):
     assert meta["heatmap"].startswith("![metadata completeness](data:image/png;base64,")
     assert meta["heatmap_path"].endswith("metadata_completeness.png")
     assert meta["dagster/row_count"] > 0 and meta["dagster/row_count"] % 2 == 0  # fields x 2 hospitals
+
+
+def test_a_drop_refused_after_it_was_indexed_is_forgotten_by_the_chain(settings):
+    """A patient-named drop indexed and cached before its name could be caught (its first file was someone
+    else's), refused once its own files arrive: dicom_index removes what it wrote under the drop's name and says
+    how many drops (not which), and image_cache drops the drop's manifest rows in the same run."""
+    write_mg(settings.landing / "h1" / "d1" / "a.dcm")
+    study = settings.landing / "h1" / PATIENT["PatientID"] / "s1"
+    write_mg(study / "b.dcm", SOPInstanceUID="1.2.3.4.77", PatientID="someone-else", PatientName="Else^Some")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1"])
+    first = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    assert _metadata(first, image_cache)["dagster/row_count"] == 2
+
+    write_mg(study / "a.dcm", SOPInstanceUID="1.2.3.4.78")  # the patient's own file, sorting first
+    result = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    index, cache = _metadata(result, dicom_index), _metadata(result, image_cache)
+    assert index["refused_drops_removed"] == 1 and PATIENT["PatientID"] not in str(index)
+    assert cache["dagster/row_count"] == 1
+    assert set(read_manifest(settings, "h1")["drop"]) == {"d1"}
 
 
 def test_ingest_asset_graph():

@@ -236,6 +236,27 @@ def test_a_drop_named_after_its_patient_is_not_indexed_and_never_named(settings)
     assert not re.search(r"\bdoe\b", written.lower())
 
 
+def test_a_drop_refused_after_it_was_indexed_loses_what_was_written_under_its_name(settings):
+    """A drop named after its patient, indexed while half-copied (its first file not readable yet), is refused
+    once its files are: its index and quarantine files and its private lookup go, reported by count."""
+    write_mg(settings.landing / "h1" / "d1" / "a.dcm")
+    drop = settings.landing / "h1" / PATIENT["PatientID"]
+    (drop / "s1").mkdir(parents=True)
+    (drop / "s1" / "a.dcm").write_bytes(b"\0" * 64)  # the copy has only begun
+    first = index_hospital(settings, "h1")
+    assert (first.refused, first.quarantined) == ([], {"truncated": 1})
+    assert index_module.index_path(settings, "h1", PATIENT["PatientID"]).exists()
+
+    write_mg(drop / "s1" / "a.dcm", SOPInstanceUID="1.2.3.4.95")  # copied: its identifiers can be read now
+    second = index_hospital(settings, "h1")
+    names = [p.name for p in settings.home.rglob("*") if not p.is_relative_to(settings.landing)]
+    assert not any(PATIENT["PatientID"] in name for name in names)
+    assert (second.forgotten, second.rows, len(second.refused)) == (1, 1, 1)
+    assert set(read_partition(settings, "dicom_index", "h1")["drop"]) == {"d1"}
+    assert read_partition(settings, "quarantine", "h1").empty
+    assert index_hospital(settings, "h1").forgotten == 0
+
+
 def test_the_copy_of_a_deleted_duplicate_takes_its_place(settings):
     first = write_mg(settings.landing / "h1" / "d1" / "a.dcm")
     write_mg(settings.landing / "h1" / "d1" / "b.dcm", SOPInstanceUID="1.2.3.4.5")
