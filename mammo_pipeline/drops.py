@@ -22,7 +22,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mammo_pipeline.landing import check_drop, drop_folders, drop_is_ready, list_hospitals, loose_files
+from mammo_pipeline.landing import (
+    check_drop,
+    check_hospital,
+    drop_folders,
+    drop_is_ready,
+    hospital_folders,
+    loose_files,
+)
 
 QUIET_SECONDS_VAR = "MAMMO_DROP_QUIET_SECONDS"
 DEFAULT_QUIET_SECONDS = 120.0
@@ -103,6 +110,8 @@ class DropScan:
     waiting: tuple[tuple[str, str], ...]
     undecided: tuple[tuple[str, int], ...]  # (hospital, drops being copied with no readable DICOM file yet)
     not_indexed: tuple[tuple[str, int, int], ...]  # (hospital, refused drop folders, loose files), never names
+    hospitals_refused: int  # folders of landing/ named after a patient of the files inside: not hospitals
+    hospitals_waiting: int  # new folders of landing/ with no readable DICOM file yet, not yet quiet: not named
     notices: tuple[str, ...]  # `not_indexed` as warnings (`not_indexed_notices`), counts only
     new_notices: tuple[str, ...]  # the notices the cursor had not reported yet: logged once per change
     cursor: DropCursor
@@ -124,6 +133,8 @@ class DropScan:
             f"{hospital}: {refused} refused drop folder(s), {loose} loose file(s)"
             for hospital, refused, loose in self.not_indexed
         ]
+        if self.hospitals_refused:
+            parts.append(f"{self.hospitals_refused} folder(s) of landing/ refused as hospitals")
         return "not indexed: " + "; ".join(parts) if parts else ""
 
 
@@ -145,6 +156,15 @@ def not_indexed_notices(hospital: str, refused: int, loose: int) -> list[str]:
     return lines
 
 
+def refused_hospitals_notice(refused: int) -> str:
+    """The sensor's warning for folders of landing/ refused as hospitals (`landing.check_hospital`), by count."""
+    return (
+        f"landing/: {refused} folder(s) not taken as a hospital, named after a patient identifier of the files inside "
+        "(an export copied without its hospital and drop levels?): move each into a drop folder, "
+        "landing/<hospital>/<drop>/<patient>/..."
+    )
+
+
 def scan_landing(
     landing: Path,
     cursor: DropCursor | None,
@@ -159,11 +179,15 @@ def scan_landing(
     cursor too (one indexed while half-copied, before its name could be checked, may be in it); a ready
     drop whose first files hold no readable DICOM file is not: its copy is over, so there is nothing left to read
     (the index quarantines its files).
+
+    Hospitals are checked as drops are (`landing.check_hospital`): a refused folder is no hospital, and a new one
+    with no readable DICOM file among its first files is taken only once those files are quiet for
+    `quiet_seconds` (it has a partition to add, which would carry its name); both are counted, never named.
     """
     now = time.time() if now is None else now
     seen = cursor.seen if cursor is not None else frozenset()
     registered = set(registered)
-    hospitals = list_hospitals(landing)
+    hospitals, refused_hospitals, hospitals_waiting = _hospitals(landing, registered, quiet_seconds, now)
     runs: list[DropRun] = []
     waiting: list[tuple[str, str]] = []
     undecided: list[tuple[str, int]] = []
@@ -196,6 +220,9 @@ def scan_landing(
             runs.append(DropRun(hospital, tuple(ready)))
             newly_seen.update((hospital, drop) for drop in ready)
     notices = [line for counts in not_indexed for line in not_indexed_notices(*counts)]
+    if refused_hospitals:
+        notices.append(refused_hospitals_notice(len(refused_hospitals)))
+    forgotten.update(pair for pair in seen if pair[0] in refused_hospitals)
     reported = cursor.reported if cursor is not None else frozenset()
     return DropScan(
         new_hospitals=tuple(h for h in hospitals if h not in registered),
@@ -203,8 +230,30 @@ def scan_landing(
         waiting=tuple(waiting),
         undecided=tuple(undecided),
         not_indexed=tuple(not_indexed),
+        hospitals_refused=len(refused_hospitals),
+        hospitals_waiting=hospitals_waiting,
         notices=tuple(notices),
         new_notices=tuple(line for line in notices if line not in reported),
         cursor=DropCursor((seen | newly_seen) - forgotten, frozenset(notices)),
         first_start=cursor is None,
     )
+
+
+def _hospitals(
+    landing: Path, registered: set[str], quiet_seconds: float, now: float
+) -> tuple[list[str], set[str], int]:
+    """(hospitals, folders refused as hospitals, folders not decided yet). A registered hospital whose first files
+    cannot be read (a new first drop being copied) stays one: its name is a partition already."""
+    hospitals: list[str] = []
+    refused: set[str] = set()
+    waiting = 0
+    for hospital in hospital_folders(landing):
+        check = check_hospital(landing, hospital)
+        quiet = check.newest_ns is not None and now - check.newest_ns / 1e9 >= quiet_seconds
+        if check.refusal is not None:
+            refused.add(hospital)
+        elif check.decided or hospital in registered or quiet:
+            hospitals.append(hospital)
+        else:
+            waiting += 1
+    return hospitals, refused, waiting

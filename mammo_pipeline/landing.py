@@ -8,9 +8,10 @@ Some drop folders are refused (`drop_refusal`), so that neither the sensor nor t
 a name that is not UTF-8 text, and a name that is a patient identifier of the drop's own files (an export copied
 without its drop level, `landing/<hospital>/<PatientID>/<Study>/...`, whose first level is then the patient).
 Files lying directly in a hospital's folder, outside any drop, are not indexed either (`loose_files`). Both are
-reported by the index (`IndexResult.refused`), never by name. A drop whose first files cannot be read yet (still
-being copied) is neither refused nor passed (`NameCheck.decided`): the sensor counts it and names it only once
-decided.
+reported by the sensor and the index, never by name. A drop whose first files cannot be read yet (still being
+copied) is neither refused nor passed (`NameCheck.decided`): the sensor counts it and names it only once decided.
+A slug folder of landing/ named after a patient identifier of the files inside it is not a hospital
+(`check_hospital`: an export copied one level too high, `landing/<PatientID>/<Study>/...`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,14 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
 
-def list_hospitals(landing: Path) -> list[str]:
-    """Hospital keys under `landing` (valid slugs only)."""
+def hospital_folders(landing: Path) -> list[str]:
+    """Folder names under `landing` that may be hospitals (valid slugs), refused ones too (`check_hospital`)."""
     return [p.name for p in _visible_dirs(landing) if SLUG.match(p.name)]
+
+
+def list_hospitals(landing: Path) -> list[str]:
+    """Hospital keys under `landing`: valid slugs, folders named after a patient (`check_hospital`) left out."""
+    return [h for h in hospital_folders(landing) if check_hospital(landing, h).refusal is None]
 
 
 def drop_folders(landing: Path, hospital: str) -> list[Path]:
@@ -67,6 +73,11 @@ NAMED_AFTER_PATIENT = (
     "was not indexed, so the identifier stays out of every table: move it into a drop folder, "
     "landing/<hospital>/<drop>/<patient>/... (its files are untouched)"
 )
+HOSPITAL_NAMED_AFTER_PATIENT = (
+    "a folder of landing/ named after a patient identifier of the files inside it (an export copied without its "
+    "hospital and drop levels?) is not a hospital, so the identifier names no partition: move it into a drop "
+    "folder, landing/<hospital>/<drop>/<patient>/... (its files are untouched)"
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class NameCheck:
 
     refusal: str | None = None  # why the folder is refused; None when it is not, or not yet
     read: int = 0  # first files whose patient identifiers could be read; 0: nothing to decide on yet
+    newest_ns: int | None = None  # newest mtime of the first files looked at; None: no file yet
 
     @property
     def decided(self) -> bool:
@@ -83,8 +95,9 @@ class NameCheck:
         return self.refusal is not None or self.read > 0
 
 
-# folder -> ((path, size, mtime_ns) of its first files, the check they gave), per process: the sensor asks every tick
-_checks: dict[str, tuple[tuple[tuple[str, int, int], ...], NameCheck]] = {}
+# (folder, as a hospital) -> ((path, size, mtime_ns) of its first files, the check they gave), per process: the
+# sensor asks every tick
+_checks: dict[tuple[str, bool], tuple[tuple[tuple[str, int, int], ...], NameCheck]] = {}
 
 
 def drop_refusal(drop: Path) -> str | None:
@@ -102,40 +115,58 @@ def check_drop(drop: Path) -> NameCheck:
     folder's own mtime: a file arriving below a study folder leaves the drop folder's mtime alone, and a drop
     checked before its first DICOM file could be read must be checked again once it can.
     """
-    path = os.fspath(drop)
+    return _memoized(drop, hospital=False)
+
+
+def check_hospital(landing: Path, hospital: str) -> NameCheck:
+    """Whether the folder `landing/<hospital>` is refused as a hospital: an export copied one level too high,
+    `landing/<PatientID>/<Study>/...`, would make its patient a hospital partition. The check of `check_drop` on
+    the first files below it (in its first drop, for a real hospital), with one difference: a single part of a
+    patient's name among other words does not count (`_names_it`), since a hospital folder "frimley-park" must not
+    stop being one because the first patient of its first drop is called Park; an export's top folder is the ID,
+    the whole name, or holds either. Memoized as `check_drop`.
+    """
+    return _memoized(landing / hospital, hospital=True)
+
+
+def _memoized(folder: Path, hospital: bool) -> NameCheck:
+    path = os.fspath(folder)
     if not os.path.isdir(path):
         return NameCheck()
     files = tuple(_first_files(path, FILES_LOOKED_AT))
-    hit = _checks.get(path)
+    hit = _checks.get((path, hospital))
     if hit is None or hit[0] != files:
-        hit = _checks[path] = (files, _check(drop.name, files))
+        hit = _checks[path, hospital] = (files, _check(folder.name, files, hospital))
     return hit[1]
 
 
-def _check(name: str, files: tuple[tuple[str, int, int], ...]) -> NameCheck:
+def _check(name: str, files: tuple[tuple[str, int, int], ...], hospital: bool) -> NameCheck:
+    newest = max((mtime for _, _, mtime in files), default=None)
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        return NameCheck(NOT_UTF8)
+        return NameCheck(NOT_UTF8, 0, newest)
     folded = _folded(name)
     tokens, compact = set(re.split(_NOT_ALNUM, folded)) - {""}, re.sub(_NOT_ALNUM, "", folded)
     read = 0
     for path, _, _ in files:
         identifiers = _identifiers(path)
         read += bool(identifiers)
-        if folded in identifiers or any(_names_it(tokens, compact, value) for value in identifiers):
-            return NameCheck(NAMED_AFTER_PATIENT, read)
+        if folded in identifiers or any(_names_it(tokens, compact, value, hospital) for value in identifiers):
+            return NameCheck(HOSPITAL_NAMED_AFTER_PATIENT if hospital else NAMED_AFTER_PATIENT, read, newest)
         if read >= FILES_CHECKED:
             break
-    return NameCheck(None, read)
+    return NameCheck(None, read, newest)
 
 
-def _names_it(tokens: set[str], compact: str, value: str) -> bool:
+def _names_it(tokens: set[str], compact: str, value: str, whole: bool = False) -> bool:
     """A folded folder name, given as its alphanumeric `tokens` and as `compact` (its letters and digits alone),
     holds the folded identifier `value`: as one of its tokens (a name part of at least MIN_PART characters:
     "macdonald_joanne", "smith, jane") or, for a whole identifier of at least MIN_ID characters, anywhere in it
-    ("rsc2100087_20240101")."""
-    if any(len(part) >= MIN_PART and part in tokens for part in re.split(_NOT_ALNUM, value)):
+    ("rsc2100087_20240101"). With `whole` (hospital folders), one name part is not enough: all of a name's parts
+    of at least MIN_PART characters, two or more, must be tokens ("jane_doe" for "Doe^Jane")."""
+    parts = [part for part in re.split(_NOT_ALNUM, value) if len(part) >= MIN_PART]
+    if (len(parts) >= 2 and all(part in tokens for part in parts)) if whole else any(p in tokens for p in parts):
         return True
     value = re.sub(_NOT_ALNUM, "", value)
     return len(value) >= MIN_ID and value in compact

@@ -92,8 +92,10 @@ def test_drop_still_being_copied_waits_until_quiet_or_marked(tmp_path):
 
 def test_empty_drop_is_not_ready(tmp_path):
     (tmp_path / "h1" / "d1").mkdir(parents=True)
-    result = scan(tmp_path, None)
+    result = scan(tmp_path, None, registered=["h1"])
     assert result.runs == () and result.waiting == () and result.undecided == (("h1", 1),)
+    new = scan(tmp_path, None)  # nor is a new hospital folder without a file: it may be named after a patient
+    assert (new.new_hospitals, new.hospitals_waiting, new.undecided) == ((), 1, ())
 
 
 def test_a_drop_being_copied_is_named_only_once_its_files_can_be_read(tmp_path):
@@ -159,6 +161,31 @@ def test_a_drop_refused_after_it_was_seen_leaves_the_cursor(tmp_path):
     cursor = DropCursor(frozenset({("h1", "d1"), ("h1", PATIENT["PatientID"])}))
     result = scan(tmp_path, cursor, registered=["h1"])
     assert result.cursor.seen == {("h1", "d1")} and result.runs == ()
+
+
+def test_a_folder_named_after_a_patient_is_not_a_hospital_and_is_counted(tmp_path):
+    """landing/<PatientID>/<Study>/... (an export copied one level too high) is no hospital partition; one whose
+    first file cannot be read yet is not named either until it can (or its files are quiet)."""
+    make_drop(tmp_path, "h1", "d1")
+    write_mg(tmp_path / "pat-0042" / "s1" / "a.dcm")
+    (tmp_path / "12345678" / "s1").mkdir(parents=True)
+    touch(tmp_path / "12345678" / "s1" / "a.dcm", age=5)  # still being copied
+    first = scan(tmp_path, None)
+    assert first.new_hospitals == ("h1",) and [r.hospital for r in first.runs] == ["h1"]
+    assert (first.hospitals_refused, first.hospitals_waiting) == (1, 1)
+    assert "pat-0042" not in repr(first).lower() and "12345678" not in repr(first)
+    assert first.new_notices == (
+        "landing/: 1 folder(s) not taken as a hospital, named after a patient identifier of the files inside (an "
+        "export copied without its hospital and drop levels?): move each into a drop folder, "
+        "landing/<hospital>/<drop>/<patient>/...",
+    )
+    assert first.not_indexed_summary == "not indexed: 1 folder(s) of landing/ refused as hospitals"
+
+    write_mg(tmp_path / "12345678" / "s1" / "a.dcm", PatientID="12345678")  # copied: refused too
+    touch(tmp_path / "12345678" / "s1" / "a.dcm", age=3600, write=False)
+    later = scan(tmp_path, first.cursor, registered=["h1"])
+    assert (later.new_hospitals, later.runs, later.hospitals_refused, later.hospitals_waiting) == ((), (), 2, 0)
+    assert "12345678" not in repr(later) and len(later.new_notices) == 1
 
 
 def test_invalid_hospital_folders_are_ignored(tmp_path):

@@ -1,6 +1,7 @@
 import os
 
 from mammo_pipeline.landing import drop_is_ready, list_drops, list_hospitals
+from mammo_pipeline_tests.dicom.test_headers import write_mg
 
 
 def test_list_hospitals_skips_private_and_invalid(tmp_path):
@@ -8,6 +9,22 @@ def test_list_hospitals_skips_private_and_invalid(tmp_path):
         (tmp_path / name / "drop-20260101").mkdir(parents=True)
     assert list_hospitals(tmp_path) == ["royal_free", "st-marys"]
     assert list_drops(tmp_path, "st-marys") == ["drop-20260101"]
+
+
+def test_a_folder_named_after_a_patient_is_not_a_hospital(tmp_path):
+    """An export copied one level too high, landing/<PatientID>/<Study>/...: its top folder, a valid slug, would
+    become a hospital partition named after the patient. A single name part among other words is not enough for
+    a hospital folder (its first patient may be called Doe), the whole name or an ID is."""
+    write_mg(tmp_path / "st-marys" / "d1" / "a.dcm")
+    write_mg(tmp_path / "doe-general" / "d1" / "a.dcm")
+    write_mg(tmp_path / "pat-0042" / "s1" / "a.dcm")
+    write_mg(tmp_path / "jane_doe" / "a.dcm")
+    write_mg(tmp_path / "20240101_12345678" / "s1" / "a.dcm", PatientID="12345678")
+    assert list_hospitals(tmp_path) == ["doe-general", "st-marys"]
+    from mammo_pipeline.landing import check_drop, check_hospital
+
+    assert check_hospital(tmp_path, "pat-0042").refusal.startswith("a folder of landing/ named after a patient")
+    assert check_drop(tmp_path / "doe-general" / "d1").decided  # read, passed
 
 
 def test_drop_ready_by_marker_or_quiet_time(tmp_path):

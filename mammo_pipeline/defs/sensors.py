@@ -56,6 +56,11 @@ def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings
             f"{hospital}: {n} drop folder(s) still being copied, with no readable DICOM file yet to check their "
             "names against (named here once checked)"
         )
+    if scan.hospitals_waiting:  # maybe named after a patient: counted, never named
+        context.log.info(
+            f"{scan.hospitals_waiting} new folder(s) of landing/ with no readable DICOM file yet: taken as hospitals "
+            "once their names are checked, or their files are quiet"
+        )
     for line in scan.new_notices:  # once per change: the cursor keeps what was reported
         context.log.warning(line)
     if scan.first_start and scan.runs:

@@ -38,7 +38,7 @@ from mammo_pipeline.dicom.quarantine import (
     read_quarantine_rows,
     write_quarantine,
 )
-from mammo_pipeline.landing import drop_folders, drop_refusal, iter_dicom_stats, loose_files
+from mammo_pipeline.landing import check_hospital, drop_folders, drop_refusal, iter_dicom_stats, loose_files
 from mammo_pipeline.parallel import imap_unordered
 from mammo_pipeline.progress import ProgressFn
 from mammo_pipeline.settings import Settings
@@ -171,6 +171,10 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     """Index every new or changed file of one hospital; see the module docstring."""
     start = time.monotonic()
     result = IndexResult(hospital)
+    if (why := check_hospital(settings.landing, hospital).refusal) is not None:  # a partition registered before
+        result.refused = [why]
+        result.rows = _count_rows(settings.table_dir("dicom_index", hospital))
+        return result
     salt = settings.pseudonym_salt()
     for table in ("dicom_index", "quarantine"):
         remove_stale_temps(settings.table_dir(table, hospital))

@@ -72,11 +72,15 @@ def tick(instance, defs, mammo, cursor, logs: list[str] | None = None):
     return data
 
 
-def add_drop(landing, hospital, drop, age=3600.0, ready_marker=False):
+def add_drop(landing, hospital, drop, age=3600.0, ready_marker=False, dicom=False):
+    """A drop folder with one file (a readable DICOM file when `dicom`) last modified `age` seconds ago."""
     folder = landing / hospital / drop
     folder.mkdir(parents=True)
     f = folder / "img.dcm"
-    f.write_bytes(b"x")
+    if dicom:
+        write_mg(f)
+    else:
+        f.write_bytes(b"x")
     t = time.time() - age
     os.utime(f, (t, t))
     if ready_marker:
@@ -118,7 +122,7 @@ def test_new_drop_of_known_hospital_requests_one_run(instance, defs, mammo, sett
 
 def test_half_copied_drop_is_picked_only_once_quiet(instance, defs, mammo, settings):
     cursor = tick(instance, defs, mammo, None).cursor
-    folder = add_drop(settings.landing, "h1", "d1", age=5)  # still being copied
+    folder = add_drop(settings.landing, "h1", "d1", age=5, dicom=True)  # still being copied
 
     busy = tick(instance, defs, mammo, cursor)
     assert busy.run_requests == []
@@ -169,6 +173,16 @@ def test_refused_drops_and_loose_files_are_reported_by_count_once(instance, defs
     assert not any("not indexed" in line for line in again)
     assert second.skip_message.endswith("; not indexed: h1: 1 refused drop folder(s), 1 loose file(s)")
     assert PATIENT["PatientID"] not in written(second, again)
+
+
+def test_a_folder_named_after_a_patient_is_no_hospital_partition(instance, defs, mammo, settings):
+    add_drop(settings.landing, "h1", "d1")
+    write_mg(settings.landing / "pat-0042" / "s1" / "a.dcm")  # an export copied one level too high
+    logs: list[str] = []
+    data = tick(instance, defs, mammo, None, logs)
+    assert instance.get_dynamic_partitions("hospital") == ["h1"] and keys(data) == [("h1", "h1:d1")]
+    assert any("landing/: 1 folder(s) not taken as a hospital" in line for line in logs)
+    assert "pat-0042" not in written(data, logs).lower()
 
 
 def test_restart_with_stored_cursor_repeats_nothing(instance, defs, mammo, settings):

@@ -257,6 +257,16 @@ def test_a_drop_refused_after_it_was_indexed_loses_what_was_written_under_its_na
     assert index_hospital(settings, "h1").forgotten == 0
 
 
+def test_a_hospital_folder_named_after_its_patient_is_not_indexed(settings):
+    """A partition registered before its folder was found to be an export copied one level too high
+    (landing/<PatientID>/<Study>/...): its index writes nothing under the patient's name."""
+    write_mg(settings.landing / "pat-0042" / "s1" / "a.dcm")
+    result = index_hospital(settings, "pat-0042")
+    assert (result.files, result.rows, len(result.refused)) == (0, 0, 1)
+    assert "not a hospital" in result.refused[0]
+    assert not [p for p in settings.home.rglob("*") if "pat-0042" in p.name and not p.is_relative_to(settings.landing)]
+
+
 def test_the_copy_of_a_deleted_duplicate_takes_its_place(settings):
     first = write_mg(settings.landing / "h1" / "d1" / "a.dcm")
     write_mg(settings.landing / "h1" / "d1" / "b.dcm", SOPInstanceUID="1.2.3.4.5")
