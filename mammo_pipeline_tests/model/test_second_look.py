@@ -182,6 +182,30 @@ def test_while_the_learning_rate_warms_up_the_strongest_candidates_are_trained_t
     assert torch.equal(chosen, expected) and net.training
 
 
+def test_after_the_warm_up_each_images_crops_are_ranked_again_every_rank_every_epochs(monkeypatch):
+    """Scoring all K crops of every image is most of a step's cost; the choice made at an image's last scoring is
+    reused in between. Every image is scored in its first epoch after the warm-up, then in every RANK_EVERY-th."""
+    from mammo_pipeline.model import second_look
+
+    calls: list[tuple[int, bool]] = []  # (batch size, warming up) per call
+    real = second_look.training_crops
+
+    def spy(net, xb, top, warming_up):
+        calls.append((len(xb), warming_up))
+        return real(net, xb, top, warming_up)
+
+    monkeypatch.setattr(second_look, "training_crops", spy)
+    monkeypatch.setattr(second_look, "RANK_EVERY", 2)
+    rng = np.random.default_rng(1)
+    flags = np.arange(16) % 2 == 1
+    crops = np.stack([_crops(rng, f) for f in flags])
+    train_patch_mil(crops, flags, epochs=10, batch_size=8, seed=0, top=2)  # 2 steps per epoch, 20 in all
+    warm = [c for c in calls if c[1]]
+    assert len(warm) == int(second_look.WARMUP_SHARE * 20)  # steps 1-6: the candidates' own order
+    # steps 7-20 are epochs 3-9: epoch 3 scores every image (none has a choice yet), then epochs 4, 6 and 8
+    assert [n for n, w in calls if not w] == [8] * 8
+
+
 def test_contrast_jitter_lowers_a_share_of_crops_contrast_keeping_median_and_outline():
     import torch
 
