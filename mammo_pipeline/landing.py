@@ -150,9 +150,13 @@ def _check(name: str, files: tuple[tuple[str, int, int], ...], hospital: bool) -
     tokens, compact = set(re.split(_NOT_ALNUM, folded)) - {""}, re.sub(_NOT_ALNUM, "", folded)
     read = 0
     for path, _, _ in files:
-        identifiers = _identifiers(path)
-        read += bool(identifiers)
-        if folded in identifiers or any(_names_it(tokens, compact, value, hospital) for value in identifiers):
+        names, ids = _identifiers(path)
+        read += bool(names or ids)
+        if (
+            folded in names | ids
+            or any(_names_it(tokens, compact, value, hospital) for value in names)
+            or any(_ids_it(tokens, compact, value) for value in ids)
+        ):
             return NameCheck(HOSPITAL_NAMED_AFTER_PATIENT if hospital else NAMED_AFTER_PATIENT, read, newest)
         if read >= FILES_CHECKED:
             break
@@ -161,10 +165,10 @@ def _check(name: str, files: tuple[tuple[str, int, int], ...], hospital: bool) -
 
 def _names_it(tokens: set[str], compact: str, value: str, whole: bool = False) -> bool:
     """A folded folder name, given as its alphanumeric `tokens` and as `compact` (its letters and digits alone),
-    holds the folded identifier `value`: as one of its tokens (a name part of at least MIN_PART characters:
-    "macdonald_joanne", "smith, jane") or, for a whole identifier of at least MIN_ID characters, anywhere in it
-    ("rsc2100087_20240101"). With `whole` (hospital folders), one name part is not enough: all of a name's parts
-    of at least MIN_PART characters, two or more, must be tokens ("jane_doe" for "Doe^Jane")."""
+    holds the folded patient name (or name component) `value`: a part of it of at least MIN_PART characters as one
+    of its tokens ("macdonald_joanne", "smith, jane"), or the whole name, if of at least MIN_ID characters,
+    anywhere in it. With `whole` (hospital folders), one name part is not enough: all of a name's parts of at
+    least MIN_PART characters, two or more, must be tokens ("jane_doe" for "Doe^Jane")."""
     parts = [part for part in re.split(_NOT_ALNUM, value) if len(part) >= MIN_PART]
     if (len(parts) >= 2 and all(part in tokens for part in parts)) if whole else any(p in tokens for p in parts):
         return True
@@ -172,28 +176,44 @@ def _names_it(tokens: set[str], compact: str, value: str, whole: bool = False) -
     return len(value) >= MIN_ID and value in compact
 
 
+def _ids_it(tokens: set[str], compact: str, value: str) -> bool:
+    """A folded folder name, given as its alphanumeric `tokens` and as `compact` (its letters and digits alone),
+    holds the folded identifier `value` (an ID or accession number): the whole of it (letters and digits) as one
+    of its tokens ("a1234_cd" for "A-1234"), or the whole of it or one of its alphanumeric runs, of at least
+    MIN_ID characters, anywhere in it ("rsc2100087_20240101", "2100087" for "RSC-2100087"). A short run alone is
+    not matched: an ID's site prefix ("RSC-", "REAL-") is no patient's and may well name a drop."""
+    whole = re.sub(_NOT_ALNUM, "", value)
+    if len(whole) >= MIN_PART and whole in tokens:
+        return True
+    return any(len(run) >= MIN_ID and run in compact for run in (whole, *re.split(_NOT_ALNUM, value)))
+
+
 def _folded(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def _identifiers(path: str) -> set[str]:
-    """The patient identifiers of one DICOM file (`IDENTIFIER_KEYWORDS`), folded; empty when it is none."""
+def _identifiers(path: str) -> tuple[set[str], set[str]]:
+    """The patient identifiers of one DICOM file (`IDENTIFIER_KEYWORDS`), folded: (the PatientName and its
+    components, the IDs and accession numbers); both empty when it is none."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(IDENTIFIER_KEYWORDS), force=True)
-        values: set[str] = set()
+        names: set[str] = set()
+        ids: set[str] = set()
         for keyword in IDENTIFIER_KEYWORDS:
             value = ds.get(keyword)
             items = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
             for item in items:
                 if item is not None and str(item).strip():
-                    values.add(str(item))
                     if keyword == "PatientName":
-                        values.update(part for part in re.split(r"[\\^=]", str(item)) if part.strip())
-        return {_folded(v) for v in values}
+                        names.add(str(item))
+                        names.update(part for part in re.split(r"[\\^=]", str(item)) if part.strip())
+                    else:
+                        ids.add(str(item))
+        return {_folded(v) for v in names}, {_folded(v) for v in ids}
     except Exception:  # not DICOM, unreadable: the index quarantines it with its reason
-        return set()
+        return set(), set()
 
 
 def _first_files(folder: str, n: int) -> list[tuple[str, int, int]]:

@@ -306,6 +306,8 @@ def test_a_copy_of_an_image_whose_drop_left_landing_is_still_a_duplicate(setting
         ("20240101", False),
         ("batch_001", False),
         ("2024-01-15_export", False),
+        ("pat_batch_03", False),  # an ID's site prefix ("PAT-0042") is no patient's: a word of many drop names
+        ("acc_drop_2024", False),  # nor is an accession number's ("ACC-777")
     ],
 )
 def test_a_drop_folder_holding_a_patients_name_or_id_is_refused(settings, folder, refused):
