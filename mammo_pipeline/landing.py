@@ -54,18 +54,13 @@ def list_drops(landing: Path, hospital: str) -> list[str]:
     return [p.name for p in drop_folders(landing, hospital) if drop_refusal(p) is None]
 
 
-def refused_drops(landing: Path, hospital: str) -> list[str]:
-    """Why each refused drop folder of one hospital is not indexed (`drop_refusal`), one message per drop, in
-    folder order; the messages never hold the folder's name."""
-    return [why for p in _visible_dirs(landing / hospital) if (why := drop_refusal(p)) is not None]
-
-
 # Patient identifiers a drop folder may not be named after, read from the first files of the drop: enough to
 # catch an export without its drop level, where every file below the folder is that one patient's.
 IDENTIFIER_KEYWORDS = ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
 FILES_CHECKED = 3  # DICOM files whose identifiers are read ...
 FILES_LOOKED_AT = 20  # ... among the first this many files (a CD export's AUTORUN.INF, INDEX.HTM come first)
-MIN_PART, MIN_ID = 3, 6  # shortest name part matched as a word of the folder name, shortest ID found inside it
+# shortest name part (or whole ID) matched as a word of the folder name; shortest ID (or run of one) found inside it
+MIN_PART, MIN_ID = 3, 6
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")  # on folded text: what separates the words of a name or an ID
 NOT_UTF8 = "a drop folder whose name is not UTF-8 text was not indexed: rename it (its files are untouched)"
 NAMED_AFTER_PATIENT = (
