@@ -42,8 +42,8 @@ RESOURCES = {"mammo": MammoSettings()}
 
 @dataclass
 class DemoConfig:
-    """How big the demo is. The defaults take about 10 minutes on an idle 2-core machine (under 15 under load;
-    README "Latest run"); `quick()` is the CI version."""
+    """How big the demo is. The defaults took 6-8 minutes on stop 42's idle 2-core machine and 14-17 on stop
+    44-45's, about twice as slow (README "Latest run"); `quick()` is the CI version."""
 
     hospitals: int = 3
     studies_per_hospital: int = 90
