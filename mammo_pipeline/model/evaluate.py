@@ -162,10 +162,20 @@ def _candidates(probs: np.ndarray) -> np.ndarray:
     return np.append(values, np.nextafter(values[-1], np.inf) if len(values) else 1.0)
 
 
+def _logit_midpoint(low: float, high: float) -> float:
+    """The probability halfway between `low` and `high` (low < high) in logits, strictly inside (low, high]."""
+    eps = 1e-7
+    a, b = (float(np.clip(v, eps, 1 - eps)) for v in (low, high))
+    mid = 1.0 / (1.0 + np.exp(-(np.log(a / (1 - a)) + np.log(b / (1 - b))) / 2))
+    return float(mid) if low < mid <= high else high
+
+
 def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
     """Threshold and review band of one flag on the audit set. Rules:
 
-    - 'sensitivity': the highest threshold whose sensitivity >= BIOPSY_MIN_SENSITIVITY (best specificity);
+    - 'sensitivity': the best specificity that keeps sensitivity >= BIOPSY_MIN_SENSITIVITY, with the threshold in
+      the middle (in logits) of the gap between the weakest positive kept and the next lower probability, not at
+      that positive's score (an unseen positive just below it would be missed);
     - 'balanced': the threshold with the best balanced accuracy ((sens + spec) / 2; ties: the one nearest 0.5,
       any threshold between two adjacent audit probabilities counting, not only the probabilities themselves).
 
@@ -181,9 +191,13 @@ def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
     cands = _candidates(probs)
     stats = [(t, *_sens_spec(truth, probs, t)) for t in cands]
     if rule == "sensitivity":
-        ok = [t for t, se, _ in stats if se >= BIOPSY_MIN_SENSITIVITY]
-        threshold = max(ok)
-        name = f"sensitivity >= {BIOPSY_MIN_SENSITIVITY} at the best specificity"
+        edge = max(t for t, se, _ in stats if se >= BIOPSY_MIN_SENSITIVITY)  # the weakest positive kept
+        # every threshold in (the next lower probability, edge] makes the same audit decisions: take the gap's
+        # middle (in logits, the scale the network's scores are spread on) rather than its upper end, where an
+        # unseen positive scored just below the weakest audit one would be missed
+        lower = cands[cands < edge]
+        threshold = _logit_midpoint(float(lower[-1]), edge) if len(lower) else edge
+        name = f"sensitivity >= {BIOPSY_MIN_SENSITIVITY} at the best specificity (middle of the gap below)"
     elif rule == "balanced":
         best = max((se + sp) / 2 for _, se, sp in stats)
         # a candidate's decisions hold for every threshold in (the next lower probability, candidate]: the tie

@@ -81,6 +81,22 @@ def test_biopsy_operating_point_keeps_98_percent_sensitivity_at_the_best_specifi
     assert point["review_low"] <= point["threshold"] <= point["review_high"]
 
 
+def test_the_biopsy_threshold_sits_in_the_middle_of_the_gap_below_the_weakest_positive_kept():
+    """40 positives must all be kept (39 of 40 is under 0.98): any threshold in the gap (0.6, 0.985] makes the same
+    audit decisions. The weakest positive's own score (the old choice) would miss an unseen clip at 0.98; the
+    middle of the gap in logits (0.91) keeps it and still leaves every audit negative below."""
+    truth = np.r_[np.ones(40, bool), np.zeros(50, bool)]
+    probs = np.r_[np.linspace(0.985, 0.999, 40), np.linspace(0.01, 0.6, 50)]
+    point = operating_point(truth, probs, "sensitivity")
+    logit = np.log(probs / (1 - probs))
+    assert point["threshold"] == pytest.approx(1 / (1 + np.exp(-(logit[0] + logit[-1]) / 2)))
+    assert 0.6 < point["threshold"] < 0.98
+    assert flag_metrics(truth, probs, point["threshold"])["balanced_accuracy"] == 1.0
+    # no gap to speak of: adjacent scores leave the threshold between them, at most the weakest positive
+    dense = operating_point(truth, np.r_[np.linspace(0.5, 0.99, 40), np.linspace(0.0, 0.5, 50)], "sensitivity")
+    assert dense["threshold"] <= 0.5 and dense["review_low"] <= dense["threshold"] <= dense["review_high"]
+
+
 def test_mag_operating_point_is_the_best_balanced_accuracy_and_perfect_separation_is_found():
     truth = np.array([False, False, False, True, True])
     probs = np.array([0.05, 0.2, 0.3, 0.35, 0.9])
