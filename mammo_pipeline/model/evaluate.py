@@ -164,10 +164,11 @@ def _candidates(probs: np.ndarray) -> np.ndarray:
 
 def _logit_midpoint(low: float, high: float) -> float:
     """The probability halfway between `low` and `high` (low < high) in logits, strictly inside (low, high]."""
-    eps = 1e-7
-    a, b = (float(np.clip(v, eps, 1 - eps)) for v in (low, high))
-    mid = 1.0 / (1.0 + np.exp(-(np.log(a / (1 - a)) + np.log(b / (1 - b))) / 2))
-    return float(mid) if low < mid <= high else high
+    from scipy.special import expit, logit
+
+    a, b = np.clip([low, high], 1e-7, 1 - 1e-7)
+    mid = float(expit((logit(a) + logit(b)) / 2))
+    return mid if low < mid <= high else high
 
 
 def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
