@@ -48,6 +48,11 @@ LIBJPEG_SYNTAXES = frozenset({JPEGLossless, JPEGLosslessSV1, JPEGBaseline8Bit, J
 # ISO 10918-1 and ISO 14495-1 codestreams end with an EOI marker (FFD9). A copy cut short loses it, and the lenient
 # decoders (libjpeg, pylibjpeg) then return the image's first part over grey or garbage rather than fail.
 EOI_SYNTAXES = LIBJPEG_SYNTAXES | {JPEGLSLossless, JPEGLSNearLossless}
+EOI = b"\xff\xd9"
+# Byte runs put after a JPEG stream that lacks its EOI, before an EOI appended, to tell a whole stream from one cut
+# short (`_decode_without_eoi`): nothing, zero bits (what libjpeg stuffs when it meets a marker mid-scan) and two
+# alternating patterns. A decoder that needs bytes past the end reads these as data, and they decode differently.
+EOI_PROBE_FILLERS = (b"", b"\x00" * 64, b"\x55" * 64, b"\xaa" * 64)
 
 
 @dataclass(frozen=True)
@@ -153,8 +158,8 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
     tried: list[str] = []
     if ts.is_encapsulated:
         codestream = _frame_bytes(ds, n_frames, path)
-        if ts in EOI_SYNTAXES:
-            _check_end_of_image(codestream, ts, path)
+        if ts in EOI_SYNTAXES and not _ends_with_eoi(codestream):
+            return _decode_without_eoi(ds, codestream, ts, path)
         if ts in J2K_SYNTAXES and min_long_side:
             frame = _decode_j2k_reduced(ds, codestream, min_long_side, path)
             if frame is not None:
@@ -314,6 +319,11 @@ def _decode_libjpeg(ds: Dataset, codestream: bytes) -> Frame | None:
         arr = libjpeg.decode(codestream)
     except (RuntimeError, ValueError):
         return None  # pydicom's plugins get the next try and the final word on the error
+    return _libjpeg_frame(ds, arr)
+
+
+def _libjpeg_frame(ds: Dataset, arr: np.ndarray, decoder: str = "libjpeg") -> Frame | None:
+    """libjpeg's output as stored values of the header's sign and Bits Stored; None when it is not Rows x Columns."""
     if arr.ndim != 2 or arr.shape != (int(ds.Rows), int(ds.Columns)):
         return None
     # The header's (0028,0103) Pixel Representation decides, whatever dtype the codec returned (as for J2K).
@@ -324,7 +334,7 @@ def _decode_libjpeg(ds: Dataset, codestream: bytes) -> Frame | None:
         arr = np.where(arr >= 1 << (bits - 1), arr - (1 << bits), arr)
     elif not header_signed and arr.dtype.kind == "i":
         arr = np.mod(arr.astype(np.int64), 1 << bits)
-    return Frame(fit_bits_stored(arr, ds, native=False), 1, "libjpeg")
+    return Frame(fit_bits_stored(arr, ds, native=False), 1, decoder)
 
 
 def _frame_bytes(ds: Dataset, n_frames: int, path: str) -> bytes:
@@ -334,15 +344,49 @@ def _frame_bytes(ds: Dataset, n_frames: int, path: str) -> bytes:
         raise Truncated(f"{path}: encapsulated (7FE0,0010) Pixel Data has no complete first frame ({exc})") from exc
 
 
-def _check_end_of_image(codestream: bytes, ts: UID, path: str) -> None:
-    """Raise Truncated unless a JPEG or JPEG-LS frame ends with its EOI marker (FFD9), after the fragment's padding
-    (PS3.5 A.4: an odd-length stream gets one trailing 0x00; some writers pad with more, or with 0xFF fill)."""
-    end = codestream.rstrip(b"\x00\xff")
-    if not end.endswith(b"\xff\xd9"):
-        raise Truncated(
-            f"{path}: the {ts.name} codestream of frame 1 ends without its EOI marker (FFD9): the file was cut short "
-            f"or its pixel data is corrupt"
+def _ends_with_eoi(codestream: bytes) -> bool:
+    """A JPEG or JPEG-LS frame ends with its EOI marker (FFD9), after the fragment's padding (PS3.5 A.4: an
+    odd-length stream gets one trailing 0x00; some writers pad with more, or with 0xFF fill)."""
+    return codestream.rstrip(b"\x00\xff").endswith(EOI)
+
+
+def _decode_without_eoi(ds: Dataset, codestream: bytes, ts: UID, path: str) -> Frame:
+    """Frame 0 of a JPEG frame that ends without its EOI marker, when its own bytes make the whole image; raise
+    Truncated otherwise.
+
+    A copy cut short loses the EOI, but so does a whole stream from a writer that forgets it (decoders accept
+    such images "in the wild": intel/libyami#801). The lenient decoder cannot say which: it renders both. So the
+    stream is decoded with an EOI appended after each of EOI_PROBE_FILLERS: when every pixel is the same under
+    all of them, no pixel came from beyond the stream's end, and the image is whole. A stream cut short reads
+    the fillers as entropy-coded data, and its last rows differ. JPEG-LS is not probed (CharLS refuses any byte
+    between the data and the EOI, so there is nothing to vary) and stays Truncated, as does any frame when
+    pylibjpeg-libjpeg is not installed.
+    """
+    cut_short = Truncated(
+        f"{path}: the {ts.name} codestream of frame 1 ends without its EOI marker (FFD9) and its last pixels "
+        f"depend on bytes past its end: the file was cut short or its pixel data is corrupt"
+    )
+    try:
+        import libjpeg
+    except ImportError:
+        libjpeg = None
+    if libjpeg is None or ts not in LIBJPEG_SYNTAXES:
+        raise cut_short
+    decoded = []
+    for filler in EOI_PROBE_FILLERS:
+        try:
+            decoded.append(libjpeg.decode(codestream + filler + EOI))
+        except (RuntimeError, ValueError):
+            raise cut_short from None
+    if any(not np.array_equal(arr, decoded[0]) for arr in decoded[1:]):
+        raise cut_short
+    frame = _libjpeg_frame(ds, decoded[0], "libjpeg (no EOI: whole, checked)")
+    if frame is None:
+        raise Undecodable(
+            f"{path}: {ts.name} codestream without EOI decodes to {decoded[0].shape}, "
+            f"(0028,0010/0011) say {ds.Rows}x{ds.Columns}"
         )
+    return frame
 
 
 def _check_native_length(ds: Dataset, n_frames: int, path: str) -> None:

@@ -130,6 +130,29 @@ def test_unknown_transfer_syntax_is_unsupported():
         decode_frame(ds, path="x.dcm")
 
 
+@pytest.mark.parametrize("name", ["JPEG-LL.dcm", "JPGExtended.dcm"])
+def test_a_whole_jpeg_stream_without_its_eoi_marker_is_rendered_and_one_byte_short_is_truncated(name):
+    """Some writers forget the EOI of a whole stream; its pixels are all there and match the stream with its EOI.
+    One byte less and the last pixels come from beyond the end: Truncated, whatever the decoder would draw."""
+    from pydicom.encaps import encapsulate
+
+    from mammo_pipeline.dicom.errors import Truncated
+
+    ds = pydicom.dcmread(_local(name))
+    expected = decode_frame(ds).pixels
+    whole = get_frame(ds.PixelData, 0, number_of_frames=1).rstrip(b"\x00\xff")
+    assert whole.endswith(b"\xff\xd9")
+    body = whole[:-2]
+    ds.PixelData = encapsulate([body + b"\x00" * (len(body) % 2)])
+    frame = decode_frame(ds, path="x.dcm")
+    assert "no EOI" in frame.decoder
+    assert np.array_equal(frame.pixels, expected)
+    for cut in (1, 7, len(body) // 3):
+        ds.PixelData = encapsulate([body[:-cut] + b"\x00" * ((len(body) - cut) % 2)])
+        with pytest.raises(Truncated, match="EOI"):
+            decode_frame(ds, path="x.dcm")
+
+
 @pytest.mark.parametrize("name", ["jpeg-lossless", "jpeg-ls"])
 def test_a_jpeg_codestream_cut_short_is_truncated_not_rendered(name):
     """libjpeg and pylibjpeg decode a JPEG or JPEG-LS stream that lost its tail (an interrupted copy) without
