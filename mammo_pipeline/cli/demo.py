@@ -9,7 +9,7 @@ from mammo_pipeline.settings import Settings
 
 @click.command("demo")
 @click.option("--quick", is_flag=True, help="A tiny version (2 hospitals, one round) for CI and a first look.")
-@click.option("--rounds", type=int, default=None, help="Active-learning rounds (default 5).")
+@click.option("--rounds", type=int, default=None, help="Active-learning rounds of 125 labels (default 4).")
 @click.option("--studies", type=int, default=None, help="Studies per hospital (default 90).")
 @click.option(
     "--pretrained",
@@ -21,7 +21,7 @@ from mammo_pipeline.settings import Settings
 def command(quick: bool, rounds: int | None, studies: int | None, pretrained: str) -> None:
     """Run the main job end to end on synthetic hospital drops.
 
-    Makes three hospitals, materializes the asset graph in MAMMO_HOME/dagster, runs five active-learning
+    Makes three hospitals, materializes the asset graph in MAMMO_HOME/dagster, runs four active-learning
     rounds with a simulated radiologist, brings in a new hospital drop through the sensor and prints a
     summary. A second run reuses what exists and finishes quickly.
 
