@@ -336,6 +336,45 @@ def _label_counts(labels: pd.DataFrame) -> dict:
     }
 
 
+LAYOUT_TRIALS = 3  # timed passes per memory layout in `fastest_memory_format` (the first one also warms up)
+
+
+def fastest_memory_format(model, sample, device) -> tuple:
+    """(the faster memory layout, {layout name: best seconds}) of a forward and backward pass of `model` on `sample`
+    [B, C, H, W] float32 (a training batch, NCHW as the data loader gives it): `torch.channels_last` or
+    `torch.contiguous_format`, each timed LAYOUT_TRIALS times, alternately, the best time kept.
+
+    Why measured rather than fixed: oneDNN's CPU convolutions ran a ResNet18 step at 64 px (batch 16) 2.4x faster
+    channels-last on stop 44's AMD EPYC with AVX2, and 15 % slower on stop 46's (a whole 500-label round of the
+    global network 91 against 75 s wall, two interleaved pairs), which reports the same instruction set. So the
+    layout is tried, as cuDNN's benchmark mode (`torch.backends.cudnn.benchmark`) tries convolution algorithms.
+    The passes run in eval mode, so no BatchNorm statistic or dropout draw changes, and the gradients are cleared
+    after: training starts from the same state whichever layout wins, and only its speed differs (the same
+    weights up to float rounding). The model is left in the faster layout.
+    """
+    import torch
+
+    was_training = model.training
+    best: dict = {}
+    model.eval()
+    try:
+        x = sample.to(device)
+        for _ in range(LAYOUT_TRIALS):  # alternately, so a neighbour's burst of work costs both layouts alike
+            for layout in (torch.channels_last, torch.contiguous_format):
+                model.to(device, memory_format=layout)
+                start = time.perf_counter()
+                model(x).float().sum().backward()
+                if x.device.type == "cuda":
+                    torch.cuda.synchronize()
+                best[layout] = min(best.get(layout, math.inf), time.perf_counter() - start)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    faster = min(best, key=best.get)
+    model.to(device, memory_format=faster)
+    return faster, {str(k).removeprefix("torch."): v for k, v in best.items()}
+
+
 def train_model(
     settings: Settings, labels: pd.DataFrame, hyper: TrainConfig | None = None, progress: ProgressFn | None = None
 ) -> TrainResult:
@@ -407,10 +446,10 @@ def train_model(
         learn.model.cpu()
         features = _pooled(learn.model, images)
         oof = out_of_fold(features, flags.astype(int), hyper.oof_folds, seed)
-        # Channels-last memory while training: oneDNN's CPU convolutions run 2.4x faster on it (forward, backward
-        # and step of a batch of 16 at 64 px; the patch network does the same). Back to the default layout after,
-        # so the saved weights, their version hash and the ONNX export are as before.
-        learn.model.to(device, memory_format=torch.channels_last)
+        # The layout that trains fastest on this machine (`fastest_memory_format`). Back to the default layout after,
+        # so the saved weights, their version hash and the ONNX export are the same whichever it was.
+        layout, probe = fastest_memory_format(learn.model, torch.from_numpy(images[:batch_size]), device)
+        memory_format = {"layout": str(layout).removeprefix("torch."), "probe_seconds": probe}
 
         hyper = replace(hyper, epochs=hyper.epochs_for(len(train)))
         epochs_total = hyper.epochs + (hyper.freeze_epochs if pretrained else 0)
@@ -555,6 +594,7 @@ def train_model(
         "second_look": second_look_info,
         "operating_points": points,
         "oof_method": f"{hyper.oof_folds}-fold logistic regression on the untrained body's pooled features",
+        "memory_format": memory_format,  # the global network's while training (`fastest_memory_format`)
         "warnings": notes,
     }
     write_text(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
