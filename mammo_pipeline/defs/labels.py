@@ -87,8 +87,9 @@ def labels(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.Materi
             "audit_label_sources": dg.MetadataValue.json(
                 {k: int(v) for k, v in df.loc[df["split"] == "audit", "label_source"].value_counts().items()}
             ),
-            # Cohen's κ between the two blind readers (-1.0 until an image has two reads: metadata needs a float)
-            "audit_kappa": dg.MetadataValue.float(agreement["kappa"] if agreement["kappa"] is not None else -1.0),
+            # Cohen's κ between the two blind readers; NaN while it is undefined (no image read twice yet, or both
+            # readers gave one same label throughout): -1 would read as perfect disagreement
+            "audit_kappa": dg.MetadataValue.float(float("nan") if agreement["kappa"] is None else agreement["kappa"]),
             "audit_agreement": dg.MetadataValue.md(stats_markdown(agreement)),
             "audit_readers": dg.MetadataValue.json(agreement["per_reader"]),
             "labeled_train": int((df["split"] == "train").sum()),

@@ -7,26 +7,27 @@ from each reader's label frequencies (Cohen 1960); computed over the 4 classes (
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+
 import numpy as np
 import pandas as pd
 
+Ratings = Sequence[Hashable] | pd.Series | np.ndarray
 
-def cohen_kappa(a: list[str] | pd.Series, b: list[str] | pd.Series) -> float | None:
-    """Cohen's κ of two equally long label sequences; None when empty, 1.0 when both use one same label only."""
+
+def cohen_kappa(a: Ratings, b: Ratings) -> float | None:
+    """Cohen's κ of two equally long rating sequences (label names, booleans: any hashable values), by
+    scikit-learn's `cohen_kappa_score`. None when it is undefined: no ratings, or both raters giving one same
+    value throughout (p_e = 1, so κ = 0/0). Raises ValueError for sequences of different lengths.
+    """
     a, b = list(a), list(b)
     if len(a) != len(b):
-        raise ValueError(f"kappa needs paired reads, got {len(a)} and {len(b)}")
-    if not a:
+        raise ValueError(f"kappa needs paired ratings, got {len(a)} and {len(b)}")
+    if len(set(a) | set(b)) < 2:
         return None
-    classes = sorted(set(a) | set(b))
-    index = {c: i for i, c in enumerate(classes)}
-    table = np.zeros((len(classes), len(classes)))
-    for x, y in zip(a, b, strict=True):
-        table[index[x], index[y]] += 1
-    n = table.sum()
-    p_o = np.trace(table) / n
-    p_e = float((table.sum(0) / n) @ (table.sum(1) / n))
-    return 1.0 if p_e == 1 else float((p_o - p_e) / (1 - p_e))
+    from sklearn.metrics import cohen_kappa_score  # imported when used: the labeling app starts without it
+
+    return float(cohen_kappa_score(a, b))
 
 
 def audit_agreement(reads: pd.DataFrame) -> dict:

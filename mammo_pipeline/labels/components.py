@@ -266,7 +266,10 @@ def agreement_section(stats: dict) -> fh.FT:
         )
         for name, r in stats["per_reader"].items()
     ]
-    pairs = [fh.Li(f"{pair.replace('|', ' vs ')}: κ = {v:.3f}") for pair, v in stats["kappa_by_pair"].items()]
+    pairs = [
+        fh.Li(f"{pair.replace('|', ' vs ')}: κ = {'n/a' if v is None else f'{v:.3f}'}")
+        for pair, v in stats["kappa_by_pair"].items()
+    ]
     return fh.Div(
         fh.H2("Audit reads (blind, double, adjudicated)"),
         fh.P(

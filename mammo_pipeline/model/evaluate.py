@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mammo_pipeline.labels.agreement import cohen_kappa
 from mammo_pipeline.labels.codes import label_of
 from mammo_pipeline.model.intervals import roc_auc_interval, wilson_interval
 
@@ -273,16 +274,6 @@ def needs_review(probs: np.ndarray, points: dict[str, dict]) -> np.ndarray:
         p = points[flag]
         out |= (probs[:, k] >= p["review_low"]) & (probs[:, k] < p["review_high"])
     return out
-
-
-def cohen_kappa(truth: np.ndarray, pred: np.ndarray) -> float | None:
-    """Cohen's kappa of two binary ratings; None when undefined (both raters constant and equal)."""
-    truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
-    if len(truth) == 0:
-        return None
-    po = float((truth == pred).mean())
-    pe = float(truth.mean() * pred.mean() + (1 - truth.mean()) * (1 - pred.mean()))
-    return None if pe >= 1.0 else (po - pe) / (1.0 - pe)
 
 
 def roc_auc(truth: np.ndarray, probs: np.ndarray) -> float | None:

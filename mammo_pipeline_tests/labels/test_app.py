@@ -375,3 +375,15 @@ def test_review_shows_kappa_and_each_readers_agreement(audit_team, store):
     assert stats["per_reader"]["alice"]["agree_adjudicated"] == 0.0
     page = clients["carol"].get("/review").text
     assert ">0.667<" in page and "75.0%" in page and "100.0%" in page
+
+
+def test_review_page_shows_an_undefined_kappa_as_not_available(audit_team, store):
+    clients, audit_ids = audit_team
+    # every pair of readers says "neither" throughout: p_e = 1, so kappa is 0/0 (two pairs: the page lists them)
+    for image_id, second in zip(audit_ids[:3], ["bob", "bob", "carol"], strict=True):
+        store.record(image_id, 3, "alice")
+        store.record(image_id, 3, second)
+    stats = store.audit_stats()
+    assert stats["kappa"] is None and stats["kappa_by_pair"] == {"alice|bob": None, "alice|carol": None}
+    page = clients["carol"].get("/review").text
+    assert "alice vs bob: κ = n/a" in page and "alice vs carol: κ = n/a" in page

@@ -127,6 +127,20 @@ def test_needs_review_marks_exactly_the_band():
     assert needs_review(probs, points).tolist() == [False, True, True, False, True, False]
 
 
+def test_one_cohens_kappa_serves_labels_and_flags_and_is_none_where_undefined():
+    # Cohen 1960 by hand: 10 paired reads, p_o = 0.7, p_e = 0.5 * 0.6 + 0.5 * 0.4 = 0.5, kappa = 0.2 / 0.5
+    a = ["biopsy"] * 5 + ["neither"] * 5
+    b = ["biopsy"] * 4 + ["neither"] + ["biopsy"] * 2 + ["neither"] * 3
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    as_flags = np.array(a) == "biopsy"
+    assert cohen_kappa(as_flags, np.array(b) == "biopsy") == pytest.approx(0.4)  # the same figure on booleans
+    assert cohen_kappa([], []) is None
+    assert cohen_kappa(["neither"] * 4, ["neither"] * 4) is None  # p_e = 1: 0/0, not "perfect agreement"
+    assert cohen_kappa(np.zeros(3, bool), np.zeros(3, bool)) is None
+    with pytest.raises(ValueError, match="paired"):
+        cohen_kappa(["a"], ["a", "b"])
+
+
 def test_kappa_auc_and_study_false_positive_rate():
     truth = np.array([True, True, False, False])
     assert cohen_kappa(truth, truth) == pytest.approx(1.0)
