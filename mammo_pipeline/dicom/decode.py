@@ -49,6 +49,8 @@ LIBJPEG_SYNTAXES = frozenset({JPEGLossless, JPEGLosslessSV1, JPEGBaseline8Bit, J
 # decoders (libjpeg, pylibjpeg) then return the image's first part over grey or garbage rather than fail.
 EOI_SYNTAXES = LIBJPEG_SYNTAXES | {JPEGLSLossless, JPEGLSNearLossless}
 EOI = b"\xff\xd9"
+EOI_PADDING = b"\x00\xff"  # what may follow the EOI in a fragment (`_ends_with_eoi`)
+EOI_TAIL = 4096  # bytes `_ends_with_eoi` looks at first
 # Byte runs put after a JPEG stream that lacks its EOI, before an EOI appended, to tell a whole stream from one cut
 # short (`_decode_without_eoi`): nothing, zero bits (what libjpeg stuffs when it meets a marker mid-scan) and two
 # alternating patterns. A decoder that needs bytes past the end reads these as data, and they decode differently.
@@ -310,11 +312,20 @@ def j2k_values(raw: np.ndarray, header: J2KHeader, ds: Dataset) -> np.ndarray:
     return values
 
 
-def _decode_libjpeg(ds: Dataset, codestream: bytes) -> Frame | None:
+def _libjpeg():
+    """The pylibjpeg-libjpeg module, or None when it is not installed (an optional decoder: each caller says what
+    its absence means)."""
     try:
         import libjpeg
     except ImportError:
         return None
+    return libjpeg
+
+
+def _decode_libjpeg(ds: Dataset, codestream: bytes) -> Frame | None:
+    libjpeg = _libjpeg()
+    if libjpeg is None:
+        return None  # pydicom's plugins try instead
     try:
         arr = libjpeg.decode(codestream)
     except (RuntimeError, ValueError):
@@ -346,8 +357,12 @@ def _frame_bytes(ds: Dataset, n_frames: int, path: str) -> bytes:
 
 def _ends_with_eoi(codestream: bytes) -> bool:
     """A JPEG or JPEG-LS frame ends with its EOI marker (FFD9), after the fragment's padding (PS3.5 A.4: an
-    odd-length stream gets one trailing 0x00; some writers pad with more, or with 0xFF fill)."""
-    return codestream.rstrip(b"\x00\xff").endswith(EOI)
+    odd-length stream gets one trailing 0x00; some writers pad with more, or with 0xFF fill). Only the tail is
+    stripped (a copy of at most EOI_TAIL bytes, not of the whole codestream) unless padding fills all of it."""
+    tail = codestream[-EOI_TAIL:].rstrip(EOI_PADDING)
+    if len(tail) < len(EOI) and len(codestream) > EOI_TAIL:  # the padding (or the EOI) reaches further back
+        tail = codestream.rstrip(EOI_PADDING)
+    return tail.endswith(EOI)
 
 
 def _decode_without_eoi(ds: Dataset, codestream: bytes, ts: UID, path: str) -> Frame:
@@ -366,10 +381,7 @@ def _decode_without_eoi(ds: Dataset, codestream: bytes, ts: UID, path: str) -> F
         f"{path}: the {ts.name} codestream of frame 1 ends without its EOI marker (FFD9) and its last pixels "
         f"depend on bytes past its end: the file was cut short or its pixel data is corrupt"
     )
-    try:
-        import libjpeg
-    except ImportError:
-        libjpeg = None
+    libjpeg = _libjpeg()
     if libjpeg is None or ts not in LIBJPEG_SYNTAXES:
         raise cut_short
     decoded = []

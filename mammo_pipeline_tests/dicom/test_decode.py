@@ -211,3 +211,15 @@ def test_rle_with_the_value_in_the_high_bits_decodes_as_native_data():
     ds.compress(RLELossless, value << 4)
     ds.BitsStored, ds.HighBit = 12, 15
     assert np.array_equal(decode_frame(ds).pixels, value)
+
+
+@pytest.mark.parametrize(
+    "pad", [0, 1, 7, decode.EOI_TAIL - 1, decode.EOI_TAIL, decode.EOI_TAIL + 1, 3 * decode.EOI_TAIL]
+)
+@pytest.mark.parametrize("fill", [b"\x00", b"\xff"])
+def test_the_eoi_is_found_behind_any_length_of_padding_and_a_missing_one_is_not(pad, fill):
+    body = bytes(range(256)) * 40 + b"\x10"  # ends in no FF
+    assert decode._ends_with_eoi(body + decode.EOI + fill * pad)
+    assert not decode._ends_with_eoi(body + fill * pad)
+    assert not decode._ends_with_eoi(body + b"\xd9" + fill * pad)  # the marker's second byte alone
+    assert not decode._ends_with_eoi(decode.EOI[:1] + fill * pad)
