@@ -14,7 +14,7 @@ what a dim clip in dense gland and a bright one in fat have in common is how far
 around them, which the image-wide units hide (docs/history.md "Second look", stop 30). Training sees every crop
 under the 8 symmetries of the square (flips and 90-degree turns: a clip, a BB or a letter has no preferred
 orientation on the detector, and the context channel's skin line may run any way); a batch shares one symmetry
-(one cheap tensor op per step). Prediction reads every crop under four of them (`READ_SYMMETRIES`) and averages the
+(one cheap tensor op per step). Prediction reads every crop under two of them (`READ_SYMMETRIES`) and averages the
 patch logits (test-time augmentation): the network learnt no orientation, so its readings differ only by its
 noise, which the mean reduces.
 """
@@ -42,7 +42,8 @@ from mammo_pipeline.model.candidates import CHANNELS
 # The patch network's input made from the kept crops (the crops' own meaning is candidates.SECOND_LOOK_VERSION; a
 # model records both, `second_look_model.version`). 1: the crops as kept; 2: plus the crop in units of its own
 # surroundings (module docstring); 3: the same input, read under READ_SYMMETRIES at prediction (the saved ONNX
-# file holds the four readings, so a model exported before reads once and is refused); 4: the same input, read by a
+# file holds the readings, so a model exported before reads once and is refused; since stop 47 two readings, not
+# four: an exported file keeps its own, so no new version); 4: the same input, read by a
 # network with a fourth block (`patch_network`: its receptive field spans the crop; a version-3 state dict
 # does not fit it).
 INPUT_VERSION = "4"
@@ -75,13 +76,16 @@ WARMUP_SHARE = 0.3
 # docs/history.md "Second look", stop 41: cross-validated biopsy ROC-AUC, held-out drops seed 1, seeds 0 / 1 / 2.
 CONTRAST_MIN = 0.25
 CONTRAST_SHARE = 0.5
-# The symmetries of the square (`_symmetry`'s numbering) a prediction averages its patch logits over: the identity,
-# the half turn and the two diagonal mirrors, a subgroup (so no orientation is favoured). Cross-validated biopsy
-# ROC-AUC with the same trained networks (docs/history.md "Second look", stop 37), read once / under these four /
-# under all eight: held-out drops seed 1 0.954 / 0.960 / 0.960, seed 2 0.955 / 0.962 / 0.962, seed 1 with training
-# seed 1 0.955 / 0.955 / 0.957. Four, since eight bought nothing for 1.4x the inference CPU (12.6 against 9.2 ms
-# per image end to end, `bench_infer.py --second-look`), against the issue's 67 images/s on 2 cores.
-READ_SYMMETRIES = (0, 3, 4, 7)
+# The symmetries of the square (`_symmetry`'s numbering) a prediction averages its patch logits over: the identity
+# and the half turn, a subgroup (so no orientation is favoured, and the mean is invariant under both). Stop 37
+# cross-validated read once / under four (these two and the two diagonal mirrors) / under all eight, with the same
+# trained networks (docs/history.md "Second look"): held-out drops seed 1 0.954 / 0.960 / 0.960, seed 2 0.955 /
+# 0.962 / 0.962, and kept four. Stop 47 measured two against four the same way on the product's network (version
+# 11.4, `bench_second_look_cv.py`, three folds): seed 1's drops 0.9935 / 0.9929 and (training seed 1) 0.9945 /
+# 0.9958, seed 2's 0.9845 / 0.9840, a mean difference of -0.0001 (the identity with a diagonal mirror instead:
+# 0.9928, 0.9947, 0.9831). Two, since four bought nothing for twice the patch network's inference CPU, which
+# had become most of an image's cost on the 2-core machine of stops 44-47 (about 14 of 28 ms).
+READ_SYMMETRIES = (0, 3)
 
 
 def epochs_for(n_images: int) -> int:

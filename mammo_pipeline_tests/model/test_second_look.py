@@ -83,14 +83,14 @@ def test_a_prediction_reads_each_crop_under_a_group_of_symmetries_so_it_cannot_t
 
     from mammo_pipeline.model.second_look import READ_SYMMETRIES, _symmetry
 
-    # the identity, the half turn and the two diagonal mirrors (module docstring): a group, so the mean is invariant
-    assert READ_SYMMETRIES == (0, 3, 4, 7)
+    # the identity and the half turn (module docstring): a group, so the mean is invariant
+    assert READ_SYMMETRIES == (0, 3)
     torch.manual_seed(0)
     net = patch_network().eval()
     x = torch.from_numpy(network_input(np.random.default_rng(3).normal(0, 1, (2, K, CHANNELS, P, P))))
     with torch.no_grad():
         read = net.read_logits(x)
-        once = [net.patch_logits(_symmetry(x, w)) for w in (0, 3, 4, 7)]
+        once = [net.patch_logits(_symmetry(x, w)) for w in (0, 3)]
         assert torch.allclose(read, torch.stack(once).mean(dim=0), atol=1e-6)
         assert not torch.allclose(once[0], once[1], atol=1e-3)  # a single reading does depend on the orientation
         for w in READ_SYMMETRIES:  # the mean over a group is invariant under each of its members
