@@ -49,8 +49,6 @@ LIBJPEG_SYNTAXES = frozenset({JPEGLossless, JPEGLosslessSV1, JPEGBaseline8Bit, J
 # decoders (libjpeg, pylibjpeg) then return the image's first part over grey or garbage rather than fail.
 EOI_SYNTAXES = LIBJPEG_SYNTAXES | {JPEGLSLossless, JPEGLSNearLossless}
 EOI = b"\xff\xd9"
-EOI_PADDING = b"\x00\xff"  # what may follow the EOI in a fragment (`_ends_with_eoi`)
-EOI_TAIL = 4096  # bytes `_ends_with_eoi` looks at first
 # Byte runs put after a JPEG stream that lacks its EOI, before an EOI appended, to tell a whole stream from one cut
 # short (`_decode_without_eoi`): nothing, zero bits (what libjpeg stuffs when it meets a marker mid-scan) and two
 # alternating patterns. A decoder that needs bytes past the end reads these as data, and they decode differently.
@@ -357,12 +355,9 @@ def _frame_bytes(ds: Dataset, n_frames: int, path: str) -> bytes:
 
 def _ends_with_eoi(codestream: bytes) -> bool:
     """A JPEG or JPEG-LS frame ends with its EOI marker (FFD9), after the fragment's padding (PS3.5 A.4: an
-    odd-length stream gets one trailing 0x00; some writers pad with more, or with 0xFF fill). Only the tail is
-    stripped (a copy of at most EOI_TAIL bytes, not of the whole codestream) unless padding fills all of it."""
-    tail = codestream[-EOI_TAIL:].rstrip(EOI_PADDING)
-    if len(tail) < len(EOI) and len(codestream) > EOI_TAIL:  # the padding (or the EOI) reaches further back
-        tail = codestream.rstrip(EOI_PADDING)
-    return tail.endswith(EOI)
+    odd-length stream gets one trailing 0x00; some writers pad with more, or with 0xFF fill). The strip copies the
+    codestream: about 1 ms for 10 MB, next to a decode of hundreds."""
+    return codestream.rstrip(b"\x00\xff").endswith(EOI)
 
 
 def _decode_without_eoi(ds: Dataset, codestream: bytes, ts: UID, path: str) -> Frame:

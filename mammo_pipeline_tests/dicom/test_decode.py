@@ -213,9 +213,7 @@ def test_rle_with_the_value_in_the_high_bits_decodes_as_native_data():
     assert np.array_equal(decode_frame(ds).pixels, value)
 
 
-@pytest.mark.parametrize(
-    "pad", [0, 1, 7, decode.EOI_TAIL - 1, decode.EOI_TAIL, decode.EOI_TAIL + 1, 3 * decode.EOI_TAIL]
-)
+@pytest.mark.parametrize("pad", [0, 1, 7, 4095, 4096, 4097, 12288])
 @pytest.mark.parametrize("fill", [b"\x00", b"\xff"])
 def test_the_eoi_is_found_behind_any_length_of_padding_and_a_missing_one_is_not(pad, fill):
     body = bytes(range(256)) * 40 + b"\x10"  # ends in no FF
