@@ -30,6 +30,11 @@ def cohen_kappa(a: Ratings, b: Ratings) -> float | None:
     return float(cohen_kappa_score(a, b))
 
 
+def kappa_text(kappa: float | None) -> str:
+    """κ as reports show it: three decimals, "n/a" where it is undefined (`cohen_kappa` returned None)."""
+    return "n/a" if kappa is None else f"{kappa:.3f}"
+
+
 def audit_agreement(reads: pd.DataFrame) -> dict:
     """Agreement figures of the audit reads.
 
@@ -83,7 +88,7 @@ def stats_markdown(stats: dict) -> str:
     lines = [
         f"Audit images read: {stats['n_read']}; double-read: {stats['n_double']} "
         f"(agreed {stats['n_agreed']}, disputed {stats['n_disputed']}, adjudicated {stats['n_adjudicated']})",
-        f"Cohen's κ between the two blind readers: {'n/a' if k is None else f'{k:.3f}'}",
+        f"Cohen's κ between the two blind readers: {kappa_text(k)}",
     ]
     if stats["per_reader"]:
         lines += [

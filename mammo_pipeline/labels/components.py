@@ -7,6 +7,7 @@ from html import escape as esc
 
 from fasthtml import common as fh
 
+from mammo_pipeline.labels.agreement import kappa_text
 from mammo_pipeline.labels.codes import LABELS, label_of
 from mammo_pipeline.labels.queues import QUEUES
 
@@ -266,10 +267,7 @@ def agreement_section(stats: dict) -> fh.FT:
         )
         for name, r in stats["per_reader"].items()
     ]
-    pairs = [
-        fh.Li(f"{pair.replace('|', ' vs ')}: κ = {'n/a' if v is None else f'{v:.3f}'}")
-        for pair, v in stats["kappa_by_pair"].items()
-    ]
+    pairs = [fh.Li(f"{pair.replace('|', ' vs ')}: κ = {kappa_text(v)}") for pair, v in stats["kappa_by_pair"].items()]
     return fh.Div(
         fh.H2("Audit reads (blind, double, adjudicated)"),
         fh.P(
@@ -277,7 +275,7 @@ def agreement_section(stats: dict) -> fh.FT:
             fh.A(f"{stats['n_disputed']} waiting for adjudication", href="/?q=adjudication"),
             f", {stats['n_adjudicated']} adjudicated.",
         ),
-        fh.P("Cohen's κ between the two readers: ", fh.B("n/a" if k is None else f"{k:.3f}", id="kappa")),
+        fh.P("Cohen's κ between the two readers: ", fh.B(kappa_text(k), id="kappa")),
         fh.Ul(*pairs) if len(pairs) > 1 else "",
         fh.Table(
             fh.Thead(
