@@ -5,7 +5,9 @@ mammogram at full resolution is mostly wasted work:
 
 - JPEG 2000 (.90/.91): the codestream holds the image at every power-of-two resolution; Pillow's OpenJPEG
   decodes only the level closest above the target (``im.reduce = k``), about 20x faster than a full decode.
-- JPEG lossless (.57/.70) and baseline/extended JPEG: pylibjpeg-libjpeg directly on the frame's bytes.
+- JPEG lossless (.57/.70) and baseline/extended JPEG: pylibjpeg-libjpeg directly on the frame's bytes; a
+  sequential DCT stream whose scan header has zeros where Se = 63 belongs is read as IJG libjpeg reads it
+  (`repair_sequential_scans`).
 - Everything else (native, RLE, JPEG-LS, full-size J2K): pydicom's own decoders, frame 0 only.
 
 Values come back as the header defines them: (0028,0101) Bits Stored wide, signed when (0028,0103) Pixel
@@ -53,6 +55,14 @@ EOI = b"\xff\xd9"
 # short (`_decode_without_eoi`): nothing, zero bits (what libjpeg stuffs when it meets a marker mid-scan) and two
 # alternating patterns. A decoder that needs bytes past the end reads these as data, and they decode differently.
 EOI_PROBE_FILLERS = (b"", b"\x00" * 64, b"\x55" * 64, b"\xaa" * 64)
+# ITU-T T.81 B.2.3: in a sequential DCT frame (SOF0 baseline, SOF1 extended, Huffman coded) every scan has Ss = 0,
+# Se = 63, Ah = Al = 0. Some writers leave other values there (NEMA WG04's MG1_JPLY.dcm: Se = 0 under SOF1).
+# pylibjpeg-libjpeg refuses such a scan; IJG libjpeg, behind most DICOM viewers, warns and decodes it as
+# sequential (jdhuff.c, JWRN_NOT_SEQUENTIAL: "there are some baseline files out there with all zeroes in these
+# bytes").
+SEQUENTIAL_DCT_SOF = frozenset({0xC0, 0xC1})
+SEQUENTIAL_SCAN_TAIL = bytes((0, 63, 0))  # Ss, Se, Ah << 4 | Al
+REPAIRED_DECODER = "libjpeg (sequential scan header Ss/Se/Ah/Al repaired, as IJG libjpeg reads it)"
 
 
 @dataclass(frozen=True)
@@ -169,6 +179,12 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
             frame = _decode_libjpeg(ds, codestream)
             if frame is not None:
                 return frame
+            repaired = repair_sequential_scans(codestream)
+            if repaired is not None:
+                tried.append(REPAIRED_DECODER)
+                frame = _decode_libjpeg(ds, repaired, REPAIRED_DECODER)
+                if frame is not None:
+                    return frame
     else:
         _check_native_length(ds, n_frames, path)
     pixels, plugin = _decode_pydicom(ds, ts, path, tried)
@@ -320,7 +336,7 @@ def _libjpeg():
     return libjpeg
 
 
-def _decode_libjpeg(ds: Dataset, codestream: bytes) -> Frame | None:
+def _decode_libjpeg(ds: Dataset, codestream: bytes, decoder: str = "libjpeg") -> Frame | None:
     libjpeg = _libjpeg()
     if libjpeg is None:
         return None  # pydicom's plugins try instead
@@ -328,7 +344,62 @@ def _decode_libjpeg(ds: Dataset, codestream: bytes) -> Frame | None:
         arr = libjpeg.decode(codestream)
     except (RuntimeError, ValueError):
         return None  # pydicom's plugins get the next try and the final word on the error
-    return _libjpeg_frame(ds, arr)
+    return _libjpeg_frame(ds, arr, decoder)
+
+
+def repair_sequential_scans(codestream: bytes) -> bytes | None:
+    """`codestream` with every scan header (SOS) of a sequential DCT frame set to Ss = 0, Se = 63, Ah = Al = 0
+    (SEQUENTIAL_DCT_SOF), or None when there is nothing to repair: another process (progressive, lossless,
+    arithmetic), every scan already right, or no frame header before the first scan.
+
+    The marker walk skips each scan's entropy-coded data to the next marker (0xFF not followed by a stuffed 0x00 or
+    a restart marker) and stops at EOI or at a segment that runs past the end; a malformed stream is left to the
+    decoder's own error. Raises nothing.
+    """
+    out = bytearray(codestream)
+    pos, frame_type, patched = 2, None, False
+    if out[:2] != b"\xff\xd8":
+        return None
+    while pos + 4 <= len(out):
+        if out[pos] != 0xFF:
+            return None
+        marker = out[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xD9:
+            break
+        length = struct.unpack_from(">H", out, pos + 2)[0]
+        end = pos + 2 + length
+        if length < 2 or end > len(out):
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            frame_type = marker
+        elif marker == 0xDA:
+            if frame_type not in SEQUENTIAL_DCT_SOF:
+                return None
+            if out[end - 3 : end] != SEQUENTIAL_SCAN_TAIL:
+                out[end - 3 : end] = SEQUENTIAL_SCAN_TAIL
+                patched = True
+            end = _end_of_entropy_data(out, end)
+        pos = end
+    return bytes(out) if patched else None
+
+
+def _end_of_entropy_data(data: bytes | bytearray, pos: int) -> int:
+    """The offset of the first marker at or after `pos` in entropy-coded data (T.81 B.1.1.5: 0xFF00 is a stuffed
+    0xFF, 0xFFD0-0xFFD7 a restart marker inside the scan); len(data) when there is none."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return len(data)
+        nxt = data[pos + 1]
+        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+            pos += 2
+        elif nxt == 0xFF:
+            pos += 1
+        else:
+            return pos
 
 
 def _libjpeg_frame(ds: Dataset, arr: np.ndarray, decoder: str = "libjpeg") -> Frame | None:

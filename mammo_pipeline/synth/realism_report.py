@@ -65,6 +65,8 @@ def load_real(folder: Path | str | None = None, echo: Callable[[str], None] = pr
     import pydicom
     from PIL import Image
 
+    from mammo_pipeline.dicom.decode import decode_frame
+
     root = realdata_dir(folder)
     if not root.is_dir():
         raise RealdataMissing(f"{root}: no real images here; the realism report needs ../shared/realdata")
@@ -78,7 +80,7 @@ def load_real(folder: Path | str | None = None, echo: Callable[[str], None] = pr
     for path in sorted(root.glob("dicom-wg04/*.dcm")):
         try:
             ds = pydicom.dcmread(path)
-            arr = ds.pixel_array.astype(np.float32)
+            arr = decode_frame(ds, path=str(path)).pixels.astype(np.float32)
         except Exception as exc:
             echo(f"realism: skipping {path.name}: cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0]})")
             continue

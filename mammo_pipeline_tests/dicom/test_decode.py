@@ -153,6 +153,34 @@ def test_a_whole_jpeg_stream_without_its_eoi_marker_is_rendered_and_one_byte_sho
             decode_frame(ds, path="x.dcm")
 
 
+@pytest.mark.parametrize("scan_tail", [bytes((0, 0, 0)), bytes((1, 5, 0x21))])
+def test_a_sequential_jpeg_whose_scan_header_lacks_se_63_decodes_as_ijg_libjpeg_reads_it(scan_tail):
+    """T.81 B.2.3 wants Ss = 0, Se = 63, Ah = Al = 0 in a sequential DCT scan; some writers leave zeros there
+    (WG04's MG1_JPLY.dcm). pylibjpeg refuses such a scan; IJG libjpeg warns and decodes it as sequential, and so
+    does the repair: the same pixels as the stream written right."""
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(_local("JPGExtended.dcm"))
+    expected = decode_frame(ds).pixels
+    whole = bytearray(get_frame(ds.PixelData, 0, number_of_frames=1))
+    assert decode.repair_sequential_scans(bytes(whole)) is None  # nothing to repair in a stream written right
+    sos = whole.index(b"\xff\xda")
+    end = sos + 2 + int.from_bytes(whole[sos + 2 : sos + 4], "big")
+    assert whole[end - 3 : end] == bytes((0, 63, 0))
+    whole[end - 3 : end] = scan_tail
+    ds.PixelData = encapsulate([bytes(whole)])
+    frame = decode_frame(ds, path="x.dcm")
+    assert frame.decoder == decode.REPAIRED_DECODER
+    assert np.array_equal(frame.pixels, expected)
+
+
+def test_only_sequential_dct_scans_are_repaired():
+    """A lossless (SOF3) scan's Ss is its predictor and Se is 0 by design: such a stream is never touched."""
+    whole = get_frame(pydicom.dcmread(_local("JPEG-LL.dcm")).PixelData, 0, number_of_frames=1)
+    assert b"\xff\xc3" in whole and decode.repair_sequential_scans(whole) is None
+    assert decode.repair_sequential_scans(b"not a jpeg") is None
+
+
 @pytest.mark.parametrize("name", ["jpeg-lossless", "jpeg-ls"])
 def test_a_jpeg_codestream_cut_short_is_truncated_not_rendered(name):
     """libjpeg and pylibjpeg decode a JPEG or JPEG-LS stream that lost its tail (an interrupted copy) without
