@@ -25,7 +25,8 @@ Routing (`image_kind`, `classify`; first rule that fires wins, the rule is recor
   for_processing  For Processing SOP classes (MG, DX, Breast Projection) or Presentation Intent FOR PROCESSING.
                   Kept in the index, never rendered by the cache.
   secondary_capture  any other Secondary Capture mammogram. Kept, flagged.
-  2d              everything else with Modality MG or a mammography SOP class.
+  2d              everything else with Modality MG or a mammography SOP class, or a CR / DX / RG / OT radiograph
+                  whose Body Part Examined is BREAST (rule `body_part`: CR mammography; `is_mammography`).
 
 Laterality comes from (0020,0062) ImageLaterality, else (0020,0060) Laterality; the view from (0018,5101)
 ViewPosition, else (0054,0220) ViewCodeSequence (CID 4014 code -> ACR abbreviation), else a (0020,0020)
@@ -114,6 +115,13 @@ BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
 BREAST_PROJECTION_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.13.1.4"
 BREAST_PROJECTION_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.13.1.5"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
+# (0008,0060) Modality defined terms of projection radiography (PS3.3 C.7.3.1.1.1). A radiograph whose (0018,0015)
+# Body Part Examined is BREAST is a mammogram by another name: computed radiography (CR plates, in screening before
+# full-field detectors), digital radiography, a digitized film (RG: NEMA WG04's MG1, a DDSM film stored as Secondary
+# Capture) or Other; a breast ultrasound, MR or CT capture is not.
+RADIOGRAPHY_MODALITIES = frozenset({"CR", "DX", "RG", "OT"})
+RADIOGRAPHY_SOP_CLASSES = frozenset({CR_IMAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING, SECONDARY_CAPTURE})
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: the index of a CD/DVD import, never an image
 MULTIFRAME_SECONDARY_CAPTURE = frozenset(f"1.2.840.10008.5.1.4.1.1.7.{i}" for i in range(1, 5))
 CT_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"})
@@ -290,7 +298,9 @@ def classify(ds: Dataset | Header) -> tuple[str, str]:
         return "for_processing", "sop_class" if sop_class in FOR_PROCESSING_SOP_CLASSES else "presentation_intent"
     if sop_class == SECONDARY_CAPTURE or sop_class in MULTIFRAME_SECONDARY_CAPTURE:
         return "secondary_capture", "sop_class"
-    return "2d", "sop_class" if sop_class in MAMMO_SOP_CLASSES else "modality"
+    if sop_class in MAMMO_SOP_CLASSES:
+        return "2d", "sop_class"
+    return "2d", "modality" if (_text(ds, "Modality") or "").upper() == "MG" else "body_part"
 
 
 def number_of_frames(ds: Dataset | Header) -> int:
@@ -317,12 +327,17 @@ def is_for_processing(ds: Dataset | Header) -> bool:
 
 
 def is_mammography(ds: Dataset | Header) -> bool:
-    """Modality MG, a mammography SOP class, or a CT / Secondary Capture object whose header says breast."""
+    """Modality MG or a mammography SOP class; a projection radiograph of the breast under another name (CR, DX,
+    RG, OT, or a CR / DX / Secondary Capture object without a modality: RADIOGRAPHY_MODALITIES) whose Body Part
+    Examined says BREAST; or a CT / multi-frame Secondary Capture object whose header says breast or tomosynthesis
+    (routed to `tomosynthesis` by `classify`)."""
     sop_class = _text(ds, "SOPClassUID") or ""
     modality = (_text(ds, "Modality") or "").upper()
     if sop_class in MAMMO_SOP_CLASSES or modality == "MG":
         return True
     breast = (_text(ds, "BodyPartExamined") or "").upper() == "BREAST"
+    if breast and (modality in RADIOGRAPHY_MODALITIES or (not modality and sop_class in RADIOGRAPHY_SOP_CLASSES)):
+        return True
     image_type = {v.upper() for v in _strings(ds, "ImageType")}
     return (sop_class in CT_SOP_CLASSES or sop_class in MULTIFRAME_SECONDARY_CAPTURE) and (
         breast or bool(image_type & _TOMO_IMAGE_TYPES)

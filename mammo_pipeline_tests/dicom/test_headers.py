@@ -26,6 +26,7 @@ from mammo_pipeline.dicom.headers import (
     read_header_row,
 )
 from mammo_pipeline.dicom.source_paths import pseudonymize_path
+from mammo_pipeline.synth.realism_report import realdata_dir
 
 SALT = b"test-salt"
 PATIENT = {
@@ -344,6 +345,57 @@ def test_read_header_row_rejects_other_modalities(tmp_path):
     with pytest.raises(NotMammography, match="'CT'") as info:
         read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
     assert isinstance(info.value, UnusableImage) and info.value.reason == "not_mammography"
+
+
+REALDATA = realdata_dir()  # $MAMMO_REALDATA or ../shared/realdata
+SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_IMAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+@pytest.mark.parametrize(
+    ("tags", "kind", "rule"),
+    [  # a radiograph of the breast under another modality is a mammogram by another name
+        ({"Modality": "CR", "SOPClassUID": CR_IMAGE, "BodyPartExamined": "BREAST"}, "2d", "body_part"),
+        ({"Modality": "DX", "SOPClassUID": DX_IMAGE, "BodyPartExamined": "Breast"}, "2d", "body_part"),
+        ({"Modality": None, "SOPClassUID": CR_IMAGE, "BodyPartExamined": "BREAST"}, "2d", "body_part"),
+        (  # NEMA WG04's MG1: a DDSM film stored as Secondary Capture, Modality RG
+            {"Modality": "RG", "SOPClassUID": SC_IMAGE, "BodyPartExamined": "BREAST", "ConversionType": "DF"},
+            "digitized_film",
+            "conversion_type",
+        ),
+        ({"Modality": "OT", "SOPClassUID": SC_IMAGE, "BodyPartExamined": "BREAST"}, "secondary_capture", "sop_class"),
+        ({"Modality": "MG", "SOPClassUID": CR_IMAGE}, "2d", "modality"),
+    ],
+)
+def test_a_radiograph_of_the_breast_under_another_modality_is_indexed(tmp_path, tags, kind, rule):
+    row = row_of(tmp_path, **tags)
+    assert (row["image_kind"], row["image_kind_rule"]) == (kind, rule)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"Modality": "CR", "SOPClassUID": CR_IMAGE, "BodyPartExamined": "CHEST"},
+        {"Modality": "CR", "SOPClassUID": CR_IMAGE, "BodyPartExamined": None},
+        {"Modality": "US", "SOPClassUID": SC_IMAGE, "BodyPartExamined": "BREAST"},  # an ultrasound screen capture
+        {"Modality": "MR", "SOPClassUID": SC_IMAGE, "BodyPartExamined": "BREAST"},
+        {"Modality": None, "SOPClassUID": "1.2.840.10008.5.1.4.1.1.4", "BodyPartExamined": "BREAST"},  # MR image
+    ],
+)
+def test_other_images_of_the_breast_and_radiographs_of_other_parts_are_not_mammograms(tmp_path, tags):
+    with pytest.raises(NotMammography):
+        row_of(tmp_path, **tags)
+
+
+@pytest.mark.skipif(not (REALDATA / "dicom-wg04" / "MG1_J2KI.dcm").exists(), reason="shared realdata absent")
+def test_the_real_wg04_digitized_film_is_indexed_as_a_digitized_film(tmp_path):
+    """The one real DICOM mammogram at hand (Secondary Capture, Modality RG) was quarantined not_mammography."""
+    path = tmp_path / "land" / "h1" / "d1" / "MG1.dcm"
+    path.parent.mkdir(parents=True)
+    path.write_bytes((REALDATA / "dicom-wg04" / "MG1_J2KI.dcm").read_bytes())
+    row = read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert (row["image_kind"], row["laterality"], row["view_position"]) == ("digitized_film", "L", "MLO")
 
 
 def test_read_header_row_decodes_text_in_its_character_set(tmp_path):
