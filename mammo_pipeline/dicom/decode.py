@@ -167,6 +167,8 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     tried: list[str] = []
     if ts.is_encapsulated:
+        if n_frames == 1:
+            _check_one_codestream(ds.PixelData, ts, path)
         codestream = _frame_bytes(ds, n_frames, path)
         if ts in EOI_SYNTAXES and not _ends_with_eoi(codestream):
             return _decode_without_eoi(ds, codestream, ts, path)
@@ -465,6 +467,44 @@ def _decode_without_eoi(ds: Dataset, codestream: bytes, ts: UID, path: str) -> F
             f"(0028,0010/0011) say {ds.Rows}x{ds.Columns}"
         )
     return frame
+
+
+# How a frame's codestream starts (its first fragment's first bytes): JPEG and JPEG-LS SOI then a marker (T.81 B.1.1.3,
+# T.87); JPEG 2000 SOC then SIZ (T.800 A.4.1), or a JP2 signature box from writers that keep the file format. Neither
+# occurs inside entropy-coded data, so a later fragment that starts so is another frame.
+CODESTREAM_STARTS = (b"\xff\xd8\xff", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
+ITEM_TAG = 0xE000FFFE  # (FFFE,E000) Item, read as one little-endian 32-bit word
+
+
+def _fragment_heads(pixel_data: bytes) -> list[bytes]:
+    """The first 8 bytes of each fragment of encapsulated Pixel Data, the Basic Offset Table (always the first item,
+    PS3.5 A.4) left out; the walk stops at the Sequence Delimiter or at an item that is not one. No copy of the
+    fragments is made."""
+    heads, pos, first = [], 0, True
+    while pos + 8 <= len(pixel_data):
+        tag, length = struct.unpack_from("<II", pixel_data, pos)
+        if tag != ITEM_TAG:
+            break
+        if not first:
+            heads.append(bytes(pixel_data[pos + 8 : pos + 16]))
+        first = False
+        pos += 8 + length
+    return heads
+
+
+def _check_one_codestream(pixel_data: bytes, ts: UID, path: str) -> None:
+    """Raise Unsupported when the fragments of an object whose (0028,0008) Number of Frames is absent or 1 hold
+    several frames: RLE puts each frame in exactly one fragment (PS3.5 G.1), the other codecs start each frame with
+    its codestream's start marker (CODESTREAM_STARTS). The compressed twin of `_check_native_length`'s rule: a
+    mislabelled stack (tomosynthesis?) is not rendered as its first frame."""
+    heads = _fragment_heads(pixel_data)
+    frames = len(heads) if ts == RLELossless else sum(head.startswith(CODESTREAM_STARTS) for head in heads)
+    if frames > 1:
+        raise Unsupported(
+            f"{path}: the encapsulated (7FE0,0010) Pixel Data holds {frames} {ts.name} frames but (0028,0008) Number "
+            f"of Frames is absent or 1: a multi-frame object (tomosynthesis?) labelled as one image, not rendered as "
+            f"its first frame"
+        )
 
 
 def _check_native_length(ds: Dataset, n_frames: int, path: str) -> None:

@@ -172,8 +172,10 @@ MAG_FACTOR_THRESHOLD = 1.3
 # Whole words, where '_', digits and punctuation also separate words ("L_CC_MAG", "MAG1.8x"), but "IMAGE" does not.
 _MAG_WORDS = re.compile(r"(?<![a-z])(mag|magn|magnification|magnified|magnify)(?![a-z])", re.IGNORECASE)
 _SPOT_WORDS = re.compile(r"(?<![a-z])spot(?![a-z])", re.IGNORECASE)
+# The vendor names start a word: "CC View" and "MLOS View" name no synthesized view ("C View" inside "CC View").
 _SYNTH_TEXT = re.compile(
-    r"c[-_ ]?view|intelligent[-_ ]?2d|v[-_ ]?preview|s[-_ ]?view|insight[-_ ]?2d|synthe(sized|sised|tic)|2d[-_ ]?synth",
+    r"(?<![a-z])(c[-_ ]?view|intelligent[-_ ]?2d|v[-_ ]?preview|s[-_ ]?view|insight[-_ ]?2d|synthe(sized|sised|tic)"
+    r"|2d[-_ ]?synth)",
     re.IGNORECASE,
 )
 _SYNTH_IMAGE_TYPES = frozenset({"GENERATED_2D", "SYNTHESIZED", "SYNTHETIC", "C-VIEW", "CVIEW", "TOMO_2D", "V-PREVIEW"})

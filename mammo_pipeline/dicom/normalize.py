@@ -185,7 +185,8 @@ def read_window(ds: Dataset, index: int = 0) -> tuple[Window | None, str | None]
     """
     centers, widths = _floats(ds, "WindowCenter"), _floats(ds, "WindowWidth")
     if not centers and not widths:
-        return None, None
+        present = [tag for keyword, tag in _WINDOW_TAGS if _has_text(ds, keyword)]
+        return None, (f"{' and '.join(present)} present but unreadable" if present else None)
     if not centers or not widths:
         missing = "(0028,1050) Window Center" if not centers else "(0028,1051) Window Width"
         return None, f"{missing} missing or unreadable"
@@ -579,6 +580,18 @@ def _block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
 
 def _flat(arr: np.ndarray) -> bool:
     return float(arr.max()) - float(arr.min()) < 1.0 / 255.0
+
+
+_WINDOW_TAGS = (("WindowCenter", "(0028,1050) Window Center"), ("WindowWidth", "(0028,1051) Window Width"))
+
+
+def _has_text(ds: Dataset, keyword: str) -> bool:
+    """Whether the element is present with a value other than blanks and backslashes (a window written "2047,5")."""
+    if keyword not in ds:
+        return False
+    raw = ds.get_item(keyword).value
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes | bytearray) else str(raw if raw is not None else "")
+    return bool(text.replace("\\", "").strip(" \x00[]',"))
 
 
 def _floats(ds: Dataset, keyword: str) -> list[float]:

@@ -229,6 +229,32 @@ def test_native_pixels_of_several_frames_without_number_of_frames_are_unsupporte
     assert decode_frame(ds).pixels.shape == (32, 24)
 
 
+@pytest.mark.parametrize("syntax", ["JPEG2000Lossless", "JPEGLSLossless", "RLELossless"])
+def test_a_compressed_stack_without_number_of_frames_is_unsupported_and_one_frame_in_many_fragments_is_not(syntax):
+    """The compressed twin of the native rule: three codestreams (RLE: three fragments, one per frame) under a
+    Number of Frames absent or 1 are a mislabelled stack, not a mammogram to show as its first slice; one frame
+    split over several fragments is one frame."""
+    from pydicom import uid
+    from pydicom.encaps import encapsulate
+
+    frames = [breast(48, 40, seed=k) for k in range(3)]
+    ds = make_ds(frames[0])
+    ds.NumberOfFrames, ds.PixelData = 3, np.stack(frames).tobytes()
+    ds.compress(getattr(uid, syntax))
+    streams = [get_frame(ds.PixelData, k, number_of_frames=3) for k in range(3)]
+    for frames_tag in (None, 1):
+        if frames_tag is None:
+            del ds.NumberOfFrames
+        else:
+            ds.NumberOfFrames = frames_tag
+        with pytest.raises(Unsupported, match=r"holds 3 .* frames but \(0028,0008\) Number of Frames is absent or 1"):
+            decode_frame(ds, path="x.dcm")
+    if syntax != "RLELossless":  # RLE allows one fragment per frame only (PS3.5 G.1)
+        one = streams[0]
+        ds.PixelData = encapsulate([one], fragments_per_frame=4)
+        assert np.array_equal(decode_frame(ds).pixels, frames[0])
+
+
 def test_rle_with_the_value_in_the_high_bits_decodes_as_native_data():
     """RLE Lossless holds the native pixel cells byte plane by byte plane, so High Bit 15 with Bits Stored 12
     means the same there as in native data."""

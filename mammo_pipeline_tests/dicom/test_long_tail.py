@@ -74,6 +74,12 @@ def _row(tmp_path: Path, name: str = "img.dcm", **tags: object) -> dict:
         ({"SOPClassUID": MULTIFRAME_GRAYSCALE_WORD_SC, "NumberOfFrames": 10}, "tomosynthesis", "number_of_frames"),
         ({"SOPClassUID": CT_IMAGE, "Modality": "CT", "BodyPartExamined": "BREAST"}, "tomosynthesis", "sop_class"),
         ({"SeriesDescription": "L CC Tomo"}, "tomosynthesis", "series_description"),
+        # "CC View" holds "C View" but names no C-View: a plain view, and a tomosynthesis slice stays one
+        ({"SeriesDescription": "R CC View"}, "2d", "sop_class"),
+        ({"SeriesDescription": "L CC VIEW"}, "2d", "sop_class"),
+        ({"SeriesDescription": "R CC View", "ImageType": TOMO_TYPE}, "tomosynthesis", "image_type"),
+        ({"SeriesDescription": "Tomo L CC View"}, "tomosynthesis", "series_description"),
+        ({"SeriesDescription": "R_CC_C-View"}, "synthesized_2d", "series_description"),
     ],
 )
 def test_classify_routes_by_sop_class_frames_image_type_and_description_together(tags, kind, rule):

@@ -366,6 +366,18 @@ def test_odd_length_8bit_data_renders():
 # --- §8.9 degenerate windows --------------------------------------------------------------------------------
 
 
+def test_a_window_present_but_unreadable_is_reported_as_such_not_as_missing():
+    """A decimal comma ("2047,5") is no DS value: the image falls back to its own range, and the reason says the
+    window is there and unreadable, so such files can be found (a missing window reads "no VOI ...")."""
+    ds = make_ds(breast(128, 96))
+    ds.add_new("WindowCenter", "DS", None)
+    ds.add_new("WindowWidth", "DS", None)
+    ds["WindowCenter"]._value, ds["WindowWidth"]._value = "2047,5", "4095,0"
+    rendition = render(ds, (64,))
+    assert rendition.voi_method == "range"
+    assert "(0028,1050) Window Center and (0028,1051) Window Width present but unreadable" in rendition.fallback_reason
+
+
 @pytest.mark.parametrize(
     ("tags", "needle"),
     [
