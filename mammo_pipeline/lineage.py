@@ -56,14 +56,21 @@ def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp 
         ]
         if not hospitals:
             raise UnknownStudy(f"study {study_uid}: not in image_predictions (try `mammo query` to list studies)")
-        current = con.execute(
-            f"SELECT * FROM ({promotions.current_models_sql(when)}) c "
-            "WHERE hospital IN (SELECT unnest(?)) AND EXISTS (SELECT 1 FROM image_predictions i "
-            "WHERE i.hospital = c.hospital AND i.model_version = c.model_version AND i.study_instance_uid = ?)",
-            [hospitals, study_uid],
-        ).df()
+        # the model whose study flags were current (study_predictions lags image_predictions by one asset); the
+        # image table's answer where the study table has none (not materialized for that hospital)
+        current = pd.DataFrame()
+        for flags in [t for t in ("study_predictions", "image_predictions") if t in views]:
+            current = con.execute(
+                f"SELECT * FROM ({promotions.current_models_sql(when, flags)}) c "
+                "WHERE hospital IN (SELECT unnest(?)) AND EXISTS (SELECT 1 FROM image_predictions i "
+                "WHERE i.hospital = c.hospital AND i.model_version = c.model_version AND i.study_instance_uid = ?)",
+                [hospitals, study_uid],
+            ).df()
+            if not current.empty:
+                break
         if current.empty:
-            raise UnknownStudy(f"study {study_uid}: no model current at {as_of} had predicted it")
+            when_text = "now" if as_of is None else f"at {as_of}"
+            raise UnknownStudy(f"study {study_uid}: no model current {when_text} had predicted it")
         pick = current.iloc[0]
         hospital, version = str(pick["hospital"]), str(pick["model_version"])
         images = con.execute(

@@ -6,10 +6,12 @@ The trained model is promoted when its checks pass (the `promoted_model` asset);
 promotes or rolls back by hand. Rows of `image_predictions` / `study_predictions` are never touched by a
 promotion: the `*_current` views pick, per hospital, the slice of the model current at a given time.
 
-The rule (also used by `mammo lineage --as-of`): among the models that have predictions for a hospital,
-the one whose latest promotion applying to that hospital (its own or an all-hospitals one) happened at or
-before the time wins. A hospital none of whose models was ever promoted (homes from before promotions)
-falls back to its most recently predicted model, marked `promoted = false`.
+The rule (also used by `mammo lineage --as-of`): among the models that had predictions for a hospital at the
+time (rows written at or before it), the one whose latest promotion applying to that hospital (its own or an
+all-hospitals one) happened at or before the time wins. A hospital none of whose models was ever promoted (homes
+from before promotions) falls back to its most recently predicted model, marked `promoted = false`. Each table
+answers from its own rows: between a new model's image predictions and its study predictions, the study table
+keeps the previous model's flags. A slice predicted again (an image re-cached) counts from its newest rows.
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ class UnknownModel(LookupError):
 
 
 def utc(when: pd.Timestamp | str | datetime) -> pd.Timestamp:
-    """`when` as a UTC timestamp; a value without a time zone is taken as UTC, a date as its start."""
+    """`when` as a UTC timestamp; a value without a time zone is taken as UTC, a date as its start, and the words
+    "now" and "today" as this moment and today's start in UTC (pandas reads them as the machine's local time)."""
+    if isinstance(when, str) and when.strip().lower() in ("now", "today"):
+        now = pd.Timestamp.now(tz="UTC")
+        return now if when.strip().lower() == "now" else now.normalize()
     ts = pd.Timestamp(when)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
@@ -46,14 +52,17 @@ def timestamp_sql(when: pd.Timestamp | str | None) -> str:
     return "now()" if when is None else f"TIMESTAMPTZ '{utc(when).isoformat()}'"
 
 
-def current_models_sql(as_of: str = "now()") -> str:
-    """SELECT hospital, model_version, promoted_at, promoted: the current model per hospital at `as_of`.
+def current_models_sql(as_of: str = "now()", table: str = "image_predictions") -> str:
+    """SELECT hospital, model_version, promoted_at, promoted: the current model per hospital at `as_of` (a SQL
+    timestamp, `timestamp_sql`), among the models whose rows of `table` (image_predictions or study_predictions)
+    had been written by then.
 
-    Needs the `image_predictions` and `model_promotions` views (warehouse.connect makes both).
+    Needs the `table` and `model_promotions` views (warehouse.connect makes both).
     """
     return f"""
     WITH avail AS (
-        SELECT hospital, model_version, max(predicted_at) AS predicted_at FROM image_predictions GROUP BY ALL
+        SELECT hospital, model_version, max(predicted_at) AS predicted_at FROM {table}
+        WHERE predicted_at <= {as_of} GROUP BY ALL
     ), promo AS (
         SELECT a.hospital, a.model_version, max(p.promoted_at) AS promoted_at
         FROM avail a JOIN model_promotions p
@@ -63,7 +72,6 @@ def current_models_sql(as_of: str = "now()") -> str:
     )
     SELECT a.hospital, a.model_version, p.promoted_at, p.promoted_at IS NOT NULL AS promoted
     FROM avail a LEFT JOIN promo p USING (hospital, model_version)
-    WHERE p.promoted_at IS NOT NULL OR a.predicted_at <= {as_of}
     QUALIFY row_number() OVER (
         PARTITION BY a.hospital ORDER BY p.promoted_at DESC NULLS LAST, a.predicted_at DESC, a.model_version
     ) = 1
@@ -73,7 +81,7 @@ def current_models_sql(as_of: str = "now()") -> str:
 def current_rows_sql(table: str, as_of: str = "now()") -> str:
     """The rows of `table` (image_predictions or study_predictions) from each hospital's current model."""
     return (
-        f"SELECT t.* FROM {table} t JOIN ({current_models_sql(as_of)}) c "
+        f"SELECT t.* FROM {table} t JOIN ({current_models_sql(as_of, table)}) c "
         "ON t.hospital = c.hospital AND t.model_version = c.model_version"
     )
 

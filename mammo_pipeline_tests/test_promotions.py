@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -18,14 +20,20 @@ from mammo_pipeline_tests.model.test_infer import make_cache, make_model
 
 STUDIES = {"h1": {"s1": 2, "s2": 1}, "h2": {"t1": 2, "t2": 1}}
 OCT, NOV = pd.Timestamp("2026-10-01", tz="UTC"), pd.Timestamp("2026-11-15", tz="UTC")
+HOUR = pd.Timedelta(hours=1)
 
 
-def predict(settings, hospital: str, version: str, seed: int = 0) -> None:
-    """What image_predictions + study_predictions do for one (hospital, model) slice."""
+def predict(settings, hospital: str, version: str, seed: int = 0, at: pd.Timestamp | None = None) -> None:
+    """What image_predictions + study_predictions do for one (hospital, model) slice, its rows stamped `at` (the
+    run's own time when None)."""
     ref = promotions.model_ref(settings, version)
     manifest = make_cache(settings, hospital, STUDIES[hospital], seed=seed)
     path = warehouse.slice_file(settings, "image_predictions", hospital, version)
     write_predictions(settings, manifest, load_model(settings, ref), path, run_id=f"run-{version}-{hospital}")
+    if at is not None:
+        rows = pq.read_table(path)
+        stamp = pa.array([at.to_pydatetime()] * rows.num_rows, type=rows.schema.field("predicted_at").type)
+        pq.write_table(rows.set_column(rows.schema.get_field_index("predicted_at"), "predicted_at", stamp), path)
     warehouse.write_slice(settings, "study_predictions", hospital, version, aggregate_studies(path))
 
 
@@ -45,11 +53,11 @@ def two_models(settings):
     export(settings, "m1", 0)
     export(settings, "m2", 1)
     promotions.promote(settings, "m1", reason="checks_passed", now=OCT)
-    predict(settings, "h1", "m1")
-    predict(settings, "h2", "m1")
+    predict(settings, "h1", "m1", at=OCT + HOUR)
+    predict(settings, "h2", "m1", at=OCT + HOUR)
     promotions.promote(settings, "m2", reason="checks_passed", now=NOV)
-    predict(settings, "h1", "m2", seed=0)
-    predict(settings, "h2", "m2", seed=0)
+    predict(settings, "h1", "m2", seed=0, at=NOV + HOUR)
+    predict(settings, "h2", "m2", seed=0, at=NOV + HOUR)
     return settings
 
 
@@ -103,6 +111,46 @@ def test_a_promoted_model_without_predictions_keeps_the_previous_rows_current(tw
     assert current(settings) == {"h1": {"m2"}, "h2": {"m2"}}
     predict(settings, "h1", "m3")
     assert current(settings) == {"h1": {"m3"}, "h2": {"m2"}}
+
+
+def test_as_of_a_time_between_a_promotion_and_its_predictions_the_previous_model_is_current(two_models):
+    """m3 promoted on Nov 20 but h1's m3 rows written on Nov 25: on Nov 22 users saw m2's flags."""
+    settings = two_models
+    export(settings, "m3", 2)
+    promotions.promote(settings, "m3", now=NOV + pd.Timedelta(days=5))
+    predict(settings, "h1", "m3", at=NOV + pd.Timedelta(days=10))
+    assert study_lineage(settings, "s1", as_of=NOV + pd.Timedelta(days=7))["current"]["model_version"] == "m2"
+    assert study_lineage(settings, "s1", as_of=NOV + pd.Timedelta(days=11))["current"]["model_version"] == "m3"
+    assert study_lineage(settings, "s1")["current"]["model_version"] == "m3"
+
+
+def test_study_flags_stay_with_the_previous_model_until_the_new_models_study_rows_exist(two_models):
+    """Between image_predictions and study_predictions of a new model (the second failed, say) the study view
+    keeps the previous model's study rows instead of losing the hospital, and lineage names that model."""
+    settings = two_models
+    export(settings, "m3", 2)
+    promotions.promote(settings, "m3")
+    ref = promotions.model_ref(settings, "m3")
+    manifest = make_cache(settings, "h1", STUDIES["h1"], seed=0)
+    path = warehouse.slice_file(settings, "image_predictions", "h1", "m3")
+    write_predictions(settings, manifest, load_model(settings, ref), path, run_id="run-m3-h1")  # no study rows yet
+    assert current(settings) == {"h1": {"m3"}, "h2": {"m2"}}
+    assert current(settings, "study_predictions_current") == {"h1": {"m2"}, "h2": {"m2"}}
+    lineage = study_lineage(settings, "s1")
+    assert lineage["current"]["model_version"] == "m2" and lineage["prediction"]["model_version"] == "m2"
+
+
+def test_as_of_now_and_today_are_read_in_utc_whatever_the_machines_zone(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert abs(promotions.utc("now") - pd.Timestamp.now(tz="UTC")) < pd.Timedelta(minutes=1)
+        assert promotions.utc("today") == pd.Timestamp.now(tz="UTC").normalize()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
 
 
 def test_prune_keeps_the_current_and_recently_promoted_models(two_models):
