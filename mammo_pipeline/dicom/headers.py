@@ -28,10 +28,10 @@ Routing (`image_kind`, `classify`; first rule that fires wins, the rule is recor
   2d              everything else with Modality MG or a mammography SOP class, or a CR / DX / RG / OT radiograph
                   whose Body Part Examined is BREAST (rule `body_part`: CR mammography; `is_mammography`).
 
-Laterality comes from (0020,0062) ImageLaterality, else (0020,0060) Laterality; the view from (0018,5101)
-ViewPosition, else (0054,0220) ViewCodeSequence (CID 4014 code -> ACR abbreviation), else a (0020,0020)
-PatientOrientation that holds a view abbreviation (digitized-film archives write "CC" / "MLO" there). The source
-used lands in `laterality_source` / `view_source`.
+Laterality comes from (0020,0062) ImageLaterality, else (0020,0060) Laterality (a side in either wins over "U");
+the view from (0018,5101) ViewPosition, else (0054,0220) ViewCodeSequence (CID 4014 code -> ACR abbreviation), else a
+(0020,0020) PatientOrientation that holds a view abbreviation (digitized-film archives write "CC" / "MLO" there). The
+source used lands in `laterality_source` / `view_source`.
 
 Patient key (`patient_key`, `patient_key_source`): the first 16 hex digits of sha256(salt + the raw bytes of
 (0010,0020) Patient ID as stored, only the trailing padding (spaces, NULs) removed), so the key comes from the
@@ -346,13 +346,14 @@ def is_mammography(ds: Dataset | Header) -> bool:
     )
 
 
+SIDES = frozenset({"L", "R", "B"})  # (0020,0062) Image Laterality / (0020,0060) Laterality: left, right, both
+
+
 def laterality(ds: Dataset | Header) -> tuple[str | None, str | None]:
-    """(laterality, source): ImageLaterality, else Laterality."""
-    for keyword in ("ImageLaterality", "Laterality"):
-        value = _text(ds, keyword)
-        if value:
-            return value.upper(), keyword
-    return None, None
+    """(laterality, source): ImageLaterality, else Laterality; a side (L, R, B) in either wins over "U" (unpaired)
+    or another value in the first, which is kept only when neither names a side."""
+    found = [(value.upper(), keyword) for keyword in ("ImageLaterality", "Laterality") if (value := _text(ds, keyword))]
+    return next((hit for hit in found if hit[0] in SIDES), found[0] if found else (None, None))
 
 
 def view(ds: Dataset | Header, view_code: str | None) -> tuple[str | None, str | None]:

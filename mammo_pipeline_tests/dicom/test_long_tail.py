@@ -252,6 +252,8 @@ def test_patient_key_comes_from_the_raw_id_exactly_as_stored(tmp_path):
     [
         ({}, ("L", "ImageLaterality"), ("CC", "ViewPosition")),
         ({"ImageLaterality": None, "Laterality": "R"}, ("R", "Laterality"), ("CC", "ViewPosition")),
+        ({"ImageLaterality": "U", "Laterality": "R"}, ("R", "Laterality"), ("CC", "ViewPosition")),
+        ({"ImageLaterality": "U", "Laterality": None}, ("U", "ImageLaterality"), ("CC", "ViewPosition")),
         ({"ViewPosition": None}, ("L", "ImageLaterality"), ("CC", "ViewCodeSequence")),
         (
             {"ViewPosition": None, "ViewCodeSequence": [code_item("R-10226", "SNM3", "medio-lateral oblique")]},
