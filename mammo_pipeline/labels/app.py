@@ -186,11 +186,12 @@ def create_app(
         lease = lease_seconds if team and image_id is None else None
         info, counts = store.next_cards(q, who, AHEAD + (image_id is None), exclude, lease)
         ids = info.ids if image_id is None else [image_id, *info.ids]
-        if team and image_id is not None:
-            store.lease(ids, who, lease_seconds)
+        if team and image_id is not None:  # opened by id: no second lease on what is on someone else's screen
+            held = store.lease_free(ids, who, lease_seconds)
+            ids = [i for i in ids if i == image_id or i not in held]
         images = [img for i in ids[: AHEAD + 1] if (img := store.image(i)) is not None]
         head, upcoming = (images[0], images[1:]) if images else (None, [])
-        card = ui.card(head, q, info.note, info.remaining, upcoming, sess.get("blind", blind))
+        card = ui.card(head, q, info.note, info.remaining, upcoming, sess.get("blind", blind), who)
         return card, counts
 
     def next_screen(sess, who: str, q: str, image_id: int | None = None) -> tuple:

@@ -80,9 +80,15 @@ def _reads(image: dict) -> list[fh.FT]:
     ]
 
 
-def slide(image: dict, queue: str, blind: bool, shown: bool) -> fh.FT:
+def adjudicates(image: dict, queue: str, viewer: str) -> bool:
+    """Whether `viewer` sees an audit image's two reads: in the adjudication queue and not one of its two readers
+    (the queue name comes from the browser; a reader who opens their own disputed image there stays blind)."""
+    return queue == "adjudication" and viewer not in {image.get("reader1"), image.get("reader2")}
+
+
+def slide(image: dict, queue: str, blind: bool, shown: bool, viewer: str = "") -> fh.FT:
     """One image with its state (id, seen event) and tags. Audit reads are blind: no model hint, no other
-    annotator's label; the adjudication queue shows the two reads it must decide between."""
+    annotator's label; the adjudication queue shows a third annotator the two reads to decide between."""
     iid = int(image["id"])
     current = image.get("label")
     meta = {None: "no metadata flag", True: "metadata: magnified", False: "metadata: not magnified"}
@@ -94,7 +100,7 @@ def slide(image: dict, queue: str, blind: bool, shown: bool) -> fh.FT:
         fh.Span(image["split"], cls=f"tag split-{image['split']}"),
         fh.Span(meta[meta_mag], cls="tag"),
     ]
-    if audit and queue == "adjudication":
+    if audit and adjudicates(image, queue, viewer):
         info += _reads(image)
     elif audit:
         info.append(fh.Span("blind read", cls="tag"))
@@ -119,13 +125,13 @@ _SLIDES: OrderedDict[tuple, str] = OrderedDict()
 _SLIDES_KEPT = 4096
 
 
-def slide_html(image: dict, queue: str, blind: bool, shown: bool) -> fh.NotStr:
+def slide_html(image: dict, queue: str, blind: bool, shown: bool, viewer: str = "") -> fh.NotStr:
     """`slide` rendered once per state of the image (the key is every field of its row): a slide is sent up to
     AHEAD + 1 times as it moves up the queue, hidden, then on screen."""
-    key = (tuple(image.items()), queue, blind)
+    key = (tuple(image.items()), queue, blind, adjudicates(image, queue, viewer))
     html = _SLIDES.get(key)
     if html is None:
-        html = _SLIDES[key] = fh.to_xml(slide(image, queue, blind, False))
+        html = _SLIDES[key] = fh.to_xml(slide(image, queue, blind, False, viewer))
         if len(_SLIDES) > _SLIDES_KEPT:
             _SLIDES.popitem(last=False)
     if shown:
@@ -133,7 +139,9 @@ def slide_html(image: dict, queue: str, blind: bool, shown: bool) -> fh.NotStr:
     return fh.NotStr(html)
 
 
-def card(image: dict | None, queue: str, note: str, remaining: int, upcoming: list[dict], blind: bool) -> fh.FT:
+def card(
+    image: dict | None, queue: str, note: str, remaining: int, upcoming: list[dict], blind: bool, viewer: str = ""
+) -> fh.FT:
     """The swapped region: the image on screen, the next ones already loaded (hidden) so a key press shows the
     next at once, and the state of the image on screen (#image_id, #seen_event) that app.js keeps current."""
     state = [fh.Input(type="hidden", id="q", name="q", value=queue)]
@@ -155,8 +163,8 @@ def card(image: dict | None, queue: str, note: str, remaining: int, upcoming: li
         fh.Input(type="hidden", id="image_id", name="image_id", value=str(iid)),
         fh.Input(type="hidden", id="seen_event", name="seen_event", value=str(int(image.get("event_id") or 0))),
         fh.Div(
-            slide_html(image, queue, blind, True),
-            *[slide_html(u, queue, blind, False) for u in upcoming],
+            slide_html(image, queue, blind, True, viewer),
+            *[slide_html(u, queue, blind, False, viewer) for u in upcoming],
             cls="slides",
         ),
         fh.Div(f"{remaining} left · {note}", cls="qnote"),

@@ -418,11 +418,15 @@ class LabelStore:
             raise LabelError("annotator must not be empty")
         iid = int(image_id)
         with self._write() as db:
-            row = db.execute("SELECT split, event_id, reader2, audit_state FROM images WHERE id = ?", (iid,)).fetchone()
+            row = db.execute(
+                "SELECT split, event_id, reader1, reader2, audit_state FROM images WHERE id = ?", (iid,)
+            ).fetchone()
             if row is None:
                 raise UnknownImage(f"no image with id {image_id}")
-            split, current, reader2, state = row
-            if seen_event is not None and current != int(seen_event):
+            split, current, reader1, reader2, state = row
+            # a blind audit read saw no one's label, so another reader's read since is nothing it missed
+            blind_read = split == "audit" and (reader2 is None or annotator in (reader1, reader2))
+            if seen_event is not None and current != int(seen_event) and not blind_read:
                 raise StaleSubmit(iid, int(seen_event), current)
             if respect_leases and split == "train" and (holder := _lease_holder(db, iid, annotator)):
                 raise Leased(f"image {iid} is leased to {holder}")
@@ -736,6 +740,16 @@ class LabelStore:
         """Hand `image_ids` to `annotator` for `seconds`; their other leases end (they moved on)."""
         with self._write() as db:
             _lease(db, [int(i) for i in image_ids], annotator, seconds, time.time() if now is None else now)
+
+    def lease_free(self, image_ids: Iterable[int], annotator: str, seconds: float) -> list[int]:
+        """`lease` for the images no one else holds (a training image is one annotator's at a time; an audit
+        image's two blind readers may hold it together), in one write; return the ids left to their holder."""
+        ids = [int(i) for i in image_ids]
+        with self._write() as db:
+            split = dict(db.execute(f"SELECT id, split FROM images WHERE id IN ({','.join('?' * len(ids))})", ids))
+            held = [i for i in ids if split.get(i) == "train" and _lease_holder(db, i, annotator)]
+            _lease(db, [i for i in ids if i not in held], annotator, seconds, time.time())
+        return held
 
     def leases(self) -> pd.DataFrame:
         """Active leases: image_id, annotator, until (UNIX seconds)."""

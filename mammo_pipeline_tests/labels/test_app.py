@@ -362,6 +362,57 @@ def test_audit_reads_are_blind_and_a_disagreement_goes_to_a_third_reader(audit_t
     assert "1 adjudicated" in page and 'id="kappa"' in page and "alice" in page and "bob" in page
 
 
+def test_a_reader_who_opens_their_own_disputed_image_in_the_adjudication_queue_stays_blind(audit_team, store):
+    """The queue name comes from the browser: alice, on the Adjudication tab, opens her own read from her recent
+    list. Only a third annotator sees both reads."""
+    clients, audit_ids = audit_team
+    alice, bob, carol = clients["alice"], clients["bob"], clients["carol"]
+    first = audit_ids[0]
+    store.record(first, 1, "alice")
+    store.record(first, 2, "bob")
+    for reader in (alice, bob):
+        card = reader.get("/card", params={"image_id": first, "q": "adjudication"}, headers=HX).text
+        assert "read 1:" not in card and "read 2:" not in card and "blind read" in card
+    card = carol.get("/card", params={"image_id": first, "q": "adjudication"}, headers=HX).text
+    assert "read 1: biopsy (alice)" in card and "read 2: mag (bob)" in card
+
+
+def test_two_readers_on_one_audit_image_at_once_both_have_their_blind_read_recorded(audit_team, store):
+    """Team mode hands an audit image to two readers at once; the second key press is no stale submit, since a
+    blind read saw no one's label. A third annotator's decision still is, if the reads changed under it."""
+    clients, _ = audit_team
+    alice, bob, carol = clients["alice"], clients["bob"], clients["carol"]
+    a_image, a_seen = _card_state(alice.get("/card", params={"q": "audit"}, headers=HX).text)
+    b_image, b_seen = _card_state(bob.get("/card", params={"q": "audit"}, headers=HX).text)
+    assert a_image == b_image
+    assert _label(alice, "1", a_image, a_seen, q="audit").status_code == 200
+    assert _label(bob, "2", b_image, b_seen, q="audit").status_code == 200
+    row = store.images().set_index("id").loc[a_image]
+    assert (row["reader1"], row["reader2"]) == ("alice", "bob")
+    c_image, c_seen = _card_state(carol.get("/card", params={"q": "adjudication"}, headers=HX).text)
+    assert c_image == a_image
+    store.record(a_image, 4, "bob")  # bob changes his read while carol looks at the old one
+    assert _label(carol, "2", c_image, c_seen, q="adjudication").status_code == 409
+
+
+def test_opening_an_image_on_another_screen_by_id_leaves_its_lease_alone(settings, store):
+    """Alice opens (by id, from her recent list) the training image on bob's screen: no second lease, so bob
+    can still label it, and what follows it on alice's card is no one else's."""
+    users = {"alice": "a", "bob": "b"}
+    app = create_app(settings, team=True, users=users, secret="s")
+    alice, bob = BrowserClient(app), BrowserClient(app)
+    alice.post("/login", data={"name": "alice", "password": "a"})
+    bob.post("/login", data={"name": "bob", "password": "b"})
+    b_card = bob.get("/card", params={"q": "unlabeled"}, headers=HX).text
+    b_ids = [i for i, _ in _slides(b_card)]
+    a_card = alice.get("/card", params={"image_id": b_ids[0], "q": "unlabeled"}, headers=HX).text
+    assert _card_state(a_card)[0] == b_ids[0] and not set(i for i, _ in _slides(a_card)[1:]) & set(b_ids)
+    leases = store.leases()
+    assert leases.query("image_id == @b_ids[0]")["annotator"].tolist() == ["bob"]
+    assert _label(alice, "1", b_ids[0], 0).status_code == 409  # on bob's screen
+    assert _label(bob, "1", b_ids[0], 0).status_code == 200
+
+
 def test_review_shows_kappa_and_each_readers_agreement(audit_team, store):
     clients, audit_ids = audit_team
     for image_id, (a, b) in zip(audit_ids, [(1, 1), (2, 2), (3, 4), (4, 4)], strict=True):
