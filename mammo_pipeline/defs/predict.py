@@ -50,7 +50,9 @@ def _failed_check(instance: dg.DagsterInstance, model_version: str) -> bool:
     kinds={"parquet"},
 )
 def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
-    """Makes the exported model current for every hospital (a `model_promotions` row) once its checks passed."""
+    """Makes the exported model current for every hospital (a `model_promotions` row) once its checks passed, once:
+    a model promoted before (and since rolled back or replaced by hand, `mammo model promote`) is not promoted
+    again by a re-materialization ("materialize all" in the UI); a person's decision stands."""
     settings = mammo.get()
     ref = ModelRef.load(settings.models)
     if not ref.onnx_file:
@@ -61,7 +63,9 @@ def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> d
             "re-export it, or promote another model with `mammo model promote VERSION`"
         )
     promotions.save_ref(settings, ref)
-    already = promotions.promoted_version(settings) == ref.model_version
+    history = promotions.read_promotions(settings)
+    already = ref.model_version in set(history["model_version"])
+    current = promotions.promoted_version(settings)
     row = None
     if not already:
         row = promotions.promote(
@@ -72,7 +76,16 @@ def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> d
             dagster_run_id=context.run.run_id,
         )
         warehouse.refresh_views(settings)
-    context.log.info(f"Model {ref.model_version} " + ("was already current" if already else "promoted"))
+    if not already:
+        context.log.info(f"Model {ref.model_version} promoted")
+    elif current == ref.model_version:
+        context.log.info(f"Model {ref.model_version} was already current")
+    else:
+        context.log.warning(
+            f"Model {ref.model_version} was promoted before and {current or 'another model'} has been promoted "
+            f"since (by hand or by a rollback); it is not promoted again. `mammo model promote "
+            f"{ref.model_version}` does that on purpose."
+        )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(ref.model_version),
         metadata={

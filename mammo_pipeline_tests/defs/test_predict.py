@@ -117,6 +117,20 @@ def test_new_model_is_promoted_then_predicted_beside_the_old_rows(settings, inst
     assert current["model_version"].tolist() == ["m2"]
 
 
+def test_a_rolled_back_model_is_not_promoted_again_by_a_rematerialization(settings, instance):
+    """m2 promoted, rolled back by hand to m1; "materialize all" runs promoted_model again while current.json
+    still names m2: the rollback stands."""
+    _run(settings, instance, ASSETS, "m1")
+    _run(settings, instance, [fake_onnx_model], "m2", seed=1, partition=None)
+    _run(settings, instance, [promoted_model], partition=None)
+    assert promotions.promoted_version(settings) == "m2"
+    promotions.promote(settings, "m1", reason="rollback")
+    result = _run(settings, instance, [promoted_model], partition=None)
+    assert promotions.promoted_version(settings) == "m1"
+    assert result.asset_materializations_for_node("promoted_model")[0].metadata["promoted"].value is False
+    assert promotions.read_promotions(settings)["model_version"].tolist() == ["m1", "m2", "m1"]
+
+
 def test_prediction_summary_materializes_tables_and_plot(settings, instance):
     _run(settings, instance, ASSETS)
     result = _run(settings, instance, [prediction_summary], partition=None)
