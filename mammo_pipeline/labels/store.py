@@ -276,9 +276,9 @@ class LabelStore:
     def sync_images(self, manifest: pd.DataFrame, seed: int = 0, audit_fraction: float = 0.2) -> int:
         """Upsert images from the image_cache manifest; return how many are new.
 
-        A known image gets its paths refreshed but keeps its split. A new image of a patient the store
-        already knows joins that patient's split; otherwise its split comes from audit.split_of. Its place in
-        the random order is queues.ranks(store seed, SOP Instance UID).
+        A known image gets its paths refreshed but keeps its split. A new image of a patient or a study the
+        store already knows joins that side; otherwise `audit.assign_splits` draws it (a patient, with the
+        studies it shares, at once). Its place in the random order is queues.ranks(store seed, SOP Instance UID).
         """
         if manifest.empty:
             return 0
@@ -289,23 +289,23 @@ class LabelStore:
         for col in ("study_instance_uid", "patient_key", "meta_mag", "rel_path"):
             if col not in df.columns:
                 df[col] = None
-        df["split"] = audit.assign_splits(df, seed, audit_fraction)
         now = _now()
         with self._write() as db:
             store_seed = int(db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone()[0])
+            # the patients and studies already placed: a new image of either joins their side
             known = dict(
                 db.execute(
-                    "SELECT hospital || '\x1f' || patient_key, split FROM images WHERE patient_key IS NOT NULL"
+                    "SELECT 'patient' || char(31) || hospital || char(31) || patient_key, split FROM images "
+                    "WHERE patient_key IS NOT NULL UNION ALL "
+                    "SELECT 'study' || char(31) || hospital || char(31) || study_instance_uid, split FROM images "
+                    "WHERE study_instance_uid IS NOT NULL"
                 ).fetchall()
             )
+            split = audit.assign_splits(df, seed, audit_fraction, known).tolist()
             before = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
             sops = df["sop_instance_uid"].astype(str).tolist()
             hospitals = df["hospital"].astype(str).tolist()
             pk = [v if isinstance(v, str) and v else None for v in df["patient_key"].astype(object).tolist()]
-            split = [
-                known.get(f"{h}\x1f{k}", s) if k is not None else s
-                for h, k, s in zip(hospitals, pk, df["split"].tolist(), strict=True)
-            ]
             meta = [None if pd.isna(v) else int(bool(v)) for v in df["meta_mag"].astype(object).tolist()]
             rows = zip(
                 sops,

@@ -5,7 +5,8 @@ The network predicts two independent flags (p >= 0.5 sets a flag). From them we 
 - **4-class accuracy**: the derived class (biopsy / mag / neither / both, `labels.codes.label_of`) equals
   the true one, i.e. both flags right.
 - **3-class accuracy** (the seed project's figure, which had no 'both' class): the predicted 3-class label is
-  'neither' when both probabilities are < 0.5, else the flag with the larger probability ('biopsy' on a tie).
+  'neither' when no flag reaches its threshold, the flag that does when one does, and the flag with the larger
+  probability when both do ('biopsy' on a tie).
   An image whose true label is biopsy/mag/neither is correct when that predicted label equals its label; an
   image whose true label is 'both' is correct when both flags are right.
 - per-flag precision / recall / F1, 4-class accuracy per hospital, a 4x4 confusion matrix (rows true,
@@ -37,7 +38,8 @@ def three_class_correct(
     """Per-image correctness under the 3-class rule in the module docstring."""
     pb, pm = probs[:, 0], probs[:, 1]
     pred_b, pred_m = pb >= thresholds[0], pm >= thresholds[1]
-    pred3 = np.where(~pred_b & ~pred_m, "neither", np.where(pb >= pm, "biopsy", "mag"))
+    larger = np.where(pb >= pm, "biopsy", "mag")
+    pred3 = np.where(pred_b & pred_m, larger, np.where(pred_b, "biopsy", np.where(pred_m, "mag", "neither")))
     true4 = classes_of(true_b, true_m)
     both = true4 == "both"
     return np.where(both, (pred_b == true_b) & (pred_m == true_m), pred3 == true4)
@@ -323,12 +325,19 @@ def resampling_groups(audit: pd.DataFrame) -> np.ndarray | None:
     return None
 
 
-def study_metrics(studies: np.ndarray, truth: np.ndarray, probs: np.ndarray, point: dict) -> dict:
+def study_metrics(
+    studies: np.ndarray, truth: np.ndarray, probs: np.ndarray, point: dict, groups: np.ndarray | None = None
+) -> dict:
     """The study flag of one flag at its study threshold (`point['study']`, else the image threshold):
-    n_studies, study_positives, study_roc_auc (of the MAX per study), study_sensitivity, study_specificity and
-    study_fp_rate (the share of studies without the finding that the study flag raises: 1 - specificity)."""
+    n_studies, study_positives, study_roc_auc (of the MAX per study) with its 95 % interval (bootstrapped over
+    `groups`, each image's patient, as the image figure; studies alone without it), study_sensitivity,
+    study_specificity and study_fp_rate (the share of studies without the finding that the study flag raises:
+    1 - specificity)."""
     threshold = (point.get("study") or point)["threshold"]
     s_truth, s_score = study_scores(studies, truth, probs)
+    s_groups = None
+    if groups is not None:  # a study's patient (study_scores orders studies as groupby does: sorted)
+        s_groups = pd.Series(np.asarray(groups)).groupby(pd.Series(studies), sort=True).first().to_numpy()
     sens, spec = _sens_spec(s_truth, s_score, threshold)
     flagged = s_score >= threshold
     return {
@@ -336,6 +345,7 @@ def study_metrics(studies: np.ndarray, truth: np.ndarray, probs: np.ndarray, poi
         "study_positives": int(s_truth.sum()),
         "study_threshold": float(threshold),
         "study_roc_auc": roc_auc(s_truth, s_score),
+        **_interval("study_roc_auc", roc_auc_interval(s_truth, s_score, s_groups) if len(s_truth) else None),
         "study_sensitivity": sens,
         "study_specificity": spec,
         "study_fp_rate": float(flagged[~s_truth].mean()) if (~s_truth).any() else None,
@@ -358,7 +368,7 @@ def detailed_metrics(audit: pd.DataFrame, probs: np.ndarray, points: dict[str, d
         m = flag_metrics(truth, probs[:, k], threshold, units)
         m["threshold"] = threshold
         if "study_instance_uid" in audit and len(audit):
-            m.update(study_metrics(audit["study_instance_uid"].to_numpy(), truth, probs[:, k], points[flag]))
+            m.update(study_metrics(audit["study_instance_uid"].to_numpy(), truth, probs[:, k], points[flag], units))
         for column in groups:
             if column in audit and len(audit):
                 m[f"by_{column}"] = {

@@ -17,11 +17,11 @@ from mammo_pipeline.settings import Settings
 # point (model/evaluate.py::study_metrics; study_fp_rate = 1 - study_specificity).
 METRICS = ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "kappa")
 STUDY_METRICS = ("study_roc_auc", "study_sensitivity", "study_specificity", "study_fp_rate")
-# ... and the 95 % interval of five of them (model/intervals.py: ROC-AUC bootstrapped over whole patients, the
+# ... and the 95 % interval of six of them (model/intervals.py: ROC-AUC bootstrapped over whole patients, the
 # rates by Wilson's score interval): biopsy_roc_auc_low, biopsy_roc_auc_high, ...
 INTERVALS = tuple(
     f"{metric}_{end}"
-    for metric in ("roc_auc", "sensitivity", "specificity", "study_sensitivity", "study_specificity")
+    for metric in ("roc_auc", "sensitivity", "specificity", "study_roc_auc", "study_sensitivity", "study_specificity")
     for end in ("low", "high")
 )
 FLAG_METRICS = tuple(

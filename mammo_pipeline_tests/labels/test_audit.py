@@ -39,6 +39,30 @@ def test_images_without_a_patient_key_are_drawn_alone():
     assert 100 < (splits == "audit").sum() < 300  # not all on one side like one big "None" patient
 
 
+def test_a_study_whose_images_only_partly_carry_a_patient_id_stays_on_one_side():
+    """An image without a Patient ID is keyed by its study (headers.patient_key); the study's other images carry
+    the ID. Both halves are one unit, drawn once, whatever the seed; a lone patient keeps its own draw."""
+    rows = []
+    for s in range(200):
+        rows.append(("h1", f"pid-{s}", f"study-{s}", f"sop-{s}-a"))
+        rows.append(("h1", f"studykey-{s}", f"study-{s}", f"sop-{s}-b"))  # the same study, no Patient ID
+    df = pd.DataFrame(rows, columns=["hospital", "patient_key", "study_instance_uid", "sop_instance_uid"])
+    df["split"] = assign_splits(df, seed=5, audit_fraction=0.2)
+    assert (df.groupby("study_instance_uid")["split"].nunique() == 1).all()
+    assert 0.1 < (df["split"] == "audit").mean() < 0.3
+    alone = pd.DataFrame({"hospital": ["h1"], "patient_key": ["p"], "study_instance_uid": ["s"]})
+    assert assign_splits(alone, seed=5).tolist() == [split_of(5, "h1", "p")]
+
+
+def test_a_new_image_joins_the_side_of_its_known_study_or_patient():
+    new = pd.DataFrame(
+        {"hospital": ["h1", "h1"], "patient_key": ["fresh-1", "fresh-2"], "study_instance_uid": ["old-s", "new-s"]}
+    )
+    known = {"study\x1fh1\x1fold-s": "audit"}
+    splits = assign_splits(new, seed=0, audit_fraction=0.0, known=known)  # a draw would give train
+    assert splits.tolist() == ["audit", "train"]
+
+
 def test_bad_fraction_is_refused():
     with pytest.raises(ValueError, match="audit_fraction"):
         split_of(0, "h1", "p", 1.5)

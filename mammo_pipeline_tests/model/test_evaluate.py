@@ -45,6 +45,15 @@ def test_evaluate_counts_four_and_three_class_accuracy():
     assert cm.sum() == 4 and cm[0, 3] == 1 and cm[2, 0] == 1 and np.trace(cm) == 2
 
 
+def test_three_class_prediction_is_the_flag_that_reached_its_own_threshold():
+    """Thresholds (0.5, 0.1): p_mag 0.2 raises the mag flag, p_biopsy 0.3 raises nothing, so the prediction is mag,
+    though p_biopsy is the larger probability; when both flags are raised, the larger one."""
+    probs = np.array([[0.3, 0.2], [0.15, 0.2], [0.6, 0.7]])
+    true_b, true_m = np.array([False, True, False]), np.array([True, False, True])
+    assert three_class_correct(true_b, true_m, probs, (0.5, 0.1)).tolist() == [True, False, True]
+    assert three_class_correct(np.array([True]), np.array([False]), np.array([[0.15, 0.2]]), (0.1, 0.3))[0]
+
+
 def test_three_class_both_needs_both_flags():
     true_b, true_m = np.array([True]), np.array([True])
     assert not three_class_correct(true_b, true_m, np.array([[0.9, 0.4]]))[0]
@@ -152,6 +161,17 @@ def test_kappa_auc_and_study_false_positive_rate():
     pred = np.array([0, 0, 0, 1, 0], float)  # the study flag at threshold 0.5: ANY image at or above it
     rate = study_metrics(studies, np.array([1, 0, 0, 0, 0], bool), pred, {"threshold": 0.5})["study_fp_rate"]
     assert rate == pytest.approx(0.5)
+
+
+def test_study_roc_auc_has_its_interval_bootstrapped_over_patients():
+    rng = np.random.default_rng(0)
+    studies = np.repeat([f"s{i}" for i in range(40)], 2)
+    truth = np.repeat(np.arange(40) < 15, 2)
+    probs = np.clip(truth * 0.3 + rng.uniform(0, 0.7, len(truth)), 0, 1)
+    patients = np.repeat([f"p{i // 2}" for i in range(40)], 2)  # two studies per patient
+    m = study_metrics(studies, truth, probs, {"threshold": 0.5}, patients)
+    assert m["study_roc_auc_low"] <= m["study_roc_auc"] <= m["study_roc_auc_high"]
+    assert m["study_roc_auc_high"] - m["study_roc_auc_low"] > 0.01
 
 
 def test_detailed_metrics_per_group():
