@@ -8,8 +8,11 @@ import dagster as dg
 
 retrain_model = dg.define_asset_job(
     "retrain_model",
-    selection=dg.AssetSelection.assets("trained_model", "onnx_model"),
-    description="Train a model on the current labels and export it to ONNX (requested by retrain_on_new_labels).",
+    selection=dg.AssetSelection.assets("labels", "trained_model", "onnx_model"),
+    description=(
+        "Snapshot the label store (the labels that triggered it included), train a model on it and export it to "
+        "ONNX (requested by retrain_on_new_labels)."
+    ),
     tags={"mammo/job": "retrain"},
 )
 

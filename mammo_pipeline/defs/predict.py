@@ -99,10 +99,19 @@ def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> d
     )
 
 
-def model_for(settings: Settings, hospital: str) -> ModelRef:
-    """The model that predicts a hospital: the one promoted for it, else (never promoted) current.json."""
+def model_for(settings: Settings, hospital: str, instance: dg.DagsterInstance | None = None) -> ModelRef:
+    """The model that predicts a hospital: the one promoted for it, else (never promoted) current.json, unless
+    its blocking parity check failed on `instance` (a model promoted_model refused does not predict either)."""
     version = promotions.promoted_version(settings, hospital)
-    return promotions.model_ref(settings, version) if version else ModelRef.load(settings.models)
+    if version:
+        return promotions.model_ref(settings, version)
+    ref = ModelRef.load(settings.models)
+    if instance is not None and _failed_check(instance, ref.model_version):
+        raise dg.Failure(
+            f"model {ref.model_version}: onnx_matches_pytorch failed and no model was ever promoted, so {hospital} is "
+            "not predicted; re-export the model, or promote one with `mammo model promote VERSION`"
+        )
+    return ref
 
 
 @dg.asset(
@@ -117,7 +126,7 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
     written to its own (hospital, model_version) slice beside the older models' slices."""
     settings, hospital = mammo.get(), context.partition_key
     promotions.migrate_legacy(settings)
-    ref = model_for(settings, hospital)
+    ref = model_for(settings, hospital, context.instance)
     model = load_model(settings, ref)
     manifest = warehouse.read_partition(settings, "image_cache", hospital)
     if len(manifest):
@@ -171,7 +180,7 @@ def study_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
     MAX over its images; `summary.aggregate_studies`), with the model that decided."""
     settings, hospital = mammo.get(), context.partition_key
     promotions.migrate_legacy(settings)
-    ref = model_for(settings, hospital)
+    ref = model_for(settings, hospital, context.instance)
     version = ref.model_version
     source = warehouse.slice_file(settings, "image_predictions", hospital, version)
     if not source.exists():

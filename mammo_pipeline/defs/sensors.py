@@ -19,6 +19,7 @@ from mammo_pipeline.defs import automation, jobs
 from mammo_pipeline.defs.partitions import hospital_partitions
 from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline.drops import DropCursor, quiet_seconds_from_env, scan_landing
+from mammo_pipeline.landing import drop_is_ready, iter_dicom_stats
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 
@@ -39,15 +40,18 @@ def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings
     if not landing.is_dir():
         return dg.SkipReason(f"{landing} does not exist yet")
     cursor = DropCursor.from_json(context.cursor)
-    indexed = indexed_drops(settings)
-    if indexed - (cursor.seen if cursor else frozenset()):
-        # drops dicom_index already holds (the demo, a manual materialization) are not new
-        cursor = DropCursor((cursor.seen if cursor else frozenset()) | indexed)
+    seen = cursor.seen if cursor else frozenset()
+    quiet = quiet_seconds_from_env()
+    indexed = {p for p, rows in indexed_drops(settings).items() if p in seen or whole(landing, p, rows, quiet)}
+    if indexed - seen:
+        # drops dicom_index already holds whole (the demo, a manual materialization) are not new; one it indexed
+        # while it was still being copied (another drop's run, the nightly pass) stays new until a run takes it
+        cursor = DropCursor(seen | indexed, cursor.reported if cursor else frozenset())
     scan = scan_landing(
         landing,
         cursor,
         registered=context.instance.get_dynamic_partitions(hospital_partitions.name),
-        quiet_seconds=quiet_seconds_from_env(),
+        quiet_seconds=quiet,
     )
     for hospital, drop in scan.waiting:
         context.log.info(f"{hospital}/{drop} is still being copied (no _READY, files changed recently)")
@@ -84,16 +88,31 @@ def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings
     )
 
 
-def indexed_drops(settings: Settings) -> frozenset[tuple[str, str]]:
-    """(hospital, drop) pairs dicom_index already holds, counting drops whose files were all quarantined."""
-    found: set[tuple[str, str]] = set()
+def indexed_drops(settings: Settings) -> dict[tuple[str, str], int]:
+    """(hospital, drop) -> how many of its files dicom_index holds (rows of dicom_index and of the quarantine
+    table, so a drop whose files were all quarantined counts)."""
+    found: dict[tuple[str, str], int] = {}
     with warehouse.connect(settings) as con:
         present = warehouse.views(con)
         for table in ("dicom_index", "quarantine"):
             if table in present:
-                rows = con.execute(f'SELECT DISTINCT hospital, "drop" FROM {table} WHERE "drop" IS NOT NULL').fetchall()
-                found.update((str(h), str(d)) for h, d in rows)
-    return frozenset(found)
+                rows = con.execute(
+                    f'SELECT hospital, "drop", count(*) FROM {table} WHERE "drop" IS NOT NULL GROUP BY ALL'
+                ).fetchall()
+                for h, d, n in rows:
+                    found[(str(h), str(d))] = found.get((str(h), str(d)), 0) + int(n)
+    return found
+
+
+def whole(landing: Path, pair: tuple[str, str], rows: int, quiet_seconds: float) -> bool:
+    """Whether a drop is copied (`landing.drop_is_ready`) and the index holds every file it holds now: a drop
+    indexed while it was being copied has more files than rows once the copy is done. Walks only the drops the
+    cursor has not seen."""
+    hospital, drop = pair
+    folder = landing / hospital / drop
+    if not folder.is_dir() or not drop_is_ready(folder, quiet_seconds):
+        return not folder.is_dir()  # a drop gone from landing: nothing left to run
+    return sum(1 for _ in iter_dicom_stats(landing, hospital, [drop])) <= rows
 
 
 def retrain_baseline(cursor: str | None, model_event: int | None, has_model: bool, last_event_id: int) -> int:

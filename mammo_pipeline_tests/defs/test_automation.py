@@ -19,7 +19,10 @@ PRODUCTION_YAML = REPO / "deploy" / "dagster.yaml"
 def stand_in_graph() -> list:
     """Assets with the keys and shapes of the real ones (the domain modules are tested elsewhere)."""
 
-    @dg.asset(pool="training")
+    @dg.asset
+    def labels() -> None: ...
+
+    @dg.asset(deps=[labels], pool="training")
     def trained_model() -> None: ...
 
     @dg.asset(deps=[trained_model], check_specs=[dg.AssetCheckSpec("parity", asset="onnx_model", blocking=True)])
@@ -29,13 +32,14 @@ def stand_in_graph() -> list:
     @dg.asset(deps=[onnx_model], partitions_def=hospital_partitions)
     def image_predictions() -> None: ...
 
-    return [trained_model, onnx_model, image_predictions]
+    return [labels, trained_model, onnx_model, image_predictions]
 
 
-def test_retrain_job_selects_the_model_assets_and_their_checks():
+def test_retrain_job_selects_the_labels_snapshot_the_model_assets_and_their_checks():
+    """The labels that triggered the retraining are in the snapshot it trains on: `labels` runs first."""
     defs = dg.Definitions(assets=stand_in_graph(), jobs=[automation.retrain_model])
     job = defs.resolve_job_def("retrain_model")
-    assert job.asset_layer.executable_asset_keys == {dg.AssetKey("trained_model"), dg.AssetKey("onnx_model")}
+    assert job.asset_layer.executable_asset_keys == {dg.AssetKey(k) for k in ("labels", "trained_model", "onnx_model")}
     assert dg.AssetCheckKey(dg.AssetKey("onnx_model"), "parity") in job.asset_layer.asset_graph.asset_check_keys
 
 
@@ -43,8 +47,8 @@ def test_retrain_job_materializes_trained_then_onnx():
     defs = dg.Definitions(assets=stand_in_graph(), jobs=[automation.retrain_model])
     result = defs.resolve_job_def("retrain_model").execute_in_process(instance=dg.DagsterInstance.ephemeral())
     assert result.success
-    done = {e.asset_key for e in result.get_asset_materialization_events()}
-    assert done == {dg.AssetKey("trained_model"), dg.AssetKey("onnx_model")}
+    done = [e.asset_key for e in result.get_asset_materialization_events()]
+    assert done == [dg.AssetKey("labels"), dg.AssetKey("trained_model"), dg.AssetKey("onnx_model")]
 
 
 def test_automation_sensor_is_on_and_covers_every_asset():
@@ -55,7 +59,7 @@ def test_automation_sensor_is_on_and_covers_every_asset():
     automation_sensors = [s for s in repo.sensor_defs if isinstance(s, dg.AutomationConditionSensorDefinition)]
     assert [s.name for s in automation_sensors] == ["default_automation_condition_sensor"]  # no second, stopped one
     targeted = sensor.asset_selection.resolve(repo.asset_graph)
-    assert targeted == {dg.AssetKey(k) for k in ("trained_model", "onnx_model", "image_predictions")}
+    assert targeted == {dg.AssetKey(k) for k in ("labels", "trained_model", "onnx_model", "image_predictions")}
 
 
 def instance_from(yaml_path: Path, tmp_path: Path) -> dg.DagsterInstance:

@@ -157,6 +157,27 @@ def test_a_model_whose_parity_check_failed_is_not_promoted(settings, instance):
     assert promotions.read_promotions(settings).empty
 
 
+def test_a_model_whose_parity_check_failed_predicts_nothing_either(settings, instance):
+    """Never promoted (its check failed), the model in current.json must not answer a new drop's predictions."""
+
+    @dg.asset_check(asset="onnx_model", name="onnx_matches_pytorch")
+    def failing_parity() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False, metadata={"model_version": "m1"})
+
+    _run(settings, instance, [fake_onnx_model, failing_parity], partition=None)
+    result = dg.materialize(
+        [image_predictions],
+        partition_key=HOSPITAL,
+        resources={"mammo": MammoSettings(home=str(settings.home))},
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert "onnx_matches_pytorch failed" in failure.event_specific_data.error.message
+    assert not warehouse.slice_file(settings, "image_predictions", HOSPITAL, "m1").exists()
+
+
 def test_same_model_same_images_keeps_the_slice_and_its_run(settings, instance):
     first = _run(settings, instance, ASSETS)
     again = _run(settings, instance, [image_predictions, study_predictions])

@@ -11,6 +11,7 @@ from mammo_pipeline.atomic import write_parquet
 from mammo_pipeline.defs import jobs, sensors
 from mammo_pipeline.defs.partitions import hospital_partitions
 from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.labels.store import LabelStore
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline_tests.dicom.test_headers import PATIENT, write_mg
@@ -236,6 +237,41 @@ def test_drops_dicom_index_holds_are_not_new_even_without_a_cursor(instance, def
     assert sorted(instance.get_dynamic_partitions("hospital")) == ["h1", "h2"]
     assert json.loads(data.cursor)["seen"] == {"h1": ["d1", "d2"], "h2": ["d1"]}
     assert tick(instance, defs, mammo, data.cursor).run_requests == []
+
+
+def test_a_drop_indexed_while_still_being_copied_gets_its_own_run_once_copied(instance, defs, mammo, settings):
+    """Another run (d1's, the nightly pass) indexes the hospital while d2 is still arriving: d2's first file is
+    in the index, the rest not. Once d2 is copied it is new, not 'already indexed'."""
+    add_drop(settings.landing, "h1", "d1", ready_marker=True, dicom=True)
+    first = tick(instance, defs, mammo, None)
+    d2 = add_drop(settings.landing, "h1", "d2", age=1, dicom=True)  # being copied
+    busy = tick(instance, defs, mammo, first.cursor)
+    assert busy.run_requests == []
+    index_hospital(settings, "h1")  # d1's run: every drop of the hospital, d2's first file too
+    during = tick(instance, defs, mammo, busy.cursor)
+    assert during.run_requests == []
+    write_mg(d2 / "b.dcm")
+    write_mg(d2 / "c.dcm")
+    (d2 / "_READY").touch()
+    done = tick(instance, defs, mammo, during.cursor)
+    assert keys(done) == [("h1", "h1:d2")]
+
+
+def test_the_index_holding_a_refused_drop_does_not_repeat_its_warning_every_tick(instance, defs, mammo, settings):
+    """A drop indexed before it was refused (named after its patient once its files could be read) stays in the
+    index until the next index run: its warning is still logged once."""
+    add_drop(settings.landing, "h1", "d1", ready_marker=True, dicom=True)
+    refused = settings.landing / "h1" / PATIENT["PatientID"]
+    write_mg(refused / "s1" / "a.dcm")
+    index = pd.DataFrame({"hospital": ["h1"], "drop": [PATIENT["PatientID"]], "sop_instance_uid": ["1.2.3"]})
+    write_parquet(index, settings.table_dir("dicom_index", "h1") / "refused.parquet")
+    counts, cursor = [], None
+    for _ in range(3):
+        logs: list[str] = []
+        data = tick(instance, defs, mammo, cursor, logs)
+        counts.append(sum("not indexed" in line for line in logs))
+        cursor = data.cursor
+    assert counts == [1, 0, 0]
 
 
 def test_missing_landing_is_skipped(instance, defs, mammo, settings):
