@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from mammo_pipeline import warehouse
+from mammo_pipeline.landing import list_hospitals
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 
@@ -35,6 +36,16 @@ REF_FILE = "ref.json"  # models/<v>/ref.json: the exported model's ModelRef (mod
 
 class UnknownModel(LookupError):
     """No exported model with this version."""
+
+
+class UnknownHospital(LookupError):
+    """A promotion for a hospital that neither the landing folder nor any warehouse table knows (a typo)."""
+
+
+def known_hospitals(settings: Settings) -> list[str]:
+    """Hospitals a promotion may name: folders of the landing zone and partitions of any warehouse table."""
+    in_tables = {p.name.split("=", 1)[1] for p in settings.warehouse.glob("*/hospital=*") if p.is_dir()}
+    return sorted(set(list_hospitals(settings.landing)) | in_tables)
 
 
 def utc(when: pd.Timestamp | str | datetime) -> pd.Timestamp:
@@ -141,6 +152,16 @@ def model_ref(settings: Settings, model_version: str) -> ModelRef:
     )
 
 
+def model_for_hospital(settings: Settings, hospital: str) -> ModelRef:
+    """The model that speaks for `hospital`: the one promoted last for it (or for every hospital), else, in a
+    home where nothing was ever promoted, the newest one (`models/current.json`).
+
+    Raises FileNotFoundError when there is no model at all, UnknownModel when the promoted one lost its files.
+    """
+    version = promoted_version(settings, hospital)
+    return model_ref(settings, version) if version else ModelRef.load(settings.models)
+
+
 def promote(
     settings: Settings,
     model_version: str,
@@ -151,9 +172,22 @@ def promote(
     note: str = "",
     now: datetime | None = None,
 ) -> dict:
-    """Append one promotion row making `model_version` current (for `hospital`, or all when None)."""
+    """Append one promotion row making `model_version` current (for `hospital`, or all when None).
+
+    Raises
+    ------
+    UnknownModel
+        When `model_version` has no exported ONNX model.
+    UnknownHospital
+        When `hospital` is given and is not a hospital of this home (`known_hospitals`).
+    """
     if reason not in REASONS:
         raise ValueError(f"reason must be one of {REASONS}, not {reason!r}")
+    if hospital is not None and hospital not in (known := known_hospitals(settings)):
+        raise UnknownHospital(
+            f"no hospital {hospital!r} in the landing folder or the warehouse (known: {', '.join(known) or 'none'}); "
+            "leave --hospital out to promote for every hospital"
+        )
     ref = model_ref(settings, model_version)
     if not ref_path(settings, model_version).exists():
         save_ref(settings, ref)

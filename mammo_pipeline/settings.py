@@ -22,6 +22,7 @@ _PATH_VARS: tuple[tuple[str, str, str, str], ...] = (
     ("reports", "MAMMO_REPORTS", "reports", "pictures and summaries for people"),
     ("dagster_home", "DAGSTER_HOME", "dagster", "the Dagster instance (run history, schedules)"),
 )
+# (field, environment variable, default, help); every integer knob has a floor (a seed may be any integer).
 _INT_VARS: tuple[tuple[str, str, int, str], ...] = (
     ("workers", "MAMMO_WORKERS", 0, "processes for per-image work (0 = one per core)"),
     ("inference_threads", "MAMMO_INFERENCE_THREADS", 0, "ONNX Runtime intra-op threads (0 = one per core)"),
@@ -36,12 +37,23 @@ _STR_VARS: tuple[tuple[str, str, str, str], ...] = (
     ("dask_scheduler", "MAMMO_DASK_SCHEDULER", "", "address of a Dask scheduler; empty = local process pool"),
     ("salt", "MAMMO_SALT", "", "secret salt for patient pseudonyms; empty = MAMMO_HOME/.salt, made once"),
 )
+_INT_FLOORS: dict[str, int] = {
+    "workers": 0,
+    "inference_threads": 0,
+    "display_size": 1,
+    "model_size": 1,
+    "retrain_after": 1,
+}
 ENVIRONMENT_VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("MAMMO_HOME", "./mammo-home", "root of everything below"),
     *((var, f"$MAMMO_HOME/{default}", text) for _, var, default, text in _PATH_VARS),
     *((var, str(default), text) for _, var, default, text in _INT_VARS),
     *((var, default or "(empty)", text) for _, var, default, text in _STR_VARS),
 )
+
+
+class SettingsError(ValueError):
+    """A MAMMO_* variable that cannot be used; the message names the variable and what it accepts."""
 
 
 @dataclass(frozen=True)
@@ -69,19 +81,24 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Read MAMMO_* variables (or `env`), then apply keyword overrides."""
+        """Read MAMMO_* variables (or `env`), then apply keyword overrides.
+
+        Raises
+        ------
+        SettingsError
+            When a variable holds a value it does not accept (a word where a number belongs, a negative count).
+        """
         env = os.environ if env is None else env
         home = Path(env.get("MAMMO_HOME") or "mammo-home").expanduser().absolute()
         values: dict[str, object] = {"home": home}
         for name, var, default, _ in _PATH_VARS:
             values[name] = Path(env.get(var) or home / default).expanduser().absolute()
         for name, var, default, _ in _INT_VARS:
-            raw = env.get(var)
-            values[name] = int(raw) if raw not in (None, "") else default
+            values[name] = _int_var(var, env.get(var), default, _INT_FLOORS.get(name))
         for name, var, default, _ in _STR_VARS:
             values[name] = env.get(var) or default
         if values["pretrained"] not in ("imagenet", "none"):
-            raise ValueError(f"MAMMO_PRETRAINED must be 'imagenet' or 'none', not {values['pretrained']!r}")
+            raise SettingsError(f"MAMMO_PRETRAINED must be 'imagenet' or 'none', not {values['pretrained']!r}")
         return replace(cls(**values), **overrides)  # type: ignore[arg-type]
 
     @classmethod
@@ -141,3 +158,16 @@ class Settings:
             if f.name in {"landing", "cache", "warehouse", "models", "reports", "dagster_home", "home"}:
                 getattr(self, f.name).mkdir(parents=True, exist_ok=True)
         return self
+
+
+def _int_var(var: str, raw: str | None, default: int, floor: int | None) -> int:
+    """The integer in `raw` (blank = `default`), refused with the variable's name when it is not one or too small."""
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{var} must be a whole number, not {raw!r}") from None
+    if floor is not None and value < floor:
+        raise SettingsError(f"{var} must be at least {floor}, not {value}")
+    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import dagster as dg
@@ -12,7 +13,7 @@ import pytest
 
 from mammo_pipeline.defs.ingest import dicom_index, image_cache
 from mammo_pipeline.defs.resources import MammoSettings
-from mammo_pipeline.dicom.source_paths import private_root
+from mammo_pipeline.dicom.source_paths import private_root, redact
 from mammo_pipeline.synth.drops import generate_drops
 from mammo_pipeline_tests.dicom.test_headers import PATIENT, write_mg
 from mammo_pipeline_tests.privacy import identifiers, scan
@@ -88,3 +89,18 @@ def test_no_identifier_leaves_the_dicom_files_anywhere(ingested):
     assert private.exists() and oct(private.stat().st_mode & 0o777) == "0o700"
     findings = scan(ingested, exclude=(private,))
     assert not findings, sorted({f.where.split(str(ingested.home))[-1] for f in findings})
+
+
+@pytest.mark.parametrize("name", [b"M\xfcller^Anna", b"O'Brien^Sean", b"Back\\slash^Bo", "Zoë^Lee".encode()])
+def test_redaction_finds_a_path_in_the_spelling_an_exception_gives_it(tmp_path, name):
+    """OSError and pydicom quote a file name with repr, which writes a name that is not UTF-8 (held as surrogate
+    escapes) as `\\udcXX`, a backslash doubled and a quote escaped: each spelling is replaced, none survives."""
+    landing = tmp_path / "landing"
+    real = landing / "h1" / "d1" / os.fsdecode(name) / "1.dcm"
+    try:
+        real.open("rb")
+    except OSError as e:
+        message = f"{e}; also {real}, {real.relative_to(landing).as_posix()}"
+    redacted = redact(message, real, "h1/d1/abc", landing)
+    assert redacted.count("h1/d1/abc") == 3, redacted
+    assert "Anna" not in redacted and "Sean" not in redacted and "slash" not in redacted and "Lee" not in redacted

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import warnings
 
 import click
 
 from mammo_pipeline import __version__
+from mammo_pipeline.settings import SettingsError
 
 # Dagster marks observable source assets as beta; say so in the docs, not on every command line.
 warnings.filterwarnings("ignore", message=".*is currently in beta.*")
@@ -31,7 +33,22 @@ SUBCOMMANDS: tuple[str, ...] = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Mammo(click.Group):
+    """The command group: a MAMMO_* variable it cannot use, or a file it cannot write (a full disk, a folder
+    without write permission), is a one-line error naming the file, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except SettingsError as e:
+            raise click.ClickException(str(e)) from e
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # `mammo query ... | head`: click.main ends quietly on a closed pipe
+                raise
+            raise click.ClickException(str(e)) from e
+
+
+@click.group(cls=_Mammo, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mammo")
 def cli() -> None:
     """Sort screening mammograms into biopsy-marker and magnification views.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from importlib.resources import files
 
@@ -32,7 +33,7 @@ def command(show_env: bool) -> None:
     settings = init_home(Settings.from_env())
     if show_env:
         for key, value in settings.as_env().items():
-            click.echo(f"export {key}={value}")
+            click.echo(f"export {key}={shlex.quote(value)}")
         return
     for var, default, text in ENVIRONMENT_VARIABLES:
         click.echo(f"{var:26} {text} (default {default})")

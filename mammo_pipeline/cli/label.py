@@ -15,7 +15,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @click.command("label")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Any other than loopback turns on team mode.")
-@click.option("--port", default=5001, show_default=True, type=int)
+@click.option("--port", default=5001, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--team", "force_team", is_flag=True, help="Sign-in even on loopback (behind a TLS reverse proxy).")
 @click.option("--annotator", default=None, help="Your name in the labels (single-user mode; default: OS user).")
 @click.option("--blind", is_flag=True, help="Hide the model's hint.")

@@ -41,9 +41,13 @@ def command(study_uid: str, fmt: str, as_of: str | None) -> None:
     """
     if as_of is not None:
         try:
-            pd.Timestamp(as_of)
-        except ValueError as e:
-            raise click.BadParameter(f"{as_of!r} is not a date or time (e.g. 2026-11-01 or 2026-11-01T09:30)") from e
+            when = pd.Timestamp(as_of)
+        except ValueError:
+            when = pd.NaT
+        if pd.isna(when):  # pandas reads "" and "NaT" as NaT instead of refusing them
+            raise click.BadParameter(
+                f"{as_of!r} is not a date or time (e.g. 2026-11-01 or 2026-11-01T09:30)", param_hint="--as-of"
+            )
     try:
         lineage = study_lineage(Settings.from_env(), study_uid, as_of=as_of)
     except UnknownStudy as e:

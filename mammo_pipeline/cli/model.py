@@ -88,8 +88,8 @@ def promote(version: str, hospital: str | None, rollback: bool, note: str) -> No
         row = promotions.promote(
             settings, version, hospital, reason="rollback" if rollback else "manual", promoted_by="cli", note=note
         )
-    except promotions.UnknownModel as e:
-        raise click.ClickException(str(e)) from e
+    except (promotions.UnknownModel, promotions.UnknownHospital) as e:
+        raise click.ClickException(e.args[0]) from e
     warehouse.refresh_views(settings)
     scope = hospital or "every hospital"
     click.echo(

@@ -102,11 +102,12 @@ def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> d
 def model_for(settings: Settings, hospital: str, instance: dg.DagsterInstance | None = None) -> ModelRef:
     """The model that predicts a hospital: the one promoted for it, else (never promoted) current.json, unless
     its blocking parity check failed on `instance` (a model promoted_model refused does not predict either)."""
-    version = promotions.promoted_version(settings, hospital)
-    if version:
-        return promotions.model_ref(settings, version)
-    ref = ModelRef.load(settings.models)
-    if instance is not None and _failed_check(instance, ref.model_version):
+    ref = promotions.model_for_hospital(settings, hospital)
+    if (
+        promotions.promoted_version(settings, hospital) is None
+        and instance
+        and _failed_check(instance, ref.model_version)
+    ):
         raise dg.Failure(
             f"model {ref.model_version}: onnx_matches_pytorch failed and no model was ever promoted, so {hospital} is "
             "not predicted; re-export the model, or promote one with `mammo model promote VERSION`"

@@ -86,15 +86,31 @@ def resolve(settings: Settings, hospital: str, rel_path: str) -> Path:
 
 
 def redact(text: str, real: Path | str, rel_path: str, landing: Path | None = None) -> str:
-    """`text` with the real path of a file (absolute, and landing-relative when `landing` is given) replaced."""
+    """`text` with the real path of a file (absolute, and landing-relative when `landing` is given) replaced by
+    `rel_path`, in every spelling an exception's text gives it (`_spellings`)."""
     real = str(real)
     if not real:
         return text
-    text = text.replace(real, rel_path)
+    paths = [real]
     if landing is not None:
         with contextlib.suppress(ValueError):
-            text = text.replace(Path(real).relative_to(landing).as_posix(), rel_path)
+            paths.append(Path(real).relative_to(landing).as_posix())
+    for path in paths:
+        for spelling in _spellings(path):
+            text = text.replace(spelling, rel_path)
     return text
+
+
+def _spellings(path: str) -> list[str]:
+    """How a path shows in an exception's text, longest first: as is; as `repr` writes it (OSError and pydicom
+    messages quote file names with repr, which writes a name that is not UTF-8, held as surrogate escapes, as
+    `\\udcXX`, and doubles a backslash); and decoded with U+FFFD for bytes that are not UTF-8."""
+    forms = {
+        path,
+        repr(path)[1:-1],
+        path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+    }
+    return sorted(forms, key=len, reverse=True)
 
 
 def _load(path: Path) -> dict[str, str]:

@@ -111,6 +111,7 @@ class ZoomCache:
         """The uint8 display image of `path` at its native size (rows x cols), through normalize.render."""
         from mammo_pipeline.dicom.errors import UnusableImage
         from mammo_pipeline.dicom.normalize import read_dataset, render
+        from mammo_pipeline.dicom.source_paths import redact
 
         with self._lock:
             if path in self._rendered:
@@ -121,7 +122,8 @@ class ZoomCache:
             long_side = max(int(ds.Rows), int(ds.Columns))
             pixels = render(ds, (long_side,)).images[long_side]
         except UnusableImage as e:
-            raise NoSource(f"the image's DICOM file cannot be rendered: {e}") from e
+            reason = redact(str(e), path, "the file", self.landing)  # the real path names the patient's folder
+            raise NoSource(f"the image's DICOM file cannot be rendered: {reason}") from e
         with self._lock:
             self._rendered[path] = pixels
             while len(self._rendered) > KEEP_RENDERED:

@@ -224,13 +224,16 @@ def with_second_look(explanation: Explanation, look, display_png: Path | str | n
 
 
 def heatmap_png(settings: Settings, hospital: str, sop_instance_uid: str, ref: ModelRef | None = None) -> bytes:
-    """PNG bytes of the current model's heat maps for one cached image (the CLI and the labeling app's hint).
+    """PNG bytes of the heat maps of one cached image by `ref`, by default the model that predicts its hospital
+    (`promotions.model_for_hospital`: the promoted one), for the CLI and the labeling app's hint.
 
     Raises FileNotFoundError when there is no model or no cache, KeyError when the image is not cached.
     """
+    from mammo_pipeline import promotions
     from mammo_pipeline.model.train import load_network, load_second_look
 
-    ref = ref or ModelRef.load(settings.models)
+    find_renditions(settings, hospital, sop_instance_uid)  # an unknown image is told before a model is loaded
+    ref = ref or promotions.model_for_hospital(settings, hospital)
     net = load_network(settings, ref)
     look = load_second_look(settings, ref)
     columns = ("model_png", "display_png") if look is not None else ("model_png",)

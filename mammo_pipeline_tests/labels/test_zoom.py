@@ -100,6 +100,16 @@ def test_unknown_image_or_missing_dicom_is_404(zoomed):
     assert client.get(f"/zoom/{ids[2]}", params=ok).status_code == 404  # a path outside the landing folder
 
 
+def test_a_dicom_that_cannot_be_rendered_is_404_without_its_real_path(zoomed):
+    """The landing path names the patient's folder (p0 here): the reason is told, the path is not."""
+    client, ids, path = zoomed
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header reads, the pixel data ends early
+    r = client.get(f"/zoom/{ids[0]}", params={"x": 0.5, "y": 0.5})
+    assert r.status_code == 404 and "cannot be rendered" in r.text and "Pixel Data" in r.text
+    assert "one.dcm" not in r.text and "/p0/" not in r.text and "drop-1" not in r.text
+
+
 def test_heat_map_without_the_explain_module_or_a_model_is_a_clear_503_or_404(zoomed, monkeypatch):
     client, ids, _ = zoomed
     monkeypatch.setitem(sys.modules, "mammo_pipeline.model.explain", None)  # not installed: import fails

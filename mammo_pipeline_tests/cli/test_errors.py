@@ -1,0 +1,85 @@
+"""What the `mammo` command says when it is given something it cannot use: one line naming it, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from mammo_pipeline.cli import cli
+from mammo_pipeline.settings import Settings, SettingsError
+from mammo_pipeline_tests.test_lineage import predict_hospital
+
+
+def _run(args: list[str], **kwargs):
+    return CliRunner().invoke(cli, args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("MAMMO_WORKERS", "four", "MAMMO_WORKERS must be a whole number, not 'four'"),
+        ("MAMMO_WORKERS", "-2", "MAMMO_WORKERS must be at least 0, not -2"),
+        ("MAMMO_MODEL_SIZE", "0", "MAMMO_MODEL_SIZE must be at least 1, not 0"),
+        ("MAMMO_PRETRAINED", "yes", "MAMMO_PRETRAINED must be 'imagenet' or 'none'"),
+    ],
+)
+def test_a_setting_it_cannot_use_is_named_in_one_line(settings, var, value, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({"MAMMO_HOME": str(settings.home), var: value})
+    result = _run(["home"], env={var: value})
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert Settings.from_env({"MAMMO_HOME": str(settings.home), "MAMMO_SEED": "-3", var: ""}).seed == -3
+
+
+def test_lineage_refuses_an_empty_as_of(settings):
+    predict_hospital(settings, "h1", {"s1": 1}, "m1", seed=0, run_id="run-1")
+    for bad in ("", "NaT", "yesterday-ish"):
+        result = _run(["lineage", "s1", "--as-of", bad])
+        assert result.exit_code == 2, (bad, result.output)
+        assert "is not a date or time" in result.output and "--as-of" in result.output
+    assert _run(["lineage", "s1", "--as-of", "2030-01-01"]).exit_code == 0
+
+
+def test_label_refuses_a_port_outside_tcp(settings):
+    for port in ("0", "70000"):
+        result = _run(["label", "--port", port])
+        assert result.exit_code == 2 and "1<=x<=65535" in result.output
+
+
+def test_home_env_output_survives_eval_in_a_shell(tmp_path):
+    home = tmp_path / "my home $(touch pwned) 'quoted'"
+    result = _run(["home", "--env"], env={"MAMMO_HOME": str(home)})
+    assert result.exit_code == 0, result.output
+    script = result.output + 'printf %s "$MAMMO_HOME"'
+    shell = subprocess.run(["sh", "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert shell.stdout == str(home)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_explain_of_an_uncached_image_quotes_its_hospital_whole(settings):
+    predict_hospital(settings, "h1", {"s1": 1}, "m1", seed=0, run_id="run-1")  # a model and an image cache
+    result = _run(["explain", "9.9.9", "--hospital", "h1"])
+    assert result.exit_code == 1
+    assert "Error: image 9.9.9 is not in the image cache of hospital 'h1'\n" in result.output
+
+
+def test_a_file_it_cannot_write_is_a_one_line_error(settings, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    result = _run(["label", "--export", str(tmp_path / "a-file" / "labels.csv")])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and "a-file" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+def test_promote_refuses_a_hospital_this_home_does_not_know(settings):
+    predict_hospital(settings, "h1", {"s1": 1}, "m1", seed=0, run_id="run-1")
+    for hospital in ("", "h9"):
+        result = _run(["model", "promote", "m1", "--hospital", hospital])
+        assert result.exit_code == 1, result.output
+        assert f"no hospital {hospital!r}" in result.output and "known: h1" in result.output
+    assert not list(settings.warehouse.glob("model_promotions/*.parquet"))
+    assert _run(["model", "promote", "m1", "--hospital", "h1"]).exit_code == 0
+    assert len(list(settings.warehouse.glob("model_promotions/*.parquet"))) == 1
