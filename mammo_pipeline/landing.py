@@ -16,10 +16,12 @@ A slug folder of landing/ named after a patient identifier of the files inside i
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +60,16 @@ def list_drops(landing: Path, hospital: str) -> list[str]:
 # catch an export without its drop level, where every file below the folder is that one patient's.
 IDENTIFIER_KEYWORDS = ("PatientID", "PatientName", "AccessionNumber", "OtherPatientIDs")
 FILES_CHECKED = 3  # DICOM files whose identifiers are read ...
-FILES_LOOKED_AT = 20  # ... among the first this many files (a CD export's AUTORUN.INF, INDEX.HTM come first)
+FILES_LOOKED_AT = 20  # ... among the first this many files (a CD export's AUTORUN.INF, INDEX.HTM come first) ...
+# ... that may be DICOM: a CD or PACS export's viewer, index and report files are passed over by their suffix, so a
+# drop whose first 20 files are a viewer's is still checked on its images; at most ENTRIES_VISITED names are looked
+# at, as the sensor checks every tick
+_NOT_DICOM = ".inf .ini .htm .html .css .js .xml .xsl .xsd .json .txt .pdf .exe .dll .so .dylib .cab .msi .bat .cmd"
+NOT_DICOM_SUFFIXES = frozenset(f"{_NOT_DICOM} .sh .lnk .ico .jpg .jpeg .png .gif .bmp .zip .md5 .sha1 .sha256".split())
+ENTRIES_VISITED = 5000
 # shortest name part (or whole ID) matched as a word of the folder name; shortest ID (or run of one) found inside it
 MIN_PART, MIN_ID = 3, 6
-_NOT_ALNUM = re.compile(r"[^0-9a-z]+")  # on folded text: what separates the words of a name or an ID
+_NOT_ALNUM = re.compile(r"[\W_]+")  # on folded text: what separates the words of a name or an ID (any script)
 NOT_UTF8 = "a drop folder whose name is not UTF-8 text was not indexed: rename it (its files are untouched)"
 NAMED_AFTER_PATIENT = (
     "a drop folder named after a patient identifier of its own files (an export copied without its drop level?) "
@@ -161,14 +169,16 @@ def _check(name: str, files: tuple[tuple[str, int, int], ...], hospital: bool) -
 def _names_it(tokens: set[str], compact: str, value: str, whole: bool = False) -> bool:
     """A folded folder name, given as its alphanumeric `tokens` and as `compact` (its letters and digits alone),
     holds the folded patient name (or name component) `value`: a part of it of at least MIN_PART characters as one
-    of its tokens ("macdonald_joanne", "smith, jane"), or the whole name, if of at least MIN_ID characters,
-    anywhere in it. With `whole` (hospital folders), one name part is not enough: all of a name's parts of at
-    least MIN_PART characters, two or more, must be tokens ("jane_doe" for "Doe^Jane")."""
+    of its tokens ("macdonald_joanne", "smith, jane"), or the whole name, or two or three of its parts joined in any
+    order ("janedoe" for "Doe^Jane"), if of at least MIN_ID characters, anywhere in it. With `whole` (hospital
+    folders), one name part is not enough: all of a name's parts of at least MIN_PART characters, two or more,
+    must be tokens ("jane_doe" for "Doe^Jane"). Names in any script; accents aside (`_folded`)."""
     parts = [part for part in re.split(_NOT_ALNUM, value) if len(part) >= MIN_PART]
     if (len(parts) >= 2 and all(part in tokens for part in parts)) if whole else any(p in tokens for p in parts):
         return True
-    value = re.sub(_NOT_ALNUM, "", value)
-    return len(value) >= MIN_ID and value in compact
+    words = [part for part in re.split(_NOT_ALNUM, value) if part]
+    orders = [o for r in (2, 3) for o in itertools.permutations(words[:3], r)] or [words]  # "JaneDoe": Doe^Jane
+    return any(len(joined) >= MIN_ID and joined in compact for joined in map("".join, orders))
 
 
 def _ids_it(tokens: set[str], compact: str, value: str) -> bool:
@@ -184,7 +194,9 @@ def _ids_it(tokens: set[str], compact: str, value: str) -> bool:
 
 
 def _folded(text: str) -> str:
-    return " ".join(text.split()).casefold()
+    """Case, accents and runs of spaces aside: "Zoë  MÜLLER" and "zoe muller" fold alike; other scripts stay."""
+    decomposed = unicodedata.normalize("NFKD", " ".join(text.split()).casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 def _identifiers(path: str) -> tuple[set[str], set[str]]:
@@ -212,28 +224,34 @@ def _identifiers(path: str) -> tuple[set[str], set[str]]:
 
 
 def _first_files(folder: str, n: int) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of up to `n` regular files below `folder` (depth first, in name order), names starting
-    with `.` or `_` skipped."""
+    """(path, size, mtime_ns) of up to `n` regular files below `folder` that may be DICOM (depth first, in name
+    order): names starting with `.` or `_` and names with a suffix of NOT_DICOM_SUFFIXES skipped, at most
+    ENTRIES_VISITED names looked at."""
     found: list[tuple[str, int, int]] = []
+    _collect(folder, n, found, [ENTRIES_VISITED])
+    return found
+
+
+def _collect(folder: str, n: int, found: list[tuple[str, int, int]], budget: list[int]) -> None:
     try:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError:
-        return found
+        return
     for entry in entries:
-        if len(found) >= n:
-            break
+        if len(found) >= n or budget[0] <= 0:
+            return
+        budget[0] -= 1
         if entry.name.startswith((".", "_")):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
-                found += _first_files(entry.path, n - len(found))
-            elif entry.is_file():
+                _collect(entry.path, n, found, budget)
+            elif entry.is_file() and os.path.splitext(entry.name)[1].lower() not in NOT_DICOM_SUFFIXES:
                 info = entry.stat()
                 found.append((entry.path, info.st_size, info.st_mtime_ns))
         except OSError:
             continue
-    return found
 
 
 def loose_files(landing: Path, hospital: str) -> int:

@@ -69,6 +69,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import itertools
 import math
 import os
 import re
@@ -223,7 +224,8 @@ _KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
     "PresentationLUTShape PixelIntensityRelationship WindowCenter WindowWidth VOILUTFunction VOILUTSequence "
     "RescaleSlope RescaleIntercept SeriesDescription EstimatedRadiographicMagnificationFactor FocalSpots Grid "
     "PartialView PaddleDescription CompressionForce BodyPartThickness BodyPartExamined "
-    "SharedFunctionalGroupsSequence PerFrameFunctionalGroupsSequence"
+    "SharedFunctionalGroupsSequence PerFrameFunctionalGroupsSequence "
+    "PatientName OtherPatientIDs AccessionNumber PatientBirthDate"  # read to be scrubbed from free text, never kept
 ).split()
 _TAG_OF: dict[str, int] = {keyword: tag_for_keyword(keyword) for keyword in _KEYWORDS}  # type: ignore[misc]
 SPECIFIC_TAGS: list[int] = sorted(set(_TAG_OF.values()))
@@ -239,6 +241,56 @@ def pseudonymize(value: str | bytes, salt: bytes) -> str:
     """The patient key: first 16 hex digits of sha256(salt + value); text is hashed as its UTF-8 bytes."""
     raw = value.encode("utf-8") if isinstance(value, str) else value
     return hashlib.sha256(salt + raw).hexdigest()[:16]
+
+
+SCRUBBED = "***"  # what stands in free text where the file's own patient identifier stood
+_IDENTIFIER_IDS = ("PatientID", "OtherPatientIDs", "AccessionNumber")
+MIN_NAME_PART, MIN_ID_RUN = 2, 6  # shortest name part scrubbed as a word; shortest ID run scrubbed anywhere
+
+
+def scrub_identifiers(text: str | None, ds: Dataset | Header) -> str | None:
+    """`text`, free text an operator typed ((0008,103E) Series Description, (0018,11A4) Paddle Description: "L CC
+    MAG DOE JANE"), with each of the file's own patient identifiers replaced by `SCRUBBED`.
+
+    Scrubbed, case aside: a (0010,0010) Patient Name component of at least MIN_NAME_PART characters as a word
+    ('_', digits and punctuation separate words), the name's parts joined in any order with or without separators
+    ("JaneDoe", "Doe, Jane"); (0010,0020) Patient ID, (0010,1000) Other Patient IDs and (0008,0050) Accession Number
+    whole, and their letter-and-digit runs of at least MIN_ID_RUN characters anywhere; (0010,0030) Patient's Birth
+    Date as YYYYMMDD, YYYY-MM-DD and DD/MM/YYYY (any of / . - as separator). A name part that is also a word of
+    the description's vocabulary (a patient called Spot) is scrubbed too: the header's meta flags then miss it.
+    """
+    if not text:
+        return text
+    for pattern in _identifier_patterns(ds):
+        text = pattern.sub(SCRUBBED, text)
+    return text
+
+
+def _identifier_patterns(ds: Dataset | Header) -> list[re.Pattern[str]]:
+    """The scrub patterns of `scrub_identifiers`, longest first (a whole name before its parts)."""
+    alone = r"(?<![^\W_]){}(?![^\W_])"  # not inside a longer run of letters or digits
+    gap = r"[\W_]*"  # what may stand between the parts of a name or an ID: nothing, spaces, punctuation
+    found: dict[str, bool] = {}  # regular expression -> needs `alone`
+    for name in _strings(ds, "PatientName"):
+        for group in name.split("="):  # alphabetic, ideographic, phonetic
+            parts = [p for p in re.split(r"[\W_]+", group) if len(p) >= MIN_NAME_PART]
+            found.update(dict.fromkeys(map(re.escape, parts), True))
+            for order in (o for r in (2, 3) for o in itertools.permutations(parts[:3], r)):
+                found[gap.join(map(re.escape, order))] = True
+    for keyword in _IDENTIFIER_IDS:
+        for value in _strings(ds, keyword):
+            runs = [run for run in re.split(r"[\W_]+", value) if run]
+            for k in range(len(runs)):  # the whole ID, and without its leading runs ("RSC-", "NHS ") if long enough
+                length = sum(map(len, runs[k:]))
+                if k == 0 or length >= MIN_ID_RUN:
+                    found[gap.join(map(re.escape, runs[k:]))] = length < MIN_ID_RUN
+    birth = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", _text(ds, "PatientBirthDate") or "")
+    if birth:
+        y, m, d = birth.groups()
+        for form in (f"{y}{m}{d}", rf"{y}[-/.]{m}[-/.]{d}", rf"{d}[-/.]{m}[-/.]{y}"):
+            found[form] = True
+    ordered = sorted(found.items(), key=lambda item: len(item[0]), reverse=True)
+    return [re.compile(alone.format(rx) if bounded else rx, re.IGNORECASE) for rx, bounded in ordered]
 
 
 def patient_key(ds: Dataset | Header, salt: bytes) -> tuple[str, str]:
@@ -471,12 +523,12 @@ def read_header_row(
         "rescale_intercept": _first_float(frame, "RescaleIntercept"),
         "view_modifier_codes": codes,
         "view_modifier_meanings": meanings,
-        "series_description": _text(ds, "SeriesDescription"),
+        "series_description": scrub_identifiers(_text(ds, "SeriesDescription"), ds),
         "magnification_factor": _first_float(ds, "EstimatedRadiographicMagnificationFactor"),
         "focal_spot": _first_float(ds, "FocalSpots"),
         "grid": "\\".join(_strings(ds, "Grid")) or None,
         "partial_view": _text(ds, "PartialView"),
-        "paddle_description": _text(ds, "PaddleDescription"),
+        "paddle_description": scrub_identifiers(_text(ds, "PaddleDescription"), ds),
         "compression_force": _first_float(ds, "CompressionForce"),
         "body_part_thickness": _first_float(ds, "BodyPartThickness"),
         "pixel_data_bytes": pixel,

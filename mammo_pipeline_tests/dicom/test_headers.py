@@ -212,6 +212,33 @@ def test_read_header_row_holds_no_patient_text(tmp_path):
         assert value not in text
 
 
+@pytest.mark.parametrize(
+    ("tags", "series", "paddle"),
+    [
+        (
+            {"SeriesDescription": "L CC MAG Doe Jane PAT-0042", "PaddleDescription": "SPOT JaneDoe 03/02/1961"},
+            "L CC MAG *** ***",
+            "SPOT *** ***",
+        ),
+        (
+            {"SeriesDescription": "R_MLO_doe_jane_acc777", "PaddleDescription": "spot 1961-02-03 pat0042"},
+            "R_MLO_***_***",
+            "spot *** ***",
+        ),
+        ({"SeriesDescription": "L CC", "PaddleDescription": "SPOT 10CM"}, "L CC", "SPOT 10CM"),  # nothing to scrub
+    ],
+)
+def test_free_text_loses_the_files_own_identifiers_and_keeps_its_words(tmp_path, tags, series, paddle):
+    """Operators type a patient's name, ID or birth date into (0008,103E) Series Description or (0018,11A4) Paddle
+    Description: they are scrubbed from the row, the words that say MAG or SPOT are kept (and still count)."""
+    row = row_of(tmp_path, **tags)
+    assert (row["series_description"], row["paddle_description"]) == (series, paddle)
+    assert row["meta_spot"] is True
+    text = repr(row).casefold()
+    for value in ("doe", "jane", "pat-0042", "pat0042", "acc777", "acc-777", "1961"):
+        assert value not in text
+
+
 def test_pseudonymize_is_salted_and_short():
     key = pseudonymize("PAT-0042", b"a")
     assert len(key) == 16 and int(key, 16) >= 0

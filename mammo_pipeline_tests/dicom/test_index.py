@@ -257,6 +257,30 @@ def test_a_drop_refused_after_it_was_indexed_loses_what_was_written_under_its_na
     assert index_hospital(settings, "h1").forgotten == 0
 
 
+def test_a_drop_is_checked_on_its_images_behind_a_viewer_of_many_files(settings):
+    """A CD export whose viewer (30 files) sorts before its images: the viewer's files are passed over by their
+    suffix, so the drop, named after its patient, is still refused instead of indexed under the patient's name."""
+    root = settings.landing / "h1" / "Doe_Jane"
+    (root / "DICOMVIEWER").mkdir(parents=True)
+    (root / "AUTORUN.INF").write_text("[autorun]")
+    for i in range(30):
+        (root / "DICOMVIEWER" / f"lib{i:02d}.dll").write_bytes(b"MZ")
+    write_mg(root / "IMAGES" / "a.dcm")
+    result = index_hospital(settings, "h1")
+    assert result.rows == 0 and any("patient identifier" in why for why in result.refused)
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"),
+    [("Müller^Zoë", "zoe_muller"), ("MÜLLER^ZOË", "Zoë Müller"), ("Иванова^Анна", "Анна_Иванова")],
+)
+def test_a_drop_named_after_a_patient_in_any_script_is_refused(settings, name, folder):
+    """Accents aside, and names in any script: a folder "zoe_muller" names the patient Müller^Zoë."""
+    write_mg(settings.landing / "h1" / folder / "a.dcm", PatientName=name, SpecificCharacterSet="ISO_IR 192")
+    result = index_hospital(settings, "h1")
+    assert result.rows == 0 and len(result.refused) == 1 and "patient identifier" in result.refused[0]
+
+
 def test_a_hospital_folder_named_after_its_patient_is_not_indexed(settings):
     """A partition registered before its folder was found to be an export copied one level too high
     (landing/<PatientID>/<Study>/...): its index writes nothing under the patient's name."""
@@ -303,6 +327,8 @@ def test_a_copy_of_an_image_whose_drop_left_landing_is_still_a_duplicate(setting
         ("doe_jane_pat-0042", True),
         ("PAT-0042_20240101", True),
         ("acc777_export", True),  # the accession "ACC-777", its punctuation aside
+        ("JaneDoe", True),  # given name first, no separator
+        ("export_janedoe_2024", True),
         ("20240101", False),
         ("batch_001", False),
         ("2024-01-15_export", False),
