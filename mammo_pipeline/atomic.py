@@ -49,6 +49,23 @@ def ensure_under(root: Path, path: Path | str) -> Path:
     return resolved
 
 
+class NotRegularFile(ValueError):
+    """A file to write names a device, FIFO, socket or folder, which a rename would replace."""
+
+
+def regular_file_target(path: Path) -> Path:
+    """Where an atomic write of a file a user named should land: the target of a symlink (so the link stays a link;
+    the rename of `atomic_path` would replace it with a plain file), else `path` itself.
+
+    Raises NotRegularFile when that exists and is not a regular file (`/dev/stdout`, a FIFO, a folder): renaming
+    onto it would replace the device or the folder's entry, not write into it.
+    """
+    target = path.resolve() if path.is_symlink() else path
+    if target.exists() and not target.is_file():
+        raise NotRegularFile(f"{path} exists and is not a regular file (a device, pipe or folder): name a file")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, owner: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the same folder; rename it onto `path` if the block succeeds.

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mammo_pipeline.atomic import write_bytes
+from mammo_pipeline.cli.output import output_file
 from mammo_pipeline.settings import Settings
 
 
@@ -28,7 +29,14 @@ def _hospital_of(settings: Settings, sop_instance_uid: str) -> str:
 @click.command("explain")
 @click.argument("sop_instance_uid")
 @click.option("--hospital", default="", help="The image's hospital (looked up in the image cache when omitted).")
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="PNG to write.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=output_file,
+    default=None,
+    help="PNG to write.",
+)
 def command(sop_instance_uid: str, hospital: str, out: Path | None) -> None:
     """Write where the current model saw each flag to a PNG (the biopsy flag: the second look's candidates, or an
     object occlusion; magnification: Guided Grad-CAM).

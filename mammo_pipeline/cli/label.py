@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from mammo_pipeline.labels.store import sync_from_warehouse
+from mammo_pipeline.cli.output import output_file
+from mammo_pipeline.labels.store import NoLabelStore, open_existing, sync_from_warehouse
 from mammo_pipeline.settings import Settings
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -37,6 +38,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
     "--export",
     "export_file",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=output_file,
     help="Write every label event with provenance to FILE (.csv or .jsonl) and exit.",
 )
 @click.option("--hash-password", is_flag=True, help="Print a salted hash for a MAMMO_ANNOTATORS_FILE line and exit.")
@@ -70,15 +72,19 @@ def command(
         click.echo(label_app.hash_password(click.prompt("Password", hide_input=True, confirmation_prompt=True)))
         return
     settings = Settings.from_env()
+    if export_file is not None:  # reads the store as it is: never makes one, never syncs it first
+        try:
+            existing = open_existing(settings.labels_db, seed=settings.seed)
+        except NoLabelStore as e:
+            raise click.ClickException(e.args[0]) from e
+        fmt = "jsonl" if export_file.suffix.lower() in (".jsonl", ".json", ".ndjson") else "csv"
+        n = existing.export(export_file, fmt=fmt)
+        click.echo(f"Wrote {n} label events to {export_file} ({fmt})")
+        return
     try:
         store, added = sync_from_warehouse(settings, audit_fraction=audit_fraction)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
-    if export_file is not None:
-        fmt = "jsonl" if export_file.suffix.lower() in (".jsonl", ".json", ".ndjson") else "csv"
-        n = store.export(export_file, fmt=fmt)
-        click.echo(f"Wrote {n} label events to {export_file} ({fmt})")
-        return
     team = force_team or host not in LOOPBACK
     hosts = security.allowed_hosts(host)
     try:

@@ -32,12 +32,13 @@ def stats(as_json: bool) -> None:
         mammo labels stats --json
     """
     from mammo_pipeline.labels.agreement import stats_markdown
-    from mammo_pipeline.labels.store import LabelStore
+    from mammo_pipeline.labels.store import NoLabelStore, open_existing
 
     settings = Settings.from_env()
-    if not settings.labels_db.exists():
-        raise click.ClickException(f"no label store at {settings.labels_db}: run `mammo label` or the demo first")
-    store = LabelStore(settings.labels_db, seed=settings.seed)
+    try:
+        store = open_existing(settings.labels_db, seed=settings.seed)
+    except NoLabelStore as e:
+        raise click.ClickException(e.args[0]) from e
     figures = store.audit_stats()
     counts = store.queue_counts()
     if as_json:

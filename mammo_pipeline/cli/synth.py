@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from mammo_pipeline.cli.output import output_file
 from mammo_pipeline.synth import generate_drops
 from mammo_pipeline.synth.contact_sheet import make_contact_sheet
 
@@ -36,12 +37,14 @@ from mammo_pipeline.synth.contact_sheet import make_contact_sheet
 @click.option(
     "--contact-sheet",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=output_file,
     default=None,
     help="Also write a labelled PNG: one example per vendor profile x class (at --scale, at most 0.25).",
 )
 @click.option(
     "--realism-report",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=output_file,
     default=None,
     help="Also compare the drops with the real images in --realdata: a table, PNG (real | synthetic) and "
     "PNG_stats.png. Skipped with a message when the real images are absent.",

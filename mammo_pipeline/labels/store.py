@@ -184,6 +184,31 @@ class Leased(LabelError):
     """The training image is leased to another annotator (team mode)."""
 
 
+class NoLabelStore(LookupError):
+    """The label store a reading command was pointed at does not exist or is not a label store."""
+
+
+def open_existing(path: Path | str, seed: int = 0) -> LabelStore:
+    """The label store at `path`, never a new one: for the commands that only read it (`mammo labels stats`,
+    `mammo label --export`), so that a mistyped MAMMO_HOME or MAMMO_LABELS_DB is an error and not an empty store,
+    and an SQLite file of something else is left untouched (it is looked at read-only first).
+
+    Raises NoLabelStore when `path` is not a file, not SQLite, or lacks the `images` and `events` tables.
+    """
+    path = Path(path)
+    hint = "run `mammo label` or the demo first, or check MAMMO_HOME / MAMMO_LABELS_DB"
+    if not path.is_file():
+        raise NoLabelStore(f"no label store at {path}: {hint}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise NoLabelStore(f"{path} is not a label store ({e}): {hint}") from e
+    if not {"images", "events"} <= tables:
+        raise NoLabelStore(f"{path} is an SQLite file but not a label store (no images and events tables): {hint}")
+    return LabelStore(path, seed)
+
+
 class LabelStore:
     """The label database at `path` (created with its schema on first use, older files upgraded in place)."""
 

@@ -416,6 +416,11 @@ def generate_drops(
     started = time.monotonic()
     out = Path(out)
     drop = drop or default_drop_name()
+    if drop in (".", "..") or any(c in drop for c in "/\\\0") or drop.startswith((".", "_")) or drop != drop.strip():
+        raise ValueError(
+            f"drop {drop!r} must be one folder name: no '/', no surrounding spaces, and not starting with '.' or '_' "
+            "(the landing zone skips those)"
+        )
     slugs = hospital_slugs(hospitals)
     if only:
         unknown = sorted(set(only) - set(slugs))

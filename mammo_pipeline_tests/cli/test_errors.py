@@ -67,6 +67,9 @@ def test_explain_of_an_uncached_image_quotes_its_hospital_whole(settings):
 
 
 def test_a_file_it_cannot_write_is_a_one_line_error(settings, tmp_path):
+    from mammo_pipeline.labels.store import LabelStore
+
+    LabelStore(settings.labels_db)
     (tmp_path / "a-file").write_text("not a folder")
     result = _run(["label", "--export", str(tmp_path / "a-file" / "labels.csv")])
     assert result.exit_code == 1, result.output
@@ -83,3 +86,22 @@ def test_promote_refuses_a_hospital_this_home_does_not_know(settings):
     assert not list(settings.warehouse.glob("model_promotions/*.parquet"))
     assert _run(["model", "promote", "m1", "--hospital", "h1"]).exit_code == 0
     assert len(list(settings.warehouse.glob("model_promotions/*.parquet"))) == 1
+
+
+def test_an_output_file_that_is_a_link_is_written_through_and_a_pipe_is_refused(settings, tmp_path):
+    import os
+
+    from mammo_pipeline.labels.store import LabelStore
+
+    LabelStore(settings.labels_db)
+    target, link, fifo = tmp_path / "real.csv", tmp_path / "link.csv", tmp_path / "pipe.csv"
+    target.write_text("old")
+    link.symlink_to(target)
+    os.mkfifo(fifo)
+    result = _run(["label", "--export", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and target.read_text().startswith("event_id,")
+    for args in (["label", "--export", str(fifo)], ["explain", "1.2.3", "--out", str(fifo)]):
+        refused = _run(args)
+        assert refused.exit_code == 2 and "not a regular file" in refused.output, refused.output
+    assert fifo.exists() and not fifo.is_file()

@@ -1,4 +1,4 @@
-"""`mammo label`: syncs the image_cache table first, exports events, starts uvicorn with the right mode."""
+"""`mammo label`: syncs the image_cache table first and starts uvicorn with the right mode; exports events."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from mammo_pipeline import warehouse
 from mammo_pipeline.cli.label import command
 from mammo_pipeline.labels.app import check_password
-from mammo_pipeline.labels.store import LabelStore
+from mammo_pipeline.labels.store import LabelStore, sync_from_warehouse
 
 from .conftest import write_images
 
@@ -24,19 +24,45 @@ def cached(settings):
     return manifest
 
 
-def test_export_syncs_then_writes_events(settings, cached, tmp_path):
+def test_export_writes_the_stores_events_and_never_makes_a_store(settings, cached, tmp_path):
     out = tmp_path / "events.jsonl"
+    missing = CliRunner().invoke(command, ["--export", str(out)])  # a mistyped MAMMO_HOME looks like this
+    assert missing.exit_code == 1 and "no label store at" in missing.output
+    assert not settings.labels_db.exists() and not out.exists()
+    store, _ = sync_from_warehouse(settings)
     result = CliRunner().invoke(command, ["--export", str(out)])
     assert result.exit_code == 0, result.output
     assert "Wrote 0 label events" in result.output and out.read_text() == ""
-    store = LabelStore(settings.labels_db)
-    assert len(store.images()) == 5
     store.record(int(store.images()["id"][0]), 3, "alice")
     assert CliRunner().invoke(command, ["--export", str(out)]).exit_code == 0
     assert json.loads(out.read_text())["label"] == "neither"
     csv = tmp_path / "events.csv"
     assert CliRunner().invoke(command, ["--export", str(csv)]).exit_code == 0
     assert csv.read_text().startswith("event_id,")
+
+
+@pytest.mark.parametrize("content", [b"not a database at all, just text" * 40, None])
+def test_reading_commands_leave_a_foreign_file_untouched(settings, content, tmp_path):
+    """`labels stats` and `label --export` pointed at a file that is not a label store (another tool's SQLite
+    database, a text file) say so and change nothing in it."""
+    import sqlite3
+
+    from mammo_pipeline.cli.labels import command as labels_command
+
+    path = settings.labels_db
+    if content is None:  # someone else's SQLite database
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE patients (name TEXT)")
+        path.with_name(path.name + "-wal").unlink(missing_ok=True)
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    for result in (
+        CliRunner().invoke(labels_command, ["stats"]),
+        CliRunner().invoke(command, ["--export", str(tmp_path / "x.csv")]),
+    ):
+        assert result.exit_code == 1 and "not a label store" in result.output, result.output
+    assert path.read_bytes() == before and not (tmp_path / "x.csv").exists()
 
 
 def test_serve_single_user_on_loopback(settings, cached, monkeypatch):
@@ -64,7 +90,7 @@ def test_serve_on_a_network_host_needs_annotators(settings, cached, monkeypatch)
 
 def test_bad_manifest_is_a_clear_error(settings):
     warehouse.write_partition(settings, "image_cache", "h1", write_images(settings.cache, 2).drop(columns="model_png"))
-    result = CliRunner().invoke(command, ["--export", str(settings.home / "x.csv")])
+    result = CliRunner().invoke(command, [])
     assert result.exit_code != 0 and "model_png" in result.output
 
 

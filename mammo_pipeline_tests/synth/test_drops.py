@@ -238,6 +238,14 @@ def test_second_drop_adds_files_without_touching_the_first(tmp_path):
     assert sorted(again.skipped) == sorted(report.hospitals) and len(read_truth(out)) > len(truth2)
 
 
+@pytest.mark.parametrize("drop", ["../escaped", "a/b", "..", "_truth", ".hidden", " drop-1"])
+def test_generate_drops_keeps_the_drop_one_folder_inside_out(tmp_path, drop):
+    out = tmp_path / "landing"
+    with pytest.raises(ValueError, match="must be one folder name"):
+        generate_drops(out, 1, 1, drop=drop, scale=0.25)
+    assert not any(tmp_path.rglob("*.dcm")) and not (tmp_path / "escaped").exists()
+
+
 def test_generate_drops_rejects_unknown_only(tmp_path):
     with pytest.raises(ValueError, match="not-a-hospital"):
         generate_drops(tmp_path, hospitals=2, studies_per_hospital=1, only=["not-a-hospital"])
