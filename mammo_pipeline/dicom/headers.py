@@ -259,11 +259,24 @@ def scrub_identifiers(text: str | None, ds: Dataset | Header) -> str | None:
     Date as YYYYMMDD, YYYY-MM-DD and DD/MM/YYYY (any of / . - as separator). A name part that is also a word of
     the description's vocabulary (a patient called Spot) is scrubbed too: the header's meta flags then miss it.
     """
-    if not text:
+    if not text or not _may_hold_identifiers(text, ds):
         return text
     for pattern in _identifier_patterns(ds):
         text = pattern.sub(SCRUBBED, text)
     return text
+
+
+def _may_hold_identifiers(text: str, ds: Dataset | Header) -> bool:
+    """False when no name part, ID run or birth year of the file is a substring of `text`, case aside: then no
+    pattern of `_identifier_patterns` can match, and the regular expressions (a millisecond a file) are not built.
+    Most descriptions ("L CC", "R MLO MAG") hold none."""
+    folded = text.casefold()
+    needles = [part for name in _strings(ds, "PatientName") for part in re.split(r"[\W_]+", name)]
+    needles += [
+        run for keyword in _IDENTIFIER_IDS for value in _strings(ds, keyword) for run in re.split(r"[\W_]+", value)
+    ]
+    needles.append((_text(ds, "PatientBirthDate") or "")[:4])
+    return any(needle.casefold() in folded for needle in needles if needle)
 
 
 def _identifier_patterns(ds: Dataset | Header) -> list[re.Pattern[str]]:
