@@ -15,7 +15,8 @@ at once to a per-run journal beside the manifest (`.journal-<owner>.jsonl`), so 
 MANIFEST_EVERY images and at the end, under a lock, merging what overlapping runs of the same partition wrote.
 Temp files carry their run's owner tag and are only cleaned when their owner is dead (or, on another host,
 when old), so overlapping runs never delete each other's in-flight files. Images that cannot be rendered are
-quarantined (`quarantine/hospital=<h>/cache.parquet`) and stay skipped until their file or NORM_VERSION changes.
+quarantined (`quarantine/hospital=<h>/cache.parquet`) and stay skipped until their file or NORM_VERSION changes
+(reason `source_missing`, a file that left the landing folder after it was indexed, is tried again each run).
 """
 
 from __future__ import annotations
@@ -97,6 +98,12 @@ SCHEMA = pa.schema(
         ("display_height", _I64),
         ("cached_at", pa.timestamp("us", tz="UTC")),
     ]
+)
+
+
+SOURCE_MISSING = (
+    "the file is no longer where the index found it (moved or removed from the landing folder after it was "
+    "indexed); it is rendered again once dicom_index has seen it back"
 )
 
 
@@ -213,7 +220,12 @@ def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         prior, bad = old.get(sop), old_quarantine.get(sop)
         if prior is not None and _is_current(prior, image, settings, hospital):
             result.unchanged += 1
-        elif bad is not None and _same_source(bad, image) and bad.get("norm_version") == NORM_VERSION:
+        elif (
+            bad is not None
+            and _same_source(bad, image)
+            and bad.get("norm_version") == NORM_VERSION
+            and bad.get("reason") != "source_missing"  # tried again each run: one failed open if still away
+        ):
             result.still_quarantined += 1
         elif prior is not None and _kept_without_source(prior, image, settings, hospital):
             result.kept_without_source += 1
@@ -319,9 +331,12 @@ def _render_one(task: _Task) -> dict[str, Any]:
             "display_png_mtime_ns": Path(task.display_png).stat().st_mtime_ns,
             "model_png_mtime_ns": Path(task.model_png).stat().st_mtime_ns,
         }
+    except FileNotFoundError:  # the file left the landing folder after it was indexed (a drop cleaned up, re-sent)
+        message = f"{task.label}: {SOURCE_MISSING}"
+        return {"ok": False, "sop_instance_uid": task.sop_instance_uid, "reason": "source_missing", "message": message}
     except Exception as exc:  # quarantined by the caller with its reason; one image never fails the partition
         row = quarantine_rows(exc, "undecodable", hospital="", drop="", rel_path="", stage="cache")[0]
-        text = row["message"].replace(task.source, task.label) if task.source else row["message"]
+        text = redact(row["message"], task.source, task.label) if task.source else row["message"]
         message = text if task.label in text else f"{task.label}: {text}"
         return {"ok": False, "sop_instance_uid": task.sop_instance_uid, "reason": row["reason"], "message": message}
 
@@ -409,7 +424,7 @@ def _quarantine_row(hospital: str, image: dict[str, Any], outcome: dict[str, Any
         "rel_path": image["rel_path"],
         "stage": "cache",
         "reason": outcome["reason"],
-        "message": redact(outcome["message"], outcome.get("source", ""), image["rel_path"]),
+        "message": outcome["message"],  # redacted where it was made (`_render_one`), beside the real path
         "file_size": int(image["file_size"]),
         "file_mtime_ns": int(image["file_mtime_ns"]),
         "sop_instance_uid": image["sop_instance_uid"],

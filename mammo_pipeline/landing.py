@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mammo_pipeline.dicom.names import unspaced
+
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 READY_MARKER = "_READY"
 
@@ -172,13 +174,15 @@ def _names_it(tokens: set[str], compact: str, value: str, whole: bool = False) -
     of its tokens ("macdonald_joanne", "smith, jane"), or the whole name, or two or three of its parts joined in any
     order ("janedoe" for "Doe^Jane"), if of at least MIN_ID characters, anywhere in it. With `whole` (hospital
     folders), one name part is not enough: all of a name's parts of at least MIN_PART characters, two or more,
-    must be tokens ("jane_doe" for "Doe^Jane"). Names in any script; accents aside (`_folded`)."""
+    must be tokens ("jane_doe" for "Doe^Jane"). Names in any script; accents aside (`_folded`); a name written
+    without spaces (Chinese, Japanese, Korean: `dicom/names.py`) joined from two characters on ("王芳")."""
     parts = [part for part in re.split(_NOT_ALNUM, value) if len(part) >= MIN_PART]
     if (len(parts) >= 2 and all(part in tokens for part in parts)) if whole else any(p in tokens for p in parts):
         return True
     words = [part for part in re.split(_NOT_ALNUM, value) if part]
     orders = [o for r in (2, 3) for o in itertools.permutations(words[:3], r)] or [words]  # "JaneDoe": Doe^Jane
-    return any(len(joined) >= MIN_ID and joined in compact for joined in map("".join, orders))
+    shortest = 2 if unspaced(value) else MIN_ID  # 王小明 is a whole name in three characters
+    return any(len(joined) >= shortest and joined in compact for joined in map("".join, orders))
 
 
 def _ids_it(tokens: set[str], compact: str, value: str) -> bool:

@@ -444,3 +444,25 @@ def test_a_rendition_whose_source_left_landing_is_kept_when_it_would_be_rendered
     assert set(uids) <= set(manifest.index)
     assert manifest.loc[uids[1], "norm_version"] != cache_module.NORM_VERSION  # the old rendition, as it was
     assert manifest.loc[uids[0], "norm_version"] == cache_module.NORM_VERSION  # its source is there: rendered again
+
+
+def test_a_file_gone_after_indexing_is_quarantined_without_its_path_and_tried_again(settings):
+    """A patient folder in latin-1 (not UTF-8) whose file leaves landing between the index and the cache: the
+    quarantine row says so under the pseudonymized path (the OSError spells the real path with `\\udcXX`
+    escapes, which a plain replace missed), and the image is rendered once the file is back."""
+    folder = settings.landing / "h1" / "d1" / os.fsdecode(b"M\xfcller_Anna_19610203")
+    path = write_mg(folder / "IMG0001.dcm")
+    write_mg(folder / "IMG0002.dcm")
+    index_hospital(settings, "h1")
+    kept = path.read_bytes()
+    path.unlink()
+    assert cache_hospital(settings, "h1").quarantined == {"source_missing": 1}
+    quarantine = read_partition(settings, "quarantine", "h1")
+    text = " ".join(map(str, quarantine.to_numpy().ravel()))
+    assert "Anna" not in text and "19610203" not in text and "udcfc" not in text
+    assert "no longer where the index found it" in text
+    path.write_bytes(kept)
+    os.utime(path, ns=(os.stat(folder / "IMG0002.dcm").st_mtime_ns,) * 2)
+    again = cache_hospital(settings, "h1")
+    assert again.new == 1 and again.quarantined == {}
+    assert len(read_manifest(settings, "h1")) == 2 and read_partition(settings, "quarantine", "h1").empty

@@ -106,6 +106,7 @@ from mammo_pipeline.dicom.errors import (
     UnusableImage,
 )
 from mammo_pipeline.dicom.functional_groups import frame_attributes
+from mammo_pipeline.dicom.names import unspaced
 from mammo_pipeline.dicom.source_paths import pseudonymize_path
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -254,9 +255,12 @@ def scrub_identifiers(text: str | None, ds: Dataset | Header) -> str | None:
 
     Scrubbed, case aside: a (0010,0010) Patient Name component of at least MIN_NAME_PART characters as a word
     ('_', digits and punctuation separate words), the name's parts joined in any order with or without separators
-    ("JaneDoe", "Doe, Jane"); (0010,0020) Patient ID, (0010,1000) Other Patient IDs and (0008,0050) Accession Number
-    whole, and their letter-and-digit runs of at least MIN_ID_RUN characters anywhere; (0010,0030) Patient's Birth
-    Date as YYYYMMDD, YYYY-MM-DD and DD/MM/YYYY (any of / . - as separator). A name part that is also a word of
+    ("JaneDoe", "Doe, Jane"), and a name in a script written without spaces (Chinese, Japanese, Korean: `names.py`)
+    joined from all its parts, one-character family names included, anywhere ("MAG王芳" for 王^芳); (0010,0020)
+    Patient ID, (0010,1000) Other Patient IDs and (0008,0050) Accession Number whole, and their letter-and-digit
+    runs of at least MIN_ID_RUN characters anywhere; (0010,0030) Patient's Birth Date as YYYYMMDD, YYYY-MM-DD,
+    DD/MM/YYYY and MM/DD/YYYY (any of / . - as separator, day and month with or without a leading zero, the year
+    with four digits or two). A name part that is also a word of
     the description's vocabulary (a patient called Spot) is scrubbed too: the header's meta flags then miss it.
     """
     if not text or not _may_hold_identifiers(text, ds):
@@ -275,7 +279,7 @@ def _may_hold_identifiers(text: str, ds: Dataset | Header) -> bool:
     needles += [
         run for keyword in _IDENTIFIER_IDS for value in _strings(ds, keyword) for run in re.split(r"[\W_]+", value)
     ]
-    needles.append((_text(ds, "PatientBirthDate") or "")[:4])
+    needles.append((_text(ds, "PatientBirthDate") or "")[2:4])  # the year's last two digits: in every form
     return any(needle.casefold() in folded for needle in needles if needle)
 
 
@@ -286,10 +290,12 @@ def _identifier_patterns(ds: Dataset | Header) -> list[re.Pattern[str]]:
     found: dict[str, bool] = {}  # regular expression -> needs `alone`
     for name in _strings(ds, "PatientName"):
         for group in name.split("="):  # alphabetic, ideographic, phonetic
-            parts = [p for p in re.split(r"[\W_]+", group) if len(p) >= MIN_NAME_PART]
-            found.update(dict.fromkeys(map(re.escape, parts), True))
-            for order in (o for r in (2, 3) for o in itertools.permutations(parts[:3], r)):
-                found[gap.join(map(re.escape, order))] = True
+            words = [p for p in re.split(r"[\W_]+", group) if p]
+            parts = [p for p in words if len(p) >= MIN_NAME_PART]
+            found.update({re.escape(p): not unspaced(p) for p in parts})
+            joinable = words if unspaced(group) else parts  # 王^芳: a one-character family name joins its given name
+            for order in (o for r in (2, 3) for o in itertools.permutations(joinable[:3], r)):
+                found[gap.join(map(re.escape, order))] = not unspaced(group)  # no word boundaries in "MAG王芳"
     for keyword in _IDENTIFIER_IDS:
         for value in _strings(ds, keyword):
             runs = [run for run in re.split(r"[\W_]+", value) if run]
@@ -300,7 +306,13 @@ def _identifier_patterns(ds: Dataset | Header) -> list[re.Pattern[str]]:
     birth = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", _text(ds, "PatientBirthDate") or "")
     if birth:
         y, m, d = birth.groups()
-        for form in (f"{y}{m}{d}", rf"{y}[-/.]{m}[-/.]{d}", rf"{d}[-/.]{m}[-/.]{y}"):
+        day, month, year = f"0?{int(d)}", f"0?{int(m)}", f"(?:{y}|{y[2:]})"  # 3/2/61 as well as 03/02/1961
+        for form in (
+            f"{y}{m}{d}",
+            rf"{y}[-/.]{m}[-/.]{d}",
+            rf"{day}[-/.]{month}[-/.]{year}",
+            rf"{month}[-/.]{day}[-/.]{year}",
+        ):
             found[form] = True
     ordered = sorted(found.items(), key=lambda item: len(item[0]), reverse=True)
     return [re.compile(alone.format(rx) if bounded else rx, re.IGNORECASE) for rx, bounded in ordered]

@@ -234,9 +234,25 @@ def test_free_text_loses_the_files_own_identifiers_and_keeps_its_words(tmp_path,
     row = row_of(tmp_path, **tags)
     assert (row["series_description"], row["paddle_description"]) == (series, paddle)
     assert row["meta_spot"] is True
-    text = repr(row).casefold()
+    text = f"{row['series_description']} {row['paddle_description']}".casefold()  # (the UIDs are random digits)
     for value in ("doe", "jane", "pat-0042", "pat0042", "acc777", "acc-777", "1961"):
         assert value not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "series", "scrubbed"),
+    [
+        ("王^芳", "L CC MAG 王芳", "L CC MAG ***"),  # a one-character family name, no separator
+        ("王^小东", "MAG王小东", "MAG***"),
+        ("李^娜", "R MLO MAG 李 娜", "R MLO MAG ***"),
+        ("Doe^Jane", "L CC MAG DOB 02/03/1961", "L CC MAG DOB ***"),  # month first, as in the US
+        ("Doe^Jane", "L CC MAG DOB 3/2/61", "L CC MAG DOB ***"),  # no leading zeros, two-digit year
+        ("Doe^Jane", "L CC MAG 1.61 12/3/1961", "L CC MAG 1.61 12/3/1961"),  # not the birth date
+    ],
+)
+def test_free_text_loses_names_of_every_script_and_birth_dates_in_every_order(tmp_path, name, series, scrubbed):
+    row = row_of(tmp_path, PatientName=name, SpecificCharacterSet="ISO_IR 192", SeriesDescription=series)
+    assert row["series_description"] == scrubbed and row["meta_mag"] is True
 
 
 def test_pseudonymize_is_salted_and_short():

@@ -272,7 +272,13 @@ def test_a_drop_is_checked_on_its_images_behind_a_viewer_of_many_files(settings)
 
 @pytest.mark.parametrize(
     ("name", "folder"),
-    [("Müller^Zoë", "zoe_muller"), ("MÜLLER^ZOË", "Zoë Müller"), ("Иванова^Анна", "Анна_Иванова")],
+    [
+        ("Müller^Zoë", "zoe_muller"),
+        ("MÜLLER^ZOË", "Zoë Müller"),
+        ("Иванова^Анна", "Анна_Иванова"),
+        ("王^小明", "王小明"),
+        ("李^娜", "export_李娜"),
+    ],
 )
 def test_a_drop_named_after_a_patient_in_any_script_is_refused(settings, name, folder):
     """Accents aside, and names in any script: a folder "zoe_muller" names the patient Müller^Zoë."""
