@@ -138,6 +138,7 @@ class _Task(NamedTuple):
     model_size: int
     owner: str  # temp-file owner tag of the run (atomic.run_owner)
     label: str  # how messages name the file: the index's rel_path, never the resolved source path
+    alternates: tuple[tuple[str, str], ...] = ()  # (source, label) of the image's other copies (`_other_copies`)
 
 
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 §9.1: digits, dots, no leading zeros
@@ -208,6 +209,7 @@ def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     result.for_processing = int(processing.sum())
     index = index[~processing].drop_duplicates("sop_instance_uid")
     result.images = len(index)
+    others = _other_copies(settings, hospital)  # sop -> the copies the index quarantined as `duplicate`
 
     with _locked(table_dir):
         old, old_quarantine, _ = _load(result, table_dir)
@@ -218,13 +220,15 @@ def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     for image in index.to_dict("records"):
         sop = image["sop_instance_uid"]
         prior, bad = old.get(sop), old_quarantine.get(sop)
-        if prior is not None and _is_current(prior, image, settings, hospital):
+        copies = [image, *others.get(sop, [])]
+        if prior is not None and _is_current(prior, copies, settings, hospital):
             result.unchanged += 1
         elif (
             bad is not None
             and _same_source(bad, image)
             and bad.get("norm_version") == NORM_VERSION
             and bad.get("reason") != "source_missing"  # tried again each run: one failed open if still away
+            and sop not in others  # a copy that arrived since (a re-sent drop) may render: tried again each run
         ):
             result.still_quarantined += 1
         elif prior is not None and _kept_without_source(prior, image, settings, hospital):
@@ -237,7 +241,7 @@ def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     reasons: Counter[str] = Counter()
     outcomes = imap_unordered(
         _render_one,
-        _tasks(settings, hospital, todo, owner),
+        _tasks(settings, hospital, todo, owner, others),
         workers=settings.n_workers,
         dask_scheduler=settings.dask_scheduler,
         chunksize=4,
@@ -247,7 +251,8 @@ def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
             image = by_sop[outcome["sop_instance_uid"]]
             sop = image["sop_instance_uid"]
             if outcome["ok"]:
-                row = mine[sop] = _manifest_row(settings, hospital, image, outcome)
+                copy = [image, *others.get(sop, [])][outcome["copy"]]
+                row = mine[sop] = _manifest_row(settings, hospital, image | _source_of(copy), outcome)
                 mine_quarantined.pop(sop, None)
                 journal.append("manifest", row)
                 result.new += 1
@@ -288,31 +293,79 @@ def _read_index(settings: Settings, hospital: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INDEX_COLUMNS)
 
 
-def _tasks(settings: Settings, hospital: str, todo: list[dict[str, Any]], owner: str) -> Iterator[_Task]:
+def _other_copies(settings: Settings, hospital: str) -> dict[str, list[dict[str, Any]]]:
+    """sop -> the other copies of the image (the index keeps the first and quarantines the rest as `duplicate`):
+    the cache falls back on them when the kept copy cannot be rendered (a drop re-sent to replace a file damaged
+    in transfer; `_render_one`)."""
+    columns = ["sop_instance_uid", "reason", "drop", "rel_path", "file_size", "file_mtime_ns"]
+    copies: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(settings.table_dir("quarantine", hospital).glob("index-*.parquet")):
+        rows = pq.read_table(path, columns=columns).to_pylist()
+        for row in rows:
+            if row["reason"] == "duplicate" and row["rel_path"]:
+                copies.setdefault(row["sop_instance_uid"], []).append(row)
+    return copies
+
+
+def _source_of(copy: dict[str, Any]) -> dict[str, Any]:
+    """The index fields that name one copy's file (what `_manifest_row` records as the rendition's source)."""
+    return {key: copy[key] for key in ("drop", "rel_path", "file_size", "file_mtime_ns")}
+
+
+def _source(settings: Settings, hospital: str, rel_path: str) -> str:
+    try:
+        return str(source_path(settings, hospital, rel_path))
+    except (ValueError, KeyError):  # a rel_path leaving the landing folder: quarantined by the worker, never read
+        return ""
+
+
+def _tasks(
+    settings: Settings,
+    hospital: str,
+    todo: list[dict[str, Any]],
+    owner: str,
+    others: dict[str, list[dict[str, Any]]],
+) -> Iterator[_Task]:
     for image in todo:
         sop = image["sop_instance_uid"]
-        try:
-            source = str(source_path(settings, hospital, image["rel_path"]))
-        except (ValueError, KeyError):  # a rel_path leaving the landing folder: quarantined by the worker, never read
-            source = ""
         yield _Task(
             sop,
-            source,
+            _source(settings, hospital, image["rel_path"]),
             str(ensure_under(settings.cache, png_path(hospital, sop, settings.display_size))),
             str(ensure_under(settings.cache, png_path(hospital, sop, settings.model_size))),
             settings.display_size,
             settings.model_size,
             owner,
             str(image["rel_path"]),
+            tuple((_source(settings, hospital, c["rel_path"]), str(c["rel_path"])) for c in others.get(sop, [])),
         )
 
 
 def _render_one(task: _Task) -> dict[str, Any]:
-    """Render one image to both PNGs in a worker; return only small metadata, never pixels. Never raises."""
+    """Render one image to both PNGs in a worker; return only small metadata, never pixels. Never raises.
+
+    The copy the index kept is tried first, then each other copy of the image (`_Task.alternates`): the outcome's
+    `copy` says which one rendered (0: the kept one). When none does, the kept copy's failure is the image's.
+    """
+    failure: dict[str, Any] | None = None
+    for n, (source, label) in enumerate(((task.source, task.label), *task.alternates)):
+        outcome = _render_copy(task, source, label)
+        if outcome["ok"]:
+            return outcome | {"copy": n}
+        failure = failure or outcome
+    assert failure is not None
+    if task.alternates:
+        k = len(task.alternates)
+        failure["message"] += f" (nor did the {k} other {'copy' if k == 1 else 'copies'} in other drops)"
+    return failure
+
+
+def _render_copy(task: _Task, source: str, label: str) -> dict[str, Any]:
+    """`_render_one` for the file `source` (named `label` in messages)."""
     try:
-        if not task.source:
+        if not source:
             raise ValueError("rel_path leaves the landing folder; not read")
-        rendition = render(Path(task.source), sizes=(task.display_size, task.model_size))
+        rendition = render(Path(source), sizes=(task.display_size, task.model_size))
         display = rendition.images[task.display_size]
         _write_png(display, Path(task.display_png), task.owner)
         _write_png(rendition.images[task.model_size], Path(task.model_png), task.owner)
@@ -332,12 +385,12 @@ def _render_one(task: _Task) -> dict[str, Any]:
             "model_png_mtime_ns": Path(task.model_png).stat().st_mtime_ns,
         }
     except FileNotFoundError:  # the file left the landing folder after it was indexed (a drop cleaned up, re-sent)
-        message = f"{task.label}: {SOURCE_MISSING}"
+        message = f"{label}: {SOURCE_MISSING}"
         return {"ok": False, "sop_instance_uid": task.sop_instance_uid, "reason": "source_missing", "message": message}
     except Exception as exc:  # quarantined by the caller with its reason; one image never fails the partition
         row = quarantine_rows(exc, "undecodable", hospital="", drop="", rel_path="", stage="cache")[0]
-        text = redact(row["message"], task.source, task.label) if task.source else row["message"]
-        message = text if task.label in text else f"{task.label}: {text}"
+        text = redact(row["message"], source, label) if source else row["message"]
+        message = text if label in text else f"{label}: {text}"
         return {"ok": False, "sop_instance_uid": task.sop_instance_uid, "reason": row["reason"], "message": message}
 
 
@@ -370,13 +423,14 @@ def _png_current(cache: Path, rel: str, recorded_mtime_ns: int | None) -> bool:
     return recorded_mtime_ns is None or stat.st_mtime_ns == recorded_mtime_ns  # None: a row from before the column
 
 
-def _is_current(prior: dict[str, Any], image: dict[str, Any], settings: Settings, hospital: str) -> bool:
-    """The image's PNGs need no new rendering: same source, a rendition this NORM_VERSION would make (an earlier
+def _is_current(prior: dict[str, Any], copies: list[dict[str, Any]], settings: Settings, hospital: str) -> bool:
+    """The image's PNGs need no new rendering: the same source (one of the image's `copies`, the kept one first),
+    a rendition this NORM_VERSION would make (an earlier
     version's where only other images changed: `normalize.rendition_current`; its PNGs stay where they are),
     the configured sizes, and PNGs untouched since they were written."""
-    sop, version = image["sop_instance_uid"], prior.get("norm_version")
+    sop, version = copies[0]["sop_instance_uid"], prior.get("norm_version")
     return (
-        _same_source(prior, image)
+        any(_same_source(prior, copy) for copy in copies)
         and rendition_current(version, prior.get("voi_method"), NORM_VERSION)
         and prior["display_png"] == png_path(hospital, sop, settings.display_size, version)
         and prior["model_png"] == png_path(hospital, sop, settings.model_size, version)

@@ -466,3 +466,38 @@ def test_a_file_gone_after_indexing_is_quarantined_without_its_path_and_tried_ag
     again = cache_hospital(settings, "h1")
     assert again.new == 1 and again.quarantined == {}
     assert len(read_manifest(settings, "h1")) == 2 and read_partition(settings, "quarantine", "h1").empty
+
+
+def test_an_image_whose_kept_copy_cannot_render_is_rendered_from_another_copy(settings):
+    """A file damaged in transfer in drop d1, re-sent intact in drop d2: the index keeps d1's copy (first wins) and
+    quarantines d2's as `duplicate`; the cache falls back on d2's copy instead of losing the image, records that
+    copy as the rendition's source, and the next run finds it current."""
+    from pydicom import dcmread
+    from pydicom.uid import RLELossless
+
+    good = write_mg(settings.landing / "h1" / "d2" / "img.dcm", SOPInstanceUID=generate_uid())
+    ds = dcmread(good)
+    ds.compress(RLELossless)
+    ds.save_as(good)
+    damaged = settings.landing / "h1" / "d1" / "img.dcm"
+    damaged.parent.mkdir(parents=True)
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2 : -10] = bytes(len(data) // 2 - 10)  # RLE segments zeroed in transfer, the length kept
+    damaged.write_bytes(bytes(data))
+    index_hospital(settings, "h1")
+    quarantine = read_partition(settings, "quarantine", "h1")
+    assert list(quarantine["reason"]) == ["duplicate"] and list(quarantine["drop"]) == ["d2"]
+    first = cache_hospital(settings, "h1")
+    assert (first.new, first.quarantined) == (1, {})
+    manifest = read_manifest(settings, "h1")
+    assert list(manifest["drop"]) == ["d2"] and resolve(settings, "h1", manifest["rel_path"].iloc[0]) == good
+    again = cache_hospital(settings, "h1")
+    assert (again.new, again.unchanged) == (0, 1)
+    good.unlink()  # no copy renders: the kept copy's failure is the image's, and says the other one failed too
+    write_mg(settings.landing / "h1" / "d3" / "other.dcm")  # something for the index to do
+    index_hospital(settings, "h1")
+    (settings.cache / manifest["model_png"].iloc[0]).unlink()  # the rendition must be made again
+    last = cache_hospital(settings, "h1")
+    assert last.quarantined == {"undecodable": 1}, last
+    message = read_partition(settings, "quarantine", "h1").query("stage == 'cache'")["message"].iloc[0]
+    assert "nor did the 1 other copy" in message
