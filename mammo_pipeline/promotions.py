@@ -11,7 +11,9 @@ time (rows written at or before it), the one whose latest promotion applying to 
 all-hospitals one) happened at or before the time wins. A hospital none of whose models was ever promoted (homes
 from before promotions) falls back to its most recently predicted model, marked `promoted = false`. Each table
 answers from its own rows: between a new model's image predictions and its study predictions, the study table
-keeps the previous model's flags. A slice predicted again (an image re-cached) counts from its newest rows.
+keeps the previous model's flags. A slice predicted again keeps the rows of the images it already held
+(`model/infer.py::write_predictions`); a re-cached image counts from its new row. `prune` keeps, per table, the
+slice that table's current view shows.
 """
 
 from __future__ import annotations
@@ -239,9 +241,11 @@ def prune_plan(settings: Settings, keep: int) -> list[PruneItem]:
     with warehouse.connect(settings) as con:
         if "image_predictions_current" not in warehouse.views(con):
             return []
-        current = set(
-            map(tuple, con.execute(f"SELECT hospital, model_version FROM ({current_models_sql()})").fetchall())
-        )
+        present = warehouse.views(con)
+        current: dict[str, set[tuple[str, str]]] = {}  # per table: each keeps its own model between the two writes
+        for table in (t for t in warehouse.HISTORY if t in present):
+            sql = f"SELECT hospital, model_version FROM ({current_models_sql(table=table)})"
+            current[table] = {(str(h), str(v)) for h, v in con.execute(sql).fetchall()}
     plan = []
     for table in warehouse.HISTORY:
         for folder in sorted(settings.table_dir(table).glob("hospital=*/model_version=*")):
@@ -249,7 +253,7 @@ def prune_plan(settings: Settings, keep: int) -> list[PruneItem]:
             version = folder.name.split("=", 1)[1]
             applying = promotions[promotions["hospital"].isna() | (promotions["hospital"] == hospital)]
             recent = list(dict.fromkeys(reversed(applying["model_version"].tolist())))[:keep]
-            if (hospital, version) in current or version in recent:
+            if (hospital, version) in current.get(table, set()) or version in recent:
                 continue
             plan.append(PruneItem(table, hospital, version, folder))
     return plan

@@ -20,7 +20,7 @@ from mammo_pipeline.dicom.headers import MG_FOR_PROCESSING
 from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.dicom.source_paths import pseudonymize_path, resolve
 from mammo_pipeline.warehouse import read_partition
-from mammo_pipeline_tests.dicom.test_headers import write_mg
+from mammo_pipeline_tests.dicom.test_headers import write_damaged_mg, write_mg
 
 
 def _landing(settings, n_good: int = 3) -> list[str]:
@@ -472,18 +472,9 @@ def test_an_image_whose_kept_copy_cannot_render_is_rendered_from_another_copy(se
     """A file damaged in transfer in drop d1, re-sent intact in drop d2: the index keeps d1's copy (first wins) and
     quarantines d2's as `duplicate`; the cache falls back on d2's copy instead of losing the image, records that
     copy as the rendition's source, and the next run finds it current."""
-    from pydicom import dcmread
-    from pydicom.uid import RLELossless
-
-    good = write_mg(settings.landing / "h1" / "d2" / "img.dcm", SOPInstanceUID=generate_uid())
-    ds = dcmread(good)
-    ds.compress(RLELossless)
-    ds.save_as(good)
-    damaged = settings.landing / "h1" / "d1" / "img.dcm"
-    damaged.parent.mkdir(parents=True)
-    data = bytearray(good.read_bytes())
-    data[len(data) // 2 : -10] = bytes(len(data) // 2 - 10)  # RLE segments zeroed in transfer, the length kept
-    damaged.write_bytes(bytes(data))
+    uid = generate_uid()
+    good = write_mg(settings.landing / "h1" / "d2" / "img.dcm", SOPInstanceUID=uid)
+    write_damaged_mg(settings.landing / "h1" / "d1" / "img.dcm", SOPInstanceUID=uid)
     index_hospital(settings, "h1")
     quarantine = read_partition(settings, "quarantine", "h1")
     assert list(quarantine["reason"]) == ["duplicate"] and list(quarantine["drop"]) == ["d2"]

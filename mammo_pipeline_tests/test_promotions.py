@@ -140,6 +140,40 @@ def test_study_flags_stay_with_the_previous_model_until_the_new_models_study_row
     assert lineage["current"]["model_version"] == "m2" and lineage["prediction"]["model_version"] == "m2"
 
 
+def test_prune_keeps_the_study_slice_the_study_view_still_shows(two_models):
+    """Between a new model's image and study predictions, the study view shows the previous model's rows; prune
+    must keep that slice (it followed the image table's current model and emptied the hospital's study view)."""
+    settings = two_models
+    export(settings, "m3", 2)
+    promotions.promote(settings, "m3")
+    ref = promotions.model_ref(settings, "m3")
+    manifest = make_cache(settings, "h1", STUDIES["h1"], seed=0)
+    path = warehouse.slice_file(settings, "image_predictions", "h1", "m3")
+    write_predictions(settings, manifest, load_model(settings, ref), path, run_id="run-m3-h1")  # no study rows yet
+    promotions.prune(settings, keep=1)
+    assert current(settings, "study_predictions_current") == {"h1": {"m2"}, "h2": {"m2"}}
+    assert warehouse.slice_dir(settings, "study_predictions", "h1", "m2").exists()
+
+
+def test_a_new_drop_does_not_re_date_the_predictions_of_the_images_before_it(two_models):
+    """Predicting a hospital again after a new drop keeps the rows of the images predicted before as they were
+    (time, run), so `--as-of` a time when m2 was current and had predicted s1 still answers m2."""
+    settings = two_models
+    ref = promotions.model_ref(settings, "m2")
+    before = warehouse.query(settings, "SELECT sop_instance_uid, predicted_at FROM image_predictions_current")
+    manifest = make_cache(settings, "h1", {**STUDIES["h1"], "s9": 2}, seed=0)  # a new study arrives
+    path = warehouse.slice_file(settings, "image_predictions", "h1", "m2")
+    stats = write_predictions(settings, manifest, load_model(settings, ref), path, run_id="run-new-drop")
+    warehouse.write_slice(settings, "study_predictions", "h1", "m2", aggregate_studies(path))
+    assert (stats.n_images, stats.n_kept) == (2, 3)
+    rows = pq.read_table(path).to_pandas().set_index("sop_instance_uid")
+    assert set(rows.loc[["s1.0", "s1.1", "s2.0"], "dagster_run_id"]) == {"run-m2-h1"}
+    assert set(rows.loc[["s9.0", "s9.1"], "dagster_run_id"]) == {"run-new-drop"}
+    old = before[before["sop_instance_uid"].isin(["s1.0", "s1.1", "s2.0"])].set_index("sop_instance_uid")
+    assert (rows.loc[old.index, "predicted_at"] == old["predicted_at"]).all()
+    assert study_lineage(settings, "s1", as_of=str(NOV + 2 * HOUR))["current"]["model_version"] == "m2"
+
+
 def test_as_of_now_and_today_are_read_in_utc_whatever_the_machines_zone(monkeypatch):
     import time
 

@@ -138,9 +138,11 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
     unchanged = len(manifest) > 0 and warehouse.slice_is_fresh(path, sops, model.sha256, newest)
     if unchanged:  # nightly re-runs: same model, same images: keep the slice and its lineage
         context.log.info(f"{hospital}: predictions of model {ref.model_version} are up to date; nothing to do")
-        stats = InferenceStats(n_images=len(sops))
+        stats = InferenceStats(n_kept=len(sops))
     else:
-        context.log.info(f"Predicting {len(manifest)} images of {hospital} with model {ref.model_version}")
+        context.log.info(
+            f"{hospital}: predicting the new and re-cached of its {len(manifest)} images with {ref.model_version}"
+        )
         stats = write_predictions(
             settings,
             manifest,
@@ -149,6 +151,7 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             run_id=context.run.run_id,
             progress=every(10, context.log.info, "predicted"),
         )
+        context.log.info(f"{hospital}: {stats.n_images} predicted, {stats.n_kept} kept as they were")
     schemas.check_file("image_predictions", path)
     warehouse.refresh_views(settings)
     classes = warehouse.query(settings, f"SELECT predicted_class, count(*) AS n FROM read_parquet('{path}') GROUP BY 1")
@@ -160,7 +163,9 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             "model_file": dg.MetadataValue.path(str(model.path)),
             "onnx_sha256": model.sha256,
             "path": dg.MetadataValue.path(str(path)),
-            "dagster/row_count": stats.n_images,
+            "dagster/row_count": stats.n_images + stats.n_kept,
+            "predicted": stats.n_images,
+            "kept": stats.n_kept,
             "missing_png": stats.n_missing,
             "unchanged": unchanged,
             "images_per_second": round(stats.images_per_second, 1),

@@ -89,15 +89,16 @@ def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings
 
 
 def indexed_drops(settings: Settings) -> dict[tuple[str, str], int]:
-    """(hospital, drop) -> how many of its files dicom_index holds (rows of dicom_index and of the quarantine
-    table, so a drop whose files were all quarantined counts)."""
+    """(hospital, drop) -> how many of its files dicom_index holds (rows of dicom_index and the index's rows of the
+    quarantine table, so a drop whose files were all quarantined counts; the cache's quarantine rows are files
+    the index already counted)."""
     found: dict[tuple[str, str], int] = {}
     with warehouse.connect(settings) as con:
         present = warehouse.views(con)
-        for table in ("dicom_index", "quarantine"):
+        for table, where in (("dicom_index", ""), ("quarantine", " AND stage = 'index'")):
             if table in present:
                 rows = con.execute(
-                    f'SELECT hospital, "drop", count(*) FROM {table} WHERE "drop" IS NOT NULL GROUP BY ALL'
+                    f'SELECT hospital, "drop", count(*) FROM {table} WHERE "drop" IS NOT NULL{where} GROUP BY ALL'
                 ).fetchall()
                 for h, d, n in rows:
                     found[(str(h), str(d))] = found.get((str(h), str(d)), 0) + int(n)

@@ -79,9 +79,10 @@ class LoadedModel:
 class InferenceStats:
     """What a run did, for metadata and the benchmark."""
 
-    n_images: int = 0
+    n_images: int = 0  # predicted by this run
     n_missing: int = 0
     seconds: float = 0.0
+    n_kept: int = 0  # rows of the same ONNX file kept from the slice as they were (`write_predictions`)
 
     @property
     def images_per_second(self) -> float:
@@ -288,10 +289,37 @@ def write_predictions(
     batch_size: int = 64,
     progress: ProgressFn | None = None,
 ) -> InferenceStats:
-    """Predict every manifest row and stream the rows into one Parquet file, replaced atomically at the end."""
-    stats = InferenceStats()
+    """Predict the manifest's images and stream the rows into one Parquet file, replaced atomically at the end.
+
+    Rows of the same ONNX file already in `path` are kept as they are, lineage included (`predicted_at`,
+    `dagster_run_id`), for the images still in the manifest and not cached again since they were predicted
+    (`_kept_rows`): a new drop adds its images without re-dating the hospital's others, so what `mammo lineage
+    --as-of` answered about a past time stays the answer. Only new and re-cached images are predicted.
+    """
+    model = load_model(settings, model) if isinstance(model, ModelRef) else model
+    kept = _kept_rows(path, manifest, model.sha256)
+    todo = manifest[~manifest["sop_instance_uid"].isin(set(kept["sop_instance_uid"]))] if len(kept) else manifest
+    stats = InferenceStats(n_kept=len(kept))
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, _SCHEMA) as writer:
-        for frame in predict_images(settings, manifest, model, batch_size, stats, progress):
+        if len(kept):
+            writer.write_table(pa.Table.from_pandas(kept[list(COLUMNS)], schema=_SCHEMA, preserve_index=False))
+        for frame in predict_images(settings, todo, model, batch_size, stats, progress):
             frame["dagster_run_id"] = run_id
             writer.write_table(pa.Table.from_pandas(frame[list(COLUMNS)], schema=_SCHEMA, preserve_index=False))
     return stats
+
+
+def _kept_rows(path: Path, manifest: pd.DataFrame, sha256: str) -> pd.DataFrame:
+    """The rows of `path` predicted by the ONNX file `sha256` for images of `manifest` whose rendition is not newer
+    than the prediction (`cached_at` <= `predicted_at`; a manifest without `cached_at` counts as not re-cached, as
+    `warehouse.slice_is_fresh` has it). Empty when `path` does not exist."""
+    if not path.exists() or not len(manifest):
+        return pd.DataFrame(columns=list(COLUMNS))
+    rows = pq.read_table(path).to_pandas()
+    rows = rows[rows["onnx_sha256"] == sha256].drop_duplicates("sop_instance_uid", keep="last")
+    cached = manifest.drop_duplicates("sop_instance_uid", keep="last").set_index("sop_instance_uid")
+    rows = rows[rows["sop_instance_uid"].isin(cached.index)]
+    if "cached_at" in cached and len(rows):
+        when = pd.to_datetime(cached.loc[rows["sop_instance_uid"], "cached_at"], utc=True).to_numpy()
+        rows = rows[pd.isna(when) | (pd.to_datetime(rows["predicted_at"], utc=True).to_numpy() >= when)]
+    return rows.reset_index(drop=True)

@@ -257,6 +257,24 @@ def test_a_drop_indexed_while_still_being_copied_gets_its_own_run_once_copied(in
     assert keys(done) == [("h1", "h1:d2")]
 
 
+def test_a_half_indexed_drop_whose_first_file_the_cache_quarantined_still_gets_its_run(instance, defs, mammo, settings):
+    """The cache's quarantine rows are files the index already counted: counted again, a drop indexed half-copied
+    looked whole once its first file failed to render, and its other files waited for the nightly pass."""
+    from mammo_pipeline.cache import cache_hospital
+    from mammo_pipeline_tests.dicom.test_headers import write_damaged_mg
+
+    add_drop(settings.landing, "h1", "d1", ready_marker=True, dicom=True)
+    first = tick(instance, defs, mammo, None)
+    d2 = settings.landing / "h1" / "d2"
+    write_damaged_mg(d2 / "a.dcm")  # being copied: one file so far, damaged
+    index_hospital(settings, "h1")  # d1's run indexes and caches the whole hospital
+    assert cache_hospital(settings, "h1").quarantined == {"undecodable": 1}
+    write_mg(d2 / "b.dcm")
+    (d2 / "_READY").touch()
+    done = tick(instance, defs, mammo, first.cursor)
+    assert keys(done) == [("h1", "h1:d2")]
+
+
 def test_the_index_holding_a_refused_drop_does_not_repeat_its_warning_every_tick(instance, defs, mammo, settings):
     """A drop indexed before it was refused (named after its patient once its files could be read) stays in the
     index until the next index run: its warning is still logged once."""

@@ -100,6 +100,21 @@ def write_mg(
     return path
 
 
+def write_damaged_mg(path: Path, **tags: object) -> Path:
+    """`write_mg`'s file RLE-compressed with the second half of its bytes zeroed, as in a transfer gone wrong: the
+    header and the pixel data's length are intact, so the index takes it, and the cache cannot decode it."""
+    from pydicom.uid import RLELossless
+
+    write_mg(path, **tags)
+    ds = dcmread(path)
+    ds.compress(RLELossless, generate_instance_uid=False)  # the same image, as a re-sent copy of it
+    ds.save_as(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : -10] = bytes(len(data) // 2 - 10)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def row_of(tmp_path: Path, **kwargs: object) -> dict:
     path = write_mg(tmp_path / "land" / "h1" / "d1" / "img.dcm", **kwargs)
     return read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
