@@ -96,7 +96,7 @@ def command(
             allowed_hosts=hosts,  # loopback, the bind address, MAMMO_ALLOWED_HOSTS
             lease_seconds=lease_minutes * 60,
         )
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: MAMMO_ANNOTATORS_FILE missing or unreadable
         raise click.ClickException(str(e)) from e
     n_images = store.n_images()
     click.echo(f"{n_images} images ({added} new) · {'team mode: sign in' if team else 'single user'}")

@@ -303,12 +303,15 @@ def create_app(
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @rt("/heatmap/{image_id}", methods=["get"])
-    def heat_map(image_id: str):
-        """The model's heat map of the image (PNG) from mammo_pipeline.model.explain, when it and a model exist."""
+    def heat_map(image_id: str, session):
+        """The model's heat map of the image (PNG) from mammo_pipeline.model.explain, when it and a model exist;
+        refused where the card hides the model's hint: audit images (blind reads) and sessions with Blind on."""
         iid = _int(image_id)
         image = store.image(iid) if iid is not None else None
         if image is None:
             return fail(404, "no such image")
+        if image["split"] == "audit" or session.get("blind", blind):
+            return fail(403, "no heat map on a blind read (an audit image, or Blind on)")
         if settings is None:
             return fail(503, "heat maps need the pipeline settings (start the app with `mammo label`)")
         try:
@@ -318,13 +321,15 @@ def create_app(
         try:
             png = explain.heatmap_png(settings, image["hospital"], image["sop_instance_uid"])
         except FileNotFoundError as e:
-            return fail(404, f"no heat map: {e}")
+            return fail(404, f"no heat map: {_without_paths(e, settings)}")
         except (LookupError, RuntimeError, ValueError) as e:
-            return fail(503, f"no heat map: {e}")
+            return fail(503, f"no heat map: {_without_paths(e, settings)}")
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     def export(fmt: str) -> Response:
         df = store.events()
+        if team:  # a reader must not read another's blind audit read before giving their own
+            df = df[~df["image_id"].isin(store.open_audit_images())]
         if fmt == "csv":
             body, media = df.to_csv(index=False), "text/csv"
         else:
@@ -346,7 +351,7 @@ def create_app(
 
     @rt("/login", methods=["post"])
     def login(req, session, data: dict):
-        name, password = str(data.get("name", ""))[:200], str(data.get("password", ""))[:1000]
+        name, password = _text(data.get("name", ""))[:200], _text(data.get("password", ""))[:1000]
         throttle, address = app.state.login_throttle, security.client_address(req)
         wait = throttle.retry_after(name, address)
         if wait:
@@ -368,3 +373,15 @@ def create_app(
         return RedirectResponse("/login" if team else "/", status_code=303)
 
     return app
+
+
+def _without_paths(error: BaseException, settings: Settings) -> str:
+    """An error's text for a browser: the server's MAMMO_HOME (and every path under it) written `$MAMMO_HOME`."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return text.replace(str(settings.home), "$MAMMO_HOME")
+
+
+def _text(value: object) -> str:
+    """A form or JSON value as text that encodes as UTF-8: a lone surrogate ("\\ud800" in a JSON body) becomes
+    U+FFFD, so it fails to sign in instead of failing the request."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")

@@ -81,9 +81,12 @@ def _reads(image: dict) -> list[fh.FT]:
 
 
 def adjudicates(image: dict, queue: str, viewer: str) -> bool:
-    """Whether `viewer` sees an audit image's two reads: in the adjudication queue and not one of its two readers
-    (the queue name comes from the browser; a reader who opens their own disputed image there stays blind)."""
-    return queue == "adjudication" and viewer not in {image.get("reader1"), image.get("reader2")}
+    """Whether `viewer` sees an audit image's two reads: in the adjudication queue, once both reads are in and
+    disagree (audit_state 3, or 4 when adjudicated), and not one of its two readers. The queue name comes from
+    the browser: a reader who opens their own disputed image there stays blind, and so does a second reader who
+    opens an image with one read there (`?image_id=…&q=adjudication`)."""
+    disputed = image.get("audit_state") in (3, 4)
+    return queue == "adjudication" and disputed and viewer not in {image.get("reader1"), image.get("reader2")}
 
 
 def slide(image: dict, queue: str, blind: bool, shown: bool, viewer: str = "") -> fh.FT:

@@ -63,8 +63,8 @@ COUNTERS: dict[str, str] = {
     "mc_todo": "split = 'train' AND mc_key IS NOT NULL AND label IS NULL",
     "meta_known": "split = 'train' AND meta_mag IS NOT NULL",
     "meta_known_todo": "split = 'train' AND meta_mag IS NOT NULL AND label IS NULL",
-    "nr_pool": "p_nr = 1",
-    "nr_todo": "nr_todo = 1",
+    "nr_pool": "split = 'train' AND p_nr = 1",
+    "nr_todo": "split = 'train' AND nr_todo = 1",
     "audit": "split = 'audit'",
     "audit_todo": "split = 'audit' AND audit_state IN (0, 1)",
     "adj_pool": "audit_state IN (3, 4)",
@@ -73,14 +73,19 @@ COUNTERS: dict[str, str] = {
     "predicted_oos": "p_oos = 1",
 }
 
+# Bumped when a queue's membership or an index's definition changes: a store made before is recounted and its
+# queue indexes are made again on open (`LabelStore._upgrade`). 2: needs_review takes training images only, and
+# the disagreements fallback walks labeled images oldest label first.
+VERSION = 2
+
 INDEXES = {
     "q_unlabeled": "images (rnd) WHERE split = 'train' AND label IS NULL",
     "q_low_confidence": "images (lc_key, rnd) WHERE split = 'train' AND label IS NULL",
     "q_disagreements": "images (dis_conf, id) WHERE dis_todo = 1",
-    "q_labeled_train": "images (rnd) WHERE split = 'train' AND label IS NOT NULL",
+    "q_labeled_train": "images (label_ts, rnd) WHERE split = 'train' AND label IS NOT NULL",
     "q_meta_conflicts": "images (mc_key, id) WHERE split = 'train' AND mc_key IS NOT NULL AND label IS NULL",
     "q_meta_known": "images (rnd) WHERE split = 'train' AND meta_mag IS NOT NULL AND label IS NULL",
-    "q_needs_review": "images (rnd) WHERE nr_todo = 1",
+    "q_needs_review": "images (rnd) WHERE split = 'train' AND nr_todo = 1",
     "q_audit": "images (audit_state DESC, rnd) WHERE split = 'audit' AND audit_state IN (0, 1)",
     "q_adjudication": "images (rnd) WHERE audit_state = 3",
 }
@@ -114,7 +119,10 @@ PLANS: dict[str, Plan] = {
         "mc_todo",
         "model most sure first",
     ),
-    "needs_review": Plan("nr_todo = 1", "rnd", "nr_pool", "nr_todo", "flagged by the model run, random order"),
+    # training images only: a key press on an audit image here would overwrite its adjudicated truth
+    "needs_review": Plan(
+        "split = 'train' AND nr_todo = 1", "rnd", "nr_pool", "nr_todo", "flagged by the model run, random order"
+    ),
     # one read first (completes a pair), then unread; never an image this annotator already read
     "audit": Plan(
         "split = 'audit' AND audit_state IN (0, 1)",
@@ -136,10 +144,10 @@ FALLBACKS: dict[str, tuple[str, Plan]] = {
         "predicted_oos",
         Plan(
             "split = 'train' AND label IS NOT NULL",
-            "rnd",
+            "label_ts, rnd",  # a label given here sends its image to the back, so the next key shows another
             "train_labeled",
             "train_labeled",
-            "no out-of-sample predictions: all labeled images, random order",
+            "no out-of-sample predictions: all labeled images, the longest unchecked first",
         ),
     ),
     "meta_conflicts": (

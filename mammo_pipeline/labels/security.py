@@ -216,7 +216,9 @@ class CsrfProtect:
                 body += message.get("body", b"")
                 more = message.get("more_body", False)
             given = await _form_field(scope, body, CSRF_FIELD)
-        if not isinstance(expected, str) or not given or not hmac.compare_digest(expected, given):
+        # bytes: compare_digest refuses str holding anything but ASCII (a token "é" was a 500, not a 403)
+        same = isinstance(expected, str) and bool(given) and hmac.compare_digest(_bytes(expected), _bytes(given))
+        if not same:
             await _reply(send, 403, "missing or wrong CSRF token; reload the page")
             return
         if given is not None and body:
@@ -343,3 +345,8 @@ def install(app: Any, allowed: Sequence[str], max_body: int = MAX_BODY_BYTES) ->
     app.hdrs.append(fh.Script(src="/static/csrf.js"))
     app.state.sessions = SessionRegistry()
     app.state.login_throttle = LoginThrottle()
+
+
+def _bytes(text: str) -> bytes:
+    """UTF-8 bytes of any str, lone surrogates included (compared, never decoded again)."""
+    return text.encode("utf-8", "surrogatepass")

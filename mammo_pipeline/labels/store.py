@@ -237,6 +237,12 @@ class LabelStore:
                 db.execute("UPDATE current_labels SET first_event = event_id")
             if "needs_review" not in {r[1] for r in db.execute("PRAGMA table_info(predictions)")}:
                 db.execute("ALTER TABLE predictions ADD COLUMN needs_review INTEGER")
+            version = db.execute("SELECT value FROM meta WHERE key = 'queues_version'").fetchone()
+            stale = version is None or int(version[0]) != queues.VERSION
+            if stale:  # queue memberships or index definitions changed since the file was made
+                for name in queues.INDEXES:
+                    db.execute(f"DROP INDEX IF EXISTS {name}")
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('queues_version', ?)", (queues.VERSION,))
             _create_queue_indexes(db)
             if db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone() is None:
                 db.execute("INSERT INTO meta (key, value) VALUES ('seed', ?)", (int(seed),))
@@ -247,7 +253,7 @@ class LabelStore:
                 db.conn.executemany("UPDATE images SET rnd = ? WHERE id = ?", ranks)
                 db.execute(_REFRESH_LABELS.format(where="1"))
                 db.execute(_REFRESH_PREDICTIONS.format(where="1"))
-            if added or db.execute("SELECT COUNT(*) FROM queue_totals").fetchone()[0] == 0:
+            if added or stale or db.execute("SELECT COUNT(*) FROM queue_totals").fetchone()[0] == 0:
                 _recount(db)
 
     # -- connections ---------------------------------------------------------------------------------
@@ -531,6 +537,15 @@ class LabelStore:
             if row is None:
                 raise NothingToUndo(f"{annotator} has nothing to undo")
             event_id, image_id = row
+            state = db.execute("SELECT audit_state FROM images WHERE id = ?", (image_id,)).fetchone()[0]
+            role = db.execute(
+                "SELECT role FROM current_labels WHERE image_id = ? AND annotator = ?", (image_id, annotator)
+            ).fetchone()
+            if state == 4 and role is not None and role[0] == "read":
+                raise NothingToUndo(
+                    f"image {image_id}: your blind read was adjudicated; undoing it would leave the adjudication "
+                    "without the dispute it settled"
+                )
             before = db.execute(_MEMBERSHIP, (image_id,)).fetchone()
             db.execute("UPDATE events SET undone = 1 WHERE id = ?", (event_id,))
             prev = db.execute(
@@ -783,6 +798,13 @@ class LabelStore:
         )
 
     # -- provenance ----------------------------------------------------------------------------------
+    def open_audit_images(self) -> list[int]:
+        """Ids of the audit images with exactly one blind read (audit_state 1): that read stays hidden from the
+        other annotators until the second is in (the team export leaves their events out)."""
+        with self._db() as db:
+            rows = db.execute("SELECT id FROM images WHERE split = 'audit' AND audit_state = 1").fetchall()
+        return [int(r[0]) for r in rows]
+
     def events(self) -> pd.DataFrame:
         """Every event with the image keys it refers to (the audit trail, undone ones included)."""
         df = self._frame(
