@@ -183,7 +183,7 @@ def create_app(
         """
         skipped = [int(i) for i in sess.get("skipped", [])]
         exclude = skipped if image_id is None else [*skipped, image_id]
-        lease = lease_seconds if team and image_id is None else None
+        lease = lease_seconds if team else None  # what follows an image opened by id is picked by the lease rule too
         info, counts = store.next_cards(q, who, AHEAD + (image_id is None), exclude, lease)
         ids = info.ids if image_id is None else [image_id, *info.ids]
         if team and image_id is not None:  # opened by id: no second lease on what is on someone else's screen

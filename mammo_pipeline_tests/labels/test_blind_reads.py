@@ -134,3 +134,23 @@ def test_a_sign_in_with_a_lone_surrogate_is_refused_not_a_server_error(settings)
     for body in ('{"name": "\\ud800", "password": "a"}', '{"name": "alice", "password": "\\udfff"}'):
         r = client.post("/login", content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 401, r.text
+
+
+def test_after_an_undo_no_audit_image_is_handed_to_a_third_reader(settings):
+    """Opening an image by id (undo, the recent list) picked the images after it without the lease rule, so a
+    third reader was handed audit images two others held, and the third read was wasted."""
+    import re
+
+    _store(settings, n_train=2, n_audit=8)
+    clients = _team(settings, "alice", "bob", "carol")
+    slides = re.compile(r'data-image-id="(\d+)"[^>]*class="slide"')
+    for name in ("bob", "carol"):
+        clients[name].get("/card", params={"q": "audit"}, headers=HX)
+    card = clients["alice"].get("/card", params={"q": "audit"}, headers=HX).text
+    iid = int(card.split('name="image_id" value="', 1)[1].split('"', 1)[0])
+    seen = card.split('name="seen_event" value="', 1)[1].split('"', 1)[0]
+    clients["alice"].post("/label", data={"label": "1", "image_id": iid, "seen_event": seen, "q": "audit"}, headers=HX)
+    card = clients["alice"].post("/undo", data={"q": "audit"}, headers=HX).text
+    assert slides.findall(card)
+    holders = LabelStore(settings.labels_db).leases().groupby("image_id")["annotator"].nunique()
+    assert holders.max() <= 2, holders.to_dict()
