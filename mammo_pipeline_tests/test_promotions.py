@@ -47,6 +47,16 @@ def current(settings, view: str = "image_predictions_current") -> dict[str, set[
     return {h: set(g["model_version"]) for h, g in df.groupby("hospital")}
 
 
+def promote_m3_with_image_rows_only(settings) -> None:
+    """m3 promoted, its image predictions of h1 written and its study predictions not yet (running, or failed)."""
+    export(settings, "m3", 2)
+    promotions.promote(settings, "m3")
+    ref = promotions.model_ref(settings, "m3")
+    manifest = make_cache(settings, "h1", STUDIES["h1"], seed=0)
+    path = warehouse.slice_file(settings, "image_predictions", "h1", "m3")
+    write_predictions(settings, manifest, load_model(settings, ref), path, run_id="run-m3-h1")
+
+
 @pytest.fixture
 def two_models(settings):
     """m1 promoted in October and m2 in November, both predicted h1 (and h2)."""
@@ -128,12 +138,7 @@ def test_study_flags_stay_with_the_previous_model_until_the_new_models_study_row
     """Between image_predictions and study_predictions of a new model (the second failed, say) the study view
     keeps the previous model's study rows instead of losing the hospital, and lineage names that model."""
     settings = two_models
-    export(settings, "m3", 2)
-    promotions.promote(settings, "m3")
-    ref = promotions.model_ref(settings, "m3")
-    manifest = make_cache(settings, "h1", STUDIES["h1"], seed=0)
-    path = warehouse.slice_file(settings, "image_predictions", "h1", "m3")
-    write_predictions(settings, manifest, load_model(settings, ref), path, run_id="run-m3-h1")  # no study rows yet
+    promote_m3_with_image_rows_only(settings)
     assert current(settings) == {"h1": {"m3"}, "h2": {"m2"}}
     assert current(settings, "study_predictions_current") == {"h1": {"m2"}, "h2": {"m2"}}
     lineage = study_lineage(settings, "s1")
@@ -144,12 +149,7 @@ def test_prune_keeps_the_study_slice_the_study_view_still_shows(two_models):
     """Between a new model's image and study predictions, the study view shows the previous model's rows; prune
     must keep that slice (it followed the image table's current model and emptied the hospital's study view)."""
     settings = two_models
-    export(settings, "m3", 2)
-    promotions.promote(settings, "m3")
-    ref = promotions.model_ref(settings, "m3")
-    manifest = make_cache(settings, "h1", STUDIES["h1"], seed=0)
-    path = warehouse.slice_file(settings, "image_predictions", "h1", "m3")
-    write_predictions(settings, manifest, load_model(settings, ref), path, run_id="run-m3-h1")  # no study rows yet
+    promote_m3_with_image_rows_only(settings)
     promotions.prune(settings, keep=1)
     assert current(settings, "study_predictions_current") == {"h1": {"m2"}, "h2": {"m2"}}
     assert warehouse.slice_dir(settings, "study_predictions", "h1", "m2").exists()

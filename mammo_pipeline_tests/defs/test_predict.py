@@ -139,14 +139,18 @@ def test_prediction_summary_materializes_tables_and_plot(settings, instance):
     assert (settings.warehouse / "reports" / "prediction_summary.png").stat().st_size > 0
 
 
-def test_a_model_whose_parity_check_failed_is_not_promoted(settings, instance):
+def _refused_after_failed_parity(settings, instance, asset, partition_key: str | None = None) -> None:
+    """Export model m1 with its blocking onnx_matches_pytorch check failed, then check that materializing `asset`
+    fails and says why."""
+
     @dg.asset_check(asset="onnx_model", name="onnx_matches_pytorch")
     def failing_parity() -> dg.AssetCheckResult:
         return dg.AssetCheckResult(passed=False, metadata={"model_version": "m1"})
 
     _run(settings, instance, [fake_onnx_model, failing_parity], partition=None)
     result = dg.materialize(
-        [promoted_model],
+        [asset],
+        partition_key=partition_key,
         resources={"mammo": MammoSettings(home=str(settings.home))},
         instance=instance,
         raise_on_error=False,
@@ -154,27 +158,16 @@ def test_a_model_whose_parity_check_failed_is_not_promoted(settings, instance):
     assert not result.success
     (failure,) = result.get_step_failure_events()
     assert "onnx_matches_pytorch failed" in failure.event_specific_data.error.message
+
+
+def test_a_model_whose_parity_check_failed_is_not_promoted(settings, instance):
+    _refused_after_failed_parity(settings, instance, promoted_model)
     assert promotions.read_promotions(settings).empty
 
 
 def test_a_model_whose_parity_check_failed_predicts_nothing_either(settings, instance):
     """Never promoted (its check failed), the model in current.json must not answer a new drop's predictions."""
-
-    @dg.asset_check(asset="onnx_model", name="onnx_matches_pytorch")
-    def failing_parity() -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(passed=False, metadata={"model_version": "m1"})
-
-    _run(settings, instance, [fake_onnx_model, failing_parity], partition=None)
-    result = dg.materialize(
-        [image_predictions],
-        partition_key=HOSPITAL,
-        resources={"mammo": MammoSettings(home=str(settings.home))},
-        instance=instance,
-        raise_on_error=False,
-    )
-    assert not result.success
-    (failure,) = result.get_step_failure_events()
-    assert "onnx_matches_pytorch failed" in failure.event_specific_data.error.message
+    _refused_after_failed_parity(settings, instance, image_predictions, HOSPITAL)
     assert not warehouse.slice_file(settings, "image_predictions", HOSPITAL, "m1").exists()
 
 
