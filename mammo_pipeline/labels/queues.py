@@ -75,8 +75,10 @@ COUNTERS: dict[str, str] = {
 
 # Bumped when a queue's membership or an index's definition changes: a store made before is recounted and its
 # queue indexes are made again on open (`LabelStore._upgrade`). 2: needs_review takes training images only, and
-# the disagreements fallback walks labeled images oldest label first.
-VERSION = 2
+# the disagreements fallback walks labeled images oldest label first. 3: the audit queue reads images with one
+# read and unread ones through two indexes, so an annotator's own lone reads are never walked past.
+VERSION = 3
+OBSOLETE_INDEXES = ("q_audit",)  # dropped from a store made before (`LabelStore._upgrade`)
 
 INDEXES = {
     "q_unlabeled": "images (rnd) WHERE split = 'train' AND label IS NULL",
@@ -86,7 +88,11 @@ INDEXES = {
     "q_meta_conflicts": "images (mc_key, id) WHERE split = 'train' AND mc_key IS NOT NULL AND label IS NULL",
     "q_meta_known": "images (rnd) WHERE split = 'train' AND meta_mag IS NOT NULL AND label IS NULL",
     "q_needs_review": "images (rnd) WHERE split = 'train' AND nr_todo = 1",
-    "q_audit": "images (audit_state DESC, rnd) WHERE split = 'audit' AND audit_state IN (0, 1)",
+    # the audit queue (`store._audit_queue`): images with one read in order, or by reader (ranges that leave out the
+    # annotator's own lone reads when they fill the head), then unread images
+    "q_audit_one": "images (rnd) WHERE split = 'audit' AND audit_state = 1",
+    "q_audit_one_reader": "images (reader1, rnd) WHERE split = 'audit' AND audit_state = 1",
+    "q_audit_none": "images (rnd) WHERE split = 'audit' AND audit_state = 0",
     "q_adjudication": "images (rnd) WHERE audit_state = 3",
 }
 

@@ -133,6 +133,28 @@ def test_audit_reads_are_blind_doubles_and_disagreements_go_to_a_third_reader(qs
     assert store.queue("adjudication", "dave") == [a1]
 
 
+@pytest.mark.parametrize("head", [2, 256])
+def test_the_audit_queue_is_the_same_whether_read_in_order_or_by_reader(tmp_path, monkeypatch, head):
+    """Images with one read by someone else in random-rank order, then unread ones; never the annotator's own.
+    With a head of 2 the annotator's own lone reads fill it and the queue is read by reader ranges instead:
+    the answer must not change (a key press costs the same however far one reader is ahead)."""
+    from mammo_pipeline.labels import store as store_module
+
+    monkeypatch.setattr(store_module, "AUDIT_HEAD", head)
+    store = LabelStore(tmp_path / "labels.sqlite")
+    store.sync_images(_manifest(40), audit_fraction=1.0)
+    ids = store.images()["id"].tolist()
+    rng = random.Random(0)
+    for iid in ids[:20]:
+        store.record(iid, rng.choice([1, 2, 3]), rng.choice(["alice", "alice", "alice", "bob", "carol"]))
+    images = store.images().set_index("id")
+    for who in ("alice", "bob", "dave"):
+        one = images[(images["audit_state"] == 1) & (images["reader1"] != who)].sort_values("rnd").index.tolist()
+        none = images[images["audit_state"] == 0].sort_values("rnd").index.tolist()
+        assert store.queue("audit", who, limit=50) == (one + none)[:50], who
+        assert store.queue("audit", who, limit=3) == (one + none)[:3], who
+
+
 def test_unknown_queue_name_is_refused(qstore):
     store, _ = qstore
     with pytest.raises(KeyError, match="unknown queue"):
