@@ -178,6 +178,7 @@ def run_onnx(
     write_predictions(settings, manifest.iloc[:batch_size], model, out, batch_size=batch_size)  # warm-up
     for kept in settings.cache.glob("bench/display/candidates-v*") if cold else []:
         shutil.rmtree(kept)
+    out.unlink()  # else write_predictions keeps the warm-up's rows of the same model and predicts only the rest
     with Timer() as timer:
         stats = write_predictions(settings, manifest, model, out, batch_size=batch_size)
     assert stats.n_images == len(manifest)
