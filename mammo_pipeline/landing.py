@@ -66,8 +66,10 @@ FILES_LOOKED_AT = 20  # ... among the first this many files (a CD export's AUTOR
 # ... that may be DICOM: a CD or PACS export's viewer, index and report files are passed over by their suffix, so a
 # drop whose first 20 files are a viewer's is still checked on its images; at most ENTRIES_VISITED names are looked
 # at, as the sensor checks every tick
-_NOT_DICOM = ".inf .ini .htm .html .css .js .xml .xsl .xsd .json .txt .pdf .exe .dll .so .dylib .cab .msi .bat .cmd"
-NOT_DICOM_SUFFIXES = frozenset(f"{_NOT_DICOM} .sh .lnk .ico .jpg .jpeg .png .gif .bmp .zip .md5 .sha1 .sha256".split())
+NOT_DICOM_SUFFIXES = frozenset(
+    ".inf .ini .htm .html .css .js .xml .xsl .xsd .json .txt .pdf .exe .dll .so .dylib .cab .msi .bat .cmd .sh "  # noqa: SIM905
+    ".lnk .ico .jpg .jpeg .png .gif .bmp .zip .md5 .sha1 .sha256".split()
+)
 ENTRIES_VISITED = 5000
 # shortest name part (or whole ID) matched as a word of the folder name; shortest ID (or run of one) found inside it
 MIN_PART, MIN_ID = 3, 6

@@ -239,9 +239,9 @@ def prune_plan(settings: Settings, keep: int) -> list[PruneItem]:
         raise ValueError("keep must be at least 1 (the current model is always kept)")
     promotions = read_promotions(settings)
     with warehouse.connect(settings) as con:
-        if "image_predictions_current" not in warehouse.views(con):
-            return []
         present = warehouse.views(con)
+        if "image_predictions_current" not in present:
+            return []
         current: dict[str, set[tuple[str, str]]] = {}  # per table: each keeps its own model between the two writes
         for table in (t for t in warehouse.HISTORY if t in present):
             sql = f"SELECT hospital, model_version FROM ({current_models_sql(table=table)})"

@@ -104,9 +104,9 @@ def model_for(settings: Settings, hospital: str, instance: dg.DagsterInstance | 
     its blocking parity check failed on `instance` (a model promoted_model refused does not predict either)."""
     ref = promotions.model_for_hospital(settings, hospital)
     if (
-        promotions.promoted_version(settings, hospital) is None
-        and instance
+        instance is not None
         and _failed_check(instance, ref.model_version)
+        and promotions.promoted_version(settings, hospital) is None  # read again only for a failed check
     ):
         raise dg.Failure(
             f"model {ref.model_version}: onnx_matches_pytorch failed and no model was ever promoted, so {hospital} is "

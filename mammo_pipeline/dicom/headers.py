@@ -260,8 +260,8 @@ def scrub_identifiers(text: str | None, ds: Dataset | Header) -> str | None:
     Patient ID, (0010,1000) Other Patient IDs and (0008,0050) Accession Number whole, and their letter-and-digit
     runs of at least MIN_ID_RUN characters anywhere; (0010,0030) Patient's Birth Date as YYYYMMDD, YYYY-MM-DD,
     DD/MM/YYYY and MM/DD/YYYY (any of / . - as separator, day and month with or without a leading zero, the year
-    with four digits or two). A name part that is also a word of
-    the description's vocabulary (a patient called Spot) is scrubbed too: the header's meta flags then miss it.
+    with four digits or two). A name part that is also a word of the description's vocabulary (a patient called
+    Spot) is scrubbed too: the header's meta flags then miss it.
     """
     if not text or not _may_hold_identifiers(text, ds):
         return text

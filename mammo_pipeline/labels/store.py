@@ -921,19 +921,27 @@ def _queue(
     if name == "adjudication":  # a third annotator decides
         where.append("reader1 != ? AND reader2 != ?")
         params += [annotator, annotator]
+    more, more_params = _filters(annotator, exclude, leases, audit=False)
+    where, params = [*where, *more], [*params, *more_params]
+    sql = f"SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY {p.order} LIMIT ?"
+    ids = [int(r[0]) for r in db.execute(sql, (*params, int(limit)))]
+    return queues.Queue(name, ids, totals.get(p.todo, 0), totals.get(p.pool, 0), p.note)
+
+
+def _filters(annotator: str, exclude: list[int], leases: bool, audit: bool) -> tuple[list[str], list[object]]:
+    """The WHERE terms (and their parameters) every queue adds: not the `exclude`d ids, and in team mode (`leases`)
+    not an image someone else holds; an audit image takes two readers at a time (its read so far counts)."""
+    where: list[str] = []
+    params: list[object] = []
     if exclude:
         where.append(f"id NOT IN ({','.join('?' * len(exclude))})")
         params += [int(i) for i in exclude]
     if leases:
         others = "FROM leases l WHERE l.image_id = images.id AND l.annotator != ? AND l.until > ?"
-        if name == "audit":
-            where.append(f"(SELECT COUNT(*) {others}) + (read1 IS NOT NULL) < 2")
-        else:
-            where.append(f"NOT EXISTS (SELECT 1 {others})")
+        held = f"(SELECT COUNT(*) {others}) + (read1 IS NOT NULL) < 2"  # an audit image: its read so far counts
+        where.append(held if audit else f"NOT EXISTS (SELECT 1 {others})")
         params += [annotator, time.time()]
-    sql = f"SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY {p.order} LIMIT ?"
-    ids = [int(r[0]) for r in db.execute(sql, (*params, int(limit)))]
-    return queues.Queue(name, ids, totals.get(p.todo, 0), totals.get(p.pool, 0), p.note)
+    return where, params
 
 
 AUDIT_HEAD = 256  # images with one read looked at in order before the annotator's own are left out by range
@@ -946,14 +954,7 @@ def _audit_queue(db: sqlite_utils.Database, annotator: str, limit: int, exclude:
     around the annotator instead: one ordered scan walked past every one of them (180 ms a key for a reader
     150,000 lone reads ahead of the others), and the ranges alone sort all the others' (90 ms for a reader with
     none when one other is that far ahead)."""
-    extra, params = [], []
-    if exclude:
-        extra.append(f"id NOT IN ({','.join('?' * len(exclude))})")
-        params += [int(i) for i in exclude]
-    if leases:  # an audit image takes two readers at a time: its read so far and the others' leases count
-        held = "SELECT COUNT(*) FROM leases l WHERE l.image_id = images.id AND l.annotator != ? AND l.until > ?"
-        extra.append(f"({held}) + (read1 IS NOT NULL) < 2")
-        params += [annotator, time.time()]
+    extra, params = _filters(annotator, exclude, leases, audit=True)
     tail = "".join(f" AND {w}" for w in extra)
     one = "FROM images INDEXED BY {} WHERE split = 'audit' AND audit_state = 1"
     head = db.execute(
