@@ -185,7 +185,11 @@ def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
 
     The review band [review_low, review_high) holds the uncertain predictions: review_low is the highest
     threshold keeping REVIEW_SENSITIVITY of the positives at or above it, review_high the lowest keeping
-    REVIEW_SPECIFICITY of the negatives below it, widened to contain the threshold. Without both classes
+    REVIEW_SPECIFICITY of the negatives below it, widened to contain the threshold's whole gap, from the
+    nearest audit probability below it to the nearest at or above it: the audit set decides nothing inside
+    that gap (every threshold in it makes the same audit decisions), so a prediction there is one it cannot
+    vouch for, on either side of the threshold. Before, the band of the sensitivity rule began at the
+    threshold, so an unseen clip scored just under it was neither flagged nor reviewed. Without both classes
     the DEFAULT_POINT is returned.
     """
     truth = np.asarray(truth, dtype=bool)
@@ -219,10 +223,13 @@ def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
         raise ValueError(f"operating-point rule must be 'sensitivity' or 'balanced', not {rule!r}")
     low = max(t for t, se, _ in stats if se >= REVIEW_SENSITIVITY)
     high = min(t for t, _, sp in stats if sp >= REVIEW_SPECIFICITY)
+    below, above = probs[probs < threshold], probs[probs >= threshold]
+    gap_low = float(below.max()) if len(below) else threshold  # the threshold's gap: (gap_low, gap_high] ...
+    gap_high = float(above.min()) if len(above) else threshold  # ... every threshold in it decides the audit alike
     return {
         "threshold": float(threshold),
-        "review_low": float(min(low, threshold)),
-        "review_high": float(max(high, threshold)),
+        "review_low": float(min(low, threshold, gap_low)),
+        "review_high": float(max(high, threshold, gap_high)),
         "rule": name,
     }
 

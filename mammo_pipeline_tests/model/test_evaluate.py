@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from mammo_pipeline.model.evaluate import (
+    DEFAULT_POINT,
     cohen_kappa,
     detailed_metrics,
     evaluate,
@@ -125,6 +126,22 @@ def test_a_gap_between_the_classes_puts_the_balanced_threshold_at_one_half_not_a
     assert 0.6 + 0.4 * 0.07 < high < 0.6 + 0.4 * 0.89 and high == pytest.approx(0.628)
     one = operating_point(truth, probs, "balanced")
     assert one["review_low"] <= one["threshold"] <= one["review_high"]
+
+
+def test_the_review_band_spans_the_thresholds_whole_gap_on_both_sides():
+    """The audit set decides nothing between its nearest scores around the threshold, so an unseen prediction
+    there needs review on either side of it: before, the sensitivity rule's band began at the threshold, and a
+    clip scored just under it (0.8 here, under the threshold 0.91) was neither flagged nor reviewed."""
+    truth = np.r_[np.ones(40, bool), np.zeros(50, bool)]
+    probs = np.r_[np.linspace(0.985, 0.999, 40), np.linspace(0.01, 0.6, 50)]
+    points = {"biopsy": operating_point(truth, probs, "sensitivity"), "mag": dict(DEFAULT_POINT)}
+    assert points["biopsy"]["review_low"] == pytest.approx(0.6) and points["biopsy"]["review_high"] >= 0.985
+    unseen = np.array([[0.8, 0.0], [0.95, 0.0], [0.55, 0.0], [0.999, 0.0]])
+    assert needs_review(unseen, points).tolist() == [True, True, False, False]
+    balanced = operating_point(
+        np.array([0, 0, 0, 1, 1, 1], bool), np.array([0.01, 0.04, 0.07, 0.89, 0.95, 0.99]), "balanced"
+    )
+    assert (balanced["review_low"], balanced["threshold"], balanced["review_high"]) == (0.07, 0.5, 0.89)
 
 
 def test_needs_review_marks_exactly_the_band():
