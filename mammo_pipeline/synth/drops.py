@@ -246,6 +246,8 @@ def render_study(task: StudyTask) -> list[dict]:
             force=task.force if k == 0 else (),
         )
         display, drawn = draw_image(spec, rng_for(task.seed, task.hospital, task.drop, task.index, "image", k))
+        # the labels are visual: a view whose every marker was drawn on metal-white (under an implant) shows none
+        biopsy = biopsy and (drawn.n_clips > drawn.n_clips_hidden or drawn.hook_wire)
         flags = {
             "mag_modifier": rng.random() < profile.mag_modifier_fraction,
             "mag_in_description": rng.random() < profile.mag_in_series_description,
@@ -293,6 +295,7 @@ def render_study(task: StudyTask) -> list[dict]:
             "label": label_of(biopsy, mag),
             "n_clips": drawn.n_clips,
             "n_clips_unsaturated": drawn.n_clips_unsaturated,
+            "n_clips_hidden": drawn.n_clips_hidden,
             "hook_wire": drawn.hook_wire,
             "marker_partly_outside": drawn.marker_partly_outside,
             "subtle_mag": drawn.subtle_mag,
@@ -382,7 +385,8 @@ def _update_truth(out: Path, hospital: str, drop: str, rows: list[dict]) -> None
     path = out / TRUTH_DIR / f"{hospital}.parquet"
     new = pd.DataFrame(rows).sort_values(["study_instance_uid", "sop_instance_uid"], kind="stable")
     new = new.astype(
-        {c: "boolean" for c in _BOOL_COLUMNS if c in new} | {c: "Int64" for c in ("n_clips", "n_clips_unsaturated")}
+        {c: "boolean" for c in _BOOL_COLUMNS if c in new}
+        | {c: "Int64" for c in ("n_clips", "n_clips_unsaturated", "n_clips_hidden")}
     )
     if path.exists():
         old = pd.read_parquet(path)

@@ -63,6 +63,7 @@ class Drawn:
 
     n_clips: int = 0
     n_clips_unsaturated: int = 0
+    n_clips_hidden: int = 0  # clips drawn on metal-white (the whole field under an implant): invisible
     hook_wire: bool = False
     marker_partly_outside: bool = False
     subtle_mag: bool = False
@@ -188,15 +189,19 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
         white = img >= markers.CLIP_MIN
         reach = max(4.0 * px_mm * zoom, length_min) / 2
         centers = _inside_points(rng, breast.mask, breast.r, _shrink(field_box, 0.1), n_inside, white, reach)
+        if any(white[c] for c in centers):  # no free point inside the field's inner part (a spot view over an
+            centers = _inside_points(rng, breast.mask, breast.r, field_box, n_inside, white, reach)  # implant)
+        n_hidden = sum(bool(white[c]) for c in centers)  # on metal-white still: drawn, but no reader can see it
         median = float(np.median(img[breast.mask])) if breast.mask.any() else 1.0
         for center in centers:
             length = max(rng.uniform(2.0, 4.0) * px_mm * zoom, length_min)  # about 3 mm (§4)
             thick = max(rng.uniform(0.3, 0.6) * px_mm * zoom, thick_min)
             dense = markers.in_dense_tissue(img, center, max(1, round(10 * px_mm * zoom)), median)
             contrast = markers.unsaturated_contrast(rng, dense)
+            hidden = bool(white[center])
             _, box, saturated = markers.draw_clip(img, rng, center, length, thick, contrast)
             if box:
-                boxes.append(("clip" if saturated else "clip_unsaturated", box))
+                boxes.append(("hidden_clip" if hidden else "clip" if saturated else "clip_unsaturated", box))
             n_unsat += not saturated
         outside, n = False, n_inside
         if want_outside:
@@ -211,7 +216,7 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
                         boxes.append(("clip", box))
                     outside, n = True, n + 1
                     break
-        facts.update(n_clips=n, marker_partly_outside=outside, n_clips_unsaturated=n_unsat)
+        facts.update(n_clips=n, marker_partly_outside=outside, n_clips_unsaturated=n_unsat, n_clips_hidden=n_hidden)
         if not coned and (rng.random() < 0.2 or "hook_wire" in spec.force):
             target = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
             entry = (0.0, rng.uniform(0.3, 0.9) * breast.nipple[1]) if spec.view == "CC" else (rows - 1.0, target[1])

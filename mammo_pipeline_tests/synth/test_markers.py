@@ -181,3 +181,33 @@ def test_a_spot_view_is_coned_to_its_paddle_and_a_magnification_view_keeps_most_
         assert (r1 - r0) * (c1 - c0) < 0.25 * 600 * 480 < 0.45 * 600 * 480 < (m1 - m0) * (n1 - n0), seed
         clips = [b for kind, *b in spot.boxes if kind.startswith("clip")]
         assert clips and all(r0 <= q0 and q1 <= r1 and c0 <= p0 and p1 <= c1 for q0, q1, p0, p1 in clips), seed
+
+
+def test_a_clip_with_nowhere_visible_to_go_is_recorded_hidden_and_its_view_is_labeled_without_a_marker(
+    monkeypatch, tmp_path
+):
+    """A spot view over an implant can leave no free point in its field: before, the clip was drawn on the
+    implant, invisible, and the truth still called the view a biopsy-marker view. Now the field's whole breast is
+    searched; a clip still drawn on metal-white is counted hidden (box `hidden_clip`), and a view whose every
+    marker is hidden is labeled without one (the labels are visual)."""
+    from mammo_pipeline.synth import drops, image
+    from mammo_pipeline.synth.image import ImageSpec, draw_image
+
+    def metal_everywhere(kind, img, *args):  # an 'implant' over the whole frame
+        img[:] = 1.0
+        return (0, img.shape[0] - 1, 0, img.shape[1] - 1)
+
+    monkeypatch.setattr(image, "_draw_confounder", metal_everywhere)
+    spec = ImageSpec(rows=480, cols=360, pixel_spacing=0.5, scale=0.125, view="CC", laterality="L",
+                     biopsy=True, mag=False, spot=True, vendor="H", force=("implant",))  # fmt: skip
+    for seed in range(4):
+        _, drawn = draw_image(spec, np.random.default_rng(seed))
+        clips = [kind for kind, *_ in drawn.boxes if "clip" in kind]
+        assert drawn.n_clips_hidden == drawn.n_clips >= 1 and clips and set(clips) == {"hidden_clip"}
+
+    hidden = image.Drawn(n_clips=1, n_clips_hidden=1)
+    monkeypatch.setattr(drops, "draw_image", lambda spec, rng: (np.zeros((spec.rows, spec.cols), np.float32), hidden))
+    drops.generate_drops(tmp_path, hospitals=1, studies_per_hospital=4, seed=3, scale=0.125, drop="d", workers=1)
+    truth = drops.read_truth(tmp_path)
+    assert (truth["n_clips_hidden"] == 1).all() and not truth["has_biopsy_marker"].any()
+    assert set(truth["label"]) <= {"neither", "mag"}
