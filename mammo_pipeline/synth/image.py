@@ -202,7 +202,7 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
             _, box, saturated = markers.draw_clip(img, rng, center, length, thick, contrast)
             if box:
                 boxes.append(("hidden_clip" if hidden else "clip" if saturated else "clip_unsaturated", box))
-            n_unsat += not saturated
+            n_unsat += not saturated and not hidden
         outside, n = False, n_inside
         if want_outside:
             length = max(rng.uniform(2.0, 4.0) * px_mm, length_min)

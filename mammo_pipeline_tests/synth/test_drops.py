@@ -105,8 +105,10 @@ def test_truth_agrees_with_pixel_geometry(landing):
                 kind != "clip_unsaturated"
             ):  # clips, wires, every confounder and a film's clear edge reach metal's gray
                 assert patch.max() >= hot_level, (row.rel_path, kind)
-        n_clips = kinds.count("clip") + kinds.count("clip_unsaturated")
-        assert (n_clips > 0) == row.has_biopsy_marker and n_clips == row.n_clips, row.rel_path
+        visible = kinds.count("clip") + kinds.count("clip_unsaturated")
+        assert (visible > 0) == row.has_biopsy_marker, row.rel_path  # the labels are visual
+        assert visible + kinds.count("hidden_clip") == row.n_clips, row.rel_path
+        assert kinds.count("hidden_clip") == row.n_clips_hidden, row.rel_path
         assert kinds.count("clip_unsaturated") == row.n_clips_unsaturated, row.rel_path
         assert kinds.count("hook_wire") == int(row.hook_wire), row.rel_path
         for kind in CONFOUNDERS:
