@@ -9,7 +9,9 @@ labels (`model/evaluate.py::operating_points`, what `trained_model` does), and b
 the synthetic truth on the *held-out* studies: those none of whose images is labeled (never trained on, not
 audit; the fourth hospital's drop among them). Baseline, in the same run: a study flagged when ANY image reaches
 the image threshold (the rule before study points). Prints per home and pooled sensitivity / specificity of
-each rule and the RATIO of the pooled study specificity, study rule over the ANY rule, per flag.
+each rule and the RATIO of the pooled study specificity, study rule over the ANY rule, per flag; and, for the study
+rule, how many held-out studies its review band [review_low, review_high) sends to review and how many of the
+studies it gets wrong are among them (`needs_review` catches a wrong study flag only when it is in the band).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def main() -> int:
     parser.add_argument("--home", type=Path, action="append", required=True, help="a MAMMO_HOME made by mammo demo")
     args = parser.parse_args()
     pooled = {(flag, rule): np.zeros(4, int) for flag in FLAGS for rule in ("any", "study")}
+    reviewed = {flag: np.zeros(4, int) for flag in FLAGS}  # in the band, studies, wrong ones in the band, wrong
     for home in args.home:
         version, points, held = held_out_scores(home)
         line = [f"{home}: model {version}, {held['study_instance_uid'].nunique()} held-out studies"]
@@ -76,6 +79,15 @@ def main() -> int:
                 line.append(
                     f"  {flag} {rule:5} (threshold {threshold:.3f}): sensitivity {tp}/{pos}, specificity {tn}/{neg}"
                 )
+            study = point["study"]
+            band = (score >= study["review_low"]) & (score < study["review_high"])
+            wrong = (score >= study["threshold"]) != truth
+            counts = np.array([band.sum(), len(band), (band & wrong).sum(), wrong.sum()])
+            reviewed[flag] += counts
+            line.append(
+                f"  {flag} study review band [{study['review_low']:.3f}, {study['review_high']:.3f}): "
+                f"{counts[0]} of {counts[1]} studies, {counts[2]} of the {counts[3]} wrong ones"
+            )
         print("\n".join(line), flush=True)
     print("pooled over the homes:")
     for flag in FLAGS:
@@ -86,6 +98,8 @@ def main() -> int:
             name = "ANY image at the image threshold" if rule == "any" else "MAX at the study threshold"
             print(f"  {flag} {name}: sensitivity {tp}/{pos} = {tp / max(pos, 1):.3f}, specificity {tn}/{neg} = "
                   f"{spec[rule]:.3f}")  # fmt: skip
+        band, n, caught, wrong = reviewed[flag]
+        print(f"  {flag} study review band: {band}/{n} studies to review, {caught}/{wrong} wrong study flags in it")
         print(f"RATIO {flag} held-out study specificity, study point / ANY rule: {spec['study']:.3f} / "
               f"{spec['any']:.3f} = {spec['study'] / spec['any'] if spec['any'] else float('inf'):.2f}x")  # fmt: skip
     return 0

@@ -190,10 +190,12 @@ def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
     that gap (every threshold in it makes the same audit decisions), so a prediction there is one it cannot
     vouch for, on either side of the threshold. Before, the band of the sensitivity rule began at the
     threshold, so an unseen clip scored just under it was neither flagged nor reviewed. Without both classes
-    the DEFAULT_POINT is returned.
+    the DEFAULT_POINT is returned. Raises ValueError when a probability is not finite.
     """
     truth = np.asarray(truth, dtype=bool)
     probs = np.asarray(probs, dtype=float)
+    if not np.isfinite(probs).all():
+        raise ValueError(f"{int((~np.isfinite(probs)).sum())} audit probabilities are not finite (NaN or inf)")
     if truth.all() or not truth.any():
         return dict(DEFAULT_POINT)
     cands = _candidates(probs)
@@ -223,9 +225,11 @@ def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
         raise ValueError(f"operating-point rule must be 'sensitivity' or 'balanced', not {rule!r}")
     low = max(t for t, se, _ in stats if se >= REVIEW_SENSITIVITY)
     high = min(t for t, _, sp in stats if sp >= REVIEW_SPECIFICITY)
+    # the threshold's gap (gap_low, gap_high]: every threshold in it decides the audit alike; with no audit score
+    # below (above) the threshold, every unseen score below (above) it is one the audit set cannot vouch for
     below, above = probs[probs < threshold], probs[probs >= threshold]
-    gap_low = float(below.max()) if len(below) else threshold  # the threshold's gap: (gap_low, gap_high] ...
-    gap_high = float(above.min()) if len(above) else threshold  # ... every threshold in it decides the audit alike
+    gap_low = float(below.max()) if len(below) else 0.0
+    gap_high = float(above.min()) if len(above) else float(np.nextafter(1.0, 2.0))
     return {
         "threshold": float(threshold),
         "review_low": float(min(low, threshold, gap_low)),

@@ -240,11 +240,15 @@ def predict_images(
 def _frame(part: pd.DataFrame, probs: np.ndarray, model: LoadedModel) -> pd.DataFrame:
     """One batch's image_predictions rows: flags at the model's thresholds, needs_review inside a review band."""
     points = [model.point(flag) for flag in FLAGS]
-    biopsy = probs[:, 0] >= points[0]["threshold"]
-    mag = probs[:, 1] >= points[1]["threshold"]
-    review = np.zeros(len(probs), dtype=bool)
+    # compared in float64, as the audit (evaluate.needs_review) and the study SQL (DOUBLE) compare: against a
+    # float32 array NumPy rounds a bound to float32, and a bound one float64 step above an audit score
+    # (nextafter) then equals it (an image at p = 1.0 left out of review while its study needed it)
+    p = np.asarray(probs, dtype=np.float64)
+    biopsy = p[:, 0] >= points[0]["threshold"]
+    mag = p[:, 1] >= points[1]["threshold"]
+    review = np.zeros(len(p), dtype=bool)
     for k, point in enumerate(points):
-        review |= (probs[:, k] >= point["review_low"]) & (probs[:, k] < point["review_high"])
+        review |= (p[:, k] >= point["review_low"]) & (p[:, k] < point["review_high"])
     return pd.DataFrame(
         {
             **{key: part[key].to_numpy() for key in KEYS},

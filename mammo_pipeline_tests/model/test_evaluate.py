@@ -241,3 +241,18 @@ def test_study_point_is_the_image_point_when_the_audit_studies_lack_a_class():
     assert mag["study"]["threshold"] == mag["threshold"] and "lack a class" in mag["study"]["rule"]
     without = operating_points(audit.drop(columns="study_instance_uid"), probs)
     assert "study" not in without["biopsy"] and without["biopsy"]["threshold"] == points["biopsy"]["threshold"]
+
+
+def test_with_no_audit_score_below_the_threshold_the_band_reaches_zero():
+    """When the weakest positive kept is the lowest audit score, nothing below the threshold was ever seen: an
+    unseen score just under it needs review (the gap's lower end fell back to the threshold itself)."""
+    truth = np.array([True, True, True, False, False])
+    point = operating_point(truth, np.array([0.3, 0.8, 0.9, 0.5, 0.95]), "sensitivity")
+    assert point["threshold"] == 0.3 and point["review_low"] == 0.0
+    same = operating_point(np.array([True, False, True]), np.full(3, 0.4), "sensitivity")
+    assert same["review_low"] == 0.0 and same["review_high"] > 0.4
+
+
+def test_an_audit_probability_that_is_not_finite_is_refused():
+    with pytest.raises(ValueError, match="not finite"):
+        operating_point(np.array([True, False, True]), np.array([0.9, np.nan, 0.8]), "sensitivity")

@@ -245,3 +245,22 @@ def test_predictions_use_the_models_thresholds_and_mark_the_review_band(settings
     band = ((pb >= points["biopsy"]["review_low"]) & (pb < tb)) | ((pm >= tm) & (pm < points["mag"]["review_high"]))
     assert out["needs_review"].tolist() == band.tolist() and 0 < band.sum() < len(out)
     assert not plain["needs_review"].any()  # a model without operating points: 0.5, no review band
+
+
+def test_flags_and_the_review_band_compare_in_float64_as_the_audit_does():
+    """A bound one float64 step above an audit score (nextafter: a review band's high edge over a saturated
+    negative, a balanced threshold just above the gap's lower end) rounds to that score in float32: an image at
+    p = 1.0 fell out of review while its study needed it, and one at float32 0.62 was flagged where the audit
+    decides 'no'. The network's probabilities are float32."""
+    from mammo_pipeline.model.infer import KEYS, LoadedModel, _frame
+
+    low = float(np.float32(0.62))
+    points = {
+        "biopsy": {"threshold": 0.9, "review_low": 0.5, "review_high": float(np.nextafter(1.0, 2.0))},
+        "mag": {"threshold": float(np.nextafter(low, 1.0)), "review_low": 0.7, "review_high": 0.7},
+    }
+    model = LoadedModel(None, Path("m.onnx"), "sha", "v1", "snap", 64, points)
+    part = pd.DataFrame({key: ["x"] for key in KEYS})
+    out = _frame(part, np.array([[1.0, low]], dtype=np.float32), model)
+    assert out["needs_review"].tolist() == [True] and out["is_mag_view"].tolist() == [False]
+    assert out["has_biopsy_marker"].tolist() == [True]
