@@ -209,7 +209,10 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
             for _ in range(8):
                 center = (rng.uniform(0.3, 0.7) * rows, rng.uniform(-0.25, 0.25) * length)
                 patch, origin = markers.clip_stroke(rng, center, length, max(0.5 * px_mm, thick_min))
-                if 0.2 <= markers.inside_share(img.shape, patch, origin) <= 0.9:
+                if (
+                    0.2 <= markers.inside_share(img.shape, patch, origin) <= 0.9
+                    and markers.covered_share(img, patch, origin, markers.CLIP_MIN) < 0.5  # not on an implant
+                ):
                     markers.stamp(img, patch, origin, markers.metal_value(rng))
                     box = markers.patch_box(img.shape, patch, origin)
                     if box:
@@ -234,12 +237,21 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
     facts["distractor"] = any(k.endswith("_marker") for k in facts["confounders"])
     np.clip(img, 0.0, 1.0, out=img)
     if spec.film:  # metal at base + fog, the film's edge, dust, the scanner (film.py)
+        metal_gray = film.clear_display(breast.film_dmin)
+        # the film caps every gray at its clear level: an unsaturated clip whose core reaches it, or comes within
+        # half a step of an 8-bit display of it (the same gray once rendered), prints as metal
+        printed = [
+            k == "clip_unsaturated" and img[b[0] : b[1] + 1, b[2] : b[3] + 1].max() >= metal_gray - 0.5 / 255
+            for k, b in boxes
+        ]
+        boxes = [("clip" if p else k, b) for p, (k, b) in zip(printed, boxes, strict=True)]
         digitized = film.digitize(img, rng, breast.film_dmin, spec.pixel_spacing)
         boxes += list(digitized.boxes)
         facts.update(
             film_edges=digitized.edges,
             film_dust=any(k == "film_dust" for k, _ in digitized.boxes),
-            metal_gray=film.clear_display(breast.film_dmin),
+            metal_gray=metal_gray,
+            n_clips_unsaturated=facts.get("n_clips_unsaturated", 0) - sum(printed),
         )
     if spec.laterality == "R":
         img = img[:, ::-1]

@@ -137,6 +137,15 @@ def inside_share(shape: tuple[int, int], patch: np.ndarray, origin: tuple[int, i
     return 0.0 if hit is None else float(hit[1].sum()) / (float(patch.sum()) or 1.0)
 
 
+def covered_share(img: np.ndarray, patch: np.ndarray, origin: tuple[int, int], level: float) -> float:
+    """Share of a patch's coverage inside the frame that would land on pixels already at or above `level`."""
+    hit = _overlap(img.shape, patch, origin)
+    if hit is None:
+        return 0.0
+    window, part = hit
+    return float((part * (img[window] >= level)).sum()) / (float(part.sum()) or 1.0)
+
+
 def metal_value(rng: np.random.Generator) -> float:
     """Brightness of a clip or wire: near saturation."""
     return float(rng.uniform(CLIP_MIN + 0.005, 1.0))

@@ -211,3 +211,41 @@ def test_a_clip_with_nowhere_visible_to_go_is_recorded_hidden_and_its_view_is_la
     truth = drops.read_truth(tmp_path)
     assert (truth["n_clips_hidden"] == 1).all() and not truth["has_biopsy_marker"].any()
     assert set(truth["label"]) <= {"neither", "mag"}
+
+
+def test_the_chest_wall_clip_is_not_stamped_on_an_implant():
+    """The clip cut by the chest wall was stamped without the metal-white check of the clips inside: with an
+    implant against the chest wall it often landed wholly on it, invisible, and the truth kept it as a clip."""
+    from mammo_pipeline.synth.image import ImageSpec, draw_image
+    from mammo_pipeline.synth.profiles import PROFILES
+
+    p, seen = PROFILES["H-DIM"], 0
+    for seed in range(60):
+        spec = ImageSpec(round(p.rows / 8), round(p.columns / 8), p.pixel_spacing * 8, 0.125, "CC", "L", True, False,
+                         force=("implant",))  # fmt: skip
+        img, drawn = draw_image(spec, np.random.default_rng(seed))
+        edge = [b for kind, *b in drawn.boxes if kind == "clip" and b[2] == 0]  # at the chest wall (L: column 0)
+        seen += bool(drawn.marker_partly_outside and edge)
+        for r0, r1, c0, c1 in edge:
+            assert not (img[r0 : r1 + 1, c0 : c1 + 1] >= markers.CLIP_MIN).all(), seed
+    assert seen >= 5  # the check ran
+
+
+def test_a_film_clip_drawn_unsaturated_that_prints_at_the_films_clear_level_is_recorded_saturated():
+    """A film caps every gray at its clear level (base + fog), which lies below the unsaturated clips' ceiling:
+    a fifth of the film's 'unsaturated' clips printed exactly as white as metal."""
+    from mammo_pipeline.synth.image import ImageSpec, draw_image
+    from mammo_pipeline.synth.profiles import PROFILES
+
+    p, n = PROFILES["FILM-DF"], 0
+    for seed in range(30):
+        for mag, spot in ((False, False), (False, True), (True, True)):
+            spec = ImageSpec(round(p.rows / 8), round(p.columns / 8), p.pixel_spacing * 8, 0.125, "CC", "L", True,
+                             mag, spot=spot, vendor="FILM", film=True)  # fmt: skip
+            img, drawn = draw_image(spec, np.random.default_rng(seed))
+            unsaturated = [b for kind, *b in drawn.boxes if kind == "clip_unsaturated"]
+            assert len(unsaturated) == drawn.n_clips_unsaturated
+            for r0, r1, c0, c1 in unsaturated:
+                n += 1
+                assert np.percentile(img[r0 : r1 + 1, c0 : c1 + 1], 98) < drawn.metal_gray - 2e-4, seed
+    assert n >= 10
