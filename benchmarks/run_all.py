@@ -23,13 +23,15 @@ BENCHMARKS: dict[str, list[str]] = {
     "air": [],
 }
 # Run by name only (`python benchmarks/run_all.py learning_curve`): slow (learning_curve about 10 minutes,
-# second_look_cv about 3 plus 5 the first time it builds its data set, crops about 2 plus 5 to build its data
+# second_look_cv about 3 plus 5 the first time it builds its data set, candidate_recall 1 plus 5 to build its
+# data set (the demo's drops), crops about 2 plus 5 to build its data
 # set when no --data is given, realism and film_compression a few), needing a trained model (real_samples: the
 # demo's, `--home`), or a library installed aside (table_format: deltalake), or a demo's home (study_points,
 # demo_audit: `make demo` first).
 EXTRA: dict[str, list[str]] = {
     "learning_curve": ["--baseline"],
     "second_look_cv": [],
+    "candidate_recall": ["--data", "/tmp/mammo-demo-drops", "--demo-drops"],
     "crops": [],
     "realism": ["--studies", "40", "--scale", "0.25", "--limit", "0"],  # the README table's sample
     "film_compression": [],

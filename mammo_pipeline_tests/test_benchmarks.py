@@ -223,3 +223,14 @@ def test_a_data_folder_keeps_the_drops_seed_it_was_built_with(tmp_path):
     with pytest.raises(SystemExit, match="holds the drops of seed 1, not 0"):
         bench.build_dataset(tmp_path, 1)
     assert not (tmp_path / "landing").exists()  # refused before drawing anything
+
+
+def test_candidate_recall_counts_every_clip_image_once_and_lists_each_miss(tmp_path):
+    out = run("candidate_recall", "--data", str(tmp_path / "data"), "--studies", "6")
+    n = int(re.search(r"^(\d+) clip images; candidate recall", out, flags=re.M)[1])
+    tables = re.findall(r"^(?:contact|film|magnification|spot|[A-Z]+-[A-Z]+)\s+(\d+)\s+(\d+)$", out, flags=re.M)
+    found = sum(int(f) for f, _ in tables)
+    assert n > 0 and sum(int(i) for _, i in tables) == 2 * n  # by kind, then by profile: each image twice
+    assert len(re.findall(r"^  missed: ", out, flags=re.M)) == n - found // 2, out
+    full, half = map(float, re.search(r"RATIO recall at K = \d+ / at K = \d+: ([\d.]+) / ([\d.]+)", out).groups())
+    assert half <= full == round(found / 2 / n, 3), out
