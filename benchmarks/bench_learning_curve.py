@@ -76,11 +76,12 @@ LABEL_COLUMNS = [
 ]
 
 
-def build_dataset(home: Path, studies: int, drops_seed: int = 0) -> Settings:
+def build_dataset(home: Path, studies: int, drops_seed: int = 0, corrupt_fraction: float = 0.0) -> Settings:
     """Synthetic drops, indexed and cached under `home` (each step skips work already done).
 
     `drops_seed` 0 is the development data set every second-look change since stop 12 was measured on; other seeds
     draw fresh drops that no decision has seen (held-out). `home` records its seed and refuses another one.
+    `corrupt_fraction`: the share of files `generate_drops` damages (the demo's drops: `DemoConfig`).
     """
     marker = Path(home) / "drops-seed.txt"
     held = marker.read_text().strip() if marker.exists() else str(drops_seed)
@@ -89,7 +90,13 @@ def build_dataset(home: Path, studies: int, drops_seed: int = 0) -> Settings:
     # synthetic patients only: a fixed pseudonym salt gives the same patient keys, so the same audit split, every run
     settings = Settings.under(home, workers=2, pretrained="none", salt="bench-learning-curve").ensure_dirs()
     generate_drops(
-        settings.landing, hospitals=3, studies_per_hospital=studies, seed=drops_seed, scale=0.25, drop="drop-20261101"
+        settings.landing,
+        hospitals=3,
+        studies_per_hospital=studies,
+        seed=drops_seed,
+        scale=0.25,
+        drop="drop-20261101",
+        corrupt_fraction=corrupt_fraction,
     )
     marker.write_text(f"{drops_seed}\n")
     for hospital in sorted(p.name for p in settings.landing.iterdir() if p.is_dir() and not p.name.startswith("_")):
@@ -107,6 +114,19 @@ def labels_frame(settings: Settings) -> pd.DataFrame:
     df["image_id"] = df["sop_instance_uid"]
     df["split"] = assign_splits(df, seed=0)
     return df[LABEL_COLUMNS].sort_values("sop_instance_uid").reset_index(drop=True)
+
+
+def truth_and_scale(settings: Settings, labels: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the synthetic truth's rows of `labels`' images, in their order; display px per stored px of each): what
+    `clip_among` needs (diagnosis only)."""
+    uids = labels["sop_instance_uid"]
+    truth = pd.concat(pd.read_parquet(f) for f in sorted((settings.landing / "_truth").glob("*.parquet")))
+    truth = truth.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid").loc[uids]
+    manifests = sorted(settings.table_dir("image_cache").glob("hospital=*/manifest.parquet"))
+    columns = ["sop_instance_uid", "height", "display_height"]
+    display = pd.concat(pd.read_parquet(f, columns=columns) for f in manifests)
+    display = display.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")
+    return truth, (display["display_height"] / display["height"]).loc[uids].to_numpy()
 
 
 def box_kinds_at(boxes: str, scale: float, row: int, col: int) -> list[str]:

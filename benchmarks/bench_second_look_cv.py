@@ -48,7 +48,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import pandas as pd
-from bench_learning_curve import build_dataset, by_clip_kind, clip_among, labels_frame, misordered, view_kind
+from bench_learning_curve import (
+    build_dataset,
+    by_clip_kind,
+    clip_among,
+    labels_frame,
+    misordered,
+    truth_and_scale,
+    view_kind,
+)
 
 from mammo_pipeline.model.evaluate import roc_auc
 from mammo_pipeline.model.second_look import predict_patch_mil, train_patch_mil
@@ -122,11 +130,7 @@ def main() -> int:
 
     settings = build_dataset(args.data, args.studies, args.drops_seed)
     labels = labels_frame(settings)
-    truth = pd.concat(pd.read_parquet(f) for f in sorted((settings.landing / "_truth").glob("*.parquet")))
-    truth = truth.set_index("sop_instance_uid").loc[labels["sop_instance_uid"]]
-    manifests = sorted(settings.table_dir("image_cache").glob("hospital=*/manifest.parquet"))
-    columns = ["sop_instance_uid", "height", "display_height"]
-    display = pd.concat(pd.read_parquet(f, columns=columns) for f in manifests).set_index("sop_instance_uid")
+    truth, scale = truth_and_scale(settings, labels)
     y = labels["has_biopsy_marker"].to_numpy(bool)
     patients = labels["patient_key"].to_numpy()
     if not 0 < y.sum() < len(y):
@@ -138,7 +142,6 @@ def main() -> int:
     print(f"data set: {len(y)} images ({y.sum()} with a clip) of {len(np.unique(patients))} patients; candidates "
           f"in {time.monotonic() - start:.0f} s wall, {time.process_time() - cpu:.0f} CPU s")  # fmt: skip
 
-    scale = (display["display_height"] / display["height"]).loc[labels["sop_instance_uid"]].to_numpy()
     train_crops = oracle_bags(found, truth["boxes"].to_numpy(), scale, y) if args.oracle_bags else found.crops
     fold = patient_folds(patients, args.folds, args.seed)
     rng = np.random.default_rng(args.seed)
