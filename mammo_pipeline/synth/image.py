@@ -191,7 +191,7 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
         centers = _inside_points(rng, breast.mask, breast.r, _shrink(field_box, 0.1), n_inside, white, reach)
         if any(white[c] for c in centers):  # no free point inside the field's inner part (a spot view over an
             centers = _inside_points(rng, breast.mask, breast.r, field_box, n_inside, white, reach)  # implant)
-        n_hidden = sum(bool(white[c]) for c in centers)  # on metal-white still: drawn, but no reader can see it
+        n_hidden = 0  # clips on metal-white still: drawn, but no reader can see them
         median = float(np.median(img[breast.mask])) if breast.mask.any() else 1.0
         for center in centers:
             length = max(rng.uniform(2.0, 4.0) * px_mm * zoom, length_min)  # about 3 mm (§4)
@@ -203,6 +203,7 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
             if box:
                 boxes.append(("hidden_clip" if hidden else "clip" if saturated else "clip_unsaturated", box))
             n_unsat += not saturated and not hidden
+            n_hidden += hidden
         outside, n = False, n_inside
         if want_outside:
             length = max(rng.uniform(2.0, 4.0) * px_mm, length_min)
