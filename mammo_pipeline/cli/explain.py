@@ -52,9 +52,7 @@ def command(sop_instance_uid: str, hospital: str, out: Path | None) -> None:
     try:
         png = heatmap_png(settings, hospital, sop_instance_uid)
     except (FileNotFoundError, KeyError) as err:
-        # str() of a KeyError is the repr of its message; the message itself reads better
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        raise click.ClickException(str(message)) from err
+        raise click.ClickException(str(err)) from err
     path = out or settings.reports / "explain" / f"{sop_instance_uid}.png"
     write_bytes(path, png)
     click.echo(f"wrote {path}")

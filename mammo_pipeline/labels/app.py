@@ -377,8 +377,7 @@ def create_app(
 
 def _without_paths(error: BaseException, settings: Settings) -> str:
     """An error's text for a browser: the server's MAMMO_HOME (and every path under it) written `$MAMMO_HOME`."""
-    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    return text.replace(str(settings.home), "$MAMMO_HOME")
+    return str(error).replace(str(settings.home), "$MAMMO_HOME")
 
 
 def _text(value: object) -> str:

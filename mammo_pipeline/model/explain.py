@@ -186,18 +186,26 @@ def overlay_png(
     return buf.getvalue()
 
 
+class NotCached(KeyError):
+    """The image is not in its hospital's image cache. A KeyError whose text is its message: str() of a plain
+    KeyError is the repr of its message, quotes and escapes included."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def find_renditions(
     settings: Settings, hospital: str, sop_instance_uid: str, columns: tuple[str, ...] = ("model_png",)
 ) -> list[Path]:
     """The cached renditions (`model_png`, `display_png`) of one image, in the order of `columns`, from one read
-    of the hospital's image_cache manifest (KeyError if not cached)."""
+    of the hospital's image_cache manifest (`NotCached`, a KeyError, if not cached)."""
     manifest = settings.table_dir("image_cache", hospital) / "manifest.parquet"
     if not manifest.exists():
         raise FileNotFoundError(f"{manifest}: hospital {hospital!r} has no image cache; materialize image_cache")
     rows = pd.read_parquet(manifest, columns=["sop_instance_uid", *columns])
     hit = rows.loc[rows["sop_instance_uid"] == sop_instance_uid, list(columns)]
     if hit.empty or not all(isinstance(v, str) and v for v in hit.iloc[0]):
-        raise KeyError(f"image {sop_instance_uid} is not in the image cache of hospital {hospital!r}")
+        raise NotCached(f"image {sop_instance_uid} is not in the image cache of hospital {hospital!r}")
     return [settings.cache / v for v in hit.iloc[0]]
 
 
@@ -227,7 +235,8 @@ def heatmap_png(settings: Settings, hospital: str, sop_instance_uid: str, ref: M
     """PNG bytes of the heat maps of one cached image by `ref`, by default the model that predicts its hospital
     (`promotions.model_for_hospital`: the promoted one), for the CLI and the labeling app's hint.
 
-    Raises FileNotFoundError when there is no model or no cache, KeyError when the image is not cached.
+    Raises FileNotFoundError when there is no model or no cache, `NotCached` (a KeyError) when the image is
+    not cached.
     """
     from mammo_pipeline import promotions
     from mammo_pipeline.model.train import load_network, load_second_look
