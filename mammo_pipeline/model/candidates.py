@@ -35,6 +35,14 @@ A candidate is a local maximum of the score (the highest within half a crop) *be
 frame's edge are masked: masking cuts a pellet's response at the margin, not at its foot, and the response's
 flank just inside would otherwise be a candidate whose crop holds the pellet (version 7).
 
+**The dome slots.** The stroke energy measures how sharply the image curves, not how bright an object is: an
+unsaturated clip in dense gland (a polymer marker's core, a clip under thick tissue) can hold less of it than the
+crossings and ends of the vessels and ligaments around it, and rank below the K-th candidate (two such coils of
+the demo drops, blob measure 0.75-0.85 of the tissue's 99th percentile). What a reader sees there is a compact
+object brighter than everything around it. So the last K // ONE_DOME_IN slots go to the strongest *domes*
+(`_domes`, the top-hat of Bright & Steel, J Microsc 1987, on the Gaussian-smoothed image: the mean over a clip's
+core minus the brightest such mean on the ring around it) at least half a crop from the blob candidates.
+
 **What the classifier sees (the crops).** The K strongest local maxima, at least half a crop apart, each
 give two CROP x CROP channels in units of the image's own tissue (1st percentile -> 0, 99th -> 1, clipped to
 CHANNEL_RANGE; the tissue is the Otsu foreground without a coned view's unexposed border, `_grid`):
@@ -67,8 +75,10 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # `air._frames_a_rectangle`); 10: the score is the blob measure of the stroke energy, not of the top-hat (a clip
 # of crossed or bent strokes, "T", "X", "+", is ridges, no blob), holes filled in that energy; 11: the unexposed
 # border is a band along a side up to a straight inner edge (`air._along_a_side`: a film's flat bright gland
-# touching the film's edge or a collimator's band was border, and a clip in it no candidate).
-SECOND_LOOK_VERSION = "11"
+# touching the film's edge or a collimator's band was border, and a clip in it no candidate); 12: one slot in
+# ONE_DOME_IN goes to a dome (`_domes`: an unsaturated clip in dense gland, brighter than all around it but with
+# less stroke energy than the vessels there, was no candidate).
+SECOND_LOOK_VERSION = "12"
 # Gaussian scales as shares of the long side (0.2 % and 0.8 % of a 24-30 cm detector are 0.5-0.6 and 2-2.4 mm):
 # a stroke's width (the 0.3-0.6 mm ribbon or wire, the 1-mm bead of a barbell; this scale was added in stop 27
 # after the real clip of the evaluation images, a ~1.2 mm saturated bead, fell between the candidates of two
@@ -88,6 +98,15 @@ K = 24
 # vanish, so where a bright line crosses such a step no false "corner blob" appears.
 TOPHAT_WINDOW = 0.027
 SCORE_PERCENTILE = 99.0  # the score is divided by its own tissue percentile (as preprocess's top-hat)
+# One slot in ONE_DOME_IN (4 of K) goes to the strongest domes (`_domes`) away from the blob score's candidates:
+# set once (a round number) and not tuned; 2 and 8 rescued the same clips of the demo drops (docs/history.md, stop
+# 50).
+ONE_DOME_IN = 6
+# The dome's crown is the image's Gaussian mean over a clip's core (sigma half CLIP_SCALE); its brim the ring from
+# twice CLIP_SCALE (beyond a 4-5 mm clip's edge) out to the context crop's edge (CONTEXT * CROP / 2 image px):
+# geometry, as the scales above. 1.2x-3x CLIP_SCALE for the inner radius rescued the same clips (stop 50).
+DOME_BRIM = 2 * CLIP_SCALE
+DOME_BLOCK = 4  # grid px per block of the brim's grid: about the crown's width (2 sigma)
 
 
 def _block_mean(gray: np.ndarray, f: int) -> np.ndarray:
@@ -192,11 +211,38 @@ def _half_crop(crop: int, f: int) -> int:
     return max(1, crop // 2 // f)
 
 
-def _scores(gray: np.ndarray, crop: int = CROP) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-    """(score on the grid, its block size f, that grid's image, its tissue mask): module docstring; positive only
-    at the highest score within half a `crop`."""
+def _searchable(image: np.ndarray, border: np.ndarray, long_side: int, f: int) -> np.ndarray:
+    """bool mask of the score's grid `image` (f image px per grid px) where a candidate may lie: not within
+    2 CLIP_SCALE sigmas of the frame (the derivatives see the padding there: a line leaving the frame looks like an
+    end), nor within air.SKIN_DEPTH of the air (letters in the air, pellets on the skin: never clips), nor as near
+    a coned view's unexposed `border` (the exposed field's edge is a frame too)."""
     from scipy import ndimage
 
+    keep = np.ones(image.shape, dtype=bool)
+    edge = int(np.ceil(2 * CLIP_SCALE * long_side / f)) + 1
+    if min(keep.shape) > 4 * edge:
+        keep[:edge], keep[-edge:], keep[:, :edge], keep[:, -edge:] = False, False, False, False
+    grid, step = _air_grid(image, f)
+    inside = away_from_air(grid, SKIN_DEPTH * long_side / step, border)
+    if border.any():
+        inside &= ndimage.distance_transform_edt(~border) * (step / f) >= edge
+    inside = inside.repeat(2, axis=0).repeat(2, axis=1)
+    h, w = min(inside.shape[0], keep.shape[0]), min(inside.shape[1], keep.shape[1])
+    keep[:h, :w] &= inside[:h, :w]
+    return keep
+
+
+def _local_maxima(values: np.ndarray, gap: int) -> np.ndarray:
+    """`values` where each is the highest within `gap` grid px, else 0."""
+    from scipy import ndimage
+
+    return values * (values >= ndimage.maximum_filter(values, size=2 * gap + 1, mode="nearest"))
+
+
+def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
+    """(score on the grid, its block size f, that grid's image, its tissue mask, where a candidate may lie): module
+    docstring. The score is everywhere; `_local_maxima` of it, masked by where a candidate may lie, are the
+    candidates (a local maximum *before* the air margin and the frame are masked: version 7)."""
     long_side = max(gray.shape)
     f0 = _grid_factor(STROKE_SCALE * long_side)
     image, tophat, mask, border = _grid(gray, f0)
@@ -206,26 +252,54 @@ def _scores(gray: np.ndarray, crop: int = CROP) -> tuple[np.ndarray, int, np.nda
     if level <= 1e-6:  # flat tissue: nothing to normalize by, an absolute blob still counts
         level = 1e-6 if out.max() > 1e-3 else np.inf
     out /= np.float32(level)
-    gap = _half_crop(crop, f0)  # a candidate must be the highest score this near
-    out *= out >= ndimage.maximum_filter(out, size=2 * gap + 1, mode="nearest")  # ... before anything is masked
-    edge = int(np.ceil(2 * CLIP_SCALE * long_side / f0)) + 1
-    if min(out.shape) > 4 * edge:  # within 2 sigma of the frame the derivatives see the padding, not the image:
-        out[:edge], out[-edge:], out[:, :edge], out[:, -edge:] = 0, 0, 0, 0  # a line leaving it looks like an end
-    grid, step = _air_grid(image, f0)
-    inside = away_from_air(grid, SKIN_DEPTH * long_side / step, border)
-    if border.any():  # the exposed field's edge is a frame too: the same band along a coned view's collimator
-        inside &= ndimage.distance_transform_edt(~border) * (step / f0) >= edge
-    inside = inside.repeat(2, axis=0).repeat(2, axis=1)  # letters in the air, pellets on the skin: never clips
-    h, w = min(inside.shape[0], out.shape[0]), min(inside.shape[1], out.shape[1])
-    out[:h, :w] *= inside[:h, :w]
-    return out, f0, image, mask
+    return out, f0, image, mask, _searchable(image, border, long_side, f0)
+
+
+def _domes(image: np.ndarray, searchable: np.ndarray, long_side: int, f: int, crop: int = CROP) -> np.ndarray:
+    """float32 grid (the shape of `image`, the score's grid, f image px per grid px): how far the Gaussian mean over
+    a clip's core (the crown) rises above the brightest such mean on the ring around it (the brim, DOME_BRIM out to
+    the context crop's edge), where positive, at the highest within half a `crop` and `searchable`; else 0.
+
+    The top-hat of Bright & Steel (J Microsc 1987; 146: 191-200) on the Gaussian-smoothed image: a compact object
+    brighter than everything around it, however low its contrast and however smooth its outline. An unsaturated
+    clip (a polymer marker's core, a clip in dense gland) is that, but its strokes may hold less stroke energy than
+    the vessels and ligaments of the tissue around, so the blob score can rank it below K tissue crossings."""
+    from scipy import ndimage
+
+    crown = ndimage.gaussian_filter(image, CLIP_SCALE * long_side / f / 2, mode="nearest")
+    q = DOME_BLOCK  # the brim's maximum on q x q means of the crown, about its width: 1/16 of the pixels and of the
+    coarse = _block_mean(crown, q)  # ring's points (26 ms -> 1.4 ms at 1024 px); the same clips found (stop 50)
+    outer, inner = CONTEXT * crop / 2 / f / q, DOME_BRIM * long_side / f / q
+    yy, xx = np.mgrid[-int(outer) : int(outer) + 1, -int(outer) : int(outer) + 1]
+    ring = (np.hypot(yy, xx) <= outer) & (np.hypot(yy, xx) >= inner)
+    brim = ndimage.grey_dilation(coarse, footprint=ring, mode="nearest").repeat(q, axis=0).repeat(q, axis=1)
+    brim = np.pad(brim, ((0, image.shape[0] - brim.shape[0]), (0, image.shape[1] - brim.shape[1])), mode="edge")
+    dome = np.maximum(crown - brim, 0.0).astype(np.float32)
+    return _local_maxima(dome, _half_crop(crop, f)) * searchable
 
 
 def blob_score(gray: np.ndarray) -> tuple[np.ndarray, int]:
     """(score float32 [H/f, W/f], f): the self-normalized blob measure of the stroke energy (module docstring)
     of a uint8 image on its grid, f image px per grid px (STROKE_SCALE's block size)."""
-    score, f, _, _ = _scores(_as_gray_uint8(gray))
-    return score, f
+    score, f, _, _, searchable = _scores(_as_gray_uint8(gray))
+    return _local_maxima(score, _half_crop(CROP, f)) * searchable, f
+
+
+def _pick(values: np.ndarray, n: int, gap: int, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Grid positions (row, col) of up to `n` positive `values`, strongest first, each more than `gap` grid px
+    (half a crop) from the others and from `taken`."""
+    work = values.copy()
+    for r, c in taken:
+        work[max(0, r - gap) : r + gap + 1, max(0, c - gap) : c + gap + 1] = 0
+    picked: list[tuple[int, int]] = []
+    while len(picked) < n:
+        flat = int(np.argmax(work))
+        if not work.flat[flat] > 0:
+            break
+        r, c = divmod(flat, work.shape[1])
+        picked.append((r, c))
+        work[max(0, r - gap) : r + gap + 1, max(0, c - gap) : c + gap + 1] = 0
+    return picked
 
 
 def candidates(
@@ -233,13 +307,22 @@ def candidates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(crops float32 [k, CHANNELS, crop, crop], centres int [k, 2] (row, col), scores float32 [k]) of a uint8
     image (or a PNG path: the display PNG, long side settings.display_size); always k rows, an image with fewer
-    than k blobs gets zero crops, score 0 and centre -1.
+    than k candidates gets zero crops, score 0 and centre -1.
 
-    Scores are the blob measure of the stroke energy in units of the image's own tissue texture (module
-    docstring).
+    The first k - k // ONE_DOME_IN are the blob score's strongest local maxima, strongest first; the last
+    k // ONE_DOME_IN the strongest domes (`_domes`) half a crop away from them (blob maxima again when there are
+    fewer domes). Scores are the blob measure of the stroke energy at each centre, in units of the image's own
+    tissue texture (module docstring), a dome's too.
     """
     gray = _as_gray_uint8(gray)
-    score, f, small, mask = _scores(gray, crop)
+    score, f, small, mask, searchable = _scores(gray)
+    gap = _half_crop(crop, f)
+    blobs = _local_maxima(score, gap) * searchable
+    domes = k // ONE_DOME_IN
+    where = _pick(blobs, k - domes, gap, [])
+    if domes:
+        where += _pick(_domes(small, searchable, max(gray.shape), f, crop), domes, gap, where)
+        where += _pick(blobs, k - len(where), gap, where)
     low, high = np.percentile(small[mask], TISSUE_PERCENTILES)
     span = float(max(high - low, 1.0))
     wide = crop * CONTEXT
@@ -248,23 +331,15 @@ def candidates(
     crops = np.zeros((k, CHANNELS, crop, crop), dtype=np.float32)
     centres = np.full((k, 2), -1, dtype=np.int64)
     scores = np.zeros(k, dtype=np.float32)
-    work = score.copy()
-    gap = _half_crop(crop, f)
-    found = 0
-    for i in range(k):
-        flat = int(np.argmax(work))
-        if not work.flat[flat] > 0:
-            break
-        found += 1
-        r, c = divmod(flat, work.shape[1])
-        scores[i] = work[r, c]
-        work[max(0, r - gap) : r + gap + 1, max(0, c - gap) : c + gap + 1] = 0  # half a crop apart
+    for i, (r, c) in enumerate(where):
+        scores[i] = score[r, c]
         r, c = min(r * f + f // 2, gray.shape[0] - 1), min(c * f + f // 2, gray.shape[1] - 1)
         centres[i] = (r, c)
         top, left = r + pad - crop // 2, c + pad - crop // 2
         crops[i, 0] = padded[top : top + crop, left : left + crop]
         top, left = r + pad - wide // 2, c + pad - wide // 2
         crops[i, 1] = _block_mean(padded[top : top + wide, left : left + wide], CONTEXT)
+    found = len(where)
     crops[:found] -= np.float32(low)  # in units of the image's tissue range (empty rows stay 0)
     crops[:found] *= np.float32(1.0 / span)
     np.clip(crops, *CHANNEL_RANGE, out=crops)
