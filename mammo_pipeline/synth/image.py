@@ -304,7 +304,7 @@ def _draw_confounder(
         return markers.draw_lead_letters(img, rng, text, (r0, c0), height)
     if kind == "popcorn_calc":  # coarse benign calcification > 2 mm
         center = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
-        return markers.draw_popcorn(img, rng, center, max(rng.uniform(2.0, 5.0) * px_mm, 1.5 * floor))
+        return markers.draw_popcorn(img, rng, center, max(rng.uniform(4.0, 10.0) * px_mm, 1.5 * floor))
     if kind == "vascular_calc":  # tram-track arterial calcification
         start = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
         length = rng.uniform(10, 30) * px_mm
