@@ -127,6 +127,43 @@ def promoted_version(settings: Settings, hospital: str | None = None) -> str | N
     return None if df.empty else str(df.iloc[-1]["model_version"])
 
 
+AUDIT_FLAGS = ("biopsy", "mag")
+
+
+def audit_regressions(new: dict, current: dict) -> list[str]:
+    """Why the model of registry row `new` must not replace the model of row `current` by itself: one line per flag
+    whose audit ROC-AUC lies below the low end of the current model's 95 % interval (bootstrapped over whole
+    patients on the same frozen audit set: model/intervals.py). A round whose training failed is held back (stop
+    50: one demo round's patch network ended at biopsy 0.561 after the previous round's 0.982 [0.936-0.998], and
+    was promoted); a figure inside that interval, a round's ordinary noise, is not. No line for a flag that
+    either row lacks (models from before the registry kept intervals)."""
+    lines = []
+    for flag in AUDIT_FLAGS:
+        value, low = new.get(f"{flag}_roc_auc"), current.get(f"{flag}_roc_auc_low")
+        if value is None or low is None or pd.isna(value) or pd.isna(low):
+            continue
+        if float(value) < float(low):
+            was, high = float(current[f"{flag}_roc_auc"]), float(current[f"{flag}_roc_auc_high"])
+            lines.append(
+                f"{flag} ROC-AUC {float(value):.3f} on the audit set, below {current.get('model_version')}'s "
+                f"{was:.3f} [{float(low):.3f}-{high:.3f}]"
+            )
+    return lines
+
+
+def held_back(settings: Settings, model_version: str, current_version: str) -> list[str]:
+    """`audit_regressions` of `model_version` against `current_version` from their registry rows; empty when
+    either row is missing (a model exported by hand, or from before the registry)."""
+    from mammo_pipeline.model import registry
+
+    try:
+        return audit_regressions(
+            registry.read_row(settings, model_version), registry.read_row(settings, current_version)
+        )
+    except FileNotFoundError:
+        return []
+
+
 def ref_path(settings: Settings, model_version: str) -> Path:
     return settings.models / model_version / REF_FILE
 

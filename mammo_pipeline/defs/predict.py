@@ -52,7 +52,9 @@ def _failed_check(instance: dg.DagsterInstance, model_version: str) -> bool:
 def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
     """Makes the exported model current for every hospital (a `model_promotions` row) once its checks passed, once:
     a model promoted before (and since rolled back or replaced by hand, `mammo model promote`) is not promoted
-    again by a re-materialization ("materialize all" in the UI); a person's decision stands."""
+    again by a re-materialization ("materialize all" in the UI); a person's decision stands. A model whose audit
+    ROC-AUC of a flag lies below the current model's 95 % interval is held back (`promotions.audit_regressions`:
+    a failed training round); the current model keeps predicting, and `mammo model promote VERSION` overrides."""
     settings = mammo.get()
     ref = ModelRef.load(settings.models)
     if not ref.onnx_file:
@@ -67,7 +69,17 @@ def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> d
     already = ref.model_version in set(history["model_version"])
     current = promotions.promoted_version(settings)
     row = None
-    if not already:
+    held = (
+        []
+        if already or current in (None, ref.model_version)
+        else promotions.held_back(settings, ref.model_version, current)
+    )
+    if held:
+        context.log.warning(
+            f"Model {ref.model_version} is not promoted: {'; '.join(held)}. {current} stays current; "
+            f"`mammo model promote {ref.model_version}` promotes it on purpose."
+        )
+    elif not already:
         row = promotions.promote(
             settings,
             ref.model_version,
@@ -76,7 +88,6 @@ def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> d
             dagster_run_id=context.run.run_id,
         )
         warehouse.refresh_views(settings)
-    if not already:
         context.log.info(f"Model {ref.model_version} promoted")
     elif current == ref.model_version:
         context.log.info(f"Model {ref.model_version} was already current")
@@ -92,7 +103,8 @@ def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> d
             "model_version": ref.model_version,
             "onnx_sha256": ref.onnx_sha256,
             "label_snapshot_id": ref.label_snapshot_id,
-            "promoted": not already,
+            "promoted": row is not None,
+            "held_back": "; ".join(held),
             "previous_model_version": (row or {}).get("previous_model_version") or "",
             "ref": dg.MetadataValue.path(str(promotions.ref_path(settings, ref.model_version))),
         },

@@ -184,3 +184,37 @@ def test_same_model_same_images_keeps_the_slice_and_its_run(settings, instance):
     third = _run(settings, instance, [image_predictions, study_predictions])
     images = warehouse.read_slice(settings, "image_predictions", HOSPITAL, "m1")
     assert set(images["dagster_run_id"]) == {third.run_id}
+
+
+def _audit_figures(settings, version: str, biopsy: tuple[float, float, float], mag=(0.99, 0.97, 1.0)) -> None:
+    """Give model `version`'s registry row per-flag audit ROC-AUC figures (value, low, high)."""
+    from mammo_pipeline.model import registry
+
+    figures = {
+        f"{flag}_roc_auc{end}": v
+        for flag, t in (("biopsy", biopsy), ("mag", mag))
+        for end, v in zip(("", "_low", "_high"), t, strict=True)
+    }
+    row = pd.read_parquet(settings.warehouse / "model_registry" / f"{version}.parquet").iloc[0].to_dict()
+    registry.write_row(settings, {k: v for k, v in {**row, **figures}.items() if k in registry.COLUMNS})
+
+
+def test_a_model_far_below_the_current_ones_audit_interval_is_held_back(settings, instance):
+    """Round 3 of a demo collapsed (biopsy 0.561 after 0.982 [0.936-0.998]) and was promoted all the same; now it
+    is held back with the reason, the current model keeps predicting, and a model within the interval is promoted."""
+    _run(settings, instance, ASSETS, "m1")
+    _audit_figures(settings, "m1", (0.982, 0.936, 0.998))
+    _run(settings, instance, [fake_onnx_model], "m2", seed=1, partition=None)
+    _audit_figures(settings, "m2", (0.561, 0.435, 0.686))
+    result = _run(settings, instance, [promoted_model], partition=None)
+    meta = result.asset_materializations_for_node("promoted_model")[0].metadata
+    assert meta["promoted"].value is False and "biopsy ROC-AUC 0.561" in meta["held_back"].value
+    assert promotions.promoted_version(settings) == "m1"
+    _run(settings, instance, [image_predictions, study_predictions])
+    assert not warehouse.slice_file(settings, "image_predictions", HOSPITAL, "m2").exists()
+
+    _run(settings, instance, [fake_onnx_model], "m3", seed=2, partition=None)
+    _audit_figures(settings, "m3", (0.950, 0.900, 0.990))  # lower, but inside m1's interval: noise
+    result = _run(settings, instance, [promoted_model], partition=None)
+    assert result.asset_materializations_for_node("promoted_model")[0].metadata["promoted"].value is True
+    assert promotions.promoted_version(settings) == "m3"
