@@ -33,7 +33,7 @@ from mammo_pipeline.progress import ProgressFn
 from mammo_pipeline.synth import corrupt
 from mammo_pipeline.synth.dicom_writer import ImageHeader, build_dataset, encode, to_stored
 from mammo_pipeline.synth.identities import hospital_slugs, institution_name, make_patient, make_uid, rng_for
-from mammo_pipeline.synth.image import CONFOUNDERS, ImageSpec, draw_image
+from mammo_pipeline.synth.image import CONFOUNDERS, LESIONS, ImageSpec, draw_image
 from mammo_pipeline.synth.profiles import CLASS_MIX, OTHER_MATRIX_SHARE, PROFILES, machines_of
 
 TRUTH_DIR = "_truth"
@@ -50,6 +50,7 @@ _BOOL_COLUMNS = (
     "for_processing",
     "is_spot_view",
     *CONFOUNDERS,
+    *LESIONS,
     "film_edge",
     "film_dust",
 )
@@ -304,6 +305,7 @@ def render_study(task: StudyTask) -> list[dict]:
             "grid_streaks": drawn.grid_streaks,
             "bright_stripes": drawn.bright_stripes,
             **{kind: kind in drawn.confounders for kind in CONFOUNDERS},
+            **{kind: kind in drawn.lesions for kind in LESIONS},
             "film_edge": bool(drawn.film_edges),
             "film_dust": drawn.film_dust,
             "metal_gray": drawn.metal_gray,

@@ -36,6 +36,12 @@ CONFOUNDER_RATES: dict[str, float] = {
     "device": 0.013,
 }
 CONFOUNDERS: tuple[str, ...] = tuple(CONFOUNDER_RATES)
+# soft-tissue lumps per contact image, below clip brightness (`markers.draw_mass`; since stop 50: until then a
+# compact bright lump that is not metal never appeared among the negatives, and a real film's mass scored as a
+# clip). † rates: intramammary lymph nodes are commonly reported on about 5 % of mammograms; benign masses (cysts,
+# fibroadenomas) set at 8 %. Sizes: masses 8-20 mm, nodes 5-10 mm (†, published cases).
+LESION_RATES: dict[str, float] = {"mass": 0.08, "lymph_node": 0.05}
+LESIONS: tuple[str, ...] = tuple(LESION_RATES)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class Drawn:
     density: str = ""
     field: tuple[int, int, int, int] | None = None  # exposed field of a mag/spot view, after the laterality flip
     confounders: tuple[str, ...] = ()
+    lesions: tuple[str, ...] = ()  # LESIONS drawn (soft-tissue lumps below clip brightness)
     film_edges: tuple[str, ...] = ()  # digitized film: unexposed strips along 'top', 'bottom', 'far' (film.py)
     film_dust: bool = False  # digitized film: dust specks printed white (film.py)
     metal_gray: float = markers.CLIP_MIN  # the display gray metal reaches: CLIP_MIN, or a film's base + fog
@@ -164,7 +171,18 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
     px_mm = 1.0 / spec.pixel_spacing
     long_side = max(rows, cols)
     confounders: list[str] = []
+    lesions: list[str] = []
     if not spec.mag:
+        for kind, rate in LESION_RATES.items():  # tissue first: markers and clips lie over it
+            if kind in spec.force or rng.random() < rate:
+                centre = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+                mm = rng.uniform(8.0, 20.0) if kind == "mass" else rng.uniform(5.0, 10.0)
+                box = markers.draw_mass(
+                    img, rng, centre, max(mm * px_mm, 4.0 * floor_of(long_side, small)), hilum=kind == "lymph_node"
+                )
+                if box is not None:
+                    boxes.append((kind, box))
+                    lesions.append(kind)
         for kind, rate in CONFOUNDER_RATES.items():
             if kind == "device" and spec.view != "MLO" and kind not in spec.force:
                 continue
@@ -235,18 +253,21 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
         boxes = [(k, b) for k, b in ((k, _intersect(b, field_box)) for k, b in boxes) if b]
     # the truth says only what shows (a spot view's small field hides most of what the breast carries elsewhere)
     facts["confounders"] = tuple(k for k in confounders if any(kind == k for kind, _ in boxes))
+    facts["lesions"] = tuple(k for k in lesions if any(kind == k for kind, _ in boxes))
     facts["distractor"] = any(k.endswith("_marker") for k in facts["confounders"])
     np.clip(img, 0.0, 1.0, out=img)
     if spec.film:  # metal at base + fog, the film's edge, dust, the scanner (film.py)
         metal_gray = film.clear_display(breast.film_dmin)
-        # the film caps every gray at its clear level: an unsaturated clip whose core reaches it, or comes within
-        # half a step of an 8-bit display of it (the same gray once rendered), prints as metal
+        digitized = film.digitize(img, rng, breast.film_dmin, spec.pixel_spacing)
+        # the film caps every gray at its clear level: an unsaturated clip whose core, as scanned (flare and noise
+        # included), comes within markers.METAL_TOLERANCE of it reads as metal (since stop 50 decided on the scan:
+        # a clip over a mass came within it after the scan, not before)
         printed = [
-            k == "clip_unsaturated" and img[b[0] : b[1] + 1, b[2] : b[3] + 1].max() >= metal_gray - 0.5 / 255
+            k == "clip_unsaturated"
+            and img[b[0] : b[1] + 1, b[2] : b[3] + 1].max() >= metal_gray - markers.METAL_TOLERANCE
             for k, b in boxes
         ]
         boxes = [("clip" if p else k, b) for p, (k, b) in zip(printed, boxes, strict=True)]
-        digitized = film.digitize(img, rng, breast.film_dmin, spec.pixel_spacing)
         boxes += list(digitized.boxes)
         facts.update(
             film_edges=digitized.edges,
@@ -262,6 +283,11 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
     return np.ascontiguousarray(img), Drawn(field=field_box if coned else None, **facts)  # type: ignore[arg-type]
 
 
+def floor_of(long_side: int, small: bool) -> float:
+    """The least size (px) of a drawn object at small scales, so it stays a few pixels wide at 256 px."""
+    return 0.006 * long_side if small else 0.0
+
+
 def _draw_confounder(
     kind: str,
     img: np.ndarray,
@@ -274,7 +300,7 @@ def _draw_confounder(
 ) -> tuple[int, int, int, int] | None:
     """Draw one confounder of `kind` (a CONFOUNDERS key); its bounding box, or None if it fell off the frame."""
     rows, cols = img.shape
-    floor = 0.006 * long_side if small else 0.0  # keep it a few pixels wide at small scales
+    floor = floor_of(long_side, small)
     if kind == "nipple_marker":  # BB pellet < 3 mm on the nipple (GE 2000D manual)
         center = breast.nipple
         if not (0 <= center[0] < rows and 0 <= center[1] < cols):

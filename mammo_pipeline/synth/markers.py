@@ -1,7 +1,7 @@
 """Metal in the breast and its look-alikes: biopsy clips (ribbon, coil, X, O, T, barbell, heart), hook wires, and
 the hard negatives that are just as bright - nipple pellets, skin rings, triangles and scar wires, lead letters,
 coarse ("popcorn") and vascular calcifications, implants and pacemakers/ports - plus grid-line streaks and bright
-stripes.
+stripes, and the soft-tissue lumps below clip brightness that a screening view carries (masses, lymph nodes).
 
 Sizes and shapes: research note realism.md §4 (clips about 3 mm titanium; BB nipple markers < 3 mm, GE 2000D
 manual; skin-marker code pellet = nipple, circle = mole, triangle = palpable mass, line = scar, Beekley;
@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 CLIP_MIN = 0.975  # saturated metal, and every confounder, is drawn at or above this display level
+METAL_TOLERANCE = 0.005  # a gray this near metal's reads as metal (about one step of an 8-bit display; †)
 DISTRACTOR_MAX = 0.955  # the old ceiling of hard negatives; only grid streaks and stripes stay below it now
 UNSATURATED_CLIP_SHARE = 0.25  # clips drawn below saturation (†: realism.md §4 gives no rate)
 # ... and only in dense tissue (realism.md §4: "a 1 mm core that falls below saturation in dense tissue"): where
@@ -329,6 +330,39 @@ def draw_popcorn(img: np.ndarray, rng: np.random.Generator, center: tuple[float,
         offset = tuple(np.clip(rng.normal(0, 0.2 * size, 2), -0.35 * size, 0.35 * size))
         np.maximum(patch, _lump(rng, max(rng.uniform(0.1, 0.22) * size, 1.0), offset, h), out=patch)
     return _stamp_centered(img, patch, center, metal_value(rng))
+
+
+def draw_mass(
+    img: np.ndarray, rng: np.random.Generator, center: tuple[float, float], size: float, hilum: bool = False
+) -> Box | None:
+    """A benign soft-tissue lump `size` px long, added over the tissue (its texture shows through) and never
+    clip-bright (at most DISTRACTOR_MAX): an oval, slightly lobulated, circumscribed mass (a cyst or fibroadenoma:
+    BI-RADS "oval", "circumscribed"), or with `hilum` an intramammary lymph node, a reniform oval whose fatty hilum
+    is a darker notch in one flank. Both are what a dome slot of the second look also finds (a compact object
+    brighter than all around it, as an unsaturated clip is); only outline and size tell them from a clip. Lift
+    0.08-0.2 of display contrast and a soft edge (sigma 3-8 % of the size) are †, from the look of published
+    cases; the box is the lump's."""
+    h = int(0.8 * size) + 3
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1].astype(np.float64)
+    angle = rng.uniform(0, np.pi)
+    along = yy * np.cos(angle) + xx * np.sin(angle)
+    across = -yy * np.sin(angle) + xx * np.cos(angle)
+    a, b = 0.5 * size, 0.5 * size * rng.uniform(0.55, 0.9)
+    theta = np.arctan2(across / b, along / a)
+    wander = 1.0 + sum(rng.uniform(0, 0.06) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
+    lump = (np.hypot(along / a, across / b) <= wander).astype(np.float32)
+    if hilum:  # the fatty hilum: a notch a third of the node's width deep in one flank
+        notch = np.hypot(along / (0.3 * a), (across - b) / (0.45 * b)) <= 1.0
+        lump[notch] = 0.0
+    lump = ndimage.gaussian_filter(lump, max(1.0, rng.uniform(0.03, 0.08) * size))
+    origin = (int(center[0]) - h, int(center[1]) - h)
+    hit = _overlap(img.shape, lump, origin)
+    if hit is None:
+        return None
+    region, part = img[hit[0]], hit[1]
+    lift = np.float32(rng.uniform(0.08, 0.2))
+    np.maximum(region, np.minimum(region + lift * part, DISTRACTOR_MAX), out=region)
+    return patch_box(img.shape, lump, origin)
 
 
 def draw_tram_track(

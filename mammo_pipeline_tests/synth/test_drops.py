@@ -11,8 +11,8 @@ from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
 from mammo_pipeline.landing import SLUG, list_drops, list_hospitals
-from mammo_pipeline.synth import generate_drops, hospital_slugs, read_truth
-from mammo_pipeline.synth.image import CONFOUNDERS
+from mammo_pipeline.synth import generate_drops, hospital_slugs, markers, read_truth
+from mammo_pipeline.synth.image import CONFOUNDERS, LESIONS
 from mammo_pipeline.synth.markers import CLIP_MIN
 from mammo_pipeline.synth.profiles import PROFILES
 
@@ -75,7 +75,7 @@ def _in_boxes(shape, boxes, pad=1) -> np.ndarray:
 def test_truth_agrees_with_pixel_geometry(landing):
     """Confounders are as bright as clips, so the truth is checked on where things are, not on a gray gap."""
     for row in _images(landing).itertuples():
-        hot_level = row.metal_gray - 0.005  # CLIP_MIN; on digitized film its base + fog
+        hot_level = row.metal_gray - markers.METAL_TOLERANCE  # CLIP_MIN; on digitized film its base + fog
         v = _display(pydicom.dcmread(landing / row.rel_path))
         boxes = json.loads(row.boxes)
         kinds = [b[0] for b in boxes]
@@ -101,6 +101,8 @@ def test_truth_agrees_with_pixel_geometry(landing):
                 # (`synth/film.py`), so by a share of the room left below clear film (none on cleared gland)
                 room = row.metal_gray - np.median(ring)
                 assert others.any() or patch.max() - np.median(ring) > 0.3 * room, row.rel_path
+            elif kind in LESIONS:  # a soft-tissue lump: lifted over the tissue beside it, never to metal's gray
+                assert patch.max() < hot_level or others.any(), (row.rel_path, kind)
             elif (
                 kind != "clip_unsaturated"
             ):  # clips, wires, every confounder and a film's clear edge reach metal's gray
@@ -111,7 +113,7 @@ def test_truth_agrees_with_pixel_geometry(landing):
         assert kinds.count("hidden_clip") == row.n_clips_hidden, row.rel_path
         assert kinds.count("clip_unsaturated") == row.n_clips_unsaturated, row.rel_path
         assert kinds.count("hook_wire") == int(row.hook_wire), row.rel_path
-        for kind in CONFOUNDERS:
+        for kind in (*CONFOUNDERS, *LESIONS):
             assert (kind in kinds) == getattr(row, kind), (row.rel_path, kind)
         if not row.film_edge:  # (a film's clear edge is checked as a box above)
             assert _has_unexposed_border(v) == (row.is_mag_view or row.is_spot_view), row.rel_path
@@ -125,7 +127,7 @@ def test_truth_agrees_with_pixel_geometry(landing):
 
 def test_drops_cover_every_confounder_and_special_view(landing):
     images = _images(landing)
-    for kind in CONFOUNDERS:
+    for kind in (*CONFOUNDERS, *LESIONS):
         assert images[kind].any(), kind
     assert images["marker_partly_outside"].any() and images["subtle_mag"].any() and images["hook_wire"].any()
     assert (images["n_clips_unsaturated"] > 0).any()  # some clips do not saturate
@@ -138,7 +140,7 @@ def test_drops_cover_every_confounder_and_special_view(landing):
 
 def test_confounders_are_as_bright_as_clips(landing):
     """The old brightness gap is gone: some negative image holds a confounder at or above the clips' gray."""
-    hot_level = CLIP_MIN - 0.005
+    hot_level = CLIP_MIN - markers.METAL_TOLERANCE
     negatives = _images(landing)
     negatives = negatives[~negatives["has_biopsy_marker"].astype(bool) & negatives[list(CONFOUNDERS)].any(axis=1)]
     brightest = [float(_display(pydicom.dcmread(landing / p)).max()) for p in negatives["rel_path"]]

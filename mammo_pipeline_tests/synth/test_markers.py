@@ -269,3 +269,22 @@ def test_a_popcorn_calcification_is_coarse_chunks_in_a_faint_mass_not_smooth_lob
         assert img[~hot].max() <= markers.DISTRACTOR_MAX
     assert np.median(solidity) < 0.85
     assert min(lifted) > 0.01
+
+
+def test_a_mass_or_lymph_node_is_a_lump_over_the_tissue_never_clip_bright():
+    """A soft-tissue lump is added over the tissue (its texture shows through), stays below DISTRACTOR_MAX, and
+    its box holds it; a lymph node's fatty hilum is a darker notch in its flank: the same draw with a hilum lifts
+    less of the same lump."""
+    tissue = 0.5 + 0.05 * np.random.default_rng(2).standard_normal((120, 120)).astype(np.float32)
+    for seed in range(10):
+        lifts = []
+        for hilum in (False, True):
+            img = tissue.copy()
+            r0, r1, c0, c1 = markers.draw_mass(img, np.random.default_rng(seed), (60, 60), 40, hilum=hilum)
+            lifted = img - tissue
+            assert img.max() <= markers.DISTRACTOR_MAX + 1e-6 and lifted.min() >= 0
+            assert lifted[r0:r1, c0:c1].max() > 0.07
+            assert lifted.sum() > 0.9 * lifted[max(0, r0 - 3) : r1 + 3, max(0, c0 - 3) : c1 + 3].sum()
+            assert np.corrcoef(img[55:65, 55:65].ravel(), tissue[55:65, 55:65].ravel())[0, 1] > 0.8  # texture
+            lifts.append(lifted.sum())
+        assert lifts[1] < 0.95 * lifts[0]
