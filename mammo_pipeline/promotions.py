@@ -28,6 +28,7 @@ import pandas as pd
 
 from mammo_pipeline import warehouse
 from mammo_pipeline.landing import list_hospitals
+from mammo_pipeline.model.evaluate import FLAGS
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 
@@ -127,9 +128,6 @@ def promoted_version(settings: Settings, hospital: str | None = None) -> str | N
     return None if df.empty else str(df.iloc[-1]["model_version"])
 
 
-AUDIT_FLAGS = ("biopsy", "mag")
-
-
 def audit_regressions(new: dict, current: dict) -> list[str]:
     """Why the model of registry row `new` must not replace the model of row `current` by itself: one line per flag
     whose audit ROC-AUC lies below the low end of the current model's 95 % interval (bootstrapped over whole
@@ -138,7 +136,7 @@ def audit_regressions(new: dict, current: dict) -> list[str]:
     was promoted); a figure inside that interval, a round's ordinary noise, is not. No line for a flag that
     either row lacks (models from before the registry kept intervals)."""
     lines = []
-    for flag in AUDIT_FLAGS:
+    for flag in FLAGS:
         value, low = new.get(f"{flag}_roc_auc"), current.get(f"{flag}_roc_auc_low")
         if value is None or low is None or pd.isna(value) or pd.isna(low):
             continue

@@ -299,6 +299,17 @@ def draw_polyline(
     return patch_box(img.shape, patch, origin)
 
 
+def _lift(img: np.ndarray, patch: np.ndarray, origin: tuple[int, int], lift: float) -> bool:
+    """Add `lift` x `patch` (coverage 0..1) at `origin` over the tissue, so its texture shows through, never above
+    DISTRACTOR_MAX (soft tissue is never clip-bright); False when the patch misses the frame."""
+    hit = _overlap(img.shape, patch, origin)
+    if hit is None:
+        return False
+    region, part = img[hit[0]], hit[1]
+    np.maximum(region, np.minimum(region + np.float32(lift) * part, DISTRACTOR_MAX), out=region)
+    return True
+
+
 def _lump(rng: np.random.Generator, radius: float, offset: tuple[float, float], h: int) -> np.ndarray:
     """Coverage (2h+1 x 2h+1) of one coarse calcium chunk: a disc of `radius` px at `offset` from the middle whose
     edge wanders (harmonics 2-4 of up to a quarter of the radius each), so no two chunks share an outline."""
@@ -321,10 +332,7 @@ def draw_popcorn(img: np.ndarray, rng: np.random.Generator, center: tuple[float,
     h, hm = int(0.8 * size) + 3, int(1.5 * size) + 3
     mass = ndimage.gaussian_filter(_lump(rng, rng.uniform(0.6, 0.8) * size, (0.0, 0.0), hm), max(1.0, 0.1 * size))
     lift = np.float32(rng.uniform(0.04, 0.10))
-    window = _overlap(img.shape, mass, (int(center[0]) - hm, int(center[1]) - hm))
-    if window is not None:
-        region, part = img[window[0]], window[1]
-        np.maximum(region, np.minimum(region + lift * part / max(float(mass.max()), 1e-6), DISTRACTOR_MAX), out=region)
+    _lift(img, mass / np.float32(max(float(mass.max()), 1e-6)), (int(center[0]) - hm, int(center[1]) - hm), lift)
     patch = np.zeros((2 * h + 1, 2 * h + 1), dtype=np.float32)
     for _ in range(int(rng.integers(4, 10))):
         offset = tuple(np.clip(rng.normal(0, 0.2 * size, 2), -0.35 * size, 0.35 * size))
@@ -356,12 +364,8 @@ def draw_mass(
         lump[notch] = 0.0
     lump = ndimage.gaussian_filter(lump, max(1.0, rng.uniform(0.03, 0.08) * size))
     origin = (int(center[0]) - h, int(center[1]) - h)
-    hit = _overlap(img.shape, lump, origin)
-    if hit is None:
+    if not _lift(img, lump, origin, np.float32(rng.uniform(0.08, 0.2))):
         return None
-    region, part = img[hit[0]], hit[1]
-    lift = np.float32(rng.uniform(0.08, 0.2))
-    np.maximum(region, np.minimum(region + lift * part, DISTRACTOR_MAX), out=region)
     return patch_box(img.shape, lump, origin)
 
 
