@@ -54,7 +54,7 @@ _BOOL_COLUMNS = (
     "film_edge",
     "film_dust",
 )
-FORCED_PER_HOSPITAL = 4  # studies per hospital that carry a forced confounder: 3 hospitals cover all nine
+FORCED_PER_HOSPITAL = 4  # studies per hospital that carry a forced confounder: 3 hospitals cover all ten
 SPOT_SHARE = 0.35  # diagnostic biopsy studies whose second image is a spot-compression view (†)
 _SCREENING_DESCRIPTIONS = ("SCREENING MAMMOGRAPHY", "Breast Screening", "MAMMO SCREEN BILATERAL")
 _DIAGNOSTIC_DESCRIPTIONS = ("DIAGNOSTIC", "MAMMO DIAGNOSTIC", "Breast Assessment", "Further views")

@@ -8,8 +8,8 @@ truth can be checked on geometry: confounders are as bright as clips now, so no 
 
 Rates per image (research note realism.md §4, counted from 22,012 EMBED images of mammo-artifacts; that set
 is enriched for non-negative exams, so these are upper ends): circle markers 22.3 % (split here into nipple
-pellets and mole rings), triangles 5.4 %, implants 8.2 %, devices 1.3 % (89 % on MLO). Scar wires, lead
-letters and coarse/vascular calcifications have no published rate (†). Spot-compression views without
+pellets, mole rings and palpable-lump pellets), triangles 5.4 %, implants 8.2 %, devices 1.3 % (89 % on MLO).
+Scar wires, lead letters and coarse/vascular calcifications have no published rate (†). Spot-compression views without
 magnification: realism.md §5 (same sampling, a small paddle outline, collimated field).
 """
 
@@ -26,7 +26,8 @@ from mammo_pipeline.synth.anatomy import NOISE_70UM, TISSUE_MAX, draw_breast
 # confounder -> probability per contact image (†: see the module docstring)
 CONFOUNDER_RATES: dict[str, float] = {
     "nipple_marker": 0.12,
-    "skin_marker": 0.10,
+    "skin_marker": 0.05,
+    "lump_marker": 0.05,
     "triangle_marker": 0.054,
     "scar_marker": 0.03,
     "lead_letters": 0.45,
@@ -42,6 +43,12 @@ CONFOUNDERS: tuple[str, ...] = tuple(CONFOUNDER_RATES)
 # fibroadenomas) set at 8 %. Sizes: masses 8-20 mm, nodes 5-10 mm (†, published cases).
 LESION_RATES: dict[str, float] = {"mass": 0.08, "lymph_node": 0.05}
 LESIONS: tuple[str, ...] = tuple(LESION_RATES)
+# A palpable-lump marker (a BB pellet or a triangle taped over the lump) lies over a drawn mass when the image has
+# one, and brings its own mass in this share of the images that have none (†: a palpable lump is often but not
+# always visible as a mass, dense breasts hide it). Until stop 51 pellets lay only on the nipple, so a solid metal
+# disc inside the breast was never a negative; the digitized DDSM film carries one over its mass.
+PALPABLE_MASS_SHARE = 0.5
+PALPABLE = ("lump_marker", "triangle_marker")
 
 
 @dataclass(frozen=True)
@@ -172,24 +179,30 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
     long_side = max(rows, cols)
     confounders: list[str] = []
     lesions: list[str] = []
+
+    def draw_lesion(kind: str) -> None:
+        centre = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+        mm = rng.uniform(8.0, 20.0) if kind == "mass" else rng.uniform(5.0, 10.0)
+        size = max(mm * px_mm, 4.0 * floor_of(long_side, small))
+        box = markers.draw_mass(img, rng, centre, size, hilum=kind == "lymph_node")
+        if box is not None:
+            boxes.append((kind, box))
+            lesions.append(kind)
+
     if not spec.mag:
         for kind, rate in LESION_RATES.items():  # tissue first: markers and clips lie over it
             if kind in spec.force or rng.random() < rate:
-                centre = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
-                mm = rng.uniform(8.0, 20.0) if kind == "mass" else rng.uniform(5.0, 10.0)
-                box = markers.draw_mass(
-                    img, rng, centre, max(mm * px_mm, 4.0 * floor_of(long_side, small)), hilum=kind == "lymph_node"
-                )
-                if box is not None:
-                    boxes.append((kind, box))
-                    lesions.append(kind)
+                draw_lesion(kind)
         for kind, rate in CONFOUNDER_RATES.items():
             if kind == "device" and spec.view != "MLO" and kind not in spec.force:
                 continue
             if kind == "lead_letters" and spec.spot:
                 continue
             if kind in spec.force or rng.random() < rate:
-                box = _draw_confounder(kind, img, rng, breast, spec, px_mm, small, long_side)
+                if kind in PALPABLE and "mass" not in lesions and rng.random() < PALPABLE_MASS_SHARE:
+                    draw_lesion("mass")  # the palpable lump, under its marker
+                lumps = tuple(b for k, b in boxes if k == "mass")
+                box = _draw_confounder(kind, img, rng, breast, spec, px_mm, small, long_side, lumps)
                 if box is not None:
                     boxes.append((kind, box))
                     confounders.append(kind)
@@ -297,8 +310,10 @@ def _draw_confounder(
     px_mm: float,
     small: bool,
     long_side: int,
+    lumps: tuple[tuple[int, int, int, int], ...] = (),
 ) -> tuple[int, int, int, int] | None:
-    """Draw one confounder of `kind` (a CONFOUNDERS key); its bounding box, or None if it fell off the frame."""
+    """Draw one confounder of `kind` (a CONFOUNDERS key); its bounding box, or None if it fell off the frame.
+    `lumps` are the boxes of the masses drawn so far: a palpable-lump marker (PALPABLE) is taped over one."""
     rows, cols = img.shape
     floor = floor_of(long_side, small)
     if kind == "nipple_marker":  # BB pellet < 3 mm on the nipple (GE 2000D manual)
@@ -309,8 +324,11 @@ def _draw_confounder(
     if kind == "skin_marker":  # mole ring, 2-4 mm, anywhere on the skin
         center = _skin_point(rng, breast.r, 0.5, 1.0) if rng.random() < 0.5 else _skin_point(rng, breast.r)
         return markers.draw_skin_marker(img, rng, center, max(rng.uniform(1.0, 2.0) * px_mm, floor), ring=True)
+    if kind == "lump_marker":  # BB pellet, 1-3 mm, taped over a palpable lump: inside the breast
+        center = _lump_point(rng, breast, lumps)
+        return markers.draw_skin_marker(img, rng, center, max(rng.uniform(0.5, 1.5) * px_mm, floor), ring=False)
     if kind == "triangle_marker":  # palpable lump, over the breast
-        center = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+        center = _lump_point(rng, breast, lumps)
         return markers.draw_triangle_marker(img, rng, center, max(rng.uniform(4.0, 8.0) * px_mm, 2.5 * floor))
     if kind == "scar_marker":  # a wire along the scar, often crossing the breast
         p0 = np.array(_inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0], dtype=np.float64)
@@ -344,6 +362,18 @@ def _draw_confounder(
         center = (rng.uniform(-0.02, 0.06) * rows, rng.uniform(0.02, 0.2) * cols)
         return markers.draw_device(img, rng, center, rng.uniform(30, 50) * px_mm)
     raise ValueError(f"unknown confounder {kind!r}; expected one of {CONFOUNDERS}")
+
+
+def _lump_point(rng: np.random.Generator, breast, lumps: tuple[tuple[int, int, int, int], ...]) -> tuple[int, int]:
+    """Where a palpable-lump marker goes: the middle half of a drawn mass's box (the lump felt under the skin),
+    else anywhere well inside the breast (a lump the image does not show)."""
+    if not lumps:
+        rows, cols = breast.mask.shape
+        return _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+    r0, r1, c0, c1 = lumps[int(rng.integers(len(lumps)))]
+    return int(rng.uniform(0.75 * r0 + 0.25 * r1, 0.25 * r0 + 0.75 * r1)), int(
+        rng.uniform(0.75 * c0 + 0.25 * c1, 0.25 * c0 + 0.75 * c1)
+    )
 
 
 def _draw_letters_flipped(img: np.ndarray, rng: np.random.Generator, text: str, r0: int, c0: int, height: float):

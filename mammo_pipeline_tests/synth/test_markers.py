@@ -288,3 +288,30 @@ def test_a_mass_or_lymph_node_is_a_lump_over_the_tissue_never_clip_bright():
             assert np.corrcoef(img[55:65, 55:65].ravel(), tissue[55:65, 55:65].ravel())[0, 1] > 0.8  # texture
             lifts.append(lifted.sum())
         assert lifts[1] < 0.95 * lifts[0]
+
+
+def test_a_palpable_lump_marker_is_a_solid_pellet_inside_the_breast_over_its_mass():
+    """A BB taped over a palpable lump projects inside the breast, not only on the nipple or the skin line: a solid
+    metal disc over the middle of a drawn mass when the image has one (the digitized DDSM film has one), and it
+    often brings its own mass (image.PALPABLE_MASS_SHARE). The triangle marks the same kind of lump."""
+    from mammo_pipeline.synth.image import ImageSpec, draw_image
+
+    with_mass = 0
+    for seed in range(16):
+        kind = ("lump_marker", "triangle_marker")[seed % 2]
+        spec = ImageSpec(rows=480, cols=360, pixel_spacing=0.5, scale=0.125, view="CC", laterality="L",
+                         biopsy=False, mag=False, vendor="H", force=(kind,))  # fmt: skip
+        img, drawn = draw_image(spec, np.random.default_rng(seed))
+        (marker,) = [b for k, *b in drawn.boxes if k == kind]
+        masses = [b for k, *b in drawn.boxes if k == "mass"]
+        assert kind in drawn.confounders and bool(masses) == ("mass" in drawn.lesions)
+        r0, r1, c0, c1 = marker
+        centre = ((r0 + r1) / 2, (c0 + c1) / 2)
+        if masses:
+            with_mass += 1
+            assert any(q0 < centre[0] < q1 and p0 < centre[1] < p1 for q0, q1, p0, p1 in masses), seed
+        if kind == "lump_marker":  # solid: its middle is metal, and round
+            core = img[r0 : r1 + 1, c0 : c1 + 1] >= markers.CLIP_MIN
+            assert core[core.shape[0] // 2, core.shape[1] // 2] and core.mean() > 0.6, seed
+            assert abs((r1 - r0) - (c1 - c0)) <= 1
+    assert 3 <= with_mass <= 14  # some lumps show as a mass, not all
