@@ -17,7 +17,9 @@ stripes and a paddle's rim run along whole rows of the field, air and breast ali
 `AIR_MIN_SHARE` counts when the hysteresis joins it to air that does (a line between the threshold and halfway to
 the breast cut it off). Fatty tissue can be as dark as air in some renderings (magnified, coned views) but is never
 flat at millimetre scale; a coned view's collimator is bright, not dark. An image without such a region (a breast
-cropped to the frame) has no air, and nothing is ignored.
+cropped to the frame) has no air, and nothing is ignored. What the air cuts off from the breast along the field's
+edge is no breast either (`cut_off_by_air`, version 13 of the second look: a scanned film's flare band lifted
+above the air's threshold along its clear border, with the lead letters in it).
 
 The unexposed border (`unexposed_mask`: a coned view's collimator shadow, a film's clear edge) is the air's
 bright twin: flat, along a whole side of the frame. It is neither breast nor the frame: the breast's median is
@@ -380,9 +382,34 @@ def _residual_spread(img: np.ndarray, region: np.ndarray, sigma: float, lines: n
     return float(min(np.ptp(np.percentile(r, (10, 90))) for r in (resid, resid - lines[region])))
 
 
+def cut_off_by_air(img: np.ndarray, air: np.ndarray, unexposed: np.ndarray) -> np.ndarray:
+    """bool [H, W]: what is neither `air` nor `unexposed` but lies cut off from the breast by the air and touches
+    the exposed field's edge (`exposed_edge`): a scanned film's flare band along its clear border, brightened
+    above the air's threshold, and the lead letters in it.
+
+    The breast is one piece of what is neither air nor border, the one holding the most tissue (the sum of its
+    grays above the air's threshold: a flare band along three sides of a film can cover more pixels than a small
+    breast, but it is barely brighter than the air); a clip lies in it. A piece the air separates from it and that
+    reaches the field's edge is outside the body's outline, however bright the flare makes it (a gland island among
+    fat taken for air would not reach the edge)."""
+    rest = ~air & ~unexposed
+    labels, n = ndimage.label(rest)
+    if n <= 1:
+        return np.zeros(img.shape, dtype=bool)
+    threshold = air_threshold(img, unexposed)[0]
+    breast = 1 + int(np.argmax(ndimage.sum(np.clip(img - threshold, 0, None), labels, range(1, n + 1))))
+    edge = exposed_edge(img, threshold, unexposed)
+    pieces = np.unique(labels[edge & rest])
+    return np.isin(labels, pieces[(pieces > 0) & (pieces != breast)])
+
+
 def away_from_air(img: np.ndarray, depth_px: float, unexposed: np.ndarray | None = None) -> np.ndarray:
-    """bool [H, W]: pixels at least `depth_px` from the air (`air_mask`); all True when the image has none."""
+    """bool [H, W]: pixels at least `depth_px` from the air (`air_mask`) and from what it cuts off from the breast
+    along the field's edge (`cut_off_by_air`); all True when the image has no air."""
+    if unexposed is None:
+        unexposed = unexposed_mask(img)
     air = air_mask(img, unexposed)
     if not air.any():
         return np.ones(img.shape, dtype=bool)
+    air |= cut_off_by_air(img, air, unexposed)
     return ndimage.distance_transform_edt(~air) >= depth_px

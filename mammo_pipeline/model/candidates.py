@@ -77,8 +77,10 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # border is a band along a side up to a straight inner edge (`air._along_a_side`: a film's flat bright gland
 # touching the film's edge or a collimator's band was border, and a clip in it no candidate); 12: one slot in
 # ONE_DOME_IN goes to a dome (`_domes`: an unsaturated clip in dense gland, brighter than all around it but with
-# less stroke energy than the vessels there, was no candidate).
-SECOND_LOOK_VERSION = "12"
+# less stroke energy than the vessels there, was no candidate); 13: nor in a piece of the image the air cuts off
+# from the breast along the field's edge (`air.cut_off_by_air`: a film's flare band along its clear border lifted
+# above the air's threshold, and the lead letters in it, were candidates).
+SECOND_LOOK_VERSION = "13"
 # Gaussian scales as shares of the long side (0.2 % and 0.8 % of a 24-30 cm detector are 0.5-0.6 and 2-2.4 mm):
 # a stroke's width (the 0.3-0.6 mm ribbon or wire, the 1-mm bead of a barbell; this scale was added in stop 27
 # after the real clip of the evaluation images, a ~1.2 mm saturated bead, fell between the candidates of two

@@ -52,6 +52,26 @@ def test_a_scanned_films_uneven_air_inside_its_clear_edge_is_air():
     assert (found & dark_air).sum() / dark_air.sum() > 0.98 and (found & inside).sum() <= 0.001 * inside.sum()
 
 
+def test_a_films_flare_band_cut_off_from_the_breast_by_the_air_is_no_place_for_a_candidate():
+    """Strong scanner flare lifts a band of air along a film's clear border above the air's threshold; lead letters
+    printed there sit in that band. The air cuts the band off from the breast and the band reaches the field's
+    edge, so it is outside the body: nothing in it is away from the air (before: the letters were candidates)."""
+    rng = np.random.default_rng(4)
+    img, _ = _breast(rng, air=0.12, noise=0.004)
+    h, w = img.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = np.hypot(yy - h / 2, xx) < 0.35 * h  # a smaller breast: air between it and the top strip's band
+    img = np.where(inside, img, 0.12 + rng.normal(0, 0.004, img.shape))
+    dist = np.minimum.reduce([yy - 6, h - 7 - yy, w - 7 - xx])  # px from the clear strips (negative: on them)
+    img = np.where(inside, img, img + 0.2 * np.exp(-np.clip(dist, 0, None) / 15.0))
+    img[dist < 0] = 0.95
+    img[10:18, 150:176] = 0.95  # "LCC" in the band, 4-12 px from the top strip
+    assert img[14, 140] > air_threshold(img)[0]  # the band beside the letters is brighter than the air's threshold
+    keep = away_from_air(img, SKIN_DEPTH * max(h, w))
+    assert not keep[10:18, 150:176].any()
+    assert keep[128, 20] and keep[100:156, :40].all()  # the breast is kept
+
+
 def test_away_from_air_keeps_what_lies_deeper_than_the_skin_depth():
     img, inside = _breast(np.random.default_rng(2))
     depth = SKIN_DEPTH * max(img.shape)
