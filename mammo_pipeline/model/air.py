@@ -316,13 +316,20 @@ def air_mask(img: np.ndarray, unexposed: np.ndarray | None = None) -> np.ndarray
     `unexposed`: its `unexposed_mask` when the caller has it already."""
     if unexposed is None:
         unexposed = unexposed_mask(img)
+    return _air(img, unexposed)[0]
+
+
+def _air(img: np.ndarray, unexposed: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """(`air_mask`, the air's threshold (`air_threshold`), the exposed field's edge (`exposed_edge`)): the air and
+    what `cut_off_by_air` needs of its making, computed once."""
     threshold, contrast = air_threshold(img, unexposed)
+    edge = exposed_edge(img, threshold, unexposed)
     dark = ndimage.binary_opening(img <= threshold)
     labels, _ = ndimage.label(dark)
     # does it reach the edge of the exposed field? Through what is darker than halfway to the breast (hysteresis):
     # a scanned film's air brightens towards its clear border (scanner flare) before the border itself
     reach, _ = ndimage.label(ndimage.binary_opening(img <= threshold + (AIR_REACH - AIR_LEVEL) * contrast) | dark)
-    edge_reach = np.unique(reach[exposed_edge(img, threshold, unexposed)])
+    edge_reach = np.unique(reach[edge])
     touching = np.unique(labels[dark & np.isin(reach, edge_reach[edge_reach > 0])])
     sigma = SKIN_DEPTH * max(img.shape)
     lines = _line_offsets(img, ~unexposed, sigma)
@@ -339,7 +346,7 @@ def air_mask(img: np.ndarray, unexposed: np.ndarray | None = None) -> np.ndarray
     joined = np.unique(reach[found])
     small = touching[~large]
     pockets = small[np.isin(ndimage.maximum(reach, labels, small), joined[joined > 0])] if len(small) else small
-    return found | np.isin(labels, [k for k in pockets if flat(k)])
+    return found | np.isin(labels, [k for k in pockets if flat(k)]), threshold, edge
 
 
 def _line_offsets(img: np.ndarray, exposed: np.ndarray, sigma: float) -> np.ndarray:
@@ -382,10 +389,12 @@ def _residual_spread(img: np.ndarray, region: np.ndarray, sigma: float, lines: n
     return float(min(np.ptp(np.percentile(r, (10, 90))) for r in (resid, resid - lines[region])))
 
 
-def cut_off_by_air(img: np.ndarray, air: np.ndarray, unexposed: np.ndarray) -> np.ndarray:
+def cut_off_by_air(
+    img: np.ndarray, air: np.ndarray, unexposed: np.ndarray, threshold: float, edge: np.ndarray
+) -> np.ndarray:
     """bool [H, W]: what is neither `air` nor `unexposed` but lies cut off from the breast by the air and touches
-    the exposed field's edge (`exposed_edge`): a scanned film's flare band along its clear border, brightened
-    above the air's threshold, and the lead letters in it.
+    the exposed field's `edge` (`exposed_edge`): a scanned film's flare band along its clear border, brightened
+    above the air's `threshold` (`air_threshold`), and the lead letters in it.
 
     The breast is one piece of what is neither air nor border, the one holding the most tissue (the sum of its
     grays above the air's threshold: a flare band along three sides of a film can cover more pixels than a small
@@ -396,9 +405,7 @@ def cut_off_by_air(img: np.ndarray, air: np.ndarray, unexposed: np.ndarray) -> n
     labels, n = ndimage.label(rest)
     if n <= 1:
         return np.zeros(img.shape, dtype=bool)
-    threshold = air_threshold(img, unexposed)[0]
     breast = 1 + int(np.argmax(ndimage.sum(np.clip(img - threshold, 0, None), labels, range(1, n + 1))))
-    edge = exposed_edge(img, threshold, unexposed)
     pieces = np.unique(labels[edge & rest])
     return np.isin(labels, pieces[(pieces > 0) & (pieces != breast)])
 
@@ -408,8 +415,8 @@ def away_from_air(img: np.ndarray, depth_px: float, unexposed: np.ndarray | None
     along the field's edge (`cut_off_by_air`); all True when the image has no air."""
     if unexposed is None:
         unexposed = unexposed_mask(img)
-    air = air_mask(img, unexposed)
+    air, threshold, edge = _air(img, unexposed)
     if not air.any():
         return np.ones(img.shape, dtype=bool)
-    air |= cut_off_by_air(img, air, unexposed)
+    air |= cut_off_by_air(img, air, unexposed, threshold, edge)
     return ndimage.distance_transform_edt(~air) >= depth_px
