@@ -121,6 +121,12 @@ def _inside_points(
     return [(r0 + (k // sub.shape[1]) * step, c0 + (k % sub.shape[1]) * step) for k in pick]
 
 
+def _inside_point(rng: np.random.Generator, breast) -> tuple[int, int]:
+    """One random (row, col) well inside the breast, anywhere in the frame (`_inside_points`)."""
+    rows, cols = breast.mask.shape
+    return _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+
+
 def _skin_point(rng: np.random.Generator, r: np.ndarray, lo: float = 0.96, hi: float = 1.0) -> tuple[int, int]:
     """A random point on the skin line (elliptic radius in [lo, hi))."""
     skin = np.flatnonzero((r[::4, ::4] > lo) & (r[::4, ::4] < hi))
@@ -181,7 +187,7 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
     lesions: list[str] = []
 
     def draw_lesion(kind: str) -> None:
-        centre = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+        centre = _inside_point(rng, breast)
         mm = rng.uniform(8.0, 20.0) if kind == "mass" else rng.uniform(5.0, 10.0)
         size = max(mm * px_mm, 4.0 * floor_of(long_side, small))
         box = markers.draw_mass(img, rng, centre, size, hilum=kind == "lymph_node")
@@ -253,7 +259,7 @@ def draw_image(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarray, D
                     break
         facts.update(n_clips=n, marker_partly_outside=outside, n_clips_unsaturated=n_unsat, n_clips_hidden=n_hidden)
         if not coned and (rng.random() < 0.2 or "hook_wire" in spec.force):
-            target = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+            target = _inside_point(rng, breast)
             entry = (0.0, rng.uniform(0.3, 0.9) * breast.nipple[1]) if spec.view == "CC" else (rows - 1.0, target[1])
             box = markers.draw_hook_wire(img, rng, entry, target, max(0.4 * px_mm, thick_min * 0.75))
             if box:
@@ -331,7 +337,7 @@ def _draw_confounder(
         center = _lump_point(rng, breast, lumps)
         return markers.draw_triangle_marker(img, rng, center, max(rng.uniform(4.0, 8.0) * px_mm, 2.5 * floor))
     if kind == "scar_marker":  # a wire along the scar, often crossing the breast
-        p0 = np.array(_inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0], dtype=np.float64)
+        p0 = np.array(_inside_point(rng, breast), dtype=np.float64)
         ang = rng.uniform(0, np.pi)
         length = rng.uniform(20, 50) * px_mm
         pts = p0[None, :] + np.linspace(0, 1, 9)[:, None] * length * np.array([np.sin(ang), np.cos(ang)])[None, :]
@@ -347,10 +353,10 @@ def _draw_confounder(
             return _draw_letters_flipped(img, rng, text, r0, int(max(0, cols - c0 - width)), height)
         return markers.draw_lead_letters(img, rng, text, (r0, c0), height)
     if kind == "popcorn_calc":  # coarse benign calcification > 2 mm
-        center = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+        center = _inside_point(rng, breast)
         return markers.draw_popcorn(img, rng, center, max(rng.uniform(4.0, 10.0) * px_mm, 1.5 * floor))
     if kind == "vascular_calc":  # tram-track arterial calcification
-        start = _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+        start = _inside_point(rng, breast)
         length = rng.uniform(10, 30) * px_mm
         gap = max(rng.uniform(1.0, 2.0) * px_mm, 0.6 * floor)
         return markers.draw_tram_track(img, rng, start, length, gap, max(0.3 * px_mm, 0.3 * floor))
@@ -368,8 +374,7 @@ def _lump_point(rng: np.random.Generator, breast, lumps: tuple[tuple[int, int, i
     """Where a palpable-lump marker goes: the middle half of a drawn mass's box (the lump felt under the skin),
     else anywhere well inside the breast (a lump the image does not show)."""
     if not lumps:
-        rows, cols = breast.mask.shape
-        return _inside_points(rng, breast.mask, breast.r, (0, rows, 0, cols), 1)[0]
+        return _inside_point(rng, breast)
     r0, r1, c0, c1 = lumps[int(rng.integers(len(lumps)))]
     return int(rng.uniform(0.75 * r0 + 0.25 * r1, 0.25 * r0 + 0.75 * r1)), int(
         rng.uniform(0.75 * c0 + 0.25 * c1, 0.25 * c0 + 0.75 * c1)
