@@ -44,7 +44,7 @@ RESOURCES = {"mammo": MammoSettings()}
 class DemoConfig:
     """How big the demo is. Five rounds of 100 labels took 6-8 minutes on stop 42's idle 2-core machine and 14-17
     on stop 44-46's, about twice as slow; four rounds of 125 (the default since stop 46) took 14 on the slow one,
-    ending at the same audit figures on the same split (README "Latest run"); `quick()` is the CI version."""
+    ending at the same audit figures on the same split (docs/history.md, "Stop 46"); `quick()` is the CI version."""
 
     hospitals: int = 3
     studies_per_hospital: int = 90
