@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
+from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     JPEG2000,
@@ -67,11 +68,56 @@ REPAIRED_DECODER = "libjpeg (sequential scan header Ss/Se/Ah/Al repaired, as IJG
 
 @dataclass(frozen=True)
 class Frame:
-    """Stored pixel values of frame 0; `reduction` is 1, or 2**k for a J2K resolution-level-k decode."""
+    """Stored pixel values of frame 0; `reduction` is 1, or 2**k for a J2K resolution-level-k decode; `padding`,
+    the cells whose padding value lies outside the Bits Stored range (`padding_beyond_bits`), else None."""
 
     pixels: np.ndarray
     reduction: int
     decoder: str
+    padding: np.ndarray | None = None
+
+
+def fitted_frame(arr: np.ndarray, ds: Dataset, *, native: bool, reduction: int, decoder: str) -> Frame:
+    """The Frame of decoded cells `arr`: their values fitted to Bits Stored (`fit_bits_stored`), and the padding
+    that fitting would fold into image values found first (`padding_beyond_bits`)."""
+    return Frame(fit_bits_stored(arr, ds, native=native), reduction, decoder, padding_beyond_bits(arr, ds))
+
+
+def padding_beyond_bits(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """bool mask of `arr` (cells as decoded, before `fit_bits_stored`) holding padding whose value lies outside the
+    Bits Stored range; None when the header declares no such padding or no cell holds it.
+
+    (0028,0120) Pixel Padding Value, or every value from it to (0028,0121) Pixel Padding Range Limit (either order,
+    PS3.3 C.7.5.1.1.2), is compared with the cells. A value the Bits Stored range cannot hold (0xFFFF in a 12-bit
+    image, -32768 in a signed 12-bit one) does not survive fitting: it becomes an image value (4095 or 0), and the
+    padding would show as metal-white or mid-gray. Padding inside the range is found after fitting, by
+    `normalize.padding_mask`."""
+    padding = padding_outside_bits(ds)
+    if padding is None:
+        return None
+    lo, hi = padding
+    mask = (arr == lo) if lo == hi else (arr >= lo) & (arr <= hi)
+    return mask if mask.any() else None
+
+
+def padding_outside_bits(ds: Dataset) -> tuple[float, float] | None:
+    """(lowest, highest) padding value when (0028,0120) Pixel Padding Value (to (0028,0121) Pixel Padding Range
+    Limit) reaches outside the range Bits Stored and Pixel Representation allow; None otherwise."""
+    values = [_first_number(ds.get(k)) for k in ("PixelPaddingValue", "PixelPaddingRangeLimit")]
+    if values[0] is None:
+        return None
+    lo, hi = sorted((values[0], values[1] if values[1] is not None else values[0]))
+    bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    first, last = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return None if first <= lo and hi <= last else (lo, hi)
+
+
+def _first_number(value: object) -> float | None:
+    """The first value of a US/SS element (an int, or several) as a float; None when absent or not a number."""
+    if isinstance(value, list | tuple | MultiValue):
+        value = value[0] if len(value) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
@@ -190,7 +236,7 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
     else:
         _check_native_length(ds, n_frames, path)
     pixels, plugin = _decode_pydicom(ds, ts, path, tried)
-    return Frame(fit_bits_stored(pixels, ds, native=holds_pixel_cells(ts)), 1, plugin)
+    return fitted_frame(pixels, ds, native=holds_pixel_cells(ts), reduction=1, decoder=plugin)
 
 
 def fit_bits_stored(arr: np.ndarray, ds: Dataset, *, native: bool) -> np.ndarray:
@@ -302,7 +348,7 @@ def _decode_j2k_reduced(ds: Dataset, codestream: bytes, min_long_side: int, path
             raw = np.asarray(im)
     except (OSError, SyntaxError, ValueError) as exc:
         raise Undecodable(f"{path}: JPEG 2000 decode at reduction {level} failed ({exc})") from exc
-    return Frame(fit_bits_stored(j2k_values(raw, header, ds), ds, native=False), 1 << level, "pillow-j2k")
+    return fitted_frame(j2k_values(raw, header, ds), ds, native=False, reduction=1 << level, decoder="pillow-j2k")
 
 
 def j2k_values(raw: np.ndarray, header: J2KHeader, ds: Dataset) -> np.ndarray:
@@ -416,7 +462,7 @@ def _libjpeg_frame(ds: Dataset, arr: np.ndarray, decoder: str = "libjpeg") -> Fr
         arr = np.where(arr >= 1 << (bits - 1), arr - (1 << bits), arr)
     elif not header_signed and arr.dtype.kind == "i":
         arr = np.mod(arr.astype(np.int64), 1 << bits)
-    return Frame(fit_bits_stored(arr, ds, native=False), 1, decoder)
+    return fitted_frame(arr, ds, native=False, reduction=1, decoder=decoder)
 
 
 def _frame_bytes(ds: Dataset, n_frames: int, path: str) -> bytes:
@@ -537,6 +583,8 @@ def _decode_pydicom(ds: Dataset, ts: UID, path: str, tried: list[str] | None = N
         high = value_high_bit(ds)  # a value in the high bits: pydicom masks to Bits Stored, fit_bits_stored shifts
         shifted = holds_pixel_cells(ts) and high + 1 > int(ds.get("BitsStored") or ds.BitsAllocated)
         options = {"bits_stored": high + 1} if shifted else {}
+        if holds_pixel_cells(ts) and padding_outside_bits(ds) is not None:  # the cells whole, so the padding is
+            options = {"bits_stored": int(ds.BitsAllocated)}  # found before fit_bits_stored folds it (it masks too)
         arr, _ = decoder.as_array(ds, index=0, **options)
     except Exception as exc:  # plugins raise anything from ValueError to RuntimeError to struct.error
         raise Undecodable(

@@ -74,6 +74,7 @@ import math
 import os
 import re
 import struct
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,38 +254,82 @@ def scrub_identifiers(text: str | None, ds: Dataset | Header) -> str | None:
     """`text`, free text an operator typed ((0008,103E) Series Description, (0018,11A4) Paddle Description: "L CC
     MAG DOE JANE"), with each of the file's own patient identifiers replaced by `SCRUBBED`.
 
-    Scrubbed, case aside: a (0010,0010) Patient Name component of at least MIN_NAME_PART characters as a word
-    ('_', digits and punctuation separate words), the name's parts joined in any order with or without separators
-    ("JaneDoe", "Doe, Jane"), and a name in a script written without spaces (Chinese, Japanese, Korean: `names.py`)
-    joined from all its parts, one-character family names included, anywhere ("MAG王芳" for 王^芳); (0010,0020)
-    Patient ID, (0010,1000) Other Patient IDs and (0008,0050) Accession Number whole, and their letter-and-digit
-    runs of at least MIN_ID_RUN characters anywhere; (0010,0030) Patient's Birth Date as YYYYMMDD, YYYY-MM-DD,
-    DD/MM/YYYY and MM/DD/YYYY (any of / . - as separator, day and month with or without a leading zero, the year
-    with four digits or two). A name part that is also a word of the description's vocabulary (a patient called
-    Spot) is scrubbed too: the header's meta flags then miss it.
+    Scrubbed, case and accents aside (a name stored "Núñez^Zoë" and typed "NUNEZ ZOE", or the reverse; an umlaut
+    spelled out, "MUELLER" for Müller): a (0010,0010) Patient Name component of at least MIN_NAME_PART characters as
+    a word ('_', digits and punctuation separate words), the name's parts joined in any order with or without
+    separators ("JaneDoe", "Doe, Jane"), and a name in a script written without spaces (Chinese, Japanese, Korean:
+    `names.py`) joined from all its parts, one-character family names included, anywhere ("MAG王芳" for 王^芳);
+    (0010,0020) Patient ID, (0010,1000) Other Patient IDs and (0008,0050) Accession Number whole, and their
+    letter-and-digit runs of at least MIN_ID_RUN characters anywhere; (0010,0030) Patient's Birth Date as YYYYMMDD,
+    YYYY-MM-DD, DD/MM/YYYY and MM/DD/YYYY (any of / . - as separator, day and month with or without a leading zero,
+    the year with four digits or two). A name part that is also a word of the description's vocabulary (a patient
+    called Spot) is scrubbed too: the header's meta flags then miss it.
     """
     if not text or not _may_hold_identifiers(text, ds):
         return text
-    for pattern in _identifier_patterns(ds):
-        text = pattern.sub(SCRUBBED, text)
+    folded, origin = _fold_with_origin(text)
+    spans = []
+    for pattern in _identifier_patterns(ds):  # longest first; a match is blanked so no shorter one re-matches it
+        for m in pattern.finditer(folded):
+            spans.append((origin[m.start()], origin[m.end() - 1] + 1))
+        folded = pattern.sub(lambda m: "\0" * len(m.group()), folded)
+    for start, end in sorted(spans, reverse=True):
+        text = text[:start] + SCRUBBED + text[end:]
     return text
+
+
+# German and Scandinavian spellings of letters that a keyboard without them replaces by two (DIN 5007-2): "Müller"
+# typed "MUELLER"
+_SPELLED_OUT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "å": "aa", "ø": "oe", "æ": "ae"})
+
+
+def _fold(text: str) -> str:
+    """`text` with case and accents aside ("Núñez" -> "nunez"), as `landing._folded` compares names."""
+    return _fold_with_origin(text)[0]
+
+
+def _fold_with_origin(text: str) -> tuple[str, list[int]]:
+    """(`text` case-folded, decomposed (NFKD) and without its combining marks; for each character of that, the
+    index in `text` it came from): matching on the folded text finds "NUNEZ" for Núñez, and the origins say what
+    to replace in the text as typed."""
+    out: list[str] = []
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        for c in unicodedata.normalize("NFKD", ch.casefold()):
+            if not unicodedata.combining(c):
+                out.append(c)
+                origin.append(i)
+    return "".join(out), origin
+
+
+def _spellings(part: str) -> set[str]:
+    """The folded forms a name part may be typed in: without accents, and with umlauts spelled out."""
+    return {_fold(part), _fold(part.casefold().translate(_SPELLED_OUT))}
 
 
 def _may_hold_identifiers(text: str, ds: Dataset | Header) -> bool:
     """False when no name part, ID run or birth year of the file is a substring of `text`, case aside: then no
     pattern of `_identifier_patterns` can match, and the regular expressions (a millisecond a file) are not built.
     Most descriptions ("L CC", "R MLO MAG") hold none."""
-    folded = text.casefold()
-    needles = [part for name in _strings(ds, "PatientName") for part in re.split(r"[\W_]+", name)]
+    folded = _fold(text)
+    needles = [
+        form for name in _strings(ds, "PatientName") for part in re.split(r"[\W_]+", name) for form in _spellings(part)
+    ]
     needles += [
         run for keyword in _IDENTIFIER_IDS for value in _strings(ds, keyword) for run in re.split(r"[\W_]+", value)
     ]
     needles.append((_text(ds, "PatientBirthDate") or "")[2:4])  # the year's last two digits: in every form
-    return any(needle.casefold() in folded for needle in needles if needle)
+    return any(_fold(needle) in folded for needle in needles if needle)
 
 
 def _identifier_patterns(ds: Dataset | Header) -> list[re.Pattern[str]]:
-    """The scrub patterns of `scrub_identifiers`, longest first (a whole name before its parts)."""
+    """The scrub patterns of `scrub_identifiers`, longest first (a whole name before its parts), on folded text
+    (`_fold_with_origin`): a name part matches in each of its `_spellings`."""
+
+    def _either(part: str) -> str:
+        forms = sorted(_spellings(part), key=len, reverse=True)
+        return re.escape(forms[0]) if len(forms) == 1 else "(?:" + "|".join(map(re.escape, forms)) + ")"
+
     alone = r"(?<![^\W_]){}(?![^\W_])"  # not inside a longer run of letters or digits
     gap = r"[\W_]*"  # what may stand between the parts of a name or an ID: nothing, spaces, punctuation
     found: dict[str, bool] = {}  # regular expression -> needs `alone`
@@ -292,10 +337,10 @@ def _identifier_patterns(ds: Dataset | Header) -> list[re.Pattern[str]]:
         for group in name.split("="):  # alphabetic, ideographic, phonetic
             words = [p for p in re.split(r"[\W_]+", group) if p]
             parts = [p for p in words if len(p) >= MIN_NAME_PART]
-            found.update({re.escape(p): not unspaced(p) for p in parts})
+            found.update({_either(p): not unspaced(p) for p in parts})
             joinable = words if unspaced(group) else parts  # 王^芳: a one-character family name joins its given name
             for order in (o for r in (2, 3) for o in itertools.permutations(joinable[:3], r)):
-                found[gap.join(map(re.escape, order))] = not unspaced(group)  # no word boundaries in "MAG王芳"
+                found[gap.join(map(_either, order))] = not unspaced(group)  # no word boundaries in "MAG王芳"
     for keyword in _IDENTIFIER_IDS:
         for value in _strings(ds, keyword):
             runs = [run for run in re.split(r"[\W_]+", value) if run]

@@ -7,9 +7,10 @@ functional groups: `frame_attributes` brings Frame VOI LUT and Pixel Value Trans
 Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
 
 0. **Padding** (`padding_mask`): stored values equal to (0028,0120) Pixel Padding Value, or between it and
-   (0028,0121) Pixel Padding Range Limit, are not image. They are left out of the area averages (an output
-   pixel is the mean of its image pixels only), out of the percentile window and the window sanity checks,
-   and are shown black.
+   (0028,0121) Pixel Padding Range Limit, are not image (a value outside the Bits Stored range, 0xFFFF in a
+   12-bit image, is matched on the cells before they are fitted to it: `decode.padding_beyond_bits`). They are
+   left out of the area averages (an output pixel is the mean of its image pixels only), out of the percentile
+   window and the window sanity checks, and are shown black.
 
 1. **Modality LUT** (`apply_rescale`): (0028,3000) Modality LUT Sequence if present, else (0028,1053) Rescale
    Slope and (0028,1052) Rescale Intercept. A Rescale Slope of 0 (which would map every pixel to the intercept,
@@ -394,14 +395,19 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 # --- The pipeline ------------------------------------------------------------------------------------------
 
 
-def render_pixels(ds: Dataset, pixels: np.ndarray, sizes: Sequence[int] = (1024,)) -> Rendition:
-    """Run steps 1-4 on already decoded stored values (full size or a reduced J2K level) of `ds`."""
+def render_pixels(
+    ds: Dataset, pixels: np.ndarray, sizes: Sequence[int] = (1024,), padding: np.ndarray | None = None
+) -> Rendition:
+    """Run steps 1-4 on already decoded stored values (full size or a reduced J2K level) of `ds`; `padding` (bool,
+    the shape of `pixels`) adds the padding the decoder found before fitting the values to Bits Stored
+    (`decode.padding_beyond_bits`)."""
     wanted = sorted({int(s) for s in sizes}, reverse=True)
     if not wanted or wanted[-1] < 1:
         raise ValueError(f"sizes must be positive long sides, got {list(sizes)}")
     source_shape = (int(ds.Rows), int(ds.Columns))
     work_shape = target_shape(source_shape, min(wanted[0], max(source_shape)))
-    padding = padding_mask(ds, pixels)
+    found = padding_mask(ds, pixels)
+    padding = padding if found is None else found if padding is None else found | padding
     weight = None if padding is None else ~padding
     if ds.get("ModalityLUTSequence"):  # a LUT is not linear: apply it per pixel, then average
         values, inside = resize_masked(apply_rescale(pixels, ds), weight, work_shape)
@@ -490,7 +496,7 @@ def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
     try:
         ds = frame_attributes(ds)  # Frame VOI LUT / Pixel Value Transformation of frame 0, at the top level
         frame = decode_frame(ds, max(int(s) for s in sizes), path=path)
-        return render_pixels(ds, frame.pixels, sizes)
+        return render_pixels(ds, frame.pixels, sizes, frame.padding)
     except UnusableImage:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError) as exc:

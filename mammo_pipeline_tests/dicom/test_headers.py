@@ -263,6 +263,11 @@ def test_free_text_loses_the_files_own_identifiers_and_keeps_its_words(tmp_path,
         ("Doe^Jane", "L CC MAG DOB 02/03/1961", "L CC MAG DOB ***"),  # month first, as in the US
         ("Doe^Jane", "L CC MAG DOB 3/2/61", "L CC MAG DOB ***"),  # no leading zeros, two-digit year
         ("Doe^Jane", "L CC MAG 1.61 12/3/1961", "L CC MAG 1.61 12/3/1961"),  # not the birth date
+        ("Núñez^Zoë", "L CC MAG NUNEZ ZOE", "L CC MAG ***"),  # stored with accents, typed without
+        ("Nunez^Zoe", "L CC MAG Núñez", "L CC MAG ***"),  # and the reverse
+        ("Müller^Jürgen", "R CC MAG MUELLER JUERGEN", "R CC MAG ***"),  # umlauts spelled out (DIN 5007-2)
+        ("Müller^Jürgen", "R CC MAG MULLER", "R CC MAG ***"),
+        ("김^철수", "L CC MAG 김철수", "L CC MAG ***"),  # Hangul decomposes under NFKD: still one unspaced name
     ],
 )
 def test_free_text_loses_names_of_every_script_and_birth_dates_in_every_order(tmp_path, name, series, scrubbed):

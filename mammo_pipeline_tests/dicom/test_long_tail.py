@@ -191,6 +191,30 @@ def test_padding_range_limit_and_edges_are_kept_out_of_area_averaging():
     assert (image[:, 0] == 0).all() and (interior[:, -1] == 255).all()
 
 
+@pytest.mark.parametrize(
+    ("signed", "pad", "window"),
+    [(False, 0xFFFF, True), (False, 0xFFFF, False), (True, -32768, True), (False, 0x8000, False)],
+)
+def test_a_padding_value_outside_bits_stored_is_still_padding(signed, pad, window):
+    """A 12-bit image padded with 0xFFFF (or -32768 when signed): fitting the cells to Bits Stored folds that value
+    into an image value (4095: as white as metal; 0: mid-gray after the rescale), so the padding is matched on the
+    cells as decoded. Before, it showed white or gray, and without a window it stretched the range too."""
+    arr = tissue_image(64, 80)
+    arr = (arr.astype(np.int16) - 2048) if signed else arr  # tissue -1048..952 signed, 1000..3000 unsigned
+    arr[:, :24] = pad
+    tags = {"WindowCenter": 0 if signed else 2048, "WindowWidth": 4096} if window else {}
+    ds = make_ds(arr.astype(np.int16 if signed else np.uint16), signed=signed, PixelPaddingValue=pad, **tags)
+    if signed:
+        ds["PixelPaddingValue"].VR = "SS"
+    image = render(ds, (80,)).images[80]
+    assert (image[:, :24] == 0).all()  # padding is black
+    tissue = image[:, 26:]
+    if window:
+        assert 50 <= tissue.min() and tissue.max() <= 200 and tissue.std() > 10  # 1000..3000 of 0..4095
+    else:
+        assert tissue.min() <= 2 and tissue.max() >= 253  # the range window is the tissue's own, not 0..65535
+
+
 # --- 5. No preamble, no File Meta ----------------------------------------------------------------------------
 
 
