@@ -1,12 +1,14 @@
 """Per-frame display attributes of enhanced (functional-group) objects, brought to the top level.
 
-Enhanced IODs such as Breast Projection X-Ray (…13.1.4/5) and Breast Tomosynthesis (…13.1.3) keep the window and
-the rescale not at the top level but in functional-group macros (PS3.3 C.7.6.16):
+Enhanced IODs such as Breast Projection X-Ray (…13.1.4/5) and Breast Tomosynthesis (…13.1.3) keep the window,
+the rescale and the side not at the top level but in functional-group macros (PS3.3 C.7.6.16):
 
 - Frame VOI LUT (C.7.6.16.2.10, `FrameVOILUTSequence`): Window Center/Width, VOI LUT Function, explanations, and
   in the "with LUT" variant a VOI LUT Sequence;
 - Pixel Value Transformation (C.7.6.16.2.9, `PixelValueTransformationSequence`): Rescale Slope/Intercept/Type
-  (and a Modality LUT Sequence in later editions).
+  (and a Modality LUT Sequence in later editions);
+- Frame Anatomy (C.7.6.16.2.8, `FrameAnatomySequence`): Frame Laterality, the side of a Breast Projection
+  object, whose top level has no (0020,0062) Image Laterality.
 
 A macro sits in the Shared Functional Groups Sequence (same for every frame) or in each item of the Per-frame
 Functional Groups Sequence; `frame_attributes` looks in Shared first, then in the frame's Per-frame item, and
@@ -28,6 +30,7 @@ MACROS: dict[str, tuple[str, ...]] = {
         "VOILUTSequence",
     ),
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence"),
+    "FrameAnatomySequence": ("FrameLaterality",),
 }
 
 

@@ -28,10 +28,11 @@ Routing (`image_kind`, `classify`; first rule that fires wins, the rule is recor
   2d              everything else with Modality MG or a mammography SOP class, or a CR / DX / RG / OT radiograph
                   whose Body Part Examined is BREAST (rule `body_part`: CR mammography; `is_mammography`).
 
-Laterality comes from (0020,0062) ImageLaterality, else (0020,0060) Laterality (a side in either wins over "U");
-the view from (0018,5101) ViewPosition, else (0054,0220) ViewCodeSequence (CID 4014 code -> ACR abbreviation), else a
-(0020,0020) PatientOrientation that holds a view abbreviation (digitized-film archives write "CC" / "MLO" there). The
-source used lands in `laterality_source` / `view_source`.
+Laterality comes from (0020,0062) ImageLaterality, else (0020,0060) Laterality, else (0020,9072) Frame Laterality of
+an enhanced object's Frame Anatomy macro (a side in any wins over "U"); the view from (0018,5101) ViewPosition, else
+(0054,0220) ViewCodeSequence (CID 4014 code -> ACR abbreviation), else a (0020,0020) PatientOrientation that holds a
+view abbreviation (digitized-film archives write "CC" / "MLO" there). The source used lands in `laterality_source` /
+`view_source`.
 
 Patient key (`patient_key`, `patient_key_source`): the first 16 hex digits of sha256(salt + the raw bytes of
 (0010,0020) Patient ID as stored, only the trailing padding (spaces, NULs) removed), so the key comes from the
@@ -472,9 +473,11 @@ SIDES = frozenset({"L", "R", "B"})  # (0020,0062) Image Laterality / (0020,0060)
 
 
 def laterality(ds: Dataset | Header) -> tuple[str | None, str | None]:
-    """(laterality, source): ImageLaterality, else Laterality; a side (L, R, B) in either wins over "U" (unpaired)
-    or another value in the first, which is kept only when neither names a side."""
-    found = [(value.upper(), keyword) for keyword in ("ImageLaterality", "Laterality") if (value := _text(ds, keyword))]
+    """(laterality, source): ImageLaterality, else Laterality, else FrameLaterality (an enhanced object's Frame
+    Anatomy macro, brought to the top level by `functional_groups.frame_attributes`); a side (L, R, B) in any wins
+    over "U" (unpaired) or another value in the first, which is kept only when none names a side."""
+    keywords = ("ImageLaterality", "Laterality", "FrameLaterality")
+    found = [(value.upper(), keyword) for keyword in keywords if (value := _text(ds, keyword))]
     return next((hit for hit in found if hit[0] in SIDES), found[0] if found else (None, None))
 
 
@@ -542,12 +545,12 @@ def read_header_row(
     frame = ds
     if _element(dataset, _SHARED_GROUPS) is not None or _element(dataset, _PER_FRAME_GROUPS) is not None:
         full = dataset.dataset() if isinstance(dataset, _Elements) else dataset
-        frame_ds = frame_attributes(full)  # window and rescale from Shared, then Per-frame, Functional Groups
+        frame_ds = frame_attributes(full)  # window, rescale, side from Shared, then Per-frame, Functional Groups
         frame = ds if frame_ds is full else Header(frame_ds)
     codes, meanings = view_modifiers(ds)
     view_code, view_meaning = _view_code(ds)
     view_position, view_source = view(ds, view_code)
-    side, side_source = laterality(ds)
+    side, side_source = laterality(frame)  # an enhanced object's side is in its Frame Anatomy macro
     key, key_source = patient_key(ds, salt)
     row: dict[str, Any] = {
         "hospital": hospital,
