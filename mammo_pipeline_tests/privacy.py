@@ -1,15 +1,16 @@
 """A reusable privacy scan: does any identifier from any DICOM header appear anywhere outside the landing zone?
 
-`identifiers(landing)` collects every patient-identifying value of every readable file (PS3.15 Annex E's
-patient attributes, person-name components too); `scan(settings)` looks for each of them as a substring in
-every string value of every column of every Parquet file (any dtype: pyarrow strings, large strings,
-dictionaries, lists, structs; so pandas 3's `str` columns too), in every file and folder name under MAMMO_HOME,
-and in the bytes of every other file: the label store, warehouse.duckdb, Dagster's run and event-log
+`identifiers(landing)` collects every patient-identifying value of every readable file (PS3.15 Annex E's patient
+attributes, person-name components too); `scan(settings)` looks for each of them as a substring (case and accents
+aside in tables and names) in every string value of every column of every Parquet file (any dtype: pyarrow strings,
+large strings, dictionaries, lists, structs; so pandas 3's `str` columns too), in every file and folder name under
+MAMMO_HOME, and in the bytes of every other file: the label store, warehouse.duckdb, Dagster's run and event-log
 databases, compute logs. The landing zone (the DICOM files themselves) and the secrets are not scanned.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,24 +79,32 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+def fold(text: str) -> str:
+    """Case and accents aside: an identifier typed "NUNEZ" for Núñez is still found."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 def scan_parquet(path: Path, ids: set[str]) -> list[Finding]:
-    """Every column of one Parquet file, whatever its type, value by value."""
+    """Every column of one Parquet file, whatever its type, value by value, case and accents aside (`fold`)."""
     table = pq.read_table(path)
+    folded = {i: fold(i) for i in ids}
     findings = []
     for name in table.column_names:
-        for text in (s for v in table.column(name).to_pylist() for s in _strings(v)):
-            findings += [Finding(f"{path}:{name}", i) for i in ids if i in text]
+        for text in (fold(s) for v in table.column(name).to_pylist() for s in _strings(v)):
+            findings += [Finding(f"{path}:{name}", i) for i, f in folded.items() if f in text]
     return findings
 
 
 def scan_names(root: Path, ids: set[str], skip: tuple[Path, ...] = ()) -> list[Finding]:
-    """Every file and folder name under `root` (relative path), except below `skip`."""
+    """Every file and folder name under `root` (relative path), except below `skip`, case and accents aside."""
+    folded = {i: fold(i) for i in ids}
     findings = []
     for path in root.rglob("*"):
         if any(path.is_relative_to(s) for s in skip):
             continue
         rel = str(path.relative_to(root))
-        findings += [Finding(f"name:{rel}", i) for i in ids if i in rel]
+        findings += [Finding(f"name:{rel}", i) for i, f in folded.items() if f in fold(rel)]
     return findings
 
 

@@ -28,8 +28,9 @@ def test_identifiers_come_from_every_header_including_name_parts(settings):
 
 def test_the_scan_finds_an_identifier_in_any_column_type_name_and_database(settings):
     """The positive control: a scan that cannot find planted identifiers proves nothing."""
-    ids = {"PAT-0042", "19610203"}
+    ids = {"PAT-0042", "19610203", "Núñez"}
     frame = pd.DataFrame({"s": pd.Series(["x/PAT-0042/y"], dtype="str"), "n": [1]})  # pandas 3 `str`
+    frame["typed"] = ["L CC MAG NUNEZ"]  # a name typed without its accents, in another case
     (settings.warehouse / "t1").mkdir(parents=True)
     frame.to_parquet(settings.warehouse / "t1" / "a.parquet")
     table = pa.table(
@@ -48,6 +49,7 @@ def test_the_scan_finds_an_identifier_in_any_column_type_name_and_database(setti
     where = {(f.where.rsplit("/", 1)[-1], f.identifier) for f in scan(settings, ids)}
     assert {
         ("a.parquet:s", "PAT-0042"),
+        ("a.parquet:typed", "Núñez"),
         ("b.parquet:large", "19610203"),
         ("b.parquet:dict", "PAT-0042"),
         ("b.parquet:nested", "PAT-0042"),
