@@ -24,6 +24,7 @@ from mammo_pipeline import warehouse
 from mammo_pipeline.atomic import write_text
 from mammo_pipeline.cli.home import init_home
 from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline.defs.run_launcher import fail_dead_in_process_runs, in_process_tags
 from mammo_pipeline.labels.simulated import SimulatedAnnotator, double_read_audit, load_truth
 from mammo_pipeline.labels.store import LabelStore, sync_from_warehouse
 from mammo_pipeline.landing import list_hospitals
@@ -94,6 +95,8 @@ class Demo:
 
         self.defs = build_definitions()
         self.instance = dg.DagsterInstance.get()
+        for run_id in fail_dead_in_process_runs(self.instance):  # a demo killed before: its pool slots free again
+            self.echo(f"  run {run_id[:8]} of a demo that was killed: marked failed, its pool slots freed")
         self.store = LabelStore(settings.labels_db)
         self.state_path = settings.reports / "demo_state.json"
         self.state = DemoState.load(self.state_path)
@@ -106,7 +109,11 @@ class Demo:
         where = f" [{partition}]" if partition else ""
         self.echo(f"  materialize {', '.join(keys)}{where}")
         return job.execute_in_process(
-            asset_selection=asset_keys, partition_key=partition, instance=self.instance, run_config=QUIET
+            asset_selection=asset_keys,
+            partition_key=partition,
+            instance=self.instance,
+            run_config=QUIET,
+            tags=in_process_tags(),  # so a later demo can tell this run died with its process
         )
 
     def register(self, hospitals: Sequence[str]) -> None:

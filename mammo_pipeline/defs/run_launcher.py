@@ -7,18 +7,25 @@ forever and, with one run per hospital partition, every later run of that hospit
 engine event and checks that this process still exists on this host and started before that event (so a
 reused pid does not count). The daemon's run monitoring (`run_monitoring: enabled: true`) then marks the run
 FAILURE and the run queue moves on.
+
+Runs executed in a process of their own (`mammo demo`'s `execute_in_process`) have no launcher and no daemon:
+killed, such a run stayed STARTED and kept its pool slot ("training", one at a time), so the next demo waited
+for that slot forever, silently. They carry their process's pid (`in_process_tags`), and
+`fail_dead_in_process_runs` marks those whose process is gone FAILURE and frees their slots.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-from dagster import DagsterEventType, DefaultRunLauncher
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, DefaultRunLauncher, RunsFilter
 from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
 _SLACK_S = 2.0  # clock ticks and event timestamps are not exact
+PID_TAG, SINCE_TAG = "mammo/pid", "mammo/pid_since"  # an in-process run's process, and a time it already ran
 
 
 def _process_start_epoch(pid: int) -> float | None:
@@ -78,3 +85,29 @@ class LocalRunLauncher(DefaultRunLauncher):
         if worker_alive(pid, started):
             return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker process {pid} is alive")
         return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker process {pid} is gone (killed or crashed)")
+
+
+def in_process_tags() -> dict[str, str]:
+    """Run tags for a run executed in this process: its pid, and now (the process runs already), so that a later
+    process can tell whether the run died with it (`fail_dead_in_process_runs`)."""
+    return {PID_TAG: str(os.getpid()), SINCE_TAG: f"{time.time():.3f}"}
+
+
+def fail_dead_in_process_runs(instance: DagsterInstance) -> list[str]:
+    """Mark FAILURE every STARTING or STARTED run tagged by `in_process_tags` whose process no longer exists, and
+    free the pool slots it held; returns their run ids. Runs without those tags (the daemon's, the UI's) are
+    left to run monitoring, which knows their workers."""
+    dead = []
+    for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])):
+        pid, since = run.tags.get(PID_TAG, ""), run.tags.get(SINCE_TAG, "")
+        try:
+            alive = worker_alive(int(pid), float(since))
+        except ValueError:  # not an in-process run of ours
+            continue
+        if alive:
+            continue
+        instance.report_run_failed(run, f"the process that executed this run ({pid}) is gone (killed or crashed)")
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        dead.append(run.run_id)
+    return dead

@@ -192,3 +192,43 @@ def test_a_reused_pid_does_not_count_as_the_run_worker():
     assert worker_alive(os.getpid(), time.time())
     assert not worker_alive(os.getpid(), started - 60)  # this process started after that "event": a reused pid
     assert not worker_alive(2**22 + 12345, time.time())
+
+
+def test_a_killed_in_process_run_is_failed_and_frees_its_pool_slot(tmp_path):
+    """`mammo demo` executes its runs in its own process, with no daemon: killed during training, its run stayed
+    STARTED and kept the "training" pool's one slot, so every later demo waited for it forever (before stop 54)."""
+    import subprocess
+    import sys
+    import time
+
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+
+    from mammo_pipeline.defs.run_launcher import PID_TAG, SINCE_TAG, fail_dead_in_process_runs, in_process_tags
+
+    with instance_from(SHIPPED_YAML, tmp_path) as instance:
+        storage = instance.event_log_storage
+        assert storage.supports_global_concurrency_limits
+        storage.set_concurrency_slots("training", 1)
+        killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        tags = {PID_TAG: str(killed.pid), SINCE_TAG: f"{time.time():.3f}"}
+        killed.kill()
+        killed.wait()
+        runs = {}
+        for name, run_tags in (("dead", tags), ("alive", in_process_tags()), ("daemon's", {})):
+            run = instance.create_run_for_job(_stand_in_job, tags=run_tags)
+            start = DagsterEvent(DagsterEventType.RUN_START.value, job_name=run.job_name, message="started")
+            instance.report_dagster_event(start, run.run_id)
+            runs[name] = run.run_id
+        assert storage.claim_concurrency_slot("training", runs["dead"], "trained_model").is_claimed
+        assert not storage.claim_concurrency_slot("training", runs["alive"], "trained_model").is_claimed  # waits
+
+        assert fail_dead_in_process_runs(instance) == [runs["dead"]]
+        status = {name: instance.get_run_by_id(run_id).status for name, run_id in runs.items()}
+        assert status == {
+            "dead": DagsterRunStatus.FAILURE,
+            "alive": DagsterRunStatus.STARTED,
+            "daemon's": DagsterRunStatus.STARTED,  # no pid tag: left to run monitoring
+        }
+        assert storage.claim_concurrency_slot("training", runs["alive"], "trained_model").is_claimed  # the slot is free
+        assert fail_dead_in_process_runs(instance) == []
