@@ -16,7 +16,9 @@ MANIFEST_EVERY images and at the end, under a lock, merging what overlapping run
 Temp files carry their run's owner tag and are only cleaned when their owner is dead (or, on another host,
 when old), so overlapping runs never delete each other's in-flight files. Images that cannot be rendered are
 quarantined (`quarantine/hospital=<h>/cache.parquet`) and stay skipped until their file or NORM_VERSION changes
-(reason `source_missing`, a file that left the landing folder after it was indexed, is tried again each run).
+(reason `source_missing`, a file that left the landing folder after it was indexed, is tried again each run, as is
+`source_changed`, a file replaced or rewritten since it was indexed: its pixels are not the indexed image's, so it
+is not rendered under that image's SOP Instance UID until dicom_index has read it again).
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ SOURCE_MISSING = (
     "the file is no longer where the index found it (moved or removed from the landing folder after it was "
     "indexed); it is rendered again once dicom_index has seen it back"
 )
+SOURCE_CHANGED = (
+    "the file changed since it was indexed (its size or modification time differ: replaced or rewritten), so its "
+    "pixels may be another image's; it is rendered once dicom_index has read it again"
+)
+RETRIED = frozenset({"source_missing", "source_changed"})  # quarantine reasons tried again on every run
 
 
 @dataclass
@@ -138,7 +145,10 @@ class _Task(NamedTuple):
     model_size: int
     owner: str  # temp-file owner tag of the run (atomic.run_owner)
     label: str  # how messages name the file: the index's rel_path, never the resolved source path
-    alternates: tuple[tuple[str, str], ...] = ()  # (source, label) of the image's other copies (`_other_copies`)
+    alternates: tuple[tuple[str, str, int | None, int | None], ...] = ()  # the other copies (`_other_copies`):
+    # (source, label, file_size, file_mtime_ns) of each
+    file_size: int | None = None  # what the index read: a file that differs now is not rendered (`_render_copy`)
+    file_mtime_ns: int | None = None
 
 
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 §9.1: digits, dots, no leading zeros
@@ -227,7 +237,7 @@ def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
             bad is not None
             and _same_source(bad, image)
             and bad.get("norm_version") == NORM_VERSION
-            and bad.get("reason") != "source_missing"  # tried again each run: one failed open if still away
+            and bad.get("reason") not in RETRIED  # tried again each run: a stat or a failed open if still so
             and sop not in others  # a copy that arrived since (a re-sent drop) may render: tried again each run
         ):
             result.still_quarantined += 1
@@ -337,7 +347,12 @@ def _tasks(
             settings.model_size,
             owner,
             str(image["rel_path"]),
-            tuple((_source(settings, hospital, c["rel_path"]), str(c["rel_path"])) for c in others.get(sop, [])),
+            tuple(
+                (_source(settings, hospital, c["rel_path"]), str(c["rel_path"]), c["file_size"], c["file_mtime_ns"])
+                for c in others.get(sop, [])
+            ),
+            image["file_size"],
+            image["file_mtime_ns"],
         )
 
 
@@ -348,8 +363,9 @@ def _render_one(task: _Task) -> dict[str, Any]:
     `copy` says which one rendered (0: the kept one). When none does, the kept copy's failure is the image's.
     """
     failure: dict[str, Any] | None = None
-    for n, (source, label) in enumerate(((task.source, task.label), *task.alternates)):
-        outcome = _render_copy(task, source, label)
+    kept = (task.source, task.label, task.file_size, task.file_mtime_ns)
+    for n, (source, label, size, mtime_ns) in enumerate((kept, *task.alternates)):
+        outcome = _render_copy(task, source, label, size, mtime_ns)
         if outcome["ok"]:
             return outcome | {"copy": n}
         failure = failure or outcome
@@ -360,11 +376,24 @@ def _render_one(task: _Task) -> dict[str, Any]:
     return failure
 
 
-def _render_copy(task: _Task, source: str, label: str) -> dict[str, Any]:
-    """`_render_one` for the file `source` (named `label` in messages)."""
+def _render_copy(
+    task: _Task, source: str, label: str, size: int | None = None, mtime_ns: int | None = None
+) -> dict[str, Any]:
+    """`_render_one` for the file `source` (named `label` in messages), which the index read at `size` bytes and
+    `mtime_ns` (when given: a file that differs now is quarantined `source_changed`, not rendered)."""
     try:
         if not source:
             raise ValueError("rel_path leaves the landing folder; not read")
+        if _known(size) and _known(mtime_ns):
+            stat = os.stat(source)
+            if (stat.st_size, stat.st_mtime_ns) != (int(size), int(mtime_ns)):  # type: ignore[arg-type]
+                message = f"{label}: {SOURCE_CHANGED}"
+                return {
+                    "ok": False,
+                    "sop_instance_uid": task.sop_instance_uid,
+                    "reason": "source_changed",
+                    "message": message,
+                }
         rendition = render(Path(source), sizes=(task.display_size, task.model_size))
         display = rendition.images[task.display_size]
         _write_png(display, Path(task.display_png), task.owner)
@@ -392,6 +421,11 @@ def _render_copy(task: _Task, source: str, label: str) -> dict[str, Any]:
         text = redact(row["message"], source, label) if source else row["message"]
         message = text if label in text else f"{label}: {text}"
         return {"ok": False, "sop_instance_uid": task.sop_instance_uid, "reason": row["reason"], "message": message}
+
+
+def _known(value: object) -> bool:
+    """Not None and not NaN (a missing integer read back through pandas)."""
+    return value is not None and value == value
 
 
 def _keep_candidates(display: np.ndarray, png: Path) -> None:

@@ -454,7 +454,7 @@ def test_a_file_gone_after_indexing_is_quarantined_without_its_path_and_tried_ag
     path = write_mg(folder / "IMG0001.dcm")
     write_mg(folder / "IMG0002.dcm")
     index_hospital(settings, "h1")
-    kept = path.read_bytes()
+    kept, indexed = path.read_bytes(), os.stat(path).st_mtime_ns
     path.unlink()
     assert cache_hospital(settings, "h1").quarantined == {"source_missing": 1}
     quarantine = read_partition(settings, "quarantine", "h1")
@@ -462,7 +462,7 @@ def test_a_file_gone_after_indexing_is_quarantined_without_its_path_and_tried_ag
     assert "Anna" not in text and "19610203" not in text and "udcfc" not in text
     assert "no longer where the index found it" in text
     path.write_bytes(kept)
-    os.utime(path, ns=(os.stat(folder / "IMG0002.dcm").st_mtime_ns,) * 2)
+    os.utime(path, ns=(indexed, indexed))  # moved back as it was
     again = cache_hospital(settings, "h1")
     assert again.new == 1 and again.quarantined == {}
     assert len(read_manifest(settings, "h1")) == 2 and read_partition(settings, "quarantine", "h1").empty
@@ -492,3 +492,24 @@ def test_an_image_whose_kept_copy_cannot_render_is_rendered_from_another_copy(se
     assert last.quarantined == {"undecodable": 1}, last
     message = read_partition(settings, "quarantine", "h1").query("stage == 'cache'")["message"].iloc[0]
     assert "nor did the 1 other copy" in message
+
+
+def test_a_file_replaced_after_indexing_is_not_rendered_under_the_indexed_images_uid(settings):
+    """A landing file replaced by another image between dicom_index and image_cache: its pixels were cached under
+    the indexed image's SOP Instance UID, with the index's size and mtime recorded, so even later runs called it
+    unchanged (before stop 54). Now it is quarantined `source_changed`, and rendered once the index has read it."""
+    path = write_mg(settings.landing / "h1" / "d1" / "IMG0001.dcm")
+    index_hospital(settings, "h1")
+    indexed = read_partition(settings, "dicom_index", "h1")["sop_instance_uid"].iat[0]
+    pixels = (np.arange(96 * 72, dtype=np.uint16) % 4096).tobytes()
+    other = write_mg(settings.landing / "h1" / "d1" / "other.tmp", Rows=96, Columns=72, pixel_bytes=pixels)
+    os.replace(other, path)  # another image under the indexed name
+    result = cache_hospital(settings, "h1")
+    assert result.new == 0 and result.quarantined == {"source_changed": 1}
+    assert "changed since it was indexed" in " ".join(read_partition(settings, "quarantine", "h1")["message"])
+    assert cache_hospital(settings, "h1").quarantined == {"source_changed": 1}  # tried again, still refused
+    index_hospital(settings, "h1")
+    again = cache_hospital(settings, "h1")
+    assert again.new == 1 and again.quarantined == {}
+    manifest = read_manifest(settings, "h1")
+    assert indexed not in set(manifest["sop_instance_uid"]) and manifest["height"].tolist() == [96]
