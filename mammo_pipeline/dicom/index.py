@@ -10,7 +10,8 @@ that holds in the stage that writes the table too: every row is clamped into the
 `rel_path` in every row and message is the pseudonymized path of `source_paths.py` (`<hospital>/<drop>/<hash>`);
 the index writes the private lookup that maps it back to the file. A drop refused (`landing.drop_refusal`) after it
 was indexed, half-copied then, loses what was written under its name (`forget_drop`). Temporary files that a
-killed index run left in its table folders are removed once they are older than `STALE_TEMP_SECONDS`.
+killed index run left in its table folders and in the private lookup's are removed when their owner is dead
+(`atomic.remove_stale_temps`: an owner on another host, when older than its `STALE_AFTER_S`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mammo_pipeline.atomic import atomic_path
+from mammo_pipeline.atomic import atomic_path, remove_stale_temps
 from mammo_pipeline.dicom import source_paths
 from mammo_pipeline.dicom.headers import read_header_row
 from mammo_pipeline.dicom.quarantine import (
@@ -108,7 +109,6 @@ SCHEMA = pa.schema(
 # Files per task sent to a worker (the pool's per-task cost is paid once per task): a drop's files / (8 x
 # workers), within these bounds, so every worker gets several tasks and the last one finishes soon after the rest.
 CHUNK_FILES = (16, 256)
-STALE_TEMP_SECONDS = 6 * 3600  # a temp file this old belongs to no running index (one drop takes minutes)
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -366,24 +366,6 @@ def conform_record(row: dict[str, Any]) -> tuple[Any, ...]:
         if value is not None:
             values[i] = conform(value)
     return tuple(values)
-
-
-def remove_stale_temps(folder: Path, older_than_s: float = STALE_TEMP_SECONDS) -> int:
-    """Delete the `.*.tmp` files in `folder` (not below) older than `older_than_s`; return how many.
-
-    Only stale ones: a concurrent run's in-flight temp file is young and stays.
-    """
-    if not folder.is_dir():
-        return 0
-    now, n = time.time(), 0
-    for tmp in folder.glob(".*.tmp"):
-        try:
-            if now - tmp.stat().st_mtime > older_than_s:
-                tmp.unlink()
-                n += 1
-        except FileNotFoundError:
-            continue
-    return n
 
 
 def write_index(rows: list[dict[str, Any]], path: Path, *, conformed: bool = False) -> Path:

@@ -21,7 +21,7 @@ import os
 import stat
 from pathlib import Path
 
-from mammo_pipeline.atomic import atomic_path
+from mammo_pipeline.atomic import atomic_path, remove_stale_temps
 from mammo_pipeline.settings import Settings
 
 DIGEST_HEX = 24  # 96 bits: no collision in any realistic archive (p < 1e-17 at 10^6 files per drop)
@@ -59,6 +59,7 @@ def write_lookup(settings: Settings, hospital: str, drop: str, mapping: dict[str
     for folder in (private_root(settings), path.parent.parent, path.parent):
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
+    remove_stale_temps(path.parent)  # what a killed index left half-written here
     if path.exists() and _load(path) == mapping:
         return path
     with atomic_path(path) as tmp:

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mammo_pipeline.atomic import atomic_path
+from mammo_pipeline.atomic import atomic_path, remove_stale_temps
 from mammo_pipeline.labels.codes import label_of
 from mammo_pipeline.model import second_look_model as second_look
 from mammo_pipeline.model.evaluate import DEFAULT_POINT, FLAGS
@@ -304,6 +304,8 @@ def write_predictions(
     kept = _kept_rows(path, manifest, model.sha256)
     todo = manifest[~manifest["sop_instance_uid"].isin(set(kept["sop_instance_uid"]))] if len(kept) else manifest
     stats = InferenceStats(n_kept=len(kept))
+    if path.parent.is_dir():
+        remove_stale_temps(path.parent)  # a killed prediction run's half-written slice
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, _SCHEMA) as writer:
         if len(kept):
             writer.write_table(pa.Table.from_pandas(kept[list(COLUMNS)], schema=_SCHEMA, preserve_index=False))

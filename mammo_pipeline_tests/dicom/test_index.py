@@ -350,3 +350,22 @@ def test_a_drop_folder_holding_a_patients_name_or_id_is_refused(settings, folder
     write_mg(root / "IMAGES" / "a.dcm")
     result = index_hospital(settings, "h1")
     assert any("patient identifier" in why for why in result.refused) == refused
+
+
+def test_a_killed_runs_temp_files_go_at_the_next_index_and_a_live_runs_stay(settings):
+    """An index killed while writing leaves `.<file>.<owner>.tmp` beside its table and its private lookup. They went
+    only after six hours, by age, or (the lookup's) never (before stop 54); now whenever their owner is dead."""
+    from mammo_pipeline.atomic import run_owner
+    from mammo_pipeline.dicom.source_paths import lookup_path
+    from mammo_pipeline_tests.test_cache import dead_owner
+
+    write_mg(settings.landing / "h1" / "d1" / "a.dcm")
+    index_hospital(settings, "h1")
+    folders = [settings.table_dir("dicom_index", "h1"), lookup_path(settings, "h1", "d1").parent]
+    killed = [folder / f".d1.parquet.{dead_owner()}1234.tmp" for folder in folders]
+    alive = [folder / f".d1.parquet.{run_owner()}1234.tmp" for folder in folders]
+    for path in killed + alive:
+        path.write_bytes(b"half")
+    write_mg(settings.landing / "h1" / "d2" / "b.dcm")  # a new drop: the lookup is written again
+    index_hospital(settings, "h1")
+    assert [p.exists() for p in killed + alive] == [False, False, True, True]

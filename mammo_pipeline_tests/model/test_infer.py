@@ -168,6 +168,23 @@ def test_write_predictions_skips_and_counts_missing_pngs(settings):
     assert pd.read_parquet(path)["sop_instance_uid"].tolist() == ["s1.0"]
 
 
+def test_write_predictions_clears_a_killed_runs_half_written_slice(settings):
+    """A prediction run killed while streaming its slice left `.predictions.parquet.<owner>.tmp` for good (before
+    stop 54); the next write of that slice removes it when its owner is dead, and leaves a live run's."""
+    from mammo_pipeline.atomic import run_owner
+    from mammo_pipeline_tests.test_cache import dead_owner
+
+    ref = make_model(settings)
+    manifest = make_cache(settings, "h1", {"s1": 2})
+    path = settings.table_dir("image_predictions", "h1") / "predictions.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    killed, alive = (path.parent / f".{path.name}.{owner}1234.tmp" for owner in (dead_owner(), run_owner()))
+    for tmp in (killed, alive):
+        tmp.write_bytes(b"PAR1 half")
+    write_predictions(settings, manifest, ref, path)
+    assert not killed.exists() and alive.exists() and len(pd.read_parquet(path)) == 2
+
+
 def test_load_model_refuses_a_file_that_is_not_current_json(settings):
     tampered = make_model(settings).with_(inference_sha256="0" * 64)  # the file changed after export
     with pytest.raises(ModelMismatch, match=r"differs from current\.json"):
