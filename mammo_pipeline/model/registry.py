@@ -130,6 +130,16 @@ def update_row(settings: Settings, model_version: str, **changes: object) -> dic
     return row
 
 
+def with_row(settings: Settings, row: dict) -> pd.DataFrame:
+    """Every model's row and `row` (replacing its model's, if any), oldest first: the registry as `read_registry`
+    will list it once `row` is written, for a picture drawn before the model is complete."""
+    df = read_registry(settings)
+    df = df[df["model_version"] != row["model_version"]] if len(df) else df
+    new = _frame(row)
+    out = pd.concat([df, new], ignore_index=True) if len(df) else new
+    return out.sort_values("created_at", kind="stable").reset_index(drop=True)
+
+
 def read_registry(settings: Settings) -> pd.DataFrame:
     """Every model's row, oldest first (empty frame with the columns when there are none)."""
     files = sorted(settings.table_dir(TABLE).glob("*.parquet"))

@@ -537,7 +537,6 @@ def train_model(
         **{k: metrics[k] for k in registry.FLOAT_COLUMNS if k in metrics},
         "biopsy_source": metrics["biopsy_source"],
     }
-    registry.write_row(settings, row)
 
     rows = list(
         zip(audit_out.has_biopsy_marker, audit_out.is_mag_view, audit_probs[:, 0], audit_probs[:, 1], strict=True)
@@ -560,7 +559,7 @@ def train_model(
         title="False-positive audit images",
     )
     plots.accuracy_by_round_png(
-        registry.read_registry(settings), [pictures["rounds"], settings.reports / PICTURES["rounds"]]
+        registry.with_row(settings, row), [pictures["rounds"], settings.reports / PICTURES["rounds"]]
     )
 
     ref = ModelRef(
@@ -599,6 +598,7 @@ def train_model(
     }
     write_text(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
     ref.save(settings.models)
+    registry.write_row(settings, row)  # last: a listed model is a complete one (a run killed before never lists it)
     return TrainResult(
         ref=ref, metrics=metrics, row=row, pictures=pictures, train_seconds=train_seconds, warnings=notes
     )

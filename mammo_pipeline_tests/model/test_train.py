@@ -128,6 +128,25 @@ def test_accuracy_by_round_reads_every_registry_row(settings):
     assert sorted(reg["n_train"].tolist()) == sorted([(labels.iloc[:12]["split"] == "train").sum(), 12])
 
 
+def test_a_model_killed_before_it_is_complete_is_not_listed(settings, monkeypatch):
+    """The registry row is written last: a training killed before it saved meta.json and current.json listed a
+    model that could not be loaded (before stop 54). The accuracy-by-round picture still shows the new round."""
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise SystemExit("killed while saving")
+
+    labels = make_labels(settings, n=16)
+    monkeypatch.setattr(ModelRef, "save", killed)
+    with pytest.raises(SystemExit):
+        train_model(settings, labels, MINI)
+    assert registry.read_registry(settings).empty
+    monkeypatch.undo()
+    result = train_model(settings, labels, MINI)
+    assert registry.read_registry(settings)["model_version"].tolist() == [result.ref.model_version]
+    assert ModelRef.load(settings.models).model_version == result.ref.model_version  # current.json, loadable
+    assert registry.with_row(settings, result.row)["model_version"].tolist() == [result.ref.model_version]
+
+
 def test_bad_labels_are_refused(settings):
     labels = make_labels(settings, n=8)
     with pytest.raises(ValueError, match="fewer than 2 labels with split == 'train'"):
