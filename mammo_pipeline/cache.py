@@ -45,7 +45,7 @@ from PIL import Image
 
 from mammo_pipeline.atomic import UnsafePath, atomic_path, ensure_under, owner_alive, remove_stale_temps, run_owner
 from mammo_pipeline.dicom.normalize import NORM_VERSION, render, rendition_current
-from mammo_pipeline.dicom.quarantine import quarantine_rows, read_quarantine_rows, write_quarantine
+from mammo_pipeline.dicom.quarantine import UNREADABLE, quarantine_rows, read_quarantine_rows, write_quarantine
 from mammo_pipeline.dicom.source_paths import redact
 from mammo_pipeline.dicom.source_paths import resolve as resolve_source
 from mammo_pipeline.parallel import imap_unordered
@@ -111,7 +111,7 @@ SOURCE_CHANGED = (
     "the file changed since it was indexed (its size or modification time differ: replaced or rewritten), so its "
     "pixels may be another image's; it is rendered once dicom_index has read it again"
 )
-RETRIED = frozenset({"source_missing", "source_changed"})  # quarantine reasons tried again on every run
+RETRIED = frozenset({"source_missing", "source_changed", UNREADABLE})  # quarantine reasons tried again every run
 
 
 @dataclass

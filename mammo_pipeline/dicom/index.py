@@ -34,6 +34,7 @@ from mammo_pipeline.dicom import source_paths
 from mammo_pipeline.dicom.headers import read_header_row
 from mammo_pipeline.dicom.quarantine import (
     DUPLICATE,
+    UNREADABLE,
     quarantine_row,
     quarantine_rows,
     read_quarantine_rows,
@@ -461,7 +462,11 @@ def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple
     kept_rows = [
         tuple(map(r.get, NAMES)) for r in old_rows if current.get(r["rel_path"]) == (r["file_size"], r["file_mtime_ns"])
     ]
-    kept_quarantine = [q for q in old_quarantine if current.get(q["rel_path"]) == (q["file_size"], q["file_mtime_ns"])]
+    kept_quarantine = [  # an unreadable file is read again: its permission may have been fixed since
+        q
+        for q in old_quarantine
+        if current.get(q["rel_path"]) == (q["file_size"], q["file_mtime_ns"]) and q["reason"] != UNREADABLE
+    ]
     known = {r[_REL] for r in kept_rows} | {q["rel_path"] for q in kept_quarantine}
     to_read = [e for e in entries if e[3] not in known]
     dropped = len(old_rows) + len(old_quarantine) - len(kept_rows) - len(kept_quarantine)

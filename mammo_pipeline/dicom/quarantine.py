@@ -65,8 +65,16 @@ def quarantine_row(
     }
 
 
+# A file the pipeline may not read (its permissions): tried again on every run, since fixing a permission changes
+# neither the file's size nor its modification time, by which the index and the cache know a file they have seen.
+UNREADABLE = "unreadable"
+
+
 def reason_of(exc: BaseException, default: str = "undecodable") -> str:
-    """The quarantine reason of an exception: UnusableImage.reason, else `default`."""
+    """The quarantine reason of an exception: UnusableImage.reason, UNREADABLE for a PermissionError, else
+    `default`."""
+    if isinstance(exc, PermissionError):
+        return UNREADABLE
     if isinstance(exc, UnusableImage):
         return getattr(exc, "reason", None) or default
     return default

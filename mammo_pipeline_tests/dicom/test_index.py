@@ -369,3 +369,22 @@ def test_a_killed_runs_temp_files_go_at_the_next_index_and_a_live_runs_stay(sett
     write_mg(settings.landing / "h1" / "d2" / "b.dcm")  # a new drop: the lookup is written again
     index_hospital(settings, "h1")
     assert [p.exists() for p in killed + alive] == [False, False, True, True]
+
+
+def test_a_file_the_index_may_not_read_is_read_again_once_it_may(settings, monkeypatch):
+    """A permission error is quarantined `unreadable`, not `unsupported`, and the file is read again on the next
+    run: fixing a permission changes neither its size nor its mtime, so it stayed quarantined for good (before
+    stop 54). The message names the file by its pseudonymized path only."""
+    path = write_mg(settings.landing / "h1" / "d1" / "Doe_Jane" / "a.dcm")
+    real = index_module.read_header_row
+
+    def denied(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(index_module, "read_header_row", denied)
+    assert index_hospital(settings, "h1").quarantined == {"unreadable": 1}
+    message = read_partition(settings, "quarantine", "h1")["message"].iat[0]
+    assert "Permission denied" in message and "Doe_Jane" not in message and str(path) not in message
+    monkeypatch.setattr(index_module, "read_header_row", real)
+    again = index_hospital(settings, "h1")
+    assert again.new == 1 and again.quarantined == {} and read_partition(settings, "quarantine", "h1").empty
