@@ -74,6 +74,10 @@ class DemoState:
 
     rounds: list[dict] = field(default_factory=list)
     new_drop_done: bool = False
+    # rounds whose labels are given (one more than `rounds` while its model trains), and how many disagreements
+    # that round reviewed: a run killed while training resumes on those labels instead of drawing new ones
+    labeled_rounds: int = 0
+    reviewed: int = 0
 
     @classmethod
     def load(cls, path: Path) -> DemoState:
@@ -180,7 +184,11 @@ class Demo:
         for n in range(len(self.state.rounds), c.rounds):
             self.echo(f"3.{n + 1} Round {n + 1}/{c.rounds}")
             reviewed = 0
-            if n == 0:
+            resumed = self.state.labeled_rounds > n  # its labels given before the last run stopped (killed training)
+            if resumed:
+                reviewed = self.state.reviewed
+                self.echo("     this round's labels were given before the last run stopped: training on them")
+            elif n == 0:
                 second = SimulatedAnnotator(
                     self.store, annotator_truth(annotator), "second-reader", c.second_reader_error_rate
                 )
@@ -203,7 +211,10 @@ class Demo:
                     f"     reviewed {reviewed} disagreements (fixing {before - annotator.wrong_labels()} of "
                     f"{before} wrong labels) and labeled {len(new)} low-confidence images"
                 )
-            annotator.label(new, round=n + 1)
+            if not resumed:
+                annotator.label(new, round=n + 1)
+                self.state.labeled_rounds, self.state.reviewed = n + 1, reviewed
+                self.state.save(self.state_path)
             model_meta = self.metadata(self.materialize(MODEL), "trained_model")
             self.predict(hospitals)
             self.feed_predictions()

@@ -15,8 +15,24 @@ from mammo_pipeline_tests.privacy import scan
 
 @pytest.mark.slow
 def test_demo_quick_runs_end_to_end_and_resumes(settings, monkeypatch):
+    from mammo_pipeline.demo import MODEL, Demo
+
     lines: list[str] = []
+    # killed while round 1 trains: the rerun trains on the labels given, without drawing another round's worth
+    real = Demo.materialize
+
+    def killed_in_training(self, keys, partition=None):
+        if tuple(keys) == MODEL:
+            raise KeyboardInterrupt("killed while training")
+        return real(self, keys, partition)
+
+    monkeypatch.setattr(Demo, "materialize", killed_in_training)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(settings, DemoConfig.quick(), echo=lines.append)
+    monkeypatch.setattr(Demo, "materialize", real)
     summary = run_demo(settings, DemoConfig.quick(), echo=lines.append)
+    assert any("labels were given before the last run stopped" in line for line in lines)
+    assert summary["rounds"][0]["n_train"] <= DemoConfig.quick().first_labels  # not twice the round's labels
 
     assert len(summary["rounds"]) == 1
     first = summary["rounds"][0]
