@@ -21,12 +21,11 @@ import os
 import re
 import stat
 import time
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mammo_pipeline.dicom.names import unspaced
+from mammo_pipeline.dicom.names import fold, unspaced
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 READY_MARKER = "_READY"
@@ -201,8 +200,7 @@ def _ids_it(tokens: set[str], compact: str, value: str) -> bool:
 
 def _folded(text: str) -> str:
     """Case, accents and runs of spaces aside: "Zoë  MÜLLER" and "zoe muller" fold alike; other scripts stay."""
-    decomposed = unicodedata.normalize("NFKD", " ".join(text.split()).casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+    return fold(" ".join(text.split()))
 
 
 def _identifiers(path: str) -> tuple[set[str], set[str]]:

@@ -10,7 +10,6 @@ databases, compute logs. The landing zone (the DICOM files themselves) and the s
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pydicom
 
+from mammo_pipeline.dicom.names import fold
 from mammo_pipeline.settings import Settings
 
 # Patient-identifying attributes (PS3.15 Table E.1-1, patient module and its neighbours).
@@ -79,14 +79,8 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def fold(text: str) -> str:
-    """Case and accents aside: an identifier typed "NUNEZ" for Núñez is still found."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
 def scan_parquet(path: Path, ids: set[str]) -> list[Finding]:
-    """Every column of one Parquet file, whatever its type, value by value, case and accents aside (`fold`)."""
+    """Every column of one Parquet file, whatever its type, value by value, case and accents aside (`names.fold`)."""
     table = pq.read_table(path)
     folded = {i: fold(i) for i in ids}
     findings = []
@@ -104,7 +98,8 @@ def scan_names(root: Path, ids: set[str], skip: tuple[Path, ...] = ()) -> list[F
         if any(path.is_relative_to(s) for s in skip):
             continue
         rel = str(path.relative_to(root))
-        findings += [Finding(f"name:{rel}", i) for i, f in folded.items() if f in fold(rel)]
+        folded_rel = fold(rel)
+        findings += [Finding(f"name:{rel}", i) for i, f in folded.items() if f in folded_rel]
     return findings
 
 

@@ -75,7 +75,6 @@ import math
 import os
 import re
 import struct
-import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,7 +107,7 @@ from mammo_pipeline.dicom.errors import (
     UnusableImage,
 )
 from mammo_pipeline.dicom.functional_groups import frame_attributes
-from mammo_pipeline.dicom.names import unspaced
+from mammo_pipeline.dicom.names import fold, fold_with_origin, unspaced
 from mammo_pipeline.dicom.source_paths import pseudonymize_path
 
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -268,7 +267,7 @@ def scrub_identifiers(text: str | None, ds: Dataset | Header) -> str | None:
     """
     if not text or not _may_hold_identifiers(text, ds):
         return text
-    folded, origin = _fold_with_origin(text)
+    folded, origin = fold_with_origin(text)
     spans = []
     for pattern in _identifier_patterns(ds):  # longest first; a match is blanked so no shorter one re-matches it
         for m in pattern.finditer(folded):
@@ -284,35 +283,16 @@ def scrub_identifiers(text: str | None, ds: Dataset | Header) -> str | None:
 _SPELLED_OUT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "å": "aa", "ø": "oe", "æ": "ae"})
 
 
-def _fold(text: str) -> str:
-    """`text` with case and accents aside ("Núñez" -> "nunez"), as `landing._folded` compares names."""
-    return _fold_with_origin(text)[0]
-
-
-def _fold_with_origin(text: str) -> tuple[str, list[int]]:
-    """(`text` case-folded, decomposed (NFKD) and without its combining marks; for each character of that, the
-    index in `text` it came from): matching on the folded text finds "NUNEZ" for Núñez, and the origins say what
-    to replace in the text as typed."""
-    out: list[str] = []
-    origin: list[int] = []
-    for i, ch in enumerate(text):
-        for c in unicodedata.normalize("NFKD", ch.casefold()):
-            if not unicodedata.combining(c):
-                out.append(c)
-                origin.append(i)
-    return "".join(out), origin
-
-
 def _spellings(part: str) -> set[str]:
     """The folded forms a name part may be typed in: without accents, and with umlauts spelled out."""
-    return {_fold(part), _fold(part.casefold().translate(_SPELLED_OUT))}
+    return {fold(part), fold(part.casefold().translate(_SPELLED_OUT))}
 
 
 def _may_hold_identifiers(text: str, ds: Dataset | Header) -> bool:
     """False when no name part, ID run or birth year of the file is a substring of `text`, case aside: then no
     pattern of `_identifier_patterns` can match, and the regular expressions (a millisecond a file) are not built.
     Most descriptions ("L CC", "R MLO MAG") hold none."""
-    folded = _fold(text)
+    folded = fold(text)
     needles = [
         form for name in _strings(ds, "PatientName") for part in re.split(r"[\W_]+", name) for form in _spellings(part)
     ]
@@ -320,12 +300,12 @@ def _may_hold_identifiers(text: str, ds: Dataset | Header) -> bool:
         run for keyword in _IDENTIFIER_IDS for value in _strings(ds, keyword) for run in re.split(r"[\W_]+", value)
     ]
     needles.append((_text(ds, "PatientBirthDate") or "")[2:4])  # the year's last two digits: in every form
-    return any(_fold(needle) in folded for needle in needles if needle)
+    return any(fold(needle) in folded for needle in needles if needle)
 
 
 def _identifier_patterns(ds: Dataset | Header) -> list[re.Pattern[str]]:
     """The scrub patterns of `scrub_identifiers`, longest first (a whole name before its parts), on folded text
-    (`_fold_with_origin`): a name part matches in each of its `_spellings`."""
+    (`names.fold_with_origin`): a name part matches in each of its `_spellings`."""
 
     def _either(part: str) -> str:
         forms = sorted(_spellings(part), key=len, reverse=True)
