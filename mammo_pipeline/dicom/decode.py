@@ -103,21 +103,47 @@ def padding_beyond_bits(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
 def padding_outside_bits(ds: Dataset) -> tuple[float, float] | None:
     """(lowest, highest) padding value when (0028,0120) Pixel Padding Value (to (0028,0121) Pixel Padding Range
     Limit) reaches outside the range Bits Stored and Pixel Representation allow; None otherwise."""
-    values = [_first_number(ds.get(k)) for k in ("PixelPaddingValue", "PixelPaddingRangeLimit")]
-    if values[0] is None:
+    padding = padding_range(ds)
+    if padding is None:
         return None
-    lo, hi = sorted((values[0], values[1] if values[1] is not None else values[0]))
+    lo, hi = padding
     bits = int(ds.get("BitsStored") or ds.BitsAllocated)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     first, last = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     return None if first <= lo and hi <= last else (lo, hi)
 
 
-def _first_number(value: object) -> float | None:
-    """The first value of a US/SS element (an int, or several) as a float; None when absent or not a number."""
-    if isinstance(value, list | tuple | MultiValue):
-        value = value[0] if len(value) else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+def padding_range(ds: Dataset) -> tuple[float, float] | None:
+    """(lowest, highest) stored value that is padding: (0028,0120) Pixel Padding Value, or it to (0028,0121) Pixel
+    Padding Range Limit in either order (PS3.3 C.7.5.1.1.2); None when the header declares none."""
+    values = float_values(ds, "PixelPaddingValue")
+    if not values:
+        return None
+    limits = float_values(ds, "PixelPaddingRangeLimit")
+    lo, hi = sorted((values[0], limits[0] if limits else values[0]))
+    return lo, hi
+
+
+def float_values(ds: Dataset, keyword: str) -> list[float]:
+    """A DS element's values as floats, skipping empty or unparsable ones (padded, 'a\\\\b\\\\' strings)."""
+    if keyword not in ds:
+        return []
+    try:
+        value = ds[keyword].value
+    except Exception:
+        value = ds.get_item(keyword).value
+    if isinstance(value, bytes | bytearray):
+        value = value.decode("ascii", "replace").split("\\")
+    items = value if isinstance(value, list | MultiValue | tuple) else [value]
+    out = []
+    for item in items:
+        try:
+            number = float(str(item).strip())
+        except ValueError:
+            continue
+        if math.isfinite(number):
+            out.append(number)
+    return out
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from mammo_pipeline.dicom.decode import check_image, decode_frame
+from mammo_pipeline.dicom.decode import check_image, decode_frame, padding_range
+from mammo_pipeline.dicom.decode import float_values as _floats
 from mammo_pipeline.dicom.errors import NotDicom, Truncated, Unsupported, UnusableImage
 from mammo_pipeline.dicom.functional_groups import frame_attributes
 from mammo_pipeline.dicom.headers import is_for_processing
@@ -441,11 +442,10 @@ def padding_mask(ds: Dataset, pixels: np.ndarray) -> np.ndarray | None:
     Limit inclusive (either order), in stored-value units (PS3.3 C.7.5.1.1.2). Where a reduced-resolution decode
     mixes padding with tissue at an edge, only values still inside that range count as padding.
     """
-    values = _floats(ds, "PixelPaddingValue")
-    if not values:
+    padding = padding_range(ds)
+    if padding is None:
         return None
-    limits = _floats(ds, "PixelPaddingRangeLimit")
-    lo, hi = sorted((values[0], limits[0] if limits else values[0]))
+    lo, hi = padding
     mask = pixels == lo if lo == hi else (pixels >= lo) & (pixels <= hi)
     return mask if mask.any() else None
 
@@ -598,28 +598,6 @@ def _has_text(ds: Dataset, keyword: str) -> bool:
     raw = ds.get_item(keyword).value
     text = raw.decode("ascii", "replace") if isinstance(raw, bytes | bytearray) else str(raw if raw is not None else "")
     return bool(text.replace("\\", "").strip(" \x00[]',"))
-
-
-def _floats(ds: Dataset, keyword: str) -> list[float]:
-    """A DS element's values as floats, skipping empty or unparsable ones (padded, 'a\\\\b\\\\' strings)."""
-    if keyword not in ds:
-        return []
-    try:
-        value = ds[keyword].value
-    except Exception:
-        value = ds.get_item(keyword).value
-    if isinstance(value, bytes | bytearray):
-        value = value.decode("ascii", "replace").split("\\")
-    items = value if isinstance(value, list | MultiValue | tuple) else [value]
-    out = []
-    for item in items:
-        try:
-            number = float(str(item).strip())
-        except ValueError:
-            continue
-        if math.isfinite(number):
-            out.append(number)
-    return out
 
 
 def _first_float(ds: Dataset, keyword: str, default: float) -> float:
