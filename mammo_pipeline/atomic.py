@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -82,6 +85,35 @@ def atomic_path(path: Path, owner: str | None = None) -> Iterator[Path]:
             tmp.unlink()
 
 
+_TEMPDIR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def scratch_dir(folder: Path, name: str = "scratch", system_temp: bool = False) -> Iterator[Path]:
+    """A private working folder `folder/.<name>.<owner>.tmp/`, removed with its contents when the block ends.
+
+    Named like a temp file, so one that a killed run leaves behind is removed by `remove_stale_temps` once its
+    owner is dead, rather than filling the system temp folder. With `system_temp`, `tempfile`'s default folder
+    is this one during the block (libraries such as onnxruntime's quantizer make their own temporary folders
+    there); that setting is process-wide, so the block holds a lock and must not run beside other temp users.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f".{name}.{run_owner()}{uuid.uuid4().hex[:4]}.tmp"
+    path.mkdir()
+    try:
+        if not system_temp:
+            yield path
+            return
+        with _TEMPDIR_LOCK:
+            before, tempfile.tempdir = tempfile.tempdir, str(path)
+            try:
+                yield path
+            finally:
+                tempfile.tempdir = before
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def write_bytes(path: Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -132,13 +164,16 @@ def is_stale(path: Path, max_age_s: float = STALE_AFTER_S, now: float | None = N
 
 
 def remove_stale_temps(folder: Path, max_age_s: float = STALE_AFTER_S) -> int:
-    """Delete temporary files killed runs left in `folder` (recursively); return how many.
+    """Delete temporary files and `scratch_dir` folders killed runs left in `folder` (recursively); return how many.
 
     Only stale ones (`is_stale`): the in-flight files of a run that is still alive are left alone.
     """
     n = 0
-    for tmp in folder.rglob(".*.tmp"):
-        if is_stale(tmp, max_age_s):
-            tmp.unlink(missing_ok=True)
+    for tmp in sorted(folder.rglob(".*.tmp"), key=lambda p: len(p.parts)):  # a folder before what it holds
+        if tmp.exists() and is_stale(tmp, max_age_s):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             n += 1
     return n

@@ -77,3 +77,27 @@ def test_ensure_under_refuses_a_symlink_out_and_accepts_plain_children(tmp_path)
     with pytest.raises(UnsafePath):
         ensure_under(root, "link/outside.png")
     assert ensure_under(root, "a/1.2.3.png") == (root / "a" / "1.2.3.png").resolve()
+
+
+def test_scratch_dir_is_removed_after_its_block_and_a_killed_ones_when_its_owner_is_dead(tmp_path):
+    import tempfile
+
+    from mammo_pipeline.atomic import scratch_dir
+
+    before = tempfile.tempdir
+    with scratch_dir(tmp_path, "work", system_temp=True) as work:
+        assert work.parent == tmp_path and work.name.startswith(".work.") and not is_stale(work)
+        (work / "half.onnx").write_bytes(b"x")
+        assert tempfile.TemporaryDirectory().name.startswith(str(work))  # libraries' temp folders land here
+    assert tempfile.tempdir == before and list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError), scratch_dir(tmp_path) as work:
+        raise RuntimeError("failed")
+    assert not work.exists()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f".scratch.{run_owner().split('~')[0]}~{dead.stdout.strip()}~ab12.tmp"
+    (killed / "ort.quant.1").mkdir(parents=True)
+    (killed / "ort.quant.1" / ".inner.onnx.x~1~ab.tmp").write_bytes(b"x")
+    alive = tmp_path / f".scratch.{run_owner()}.tmp"
+    alive.mkdir()
+    assert remove_stale_temps(tmp_path) == 1 and not killed.exists() and alive.is_dir()

@@ -23,7 +23,9 @@ Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
       LINEAR_EXACT or SIGMOID (`window_linear`, `window_linear_exact`, `window_sigmoid`; PS3.3 C.11.2.1.2-3).
       A missing, empty, lower-case or padded function is LINEAR; an unknown one is LINEAR and said so;
       multi-valued centers and widths are indexed independently (VM mismatch is tolerated);
-   c. else, or when the window is degenerate (`check_window`: width < 1 for LINEAR, <= 0 otherwise, a window
+      when item 0 or the first pair is unusable (below), the next usable item or pair is applied (version 4;
+      each one skipped is named in `Rendition.fallback_reason`);
+   c. else, or when every window is degenerate (`check_window`: width < 1 for LINEAR, <= 0 otherwise, a window
       wholly outside the data, an 8-bit window on deeper data) or maps the image to one gray level, a linear
       map of the image's own range: min..max for a For Presentation image (`range_window`: its values are the
       vendor's display values already, so its brightest tissue stays below its metal; the 0.5-99.5th percentile
@@ -68,12 +70,13 @@ from mammo_pipeline.dicom.functional_groups import frame_attributes
 from mammo_pipeline.dicom.headers import is_for_processing
 
 # 2: functional-group windows, padding kept out of percentiles and averages, signed J2K fix; 3: a For Presentation
-# image without a usable window shows its own min..max (`range_window`), no longer the 0.5-99.5th percentiles
-NORM_VERSION = "3"
+# image without a usable window shows its own min..max (`range_window`), no longer the 0.5-99.5th percentiles;
+# 4: when the first window pair or VOI LUT item is unusable, the next usable one is applied before the image's range
+NORM_VERSION = "4"
 
-
+_APPLIED = frozenset({"voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID"})
 # (earlier version, later version) -> the VOI methods whose renditions the later version left as they were
-UNCHANGED_SINCE = {("2", "3"): frozenset({"voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID"})}
+UNCHANGED_SINCE = {("2", "3"): _APPLIED, ("3", "4"): _APPLIED, ("2", "4"): _APPLIED}
 
 
 def rendition_current(norm_version: str | None, voi_method: str | None, current: str = NORM_VERSION) -> bool:
@@ -203,6 +206,13 @@ def read_window(ds: Dataset, index: int = 0) -> tuple[Window | None, str | None]
     return window, note
 
 
+def window_count(ds: Dataset) -> int:
+    """How many (0028,1050) Window Center / (0028,1051) Window Width pairs `ds` holds: the larger of the two
+    value multiplicities (`read_window` clamps the shorter one), 0 when either is missing or unreadable."""
+    centers, widths = _floats(ds, "WindowCenter"), _floats(ds, "WindowWidth")
+    return max(len(centers), len(widths)) if centers and widths else 0
+
+
 def window_linear(arr: np.ndarray, center: float, width: float) -> np.ndarray:
     """LINEAR window (PS3.3 C.11.2.1.2.1) onto [0, 1]: 0 for x <= c-0.5-(w-1)/2, 1 for x > c-0.5+(w-1)/2.
 
@@ -312,27 +322,30 @@ def apply_voi(arr: np.ndarray, ds: Dataset, mask: np.ndarray | None = None) -> t
     and the percentiles."""
     reasons: list[str] = []
     data = arr if mask is None or not mask.any() else arr[mask]
-    lut_out = apply_voi_lut_sequence(arr, ds) if ds.get("VOILUTSequence") else None
-    if ds.get("VOILUTSequence"):
+    items = ds.get("VOILUTSequence") or []
+    for index in range(len(items)):  # the first usable item (PS3.3 C.11.2: item 0 is the default)
+        lut_out = apply_voi_lut_sequence(arr, ds, index)
+        where = f"(0028,3010) VOI LUT Sequence item {index}" if len(items) > 1 else "(0028,3010) VOI LUT Sequence"
         if lut_out is None:
-            reasons.append("(0028,3010) VOI LUT Sequence unusable (no descriptor/data or no positive entry)")
+            reasons.append(f"{where} unusable (no descriptor/data or no positive entry)")
         elif _flat(lut_out if mask is None or not mask.any() else lut_out[mask]) and not _flat(data):
-            reasons.append("(0028,3010) VOI LUT maps the image to one gray level")
+            reasons.append(f"{where} maps the image to one gray level")
         else:
-            return lut_out, "voi_lut", None
+            return lut_out, "voi_lut", "; ".join(reasons) or None
     window, note = read_window(ds)
-    if window is not None:
-        problem = check_window(window, data, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16))
+    if window is None and (note or not reasons):
+        reasons.append(note or "no VOI LUT Sequence or Window Center/Width")
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+    count = window_count(ds) if window is not None else 0
+    for index in range(count):  # the first usable pair: index 0 is the default, the later ones alternatives
+        window, note = read_window(ds, index)
+        problem = check_window(window, data, bits)
         if problem is None:
             out = apply_window(arr, window)
             if not (_flat(out if mask is None or not mask.any() else out[mask]) and not _flat(data)):
                 return out, f"window:{window.function}", "; ".join([*reasons, *([note] if note else [])]) or None
             problem = f"window {window.center:g}/{window.width:g} maps the image to one gray level"
-        reasons.append(problem)
-    elif note:
-        reasons.append(note)
-    elif not reasons:
-        reasons.append("no VOI LUT Sequence or Window Center/Width")
+        reasons.append(f"window {index + 1} of {count}: {problem}" if count > 1 else problem)
     image = mask if mask is not None and mask.any() else None
     if is_for_processing(ds):
         out, constant = percentile_window(arr, mask=image)

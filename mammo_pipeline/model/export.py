@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mammo_pipeline.atomic import atomic_path, write_text
+from mammo_pipeline.atomic import atomic_path, remove_stale_temps, scratch_dir, write_text
 from mammo_pipeline.model import registry
 from mammo_pipeline.model import second_look_model as second_look
 from mammo_pipeline.model.evaluate import evaluate
@@ -99,9 +98,9 @@ def export_module(module, path: Path, ref: ModelRef) -> Path:
     import torch
 
     example = torch.zeros(2, 3, ref.input_size, ref.input_size)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with scratch_dir(path.parent, "export") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: fast, no extra dependency
-        raw = Path(tmp) / "raw.onnx"
+        raw = tmp / "raw.onnx"
         torch.onnx.export(
             module.eval(),
             (example,),
@@ -148,8 +147,10 @@ def _quantize_int8(fp32: Path, out: Path, calibration: list[Path], ref: ModelRef
         def get_next(self) -> dict | None:
             return next(self.batches, None)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        raw, prepared = Path(tmp) / "int8.onnx", Path(tmp) / "prepared.onnx"
+    # onnxruntime's quantizer makes temporary folders of its own (ort.quant.*, ~2x the model): kept in the model's
+    # folder so that a killed export leaves nothing in the system temp folder that nobody removes
+    with scratch_dir(out.parent, "quantize", system_temp=True) as tmp:
+        raw, prepared = tmp / "int8.onnx", tmp / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))  # shape inference + graph optimization (folds BatchNorm)
         with _quiet_root_logger():  # per-channel QDQ warns "Axis 1 is out-of-range" on the head's 1-D BatchNorm weights
             quantize_static(
@@ -276,6 +277,7 @@ def export_onnx(settings: Settings, ref: ModelRef) -> ModelRef:
         )
     fp32 = ref.path(settings.models, ONNX_FILE)
     int8 = ref.path(settings.models, INT8_FILE)
+    remove_stale_temps(fp32.parent)  # what a killed export of this model left
     _export_fp32(settings, ref, fp32)
     look, biopsy = _export_second_look(settings, ref)
     fp32_acc = _audit_accuracy(settings, ref, fp32, biopsy)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mammo_pipeline.atomic import atomic_path, write_bytes
+from mammo_pipeline.atomic import atomic_path, scratch_dir, write_bytes
 from mammo_pipeline.model import candidate_store
 from mammo_pipeline.model import candidates as cand
 from mammo_pipeline.model.preprocess import _as_gray_uint8
@@ -174,9 +173,9 @@ def export(net, path: Path, example_crops: np.ndarray, metadata: dict[str, str])
             return patch.max(dim=1).values, patch
 
     example = torch.from_numpy(network_input(example_crops[:2] if len(example_crops) >= 2 else example_crops))
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with scratch_dir(path.parent, "export") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        raw = Path(tmp) / "raw.onnx"
+        raw = tmp / "raw.onnx"
         torch.onnx.export(
             Probabilities(net).eval(),  # eval on the wrapper: export restores its mode, and with it net's
             (example,),

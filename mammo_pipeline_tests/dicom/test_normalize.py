@@ -393,6 +393,39 @@ def test_degenerate_windows_fall_back_to_the_images_own_range(tags, needle):
     assert rendition.images[64].std() > 20  # a real picture, not a saturated one
 
 
+@pytest.mark.parametrize(
+    ("first", "needle"),
+    [((2047, 0.5), "< 1"), ((60000, 100), "outside"), ((127, 256), "8-bit")],
+)
+def test_a_degenerate_first_window_gives_way_to_the_next_usable_pair(first, needle):
+    """Vendors list alternative windows (PS3.3 C.11.2.1.2: index 0 is the default); when it is unusable, the next
+    usable pair is the header's own display, nearer the vendor's intent than the image's raw range."""
+    arr = breast(128, 96)
+    ds = make_ds(arr, WindowCenter=[first[0], 1800, 2500], WindowWidth=[first[1], 1200, 900])
+    rendition = render(ds, (64,))
+    expected = render(make_ds(arr, WindowCenter=1800, WindowWidth=1200), (64,))
+    assert rendition.voi_method == "window:LINEAR" and expected.fallback_reason is None
+    assert np.array_equal(rendition.images[64], expected.images[64])  # the second pair, not the third
+    assert rendition.fallback_reason.startswith("window 1 of 3: ") and needle in rendition.fallback_reason
+    assert "window 2" not in rendition.fallback_reason
+
+
+def test_every_window_degenerate_names_each_and_falls_back_to_the_range():
+    rendition = render(make_ds(breast(128, 96), WindowCenter=[2047, 60000], WindowWidth=[0.5, 100]), (64,))
+    assert rendition.voi_method == "range"
+    assert "window 1 of 2:" in rendition.fallback_reason and "window 2 of 2:" in rendition.fallback_reason
+
+
+def test_an_unusable_first_voi_lut_item_gives_way_to_the_next():
+    arr = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    empty = voi_lut_item(np.zeros(4096, np.uint16))  # no positive entry
+    ramp = voi_lut_item((4095 - np.arange(4096)).astype(np.uint16))
+    ds = make_ds(arr, WindowCenter=2047, WindowWidth=4096, VOILUTSequence=Sequence([empty, ramp]))
+    out, method, reason = apply_voi(arr.astype(np.float32), ds)
+    assert method == "voi_lut" and "VOI LUT Sequence item 0 unusable" in reason
+    assert out[0, 0] == 1.0 and out[-1, -1] == 0.0  # item 1's inverted ramp, not the window
+
+
 # --- §8.10 geometry and precision ---------------------------------------------------------------------------
 
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -92,3 +94,36 @@ def test_onnx_input_is_preprocess_output(trained):
     model = onnx.load(str(ref.path(s.models, ref.onnx_file)))
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == list(x.shape[1:])
+
+
+def test_an_export_keeps_its_temporary_folders_in_the_models_folder_and_clears_a_killed_ones(
+    trained, tmp_path, monkeypatch
+):
+    """onnxruntime's quantizer makes temporary folders twice the model's size; a killed export used to leave them in
+    the system temp folder, where no later run looked. They now live in the model's folder, named for their run."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from mammo_pipeline.atomic import run_owner
+    from mammo_pipeline.model.export import export_onnx
+
+    s = dataclasses.replace(trained.settings, models=tmp_path / "models", warehouse=tmp_path / "warehouse")
+    shutil.copytree(trained.settings.models, s.models)
+    shutil.copytree(trained.settings.warehouse, s.warehouse)
+    folder = trained.onnx.path(s.models, "model.onnx").parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = folder / f".quantize.{run_owner().split('~')[0]}~{dead.stdout.strip()}~ab12.tmp"  # a killed export's
+    (killed / "ort.quant.x").mkdir(parents=True)
+    (killed / "ort.quant.x" / "augmented.onnx").write_bytes(b"half")
+    made: list[str] = []
+    before = tempfile.tempdir
+    mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(mkdtemp(*a, **k)) or made[-1])
+
+    export_onnx(s, trained.onnx)
+
+    assert made and all(Path(m).resolve().is_relative_to(folder.resolve()) for m in made)  # fails before: /tmp
+    assert not killed.exists() and not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert tempfile.tempdir == before  # the process-wide default is restored
