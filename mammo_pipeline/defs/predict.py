@@ -164,6 +164,11 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             progress=every(10, context.log.info, "predicted"),
         )
         context.log.info(f"{hospital}: {stats.n_images} predicted, {stats.n_kept} kept as they were")
+        if stats.unreadable:
+            context.log.warning(
+                f"{hospital}: {len(stats.unreadable)} cached images could not be read and have no prediction (tried "
+                f"again next run), e.g. {stats.unreadable[0]}"
+            )
     schemas.check_file("image_predictions", path)
     warehouse.refresh_views(settings)
     classes = warehouse.query(settings, f"SELECT predicted_class, count(*) AS n FROM read_parquet('{path}') GROUP BY 1")
@@ -179,6 +184,7 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             "predicted": stats.n_images,
             "kept": stats.n_kept,
             "missing_png": stats.n_missing,
+            "unreadable_png": len(stats.unreadable),
             "unchanged": unchanged,
             "images_per_second": round(stats.images_per_second, 1),
             "class_counts": dg.MetadataValue.json(class_counts),

@@ -227,7 +227,8 @@ _KEYWORDS = (  # noqa: SIM905 (a word list reads better than 50 lines of quotes)
     "RescaleSlope RescaleIntercept SeriesDescription EstimatedRadiographicMagnificationFactor FocalSpots Grid "
     "PartialView PaddleDescription CompressionForce BodyPartThickness BodyPartExamined "
     "SharedFunctionalGroupsSequence PerFrameFunctionalGroupsSequence "
-    "PatientName OtherPatientIDs AccessionNumber PatientBirthDate"  # read to be scrubbed from free text, never kept
+    "PatientName OtherPatientNames PatientBirthName OtherPatientIDs OtherPatientIDsSequence AccessionNumber "
+    "PatientBirthDate"  # read to be scrubbed from free text, never kept
 ).split()
 _TAG_OF: dict[str, int] = {keyword: tag_for_keyword(keyword) for keyword in _KEYWORDS}  # type: ignore[misc]
 SPECIFIC_TAGS: list[int] = sorted(set(_TAG_OF.values()))
@@ -247,6 +248,25 @@ def pseudonymize(value: str | bytes, salt: bytes) -> str:
 
 SCRUBBED = "***"  # what stands in free text where the file's own patient identifier stood
 _IDENTIFIER_IDS = ("PatientID", "OtherPatientIDs", "AccessionNumber")
+# (0010,0010) Patient's Name, (0010,1001) Other Patient Names (earlier names, aliases), (0010,1005) Patient's Birth
+# Name (a maiden name): a description may hold any of them
+_IDENTIFIER_NAMES = ("PatientName", "OtherPatientNames", "PatientBirthName")
+
+
+def _names(ds: Dataset | Header) -> list[str]:
+    """Every name of the patient the header holds (`_IDENTIFIER_NAMES`)."""
+    return [name for keyword in _IDENTIFIER_NAMES for name in _strings(ds, keyword)]
+
+
+def _ids(ds: Dataset | Header) -> list[str]:
+    """Every ID of the patient and the exam the header holds: `_IDENTIFIER_IDS` and the Patient ID of each item of
+    (0010,1002) Other Patient IDs Sequence (an NHS number beside a hospital number)."""
+    items = _header(ds).items("OtherPatientIDsSequence")
+    return [v for keyword in _IDENTIFIER_IDS for v in _strings(ds, keyword)] + [
+        v for item in items for v in item.strings("PatientID")
+    ]
+
+
 MIN_NAME_PART, MIN_ID_RUN = 2, 6  # shortest name part scrubbed as a word; shortest ID run scrubbed anywhere
 
 
@@ -293,14 +313,14 @@ def _may_hold_identifiers(text: str, ds: Dataset | Header) -> bool:
     pattern of `_identifier_patterns` can match, and the regular expressions (a millisecond a file) are not built.
     Most descriptions ("L CC", "R MLO MAG") hold none."""
     folded = fold(text)
-    needles = [
-        form for name in _strings(ds, "PatientName") for part in re.split(r"[\W_]+", name) for form in _spellings(part)
-    ]
-    needles += [
-        run for keyword in _IDENTIFIER_IDS for value in _strings(ds, keyword) for run in re.split(r"[\W_]+", value)
-    ]
+    needles = [form for name in _names(ds) for part in re.split(r"[\W_]+", name) for form in _spellings(part)]
+    ids = _ids(ds)
+    needles += [run for value in ids for run in re.split(r"[\W_]+", value)]
     needles.append((_text(ds, "PatientBirthDate") or "")[2:4])  # the year's last two digits: in every form
-    return any(fold(needle) in folded for needle in needles if needle)
+    if any(fold(needle) in folded for needle in needles if needle):
+        return True
+    compact = re.sub(r"[\W_]+", "", folded)  # an ID typed with other separators: "943 476 5919" for 9434765919
+    return any(len(key) >= MIN_ID_RUN and key in compact for key in (re.sub(r"[\W_]+", "", fold(v)) for v in ids))
 
 
 def _identifier_patterns(ds: Dataset | Header) -> list[re.Pattern[str]]:
@@ -314,21 +334,26 @@ def _identifier_patterns(ds: Dataset | Header) -> list[re.Pattern[str]]:
     alone = r"(?<![^\W_]){}(?![^\W_])"  # not inside a longer run of letters or digits
     gap = r"[\W_]*"  # what may stand between the parts of a name or an ID: nothing, spaces, punctuation
     found: dict[str, bool] = {}  # regular expression -> needs `alone`
-    for name in _strings(ds, "PatientName"):
+    for name in _names(ds):
         for group in name.split("="):  # alphabetic, ideographic, phonetic
             words = [p for p in re.split(r"[\W_]+", group) if p]
-            parts = [p for p in words if len(p) >= MIN_NAME_PART]
-            found.update({_either(p): not unspaced(p) for p in parts})
-            joinable = words if unspaced(group) else parts  # 王^芳: a one-character family name joins its given name
+            found.update({_either(p): not unspaced(p) for p in words if len(p) >= MIN_NAME_PART})
+            # a component's words, with or without what joins them: O'Brien as OBRIEN or O BRIEN, Mary-Kate as MARYKATE
+            tokens = [[w for w in re.split(r"[\W_]+", t) if w] for t in re.split(r"[\s^,]+", group)]
+            tokens = [t for t in tokens if t and (unspaced(group) or len("".join(t)) >= MIN_NAME_PART)]
+            found.update({gap.join(map(_either, t)): not unspaced(group) for t in tokens if len(t) > 1})
+            # 王^芳: in a script without spaces a one-character family name joins its given name
+            joinable = [gap.join(map(_either, t)) for t in tokens]
             for order in (o for r in (2, 3) for o in itertools.permutations(joinable[:3], r)):
-                found[gap.join(map(_either, order))] = not unspaced(group)  # no word boundaries in "MAG王芳"
-    for keyword in _IDENTIFIER_IDS:
-        for value in _strings(ds, keyword):
-            runs = [run for run in re.split(r"[\W_]+", value) if run]
-            for k in range(len(runs)):  # the whole ID, and without its leading runs ("RSC-", "NHS ") if long enough
-                length = sum(map(len, runs[k:]))
-                if k == 0 or length >= MIN_ID_RUN:
-                    found[gap.join(map(re.escape, runs[k:]))] = length < MIN_ID_RUN
+                found[gap.join(order)] = not unspaced(group)  # no word boundaries in "MAG王芳"
+    for value in _ids(ds):
+        runs = [run for run in re.split(r"[\W_]+", value) if run]
+        for k in range(len(runs)):  # the whole ID, and without its leading runs ("RSC-", "NHS ") if long enough
+            length = sum(map(len, runs[k:]))
+            if k == 0 or length >= MIN_ID_RUN:
+                # a long one with any separators between its characters: 9434765919 typed "943 476 5919"
+                chars = "".join(runs[k:]) if length >= MIN_ID_RUN else None
+                found[gap.join(map(re.escape, chars or runs[k:]))] = length < MIN_ID_RUN
     birth = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", _text(ds, "PatientBirthDate") or "")
     if birth:
         y, m, d = birth.groups()
@@ -544,20 +569,20 @@ def read_header_row(
         "patient_key": key,
         "patient_key_source": key_source,
         "modality": (_text(ds, "Modality") or "").upper() or None,
-        "manufacturer": _text(ds, "Manufacturer"),
-        "model_name": _text(ds, "ManufacturerModelName"),
+        "manufacturer": scrub_identifiers(_text(ds, "Manufacturer"), ds),  # text a person typed may hold a name
+        "model_name": scrub_identifiers(_text(ds, "ManufacturerModelName"), ds),
         "sop_class_uid": _text(ds, "SOPClassUID"),
         "image_kind": kind,
         "image_kind_rule": kind_rule,
         "for_processing": is_for_processing(ds),
         "no_file_meta": no_file_meta,
-        "image_type": "\\".join(_strings(ds, "ImageType")) or None,
+        "image_type": scrub_identifiers("\\".join(_strings(ds, "ImageType")), ds) or None,
         "view_position": view_position,
         "view_source": view_source,
         "laterality": side,
         "laterality_source": side_source,
         "view_code": view_code,
-        "view_code_meaning": view_meaning,
+        "view_code_meaning": scrub_identifiers(view_meaning, ds),
         "rows": _int(ds, "Rows"),
         "columns": _int(ds, "Columns"),
         "number_of_frames": _int(ds, "NumberOfFrames"),
@@ -575,7 +600,7 @@ def read_header_row(
         "rescale_slope": _first_float(frame, "RescaleSlope"),
         "rescale_intercept": _first_float(frame, "RescaleIntercept"),
         "view_modifier_codes": codes,
-        "view_modifier_meanings": meanings,
+        "view_modifier_meanings": [scrub_identifiers(m, ds) or "" for m in meanings],
         "series_description": scrub_identifiers(_text(ds, "SeriesDescription"), ds),
         "magnification_factor": _first_float(ds, "EstimatedRadiographicMagnificationFactor"),
         "focal_spot": _first_float(ds, "FocalSpots"),

@@ -309,7 +309,7 @@ def candidates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(crops float32 [k, CHANNELS, crop, crop], centres int [k, 2] (row, col), scores float32 [k]) of a uint8
     image (or a PNG path: the display PNG, long side settings.display_size); always k rows, an image with fewer
-    than k candidates gets zero crops, score 0 and centre -1.
+    than k candidates gets zero crops, score 0 and centre -1, and an image thinner than `crop` px none.
 
     The first k - k // ONE_DOME_IN are the blob score's strongest local maxima, strongest first; the last
     k // ONE_DOME_IN the strongest domes (`_domes`) half a crop away from them (blob maxima again when there are
@@ -317,6 +317,11 @@ def candidates(
     tissue texture (module docstring), a dome's too.
     """
     gray = _as_gray_uint8(gray)
+    crops = np.zeros((k, CHANNELS, crop, crop), dtype=np.float32)
+    centres = np.full((k, 2), -1, dtype=np.int64)
+    scores = np.zeros(k, dtype=np.float32)
+    if min(gray.shape) < crop:  # thinner than one crop: no breast to search (a 1 x 50000 object; 1024 x 31 at 1024)
+        return crops, centres, scores
     score, f, small, mask, searchable = _scores(gray)
     gap = _half_crop(crop, f)
     blobs = _local_maxima(score, gap) * searchable
@@ -330,9 +335,6 @@ def candidates(
     wide = crop * CONTEXT
     pad = wide // 2 + 1
     padded = np.pad(gray, pad, mode="reflect")  # the image mirrored: a breast cut by the frame goes on, air stays air
-    crops = np.zeros((k, CHANNELS, crop, crop), dtype=np.float32)
-    centres = np.full((k, 2), -1, dtype=np.int64)
-    scores = np.zeros(k, dtype=np.float32)
     for i, (r, c) in enumerate(where):
         scores[i] = score[r, c]
         r, c = min(r * f + f // 2, gray.shape[0] - 1), min(c * f + f // 2, gray.shape[1] - 1)

@@ -81,6 +81,7 @@ class InferenceStats:
 
     n_images: int = 0  # predicted by this run
     n_missing: int = 0
+    unreadable: list[str] = field(default_factory=list)  # SOP Instance UIDs whose PNGs exist but could not be read
     seconds: float = 0.0
     n_kept: int = 0  # rows of the same ONNX file kept from the slice as they were (`write_predictions`)
 
@@ -165,19 +166,32 @@ def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
 
 def _load_batch(
     paths: list[Path], size: int, displays: list[Path] | None = None
-) -> tuple[np.ndarray, np.ndarray, second_look.Candidates | None]:
-    """Preprocessed images of one batch, a mask of the ones whose PNGs exist, and (with `displays`) the
-    second look's candidates of their display PNGs."""
-    ok = np.array([p.is_file() for p in paths], dtype=bool)
-    if displays is not None:
-        ok &= np.array([p.is_file() for p in displays], dtype=bool)
-    batch = np.empty((int(ok.sum()), 3, size, size), dtype=np.float32)
-    for i, path in enumerate(p for p, good in zip(paths, ok, strict=True) if good):
-        batch[i] = preprocess(path, size)
-    found = None
-    if displays is not None:
-        found = second_look.candidates_of([p for p, good in zip(displays, ok, strict=True) if good])
-    return batch, ok, found
+) -> tuple[np.ndarray, np.ndarray, second_look.Candidates | None, list[int]]:
+    """Preprocessed images of one batch, a mask of the ones it holds, (with `displays`) the second look's
+    candidates of their display PNGs, and the positions of those left out although their PNGs exist.
+
+    An image is left out when a PNG is missing, or when reading it raises (a PNG cut short on disk, a picture
+    one crop thin): one image never stops the batch; its positions are returned for the caller to report."""
+    ok = np.zeros(len(paths), dtype=bool)
+    inputs: list[np.ndarray] = []
+    found: list[second_look.Candidates] = []
+    failed: list[int] = []
+    for i, path in enumerate(paths):
+        display = None if displays is None else displays[i]
+        if not path.is_file() or (display is not None and not display.is_file()):
+            continue
+        try:
+            image = preprocess(path, size)
+            candidates = None if display is None else second_look.candidates_of([display])
+        except Exception:  # reported by the caller, retried on the next run
+            failed.append(i)
+            continue
+        ok[i] = True
+        inputs.append(image)
+        if candidates is not None:
+            found.append(candidates)
+    batch = np.stack(inputs).astype(np.float32) if inputs else np.empty((0, 3, size, size), dtype=np.float32)
+    return batch, ok, None if displays is None else second_look.Candidates.joined(found), failed
 
 
 def predict_images(
@@ -190,7 +204,8 @@ def predict_images(
 ) -> Iterator[pd.DataFrame]:
     """Yield one prediction frame per batch of `manifest` rows (image_cache columns; `model_png` under cache/).
 
-    Rows whose PNG is missing are skipped and counted in `stats.n_missing`. Frames carry every
+    Rows whose PNG is missing are skipped and counted in `stats.n_missing`; rows whose PNGs exist but cannot be
+    read are skipped and listed in `stats.unreadable` (each is tried again on the next run). Frames carry every
     image_predictions column except `dagster_run_id`, which the caller adds. Pass a LoadedModel to reuse
     one session across calls; a ModelRef is loaded here.
     """
@@ -219,7 +234,7 @@ def predict_images(
         upcoming = iter(starts)
         pending = deque(submit(start) for start in itertools.islice(upcoming, prefetch))
         for start in starts:
-            batch, ok, found = pending.popleft().result()
+            batch, ok, found, failed = pending.popleft().result()
             nxt = next(upcoming, None)
             if nxt is not None:
                 pending.append(submit(nxt))
@@ -230,7 +245,8 @@ def predict_images(
                     probs[:, 0] = second_look.onnx_probs(model.second_look, found)[0]
                 yield _frame(part, probs, model)
             stats.n_images += len(part)
-            stats.n_missing += int((~ok).sum())
+            stats.n_missing += int((~ok).sum()) - len(failed)
+            stats.unreadable += [str(rows.at[start + i, "sop_instance_uid"]) for i in failed]
             done += len(ok)
             stats.seconds = time.perf_counter() - started
             if progress:

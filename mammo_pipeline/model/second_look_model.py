@@ -79,6 +79,16 @@ class Candidates:
     scores: np.ndarray
     shapes: np.ndarray  # [N, 2]
 
+    @staticmethod
+    def joined(parts: list[Candidates]) -> Candidates:
+        """The candidates of several groups of images, in order (no group: the candidates of no image)."""
+        if not parts:
+            return candidates_of([])
+        return Candidates(*(np.concatenate([getattr(p, name) for p in parts]) for name in _FIELDS))
+
+
+_FIELDS = ("crops", "centres", "scores", "shapes")
+
 
 def _one(png: Path | str | np.ndarray) -> candidate_store.Found:
     if isinstance(png, np.ndarray):

@@ -556,3 +556,44 @@ def test_plain_path_reads_every_file_as_read_partial_does(tmp_path, monkeypatch)
     assert plain[land / "wrong_vr.dcm"][:4] == plain[land / "implicit.dcm"][:4]  # pydicom reads the VR form found
     assert plain[land / "long_meta.dcm"][0] == "Truncated" and plain[land / "deflated.dcm"][2] == -1
     assert len(taken) >= 100, len(taken)
+
+
+def _other_ids(*ids: str) -> Sequence:
+    items = []
+    for value in ids:
+        item = Dataset()
+        item.PatientID, item.TypeOfPatientID = value, "TEXT"
+        items.append(item)
+    return Sequence(items)
+
+
+@pytest.mark.parametrize(
+    ("tags", "series", "scrubbed"),
+    [
+        ({"PatientID": "9434765919"}, "L CC MAG 943 476 5919", "L CC MAG ***"),  # an NHS number typed as printed
+        ({"PatientID": "9434765919"}, "L CC MAG 943-476-5919", "L CC MAG ***"),
+        ({"PatientID": "RSC-0012345"}, "L CC MAG RSC 00 12 345", "L CC MAG ***"),
+        ({"OtherPatientIDsSequence": _other_ids("9434765919")}, "L CC MAG NHS 9434765919", "L CC MAG NHS ***"),
+        ({"PatientName": "O'BRIEN^Mary-Kate"}, "L CC SPOT OBRIEN MARYKATE", "L CC SPOT ***"),
+        ({"PatientName": "O'BRIEN^Mary-Kate"}, "L CC SPOT O BRIEN MARY KATE", "L CC SPOT ***"),
+        ({"PatientName": "O'BRIEN^Mary-Kate"}, "L CC SPOT O'Brien", "L CC SPOT ***"),
+        ({"PatientName": "Doe^Jane", "OtherPatientNames": "Smith^Jane"}, "L CC SPOT SMITH", "L CC SPOT ***"),
+        ({"PatientName": "Doe^Jane", "PatientBirthName": "Okafor^Jane"}, "L CC SPOT OKAFOR", "L CC SPOT ***"),
+        ({"PatientName": "", "OtherPatientNames": "Smith^Jane"}, "L CC SPOT JANE SMITH", "L CC SPOT ***"),
+    ],
+)
+def test_free_text_loses_ids_typed_with_other_separators_joined_names_and_the_patients_other_names(
+    tmp_path, tags, series, scrubbed
+):
+    """An NHS number stored 9434765919 and typed as printed, "943 476 5919"; one held only in (0010,1002) Other
+    Patient IDs Sequence; O'Brien typed OBRIEN; a maiden or earlier name ((0010,1005) Patient's Birth Name,
+    (0010,1001) Other Patient Names). Each was kept as typed before."""
+    row = row_of(tmp_path, SeriesDescription=series, **tags)
+    assert row["series_description"] == scrubbed and row["meta_spot"] == ("SPOT" in series or None)
+
+
+def test_a_short_id_is_not_matched_across_separators_in_ordinary_words(tmp_path):
+    """Only an ID run of MIN_ID_RUN characters or more is matched with separators inside it: an accession number
+    "AB12" does not eat "AB 12 CM"-like text that merely holds its characters."""
+    row = row_of(tmp_path, AccessionNumber="AB12", SeriesDescription="L CC MAG A B 1 2")
+    assert row["series_description"] == "L CC MAG A B 1 2"

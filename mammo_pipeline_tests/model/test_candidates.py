@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mammo_pipeline.model.air import SKIN_DEPTH, away_from_air
 from mammo_pipeline.model.candidates import (
@@ -283,3 +284,12 @@ def test_a_dome_must_be_brighter_than_everything_on_its_brim():
     both = alone + _soft_core(base.shape, bright, 80)
     assert dome_at(alone, faint) > 10  # gray levels, after the crown's Gaussian mean
     assert dome_at(both, faint) == 0 and dome_at(both, bright) > 10
+
+
+@pytest.mark.parametrize("shape", [(1, 1024), (4, 1024), (1024, 7), (31, 1024), (1, 1), (2, 2)])
+def test_an_image_thinner_than_a_crop_has_no_candidates_and_raises_nothing(shape):
+    """A 1 x 50000 object renders to 1 x 1024: the search's air and frame steps need rows to work on (they raised,
+    and the raise failed a whole hospital's predictions); nothing that thin holds a breast."""
+    gray = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    crops, centres, scores = candidates(gray)
+    assert crops.shape == (K, CHANNELS, CROP, CROP) and not crops.any() and not scores.any() and (centres == -1).all()

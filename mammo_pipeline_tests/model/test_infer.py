@@ -281,3 +281,15 @@ def test_flags_and_the_review_band_compare_in_float64_as_the_audit_does():
     out = _frame(part, np.array([[1.0, low]], dtype=np.float32), model)
     assert out["needs_review"].tolist() == [True] and out["is_mag_view"].tolist() == [False]
     assert out["has_biopsy_marker"].tolist() == [True]
+
+
+def test_a_png_that_cannot_be_read_is_listed_and_the_others_are_predicted(settings):
+    """One unreadable PNG (cut short on disk) used to raise out of the batch and fail the hospital's predictions."""
+    ref = make_model(settings)
+    manifest = make_cache(settings, "h1", {"s1": 3})
+    broken = settings.cache / manifest["model_png"].iloc[1]
+    broken.write_bytes(broken.read_bytes()[:40])
+    path = settings.table_dir("image_predictions", "h1") / "predictions.parquet"
+    stats = write_predictions(settings, manifest, ref, path, batch_size=2)
+    assert (stats.n_images, stats.n_missing, stats.unreadable) == (2, 0, ["s1.1"])
+    assert sorted(pd.read_parquet(path)["sop_instance_uid"]) == ["s1.0", "s1.2"]
