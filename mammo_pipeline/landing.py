@@ -286,7 +286,8 @@ def iter_dicom_stats(
     landing: Path, hospital: str, drops: list[str] | None = None
 ) -> Iterator[tuple[str, str, int, int]]:
     """(drop, path, size in bytes, mtime_ns) for every file of a hospital's drops: regular files (symlinks to them
-    too) in every folder below the drop, symlinked folders not entered, names starting with `.` or `_` skipped,
+    too) in every folder below the drop, linked folders included (each folder once: a link loop ends), names
+    starting with `.` or `_` skipped,
     in path order (component by component, as pathlib sorts). One `os.scandir` per folder and one stat per file,
     as indexing a drop of 10^5 files must not spend its time in pathlib."""
     for drop in drops if drops is not None else list_drops(landing, hospital):
@@ -299,17 +300,29 @@ def iter_dicom_stats(
             yield drop, path, info.st_size, info.st_mtime_ns
 
 
-def _scan(folder: str, parts: tuple[str, ...], found: list[tuple[tuple[str, ...], str, os.stat_result]]) -> None:
+def _scan(
+    folder: str,
+    parts: tuple[str, ...],
+    found: list[tuple[tuple[str, ...], str, os.stat_result]],
+    seen: set[tuple[int, int]] | None = None,
+) -> None:
+    """Append (path parts, path, stat) of every regular file below `folder`; `seen`: the (device, inode) of the
+    folders entered, so a link back up the tree is not followed twice."""
+    seen = seen if seen is not None else set()
     try:
+        here = os.stat(folder)
+        if (here.st_dev, here.st_ino) in seen:  # a link to a folder already entered (a loop, or two links)
+            return
+        seen.add((here.st_dev, here.st_ino))
         with os.scandir(folder) as it:
             entries = list(it)
-    except PermissionError:  # as pathlib's rglob: an unreadable folder holds nothing
+    except (PermissionError, FileNotFoundError):  # as pathlib's rglob: an unreadable folder holds nothing
         return
     for entry in entries:
         key = (*parts, entry.name)
         try:
-            if entry.is_dir(follow_symlinks=False):
-                _scan(entry.path, key, found)
+            if entry.is_dir():  # a linked folder too: a study folder linked in from a mount is read where it leads
+                _scan(entry.path, key, found, seen)
                 continue
             if entry.name.startswith((".", "_")):
                 continue

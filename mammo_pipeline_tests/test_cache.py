@@ -413,10 +413,12 @@ def test_a_hospital_and_a_file_linked_in_from_a_mount_are_rendered(settings, tmp
     (settings.landing).mkdir(parents=True, exist_ok=True)
     (settings.landing / "h1").symlink_to(mount, target_is_directory=True)
     (mount / "d1" / "b.dcm").symlink_to(elsewhere)
+    write_mg(tmp_path / "nfs" / "study9" / "c.dcm", SOPInstanceUID="1.2.3.4.3")
+    (mount / "d1" / "study9").symlink_to(tmp_path / "nfs" / "study9", target_is_directory=True)  # a linked study
     index_hospital(settings, "h1")
     result = cache_hospital(settings, "h1")
     assert result.quarantined == {}
-    assert set(read_manifest(settings, "h1")["sop_instance_uid"]) == {"1.2.3.4.1", "1.2.3.4.2"}
+    assert set(read_manifest(settings, "h1")["sop_instance_uid"]) == {"1.2.3.4.1", "1.2.3.4.2", "1.2.3.4.3"}
 
 
 def test_a_rel_path_climbing_out_of_its_hospital_is_never_read(settings, tmp_path):

@@ -41,9 +41,11 @@ def test_drop_ready_by_marker_or_quiet_time(tmp_path):
 
 
 def test_iter_dicom_files_walks_like_pathlib_rglob(tmp_path):
-    """The scandir walk yields what `sorted(root.rglob("*"))` filtered to files would: files in hidden folders,
-    symlinks to files, not symlinked folders, broken links or `.`/`_` names, in pathlib's component order (where
-    "a/b" sorts before "a-b/c", unlike plain string order), with each file's size and mtime."""
+    """The scandir walk yields what `sorted(root.rglob("*"))` filtered to files would, plus what linked folders
+    hold (a study folder linked in from a mount; until stop 55 not entered, its files neither indexed nor
+    reported): files in hidden folders, symlinks to files, not broken links, link loops or `.`/`_` names, in
+    pathlib's component order (where "a/b" sorts before "a-b/c", unlike plain string order), with each file's size
+    and mtime."""
     from pathlib import Path
 
     from mammo_pipeline.landing import iter_dicom_files, iter_dicom_stats
@@ -59,12 +61,14 @@ def test_iter_dicom_files_walks_like_pathlib_rglob(tmp_path):
     os.symlink(tmp_path / "other", tmp_path / "h" / "d1" / "linkdir")
     os.symlink(tmp_path / "other" / "x", tmp_path / "h" / "d1" / "linkfile")
     os.symlink(tmp_path / "nope", tmp_path / "h" / "d1" / "broken")
+    os.symlink(tmp_path / "h" / "d1", tmp_path / "h" / "d1" / "a" / "loop")  # back up the tree: entered once
 
     expected = []
     for drop in list_drops(tmp_path, "h"):
-        for path in sorted((tmp_path / "h" / drop).rglob("*")):
+        for path in sorted([*(tmp_path / "h" / drop).rglob("*"), *(tmp_path / "h" / drop).glob("linkdir/*")]):
             if path.is_file() and not path.name.startswith((".", "_")):
                 expected.append((drop, path))
+    assert (("d1", tmp_path / "h" / "d1" / "linkdir" / "x")) in expected
     assert list(iter_dicom_files(tmp_path, "h")) == expected
     assert [p.relative_to(tmp_path / "h").as_posix() for _, p in expected][:4] == [
         "d1/.hid/x",

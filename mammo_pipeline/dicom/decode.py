@@ -69,18 +69,24 @@ REPAIRED_DECODER = "libjpeg (sequential scan header Ss/Se/Ah/Al repaired, as IJG
 @dataclass(frozen=True)
 class Frame:
     """Stored pixel values of frame 0; `reduction` is 1, or 2**k for a J2K resolution-level-k decode; `padding`,
-    the cells whose padding value lies outside the Bits Stored range (`padding_beyond_bits`), else None."""
+    the cells whose padding value lies outside the Bits Stored range (`padding_beyond_bits`), else None; `note`,
+    what fitting the values to Bits Stored found amiss in the header (`fit_bits_stored`); `beyond_bits`, whether
+    the values were kept beyond the Bits Stored range (the header misstates them, so its window is not trusted)."""
 
     pixels: np.ndarray
     reduction: int
     decoder: str
     padding: np.ndarray | None = None
+    note: str | None = None
+    beyond_bits: bool = False
 
 
 def fitted_frame(arr: np.ndarray, ds: Dataset, *, native: bool, reduction: int, decoder: str) -> Frame:
     """The Frame of decoded cells `arr`: their values fitted to Bits Stored (`fit_bits_stored`), and the padding
     that fitting would fold into image values found first (`padding_beyond_bits`)."""
-    return Frame(fit_bits_stored(arr, ds, native=native), reduction, decoder, padding_beyond_bits(arr, ds))
+    values, note = fit_bits_stored(arr, ds, native=native)
+    beyond = note is not None and note.startswith(BEYOND_BITS)
+    return Frame(values, reduction, decoder, padding_beyond_bits(arr, ds), note, beyond)
 
 
 def padding_beyond_bits(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
@@ -265,17 +271,27 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
     return fitted_frame(pixels, ds, native=holds_pixel_cells(ts), reduction=1, decoder=plugin)
 
 
-def fit_bits_stored(arr: np.ndarray, ds: Dataset, *, native: bool) -> np.ndarray:
-    """Force values into the (0028,0101) Bits Stored range of the (0028,0103) Pixel Representation.
+BEYOND_BITS = "decoded values beyond (0028,0101) Bits Stored"
+
+
+def fit_bits_stored(arr: np.ndarray, ds: Dataset, *, native: bool) -> tuple[np.ndarray, str | None]:
+    """Force values into the (0028,0101) Bits Stored range of the (0028,0103) Pixel Representation; (values, note
+    on what in the cells contradicts the header, else None).
 
     Native data: bits above Bits Stored are not part of the value (PS3.5 8.1.1), so they are masked off
     (unsigned) or replaced by the sign bit (signed), and a value in the high bits (`value_high_bit`) is shifted down
-    first. Decoded codestreams: values are clipped to the range.
+    first. Two header slips are told from the cells (unsigned data): a High Bit that puts the value in the high
+    bits while every cell's bits above Bits Stored are 0 and its low bits are not (the value is in the low bits: it
+    is read there, instead of shifted to black), and cells with bits above Bits Stored set (masked as the standard
+    requires, the share noted: a Bits Stored that understates the data shows as wrapped contours).
+    Decoded codestreams: values are clipped to the range (a lossy codec overshoots it a little), except values
+    that need more bits than Bits Stored + 1 (a 16-bit codestream under a 12-bit header): the codestream's own
+    precision wins, as pydicom's does; they are kept and the note starts with BEYOND_BITS.
     """
     bits = int(ds.get("BitsStored") or ds.BitsAllocated)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     if arr.dtype == bool:
-        return arr.astype(np.uint8)
+        return arr.astype(np.uint8), None
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     width = arr.dtype.itemsize * 8
     if arr.dtype.kind in "ui" and width > bits:
@@ -284,11 +300,26 @@ def fit_bits_stored(arr: np.ndarray, ds: Dataset, *, native: bool) -> np.ndarray
             high = high if high < width else bits - 1
             if signed:
                 signed_view = arr.view(arr.dtype.str.replace("u", "i"))
-                return (signed_view << (width - 1 - high)) >> (width - bits)
-            return (arr >> (high + 1 - bits) if high + 1 > bits else arr) & np.asarray(hi, dtype=arr.dtype)
-        if arr.min() < lo or arr.max() > hi:
-            return np.clip(arr, lo, hi)
-    return arr
+                return (signed_view << (width - 1 - high)) >> (width - bits), None
+            note = None
+            if high + 1 > bits and not (arr >> bits).any() and (arr & ((1 << (high + 1 - bits)) - 1)).any():
+                note = (
+                    f"(0028,0102) High Bit {high} puts the value in bits {high + 1 - bits}-{high}, but no cell has a "
+                    f"bit above {bits - 1} set and the low bits are used: read from bits 0-{bits - 1}"
+                )
+                high = bits - 1
+            elif high + 1 == bits and (share := float((arr > hi).mean())) > 0:
+                note = (
+                    f"{share:.1%} of the cells have bits above (0028,0101) Bits Stored {bits} set; masked off "
+                    "(PS3.5 8.1.1), which shows as wrapped contours if Bits Stored understates the data"
+                )
+            return (arr >> (high + 1 - bits) if high + 1 > bits else arr) & np.asarray(hi, dtype=arr.dtype), note
+        first, last = int(arr.min()), int(arr.max())
+        if first < 2 * lo or last > 2 * hi + 1:
+            return arr, f"{BEYOND_BITS} {bits} ({first}..{last}): kept as decoded, the codestream's own precision"
+        if first < lo or last > hi:
+            return np.clip(arr, lo, hi), None
+    return arr, None
 
 
 def value_high_bit(ds: Dataset) -> int:
@@ -606,11 +637,9 @@ def _decode_pydicom(ds: Dataset, ts: UID, path: str, tried: list[str] | None = N
         missing = "; ".join(decoder.missing_dependencies) or "no plugin"
         raise Undecodable(f"{path}: no installed decoder for {ts.name} ({missing}); decoders tried: {', '.join(tried)}")
     try:
-        high = value_high_bit(ds)  # a value in the high bits: pydicom masks to Bits Stored, fit_bits_stored shifts
-        shifted = holds_pixel_cells(ts) and high + 1 > int(ds.get("BitsStored") or ds.BitsAllocated)
-        options = {"bits_stored": high + 1} if shifted else {}
-        if holds_pixel_cells(ts) and padding_outside_bits(ds) is not None:  # the cells whole, so the padding is
-            options = {"bits_stored": int(ds.BitsAllocated)}  # found before fit_bits_stored folds it (it masks too)
+        # native cells whole (pydicom would mask them to Bits Stored): fit_bits_stored shifts a value in the high
+        # bits, tells the header's slips from the cells and masks; padding outside Bits Stored is found before that
+        options = {"bits_stored": int(ds.BitsAllocated)} if holds_pixel_cells(ts) else {}
         arr, _ = decoder.as_array(ds, index=0, **options)
     except Exception as exc:  # plugins raise anything from ValueError to RuntimeError to struct.error
         raise Undecodable(

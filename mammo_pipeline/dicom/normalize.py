@@ -315,14 +315,16 @@ def range_window(arr: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.nd
     return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0), None
 
 
-def apply_voi(arr: np.ndarray, ds: Dataset, mask: np.ndarray | None = None) -> tuple[np.ndarray, str, str | None]:
+def apply_voi(
+    arr: np.ndarray, ds: Dataset, mask: np.ndarray | None = None, header: bool = True
+) -> tuple[np.ndarray, str, str | None]:
     """The VOI step: VOI LUT Sequence, else window index 0, else the image's own range (min..max, or the
     percentiles of a For Processing image); (image in [0,1], method 'voi_lut' | 'window:<function>' | 'range' |
     'percentile', reason). `mask` (HxW bool, True = image) keeps padding out of the window checks, the range
-    and the percentiles."""
-    reasons: list[str] = []
+    and the percentiles; `header=False` goes straight to the image's own range."""
+    reasons: list[str] = [] if header else ["the header's VOI LUT and windows not used: its pixel values are wrong"]
     data = arr if mask is None or not mask.any() else arr[mask]
-    items = ds.get("VOILUTSequence") or []
+    items = (ds.get("VOILUTSequence") or []) if header else []
     for index in range(len(items)):  # the first usable item (PS3.3 C.11.2: item 0 is the default)
         lut_out = apply_voi_lut_sequence(arr, ds, index)
         where = f"(0028,3010) VOI LUT Sequence item {index}" if len(items) > 1 else "(0028,3010) VOI LUT Sequence"
@@ -332,7 +334,7 @@ def apply_voi(arr: np.ndarray, ds: Dataset, mask: np.ndarray | None = None) -> t
             reasons.append(f"{where} maps the image to one gray level")
         else:
             return lut_out, "voi_lut", "; ".join(reasons) or None
-    window, note = read_window(ds)
+    window, note = read_window(ds) if header else (None, None)
     if window is None and (note or not reasons):
         reasons.append(note or "no VOI LUT Sequence or Window Center/Width")
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
@@ -410,11 +412,17 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def render_pixels(
-    ds: Dataset, pixels: np.ndarray, sizes: Sequence[int] = (1024,), padding: np.ndarray | None = None
+    ds: Dataset,
+    pixels: np.ndarray,
+    sizes: Sequence[int] = (1024,),
+    padding: np.ndarray | None = None,
+    note: str | None = None,
+    header_voi: bool = True,
 ) -> Rendition:
     """Run steps 1-4 on already decoded stored values (full size or a reduced J2K level) of `ds`; `padding` (bool,
     the shape of `pixels`) adds the padding the decoder found before fitting the values to Bits Stored
-    (`decode.padding_beyond_bits`)."""
+    (`decode.padding_beyond_bits`); `note` (the decoder's, `decode.fit_bits_stored`) leads `fallback_reason`;
+    `header_voi=False` skips the header's VOI LUT and windows (a header that misstates its values)."""
     wanted = sorted({int(s) for s in sizes}, reverse=True)
     if not wanted or wanted[-1] < 1:
         raise ValueError(f"sizes must be positive long sides, got {list(sizes)}")
@@ -434,8 +442,8 @@ def render_pixels(
         values, inside = resize_masked(pixels, weight, work_shape, zero_outside=zero)
         values = apply_rescale(values, ds)
     mask = None if inside is None else inside > 0
-    display, method, reason = apply_voi(values, ds, mask)
-    reason = "; ".join(r for r in (rescale_problem(ds), reason) if r) or None
+    display, method, reason = apply_voi(values, ds, mask, header=header_voi)
+    reason = "; ".join(r for r in (note, rescale_problem(ds), reason) if r) or None
     inverted = is_inverted(ds)
     if inverted:
         display = invert(display)
@@ -509,7 +517,7 @@ def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
     try:
         ds = frame_attributes(ds)  # Frame VOI LUT / Pixel Value Transformation of frame 0, at the top level
         frame = decode_frame(ds, max(int(s) for s in sizes), path=path)
-        return render_pixels(ds, frame.pixels, sizes, frame.padding)
+        return render_pixels(ds, frame.pixels, sizes, frame.padding, frame.note, header_voi=not frame.beyond_bits)
     except UnusableImage:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError) as exc:
