@@ -50,14 +50,18 @@ mag
   1. `view_modifier:399163009`   a Magnification code in ViewModifierCodeSequence (SCT, or SNM3/SRT R-102D6).
   2. `series_description:MAG`    SeriesDescription holds the word MAG / MAGNIFICATION / MAGNIFIED.
   3. `magnification_factor>=1.3` (0018,1114) Estimated Radiographic Magnification Factor of 1.3 or more.
-  4. `view_modifier:other`       -> False: the device coded modifiers, and Magnification is not among them.
-  5. `silent`                    -> None.
+  4. `view_modifier_meaning:MAG` a modifier's Code Meaning says so (a private coding scheme's "MAGNIFICATION").
+  5. `view_modifier:other`       -> False: the device coded modifiers, every one of PS3.16 CID 4015, and
+                                 Magnification is not among them.
+  6. `view_modifier:unknown`     -> None: a modifier outside CID 4015 (a private scheme) says nothing (stop 55;
+                                 before, it counted as False).
+  7. `silent`                    -> None.
 spot
   1. `view_modifier:399055006`   a Spot Compression code (SCT, or SNM3/SRT R-102D7).
   2. `series_description:SPOT`   SeriesDescription holds the word SPOT.
   3. `paddle_description:SPOT`   (0018,11A4) Paddle Description names a spot paddle.
-  4. `view_modifier:other`       -> False, as for mag.
-  5. `silent`                    -> None.
+  4-7. as for mag (`view_modifier_meaning:SPOT`, `view_modifier:other`, `view_modifier:unknown`, `silent`).
+An SCT concept ID written under the SRT or SNM3 designator (digits only) is read as SCT (`normalize_code`).
 
 Not evidence, on purpose: a factor below 1.3 (Hologic Lorad writes 1.0 on true mag views), Grid NONE
 (Siemens PRIME has no grid on every view), focal spot 0.1 mm (also used for some contact views), and a
@@ -141,17 +145,41 @@ QUARANTINED_KINDS = frozenset({"tomosynthesis"})
 MAX_FRAMES = 2**31 - 1  # IS range (PS3.5 6.2)
 HEAD_BYTES = 65536  # read at once: holds a typical header (1.5-35 kB in vendor files); longer ones are re-read
 
-# SNOMED-RT / SNM3 code -> SCT concept (PS3.16 CID 4014 views, CID 4015 view modifiers).
-SRT_TO_SCT: dict[str, str] = {
-    "R-102D6": "399163009",  # Magnification
-    "R-102D7": "399055006",  # Spot Compression
-    "R-102D5": "399209000",  # Implant Displaced
+# SNOMED-RT / SNM3 code -> SCT concept of every PS3.16 CID 4014 view and CID 4015 view modifier (the pairs of
+# pydicom's SNOMED mapping, checked against pydicom.sr.coding.Code in the tests).
+_SRT_VIEWS: dict[str, str] = {  # CID 4014
+    "R-10244": "399196006",  # caudo-cranial
     "R-10242": "399162004",  # cranio-caudal
+    "R-1024A": "399192008",  # cranio-caudal exaggerated laterally
+    "R-1024B": "399101009",  # cranio-caudal exaggerated medially
+    "R-40AAA": "441555000",  # inferomedial to superolateral oblique
+    "R-10228": "399352003",  # latero-medial
+    "R-10230": "399099002",  # latero-medial oblique
     "R-10226": "399368009",  # medio-lateral oblique
     "R-10224": "399260004",  # medio-lateral
-    "R-10228": "399352003",  # latero-medial
-    "G-8310": "127457009",  # tissue specimen
+    "R-102D0": "399188001",  # superolateral to inferomedial oblique
+    "G-8310": "127457009",  # tissue specimen from breast
 }
+_SRT_MODIFIERS: dict[str, str] = {  # CID 4015
+    "P2-00161": "441752004",  # Anterior compression
+    "R-102D1": "399011000",  # Axillary Tail
+    "R-40AB2": "442580003",  # Axillary tissue
+    "R-102D2": "399161006",  # Cleavage
+    "R-102D5": "399209000",  # Implant Displaced
+    "R-40ABE": "442593008",  # Infra-mammary fold
+    "R-102D6": "399163009",  # Magnification
+    "R-40AB3": "442581004",  # Nipple in profile
+    "R-102CA": "414493004",  # Rolled Inferior
+    "R-102D3": "399197002",  # Rolled Lateral
+    "R-102D4": "399226006",  # Rolled Medial
+    "R-102C9": "415670009",  # Rolled Superior
+    "R-102D7": "399055006",  # Spot Compression
+    "R-102C2": "399110001",  # tangential
+}
+SRT_TO_SCT: dict[str, str] = {**_SRT_VIEWS, **_SRT_MODIFIERS}
+# CID 4015 View Modifier for Mammography, as SCT: a device that codes only these says what the view is, so a view
+# without Magnification (Spot Compression) among them is not one; a code outside it (a private scheme) says nothing.
+CID_4015 = frozenset(f"SCT:{v}" for v in _SRT_MODIFIERS.values())
 # SCT view code (CID 4014) -> the ACR/DICOM view abbreviation ViewPosition would hold.
 SCT_VIEW_ABBREVIATION: dict[str, str] = {
     "SCT:399162004": "CC",
@@ -623,16 +651,21 @@ def meta_flags(row: dict[str, Any]) -> tuple[bool | None, str, bool | None, str]
     factor = row.get("magnification_factor")
     paddle = row.get("paddle_description") or ""
 
+    meanings = " ".join(m or "" for m in row.get("view_modifier_meanings") or [])
+    standard = bool(codes) and set(codes) <= CID_4015  # every code one of CID 4015's: the device said what it is
+
     if SCT_MAGNIFICATION in codes:
         mag, mag_rule = True, "view_modifier:399163009"
     elif mentions_mag(description):
         mag, mag_rule = True, "series_description:MAG"
     elif factor is not None and factor >= MAG_FACTOR_THRESHOLD:
         mag, mag_rule = True, f"magnification_factor>={MAG_FACTOR_THRESHOLD}"
-    elif codes:
+    elif mentions_mag(meanings):
+        mag, mag_rule = True, "view_modifier_meaning:MAG"
+    elif standard:
         mag, mag_rule = False, "view_modifier:other"
     else:
-        mag, mag_rule = None, "silent"
+        mag, mag_rule = None, "view_modifier:unknown" if codes else "silent"
 
     if SCT_SPOT_COMPRESSION in codes:
         spot, spot_rule = True, "view_modifier:399055006"
@@ -640,10 +673,12 @@ def meta_flags(row: dict[str, Any]) -> tuple[bool | None, str, bool | None, str]
         spot, spot_rule = True, "series_description:SPOT"
     elif mentions_spot(paddle):
         spot, spot_rule = True, "paddle_description:SPOT"
-    elif codes:
+    elif mentions_spot(meanings):
+        spot, spot_rule = True, "view_modifier_meaning:SPOT"
+    elif standard:
         spot, spot_rule = False, "view_modifier:other"
     else:
-        spot, spot_rule = None, "silent"
+        spot, spot_rule = None, "view_modifier:unknown" if codes else "silent"
     return mag, mag_rule, spot, spot_rule
 
 
@@ -658,10 +693,13 @@ def mentions_spot(text: str | None) -> bool:
 
 
 def normalize_code(value: str, scheme: str) -> str:
-    """'SCHEME:value' with SNM3/SRT codes mapped to SCT where the concept is known (SNM3 == SRT otherwise)."""
+    """'SCHEME:value' with SNM3/SRT codes mapped to SCT where the concept is known (SNM3 == SRT otherwise), and an
+    SCT concept ID (digits only: SNOMED RT codes start with a letter) written under SRT or SNM3 read as SCT."""
     value, scheme = value.strip(), scheme.strip().upper()
     if scheme in ("SRT", "SNM3") and value in SRT_TO_SCT:
         return f"SCT:{SRT_TO_SCT[value]}"
+    if scheme in ("SRT", "SNM3", "SNOMED") and value.isdigit():
+        return f"SCT:{value}"
     if scheme == "SNM3":
         scheme = "SRT"
     return f"{scheme}:{value}"

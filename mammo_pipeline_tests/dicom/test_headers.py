@@ -156,6 +156,35 @@ def test_read_header_row_implant_displaced_is_evidence_against_mag(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("item", "mag", "spot"),
+    [
+        (("MAG1", "99HOLOGIC", "MAGNIFICATION"), (True, "view_modifier_meaning:MAG"), (None, "view_modifier:unknown")),
+        (("X1", "99PRIVATE", "Paddle 7"), (None, "view_modifier:unknown"), (None, "view_modifier:unknown")),
+        (("399163009", "SRT", ""), (True, "view_modifier:399163009"), (False, "view_modifier:other")),  # SCT as SRT
+        (("R-102D1", "SNM3", "Axillary Tail"), (False, "view_modifier:other"), (False, "view_modifier:other")),
+    ],
+)
+def test_a_modifier_outside_cid_4015_says_nothing_unless_its_meaning_does(tmp_path, item, mag, spot):
+    """A private coding scheme's modifier used to count as 'not magnified' (meta_mag False on a true mag view);
+    an SCT concept ID under the SRT designator was not recognized."""
+    row = row_of(tmp_path, modifiers=[code_item(*item)])
+    assert (row["meta_mag"], row["meta_mag_rule"]) == mag and (row["meta_spot"], row["meta_spot_rule"]) == spot
+
+
+def test_the_srt_to_sct_table_agrees_with_pydicom_and_covers_cid_4014_and_4015():
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    from mammo_pipeline.dicom.headers import CID_4015, SRT_TO_SCT
+
+    for srt, sct in SRT_TO_SCT.items():
+        assert Code(srt, "SRT", "") == Code(sct, "SCT", ""), srt
+    standard = {c.value for cid in (codes.cid4014, codes.cid4015) for c in cid.concepts.values()}
+    assert set(SRT_TO_SCT.values()) == standard
+    assert {f"SCT:{c.value}" for c in codes.cid4015.concepts.values()} == CID_4015
+
+
+@pytest.mark.parametrize(
     ("tags", "mag", "rule"),
     [
         ({"SeriesDescription": "L CC MAG"}, True, "series_description:MAG"),
