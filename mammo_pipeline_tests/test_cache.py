@@ -474,9 +474,9 @@ def test_an_image_whose_kept_copy_cannot_render_is_rendered_from_another_copy(se
     """A file damaged in transfer in drop d1, re-sent intact in drop d2: the index keeps d1's copy (first wins) and
     quarantines d2's as `duplicate`; the cache falls back on d2's copy instead of losing the image, records that
     copy as the rendition's source, and the next run finds it current."""
-    uid = generate_uid()
-    good = write_mg(settings.landing / "h1" / "d2" / "img.dcm", SOPInstanceUID=uid)
-    write_damaged_mg(settings.landing / "h1" / "d1" / "img.dcm", SOPInstanceUID=uid)
+    uid, study = generate_uid(), generate_uid()
+    good = write_mg(settings.landing / "h1" / "d2" / "img.dcm", SOPInstanceUID=uid, StudyInstanceUID=study)
+    write_damaged_mg(settings.landing / "h1" / "d1" / "img.dcm", SOPInstanceUID=uid, StudyInstanceUID=study)
     index_hospital(settings, "h1")
     quarantine = read_partition(settings, "quarantine", "h1")
     assert list(quarantine["reason"]) == ["duplicate"] and list(quarantine["drop"]) == ["d2"]

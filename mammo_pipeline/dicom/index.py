@@ -34,6 +34,7 @@ from mammo_pipeline.dicom import source_paths
 from mammo_pipeline.dicom.headers import read_header_row
 from mammo_pipeline.dicom.quarantine import (
     DUPLICATE,
+    UID_COLLISION,
     UNREADABLE,
     quarantine_row,
     quarantine_rows,
@@ -200,16 +201,19 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         source_paths.write_lookup(settings, hospital, drop, mapping)
 
     plans = {drop: _plan_drop(settings, hospital, drop, entries) for drop, entries in files.items()}
-    seen: dict[str, str] = {}  # sop uid -> rel_path; rows already indexed win over new ones
+    seen: dict[str, tuple[str, tuple[Any, ...]]] = {}  # sop uid -> (rel_path, identity); indexed rows win over new
     for plan in plans.values():
         for record in plan.kept_rows:
-            seen.setdefault(record[_SOP], record[_REL])
+            seen.setdefault(record[_SOP], (record[_REL], _identity(record)))
     planned = {index_path(settings, hospital, drop) for drop in plans}
     for path in sorted(settings.table_dir("dicom_index", hospital).glob("*.parquet")):
         if path not in planned:  # a drop gone from landing keeps its rows, and its images stay taken
-            table = pq.read_table(path, columns=["sop_instance_uid", "rel_path"])
-            for sop, rel in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
-                seen.setdefault(sop, rel)
+            present = set(pq.read_schema(path).names)
+            table = pq.read_table(
+                path, columns=[c for c in ("sop_instance_uid", "rel_path", *IDENTITY) if c in present]
+            )
+            for row in table.to_pylist():
+                seen.setdefault(row["sop_instance_uid"], (row["rel_path"], tuple(row.get(c) for c in IDENTITY)))
     for drop, plan in plans.items():
         _reread_orphaned_duplicates(plan, files[drop], seen)
     total = sum(len(p.to_read) for p in plans.values())
@@ -324,6 +328,16 @@ def _conformer(kind: pa.DataType) -> Any:
 
 NAMES: tuple[str, ...] = tuple(SCHEMA.names)
 _SOP, _REL = NAMES.index("sop_instance_uid"), NAMES.index("rel_path")
+# what a copy of an image shares with it, whatever its transfer syntax: two files under one SOP Instance UID that
+# differ here are two images (`uid_collision`), not a copy (`duplicate`)
+IDENTITY = ("study_instance_uid", "laterality", "view_position", "rows", "columns")
+_IDENTITY = tuple(NAMES.index(c) for c in IDENTITY)
+
+
+def _identity(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(record[i] for i in _IDENTITY)
+
+
 _CONFORM_PLAN = [(f.name, _conformer(f.type), pa.types.is_string(f.type)) for f in SCHEMA]
 
 
@@ -400,19 +414,28 @@ def _records_table(records: list[tuple[Any, ...]]) -> pa.Table:
 
 
 def _deduplicate(
-    records: list[tuple[Any, ...]], seen: dict[str, str]
+    records: list[tuple[Any, ...]], seen: dict[str, tuple[str, tuple[Any, ...]]]
 ) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
-    """(records whose SOP Instance UID is new, duplicate quarantine rows for the others); `seen` (sop uid ->
-    rel_path of the record that holds it) is updated."""
+    """(records whose SOP Instance UID is new, quarantine rows for the others: `duplicate` for a copy of the image
+    that holds the UID, `uid_collision` for another image under it, `IDENTITY` telling them apart); `seen` (sop uid
+    -> rel_path and identity of the record that holds it) is updated."""
     unique, duplicates = [], []
     for record in records:
         sop, rel = record[_SOP], record[_REL]
-        first = seen.setdefault(sop, rel)
+        first, identity = seen.setdefault(sop, (rel, _identity(record)))
         if first == rel:
             unique.append(record)
+            continue
+        row = dict(zip(NAMES, record, strict=True))
+        differ = [c for c, a, b in zip(IDENTITY, identity, _identity(record), strict=True) if a is not None and a != b]
+        if differ:
+            message = (
+                f"{rel}: another image under SOP Instance UID {sop}, already indexed from {first} (differs in "
+                f"{', '.join(differ)})"
+            )
+            duplicates.append(_duplicate_row(row, message, UID_COLLISION))
         else:
-            message = f"{rel}: SOP Instance UID {sop} already indexed from {first}"
-            duplicates.append(_duplicate_row(dict(zip(NAMES, record, strict=True)), message))
+            duplicates.append(_duplicate_row(row, f"{rel}: SOP Instance UID {sop} already indexed from {first}"))
     return unique, duplicates
 
 
@@ -475,13 +498,15 @@ def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple
 
 
 def _reread_orphaned_duplicates(
-    plan: _DropPlan, entries: list[tuple[str, int, int, str]], seen: dict[str, str]
+    plan: _DropPlan, entries: list[tuple[str, int, int, str]], seen: dict[str, tuple[str, tuple[Any, ...]]]
 ) -> None:
     """Move a kept `duplicate` quarantine row whose SOP Instance UID no kept row holds any more (the file that won
     was deleted or changed) back to the files to read: otherwise the surviving copy stayed quarantined as the
     duplicate of nothing, and its image out of the index, until someone touched the file."""
     orphans = {
-        q["rel_path"] for q in plan.kept_quarantine if q["reason"] == DUPLICATE and q["sop_instance_uid"] not in seen
+        q["rel_path"]
+        for q in plan.kept_quarantine
+        if q["reason"] in (DUPLICATE, UID_COLLISION) and q["sop_instance_uid"] not in seen
     }
     if orphans:
         plan.kept_quarantine[:] = [q for q in plan.kept_quarantine if q["rel_path"] not in orphans]
@@ -508,13 +533,13 @@ def _read_one(
         return "quarantine", row
 
 
-def _duplicate_row(row: dict[str, Any], message: str) -> dict[str, Any]:
+def _duplicate_row(row: dict[str, Any], message: str, reason: str = DUPLICATE) -> dict[str, Any]:
     return quarantine_row(
         hospital=row["hospital"],
         drop=row["drop"],
         rel_path=row["rel_path"],
         stage="index",
-        reason=DUPLICATE,
+        reason=reason,
         message=message,
         file_size=row["file_size"],
         file_mtime_ns=row["file_mtime_ns"],

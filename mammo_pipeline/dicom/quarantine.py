@@ -19,6 +19,9 @@ from mammo_pipeline.atomic import atomic_path
 from mammo_pipeline.dicom.errors import UnusableImage
 
 DUPLICATE = "duplicate"
+# another image under a SOP Instance UID already indexed (a different study, side, view or matrix): not a copy,
+# so never a stand-in for the kept one; the sending system reused a UID, and one of the two images is not shown
+UID_COLLISION = "uid_collision"
 SCHEMA = pa.schema(
     [
         ("hospital", pa.string()),

@@ -14,7 +14,7 @@ from mammo_pipeline.dicom import index as index_module
 from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.dicom.source_paths import pseudonymize_path, resolve
 from mammo_pipeline.warehouse import read_partition
-from mammo_pipeline_tests.dicom.test_headers import PATIENT, write_mg
+from mammo_pipeline_tests.dicom.test_headers import PATIENT, write_damaged_mg, write_mg
 
 
 def pseudo(settings, real_rel_path: str) -> str:
@@ -309,6 +309,26 @@ def test_the_copy_of_a_deleted_duplicate_takes_its_place(settings):
     rels = set(read_partition(settings, "dicom_index", "h1")["rel_path"])
     assert rels == {pseudo(settings, "h1/d1/b.dcm"), pseudo(settings, "h1/d2/a_again.dcm")}
     assert read_partition(settings, "quarantine", "h1").empty
+
+
+def test_another_image_under_a_sop_uid_already_taken_is_a_uid_collision_not_a_copy(settings):
+    """An R view sent under the SOP Instance UID of an L view: it used to be quarantined `duplicate`, like a copy,
+    and so offered to the cache as a stand-in for the L view. Now `uid_collision`, naming what differs, and a copy
+    re-sent in another transfer syntax (the same study, side, view and matrix) stays a `duplicate`."""
+    study = "1.2.3.9"
+    write_mg(settings.landing / "h1" / "d1" / "a.dcm", SOPInstanceUID="1.2.3.4.5", StudyInstanceUID=study)
+    write_mg(
+        settings.landing / "h1" / "d2" / "r.dcm",
+        SOPInstanceUID="1.2.3.4.5",
+        StudyInstanceUID=study,
+        ImageLaterality="R",
+    )
+    write_damaged_mg(settings.landing / "h1" / "d3" / "a.dcm", SOPInstanceUID="1.2.3.4.5", StudyInstanceUID=study)
+    result = index_hospital(settings, "h1")
+    assert result.rows == 1 and result.quarantined == {"uid_collision": 1, "duplicate": 1}
+    rows = read_partition(settings, "quarantine", "h1").set_index("reason")
+    assert "differs in laterality" in rows.loc["uid_collision", "message"]
+    assert rows.loc["duplicate", "drop"] == "d3"
 
 
 def test_a_copy_of_an_image_whose_drop_left_landing_is_still_a_duplicate(settings):
