@@ -322,7 +322,7 @@ def apply_voi(
     percentiles of a For Processing image); (image in [0,1], method 'voi_lut' | 'window:<function>' | 'range' |
     'percentile', reason). `mask` (HxW bool, True = image) keeps padding out of the window checks, the range
     and the percentiles; `header=False` goes straight to the image's own range."""
-    reasons: list[str] = [] if header else ["the header's VOI LUT and windows not used: its pixel values are wrong"]
+    reasons: list[str] = [] if header else ["the header's VOI LUT and windows not used: it misstates the pixel values"]
     data = arr if mask is None or not mask.any() else arr[mask]
     items = (ds.get("VOILUTSequence") or []) if header else []
     for index in range(len(items)):  # the first usable item (PS3.3 C.11.2: item 0 is the default)
