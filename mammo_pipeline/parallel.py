@@ -41,6 +41,9 @@ def die_with_parent(parent_pid: int) -> None:
             pass
     if os.getppid() != parent_pid:
         os._exit(1)
+    # Ctrl-C reaches the whole process group: the parent alone handles it and stops the pool (`_stop`); a worker
+    # interrupted inside the pool's queue lock left the others waiting on it, and the run hung (3 of 5 tries)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while True:
@@ -88,8 +91,24 @@ def imap_unordered(
             yield from _drive(client.get_executor(pure=False), fn, items, chunksize, max_pending or 2 * slots)
     else:
         max_pending = max_pending or 2 * workers
-        with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        pool = ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+        try:
             yield from _drive(pool, fn, items, chunksize, max_pending)
+        except BaseException:  # Ctrl-C, a failed item, or the caller closing the generator early
+            _stop(pool)
+            raise
+        pool.shutdown()
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the workers now: `shutdown(wait=True)`, which leaving a `with` block
+    does, waits for the chunks in flight (minutes on a large partition) before an interrupted run can end."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's pool keeps its workers here
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def _drive(pool: Executor, fn: Callable[[T], R], items: Iterable[T], chunksize: int, max_pending: int) -> Iterator[R]:

@@ -73,3 +73,50 @@ def test_pool_workers_die_when_their_parent_is_killed(tmp_path):
     for pid in survivors:  # never leave orphans behind when the test fails
         os.kill(pid, signal.SIGKILL)
     assert not survivors
+
+
+def record_and_nap(folder: str) -> int:
+    """A worker that says who it is, then works a moment: the pool's queues stay busy, as a cache run's do."""
+    Path(folder, str(os.getpid())).touch()
+    time.sleep(0.01)
+    return 0
+
+
+_INTERRUPTED = """
+import signal, sys
+from mammo_pipeline.parallel import imap_unordered
+from mammo_pipeline_tests.test_parallel import record_and_nap
+interrupted = []
+signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))  # as a Dagster step defers an interrupt ...
+for _ in imap_unordered(record_and_nap, [sys.argv[1]] * 100000, workers=2, chunksize=1):
+    if interrupted:
+        raise KeyboardInterrupt  # ... and raises it at its next check
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_one_ctrl_c_to_the_process_group_ends_the_run_and_its_workers(tmp_path):
+    """A terminal's Ctrl-C signals the whole group: the parent ends, and so do its workers. The hang a user met
+    (workers interrupted inside the pool's queue lock) needed a Dagster step around the pool and is tested there
+    (defs/test_interrupt.py); in plain Python the pool before the fix ended too, so this guards the pool's own
+    path, with an interrupt deferred as a Dagster step defers it."""
+    for attempt in range(3):  # the hang was a race: three tries make a pass mean something
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        parent = subprocess.Popen([sys.executable, "-c", _INTERRUPTED, str(folder)], start_new_session=True)
+        deadline = time.monotonic() + 30
+        while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [int(p.name) for p in folder.iterdir()]
+        time.sleep(0.5)
+        os.killpg(parent.pid, signal.SIGINT)
+        try:
+            code = parent.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            code = None
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
+        survivors = [pid for pid in workers if _running(pid)]
+        for pid in survivors:
+            os.kill(pid, signal.SIGKILL)
+        assert code not in (None, 0) and not survivors, (attempt, code, survivors)
