@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from mammo_pipeline import promotions, warehouse
+from mammo_pipeline import promotions, summary, warehouse
 from mammo_pipeline.settings import Settings
 
 MODEL_FIELDS = (
@@ -73,21 +73,24 @@ def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp 
             raise UnknownStudy(f"study {study_uid}: no model current {when_text} had predicted it")
         pick = current.iloc[0]
         hospital, version = str(pick["hospital"]), str(pick["model_version"])
+        # as of a past time: only the images predicted by then (a study that gained an image later had fewer)
         images = con.execute(
             "SELECT * EXCLUDE (patient_key) FROM image_predictions WHERE study_instance_uid = ? AND hospital = ? "
-            "AND model_version = ? ORDER BY sop_instance_uid",
+            f"AND model_version = ? AND predicted_at <= {when} ORDER BY sop_instance_uid",
             [study_uid, hospital, version],
         ).df()
         images = images.merge(_drops(con, views, study_uid), on="sop_instance_uid", how="left")
-        study = _study_row(con, views, study_uid, hospital, version)
-        history = _history(con, views, study_uid, hospital)
+        study = _study_row(con, views, study_uid, hospital, version, when)
+        history = _history(con, views, study_uid, hospital, when)
+        models = _models(con, views, history["model_version"].tolist())
+        if study is None and "study_predictions" in views:  # the study's row was rewritten after `as_of`: its
+            study = _study_as_of(images, models.get(version, {}))  # flags then, from the images of then
         promoted = con.execute(
             "SELECT promoted_at, hospital, model_version, reason, promoted_by, dagster_run_id "
             "FROM model_promotions WHERE hospital IS NULL OR hospital = ? ORDER BY promoted_at",
             [hospital],
         ).df()
-        models = _models(con, views, history["model_version"].tolist())
-    first = images.iloc[0]
+    first = images.sort_values("predicted_at").iloc[-1]  # the newest prediction by then: its run wrote the answer
     return {
         "study_instance_uid": study_uid,
         "as_of": "now" if as_of is None else promotions.utc(as_of).isoformat(),
@@ -122,14 +125,16 @@ def _drops(con, views: set[str], study_uid: str) -> pd.DataFrame:
     return pd.DataFrame({"sop_instance_uid": pd.Series(dtype=str), "drop": pd.Series(dtype=str)})
 
 
-def _history(con, views: set[str], study_uid: str, hospital: str) -> pd.DataFrame:
-    """One row per model that predicted the study, oldest first: its study flags as study_predictions holds them
-    (each model's own study thresholds), else ANY of its image flags (study_predictions not materialized)."""
+def _history(con, views: set[str], study_uid: str, hospital: str, when: str = "now()") -> pd.DataFrame:
+    """One row per model that predicted the study by `when`, oldest first, from its image predictions of then:
+    its study flags as study_predictions holds them (each model's own study thresholds) when that row was written
+    by then, else ANY of its image flags (study_predictions not materialized, or rewritten since)."""
     studies = "SELECT NULL::VARCHAR AS model_version, NULL::BOOLEAN AS b, NULL::BOOLEAN AS m"
     if "study_predictions" in views:
         studies = (
             "SELECT model_version, any_value(has_biopsy_marker) AS b, any_value(is_mag_view) AS m "
-            "FROM study_predictions WHERE study_instance_uid = $study AND hospital = $hospital GROUP BY 1"
+            "FROM study_predictions WHERE study_instance_uid = $study AND hospital = $hospital "
+            f"AND predicted_at <= {when} GROUP BY 1"
         )
     return con.execute(
         f"""WITH images AS (
@@ -138,6 +143,7 @@ def _history(con, views: set[str], study_uid: str, hospital: str) -> pd.DataFram
                        any_value(label_snapshot_id) AS label_snapshot_id,
                        any_value(dagster_run_id) AS dagster_run_id, max(predicted_at) AS predicted_at
                 FROM image_predictions WHERE study_instance_uid = $study AND hospital = $hospital
+                  AND predicted_at <= {when}
                 GROUP BY model_version),
             studies AS ({studies})
             SELECT i.model_version, i.n_images, coalesce(s.b, i.b) AS has_biopsy_marker,
@@ -148,15 +154,25 @@ def _history(con, views: set[str], study_uid: str, hospital: str) -> pd.DataFram
     ).df()
 
 
-def _study_row(con, views: set[str], study_uid: str, hospital: str, version: str) -> dict | None:
+def _study_row(con, views: set[str], study_uid: str, hospital: str, version: str, when: str = "now()") -> dict | None:
+    """The study_predictions row of the study and model, if it was written by `when`."""
     if "study_predictions" not in views:
         return None
     rows = con.execute(
         "SELECT * EXCLUDE (patient_key) FROM study_predictions WHERE study_instance_uid = ? AND hospital = ? "
-        "AND model_version = ?",
+        f"AND model_version = ? AND predicted_at <= {when}",
         [study_uid, hospital, version],
     ).df()
     return _clean(rows.iloc[0].to_dict()) if len(rows) else None
+
+
+def _study_as_of(images: pd.DataFrame, model: dict) -> dict:
+    """The study's flags from the image predictions it had at a past time, by the model's study operating points
+    (`summary.study_flags`, the rule study_predictions applies), marked `recomputed_as_of`: study_predictions keeps
+    one row per study and model, rewritten when the study gains an image, so its flags of then are not stored."""
+    points = model.get("operating_points")
+    row = summary.study_flags(images, json.loads(points) if isinstance(points, str) and points else None)
+    return _clean({**row, "recomputed_as_of": True})
 
 
 def _models(con, views: set[str], versions: list[str]) -> dict[str, dict]:

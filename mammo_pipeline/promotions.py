@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from mammo_pipeline import warehouse
 from mammo_pipeline.landing import list_hospitals
@@ -69,14 +70,19 @@ def timestamp_sql(when: pd.Timestamp | str | None) -> str:
 def current_models_sql(as_of: str = "now()", table: str = "image_predictions") -> str:
     """SELECT hospital, model_version, promoted_at, promoted: the current model per hospital at `as_of` (a SQL
     timestamp, `timestamp_sql`), among the models whose rows of `table` (image_predictions or study_predictions)
-    had been written by then.
+    had been written by then, pruned ones included (`prediction_prunes`): a time when a pruned model was current
+    has that model, whose rows are gone, and so no current rows, rather than the model before it.
 
-    Needs the `table` and `model_promotions` views (warehouse.connect makes both).
+    Needs the `table`, `model_promotions` and `prediction_prunes` views (warehouse.connect makes them).
     """
     return f"""
     WITH avail AS (
-        SELECT hospital, model_version, max(predicted_at) AS predicted_at FROM {table}
-        WHERE predicted_at <= {as_of} GROUP BY ALL
+        SELECT hospital, model_version, max(predicted_at) AS predicted_at FROM (
+            SELECT hospital, model_version, predicted_at FROM {table} WHERE predicted_at <= {as_of}
+            UNION ALL  -- a slice pruned since: its model was there then, and may have been the current one
+            SELECT hospital, model_version, least(last_predicted_at, {as_of}) FROM prediction_prunes
+            WHERE table_name = '{table}' AND first_predicted_at <= {as_of}
+        ) GROUP BY ALL
     ), promo AS (
         SELECT a.hospital, a.model_version, max(p.promoted_at) AS promoted_at
         FROM avail a JOIN model_promotions p
@@ -295,12 +301,34 @@ def prune_plan(settings: Settings, keep: int) -> list[PruneItem]:
 
 
 def prune(settings: Settings, keep: int, dry_run: bool = False) -> list[PruneItem]:
-    """Delete the slices `prune_plan` names (whole model_version folders); return them."""
+    """Delete the slices `prune_plan` names (whole model_version folders), recording each in `prediction_prunes`
+    first (so `--as-of` still knows its model was there); return them."""
     plan = prune_plan(settings, keep)
-    if not dry_run:
-        for item in plan:
-            shutil.rmtree(item.path)
-        warehouse.refresh_views(settings)
+    if dry_run or not plan:
+        return plan
+    now = pd.Timestamp.now(tz="UTC")
+    rows = []
+    for item in plan:
+        times = pd.concat(
+            [pq.read_table(f, columns=["predicted_at"]).to_pandas() for f in item.path.glob("*.parquet")]
+            or [pd.DataFrame({"predicted_at": pd.Series(dtype="datetime64[ns, UTC]")})]
+        )["predicted_at"]
+        rows.append(
+            {
+                "table_name": item.table,
+                "hospital": item.hospital,
+                "model_version": item.model_version,
+                "first_predicted_at": times.min() if len(times) else None,
+                "last_predicted_at": times.max() if len(times) else None,
+                "n_rows": len(times),
+                "pruned_at": now,
+            }
+        )
+    name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}.parquet"
+    warehouse.write_table_file("prediction_prunes", pd.DataFrame(rows), settings.table_dir("prediction_prunes") / name)
+    for item in plan:
+        shutil.rmtree(item.path)
+    warehouse.refresh_views(settings)
     return plan
 
 

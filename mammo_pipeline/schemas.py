@@ -127,6 +127,21 @@ MODEL_REGISTRY = pa.schema(
 )
 
 
+# One row per prediction slice `mammo model prune` deleted: what it held, so that `--as-of` still knows the model
+# was there (and current) at a time whose rows are gone, instead of taking the model before it for current.
+PREDICTION_PRUNES = pa.schema(
+    [
+        ("table_name", _STR),  # image_predictions | study_predictions
+        ("hospital", _STR),
+        ("model_version", _STR),
+        ("first_predicted_at", _TS),
+        ("last_predicted_at", _TS),
+        ("n_rows", _I64),
+        ("pruned_at", _TS),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """Where a table lives and how its folders are laid out."""
@@ -159,6 +174,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("image_predictions", ("hospital", "model_version"), "mammo_pipeline.schemas:IMAGE_PREDICTIONS"),
         TableSpec("study_predictions", ("hospital", "model_version"), "mammo_pipeline.schemas:STUDY_PREDICTIONS"),
         TableSpec("model_promotions", (), "mammo_pipeline.schemas:MODEL_PROMOTIONS"),
+        TableSpec("prediction_prunes", (), "mammo_pipeline.schemas:PREDICTION_PRUNES"),
         # Their writers live elsewhere and may add columns before this file learns them: those pass through.
         TableSpec("labels", (), "mammo_pipeline.schemas:LABELS", strict=False),
         TableSpec("model_registry", (), "mammo_pipeline.schemas:MODEL_REGISTRY", strict=False),

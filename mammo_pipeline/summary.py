@@ -48,14 +48,6 @@ def aggregate_studies(image_predictions: Path, points: dict | None = None) -> pd
     is and needs review when ANY image does (NULL when the model gave no needs_review flag). n_biopsy_images,
     n_mag_images and n_needs_review count the images flagged at the image thresholds.
     """
-    biopsy, mag = (evaluate.study_point(points or {}, flag) for flag in evaluate.FLAGS)
-    biopsy_sql, biopsy_args = _study_flag("p_biopsy", "has_biopsy_marker", biopsy)
-    mag_sql, mag_args = _study_flag("p_mag", "is_mag_view", mag)
-    review_sql, review_args = "bool_or(needs_review)", []
-    if biopsy is not None and mag is not None:
-        review_sql = "(max(p_biopsy) >= ? AND max(p_biopsy) < ?) OR (max(p_mag) >= ? AND max(p_mag) < ?)"
-        review_args = [float(biopsy["review_low"]), float(biopsy["review_high"])]
-        review_args += [float(mag["review_low"]), float(mag["review_high"])]
     con = duckdb.connect()
     try:
         source = f"read_parquet('{image_predictions}')"
@@ -65,24 +57,51 @@ def aggregate_studies(image_predictions: Path, points: dict | None = None) -> pd
         models = con.execute("SELECT DISTINCT model_version, onnx_sha256 FROM images").fetchall()
         if len(models) > 1:
             raise MixedModels(f"{image_predictions}: predictions from {len(models)} models {models}; re-materialize")
-        return con.execute(
-            f"""
-            SELECT study_instance_uid, any_value(hospital) AS hospital, any_value(patient_key) AS patient_key,
-                   count(*) AS n_images,
-                   {biopsy_sql} AS has_biopsy_marker, {mag_sql} AS is_mag_view,
-                   count_if(has_biopsy_marker) AS n_biopsy_images, count_if(is_mag_view) AS n_mag_images,
-                   max(p_biopsy) AS max_p_biopsy, max(p_mag) AS max_p_mag,
-                   {review_sql} AS needs_review,
-                   CASE WHEN count(needs_review) > 0 THEN count_if(needs_review) END AS n_needs_review,
-                   any_value(model_version) AS model_version, any_value(onnx_sha256) AS onnx_sha256,
-                   any_value(label_snapshot_id) AS label_snapshot_id,
-                   any_value(dagster_run_id) AS dagster_run_id, max(predicted_at) AS predicted_at
-            FROM images GROUP BY study_instance_uid ORDER BY study_instance_uid
-            """,
-            biopsy_args + mag_args + review_args,
-        ).df()
+        return _aggregate(con, points)
     finally:
         con.close()
+
+
+def study_flags(images: pd.DataFrame, points: dict | None = None) -> dict:
+    """`aggregate_studies`' row for the image_predictions rows `images` of one study (a frame, not a file): the
+    study's flags from a chosen set of its images, such as those it had at a past time."""
+    con = duckdb.connect()
+    try:
+        con.register("frame", images)
+        present = set(images.columns)
+        con.execute(f"CREATE VIEW images AS {schemas.select_sql('image_predictions', 'frame', present)}")
+        rows = _aggregate(con, points)
+    finally:
+        con.close()
+    return rows.iloc[0].to_dict() if len(rows) else {}
+
+
+def _aggregate(con: duckdb.DuckDBPyConnection, points: dict | None) -> pd.DataFrame:
+    """The per-study rows of the `images` view of `con` (see `aggregate_studies`)."""
+    biopsy, mag = (evaluate.study_point(points or {}, flag) for flag in evaluate.FLAGS)
+    biopsy_sql, biopsy_args = _study_flag("p_biopsy", "has_biopsy_marker", biopsy)
+    mag_sql, mag_args = _study_flag("p_mag", "is_mag_view", mag)
+    review_sql, review_args = "bool_or(needs_review)", []
+    if biopsy is not None and mag is not None:
+        review_sql = "(max(p_biopsy) >= ? AND max(p_biopsy) < ?) OR (max(p_mag) >= ? AND max(p_mag) < ?)"
+        review_args = [float(biopsy["review_low"]), float(biopsy["review_high"])]
+        review_args += [float(mag["review_low"]), float(mag["review_high"])]
+    return con.execute(
+        f"""
+        SELECT study_instance_uid, any_value(hospital) AS hospital, any_value(patient_key) AS patient_key,
+               count(*) AS n_images,
+               {biopsy_sql} AS has_biopsy_marker, {mag_sql} AS is_mag_view,
+               count_if(has_biopsy_marker) AS n_biopsy_images, count_if(is_mag_view) AS n_mag_images,
+               max(p_biopsy) AS max_p_biopsy, max(p_mag) AS max_p_mag,
+               {review_sql} AS needs_review,
+               CASE WHEN count(needs_review) > 0 THEN count_if(needs_review) END AS n_needs_review,
+               any_value(model_version) AS model_version, any_value(onnx_sha256) AS onnx_sha256,
+               any_value(label_snapshot_id) AS label_snapshot_id,
+               any_value(dagster_run_id) AS dagster_run_id, max(predicted_at) AS predicted_at
+        FROM images GROUP BY study_instance_uid ORDER BY study_instance_uid
+        """,
+        biopsy_args + mag_args + review_args,
+    ).df()
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,7 @@ def _view_sqls(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, 
         if glob:
             sqls[table] = _table_sql(con, table, glob)
     sqls.setdefault("model_promotions", schemas.empty_sql("model_promotions"))
+    sqls.setdefault("prediction_prunes", schemas.empty_sql("prediction_prunes"))
     for view, table in CURRENT_VIEWS.items():
         if table in sqls and "image_predictions" in sqls:
             sqls[view] = current_rows_sql(table)

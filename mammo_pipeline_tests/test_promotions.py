@@ -254,3 +254,55 @@ def test_cli_model_list_gives_each_models_intervals_and_what_it_serves(two_model
     runner.invoke(model_command, ["promote", "m1", "--hospital", "h2", "--rollback"])
     lines = {line.split()[0]: line for line in runner.invoke(model_command, ["list"]).output.splitlines()[1:]}
     assert lines["m1"].rstrip().endswith("h2") and lines["m2"].rstrip().endswith("h1")
+
+
+def test_as_of_a_time_before_a_study_gained_an_image_answers_with_the_images_of_then(two_models):
+    """A user's report: a late image of s1 (a new drop, predicted by m2 after T) showed up in the answer for T, with
+    its drop, its time and its run, and the study's flags of after T; an `--as-of` answer must stay the answer."""
+    settings = two_models
+    before = study_lineage(settings, "s1", as_of=NOV + 2 * HOUR)
+    path = warehouse.slice_file(settings, "image_predictions", "h1", "m2")
+    rows = pd.read_parquet(path)
+    late = (
+        rows[rows["study_instance_uid"] == "s1"]
+        .iloc[[0]]
+        .assign(
+            sop_instance_uid="s1.late",
+            predicted_at=NOV + 5 * HOUR,
+            dagster_run_id="run-late",
+            p_biopsy=0.99,
+            has_biopsy_marker=True,
+        )
+    )
+    warehouse.write_table_file("image_predictions", pd.concat([rows, late]), path)  # the next run's slice
+    warehouse.write_slice(settings, "study_predictions", "h1", "m2", aggregate_studies(path))  # s1's row rewritten
+    then = study_lineage(settings, "s1", as_of=NOV + 2 * HOUR)
+    assert (
+        [i["sop_instance_uid"] for i in then["images"]]
+        == ["s1.0", "s1.1"]
+        == [i["sop_instance_uid"] for i in before["images"]]
+    )
+    assert then["current"]["dagster_run_id"] == "run-m2-h1"
+    assert then["prediction"]["n_images"] == 2 and then["prediction"]["recomputed_as_of"] is True
+    assert then["prediction"]["has_biopsy_marker"] == before["prediction"]["has_biopsy_marker"]
+    assert [h["n_images"] for h in then["history"]] == [2, 2]
+    now = study_lineage(settings, "s1")
+    assert len(now["images"]) == 3 and now["current"]["dagster_run_id"] == "run-late"
+    assert now["prediction"]["n_images"] == 3 and "recomputed_as_of" not in now["prediction"]
+
+
+def test_as_of_a_time_when_a_pruned_model_was_current_has_no_current_model(two_models):
+    """A user's report: after `prune --keep 1` removed m2's slices, asking about a time when m2 was current named m1
+    (promoted before it) as current; the README promises 'no model current'. Pruned slices are now recorded."""
+    settings = two_models
+    export(settings, "m3", 2)
+    promotions.promote(settings, "m3", now=NOV + 10 * HOUR)
+    predict(settings, "h1", "m3", at=NOV + 11 * HOUR)
+    predict(settings, "h2", "m3", at=NOV + 11 * HOUR)
+    promotions.prune(settings, keep=1)
+    assert study_lineage(settings, "s1")["current"]["model_version"] == "m3"
+    with pytest.raises(Exception, match="no model current"):
+        study_lineage(settings, "s1", as_of=NOV + 2 * HOUR)  # m2's time: its rows are gone, m1's do not stand in
+    pruned = warehouse.query(settings, "SELECT table_name, hospital, model_version, n_rows FROM prediction_prunes")
+    assert set(pruned["model_version"]) == {"m1", "m2"} and (pruned["n_rows"] > 0).all()
+    assert current(settings) == {"h1": {"m3"}, "h2": {"m3"}}

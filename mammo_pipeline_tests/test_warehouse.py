@@ -20,7 +20,13 @@ def test_views_cover_partitioned_and_flat_tables(settings):
     pd.DataFrame({"model_version": ["m1"]}).to_parquet(settings.table_dir("model_registry") / "m1.parquet")
 
     made = warehouse.refresh_views(settings)
-    assert made == ["image_predictions", "model_registry", "model_promotions", "image_predictions_current"]
+    assert made == [
+        "image_predictions",
+        "model_registry",
+        "model_promotions",
+        "prediction_prunes",
+        "image_predictions_current",
+    ]
     counts = warehouse.query(settings, "SELECT hospital, count(*) AS n FROM image_predictions GROUP BY 1 ORDER BY 1")
     assert counts.to_dict("list") == {"hospital": ["h1", "h2"], "n": [2, 1]}
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:  # the file other tools open
@@ -65,5 +71,5 @@ def test_read_partition_of_a_missing_table_is_empty(settings):
 def test_refresh_views_replaces_the_file_atomically(settings):
     warehouse.refresh_views(settings)
     warehouse.write_partition(settings, "quarantine", "h1", pd.DataFrame({"reason": ["not_dicom"]}))
-    assert warehouse.refresh_views(settings) == ["quarantine", "model_promotions"]
+    assert warehouse.refresh_views(settings) == ["quarantine", "model_promotions", "prediction_prunes"]
     assert [p.name for p in settings.warehouse.iterdir() if p.name.startswith(".")] == []

@@ -55,6 +55,9 @@ def command(study_uid: str, fmt: str, as_of: str | None) -> None:
     click.echo(lineage_json(lineage) if fmt == "json" else render(lineage))
 
 
+LATER = "; recomputed from the images of then: the study gained images later"
+
+
 def render(lineage: dict) -> str:
     """A short human-readable report: the study, each model, then one line per image."""
     study = lineage["prediction"] or {}
@@ -69,7 +72,8 @@ def render(lineage: dict) -> str:
         f"           labels {current['label_snapshot_id']}  dagster run {current['dagster_run_id']}",
         f"prediction biopsy={study.get('has_biopsy_marker')} mag={study.get('is_mag_view')} "
         f"(max p {_p(study.get('max_p_biopsy'))} / {_p(study.get('max_p_mag'))} against "
-        f"{_study_rule(lineage['models'].get(current['model_version'], {}))}, {study.get('n_images')} images)",
+        f"{_study_rule(lineage['models'].get(current['model_version'], {}))}, {study.get('n_images')} images"
+        f"{LATER if study.get('recomputed_as_of') else ''})",
     ]
     for version, model in lineage["models"].items():
         lines.append(
