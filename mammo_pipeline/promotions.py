@@ -223,6 +223,9 @@ def promote(
         When `model_version` has no exported ONNX model.
     UnknownHospital
         When `hospital` is given and is not a hospital of this home (`known_hospitals`).
+    ModelMismatch
+        When one of the model's ONNX files is not the one exported (`model.infer.check_files`); FileNotFoundError
+        when its inference file is missing.
     """
     if reason not in REASONS:
         raise ValueError(f"reason must be one of {REASONS}, not {reason!r}")
@@ -232,6 +235,9 @@ def promote(
             "leave --hospital out to promote for every hospital"
         )
     ref = model_ref(settings, model_version)
+    from mammo_pipeline.model.infer import check_files  # onnxruntime, only when promoting
+
+    check_files(settings, ref)  # a changed file would fail every prediction of the hospitals it becomes current for
     if not ref_path(settings, model_version).exists():
         save_ref(settings, ref)
     when = utc(now) if now is not None else pd.Timestamp.now(tz="UTC")
@@ -259,6 +265,25 @@ def predicted_hospitals(settings: Settings, model_version: str) -> list[str]:
         for p in root.glob(f"hospital=*/model_version={model_version}")
         if (p / warehouse.SLICE_FILE).exists()
     )
+
+
+def partly_predicted(settings: Settings, model_version: str, hospitals: list[str]) -> list[tuple[str, int, int]]:
+    """(hospital, images the model predicted, images cached) for each of `hospitals` whose cached images the
+    model's slice does not all cover: made current, it shows fewer images than the cache holds until predicted
+    again (a drop that arrived after the model last ran there)."""
+    if not hospitals:
+        return []
+    with warehouse.connect(settings) as con:
+        if not {"image_cache", "image_predictions"} <= warehouse.views(con):
+            return []
+        rows = con.execute(
+            """SELECT c.hospital, count(DISTINCT p.sop_instance_uid) AS n, count(DISTINCT c.sop_instance_uid) AS cached
+               FROM image_cache c LEFT JOIN image_predictions p ON p.hospital = c.hospital
+                 AND p.sop_instance_uid = c.sop_instance_uid AND p.model_version = ?
+               WHERE c.hospital IN (SELECT unnest(?)) GROUP BY 1 ORDER BY 1""",
+            [model_version, hospitals],
+        ).fetchall()
+    return [(str(h), int(n), int(cached)) for h, n, cached in rows if n < cached]
 
 
 @dataclass(frozen=True)

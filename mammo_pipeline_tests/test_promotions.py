@@ -306,3 +306,24 @@ def test_as_of_a_time_when_a_pruned_model_was_current_has_no_current_model(two_m
     pruned = warehouse.query(settings, "SELECT table_name, hospital, model_version, n_rows FROM prediction_prunes")
     assert set(pruned["model_version"]) == {"m1", "m2"} and (pruned["n_rows"] > 0).all()
     assert current(settings) == {"h1": {"m3"}, "h2": {"m3"}}
+
+
+def test_promote_refuses_a_model_whose_onnx_file_changed_and_warns_of_images_a_rollback_hides(two_models):
+    """A user's report: a model whose ONNX file had changed was promoted all the same (every prediction then failed),
+    and a rollback silently showed fewer images in the current views than the cache holds."""
+    settings = two_models
+    runner = CliRunner()
+    manifest = pd.read_parquet(settings.table_dir("image_cache", "h1") / "manifest.parquet")
+    late = manifest.iloc[[0]].assign(sop_instance_uid="s1.late")
+    warehouse.write_table_file(
+        "image_cache", pd.concat([manifest, late]), settings.table_dir("image_cache", "h1") / "manifest.parquet"
+    )
+    out = runner.invoke(model_command, ["promote", "m1", "--rollback"])
+    assert out.exit_code == 0, out.output
+    assert "m1 predicted 3 of the 4 cached images of h1" in out.output and "of h2" not in out.output
+    onnx = promotions.model_ref(settings, "m2").path(settings.models, "model.onnx")
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    before = len(promotions.read_promotions(settings))
+    bad = runner.invoke(model_command, ["promote", "m2"])
+    assert bad.exit_code == 1 and "model m2 recorded when it was exported" in bad.output, bad.output
+    assert len(promotions.read_promotions(settings)) == before  # nothing promoted

@@ -83,13 +83,15 @@ def promote(version: str, hospital: str | None, rollback: bool, note: str) -> No
         mammo model promote 3f2a9c1d7e4b --note "retrained on round 5"
         mammo model promote 1b7e0c9a2d44 --hospital hospital-b --rollback
     """
+    from mammo_pipeline.model.infer import ModelMismatch  # onnxruntime: only for this command
+
     settings = Settings.from_env()
     try:
         row = promotions.promote(
             settings, version, hospital, reason="rollback" if rollback else "manual", promoted_by="cli", note=note
         )
-    except (promotions.UnknownModel, promotions.UnknownHospital) as e:
-        raise click.ClickException(e.args[0]) from e
+    except (promotions.UnknownModel, promotions.UnknownHospital, ModelMismatch, FileNotFoundError) as e:
+        raise click.ClickException(str(e.args[0])) from e
     warehouse.refresh_views(settings)
     scope = hospital or "every hospital"
     click.echo(
@@ -102,6 +104,11 @@ def promote(version: str, hospital: str | None, rollback: bool, note: str) -> No
         click.echo(
             f"No predictions of {version} yet for {', '.join(missing)}: until image_predictions and "
             "study_predictions are materialized for them, their current views keep the previous model's rows."
+        )
+    for h, n, cached in promotions.partly_predicted(settings, version, [h for h in wanted if h in predicted]):
+        click.echo(
+            f"{version} predicted {n} of the {cached} cached images of {h}: its current views show those {n} until "
+            f"image_predictions and study_predictions are materialized for {h} (the nightly pass, or the UI)."
         )
 
 

@@ -135,20 +135,39 @@ def _second_look_session(settings: Settings, ref: ModelRef) -> ort.InferenceSess
     path = ref.path(settings.models, info["onnx_file"])
     if not path.exists():
         raise FileNotFoundError(f"{path}: the second look's ONNX file is missing; re-materialize onnx_model")
-    sha = sha256_file(path)
-    if info.get("onnx_sha256") and info["onnx_sha256"] != sha:
-        raise ModelMismatch(f"{path}: sha256 {sha[:12]} differs from current.json ({info['onnx_sha256'][:12]})")
+    check_file(path, info.get("onnx_sha256"), ref)
     return ort.InferenceSession(str(path), _options(settings), providers=["CPUExecutionProvider"])
+
+
+def check_file(path: Path, expected: str | None, ref: ModelRef) -> str:
+    """The sha256 of `path`, one of model `ref`'s files; raises ModelMismatch when it is not the `expected` one
+    recorded at export (in `models/<version>/ref.json`, and `current.json` while the model is the newest)."""
+    sha = sha256_file(path)
+    if expected and expected != sha:
+        raise ModelMismatch(
+            f"{path}: sha256 {sha[:12]} is not the {expected[:12]} model {ref.model_version} recorded when it was "
+            "exported (models/<version>/ref.json): the file changed since; restore it from a backup, or promote "
+            "another model"
+        )
+    return sha
+
+
+def check_files(settings: Settings, ref: ModelRef) -> None:
+    """Every ONNX file of `ref` that exists is the one exported (`check_file`): the inference file, the fp32 ONNX
+    file and the second look's. Raises ModelMismatch naming the first that is not, FileNotFoundError for a
+    missing inference file."""
+    look = ref.extra.get("second_look") or {}
+    check_file(model_file(settings, ref), ref.inference_sha256 if ref.inference_file else ref.onnx_sha256, ref)
+    for name, sha in ((ref.onnx_file, ref.onnx_sha256), (look.get("onnx_file"), look.get("onnx_sha256"))):
+        if name and ref.path(settings.models, name).exists():
+            check_file(ref.path(settings.models, name), sha, ref)
 
 
 def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
     """Open the inference file (and the second look's) on CPU with `settings.n_threads` intra-op threads, after
     checking they are `ref`'s."""
     path = model_file(settings, ref)
-    sha = sha256_file(path)
-    expected = ref.inference_sha256 if ref.inference_file else ref.onnx_sha256
-    if expected and expected != sha:
-        raise ModelMismatch(f"{path}: sha256 {sha[:12]} differs from current.json ({expected[:12]}); re-export")
+    sha = check_file(path, ref.inference_sha256 if ref.inference_file else ref.onnx_sha256, ref)
     session = ort.InferenceSession(str(path), _options(settings), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("model_version", ref.model_version) != ref.model_version:
