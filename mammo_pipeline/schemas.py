@@ -123,6 +123,10 @@ MODEL_REGISTRY = pa.schema(
         ("onnx_bytes", _I64),
         ("int8_bytes", _I64),
         ("inference_file", _STR),
+        # what image_predictions.onnx_sha256 holds (the inference file's: int8 or fp32), and the second look's
+        # file, which answers p_biopsy: a prediction joins its registry row on (model_version, inference_sha256)
+        ("inference_sha256", _STR),
+        ("second_look_sha256", _STR),
     ]
 )
 

@@ -312,6 +312,8 @@ def export_onnx(settings: Settings, ref: ModelRef) -> ModelRef:
         onnx_bytes=comparison["onnx_bytes"],
         int8_bytes=comparison["int8_bytes"],
         inference_file=chosen.name,
+        inference_sha256=new.inference_sha256,
+        second_look_sha256=(look or {}).get("onnx_sha256"),
     )
     meta_path = ref.path(settings.models, "meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}

@@ -55,6 +55,8 @@ COLUMNS: tuple[str, ...] = (
     "onnx_bytes",
     "int8_bytes",
     "inference_file",
+    "inference_sha256",  # the file image_predictions.onnx_sha256 names (int8 or fp32)
+    "second_look_sha256",  # the second look's ONNX file, which answers p_biopsy when the model has one
     "operating_points",
     "per_hospital_metrics",
     "per_vendor_metrics",
@@ -104,6 +106,7 @@ def _frame(row: dict) -> pd.DataFrame:
     for c in INT_COLUMNS:
         df[c] = pd.array([values[c]], dtype="Int64")
     strings = ("model_version", "label_snapshot_id", "pretrained", "pretrained_source", "onnx_sha256", "inference_file")
+    strings += ("inference_sha256", "second_look_sha256")
     for c in (*strings, "biopsy_source"):
         df[c] = df[c].fillna("").astype(str)
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True)

@@ -67,6 +67,9 @@ def test_hashes_recorded_in_ref_registry_and_current(trained):
     assert ref.inference_sha256 == hashlib.sha256(ref.path(s.models, ref.inference_file).read_bytes()).hexdigest()
     row = registry.read_row(s, ref.model_version)
     assert row["onnx_sha256"] == ref.onnx_sha256 and row["inference_file"] == ref.inference_file
+    # what each prediction row records (the inference file's hash), so predictions join their registry row on it
+    assert row["inference_sha256"] == ref.inference_sha256
+    assert row["second_look_sha256"] == ((ref.extra.get("second_look") or {}).get("onnx_sha256") or "")
     assert ModelRef.load(s.models) == ref
 
 
