@@ -29,6 +29,7 @@ from mammo_pipeline.landing import (
     drop_is_ready,
     hospital_folders,
     loose_files,
+    misnamed_folders,
 )
 
 QUIET_SECONDS_VAR = "MAMMO_DROP_QUIET_SECONDS"
@@ -165,6 +166,14 @@ def refused_hospitals_notice(refused: int) -> str:
     )
 
 
+def misnamed_hospitals_notice(misnamed: int) -> str:
+    """The sensor's warning for folders of landing/ whose name cannot be a hospital key (`landing.SLUG`)."""
+    return (
+        f"landing/: {misnamed} folder(s) not taken as a hospital, their names not lower-case letters, digits, '-' "
+        "and '_' (a hospital key names partitions and paths): rename each, e.g. St-Marys -> st-marys"
+    )
+
+
 def scan_landing(
     landing: Path,
     cursor: DropCursor | None,
@@ -222,6 +231,8 @@ def scan_landing(
     notices = [line for counts in not_indexed for line in not_indexed_notices(*counts)]
     if refused_hospitals:
         notices.append(refused_hospitals_notice(len(refused_hospitals)))
+    if misnamed := misnamed_folders(landing):
+        notices.append(misnamed_hospitals_notice(misnamed))
     forgotten.update(pair for pair in seen if pair[0] in refused_hospitals)
     reported = cursor.reported if cursor is not None else frozenset()
     return DropScan(

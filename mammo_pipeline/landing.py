@@ -42,6 +42,12 @@ def hospital_folders(landing: Path) -> list[str]:
     return [p.name for p in _visible_dirs(landing) if SLUG.match(p.name)]
 
 
+def misnamed_folders(landing: Path) -> int:
+    """How many folders of `landing` are no hospital because their name is no slug (`SLUG`: "Kings-College",
+    "guys thomas"): counted, never named (a folder may carry a patient's name)."""
+    return sum(1 for p in _visible_dirs(landing) if not SLUG.match(p.name))
+
+
 def list_hospitals(landing: Path) -> list[str]:
     """Hospital keys under `landing`: valid slugs, folders named after a patient (`check_hospital`) left out."""
     return [h for h in hospital_folders(landing) if check_hospital(landing, h).refusal is None]

@@ -188,11 +188,20 @@ def test_a_folder_named_after_a_patient_is_not_a_hospital_and_is_counted(tmp_pat
     assert "12345678" not in repr(later) and len(later.new_notices) == 1
 
 
-def test_invalid_hospital_folders_are_ignored(tmp_path):
+def test_misnamed_hospital_folders_are_no_hospital_and_are_reported_by_count_once(tmp_path):
+    """A user's report: landing/Kings-College and "landing/guys thomas" were ignored without a word, their files
+    never processed. They are still no hospital (the key names partitions and paths), and now counted in a notice;
+    hidden folders (.cache) are not."""
     make_drop(tmp_path, "Bad,Name", "d1")
+    make_drop(tmp_path, "Kings-College", "d1")
+    make_drop(tmp_path, "guys thomas", "d1")
     make_drop(tmp_path, ".cache", "d1")
     result = scan(tmp_path, None)
     assert result.new_hospitals == () and result.runs == ()
+    assert result.new_notices == result.notices and len(result.notices) == 1
+    assert result.notices[0].startswith("landing/: 3 folder(s) not taken as a hospital, their names not lower-case")
+    assert "Kings" not in result.notices[0]
+    assert scan(tmp_path, result.cursor).new_notices == ()  # said once, until the count changes
 
 
 def test_cursor_round_trips_and_rejects_garbage():
