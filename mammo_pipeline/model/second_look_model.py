@@ -160,11 +160,11 @@ def check(info: dict, display_size: int) -> None:
 
 
 def load(folder: Path):
-    """The patch network saved in `folder` (eval mode, CPU)."""
-    import torch
+    """The patch network saved in `folder` (eval mode, CPU); UnreadableWeights for a damaged weights file."""
+    from mammo_pipeline.model.weights import read_weights
 
     net = patch_network()
-    net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    net.load_state_dict(read_weights(folder / WEIGHTS_FILE))
     return net.eval()
 
 

@@ -682,11 +682,10 @@ def load_second_look(settings: Settings, ref: ModelRef):
 
 def load_network(settings: Settings, ref: ModelRef):
     """The trained network of `ref` (eval mode, CPU), from models/<v>/model.pth."""
-    import torch
 
-    from mammo_pipeline.model.weights import build_network
+    from mammo_pipeline.model.weights import build_network, read_weights
 
     net = build_network()
     path = ref.path(settings.models, ref.extra.get("model_file", "model.pth"))
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    net.load_state_dict(read_weights(path))
     return net.eval()

@@ -128,3 +128,25 @@ def build_network(imagenet_state: dict | None = None, n_out: int = N_OUT):
     if imagenet_state is not None:
         load_body(net, imagenet_state)
     return net
+
+
+class UnreadableWeights(OSError):
+    """A saved network's weights file that torch cannot read as tensors (damaged, or not such a file)."""
+
+
+def read_weights(path: Path) -> dict:
+    """The state dict in `path`, read as tensors only (`weights_only`: no code runs); UnreadableWeights naming the
+    file when it is no such file. torch's own error ends by suggesting `weights_only=False`, which would run
+    whatever the file holds: never the way out for a damaged file."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise UnreadableWeights(
+            f"{path}: not readable as a saved network ({type(exc).__name__}); the file is damaged: restore it from a "
+            "backup, or train the model again"
+        ) from None

@@ -101,3 +101,17 @@ def test_training_with_imagenet_weights_fine_tunes_and_records_the_source(settin
     assert result.ref.pretrained and result.row["pretrained"] == "imagenet"
     assert result.row["pretrained_source"] == str(fake_weights)
     assert result.row["hyperparameters"]["freeze_epochs"] == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x02not a pickle", bytes(range(256)) * 4])
+def test_a_damaged_weights_file_is_named_in_one_line_without_torchs_unsafe_advice(tmp_path, content):
+    """A user's report: `mammo explain` over a damaged model.pth printed torch's traceback, ending in the advice to
+    load it with weights_only=False (which would run whatever the file holds). It is an OSError the CLI prints in
+    one line, naming the file and a safe way out."""
+    from mammo_pipeline.model.weights import UnreadableWeights, read_weights
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(UnreadableWeights, match="model.pth: not readable as a saved network") as info:
+        read_weights(path)
+    assert isinstance(info.value, OSError) and "weights_only" not in str(info.value)
