@@ -91,6 +91,9 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
 
 @dg.asset(
     deps=[dg.AssetDep(dicom_index, partition_mapping=dg.AllPartitionMapping())],
+    # every hospital's index, a new one's too (it had no automation before stop 55, and missed every hospital
+    # added after its first run)
+    automation_condition=dg.AutomationCondition.eager(),
     group_name="ingest",
     code_version="1",
     kinds={"parquet", "matplotlib"},

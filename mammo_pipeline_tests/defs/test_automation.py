@@ -232,3 +232,18 @@ def test_a_killed_in_process_run_is_failed_and_frees_its_pool_slot(tmp_path):
         }
         assert storage.claim_concurrency_slot("training", runs["alive"], "trained_model").is_claimed  # the slot is free
         assert fail_dead_in_process_runs(instance) == []
+
+
+def test_a_new_hospitals_index_brings_the_metadata_completeness_map_up_to_date(tmp_path, monkeypatch):
+    """A user's report: the completeness heat map never showed a hospital added after its first run (no automation,
+    in no job); now an index of any hospital requests it."""
+    monkeypatch.setenv("MAMMO_HOME", str(tmp_path / "home"))
+    from mammo_pipeline.definitions import defs
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("hospital", ["h9"])
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert first.get_num_requested(dg.AssetKey("metadata_completeness")) == 0
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="dicom_index", partition="h9"))
+        later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert later.get_num_requested(dg.AssetKey("metadata_completeness")) == 1

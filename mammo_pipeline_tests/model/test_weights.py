@@ -112,6 +112,6 @@ def test_a_damaged_weights_file_is_named_in_one_line_without_torchs_unsafe_advic
 
     path = tmp_path / "model.pth"
     path.write_bytes(content)
-    with pytest.raises(UnreadableWeights, match="model.pth: not readable as a saved network") as info:
+    with pytest.raises(UnreadableWeights, match=r"model\.pth: not readable as a saved network") as info:
         read_weights(path)
     assert isinstance(info.value, OSError) and "weights_only" not in str(info.value)
