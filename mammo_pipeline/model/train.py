@@ -515,7 +515,7 @@ def train_model(
     hyperparameters = {**asdict(hyper), "seed": seed, "pretrained": mode}
     row = {
         "model_version": version,
-        "created_at": datetime.now(UTC),
+        "created_at": _first_created(settings, version),
         "label_snapshot_id": snapshot,
         "n_train": len(train),
         "n_audit": len(audit),
@@ -678,6 +678,16 @@ def load_second_look(settings: Settings, ref: ModelRef):
         return None
     second_look.check(info, settings.display_size)
     return second_look.load(ref.path(settings.models))
+
+
+def _first_created(settings: Settings, version: str) -> datetime:
+    """When model `version` was first made: now, or the time its registry row holds already. The same labels and
+    settings train the same weights, hence the same version: training it again must not move its `created_at` past
+    its own promotions and predictions (lineage and `mammo model list` then read as if it came after them)."""
+    try:
+        return pd.Timestamp(registry.read_row(settings, version)["created_at"]).to_pydatetime()
+    except (FileNotFoundError, KeyError, ValueError):
+        return datetime.now(UTC)
 
 
 def load_network(settings: Settings, ref: ModelRef):

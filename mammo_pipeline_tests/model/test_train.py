@@ -113,6 +113,17 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path, settings):
     assert versions[0] == versions[1] != versions[2]
 
 
+def test_training_the_same_model_again_keeps_its_registry_row_created_at(settings):
+    """A user's report: re-materializing trained_model on unchanged labels made the same model (same weights,
+    same version) and moved its created_at past its own promotion and predictions."""
+    labels = make_labels(settings, n=16, seed=3)
+    first = train_model(settings, labels, MINI)
+    made = registry.read_row(settings, first.ref.model_version)["created_at"]
+    again = train_model(settings, labels, MINI)
+    assert again.ref.model_version == first.ref.model_version
+    assert registry.read_row(settings, again.ref.model_version)["created_at"] == made
+
+
 def test_no_audit_labels_trains_with_null_metrics(settings):
     labels = make_labels(settings, n=9).assign(split="train")  # 9 = one batch of 8 + a batch of 1 (dropped)
     result = train_model(settings, labels, MINI)
