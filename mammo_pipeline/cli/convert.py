@@ -44,7 +44,8 @@ def plan(sources: list[Path], out: Path) -> list[tuple[Path, Path]]:
     pairs = []
     for source in sources:
         if source.is_dir():
-            for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            # as the index: names starting with . or _ are markers and system files (_READY, .DS_Store), no images
+            for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))):
                 rel = path.relative_to(source)
                 pairs.append((path, out / source.name / rel.parent / f"{_stem(path)}.png"))
         else:

@@ -153,4 +153,4 @@ def prune(keep: int, dry_run: bool) -> None:
     verb = "would delete" if dry_run else "deleted"
     for item in plan:
         click.echo(f"{verb} {item.table} hospital={item.hospital} model_version={item.model_version}")
-    click.echo(f"{len(plan)} slices {verb}")
+    click.echo(f"{len(plan)} slice(s) {'would be deleted' if dry_run else 'deleted'}")
