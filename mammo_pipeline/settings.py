@@ -102,6 +102,18 @@ class Settings:
         return replace(cls(**values), **overrides)  # type: ignore[arg-type]
 
     @classmethod
+    def existing(cls) -> Settings:
+        """`from_env`, for a command that only reads a home: SettingsError when neither the home nor its warehouse
+        exists, so a mistyped MAMMO_HOME is an error, not a home with no models, tables or predictions yet."""
+        settings = cls.from_env()
+        if not settings.home.is_dir() and not settings.warehouse.is_dir():
+            raise SettingsError(
+                f"no mammo home at {settings.home} (MAMMO_HOME): check the variable, or make one with `mammo demo` "
+                "or `mammo home`"
+            )
+        return settings
+
+    @classmethod
     def under(cls, home: Path | str, **overrides: object) -> Settings:
         """Settings with every path under `home`, ignoring the environment (tests, demos)."""
         return cls.from_env({"MAMMO_HOME": str(home)}, **overrides)

@@ -49,7 +49,7 @@ def command(study_uid: str, fmt: str, as_of: str | None) -> None:
                 f"{as_of!r} is not a date or time (e.g. 2026-11-01 or 2026-11-01T09:30)", param_hint="--as-of"
             )
     try:
-        lineage = study_lineage(Settings.from_env(), study_uid, as_of=as_of)
+        lineage = study_lineage(Settings.existing(), study_uid, as_of=as_of)
     except UnknownStudy as e:
         raise click.ClickException(str(e)) from e
     click.echo(lineage_json(lineage) if fmt == "json" else render(lineage))

@@ -33,7 +33,7 @@ def list_models() -> None:
     Example:
         mammo model list
     """
-    settings = Settings.from_env()
+    settings = Settings.existing()
     reg = registry.read_registry(settings)
     if reg.empty:
         click.echo("no trained models yet (materialize trained_model, or run `mammo demo`)")
@@ -85,7 +85,7 @@ def promote(version: str, hospital: str | None, rollback: bool, note: str) -> No
     """
     from mammo_pipeline.model.infer import ModelMismatch  # onnxruntime: only for this command
 
-    settings = Settings.from_env()
+    settings = Settings.existing()
     try:
         row = promotions.promote(
             settings, version, hospital, reason="rollback" if rollback else "manual", promoted_by="cli", note=note
@@ -124,7 +124,7 @@ def history() -> None:
     Example:
         mammo model history
     """
-    df = promotions.read_promotions(Settings.from_env())
+    df = promotions.read_promotions(Settings.existing())
     if df.empty:
         click.echo("no promotions yet (the promoted_model asset records one when a model passes its checks)")
         return
@@ -145,7 +145,7 @@ def prune(keep: int, dry_run: bool) -> None:
     Example:
         mammo model prune --keep 3 --dry-run
     """
-    settings = Settings.from_env()
+    settings = Settings.existing()
     try:
         plan = promotions.prune(settings, keep, dry_run=dry_run)
     except ValueError as e:

@@ -33,7 +33,7 @@ def command(sql: str, fmt: str) -> None:
         mammo query "SELECT hospital, predicted_class, count(*) FROM image_predictions_current GROUP BY ALL"
         mammo query "SELECT * FROM model_registry" --format json
     """
-    settings = Settings.from_env()
+    settings = Settings.existing()
     try:
         df = run_read_only(settings, sql)
     except ReadOnlyViolation as e:

@@ -105,3 +105,15 @@ def test_an_output_file_that_is_a_link_is_written_through_and_a_pipe_is_refused(
         refused = _run(args)
         assert refused.exit_code == 2 and "not a regular file" in refused.output, refused.output
     assert fifo.exists() and not fifo.is_file()
+
+
+@pytest.mark.parametrize("args", [["model", "list"], ["model", "history"], ["query", "SELECT 1"], ["lineage", "1.2.3"]])
+def test_reading_commands_refuse_a_home_that_does_not_exist(tmp_path, monkeypatch, args):
+    """A user's report: with MAMMO_HOME mistyped these said 'no trained models yet', 'Tables: none yet' or 'no
+    predictions yet', as if the home were empty; now the same kind of error `mammo labels stats` gives."""
+    monkeypatch.setenv("MAMMO_HOME", str(tmp_path / "mamo-hmoe"))
+    for var in ("MAMMO_WAREHOUSE", "MAMMO_MODELS"):
+        monkeypatch.delenv(var, raising=False)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "no mammo home at" in result.output and "mamo-hmoe" in result.output
+    assert not (tmp_path / "mamo-hmoe").exists()  # and nothing made
