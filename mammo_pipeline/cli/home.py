@@ -12,11 +12,17 @@ from mammo_pipeline.settings import ENVIRONMENT_VARIABLES, Settings
 
 
 def init_home(settings: Settings) -> Settings:
-    """Create the folders and install the shipped dagster.yaml into DAGSTER_HOME (never overwriting one)."""
+    """Create the folders and install the shipped dagster.yaml into DAGSTER_HOME (never overwriting one); rewrite
+    an existing `warehouse.duckdb`, whose views name their Parquet files by absolute path: in a home copied, moved
+    or restored from a backup they would read the original home's files."""
     settings.ensure_dirs()
     target = settings.dagster_home / "dagster.yaml"
     if not target.exists():
         shutil.copyfile(str(files("mammo_pipeline") / "dagster.yaml"), target)
+    if settings.duckdb_path.exists():
+        from mammo_pipeline import warehouse
+
+        warehouse.refresh_views(settings)
     return settings
 
 

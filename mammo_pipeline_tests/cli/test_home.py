@@ -24,3 +24,27 @@ def test_home_never_overwrites_an_existing_dagster_yaml(settings):
 def test_home_env_prints_exports(settings):
     result = CliRunner().invoke(command, ["--env"])
     assert f"export MAMMO_HOME={settings.home}" in result.output
+
+
+def test_home_rewrites_the_views_of_a_copied_home_to_read_its_own_files(tmp_path):
+    """A user's report: a home copied for a backup kept a warehouse.duckdb whose views read the original home's
+    Parquet files (absolute paths), so querying the copy silently answered from the original."""
+    import shutil
+
+    import duckdb
+    import pandas as pd
+
+    from mammo_pipeline import warehouse
+    from mammo_pipeline.cli.home import init_home
+    from mammo_pipeline.settings import Settings
+
+    original = Settings.under(tmp_path / "home").ensure_dirs()
+    warehouse.write_table_file("model_promotions", pd.DataFrame(), original.table_dir("model_promotions") / "a.parquet")
+    warehouse.refresh_views(original)
+    shutil.copytree(original.home, tmp_path / "copy")
+    shutil.rmtree(original.home)  # the original gone (or changed): the copy must not depend on it
+    copy = init_home(Settings.under(tmp_path / "copy"))
+    with duckdb.connect(str(copy.duckdb_path), read_only=True) as con:
+        sql = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'model_promotions'").fetchone()[0]
+        assert str(tmp_path / "copy") in sql and str(tmp_path / "home") + "/" not in sql
+        con.execute("SELECT count(*) FROM model_promotions").fetchone()
