@@ -48,6 +48,18 @@ list(imap_unordered(record_and_sleep, [sys.argv[1]] * 8, workers=2, chunksize=1)
 """
 
 
+def interrupt_group(process: subprocess.Popen, timeout: float) -> int | None:
+    """Send SIGINT to `process`'s group (a terminal's Ctrl-C); its exit code, or None (the group then killed) when
+    it has not ended within `timeout` s."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return None
+
+
 def _running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -109,13 +121,7 @@ def test_one_ctrl_c_to_the_process_group_ends_the_run_and_its_workers(tmp_path):
             time.sleep(0.05)
         workers = [int(p.name) for p in folder.iterdir()]
         time.sleep(0.5)
-        os.killpg(parent.pid, signal.SIGINT)
-        try:
-            code = parent.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            code = None
-            os.killpg(parent.pid, signal.SIGKILL)
-            parent.wait()
+        code = interrupt_group(parent, timeout=20)
         survivors = [pid for pid in workers if _running(pid)]
         for pid in survivors:
             os.kill(pid, signal.SIGKILL)

@@ -13,6 +13,7 @@ import pytest
 
 from mammo_pipeline import synth
 from mammo_pipeline.landing import list_hospitals
+from mammo_pipeline_tests.test_parallel import _running, interrupt_group
 
 DAGSTER = Path(sys.executable).with_name("dagster")
 
@@ -54,19 +55,10 @@ def test_one_ctrl_c_ends_a_materialization_whose_cache_is_rendering(tmp_path):
         time.sleep(0.1)
     assert run.poll() is None, "the cache finished before it could be interrupted: " + log.read_text()[-2000:]
     time.sleep(0.5)
-    os.killpg(run.pid, signal.SIGINT)
-    try:
-        code = run.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        code = None
-    time.sleep(1)
     left = subprocess.run(["pgrep", "-g", str(run.pid)], capture_output=True, text=True).stdout.split()
-    alive = [
-        pid
-        for pid in left
-        if Path(f"/proc/{pid}/stat").exists()
-        and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    ]
-    if code is None or alive:
-        os.killpg(run.pid, signal.SIGKILL)
+    code = interrupt_group(run, timeout=60)
+    time.sleep(1)
+    alive = [int(pid) for pid in left if _running(int(pid))]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
     assert code is not None and code != 0 and not alive, (code, alive)
