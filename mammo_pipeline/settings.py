@@ -44,11 +44,23 @@ _INT_FLOORS: dict[str, int] = {
     "model_size": 1,
     "retrain_after": 1,
 }
+# Read where they are used, not by Settings (the sensor, the labeling app, the tests): listed so that `mammo home`
+# names every variable the README's configuration table does.
+_OTHER_VARS: tuple[tuple[str, str, str], ...] = (
+    ("MAMMO_DROP_QUIET_SECONDS", "120", "a drop without _READY is complete when no file changed for this long"),
+    ("MAMMO_DROP_SENSOR_INTERVAL", "30", "seconds between ticks of the new_hospital_drops sensor"),
+    ("MAMMO_ANNOTATORS", "(empty)", "team-mode sign-in for the labeling app (name:password,...)"),
+    ("MAMMO_ANNOTATORS_FILE", "(empty)", "the same, from a file"),
+    ("MAMMO_ALLOWED_HOSTS", "(empty)", "extra Host names the labeling app answers to (loopback always)"),
+    ("MAMMO_SECRET", "(empty)", "the labeling app's session secret; empty = MAMMO_HOME/.session_secret"),
+    ("MAMMO_REALDATA", "../shared/realdata", "the real evaluation images; tests and benchmarks skip without them"),
+)
 ENVIRONMENT_VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("MAMMO_HOME", "./mammo-home", "root of everything below"),
     *((var, f"$MAMMO_HOME/{default}", text) for _, var, default, text in _PATH_VARS),
     *((var, str(default), text) for _, var, default, text in _INT_VARS),
     *((var, default or "(empty)", text) for _, var, default, text in _STR_VARS),
+    *_OTHER_VARS,
 )
 
 

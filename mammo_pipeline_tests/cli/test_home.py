@@ -48,3 +48,17 @@ def test_home_rewrites_the_views_of_a_copied_home_to_read_its_own_files(tmp_path
         sql = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'model_promotions'").fetchone()[0]
         assert str(tmp_path / "copy") in sql and str(tmp_path / "home") + "/" not in sql
         con.execute("SELECT count(*) FROM model_promotions").fetchone()
+
+
+def test_home_lists_every_variable_of_the_readmes_configuration_table(settings):
+    """A user's report: `mammo home` named fewer variables than the README (no MAMMO_DROP_QUIET_SECONDS, MAMMO_SECRET,
+    ...)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `((?:MAMMO|DAGSTER)_[A-Z_]+)`", table, flags=re.MULTILINE))
+    documented |= set(re.findall(r", `(MAMMO_[A-Z_]+)`", table))
+    output = CliRunner().invoke(command, []).output
+    assert len(documented) > 20 and {v for v in documented if v not in output} == set()
