@@ -25,7 +25,7 @@ def test_one_ctrl_c_ends_a_materialization_whose_cache_is_rendering(tmp_path):
     before the fix; the pool's workers took the interrupt too). Pool workers now ignore SIGINT and the step stops
     them (`parallel._stop`)."""
     home = tmp_path / "home"
-    synth.generate_drops(home / "landing", hospitals=1, studies_per_hospital=20, scale=0.25, drop="d1", workers=2)
+    synth.generate_drops(home / "landing", hospitals=1, studies_per_hospital=40, scale=0.25, drop="d1", workers=2)
     hospital = list_hospitals(home / "landing")[0]
     env = {**os.environ, "MAMMO_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "MAMMO_WORKERS": "2"}
     (home / "dagster").mkdir(parents=True, exist_ok=True)
@@ -50,11 +50,14 @@ def test_one_ctrl_c_ends_a_materialization_whose_cache_is_rendering(tmp_path):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    started = 'Started execution of step "image_cache"'  # its progress lines come by time, maybe only at the end
     deadline = time.monotonic() + 180
-    while "images cached" not in log.read_text() and run.poll() is None and time.monotonic() < deadline:
+    while started not in log.read_text() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert run.poll() is None, "the cache finished before it could be interrupted: " + log.read_text()[-2000:]
-    time.sleep(0.5)
+    time.sleep(3)  # rendering ~110 images takes 15 s or more: the pool is busy
+    assert 'Finished execution of step "image_cache"' not in log.read_text() and run.poll() is None, (
+        "the cache finished before it could be interrupted: " + log.read_text()[-2000:]
+    )
     left = subprocess.run(["pgrep", "-g", str(run.pid)], capture_output=True, text=True).stdout.split()
     code = interrupt_group(run, timeout=60)
     time.sleep(1)
