@@ -31,9 +31,8 @@ from mammo_pipeline.landing import (
     loose_files,
     misnamed_folders,
 )
+from mammo_pipeline.settings import DEFAULT_QUIET_SECONDS, QUIET_SECONDS_VAR
 
-QUIET_SECONDS_VAR = "MAMMO_DROP_QUIET_SECONDS"
-DEFAULT_QUIET_SECONDS = 120.0
 _CURSOR_VERSION = 1
 
 

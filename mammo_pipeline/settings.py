@@ -44,11 +44,22 @@ _INT_FLOORS: dict[str, int] = {
     "model_size": 1,
     "retrain_after": 1,
 }
-# Read where they are used, not by Settings (the sensor, the labeling app, the tests): listed so that `mammo home`
-# names every variable the README's configuration table does.
+# Variables read where they are used, not by Settings (the sensor, the labeling app, the tests), listed so that
+# `mammo home` names every variable the README's configuration table does; the drop sensor's two, with their
+# defaults, are defined here and imported by drops.py and defs/sensors.py.
+QUIET_SECONDS_VAR, DEFAULT_QUIET_SECONDS = "MAMMO_DROP_QUIET_SECONDS", 120.0
+DROP_SENSOR_INTERVAL_VAR, DEFAULT_DROP_SENSOR_INTERVAL = "MAMMO_DROP_SENSOR_INTERVAL", 30
 _OTHER_VARS: tuple[tuple[str, str, str], ...] = (
-    ("MAMMO_DROP_QUIET_SECONDS", "120", "a drop without _READY is complete when no file changed for this long"),
-    ("MAMMO_DROP_SENSOR_INTERVAL", "30", "seconds between ticks of the new_hospital_drops sensor"),
+    (
+        QUIET_SECONDS_VAR,
+        f"{DEFAULT_QUIET_SECONDS:g}",
+        "a drop without _READY is complete when no file changed for this long",
+    ),
+    (
+        DROP_SENSOR_INTERVAL_VAR,
+        str(DEFAULT_DROP_SENSOR_INTERVAL),
+        "seconds between ticks of the new_hospital_drops sensor",
+    ),
     ("MAMMO_ANNOTATORS", "(empty)", "team-mode sign-in for the labeling app (name:password,...)"),
     ("MAMMO_ANNOTATORS_FILE", "(empty)", "the same, from a file"),
     ("MAMMO_ALLOWED_HOSTS", "(empty)", "extra Host names the labeling app answers to (loopback always)"),

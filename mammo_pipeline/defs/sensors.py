@@ -21,15 +21,14 @@ from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline.drops import DropCursor, quiet_seconds_from_env, scan_landing
 from mammo_pipeline.landing import drop_is_ready, iter_dicom_stats
 from mammo_pipeline.model.ref import ModelRef
-from mammo_pipeline.settings import Settings
+from mammo_pipeline.settings import DEFAULT_DROP_SENSOR_INTERVAL, DROP_SENSOR_INTERVAL_VAR, Settings
 
-DROP_SENSOR_INTERVAL_VAR = "MAMMO_DROP_SENSOR_INTERVAL"
 RETRAIN_SENSOR_INTERVAL = 300
 
 
 @dg.sensor(
     job=jobs.hospital_chain_job,
-    minimum_interval_seconds=int(os.environ.get(DROP_SENSOR_INTERVAL_VAR) or 30),
+    minimum_interval_seconds=int(os.environ.get(DROP_SENSOR_INTERVAL_VAR) or DEFAULT_DROP_SENSOR_INTERVAL),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings) -> dg.SensorResult | dg.SkipReason:

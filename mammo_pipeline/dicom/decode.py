@@ -70,23 +70,26 @@ REPAIRED_DECODER = "libjpeg (sequential scan header Ss/Se/Ah/Al repaired, as IJG
 class Frame:
     """Stored pixel values of frame 0; `reduction` is 1, or 2**k for a J2K resolution-level-k decode; `padding`,
     the cells whose padding value lies outside the Bits Stored range (`padding_beyond_bits`), else None; `note`,
-    what fitting the values to Bits Stored found amiss in the header (`fit_bits_stored`); `beyond_bits`, whether
-    the values were kept beyond the Bits Stored range (the header misstates them, so its window is not trusted)."""
+    what fitting the values to Bits Stored found amiss in the header (`fit_bits_stored`)."""
 
     pixels: np.ndarray
     reduction: int
     decoder: str
     padding: np.ndarray | None = None
     note: str | None = None
-    beyond_bits: bool = False
+
+    @property
+    def beyond_bits(self) -> bool:
+        """Whether the values were kept beyond the Bits Stored range: the header misstates them, so its window is
+        not trusted."""
+        return self.note is not None and self.note.startswith(BEYOND_BITS)
 
 
 def fitted_frame(arr: np.ndarray, ds: Dataset, *, native: bool, reduction: int, decoder: str) -> Frame:
     """The Frame of decoded cells `arr`: their values fitted to Bits Stored (`fit_bits_stored`), and the padding
     that fitting would fold into image values found first (`padding_beyond_bits`)."""
     values, note = fit_bits_stored(arr, ds, native=native)
-    beyond = note is not None and note.startswith(BEYOND_BITS)
-    return Frame(values, reduction, decoder, padding_beyond_bits(arr, ds), note, beyond)
+    return Frame(values, reduction, decoder, padding_beyond_bits(arr, ds), note)
 
 
 def padding_beyond_bits(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:

@@ -379,9 +379,10 @@ def _identifier_patterns(ds: Dataset | Header) -> list[re.Pattern[str]]:
         for k in range(len(runs)):  # the whole ID, and without its leading runs ("RSC-", "NHS ") if long enough
             length = sum(map(len, runs[k:]))
             if k == 0 or length >= MIN_ID_RUN:
-                # a long one with any separators between its characters: 9434765919 typed "943 476 5919"
-                chars = "".join(runs[k:]) if length >= MIN_ID_RUN else None
-                found[gap.join(map(re.escape, chars or runs[k:]))] = length < MIN_ID_RUN
+                # a long one with any separators between its characters (9434765919 typed "943 476 5919"), a short
+                # one between its runs only
+                pieces = "".join(runs[k:]) if length >= MIN_ID_RUN else runs[k:]
+                found[gap.join(map(re.escape, pieces))] = length < MIN_ID_RUN
     birth = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", _text(ds, "PatientBirthDate") or "")
     if birth:
         y, m, d = birth.groups()

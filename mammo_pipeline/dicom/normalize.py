@@ -334,11 +334,12 @@ def apply_voi(
             reasons.append(f"{where} maps the image to one gray level")
         else:
             return lut_out, "voi_lut", "; ".join(reasons) or None
-    window, note = read_window(ds) if header else (None, None)
-    if window is None and (note or not reasons):
-        reasons.append(note or "no VOI LUT Sequence or Window Center/Width")
+    count = window_count(ds) if header else 0
+    if not count:  # no window pair: say why, unless a VOI LUT item's reason already stands
+        note = read_window(ds)[1] if header else None
+        if note or not reasons:
+            reasons.append(note or "no VOI LUT Sequence or Window Center/Width")
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
-    count = window_count(ds) if window is not None else 0
     for index in range(count):  # the first usable pair: index 0 is the default, the later ones alternatives
         window, note = read_window(ds, index)
         problem = check_window(window, data, bits)

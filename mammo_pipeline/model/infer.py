@@ -152,22 +152,29 @@ def check_file(path: Path, expected: str | None, ref: ModelRef) -> str:
     return sha
 
 
+def _inference_sha256(ref: ModelRef) -> str | None:
+    """The sha256 recorded for the file `model_file` opens."""
+    return ref.inference_sha256 if ref.inference_file else ref.onnx_sha256
+
+
 def check_files(settings: Settings, ref: ModelRef) -> None:
     """Every ONNX file of `ref` that exists is the one exported (`check_file`): the inference file, the fp32 ONNX
-    file and the second look's. Raises ModelMismatch naming the first that is not, FileNotFoundError for a
-    missing inference file."""
+    file and the second look's, each hashed once. Raises ModelMismatch naming the first that is not,
+    FileNotFoundError for a missing inference file."""
     look = ref.extra.get("second_look") or {}
-    check_file(model_file(settings, ref), ref.inference_sha256 if ref.inference_file else ref.onnx_sha256, ref)
+    inference = model_file(settings, ref)
+    check_file(inference, _inference_sha256(ref), ref)
     for name, sha in ((ref.onnx_file, ref.onnx_sha256), (look.get("onnx_file"), look.get("onnx_sha256"))):
-        if name and ref.path(settings.models, name).exists():
-            check_file(ref.path(settings.models, name), sha, ref)
+        path = ref.path(settings.models, name) if name else None
+        if path is not None and path != inference and path.exists():
+            check_file(path, sha, ref)
 
 
 def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
     """Open the inference file (and the second look's) on CPU with `settings.n_threads` intra-op threads, after
     checking they are `ref`'s."""
     path = model_file(settings, ref)
-    sha = check_file(path, ref.inference_sha256 if ref.inference_file else ref.onnx_sha256, ref)
+    sha = check_file(path, _inference_sha256(ref), ref)
     session = ort.InferenceSession(str(path), _options(settings), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("model_version", ref.model_version) != ref.model_version:
@@ -209,7 +216,7 @@ def _load_batch(
         inputs.append(image)
         if candidates is not None:
             found.append(candidates)
-    batch = np.stack(inputs).astype(np.float32) if inputs else np.empty((0, 3, size, size), dtype=np.float32)
+    batch = np.stack(inputs).astype(np.float32, copy=False) if inputs else np.empty((0, 3, size, size), np.float32)
     return batch, ok, None if displays is None else second_look.Candidates.joined(found), failed
 
 
