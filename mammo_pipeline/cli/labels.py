@@ -8,6 +8,11 @@ import click
 
 from mammo_pipeline.settings import Settings
 
+SNAPSHOT_NOTE = (
+    "note: {path} is read as it is on disk (this user may not write its folder, so labels a running app still "
+    "holds in its -wal file are left out)"
+)
+
 
 @click.group("labels")
 def command() -> None:
@@ -41,6 +46,8 @@ def stats(as_json: bool) -> None:
         raise click.ClickException(e.args[0]) from e
     figures = store.audit_stats()
     counts = store.queue_counts()
+    if store.disk_only:
+        click.echo(SNAPSHOT_NOTE.format(path=settings.labels_db), err=True)
     if as_json:
         click.echo(json.dumps({"queues": counts, "audit": figures}, indent=2))
         return

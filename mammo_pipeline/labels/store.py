@@ -191,9 +191,11 @@ class NoLabelStore(LookupError):
 def open_existing(path: Path | str, seed: int = 0) -> LabelStore:
     """The label store at `path`, never a new one: for the commands that only read it (`mammo labels stats`,
     `mammo label --export`), so that a mistyped MAMMO_HOME or MAMMO_LABELS_DB is an error and not an empty store,
-    and an SQLite file of something else is left untouched (it is looked at read-only first).
+    and an SQLite file of something else is left untouched (it is looked at read-only first). A store this user
+    may not write (another user's home, a read-only mount) is opened read-only (`LabelStore(read_only=True)`).
 
-    Raises NoLabelStore when `path` is not a file, not SQLite, or lacks the `images` and `events` tables.
+    Raises NoLabelStore when `path` is not a file, not SQLite, lacks the `images` and `events` tables, or cannot
+    be read without an upgrade this user may not write.
     """
     path = Path(path)
     hint = "run `mammo label` or the demo first, or check MAMMO_HOME / MAMMO_LABELS_DB"
@@ -202,23 +204,80 @@ def open_existing(path: Path | str, seed: int = 0) -> LabelStore:
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError:
+        tables = None  # a WAL file in a folder this user cannot write: read as it is on disk below
     except sqlite3.DatabaseError as e:
         raise NoLabelStore(f"{path} is not a label store ({e}): {hint}") from e
-    if not {"images", "events"} <= tables:
+    if tables is not None and not {"images", "events"} <= tables:
         raise NoLabelStore(f"{path} is an SQLite file but not a label store (no images and events tables): {hint}")
-    return LabelStore(path, seed)
+    if _writable(path):
+        return LabelStore(path, seed)
+    return LabelStore(path, seed, read_only=True)
+
+
+def _writable(path: Path) -> bool:
+    """Whether this user may write the store, its folder (SQLite makes -wal, -shm and journal files there) and
+    any -wal / -shm file already beside it."""
+    beside = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
+    return all(os.access(p, os.W_OK) for p in [path, path.parent, *[b for b in beside if b.exists()]])
+
+
+def _read_only_connection(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection to `path` and whether it reads the file as it is on disk (`immutable`).
+
+    `mode=ro` reads a WAL database only when its -shm file exists or can be made; in a folder this user cannot
+    write, the file is opened `immutable=1` instead: the committed database as it is on disk, without what a
+    writer still holds in its -wal file (SQLite URI filenames, sqlite.org/uri.html).
+    """
+    uri = path.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=5, isolation_level=None)
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn, False
+    except sqlite3.OperationalError:
+        conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn, True
 
 
 class LabelStore:
     """The label database at `path` (created with its schema on first use, older files upgraded in place)."""
 
-    def __init__(self, path: Path | str, seed: int = 0) -> None:
+    def __init__(self, path: Path | str, seed: int = 0, read_only: bool = False) -> None:
+        """`read_only`: for a store this user may not write (see `open_existing`): nothing is created or upgraded,
+        every write raises sqlite3.OperationalError, and `disk_only` says whether a writer's -wal file is left
+        out. Raises NoLabelStore when such a store needs an upgrade first."""
         self.path = Path(path)
+        self.read_only = read_only
+        self.disk_only = False
+        if read_only:
+            with self._db() as db:
+                if self._needs_upgrade(db):
+                    raise NoLabelStore(
+                        f"{self.path} was made by an older version and must be upgraded, which this user may not "
+                        "write: run `mammo labels stats` once as its owner"
+                    )
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.execute("PRAGMA journal_mode=wal")
             db.conn.executescript(_SCHEMA + _EXTRA_SCHEMA)
         self._upgrade(seed)
+
+    @staticmethod
+    def _needs_upgrade(db: sqlite_utils.Database) -> bool:
+        """Whether `_upgrade` would change the file: a column, queue version or seed it lacks."""
+        have = {r[1] for r in db.execute("PRAGMA table_xinfo(images)")}
+        labels = {r[1] for r in db.execute("PRAGMA table_info(current_labels)")}
+        predictions = {r[1] for r in db.execute("PRAGMA table_info(predictions)")}
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        return (
+            not ({*_MAINTAINED, *queues.GENERATED} <= have)
+            or "role" not in labels
+            or "needs_review" not in predictions
+            or int(meta.get("queues_version", -1)) != queues.VERSION
+            or "seed" not in meta
+        )
 
     def _upgrade(self, seed: int) -> None:
         """Add the maintained columns, generated columns and queue indexes a file made by an older version lacks."""
@@ -264,8 +323,12 @@ class LabelStore:
         Reused because closing the last connection to a WAL database checkpoints and deletes the WAL with an
         fsync (about 12 ms, most of a key press), and opening one costs about a millisecond more.
         """
-        key = (os.getpid(), str(self.path))
+        key = (os.getpid(), str(self.path), self.read_only)
         db = getattr(_local, "dbs", {}).get(key)
+        if db is None and self.read_only:
+            conn, self.disk_only = _read_only_connection(self.path)
+            db = sqlite_utils.Database(conn)
+            _local.__dict__.setdefault("dbs", {})[key] = db
         if db is None:
             conn = sqlite3.connect(self.path, timeout=5, isolation_level=None)
             conn.execute("PRAGMA foreign_keys=on")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -13,6 +14,7 @@ from mammo_pipeline import warehouse
 from mammo_pipeline.cli.label import command
 from mammo_pipeline.labels.app import check_password
 from mammo_pipeline.labels.store import LabelStore, sync_from_warehouse
+from mammo_pipeline.settings import Settings
 
 from .conftest import write_images
 
@@ -130,3 +132,59 @@ def test_team_flag_signs_in_on_loopback_behind_a_proxy(settings, cached, monkeyp
     proxied = TestClient(seen["app"], base_url="https://labels.example.org")
     assert proxied.get("/", follow_redirects=False).status_code == 303  # sign in first
     assert TestClient(seen["app"], base_url="http://evil.example").get("/login").status_code == 400
+
+
+@pytest.mark.parametrize("app_running", [True, False])
+def test_labels_stats_and_export_read_a_store_this_user_may_not_write(cached, app_running, tmp_path):
+    """Another user's home or a read-only mount: `labels stats` and `label --export` read the store and change
+    nothing, with a running app's -wal file (its labels counted) or without one (the file read as it is on disk,
+    and the output says so). Run as the unprivileged user `nobody` when the tests run as root (root may write
+    anything), else with the folder made read-only."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: no way to be a user who may not write")
+    home = Path(tempfile.mkdtemp(prefix="mammo-ro-"))  # tmp_path's parents are private to the test's user
+    out = Path(tempfile.mkdtemp(prefix="mammo-ro-out-"))
+    try:
+        home.chmod(0o755)
+        store = LabelStore(home / "labels.sqlite")
+        store.sync_images(cached, audit_fraction=0.0)
+        store.record(int(store.images()["id"][0]), 1, "alice")
+        if not app_running:  # the app has stopped: SQLite folds the -wal file back when its last connection closes
+            from mammo_pipeline.labels import store as store_module
+
+            for db in store_module._local.dbs.values():
+                db.conn.close()
+            store_module._local.dbs.clear()
+        assert {p.name for p in home.iterdir()} == (
+            {"labels.sqlite", "labels.sqlite-wal", "labels.sqlite-shm"} if app_running else {"labels.sqlite"}
+        )
+        before = {p.name: p.read_bytes() for p in home.iterdir() if p.name != "labels.sqlite-shm"}
+        out.chmod(0o777)
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        if not as_user:
+            home.chmod(0o555)
+        env = {**os.environ, **Settings.under(home).as_env(), "HOME": str(out), "MPLCONFIGDIR": str(out / "mpl")}
+
+        def run(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*as_user, sys.executable, *args], env=env, capture_output=True, text=True)
+
+        if run("-c", "import mammo_pipeline").returncode != 0:
+            pytest.skip("the unprivileged user cannot run this checkout's Python")
+        stats = run("-m", "mammo_pipeline", "labels", "stats", "--json")
+        assert stats.returncode == 0, stats.stderr
+        assert json.loads(stats.stdout)["queues"]["unlabeled"] == [4, 5]
+        assert ("read as it is on disk" in stats.stderr) is not app_running
+        export = run("-m", "mammo_pipeline", "label", "--export", str(out / "events.csv"))
+        assert export.returncode == 0, export.stderr
+        assert "Wrote 1 label events" in export.stdout
+        assert {p.name: p.read_bytes() for p in home.iterdir() if p.name != "labels.sqlite-shm"} == before
+    finally:
+        home.chmod(0o755)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
