@@ -327,16 +327,12 @@ class Demo:
 
     # -- report --------------------------------------------------------------------------------------------
     def summary(self, hospitals: Sequence[str]) -> dict:
-        q = lambda sql: warehouse.query(self.settings, sql)  # noqa: E731
-        studies = q(
-            "SELECT hospital, count(*) AS studies, count_if(has_biopsy_marker) AS biopsy_studies, "
-            "count_if(is_mag_view) AS mag_studies FROM study_predictions_current GROUP BY hospital ORDER BY 1"
-        )
-        studies = studies.merge(_true_studies(self.settings), on="hospital", how="left")
+        studies = studies_flagged(self.settings).merge(_true_studies(self.settings), on="hospital", how="left")
         row = _registry_row(self.settings)
         summary_file = self.settings.warehouse / "reports" / "prediction_summary.parquet"
         return {
             "rounds": self.state.rounds,
+            "model_version": row["model_version"],
             "per_hospital_accuracy": json.loads(row["per_hospital_accuracy"] or "{}"),
             "studies": studies.to_dict("records"),
             "metadata_vs_visual": pd.read_parquet(summary_file).to_dict("records") if summary_file.exists() else [],
@@ -361,19 +357,16 @@ class Demo:
                 e(f"       {_vs_line({k: r.get(f'accuracy_{k}') for k in refs})}")
             if r.get("labels_off_truth") is not None:
                 e(f"       {_truth_line(r)}")
+        model = s.get("model_version")  # a summary of an older demo lacks it
         e(
-            "   Per-hospital accuracy of the last model: "
+            f"   Per-hospital accuracy of the last model{f' ({model})' if model else ''}: "
             + ", ".join(f"{h} {_pct(a)}" for h, a in s["per_hospital_accuracy"].items())
         )
         for key, value in s["throughput"].items():
             e(f"   {key}: {value:.0f} images/s")
         e("   Studies flagged (ANY image at the study operating point):")
         for r in s["studies"]:
-            e(
-                f"     {r['hospital']}: {int(r['studies'])} studies, {int(r['biopsy_studies'])} biopsy marker"
-                f"{_truly(r, 'true_biopsy_studies')}, {int(r['mag_studies'])} magnification"
-                f"{_truly(r, 'true_mag_studies')}"
-            )
+            e(_studies_flagged_line(r, model))
         if s["metadata_vs_visual"]:
             e("   Where metadata and pixels disagree on magnification views:")
             table = pd.DataFrame(s["metadata_vs_visual"])
@@ -461,6 +454,30 @@ def _truth_line(r: dict) -> str:
 def _pct(value: float | None) -> str:
     """A share as a percentage; 'n/a' when there is none (an audit split without images, as a tiny demo can draw)."""
     return "n/a" if value is None or pd.isna(value) else f"{value:.1%}"
+
+
+def studies_flagged(settings: Settings) -> pd.DataFrame:
+    """Per hospital: studies, studies flagged biopsy marker / magnification, and the model whose flags they are
+    (`model_version`: each hospital's current model, which a promotion or roll back can make other than the
+    newest; several, comma-separated, never in practice). Needs the warehouse's study predictions."""
+    return warehouse.query(
+        settings,
+        "SELECT hospital, count(*) AS studies, count_if(has_biopsy_marker) AS biopsy_studies, "
+        "count_if(is_mag_view) AS mag_studies, string_agg(DISTINCT model_version, ', ') AS model_version "
+        "FROM study_predictions_current GROUP BY hospital ORDER BY 1",
+    )
+
+
+def _studies_flagged_line(row: dict, newest: str | None) -> str:
+    """One hospital's line of the summary's flagged studies, naming its model when it is not the newest (whose
+    figures the lines above give), so that two models' figures are never read as one's."""
+    other = row.get("model_version")
+    whose = f" (current model {other}, not {newest})" if newest and other and other != newest else ""
+    return (
+        f"     {row['hospital']}: {int(row['studies'])} studies, {int(row['biopsy_studies'])} biopsy marker"
+        f"{_truly(row, 'true_biopsy_studies')}, {int(row['mag_studies'])} magnification"
+        f"{_truly(row, 'true_mag_studies')}{whose}"
+    )
 
 
 def _truly(row: dict, key: str) -> str:

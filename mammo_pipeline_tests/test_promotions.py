@@ -327,3 +327,17 @@ def test_promote_refuses_a_model_whose_onnx_file_changed_and_warns_of_images_a_r
     bad = runner.invoke(model_command, ["promote", "m2"])
     assert bad.exit_code == 1 and "model m2 recorded when it was exported" in bad.output, bad.output
     assert len(promotions.read_promotions(settings)) == before  # nothing promoted
+
+
+def test_the_demo_summary_names_the_model_of_flags_a_roll_back_left_on_an_older_one(two_models):
+    """After a roll back the newest model's accuracy and the current model's study flags are two models' figures;
+    the demo summary's flagged-study line names its model when it is not the newest."""
+    from mammo_pipeline.demo import _studies_flagged_line, studies_flagged
+
+    settings = two_models
+    promotions.promote(settings, "m1", hospital="h2", reason="rollback")
+    rows = {r["hospital"]: r for r in studies_flagged(settings).to_dict("records")}
+    assert {h: r["model_version"] for h, r in rows.items()} == {"h1": "m2", "h2": "m1"}
+    assert rows["h1"]["studies"] == len(STUDIES["h1"])
+    assert "current model" not in _studies_flagged_line(rows["h1"], "m2")
+    assert _studies_flagged_line(rows["h2"], "m2").endswith("(current model m1, not m2)")
