@@ -289,18 +289,18 @@ def iter_dicom_files(landing: Path, hospital: str, drops: list[str] | None = Non
 
 
 def iter_dicom_stats(
-    landing: Path, hospital: str, drops: list[str] | None = None
+    landing: Path, hospital: str, drops: list[str] | None = None, skipped: list[str] | None = None
 ) -> Iterator[tuple[str, str, int, int]]:
     """(drop, path, size in bytes, mtime_ns) for every file of a hospital's drops: regular files (symlinks to them
     too) in every folder below the drop, linked folders included (each folder once: a link loop ends), names
-    starting with `.` or `_` skipped,
+    starting with `.` or `_` skipped (and appended to `skipped` when given),
     in path order (component by component, as pathlib sorts). One `os.scandir` per folder and one stat per file,
     as indexing a drop of 10^5 files must not spend its time in pathlib."""
     for drop in drops if drops is not None else list_drops(landing, hospital):
         found: list[tuple[tuple[str, ...], str, os.stat_result]] = []
         root = os.fspath(landing / hospital / drop)
         if os.path.isdir(root):  # as rglob: a missing drop holds nothing
-            _scan(root, (), found)
+            _scan(root, (), found, skipped=skipped)
         found.sort(key=lambda entry: entry[0])
         for _, path, info in found:
             yield drop, path, info.st_size, info.st_mtime_ns
@@ -311,9 +311,11 @@ def _scan(
     parts: tuple[str, ...],
     found: list[tuple[tuple[str, ...], str, os.stat_result]],
     seen: set[tuple[int, int]] | None = None,
+    skipped: list[str] | None = None,
 ) -> None:
     """Append (path parts, path, stat) of every regular file below `folder`; `seen`: the (device, inode) of the
-    folders entered, so a link back up the tree is not followed twice."""
+    folders entered, so a link back up the tree is not followed twice; `skipped`: where to list the files passed
+    over for their name (`.` or `_` first: `_READY`, a Mac's `._` and `.DS_Store` files)."""
     seen = seen if seen is not None else set()
     try:
         here = os.stat(folder)
@@ -328,9 +330,11 @@ def _scan(
         key = (*parts, entry.name)
         try:
             if entry.is_dir():  # a linked folder too: a study folder linked in from a mount is read where it leads
-                _scan(entry.path, key, found, seen)
+                _scan(entry.path, key, found, seen, skipped)
                 continue
             if entry.name.startswith((".", "_")):
+                if skipped is not None and entry.is_file():
+                    skipped.append(entry.path)
                 continue
             info = entry.stat()  # follows a symlink, as Path.is_file does
         except OSError:  # vanished, or a broken symlink: not a file

@@ -183,7 +183,8 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     files: dict[str, list[tuple[str, int, int, str]]] = {}  # drop -> [(path, size, mtime_ns, pseudonymized path)]
     real: dict[str, dict[str, str]] = {}  # drop -> {pseudonymized path: real landing-relative path}
     prefix = len(str(settings.landing)) + 1
-    for drop, text, size, mtime_ns in iter_dicom_stats(settings.landing, hospital):
+    skipped: list[str] = []
+    for drop, text, size, mtime_ns in iter_dicom_stats(settings.landing, hospital, skipped=skipped):
         real_rel = text[prefix:] if os.sep == "/" else _rel(text, settings.landing)
         rel = source_paths.pseudonymize_path(salt, real_rel)
         files.setdefault(drop, []).append((text, size, mtime_ns, rel))
@@ -196,6 +197,11 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         result.refused.append(
             f"{loose} file(s) directly in landing/{hospital}/, outside any drop folder, were not indexed: move them "
             f"into a drop folder, landing/{hospital}/<drop>/..."
+        )
+    if hidden := sum(map(_is_part10, skipped)):
+        result.refused.append(
+            f"{hidden} DICOM file(s) in landing/{hospital}/ were not indexed because their names start with `.` or "
+            "`_` (names the pipeline keeps for markers and hidden files): rename them"
         )
     for drop, mapping in real.items():
         source_paths.write_lookup(settings, hospital, drop, mapping)
@@ -545,6 +551,15 @@ def _duplicate_row(row: dict[str, Any], message: str, reason: str = DUPLICATE) -
         file_mtime_ns=row["file_mtime_ns"],
         sop_instance_uid=row["sop_instance_uid"],
     )
+
+
+def _is_part10(path: str) -> bool:
+    """Whether the file at `path` begins as a DICOM file does (PS3.10 7.1: a 128-byte preamble, then "DICM")."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def _rel(path: str | Path, landing: Path) -> str:

@@ -408,3 +408,22 @@ def test_a_file_the_index_may_not_read_is_read_again_once_it_may(settings, monke
     monkeypatch.setattr(index_module, "read_header_row", real)
     again = index_hospital(settings, "h1")
     assert again.new == 1 and again.quarantined == {} and read_partition(settings, "quarantine", "h1").empty
+
+
+def test_dicom_files_named_like_hidden_files_are_counted_not_lost_in_silence(settings):
+    """Names starting with `.` or `_` are the pipeline's markers and an OS's hidden files, so they are not indexed;
+    a DICOM file so named (a PACS export's `_0001.dcm`) is counted in the partition's warnings, while `_READY`, a
+    Mac's `._` file and `.DS_Store` are not."""
+    root = settings.landing / "h1" / "d1"
+    write_mg(root / "p1" / "a.dcm")
+    write_mg(root / "p1" / "_0001.dcm")
+    write_mg(root / "p1" / ".b.dcm")
+    (root / "_READY").touch()
+    (root / "p1" / "._a.dcm").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 200)  # AppleDouble
+    (root / "p1" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 200)
+    result = index_hospital(settings, "h1")
+    assert (result.files, result.rows) == (1, 1)
+    assert [why for why in result.refused if "names start with" in why] == [
+        "2 DICOM file(s) in landing/h1/ were not indexed because their names start with `.` or `_` (names the "
+        "pipeline keeps for markers and hidden files): rename them"
+    ]
