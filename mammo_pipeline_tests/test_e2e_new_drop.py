@@ -39,8 +39,14 @@ def test_new_drop_is_sensed_and_processed_into_predictions(settings, defs, insta
     (request,) = tick.run_requests
     assert (request.partition_key, request.run_key) == (hospital, f"{hospital}:{DROP}")
 
-    ref = make_model(settings, version="m-e2e")  # the model the predictions must name
     job = defs.resolve_job_def("process_hospital")
+    # a first drop comes before any model: indexed and cached, and predicting waits without failing the run
+    first = job.execute_in_process(partition_key=request.partition_key, instance=instance, tags=request.tags)
+    assert first.success
+    assert {e.asset_key.path[-1] for e in first.get_asset_materialization_events()} == {"dicom_index", "image_cache"}
+    assert not list(settings.table_dir("image_predictions", hospital).glob("*.parquet"))
+
+    ref = make_model(settings, version="m-e2e")  # the model the predictions must name
     result = job.execute_in_process(partition_key=request.partition_key, instance=instance, tags=request.tags)
     assert result.success
     checks = {e.check_name for e in result.get_asset_check_evaluations()}  # the drift checks run with the chain

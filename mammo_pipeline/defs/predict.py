@@ -8,6 +8,7 @@ promotion once the ONNX export's blocking checks passed, and the `*_current` vie
 """
 
 from collections import Counter
+from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
@@ -127,18 +128,33 @@ def model_for(settings: Settings, hospital: str, instance: dg.DagsterInstance | 
     return ref
 
 
+def no_model_yet(settings: Settings, hospital: str) -> bool:
+    """Whether no model can predict `hospital`: none promoted for it and none trained (a first drop arrives before
+    anything is labeled)."""
+    return promotions.promoted_version(settings, hospital) is None and not (settings.models / "current.json").exists()
+
+
 @dg.asset(
     deps=[promoted_model, dg.AssetKey("image_cache")],
     partitions_def=hospital_partitions,
     automation_condition=ON_NEW_INPUTS,
     group_name="predict",
     kinds={"onnx", "parquet"},
+    output_required=False,
 )
-def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
+def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -> Iterator[dg.MaterializeResult]:
     """The promoted model's biopsy-marker and magnification probabilities for every cached image of a hospital,
-    written to its own (hospital, model_version) slice beside the older models' slices."""
+    written to its own (hospital, model_version) slice beside the older models' slices. Before any model exists
+    nothing is materialized (study_predictions is skipped, the run succeeds): the first model's promotion
+    predicts the hospital."""
     settings, hospital = mammo.get(), context.partition_key
     promotions.migrate_legacy(settings)
+    if no_model_yet(settings, hospital):
+        context.log.info(
+            f"{hospital}: no model yet, so nothing is predicted; label images, then materialize trained_model, "
+            "onnx_model and promoted_model (its promotion predicts this hospital)"
+        )
+        return
     ref = model_for(settings, hospital, context.instance)
     model = load_model(settings, ref)
     manifest = warehouse.read_partition(settings, "image_cache", hospital)
@@ -173,7 +189,7 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
     warehouse.refresh_views(settings)
     classes = warehouse.query(settings, f"SELECT predicted_class, count(*) AS n FROM read_parquet('{path}') GROUP BY 1")
     class_counts = dict(zip(classes["predicted_class"], classes["n"].tolist(), strict=True))
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "model_version": ref.model_version,
             "label_snapshot_id": ref.label_snapshot_id,
