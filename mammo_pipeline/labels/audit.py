@@ -1,8 +1,10 @@
 """The audit set: a frozen, seeded sample of patients per hospital, used only to measure the model.
 
 A patient's side depends only on (seed, hospital, patient_key) through a hash, never on which other
-patients exist, so a new drop never moves an old patient and all images of a patient land on one side; images
-that share a study stay together too, even where only some of them carry a Patient ID (`assign_splits`).
+patients exist (one exception: a hospital's first patients, when none of them is drawn into the audit set, give
+it the one with the lowest draw), so a new drop never moves an old patient and all images of a patient land on
+one side; images that share a study stay together too, even where only some of them carry a Patient ID
+(`assign_splits`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def assign_splits(
     its members (`unit_key`: the patients and studies already placed, so a new drop never moves them), else the
     draw of its smallest patient key (a lone patient's own draw, the usual case). Rows without a patient key are
     drawn by their own sop_instance_uid, so an image with unreadable identity never drags other images along.
+    A hospital's first patients (none of its units in `known`), two or more and none drawn into the audit set,
+    give their lowest draw to it, so that every hospital has audit images (a first drop of n patients draws
+    none with chance 0.8^n: a quarter of the quick demo's three-patient hospitals; never in practice at scale).
     """
     hospital = images["hospital"].astype(str)
     keys = images["patient_key"].where(images["patient_key"].notna() & (images["patient_key"] != ""))
@@ -66,6 +71,12 @@ def assign_splits(
         u: split_of(seed, h, k, audit_fraction)
         for u, h, k in zip(first["unit"].tolist(), first["h"].tolist(), first["k"].tolist(), strict=True)
     }
+    if audit_fraction > 0:
+        seen = {node.split("\x1f")[1] for node in known or {}}
+        for h, units in first[~first["h"].isin(seen)].groupby("h"):  # a hospital's first patients
+            if len(units) >= 2 and all(drawn[u] == "train" for u in units["unit"]):
+                lowest = min(zip(units["unit"], units["k"], strict=True), key=lambda uk: patient_draw(seed, h, uk[1]))
+                drawn[lowest[0]] = "audit"  # so that each hospital can be measured
     split = [placed.get(u) or drawn[u] for u in unit.tolist()]
     return pd.Series(split, index=images.index, dtype="object")
 

@@ -66,3 +66,33 @@ def test_a_new_image_joins_the_side_of_its_known_study_or_patient():
 def test_bad_fraction_is_refused():
     with pytest.raises(ValueError, match="audit_fraction"):
         split_of(0, "h1", "p", 1.5)
+
+
+def test_a_hospitals_first_patients_always_give_the_audit_set_one():
+    """Three patients draw no audit patient with chance 0.8^3 (the quick demo then measured nothing); a hospital's
+    first patients, none drawn into it, give it their lowest draw. A lone first patient keeps its own draw, and a
+    hospital that already has patients is left to the draws (a new drop never moves anyone)."""
+    from mammo_pipeline.labels.audit import patient_draw
+
+    emptied = 0
+    for seed in range(40):
+        df = _patients("h1", 3, images_each=2)
+        draws = {k: patient_draw(seed, "h1", k) for k in df["patient_key"].unique()}
+        splits = assign_splits(df, seed=seed)
+        audit = set(df.loc[splits == "audit", "patient_key"])
+        if all(d >= 0.2 for d in draws.values()):  # the draws alone leave the audit set empty
+            emptied += 1
+            assert audit == {min(draws, key=draws.get)}
+        else:
+            assert audit == {k for k, d in draws.items() if d < 0.2}
+        known = {f"patient\x1fh1\x1f{k}": "train" for k in draws}  # the same hospital's next drop
+        later = assign_splits(
+            _patients("h1", 3, images_each=1).assign(patient_key=lambda d: d["patient_key"] + "-new"),
+            seed=seed,
+            known=known,
+        )
+        assert later.tolist() == [split_of(seed, "h1", f"h1-p{p}-new") for p in range(3)]
+    assert emptied > 5  # the case was met, not missed
+    alone = _patients("h2", 1)
+    assert set(assign_splits(alone, seed=0)) == {split_of(0, "h2", "h2-p0")}
+    assert set(assign_splits(_patients("h3", 4), seed=0, audit_fraction=0.0)) == {"train"}
