@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -374,8 +375,9 @@ class Demo:
             e(table[[c for c in columns if c in table]].to_string(index=False))
             e("     (meta_only: metadata says mag, pixels do not; visual_only: the reverse; silent: no mag metadata)")
         e(f"   Pictures: {self.settings.reports}")
-        e("   Open the Dagster UI:    make ui     (http://127.0.0.1:3000)")
-        e("   Open the labeling app:  make label  (http://127.0.0.1:5001)")
+        home = f"MAMMO_HOME={shlex.quote(str(self.settings.home))}"  # make's own default may be another home
+        e(f"   Open the Dagster UI:    {home} make ui     (http://127.0.0.1:3000)")
+        e(f"   Open the labeling app:  {home} make label  (http://127.0.0.1:5001)")
 
 
 def annotator_truth(annotator: SimulatedAnnotator) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """The main job in miniature: the same code path as `make demo`, with two tiny hospitals and one round."""
 
 import json
+import shlex
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,9 @@ def test_demo_quick_runs_end_to_end_and_resumes(settings, monkeypatch):
     # the audit set was labeled and never trained on
     labels = pd.read_parquet(settings.warehouse / "labels" / "current.parquet")
     assert {"train", "audit"} <= set(labels["split"])
+    assert set(summary["hospitals"][:2]) <= set(labels.loc[labels["split"] == "audit", "hospital"])  # each measured
+    home = shlex.quote(str(settings.home))
+    assert f"MAMMO_HOME={home} make ui" in "\n".join(lines)  # make's default home may be another
     assert (settings.reports / "demo_summary.json").exists()
     assert json.loads((settings.reports / "demo_summary.json").read_text())["rounds"] == summary["rounds"]
 

@@ -25,7 +25,7 @@ from mammo_pipeline.labels import components as ui
 from mammo_pipeline.labels import security
 from mammo_pipeline.labels.queues import QUEUES
 from mammo_pipeline.labels.store import LabelStore, Leased, NothingToUndo, StaleSubmit, UnknownImage
-from mammo_pipeline.labels.zoom import BadCrop, NoSource, ZoomCache
+from mammo_pipeline.labels.zoom import ZOOM_FOLDER, BadCrop, NoSource, ZoomCache
 from mammo_pipeline.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
@@ -127,7 +127,7 @@ def create_app(
         def resolve(rel: str) -> Path:
             return resolve_source(settings, rel.split("/", 1)[0], rel)
 
-    zoom = ZoomCache(Path(landing), cache_root / "zoom", resolve)
+    zoom = ZoomCache(Path(landing), cache_root / ZOOM_FOLDER, resolve)
     if team:
         users = load_annotators() if users is None else users
         if not users:

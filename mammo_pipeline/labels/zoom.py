@@ -3,7 +3,7 @@ calcification. Rendered with the display pipeline the cache uses (dicom/normaliz
 MONOCHROME1 inversion) at the source's own size, so the crop shows the stored pixels one to one.
 
 The full-size rendition of the last few images stays in memory (LRU) and every crop is written once under
-`<cache>/zoom/<image id>/` and served from there afterwards. Crops leave the server only as PNG.
+`<cache>/_zoom/<image id>/` and served from there afterwards. Crops leave the server only as PNG.
 """
 
 from __future__ import annotations
@@ -64,6 +64,11 @@ def crop_box(shape: tuple[int, int], x: float, y: float, size: int) -> tuple[int
     top = min(max(cy - h // 2, 0), rows - h)
     left = min(max(cx - w // 2, 0), cols - w)
     return top, left, top + h, left + w
+
+
+# Beside the hospitals' folders of the cache: a name no hospital can take (folders starting with `_` are never
+# hospitals), so a hospital slugged "zoom" cannot share it.
+ZOOM_FOLDER = "_zoom"
 
 
 class ZoomCache:

@@ -53,11 +53,11 @@ def test_crop_is_native_resolution_through_the_display_pipeline_and_cached(zoome
     top, left, bottom, right = crop_box((ROWS, COLS), 0.5, 0.25, 128)
     assert crop.shape == (128, 128) and np.array_equal(crop, full[top:bottom, left:right])
     assert abs((top + bottom) / 2 - 0.25 * (ROWS - 1)) <= GRID and abs((left + right) / 2 - 0.5 * (COLS - 1)) <= GRID
-    cached = list((settings.cache / "zoom" / str(ids[0])).glob("*.png"))
+    cached = list((settings.cache / "_zoom" / str(ids[0])).glob("*.png"))
     assert len(cached) == 1
     # served from the cached file afterwards (a nearby pointer snaps to the same crop)
     assert client.get(f"/zoom/{ids[0]}", params={"x": 0.501, "y": 0.2501, "size": 128}).content == r.content
-    assert len(list((settings.cache / "zoom" / str(ids[0])).glob("*.png"))) == 1
+    assert len(list((settings.cache / "_zoom" / str(ids[0])).glob("*.png"))) == 1
 
 
 def test_crops_at_the_edges_stay_inside_the_image(zoomed):
