@@ -16,9 +16,8 @@ hospital, keyed by its newest ready drop, instead of flooding the queue with one
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,24 +30,8 @@ from mammo_pipeline.landing import (
     loose_files,
     misnamed_folders,
 )
-from mammo_pipeline.settings import DEFAULT_QUIET_SECONDS, QUIET_SECONDS_VAR
 
 _CURSOR_VERSION = 1
-
-
-def quiet_seconds_from_env(env: Mapping[str, str] | None = None) -> float:
-    """Seconds without a file change after which a drop without `_READY` counts as fully copied."""
-    env = os.environ if env is None else env
-    raw = env.get(QUIET_SECONDS_VAR, "")
-    if raw == "":
-        return DEFAULT_QUIET_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{QUIET_SECONDS_VAR} must be a number of seconds, not {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{QUIET_SECONDS_VAR} must not be negative, not {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ user who moves one folder (say the PNG cache to a faster disk) sets one environm
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -46,7 +47,7 @@ _INT_FLOORS: dict[str, int] = {
 }
 # Variables read where they are used, not by Settings (the sensor, the labeling app, the tests), listed so that
 # `mammo home` names every variable the README's configuration table does; the drop sensor's two, with their
-# defaults, are defined here and imported by drops.py and defs/sensors.py.
+# defaults and readers (`quiet_seconds_from_env`, `drop_sensor_interval_from_env`), are defined here.
 QUIET_SECONDS_VAR, DEFAULT_QUIET_SECONDS = "MAMMO_DROP_QUIET_SECONDS", 120.0
 DROP_SENSOR_INTERVAL_VAR, DEFAULT_DROP_SENSOR_INTERVAL = "MAMMO_DROP_SENSOR_INTERVAL", 30
 _OTHER_VARS: tuple[tuple[str, str, str], ...] = (
@@ -193,6 +194,32 @@ class Settings:
             if f.name in {"landing", "cache", "warehouse", "models", "reports", "dagster_home", "home"}:
                 getattr(self, f.name).mkdir(parents=True, exist_ok=True)
         return self
+
+
+def quiet_seconds_from_env(env: Mapping[str, str] | None = None) -> float:
+    """MAMMO_DROP_QUIET_SECONDS: seconds without a file change after which a drop without `_READY` counts as fully
+    copied. SettingsError naming the variable unless a positive number (the sensor reads it on every tick)."""
+    env = os.environ if env is None else env
+    raw = env.get(QUIET_SECONDS_VAR)
+    if raw is None or not raw.strip():
+        return DEFAULT_QUIET_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise SettingsError(f"{QUIET_SECONDS_VAR} must be a number of seconds, not {raw!r}")
+    if value <= 0:
+        raise SettingsError(f"{QUIET_SECONDS_VAR} must be more than 0, not {raw.strip()}")
+    return value
+
+
+def drop_sensor_interval_from_env(env: Mapping[str, str] | None = None) -> int:
+    """MAMMO_DROP_SENSOR_INTERVAL: seconds between new_hospital_drops ticks, read when the code location loads.
+    SettingsError naming the variable unless a whole number of at least 1."""
+    env = os.environ if env is None else env
+    var = DROP_SENSOR_INTERVAL_VAR
+    return _int_var(var, env.get(var), DEFAULT_DROP_SENSOR_INTERVAL, 1)
 
 
 def _int_var(var: str, raw: str | None, default: int, floor: int | None) -> int:

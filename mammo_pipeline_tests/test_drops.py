@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from mammo_pipeline.drops import DropCursor, DropRun, quiet_seconds_from_env, scan_landing
+from mammo_pipeline.drops import DropCursor, DropRun, scan_landing
 from mammo_pipeline_tests.dicom.test_headers import PATIENT, write_mg
 
 NOW = 1_800_000_000.0
@@ -214,13 +214,6 @@ def test_cursor_round_trips_and_rejects_garbage():
         DropCursor.from_json('{"last": 3}')
     with pytest.raises(ValueError, match="not a drop cursor"):
         DropCursor.from_json("not json")
-
-
-def test_quiet_seconds_from_env():
-    assert quiet_seconds_from_env({}) == 120.0
-    assert quiet_seconds_from_env({"MAMMO_DROP_QUIET_SECONDS": "5"}) == 5.0
-    with pytest.raises(ValueError, match="MAMMO_DROP_QUIET_SECONDS"):
-        quiet_seconds_from_env({"MAMMO_DROP_QUIET_SECONDS": "soon"})
 
 
 def test_scan_uses_the_clock_when_no_time_is_given(tmp_path):

@@ -8,7 +8,12 @@ from importlib.resources import files
 
 import click
 
-from mammo_pipeline.settings import ENVIRONMENT_VARIABLES, Settings
+from mammo_pipeline.settings import (
+    ENVIRONMENT_VARIABLES,
+    Settings,
+    drop_sensor_interval_from_env,
+    quiet_seconds_from_env,
+)
 
 
 def init_home(settings: Settings) -> Settings:
@@ -36,7 +41,10 @@ def command(show_env: bool) -> None:
         MAMMO_HOME=/data/mammo mammo home
         eval "$(mammo home --env)"
     """
-    settings = init_home(Settings.from_env())
+    settings = Settings.from_env()
+    quiet_seconds_from_env()  # the drop sensor's two, read by Dagster, not by Settings: refused here too
+    drop_sensor_interval_from_env()
+    settings = init_home(settings)
     if show_env:
         for key, value in settings.as_env().items():
             click.echo(f"export {key}={shlex.quote(value)}")

@@ -8,7 +8,6 @@ cursor says: the first tick after the demo, or after a manual materialization, r
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -18,17 +17,17 @@ from mammo_pipeline import warehouse
 from mammo_pipeline.defs import automation, jobs
 from mammo_pipeline.defs.partitions import hospital_partitions
 from mammo_pipeline.defs.resources import MammoSettings
-from mammo_pipeline.drops import DropCursor, quiet_seconds_from_env, scan_landing
+from mammo_pipeline.drops import DropCursor, scan_landing
 from mammo_pipeline.landing import drop_is_ready, iter_dicom_stats
 from mammo_pipeline.model.ref import ModelRef
-from mammo_pipeline.settings import DEFAULT_DROP_SENSOR_INTERVAL, DROP_SENSOR_INTERVAL_VAR, Settings
+from mammo_pipeline.settings import Settings, drop_sensor_interval_from_env, quiet_seconds_from_env
 
 RETRAIN_SENSOR_INTERVAL = 300
 
 
 @dg.sensor(
     job=jobs.hospital_chain_job,
-    minimum_interval_seconds=int(os.environ.get(DROP_SENSOR_INTERVAL_VAR) or DEFAULT_DROP_SENSOR_INTERVAL),
+    minimum_interval_seconds=drop_sensor_interval_from_env(),  # a bad value fails the code location, named
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def new_hospital_drops(context: dg.SensorEvaluationContext, mammo: MammoSettings) -> dg.SensorResult | dg.SkipReason:

@@ -34,6 +34,23 @@ def test_a_setting_it_cannot_use_is_named_in_one_line(settings, var, value, mess
     assert Settings.from_env({"MAMMO_HOME": str(settings.home), "MAMMO_SEED": "-3", var: ""}).seed == -3
 
 
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("MAMMO_DROP_SENSOR_INTERVAL", "abc", "MAMMO_DROP_SENSOR_INTERVAL must be a whole number, not 'abc'"),
+        ("MAMMO_DROP_SENSOR_INTERVAL", "-3", "MAMMO_DROP_SENSOR_INTERVAL must be at least 1, not -3"),
+        ("MAMMO_DROP_QUIET_SECONDS", "abc", "MAMMO_DROP_QUIET_SECONDS must be a number of seconds, not 'abc'"),
+        ("MAMMO_DROP_QUIET_SECONDS", "-3", "MAMMO_DROP_QUIET_SECONDS must be more than 0, not -3"),
+    ],
+)
+def test_home_names_a_drop_sensor_setting_it_cannot_use_in_one_line(settings, var, value, message):
+    """A user's report: `mammo home` passed MAMMO_DROP_SENSOR_INTERVAL=abc and MAMMO_DROP_QUIET_SECONDS=abc, which
+    only the Dagster code location (or the sensor's tick) then refused."""
+    result = _run(["home"], env={var: value})
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: {message}\n"
+
+
 def test_lineage_refuses_an_empty_as_of(settings):
     predict_hospital(settings, "h1", {"s1": 1}, "m1", seed=0, run_id="run-1")
     for bad in ("", "NaT", "yesterday-ish"):

@@ -305,6 +305,22 @@ def test_drop_sensor_is_on_by_default():
     )
 
 
+def test_a_bad_drop_sensor_interval_fails_the_code_location_naming_the_variable():
+    """A user's report: MAMMO_DROP_SENSOR_INTERVAL=abc failed loading the code location with a bare
+    "invalid literal for int()", not naming the variable."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MAMMO_DROP_SENSOR_INTERVAL": "abc"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import mammo_pipeline.defs.sensors"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "mammo_pipeline.settings.SettingsError: MAMMO_DROP_SENSOR_INTERVAL must be a whole number, not 'abc'"
+    )
+
+
 # --- retraining -------------------------------------------------------------------------------------
 
 
