@@ -9,8 +9,22 @@ from mammo_pipeline import warehouse
 from mammo_pipeline.read_only_query import ReadOnlyViolation, run_read_only
 from mammo_pipeline.settings import Settings
 
+# The tables and views named in --help are the warehouse's own lists, so a new table cannot be left out of it.
+HELP = f"""Run read-only SQL over the warehouse tables and print the result.
 
-@click.command("query")
+Tables: {", ".join(warehouse.TABLES)}; {" and ".join(warehouse.HISTORY)} hold every model's rows, the views
+{" and ".join(warehouse.CURRENT_VIEWS)} each hospital's current model's. Only SELECT-like statements run;
+files outside the warehouse tables, the network, ATTACH and extensions are off (COPY, INSTALL,
+read_text('/etc/passwd') fail).
+
+\b
+Example:
+    mammo query "SELECT hospital, predicted_class, count(*) FROM image_predictions_current GROUP BY ALL"
+    mammo query "SELECT * FROM model_registry" --format json
+"""
+
+
+@click.command("query", help=HELP)
 @click.argument("sql")
 @click.option(
     "--format",
@@ -21,18 +35,7 @@ from mammo_pipeline.settings import Settings
     help="Output format.",
 )
 def command(sql: str, fmt: str) -> None:
-    """Run read-only SQL over the warehouse tables and print the result.
-
-    Tables: dicom_index, image_cache, labels, model_registry, model_promotions, image_predictions and
-    study_predictions with every model's rows, image_predictions_current and study_predictions_current with each
-    hospital's current model. Only SELECT-like statements run; files outside the warehouse tables, the network,
-    ATTACH and extensions are off (COPY, INSTALL, read_text('/etc/passwd') fail).
-
-    \b
-    Example:
-        mammo query "SELECT hospital, predicted_class, count(*) FROM image_predictions_current GROUP BY ALL"
-        mammo query "SELECT * FROM model_registry" --format json
-    """
+    """Print what read-only SQL over the warehouse views returns (`HELP` is the --help text)."""
     settings = Settings.existing()
     try:
         df = run_read_only(settings, sql)

@@ -30,6 +30,27 @@ def test_query_bad_sql_is_a_clear_error(settings):
     assert "query failed" in result.output and "no_such_table" in result.output
 
 
+def test_query_help_names_every_table_and_view_the_warehouse_has(settings):
+    """A user's report: `mammo query --help` listed the tables by hand and left out quarantine and
+    prediction_prunes, which `mammo query "SHOW TABLES"` lists."""
+    import re
+
+    import pandas as pd
+
+    from mammo_pipeline import schemas, warehouse
+
+    for table, spec in schemas.TABLES.items():  # one empty file per table: every view the warehouse can have
+        folder = settings.table_dir(table).joinpath(*(f"{key}=x" for key in spec.hive_keys))
+        warehouse.write_table_file(table, pd.DataFrame(), folder / "a.parquet")
+    warehouse.refresh_views(settings)
+    shown = CliRunner().invoke(query_command, ["SHOW TABLES", "--format", "csv"])
+    assert shown.exit_code == 0, shown.output
+    views = set(shown.output.split()[1:])
+    assert {"quarantine", "prediction_prunes", "image_predictions_current"} <= views
+    help_text = CliRunner().invoke(query_command, ["--help"]).output.split("Example:")[0]
+    assert views <= set(re.findall(r"\w+", help_text))
+
+
 def test_lineage_table_and_json(settings):
     predict_hospital(settings, "h1", {"s1": 2}, "m1", seed=0, run_id="run-1")
     runner = CliRunner()
