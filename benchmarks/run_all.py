@@ -45,6 +45,10 @@ EXTRA: dict[str, list[str]] = {
 def main(names: list[str]) -> int:
     failed = []
     known = {**BENCHMARKS, **EXTRA}
+    unknown = [name for name in names if name not in known]
+    if unknown:  # before running anything: a typo would otherwise end a long run with a KeyError
+        print(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr)
+        return 2
     for name in names or list(BENCHMARKS):
         print(f"\n=== benchmarks/bench_{name}.py {' '.join(known[name])}", flush=True)
         code = subprocess.call([sys.executable, str(HERE / f"bench_{name}.py"), *known[name]])

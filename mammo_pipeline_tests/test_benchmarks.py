@@ -44,6 +44,16 @@ def test_every_benchmark_in_run_all_exists():
     assert {p.stem.removeprefix("bench_") for p in BENCHMARKS.glob("bench_*.py")} == set(listed)
 
 
+def test_run_all_refuses_an_unknown_name_in_one_line_before_running_any():
+    """A user's report: `python benchmarks/run_all.py nosuch` ended in a KeyError traceback."""
+    run_all = bench_module("run_all")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run_all.py"), "nosuch", "synth"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and done.stdout == ""  # synth, a known name, did not run either
+    assert done.stderr == f"unknown benchmark(s) nosuch; known: {', '.join({**run_all.BENCHMARKS, **run_all.EXTRA})}\n"
+
+
 def test_label_app_benchmark_labels_through_the_secured_routes():
     out = run("label_app", "--sizes", "300,600", "--n", "5", "--warmup", "2")
     verdict = re.search(r"POST /label p95 at 600 images: ([\d.]+) ms \((meets|MISSES)", out)
