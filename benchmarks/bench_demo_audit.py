@@ -26,6 +26,7 @@ from bench_learning_curve import clip_among, misordered, view_kind
 
 from mammo_pipeline import warehouse
 from mammo_pipeline.model.candidate_store import candidates_of_png
+from mammo_pipeline.model.evaluate import roc_auc
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 from mammo_pipeline.synth.drops import read_truth
@@ -87,11 +88,16 @@ def main() -> int:
             )
         home_lost, home_missed = float(clips["pairs"].sum()), float(clips.loc[~clips["found"], "pairs"].sum())
         kinds = clips.loc[~clips["found"], "kind"].value_counts()
+        auc = roc_auc(frame["has_biopsy_marker"].astype(bool), frame["p_biopsy"])  # None without both classes
+        figures = (
+            "ROC-AUC n/a (no clip image or no clip-free image)"
+            if auc is None
+            else f"ROC-AUC {auc:.3f}, of which they cost {home_missed / (len(clips) * n_neg):.3f}"
+        )
         print(
             f"  {int((~clips['found']).sum())} clip images without a candidate on their clip ("
             + ", ".join(f"{n} {k}" for k, n in kinds.items())
-            + f"); ROC-AUC {1 - home_lost / max(len(clips) * n_neg, 1):.3f}, "
-            f"of which they cost {home_missed / max(len(clips) * n_neg, 1):.3f}"
+            + f"); {figures}"
         )
         lost, missed = lost + home_lost, missed + home_missed
     share = missed / lost if lost else 0.0

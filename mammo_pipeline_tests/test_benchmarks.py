@@ -225,6 +225,34 @@ def test_demo_audit_counts_each_clip_images_misordered_pairs_and_names_its_view(
     assert view_kind(row(spot=True)) == "spot" and view_kind(row()) == "contact"
 
 
+def test_demo_audit_prints_no_roc_auc_for_an_audit_set_without_clip_images(monkeypatch, capsys):
+    """A user's report: an audit set with no clip image printed "ROC-AUC 1.000"; ROC-AUC needs both classes."""
+    import pandas as pd
+
+    from mammo_pipeline.model.evaluate import roc_auc
+
+    bench = bench_module("bench_demo_audit")
+    no_candidate = (None, np.array([[-1, -1]]))  # candidates_of_png: (crops, centres); an empty slot
+
+    def audit(clip: list[bool]) -> pd.DataFrame:
+        n = len(clip)
+        return pd.DataFrame(
+            {"sop_instance_uid": [f"1.{i}" for i in range(n)], "p_biopsy": np.linspace(0.9, 0.1, n),
+             "has_biopsy_marker": clip, "is_mag_view": False, "is_spot_view": False, "vendor_profile": "H-LOR",
+             "boxes": "[]", "display_png": "x.png", "scale": 1.0}
+        )  # fmt: skip
+
+    monkeypatch.setattr(bench, "candidates_of_png", lambda path: no_candidate)
+    monkeypatch.setattr(sys, "argv", ["bench_demo_audit.py", "--home", "h"])
+    for clip in ([False] * 4, [True] * 4, [True, False, True, False]):
+        monkeypatch.setattr(bench, "audit_scores", lambda home, clip=clip: ("m1", audit(clip)))
+        assert bench.main() == 0
+        out = capsys.readouterr().out
+        auc = roc_auc(np.array(clip), np.linspace(0.9, 0.1, 4))
+        assert ("ROC-AUC n/a" in out) == (auc is None), out
+        assert auc is None or f"ROC-AUC {auc:.3f}, of which they cost {1 - auc:.3f}" in out, out
+
+
 def test_a_data_folder_keeps_the_drops_seed_it_was_built_with(tmp_path):
     """Held-out drops (`--drops-seed`) must never be silently the development set's: a folder records its seed."""
 
