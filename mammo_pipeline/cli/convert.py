@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import Image
 
 from mammo_pipeline import atomic
 from mammo_pipeline.dicom.errors import ForProcessing, Tomosynthesis, UnusableImage
-from mammo_pipeline.dicom.headers import classify
+from mammo_pipeline.dicom.headers import classify, read_until_pixels
 from mammo_pipeline.dicom.normalize import read_dataset, to_display
 from mammo_pipeline.parallel import imap_unordered
 from mammo_pipeline.progress import bar
@@ -63,10 +64,17 @@ def plan(sources: list[Path], out: Path) -> list[tuple[Path, Path]]:
 
 
 def convert_file(pair: tuple[Path, Path], max_side: int) -> Converted:
-    """Render one file and write its PNG atomically; an unusable file becomes a failed `Converted`."""
+    """Render one file and write its PNG atomically; an unusable file becomes a failed `Converted`.
+
+    A damaged file is judged first as dicom_index judges it (`read_until_pixels`), so it fails with the reason the
+    index quarantines it for (a file cut in its header is `truncated`, not `no_pixel_data`); pydicom's warnings
+    about such a header are left out, the reason says it."""
     source, target = pair
     try:
-        ds, _ = read_dataset(source)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+            read_until_pixels(source, source.stat().st_size, str(source))
+            ds, _ = read_dataset(source)
         kind, rule = classify(ds)
         if kind == "tomosynthesis":
             raise Tomosynthesis(

@@ -80,3 +80,43 @@ def test_convert_refuses_for_processing_and_multi_frame_like_the_cache(tmp_path)
     assert "converted 1 of 3" in result.output
     assert "failed [for_processing]" in result.output and "failed [tomosynthesis]" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["good.png"]
+
+
+def test_convert_gives_a_damaged_file_the_reason_the_index_quarantines_it_for(settings, tmp_path):
+    """A user's report: a file dicom_index quarantines as `truncated` (cut inside its header) failed convert as
+    `[no_pixel_data]`, with a raw pydicom UserWarning printed before it."""
+    import re
+    import warnings
+
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from mammo_pipeline.dicom.index import index_hospital
+    from mammo_pipeline.dicom.source_paths import pseudonymize_path
+    from mammo_pipeline.warehouse import read_partition
+    from mammo_pipeline_tests.dicom.test_headers import write_mg
+
+    drop = settings.landing / "h1" / "d1"
+    write_mg(drop / "good.dcm")
+    cut = write_mg(drop / "cut.dcm")  # as test_index's _corrupt_drop: the end of the pixels cut off
+    cut.write_bytes(cut.read_bytes()[:-500])
+    head = write_mg(drop / "cut_in_header.dcm")  # cut inside the File Meta's Transfer Syntax UID: pydicom warns
+    data = head.read_bytes()
+    head.write_bytes(data[: data.index(ExplicitVRLittleEndian.encode()) + 2])
+    write_mg(drop / "nopix.dcm", pixels=False)
+    (drop / "readme.dcm").write_text("not a dicom file at all" * 20)
+    index_hospital(settings, "h1")
+    quarantine = read_partition(settings, "quarantine", "h1")
+    by_path = dict(zip(quarantine["rel_path"], quarantine["reason"], strict=True))
+    salt = settings.pseudonym_salt()
+    names = ("cut.dcm", "cut_in_header.dcm", "nopix.dcm", "readme.dcm")
+    expected = {name: by_path[pseudonymize_path(salt, f"h1/d1/{name}")] for name in names}
+    assert expected["cut_in_header.dcm"] == "truncated" and expected["nopix.dcm"] == "no_pixel_data"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(command, [str(drop), "--out", str(tmp_path / "out"), "-s", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    failed = {name: reason for reason, name in re.findall(r"failed \[(\w+)\] \S*/(\S+):", result.output)}
+    assert {name: failed.get(name) for name in names} == expected, result.output
+    assert "converted 1 of 5" in result.output and "Warning" not in result.output
+    assert [str(w.message) for w in caught] == []
