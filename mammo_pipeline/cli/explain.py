@@ -46,12 +46,13 @@ def command(sop_instance_uid: str, hospital: str, out: Path | None) -> None:
         mammo explain 1.2.826.0.1.3680043.8.498.123 --out explain.png
     """
     from mammo_pipeline.model.explain import heatmap_png
+    from mammo_pipeline.model.second_look_model import SecondLookMismatch
 
     settings = Settings.from_env()
     hospital = hospital or _hospital_of(settings, sop_instance_uid)
     try:
         png = heatmap_png(settings, hospital, sop_instance_uid)
-    except (FileNotFoundError, KeyError) as err:
+    except (FileNotFoundError, KeyError, SecondLookMismatch) as err:  # the mismatch says what to do: one line
         raise click.ClickException(str(err)) from err
     path = out or settings.reports / "explain" / f"{sop_instance_uid}.png"
     write_bytes(path, png)

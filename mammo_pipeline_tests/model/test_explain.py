@@ -117,6 +117,22 @@ def test_heatmap_png_and_mammo_explain_write_a_picture(trained, monkeypatch, tmp
     assert missing.exit_code != 0 and "no hospital's image cache" in missing.output
 
 
+def test_explain_refuses_a_model_trained_at_another_display_size_in_one_line(trained, monkeypatch):
+    """A user's report: with MAMMO_DISPLAY_SIZE changed since training, `mammo explain` gave the right refusal
+    ("retrain or set MAMMO_DISPLAY_SIZE back") as a 30-line traceback instead of the CLI's one-line error."""
+    settings = trained.settings
+    row = trained.labels.iloc[0]
+    manifest = pd.DataFrame([row[["sop_instance_uid", "model_png", "display_png"]].to_dict()])
+    write_parquet(manifest, settings.table_dir("image_cache", "alpha") / "manifest.parquet")
+    trained_at = ModelRef.load(settings.models).extra["second_look"]["display_size"]
+    monkeypatch.setenv("MAMMO_HOME", str(settings.home))
+    monkeypatch.setenv("MAMMO_DISPLAY_SIZE", str(trained_at // 2))
+    result = CliRunner().invoke(cli, ["explain", row["sop_instance_uid"], "--hospital", "alpha"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: the model's second look was trained on ")
+    assert result.output.endswith("retrain or set MAMMO_DISPLAY_SIZE back\n") and result.output.count("\n") == 1
+
+
 def test_explain_draws_with_the_model_promoted_for_the_hospital(trained, monkeypatch, tmp_path):
     """A hand roll back for a hospital holds for its heat maps too, not only for its predictions: explain follows
     the promotion, even when current.json (the newest model) names a model whose files are gone."""
