@@ -19,7 +19,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Any other than loopback turns on team mode.")
 @click.option("--port", default=5001, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--team", "force_team", is_flag=True, help="Sign-in even on loopback (behind a TLS reverse proxy).")
-@click.option("--annotator", default=None, help="Your name in the labels (single-user mode; default: OS user).")
+@click.option(
+    "--annotator",
+    default=None,
+    help="Your name in the labels (single-user mode; default: OS user); with --hash-password, the line's name.",
+)
 @click.option("--blind", is_flag=True, help="Hide the model's hint.")
 @click.option(
     "--lease-minutes",
@@ -42,7 +46,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
     callback=output_file,
     help="Write every label event with provenance to FILE (.csv or .jsonl) and exit.",
 )
-@click.option("--hash-password", is_flag=True, help="Print a salted hash for a MAMMO_ANNOTATORS_FILE line and exit.")
+@click.option(
+    "--hash-password",
+    is_flag=True,
+    help="Print a MAMMO_ANNOTATORS_FILE line, name:<salted hash of a password asked for>, and exit. The name is "
+    "--annotator's, else asked for (default: OS user).",
+)
 def command(
     host: str,
     port: int,
@@ -65,12 +74,20 @@ def command(
         mammo label --host 0.0.0.0 --port 5001
         mammo label --host 127.0.0.1 --team   # behind a TLS reverse proxy on this machine
         mammo label --export labels.csv
+        mammo label --hash-password --annotator alice >> annotators.txt   # for MAMMO_ANNOTATORS_FILE
     """
     from mammo_pipeline.labels import app as label_app
     from mammo_pipeline.labels import security
 
-    if hash_password:
-        click.echo(label_app.hash_password(click.prompt("Password", hide_input=True, confirmation_prompt=True)))
+    if hash_password:  # a line ready for the file (prompts on stderr): a bare hash is refused there
+        name = (annotator or click.prompt("Annotator", default=getpass.getuser(), err=True)).strip()
+        if not name or ":" in name or name.startswith("#"):
+            raise click.BadParameter(
+                f"{name!r} cannot name an annotator in the file (empty, a ':' or a leading '#')",
+                param_hint="--annotator",
+            )
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+        click.echo(f"{name}:{label_app.hash_password(password)}")
         return
     settings = Settings.from_env()
     if export_file is not None:  # reads the store as it is: never makes one, never syncs it first

@@ -96,10 +96,33 @@ def test_bad_manifest_is_a_clear_error(settings):
     assert result.exit_code != 0 and "model_png" in result.output
 
 
-def test_hash_password_prints_a_checkable_hash():
-    result = CliRunner().invoke(command, ["--hash-password"], input="s3cret\ns3cret\n")
-    assert result.exit_code == 0
-    assert check_password(result.output.strip().splitlines()[-1], "s3cret")
+def test_hash_password_prints_a_line_ready_for_the_annotators_file(tmp_path, monkeypatch):
+    """A user's report: --hash-password printed the hash alone, and the line pasted into MAMMO_ANNOTATORS_FILE was
+    refused ("annotators must be given as name:password"). It prints name:<hash>, alone on stdout."""
+    import getpass
+
+    from mammo_pipeline.labels.app import load_annotators
+
+    def line(args: list[str], answers: str) -> str:
+        result = CliRunner().invoke(command, ["--hash-password", *args], input=answers)
+        assert result.exit_code == 0, result.output
+        return result.stdout.strip().splitlines()[-1]
+
+    annotators = tmp_path / "annotators.txt"
+    annotators.write_text(line(["--annotator", "alice"], "s3cret\ns3cret\n") + "\n")
+    users = load_annotators({"MAMMO_ANNOTATORS_FILE": str(annotators)})
+    assert list(users) == ["alice"] and check_password(users["alice"], "s3cret")
+    assert not check_password(users["alice"], "s3cre")
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "reader7")
+    asked, default = line([], "bob\npw2\npw2\n"), line([], "\npw3\npw3\n")  # the name asked for, OS user default
+    annotators.write_text(f"{asked}\n{default}\n")
+    users = load_annotators({"MAMMO_ANNOTATORS_FILE": str(annotators)})
+    assert check_password(users["bob"], "pw2") and check_password(users["reader7"], "pw3")
+    result = CliRunner().invoke(command, ["--hash-password"], input="bob\npw2\npw2\n")
+    assert result.stdout.count("\n") == 1  # the prompts are on stderr: `>> annotators.txt` takes the line only
+    refused = CliRunner().invoke(command, ["--hash-password", "--annotator", "a:b"], input="pw\npw\n")
+    assert refused.exit_code == 2 and "cannot name an annotator" in refused.output
 
 
 def test_labels_stats_prints_queues_kappa_and_reader_agreement(settings, cached):
