@@ -89,7 +89,7 @@ def command(
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
         click.echo(f"{name}:{label_app.hash_password(password)}")
         return
-    settings = Settings.from_env()
+    settings = Settings.existing()  # a mistyped MAMMO_HOME is refused, not made into an empty home
     if export_file is not None:  # reads the store as it is: never makes one, never syncs it first
         try:
             existing = open_existing(settings.labels_db, seed=settings.seed)

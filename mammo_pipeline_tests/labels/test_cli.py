@@ -90,6 +90,24 @@ def test_serve_on_a_network_host_needs_annotators(settings, cached, monkeypatch)
     assert TestClient(seen["app"], base_url="http://localhost:5001").get("/", follow_redirects=False).status_code == 303
 
 
+def test_label_refuses_a_home_that_does_not_exist(tmp_path, monkeypatch):
+    """A user's report: with MAMMO_HOME mistyped, `mammo label` made the home (labels.sqlite, .session_secret) and
+    served an app with 0 images; now the refusal of the other commands that read a home."""
+    from mammo_pipeline.cli import cli
+
+    home = tmp_path / "some-typo"
+    monkeypatch.setenv("MAMMO_HOME", str(home))
+    for var in ("MAMMO_WAREHOUSE", "MAMMO_LABELS_DB", "MAMMO_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("must not serve"))
+    for args in ([], ["--export", str(tmp_path / "labels.csv")]):
+        result = CliRunner().invoke(cli, ["label", *args])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(f"Error: no mammo home at {home} (MAMMO_HOME)")
+        assert result.output.count("\n") == 1
+    assert not home.exists() and not (tmp_path / "labels.csv").exists()
+
+
 def test_bad_manifest_is_a_clear_error(settings):
     warehouse.write_partition(settings, "image_cache", "h1", write_images(settings.cache, 2).drop(columns="model_png"))
     result = CliRunner().invoke(command, [])
