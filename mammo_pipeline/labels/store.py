@@ -878,6 +878,8 @@ class LabelStore:
         )
         df.insert(7, "label", df["code"].map(lambda c: LABELS[int(c)]).astype(object))
         df["undone"] = df["undone"].astype(bool)
+        for column in ("round", "seen_event"):  # nullable integers: 44, not 44.0 beside a missing value
+            df[column] = df[column].astype("Int64")
         return df
 
     def export(self, path: Path, fmt: str = "csv") -> int:
@@ -1046,12 +1048,12 @@ def _opt(value: object) -> object:
 
 
 def _clean(rec: dict) -> dict:
-    """Plain Python values (None for NaN) so the record serializes to JSON."""
+    """Plain Python values (None for NaN and pd.NA) so the record serializes to JSON."""
     out = {}
     for k, v in rec.items():
         if hasattr(v, "item"):
             v = v.item()
-        if isinstance(v, float) and v != v:
+        if v is pd.NA or (isinstance(v, float) and v != v):
             v = None
         out[k] = v
     return out

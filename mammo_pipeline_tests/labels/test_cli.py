@@ -43,6 +43,24 @@ def test_export_writes_the_stores_events_and_never_makes_a_store(settings, cache
     assert csv.read_text().startswith("event_id,")
 
 
+def test_export_writes_the_integer_columns_as_integers(settings, cached, tmp_path):
+    """A user's report: the export CSV held seen_event as 44.0 (a float column, some events having none)."""
+    import csv
+
+    store, _ = sync_from_warehouse(settings)
+    image = int(store.images()["id"][0])
+    first = store.record(image, 3, "alice")  # no seen_event, no round
+    store.record(image, 1, "bob", round=2, seen_event=first)
+    assert CliRunner().invoke(command, ["--export", str(tmp_path / "e.csv")]).exit_code == 0
+    with (tmp_path / "e.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["seen_event"], r["round"]) for r in rows] == [("", ""), (str(first), "2")]
+    assert CliRunner().invoke(command, ["--export", str(tmp_path / "e.jsonl")]).exit_code == 0
+    records = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [(r["seen_event"], r["round"]) for r in records] == [(None, None), (first, 2)]
+    assert type(records[1]["seen_event"]) is int and type(records[1]["round"]) is int
+
+
 @pytest.mark.parametrize("content", [b"not a database at all, just text" * 40, None])
 def test_reading_commands_leave_a_foreign_file_untouched(settings, content, tmp_path):
     """`labels stats` and `label --export` pointed at a file that is not a label store (another tool's SQLite
