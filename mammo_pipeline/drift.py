@@ -136,6 +136,8 @@ def needs_review_growth(settings: Settings, hospital: str) -> Finding:
             [hospital],
         ).fetchone()
         version, n_now, k_now = now
+        if version is None:  # nothing of this hospital predicted (only For Processing images, say)
+            return Finding(True, f"no current predictions of {hospital} yet")
         if not n_now:
             return Finding(True, "these predictions carry no needs_review flag (a model from before the flag)")
         previous = con.execute(

@@ -107,3 +107,11 @@ def test_needs_review_absent_in_old_rows_is_quiet(settings):
     write_predictions(settings, "h1", "m1", {"neither": 100}, None, 0)
     finding = drift.needs_review_growth(settings, "h1")
     assert finding.passed and "no needs_review flag" in finding.summary
+
+
+def test_needs_review_of_a_hospital_without_predictions_says_so(settings):
+    """A hospital whose images were all For Processing has no predictions: the check says that, not that its
+    predictions come from a model before the needs_review flag."""
+    write_predictions(settings, "h1", "m1", {"neither": 100}, 0.05, 0)
+    finding = drift.needs_review_growth(settings, "h2")
+    assert finding.passed and finding.summary == "no current predictions of h2 yet"

@@ -66,8 +66,9 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     settings, hospital = mammo.get(), context.partition_key
     result = cache_hospital(settings, hospital, progress=every(10, context.log.info, f"images cached ({hospital})"))
     warehouse.refresh_views(settings)
+    skipped = f", {result.for_processing} For Processing skipped (never displayed)" if result.for_processing else ""
     context.log.info(
-        f"{hospital}: {result.new} rendered, {result.unchanged} unchanged, quarantined {result.quarantined}"
+        f"{hospital}: {result.new} rendered, {result.unchanged} unchanged{skipped}, quarantined {result.quarantined}"
     )
     return dg.MaterializeResult(
         metadata={

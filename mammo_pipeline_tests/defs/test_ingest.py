@@ -46,6 +46,8 @@ def test_ingest_assets_materialize_per_hospital_then_completeness(settings):
     assert (index["image_kind_2d"], index["image_kind_for_processing"]) == (1, 1)
     cache = _metadata(result, image_cache)
     assert (cache["dagster/row_count"], cache["new"], cache["for_processing_skipped"]) == (1, 1, 1)
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("h1: 1 rendered, 0 unchanged, 1 For Processing skipped" in line for line in logs)  # said, not hidden
     assert cache["manifest_path"].endswith("hospital=h1/manifest.parquet")
     assert "model_png" in cache["preview"]
 
