@@ -36,6 +36,7 @@ EXTRA: dict[str, list[str]] = {
     "realism": ["--studies", "40", "--scale", "0.25", "--limit", "0"],  # the README table's sample
     "film_compression": [],
     "real_samples": [],
+    "representations": [],  # the current model (MAMMO_HOME or --home) on the real images in 16 representations
     "study_points": ["--home", "mammo-home"],
     "demo_audit": ["--home", "mammo-home"],
     "table_format": ["--slices", "20", "--rows", "5000", "--writers", "2", "--rounds", "5", "--repeat", "5"],
