@@ -174,6 +174,12 @@ def audit_clip_free(settings: Settings, model_version: str) -> np.ndarray:
     return preds.merge(clip_free, on="sop_instance_uid")["p_biopsy"].to_numpy(float)
 
 
+def borrowing_home(tmp: Path, model_home: Settings) -> Settings:
+    """A fresh home under `tmp` whose models folder is `model_home`'s, read only: the real images are indexed,
+    cached and predicted there, never in the user's home."""
+    return replace(Settings.under(Path(tmp) / "home", workers=2).ensure_dirs(), models=model_home.models)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=None, help="MAMMO_HOME whose current model to use (default: env)")
@@ -196,7 +202,7 @@ def main() -> int:
     ref = ModelRef.load(model_home.models)
     images = real_images(args.realdata)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = replace(Settings.under(Path(tmp) / "home", workers=2).ensure_dirs(), models=model_home.models)
+        settings = borrowing_home(tmp, model_home)
         names = {}
         for name, pixels, lat, view in images:
             wrap_as_dicom(name, pixels, lat, view, settings.landing / "realdata" / "drop-real" / f"{_uid(name)}.dcm")

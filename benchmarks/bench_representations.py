@@ -27,14 +27,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import pandas as pd
-from bench_real_samples import _uid, real_images, wrap_as_dicom
+from bench_real_samples import _uid, borrowing_home, real_images, wrap_as_dicom
 from PIL import Image
 from pydicom import Dataset, dcmread, uid
 from pydicom.filewriter import correct_ambiguous_vr
@@ -230,7 +230,7 @@ def main() -> int:
     images = real_images(args.realdata)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-repr-") as tmp:
-        settings = replace(Settings.under(Path(tmp) / "home", workers=2).ensure_dirs(), models=model_home.models)
+        settings = borrowing_home(tmp, model_home)
         model = load_model(settings, ref)
         counts, frames, reps = {}, [], {}
         for rep_name in wanted:
