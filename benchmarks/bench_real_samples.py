@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 from mammo_pipeline.synth.realism_report import realdata_dir
 
@@ -174,6 +175,20 @@ def audit_clip_free(settings: Settings, model_version: str) -> np.ndarray:
     return preds.merge(clip_free, on="sop_instance_uid")["p_biopsy"].to_numpy(float)
 
 
+def realdata_absent(realdata: Path) -> bool:
+    """Whether the real samples are missing, said with a message (the benchmark then skips, exit 0)."""
+    if realdata.is_dir():
+        return False
+    print(f"SKIP: {realdata} is absent; the real samples live only beside the project (never copied in)")
+    return True
+
+
+def current_model(home: Path | None) -> tuple[Settings, ModelRef]:
+    """The settings of `home` (MAMMO_HOME when None) and the model its models/current.json names."""
+    model_home = Settings.from_env() if home is None else Settings.under(home)
+    return model_home, ModelRef.load(model_home.models)
+
+
 def borrowing_home(tmp: Path, model_home: Settings) -> Settings:
     """A fresh home under `tmp` whose models folder is `model_home`'s, read only: the real images are indexed,
     cached and predicted there, never in the user's home."""
@@ -188,18 +203,15 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="contact sheet PNG (default: <home>/reports/)")
     args = parser.parse_args()
-    if not args.realdata.is_dir():
-        print(f"SKIP: {args.realdata} is absent; the real samples live only beside the project (never copied in)")
+    if realdata_absent(args.realdata):
         return 0
     from mammo_pipeline.cache import cache_hospital
     from mammo_pipeline.dicom.index import index_hospital
     from mammo_pipeline.model.infer import load_model, write_predictions
-    from mammo_pipeline.model.ref import ModelRef
     from mammo_pipeline.model.second_look_model import candidates_of, torch_probs
     from mammo_pipeline.model.train import load_network, load_second_look
 
-    model_home = Settings.from_env() if args.home is None else Settings.under(args.home)
-    ref = ModelRef.load(model_home.models)
+    model_home, ref = current_model(args.home)
     images = real_images(args.realdata)
     with tempfile.TemporaryDirectory() as tmp:
         settings = borrowing_home(tmp, model_home)

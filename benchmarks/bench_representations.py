@@ -34,13 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import pandas as pd
-from bench_real_samples import _uid, borrowing_home, real_images, wrap_as_dicom
+from bench_real_samples import _uid, borrowing_home, current_model, real_images, realdata_absent, wrap_as_dicom
 from PIL import Image
 from pydicom import Dataset, dcmread, uid
 from pydicom.filewriter import correct_ambiguous_vr
 from pydicom.sequence import Sequence
 
-from mammo_pipeline.settings import Settings
 from mammo_pipeline.synth.realism_report import realdata_dir
 
 
@@ -217,16 +216,13 @@ def main() -> int:
     wanted = ["plain", *(n for n in args.only.split(",") if n and n != "plain")] if args.only else list(REPRESENTATIONS)
     if unknown := [n for n in wanted if n not in REPRESENTATIONS]:
         parser.error(f"unknown representation(s) {', '.join(unknown)}; known: {', '.join(REPRESENTATIONS)}")
-    if not args.realdata.is_dir():
-        print(f"SKIP: {args.realdata} is absent; the real samples live only beside the project (never copied in)")
+    if realdata_absent(args.realdata):
         return 0
     from mammo_pipeline.cache import cache_hospital
     from mammo_pipeline.dicom.index import index_hospital
     from mammo_pipeline.model.infer import load_model, write_predictions
-    from mammo_pipeline.model.ref import ModelRef
 
-    model_home = Settings.from_env() if args.home is None else Settings.under(args.home)
-    ref = ModelRef.load(model_home.models)
+    model_home, ref = current_model(args.home)
     images = real_images(args.realdata)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-repr-") as tmp:
