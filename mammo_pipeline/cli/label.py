@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mammo_pipeline.cli.labels import SNAPSHOT_NOTE
+from mammo_pipeline.cli.labels import DISK_ONLY_NOTE
 from mammo_pipeline.cli.output import output_file
 from mammo_pipeline.labels.store import NoLabelStore, open_existing, sync_from_warehouse
 from mammo_pipeline.settings import Settings
@@ -99,7 +99,7 @@ def command(
         n = existing.export(export_file, fmt=fmt)
         click.echo(f"Wrote {n} label events to {export_file} ({fmt})")
         if existing.disk_only:
-            click.echo(SNAPSHOT_NOTE.format(path=settings.labels_db), err=True)
+            click.echo(DISK_ONLY_NOTE.format(path=settings.labels_db), err=True)
         return
     try:
         store, added = sync_from_warehouse(settings, audit_fraction=audit_fraction)

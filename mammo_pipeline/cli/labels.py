@@ -8,7 +8,7 @@ import click
 
 from mammo_pipeline.settings import Settings
 
-SNAPSHOT_NOTE = (
+DISK_ONLY_NOTE = (
     "note: {path} is read as it is on disk (this user may not write its folder, so labels a running app still "
     "holds in its -wal file are left out)"
 )
@@ -47,7 +47,7 @@ def stats(as_json: bool) -> None:
     figures = store.audit_stats()
     counts = store.queue_counts()
     if store.disk_only:
-        click.echo(SNAPSHOT_NOTE.format(path=settings.labels_db), err=True)
+        click.echo(DISK_ONLY_NOTE.format(path=settings.labels_db), err=True)
     if as_json:
         click.echo(json.dumps({"queues": counts, "audit": figures}, indent=2))
         return

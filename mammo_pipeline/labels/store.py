@@ -202,13 +202,11 @@ def open_existing(path: Path | str, seed: int = 0) -> LabelStore:
     if not path.is_file():
         raise NoLabelStore(f"no label store at {path}: {hint}")
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        with contextlib.closing(_read_only_connection(path)[0]) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.OperationalError:
-        tables = None  # a WAL file in a folder this user cannot write: read as it is on disk below
     except sqlite3.DatabaseError as e:
         raise NoLabelStore(f"{path} is not a label store ({e}): {hint}") from e
-    if tables is not None and not {"images", "events"} <= tables:
+    if not {"images", "events"} <= tables:
         raise NoLabelStore(f"{path} is an SQLite file but not a label store (no images and events tables): {hint}")
     if _writable(path):
         return LabelStore(path, seed)
@@ -230,14 +228,19 @@ def _read_only_connection(path: Path) -> tuple[sqlite3.Connection, bool]:
     writer still holds in its -wal file (SQLite URI filenames, sqlite.org/uri.html).
     """
     uri = path.resolve().as_uri()
-    try:
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=5, isolation_level=None)
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        return conn, False
-    except sqlite3.OperationalError:
-        conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        return conn, True
+    for parameter, disk_only in (("mode=ro", False), ("immutable=1", True)):
+        conn = sqlite3.connect(f"{uri}?{parameter}", uri=True, timeout=5, isolation_level=None)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn, disk_only
+        except sqlite3.OperationalError:  # mode=ro: a WAL file without its -shm, which this user cannot make
+            conn.close()
+            if disk_only:
+                raise
+        except sqlite3.DatabaseError:  # not SQLite at all
+            conn.close()
+            raise
+    raise AssertionError("immutable=1 either returns or raises")
 
 
 class LabelStore:
@@ -325,18 +328,17 @@ class LabelStore:
         """
         key = (os.getpid(), str(self.path), self.read_only)
         db = getattr(_local, "dbs", {}).get(key)
-        if db is None and self.read_only:
-            conn, self.disk_only = _read_only_connection(self.path)
-            db = sqlite_utils.Database(conn)
-            _local.__dict__.setdefault("dbs", {})[key] = db
         if db is None:
-            conn = sqlite3.connect(self.path, timeout=5, isolation_level=None)
-            conn.execute("PRAGMA foreign_keys=on")
-            # WAL + NORMAL: consistent after any crash; only a power cut can lose the last few commits.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            # 128 MB of page cache: bulk writes of a million rows touch every index at random places.
-            conn.execute("PRAGMA cache_size=-131072")
-            conn.execute("PRAGMA temp_store=MEMORY")  # bulk writes stage rows and sort indexes in temp tables
+            if self.read_only:
+                conn, self.disk_only = _read_only_connection(self.path)
+            else:
+                conn = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+                conn.execute("PRAGMA foreign_keys=on")
+                # WAL + NORMAL: consistent after any crash; only a power cut can lose the last few commits.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                # 128 MB of page cache: bulk writes of a million rows touch every index at random places.
+                conn.execute("PRAGMA cache_size=-131072")
+                conn.execute("PRAGMA temp_store=MEMORY")  # bulk writes stage rows and sort indexes in temp tables
             db = sqlite_utils.Database(conn)
             if not hasattr(_local, "dbs"):
                 _local.dbs = {}
