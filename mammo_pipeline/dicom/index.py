@@ -28,6 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydicom.misc import is_dicom
 
 from mammo_pipeline.atomic import atomic_path, remove_stale_temps
 from mammo_pipeline.dicom import source_paths
@@ -554,10 +555,9 @@ def _duplicate_row(row: dict[str, Any], message: str, reason: str = DUPLICATE) -
 
 
 def _is_part10(path: str) -> bool:
-    """Whether the file at `path` begins as a DICOM file does (PS3.10 7.1: a 128-byte preamble, then "DICM")."""
+    """pydicom's `is_dicom` (a 128-byte preamble, then "DICM": PS3.10 7.1), False for a file it cannot read."""
     try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
+        return is_dicom(path)
     except OSError:
         return False
 
