@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +154,7 @@ def labeling_app(settings: Settings) -> Path:
 
 def main() -> None:
     settings = Settings.from_env()
-    if not (settings.models / "current.json").exists():
+    if not ModelRef.exists(settings.models):
         from mammo_pipeline.demo import run_demo
 
         run_demo(settings)

@@ -131,7 +131,7 @@ def model_for(settings: Settings, hospital: str, instance: dg.DagsterInstance | 
 def no_model_yet(settings: Settings, hospital: str) -> bool:
     """Whether no model can predict `hospital`: none promoted for it and none trained (a first drop arrives before
     anything is labeled)."""
-    return promotions.promoted_version(settings, hospital) is None and not (settings.models / "current.json").exists()
+    return promotions.promoted_version(settings, hospital) is None and not ModelRef.exists(settings.models)
 
 
 @dg.asset(

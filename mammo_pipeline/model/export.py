@@ -320,7 +320,6 @@ def export_onnx(settings: Settings, ref: ModelRef) -> ModelRef:
     meta.update({"ref": json.loads(json.dumps(new.__dict__, default=list)), "onnx": comparison})
     write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True, default=str))
     new.save(settings.models, name=f"{ref.folder}/ref.json")
-    current = settings.models / "current.json"
-    if not current.exists() or ModelRef.load(settings.models).model_version == ref.model_version:
+    if not ModelRef.exists(settings.models) or ModelRef.load(settings.models).model_version == ref.model_version:
         new.save(settings.models)  # never roll current.json back to an older model
     return new

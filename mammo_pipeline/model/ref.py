@@ -12,6 +12,9 @@ from pathlib import Path
 
 from mammo_pipeline.atomic import write_text
 
+# The newest trained model's ref, under the models folder (promotions may make another one current per hospital).
+CURRENT = "current.json"
+
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -32,7 +35,7 @@ class ModelRef:
     def path(self, models_root: Path, name: str = "") -> Path:
         return models_root / self.folder / name if name else models_root / self.folder
 
-    def save(self, models_root: Path, name: str = "current.json") -> Path:
+    def save(self, models_root: Path, name: str = CURRENT) -> Path:
         return write_text(models_root / name, json.dumps(asdict(self), indent=2, sort_keys=True))
 
     def thresholds(self) -> tuple[float, float]:
@@ -46,8 +49,14 @@ class ModelRef:
     def with_(self, **changes: object) -> ModelRef:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    @staticmethod
+    def exists(models_root: Path, name: str = CURRENT) -> bool:
+        """Whether a model's ref was saved there: under `models_root` with the default name, whether any model
+        was trained."""
+        return (models_root / name).exists()
+
     @classmethod
-    def load(cls, models_root: Path, name: str = "current.json") -> ModelRef:
+    def load(cls, models_root: Path, name: str = CURRENT) -> ModelRef:
         path = models_root / name
         if not path.exists():
             raise FileNotFoundError(f"{path}: no model yet; materialize trained_model and onnx_model first")
