@@ -31,7 +31,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +93,7 @@ SCHEMA = pa.schema(
         ("model_png_mtime_ns", _I64),
         ("voi_method", _STR),
         ("fallback_reason", _STR),
+        ("padding_trimmed", _STR),  # the frame of padding cut away (`Rendition.trimmed`), null when none
         ("inverted", _BOOL),
         ("width", _I64),
         ("height", _I64),
@@ -405,6 +406,7 @@ def _render_copy(
             "sop_instance_uid": task.sop_instance_uid,
             "voi_method": rendition.voi_method,
             "fallback_reason": rendition.fallback_reason,
+            "padding_trimmed": rendition.trimmed,
             "inverted": bool(rendition.inverted),
             "width": width,
             "height": height,
@@ -465,12 +467,27 @@ def _is_current(prior: dict[str, Any], copies: list[dict[str, Any]], settings: S
     sop, version = copies[0]["sop_instance_uid"], prior.get("norm_version")
     return (
         any(_same_source(prior, copy) for copy in copies)
-        and rendition_current(version, prior.get("voi_method"), NORM_VERSION)
+        and rendition_current(version, prior.get("voi_method"), NORM_VERSION, _png_reader(settings.cache, prior))
         and prior["display_png"] == png_path(hospital, sop, settings.display_size, version)
         and prior["model_png"] == png_path(hospital, sop, settings.model_size, version)
         and _png_current(settings.cache, prior["display_png"], prior.get("display_png_mtime_ns"))
         and _png_current(settings.cache, prior["model_png"], prior.get("model_png_mtime_ns"))
     )
+
+
+def _png_reader(cache: Path, prior: dict[str, Any]) -> Callable[[], np.ndarray]:
+    """Reads the display PNG of `prior` (uint8 HxW) when `rendition_current` asks for it: an upgrade across
+    `normalize.FRAME_CUT_SINCE` renders again only the images whose display shows a frame. A PNG that cannot
+    be read reads as one gray level, so it is rendered again."""
+
+    def read() -> np.ndarray:
+        try:
+            with Image.open(ensure_under(cache, prior["display_png"])) as image:
+                return np.asarray(image.convert("L"))
+        except (OSError, ValueError, KeyError):
+            return np.zeros((1, 1), dtype=np.uint8)
+
+    return read
 
 
 def _kept_without_source(prior: dict[str, Any], image: dict[str, Any], settings: Settings, hospital: str) -> bool:

@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
@@ -515,3 +516,36 @@ def test_a_file_replaced_after_indexing_is_not_rendered_under_the_indexed_images
     assert again.new == 1 and again.quarantined == {}
     manifest = read_manifest(settings, "h1")
     assert indexed not in set(manifest["sop_instance_uid"]) and manifest["height"].tolist() == [96]
+
+
+def test_an_upgrade_to_the_frame_cut_renders_again_only_images_whose_display_shows_a_frame(
+    settings, monkeypatch, render_calls
+):
+    """Version 5 cuts a frame of padding away (`normalize.content_box`). A version-4 cache is rendered again only
+    where its display has an edge line of one gray level: the framed image, not the others (on a million-image
+    archive, the framed files instead of all). The manifest says what was cut."""
+    from mammo_pipeline.dicom import normalize
+
+    cut_frame = normalize.content_box
+    uids = _landing(settings)
+    framed = np.zeros((48, 64), np.uint16)
+    framed[8:40, 6:58] = (np.arange(32 * 52, dtype=np.uint16).reshape(32, 52) % 4000) + 50
+    uid = generate_uid()
+    write_mg(settings.landing / "h1" / "d1" / "framed" / "img.dcm", SOPInstanceUID=uid, pixel_bytes=framed.tobytes())
+    index_hospital(settings, "h1")
+    monkeypatch.setattr(cache_module, "NORM_VERSION", "4")  # a cache made by version 4, which cut no frame
+    monkeypatch.setattr(normalize, "content_box", lambda *args: None)
+    cache_hospital(settings, "h1")
+    before = read_manifest(settings, "h1").set_index("sop_instance_uid")
+    assert set(before["norm_version"]) == {"4"}
+
+    monkeypatch.setattr(cache_module, "NORM_VERSION", normalize.NORM_VERSION)  # ... upgraded
+    monkeypatch.setattr(normalize, "content_box", cut_frame)
+    render_calls.clear()
+    result = cache_hospital(settings, "h1")
+    assert (result.new, result.unchanged) == (1, 3) and len(render_calls) == 2  # + the quarantined image's retry
+    after = read_manifest(settings, "h1").set_index("sop_instance_uid")
+    assert after.loc[uid, "norm_version"] == normalize.NORM_VERSION
+    assert after.loc[uid, "padding_trimmed"] == "top 8, left 6, bottom 8, right 6 px of padding cut"
+    for sop in uids:
+        assert after.loc[sop, "norm_version"] == "4" and pd.isna(after.loc[sop, "padding_trimmed"])

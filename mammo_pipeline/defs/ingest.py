@@ -70,6 +70,8 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     context.log.info(
         f"{hospital}: {result.new} rendered, {result.unchanged} unchanged{skipped}, quarantined {result.quarantined}"
     )
+    manifest = read_manifest(settings, hospital)
+    trimmed = int(manifest["padding_trimmed"].notna().sum()) if "padding_trimmed" in manifest else 0
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": result.rows,
@@ -78,6 +80,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "for_processing_skipped": result.for_processing,
             "still_quarantined": result.still_quarantined,
             "kept_without_source": result.kept_without_source,
+            "padding_trimmed": trimmed,  # images shown without the frame of padding they were stored in
             **_by_reason(result.quarantined),
             "images_per_second": round(result.images_per_s, 2),
             "seconds": round(result.seconds, 2),
@@ -85,7 +88,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "cache_path": dg.MetadataValue.path(str(settings.cache / hospital / NORM_VERSION)),
             "manifest_path": dg.MetadataValue.path(str(result.manifest_path)),
             "quarantine_path": dg.MetadataValue.path(str(cache_quarantine_path(settings, hospital))),
-            "preview": dg.MetadataValue.md(preview_markdown(read_manifest(settings, hospital), CACHE_PREVIEW)),
+            "preview": dg.MetadataValue.md(preview_markdown(manifest, CACHE_PREVIEW)),
         }
     )
 

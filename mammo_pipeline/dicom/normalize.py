@@ -11,6 +11,13 @@ Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
    12-bit image, is matched on the cells before they are fitted to it: `decode.padding_beyond_bits`). They are
    left out of the area averages (an output pixel is the mean of its image pixels only), out of the percentile
    window and the window sanity checks, and are shown black.
+   **A frame of padding is cut away** (`content_box`, version 5): when the lines along the edges that hold only
+   padding, or only the stored value that displays black (a border written without a declaration), leave a
+   rectangle that is image (CONTENT_FILL of it), every step runs on that rectangle. A black border is no part of
+   the image, yet it was the darkest large flat region, which the second look takes for the air (a film's gray
+   air and the lead letters in it became breast), and it shrank the breast on the display. Where such values
+   surround the breast itself (air stored at the darkest value, as the NYU images' is) the rest is the breast,
+   not a rectangle, and nothing is cut. `Rendition.content_box` says what was kept.
 
 1. **Modality LUT** (`apply_rescale`): (0028,3000) Modality LUT Sequence if present, else (0028,1053) Rescale
    Slope and (0028,1052) Rescale Intercept. A Rescale Slope of 0 (which would map every pixel to the intercept,
@@ -40,8 +47,8 @@ Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
    MONOCHROME1+INVERSE, MONOCHROME1+IDENTITY and MONOCHROME1 alone are inverted once; MONOCHROME2+INVERSE
    contradicts the module (mislabelled shapes exist, dcm4chee-arc#3155) and is not inverted: bright stays
    dense tissue. The index keeps the shape (column ``presentation_lut_shape``) so such files can be found.
-4. **Area resize** (`resize_area`) to each requested long side, aspect ratio kept, no flips: the image stays
-   as stored (PatientOrientation and FieldOfViewHorizontalFlip are not applied).
+4. **Area resize** (`resize_area`) to each requested long side (of the content box), aspect ratio kept, no flips:
+   the image stays as stored (PatientOrientation and FieldOfViewHorizontalFlip are not applied).
 
 For speed (see decode.py) the raw values are area-averaged down to the largest requested size *before* the
 VOI step, and JPEG 2000 is decoded at a reduced resolution level. Rescale is linear so that commutes; a
@@ -52,7 +59,7 @@ a gray level or two on average (tested against pydicom in mammo_pipeline_tests/d
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,20 +78,50 @@ from mammo_pipeline.dicom.headers import is_for_processing
 
 # 2: functional-group windows, padding kept out of percentiles and averages, signed J2K fix; 3: a For Presentation
 # image without a usable window shows its own min..max (`range_window`), no longer the 0.5-99.5th percentiles;
-# 4: when the first window pair or VOI LUT item is unusable, the next usable one is applied before the image's range
-NORM_VERSION = "4"
+# 4: when the first window pair or VOI LUT item is unusable, the next usable one is applied before the image's range;
+# 5: a frame of padding (declared, or black without a declaration) is cut away (`content_box`)
+NORM_VERSION = "5"
 
 _APPLIED = frozenset({"voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID"})
+_ANY = _APPLIED | {"range", "percentile"}
 # (earlier version, later version) -> the VOI methods whose renditions the later version left as they were
-UNCHANGED_SINCE = {("2", "3"): _APPLIED, ("3", "4"): _APPLIED, ("2", "4"): _APPLIED}
+UNCHANGED_SINCE = {
+    ("2", "3"): _APPLIED,
+    ("3", "4"): _APPLIED,
+    ("2", "4"): _APPLIED,
+    ("4", "5"): _ANY,
+    ("3", "5"): _APPLIED,
+    ("2", "5"): _APPLIED,
+}
+# From this version on a frame of padding is cut away: an earlier rendition stands only where its display has no
+# edge line of one gray level (`constant_edge`), since a frame at least a display pixel deep leaves one
+FRAME_CUT_SINCE = 5
 
 
-def rendition_current(norm_version: str | None, voi_method: str | None, current: str = NORM_VERSION) -> bool:
+def rendition_current(
+    norm_version: str | None,
+    voi_method: str | None,
+    current: str = NORM_VERSION,
+    display: Callable[[], np.ndarray] | None = None,
+) -> bool:
     """Whether a PNG rendered by `norm_version` (its VOI step `voi_method`) is what version `current` renders, so
     a cache need not render it again: `current`'s own renditions, and an earlier version's whose VOI method the
     later one left alone (`UNCHANGED_SINCE`: version 3 changed only the fallback window, so version 2's windowed
-    and LUT renditions stand)."""
-    return norm_version == current or voi_method in UNCHANGED_SINCE.get((norm_version or "", current), frozenset())
+    and LUT renditions stand). Across FRAME_CUT_SINCE the earlier display (`display` reads it; None: not known,
+    so not current) must also have no edge line of one gray level (`constant_edge`): a frame of padding a display
+    pixel deep or more leaves one, so only those images are rendered again. A thinner frame is kept, less than a
+    display pixel off what version 5 renders."""
+    if norm_version == current:
+        return True
+    if voi_method not in UNCHANGED_SINCE.get((norm_version or "", current), frozenset()):
+        return False
+    if _version(norm_version) < FRAME_CUT_SINCE <= _version(current):
+        return display is not None and not constant_edge(display())
+    return True
+
+
+def _version(text: str | None) -> int:
+    return int(text) if text and text.isdigit() else 0
 
 
 LOW_PERCENTILE = 0.5
@@ -100,7 +137,26 @@ class Rendition:
     voi_method: str  # "voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID" or "percentile"
     fallback_reason: str | None  # why a VOI LUT or window was not used
     inverted: bool
-    source_shape: tuple[int, int]
+    source_shape: tuple[int, int]  # (Rows, Columns) as stored
+    content_box: tuple[int, int, int, int] | None = None  # (top, left, bottom, right) kept, source px; None: all
+
+    @property
+    def content_shape(self) -> tuple[int, int]:
+        """(rows, columns) in source px of what the images show: the stored frame less a cut frame of padding."""
+        if self.content_box is None:
+            return self.source_shape
+        top, left, bottom, right = self.content_box
+        return bottom - top, right - left
+
+    @property
+    def trimmed(self) -> str | None:
+        """The frame of padding cut away, in source px per side ("top 410, left 0, bottom 410, right 320 px of
+        padding cut"), or None."""
+        if self.content_box is None:
+            return None
+        top, left, bottom, right = self.content_box
+        rows, cols = self.source_shape
+        return f"top {top}, left {left}, bottom {rows - bottom}, right {cols - right} px of padding cut"
 
 
 @dataclass(frozen=True)
@@ -424,13 +480,22 @@ def render_pixels(
     the shape of `pixels`) adds the padding the decoder found before fitting the values to Bits Stored
     (`decode.padding_beyond_bits`); `note` (the decoder's, `decode.fit_bits_stored`) leads `fallback_reason`;
     `header_voi=False` skips the header's VOI LUT and windows (a header that misstates its values)."""
-    wanted = sorted({int(s) for s in sizes}, reverse=True)
-    if not wanted or wanted[-1] < 1:
-        raise ValueError(f"sizes must be positive long sides, got {list(sizes)}")
+    asked = sorted({int(s) for s in sizes}, reverse=True)
+    if not asked or asked[-1] < NATIVE:
+        raise ValueError(f"sizes must be positive long sides (or NATIVE, 0), got {list(sizes)}")
     source_shape = (int(ds.Rows), int(ds.Columns))
-    work_shape = target_shape(source_shape, min(wanted[0], max(source_shape)))
     found = padding_mask(ds, pixels)
     padding = padding if found is None else found if padding is None else found | padding
+    box = content_box(pixels, padding, is_inverted(ds))
+    kept = None if box is None else _in_source_px(box, pixels.shape, source_shape)
+    if box is not None:  # every step runs on the image inside its frame of padding
+        top, left, bottom, right = box
+        pixels = np.ascontiguousarray(pixels[top:bottom, left:right])
+        if padding is not None:
+            padding = padding[top:bottom, left:right] if padding[top:bottom, left:right].any() else None
+    content = source_shape if kept is None else (kept[2] - kept[0], kept[3] - kept[1])
+    wanted = {size: size or max(content) for size in asked}  # NATIVE: the content's own long side
+    work_shape = target_shape(content, min(max(wanted.values()), max(content)))
     weight = None if padding is None else ~padding
     if ds.get("ModalityLUTSequence"):  # a LUT is not linear: apply it per pixel, then average
         values, inside = resize_masked(apply_rescale(pixels, ds), weight, work_shape)
@@ -451,10 +516,65 @@ def render_pixels(
     if mask is not None:
         display = np.where(mask, display, np.float32(0.0))  # padding is no image: black
     images = {}
-    for size in wanted:
-        small, _ = resize_masked(display, mask, target_shape(source_shape, size), zero_outside=True)
+    for size, long_side in wanted.items():
+        small, _ = resize_masked(display, mask, target_shape(content, long_side), zero_outside=True)
         images[size] = to_uint8(small)
-    return Rendition(images, method, reason or None, inverted, source_shape)
+    return Rendition(images, method, reason or None, inverted, source_shape, kept)
+
+
+# The long side that asks `render` for the image at its stored size: the content's own, whatever frame is cut
+NATIVE = 0
+# A frame of padding leaves a rectangle of image: what is not padding fills at least this share of the box inside
+# the frame's whole lines, but for the rim where a reduced-resolution decode mixes padding in (set before measuring,
+# the value `model/air.py` asks of a collimated field, RECTANGLE_FILL). A breast whose air is stored at the darkest
+# value fills about pi/4 of its box (the skin line curves): its air is not a frame.
+CONTENT_FILL = 0.95
+
+
+def content_box(pixels: np.ndarray, padding: np.ndarray | None, inverted: bool) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right), in `pixels`' px, of the image inside a frame of padding; None when none.
+
+    Blank is what `padding` (HxW bool) marks, or the stored value that displays black (the least, or the greatest
+    when `inverted`: MONOCHROME1), since a border is often written without a Pixel Padding Value. The box drops
+    the edge lines wholly blank and is kept only when what is not blank fills CONTENT_FILL of it: a frame. Air
+    stored at that value around a breast is blank too, but leaves the breast, not a rectangle (module docstring).
+    """
+    if pixels.ndim != 2 or pixels.size == 0:
+        return None
+    dark = pixels.max() if inverted else pixels.min()
+    edges = (pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1])
+    masks = (padding[0], padding[-1], padding[:, 0], padding[:, -1]) if padding is not None else (None,) * 4
+    if not any((e == dark).all() or (m is not None and m.all()) for e, m in zip(edges, masks, strict=True)):
+        return None  # the common case, four lines read
+    blank = pixels == dark
+    if padding is not None:
+        blank |= padding
+    rows, cols = np.flatnonzero(~blank.all(axis=1)), np.flatnonzero(~blank.all(axis=0))
+    if not len(rows):
+        return None  # all blank: nothing to keep
+    box = int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+    top, left, bottom, right = box
+    if float((~blank[top:bottom, left:right]).mean()) < CONTENT_FILL:
+        return None
+    return box
+
+
+def _in_source_px(
+    box: tuple[int, int, int, int], shape: tuple[int, ...], source: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """`box` in px of an array of `shape` (a reduced-resolution decode, or the stored size) in source px."""
+    sy, sx = source[0] / shape[0], source[1] / shape[1]
+    top, left, bottom, right = box
+    return round(top * sy), round(left * sx), min(source[0], round(bottom * sy)), min(source[1], round(right * sx))
+
+
+def constant_edge(display: np.ndarray) -> bool:
+    """Whether a display image (uint8 HxW) has an edge line of one gray level: what a frame of padding at least a
+    display pixel deep leaves (`rendition_current`). Noise and anatomy never fill a whole line with one value."""
+    if display.ndim != 2 or display.size == 0:
+        return False
+    lines = (display[0], display[-1], display[:, 0], display[:, -1])
+    return any(int(line.max()) == int(line.min()) for line in lines)
 
 
 def padding_mask(ds: Dataset, pixels: np.ndarray) -> np.ndarray | None:
@@ -501,8 +621,10 @@ def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
     source : Dataset or Path
         A dataset with its Pixel Data, or a DICOM file (read once with ``dcmread``).
     sizes : sequence of int
-        Long sides of the uint8 display images wanted (default 1024). Smaller images are never upscaled
-        before the VOI step; a size above the source is bilinearly upscaled at the end.
+        Long sides of the uint8 display images wanted (default 1024), of the image inside any frame of padding
+        cut away (`content_box`). Smaller images are never upscaled before the VOI step; a size above the
+        source is bilinearly upscaled at the end. NATIVE (0) asks for the image at its stored size, decoded in
+        full (`images[NATIVE]`).
 
     Returns
     -------
@@ -517,7 +639,8 @@ def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
     ds, path = read_dataset(source)
     try:
         ds = frame_attributes(ds)  # Frame VOI LUT / Pixel Value Transformation of frame 0, at the top level
-        frame = decode_frame(ds, max(int(s) for s in sizes), path=path)
+        native = any(int(s) == NATIVE for s in sizes)
+        frame = decode_frame(ds, None if native else max(int(s) for s in sizes), path=path)
         return render_pixels(ds, frame.pixels, sizes, frame.padding, frame.note, header_voi=not frame.beyond_bits)
     except UnusableImage:
         raise

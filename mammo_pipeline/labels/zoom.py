@@ -96,26 +96,36 @@ class ZoomCache:
             raise NoSource("the image's DICOM file is not under the landing folder")
         return path
 
-    def shape(self, path: Path) -> tuple[int, int]:
-        """(Rows, Columns) of the DICOM file, from its header only."""
-        import pydicom
-
+    def shape(self, path: Path, image_id: int) -> tuple[int, int]:
+        """(rows, columns) the display shows of the DICOM file at its native size: its Rows and Columns less a
+        frame of padding the display pipeline cuts away (`normalize.content_box`), so the app's fractions land
+        on the pixels the app shows. Only a rendition knows that frame: the shape of the first one is kept in
+        memory and in `<folder>/<image_id>/shape.txt` with the file's mtime, so crops cached on disk are served
+        without rendering after a restart."""
         with self._lock:
             if path in self._shapes:
                 return self._shapes[path]
+        record = self.folder / str(int(image_id)) / "shape.txt"
+        mtime = path.stat().st_mtime_ns
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            shape = (int(ds.Rows), int(ds.Columns))
-        except Exception as e:  # pydicom raises many types on a bad header
-            raise NoSource(f"the image's DICOM header cannot be read ({type(e).__name__})") from e
+            rows, cols, seen = (int(v) for v in record.read_text().split())
+            shape = (rows, cols) if seen == mtime and rows > 0 and cols > 0 else None
+        except (OSError, ValueError):
+            shape = None
+        if shape is None:
+            rows, cols = self.full(path).shape[:2]
+            shape = (int(rows), int(cols))
+            with atomic_path(record) as tmp:
+                tmp.write_text(f"{shape[0]} {shape[1]} {mtime}")
         with self._lock:
             self._shapes[path] = shape
         return shape
 
     def full(self, path: Path) -> np.ndarray:
-        """The uint8 display image of `path` at its native size (rows x cols), through normalize.render."""
+        """The uint8 display image of `path` at its native size (rows x cols, less a frame of padding cut
+        away: `shape`), through normalize.render."""
         from mammo_pipeline.dicom.errors import UnusableImage
-        from mammo_pipeline.dicom.normalize import read_dataset, render
+        from mammo_pipeline.dicom.normalize import NATIVE, read_dataset, render
         from mammo_pipeline.dicom.source_paths import redact
 
         with self._lock:
@@ -124,8 +134,7 @@ class ZoomCache:
                 return self._rendered[path]
         try:
             ds, _ = read_dataset(path)
-            long_side = max(int(ds.Rows), int(ds.Columns))
-            pixels = render(ds, (long_side,)).images[long_side]
+            pixels = render(ds, (NATIVE,)).images[NATIVE]
         except UnusableImage as e:
             reason = redact(str(e), path, "the file", self.landing)  # the real path names the patient's folder
             raise NoSource(f"the image's DICOM file cannot be rendered: {reason}") from e
@@ -139,7 +148,7 @@ class ZoomCache:
         """PNG bytes of the crop around fractions (x, y) of image `image_id`; BadCrop or NoSource otherwise."""
         fx, fy, side = _fraction("x", x), _fraction("y", y), _size(size)
         path = self._source(rel)
-        top, left, bottom, right = crop_box(self.shape(path), fx, fy, side)
+        top, left, bottom, right = crop_box(self.shape(path, image_id), fx, fy, side)
         cached = self.folder / str(int(image_id)) / f"{top}_{left}_{bottom}_{right}.png"
         if cached.is_file() and cached.stat().st_mtime_ns >= path.stat().st_mtime_ns:
             return cached.read_bytes()

@@ -113,7 +113,9 @@ def synthetic_display(ds, vendor_profile: str, matrix: str | None = None) -> tup
     rend = render(ds, (long_side,))
     profile = PROFILES[vendor_profile]
     full_rows = int(matrix.split("x")[0]) if matrix else profile.rows
-    spacing = profile.pixel_spacing * full_rows / rend.source_shape[0]
+    # the display's long side holds the content (the stored frame less a frame of padding, which synthetic drops
+    # never have) at `long_side` px
+    spacing = profile.pixel_spacing * full_rows / rend.source_shape[0] * max(rend.content_shape) / long_side
     return rend.images[long_side].astype(np.float32) / 255.0, spacing
 
 

@@ -83,10 +83,12 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def tissue_image(rows: int = 64, cols: int = 80, padding_fraction: float = 0.0, seed: int = 0) -> np.ndarray:
-    """Background 0 (the left `padding_fraction` of the columns), tissue 1000..3000 elsewhere (uint16)."""
+    """Background 0 (the left `padding_fraction` of the columns, below the first row), tissue 1000..3000 elsewhere
+    (uint16). The first row is tissue across, so the background is padding but no frame (`normalize.content_box`
+    would cut a frame away)."""
     rng = np.random.default_rng(seed)
     arr = rng.integers(1000, 3001, size=(rows, cols)).astype(np.uint16)
-    arr[:, : round(cols * padding_fraction)] = 0
+    arr[1:, : round(cols * padding_fraction)] = 0
     return arr
 
 

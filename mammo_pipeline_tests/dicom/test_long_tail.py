@@ -204,13 +204,14 @@ def test_padding_is_left_out_of_the_automatic_window():
 
 def test_padding_range_limit_and_edges_are_kept_out_of_area_averaging():
     arr = np.full((60, 80), 3000, np.uint16)
-    arr[:, :28] = np.random.default_rng(1).integers(0, 51, size=(60, 28))  # padding 0..50, edge inside a block
+    arr[2:, :28] = np.random.default_rng(1).integers(0, 51, size=(58, 28))  # padding 0..50, edge inside a block
+    # (below two rows of tissue: padding, but no frame that `normalize.content_box` would cut away)
     arr[:, -4:] = 1000  # a darker strip so the percentile window has a range
     ds = make_ds(arr, PixelPaddingValue=0, PixelPaddingRangeLimit=50)
     image = render(ds, (30,)).images[30]
     interior = image[:, : image.shape[1] - 3]
     assert set(np.unique(interior)) <= {0, 255}  # an edge pixel is the mean of its tissue only: never dimmed
-    assert (image[:, 0] == 0).all() and (interior[:, -1] == 255).all()
+    assert (image[1:, 0] == 0).all() and (interior[:, -1] == 255).all()
 
 
 @pytest.mark.parametrize(
@@ -223,13 +224,13 @@ def test_a_padding_value_outside_bits_stored_is_still_padding(signed, pad, windo
     cells as decoded. Before, it showed white or gray, and without a window it stretched the range too."""
     arr = tissue_image(64, 80)
     arr = (arr.astype(np.int16) - 2048) if signed else arr  # tissue -1048..952 signed, 1000..3000 unsigned
-    arr[:, :24] = pad
+    arr[1:, :24] = pad  # below a row of tissue: padding, no frame (`normalize.content_box` would cut one away)
     tags = {"WindowCenter": 0 if signed else 2048, "WindowWidth": 4096} if window else {}
     ds = make_ds(arr.astype(np.int16 if signed else np.uint16), signed=signed, PixelPaddingValue=pad, **tags)
     if signed:
         ds["PixelPaddingValue"].VR = "SS"
     image = render(ds, (80,)).images[80]
-    assert (image[:, :24] == 0).all()  # padding is black
+    assert (image[1:, :24] == 0).all()  # padding is black
     tissue = image[:, 26:]
     if window:
         assert tissue.min() >= 50 and tissue.max() <= 200 and tissue.std() > 10  # 1000..3000 of 0..4095

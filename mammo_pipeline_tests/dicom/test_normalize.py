@@ -22,11 +22,13 @@ from mammo_pipeline.dicom.normalize import (
     apply_voi_lut_sequence,
     apply_window,
     check_window,
+    constant_edge,
     is_inverted,
     percentile_window,
     read_window,
     render,
     render_pixels,
+    rendition_current,
     resize_area,
     target_shape,
     to_display,
@@ -91,6 +93,10 @@ def test_render_agrees_with_pydicom(path):
     except Exception as exc:  # pydicom itself cannot decode a few deliberately broken files
         pytest.skip(f"pydicom cannot render it: {type(exc).__name__}")
     assert reference is not None
+    rendition = render(path, (max(reference.shape),))
+    if rendition.content_box is not None:  # a frame of black lines (examples_overlay.dcm's first column) is cut
+        top, left, bottom, right = rendition.content_box
+        reference = reference[top:bottom, left:right]
     long_side = max(reference.shape)
     rendition = render(path, (long_side, max(1, long_side // 2)))
     if rendition.voi_method in ("percentile", "range"):  # our degenerate-window check fired: a real problem
@@ -318,9 +324,9 @@ def test_a_value_in_the_high_bits_renders_as_the_same_value_in_the_low_bits():
 
 
 def test_uint16_above_32767_is_not_read_as_negative():
-    arr = np.array([[0, 30000, 40000, 65535]], dtype=np.uint16)
+    arr = np.array([[0, 30000, 40000, 65535], [65535, 40000, 30000, 0]], dtype=np.uint16)  # no line all black
     ds = make_ds(arr, bits_stored=16, WindowCenter=32768, WindowWidth=65536)
-    assert to_display(ds, 4).tolist() == [[0, 117, 156, 255]]
+    assert to_display(ds, 4).tolist() == [[0, 117, 156, 255], [255, 156, 117, 0]]
 
 
 # --- §8.8 transfer syntaxes ---------------------------------------------------------------------------------
@@ -430,7 +436,7 @@ def test_an_unusable_first_voi_lut_item_gives_way_to_the_next():
 
 
 def test_landscape_stays_landscape_and_is_not_flipped():
-    arr = np.zeros((60, 200), np.uint16)
+    arr = (np.arange(60 * 200) % 7).astype(np.uint16).reshape(60, 200)  # dark, no line all black (not a frame)
     arr[:, :50] = 4000  # bright block on the left of a right breast
     ds = make_ds(arr, WindowCenter=2047, WindowWidth=4096, ImageLaterality="R", PatientOrientation=["A", "L"])
     ds.FieldOfViewHorizontalFlip = "YES"
@@ -489,3 +495,65 @@ def test_resize_area_is_an_exact_mean():
     assert resize_area(arr, (2, 2))[1, 1] == pytest.approx(arr[3:, 3:].mean())
     assert resize_area(np.ones((5, 7)), (10, 14)).shape == (10, 14)
     assert target_shape((4096, 3328), 1024) == (1024, 832)
+
+
+def _framed(arr: np.ndarray, top: int, left: int, bottom: int, right: int, value: int) -> np.ndarray:
+    """`arr` inside a frame of `value`, the given number of lines deep on each side."""
+    out = np.full((arr.shape[0] + top + bottom, arr.shape[1] + left + right), value, dtype=arr.dtype)
+    out[top : top + arr.shape[0], left : left + arr.shape[1]] = arr
+    return out
+
+
+@pytest.mark.parametrize(
+    "declared, photometric", [(False, "MONOCHROME2"), (True, "MONOCHROME2"), (True, "MONOCHROME1")]
+)
+def test_a_frame_of_padding_is_cut_away_so_the_display_is_the_image_without_it(declared, photometric):
+    """A black border (declared as Pixel Padding Value or not; stored white under MONOCHROME1) is no image: it took
+    the second look's air vote and shrank the breast. The display is the framed image's own, pixel for pixel."""
+    inner = np.clip(breast(300, 240, seed=3).astype(np.int32) + 300, 0, 4000).astype(np.uint16)  # gray air
+    value = 4095 if photometric == "MONOCHROME1" else 0
+    tags = {"PhotometricInterpretation": photometric}
+    framed = make_ds(
+        _framed(inner, 60, 30, 90, 50, value), **tags, **({"PixelPaddingValue": value} if declared else {})
+    )
+    plain, cut = render(make_ds(inner, **tags), (256, 64)), render(framed, (256, 64))
+    assert cut.content_box == (60, 30, 360, 270) and cut.content_shape == (300, 240)
+    assert cut.trimmed == "top 60, left 30, bottom 90, right 50 px of padding cut"
+    assert plain.content_box is None and plain.trimmed is None
+    for size in (256, 64):
+        np.testing.assert_array_equal(cut.images[size], plain.images[size])
+
+
+def test_air_stored_at_the_darkest_value_around_a_breast_is_not_a_frame():
+    """Air stored at the darkest value (as the NYU images' is) fills whole lines above, below and beyond a breast,
+    but leaves the breast, not a rectangle: nothing is cut, the image keeps its stored shape."""
+    img = breast(300, 240, seed=4)
+    img[img < 600] = 0  # the air (and the faint skin rim) at the darkest value
+    img = _framed(img, 40, 0, 40, 60, 0)
+    rend = render(make_ds(img), (256,))
+    assert rend.content_box is None and rend.images[256].shape == target_shape(img.shape, 256)
+
+
+def test_a_frame_is_found_on_a_reduced_resolution_decode_and_reported_in_stored_pixels():
+    """The box found on a reduced-resolution decode is given in the stored image's pixels."""
+    inner = np.clip(breast(256, 192, seed=5).astype(np.int32) + 300, 0, 4000).astype(np.uint16)
+    ds = make_ds(_framed(inner, 64, 32, 64, 32, 0))
+    half = np.ascontiguousarray(ds.pixel_array[::2, ::2])
+    rend = render_pixels(ds, half, (128,))
+    assert rend.content_box == (64, 32, 320, 224) and rend.images[128].shape == (128, 96)
+
+
+def test_an_upgrade_across_the_frame_cut_keeps_renditions_whose_display_shows_no_frame():
+    """Version 5 cuts frames of padding: an earlier rendition stands unless its display has an edge line of one
+    gray level (a frame a display pixel deep or more leaves one), so an upgrade renders few images again."""
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 48), dtype=np.uint8)
+    framed = noisy.copy()
+    framed[:, -3:] = 0
+    assert not constant_edge(noisy) and constant_edge(framed)
+    assert rendition_current("4", "range", "5", lambda: noisy)
+    assert not rendition_current("4", "range", "5", lambda: framed)
+    assert not rendition_current("4", "range", "5")  # the display cannot be read: rendered again
+    assert rendition_current("3", "window:LINEAR", "5", lambda: noisy)
+    assert not rendition_current("3", "range", "5", lambda: noisy)  # version 4 changed that one already
+    assert rendition_current("5", "range", "5")
+    assert rendition_current("2", "window:LINEAR", "4")  # the upgrades before need no display

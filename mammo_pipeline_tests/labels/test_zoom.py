@@ -141,3 +141,28 @@ def test_zoom_finds_the_dicom_behind_a_pseudonymized_path(settings):
     client = BrowserClient(create_app(settings, annotator="alice", secret="s"))
     crop = _png(client.get(f"/zoom/{store.images()['id'].iloc[0]}", params={"x": 0.5, "y": 0.5, "size": 64}))
     assert crop.shape == (48, 64)  # the whole 64 x 48 image: a crop is never larger than its source
+
+
+def test_crops_of_a_framed_image_land_on_the_pixels_the_display_shows_and_survive_a_restart(settings, monkeypatch):
+    """The display cuts a frame of padding away (`normalize.content_box`), so the app's fractions are fractions of
+    the image inside it: (0, 0) is the image's corner, not the frame's. After a restart, a crop cached on disk is
+    served without rendering the file again."""
+    from mammo_pipeline.labels.zoom import ZoomCache
+
+    inner = breast(ROWS, COLS).astype(np.int32) + 300  # gray air: nothing at the darkest value
+    framed = np.zeros((ROWS + 200, COLS + 100), np.uint16)
+    framed[120 : 120 + ROWS, 40 : 40 + COLS] = inner
+    path = settings.landing / "h1" / "d1" / "framed.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_ds(framed, WindowCenter=1800, WindowWidth=3000).save_as(path, enforce_file_format=True)
+    expected = render(make_ds(inner.astype(np.uint16), WindowCenter=1800, WindowWidth=3000), (ROWS,)).images[ROWS]
+
+    zoom = ZoomCache(settings.landing, settings.cache / "_zoom")
+    crop = np.asarray(Image.open(io.BytesIO(zoom.crop_png(7, "h1/d1/framed.dcm", 0.0, 0.0, 128))))
+    np.testing.assert_array_equal(crop, expected[:128, :128])
+    assert zoom.shape(path, 7) == (ROWS, COLS)
+
+    restarted = ZoomCache(settings.landing, settings.cache / "_zoom")
+    monkeypatch.setattr(ZoomCache, "full", lambda self, p: pytest.fail("rendered again"))
+    again = np.asarray(Image.open(io.BytesIO(restarted.crop_png(7, "h1/d1/framed.dcm", 0.0, 0.0, 128))))
+    np.testing.assert_array_equal(again, crop)
