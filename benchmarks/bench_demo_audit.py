@@ -10,23 +10,30 @@ share of clip-free audit images scored above it; then the RATIO of the misordere
 pairs made by clip images without a candidate on their clip to all misordered pairs, per home and pooled: what
 finding those clips could at most buy, against the whole loss (1 - ROC-AUC). A model without a second look is
 refused (its biopsy flag has no candidates).
+
+First, per home, each flag's review band: the one stored with the model (made by the code that trained it) and the
+one `evaluate.operating_points` makes now from the model's `audit_predictions.parquet` (its audit truth and
+probabilities, patients from the labels), with how many audit images and how many of the model's
+`image_predictions` fall inside each; the RATIO is the share of predicted images sent to review now / before.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np
 import pandas as pd
 from bench_learning_curve import clip_among, misordered, view_kind
 
 from mammo_pipeline import warehouse
 from mammo_pipeline.model.candidate_store import candidates_of_png
-from mammo_pipeline.model.evaluate import roc_auc
+from mammo_pipeline.model.evaluate import FLAGS, needs_review, operating_points, roc_auc
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 from mammo_pipeline.synth.drops import read_truth
@@ -57,6 +64,61 @@ def audit_scores(home: Path) -> tuple[str, pd.DataFrame]:
     return ref.model_version, out
 
 
+def _inside(scores: np.ndarray, point: dict) -> np.ndarray:
+    """Bool: each score inside the point's review band [review_low, review_high)."""
+    return (scores >= point["review_low"]) & (scores < point["review_high"])
+
+
+def review_bands(home: Path) -> float:
+    """Print each flag's stored and recomputed review band (image and study) and the audit images, predicted
+    images and predicted studies (the MAX of each flag over its images) inside; return the share of predicted
+    images sent to review now / before (1.0 when none were)."""
+    settings = Settings.under(home)
+    ref = ModelRef.load(settings.models)
+    stored = ref.extra.get("operating_points") or {}
+    audit = pd.read_parquet(settings.models / ref.model_version / "audit_predictions.parquet")
+    labels = pd.read_parquet(settings.warehouse / "labels" / "current.parquet")
+    audit = audit.merge(labels[["sop_instance_uid", "patient_key", "study_instance_uid"]], on="sop_instance_uid")
+    audit_probs = audit[["p_biopsy", "p_mag"]].to_numpy(float)
+    start = time.perf_counter()
+    now = operating_points(audit, audit_probs)
+    seconds = time.perf_counter() - start
+    preds = warehouse.query(
+        settings,
+        "SELECT study_instance_uid, p_biopsy, p_mag FROM image_predictions WHERE model_version = ?",
+        [ref.model_version],
+    )
+    probs = preds[["p_biopsy", "p_mag"]].to_numpy(float)
+    studies = preds.groupby("study_instance_uid")[["p_biopsy", "p_mag"]].max().to_numpy(float)
+    print(
+        f"{home}: model {ref.model_version}, {len(audit)} audit images of {audit['patient_key'].nunique()} "
+        f"patients, {len(probs)} predicted images in {len(studies)} studies; operating_points took {seconds:.3f} s"
+    )
+    for k, flag in enumerate(FLAGS):
+        for name, points in (("stored", stored), ("now", now)):
+            point = points[flag]
+            study = point.get("study") or point
+            resampled = (
+                f" (resampled thresholds [{point['threshold_low']:.4f}, {point['threshold_high']:.4f}])"
+                if "threshold_low" in point
+                else ""
+            )
+            print(
+                f"  {flag:<6} {name:<6} threshold {point['threshold']:.4f} band [{point['review_low']:.4f}, "
+                f"{point['review_high']:.4f}){resampled}: {_inside(audit_probs[:, k], point).sum()} audit, "
+                f"{_inside(probs[:, k], point).sum()} predicted images; study band [{study['review_low']:.4f}, "
+                f"{study['review_high']:.4f}): {_inside(studies[:, k], study).sum()} predicted studies"
+            )
+    before, after = (int(needs_review(probs, points).sum()) for points in (stored, now))
+    audit_before, audit_after = (int(needs_review(audit_probs, points).sum()) for points in (stored, now))
+    share = [n / max(len(probs), 1) for n in (before, after)]
+    print(
+        f"  needs_review (either flag): audit images {audit_before} -> {audit_after} of {len(audit)}, "
+        f"predicted images {before} ({share[0]:.1%}) -> {after} ({share[1]:.1%}) of {len(probs)}"
+    )
+    return after / before if before else 1.0
+
+
 def diagnose(frame: pd.DataFrame) -> pd.DataFrame:
     """The clip images of `frame` with `found` (a clip among their kept candidates), `kind` and `pairs`."""
     truth = frame["has_biopsy_marker"].astype(bool).to_numpy()
@@ -75,6 +137,9 @@ def main() -> int:
     parser.add_argument("--home", type=Path, action="append", required=True, help="a demo's MAMMO_HOME (repeatable)")
     parser.add_argument("--top", type=int, default=8, help="lowest-scored clip images listed per home")
     args = parser.parse_args()
+    for home in args.home:
+        ratio = review_bands(home)
+        print(f"RATIO predicted images in a review band, now / stored band: {ratio:.2f}x")
     lost = missed = 0.0
     for home in args.home:
         version, frame = audit_scores(home)

@@ -243,6 +243,7 @@ def test_demo_audit_prints_no_roc_auc_for_an_audit_set_without_clip_images(monke
         )  # fmt: skip
 
     monkeypatch.setattr(bench, "candidates_of_png", lambda path: no_candidate)
+    monkeypatch.setattr(bench, "review_bands", lambda home: 1.0)
     monkeypatch.setattr(sys, "argv", ["bench_demo_audit.py", "--home", "h"])
     for clip in ([False] * 4, [True] * 4, [True, False, True, False]):
         monkeypatch.setattr(bench, "audit_scores", lambda home, clip=clip: ("m1", audit(clip)))
@@ -251,6 +252,54 @@ def test_demo_audit_prints_no_roc_auc_for_an_audit_set_without_clip_images(monke
         auc = roc_auc(np.array(clip), np.linspace(0.9, 0.1, 4))
         assert ("ROC-AUC n/a" in out) == (auc is None), out
         assert auc is None or f"ROC-AUC {auc:.3f}, of which they cost {1 - auc:.3f}" in out, out
+
+
+def test_demo_audit_prints_the_stored_and_the_recomputed_review_bands_and_the_images_inside(tmp_path, capsys):
+    """A home whose model stored a band of the threshold's gap alone (0.499-0.5): the band recomputed from the
+    model's audit predictions is wider (a patient resample without the clip-free image at 0.499 lowers the
+    threshold), and the images counted inside each are those `needs_review` sends to review."""
+    import pandas as pd
+
+    from mammo_pipeline.model.evaluate import needs_review, operating_points
+    from mammo_pipeline.model.ref import ModelRef
+    from mammo_pipeline.settings import Settings
+
+    bench = bench_module("bench_demo_audit")
+    settings = Settings.under(tmp_path)
+    n = 40
+    clip = np.arange(n) % 2 == 0
+    p_biopsy = np.where(clip, 0.9 + np.arange(n) / 1000, 0.01 + np.arange(n) / 200)
+    p_biopsy[0], p_biopsy[[1, 3, 5]] = 0.5, (0.499, 0.47, 0.44)
+    audit = pd.DataFrame(
+        {"sop_instance_uid": [f"a{i}" for i in range(n)], "has_biopsy_marker": clip, "is_mag_view": np.arange(n) < 10,
+         "p_biopsy": p_biopsy, "p_mag": np.where(np.arange(n) < 10, 0.8, 0.2)}
+    )  # fmt: skip
+    labels = audit[["sop_instance_uid"]].assign(
+        patient_key=[f"p{i}" for i in range(n)], study_instance_uid=[f"s{i}" for i in range(n)], split="audit"
+    )
+    point = {"threshold": 0.4995, "review_low": 0.499, "review_high": 0.5, "rule": "before stop 57"}
+    stored = {"biopsy": point, "mag": {"threshold": 0.5, "review_low": 0.2, "review_high": 0.8}}
+    ModelRef("m1", "s1", "m1", 64, (0, 0, 0), (1, 1, 1), extra={"operating_points": stored}).save(settings.models)
+    (settings.models / "m1").mkdir(parents=True)
+    audit.to_parquet(settings.models / "m1" / "audit_predictions.parquet")
+    (settings.warehouse / "labels").mkdir(parents=True)
+    labels.to_parquet(settings.warehouse / "labels" / "current.parquet")
+    p_mag = np.where(np.arange(50) < 5, 0.5, 0.1)
+    preds = pd.DataFrame({"sop_instance_uid": [f"x{i}" for i in range(50)], "study_instance_uid": "t1",
+                          "p_biopsy": np.linspace(0.3, 0.6, 50), "p_mag": p_mag})  # fmt: skip
+    folder = settings.warehouse / "image_predictions" / "hospital=h" / "model_version=m1"
+    folder.mkdir(parents=True)
+    preds.to_parquet(folder / "part.parquet")
+
+    ratio = bench.review_bands(tmp_path)
+    out = capsys.readouterr().out
+    now = operating_points(audit.merge(labels, on="sop_instance_uid"), audit[["p_biopsy", "p_mag"]].to_numpy())
+    probs = preds[["p_biopsy", "p_mag"]].to_numpy()
+    before, after = needs_review(probs, stored).sum(), needs_review(probs, now).sum()
+    assert now["biopsy"]["review_low"] < 0.47 and before < after
+    assert f"predicted images {before} ({before / 50:.1%}) -> {after} ({after / 50:.1%}) of 50" in out, out
+    assert ratio == pytest.approx(after / before)
+    assert "biopsy stored threshold 0.4995 band [0.4990, 0.5000):" in out and "resampled thresholds" in out
 
 
 def test_a_data_folder_keeps_the_drops_seed_it_was_built_with(tmp_path):

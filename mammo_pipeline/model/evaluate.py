@@ -21,7 +21,7 @@ import pandas as pd
 
 from mammo_pipeline.labels.agreement import cohen_kappa
 from mammo_pipeline.labels.codes import label_of
-from mammo_pipeline.model.intervals import roc_auc_interval, wilson_interval
+from mammo_pipeline.model.intervals import LEVEL, RESAMPLES, roc_auc_interval, wilson_interval
 
 CLASSES: tuple[str, ...] = ("biopsy", "mag", "neither", "both")
 THRESHOLD = 0.5
@@ -159,22 +159,98 @@ def _sens_spec(truth: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[
     return sens, spec
 
 
-def _candidates(probs: np.ndarray) -> np.ndarray:
-    """Every threshold that changes a decision: the distinct probabilities (and one above the largest)."""
-    values = np.unique(probs.astype(float))
-    return np.append(values, np.nextafter(values[-1], np.inf) if len(values) else 1.0)
-
-
-def _logit_midpoint(low: float, high: float) -> float:
-    """The probability halfway between `low` and `high` (low < high) in logits, strictly inside (low, high]."""
+def _logit_midpoints(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The probabilities halfway between `low` and `high` (low < high) in logits, each strictly inside (low, high]."""
     from scipy.special import expit, logit
 
-    a, b = np.clip([low, high], 1e-7, 1 - 1e-7)
-    mid = float(expit((logit(a) + logit(b)) / 2))
-    return mid if low < mid <= high else high
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    mid = expit((logit(np.clip(low, 1e-7, 1 - 1e-7)) + logit(np.clip(high, 1e-7, 1 - 1e-7))) / 2)
+    return np.where((low < mid) & (mid <= high), mid, high)
 
 
-def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
+def _bootstrap_weights(n: int, groups: np.ndarray | None, resamples: int, seed: int) -> np.ndarray:
+    """[resamples, n]: how often each image is drawn when whole `groups` (None: images) are resampled with
+    replacement, seeded as `intervals.bootstrap_interval` draws its resamples."""
+    index = np.arange(n) if groups is None else np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1]
+    n_groups = int(index.max()) + 1
+    drawn = np.random.default_rng(seed).integers(0, n_groups, size=(resamples, n_groups))
+    counts = np.zeros((resamples, n_groups))
+    np.add.at(counts, (np.arange(resamples)[:, None], drawn), 1.0)
+    return counts[:, index]
+
+
+def _rates(truth: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Each weighting's (row of `weights` [R, N]) candidate thresholds and the audit rates at them, [R, U + 1]:
+    the U distinct probabilities, then one just above the largest drawn (`cands`), `present` (drawn at all:
+    a threshold of that weighting), `lower` (its next lower candidate, -inf for none), `sens`, `spec`; `ok` [R]:
+    both classes drawn. Weights of ones give the audit set itself."""
+    order = np.argsort(probs, kind="stable")
+    ranked = probs[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # each distinct value's first row
+    values = ranked[starts]
+    ranked_weights = weights[:, order]
+    pos = np.add.reduceat(ranked_weights * truth[order], starts, axis=1)  # [R, U]: drawn weight per distinct value
+    neg = np.add.reduceat(ranked_weights * ~truth[order], starts, axis=1)
+    n_pos, n_neg = pos.sum(axis=1, keepdims=True), neg.sum(axis=1, keepdims=True)
+    present = (pos + neg) > 0
+    cols = np.arange(len(values))
+    top = np.where(present, cols, -1).max(axis=1)  # the largest value drawn
+    above = np.nextafter(values[top], np.inf)[:, None]
+    cands = np.concatenate([np.broadcast_to(values, pos.shape), above], axis=1)
+    present = np.concatenate([present, np.ones((len(pos), 1), bool)], axis=1)
+    last = np.maximum.accumulate(np.where(present, np.arange(len(values) + 1), -1), axis=1)  # last drawn <= j
+    prev = np.concatenate([np.full((len(pos), 1), -1), last[:, :-1]], axis=1)
+    lower = np.where(prev >= 0, np.take_along_axis(cands, np.maximum(prev, 0), axis=1), -np.inf)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a weighting without a class: `ok` is False
+        kept = np.concatenate([np.cumsum(pos[:, ::-1], axis=1)[:, ::-1], np.zeros((len(pos), 1))], axis=1)
+        below = np.concatenate([np.cumsum(neg, axis=1) - neg, n_neg], axis=1)
+        sens, spec = kept / n_pos, below / n_neg
+    ok = (n_pos[:, 0] > 0) & (n_neg[:, 0] > 0)
+    return {"cands": cands, "present": present, "lower": lower, "sens": sens, "spec": spec, "ok": ok}
+
+
+def _rule_thresholds(rates: dict[str, np.ndarray], rule: str) -> np.ndarray:
+    """[R]: the threshold `rule` (see `operating_point`) picks for each weighting of `_rates` (NaN where a class
+    is missing). One implementation for the audit set and for its bootstrap resamples, so they cannot drift."""
+    cands, present, lower, sens, spec = (rates[k] for k in ("cands", "present", "lower", "sens", "spec"))
+    rows = np.arange(len(cands))
+    if rule == "sensitivity":
+        eligible = present & (sens >= BIOPSY_MIN_SENSITIVITY)
+        j = np.where(eligible, np.arange(cands.shape[1]), -1).max(axis=1)  # the weakest positive kept
+        j = np.maximum(j, 0)  # rows with no eligible candidate lack positives: NaN below
+        edge, below = cands[rows, j], lower[rows, j]
+        # every threshold in (the next lower probability, edge] makes the same audit decisions: take the gap's
+        # middle (in logits, the scale the network's scores are spread on) rather than its upper end, where an
+        # unseen positive scored just below the weakest audit one would be missed
+        threshold = np.where(np.isfinite(below), _logit_midpoints(np.where(np.isfinite(below), below, 0.0), edge), edge)
+    elif rule == "balanced":
+        balanced = np.where(present, (sens + spec) / 2, -np.inf)
+        tied = balanced >= balanced.max(axis=1, keepdims=True) - 1e-12
+        # a candidate's decisions hold for every threshold in (the next lower probability, candidate]: the tie
+        # rule looks at those whole intervals, not only at their upper ends, so where the audit set leaves a gap
+        # between its classes the threshold is 0.5 when the gap holds it, not the lowest positive's edge
+        options = np.minimum(np.maximum(0.5, np.nextafter(lower, np.inf)), cands)
+        j = np.where(tied, np.abs(options - 0.5), np.inf).argmin(axis=1)  # ties: the lowest, as min() did
+        threshold = options[rows, j]
+    else:
+        raise ValueError(f"operating-point rule must be 'sensitivity' or 'balanced', not {rule!r}")
+    return np.where(rates["ok"], threshold, np.nan)
+
+
+RULE_NAMES = {
+    "sensitivity": f"sensitivity >= {BIOPSY_MIN_SENSITIVITY} at the best specificity (middle of the gap below)",
+    "balanced": "best balanced accuracy",
+}
+
+
+def operating_point(
+    truth: np.ndarray,
+    probs: np.ndarray,
+    rule: str,
+    groups: np.ndarray | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> dict:
     """Threshold and review band of one flag on the audit set. Rules:
 
     - 'sensitivity': the best specificity that keeps sensitivity >= BIOPSY_MIN_SENSITIVITY, with the threshold in
@@ -183,14 +259,27 @@ def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
     - 'balanced': the threshold with the best balanced accuracy ((sens + spec) / 2; ties: the one nearest 0.5,
       any threshold between two adjacent audit probabilities counting, not only the probabilities themselves).
 
-    The review band [review_low, review_high) holds the uncertain predictions: review_low is the highest
-    threshold keeping REVIEW_SENSITIVITY of the positives at or above it, review_high the lowest keeping
-    REVIEW_SPECIFICITY of the negatives below it, widened to contain the threshold's whole gap, from the
-    nearest audit probability below it to the nearest at or above it: the audit set decides nothing inside
-    that gap (every threshold in it makes the same audit decisions), so a prediction there is one it cannot
-    vouch for, on either side of the threshold. Before, the band of the sensitivity rule began at the
-    threshold, so an unseen clip scored just under it was neither flagged nor reviewed. Without both classes
-    the DEFAULT_POINT is returned. Raises ValueError when a probability is not finite.
+    The review band [review_low, review_high) holds the predictions whose decision the audit set cannot vouch
+    for. It is the union of three ranges:
+
+    - review_low the highest threshold keeping REVIEW_SENSITIVITY of the positives at or above it, review_high
+      the lowest keeping REVIEW_SPECIFICITY of the negatives below it;
+    - the threshold's whole gap, from the nearest audit probability below it to the nearest at or above it
+      (every threshold in it makes the same audit decisions; since stop 49);
+    - the central LEVEL (95 %, the level of every interval in `intervals.py`) of the thresholds the same rule
+      picks on `resamples` bootstrap resamples of the audit set, whole `groups` (patients; None: images) drawn
+      with replacement, seeded (`threshold_low`, `threshold_high`; since stop 57): a score between one of them
+      and the threshold is decided the other way by at least 2.5 % of the resampled audit sets. The gap alone
+      said nothing about that: one audit score just under the threshold made it 0.0009 wide on a real model.
+      LEVEL is not fitted to anything: it is the project's one confidence level. The resamples are one
+      weighting of the audit rows each, all run through `_rule_thresholds` at once (1000 x 150 scores: ~0.02 s).
+
+    What the band still cannot say: a bootstrap redraws audit scores and invents none, so the sensitivity
+    rule's resampled thresholds stay near the weakest audit positives; how far below them an unseen clip may
+    score is beyond any audit set of this size (none of 46 clips below a score still allows 7.7 % below it:
+    Clopper-Pearson's 95 % bound, 1 - 0.025 ** (1 / 46)).
+
+    Without both classes the DEFAULT_POINT is returned. Raises ValueError when a probability is not finite.
     """
     truth = np.asarray(truth, dtype=bool)
     probs = np.asarray(probs, dtype=float)
@@ -198,43 +287,40 @@ def operating_point(truth: np.ndarray, probs: np.ndarray, rule: str) -> dict:
         raise ValueError(f"{int((~np.isfinite(probs)).sum())} audit probabilities are not finite (NaN or inf)")
     if truth.all() or not truth.any():
         return dict(DEFAULT_POINT)
-    cands = _candidates(probs)
-    stats = [(t, *_sens_spec(truth, probs, t)) for t in cands]
-    if rule == "sensitivity":
-        edge = max(t for t, se, _ in stats if se >= BIOPSY_MIN_SENSITIVITY)  # the weakest positive kept
-        # every threshold in (the next lower probability, edge] makes the same audit decisions: take the gap's
-        # middle (in logits, the scale the network's scores are spread on) rather than its upper end, where an
-        # unseen positive scored just below the weakest audit one would be missed
-        lower = cands[cands < edge]
-        threshold = _logit_midpoint(float(lower[-1]), edge) if len(lower) else edge
-        name = f"sensitivity >= {BIOPSY_MIN_SENSITIVITY} at the best specificity (middle of the gap below)"
-    elif rule == "balanced":
-        best = max((se + sp) / 2 for _, se, sp in stats)
-        # a candidate's decisions hold for every threshold in (the next lower probability, candidate]: the tie
-        # rule looks at those whole intervals, not only at their upper ends, so where the audit set leaves a gap
-        # between its classes the threshold is 0.5 when the gap holds it, not the lowest positive's edge
-        lower = np.concatenate(([-np.inf], cands[:-1]))
-        options = [
-            min(max(0.5, float(np.nextafter(lo, np.inf))), t)
-            for (t, se, sp), lo in zip(stats, lower, strict=True)
-            if (se + sp) / 2 >= best - 1e-12
-        ]
-        threshold = min(options, key=lambda t: abs(t - 0.5))
-        name = "best balanced accuracy"
-    else:
+    if rule not in RULE_NAMES:
         raise ValueError(f"operating-point rule must be 'sensitivity' or 'balanced', not {rule!r}")
-    low = max(t for t, se, _ in stats if se >= REVIEW_SENSITIVITY)
-    high = min(t for t, _, sp in stats if sp >= REVIEW_SPECIFICITY)
+    rates = _rates(truth, probs, np.ones((1, len(probs))))
+    threshold = float(_rule_thresholds(rates, rule)[0])
+    cands, sens, spec = rates["cands"][0], rates["sens"][0], rates["spec"][0]
+    low = float(cands[sens >= REVIEW_SENSITIVITY].max())
+    high = float(cands[spec >= REVIEW_SPECIFICITY].min())
     # the threshold's gap (gap_low, gap_high]: every threshold in it decides the audit alike; with no audit score
     # below (above) the threshold, every unseen score below (above) it is one the audit set cannot vouch for
     below, above = probs[probs < threshold], probs[probs >= threshold]
     gap_low = float(below.max()) if len(below) else 0.0
     gap_high = float(above.min()) if len(above) else float(np.nextafter(1.0, 2.0))
+    resampled = _rule_thresholds(_rates(truth, probs, _bootstrap_weights(len(probs), groups, resamples, seed)), rule)
+    resampled = resampled[np.isfinite(resampled)]  # resamples that drew one class only have no threshold
+    tail = 100 * (1 - LEVEL) / 2
+    t_low, t_high = (
+        (
+            float(np.percentile(resampled, tail, method="lower")),
+            float(np.percentile(resampled, 100 - tail, method="higher")),
+        )
+        if len(resampled)
+        else (threshold, threshold)
+    )
     return {
-        "threshold": float(threshold),
-        "review_low": float(min(low, threshold, gap_low)),
-        "review_high": float(max(high, threshold, gap_high)),
-        "rule": name,
+        "threshold": threshold,
+        "review_low": float(min(low, threshold, gap_low, t_low)),
+        "review_high": float(max(high, threshold, gap_high, t_high)),
+        "rule": RULE_NAMES[rule],
+        "threshold_low": t_low,
+        "threshold_high": t_high,
+        "band_rule": (
+            f"review edges, the threshold's audit gap and the central {LEVEL:.0%} of {len(resampled)} "
+            f"bootstrap thresholds ({'whole groups' if groups is not None else 'images'} resampled)"
+        ),
     }
 
 
@@ -254,23 +340,33 @@ def operating_points(audit: pd.DataFrame, probs: np.ndarray) -> dict[str, dict]:
     faintest clip image on its own; a study's clip usually shows in a second view too, so its study threshold
     can sit higher and raise fewer clip-free studies. Where the audit studies lack a class, `study` is a copy of
     the image point (the study flag is then ANY image flagged, as for models made before study points).
+    Each band's bootstrap resamples whole patients (`resampling_groups`), as the audit figures' intervals do.
     """
     probs = np.asarray(probs, dtype=float).reshape(len(audit), 2)
     if len(audit) == 0:
         return {flag: dict(DEFAULT_POINT) for flag in FLAGS}
+    units = resampling_groups(audit)
     points = {}
     for k, (flag, rule) in enumerate(zip(FLAGS, ("sensitivity", "balanced"), strict=True)):
         truth = audit[TRUTH_COLUMNS[flag]].to_numpy(bool)
-        point = operating_point(truth, probs[:, k], rule)
+        point = operating_point(truth, probs[:, k], rule, units)
         if "study_instance_uid" in audit:
-            s_truth, s_score = study_scores(audit["study_instance_uid"].to_numpy(), truth, probs[:, k])
+            studies = audit["study_instance_uid"].to_numpy()
+            s_truth, s_score = study_scores(studies, truth, probs[:, k])
             if 0 < s_truth.sum() < len(s_truth):
-                study = operating_point(s_truth, s_score, rule)
+                study = operating_point(s_truth, s_score, rule, _study_groups(studies, units))
             else:
                 study = {**point, "rule": f"{point['rule']} (the image point: the audit studies lack a class)"}
             point["study"] = {**study, "n_studies": len(s_truth), "positives": int(s_truth.sum())}
         points[flag] = point
     return points
+
+
+def _study_groups(studies: np.ndarray, groups: np.ndarray | None) -> np.ndarray | None:
+    """Each study's group (its patient), in `study_scores`' order (sorted, as groupby gives); None for None."""
+    if groups is None:
+        return None
+    return pd.Series(np.asarray(groups)).groupby(pd.Series(studies), sort=True).first().to_numpy()
 
 
 def study_point(points: dict, flag: str) -> dict | None:
@@ -346,9 +442,7 @@ def study_metrics(
     1 - specificity)."""
     threshold = (point.get("study") or point)["threshold"]
     s_truth, s_score = study_scores(studies, truth, probs)
-    s_groups = None
-    if groups is not None:  # a study's patient (study_scores orders studies as groupby does: sorted)
-        s_groups = pd.Series(np.asarray(groups)).groupby(pd.Series(studies), sort=True).first().to_numpy()
+    s_groups = _study_groups(studies, groups)
     sens, spec = _sens_spec(s_truth, s_score, threshold)
     flagged = s_score >= threshold
     return {

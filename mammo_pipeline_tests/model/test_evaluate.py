@@ -256,3 +256,90 @@ def test_with_no_audit_score_below_the_threshold_the_band_reaches_zero():
 def test_an_audit_probability_that_is_not_finite_is_refused():
     with pytest.raises(ValueError, match="not finite"):
         operating_point(np.array([True, False, True]), np.array([0.9, np.nan, 0.8]), "sensitivity")
+
+
+def _tiny_gap_audit() -> pd.DataFrame:
+    """20 patients, 3 images each, no magnification view. Patient 0 holds the one weak clip image (0.50), patient 1
+    a clip-free image just under it (0.499), patients 2-4 clip-free ones at 0.47, 0.44, 0.41; every other clip
+    scores 0.9 or more, every other clip-free image 0.2 or less."""
+    rows = []
+    for patient in range(20):
+        for view in range(3):
+            clip = patient % 2 == 0
+            p = 0.9 + 0.004 * patient + 0.001 * view if clip else 0.05 + 0.005 * patient + 0.001 * view
+            rows.append((clip, False, "h", f"p{patient}", f"s{patient}", p))
+    rows[0] = (True, False, "h", "p0", "s0", 0.50)
+    rows[3], rows[6], rows[9], rows[12] = (
+        (False, False, "h", f"p{k}", f"s{k}", p) for k, p in ((1, 0.499), (2, 0.47), (3, 0.44), (4, 0.41))
+    )
+    columns = ["has_biopsy_marker", "is_mag_view", "hospital", "patient_key", "study_instance_uid", "p"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def test_a_threshold_in_a_tiny_gap_gets_a_band_holding_the_scores_a_resample_would_flip():
+    """The biopsy threshold sits between the weak clip (0.50) and the clip-free image at 0.499: the gap is 0.001
+    wide, the band before stop 57 began at 0.499, and an unseen clip at 0.49 was neither flagged nor reviewed.
+    Yet a patient bootstrap leaves patient 1 out about a third of the time, and the same rule on the audit set
+    without him puts the threshold under 0.49: the audit set cannot vouch for 0.49's decision."""
+    audit = _tiny_gap_audit()
+    probs = np.c_[audit["p"], np.full(len(audit), 0.1)]
+    point = operating_points(audit, probs)["biopsy"]
+    assert 0.499 < point["threshold"] <= 0.5
+    without = audit["patient_key"] != "p1"
+    moved = operating_point(audit["has_biopsy_marker"][without].to_numpy(bool), audit["p"][without], "sensitivity")
+    assert moved["threshold"] < 0.49
+    unseen = np.array([[0.49, 0.1], [0.4995, 0.1], [0.3, 0.1]])
+    points = {"biopsy": point, "mag": {"threshold": 0.5, "review_low": 0.5, "review_high": 0.5}}
+    assert needs_review(unseen, points).tolist() == [True, True, False]
+    assert point["review_low"] <= point["threshold_low"] < 0.49 and point["threshold_high"] <= point["review_high"]
+
+
+def _patient_resample_thresholds(truth, probs, patients, rule, n, seed) -> np.ndarray:
+    """The rule's threshold on `n` patient-bootstrap resamples drawn here, independently of evaluate.py."""
+    rng = np.random.default_rng(seed)
+    names = np.unique(patients)
+    out = []
+    for _ in range(n):
+        drawn = rng.choice(names, size=len(names))
+        idx = np.concatenate([np.flatnonzero(patients == name) for name in drawn])
+        if 0 < truth[idx].sum() < len(idx):
+            out.append(operating_point(truth[idx], probs[idx], rule)["threshold"])
+    return np.array(out)
+
+
+def test_the_band_holds_the_threshold_and_most_thresholds_of_independent_patient_resamples():
+    """30 patients of 2-4 images; a third of them have clip images (p 0.45-1.0; the first one 0.2, alone among
+    the clip-free images, p 0-0.55), magnification views are random. Each flag's rule, applied to patient
+    resamples the test draws itself, picks a threshold inside the flag's band at least 90 % of the time (the band
+    holds the central 95 % of 1000 of its own; the band of the review edges and the gap alone held 73 % of the
+    biopsy ones: a resample without the clip-free images just under the weak clip puts the threshold below the
+    gap). The band holds the threshold and its whole audit gap, and is the same on a second call and with the
+    rows shuffled (the bootstrap draws patients, not rows)."""
+    rng = np.random.default_rng(3)
+    patients = np.repeat([f"p{i}" for i in range(30)], rng.integers(2, 5, 30))
+    with_clips = (rng.random(30) < 0.35)[[int(p[1:]) for p in patients]]
+    truth = np.c_[with_clips & (rng.random(len(patients)) < 0.7), rng.random(len(patients)) < 0.3]
+    probs = np.where(truth, rng.uniform(0.45, 1.0, truth.shape), rng.uniform(0.0, 0.55, truth.shape))
+    probs[np.flatnonzero(truth[:, 0])[0], 0] = 0.2
+    audit = pd.DataFrame({"has_biopsy_marker": truth[:, 0], "is_mag_view": truth[:, 1], "patient_key": patients})
+    points = operating_points(audit, probs)
+    for k, (flag, rule) in enumerate((("biopsy", "sensitivity"), ("mag", "balanced"))):
+        low, t, high = points[flag]["review_low"], points[flag]["threshold"], points[flag]["review_high"]
+        assert low <= t <= high
+        assert low <= probs[probs[:, k] < t, k].max() and high >= probs[probs[:, k] >= t, k].min()
+        resampled = _patient_resample_thresholds(truth[:, k], probs[:, k], patients, rule, 60, seed=11)
+        assert ((resampled >= low) & (resampled <= high)).mean() >= 0.9, flag
+    order = rng.permutation(len(audit))
+    assert operating_points(audit, probs) == points
+    assert operating_points(audit.iloc[order].reset_index(drop=True), probs[order]) == points
+
+
+def test_a_large_separated_audit_set_keeps_the_band_of_its_gap():
+    """300 clip-free images under 0.1 and 200 clip images over 0.9: every resample separates them, the balanced
+    threshold is 0.5 in each, so the bootstrap adds nothing to the band of the gap (0.1, 0.9)."""
+    rng = np.random.default_rng(3)
+    truth = np.r_[np.zeros(300, bool), np.ones(200, bool)]
+    probs = np.r_[rng.uniform(0.0, 0.1, 300), rng.uniform(0.9, 1.0, 200)]
+    point = operating_point(truth, probs, "balanced")
+    assert point["threshold_low"] == point["threshold"] == point["threshold_high"] == 0.5
+    assert (point["review_low"], point["review_high"]) == (probs[:300].max(), probs[300:].min())
