@@ -21,7 +21,7 @@ import pandas as pd
 
 from mammo_pipeline.labels.agreement import cohen_kappa
 from mammo_pipeline.labels.codes import label_of
-from mammo_pipeline.model.intervals import LEVEL, RESAMPLES, roc_auc_interval, wilson_interval
+from mammo_pipeline.model.intervals import LEVEL, RESAMPLES, bootstrap_weights, roc_auc_interval, wilson_interval
 
 CLASSES: tuple[str, ...] = ("biopsy", "mag", "neither", "both")
 THRESHOLD = 0.5
@@ -168,17 +168,6 @@ def _logit_midpoints(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.where((low < mid) & (mid <= high), mid, high)
 
 
-def _bootstrap_weights(n: int, groups: np.ndarray | None, resamples: int, seed: int) -> np.ndarray:
-    """[resamples, n]: how often each image is drawn when whole `groups` (None: images) are resampled with
-    replacement, seeded as `intervals.bootstrap_interval` draws its resamples."""
-    index = np.arange(n) if groups is None else np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1]
-    n_groups = int(index.max()) + 1
-    drawn = np.random.default_rng(seed).integers(0, n_groups, size=(resamples, n_groups))
-    counts = np.zeros((resamples, n_groups))
-    np.add.at(counts, (np.arange(resamples)[:, None], drawn), 1.0)
-    return counts[:, index]
-
-
 def _rates(truth: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
     """Each weighting's (row of `weights` [R, N]) candidate thresholds and the audit rates at them, [R, U + 1]:
     the U distinct probabilities, then one just above the largest drawn (`cands`), `present` (drawn at all:
@@ -299,7 +288,7 @@ def operating_point(
     below, above = probs[probs < threshold], probs[probs >= threshold]
     gap_low = float(below.max()) if len(below) else 0.0
     gap_high = float(above.min()) if len(above) else float(np.nextafter(1.0, 2.0))
-    resampled = _rule_thresholds(_rates(truth, probs, _bootstrap_weights(len(probs), groups, resamples, seed)), rule)
+    resampled = _rule_thresholds(_rates(truth, probs, bootstrap_weights(len(probs), groups, resamples, seed)), rule)
     resampled = resampled[np.isfinite(resampled)]  # resamples that drew one class only have no threshold
     tail = 100 * (1 - LEVEL) / 2
     t_low, t_high = (

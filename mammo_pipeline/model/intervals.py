@@ -97,19 +97,26 @@ def bootstrap_interval(
     return None if pairs is None else _bootstrap(truth, pairs, groups, resamples, seed)
 
 
-def _bootstrap(
-    truth: np.ndarray, pairs: np.ndarray, groups: np.ndarray | None, resamples: int, seed: int
-) -> tuple[float, float] | None:
-    """`bootstrap_interval` from the (positive, negative) pair matrix of `_pairs`."""
+def bootstrap_weights(n: int, groups: np.ndarray | None, resamples: int, seed: int) -> np.ndarray:
+    """float64 [resamples, n]: how often each of `n` images is drawn in each bootstrap resample when whole
+    `groups` (patients, [n]; None: the images themselves) are drawn with replacement, seeded. One weighting per
+    resample, so a statistic of all resamples is one array operation (`_bootstrap`, `evaluate.operating_point`)."""
     if groups is None:
-        index = np.arange(len(truth))
+        index = np.arange(n)
     else:
         index = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
     n_groups = int(index.max()) + 1
     drawn = np.random.default_rng(seed).integers(0, n_groups, size=(resamples, n_groups))
     counts = np.zeros((resamples, n_groups))
     np.add.at(counts, (np.arange(resamples)[:, None], drawn), 1.0)
-    weights = counts[:, index]  # [R, N]: how often each image is in each resample
+    return counts[:, index]
+
+
+def _bootstrap(
+    truth: np.ndarray, pairs: np.ndarray, groups: np.ndarray | None, resamples: int, seed: int
+) -> tuple[float, float] | None:
+    """`bootstrap_interval` from the (positive, negative) pair matrix of `_pairs`."""
+    weights = bootstrap_weights(len(truth), groups, resamples, seed)
     w_pos, w_neg = weights[:, truth], weights[:, ~truth]
     total = w_pos.sum(axis=1) * w_neg.sum(axis=1)
     ok = total > 0
