@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -243,6 +244,22 @@ def _read_only_connection(path: Path) -> tuple[sqlite3.Connection, bool]:
     raise AssertionError("immutable=1 either returns or raises")
 
 
+@dataclass(frozen=True)
+class _Lacks:
+    """What a label-store file made by an older version lacks (`LabelStore._lacks`)."""
+
+    maintained: list[str]  # maintained columns of `images`
+    generated: list[str]  # generated (queue) columns of `images`
+    role: bool  # current_labels.role and first_event
+    needs_review: bool  # predictions.needs_review
+    queues: bool  # the queue indexes of this queues.VERSION
+    seed: bool  # the seed of the store's random order
+
+    @property
+    def any(self) -> bool:
+        return bool(self.maintained or self.generated or self.role or self.needs_review or self.queues or self.seed)
+
+
 class LabelStore:
     """The label database at `path` (created with its schema on first use, older files upgraded in place)."""
 
@@ -268,45 +285,47 @@ class LabelStore:
         self._upgrade(seed)
 
     @staticmethod
-    def _needs_upgrade(db: sqlite_utils.Database) -> bool:
-        """Whether `_upgrade` would change the file: a column, queue version or seed it lacks."""
+    def _lacks(db: sqlite_utils.Database) -> _Lacks:
+        """What a file made by an older version lacks, which `_upgrade` adds (one reading of the file for both
+        `_upgrade` and the read-only open's refusal)."""
         have = {r[1] for r in db.execute("PRAGMA table_xinfo(images)")}
-        labels = {r[1] for r in db.execute("PRAGMA table_info(current_labels)")}
-        predictions = {r[1] for r in db.execute("PRAGMA table_info(predictions)")}
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        return (
-            not ({*_MAINTAINED, *queues.GENERATED} <= have)
-            or "role" not in labels
-            or "needs_review" not in predictions
-            or int(meta.get("queues_version", -1)) != queues.VERSION
-            or "seed" not in meta
+        return _Lacks(
+            maintained=[c for c in _MAINTAINED if c not in have],
+            generated=[c for c in queues.GENERATED if c not in have],
+            role="role" not in {r[1] for r in db.execute("PRAGMA table_info(current_labels)")},
+            needs_review="needs_review" not in {r[1] for r in db.execute("PRAGMA table_info(predictions)")},
+            queues=int(meta.get("queues_version", -1)) != queues.VERSION,
+            seed="seed" not in meta,
         )
+
+    @classmethod
+    def _needs_upgrade(cls, db: sqlite_utils.Database) -> bool:
+        """Whether `_upgrade` would change the file: a column, queue version or seed it lacks."""
+        return cls._lacks(db).any
 
     def _upgrade(self, seed: int) -> None:
         """Add the maintained columns, generated columns and queue indexes a file made by an older version lacks."""
         with self._write() as db:
-            have = {r[1] for r in db.execute("PRAGMA table_xinfo(images)")}
-            added = [c for c in _MAINTAINED if c not in have]
+            lacks = self._lacks(db)
+            added = lacks.maintained
             for col in added:
                 db.execute(f"ALTER TABLE images ADD COLUMN {col} {_MAINTAINED[col]}")
-            for col, expr in queues.GENERATED.items():
-                if col not in have:
-                    db.execute(f"ALTER TABLE images ADD COLUMN {col} GENERATED ALWAYS AS ({expr}) VIRTUAL")
-            cl = {r[1] for r in db.execute("PRAGMA table_info(current_labels)")}
-            if "role" not in cl:
+            for col in lacks.generated:
+                db.execute(f"ALTER TABLE images ADD COLUMN {col} GENERATED ALWAYS AS ({queues.GENERATED[col]}) VIRTUAL")
+            if lacks.role:
                 db.execute("ALTER TABLE current_labels ADD COLUMN role TEXT NOT NULL DEFAULT 'read'")
                 db.execute("ALTER TABLE current_labels ADD COLUMN first_event INTEGER")
                 db.execute("UPDATE current_labels SET first_event = event_id")
-            if "needs_review" not in {r[1] for r in db.execute("PRAGMA table_info(predictions)")}:
+            if lacks.needs_review:
                 db.execute("ALTER TABLE predictions ADD COLUMN needs_review INTEGER")
-            version = db.execute("SELECT value FROM meta WHERE key = 'queues_version'").fetchone()
-            stale = version is None or int(version[0]) != queues.VERSION
+            stale = lacks.queues
             if stale:  # queue memberships or index definitions changed since the file was made
                 for name in (*queues.INDEXES, *queues.OBSOLETE_INDEXES):
                     db.execute(f"DROP INDEX IF EXISTS {name}")
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('queues_version', ?)", (queues.VERSION,))
             _create_queue_indexes(db)
-            if db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone() is None:
+            if lacks.seed:
                 db.execute("INSERT INTO meta (key, value) VALUES ('seed', ?)", (int(seed),))
             if added:  # an older file: fill the new columns once
                 store_seed = int(db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone()[0])
