@@ -63,6 +63,8 @@ images' air shares unchanged.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
@@ -84,12 +86,32 @@ def chest_wall_side(img: np.ndarray) -> int:
     """0 when the chest wall is at column 0, -1 when it is at the last column: the brighter side of the image.
 
     Compared on the column bands 3-15 % in from each side, so a film's bright border strips do not count.
+    Exactly mirror-consistent, so that `canonical` gives an image and its mirror the same pixels: each column is
+    summed on its own (the same additions wherever it lies) and the bands' totals exactly (`math.fsum`, the order
+    of the columns does not count); on a tie the image whose first differing pixel, row by row, is brighter than
+    its mirror's keeps its side (an image equal to its mirror is the same image either way).
     """
     w = img.shape[1]
     if w < 8:
         return 0
     a, b = max(1, round(0.03 * w)), max(2, round(0.15 * w))
-    return 0 if img[:, a:b].mean() >= img[:, w - b : w - a].mean() else -1
+    columns = np.asarray(img, dtype=np.float64).sum(axis=0)
+    near, far = math.fsum(columns[a:b].tolist()), math.fsum(columns[w - b : w - a].tolist())
+    if near != far:
+        return 0 if near > far else -1
+    differs = np.flatnonzero(img != img[:, ::-1])
+    if not differs.size:
+        return 0
+    first = int(differs[0])
+    return 0 if img.flat[first] > img[:, ::-1].flat[first] else -1
+
+
+def canonical(img: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(`img` with its chest wall at column 0, C-contiguous; whether it was mirrored for that). An image and its
+    left-right mirror give the same pixels (`chest_wall_side` is exactly mirror-consistent), so whatever is computed
+    from them is the same too: the model's orientation in `candidates.candidates` and `preprocess.preprocess`."""
+    mirrored = chest_wall_side(img) == -1
+    return np.ascontiguousarray(img[:, ::-1] if mirrored else img), mirrored
 
 
 FRAME_STRIP_FG = 0.9  # a line along a frame edge this full of foreground is a film border, not breast

@@ -48,6 +48,15 @@ give two CROP x CROP channels in units of the image's own tissue (1st percentile
 CHANNEL_RANGE; the tissue is the Otsu foreground without a coned view's unexposed border, `_grid`):
 0. the native crop (shape: ribbon vs bead vs letter vs popcorn); 1. a CONTEXT-times wider crop, area-averaged to
 CROP (where it is: in the breast, on the skin line, in the air beside the letters).
+
+**One orientation.** The crops are cut from the image with its chest wall at column 0 (`air.canonical`, mirrored
+when the stored image has it on the right, as some vendors store one side): the grid the score runs on, its
+local maxima and the crops around them are not exactly mirror-symmetric (a 32-px crop's centre lies one pixel
+off its mirror's), and the patch network reads each crop under `second_look.READ_SYMMETRIES`, a set not closed
+under a left-right mirror, so a mirrored breast got another p_biopsy (the real images' clip 0.282 against 0.098,
+stop 57). An image and its mirror now give the same crops and scores, whatever is read from them; the centres
+are mapped back to the stored image's pixels, where every consumer draws them. No constant was added: which
+side is the chest wall is `air.chest_wall_side`, made exactly mirror-consistent.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mammo_pipeline.model.air import SKIN_DEPTH, away_from_air, unexposed_mask
+from mammo_pipeline.model.air import SKIN_DEPTH, away_from_air, canonical, unexposed_mask
 from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _as_gray_uint8, tissue_mask
 
 # Bump whenever the crops' meaning or the patch network's input changes: saved second-look models record it
@@ -79,8 +88,10 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # ONE_DOME_IN goes to a dome (`_domes`: an unsaturated clip in dense gland, brighter than all around it but with
 # less stroke energy than the vessels there, was no candidate); 13: nor in a piece of the image the air cuts off
 # from the breast along the field's edge (`air.cut_off_by_air`: a film's flare band along its clear border lifted
-# above the air's threshold, and the lead letters in it, were candidates).
-SECOND_LOOK_VERSION = "13"
+# above the air's threshold, and the lead letters in it, were candidates); 15: cut from the image with its chest
+# wall at column 0 (`air.canonical`: a breast stored mirrored gets the same crops and scores), centres in the
+# stored image's pixels (14 was stop 55's skin-slot branch, not taken: its kept candidates-v14 folders may exist).
+SECOND_LOOK_VERSION = "15"
 # Gaussian scales as shares of the long side (0.2 % and 0.8 % of a 24-30 cm detector are 0.5-0.6 and 2-2.4 mm):
 # a stroke's width (the 0.3-0.6 mm ribbon or wire, the 1-mm bead of a barbell; this scale was added in stop 27
 # after the real clip of the evaluation images, a ~1.2 mm saturated bead, fell between the candidates of two
@@ -314,9 +325,11 @@ def candidates(
     The first k - k // ONE_DOME_IN are the blob score's strongest local maxima, strongest first; the last
     k // ONE_DOME_IN the strongest domes (`_domes`) half a crop away from them (blob maxima again when there are
     fewer domes). Scores are the blob measure of the stroke energy at each centre, in units of the image's own
-    tissue texture (module docstring), a dome's too.
+    tissue texture (module docstring), a dome's too. Cut from the image with its chest wall at column 0 (module
+    docstring, "One orientation"); the centres are in the stored image's pixels.
     """
-    gray = _as_gray_uint8(gray)
+    stored = _as_gray_uint8(gray)
+    gray, mirrored = canonical(stored)
     crops = np.zeros((k, CHANNELS, crop, crop), dtype=np.float32)
     centres = np.full((k, 2), -1, dtype=np.int64)
     scores = np.zeros(k, dtype=np.float32)
@@ -347,4 +360,6 @@ def candidates(
     crops[:found] -= np.float32(low)  # in units of the image's tissue range (empty rows stay 0)
     crops[:found] *= np.float32(1.0 / span)
     np.clip(crops, *CHANNEL_RANGE, out=crops)
+    if mirrored:  # positions leave in the stored image's pixels (empty slots stay -1)
+        centres[:found, 1] = stored.shape[1] - 1 - centres[:found, 1]
     return crops, centres, scores

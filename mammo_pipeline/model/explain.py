@@ -28,6 +28,11 @@ For a model with a second look (model/second_look_model.py) the biopsy flag's ma
 explanation instead: a bump on each candidate it examined, as high as that candidate's patch probability, so
 the peak is the object that decided p_biopsy.
 
+Every map is in the stored image's pixels. The networks read the image with its chest wall at column 0
+(`air.canonical`, in `preprocess` and `candidates`), so the Grad-CAM maps are mirrored back when the image was
+mirrored for them; the second look's candidates leave with stored positions, and the occlusion removes objects
+of the stored image (each copy read as `preprocess` reads it).
+
 Pure functions (no Dagster): `heatmaps` for a network and one preprocessed image, `image_heatmaps` for a
 model PNG, `overlay_png` to draw them, and `heatmap_png(settings, hospital, sop_instance_uid) -> bytes`
 for the CLI (`mammo explain`) and the labeling app's model hint.
@@ -43,6 +48,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from mammo_pipeline.model.air import canonical
 from mammo_pipeline.model.preprocess import TOPHAT_SIZE, _as_gray_uint8, preprocess, white_tophat
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
@@ -146,9 +152,11 @@ def image_heatmaps(net, png: Path | str | np.ndarray, size: int, occlude: bool =
     from mammo_pipeline.model.train import flip_reading
 
     gray = _as_gray_uint8(png)
-    x = preprocess(gray, size)
+    x = preprocess(gray, size)  # the image with its chest wall at column 0 (`air.canonical`) ...
     _, maps = heatmaps(net, x)
     maps = [to_image_grid(m, gray.shape) for m in maps]
+    if canonical(gray)[1]:  # ... and its maps in the stored image's pixels
+        maps = [m[:, ::-1] for m in maps]
     occluded = object_occlusion(net, gray, size) if occlude else None
     if occluded is not None:
         maps[0] = occluded

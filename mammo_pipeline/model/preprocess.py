@@ -23,6 +23,12 @@ TOPHAT_SIZE is geometry, not intensity: 7 px of a 256-px PNG is 2.7 % of the det
 a 24-30 cm detector), wider than a 2-4 mm clip and narrower than a mass or the pectoral muscle.
 Padding (rather than squishing) keeps a marker's shape and the mag view's line spacing the same in every
 image. Only numpy and PIL, so inference stays light (about 1-2 ms per 256-px image).
+
+The image is first turned so that its chest wall is at column 0 (`air.canonical`, version 5): the area resize,
+the top-hat and the max-pooling blocks are not exactly mirror-symmetric (the padding and the blocks' edges fall
+elsewhere), so a breast stored mirrored, as some vendors store one side, got a slightly different input and
+probability. An image and its mirror now get the same input; maps drawn from it are mirrored back
+(`explain.image_heatmaps`). No constant was added.
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mammo_pipeline.model.air import canonical
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # Bump when the network's input changes meaning: models record it, inference refuses a mismatch.
 # 3: channels in units of the image's own tissue distribution (2 ramped the top-hat with fixed grey levels);
 # 4: the same channels, read under the image's four flips (`train.flip_reading`; a model whose operating points
-# came from one reading is refused, not read otherwise).
-PREPROCESS_VERSION = "4"
+# came from one reading is refused, not read otherwise); 5: the same channels of the image with its chest wall at
+# column 0 (`air.canonical`: a breast stored mirrored gets the same input).
+PREPROCESS_VERSION = "5"
 TOPHAT_SIZE = 7  # px at the 256-px PNG (geometry: see the module docstring)
 TISSUE_PERCENTILES = (1.0, 99.0)  # the tissue range that channels 0 and 2 map onto 0..1
 TOPHAT_PERCENTILE = 99.0  # the tissue's own top-hat level that channel 1 maps onto 0.5
@@ -59,6 +68,7 @@ def describe() -> dict:
             "max-pooled image, same units as channel 0",
         ],
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "orientation": "mirrored left-right when needed so that the chest wall is at column 0",
         "reading": "mean logit over the image and its left-right, up-down and double flips",
         "fitted_constants": [],
     }
@@ -200,8 +210,8 @@ def channel_scales(gray: np.ndarray, tophat: np.ndarray) -> tuple[float, float, 
 
 def preprocess(png: Path | str | np.ndarray, size: int) -> np.ndarray:
     """float32 [3, size, size]: tissue-scaled area image, self-normalized top-hat, tissue-scaled max image;
-    ImageNet-normalized. See the module docstring."""
-    gray = _as_gray_uint8(png)
+    ImageNet-normalized, of the image with its chest wall at column 0. See the module docstring."""
+    gray = canonical(_as_gray_uint8(png))[0]
     square = pad_square(gray)
     tophat = white_tophat(square)
     h, w = gray.shape

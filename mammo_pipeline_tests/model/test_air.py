@@ -275,3 +275,19 @@ def test_flat_bright_gland_touching_a_collimators_band_is_not_the_unexposed_bord
     assert border[band].mean() > 0.99  # the band is border
     core = ndimage.binary_erosion(gland & ~band, iterations=12)
     assert core.any() and not border[core].any()  # the gland, beyond the border's rim, is not
+
+
+def test_the_chest_wall_side_of_a_mirror_is_the_other_side_even_when_the_two_sides_tie():
+    """`canonical` must give an image and its mirror the same pixels, so the chest-wall side of the mirror is always
+    the other one: a tie of the two bands is broken by the pixels themselves, not by a fixed side."""
+    from mammo_pipeline.model.air import canonical, chest_wall_side
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 60)).astype(np.uint8)
+    img[:, 30:] = img[:, :30][:, ::-1]  # the two bands tie ...
+    img[5, 10], img[5, 49], img[6, 10], img[6, 49] = 200, 100, 100, 200  # ... but the image is not its mirror
+    assert {chest_wall_side(img), chest_wall_side(img[:, ::-1])} == {0, -1}
+    np.testing.assert_array_equal(canonical(img)[0], canonical(img[:, ::-1])[0])
+    brighter_right = np.tile(np.linspace(0, 255, 61).astype(np.uint8), (30, 1))
+    assert chest_wall_side(brighter_right) == -1 and chest_wall_side(brighter_right[:, ::-1]) == 0
+    assert canonical(brighter_right)[1] and not canonical(brighter_right[:, ::-1])[1]

@@ -79,3 +79,22 @@ def test_an_unwritable_cache_still_gives_the_candidates(tmp_path, monkeypatch):
     (tmp_path / "a-file").write_text("")  # a folder that cannot be made: its parent is a file
     monkeypatch.setattr(candidate_store, "store_path", lambda p: tmp_path / "a-file" / "cands" / "x.npz")
     assert _same(candidate_store.candidates_of_png(png), (*candidates.candidates(gray), gray.shape))
+
+
+def test_candidates_kept_by_the_version_before_the_canonical_orientation_are_cut_again(tmp_path, monkeypatch):
+    """Version 13 cut a breast stored mirrored as stored; its kept file must not be read by this version, which cuts
+    the image with its chest wall at column 0 (a model trained on those crops is refused by the version too)."""
+    png = tmp_path / "h" / "2" / "1024" / "right.png"
+    gray = _display_png(png)  # air on the left: the chest wall is on the right, so the cut mirrors it
+    with monkeypatch.context() as old:
+        old.setattr(candidates, "SECOND_LOOK_VERSION", "13")
+        stale = (np.zeros((candidates.K, candidates.CHANNELS, candidates.CROP, candidates.CROP), np.float32),)
+        candidate_store.keep((*stale, np.zeros((candidates.K, 2), np.int64), np.zeros(candidates.K, np.float32),
+                              gray.shape), png)  # fmt: skip
+        assert candidate_store.store_path(png).is_file()
+    found = candidate_store.candidates_of_png(png)
+    assert _same(found, (*candidates.candidates(gray), gray.shape)) and found[0].any()
+    mirror = candidates.candidates(np.ascontiguousarray(gray[:, ::-1]))
+    kept = found[1][:, 0] >= 0
+    assert np.array_equal(found[0], mirror[0])
+    assert np.array_equal(found[1][kept, 1], gray.shape[1] - 1 - mirror[1][kept, 1])

@@ -62,7 +62,9 @@ def test_the_context_channel_shows_the_skin_line_beside_a_bead_under_the_skin():
     img[250:256, 73:79] = 255  # a BB 15 px (3 % of the long side) inside the skin line at column 60
     crops, centres, _ = candidates(img.astype(np.uint8), k=1)
     assert np.hypot(*(centres[0] - np.array((253, 76)))) <= 3
-    context = crops[0, 1]  # context pixel j covers columns 76 - 48 + 3j .. + 2: air up to j = 10, tissue from 11
+    # cut with the chest wall at column 0 (this image's air is on the left, so it is cut mirrored): read back as
+    # stored, context pixel j covers columns 76 - 48 + 3j .. + 2 (one off): air up to j = 10, tissue from 11
+    context = crops[0, 1][:, ::-1]
     half = CROP // 2
     assert context[half, 1:10].max() < 0 < context[half, 12 : CROP - 1].min()  # air left, tissue right
 
@@ -293,3 +295,35 @@ def test_an_image_thinner_than_a_crop_has_no_candidates_and_raises_nothing(shape
     gray = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
     crops, centres, scores = candidates(gray)
     assert crops.shape == (K, CHANNELS, CROP, CROP) and not crops.any() and not scores.any() and (centres == -1).all()
+
+
+@pytest.mark.parametrize("laterality", ["L", "R"])
+def test_a_breast_stored_mirrored_gets_the_same_crops_and_scores_and_mirrored_centres(laterality):
+    """Some vendors store one side mirrored. The candidates of the mirror are the same crops and scores (cut with the
+    chest wall at column 0), and their centres are the mirror of the stored image's, on the clip in both."""
+    from mammo_pipeline.synth.image import ImageSpec, draw_image
+    from mammo_pipeline.synth.profiles import PROFILES
+
+    key, profile = sorted(PROFILES.items())[0]
+    scale = 1024 / max(profile.rows, profile.columns)  # the display PNG's size
+    rows, cols = round(profile.rows * scale), round(profile.columns * scale)
+    spec = ImageSpec(rows, cols, profile.pixel_spacing / scale, scale, "CC", laterality, True, False,
+                     screening=False, vendor=key.split("-")[0], film=profile.secondary_capture)  # fmt: skip
+    display, drawn = draw_image(spec, np.random.default_rng(3))
+    gray = np.rint(np.clip(display, 0, 1) * 255).astype(np.uint8)
+    mirror = gray[:, ::-1]
+    crops, centres, scores = candidates(gray)
+    m_crops, m_centres, m_scores = candidates(mirror)
+    np.testing.assert_array_equal(m_crops, crops)
+    np.testing.assert_array_equal(m_scores, scores)
+    kept = centres[:, 0] >= 0
+    np.testing.assert_array_equal(m_centres[:, 0], centres[:, 0])
+    np.testing.assert_array_equal(m_centres[kept, 1], cols - 1 - centres[kept, 1])
+    clips = [b for kind, *b in drawn.boxes if kind.startswith("clip")]
+    assert clips
+    on_clip = lambda found, flip: any(  # noqa: E731
+        r0 <= r <= r1 and (cols - 1 - c1 if flip else c0) <= c <= (cols - 1 - c0 if flip else c1)
+        for r, c in found
+        for r0, r1, c0, c1 in clips
+    )
+    assert on_clip(centres, False) and on_clip(m_centres, True)

@@ -68,6 +68,23 @@ def test_heat_map_of_one_stamped_clip_peaks_on_it(clip_model, where):
     assert np.hypot(peak[0] - where[0], peak[1] - where[1]) <= 4, f"biopsy heat map peaks at {peak}, clip at {where}"
 
 
+@pytest.mark.parametrize("where", [(30, 14), (50, 25)])
+def test_a_mirrored_image_gets_the_same_probabilities_and_its_maps_in_stored_pixels(clip_model, where):
+    """Some vendors store one side mirrored. The network reads the image with its chest wall at column 0, so the
+    mirror gets the same probabilities; its maps are in the stored image's pixels: the biopsy map peaks on the
+    mirrored clip and the magnification map (Grad-CAM of the same input) is the stored map mirrored."""
+    settings, result = clip_model
+    net = load_network(settings, result.ref)
+    img = _one_clip_image(5, where)
+    stored = image_heatmaps(net, img, result.ref.input_size)
+    mirrored = image_heatmaps(net, np.ascontiguousarray(img[:, ::-1]), result.ref.input_size)
+    np.testing.assert_allclose(mirrored.probs, stored.probs, atol=1e-6)
+    peak = np.unravel_index(int(np.argmax(mirrored.maps[0])), mirrored.maps[0].shape)
+    clip = (where[0], img.shape[1] - 1 - where[1])
+    assert np.hypot(peak[0] - clip[0], peak[1] - clip[1]) <= 4, f"biopsy heat map peaks at {peak}, clip at {clip}"
+    np.testing.assert_allclose(mirrored.maps[1], stored.maps[1][:, ::-1], atol=1e-5)
+
+
 def test_the_occlusion_removes_each_object_once_so_a_dimmer_clip_among_brighter_markers_is_weighed(clip_model):
     from mammo_pipeline.model import explain
 

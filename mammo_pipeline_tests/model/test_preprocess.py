@@ -80,7 +80,7 @@ def _textured(rng: np.random.Generator, contrast: float, shape=(256, 200)) -> np
 def test_small_bright_dot_survives_in_the_object_channels_but_fades_in_the_area_channel():
     img = _textured(np.random.default_rng(0), 10.0).astype(np.uint8)
     img[101:103, 61:63] = 255  # a 2-px clip straddling four 2x2 blocks (the image is padded 28 px each side)
-    x = _unnormalize(preprocess(img, 128))
+    x = _unnormalize(preprocess(img, 128))[..., ::-1]  # made with the chest wall (right here) at column 0: read back
     area, tophat, peak = x[0], x[1], x[2]
     dot = (slice(50, 52), slice(44, 46))  # its blocks at 128 px
     assert tophat[dot].min() > 0.9  # far above the tissue's own top-hat level
@@ -98,7 +98,8 @@ def test_channels_do_not_depend_on_the_images_contrast_or_brightness():
     xs = []
     for gain, offset in ((8.0, -860.0), (14.0, -1560.0), (5.0, -500.0)):
         img = np.where(base > 0, base * gain + offset, 0)
-        xs.append(_unnormalize(preprocess(np.clip(np.rint(img), 0, 255).astype(np.uint8), 64)))
+        x = preprocess(np.clip(np.rint(img), 0, 255).astype(np.uint8), 64)
+        xs.append(_unnormalize(x)[..., ::-1])  # made with the chest wall (right here) at column 0: read back
     for other in xs[1:]:
         np.testing.assert_allclose(other[1], xs[0][1], atol=0.08)
         np.testing.assert_allclose(other[0, :, 20:], xs[0][0, :, 20:], atol=0.08)
@@ -148,3 +149,12 @@ def test_max_pool_takes_each_blocks_maximum():
     for size in (12, 6, 3, 8):  # halvings, then an odd factor
         k = 24 // size
         np.testing.assert_array_equal(max_pool(big, size), big.reshape(size, k, size, k).max(axis=(1, 3)))
+
+
+def test_a_breast_stored_mirrored_gets_the_same_network_input():
+    """Some vendors store one side mirrored: the input is made with the chest wall at column 0, so an image and its
+    mirror give the same input (padding, resize and max-pooling blocks are not mirror-symmetric on their own)."""
+    img = _textured(np.random.default_rng(3), 20, shape=(256, 187))[:, ::-1].astype(np.uint8)  # chest wall left
+    img[100:104, 60:63] = 255  # a clip
+    for size in (64, 100):
+        np.testing.assert_array_equal(preprocess(img[:, ::-1], size), preprocess(img, size))

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+from PIL import Image
 
 from mammo_pipeline.model import candidates as cand
 from mammo_pipeline.model import registry
@@ -128,3 +129,52 @@ def test_exporting_leaves_the_second_look_in_eval_mode(trained, tmp_path):
     assert not net.training and not any(m.training for m in net.modules())
     after, _ = second_look.torch_probs(net, found)
     np.testing.assert_allclose(second_look.onnx_probs(session(tmp_path / "look.onnx"), found)[0], after, atol=1e-5)
+
+
+def test_a_breast_stored_mirrored_gets_the_same_probabilities_and_mirrored_candidates(trained, tmp_path):
+    """Some vendors store one side mirrored. Inference (both networks, the ONNX files) gives an image and its
+    left-right mirror the same p_biopsy and p_mag, and the candidates' centres of the mirror are the mirror of the
+    stored image's, in stored pixels (the real images' clip went 0.282 -> 0.098 when mirrored, stop 57)."""
+    s = dataclasses.replace(trained.settings, cache=tmp_path / "cache")
+    manifest = _manifest(trained.labels[trained.labels["has_biopsy_marker"]].head(6)).reset_index(drop=True)
+    mirrored = manifest.copy()
+    for i, row in manifest.iterrows():
+        for column in ("model_png", "display_png"):
+            gray = np.asarray(Image.open(trained.settings.cache / row[column]).convert("L"))
+            for name, pixels in ((row[column], gray), (f"mirrored/{row[column]}", gray[:, ::-1])):
+                (s.cache / name).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.ascontiguousarray(pixels)).save(s.cache / name)
+            mirrored.loc[i, column] = f"mirrored/{row[column]}"
+    mirrored["sop_instance_uid"] += ".m"
+    stored = pd.concat(predict_images(s, manifest, trained.onnx)).reset_index(drop=True)
+    flipped = pd.concat(predict_images(s, mirrored, trained.onnx)).reset_index(drop=True)
+    np.testing.assert_allclose(flipped["p_biopsy"], stored["p_biopsy"], atol=1e-6)
+    np.testing.assert_allclose(flipped["p_mag"], stored["p_mag"], atol=1e-6)
+    found = second_look.candidates_of([s.cache / p for p in manifest["display_png"]])
+    m_found = second_look.candidates_of([s.cache / p for p in mirrored["display_png"]])
+    np.testing.assert_array_equal(m_found.crops, found.crops)
+    kept = found.centres[..., 0] >= 0
+    width = found.shapes[:, 1][:, None].repeat(found.centres.shape[1], axis=1)
+    np.testing.assert_array_equal(m_found.centres[..., 0], found.centres[..., 0])
+    np.testing.assert_array_equal(m_found.centres[..., 1][kept], (width - 1 - found.centres[..., 1])[kept])
+
+
+def test_the_heat_map_of_a_mirrored_image_peaks_on_its_clip_in_stored_pixels(trained):
+    """The candidates are cut with the chest wall at column 0; the map drawn from them is in the stored image's
+    pixels: on the mirrored clip, and with a trained second look exactly the mirror of the stored image's map."""
+    rng = np.random.default_rng(1)
+    display = np.clip(rng.normal(110, 12, (400, 320)), 0, 255).astype(np.uint8)
+    display[:, :30] = 0  # air beside the breast
+    clip = (230, 181)
+    display[clip[0] - 4 : clip[0] + 5, clip[1] - 2 : clip[1] + 3] = 255  # a 9 x 5 px ribbon
+    found = second_look.candidates_of([display, np.ascontiguousarray(display[:, ::-1])])
+    hit = int(np.argmin(np.abs(found.centres[0] - np.array(clip)).sum(axis=1)))
+    patch = np.full(cand.K, 0.1, dtype=np.float32)
+    patch[hit] = 0.9  # the crop on the clip decided
+    m_heat = second_look.heat_map(found.centres[1], patch, display.shape, (100, 80))  # the model PNG's grid (1/4)
+    peak = np.unravel_index(int(np.argmax(m_heat)), m_heat.shape)
+    assert abs(peak[0] - clip[0] / 4) <= 2 and abs(peak[1] - (319 - clip[1]) / 4) <= 2, peak
+    probs, patch = second_look.torch_probs(load_second_look(trained.settings, trained.result.ref), found)
+    assert abs(probs[1] - probs[0]) <= 1e-6
+    heat, m_heat = (second_look.heat_map(found.centres[i], patch[i], display.shape, (100, 80)) for i in (0, 1))
+    np.testing.assert_allclose(m_heat, heat[:, ::-1], atol=1e-6)
