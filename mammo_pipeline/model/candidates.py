@@ -54,7 +54,7 @@ when the stored image has it on the right, as some vendors store one side): the 
 local maxima and the crops around them are not exactly mirror-symmetric (a 32-px crop's centre lies one pixel
 off its mirror's), and the patch network reads each crop under `second_look.READ_SYMMETRIES`, a set not closed
 under a left-right mirror, so a mirrored breast got another p_biopsy (the real images' clip 0.282 against 0.098,
-stop 57). An image and its mirror now give the same crops and scores, whatever is read from them; the centres
+stop 56). An image and its mirror now give the same crops and scores, whatever is read from them; the centres
 are mapped back to the stored image's pixels, where every consumer draws them. No constant was added: which
 side is the chest wall is `air.chest_wall_side`, made exactly mirror-consistent.
 """
