@@ -375,6 +375,44 @@ def fastest_memory_format(model, sample, device) -> tuple:
     return faster, {str(k).removeprefix("torch."): v for k, v in best.items()}
 
 
+LAYOUT_RECORD = "memory_layout.json"  # beside the models: the layout measured for each machine and batch shape
+_LAYOUTS: dict[str, dict] = {}  # ... and as this process has read or measured it
+
+
+def training_layout(model, sample, device, folder: Path) -> tuple:
+    """(the memory layout to train `model` in, {layout name: best seconds} of the measurement that chose it):
+    `fastest_memory_format`, measured once per machine, torch version, device and batch shape, then kept, in this
+    process and in `folder`/LAYOUT_RECORD, and reused. Why: the two layouts round differently, so the same labels
+    and seed trained different weights (another model version) whenever the faster layout changed between two
+    trainings, as it did under load (CI of stop 57: `test_same_seed_same_weights_other_seed_other_weights`). The
+    model is left in the chosen layout."""
+    import platform
+
+    import torch
+
+    key = f"{platform.node()} | torch {torch.__version__} | {device.type} | {tuple(sample.shape)}"
+    record = folder / LAYOUT_RECORD
+    if key not in _LAYOUTS:
+        _LAYOUTS.update({k: v for k, v in _read_layouts(record).items() if k not in _LAYOUTS})
+    kept = _LAYOUTS.get(key)
+    if not (isinstance(kept, dict) and kept.get("layout") in ("channels_last", "contiguous_format")):
+        layout, seconds = fastest_memory_format(model, sample, device)
+        kept = _LAYOUTS[key] = {"layout": str(layout).removeprefix("torch."), "probe_seconds": seconds}
+        write_text(record, json.dumps({**_read_layouts(record), key: kept}, indent=2, sort_keys=True))
+    layout = getattr(torch, kept["layout"])
+    model.to(device, memory_format=layout)
+    return layout, kept["probe_seconds"]
+
+
+def _read_layouts(record: Path) -> dict:
+    """The layouts kept in `record` (`training_layout`); {} when there is none or it cannot be read."""
+    try:
+        kept = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
 def train_model(
     settings: Settings, labels: pd.DataFrame, hyper: TrainConfig | None = None, progress: ProgressFn | None = None
 ) -> TrainResult:
@@ -446,9 +484,9 @@ def train_model(
         learn.model.cpu()
         features = _pooled(learn.model, images)
         oof = out_of_fold(features, flags.astype(int), hyper.oof_folds, seed)
-        # The layout that trains fastest on this machine (`fastest_memory_format`). Back to the default layout after,
-        # so the saved weights, their version hash and the ONNX export are the same whichever it was.
-        layout, probe = fastest_memory_format(learn.model, torch.from_numpy(images[:batch_size]), device)
+        # The layout that trains fastest on this machine (`training_layout`, measured once). Back to the default layout
+        # after, so the saved weights, their version hash and the ONNX export are the same whichever it was.
+        layout, probe = training_layout(learn.model, torch.from_numpy(images[:batch_size]), device, settings.models)
         memory_format = {"layout": str(layout).removeprefix("torch."), "probe_seconds": probe}
 
         hyper = replace(hyper, epochs=hyper.epochs_for(len(train)))
@@ -593,7 +631,7 @@ def train_model(
         "second_look": second_look_info,
         "operating_points": points,
         "oof_method": f"{hyper.oof_folds}-fold logistic regression on the untrained body's pooled features",
-        "memory_format": memory_format,  # the global network's while training (`fastest_memory_format`)
+        "memory_format": memory_format,  # the global network's while training (`training_layout`)
         "warnings": notes,
     }
     write_text(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))

@@ -231,3 +231,31 @@ def test_training_runs_in_the_memory_layout_that_is_faster_here_and_the_probe_ch
     assert seconds[slow] > seconds[str(faster).removeprefix("torch.")]
     assert net.training and all(p.grad is None for p in net.parameters())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_the_layout_is_measured_once_per_machine_so_a_busy_machine_cannot_change_the_weights(
+    tmp_path, settings, monkeypatch
+):
+    """The two memory layouts round differently, so the same labels and seed trained another model version when
+    the faster layout changed between two trainings, as it did under load (CI of stop 57). The layout is measured
+    once per machine and batch shape, kept in the process and beside the models, and reused."""
+    from mammo_pipeline.model import train as train_module
+
+    probes = []
+    layouts = iter([torch.channels_last, torch.contiguous_format, torch.channels_last, torch.contiguous_format])
+
+    def flipping(model, sample, device):  # a machine whose faster layout changes at every measurement
+        layout = next(layouts)
+        probes.append(layout)
+        model.to(device, memory_format=layout)
+        return layout, {"channels_last": 0.1, "contiguous_format": 0.1}
+
+    monkeypatch.setattr(train_module, "fastest_memory_format", flipping)
+    monkeypatch.setattr(train_module, "_LAYOUTS", {})
+    labels = make_labels(settings, n=16, seed=3)
+    versions = [train_model(settings, labels, dataclasses.replace(MINI, seed=5)) for _ in range(2)]
+    assert len(probes) == 1 and versions[0].ref.model_version == versions[1].ref.model_version
+    monkeypatch.setattr(train_module, "_LAYOUTS", {})  # another process on the same home reads what was measured
+    again = train_model(settings, labels, dataclasses.replace(MINI, seed=5))
+    assert len(probes) == 1 and again.ref.model_version == versions[0].ref.model_version
+    assert json.loads((settings.models / train_module.LAYOUT_RECORD).read_text())  # kept beside the models
