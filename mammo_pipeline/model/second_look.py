@@ -86,6 +86,13 @@ CONTRAST_SHARE = 0.5
 # 0.9928, 0.9947, 0.9831). Two, since four bought nothing for twice the patch network's inference CPU, which
 # had become most of an image's cost on the 2-core machine of stops 44-47 (about 14 of 28 ms).
 READ_SYMMETRIES = (0, 3)
+# Shift jitter in training (`shift_jitter`): each batch's crops are moved by up to SHIFT_JITTER px along each axis
+# (edges repeated), so the network does not learn where in the crop an object sits to the pixel. A candidate's
+# centre lies on the score's grid, 2 x 2 blocks of the 1024-px display (`candidates`), so the same clip falls one
+# pixel or so differently in the crop of another alignment, a mirrored image or a shifted one: stop 57 moved the
+# whole display of the real clip image by 0-3 px and its p_biopsy went 0.074-0.165 (`/work/scratch/s57/shift57.py`
+# on a demo model of version 15.4), the other eight images 0.003-0.15. Set to the grid's step before measuring.
+SHIFT_JITTER = 2
 
 
 def epochs_for(n_images: int) -> int:
@@ -195,6 +202,22 @@ def contrast_jitter(xb, generator=None, low: float = CONTRAST_MIN, share: float 
     return median + factor * (xb - median)
 
 
+def shift_jitter(xb, generator=None, most: int = SHIFT_JITTER):
+    """Crops [B, k, C, P, P] (tensor) all moved by one random (dy, dx), each in [-`most`, `most`] px, the pixels
+    moved in from outside repeating the crop's edge (SHIFT_JITTER above). One shift per batch, as one symmetry:
+    one cheap tensor op per step. Draws from `generator` (torch's global one when None)."""
+    import torch
+    import torch.nn.functional as F
+
+    if most <= 0:
+        return xb
+    dy, dx = (int(v) for v in torch.randint(0, 2 * most + 1, (2,), generator=generator))
+    shape = xb.shape
+    flat = xb.reshape(-1, *shape[-3:])
+    padded = F.pad(flat, (most, most, most, most), mode="replicate")
+    return padded[..., dy : dy + shape[-2], dx : dx + shape[-1]].reshape(shape)
+
+
 def training_crops(net, xb, top: int, warming_up: bool):
     """Indices [B, top] of the crops of a batch [B, K, ...] to train through: the `top` the network scores
     highest, or, while the learning rate warms up, the first `top` slots (the candidates come strongest score
@@ -223,16 +246,17 @@ def train_patch_mil(
     threads: int = 2,
     top: int = 3,
     contrast: tuple[float, float] = (CONTRAST_MIN, CONTRAST_SHARE),
+    shift: int = SHIFT_JITTER,
 ):
     """Train `patch_network` on crops [N, K, (C,) P, P] (float32) and image flags [N] (bool); return it in eval
     mode.
 
     `epochs` None: `epochs_for(N)`. One-cycle AdamW, a random square symmetry per batch (module docstring),
     `contrast_jitter` on the crops trained through (`contrast`: its lowest factor and share; (1, 0) turns it
-    off), positives weighted by sqrt(negatives / positives). Each step trains on `top` crops per image through
-    `lse_pool` (module docstring; this halves the cost of a round): the network's highest-scoring ones, scored
-    without gradients in every RANK_EVERY-th epoch and reused in between, or while the learning rate warms up the
-    strongest candidates (`training_crops`).
+    off), `shift_jitter` by up to `shift` px (0 turns it off), positives weighted by sqrt(negatives / positives).
+    Each step trains on `top` crops per image through `lse_pool` (module docstring; this halves the cost of a
+    round): the network's highest-scoring ones, scored without gradients in every RANK_EVERY-th epoch and reused
+    in between, or while the learning rate warms up the strongest candidates (`training_crops`).
     `threads` caps torch's CPU threads (the 2-core budget of the issue).
     """
     import torch
@@ -271,7 +295,8 @@ def train_patch_mil(
                 else:
                     best = chosen[idx]
                 xb = xb[torch.arange(len(idx))[:, None], best]
-            loss = loss_fn(lse_pool(net.patch_logits(contrast_jitter(xb, None, *contrast))), y[idx])
+            xb = shift_jitter(contrast_jitter(xb, None, *contrast), None, shift)
+            loss = loss_fn(lse_pool(net.patch_logits(xb)), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -246,3 +246,28 @@ def test_trained_on_bright_clips_it_still_finds_a_clip_as_faint_as_the_beads():
     for seed in (0, 1, 2):
         net = train_patch_mil(train, flags, epochs=8, seed=seed)
         assert roc_auc(test_flags, predict_patch_mil(net, faint)[0]) >= 0.95
+
+
+def test_shift_jitter_moves_all_crops_of_a_batch_by_one_offset_of_at_most_two_pixels_repeating_the_edge():
+    """Training moves a batch's crops by one (dy, dx) in [-SHIFT_JITTER, SHIFT_JITTER]^2, the pixels moved in
+    repeating the crop's edge: a candidate's centre lies a grid step or so off its object's, in another
+    alignment or a mirrored image, and the network must not care (stop 57)."""
+    import torch
+
+    from mammo_pipeline.model.second_look import SHIFT_JITTER, shift_jitter
+
+    xb = torch.arange(2 * 3 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 3, 8, 8)
+    idx = np.arange(8)
+    seen = set()
+    for seed in range(60):
+        out = shift_jitter(xb, torch.Generator().manual_seed(seed)).numpy()
+        matches = [
+            (oy, ox)
+            for oy in range(-SHIFT_JITTER, SHIFT_JITTER + 1)
+            for ox in range(-SHIFT_JITTER, SHIFT_JITTER + 1)
+            if np.array_equal(out, xb.numpy()[..., np.clip(idx + oy, 0, 7)[:, None], np.clip(idx + ox, 0, 7)[None, :]])
+        ]
+        assert len(matches) == 1  # one offset for every crop and channel of the batch
+        seen.add(matches[0])
+    assert len(seen) >= 15  # of the 25 offsets
+    assert shift_jitter(xb, most=0) is xb
