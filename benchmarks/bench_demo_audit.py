@@ -27,13 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np
 import pandas as pd
 from bench_learning_curve import clip_among, misordered, view_kind
 
 from mammo_pipeline import warehouse
 from mammo_pipeline.model.candidate_store import candidates_of_png
-from mammo_pipeline.model.evaluate import FLAGS, needs_review, operating_points, roc_auc
+from mammo_pipeline.model.evaluate import FLAGS, in_review_band, needs_review, operating_points, roc_auc
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 from mammo_pipeline.synth.drops import read_truth
@@ -62,11 +61,6 @@ def audit_scores(home: Path) -> tuple[str, pd.DataFrame]:
     out["display_png"] = [str(settings.cache / p) for p in out["display_png"]]
     out["scale"] = out["display_height"] / out["height"]
     return ref.model_version, out
-
-
-def _inside(scores: np.ndarray, point: dict) -> np.ndarray:
-    """Bool: each score inside the point's review band [review_low, review_high)."""
-    return (scores >= point["review_low"]) & (scores < point["review_high"])
 
 
 def review_bands(home: Path) -> float:
@@ -105,9 +99,9 @@ def review_bands(home: Path) -> float:
             )
             print(
                 f"  {flag:<6} {name:<6} threshold {point['threshold']:.4f} band [{point['review_low']:.4f}, "
-                f"{point['review_high']:.4f}){resampled}: {_inside(audit_probs[:, k], point).sum()} audit, "
-                f"{_inside(probs[:, k], point).sum()} predicted images; study band [{study['review_low']:.4f}, "
-                f"{study['review_high']:.4f}): {_inside(studies[:, k], study).sum()} predicted studies"
+                f"{point['review_high']:.4f}){resampled}: {in_review_band(audit_probs[:, k], point).sum()} audit, "
+                f"{in_review_band(probs[:, k], point).sum()} predicted images; study band [{study['review_low']:.4f}, "
+                f"{study['review_high']:.4f}): {in_review_band(studies[:, k], study).sum()} predicted studies"
             )
     before, after = (int(needs_review(probs, points).sum()) for points in (stored, now))
     audit_before, audit_after = (int(needs_review(audit_probs, points).sum()) for points in (stored, now))

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mammo_pipeline import warehouse
-from mammo_pipeline.model.evaluate import FLAGS, TRUTH_COLUMNS, operating_points, study_scores
+from mammo_pipeline.model.evaluate import FLAGS, TRUTH_COLUMNS, in_review_band, operating_points, study_scores
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 from mammo_pipeline.synth.drops import read_truth
@@ -80,7 +80,7 @@ def main() -> int:
                     f"  {flag} {rule:5} (threshold {threshold:.3f}): sensitivity {tp}/{pos}, specificity {tn}/{neg}"
                 )
             study = point["study"]
-            band = (score >= study["review_low"]) & (score < study["review_high"])
+            band = in_review_band(score, study)
             wrong = (score >= study["threshold"]) != truth
             counts = np.array([band.sum(), len(band), (band & wrong).sum(), wrong.sum()])
             reviewed[flag] += counts

@@ -272,7 +272,7 @@ class LabelStore:
         self.disk_only = False
         if read_only:
             with self._db() as db:
-                if self._needs_upgrade(db):
+                if self._lacks(db).any:  # `_upgrade` would change the file
                     raise NoLabelStore(
                         f"{self.path} was made by an older version and must be upgraded, which this user may not "
                         "write: run `mammo labels stats` once as its owner"
@@ -299,17 +299,11 @@ class LabelStore:
             seed="seed" not in meta,
         )
 
-    @classmethod
-    def _needs_upgrade(cls, db: sqlite_utils.Database) -> bool:
-        """Whether `_upgrade` would change the file: a column, queue version or seed it lacks."""
-        return cls._lacks(db).any
-
     def _upgrade(self, seed: int) -> None:
         """Add the maintained columns, generated columns and queue indexes a file made by an older version lacks."""
         with self._write() as db:
             lacks = self._lacks(db)
-            added = lacks.maintained
-            for col in added:
+            for col in lacks.maintained:
                 db.execute(f"ALTER TABLE images ADD COLUMN {col} {_MAINTAINED[col]}")
             for col in lacks.generated:
                 db.execute(f"ALTER TABLE images ADD COLUMN {col} GENERATED ALWAYS AS ({queues.GENERATED[col]}) VIRTUAL")
@@ -319,22 +313,21 @@ class LabelStore:
                 db.execute("UPDATE current_labels SET first_event = event_id")
             if lacks.needs_review:
                 db.execute("ALTER TABLE predictions ADD COLUMN needs_review INTEGER")
-            stale = lacks.queues
-            if stale:  # queue memberships or index definitions changed since the file was made
+            if lacks.queues:  # queue memberships or index definitions changed since the file was made
                 for name in (*queues.INDEXES, *queues.OBSOLETE_INDEXES):
                     db.execute(f"DROP INDEX IF EXISTS {name}")
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('queues_version', ?)", (queues.VERSION,))
             _create_queue_indexes(db)
             if lacks.seed:
                 db.execute("INSERT INTO meta (key, value) VALUES ('seed', ?)", (int(seed),))
-            if added:  # an older file: fill the new columns once
+            if lacks.maintained:  # an older file: fill the new columns once
                 store_seed = int(db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone()[0])
                 old = db.execute("SELECT id, sop_instance_uid FROM images").fetchall()
                 ranks = list(zip(queues.ranks(store_seed, [r[1] for r in old]), [r[0] for r in old], strict=True))
                 db.conn.executemany("UPDATE images SET rnd = ? WHERE id = ?", ranks)
                 db.execute(_REFRESH_LABELS.format(where="1"))
                 db.execute(_REFRESH_PREDICTIONS.format(where="1"))
-            if added or stale or db.execute("SELECT COUNT(*) FROM queue_totals").fetchone()[0] == 0:
+            if lacks.maintained or lacks.queues or db.execute("SELECT COUNT(*) FROM queue_totals").fetchone()[0] == 0:
                 _recount(db)
 
     # -- connections ---------------------------------------------------------------------------------

@@ -364,13 +364,20 @@ def study_point(points: dict, flag: str) -> dict | None:
     return (points.get(flag) or {}).get("study")
 
 
+def in_review_band(scores: np.ndarray, point: dict) -> np.ndarray:
+    """Bool [N]: each score inside `point`'s review band [review_low, review_high), compared in float64 (against
+    a float32 array NumPy would round a bound to float32, and a bound one float64 step above a score, `nextafter`,
+    would then equal it)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return (scores >= point["review_low"]) & (scores < point["review_high"])
+
+
 def needs_review(probs: np.ndarray, points: dict[str, dict]) -> np.ndarray:
-    """Bool [N]: any flag's probability inside its review band [review_low, review_high)."""
+    """Bool [N]: any flag's probability inside its review band [review_low, review_high) (`in_review_band`)."""
     probs = np.asarray(probs, dtype=float).reshape(-1, 2)
     out = np.zeros(len(probs), dtype=bool)
     for k, flag in enumerate(FLAGS):
-        p = points[flag]
-        out |= (probs[:, k] >= p["review_low"]) & (probs[:, k] < p["review_high"])
+        out |= in_review_band(probs[:, k], points[flag])
     return out
 
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from mammo_pipeline.atomic import atomic_path, remove_stale_temps
 from mammo_pipeline.labels.codes import label_of
 from mammo_pipeline.model import second_look_model as second_look
-from mammo_pipeline.model.evaluate import DEFAULT_POINT, FLAGS
+from mammo_pipeline.model.evaluate import DEFAULT_POINT, FLAGS, needs_review
 from mammo_pipeline.model.preprocess import PREPROCESS_VERSION, preprocess
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.progress import ProgressFn
@@ -281,16 +281,14 @@ def predict_images(
 
 def _frame(part: pd.DataFrame, probs: np.ndarray, model: LoadedModel) -> pd.DataFrame:
     """One batch's image_predictions rows: flags at the model's thresholds, needs_review inside a review band."""
-    points = [model.point(flag) for flag in FLAGS]
-    # compared in float64, as the audit (evaluate.needs_review) and the study SQL (DOUBLE) compare: against a
-    # float32 array NumPy rounds a bound to float32, and a bound one float64 step above an audit score
+    points = {flag: model.point(flag) for flag in FLAGS}
+    # compared in float64, as the audit (evaluate.needs_review, the same call) and the study SQL (DOUBLE) compare:
+    # against a float32 array NumPy rounds a bound to float32, and a bound one float64 step above an audit score
     # (nextafter) then equals it (an image at p = 1.0 left out of review while its study needed it)
     p = np.asarray(probs, dtype=np.float64)
-    biopsy = p[:, 0] >= points[0]["threshold"]
-    mag = p[:, 1] >= points[1]["threshold"]
-    review = np.zeros(len(p), dtype=bool)
-    for k, point in enumerate(points):
-        review |= (p[:, k] >= point["review_low"]) & (p[:, k] < point["review_high"])
+    biopsy = p[:, 0] >= points["biopsy"]["threshold"]
+    mag = p[:, 1] >= points["mag"]["threshold"]
+    review = needs_review(p, points)
     return pd.DataFrame(
         {
             **{key: part[key].to_numpy() for key in KEYS},
