@@ -47,7 +47,9 @@ def main() -> int:
     labels = labels_frame(settings)
     labels = labels[labels["has_biopsy_marker"]].reset_index(drop=True)
     truth, scale = truth_and_scale(settings, labels)
-    found = candidates_of([settings.cache / p for p in labels["display_png"]], threads=2)
+    found = candidates_of(
+        [settings.cache / p for p in labels["display_png"]], threads=2, long_side=settings.display_size
+    )
     rows = []
     for i, row in enumerate(truth.itertuples()):
         centres = found.centres[i]

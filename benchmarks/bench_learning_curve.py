@@ -221,7 +221,12 @@ def second_look(
         found = dict(
             zip(
                 uids,
-                pool.map(lambda uid: candidates(settings.cache / display.at[uid, "display_png"]), uids),
+                pool.map(
+                    lambda uid: candidates(
+                        settings.cache / display.at[uid, "display_png"], long_side=settings.display_size
+                    ),
+                    uids,
+                ),
                 strict=True,
             )
         )

@@ -131,7 +131,7 @@ def contact_sheet(rows: pd.DataFrame, settings: Settings, net, size: int, out: P
     for ax, row in zip(axes.ravel(), rows.itertuples(), strict=False):
         explanation = image_heatmaps(net, settings.cache / row.model_png, size, occlude=look is None)
         if look is not None:
-            explanation = with_second_look(explanation, look, settings.cache / row.display_png)
+            explanation = with_second_look(explanation, look, settings.cache / row.display_png, settings.display_size)
         ax.imshow(explanation.gray, cmap="gray", vmin=0, vmax=255)
         ax.imshow(np.ma.masked_less(explanation.maps[0], 0.15), cmap="jet", alpha=0.55, vmin=0, vmax=1)
         y, x = np.unravel_index(int(np.argmax(explanation.maps[0])), explanation.maps[0].shape)
@@ -294,7 +294,7 @@ def main() -> int:
         sheet = args.out or model_home.reports / "real_samples.png"
         net, look = load_network(settings, ref), load_second_look(settings, ref)
         if look is not None:  # what decided each p_biopsy: its most clip-like crops (display PNG px)
-            found = candidates_of([settings.cache / p for p in preds["display_png"]])
+            found = candidates_of([settings.cache / p for p in preds["display_png"]], long_side=settings.display_size)
             _, patch = torch_probs(look, found)
             for name, centres, probs in zip(preds["name"], found.centres, patch, strict=True):
                 top = np.argsort(-probs)[:3]

@@ -138,7 +138,9 @@ def main() -> int:
         return 2
 
     start, cpu = time.monotonic(), time.process_time()
-    found = candidates_of([settings.cache / p for p in labels["display_png"]], threads=2)
+    found = candidates_of(
+        [settings.cache / p for p in labels["display_png"]], threads=2, long_side=settings.display_size
+    )
     print(f"data set: {len(y)} images ({y.sum()} with a clip) of {len(np.unique(patients))} patients; candidates "
           f"in {time.monotonic() - start:.0f} s wall, {time.process_time() - cpu:.0f} CPU s")  # fmt: skip
 

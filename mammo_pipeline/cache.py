@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from mammo_pipeline.atomic import UnsafePath, atomic_path, ensure_under, owner_alive, remove_stale_temps, run_owner
-from mammo_pipeline.dicom.normalize import NORM_VERSION, render, rendition_current
+from mammo_pipeline.dicom.normalize import NORM_VERSION, AtPitch, render, rendition_current
 from mammo_pipeline.dicom.quarantine import UNREADABLE, quarantine_rows, read_quarantine_rows, write_quarantine
 from mammo_pipeline.dicom.source_paths import redact
 from mammo_pipeline.dicom.source_paths import resolve as resolve_source
@@ -70,7 +70,7 @@ INDEX_COLUMNS = [
 MANIFEST_EVERY = 2000  # images between folding the journals into manifest.parquet (each fold rereads it)
 PNG_COMPRESS_LEVEL = 3  # zlib level: most of level 9's size at a fraction of its time
 
-_STR, _I64, _BOOL = pa.string(), pa.int64(), pa.bool_()
+_STR, _I64, _F64, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 SCHEMA = pa.schema(
     [
         ("hospital", _STR),
@@ -94,6 +94,7 @@ SCHEMA = pa.schema(
         ("voi_method", _STR),
         ("fallback_reason", _STR),
         ("padding_trimmed", _STR),  # the frame of padding cut away (`Rendition.trimmed`), null when none
+        ("display_mm_per_px", _F64),  # mm a display pixel spans (`Rendition.mm_per_px`), null: no pixel spacing
         ("inverted", _BOOL),
         ("width", _I64),
         ("height", _I64),
@@ -395,11 +396,11 @@ def _render_copy(
                     "reason": "source_changed",
                     "message": message,
                 }
-        rendition = render(Path(source), sizes=(task.display_size, task.model_size))
-        display = rendition.images[task.display_size]
+        rendition = render(Path(source), sizes=(AtPitch(task.display_size), task.model_size))
+        display = rendition.images[AtPitch(task.display_size)]
         _write_png(display, Path(task.display_png), task.owner)
         _write_png(rendition.images[task.model_size], Path(task.model_png), task.owner)
-        _keep_candidates(display, Path(task.display_png))
+        _keep_candidates(display, Path(task.display_png), task.display_size)
         height, width = (int(v) for v in tuple(rendition.source_shape)[:2])
         return {
             "ok": True,
@@ -407,6 +408,7 @@ def _render_copy(
             "voi_method": rendition.voi_method,
             "fallback_reason": rendition.fallback_reason,
             "padding_trimmed": rendition.trimmed,
+            "display_mm_per_px": rendition.mm_per_px(AtPitch(task.display_size)),
             "inverted": bool(rendition.inverted),
             "width": width,
             "height": height,
@@ -430,14 +432,14 @@ def _known(value: object) -> bool:
     return value is not None and value == value
 
 
-def _keep_candidates(display: np.ndarray, png: Path) -> None:
+def _keep_candidates(display: np.ndarray, png: Path, display_size: int) -> None:
     """Cut the second look's candidates from the pixels just rendered (no decode) and keep them beside the PNG
     (`model/candidate_store.py`); a failure here is not the image's fault and never quarantines it: whoever
     needs them cuts them from the PNG and meets the error there."""
     from mammo_pipeline.model import candidate_store
 
     with contextlib.suppress(Exception):  # see docstring
-        candidate_store.keep(candidate_store.cut(display), png)
+        candidate_store.keep(candidate_store.cut(display, display_size), png)
 
 
 def _write_png(pixels: np.ndarray, path: Path, owner: str) -> None:

@@ -539,13 +539,13 @@ def test_an_upgrade_to_the_frame_cut_renders_again_only_images_whose_display_sho
     before = read_manifest(settings, "h1").set_index("sop_instance_uid")
     assert set(before["norm_version"]) == {"4"}
 
-    monkeypatch.setattr(cache_module, "NORM_VERSION", normalize.NORM_VERSION)  # ... upgraded
+    monkeypatch.setattr(cache_module, "NORM_VERSION", "5")  # ... upgraded (version 6 renders every image again)
     monkeypatch.setattr(normalize, "content_box", cut_frame)
     render_calls.clear()
     result = cache_hospital(settings, "h1")
     assert (result.new, result.unchanged) == (1, 3) and len(render_calls) == 2  # + the quarantined image's retry
     after = read_manifest(settings, "h1").set_index("sop_instance_uid")
-    assert after.loc[uid, "norm_version"] == normalize.NORM_VERSION
+    assert after.loc[uid, "norm_version"] == "5"
     assert after.loc[uid, "padding_trimmed"] == "top 8, left 6, bottom 8, right 6 px of padding cut"
     for sop in uids:
         assert after.loc[sop, "norm_version"] == "4" and pd.isna(after.loc[sop, "padding_trimmed"])

@@ -49,6 +49,11 @@ Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
    dense tissue. The index keeps the shape (column ``presentation_lut_shape``) so such files can be found.
 4. **Area resize** (`resize_area`) to each requested long side (of the content box), aspect ratio kept, no flips:
    the image stays as stored (PatientOrientation and FieldOfViewHorizontalFlip are not applied).
+   **At a fixed pitch** (`AtPitch`, version 6): a size asked as `AtPitch(n)` is the long side that shows the
+   image at REFERENCE_FIELD_MM / n mm per pixel, from its own pixel pitch (`pixel_pitch`: Imager Pixel Spacing,
+   else Pixel Spacing, else Nominal Scanned Pixel Spacing), so a clip is as many display pixels wide on a
+   24 x 30 cm detector as on an 18 x 24 cm one, and a larger matrix or a border round the breast leaves it its
+   size. Without a usable pitch it is n px, as a plain size.
 
 For speed (see decode.py) the raw values are area-averaged down to the largest requested size *before* the
 VOI step, and JPEG 2000 is decoded at a reduced resolution level. Rescale is linear so that commutes; a
@@ -79,8 +84,9 @@ from mammo_pipeline.dicom.headers import is_for_processing
 # 2: functional-group windows, padding kept out of percentiles and averages, signed J2K fix; 3: a For Presentation
 # image without a usable window shows its own min..max (`range_window`), no longer the 0.5-99.5th percentiles;
 # 4: when the first window pair or VOI LUT item is unusable, the next usable one is applied before the image's range;
-# 5: a frame of padding (declared, or black without a declaration) is cut away (`content_box`)
-NORM_VERSION = "5"
+# 5: a frame of padding (declared, or black without a declaration) is cut away (`content_box`); 6: a size asked
+# `AtPitch` shows every image at one pitch in mm per pixel, from its pixel spacing
+NORM_VERSION = "6"
 
 _APPLIED = frozenset({"voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID"})
 _ANY = _APPLIED | {"range", "percentile"}
@@ -129,16 +135,59 @@ HIGH_PERCENTILE = 99.5
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
+# The field whose long side a display of `AtPitch(n)` shows in n px: the smaller standard mammography detector,
+# 18 x 24 cm. With 1024 px that is 0.234 mm per pixel, so no field of 24 cm or more is shown at fewer pixels
+# than the fixed 1024-px long side gave it (a 24 x 30 cm detector: 1280 px). A physical size, not fitted to data.
+REFERENCE_FIELD_MM = 240.0
+# Where a pixel's pitch is read, in this order (PS3.3 C.8.11.4 DX Detector, Type 1 in the mammography IODs: the
+# detector plane, which is what the display shows; C.7.6.2 Image Plane; C.8.6.1 SC Equipment, a scanned film)
+PITCH_ATTRIBUTES = ("ImagerPixelSpacing", "PixelSpacing", "NominalScannedPixelSpacing")
+# AtPitch(n) keeps its pitch only for a long side from n / 4 to 2 n (a 6 to 48 cm field: every mammogram, and
+# a spot view stored on its cone's matrix); beyond it the spacing is taken for an error and the size is n
+PITCH_RANGE = (0.25, 2.0)
+
+
+@dataclass(frozen=True)
+class AtPitch:
+    """A display size asked at one pitch: REFERENCE_FIELD_MM / long_side mm per display pixel, for an image whose
+    pixel pitch is known (`pixel_pitch`); `long_side` px otherwise (or when the pitch gives a long side outside
+    PITCH_RANGE times `long_side`)."""
+
+    long_side: int
+
+
+def pixel_pitch(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) spacing of the stored pixels in mm, from the first of PITCH_ATTRIBUTES holding two positive
+    finite numbers; None when none does."""
+    for keyword in PITCH_ATTRIBUTES:
+        values = _floats(ds, keyword)
+        if len(values) >= 2 and all(math.isfinite(v) and v > 0 for v in values[:2]):
+            return float(values[0]), float(values[1])
+    return None
+
+
+def pitch_long_side(size: AtPitch, shape: tuple[int, int], pitch: tuple[float, float] | None) -> int:
+    """The long side in px at which `shape` (rows, cols of source px of `pitch` mm) shows `size`'s pitch; `size`'s
+    own long side without a pitch or outside PITCH_RANGE."""
+    if pitch is None:
+        return size.long_side
+    field_mm = max(shape[0] * pitch[0], shape[1] * pitch[1])
+    n = round(field_mm / REFERENCE_FIELD_MM * size.long_side)
+    low, high = PITCH_RANGE
+    return n if low * size.long_side <= n <= high * size.long_side else size.long_side
+
+
 @dataclass
 class Rendition:
     """The display images of one DICOM file and how they were made."""
 
-    images: dict[int, np.ndarray]  # long side -> uint8 HxW display image
+    images: dict[int | AtPitch, np.ndarray]  # size asked (long side, or AtPitch) -> uint8 HxW display image
     voi_method: str  # "voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID" or "percentile"
     fallback_reason: str | None  # why a VOI LUT or window was not used
     inverted: bool
     source_shape: tuple[int, int]  # (Rows, Columns) as stored
     content_box: tuple[int, int, int, int] | None = None  # (top, left, bottom, right) kept, source px; None: all
+    pitch_mm: tuple[float, float] | None = None  # (row, column) pitch of the source px used by AtPitch; None: none
 
     @property
     def content_shape(self) -> tuple[int, int]:
@@ -147,6 +196,15 @@ class Rendition:
             return self.source_shape
         top, left, bottom, right = self.content_box
         return bottom - top, right - left
+
+    def mm_per_px(self, size: int | AtPitch) -> float | None:
+        """The millimetres one pixel of `images[size]` spans (the long side's), from the source's pixel pitch;
+        None when the pitch is not known."""
+        if self.pitch_mm is None:
+            return None
+        rows, cols = self.content_shape
+        field_mm = max(rows * self.pitch_mm[0], cols * self.pitch_mm[1])
+        return field_mm / max(self.images[size].shape)
 
     @property
     def trimmed(self) -> str | None:
@@ -471,7 +529,7 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 def render_pixels(
     ds: Dataset,
     pixels: np.ndarray,
-    sizes: Sequence[int] = (1024,),
+    sizes: Sequence[int | AtPitch] = (1024,),
     padding: np.ndarray | None = None,
     note: str | None = None,
     header_voi: bool = True,
@@ -480,9 +538,9 @@ def render_pixels(
     the shape of `pixels`) adds the padding the decoder found before fitting the values to Bits Stored
     (`decode.padding_beyond_bits`); `note` (the decoder's, `decode.fit_bits_stored`) leads `fallback_reason`;
     `header_voi=False` skips the header's VOI LUT and windows (a header that misstates its values)."""
-    asked = sorted({int(s) for s in sizes}, reverse=True)
-    if not asked or asked[-1] < NATIVE:
-        raise ValueError(f"sizes must be positive long sides (or NATIVE, 0), got {list(sizes)}")
+    asked = list(dict.fromkeys(sizes))
+    if not asked or any(_long(s) < NATIVE or (isinstance(s, AtPitch) and s.long_side < 1) for s in asked):
+        raise ValueError(f"sizes must be positive long sides (or NATIVE, 0, or AtPitch), got {list(sizes)}")
     source_shape = (int(ds.Rows), int(ds.Columns))
     found = padding_mask(ds, pixels)
     padding = padding if found is None else found if padding is None else found | padding
@@ -494,7 +552,11 @@ def render_pixels(
         if padding is not None:
             padding = padding[top:bottom, left:right] if padding[top:bottom, left:right].any() else None
     content = source_shape if kept is None else (kept[2] - kept[0], kept[3] - kept[1])
-    wanted = {size: size or max(content) for size in asked}  # NATIVE: the content's own long side
+    pitch = pixel_pitch(ds) if any(isinstance(size, AtPitch) for size in asked) else None
+    wanted = {  # NATIVE: the content's own long side
+        size: pitch_long_side(size, content, pitch) if isinstance(size, AtPitch) else size or max(content)
+        for size in asked
+    }
     work_shape = target_shape(content, min(max(wanted.values()), max(content)))
     weight = None if padding is None else ~padding
     if ds.get("ModalityLUTSequence"):  # a LUT is not linear: apply it per pixel, then average
@@ -519,7 +581,7 @@ def render_pixels(
     for size, long_side in wanted.items():
         small, _ = resize_masked(display, mask, target_shape(content, long_side), zero_outside=True)
         images[size] = to_uint8(small)
-    return Rendition(images, method, reason or None, inverted, source_shape, kept)
+    return Rendition(images, method, reason or None, inverted, source_shape, kept, pitch)
 
 
 # The long side that asks `render` for the image at its stored size: the content's own, whatever frame is cut
@@ -613,7 +675,7 @@ def resize_masked(
     return values.astype(np.float32), covered
 
 
-def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
+def render(source: Dataset | Path, sizes: Sequence[int | AtPitch] = (1024,)) -> Rendition:
     """Decode `source` once and render it at each long side in `sizes`.
 
     Parameters
@@ -624,7 +686,7 @@ def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
         Long sides of the uint8 display images wanted (default 1024), of the image inside any frame of padding
         cut away (`content_box`). Smaller images are never upscaled before the VOI step; a size above the
         source is bilinearly upscaled at the end. NATIVE (0) asks for the image at its stored size, decoded in
-        full (`images[NATIVE]`).
+        full (`images[NATIVE]`); `AtPitch(n)` for the long side that shows its pitch (`pitch_long_side`).
 
     Returns
     -------
@@ -639,8 +701,8 @@ def render(source: Dataset | Path, sizes: Sequence[int] = (1024,)) -> Rendition:
     ds, path = read_dataset(source)
     try:
         ds = frame_attributes(ds)  # Frame VOI LUT / Pixel Value Transformation of frame 0, at the top level
-        native = any(int(s) == NATIVE for s in sizes)
-        frame = decode_frame(ds, None if native else max(int(s) for s in sizes), path=path)
+        native = any(_long(s) == NATIVE for s in sizes)
+        frame = decode_frame(ds, None if native else _decode_long_side(ds, sizes), path=path)
         return render_pixels(ds, frame.pixels, sizes, frame.padding, frame.note, header_voi=not frame.beyond_bits)
     except UnusableImage:
         raise
@@ -671,6 +733,22 @@ def _read_bare(path: str, error: InvalidDicomError) -> Dataset:
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else syntax
     return ds
+
+
+def _decode_long_side(ds: Dataset, sizes: Sequence[int | AtPitch]) -> int:
+    """The largest long side of `sizes` on the stored matrix (before a frame is cut: an upper bound), for the
+    decoder's resolution level; Rows and Columns not yet checked (`decode_frame` names them when missing)."""
+    try:
+        stored = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        stored = None
+    pitch = pixel_pitch(ds) if stored else None
+    return max(pitch_long_side(s, stored or (0, 0), pitch) if isinstance(s, AtPitch) else int(s) for s in sizes)
+
+
+def _long(size: int | AtPitch) -> int:
+    """The long side a size names (AtPitch: its reference long side)."""
+    return size.long_side if isinstance(size, AtPitch) else int(size)
 
 
 def to_display(source: Dataset | Path, long_side: int) -> np.ndarray:

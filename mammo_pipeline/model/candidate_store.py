@@ -46,9 +46,10 @@ def store_path(png: Path) -> Path:
     return png.parent / f"candidates-v{cand.SECOND_LOOK_VERSION}" / f"{png.stem}.npz"
 
 
-def cut(gray: np.ndarray) -> Found:
-    """`candidates.candidates` of a uint8 display image, with its shape."""
-    crops, centres, scores = cand.candidates(gray)
+def cut(gray: np.ndarray, long_side: int | None = None) -> Found:
+    """`candidates.candidates` of a uint8 display image rendered for the display size `long_side`, with its
+    shape."""
+    crops, centres, scores = cand.candidates(gray, long_side=long_side)
     return crops, centres, scores, (int(gray.shape[0]), int(gray.shape[1]))
 
 
@@ -87,14 +88,15 @@ def keep(found: Found, png: Path, stat: os.stat_result | None = None) -> None:
         pass
 
 
-def candidates_of_png(png: Path) -> Found:
-    """The candidates of one display PNG: kept ones when current, else cut from the PNG (and kept).
+def candidates_of_png(png: Path, long_side: int | None = None) -> Found:
+    """The candidates of one display PNG rendered for the display size `long_side`: kept ones when current, else
+    cut from the PNG (and kept). The kept ones lie under the PNG's folder, which is its display size's.
 
     Raises FileNotFoundError when the PNG is missing.
     """
     stat = png.stat()
     found = _read(store_path(png), stat)
     if found is None:
-        found = cut(_as_gray_uint8(png))
+        found = cut(_as_gray_uint8(png), long_side)
         keep(found, png, stat)
     return found

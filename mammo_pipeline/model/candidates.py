@@ -90,8 +90,10 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # from the breast along the field's edge (`air.cut_off_by_air`: a film's flare band along its clear border lifted
 # above the air's threshold, and the lead letters in it, were candidates); 15: cut from the image with its chest
 # wall at column 0 (`air.canonical`: a breast stored mirrored gets the same crops and scores), centres in the
-# stored image's pixels (14 was stop 55's skin-slot branch, not taken: its kept candidates-v14 folders may exist).
-SECOND_LOOK_VERSION = "15"
+# stored image's pixels (14 was stop 55's skin-slot branch, not taken: its kept candidates-v14 folders may exist);
+# 16: on displays at one pitch (normalization version 6), the scales shares of the display size, not of the image's
+# own long side (a 24 x 30 cm detector's clip was 20 % smaller in display px than an 18 x 24 cm one's).
+SECOND_LOOK_VERSION = "16"
 # Gaussian scales as shares of the long side (0.2 % and 0.8 % of a 24-30 cm detector are 0.5-0.6 and 2-2.4 mm):
 # a stroke's width (the 0.3-0.6 mm ribbon or wire, the 1-mm bead of a barbell; this scale was added in stop 27
 # after the real clip of the evaluation images, a ~1.2 mm saturated bead, fell between the candidates of two
@@ -100,7 +102,7 @@ SECOND_LOOK_VERSION = "15"
 STROKE_SCALE = 0.002
 CLIP_SCALE = 0.008
 MIN_SIGMA = 1.0  # grid px: the score runs on the coarsest power-of-two grid where STROKE_SCALE is still this wide
-CROP = 32  # px at the display PNG: 3 % of the long side (8-10 mm), a 3-mm clip with its surroundings
+CROP = 32  # px at the display PNG: 3 % of its 1024-px size (7.5 mm at 0.234 mm per px), a 3-mm clip and surroundings
 CONTEXT = 3  # the context channel covers CONTEXT * CROP px (9 % of the long side, 2-3 cm) at 1/CONTEXT resolution
 CHANNELS = 2
 # candidates per image: with the holes filled, recall of clip images at K = 12 / 24 0.952 / 0.989 (0.946 / 0.968
@@ -191,7 +193,7 @@ def _finest_level(gray: np.ndarray, f: int) -> np.ndarray:
     return _block_mean(gray, f) if f > 1 else gray.astype(np.float32)
 
 
-def _grid(gray: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _grid(gray: np.ndarray, f: int, long_side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(f x f block means of `gray`, their white top-hat, their tissue mask, the unexposed border on `_air_grid`
     of them): the grid the score runs on. The top-hat's square is TOPHAT_WINDOW of the long side. The tissue is
     the Otsu foreground of what is not a coned view's unexposed border (`air.unexposed_mask`: a collimator's
@@ -202,7 +204,7 @@ def _grid(gray: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     h, w = min(2 * border.shape[0], fine.shape[0]), min(2 * border.shape[1], fine.shape[1])
     fine[:h, :w] = border.repeat(2, axis=0).repeat(2, axis=1)[:h, :w]
     mask = tissue_mask(np.rint(image).astype(np.uint8), exclude=fine)
-    tophat = image - _opening(image, max(3, round(TOPHAT_WINDOW * max(gray.shape) / f) | 1))
+    tophat = image - _opening(image, max(3, round(TOPHAT_WINDOW * long_side / f) | 1))
     return image, tophat, mask, border
 
 
@@ -211,11 +213,11 @@ def _air_grid(level: np.ndarray, f: int) -> tuple[np.ndarray, int]:
     return _block_mean(level, 2) / np.float32(255), 2 * f
 
 
-def air_grid(gray: Path | str | np.ndarray) -> tuple[np.ndarray, int]:
+def air_grid(gray: Path | str | np.ndarray, long_side: int | None = None) -> tuple[np.ndarray, int]:
     """(float32 grid [H/s, W/s] in 0..1, step s in image px): the image the candidates look for air on (2 x 2 means
     of the score's grid), for callers that want the air the candidates avoid (`benchmarks/bench_air.py`)."""
     gray = _as_gray_uint8(gray)
-    f0 = _grid_factor(STROKE_SCALE * max(gray.shape))
+    f0 = _grid_factor(STROKE_SCALE * (long_side or max(gray.shape)))
     return _air_grid(_finest_level(gray, f0), f0)
 
 
@@ -252,13 +254,12 @@ def _local_maxima(values: np.ndarray, gap: int) -> np.ndarray:
     return values * (values >= ndimage.maximum_filter(values, size=2 * gap + 1, mode="nearest"))
 
 
-def _scores(gray: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
+def _scores(gray: np.ndarray, long_side: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
     """(score on the grid, its block size f, that grid's image, its tissue mask, where a candidate may lie): module
     docstring. The score is everywhere; `_local_maxima` of it, masked by where a candidate may lie, are the
     candidates (a local maximum *before* the air margin and the frame are masked: version 7)."""
-    long_side = max(gray.shape)
     f0 = _grid_factor(STROKE_SCALE * long_side)
-    image, tophat, mask, border = _grid(gray, f0)
+    image, tophat, mask, border = _grid(gray, f0, long_side)
     strokes = fill_holes(_stroke_energy(tophat, STROKE_SCALE * long_side / f0))
     out = _blob_measure(strokes, CLIP_SCALE * long_side / f0)
     level = float(np.percentile(out[mask], SCORE_PERCENTILE)) if mask.any() else 0.0
@@ -291,10 +292,11 @@ def _domes(image: np.ndarray, searchable: np.ndarray, long_side: int, f: int, cr
     return _local_maxima(dome, _half_crop(crop, f)) * searchable
 
 
-def blob_score(gray: np.ndarray) -> tuple[np.ndarray, int]:
+def blob_score(gray: np.ndarray, long_side: int | None = None) -> tuple[np.ndarray, int]:
     """(score float32 [H/f, W/f], f): the self-normalized blob measure of the stroke energy (module docstring)
-    of a uint8 image on its grid, f image px per grid px (STROKE_SCALE's block size)."""
-    score, f, _, _, searchable = _scores(_as_gray_uint8(gray))
+    of a uint8 image on its grid, f image px per grid px (STROKE_SCALE's block size); scales as `candidates`'."""
+    gray = _as_gray_uint8(gray)
+    score, f, _, _, searchable = _scores(gray, long_side or max(gray.shape))
     return _local_maxima(score, _half_crop(CROP, f)) * searchable, f
 
 
@@ -316,11 +318,14 @@ def _pick(values: np.ndarray, n: int, gap: int, taken: list[tuple[int, int]]) ->
 
 
 def candidates(
-    gray: Path | str | np.ndarray, k: int = K, crop: int = CROP
+    gray: Path | str | np.ndarray, k: int = K, crop: int = CROP, long_side: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(crops float32 [k, CHANNELS, crop, crop], centres int [k, 2] (row, col), scores float32 [k]) of a uint8
-    image (or a PNG path: the display PNG, long side settings.display_size); always k rows, an image with fewer
-    than k candidates gets zero crops, score 0 and centre -1, and an image thinner than `crop` px none.
+    image (or a PNG path: the display PNG, rendered at `AtPitch(settings.display_size)`); always k rows, an image
+    with fewer than k candidates gets zero crops, score 0 and centre -1, and an image thinner than `crop` px none.
+    The scales are shares of `long_side`: the display size the PNG was rendered for (`settings.display_size`),
+    not its own long side, so they are the same millimetres on every display at one pitch (normalization
+    version 6); None: the image's own long side (an image rendered to a long side, as before version 6).
 
     The first k - k // ONE_DOME_IN are the blob score's strongest local maxima, strongest first; the last
     k // ONE_DOME_IN the strongest domes (`_domes`) half a crop away from them (blob maxima again when there are
@@ -335,13 +340,14 @@ def candidates(
     scores = np.zeros(k, dtype=np.float32)
     if min(gray.shape) < crop:  # thinner than one crop: no breast to search (a 1 x 50000 object; 1024 x 31 at 1024)
         return crops, centres, scores
-    score, f, small, mask, searchable = _scores(gray)
+    long_side = long_side or max(gray.shape)
+    score, f, small, mask, searchable = _scores(gray, long_side)
     gap = _half_crop(crop, f)
     blobs = _local_maxima(score, gap) * searchable
     domes = k // ONE_DOME_IN
     where = _pick(blobs, k - domes, gap, [])
     if domes:
-        where += _pick(_domes(small, searchable, max(gray.shape), f, crop), domes, gap, where)
+        where += _pick(_domes(small, searchable, long_side, f, crop), domes, gap, where)
         where += _pick(blobs, k - len(where), gap, where)
     low, high = np.percentile(small[mask], TISSUE_PERCENTILES)
     span = float(max(high - low, 1.0))

@@ -229,12 +229,15 @@ def with_candidates(
     return Explanation(np.array([p_biopsy, explanation.probs[1]], dtype=np.float32), maps, explanation.gray)
 
 
-def with_second_look(explanation: Explanation, look, display_png: Path | str | np.ndarray) -> Explanation:
+def with_second_look(
+    explanation: Explanation, look, display_png: Path | str | np.ndarray, display_size: int | None = None
+) -> Explanation:
     """`explanation` with the biopsy flag's probability and map taken from the second look `look` (a patch
-    network) on the candidates of the image's display PNG."""
+    network) on the candidates of the image's display PNG, rendered for `display_size` (settings.display_size;
+    None: its own long side)."""
     from mammo_pipeline.model import second_look_model as second_look
 
-    found = second_look.candidates_of([display_png])
+    found = second_look.candidates_of([display_png], long_side=display_size)
     probs, patch = second_look.torch_probs(look, found)
     return with_candidates(explanation, float(probs[0]), found.centres[0], patch[0], tuple(found.shapes[0]))
 
@@ -258,7 +261,7 @@ def heatmap_png(settings: Settings, hospital: str, sop_instance_uid: str, ref: M
     explanation = image_heatmaps(net, pngs[0], ref.input_size, occlude=look is None)
     how = "Grad-CAM (layer4) x saliency (|gradient|)"
     if look is not None:
-        explanation = with_second_look(explanation, look, pngs[1])
+        explanation = with_second_look(explanation, look, pngs[1], settings.display_size)
         how = f"biopsy: second look's candidates; mag: {how}"
     else:
         how = f"biopsy: object occlusion; mag: {how}"

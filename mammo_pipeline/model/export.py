@@ -208,7 +208,7 @@ def second_look_parity(settings: Settings, ref: ModelRef, n: int = PARITY_IMAGES
     )[:n]
     if not pngs:
         raise ValueError("the second look's parity needs at least one cached display PNG")
-    found = second_look.candidates_of(pngs, settings.n_threads)
+    found = second_look.candidates_of(pngs, settings.n_threads, settings.display_size)
     a, a_patch = second_look.onnx_probs(session(ref.path(settings.models, info["onnx_file"])), found)
     b, b_patch = second_look.torch_probs(load_second_look(settings, ref), found)
     return float(max(np.max(np.abs(a - b)), np.max(np.abs(a_patch - b_patch))))
@@ -257,7 +257,8 @@ def _export_second_look(settings: Settings, ref: ModelRef) -> tuple[dict | None,
     probs = None
     if audit:
         probs = second_look.onnx_probs(
-            session(path, settings.inference_threads), second_look.candidates_of(audit, settings.n_threads)
+            session(path, settings.inference_threads),
+            second_look.candidates_of(audit, settings.n_threads, settings.display_size),
         )[0]
     return {**info, "onnx_file": path.name, "onnx_sha256": sha}, probs
 

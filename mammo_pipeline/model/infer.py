@@ -191,10 +191,11 @@ def load_model(settings: Settings, ref: ModelRef) -> LoadedModel:
 
 
 def _load_batch(
-    paths: list[Path], size: int, displays: list[Path] | None = None
+    paths: list[Path], size: int, displays: list[Path] | None = None, display_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, second_look.Candidates | None, list[int]]:
     """Preprocessed images of one batch, a mask of the ones it holds, (with `displays`) the second look's
-    candidates of their display PNGs, and the positions of those left out although their PNGs exist.
+    candidates of their display PNGs (rendered for `display_size`), and the positions of those left out although
+    their PNGs exist.
 
     An image is left out when a PNG is missing, or when reading it raises (a PNG cut short on disk, a picture
     one crop thin): one image never stops the batch; its positions are returned for the caller to report."""
@@ -208,7 +209,7 @@ def _load_batch(
             continue
         try:
             image = preprocess(path, size)
-            candidates = None if display is None else second_look.candidates_of([display])
+            candidates = None if display is None else second_look.candidates_of([display], long_side=display_size)
         except Exception:  # reported by the caller, retried on the next run
             failed.append(i)
             continue
@@ -255,7 +256,7 @@ def predict_images(
         def submit(start: int) -> Future[tuple[np.ndarray, np.ndarray, second_look.Candidates | None]]:
             stop = start + batch_size
             batch_displays = None if displays is None else displays[start:stop]
-            return pool.submit(_load_batch, paths[start:stop], model.input_size, batch_displays)
+            return pool.submit(_load_batch, paths[start:stop], model.input_size, batch_displays, settings.display_size)
 
         upcoming = iter(starts)
         pending = deque(submit(start) for start in itertools.islice(upcoming, prefetch))

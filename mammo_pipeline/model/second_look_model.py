@@ -90,15 +90,16 @@ class Candidates:
 _FIELDS = ("crops", "centres", "scores", "shapes")
 
 
-def _one(png: Path | str | np.ndarray) -> candidate_store.Found:
+def _one(png: Path | str | np.ndarray, long_side: int | None) -> candidate_store.Found:
     if isinstance(png, np.ndarray):
-        return candidate_store.cut(_as_gray_uint8(png))
-    return candidate_store.candidates_of_png(Path(png))
+        return candidate_store.cut(_as_gray_uint8(png), long_side)
+    return candidate_store.candidates_of_png(Path(png), long_side)
 
 
-def candidates_of(pngs: list[Path] | list[np.ndarray], threads: int = 1) -> Candidates:
+def candidates_of(pngs: list[Path] | list[np.ndarray], threads: int = 1, long_side: int | None = None) -> Candidates:
     """`candidates.candidates` of each display PNG (or uint8 array), `threads` at a time (NumPy, SciPy and PIL
-    release the GIL); a PNG's candidates come from `candidate_store` when it has them.
+    release the GIL); a PNG's candidates come from `candidate_store` when it has them. `long_side`: the display
+    size the PNGs were rendered for (`settings.display_size`; None: each image's own long side).
 
     Raises FileNotFoundError for a missing PNG: a model trained or evaluated without some images' crops would
     report figures about other images than it names.
@@ -112,9 +113,9 @@ def candidates_of(pngs: list[Path] | list[np.ndarray], threads: int = 1) -> Cand
         raise FileNotFoundError(f"{len(missing)} display PNGs missing, e.g. {missing[0]}; re-materialize image_cache")
     if threads > 1:
         with ThreadPoolExecutor(threads, thread_name_prefix="candidates") as pool:
-            found = list(pool.map(_one, pngs))
+            found = list(pool.map(lambda png: _one(png, long_side), pngs))
     else:
-        found = [_one(p) for p in pngs]
+        found = [_one(p, long_side) for p in pngs]
     return Candidates(
         np.stack([f[0] for f in found]).astype(np.float32),
         np.stack([f[1] for f in found]),

@@ -690,9 +690,13 @@ def _second_look(
         notes.append("labels have no display_png column: biopsy flag from the global network, no second look")
         return None
     threads = hyper.threads or settings.n_threads
-    found = second_look.candidates_of([settings.cache / p for p in train["display_png"]], threads)
+    found = second_look.candidates_of(
+        [settings.cache / p for p in train["display_png"]], threads, settings.display_size
+    )
     net = second_look.fit(found, biopsy, seed)
-    audit_found = second_look.candidates_of([settings.cache / p for p in audit["display_png"]], threads)
+    audit_found = second_look.candidates_of(
+        [settings.cache / p for p in audit["display_png"]], threads, settings.display_size
+    )
     probs, patch = second_look.torch_probs(net, audit_found)
     return _SecondLook(net, audit_found, probs, patch)
 

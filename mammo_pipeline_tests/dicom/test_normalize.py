@@ -16,6 +16,7 @@ from pydicom.uid import JPEG2000Lossless
 from mammo_pipeline.dicom.decode import decode_frame
 from mammo_pipeline.dicom.headers import MG_FOR_PROCESSING
 from mammo_pipeline.dicom.normalize import (
+    AtPitch,
     Window,
     apply_rescale,
     apply_voi,
@@ -25,6 +26,7 @@ from mammo_pipeline.dicom.normalize import (
     constant_edge,
     is_inverted,
     percentile_window,
+    pixel_pitch,
     read_window,
     render,
     render_pixels,
@@ -557,3 +559,56 @@ def test_an_upgrade_across_the_frame_cut_keeps_renditions_whose_display_shows_no
     assert not rendition_current("3", "range", "5", lambda: noisy)  # version 4 changed that one already
     assert rendition_current("5", "range", "5")
     assert rendition_current("2", "window:LINEAR", "4")  # the upgrades before need no display
+
+
+def test_the_upgrade_to_one_pitch_renders_every_image_again():
+    """Version 6 renders the display at one pitch (`AtPitch`): every earlier display is another size."""
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 48), dtype=np.uint8)
+    for old, method in (("5", "window:LINEAR"), ("5", "range"), ("4", "voi_lut"), ("2", "window:LINEAR")):
+        assert not rendition_current(old, method, "6", lambda: noisy)
+    assert rendition_current("6", "range", "6")
+
+
+def _air_at_zero(rows: int, cols: int) -> np.ndarray:
+    """`breast` with its air stored at 0, the darkest value, as the NYU images' is (a border cannot be cut)."""
+    img = breast(rows, cols)
+    img[img < 300] = 0
+    return img
+
+
+def test_at_one_pitch_a_breast_keeps_its_size_on_a_larger_matrix_and_inside_a_black_border():
+    """`AtPitch`: one breast on an 18 x 24 cm matrix and, against the same chest wall, on a 1.23x larger one (a
+    24 x 29.6 cm detector, or a black border round air stored at the same value: nothing tells it from air) shows
+    at one pitch, the same pixels; a plain long side shrinks it by the matrix's ratio (stop 57's fault)."""
+    img = _air_at_zero(240, 192)  # 1 mm per px: a 240-mm field
+    big = np.zeros((296, 236), img.dtype)
+    big[28:268, :192] = img
+    size = AtPitch(120)
+    small_r = render(make_ds(img, ImagerPixelSpacing=["1", "1"]), (size, 120))
+    big_r = render(make_ds(big, ImagerPixelSpacing=["1", "1"]), (size, 120))
+    assert big_r.content_box is None  # the border is air to the frame cut
+    assert small_r.images[size].shape == small_r.images[120].shape == (120, 96)
+    assert big_r.images[size].shape == (148, 118) and big_r.images[120].shape == (120, 96)
+    same = big_r.images[size][14:134, :96].astype(int) - small_r.images[size].astype(int)
+    assert np.abs(same).mean() < 1.0  # the same breast, pixel for pixel (the windows' range alike)
+    assert small_r.mm_per_px(size) == big_r.mm_per_px(size) == 2.0
+    assert big_r.mm_per_px(120) == pytest.approx(296 / 120)
+
+
+def test_the_pitch_is_read_from_the_detector_plane_first_and_an_implausible_one_is_ignored():
+    """Imager Pixel Spacing (the detector plane) before Pixel Spacing (which a vendor may calibrate to the
+    breast) before Nominal Scanned Pixel Spacing (a film); no spacing, a zero or a text, or a field outside
+    PITCH_RANGE of the reference leave the plain long side."""
+    img = _air_at_zero(240, 192)
+    size = AtPitch(120)
+
+    def long_side(**tags) -> int:
+        return max(render(make_ds(img, **tags), (size,)).images[size].shape)
+
+    assert long_side(ImagerPixelSpacing=["0.5", "0.5"], PixelSpacing=["2", "2"]) == 60
+    assert long_side(PixelSpacing=["2", "2"]) == 240
+    assert long_side(NominalScannedPixelSpacing=["1.5", "1.5"]) == 180
+    assert pixel_pitch(make_ds(img, PixelSpacing=["0.1", "0.2"])) == (0.1, 0.2)
+    for tags in ({}, {"ImagerPixelSpacing": ["0", "0"]}, {"PixelSpacing": ["0.01", "0.01"]}, {"PixelSpacing": "5"}):
+        assert long_side(**tags) == 120, tags
+    assert render(make_ds(img), (size,)).mm_per_px(size) is None

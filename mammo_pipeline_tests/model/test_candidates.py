@@ -275,7 +275,7 @@ def test_a_dome_must_be_brighter_than_everything_on_its_brim():
 
     def dome_at(img: np.ndarray, where: tuple[int, int]) -> float:
         f = _grid_factor(STROKE_SCALE * max(img.shape))
-        image, _, _, border = _grid(img.astype(np.uint8), f)
+        image, _, _, border = _grid(img.astype(np.uint8), f, max(img.shape))
         domes = _domes(image, _searchable(image, border, max(img.shape), f), max(img.shape), f)
         r, c = where[0] // f, where[1] // f
         return float(domes[max(0, r - 2) : r + 3, max(0, c - 2) : c + 3].max())
