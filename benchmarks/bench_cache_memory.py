@@ -64,7 +64,7 @@ def run_naive(settings: Settings) -> int:
     """Baseline: decode and render every image in one process, keep them all, write the PNGs at the end."""
     from PIL import Image
 
-    from mammo_pipeline.dicom.normalize import render
+    from mammo_pipeline.dicom.normalize import AtPitch, render
     from mammo_pipeline.warehouse import read_partition
 
     index = read_partition(settings, "dicom_index", HOSPITAL)
@@ -72,12 +72,13 @@ def run_naive(settings: Settings) -> int:
     for rel_path, sop in zip(index["rel_path"], index["sop_instance_uid"], strict=True):
         ds = dcmread(settings.landing / rel_path)
         pixels = ds.pixel_array
-        kept.append((sop, pixels, render(ds, sizes=(settings.display_size, settings.model_size)).images))
+        kept.append((sop, pixels, render(ds, sizes=(AtPitch(settings.display_size), settings.model_size)).images))
     out = settings.home / "naive-cache"
     for sop, _, images in kept:
         for size, image in images.items():
-            (out / str(size)).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(out / str(size) / f"{sop}.png")
+            folder = out / str(getattr(size, "long_side", size))  # AtPitch(n) -> n, as the cache's folders
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{sop}.png")
     return len(kept)
 
 

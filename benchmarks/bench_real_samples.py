@@ -1,6 +1,7 @@
 """The current model on the real public mammograms of ../shared/realdata: probabilities and heat maps.
 
 Run:  .venv/bin/python benchmarks/bench_real_samples.py [--home MAMMO_HOME] [--realdata DIR] [--out PNG]
+      [--pixel-spacing MM]
 
 Wraps every real image as a DICOM object (Modality MG, Digital Mammography X-Ray For Presentation, laterality
 and view from the file name, no window so the pipeline's own percentile fallback applies) in a temporary
@@ -11,7 +12,10 @@ for a model with a second look, each image's three most clip-like crops (patch p
 centre in display PNG px: what decided its p_biopsy), where the clip-free real images' p_biopsy fall among the
 model's own clip-free audit images (the synthetic images its threshold was chosen on: is a false flag the real
 tissue or the operating point?), and draws a contact sheet with each image's biopsy-marker heat map. It never
-trains on these images.
+trains on these images. The PNGs hold no pixel spacing, so by default none is written and each display has the
+plain long side; `--pixel-spacing 0.07` writes the 70 um the realdata README infers from the 2560 x 3328 matrix
+(an 18 x 24 cm detector) as Imager Pixel Spacing of the NYU images, so they show at one pitch as a hospital's
+files would (`normalize.AtPitch`; the film keeps none: its scanner's pitch is not known).
 Skips, with a message, when the folder is absent.
 
 Truth (decided by looking at every image at full resolution, see README "Real images"): only
@@ -82,8 +86,11 @@ def real_images(root: Path) -> list[tuple[str, np.ndarray, str, str]]:
     return out
 
 
-def wrap_as_dicom(name: str, pixels: np.ndarray, laterality: str, view: str, path: Path) -> None:
-    """Write `pixels` as an uncompressed MG For Presentation object (MONOCHROME2, no patient data)."""
+def wrap_as_dicom(
+    name: str, pixels: np.ndarray, laterality: str, view: str, path: Path, spacing_mm: float | None = None
+) -> None:
+    """Write `pixels` as an uncompressed MG For Presentation object (MONOCHROME2, no patient data), with
+    `spacing_mm` as Imager Pixel Spacing (0018,1164) when given."""
     from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -104,6 +111,8 @@ def wrap_as_dicom(name: str, pixels: np.ndarray, laterality: str, view: str, pat
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.ImageLaterality, ds.ViewPosition = laterality, view
     ds.Rows, ds.Columns = pixels.shape
+    if spacing_mm is not None:
+        ds.ImagerPixelSpacing = [f"{spacing_mm:g}", f"{spacing_mm:g}"]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     bits = max(int(pixels.max()).bit_length(), 8)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
@@ -202,6 +211,9 @@ def main() -> int:
         "--realdata", type=Path, default=realdata_dir(), help="default: $MAMMO_REALDATA or ../shared/realdata"
     )
     parser.add_argument("--out", type=Path, default=None, help="contact sheet PNG (default: <home>/reports/)")
+    parser.add_argument(
+        "--pixel-spacing", type=float, default=None, help="mm, written for the NYU images (default: none, as stored)"
+    )
     args = parser.parse_args()
     if realdata_absent(args.realdata):
         return 0
@@ -217,7 +229,9 @@ def main() -> int:
         settings = borrowing_home(tmp, model_home)
         names = {}
         for name, pixels, lat, view in images:
-            wrap_as_dicom(name, pixels, lat, view, settings.landing / "realdata" / "drop-real" / f"{_uid(name)}.dcm")
+            spacing = args.pixel_spacing if name.startswith("nyu-") else None
+            path = settings.landing / "realdata" / "drop-real" / f"{_uid(name)}.dcm"
+            wrap_as_dicom(name, pixels, lat, view, path, spacing)
             names[_uid(name)] = name
         start = time.monotonic()
         index_hospital(settings, "realdata")

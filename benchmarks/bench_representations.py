@@ -1,6 +1,7 @@
 """The same real mammogram stored in other valid DICOM representations: does the current model give the same answer?
 
 Run:  .venv/bin/python benchmarks/bench_representations.py [--home MAMMO_HOME] [--realdata DIR] [--only NAME,...]
+      [--pixel-spacing MM] [--per-image]
 
 Why: an image's answer must not depend on how it is stored. A PACS may send the same breast as MONOCHROME1, with
 a VOI LUT or a sigmoid window, compressed (RLE, JPEG-LS, lossless JPEG 2000), mirrored, with a black border or a
@@ -17,7 +18,10 @@ against the plain representation of the same image the largest |delta p_biopsy| 
 |delta p_mag| and how many biopsy flags flip. RATIO: representations (plain excluded) whose biopsy and
 magnification flags all match plain's, a lost image counting as a mismatch; RESULT names the worst one (most
 flips, then the largest |delta p_biopsy|). It never trains, and the wrapped images exist only in a temporary
-folder. Skips, with a message and exit 0, when the real-data folder is absent.
+folder. `--pixel-spacing 0.07` writes the NYU images' inferred 70 um as Imager Pixel Spacing in every
+representation (as `bench_real_samples.py --pixel-spacing`; `detector` and `down100` state their own either way):
+a hospital's files carry one, and with it a border or a larger matrix leaves the breast its display size
+(`normalize.AtPitch`). Skips, with a message and exit 0, when the real-data folder is absent.
 """
 
 from __future__ import annotations
@@ -169,10 +173,10 @@ REPRESENTATIONS: dict[str, Callable[[np.ndarray, str], Rep]] = {
 FILM_ONLY = {"film-mg", "film-sc"}
 
 
-def write(rep: Rep, name: str, lat: str, view: str, path: Path) -> None:
-    """Write the representation with `bench_real_samples.wrap_as_dicom` (SOP Instance UID `_uid(name)`), then
-    apply its Patient Orientation, header and transfer syntax with pydicom."""
-    wrap_as_dicom(name, rep.stored, lat, view, path)
+def write(rep: Rep, name: str, lat: str, view: str, path: Path, spacing_mm: float | None = None) -> None:
+    """Write the representation with `bench_real_samples.wrap_as_dicom` (SOP Instance UID `_uid(name)`, Imager
+    Pixel Spacing `spacing_mm` when given), then apply its Patient Orientation, header and transfer syntax."""
+    wrap_as_dicom(name, rep.stored, lat, view, path, spacing_mm)
     ds = dcmread(path)
     toward_nipple = "A" if lat == "L" else "P"
     row = {"A": "P", "P": "A"}[toward_nipple] if rep.flip else toward_nipple
@@ -189,11 +193,12 @@ def write(rep: Rep, name: str, lat: str, view: str, path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def display_mad(plain_png: Path, png: Path, rep: Rep) -> float:
-    """Mean |difference| in gray levels of a display PNG to the plain one, its border cut and mirror undone."""
+def display_mad(plain_png: Path, png: Path, rep: Rep, trimmed: bool = False) -> float:
+    """Mean |difference| in gray levels of a display PNG to the plain one, its border cut (unless the rendition cut
+    it already: `trimmed`, the manifest's `padding_trimmed`) and mirror undone."""
     with Image.open(plain_png) as a, Image.open(png) as b:
         base, img = np.asarray(a.convert("L"), np.float32), np.asarray(b.convert("L"), np.float32)
-    if rep.crop is not None:
+    if rep.crop is not None and not trimmed:
         (top, left, h, w), (sy, sx) = rep.crop, (img.shape[0] / rep.stored.shape[0], img.shape[1] / rep.stored.shape[1])
         img = img[round(top * sy) : round((top + h) * sy), round(left * sx) : round((left + w) * sx)]
     if rep.flip:
@@ -212,6 +217,10 @@ def main() -> int:
         "--realdata", type=Path, default=realdata_dir(), help="default: $MAMMO_REALDATA or ../shared/realdata"
     )
     parser.add_argument("--only", default="", help=f"comma-separated, plain always added: {', '.join(REPRESENTATIONS)}")
+    parser.add_argument(
+        "--pixel-spacing", type=float, default=None, help="mm, written for the NYU images (default: none, as stored)"
+    )
+    parser.add_argument("--per-image", action="store_true", help="also each image's delta p_biopsy per representation")
     args = parser.parse_args()
     wanted = ["plain", *(n for n in args.only.split(",") if n and n != "plain")] if args.only else list(REPRESENTATIONS)
     if unknown := [n for n in wanted if n not in REPRESENTATIONS]:
@@ -236,7 +245,9 @@ def main() -> int:
                 if rep_name in FILM_ONLY and not name.startswith("dicom-wg04/"):
                     continue
                 rep, sop = REPRESENTATIONS[rep_name](px, lat), _uid(f"{rep_name}/{name}")
-                write(rep, f"{rep_name}/{name}", lat, view, settings.landing / hospital / "drop" / f"{sop}.dcm")
+                spacing = args.pixel_spacing if name.startswith("nyu-") else None
+                path = settings.landing / hospital / "drop" / f"{sop}.dcm"
+                write(rep, f"{rep_name}/{name}", lat, view, path, spacing)
                 reps[sop], written = (rep_name, name.rsplit("/", 1)[1], rep), written + 1
             indexed = index_hospital(settings, hospital)
             cached = cache_hospital(settings, hospital)
@@ -248,7 +259,9 @@ def main() -> int:
             if len(manifest):
                 write_predictions(settings, manifest, model, path)
                 frames.append(
-                    pd.read_parquet(path).merge(manifest[["sop_instance_uid", "display_png"]], on="sop_instance_uid")
+                    pd.read_parquet(path).merge(
+                        manifest[["sop_instance_uid", "display_png", "padding_trimmed"]], on="sop_instance_uid"
+                    )
                 )
         preds = pd.concat(frames, ignore_index=True)
         preds[["rep", "image"]] = [reps[s][:2] for s in preds["sop_instance_uid"]]
@@ -275,7 +288,8 @@ def main() -> int:
                     other_flags += 1  # lost: not predicted
                     continue
                 a, b = plain.loc[stem], by.loc[(rep_name, stem)]
-                mads.append(display_mad(settings.cache / a.display_png, settings.cache / b.display_png, rep))
+                trimmed = pd.notna(b.padding_trimmed)
+                mads.append(display_mad(settings.cache / a.display_png, settings.cache / b.display_png, rep, trimmed))
                 dps.append(float(b.p_biopsy - a.p_biopsy))
                 dmags.append(abs(float(b.p_mag - a.p_mag)))
                 flips += bool(a.has_biopsy_marker) != bool(b.has_biopsy_marker)
@@ -285,6 +299,9 @@ def main() -> int:
                 f"{rep_name:14} {files:5d} {n_indexed:7d} {quarantined:4d} {max(mads, default=float('nan')):6.2f} "
                 f"{dp:+9.3f} {max(dmags, default=float('nan')):8.3f} {flips:5d} of {len(dps)}"
             )
+            if args.per_image and rep_name != "plain":
+                stems = [stem for r_name, stem, _ in reps.values() if r_name == rep_name and (r_name, stem) in by.index]
+                print("  " + ", ".join(f"{stem} {d:+.3f}" for stem, d in zip(stems, dps, strict=True)))
             if rep_name != "plain":
                 same += flips + other_flags == 0
                 if (flips + other_flags, abs(dp)) > worst[1:]:

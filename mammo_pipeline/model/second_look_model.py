@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mammo_pipeline.atomic import atomic_path, scratch_dir, write_bytes
+from mammo_pipeline.dicom.normalize import REFERENCE_FIELD_MM
 from mammo_pipeline.model import candidate_store
 from mammo_pipeline.model import candidates as cand
 from mammo_pipeline.model.preprocess import _as_gray_uint8
@@ -59,7 +60,10 @@ def describe(display_size: int) -> dict:
     """What the second look sees, for the model's metadata and ref.extra."""
     return {
         "version": version(),
-        "source": f"display PNG (cache, long side {display_size})",
+        "source": (
+            f"display PNG (cache): {REFERENCE_FIELD_MM / display_size:.4f} mm per px from the pixel spacing "
+            f"(normalize.AtPitch({display_size})), else long side {display_size}"
+        ),
         "display_size": display_size,
         "k": cand.K,
         "crop": cand.CROP,
