@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from mammo_pipeline.atomic import UnsafePath, atomic_path, ensure_under, owner_alive, remove_stale_temps, run_owner
-from mammo_pipeline.dicom.normalize import NORM_VERSION, AtPitch, render, rendition_current
+from mammo_pipeline.dicom.normalize import NORM_VERSION, REFERENCE_FIELD_MM, AtPitch, render, rendition_current
 from mammo_pipeline.dicom.quarantine import UNREADABLE, quarantine_rows, read_quarantine_rows, write_quarantine
 from mammo_pipeline.dicom.source_paths import redact
 from mammo_pipeline.dicom.source_paths import resolve as resolve_source
@@ -430,6 +430,15 @@ def _render_copy(
 def _known(value: object) -> bool:
     """Not None and not NaN (a missing integer read back through pandas)."""
     return value is not None and value == value
+
+
+def displays_at_pitch(manifest: pd.DataFrame, display_size: int) -> int:
+    """How many of a manifest's displays are at one pitch (`normalize.AtPitch(display_size)`: the file stated a
+    usable pixel spacing); the others show `display_size` px on their long side."""
+    if "display_mm_per_px" not in manifest:
+        return 0
+    spans = manifest["display_mm_per_px"].to_numpy(float)
+    return int(np.isclose(spans, REFERENCE_FIELD_MM / display_size, rtol=0.01).sum())
 
 
 def _keep_candidates(display: np.ndarray, png: Path, display_size: int) -> None:

@@ -549,3 +549,39 @@ def test_an_upgrade_to_the_frame_cut_renders_again_only_images_whose_display_sho
     assert after.loc[uid, "padding_trimmed"] == "top 8, left 6, bottom 8, right 6 px of padding cut"
     for sop in uids:
         assert after.loc[sop, "norm_version"] == "4" and pd.isna(after.loc[sop, "padding_trimmed"])
+
+
+def test_a_file_that_states_its_pixel_spacing_gets_a_display_at_one_pitch(settings):
+    """Version 6: a display shows 24 cm across `display_size` px where the file states its pitch (Imager Pixel
+    Spacing first), so a 48 x 64 image of 2.5-mm pixels (a 16-cm field) gets a 683-px display, and the manifest
+    says what a display pixel spans; without a spacing, or with one that makes an implausible field, the long side
+    is `display_size`, as before. The kept
+    candidates are the second look's of that display, cut with the display size's scales (`long_side`)."""
+    from mammo_pipeline.dicom.normalize import REFERENCE_FIELD_MM
+    from mammo_pipeline.model import candidate_store
+    from mammo_pipeline.model.candidates import candidates
+
+    root = settings.landing / "h1" / "d1"
+    spaced, plain = generate_uid(), generate_uid()
+    write_mg(root / "spaced" / "img.dcm", SOPInstanceUID=spaced, ImagerPixelSpacing=["2.5", "2.5"])
+    write_mg(root / "plain" / "img.dcm", SOPInstanceUID=plain, PixelSpacing=None)
+    tiny = generate_uid()  # Pixel Spacing 0.07 on 48 x 64 px: a 4.5-mm field, outside PITCH_RANGE (an error)
+    write_mg(root / "tiny" / "img.dcm", SOPInstanceUID=tiny)
+    index_hospital(settings, "h1")
+    cache_hospital(settings, "h1")
+    rows = read_manifest(settings, "h1").set_index("sop_instance_uid")
+    long_side = round(64 * 2.5 / REFERENCE_FIELD_MM * settings.display_size)
+    shape = (round(long_side * 0.75), long_side)  # 48 rows, 64 columns
+    assert (rows.loc[spaced, "display_height"], rows.loc[spaced, "display_width"]) == shape
+    assert rows.loc[spaced, "display_mm_per_px"] == pytest.approx(REFERENCE_FIELD_MM / settings.display_size, rel=1e-3)
+    assert rows.loc[plain, "display_width"] == settings.display_size and pd.isna(rows.loc[plain, "display_mm_per_px"])
+    assert rows.loc[tiny, "display_width"] == settings.display_size
+    assert rows.loc[tiny, "display_mm_per_px"] == pytest.approx(64 * 0.07 / settings.display_size)
+    assert cache_module.displays_at_pitch(rows, settings.display_size) == 1
+    png = settings.cache / rows.loc[spaced, "display_png"]
+    with Image.open(png) as img:
+        gray = np.asarray(img)
+    assert gray.shape == shape
+    kept = candidate_store._read(candidate_store.store_path(png), png.stat())
+    assert kept is not None
+    assert np.array_equal(kept[1], candidates(gray, long_side=settings.display_size)[1])

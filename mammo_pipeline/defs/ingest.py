@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from mammo_pipeline import completeness, warehouse
-from mammo_pipeline.cache import cache_hospital, cache_quarantine_path, read_manifest
+from mammo_pipeline.cache import cache_hospital, cache_quarantine_path, displays_at_pitch, read_manifest
 from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.dicom.normalize import NORM_VERSION
 from mammo_pipeline.progress import every
@@ -72,6 +72,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     )
     manifest = read_manifest(settings, hospital)
     trimmed = int(manifest["padding_trimmed"].notna().sum()) if "padding_trimmed" in manifest else 0
+    at_pitch = displays_at_pitch(manifest, settings.display_size)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": result.rows,
@@ -81,6 +82,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "still_quarantined": result.still_quarantined,
             "kept_without_source": result.kept_without_source,
             "padding_trimmed": trimmed,  # images shown without the frame of padding they were stored in
+            "at_pitch": at_pitch,  # displays at one pitch (their file states a pixel spacing); the rest at 1024 px
             **_by_reason(result.quarantined),
             "images_per_second": round(result.images_per_s, 2),
             "seconds": round(result.seconds, 2),

@@ -327,3 +327,21 @@ def test_a_breast_stored_mirrored_gets_the_same_crops_and_scores_and_mirrored_ce
         for r0, r1, c0, c1 in clips
     )
     assert on_clip(centres, False) and on_clip(m_centres, True)
+
+
+def test_at_one_display_size_the_scales_are_the_same_on_a_larger_canvas():
+    """Version 16: displays are rendered at one pitch, so a 24 x 30 cm detector's is longer than an 18 x 24 cm
+    one's; the scales are shares of the display size (`long_side`), not of the image's own long side. The same
+    breast and clip on a 1.25x longer canvas (air below: a larger detector, or a black border round air at the
+    same value) then give the same candidates, crops and scores; by the canvas's own long side they did not."""
+    img = _tissue(np.random.default_rng(8))
+    _ribbon(img, (200, 220))
+    tall = np.vstack([img, np.zeros((128, 400))])  # 640 x 400: the same breast, more air
+    small = candidates(img.astype(np.uint8), k=3, long_side=512)
+    large = candidates(tall.astype(np.uint8), k=3, long_side=512)
+    own = candidates(tall.astype(np.uint8), k=3)  # long_side None: the canvas's own 640
+    assert np.hypot(*(large[1][0] - np.array((200, 220)))) <= 3
+    assert np.array_equal(small[1], large[1]) and np.allclose(small[0], large[0])
+    ratio = large[2] / small[2]  # the same blob measure; its tissue percentile (the unit) moves with the air share
+    assert np.allclose(ratio, ratio[0], rtol=1e-3) and 0.9 < ratio[0] < 1.1
+    assert not np.array_equal(own[1], large[1])  # the canvas's own long side: other scales, other candidates
