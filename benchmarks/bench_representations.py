@@ -220,7 +220,7 @@ def main() -> int:
     parser.add_argument(
         "--pixel-spacing", type=float, default=None, help="mm, written for the NYU images (default: none, as stored)"
     )
-    parser.add_argument("--per-image", action="store_true", help="also each image's delta p_biopsy per representation")
+    parser.add_argument("--per-image", action="store_true", help="also each image's dp_biopsy and p_mag")
     args = parser.parse_args()
     wanted = ["plain", *(n for n in args.only.split(",") if n and n != "plain")] if args.only else list(REPRESENTATIONS)
     if unknown := [n for n in wanted if n not in REPRESENTATIONS]:
@@ -280,7 +280,7 @@ def main() -> int:
         same, worst = 0, ("", -1, 0.0)
         for rep_name in wanted:
             files, n_indexed, quarantined = counts[rep_name]
-            mads, dps, dmags, flips, other_flags = [], [], [], 0, 0
+            mads, dps, dmags, mags, flips, other_flags = [], [], [], [], 0, 0
             for r_name, stem, rep in reps.values():
                 if r_name != rep_name:
                     continue
@@ -292,6 +292,7 @@ def main() -> int:
                 mads.append(display_mad(settings.cache / a.display_png, settings.cache / b.display_png, rep, trimmed))
                 dps.append(float(b.p_biopsy - a.p_biopsy))
                 dmags.append(abs(float(b.p_mag - a.p_mag)))
+                mags.append(float(b.p_mag))
                 flips += bool(a.has_biopsy_marker) != bool(b.has_biopsy_marker)
                 other_flags += bool(a.is_mag_view) != bool(b.is_mag_view)
             dp = max(dps, key=abs, default=float("nan"))
@@ -301,7 +302,8 @@ def main() -> int:
             )
             if args.per_image and rep_name != "plain":
                 stems = [stem for r_name, stem, _ in reps.values() if r_name == rep_name and (r_name, stem) in by.index]
-                print("  " + ", ".join(f"{stem} {d:+.3f}" for stem, d in zip(stems, dps, strict=True)))
+                pairs = zip(stems, dps, mags, strict=True)
+                print("  dp_biopsy / p_mag: " + ", ".join(f"{stem} {d:+.3f} / {m:.2f}" for stem, d, m in pairs))
             if rep_name != "plain":
                 same += flips + other_flags == 0
                 if (flips + other_flags, abs(dp)) > worst[1:]:

@@ -29,6 +29,7 @@ class TrainingConfig(dg.Config):
     weight_decay: float | None = None
     flips: bool | None = None
     framings: bool | None = None
+    tones: bool | None = None
     pos_weight: bool | None = None
     seed: int = -1
     pretrained: str = ""

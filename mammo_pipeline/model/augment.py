@@ -1,4 +1,5 @@
-"""Train-only framings: a contact view as an export cropped to the breast would show it.
+"""Train-only framings and display curves: a contact view as an export cropped to the breast, or a vendor's display
+curve, would show it.
 
 Research exports and some archives crop each view to the breast (the NYU samples in `../shared/realdata/` are
 cropped so), and the cache then renders that crop at the same long side as a whole detector. Such a contact view
@@ -12,6 +13,17 @@ inside its collimator is outside what this was measured on (no such image in any
 views inside their shadow too was measured at stop 40 and flagged more cropped contact views (docs/history.md).
 No constant here comes from data: the box is the image's own tissue, and the margin is drawn from a range given
 in the image's own size.
+
+**Display curves** (`display_curve`, since stop 58). A real file's display depends on its vendor's VOI: a
+SIGMOID window, a gamma-like LUT, a curve that leaves the air gray. The synthetic drops have one curve per vendor
+profile, and a global network trained on them read two breast-cropped real MLO views as magnified (p_mag 0.60-0.77
+against 0.02-0.04) once a SIGMOID window or gray air was applied to them (stop 58, `bench_representations.py
+--per-image` on a demo model). Half of the training draws therefore see the model PNG under a random monotone
+curve: a gamma from GAMMA_RANGE or a SIGMOID centred in SIGMOID_CENTRE of the range with a width from
+SIGMOID_WIDTH (PS3.3 C.11.2.1.3.1's form), and in half of those the black lifted to a gray from BLACK_LIFT (a
+film's clear base, a curve that leaves the air gray). The ranges are set before measuring, as wide as display
+curves go, not fitted: a curve keeps the order of gray levels, so what tells a mag view (magnified structure, the
+collimator's edge) is kept and only how bright it is shown changes.
 """
 
 from __future__ import annotations
@@ -24,6 +36,10 @@ from PIL import Image
 from mammo_pipeline.model.preprocess import _as_gray_uint8, preprocess_batch, tissue_mask
 
 CROP_MARGIN = (0.0, 0.05)  # share of each side's length kept around the tissue (a tight crop up to a loose one)
+GAMMA_RANGE = (0.5, 2.0)  # output = input ** gamma, gamma log-uniform in this range (module docstring)
+SIGMOID_CENTRE = (0.3, 0.7)  # share of the gray range
+SIGMOID_WIDTH = (0.3, 1.0)  # share of the gray range (PS3.3's Window Width)
+BLACK_LIFT = (0.0, 0.15)  # the gray the black is lifted to, share of the range
 
 
 def breast_box(gray: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int]:
@@ -61,6 +77,38 @@ def crop_to_breast(gray: np.ndarray, margin: float = 0.0, source: np.ndarray | N
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     resample = Image.Resampling.BOX if scale <= 1 else Image.Resampling.LANCZOS
     return np.asarray(Image.fromarray(crop).resize(size, resample))
+
+
+def display_curve(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [H, W]: `gray` (uint8) under a random monotone display curve (module docstring): a gamma or a SIGMOID
+    window with even odds, then, with even odds, black lifted to a gray from BLACK_LIFT."""
+    x = np.arange(256, dtype=np.float64) / 255.0
+    if rng.random() < 0.5:
+        y = x ** np.exp(rng.uniform(*np.log(GAMMA_RANGE)))
+    else:
+        centre, width = rng.uniform(*SIGMOID_CENTRE), rng.uniform(*SIGMOID_WIDTH)
+        y = 1.0 / (1.0 + np.exp(-4.0 * (x - centre) / width))  # PS3.3 C.11.2.1.3.1
+        y = (y - y[0]) / (y[-1] - y[0])
+    if rng.random() < 0.5:
+        lift = rng.uniform(*BLACK_LIFT)
+        y = lift + (1.0 - lift) * y
+    return np.rint(y * 255.0).astype(np.uint8)[gray]
+
+
+def toned_batch(
+    pngs: list[Path] | list[np.ndarray], size: int, seed: int, sources: list[Path] | None = None, cropped: bool = False
+) -> np.ndarray:
+    """float32 [N, 3, size, size]: `preprocess` of each model PNG (cropped to its breast as `cropped_batch` does
+    when `cropped`) under a random display curve (`display_curve`), seeded."""
+    rng = np.random.default_rng((seed, 1))  # a stream of its own: the framings' draws stay as they were
+    out = []
+    for i, png in enumerate(pngs):
+        gray = _as_gray_uint8(png)
+        if cropped:
+            source = _as_gray_uint8(sources[i]) if sources is not None else None
+            gray = crop_to_breast(gray, float(rng.uniform(*CROP_MARGIN)), source)
+        out.append(display_curve(gray, rng))
+    return preprocess_batch(out, size)
 
 
 def cropped_batch(

@@ -31,7 +31,7 @@ from mammo_pipeline.atomic import write_bytes, write_parquet, write_text
 from mammo_pipeline.labels.codes import label_of
 from mammo_pipeline.model import plots, registry
 from mammo_pipeline.model import second_look_model as second_look
-from mammo_pipeline.model.augment import cropped_batch
+from mammo_pipeline.model.augment import cropped_batch, toned_batch
 from mammo_pipeline.model.evaluate import (
     detailed_metrics,
     evaluate,
@@ -76,6 +76,7 @@ class TrainConfig:
     weight_decay: float | None = None  # AdamW decoupled weight decay
     flips: bool | None = None  # train-only random horizontal + vertical flips (seeded)
     framings: bool | None = None  # train-only: half the draws see the view cropped to its breast (model/augment.py)
+    tones: bool | None = None  # train-only: half the draws see the view under a random display curve (augment.py)
     pos_weight: bool | None = None  # weight each flag's positives by sqrt(negatives / positives) in the loss
     seed: int | None = None  # None: settings.seed
     pretrained: str | None = None  # None: settings.pretrained ('imagenet' | 'none')
@@ -109,6 +110,7 @@ class PathDefaults:
     weight_decay: float
     flips: bool
     framings: bool
+    tones: bool
     pos_weight: bool
 
 
@@ -130,6 +132,7 @@ SCRATCH = PathDefaults(
     weight_decay=1e-2,
     flips=True,
     framings=True,  # a contact view cropped to the breast is not a mag view (model/augment.py)
+    tones=True,  # nor one shown under another display curve (model/augment.py, since stop 58)
     pos_weight=True,
 )
 PRETRAINED = PathDefaults(
@@ -142,6 +145,7 @@ PRETRAINED = PathDefaults(
     weight_decay=1e-2,
     flips=False,
     framings=True,  # real archives, what this path is for, hold cropped exports too (unmeasured: no weights here)
+    tones=True,  # and every vendor's display curve (unmeasured here too)
     pos_weight=False,
 )
 
@@ -176,12 +180,20 @@ def _check_labels(labels: pd.DataFrame) -> None:
         raise ValueError("fewer than 2 labels with split == 'train': label some images first")
 
 
-def _datasets(images: np.ndarray, flags: np.ndarray, cropped: np.ndarray | None = None, seed: int = 0):
+def _datasets(
+    images: np.ndarray,
+    flags: np.ndarray,
+    cropped: np.ndarray | None = None,
+    seed: int = 0,
+    toned: tuple[np.ndarray, np.ndarray | None] | None = None,
+):
     """fastai Datasets over row numbers of `images` (preprocess() output, computed once) and their flags; with
     `cropped` (the same images cropped to the breast, `augment.cropped_batch`) each draw takes either framing with
     p = 1/2 (an even split: neither framing is the rarer one), from a generator of its own seeded with `seed`, so
-    turning the framings on leaves the network's initial weights and the flips' draws as they were. Training draws
-    only: evaluation, out-of-fold features and export read the images themselves, and the valid split is empty."""
+    turning the framings on leaves the network's initial weights and the flips' draws as they were. With `toned`
+    (the images, and the cropped ones, under a display curve: `augment.toned_batch`) each draw then takes the
+    toned one of its framing with p = 1/2, drawn after the framing. Training draws only: evaluation, out-of-fold
+    features and export read the images themselves, and the valid split is empty."""
     import torch
     from fastai.data.core import Datasets
     from fastai.torch_core import TensorImage
@@ -189,14 +201,16 @@ def _datasets(images: np.ndarray, flags: np.ndarray, cropped: np.ndarray | None 
 
     pixels = torch.from_numpy(images)
     crops = torch.from_numpy(cropped) if cropped is not None else None
+    tones = None if toned is None else tuple(None if t is None else torch.from_numpy(t) for t in toned)
     draws = torch.Generator().manual_seed(seed)
     targets = torch.tensor(flags, dtype=torch.float32)
 
     class PreprocessedImage(Transform):
         def encodes(self, i):
-            if crops is not None and torch.rand((), generator=draws) < 0.5:
-                return TensorImage(crops[i])
-            return TensorImage(pixels[i])
+            framing = int(crops is not None and bool(torch.rand((), generator=draws) < 0.5))
+            if tones is not None and tones[framing] is not None and torch.rand((), generator=draws) < 0.5:
+                return TensorImage(tones[framing][i])
+            return TensorImage((crops if framing else pixels)[i])
 
     class Flags(Transform):
         def encodes(self, i):
@@ -463,7 +477,14 @@ def train_model(
         if hyper.framings:
             displays = [settings.cache / p for p in train["display_png"]] if "display_png" in train else None
             cropped = cropped_batch(train_paths, hyper.size, seed, displays)
-        dsets = _datasets(images, flags, cropped, seed)
+        toned = None
+        if hyper.tones:
+            displays = [settings.cache / p for p in train["display_png"]] if "display_png" in train else None
+            toned = (
+                toned_batch(train_paths, hyper.size, seed),
+                toned_batch(train_paths, hyper.size, seed, displays, cropped=True) if cropped is not None else None,
+            )
+        dsets = _datasets(images, flags, cropped, seed, toned)
         # fastai drops the last partial train batch (a batch of 1 breaks BatchNorm); keep >= 1 batch per epoch
         batch_size = max(2, min(hyper.batch_size, len(train)))
         dls = dsets.dataloaders(bs=batch_size, num_workers=0, device=device)
