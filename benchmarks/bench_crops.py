@@ -1,8 +1,9 @@
 """The magnification flag on views cropped to the breast: the global network trained with and without two framings
-(`TrainConfig.framings`, `model/augment.py`), paired on the same labels and seeds.
+(`TrainConfig.framings`, `model/augment.py`), or display curves (`--toggle tones`), paired on the same labels and
+seeds.
 
 Run:  .venv/bin/python benchmarks/bench_crops.py [--data DIR] [--drops-seed 0] [--studies 80] [--labels 500]
-      [--seeds 0,1] [--threads 0] [--keep DIR]
+      [--seeds 0,1] [--threads 0] [--keep DIR] [--toggle framings|tones]
 
 Why: research exports crop each view to the breast (the NYU samples in `../shared/realdata/` are), and a contact
 view so cropped has no air and large anatomy, like a coned magnification view. A network trained on whole-detector
@@ -11,13 +12,16 @@ views only flagged such crops as magnified; `TrainConfig.framings` trains on bot
 Builds (or reuses) the learning-curve data set (`bench_learning_curve.build_dataset`; `--drops-seed` other than 0
 for held-out drops), labels every image from the synthetic truth, and for each seed trains the product's from-scratch
 global network (`TrainConfig()`, second look off) on the same `--labels` train images twice, with the same initial
-weights: framings off (the baseline) and on. For each run it prints the magnification ROC-AUC on the audit images as
-they are and on the same images cropped tight to their breast (`augment.crop_to_breast`, no margin, pixels from the
-display PNG as in training), the model's magnification threshold (balanced point, chosen on the whole audit images)
-and the share of the cropped non-magnification audit images at or over it; then the mean over seeds of each, on
-against off (the baseline, same run), and how much of each kind of audit view the tight box keeps. With `--keep DIR`
-each run's model is exported (ONNX, as `onnx_model` does) into a home of its own, `DIR/framings-on-seed0` ..., for
-`bench_real_samples.py --home` (the real images are scored there, never here: nothing is chosen on them).
+weights: the toggled option (`--toggle`, framings by default) off (the baseline) and on, every other at the product's
+default. For each run it prints the magnification ROC-AUC on the audit images as they are and on the same images
+cropped tight to their breast (`augment.crop_to_breast`, no margin, pixels from the display PNG as in training), the
+model's magnification threshold (balanced point, chosen on the whole audit images), the share of the cropped
+non-magnification audit images at or over it, and the same share with each cropped image under a display curve
+(`augment.display_curve`, seeded: a gamma or a SIGMOID, the black lifted in half); then the mean over seeds of each,
+on against off (the baseline, same run), and how much of each kind of audit view the tight box keeps. With `--keep
+DIR` each run's model is exported (ONNX, as `onnx_model` does) into a home of its own, `DIR/framings-on-seed0` ...,
+for `bench_real_samples.py --home` and `bench_representations.py --home` (the real images are scored there, never
+here: nothing is chosen on them).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import pandas as pd
 import torch
 from bench_learning_curve import build_dataset, labels_frame
 
-from mammo_pipeline.model.augment import breast_box, crop_to_breast
+from mammo_pipeline.model.augment import breast_box, crop_to_breast, display_curve
 from mammo_pipeline.model.evaluate import roc_auc
 from mammo_pipeline.model.export import export_onnx
 from mammo_pipeline.model.preprocess import _as_gray_uint8, preprocess_batch
@@ -60,13 +64,15 @@ def one_run(
     settings: Settings,
     labels: pd.DataFrame,
     cut: list[np.ndarray],
-    framings: bool,
+    toned: list[np.ndarray],
+    option: dict[str, bool],
     seed: int,
     threads: int,
     keep: Path | None = None,
 ) -> dict:
     """Train in a throwaway models folder (or `keep`, exported to ONNX); mag ROC-AUC on the whole audit images and
-    on `cut` (the same images cropped, `framed`, in the labels' audit order), threshold, cropped negatives over it."""
+    on `cut` (the same images cropped, `framed`, in the labels' audit order), threshold, cropped negatives over it,
+    and `toned` (the cropped ones under display curves) negatives over it. `option`: the toggled TrainConfig field."""
     audit = labels[labels["split"] == "audit"]
     with tempfile.TemporaryDirectory() as tmp:
         home = keep or Path(tmp)
@@ -76,13 +82,14 @@ def one_run(
         for folder in (scratch.models, scratch.warehouse, scratch.reports):
             folder.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
-        config = TrainConfig(second_look=False, framings=framings, seed=seed, threads=threads)
+        config = TrainConfig(second_look=False, seed=seed, threads=threads, **option)
         result = train_model(scratch, labels, config)
         seconds = time.monotonic() - start
         net = flip_reading(load_network(scratch, result.ref)).eval()
         pngs = [settings.cache / p for p in audit["model_png"]]
         whole = mag_probs(net, pngs, result.ref.input_size)
         cropped = mag_probs(net, cut, result.ref.input_size)
+        curved = mag_probs(net, toned, result.ref.input_size)
         if keep is not None:
             export_onnx(scratch, result.ref).save(scratch.models)
     truth = audit["is_mag_view"].to_numpy(bool)
@@ -92,6 +99,7 @@ def one_run(
         "auc_cropped": roc_auc(truth, cropped),
         "threshold": threshold,
         "over": float(np.mean(cropped[~truth] >= threshold)) if (~truth).any() else float("nan"),
+        "over_toned": float(np.mean(curved[~truth] >= threshold)) if (~truth).any() else float("nan"),
         "seconds": seconds,
     }
 
@@ -107,7 +115,8 @@ def main() -> int:
     parser.add_argument("--drops-seed", type=int, default=0, help="synthetic drops' seed (0: development set)")
     parser.add_argument("--studies", type=int, default=80, help="studies per hospital when building")
     parser.add_argument("--labels", type=int, default=500, help="train labels (a seeded sample of the train split)")
-    parser.add_argument("--seeds", default="0,1", help="training seeds (each trains framings off and on)")
+    parser.add_argument("--seeds", default="0,1", help="training seeds (each trains the option off and on)")
+    parser.add_argument("--toggle", choices=("framings", "tones"), default="framings", help="the option paired")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
     parser.add_argument("--keep", type=Path, help="keep each run's model as a home under this folder")
     args = parser.parse_args()
@@ -121,11 +130,13 @@ def main() -> int:
             f"{len(audit)} audit images ({int(audit['is_mag_view'].sum())} magnification views), drops seed "
             f"{args.drops_seed}, {args.labels} train labels per run"
         )
-        print("seed  framings  mag ROC-AUC whole  cropped  threshold  cropped non-mag over it  train s")
+        print(f"seed  {args.toggle:8}  mag ROC-AUC whole  cropped  threshold  cropped non-mag over it  toned  train s")
         # the audit images cut tight to their tissue, once: every run scores the same ones
         cut = framed(
             [settings.cache / p for p in audit["model_png"]], [settings.cache / p for p in audit["display_png"]]
         )
+        rng = np.random.default_rng(0)
+        toned = [display_curve(img, rng) for img in cut]  # the same curves for every run
         kept = []  # share of the image the tight box keeps (1.0: the view comes back whole)
         for png in audit["model_png"]:
             gray = _as_gray_uint8(settings.cache / png)
@@ -138,19 +149,19 @@ def main() -> int:
             f"others {np.median(kept[~mag]):.2f} [{np.percentile(kept[~mag], 10):.2f}-"
             f"{np.percentile(kept[~mag], 90):.2f}]"
         )
-        pairs: dict[str, list[tuple[float, float]]] = {"auc_whole": [], "auc_cropped": [], "over": []}
+        pairs: dict[str, list[tuple[float, float]]] = {"auc_whole": [], "auc_cropped": [], "over": [], "over_toned": []}
         for seed in (int(s) for s in args.seeds.split(",")):
             train = labels[labels["split"] == "train"].sample(frac=1.0, random_state=seed).head(args.labels)
             chosen = pd.concat([train, labels[labels["split"] == "audit"]])
             runs = {}
-            for framings in (False, True):
-                keep = args.keep / f"framings-{'on' if framings else 'off'}-seed{seed}" if args.keep else None
-                runs[framings] = one_run(settings, chosen, cut, framings, seed, args.threads, keep)
-            for framings, r in runs.items():
+            for on in (False, True):
+                keep = args.keep / f"{args.toggle}-{'on' if on else 'off'}-seed{seed}" if args.keep else None
+                runs[on] = one_run(settings, chosen, cut, toned, {args.toggle: on}, seed, args.threads, keep)
+            for on, r in runs.items():
                 print(
-                    f"{seed:>4}  {'on ' if framings else 'off'}       {_f(r['auc_whole'])}           "
+                    f"{seed:>4}  {'on ' if on else 'off'}       {_f(r['auc_whole'])}           "
                     f"{_f(r['auc_cropped'])}   {r['threshold']:.3f}      {r['over']:.3f}"
-                    f"                    {r['seconds']:.0f}"
+                    f"                    {r['over_toned']:.3f}  {r['seconds']:.0f}"
                 )
             for key, both in pairs.items():
                 off, on = runs[False][key], runs[True][key]
@@ -160,10 +171,11 @@ def main() -> int:
         ("auc_whole", "mag ROC-AUC, whole"),
         ("auc_cropped", "mag ROC-AUC, cropped"),
         ("over", "cropped non-magnification images at or over the threshold"),
+        ("over_toned", "the same under display curves at or over it"),
     ):
         on, off = (float(np.mean(v)) for v in zip(*pairs[key], strict=True))
         ratio = f"{on / off:.4f}x" if off else "—"
-        print(f"{name}: framings on {on:.4f} / off {off:.4f} = {ratio}")
+        print(f"{name}: {args.toggle} on {on:.4f} / off {off:.4f} = {ratio}")
     return 0
 
 

@@ -4,7 +4,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mammo_pipeline.model.augment import CROP_MARGIN, breast_box, crop_to_breast, cropped_batch
+from mammo_pipeline.model.augment import (
+    BLACK_LIFT,
+    CROP_MARGIN,
+    breast_box,
+    crop_to_breast,
+    cropped_batch,
+    display_curve,
+    toned_batch,
+)
 from mammo_pipeline.model.preprocess import preprocess
 from mammo_pipeline.model.train import _datasets
 
@@ -101,3 +109,41 @@ def test_the_framing_draws_leave_the_global_torch_generator_alone():
     dsets = _datasets(images, flags, cropped, seed=5)
     _ = [dsets[i % 4] for i in range(50)]
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_display_curve_keeps_the_order_of_gray_levels_and_sometimes_lifts_the_black():
+    """A vendor's display curve changes how bright things are shown, never their order: what tells a mag view
+    (magnified structure, the collimator's edge) is kept. Some curves lift the air to a gray (BLACK_LIFT)."""
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    rng = np.random.default_rng(0)
+    curves = [display_curve(ramp, rng).ravel().astype(int) for _ in range(200)]
+    assert all((np.diff(c) >= 0).all() and c[-1] >= 250 for c in curves)  # monotone, white stays white
+    blacks = np.array([c[0] for c in curves])
+    assert (blacks == 0).mean() > 0.3 and 0 < blacks.max() <= round(255 * BLACK_LIFT[1])
+    mids = np.array([c[128] for c in curves])
+    assert mids.min() < 80 and mids.max() > 175  # dark and bright middles: gammas and sigmoids both ways
+    assert len({tuple(c) for c in curves}) > 190  # drawn afresh each time (two may round alike)
+
+
+def test_toned_batches_are_seeded_and_differ_from_the_plain_view(tmp_path):
+    Image.fromarray(_view()).save(tmp_path / "a.png")
+    batch = toned_batch([tmp_path / "a.png"] * 3, 32, seed=3)
+    np.testing.assert_array_equal(batch, toned_batch([tmp_path / "a.png"] * 3, 32, seed=3))
+    assert not np.array_equal(batch, toned_batch([tmp_path / "a.png"] * 3, 32, seed=4))
+    plain = preprocess(_view(), 32)
+    assert all(not np.array_equal(b, plain) for b in batch)
+    cropped = toned_batch([tmp_path / "a.png"], 32, seed=3, cropped=True)
+    assert float((cropped[0, 0] == cropped[0, 0].min()).mean()) < float((batch[0, 0] == batch[0, 0].min()).mean())
+
+
+def test_training_draws_take_the_toned_view_of_their_framing_half_the_time():
+    images, cropped = np.zeros((4, 3, 8, 8), np.float32), np.ones((4, 3, 8, 8), np.float32)
+    toned = (np.full((4, 3, 8, 8), 2, np.float32), np.full((4, 3, 8, 8), 3, np.float32))
+    flags = np.zeros((4, 2), dtype=bool)
+    dsets = _datasets(images, flags, cropped, seed=0, toned=toned)
+    seen = np.array([float(dsets[i % 4][0].mean()) for i in range(400)])
+    shares = [float((seen == v).mean()) for v in (0, 1, 2, 3)]
+    assert all(0.17 < share < 0.33 for share in shares), shares  # framing and curve: 1/2 each, independent
+    only_plain = _datasets(images, flags, None, seed=0, toned=(toned[0], None))
+    seen = {float(only_plain[i % 4][0].mean()) for i in range(100)}
+    assert seen == {0.0, 2.0}
