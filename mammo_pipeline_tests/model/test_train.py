@@ -198,7 +198,7 @@ def test_recorded_hyperparameters_are_the_resolved_ones(trained):
     hyper = meta["hyperparameters"]
     assert hyper["epochs"] == 6 and hyper["weight_decay"] == SCRATCH.weight_decay
     assert hyper["flips"] is SCRATCH.flips and hyper["pos_weight"] is SCRATCH.pos_weight
-    assert hyper["framings"] is SCRATCH.framings is True
+    assert hyper["framings"] is SCRATCH.framings is True and hyper["tones"] is SCRATCH.tones is True
 
 
 @pytest.mark.parametrize("slow", ["channels_last", "contiguous_format"])
