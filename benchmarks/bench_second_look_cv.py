@@ -30,6 +30,12 @@ same images. Target: ROC-AUC >= 0.99 per flag (issue 13).
 only its crops that the truth's boxes call a clip, so the network is told which crop is the clip; scoring is
 unchanged. What it adds over the plain run is all that better weak supervision (which crop is the clip) could buy.
 
+`--shift-probe` (diagnosis): every image is also scored, by the same fold's network, with its display PNG moved
+by one pixel down and one right (the top row and left column repeated), so the grid of the candidates and of the
+network's poolings falls on the other phase; prints the mean, 95th percentile and largest |change| of p_biopsy
+and the pooled ROC-AUC of the moved images. What it measures is how far a reading rests on where a clip falls on
+the pixel grid: stop 58 traced the real images' instability to it (docs/history.md).
+
 `--label-noise P` (diagnosis): a seeded share P of each fold's *training* images get the wrong biopsy flag, as a
 reader's slips give them (the demo's simulated reader leaves 11-18 of its 400 training labels with the wrong
 biopsy flag after its reviews, 3-4.5 %); scoring is against the truth as always. What it costs against the plain
@@ -113,6 +119,22 @@ def missed_line(truth: pd.DataFrame, y: np.ndarray, scored: np.ndarray, centres:
     )
 
 
+def moved_candidates(pngs: list[Path], long_side: int, chunk: int = 64):
+    """The candidates of each display PNG moved by one pixel down and one right (edges repeated), `chunk` images
+    read at a time (the whole data set's displays would take a gigabyte)."""
+    from PIL import Image
+
+    from mammo_pipeline.model.second_look_model import Candidates
+
+    parts = []
+    for i in range(0, len(pngs), chunk):
+        moved = [
+            np.pad(np.asarray(Image.open(p)), ((1, 0), (1, 0)), mode="edge")[:-1, :-1] for p in pngs[i : i + chunk]
+        ]
+        parts.append(candidates_of(moved, threads=2, long_side=long_side))
+    return Candidates.joined(parts)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/tmp/mammo-learning-curve"))
@@ -124,6 +146,7 @@ def main() -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--oracle-bags", action="store_true", help="diagnosis: train clip images on their clip crops only")
     ap.add_argument("--label-noise", type=float, default=0.0, help="diagnosis: share of training flags made wrong")
+    ap.add_argument("--shift-probe", action="store_true", help="diagnosis: also score every display moved by 1 px")
     args = ap.parse_args()
     if args.folds < 2:
         ap.error("--folds must be at least 2")
@@ -138,17 +161,18 @@ def main() -> int:
         return 2
 
     start, cpu = time.monotonic(), time.process_time()
-    found = candidates_of(
-        [settings.cache / p for p in labels["display_png"]], threads=2, long_side=settings.display_size
-    )
+    pngs = [settings.cache / p for p in labels["display_png"]]
+    found = candidates_of(pngs, threads=2, long_side=settings.display_size)
     print(f"data set: {len(y)} images ({y.sum()} with a clip) of {len(np.unique(patients))} patients; candidates "
           f"in {time.monotonic() - start:.0f} s wall, {time.process_time() - cpu:.0f} CPU s")  # fmt: skip
 
+    moved = moved_candidates(pngs, settings.display_size) if args.shift_probe else None
     train_crops = oracle_bags(found, truth["boxes"].to_numpy(), scale, y) if args.oracle_bags else found.crops
     fold = patient_folds(patients, args.folds, args.seed)
     rng = np.random.default_rng(args.seed)
     noise_rng = np.random.default_rng([args.seed, 1])  # its own stream: the folds' subsamples stay the plain run's
     scored = np.full(len(y), np.nan)
+    scored_moved = np.full(len(y), np.nan)
     wall = cpu = 0.0
     for k in range(args.folds):
         train = np.flatnonzero(fold != k)
@@ -162,6 +186,8 @@ def main() -> int:
         net = train_patch_mil(train_crops[train], flags, seed=args.seed + k)
         wall, cpu = wall + time.monotonic() - t0, cpu + time.process_time() - c0
         scored[test] = predict_patch_mil(net, found.crops[test])[0]
+        if moved is not None:
+            scored_moved[test] = predict_patch_mil(net, moved.crops[test])[0]
         auc = roc_auc(y[test], scored[test]) if 0 < y[test].sum() < test.sum() else float("nan")
         print(f"fold {k}: trained on {len(train)} images ({y[train].sum()} with a clip), scored {test.sum()} "
               f"({y[test].sum()} with a clip): ROC-AUC {auc:.3f}", flush=True)  # fmt: skip
@@ -181,6 +207,11 @@ def main() -> int:
         if 0 < y[part].sum() < part.sum():
             print(f"  {name}: {part.sum()} images, ROC-AUC {roc_auc(y[part], scored[part]):.3f}")
 
+    if moved is not None:
+        change = np.abs(scored_moved - scored)
+        print(f"shift probe: displays moved 1 px: |change of p_biopsy| mean {change.mean():.3f}, 95th percentile "
+              f"{np.percentile(change, 95):.3f}, largest {change.max():.3f}; {(change > 0.1).sum()} images over "
+              f"0.1; pooled ROC-AUC moved {roc_auc(y, scored_moved):.3f}")  # fmt: skip
     hits = sum(clip_among(truth["boxes"].iat[i], scale[i], found.centres[i]) for i in np.flatnonzero(y))
     print(f"candidate recall (diagnosis, from the truth's boxes): {hits}/{y.sum()} clip images = {hits / y.sum():.3f}")
     print(missed_line(truth, y, scored, found.centres, scale))
