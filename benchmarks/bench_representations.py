@@ -5,7 +5,8 @@ Run:  .venv/bin/python benchmarks/bench_representations.py [--home MAMMO_HOME] [
 
 Why: an image's answer must not depend on how it is stored. A PACS may send the same breast as MONOCHROME1, with
 a VOI LUT or a sigmoid window, compressed (RLE, JPEG-LS, lossless JPEG 2000), mirrored, with a black border or a
-Pixel Padding Value, on a larger detector, resampled, or a digitized film as MG or as Secondary Capture.
+Pixel Padding Value, on a larger detector, resampled, with its field one to three rows shorter (`cut1`-`cut3`: the
+breast a fraction of a display pixel elsewhere on the grid), or a digitized film as MG or as Secondary Capture.
 
 What: every real image of ../shared/realdata is wrapped (as `bench_real_samples.py` does) in each representation
 below, one hospital per representation in a temporary landing folder; the real index -> cache -> predict steps
@@ -137,6 +138,17 @@ def down100(px: np.ndarray, lat: str) -> Rep:
     return Rep(np.clip(np.rint(small), 0, 65535).astype(np.uint16), spacing)
 
 
+def rows_cut(k: int) -> Callable[[np.ndarray, str], Rep]:
+    """The matrix without its first `k` rows (a field stored `k` pixels shorter): the breast moves `k` stored
+    pixels up the pixel grid, a fraction of a display pixel (about 0.3 per stored pixel at 70 um), which must not
+    change an answer."""
+
+    def make(px: np.ndarray, lat: str) -> Rep:
+        return Rep(np.ascontiguousarray(px[k:]))
+
+    return make
+
+
 def film(sc: bool) -> Callable[[np.ndarray, str], Rep]:
     """The WG04 film (only): as MG For Presentation, or as Secondary Capture (Conversion Type DF), window 2047/4095."""
     header: dict[str, object] = {**_bits(12), "WindowCenter": "2047", "WindowWidth": "4095"}
@@ -167,6 +179,9 @@ REPRESENTATIONS: dict[str, Callable[[np.ndarray, str], Rep]] = {
     "grayair-pad": grayair_pad,
     "detector": detector,
     "down100": down100,
+    "cut1": rows_cut(1),
+    "cut2": rows_cut(2),
+    "cut3": rows_cut(3),
     "film-mg": film(sc=False),
     "film-sc": film(sc=True),
 }

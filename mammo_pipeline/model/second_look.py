@@ -45,8 +45,9 @@ from mammo_pipeline.model.candidates import CHANNELS
 # file holds the readings, so a model exported before reads once and is refused; since stop 47 two readings, not
 # four: an exported file keeps its own, so no new version); 4: the same input, read by a
 # network with a fourth block (`patch_network`: its receptive field spans the crop; a version-3 state dict
-# does not fit it).
-INPUT_VERSION = "4"
+# does not fit it); 5: the same input, read by a network whose poolings are anti-aliased (`BLUR_TAPS`: the state
+# dict is the same, the function another).
+INPUT_VERSION = "5"
 INPUT_CHANNELS = CHANNELS + 1
 # The surroundings' spread is at least 1/20 of the image's tissue range (set at stop 26, before running): flat
 # fat must not turn a faint ripple into a clip-sized signal. The channel is clipped to LOCAL_RANGE spreads, so
@@ -93,6 +94,13 @@ READ_SYMMETRIES = (0, 3)
 # whole display of the real clip image by 0-3 px and its p_biopsy went 0.074-0.165 (`/work/scratch/s57/shift57.py`
 # on a demo model of version 15.4), the other eight images 0.003-0.15. Set to the grid's step before measuring.
 SHIFT_JITTER = 2
+# Anti-aliased pooling (`blur_pool`; Zhang, "Making convolutional networks shift-invariant again", ICML 2019): each
+# 2x2 max pooling of stride 2 becomes a max pooling of stride 1, then a binomial low-pass filter sampled at stride
+# 2. A stride-2 pooling is not shift-invariant: the same object one display pixel away falls on the other phase of
+# its grid, and its reading moves (stop 58: one candidate of the real clip image read 0.270 and 0.398 one to 1.3
+# px apart, docs/history.md). The filter is Zhang's "Tri-3" ([1, 2, 1] / 4 on each axis, his best trade-off of
+# accuracy and consistency for ResNets), the textbook one, not fitted to anything here.
+BLUR_TAPS = (1.0, 2.0, 1.0)
 
 
 def epochs_for(n_images: int) -> int:
@@ -121,11 +129,11 @@ def patch_network():
 
     Small on purpose (about 61 k weights, 3.4 M multiply-adds per crop): a clip's shape is a few strokes at 32 px,
     and CPU inference must stay far above the 67 images/s the pipeline needs at K crops per image. Four 3x3
-    blocks, each after a 2x2 pooling but the first, give a receptive field of 38 px on an 8-px grid, so each
-    central unit of the last block sees 31 x 31 px of the 32-px crop, all of it but one line: a ring clip from a
-    triangle skin marker, a "Z" clip from two crossing ligaments, are told apart by the whole outline. With
-    three blocks (up to version 3, about 24 k weights) it was 18 px, about half a crop;
-    the fourth block, at 4 x 4 px, adds a fifth of the cost (docs/history.md "Second look", stop 39).
+    blocks, each after an anti-aliased 2x2 pooling (`blur_pool`) but the first, give a receptive field of 52 px
+    on an 8-px grid (38 px with plain poolings, up to input version 4), so each unit of the last block sees the
+    whole 32-px crop: a ring clip from a triangle skin marker, a "Z" clip from two crossing ligaments, are told
+    apart by the whole outline. With three blocks (up to version 3, about 24 k weights) it was 18 px, about half
+    a crop; the fourth block, at 4 x 4 px, adds a fifth of the cost (docs/history.md "Second look", stop 39).
     """
     import torch
     import torch.nn as nn
@@ -138,11 +146,11 @@ def patch_network():
             super().__init__()
             self.features = nn.Sequential(
                 block(INPUT_CHANNELS, 16),
-                nn.MaxPool2d(2),
+                blur_pool(16),
                 block(16, 32),
-                nn.MaxPool2d(2),
+                blur_pool(32),
                 block(32, 64),
-                nn.MaxPool2d(2),
+                blur_pool(64),
                 block(64, 64),
                 nn.AdaptiveMaxPool2d(1),
                 nn.Flatten(),
@@ -164,6 +172,31 @@ def patch_network():
     # (`train_patch_mil`, 20 epochs on 500 images, 2 cores: 87.4 -> 62.4 s wall; most of a step is the
     # no-gradient scoring of all K crops); the same network and weights, only the memory layout differs.
     return PatchMIL().to(memory_format=torch.channels_last)
+
+
+def blur_pool(channels: int):
+    """Anti-aliased 2x2 max pooling of [B, `channels`, H, W] -> [B, channels, ceil(H / 2), ceil(W / 2)]: a max
+    pooling of stride 1 (edge repeated, so the size holds), then the binomial filter BLUR_TAPS (outer product,
+    normalized to sum 1) on each channel at stride 2, edges reflected (Zhang, ICML 2019; BLUR_TAPS above). No
+    weights to learn: the filter is a non-persistent buffer, so the state dict is the plain pooling's."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    taps = torch.tensor(BLUR_TAPS, dtype=torch.float32)
+    kernel = torch.outer(taps, taps) / taps.sum() ** 2
+
+    class BlurPool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("kernel", kernel.expand(channels, 1, *kernel.shape).clone(), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+            pad = len(BLUR_TAPS) // 2
+            return F.conv2d(F.pad(x, (pad,) * 4, mode="reflect"), self.kernel, stride=2, groups=channels)
+
+    return BlurPool()
 
 
 def lse_pool(logits, sharpness: float = LSE_SHARPNESS):

@@ -61,9 +61,9 @@ def test_patch_network_shapes_and_onnx_export_with_a_dynamic_batch(tmp_path):
         assert np.allclose(out, net(torch.from_numpy(x5)).numpy(), atol=1e-4)
 
 
-def test_one_unit_of_the_last_block_sees_all_but_one_line_of_the_crop():
+def test_one_unit_of_the_last_block_sees_the_whole_crop():
     """A unit must see a whole clip with its surroundings to tell a ring clip from a triangle skin marker by the
-    outline: the last block's receptive field is 38 px (with three blocks, up to input version 3, 18 px)."""
+    outline: the last block's receptive field is 52 px (38 px with plain poolings, 18 px with three blocks)."""
     import torch
 
     net = patch_network().eval()
@@ -72,10 +72,40 @@ def test_one_unit_of_the_last_block_sees_all_but_one_line_of_the_crop():
     x.requires_grad_(True)
     out = trunk(x)
     assert out.shape[-2:] == (P // 8, P // 8)
-    out[:, :, 1, 1].sum().backward()  # a unit next to the centre; unit j sees input rows 8j-15 .. 8j+22
+    out[:, :, 1, 1].sum().backward()  # a unit next to the centre; unit j sees input rows 8j-22 .. 8j+29
     seen = (x.grad.abs().sum(dim=(0, 1)) > 0).numpy()
-    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
-    assert (rows[0], rows[-1], cols[0], cols[-1]) == (0, P - 2, 0, P - 2)
+    assert seen.all()
+
+
+def test_the_pooling_moves_its_output_half_a_cell_for_each_pixel_an_object_moves():
+    """Anti-aliased pooling (`blur_pool`): a bright point moved by one pixel moves the pooled map's centroid by
+    half a cell, the same at either phase of the stride-2 grid; a plain 2x2 max pooling of stride 2 moves it by 0
+    or 1 cell by the phase, so a reading depends on where on the grid an object falls."""
+    import torch
+    import torch.nn.functional as F
+
+    from mammo_pipeline.model.second_look import blur_pool
+
+    pool = blur_pool(1)
+
+    def centroid(pooled: torch.Tensor) -> float:
+        w = pooled[0, 0].sum(dim=0)
+        return float((w * torch.arange(len(w))).sum() / w.sum())
+
+    def moves(fn) -> np.ndarray:
+        at = []
+        for col in range(10, 18):
+            x = torch.zeros(1, 1, 32, 32)
+            x[0, 0, 16, col] = 1.0
+            at.append(centroid(fn(x)))
+        return np.diff(at)
+
+    assert np.allclose(moves(pool), 0.5, atol=0.01)
+    plain = moves(lambda x: F.max_pool2d(x, 2))
+    assert sorted(set(np.round(plain, 3))) == [0.0, 1.0]
+    assert pool(torch.zeros(2, 1, 31, 32)).shape == (2, 1, 16, 16)
+    flat = torch.full((1, 1, 8, 8), 0.7)
+    assert torch.allclose(pool(flat), torch.full((1, 1, 4, 4), 0.7))  # the filter sums to one
 
 
 def test_a_prediction_reads_each_crop_under_a_group_of_symmetries_so_it_cannot_tell_them_apart():
