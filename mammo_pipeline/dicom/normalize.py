@@ -166,13 +166,17 @@ def pixel_pitch(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
+def field_mm(shape: tuple[int, int], pitch: tuple[float, float]) -> float:
+    """The long side in mm of `shape` (rows, cols) source px of `pitch` (row, column) mm."""
+    return max(shape[0] * pitch[0], shape[1] * pitch[1])
+
+
 def pitch_long_side(size: AtPitch, shape: tuple[int, int], pitch: tuple[float, float] | None) -> int:
     """The long side in px at which `shape` (rows, cols of source px of `pitch` mm) shows `size`'s pitch; `size`'s
     own long side without a pitch or outside PITCH_RANGE."""
     if pitch is None:
         return size.long_side
-    field_mm = max(shape[0] * pitch[0], shape[1] * pitch[1])
-    n = round(field_mm / REFERENCE_FIELD_MM * size.long_side)
+    n = round(field_mm(shape, pitch) / REFERENCE_FIELD_MM * size.long_side)
     low, high = PITCH_RANGE
     return n if low * size.long_side <= n <= high * size.long_side else size.long_side
 
@@ -202,9 +206,7 @@ class Rendition:
         None when the pitch is not known."""
         if self.pitch_mm is None:
             return None
-        rows, cols = self.content_shape
-        field_mm = max(rows * self.pitch_mm[0], cols * self.pitch_mm[1])
-        return field_mm / max(self.images[size].shape)
+        return field_mm(self.content_shape, self.pitch_mm) / max(self.images[size].shape)
 
     @property
     def trimmed(self) -> str | None:

@@ -473,13 +473,11 @@ def train_model(
         train_paths = [settings.cache / p for p in train["model_png"]]
         flags = train[["has_biopsy_marker", "is_mag_view"]].to_numpy(bool)
         images = preprocess_batch(train_paths, hyper.size)
-        cropped = None
-        if hyper.framings:
-            displays = [settings.cache / p for p in train["display_png"]] if "display_png" in train else None
-            cropped = cropped_batch(train_paths, hyper.size, seed, displays)
+        # a crop's pixels come from the display PNG when there is one (`augment.crop_to_breast`)
+        displays = [settings.cache / p for p in train["display_png"]] if "display_png" in train else None
+        cropped = cropped_batch(train_paths, hyper.size, seed, displays) if hyper.framings else None
         toned = None
         if hyper.tones:
-            displays = [settings.cache / p for p in train["display_png"]] if "display_png" in train else None
             toned = (
                 toned_batch(train_paths, hyper.size, seed),
                 toned_batch(train_paths, hyper.size, seed, displays, cropped=True) if cropped is not None else None,
