@@ -1,10 +1,10 @@
 """Train the two-flag ResNet18 on the labeled train split; measure it on the audit split; save everything.
 
 fastai `vision_learner` (resnet18, two outputs, BCEWithLogits: has_biopsy_marker and is_mag_view learned
-independently). The train images go through `preprocess.preprocess_batch` once, so PyTorch, the ONNX parity
-check and ONNX inference all see the very same tensors; the only augmentation is a train-only random flip
-(from scratch). num_workers=0, seeded: one seed and one label snapshot give one set of weights, and so one
-`model_version`.
+independently). The train images go through `augment.training_views` once, so PyTorch, the ONNX parity
+check and ONNX inference all see the very same tensors; besides its framings and display curves (training
+draws only), the only augmentation is a train-only random flip (from scratch). num_workers=0, seeded: one
+seed and one label snapshot give one set of weights, and so one `model_version`.
 
 Out-of-sample probabilities for the train images (the labeling app's disagreement queue) come from a
 K-fold logistic regression on the *untrained* body's pooled features (ImageNet features when pretrained,
@@ -31,7 +31,7 @@ from mammo_pipeline.atomic import write_bytes, write_parquet, write_text
 from mammo_pipeline.labels.codes import label_of
 from mammo_pipeline.model import plots, registry
 from mammo_pipeline.model import second_look_model as second_look
-from mammo_pipeline.model.augment import cropped_batch, toned_batch
+from mammo_pipeline.model.augment import training_views
 from mammo_pipeline.model.evaluate import (
     detailed_metrics,
     evaluate,
@@ -188,10 +188,10 @@ def _datasets(
     toned: tuple[np.ndarray, np.ndarray | None] | None = None,
 ):
     """fastai Datasets over row numbers of `images` (preprocess() output, computed once) and their flags; with
-    `cropped` (the same images cropped to the breast, `augment.cropped_batch`) each draw takes either framing with
+    `cropped` (the same images cropped to the breast, `augment.training_views`) each draw takes either framing with
     p = 1/2 (an even split: neither framing is the rarer one), from a generator of its own seeded with `seed`, so
     turning the framings on leaves the network's initial weights and the flips' draws as they were. With `toned`
-    (the images, and the cropped ones, under a display curve: `augment.toned_batch`) each draw then takes the
+    (the images, and the cropped ones, under a display curve: `augment.training_views`) each draw then takes the
     toned one of its framing with p = 1/2, drawn after the framing. Training draws only: evaluation, out-of-fold
     features and export read the images themselves, and the valid split is empty."""
     import torch
@@ -472,16 +472,11 @@ def train_model(
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         train_paths = [settings.cache / p for p in train["model_png"]]
         flags = train[["has_biopsy_marker", "is_mag_view"]].to_numpy(bool)
-        images = preprocess_batch(train_paths, hyper.size)
         # a crop's pixels come from the display PNG when there is one (`augment.crop_to_breast`)
         displays = [settings.cache / p for p in train["display_png"]] if "display_png" in train else None
-        cropped = cropped_batch(train_paths, hyper.size, seed, displays) if hyper.framings else None
-        toned = None
-        if hyper.tones:
-            toned = (
-                toned_batch(train_paths, hyper.size, seed),
-                toned_batch(train_paths, hyper.size, seed, displays, cropped=True) if cropped is not None else None,
-            )
+        views = training_views(train_paths, hyper.size, seed, displays, crops=hyper.framings, tones=hyper.tones)
+        images, cropped = views.plain, views.cropped
+        toned = (views.toned, views.toned_cropped) if hyper.tones else None
         dsets = _datasets(images, flags, cropped, seed, toned)
         # fastai drops the last partial train batch (a batch of 1 breaks BatchNorm); keep >= 1 batch per epoch
         batch_size = max(2, min(hyper.batch_size, len(train)))

@@ -9,9 +9,8 @@ from mammo_pipeline.model.augment import (
     CROP_MARGIN,
     breast_box,
     crop_to_breast,
-    cropped_batch,
     display_curve,
-    toned_batch,
+    training_views,
 )
 from mammo_pipeline.model.preprocess import preprocess
 from mammo_pipeline.model.train import _datasets
@@ -73,13 +72,25 @@ def test_a_view_whose_tissue_fills_it_and_a_flat_one_come_back_unchanged():
         assert crop_to_breast(flat) is flat
 
 
-def test_cropped_batch_is_the_preprocessed_crop_and_seeded(tmp_path):
+def test_training_views_are_the_preprocessed_crop_and_seeded(tmp_path):
     Image.fromarray(_view()).save(tmp_path / "a.png")
-    batch = cropped_batch([tmp_path / "a.png"], 32, seed=3)
-    assert batch.shape == (1, 3, 32, 32) and batch.dtype == np.float32
-    np.testing.assert_array_equal(batch, cropped_batch([tmp_path / "a.png"], 32, seed=3))
+    views = training_views([tmp_path / "a.png"], 32, seed=3, tones=False)
+    assert views.cropped.shape == (1, 3, 32, 32) and views.cropped.dtype == np.float32
+    assert views.toned is None and views.toned_cropped is None
+    np.testing.assert_array_equal(views.plain[0], preprocess(_view(), 32))
+    np.testing.assert_array_equal(views.cropped, training_views([tmp_path / "a.png"], 32, seed=3).cropped)
     margin = np.random.default_rng(3).uniform(*CROP_MARGIN)
-    np.testing.assert_array_equal(batch[0], preprocess(crop_to_breast(_view(), margin), 32))
+    np.testing.assert_array_equal(views.cropped[0], preprocess(crop_to_breast(_view(), margin), 32))
+
+
+def test_a_crop_takes_its_pixels_from_the_display_when_given(tmp_path):
+    """The crop is cut from the larger display PNG (`sources`), as the cache would render a cropped export."""
+    small, large = _view(), np.kron(_view(), np.ones((4, 4), np.uint8))
+    large[::2] = 255 - large[::2]  # a pattern only the display holds: the crop must differ from a Lanczos zoom
+    with_source = training_views([small], 32, seed=3, sources=[large], tones=False).cropped[0]
+    margin = np.random.default_rng(3).uniform(*CROP_MARGIN)
+    np.testing.assert_array_equal(with_source, preprocess(crop_to_breast(small, margin, large), 32))
+    assert not np.array_equal(with_source, training_views([small], 32, seed=3, tones=False).cropped[0])
 
 
 def test_training_draws_see_both_framings_reproducibly_and_keep_the_flags():
@@ -125,15 +136,18 @@ def test_a_display_curve_keeps_the_order_of_gray_levels_and_sometimes_lifts_the_
     assert len({tuple(c) for c in curves}) > 190  # drawn afresh each time (two may round alike)
 
 
-def test_toned_batches_are_seeded_and_differ_from_the_plain_view(tmp_path):
+def test_toned_views_are_seeded_and_differ_from_the_plain_view(tmp_path):
     Image.fromarray(_view()).save(tmp_path / "a.png")
-    batch = toned_batch([tmp_path / "a.png"] * 3, 32, seed=3)
-    np.testing.assert_array_equal(batch, toned_batch([tmp_path / "a.png"] * 3, 32, seed=3))
-    assert not np.array_equal(batch, toned_batch([tmp_path / "a.png"] * 3, 32, seed=4))
-    plain = preprocess(_view(), 32)
-    assert all(not np.array_equal(b, plain) for b in batch)
-    cropped = toned_batch([tmp_path / "a.png"], 32, seed=3, cropped=True)
-    assert float((cropped[0, 0] == cropped[0, 0].min()).mean()) < float((batch[0, 0] == batch[0, 0].min()).mean())
+    views = training_views([tmp_path / "a.png"] * 3, 32, seed=3)
+    again, other = training_views([tmp_path / "a.png"] * 3, 32, seed=3), training_views([tmp_path / "a.png"] * 3, 32, 4)
+    np.testing.assert_array_equal(views.toned, again.toned)
+    np.testing.assert_array_equal(views.toned_cropped, again.toned_cropped)
+    assert not np.array_equal(views.toned, other.toned)
+    assert all(not np.array_equal(b, views.plain[0]) for b in views.toned)
+    black = views.toned_cropped[0, 0] == views.toned_cropped[0, 0].min()
+    assert float(black.mean()) < float((views.toned[0, 0] == views.toned[0, 0].min()).mean())  # less air
+    # each view draws from its own generator: turning the crops off leaves the toned view as it was
+    np.testing.assert_array_equal(training_views([tmp_path / "a.png"] * 3, 32, seed=3, crops=False).toned, views.toned)
 
 
 def test_training_draws_take_the_toned_view_of_their_framing_half_the_time():
