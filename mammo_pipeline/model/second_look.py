@@ -21,11 +21,14 @@ noise, which the mean reduces.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
 from mammo_pipeline.model.candidates import CHANNELS
+
+_log = logging.getLogger(__name__)
 
 # A round's compute is bounded, as the global network's is (train.SCRATCH.image_passes): MAX_EPOCHS epochs while
 # that stays within IMAGE_PASSES images, fewer beyond (30 up to 500 labels, 15 at 1000). Stop 14 measured, at 500
@@ -101,6 +104,14 @@ SHIFT_JITTER = 2
 # px apart, docs/history.md). The filter is Zhang's "Tri-3" ([1, 2, 1] / 4 on each axis, his best trade-off of
 # accuracy and consistency for ResNets), the textbook one, not fitted to anything here.
 BLUR_TAPS = (1.0, 2.0, 1.0)
+# A training that falls apart is rolled back (`train_patch_mil`). At the one-cycle peak a round can diverge within
+# one epoch: its loss jumps from below 0.5 to above its first epoch's (stop 59, held-out drops seed 2, fold 2: 0.47
+# -> 0.85 at epoch 10 of 30, no gradient spike), the network's choice of each image's top crops becomes noise, and
+# from then on it learns that three random crops are a clip (the trap `training_crops` avoids at the start): the
+# fold ended at ROC-AUC 0.54 against 0.97-0.99 for the others. An epoch whose mean loss exceeds the first epoch's
+# (a network worse than after one pass: no constant) is undone: the weights, BatchNorm statistics and optimizer
+# state of the epoch with the lowest loss so far come back, the crops are ranked afresh, and the schedule goes on.
+# Rewinding past a loss spike is what large-model training does (Chowdhery et al., "PaLM", 2022, section 5.1).
 
 
 def epochs_for(n_images: int) -> int:
@@ -280,6 +291,8 @@ def train_patch_mil(
     top: int = 3,
     contrast: tuple[float, float] = (CONTRAST_MIN, CONTRAST_SHARE),
     shift: int = SHIFT_JITTER,
+    rollback: bool = True,
+    notes: list[str] | None = None,
 ):
     """Train `patch_network` on crops [N, K, (C,) P, P] (float32) and image flags [N] (bool); return it in eval
     mode.
@@ -290,8 +303,13 @@ def train_patch_mil(
     Each step trains on `top` crops per image through `lse_pool` (module docstring; this halves the cost of a
     round): the network's highest-scoring ones, scored without gradients in every RANK_EVERY-th epoch and reused
     in between, or while the learning rate warms up the strongest candidates (`training_crops`).
+    With `rollback`, an epoch whose mean loss exceeds the first epoch's is undone (module constants: the weights,
+    BatchNorm statistics and optimizer state of the lowest-loss epoch so far come back, and the crops are ranked
+    afresh); each rollback is logged and appended to `notes` when given (the model's warnings).
     `threads` caps torch's CPU threads (the 2-core budget of the issue).
     """
+    import copy
+
     import torch
     import torch.nn as nn
 
@@ -309,9 +327,12 @@ def train_patch_mil(
     weight = torch.tensor(np.sqrt((len(y) - pos) / pos) if 0 < pos < len(y) else 1.0, dtype=torch.float32)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
     chosen = torch.full((len(x), top), -1, dtype=torch.long)  # each image's crops at its last scoring
+    first = lowest = math.inf  # mean loss of the first epoch, and the lowest so far
+    kept = None  # (epoch, weights, optimizer state) of the lowest-loss epoch
     for epoch in range(epochs):
         net.train()
         order = torch.randperm(len(x))
+        total, seen = 0.0, 0
         for i in range(0, len(x), batch_size):
             idx = order[i : i + batch_size]
             if len(idx) < 2:  # BatchNorm needs two
@@ -334,6 +355,25 @@ def train_patch_mil(
             loss.backward()
             opt.step()
             sched.step()
+            total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
+        mean = total / max(seen, 1)
+        first = mean if epoch == 0 else first
+        if mean <= lowest:
+            lowest, kept = mean, (epoch, copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()))
+        elif rollback and mean > first:
+            scheduled = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
+            net.load_state_dict(kept[1])
+            opt.load_state_dict(kept[2])
+            for group, now in zip(opt.param_groups, scheduled, strict=True):
+                group.update(now)  # the schedule is not rewound: rate and momentum stay where it is
+            chosen.fill_(-1)
+            note = (
+                f"patch network: epoch {epoch}'s loss {mean:.3f} is above the first epoch's {first:.3f}: "
+                f"rolled back to epoch {kept[0]} ({lowest:.3f})"
+            )
+            _log.warning(note)
+            if notes is not None:
+                notes.append(note)
     return net.eval()
 
 

@@ -128,9 +128,10 @@ def candidates_of(pngs: list[Path] | list[np.ndarray], threads: int = 1, long_si
     )
 
 
-def fit(found: Candidates, flags: np.ndarray, seed: int):
-    """The patch network trained on the candidates of the train images and their biopsy flags [N] (bool)."""
-    return train_patch_mil(found.crops, np.asarray(flags, dtype=bool), seed=seed)
+def fit(found: Candidates, flags: np.ndarray, seed: int, notes: list[str] | None = None):
+    """The patch network trained on the candidates of the train images and their biopsy flags [N] (bool); a
+    rollback of its training is appended to `notes` (`second_look.train_patch_mil`)."""
+    return train_patch_mil(found.crops, np.asarray(flags, dtype=bool), seed=seed, notes=notes)
 
 
 def torch_probs(net, found: Candidates) -> tuple[np.ndarray, np.ndarray]:

@@ -707,7 +707,7 @@ def _second_look(
     found = second_look.candidates_of(
         [settings.cache / p for p in train["display_png"]], threads, settings.display_size
     )
-    net = second_look.fit(found, biopsy, seed)
+    net = second_look.fit(found, biopsy, seed, notes)
     audit_found = second_look.candidates_of(
         [settings.cache / p for p in audit["display_png"]], threads, settings.display_size
     )

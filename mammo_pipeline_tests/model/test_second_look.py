@@ -301,3 +301,55 @@ def test_shift_jitter_moves_all_crops_of_a_batch_by_one_offset_of_at_most_two_pi
         seen.add(matches[0])
     assert len(seen) >= 15  # of the 25 offsets
     assert shift_jitter(xb, most=0) is xb
+
+
+def test_an_epoch_that_falls_apart_is_rolled_back_and_the_training_goes_on(monkeypatch, caplog):
+    """A blow-up of the weights in the middle of a round (what a divergence at the one-cycle peak does) makes its
+    epoch's loss worse than the first epoch's: the next epoch starts from the weights of the best epoch so far,
+    and the round ends with a network that tells clips from beads."""
+    import logging
+    import re
+
+    import torch
+
+    from mammo_pipeline.model import second_look
+
+    before: list[list[torch.Tensor]] = []  # the weights before each step, and after it
+    after: list[list[torch.Tensor]] = []
+    step = torch.optim.AdamW.step
+
+    def blowing_up(self, *args, **kwargs):
+        before.append([p.detach().clone() for p in self.param_groups[0]["params"]])
+        out = step(self, *args, **kwargs)
+        if len(before) == 31:  # the first step of epoch 5 of 12 (6 steps per epoch)
+            with torch.no_grad():
+                for p in self.param_groups[0]["params"]:
+                    p.copy_(torch.randn_like(p) * 5.0)
+        after.append([p.detach().clone() for p in self.param_groups[0]["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", blowing_up)
+    rng = np.random.default_rng(0)
+    flags = np.arange(96) % 2 == 1
+    crops = np.stack([_crops(rng, f) for f in flags])
+    test_flags = np.arange(40) % 2 == 1
+    notes: list[str] = []
+    with caplog.at_level(logging.WARNING, logger=second_look.__name__):
+        net = train_patch_mil(crops, flags, epochs=12, batch_size=16, seed=0, notes=notes)
+    assert len(before) == 72
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert notes == [message]  # the model's warnings name it
+    kept = int(
+        re.search(r"epoch 5's loss [0-9.]+ is above the first epoch's [0-9.]+: rolled back to epoch (\d)", message)[1]
+    )
+    assert kept < 5
+    assert all(
+        torch.equal(a, b) for a, b in zip(before[36], after[6 * (kept + 1) - 1], strict=True)
+    )  # epoch 6 starts from it
+    probs = predict_patch_mil(net, np.stack([_crops(rng, f) for f in test_flags]))[0]
+    assert roc_auc(test_flags, probs) >= 0.95
+    before.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=second_look.__name__):
+        train_patch_mil(crops, flags, epochs=12, batch_size=16, seed=0, rollback=False)
+    assert not caplog.records and len(before) == 72
