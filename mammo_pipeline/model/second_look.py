@@ -108,9 +108,11 @@ BLUR_TAPS = (1.0, 2.0, 1.0)
 # one epoch: its loss jumps from below 0.5 to above its first epoch's (stop 59, held-out drops seed 2, fold 2: 0.47
 # -> 0.85 at epoch 10 of 30, no gradient spike), the network's choice of each image's top crops becomes noise, and
 # from then on it learns that three random crops are a clip (the trap `training_crops` avoids at the start): the
-# fold ended at ROC-AUC 0.54 against 0.97-0.99 for the others. An epoch whose mean loss exceeds the first epoch's
-# (a network worse than after one pass: no constant) is undone: the weights, BatchNorm statistics and optimizer
-# state of the epoch with the lowest loss so far come back, the crops are ranked afresh, and the schedule goes on.
+# fold ended at ROC-AUC 0.54 against 0.97-0.99 for the others. An epoch after the warm-up whose mean loss exceeds
+# the first epoch's (a network worse than after one pass: no constant) is undone: the weights, BatchNorm statistics
+# and optimizer state of the epoch with the lowest loss so far come back, the crops are ranked afresh, and the
+# schedule goes on. Warm-up epochs are left alone: their crops are the candidates' own order, so the trap cannot
+# start there, and with few labels their losses hover at the first epoch's (a demo round: 0.758 against 0.755).
 # Rewinding past a loss spike is what large-model training does (Chowdhery et al., "PaLM", 2022, section 5.1).
 
 
@@ -303,9 +305,10 @@ def train_patch_mil(
     Each step trains on `top` crops per image through `lse_pool` (module docstring; this halves the cost of a
     round): the network's highest-scoring ones, scored without gradients in every RANK_EVERY-th epoch and reused
     in between, or while the learning rate warms up the strongest candidates (`training_crops`).
-    With `rollback`, an epoch whose mean loss exceeds the first epoch's is undone (module constants: the weights,
-    BatchNorm statistics and optimizer state of the lowest-loss epoch so far come back, and the crops are ranked
-    afresh); each rollback is logged and appended to `notes` when given (the model's warnings).
+    With `rollback`, an epoch after the warm-up whose mean loss exceeds the first epoch's is undone (module
+    constants: the weights, BatchNorm statistics and optimizer state of the lowest-loss epoch so far come back, and
+    the crops are ranked afresh); each rollback is logged and appended to `notes` when given (the model's
+    warnings).
     `threads` caps torch's CPU threads (the 2-core budget of the issue).
     """
     import copy
@@ -333,6 +336,7 @@ def train_patch_mil(
         net.train()
         order = torch.randperm(len(x))
         total, seen = 0.0, 0
+        warm_epoch = sched.last_epoch + 1 <= WARMUP_SHARE * steps  # it starts inside the warm-up
         for i in range(0, len(x), batch_size):
             idx = order[i : i + batch_size]
             if len(idx) < 2:  # BatchNorm needs two
@@ -360,7 +364,7 @@ def train_patch_mil(
         first = mean if epoch == 0 else first
         if mean <= lowest:
             lowest, kept = mean, (epoch, copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()))
-        elif rollback and mean > first:
+        elif rollback and mean > first and not warm_epoch:
             scheduled = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
             net.load_state_dict(kept[1])
             opt.load_state_dict(kept[2])
