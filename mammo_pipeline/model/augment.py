@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mammo_pipeline.model.preprocess import _as_gray_uint8, preprocess, tissue_mask
+from mammo_pipeline.model.preprocess import _as_gray_uint8, preprocess_batch, tissue_mask
 
 CROP_MARGIN = (0.0, 0.05)  # share of each side's length kept around the tissue (a tight crop up to a loose one)
 GAMMA_RANGE = (0.5, 2.0)  # output = input ** gamma, gamma log-uniform in this range (module docstring)
@@ -127,22 +127,21 @@ def training_views(
     """
     margins = np.random.default_rng(seed)
     curves, curves_cropped = np.random.default_rng((seed, 1)), np.random.default_rng((seed, 1))
-    plain, cropped, toned, toned_cropped = [], [], [], []
+    plain, cropped, toned, toned_cropped = [], [], [], []  # uint8 images, each view preprocessed at the end
     for i, png in enumerate(pngs):
         gray = _as_gray_uint8(png)
         source = _as_gray_uint8(sources[i]) if sources is not None and crops else None
-        plain.append(preprocess(gray, size))
+        plain.append(gray)
         if crops:
-            cropped.append(preprocess(crop_to_breast(gray, float(margins.uniform(*CROP_MARGIN)), source), size))
+            cropped.append(crop_to_breast(gray, float(margins.uniform(*CROP_MARGIN)), source))
         if tones:
-            toned.append(preprocess(display_curve(gray, curves), size))
+            toned.append(display_curve(gray, curves))
         if crops and tones:
             crop = crop_to_breast(gray, float(curves_cropped.uniform(*CROP_MARGIN)), source)
-            toned_cropped.append(preprocess(display_curve(crop, curves_cropped), size))
-
-    def stacked(views: list[np.ndarray], on: bool) -> np.ndarray | None:
-        return (np.stack(views) if views else np.zeros((0, 3, size, size), np.float32)) if on else None
-
+            toned_cropped.append(display_curve(crop, curves_cropped))
     return TrainingViews(
-        stacked(plain, True), stacked(cropped, crops), stacked(toned, tones), stacked(toned_cropped, crops and tones)
+        preprocess_batch(plain, size),
+        preprocess_batch(cropped, size) if crops else None,
+        preprocess_batch(toned, size) if tones else None,
+        preprocess_batch(toned_cropped, size) if crops and tones else None,
     )

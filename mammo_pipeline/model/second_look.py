@@ -330,13 +330,19 @@ def train_patch_mil(
     weight = torch.tensor(np.sqrt((len(y) - pos) / pos) if 0 < pos < len(y) else 1.0, dtype=torch.float32)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
     chosen = torch.full((len(x), top), -1, dtype=torch.long)  # each image's crops at its last scoring
+
+    def warming_up() -> bool:
+        """Whether the next step is inside the warm-up (the scheduler counts the steps taken: the next is step
+        last_epoch + 1 of `steps`)."""
+        return sched.last_epoch + 1 <= WARMUP_SHARE * steps
+
     first = lowest = math.inf  # mean loss of the first epoch, and the lowest so far
     kept = None  # (epoch, weights, optimizer state) of the lowest-loss epoch
     for epoch in range(epochs):
         net.train()
         order = torch.randperm(len(x))
         total, seen = 0.0, 0
-        warm_epoch = sched.last_epoch + 1 <= WARMUP_SHARE * steps  # it starts inside the warm-up
+        warm_epoch = warming_up()  # it starts inside the warm-up
         for i in range(0, len(x), batch_size):
             idx = order[i : i + batch_size]
             if len(idx) < 2:  # BatchNorm needs two
@@ -344,11 +350,10 @@ def train_patch_mil(
                 continue
             xb = _symmetry(x[idx], int(torch.randint(0, 8, (1,))))
             if xb.shape[1] > top:  # only the top crops can win the max: backpropagate through those alone
-                # the scheduler counts the steps taken: this is step last_epoch + 1 of `steps`
-                warming_up = sched.last_epoch + 1 <= WARMUP_SHARE * steps
-                if warming_up or epoch % RANK_EVERY == 0 or bool((chosen[idx] < 0).any()):
-                    best = training_crops(net, xb, top, warming_up)
-                    if not warming_up:
+                warming = warming_up()
+                if warming or epoch % RANK_EVERY == 0 or bool((chosen[idx] < 0).any()):
+                    best = training_crops(net, xb, top, warming)
+                    if not warming:
                         chosen[idx] = best
                 else:
                     best = chosen[idx]
