@@ -302,10 +302,17 @@ def air_threshold(img: np.ndarray, unexposed: np.ndarray | None = None) -> tuple
     """(threshold, contrast) of a display image (float in [0, 1]): air is at or below the threshold, AIR_LEVEL of
     the way from the background level (`background_level`) to the median of what is brighter and not the unexposed
     border (`unexposed_mask`, computed when not given); contrast is that median minus the background level. The
-    breast is what lies above it (`synth.realism.breast_mask`)."""
+    breast is what lies above it (`synth.realism.breast_mask`).
+
+    The air is darker than the breast, so a level with less than AIR_MIN_SHARE of the image brighter than it is
+    no air but the brightest flat region: a saturated implant filling half a spot view's field outvotes a small air
+    pocket in the darker half. The level is then voted again among what is darker than it (since stop 60: the
+    threshold came out above 1, the whole field was air, and the clip beside such an implant had no candidate)."""
     if unexposed is None:
         unexposed = unexposed_mask(img)
     lo = background_level(img, exclude=unexposed)
+    if ((img > lo + 0.02) & ~unexposed).sum() < AIR_MIN_SHARE * img.size:  # no breast brighter than the level
+        lo = background_level(img, exclude=unexposed | (img >= lo - 1.0 / VOTE_BINS))
     hi = _median_above(img, lo, unexposed)
     hi = lo + 0.1 if hi is None else hi
     return lo + AIR_LEVEL * (hi - lo), hi - lo

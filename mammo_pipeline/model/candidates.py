@@ -92,8 +92,10 @@ from mammo_pipeline.model.preprocess import CHANNEL_RANGE, TISSUE_PERCENTILES, _
 # wall at column 0 (`air.canonical`: a breast stored mirrored gets the same crops and scores), centres in the
 # stored image's pixels (14 was stop 55's skin-slot branch, not taken: its kept candidates-v14 folders may exist);
 # 16: on displays at one pitch (normalization version 6), the scales shares of the display size, not of the image's
-# own long side (a 24 x 30 cm detector's clip was 20 % smaller in display px than an 18 x 24 cm one's).
-SECOND_LOOK_VERSION = "16"
+# own long side (a 24 x 30 cm detector's clip was 20 % smaller in display px than an 18 x 24 cm one's); 17: the air
+# of a spot view whose field is over half a saturated implant (its flat gray took the background level's vote and
+# the whole field was air: `air.air_threshold`).
+SECOND_LOOK_VERSION = "17"
 # Gaussian scales as shares of the long side (0.2 % and 0.8 % of a 24-30 cm detector are 0.5-0.6 and 2-2.4 mm):
 # a stroke's width (the 0.3-0.6 mm ribbon or wire, the 1-mm bead of a barbell; this scale was added in stop 27
 # after the real clip of the evaluation images, a ~1.2 mm saturated bead, fell between the candidates of two

@@ -245,6 +245,34 @@ def test_a_spot_views_collimator_is_the_border_when_an_implant_makes_its_field_b
     assert away_from_air(img, 5)[145, 88]  # in the tissue beside the implant
 
 
+def test_an_implant_over_half_a_spot_views_field_does_not_take_the_air_level_from_its_air_pocket():
+    """A spot view whose field is over half a saturated implant, with a small pocket of air at its far side: the
+    implant's flat gray is then the field's median and the flattest thing in its "darker half", so it took the
+    background level's vote; the threshold came out above 1 and the whole image was air (two clip images of held-out
+    drops had no candidate at all). The air is darker than the breast: a level with nothing brighter than it is no
+    air, and the level is voted again below it."""
+    from mammo_pipeline.model.air import unexposed_mask
+
+    rng = np.random.default_rng(13)
+    h, w = 256, 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    field = (yy >= 90) & (yy < 200) & (xx >= 4) & (xx < 100)
+    implant = (((yy - 145) / 58.0) ** 2 + ((xx - 40) / 44.0) ** 2 < 1) & field
+    pocket = field & (xx >= 88)  # air between the skin and the paddle's edge
+    tissue = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.5)
+    img = np.where(implant, 0.98, 0.35 + 0.1 * tissue / tissue.std())
+    img = np.where(pocket, 0.02 + rng.normal(0, 0.004, (h, w)), img)
+    img = np.clip(np.where(field, img, 0.90 + rng.normal(0, 0.002, (h, w))), 0, 1)
+    assert implant.sum() > 0.5 * field.sum() and np.median(img[field]) == 0.98  # the implant holds the median
+    border = unexposed_mask(img)
+    assert not (border & implant).any() and border.sum() > 0.95 * (~field).sum()
+    threshold, _ = air_threshold(img, border)
+    assert 0.02 < threshold < 0.3  # between the air and the tissue
+    found = air_mask(img, border)
+    assert (found & pocket).sum() > 0.9 * pocket.sum() and not (found & (implant | ~field)).any()
+    assert away_from_air(img, 5)[145, 80]  # in the tissue beside the implant, 8 px from the air
+
+
 def test_air_that_takes_the_background_vote_is_not_mistaken_for_a_border():
     """The other twin: in a contact view the air holds the background level and runs along the far side of the
     frame, but the rest of the image (the breast) is brighter than it, so it is air, not an unexposed border."""
