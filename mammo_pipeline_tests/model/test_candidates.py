@@ -345,3 +345,27 @@ def test_at_one_display_size_the_scales_are_the_same_on_a_larger_canvas():
     ratio = large[2] / small[2]  # the same blob measure; its tissue percentile (the unit) moves with the air share
     assert np.allclose(ratio, ratio[0], rtol=1e-3) and 0.9 < ratio[0] < 1.1
     assert not np.array_equal(own[1], large[1])  # the canvas's own long side: other scales, other candidates
+
+
+def test_a_clip_beside_an_implant_that_fills_most_of_a_spot_views_field_is_a_candidate():
+    """A spot view whose field is over half a saturated implant, with a pocket of air at its far side: the
+    implant's flat gray held the field's median and took the air's background vote, the whole field was air and the
+    image had no candidate at all (second-look version 17; `test_air.py` has the rule itself)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(14)
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, (512, 400)), 3)
+    img = 120 + 10 * noise / noise.std()  # tissue from the chest wall (column 0) on
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    field = (yy >= 250) & (yy < 400) & (xx < 160)  # the paddle's field against the chest wall, an eighth of the image
+    implant = (((yy - 325) / 75.0) ** 2 + (xx / 120.0) ** 2 < 1) & field
+    img = np.where(implant, 252, img)
+    img = np.where(field & (xx >= 145), 8 + rng.normal(0, 1, img.shape), img)  # air between skin and paddle edge
+    img = np.where(field, img, 235 + rng.normal(0, 0.5, img.shape))  # the collimator's flat shadow
+    assert implant.sum() > 0.5 * field.sum()
+    clip = (275, 118)  # in the tissue between the implant and the air
+    assert not implant[clip] and field[clip]
+    _ribbon(img, clip, value=255)
+    _, centres, _ = candidates(np.clip(img, 0, 255).astype(np.uint8))
+    assert (centres[:, 0] >= 0).any()
+    assert np.hypot(*(centres - np.array(clip)).T).min() <= 7
