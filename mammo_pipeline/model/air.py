@@ -173,12 +173,18 @@ def _mode(vals: np.ndarray, bins: int, weight: np.ndarray | None = None) -> floa
     return float(sel.mean()) if sel.size else float(edges[k])
 
 
-def _median_above(img: np.ndarray, lo: float, exclude: np.ndarray | None = None) -> float | None:
-    """Median gray of what is brighter than the background level `lo` (by more than 0.02) and not in `exclude`:
-    the breast's gray, against which air and border are judged; None when nothing is."""
+def _above(img: np.ndarray, lo: float, exclude: np.ndarray | None = None) -> np.ndarray:
+    """bool [H, W]: what is brighter than the background level `lo` (by more than 0.02) and not in `exclude`: the
+    breast, as far as the background level can tell."""
     above = img > lo + 0.02
     if exclude is not None:
         above &= ~exclude
+    return above
+
+
+def _median_above(img: np.ndarray, lo: float, exclude: np.ndarray | None = None) -> float | None:
+    """Median gray of `_above`: the breast's gray, against which air and border are judged; None when nothing is."""
+    above = _above(img, lo, exclude)
     return float(np.percentile(img[above], 50)) if above.any() else None
 
 
@@ -314,7 +320,7 @@ def air_threshold(img: np.ndarray, unexposed: np.ndarray | None = None) -> tuple
     if unexposed is None:
         unexposed = unexposed_mask(img)
     lo = background_level(img, exclude=unexposed)
-    if ((img > lo + 0.02) & ~unexposed).sum() < AIR_MIN_SHARE * img.size:  # no breast brighter than the level
+    if _above(img, lo, unexposed).sum() < AIR_MIN_SHARE * img.size:  # no breast brighter than the level
         lo = background_level(img, exclude=unexposed | (img >= lo - 1.0 / VOTE_BINS))
     hi = _median_above(img, lo, unexposed)
     hi = lo + 0.1 if hi is None else hi
