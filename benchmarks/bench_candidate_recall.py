@@ -11,25 +11,54 @@ Builds (or reuses) the learning-curve data set (`bench_learning_curve.build_data
 split can draw. Candidates come from the image cache's store (`candidate_store` through
 `second_look_model.candidates_of`), as in the product; a clip is found when a candidate centre lies in
 one of the truth's clip boxes (`clip_among`, diagnosis only). Prints recall by kind of view and by profile, each
-miss (kind, profile, unsaturated clips, the display PNG), and the RATIO of the recall at K candidates to the recall
-at the first K / 2 (what the second half of the slots buys), in the same run. Nothing is trained.
+miss (kind, profile, unsaturated clips, the display PNG, and why: `why_missed`), and the RATIO of the recall at K
+candidates to the recall at the first K / 2 (what the second half of the slots buys), in the same run.
+Nothing is trained.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np
 import pandas as pd
 from bench_learning_curve import build_dataset, clip_among, labels_frame, truth_and_scale, view_kind
+from PIL import Image
 
 from mammo_pipeline.demo import DemoConfig
-from mammo_pipeline.model.candidates import K
+from mammo_pipeline.model.air import canonical
+from mammo_pipeline.model.candidates import ONE_DOME_IN, K, blob_score
 from mammo_pipeline.model.second_look_model import candidates_of
+
+
+def why_missed(png: Path, boxes: str, scale: float, long_side: int) -> str:
+    """Why no candidate lies on an image's clip (diagnosis only): the blob score's searchable local maxima
+    (`candidates.blob_score`, on the image with its chest wall at column 0, as the candidates are cut) on the
+    truth's clip boxes (display px = source px x `scale`, 4 px of slack as `box_kinds_at`). None there: the clip
+    lies in the air margin (`air.SKIN_DEPTH` from what the air rule takes for air), at the frame or beside a
+    stronger maximum within half a crop. Else the best one's rank among the image's maxima: beyond the
+    K - K // ONE_DOME_IN blob slots, and not among the strongest domes either."""
+    gray, mirrored = canonical(np.asarray(Image.open(png).convert("L")))
+    maxima, f = blob_score(gray, long_side)
+    best = 0.0
+    for kind, r0, r1, c0, c1 in json.loads(boxes):
+        if not kind.startswith("clip"):
+            continue
+        r0, r1, c0, c1 = (round(v * scale) for v in (r0, r1, c0, c1))
+        if mirrored:
+            c0, c1 = gray.shape[1] - 1 - c1, gray.shape[1] - 1 - c0
+        part = maxima[max(r0 - 4, 0) // f : (r1 + 4) // f + 1, max(c0 - 4, 0) // f : (c1 + 4) // f + 1]
+        best = max(best, float(part.max()) if part.size else 0.0)
+    if best <= 0:
+        return "no searchable maximum of the blob score on the clip (air margin, frame, or a stronger one beside it)"
+    rank = int((maxima > best).sum()) + 1
+    return f"its best maximum ({best:.2f}) ranks {rank} of the blob score, past its {K - K // ONE_DOME_IN} slots"
 
 
 def main() -> int:
@@ -69,6 +98,8 @@ def main() -> int:
         print(df.groupby(column)["found"].agg(found="sum", images="count").to_string() + "\n")
     for miss in df[~df["found"]].itertuples():
         print(f"  missed: {miss.kind} {miss.profile}, {miss.unsaturated} unsaturated clip(s): {miss.png}")
+        why = why_missed(Path(miss.png), truth["boxes"].iat[miss.Index], scale[miss.Index], settings.display_size)
+        print(f"    {why}")
     full, half = df["found"].mean(), df["found_half"].mean()
     print(f"RATIO recall at K = {K} / at K = {K // 2}: {full:.3f} / {half:.3f} = {full / half:.3f}x")
     return 0
