@@ -19,7 +19,6 @@ Nothing is trained.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import pandas as pd
-from bench_learning_curve import build_dataset, clip_among, labels_frame, truth_and_scale, view_kind
+from bench_learning_curve import (
+    box_kinds_at,
+    build_dataset,
+    clip_among,
+    labels_frame,
+    truth_and_scale,
+    view_kind,
+)
 from PIL import Image
 
 from mammo_pipeline.demo import DemoConfig
@@ -39,25 +45,26 @@ from mammo_pipeline.model.second_look_model import candidates_of
 
 def why_missed(png: Path, boxes: str, scale: float, long_side: int) -> str:
     """Why no candidate lies on an image's clip (diagnosis only): the blob score's searchable local maxima
-    (`candidates.blob_score`, on the image with its chest wall at column 0, as the candidates are cut) on the
-    truth's clip boxes (display px = source px x `scale`, 4 px of slack as `box_kinds_at`). None there: the clip
-    lies in the air margin (`air.SKIN_DEPTH` from what the air rule takes for air), at the frame or beside a
-    stronger maximum within half a crop. Else the best one's rank among the image's maxima: beyond the
-    K - K // ONE_DOME_IN blob slots, and not among the strongest domes either."""
+    (`candidates.blob_score`, on the image with its chest wall at column 0, as the candidates are cut), each at
+    its centre in the stored image's pixels as `candidates` places one, on a clip box when `box_kinds_at` says so
+    (as `clip_among` decides a candidate). None there: the clip lies in the air margin (`air.SKIN_DEPTH` from what
+    the air rule takes for air), at the frame or beside a stronger maximum within half a crop. Else the best one's
+    rank among the image's maxima: beyond the K - K // ONE_DOME_IN blob slots, and not among the strongest domes."""
     gray, mirrored = canonical(np.asarray(Image.open(png).convert("L")))
     maxima, f = blob_score(gray, long_side)
-    best = 0.0
-    for kind, r0, r1, c0, c1 in json.loads(boxes):
-        if not kind.startswith("clip"):
-            continue
-        r0, r1, c0, c1 = (round(v * scale) for v in (r0, r1, c0, c1))
-        if mirrored:
-            c0, c1 = gray.shape[1] - 1 - c1, gray.shape[1] - 1 - c0
-        part = maxima[max(r0 - 4, 0) // f : (r1 + 4) // f + 1, max(c0 - 4, 0) // f : (c1 + 4) // f + 1]
-        best = max(best, float(part.max()) if part.size else 0.0)
-    if best <= 0:
+    rows, cols = np.nonzero(maxima)
+    values = maxima[rows, cols]
+    rows, cols = np.minimum(rows * f + f // 2, gray.shape[0] - 1), np.minimum(cols * f + f // 2, gray.shape[1] - 1)
+    if mirrored:
+        cols = gray.shape[1] - 1 - cols
+    on_clip = np.array(
+        [any(k.startswith("clip") for k in box_kinds_at(boxes, scale, r, c)) for r, c in zip(rows, cols, strict=True)],
+        dtype=bool,
+    )
+    if not any(on_clip):
         return "no searchable maximum of the blob score on the clip (air margin, frame, or a stronger one beside it)"
-    rank = int((maxima > best).sum()) + 1
+    best = float(values[on_clip].max())
+    rank = int((values > best).sum()) + 1
     return f"its best maximum ({best:.2f}) ranks {rank} of the blob score, past its {K - K // ONE_DOME_IN} slots"
 
 
