@@ -555,7 +555,8 @@ def test_a_file_that_states_its_pixel_spacing_gets_a_display_at_one_pitch(settin
     """Version 6: a display shows 24 cm across `display_size` px where the file states its pitch (Imager Pixel
     Spacing first), so a 48 x 64 image of 2.5-mm pixels (a 16-cm field) gets a 683-px display, and the manifest
     says what a display pixel spans; without a spacing, or with one that makes an implausible field, the long side
-    is `display_size`, as before. The kept
+    is `display_size`, as before, and no mm per pixel is recorded (since version 7: before, the refused spacing's
+    was). The kept
     candidates are the second look's of that display, cut with the display size's scales (`long_side`)."""
     from mammo_pipeline.dicom.normalize import REFERENCE_FIELD_MM
     from mammo_pipeline.model import candidate_store
@@ -576,7 +577,7 @@ def test_a_file_that_states_its_pixel_spacing_gets_a_display_at_one_pitch(settin
     assert rows.loc[spaced, "display_mm_per_px"] == pytest.approx(REFERENCE_FIELD_MM / settings.display_size, rel=1e-3)
     assert rows.loc[plain, "display_width"] == settings.display_size and pd.isna(rows.loc[plain, "display_mm_per_px"])
     assert rows.loc[tiny, "display_width"] == settings.display_size
-    assert rows.loc[tiny, "display_mm_per_px"] == pytest.approx(64 * 0.07 / settings.display_size)
+    assert pd.isna(rows.loc[tiny, "display_mm_per_px"])  # the spacing is refused: no mm per pixel is claimed
     assert cache_module.displays_at_pitch(rows, settings.display_size) == 1
     png = settings.cache / rows.loc[spaced, "display_png"]
     with Image.open(png) as img:

@@ -181,7 +181,9 @@ def check_image(ds: Dataset, path: str) -> None:
     """Raise unless `ds` holds a single-sample grayscale integer image this pipeline can render.
 
     Checks (7FE0,0010) Pixel Data, (0028,0002) Samples per Pixel, (0028,0004) Photometric Interpretation,
-    (0028,0010/0011) Rows/Columns and (0028,0100/0101) Bits Allocated/Stored.
+    (0028,0010/0011) Rows/Columns and (0028,0100/0101) Bits Allocated/Stored. A grayscale Photometric
+    Interpretation written in lower case or padded ("Monochrome2 ") is put in its defined form on `ds` (in memory;
+    a CS value is upper case, PS3.5 6.2): pydicom's decoders match it exactly and refused the image as undecodable.
     """
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         raise Unsupported(f"{path}: float pixel data (7FE0,0008/0009) is not supported")
@@ -194,6 +196,8 @@ def check_image(ds: Dataset, path: str) -> None:
         raise Unsupported(
             f"{path}: (0028,0004) Photometric Interpretation {photometric or '(none)'!r} is not grayscale"
         )
+    if ds.PhotometricInterpretation != photometric:
+        ds.PhotometricInterpretation = photometric
     values = {}
     for keyword, tag in _IMAGE_TAGS:
         try:

@@ -33,9 +33,10 @@ Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
       when item 0 or the first pair is unusable (below), the next usable item or pair is applied (version 4;
       each one skipped is named in `Rendition.fallback_reason`);
    c. else, or when every window is degenerate (`check_window`: width < 1 for LINEAR, <= 0 otherwise, a window
-      wholly outside the data, an 8-bit window on deeper data) or maps the image to one gray level, a linear
-      map of the image's own range: min..max for a For Presentation image (`range_window`: its values are the
-      vendor's display values already, so its brightest tissue stays below its metal; the 0.5-99.5th percentile
+      wholly outside the data, an 8-bit window on deeper data, a deeper window on 8-bit data) or maps the image
+      to one gray level, a linear map of the image's own range: min..max for a For Presentation image, values
+      beyond four times its 1st-99th percentile span left out (`range_window`: its values are the vendor's
+      display values already, so its brightest tissue stays below its metal; the 0.5-99.5th percentile
       window of versions 1-2 made the top half percent of such an image white, dense-tissue junctions as white
       as a clip), the 0.5th to 99.5th percentile for a For Processing one (`percentile_window`: raw detector
       values, whose extremes are dead pixels and direct exposure). The reason lands in
@@ -53,7 +54,8 @@ Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
    image at REFERENCE_FIELD_MM / n mm per pixel, from its own pixel pitch (`pixel_pitch`: Imager Pixel Spacing,
    else Pixel Spacing, else Nominal Scanned Pixel Spacing), so a clip is as many display pixels wide on a
    24 x 30 cm detector as on an 18 x 24 cm one, and a larger matrix or a border round the breast leaves it its
-   size. Without a usable pitch it is n px, as a plain size.
+   size. Without a usable pitch it is n px, as a plain size, and no pitch is recorded. Pixels that are not square
+   are not resampled: the pitch is the stored long side's (`field_mm`).
 
 For speed (see decode.py) the raw values are area-averaged down to the largest requested size *before* the
 VOI step, and JPEG 2000 is decoded at a reduced resolution level. Rescale is linear so that commutes; a
@@ -85,8 +87,12 @@ from mammo_pipeline.dicom.headers import is_for_processing
 # image without a usable window shows its own min..max (`range_window`), no longer the 0.5-99.5th percentiles;
 # 4: when the first window pair or VOI LUT item is unusable, the next usable one is applied before the image's range;
 # 5: a frame of padding (declared, or black without a declaration) is cut away (`content_box`); 6: a size asked
-# `AtPitch` shows every image at one pitch in mm per pixel, from its pixel spacing
-NORM_VERSION = "6"
+# `AtPitch` shows every image at one pitch in mm per pixel, from its pixel spacing; 7: a window over four times
+# as wide as the data it covers is refused (`check_window`: an 8-bit export keeping its 12-bit window showed black),
+# the image's own range leaves out values beyond four times its 1st-99th percentile span (`range_window`: one dead
+# pixel or a burned-in label at the top of Bits Stored made the breast black), the pitch follows the stored long
+# side (non-square pixels) and is not recorded when it was refused (`pitch_long_side`)
+NORM_VERSION = "7"
 
 _APPLIED = frozenset({"voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID"})
 _ANY = _APPLIED | {"range", "percentile"}
@@ -98,10 +104,15 @@ UNCHANGED_SINCE = {
     ("4", "5"): _ANY,
     ("3", "5"): _APPLIED,
     ("2", "5"): _APPLIED,
+    ("6", "7"): _ANY,
 }
 # From this version on a frame of padding is cut away: an earlier rendition stands only where its display has no
 # edge line of one gray level (`constant_edge`), since a frame at least a display pixel deep leaves one
 FRAME_CUT_SINCE = 5
+# From this version on a window too wide for its data and a range stretched by outliers are refused: an earlier
+# rendition stands only where its display is not squeezed into a quarter of the gray scale (`squeezed`), which is
+# what either fault left
+SQUEEZE_REFUSED_SINCE = 7
 
 
 def rendition_current(
@@ -116,14 +127,24 @@ def rendition_current(
     and LUT renditions stand). Across FRAME_CUT_SINCE the earlier display (`display` reads it; None: not known,
     so not current) must also have no edge line of one gray level (`constant_edge`): a frame of padding a display
     pixel deep or more leaves one, so only those images are rendered again. A thinner frame is kept, less than a
-    display pixel off what version 5 renders."""
+    display pixel off what version 5 renders. Across SQUEEZE_REFUSED_SINCE the earlier display must not be
+    squeezed into a quarter of the gray scale (`squeezed`): only those images can have changed. (Version 7's
+    pitch changes touch only non-square or implausible pixel spacings; their earlier renditions are kept.)"""
     if norm_version == current:
         return True
     if voi_method not in UNCHANGED_SINCE.get((norm_version or "", current), frozenset()):
         return False
-    if _version(norm_version) < FRAME_CUT_SINCE <= _version(current):
-        return display is not None and not constant_edge(display())
-    return True
+    faults = [
+        fault
+        for since, fault in ((FRAME_CUT_SINCE, constant_edge), (SQUEEZE_REFUSED_SINCE, squeezed))
+        if _version(norm_version) < since <= _version(current)
+    ]
+    if not faults:
+        return True
+    if display is None:
+        return False
+    image = display()
+    return not any(fault(image) for fault in faults)
 
 
 def _version(text: str | None) -> int:
@@ -132,6 +153,9 @@ def _version(text: str | None) -> int:
 
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
+# `range_window` leaves out values farther from the 1st-99th percentile span than this many spans: the factor of
+# `check_window`'s 8-bit rule, set before measuring (a mammogram's metal is within 2x its densest tissue's value)
+OUTLIER_REACH = 4.0
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
@@ -167,18 +191,21 @@ def pixel_pitch(ds: Dataset) -> tuple[float, float] | None:
 
 
 def field_mm(shape: tuple[int, int], pitch: tuple[float, float]) -> float:
-    """The long side in mm of `shape` (rows, cols) source px of `pitch` (row, column) mm."""
-    return max(shape[0] * pitch[0], shape[1] * pitch[1])
+    """The length in mm of the long side, in pixels, of `shape` (rows, cols) source px of `pitch` (row, column)
+    mm: the side a display's long side follows (`target_shape`), rows on a tie. Pixels that are not square (a
+    rare scanner) are not resampled, so the pitch of a display is its long side's."""
+    axis = 0 if shape[0] >= shape[1] else 1
+    return shape[axis] * pitch[axis]
 
 
-def pitch_long_side(size: AtPitch, shape: tuple[int, int], pitch: tuple[float, float] | None) -> int:
-    """The long side in px at which `shape` (rows, cols of source px of `pitch` mm) shows `size`'s pitch; `size`'s
-    own long side without a pitch or outside PITCH_RANGE."""
+def pitch_long_side(size: AtPitch, shape: tuple[int, int], pitch: tuple[float, float] | None) -> int | None:
+    """The long side in px at which `shape` (rows, cols of source px of `pitch` mm) shows `size`'s pitch; None
+    without a pitch or outside PITCH_RANGE (the spacing is taken for an error: `size`'s own long side is shown)."""
     if pitch is None:
-        return size.long_side
+        return None
     n = round(field_mm(shape, pitch) / REFERENCE_FIELD_MM * size.long_side)
     low, high = PITCH_RANGE
-    return n if low * size.long_side <= n <= high * size.long_side else size.long_side
+    return n if low * size.long_side <= n <= high * size.long_side else None
 
 
 @dataclass
@@ -365,7 +392,11 @@ def check_window(window: Window, arr: np.ndarray, bits_stored: int) -> str | Non
 
     Degenerate: (0028,1051) Window Width < 1 (LINEAR) or <= 0 (LINEAR_EXACT, SIGMOID); a window wholly
     outside the data range; an 8-bit window (top <= 256) on non-negative data whose maximum is over four
-    times the window top, with more than a quarter of the pixels above it, when (0028,0101) Bits Stored > 8.
+    times the window top, with more than a quarter of the pixels above it, when (0028,0101) Bits Stored > 8;
+    and its mirror, a window centred above every value Bits Stored can hold, above the data's maximum, and over
+    four times as wide as the part of it the data cover (an 8-bit export that kept its 12-bit window: the image
+    showed black). The factor four is the 8-bit rule's, set before measuring, not fitted to any data set; a
+    low-contrast image under a wide window of its own depth keeps it (pydicom's test files hold such).
     """
     if window.function == "LINEAR" and window.width < 1:
         return f"(0028,1051) Window Width {window.width:g} < 1 for LINEAR"
@@ -377,6 +408,12 @@ def check_window(window: Window, arr: np.ndarray, bits_stored: int) -> str | Non
         return f"window [{lo:g}, {hi:g}] lies outside the data range [{data_min:g}, {data_max:g}]"
     if bits_stored > 8 and hi <= 256 and data_min >= 0 and data_max > 4 * hi and float((arr > hi).mean()) > 0.25:
         return f"window [{lo:g}, {hi:g}] looks 8-bit on {bits_stored}-bit data (max {data_max:g})"
+    deeper = window.center >= 2**bits_stored and data_max < window.center
+    if deeper and window.width > 4 * (min(hi, data_max) - max(lo, data_min)):
+        return (
+            f"window [{lo:g}, {hi:g}] is centred above every {bits_stored}-bit value and over four times as wide "
+            f"as the data it covers ([{data_min:g}, {data_max:g}]): made for deeper pixels"
+        )
     return None
 
 
@@ -422,13 +459,29 @@ def percentile_window(
 
 def range_window(arr: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, str | None]:
     """Linear map of the image's own min..max (pixels where `mask` is True, padding left out) onto [0, 1]; (image,
-    note). A constant image gives zeros and a note."""
+    note). A constant image gives zeros and a note.
+
+    Values beyond OUTLIER_REACH times the span of the 1st-99th percentiles from it (above the 1st, below the 99th)
+    are left out of the range, shown white or black, and the note counts them: a dead pixel or a burned-in label
+    at the top of Bits Stored would otherwise set the range alone and squeeze the breast into a few gray levels.
+    A clip stays in it: the vendor's display values put metal within a small multiple of the densest tissue."""
     x = np.asarray(arr, dtype=np.float32)
-    values = x[mask] if mask is not None and mask.any() else x
+    values = x[mask] if mask is not None and mask.any() else x.ravel()
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return np.zeros_like(x), f"constant image (every value {lo:g})"
-    return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0), None
+    step = max(1, values.size // 250_000)
+    p1, p99 = (float(v) for v in np.percentile(values[::step], [1, 99]))
+    reach = OUTLIER_REACH * (p99 - p1)
+    note = None
+    if p99 > p1 and (hi > p1 + reach or lo < p99 - reach):
+        inside = values[(values >= p99 - reach) & (values <= p1 + reach)]
+        lo, hi = float(inside.min()), float(inside.max())
+        note = (
+            f"{values.size - inside.size} pixel(s) beyond {OUTLIER_REACH:g} times the 1st-99th percentile span "
+            f"[{p1:g}, {p99:g}] left out of the range (a dead pixel or a burned-in label)"
+        )
+    return np.clip((x - np.float32(lo)) / np.float32(max(hi - lo, 1e-6)), 0.0, 1.0), note
 
 
 def apply_voi(
@@ -469,8 +522,8 @@ def apply_voi(
     if is_for_processing(ds):
         out, constant = percentile_window(arr, mask=image)
         return out, "percentile", "; ".join([*reasons, *([constant] if constant else [])])
-    out, constant = range_window(arr, mask=image)
-    return out, "range", "; ".join([*reasons, *([constant] if constant else [])])
+    out, note = range_window(arr, mask=image)
+    return out, "range", "; ".join([*reasons, *([note] if note else [])])
 
 
 # --- 3. Inversion ------------------------------------------------------------------------------------------
@@ -555,8 +608,11 @@ def render_pixels(
             padding = padding[top:bottom, left:right] if padding[top:bottom, left:right].any() else None
     content = source_shape if kept is None else (kept[2] - kept[0], kept[3] - kept[1])
     pitch = pixel_pitch(ds) if any(isinstance(size, AtPitch) for size in asked) else None
+    at_pitch = {size: pitch_long_side(size, content, pitch) for size in asked if isinstance(size, AtPitch)}
+    if all(n is None for n in at_pitch.values()):
+        pitch = None  # refused: no mm per pixel is claimed for any size
     wanted = {  # NATIVE: the content's own long side
-        size: pitch_long_side(size, content, pitch) if isinstance(size, AtPitch) else size or max(content)
+        size: (at_pitch[size] or size.long_side) if isinstance(size, AtPitch) else size or max(content)
         for size in asked
     }
     work_shape = target_shape(content, min(max(wanted.values()), max(content)))
@@ -630,6 +686,16 @@ def _in_source_px(
     sy, sx = source[0] / shape[0], source[1] / shape[1]
     top, left, bottom, right = box
     return round(top * sy), round(left * sx), min(source[0], round(bottom * sy)), min(source[1], round(right * sx))
+
+
+def squeezed(display: np.ndarray) -> bool:
+    """Whether a display image (uint8 HxW) shows its central 98 % of pixels within a quarter of the gray scale:
+    what a window made for deeper pixels or a range stretched by a dead pixel left (`rendition_current`). A
+    mammogram's display spans the air's black to the tissue's gray."""
+    if display.size == 0:
+        return False
+    p1, p99 = np.percentile(display, [1, 99])
+    return float(p99 - p1) < 64
 
 
 def constant_edge(display: np.ndarray) -> bool:
@@ -745,7 +811,10 @@ def _decode_long_side(ds: Dataset, sizes: Sequence[int | AtPitch]) -> int:
     except (AttributeError, TypeError, ValueError):
         stored = None
     pitch = pixel_pitch(ds) if stored else None
-    return max(pitch_long_side(s, stored or (0, 0), pitch) if isinstance(s, AtPitch) else int(s) for s in sizes)
+    return max(
+        (pitch_long_side(s, stored or (0, 0), pitch) or s.long_side) if isinstance(s, AtPitch) else int(s)
+        for s in sizes
+    )
 
 
 def _long(size: int | AtPitch) -> int:

@@ -32,6 +32,7 @@ from mammo_pipeline.dicom.normalize import (
     render_pixels,
     rendition_current,
     resize_area,
+    squeezed,
     target_shape,
     to_display,
     window_linear,
@@ -287,6 +288,71 @@ def test_no_voi_never_turns_the_brightest_tissue_into_metal_white():
     raw = make_ds(arr, SOPClassUID=MG_FOR_PROCESSING)  # raw detector values: the percentile window still
     raw.file_meta.MediaStorageSOPClassUID = MG_FOR_PROCESSING
     assert render(raw, (256,)).voi_method == "percentile"
+
+
+@pytest.mark.parametrize("outlier", ["dead pixel", "label"])
+def test_a_dead_pixel_or_a_burned_in_label_far_above_the_image_does_not_set_its_range(outlier):
+    """Without a window, one dead pixel at the top of Bits Stored 16 (or a small burned-in label at the top of 14)
+    set min..max alone and squeezed the breast into a few gray levels (version 6). Values beyond four times the
+    1st-99th percentile span are left out and said so; the breast shows as without them, the outlier white."""
+    arr = breast(256, 200)
+    clean = render(make_ds(arr, bits_stored=16), (256,)).images[256].astype(int)
+    spoilt = arr.copy()
+    where = (slice(5, 6), slice(150, 151)) if outlier == "dead pixel" else (slice(4, 12), slice(120, 160))
+    spoilt[where] = 65535 if outlier == "dead pixel" else 16383
+    rendition = render(make_ds(spoilt, bits_stored=16 if outlier == "dead pixel" else 14), (256,))
+    shown = rendition.images[256].astype(int)
+    assert rendition.voi_method == "range" and "left out of the range" in rendition.fallback_reason
+    assert (shown[where] == 255).all()
+    rest = np.ones(arr.shape, bool)
+    rest[where] = False
+    assert np.abs(shown[rest] - clean[rest]).mean() < 1 and shown[rest].mean() > 60
+
+
+def test_a_clip_brighter_than_the_tissue_stays_in_the_range_and_below_it_the_tissue_keeps_its_grays():
+    """The outlier rule must not take a For Presentation image's metal for a dead pixel: a clip at the top of a
+    12-bit image is within four spans of its tissue, so min..max stands and nothing is said."""
+    arr = breast(256, 200)
+    arr[100:104, 80:84] = 4095
+    rendition = render(make_ds(arr), (256,))
+    assert rendition.voi_method == "range" and "left out" not in rendition.fallback_reason
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_an_8bit_export_that_kept_its_12bit_window_shows_its_range_not_black(photometric):
+    """A 12-bit mammogram exported to 8 bits (a Secondary Capture, JPEG baseline) that kept its Window 1900/3600:
+    every value lies in the window's bottom few percent, so it showed black (white for MONOCHROME1). A window
+    centred above every value Bits Stored holds and over four times as wide as the data it covers is refused."""
+    arr = (breast(256, 200) >> 4).astype(np.uint8)
+    ds = make_ds(arr, bits_stored=8, WindowCenter=1900, WindowWidth=3600, PhotometricInterpretation=photometric)
+    rendition = render(ds, (128,))
+    assert rendition.voi_method == "range" and "made for deeper pixels" in rendition.fallback_reason
+    tissue = breast(256, 200)[::2, ::2] > 1500
+    shown = rendition.images[128].astype(float)
+    shown = 255 - shown if photometric == "MONOCHROME1" else shown
+    assert shown[tissue].mean() > 120 and shown[~tissue].mean() < 60
+
+
+def test_a_low_contrast_image_under_a_wide_window_of_its_own_depth_keeps_it():
+    """The mirror rule is for windows made for deeper pixels only: a 12-bit image whose values span a fifth of its
+    own window 1600/2800 (pydicom's test files hold such) is shown through it, as its header says."""
+    arr = (1500 + breast(128, 96) // 8).astype(np.uint16)
+    rendition = render(make_ds(arr, WindowCenter=1600, WindowWidth=2800), (64,))
+    assert rendition.voi_method == "window:LINEAR" and rendition.fallback_reason is None
+
+
+@pytest.mark.parametrize("photometric", ["Monochrome2", "monochrome1 ", "MONOCHROME2 "])
+def test_a_photometric_interpretation_in_lower_case_or_padded_is_read_as_its_defined_term(photometric):
+    """pydicom's decoders match (0028,0004) exactly and refused "Monochrome2" as undecodable, an image lost; the
+    check puts it in its defined form first, and MONOCHROME1 still inverts."""
+    arr = breast(128, 96)
+    expected = render(make_ds(arr, PhotometricInterpretation=photometric.strip().upper()), (64,)).images[64]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on the invalid CS value as it is read
+        ds = make_ds(arr, PhotometricInterpretation=photometric)
+    rendition = render(ds, (64,))
+    assert np.array_equal(rendition.images[64], expected)
+    assert rendition.inverted == (photometric.strip().upper() == "MONOCHROME1")
 
 
 @pytest.mark.parametrize("window", [{}, {"WindowCenter": 2047, "WindowWidth": 4096}])
@@ -569,6 +635,21 @@ def test_the_upgrade_to_one_pitch_renders_every_image_again():
     assert rendition_current("6", "range", "6")
 
 
+def test_the_upgrade_that_refuses_squeezed_displays_renders_only_those_again():
+    """Version 7 refuses windows made for deeper pixels and ranges set by a dead pixel: only a version-6 display
+    squeezed into a quarter of the gray scale (what either fault left) is rendered again."""
+    rng = np.random.default_rng(0)
+    fine = rng.integers(0, 256, (64, 48), dtype=np.uint8)
+    dark = rng.integers(0, 12, (64, 48), dtype=np.uint8)
+    white = 255 - dark
+    assert not squeezed(fine) and squeezed(dark) and squeezed(white)
+    for method in ("window:LINEAR", "range", "voi_lut"):
+        assert rendition_current("6", method, "7", lambda: fine)
+        assert not rendition_current("6", method, "7", lambda: dark)
+    assert not rendition_current("6", "range", "7")  # the display cannot be read: rendered again
+    assert not rendition_current("5", "window:LINEAR", "7", lambda: fine)  # version 6 changed every size
+
+
 def _air_at_zero(rows: int, cols: int) -> np.ndarray:
     """`breast` with its air stored at 0, the darkest value, as the NYU images' is (a border cannot be cut)."""
     img = breast(rows, cols)
@@ -611,4 +692,14 @@ def test_the_pitch_is_read_from_the_detector_plane_first_and_an_implausible_one_
     assert pixel_pitch(make_ds(img, PixelSpacing=["0.1", "0.2"])) == (0.1, 0.2)
     for tags in ({}, {"ImagerPixelSpacing": ["0", "0"]}, {"PixelSpacing": ["0.01", "0.01"]}, {"PixelSpacing": "5"}):
         assert long_side(**tags) == 120, tags
-    assert render(make_ds(img), (size,)).mm_per_px(size) is None
+        assert render(make_ds(img, **tags), (size, 120)).mm_per_px(120) is None, tags  # refused: no mm claimed
+
+
+def test_pixels_that_are_not_square_take_the_pitch_of_the_stored_long_side():
+    """The display keeps the stored matrix's aspect (no resampling), so its long side follows the stored long
+    side, and so must the pitch: 240 rows of 1 mm and 192 columns of 2 mm show at AtPitch(120) as 120 rows of
+    2 mm (before: the 384-mm physical width set 192 rows, and the manifest claimed 2 mm per px of 1.25)."""
+    img = _air_at_zero(240, 192)
+    size = AtPitch(120)
+    rendition = render(make_ds(img, ImagerPixelSpacing=["1", "2"]), (size,))
+    assert rendition.images[size].shape == (120, 96) and rendition.mm_per_px(size) == 2.0
