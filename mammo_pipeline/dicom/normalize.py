@@ -691,10 +691,11 @@ def _in_source_px(
 def squeezed(display: np.ndarray) -> bool:
     """Whether a display image (uint8 HxW) shows its central 98 % of pixels within a quarter of the gray scale:
     what a window made for deeper pixels or a range stretched by a dead pixel left (`rendition_current`). A
-    mammogram's display spans the air's black to the tissue's gray."""
+    mammogram's display spans the air's black to the tissue's gray. Every fourth pixel of every fourth line is
+    enough for two percentiles (an upgrade reads a million of them)."""
     if display.size == 0:
         return False
-    p1, p99 = np.percentile(display, [1, 99])
+    p1, p99 = np.percentile(display[::4, ::4], [1, 99])
     return float(p99 - p1) < 64
 
 
