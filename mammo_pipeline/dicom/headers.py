@@ -865,6 +865,8 @@ def _read_until_pixels(
             fp.seek(0)
             head = fp.read(132)
             if not _bare_dataset(head):
+                if size == 0:  # a copy that never ran, or one still running: copy it again
+                    raise Truncated(f"{name}: the file is empty (0 bytes)") from exc
                 if 0 < size < 144 and b"DICM".startswith(head[128:132]) and not head[:128].strip(b"\x00"):
                     raise Truncated(f"{name}: the file ends ({size} bytes) before its File Meta group") from exc
                 raise NotDicom(f"{name}: not a DICOM file (no DICM prefix, no data set at byte 0)") from exc

@@ -325,6 +325,17 @@ def test_read_header_row_rejects_non_dicom(tmp_path):
     assert info.value.reason == "not_dicom"
 
 
+def test_an_empty_file_is_quarantined_as_truncated_and_says_it_is_empty(tmp_path):
+    """A 0-byte file in a drop is a copy that never ran (or is still running), not a foreign file: the reason
+    tells the operator to copy it again (before: "not a DICOM file (no DICM prefix ...)")."""
+    path = tmp_path / "land" / "h1" / "d1" / "IM000003.dcm"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    with pytest.raises(Truncated, match="empty \\(0 bytes\\)") as info:
+        read_header_row(path, tmp_path / "land", "h1", "d1", SALT)
+    assert info.value.reason == "truncated"
+
+
 def test_read_header_row_rejects_truncated_pixel_data(tmp_path):
     path = write_mg(tmp_path / "land" / "h1" / "d1" / "cut.dcm")
     path.write_bytes(path.read_bytes()[:-1000])
