@@ -289,18 +289,26 @@ def iter_dicom_files(landing: Path, hospital: str, drops: list[str] | None = Non
 
 
 def iter_dicom_stats(
-    landing: Path, hospital: str, drops: list[str] | None = None, skipped: list[str] | None = None
+    landing: Path,
+    hospital: str,
+    drops: list[str] | None = None,
+    skipped: list[str] | None = None,
+    unlistable: set[str] | None = None,
 ) -> Iterator[tuple[str, str, int, int]]:
     """(drop, path, size in bytes, mtime_ns) for every file of a hospital's drops: regular files (symlinks to them
     too) in every folder below the drop, linked folders included (each folder once: a link loop ends), names
-    starting with `.` or `_` skipped (and appended to `skipped` when given),
+    starting with `.` or `_` skipped (and appended to `skipped` when given), the drops holding a folder that cannot
+    be listed (permission denied) added to `unlistable` when given (its files are not gone: not listed),
     in path order (component by component, as pathlib sorts). One `os.scandir` per folder and one stat per file,
     as indexing a drop of 10^5 files must not spend its time in pathlib."""
     for drop in drops if drops is not None else list_drops(landing, hospital):
         found: list[tuple[tuple[str, ...], str, os.stat_result]] = []
         root = os.fspath(landing / hospital / drop)
+        denied: list[str] = []
         if os.path.isdir(root):  # as rglob: a missing drop holds nothing
-            _scan(root, (), found, skipped=skipped)
+            _scan(root, (), found, skipped=skipped, denied=denied)
+        if denied and unlistable is not None:
+            unlistable.add(drop)
         found.sort(key=lambda entry: entry[0])
         for _, path, info in found:
             yield drop, path, info.st_size, info.st_mtime_ns
@@ -312,10 +320,12 @@ def _scan(
     found: list[tuple[tuple[str, ...], str, os.stat_result]],
     seen: set[tuple[int, int]] | None = None,
     skipped: list[str] | None = None,
+    denied: list[str] | None = None,
 ) -> None:
     """Append (path parts, path, stat) of every regular file below `folder`; `seen`: the (device, inode) of the
     folders entered, so a link back up the tree is not followed twice; `skipped`: where to list the files passed
-    over for their name (`.` or `_` first: `_READY`, a Mac's `._` and `.DS_Store` files)."""
+    over for their name (`.` or `_` first: `_READY`, a Mac's `._` and `.DS_Store` files); `denied`: where to list
+    the folders that could not be listed (permission denied)."""
     seen = seen if seen is not None else set()
     try:
         here = os.stat(folder)
@@ -324,13 +334,17 @@ def _scan(
         seen.add((here.st_dev, here.st_ino))
         with os.scandir(folder) as it:
             entries = list(it)
-    except (PermissionError, FileNotFoundError):  # as pathlib's rglob: an unreadable folder holds nothing
+    except FileNotFoundError:  # as pathlib's rglob: a vanished folder holds nothing
+        return
+    except PermissionError:  # nothing listed, but its files are not gone: the caller is told
+        if denied is not None:
+            denied.append(folder)
         return
     for entry in entries:
         key = (*parts, entry.name)
         try:
             if entry.is_dir():  # a linked folder too: a study folder linked in from a mount is read where it leads
-                _scan(entry.path, key, found, seen, skipped)
+                _scan(entry.path, key, found, seen, skipped, denied)
                 continue
             if entry.name.startswith((".", "_")):
                 if skipped is not None and entry.is_file():

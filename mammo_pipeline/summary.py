@@ -50,7 +50,7 @@ def aggregate_studies(image_predictions: Path, points: dict | None = None) -> pd
     """
     con = duckdb.connect()
     try:
-        source = f"read_parquet('{image_predictions}')"
+        source = f"read_parquet({warehouse.sql_string(warehouse.parquet_source(image_predictions))})"
         present = set(con.execute(f"SELECT * FROM {source} LIMIT 0").df().columns)
         # typed like the image_predictions table: needs_review is a NULL column for models without it
         con.execute(f"CREATE VIEW images AS {schemas.select_sql('image_predictions', source, present)}")

@@ -10,6 +10,7 @@ so it can be rebuilt at any time with `refresh_views`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import duckdb
@@ -77,7 +78,7 @@ def read_slice(settings: Settings, table: str, hospital: str, model_version: str
     if not path.exists():
         raise FileNotFoundError(f"{path}: no {table} for hospital {hospital} and model {model_version}")
     with duckdb.connect() as con:
-        return con.execute(_table_sql(con, table, str(path), hive=False)).df()
+        return con.execute(_table_sql(con, table, parquet_source(path), hive=False)).df()
 
 
 def slice_is_fresh(path: Path, sop_uids: set[str], sha256: str, newer_than: pd.Timestamp | None = None) -> bool:
@@ -93,15 +94,30 @@ def slice_is_fresh(path: Path, sop_uids: set[str], sha256: str, newer_than: pd.T
 
 
 def table_glob(settings: Settings, table: str) -> str | None:
-    """The read_parquet glob of a table, or None while it has no files."""
+    """The read_parquet glob of a table (its folder escaped: `parquet_source`), or None while it has no files."""
     root = settings.table_dir(table)
     pattern = schemas.TABLES[table].glob_pattern
-    return str(root / pattern) if any(root.glob(pattern)) else None
+    return parquet_source(root, pattern) if any(root.glob(pattern)) else None
+
+
+def parquet_source(path: Path | str, pattern: str = "") -> str:
+    """`path` (a file, or a folder followed by the glob `pattern`) as DuckDB's read_parquet reads it: `*`, `?` and
+    `[` in the path matched as themselves (`glob.escape`: DuckDB's globs take bash-style brackets), so a
+    MAMMO_HOME such as `/data/o'brien [v2]` is read as named. Quote it with `sql_string`."""
+    import glob
+
+    escaped = glob.escape(os.fspath(path))
+    return f"{escaped}/{pattern}" if pattern else escaped
+
+
+def sql_string(text: str) -> str:
+    """`text` as an SQL string literal: in single quotes, each quote inside doubled (an apostrophe in a path)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _table_sql(con: duckdb.DuckDBPyConnection, table: str, glob: str, hive: bool = True) -> str:
     options = schemas.read_options(table) if hive else "union_by_name=true"
-    source = f"read_parquet('{glob}', {options})"
+    source = f"read_parquet({sql_string(glob)}, {options})"
     present = set(con.execute(f"SELECT * FROM {source} LIMIT 0").df().columns)
     return schemas.select_sql(table, source, present)
 

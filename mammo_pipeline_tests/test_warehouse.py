@@ -53,6 +53,19 @@ def test_views_are_typed_by_the_schema_and_hive_keys_stay_text(settings):
             assert rows == [(hospital, "20240105")]
 
 
+@pytest.mark.parametrize("name", ["o'brien", "mammo [v2]", "run*"])
+def test_a_home_whose_path_holds_a_quote_or_glob_characters_is_read_as_named(tmp_path, name):
+    """The tables' paths go into DuckDB's SQL and globs: an apostrophe ended the string literal (a ParserException)
+    and `[v2]` was a character class that matched no file (stop 62's probe); both are now escaped."""
+    from mammo_pipeline.settings import Settings
+
+    settings = Settings.under(tmp_path / name).ensure_dirs()
+    _slice(settings, "h1", ["a", "b"])
+    assert warehouse.refresh_views(settings)[0] == "image_predictions"
+    assert warehouse.query(settings, "SELECT count(*) AS n FROM image_predictions")["n"].iat[0] == 2
+    assert list(warehouse.read_slice(settings, "image_predictions", "h1", "m1")["sop_instance_uid"]) == ["a", "b"]
+
+
 def test_write_refuses_a_frame_that_does_not_fit_the_schema(settings):
     with pytest.raises(schemas.SchemaError, match="not in its schema"):
         warehouse.write_slice(settings, "image_predictions", "h1", "m1", pd.DataFrame({"surprise": [1]}))

@@ -34,8 +34,9 @@ SUBCOMMANDS: tuple[str, ...] = (
 
 
 class _Mammo(click.Group):
-    """The command group: a MAMMO_* variable it cannot use, or a file it cannot write (a full disk, a folder
-    without write permission), is a one-line error naming the file, not a traceback."""
+    """The command group: a MAMMO_* variable it cannot use, a file it cannot write (a full disk, a folder
+    without write permission), or a store it cannot open or read (a read-only home's DuckDB or SQLite file, a
+    damaged Parquet or JSON file: `_store_fault`) is a one-line error naming it, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -46,6 +47,32 @@ class _Mammo(click.Group):
             if e.errno == errno.EPIPE:  # `mammo query ... | head`: click.main ends quietly on a closed pipe
                 raise
             raise click.ClickException(str(e)) from e
+        except Exception as e:
+            store = _store_fault(e)
+            if store is None:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise click.ClickException(f"{store}: {first}") from e
+
+
+def _store_fault(e: Exception) -> str | None:
+    """Which store an exception comes from, when it says a file cannot be opened or read rather than a fault in
+    this code: DuckDB's (the warehouse: a read-only home, a damaged Parquet file under a view), SQLite's (the
+    label store: a file that is not a database, locked or read-only), pyarrow's (a damaged Parquet file) and a
+    damaged JSON file. None for anything else, whose traceback stays."""
+    import json
+    import sqlite3
+
+    if isinstance(e, sqlite3.Error):
+        return "the label store (SQLite)"
+    if isinstance(e, json.JSONDecodeError):
+        return "a damaged JSON file"
+    module = type(e).__module__ or ""
+    if module.split(".")[0] in ("duckdb", "_duckdb"):
+        return "the warehouse (DuckDB)"
+    if module.split(".")[0] == "pyarrow":
+        return "a Parquet file"
+    return None
 
 
 @click.group(cls=_Mammo, context_settings={"help_option_names": ["-h", "--help"]})

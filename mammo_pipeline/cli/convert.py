@@ -103,7 +103,9 @@ def convert_all(pairs: list[tuple[Path, Path]], max_side: int, workers: int = 0)
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for PNGs.")
 @click.option("--max-side", default=1024, show_default=True, type=click.IntRange(min=1), help="Long side in pixels.")
-@click.option("-j", "--workers", default=0, show_default=True, help="Processes (0 = one per core).")
+@click.option(
+    "-j", "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Processes (0 = one per core)."
+)
 @click.option("-s", "--silent", is_flag=True, help="No progress bar.")
 def command(sources: tuple[Path, ...], out: Path, max_side: int, workers: int, silent: bool) -> None:
     """Convert DICOM files or folders (recursively) to PNG with the display normalization.

@@ -9,8 +9,10 @@ from mammo_pipeline.settings import Settings
 
 @click.command("demo")
 @click.option("--quick", is_flag=True, help="A tiny version (2 hospitals, one round) for CI and a first look.")
-@click.option("--rounds", type=int, default=None, help="Active-learning rounds of 125 labels (default 4).")
-@click.option("--studies", type=int, default=None, help="Studies per hospital (default 90).")
+@click.option(
+    "--rounds", type=click.IntRange(min=1), default=None, help="Active-learning rounds of 125 labels (default 4)."
+)
+@click.option("--studies", type=click.IntRange(min=1), default=None, help="Studies per hospital (default 90).")
 @click.option(
     "--pretrained",
     type=click.Choice(["none", "imagenet"]),

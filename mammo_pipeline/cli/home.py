@@ -47,10 +47,17 @@ def command(show_env: bool) -> None:
     settings = init_home(settings)
     if show_env:
         for key, value in settings.as_env().items():
-            click.echo(f"export {key}={shlex.quote(value)}")
+            if key in SECRETS:
+                click.echo(f"# {key} is set and not printed: a secret (with it, patient keys can be traced back)")
+            else:
+                click.echo(f"export {key}={shlex.quote(value)}")
         return
     for var, default, text in ENVIRONMENT_VARIABLES:
         click.echo(f"{var:26} {text} (default {default})")
     click.echo()
     for key, value in settings.as_env().items():
-        click.echo(f"{key}={value}")
+        click.echo(f"{key}={'(set, not printed)' if key in SECRETS else value}")
+
+
+# Settings never echoed: MAMMO_SALT turns a 16-character patient key back into its Patient ID by brute force
+SECRETS = frozenset({"MAMMO_SALT"})

@@ -187,7 +187,8 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             )
     schemas.check_file("image_predictions", path)
     warehouse.refresh_views(settings)
-    classes = warehouse.query(settings, f"SELECT predicted_class, count(*) AS n FROM read_parquet('{path}') GROUP BY 1")
+    source = warehouse.sql_string(warehouse.parquet_source(path))
+    classes = warehouse.query(settings, f"SELECT predicted_class, count(*) AS n FROM read_parquet({source}) GROUP BY 1")
     class_counts = dict(zip(classes["predicted_class"], classes["n"].tolist(), strict=True))
     yield dg.MaterializeResult(
         metadata={

@@ -185,7 +185,10 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     real: dict[str, dict[str, str]] = {}  # drop -> {pseudonymized path: real landing-relative path}
     prefix = len(str(settings.landing)) + 1
     skipped: list[str] = []
-    for drop, text, size, mtime_ns in iter_dicom_stats(settings.landing, hospital, skipped=skipped):
+    unlistable: set[str] = set()
+    for drop, text, size, mtime_ns in iter_dicom_stats(
+        settings.landing, hospital, skipped=skipped, unlistable=unlistable
+    ):
         real_rel = text[prefix:] if os.sep == "/" else _rel(text, settings.landing)
         rel = source_paths.pseudonymize_path(salt, real_rel)
         files.setdefault(drop, []).append((text, size, mtime_ns, rel))
@@ -203,6 +206,14 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         result.refused.append(
             f"{hidden} DICOM file(s) in landing/{hospital}/ were not indexed because their names start with `.` or "
             "`_` (names the pipeline keeps for markers and hidden files): rename them"
+        )
+    if unlistable:  # a folder that cannot be listed is not a deletion: such a drop keeps its rows as they were
+        for drop in unlistable:
+            files.pop(drop, None)
+            real.pop(drop, None)
+        result.refused.append(
+            f"{len(unlistable)} drop folder(s) of landing/{hospital}/ hold a folder that cannot be listed (permission "
+            "denied): their rows are kept as they were, and they are indexed again once every folder can be read"
         )
     for drop, mapping in real.items():
         source_paths.write_lookup(settings, hospital, drop, mapping)

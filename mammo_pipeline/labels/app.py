@@ -13,6 +13,7 @@ import hmac
 import importlib
 import os
 import secrets
+import sqlite3
 from pathlib import Path
 
 from fasthtml import common as fh
@@ -165,6 +166,14 @@ def create_app(
         canonical=False,
     )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def store_unavailable(request, exc: sqlite3.DatabaseError) -> Response:
+        """The label store busy past its 5-s wait, read-only, or its file gone: a clear refusal the key press's
+        toast shows, not a bare 500 the labeler takes for a saved label."""
+        message = f"the label store cannot be written ({exc}): nothing was saved; press the key again"
+        return HTMLResponse(fh.to_xml(fh.Span(message)), status_code=503, headers={"Retry-After": "5"})
+
+    app.add_exception_handler(sqlite3.DatabaseError, store_unavailable)
     security.install(app, security.allowed_hosts() if allowed_hosts is None else allowed_hosts)
     app.state.store = store
     rt = app.route
@@ -191,7 +200,7 @@ def create_app(
             ids = [i for i in ids if i == image_id or i not in held]
         images = [img for i in ids[: AHEAD + 1] if (img := store.image(i)) is not None]
         head, upcoming = (images[0], images[1:]) if images else (None, [])
-        card = ui.card(head, q, info.note, info.remaining, upcoming, sess.get("blind", blind), who)
+        card = ui.card(head, q, info.note, info.remaining, upcoming, sess.get("blind", blind), who, len(skipped))
         return card, counts
 
     def next_screen(sess, who: str, q: str, image_id: int | None = None) -> tuple:
@@ -249,6 +258,12 @@ def create_app(
             return fail(404, "no such image")
         session["skipped"] = [*session.get("skipped", []), image_id][-_MAX_SKIPPED:]
         return next_screen(session, auth, queue_name(data, session))
+
+    @rt("/unskip", methods=["post"])
+    def unskip(session):
+        """Bring back the images this session skipped (an empty queue offers it: they were gone till it ended)."""
+        session.pop("skipped", None)
+        return Response(status_code=204, headers={"HX-Refresh": "true"})
 
     @rt("/undo", methods=["post"])
     def undo(auth, session, data: dict):
@@ -322,7 +337,7 @@ def create_app(
             png = explain.heatmap_png(settings, image["hospital"], image["sop_instance_uid"])
         except FileNotFoundError as e:
             return fail(404, f"no heat map: {_without_paths(e, settings)}")
-        except (LookupError, RuntimeError, ValueError) as e:
+        except (LookupError, OSError, RuntimeError, ValueError) as e:  # OSError: a PNG PIL cannot read
             return fail(503, f"no heat map: {_without_paths(e, settings)}")
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 

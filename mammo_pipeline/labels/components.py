@@ -143,10 +143,19 @@ def slide_html(image: dict, queue: str, blind: bool, shown: bool, viewer: str = 
 
 
 def card(
-    image: dict | None, queue: str, note: str, remaining: int, upcoming: list[dict], blind: bool, viewer: str = ""
+    image: dict | None,
+    queue: str,
+    note: str,
+    remaining: int,
+    upcoming: list[dict],
+    blind: bool,
+    viewer: str = "",
+    skipped: int = 0,
 ) -> fh.FT:
     """The swapped region: the image on screen, the next ones already loaded (hidden) so a key press shows the
-    next at once, and the state of the image on screen (#image_id, #seen_event) that app.js keeps current."""
+    next at once, and the state of the image on screen (#image_id, #seen_event) that app.js keeps current. An
+    empty queue says how many images this session skipped (`skipped`: they are left out of every queue until
+    the session ends) and offers them again."""
     state = [fh.Input(type="hidden", id="q", name="q", value=queue)]
     if image is None:
         return fh.Div(
@@ -155,7 +164,12 @@ def card(
             fh.Input(type="hidden", id="seen_event", name="seen_event", value=""),
             fh.Div(
                 fh.P(f"Nothing left in “{QUEUE_TITLES.get(queue, queue)}”."),
-                fh.P("Pick another queue above."),
+                fh.P(f"You skipped {skipped} image(s) in this session; they are left out of every queue.")
+                if skipped
+                else None,
+                fh.Button("Show the skipped images again", hx_post="/unskip", cls="small")
+                if skipped
+                else fh.P("Pick another queue above."),
                 cls="empty",
             ),
             id="card",

@@ -31,6 +31,16 @@ from mammo_pipeline.settings import Settings
 SOURCES = ("human", "import", "model")
 _local = threading.local()  # per-thread connections (see LabelStore._db)
 
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none: which file a connection opened."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY,
@@ -270,6 +280,7 @@ class LabelStore:
         self.path = Path(path)
         self.read_only = read_only
         self.disk_only = False
+        self._may_create = False  # only __init__ makes the file (`_db`)
         if read_only:
             with self._db() as db:
                 if self._lacks(db).any:  # `_upgrade` would change the file
@@ -279,9 +290,11 @@ class LabelStore:
                     )
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._may_create = True
         with self._db() as db:
             db.execute("PRAGMA journal_mode=wal")
             db.conn.executescript(_SCHEMA + _EXTRA_SCHEMA)
+        self._may_create = False
         self._upgrade(seed)
 
     @staticmethod
@@ -336,15 +349,28 @@ class LabelStore:
         """This thread's connection to the store (opened once per thread and process, then reused).
 
         Reused because closing the last connection to a WAL database checkpoints and deletes the WAL with an
-        fsync (about 12 ms, most of a key press), and opening one costs about a millisecond more.
+        fsync (about 12 ms, most of a key press), and opening one costs about a millisecond more. Not when the
+        file is no longer the one it opened (deleted or replaced while the app ran): it would write into the
+        unlinked file and report success while the label is lost (stop 62's probe). Only `__init__` creates the
+        file; a store deleted under a running app raises sqlite3.OperationalError, never comes back empty.
         """
         key = (os.getpid(), str(self.path), self.read_only)
-        db = getattr(_local, "dbs", {}).get(key)
+        dbs = _local.__dict__.setdefault("dbs", {})
+        db = dbs.get(key)
+        if db is not None and not self.read_only and db.file_identity != _identity(self.path):
+            del dbs[key]
+            db.conn.close()
+            db = None
         if db is None:
             if self.read_only:
                 conn, self.disk_only = _read_only_connection(self.path)
             else:
-                conn = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+                # an existing store is opened without `c`reate: a file deleted under a running app is an error,
+                # not a new empty database the next thread writes into
+                if not self._may_create and not self.path.exists():
+                    raise sqlite3.OperationalError(f"{self.path.name} is gone: deleted while the app ran?")
+                target = f"{self.path.resolve().as_uri()}?mode={'rwc' if self._may_create else 'rw'}"
+                conn = sqlite3.connect(target, uri=True, timeout=5, isolation_level=None)
                 conn.execute("PRAGMA foreign_keys=on")
                 # WAL + NORMAL: consistent after any crash; only a power cut can lose the last few commits.
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -352,9 +378,8 @@ class LabelStore:
                 conn.execute("PRAGMA cache_size=-131072")
                 conn.execute("PRAGMA temp_store=MEMORY")  # bulk writes stage rows and sort indexes in temp tables
             db = sqlite_utils.Database(conn)
-            if not hasattr(_local, "dbs"):
-                _local.dbs = {}
-            _local.dbs[key] = db
+            db.file_identity = None if self.read_only else _identity(self.path)  # type: ignore[attr-defined]
+            dbs[key] = db
         db.conn.row_factory = None
         yield db
 

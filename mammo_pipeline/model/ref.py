@@ -60,7 +60,10 @@ class ModelRef:
         path = models_root / name
         if not path.exists():
             raise FileNotFoundError(f"{path}: no model yet; materialize trained_model and onnx_model first")
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:  # named, so the CLI's one-line error says which file
+            raise json.JSONDecodeError(f"{path} is damaged: {e.msg}", e.doc, e.pos) from e
         data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
         data["class_names"] = tuple(data["class_names"])
         return cls(**data)

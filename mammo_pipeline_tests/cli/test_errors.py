@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from mammo_pipeline.cli import cli
+from mammo_pipeline.cli import _store_fault, cli
 from mammo_pipeline.settings import Settings, SettingsError
 from mammo_pipeline_tests.test_lineage import predict_hospital
 
@@ -134,3 +134,50 @@ def test_reading_commands_refuse_a_home_that_does_not_exist(tmp_path, monkeypatc
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and "no mammo home at" in result.output and "mamo-hmoe" in result.output
     assert not (tmp_path / "mamo-hmoe").exists()  # and nothing made
+
+
+def test_a_store_it_cannot_open_or_read_is_a_one_line_error(settings, tmp_path, monkeypatch):
+    """A label store that is not a database, a damaged Parquet file under a view and a damaged model reference
+    gave tracebacks (stop 62's probe); each is now one line naming the store."""
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database " * 100)
+    monkeypatch.setenv("MAMMO_LABELS_DB", str(junk))
+    result = _run(["label", "--port", "5990"])
+    assert result.exit_code == 1 and result.output.startswith("Error: the label store (SQLite): "), result.output
+    monkeypatch.delenv("MAMMO_LABELS_DB")
+    predict_hospital(settings, "h1", {"s1": 1}, "m1", seed=0, run_id="run-1")
+    assert _run(["lineage", "s1"]).exit_code == 0
+    next(settings.warehouse.glob("image_predictions/**/*.parquet")).write_text("not parquet")
+    result = _run(["lineage", "s1"])
+    assert result.exit_code == 1 and result.output.startswith("Error: the warehouse (DuckDB): "), result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_damaged_model_reference_is_named_in_one_line(settings):
+    from mammo_pipeline.model.ref import ModelRef
+
+    settings.models.mkdir(parents=True, exist_ok=True)
+    (settings.models / "current.json").write_text("{bad")
+    with pytest.raises(ValueError, match=r"current\.json is damaged") as info:
+        ModelRef.load(settings.models)
+    assert _store_fault(info.value) == "a damaged JSON file"  # so the command group says it in one line
+    assert _store_fault(ValueError("a fault in this code")) is None  # whose traceback stays
+
+
+@pytest.mark.parametrize(
+    "args", [["demo", "--quick", "--studies", "-5"], ["demo", "--quick", "--rounds", "0"], ["convert", "x", "-j", "-1"]]
+)
+def test_an_option_out_of_its_range_is_a_usage_error_before_any_work(settings, args):
+    result = _run(args)
+    assert result.exit_code == 2 and "Invalid value" in result.output, result.output
+    assert not any(settings.landing.rglob("*.dcm"))
+
+
+def test_home_never_prints_the_salt(settings, monkeypatch):
+    """MAMMO_SALT turns a 16-character patient key back into its Patient ID by brute force: `mammo home` said it
+    in clear (stop 62's probe), and `--env` would write it to whatever file its output went to."""
+    monkeypatch.setenv("MAMMO_SALT", "s3cret-salt-value")
+    for args in (["home"], ["home", "--env"]):
+        result = _run(args)
+        assert result.exit_code == 0 and "s3cret-salt-value" not in result.output, result.output
+        assert "MAMMO_SALT" in result.output  # said to be set

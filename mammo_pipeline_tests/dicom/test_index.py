@@ -410,6 +410,35 @@ def test_a_file_the_index_may_not_read_is_read_again_once_it_may(settings, monke
     assert again.new == 1 and again.quarantined == {} and read_partition(settings, "quarantine", "h1").empty
 
 
+def test_a_folder_the_index_may_not_list_is_not_taken_for_deleted(settings, monkeypatch):
+    """A study folder whose permission forbids listing held nothing to the scan, so its images' rows were dropped
+    as if deleted, with no word said, and read and rendered again once it could be listed (stop 62's probe). Its
+    drop now keeps its rows as they were, the run says why (by count, never by a folder's name), and nothing is
+    read again afterwards."""
+    from mammo_pipeline import landing as landing_module
+
+    root = settings.landing / "h1" / "d1"
+    for study in ("Doe_Jane", "s2"):
+        write_mg(root / study / "a.dcm")
+        write_mg(root / study / "b.dcm")
+    assert index_hospital(settings, "h1").rows == 4
+    real_scandir = os.scandir
+
+    def scandir(folder):
+        if os.fspath(folder).endswith("Doe_Jane"):
+            raise PermissionError(13, "Permission denied", os.fspath(folder))
+        return real_scandir(folder)
+
+    monkeypatch.setattr(landing_module.os, "scandir", scandir)
+    hidden = index_hospital(settings, "h1")
+    assert hidden.rows == 4 and len(read_partition(settings, "dicom_index", "h1")) == 4
+    assert any("cannot be listed" in why for why in hidden.refused)
+    assert not any("Doe_Jane" in why for why in hidden.refused)
+    monkeypatch.setattr(landing_module.os, "scandir", real_scandir)
+    again = index_hospital(settings, "h1")
+    assert again.rows == 4 and again.new == 0 and again.unchanged == 4 and again.refused == []
+
+
 def test_dicom_files_named_like_hidden_files_are_counted_not_lost_in_silence(settings):
     """Names starting with `.` or `_` are the pipeline's markers and an OS's hidden files, so they are not indexed;
     a DICOM file so named (a PACS export's `_0001.dcm`) is counted in the partition's warnings, while `_READY`, a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -144,6 +145,19 @@ def test_skip_moves_on_without_writing(client, store):
     assert r.status_code == 200 and _card_state(r.text)[0] == second
     assert _card_state(client.get("/").text)[0] == second  # the skip sticks for this session
     assert client.post("/skip", data={"image_id": "999"}, headers=HX).status_code == 404
+    assert event_count(store) == 0
+
+
+def test_a_queue_emptied_by_skips_says_so_and_offers_them_again(client, store):
+    """Skipping every image left said "Nothing left" while the queue bar counted them, and only a new session
+    brought them back (stop 62's probe); the empty card now says how many were skipped and brings them back."""
+    left = store.queue("unlabeled", "alice")
+    for image in left:
+        r = client.post("/skip", data={"image_id": str(image), "q": "unlabeled"}, headers=HX)
+    assert "Nothing left" in r.text and f"You skipped {len(left)} image(s)" in r.text and 'hx-post="/unskip"' in r.text
+    assert client.post("/unskip", headers=HX).status_code == 204
+    page = client.get("/").text
+    assert _card_state(page)[0] == left[0] and "You skipped" not in page
     assert event_count(store) == 0
 
 
@@ -438,3 +452,37 @@ def test_review_page_shows_an_undefined_kappa_as_not_available(audit_team, store
     assert stats["kappa"] is None and stats["kappa_by_pair"] == {"alice|bob": None, "alice|carol": None}
     page = clients["carol"].get("/review").text
     assert "alice vs bob: κ = n/a" in page and "alice vs carol: κ = n/a" in page
+
+
+def test_a_label_store_locked_past_its_wait_refuses_the_key_press_and_saves_nothing(client, store, settings):
+    """Another process holding the store's write lock past SQLite's 5-s wait gave a bare 500, which the key
+    press's toast showed as 'Internal Server Error' while the next image was on screen, so the labeler moved on
+    without the label (stop 62's probe). Now a 503 that says nothing was saved, with Retry-After."""
+    import sqlite3
+
+    first = store.queue("unlabeled", "alice", limit=1)[0]
+    before = event_count(store)
+    holder = sqlite3.connect(settings.labels_db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        r = _label(client, "1", first)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert "nothing was saved" in r.text and "Traceback" not in r.text
+    assert event_count(store) == before
+    assert _label(client, "1", first).status_code == 200 and event_count(store) == before + 1
+
+
+def test_a_label_store_deleted_while_the_app_runs_is_refused_not_written_into_nothing(client, store, settings):
+    """Deleting the store's file while the app ran: a thread's open connection wrote the label into the unlinked
+    file and answered 200 (the label lost), and a new thread's connection made an empty database in its place.
+    Now every write checks it still holds the file it opened, and an existing store is never re-created."""
+    first, second = store.queue("unlabeled", "alice", limit=2)
+    assert _label(client, "1", first).status_code == 200
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{settings.labels_db}{suffix}").unlink(missing_ok=True)
+    r = _label(client, "2", second)
+    assert r.status_code == 503 and "nothing was saved" in r.text
+    assert not settings.labels_db.exists()

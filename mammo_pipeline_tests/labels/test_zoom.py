@@ -166,3 +166,18 @@ def test_crops_of_a_framed_image_land_on_the_pixels_the_display_shows_and_surviv
     monkeypatch.setattr(ZoomCache, "full", lambda self, p: pytest.fail("rendered again"))
     again = np.asarray(Image.open(io.BytesIO(restarted.crop_png(7, "h1/d1/framed.dcm", 0.0, 0.0, 128))))
     np.testing.assert_array_equal(again, crop)
+
+
+def test_a_heat_map_of_an_image_pil_cannot_read_is_a_clear_503(zoomed, monkeypatch):
+    """A corrupt or empty model PNG made PIL raise UnidentifiedImageError (an OSError) inside the heat map: a bare
+    500 (stop 62's probe). It is a heat map the model cannot draw, as the README says: 503 with the reason."""
+    from PIL import UnidentifiedImageError
+
+    client, ids, _ = zoomed
+
+    def corrupt(settings, hospital, sop_instance_uid):
+        raise UnidentifiedImageError("cannot identify image file 'x.png'")
+
+    monkeypatch.setitem(sys.modules, "mammo_pipeline.model.explain", types.SimpleNamespace(heatmap_png=corrupt))
+    r = client.get(f"/heatmap/{ids[0]}")
+    assert r.status_code == 503 and "no heat map: cannot identify image file" in r.text
