@@ -30,7 +30,8 @@ def command() -> None:
 
 @command.command("status")
 def status() -> None:
-    """Show where the weights are looked for and what was found.
+    """Show where the weights are looked for and what was found; exit status 1 when MAMMO_PRETRAINED asks for
+    them and none is usable (a script can check before training).
 
     \b
     Example:
@@ -43,6 +44,8 @@ def status() -> None:
         click.echo(f"  {cand.origin:26} {cand.path}: {cand.status}")
     if not any(c.ok for c in found):
         click.echo(how_to_fix() if settings.pretrained != "none" else "Training from scratch (MAMMO_PRETRAINED=none).")
+        if settings.pretrained != "none":
+            raise SystemExit(1)
 
 
 @command.command("import")

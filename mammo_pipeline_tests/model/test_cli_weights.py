@@ -15,10 +15,15 @@ def torch_home(tmp_path, monkeypatch):
     return tmp_path / "torch"
 
 
-def test_status_explains_what_is_missing(settings, torch_home):
+def test_status_explains_what_is_missing_and_fails_when_the_setting_asks_for_them(settings, torch_home, monkeypatch):
+    """MAMMO_PRETRAINED=imagenet with no usable weights exits 1 (a script checks before training: it exited 0
+    until stop 62); training from scratch needs none, so 0."""
     out = CliRunner().invoke(command, ["status"])
-    assert out.exit_code == 0
+    assert out.exit_code == 1
     assert "torch cache" in out.output and "missing" in out.output and "mammo weights import" in out.output
+    monkeypatch.setenv("MAMMO_PRETRAINED", "none")
+    out = CliRunner().invoke(command, ["status"])
+    assert out.exit_code == 0 and "Training from scratch" in out.output
 
 
 def test_import_refuses_wrong_hash(tmp_path, torch_home):
