@@ -87,8 +87,9 @@ from mammo_pipeline.dicom.headers import is_for_processing
 # image without a usable window shows its own min..max (`range_window`), no longer the 0.5-99.5th percentiles;
 # 4: when the first window pair or VOI LUT item is unusable, the next usable one is applied before the image's range;
 # 5: a frame of padding (declared, or black without a declaration) is cut away (`content_box`); 6: a size asked
-# `AtPitch` shows every image at one pitch in mm per pixel, from its pixel spacing; 7: a window over four times
-# as wide as the data it covers is refused (`check_window`: an 8-bit export keeping its 12-bit window showed black),
+# `AtPitch` shows every image at one pitch in mm per pixel, from its pixel spacing; 7: a window centred above every
+# value Bits Stored holds and over four times as wide as the data it covers is refused (`check_window`: an 8-bit
+# export keeping its 12-bit window showed black),
 # the image's own range leaves out values beyond four times its 1st-99th percentile span (`range_window`: one dead
 # pixel or a burned-in label at the top of Bits Stored made the breast black), the pitch follows the stored long
 # side (non-square pixels) and is not recorded when it was refused (`pitch_long_side`)
