@@ -29,6 +29,11 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     context.log.info(f"{hospital}: {result.new} new, {result.unchanged} unchanged, {result.quarantined} quarantined")
     for why in result.refused:
         context.log.warning(f"{hospital}: {why}")
+    if result.shared:
+        context.log.warning(
+            f"{hospital}: {result.shared} indexed image(s) share their SOP Instance UID with another hospital's "
+            "(the same file sent twice?): each hospital keeps its row; the label store keeps one image per UID"
+        )
     if result.forgotten:
         context.log.warning(
             f"{hospital}: {result.forgotten} refused drop folder(s) had been indexed before (half-copied then): "
@@ -43,6 +48,7 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "files": result.files,
             "not_indexed": dg.MetadataValue.md("\n".join(f"- {why}" for why in result.refused) or "none"),
             "refused_drops_removed": result.forgotten,
+            "shared_with_other_hospitals": result.shared,
             **_by_reason(result.quarantined),
             **_by_kind(index),
             "headers_per_second": round(result.headers_per_s, 1),

@@ -130,6 +130,7 @@ class IndexResult:
     quarantine_paths: list[Path] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # why files were left out (`landing`): never by name
     forgotten: int = 0  # refused drops indexed before (half-copied then): what was written under their name removed
+    shared: int = 0  # indexed images whose SOP Instance UID another hospital's index holds too (`shared_with_others`)
 
     @property
     def read(self) -> int:
@@ -277,8 +278,31 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         progress(0, 0)
     result.quarantined = dict(reasons)
     result.rows = _count_rows(settings.table_dir("dicom_index", hospital))
+    result.shared = shared_with_others(settings, hospital)
     result.seconds = time.monotonic() - start
     return result
+
+
+def shared_with_others(settings: Settings, hospital: str) -> int:
+    """How many of `hospital`'s indexed SOP Instance UIDs another hospital's index holds too: the same image sent
+    to two hospitals' drops (or a UID reused across sites). Each hospital keeps its row, so both get predictions,
+    while the label store keeps one image per UID; the count is reported, never decided on (one DuckDB join over
+    the UID column of every partition: 0.8 s over 1,000,000 rows in 20 hospitals, measured once at stop 62)."""
+    import duckdb
+
+    from mammo_pipeline import schemas, warehouse
+
+    glob = warehouse.table_glob(settings, "dicom_index")
+    if glob is None:
+        return 0
+    source = f"read_parquet({warehouse.sql_string(glob)}, {schemas.read_options('dicom_index')})"
+    sql = (
+        f"WITH i AS (SELECT DISTINCT hospital, sop_instance_uid FROM {source}) "
+        "SELECT count(DISTINCT a.sop_instance_uid) FROM i a JOIN i b ON a.sop_instance_uid = b.sop_instance_uid "
+        "WHERE a.hospital = ? AND b.hospital <> ?"
+    )
+    with duckdb.connect() as con:  # the index's own files only: a damaged table elsewhere cannot stop indexing
+        return int(con.execute(sql, [hospital, hospital]).fetchone()[0])
 
 
 def conform_row(row: dict[str, Any]) -> dict[str, Any]:

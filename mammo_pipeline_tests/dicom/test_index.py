@@ -439,6 +439,19 @@ def test_a_folder_the_index_may_not_list_is_not_taken_for_deleted(settings, monk
     assert again.rows == 4 and again.new == 0 and again.unchanged == 4 and again.refused == []
 
 
+def test_an_image_indexed_under_two_hospitals_is_counted_in_both(settings):
+    """The same file sent to two hospitals' drops was indexed in both without a word (stop 62's probe); each
+    keeps its row, and each run now counts the images another hospital's index holds too."""
+    first = write_mg(settings.landing / "h1" / "d1" / "s1" / "a.dcm")
+    write_mg(settings.landing / "h1" / "d1" / "s1" / "b.dcm")
+    (settings.landing / "h2" / "d1" / "s9").mkdir(parents=True)
+    shutil.copy(first, settings.landing / "h2" / "d1" / "s9" / "a.dcm")
+    assert index_hospital(settings, "h1").shared == 0  # h2 not indexed yet
+    h2 = index_hospital(settings, "h2")
+    assert h2.rows == 1 and h2.shared == 1
+    assert index_hospital(settings, "h1").shared == 1
+
+
 def test_dicom_files_named_like_hidden_files_are_counted_not_lost_in_silence(settings):
     """Names starting with `.` or `_` are the pipeline's markers and an OS's hidden files, so they are not indexed;
     a DICOM file so named (a PACS export's `_0001.dcm`) is counted in the partition's warnings, while `_READY`, a
