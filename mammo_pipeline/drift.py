@@ -52,7 +52,9 @@ def _labels(settings: Settings) -> pd.DataFrame:
 
 
 def newcomers(settings: Settings, hospital: str) -> Finding:
-    """Values of NEWCOMER_FIELDS in this hospital's dicom_index that no labeled image has."""
+    """Values of NEWCOMER_FIELDS in this hospital's dicom_index that no labeled image has, among the images the
+    cache rendered once it has any: the others (For Processing, tomosynthesis, quarantined) can never be labeled,
+    so a finding about them could never clear (stop 62's probe: a For Processing "image_kind" warned for good)."""
     labeled = _labels(settings)
     if labeled.empty:
         return Finding(True, "no labeled images yet: nothing to compare with")
@@ -63,7 +65,12 @@ def newcomers(settings: Settings, hospital: str) -> Finding:
         fields = [f for f in NEWCOMER_FIELDS if f in columns]
         con.register("labeled", labeled[["sop_instance_uid"]])
         exprs = ", ".join(f'coalesce(CAST("{f}" AS VARCHAR), \'{MISSING}\') AS "{f}"' for f in fields)
-        here = con.execute(f"SELECT {exprs} FROM dicom_index WHERE hospital = ?", [hospital]).df()
+        where, params = "hospital = ?", [hospital]
+        if "image_cache" in warehouse.views(con):
+            rendered = "SELECT sop_instance_uid FROM image_cache WHERE hospital = ?"
+            if con.execute(f"SELECT count(*) FROM ({rendered})", [hospital]).fetchone()[0]:
+                where, params = f"{where} AND sop_instance_uid IN ({rendered})", [hospital, hospital]
+        here = con.execute(f"SELECT {exprs} FROM dicom_index WHERE {where}", params).df()
         seen = con.execute(
             f"SELECT DISTINCT {exprs} FROM dicom_index WHERE sop_instance_uid IN (SELECT sop_instance_uid FROM labeled)"
         ).df()

@@ -80,6 +80,16 @@ class SettingsError(ValueError):
     """A MAMMO_* variable that cannot be used; the message names the variable and what it accepts."""
 
 
+def check_hospital_key(hospital: str) -> str:
+    """`hospital`, when it names one folder: a hospital partition key is a folder under landing/, and names
+    folders under the warehouse tables, the cache and private/. ValueError for "", ".", "..", a path separator
+    or NUL: a key typed into the Dagster UI's "Add partition" ("../../elsewhere") read DICOM files outside
+    landing/ and wrote tables and the private path lookup outside their folders (stop 62's probe)."""
+    if hospital in ("", ".", "..") or any(c in hospital for c in "/\\\x00"):
+        raise ValueError(f"{hospital!r} is not a hospital partition key: it must name one folder in landing/")
+    return hospital
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved paths and knobs. Build with `Settings.from_env()`; tests pass a dict."""
@@ -166,9 +176,10 @@ class Settings:
         return self.warehouse / "warehouse.duckdb"
 
     def table_dir(self, table: str, hospital: str | None = None) -> Path:
-        """Folder of a warehouse table, or of one hospital's partition (hive layout)."""
+        """Folder of a warehouse table, or of one hospital's partition (hive layout); ValueError for a hospital
+        that is not one folder's name (`check_hospital_key`)."""
         root = self.warehouse / table
-        return root / f"hospital={hospital}" if hospital is not None else root
+        return root / f"hospital={check_hospital_key(hospital)}" if hospital is not None else root
 
     def pseudonym_salt(self) -> bytes:
         """The secret salt for patient keys: MAMMO_SALT, else a random one kept in MAMMO_HOME/.salt."""

@@ -100,6 +100,20 @@ def table_glob(settings: Settings, table: str) -> str | None:
     return parquet_source(root, pattern) if any(root.glob(pattern)) else None
 
 
+def content_version(df: pd.DataFrame, columns: list[str]) -> str:
+    """A data version for Dagster (16 hex digits): the sha256 of `df`'s `columns` (those present), rows sorted,
+    so a run that writes the same rows again keeps it (downstream stays fresh) and a changed, added or removed row
+    changes it (downstream shows stale). Without it an asset's version followed its code version alone, and new
+    images never marked what reads them stale (stop 62's probe); "empty" for no rows."""
+    import hashlib
+
+    cols = [c for c in columns if c in df.columns]
+    if df.empty or not cols:
+        return "empty"
+    frame = df[cols].astype(str).sort_values(cols).reset_index(drop=True)
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:16]
+
+
 def parquet_source(path: Path | str, pattern: str = "") -> str:
     """`path` (a file, or a folder followed by the glob `pattern`) as DuckDB's read_parquet reads it: `*`, `?` and
     `[` in the path matched as themselves (`glob.escape`: DuckDB's globs take bash-style brackets), so a

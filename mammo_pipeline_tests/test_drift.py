@@ -68,6 +68,22 @@ def test_newcomer_fires_on_an_unseen_device_and_is_quiet_on_known_ones(settings)
     assert "Label some of those images" in loud.summary and "h2" in loud.summary
 
 
+def test_newcomer_leaves_out_images_the_cache_never_renders(settings):
+    """For Processing images are indexed but never cached, so never labeled: a newcomer finding about their
+    image_kind could never clear (stop 62's probe). Once the hospital has a cache, only its images count."""
+    write_labels(settings, write_index(settings, "h0", 100))
+    sops = write_index(settings, "h1", 30)
+    raw = pd.DataFrame({"hospital": "h1", "drop": "d2", "sop_instance_uid": ["h1.raw.0", "h1.raw.1"]})
+    raw["manufacturer"], raw["model_name"], raw["image_kind"] = DEVICE[0], DEVICE[1], "for_processing"
+    warehouse.write_partition(settings, "dicom_index", "h1", raw, "d2.parquet")
+    if HAS_IMAGE_KIND:
+        assert not drift.newcomers(settings, "h1").passed  # no cache yet: every indexed image counts
+    cache = pd.DataFrame({"sop_instance_uid": sops, "hospital": "h1"})
+    warehouse.write_partition(settings, "image_cache", "h1", cache, "manifest.parquet")
+    finding = drift.newcomers(settings, "h1")
+    assert finding.passed and finding.details["images"] == 30
+
+
 def test_newcomer_without_image_kind_column_checks_the_other_fields(settings):
     write_labels(settings, write_index(settings, "h0", 100, image_kind=False))
     write_index(settings, "h1", 30, image_kind=False)

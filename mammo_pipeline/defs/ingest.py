@@ -17,6 +17,9 @@ from .resources import MammoSettings
 PREVIEW_ROWS = 5
 # No rel_path: even pseudonymized, a path is not what a reader of the run page needs.
 INDEX_PREVIEW = ["image_kind", "manufacturer", "view_position", "laterality", "rows", "columns", "meta_mag"]
+# What a data version is taken over (`warehouse.content_version`): a file indexed again, or a PNG rendered again
+INDEX_VERSION_COLUMNS = ["sop_instance_uid", "rel_path", "file_size", "file_mtime_ns"]
+CACHE_VERSION_COLUMNS = ["sop_instance_uid", "display_png", "model_png", "display_png_mtime_ns", "model_png_mtime_ns"]
 CACHE_PREVIEW = ["sop_instance_uid", "view_position", "laterality", "voi_method", "fallback_reason", "model_png"]
 
 
@@ -41,6 +44,7 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
         )
     index = warehouse.read_partition(settings, "dicom_index", hospital)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(warehouse.content_version(index, INDEX_VERSION_COLUMNS)),
         metadata={
             "dagster/row_count": result.rows,
             "new": result.new,
@@ -56,7 +60,7 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "path": dg.MetadataValue.path(str(settings.table_dir("dicom_index", hospital))),
             "quarantine_path": dg.MetadataValue.path(str(settings.table_dir("quarantine", hospital))),
             "preview": dg.MetadataValue.md(preview_markdown(index, INDEX_PREVIEW)),
-        }
+        },
     )
 
 
@@ -80,6 +84,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     trimmed = int(manifest["padding_trimmed"].notna().sum()) if "padding_trimmed" in manifest else 0
     at_pitch = displays_at_pitch(manifest, settings.display_size)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(warehouse.content_version(manifest, CACHE_VERSION_COLUMNS)),
         metadata={
             "dagster/row_count": result.rows,
             "new": result.new,
@@ -97,7 +102,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "manifest_path": dg.MetadataValue.path(str(result.manifest_path)),
             "quarantine_path": dg.MetadataValue.path(str(cache_quarantine_path(settings, hospital))),
             "preview": dg.MetadataValue.md(preview_markdown(manifest, CACHE_PREVIEW)),
-        }
+        },
     )
 
 

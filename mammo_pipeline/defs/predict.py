@@ -156,6 +156,11 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
         )
         return
     ref = model_for(settings, hospital, context.instance)
+    if not any(settings.table_dir("image_cache", hospital).glob("*.parquet")):  # never cached: not "no images"
+        raise dg.Failure(
+            f"{hospital}: no image cache yet; materialize dicom_index and image_cache for it first (an empty "
+            "prediction slice would pass for a hospital without images)"
+        )
     model = load_model(settings, ref)
     manifest = warehouse.read_partition(settings, "image_cache", hospital)
     if len(manifest):
@@ -190,7 +195,12 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
     source = warehouse.sql_string(warehouse.parquet_source(path))
     classes = warehouse.query(settings, f"SELECT predicted_class, count(*) AS n FROM read_parquet({source}) GROUP BY 1")
     class_counts = dict(zip(classes["predicted_class"], classes["n"].tolist(), strict=True))
+    # the slice's content: a nightly run that keeps every prediction leaves study_predictions fresh
+    version = warehouse.content_version(
+        pd.read_parquet(path), ["sop_instance_uid", "model_version", "p_biopsy", "p_mag"]
+    )
     yield dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
         metadata={
             "model_version": ref.model_version,
             "label_snapshot_id": ref.label_snapshot_id,
@@ -205,7 +215,7 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             "unchanged": unchanged,
             "images_per_second": round(stats.images_per_second, 1),
             "class_counts": dg.MetadataValue.json(class_counts),
-        }
+        },
     )
 
 

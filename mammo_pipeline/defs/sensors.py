@@ -131,9 +131,11 @@ def retrain_baseline(cursor: str | None, model_event: int | None, has_model: boo
 
 
 def _last_event_id(labels_db: Path) -> int:
-    from mammo_pipeline.labels.store import LabelStore
+    """The newest label event, read from the existing store (`open_existing`: read-only when this user may not
+    write it, as on a read-only home, where opening it for writing failed every tick: stop 62's probe)."""
+    from mammo_pipeline.labels.store import open_existing
 
-    return LabelStore(labels_db).last_event_id()
+    return open_existing(labels_db).last_event_id()
 
 
 def _model_event(settings: Settings) -> tuple[bool, int | None]:

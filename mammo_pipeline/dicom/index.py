@@ -45,7 +45,7 @@ from mammo_pipeline.dicom.quarantine import (
 from mammo_pipeline.landing import check_hospital, drop_folders, drop_refusal, iter_dicom_stats, loose_files
 from mammo_pipeline.parallel import imap_unordered
 from mammo_pipeline.progress import ProgressFn
-from mammo_pipeline.settings import Settings
+from mammo_pipeline.settings import Settings, check_hospital_key
 
 _STR, _I64, _F64, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
 SCHEMA = pa.schema(
@@ -174,11 +174,13 @@ def forget_drop(settings: Settings, hospital: str, drop: str) -> bool:
 def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | None = None) -> IndexResult:
     """Index every new or changed file of one hospital; see the module docstring."""
     start = time.monotonic()
-    result = IndexResult(hospital)
+    result = IndexResult(check_hospital_key(hospital))
     if (why := check_hospital(settings.landing, hospital).refusal) is not None:  # a partition registered before
         result.refused = [why]
         result.rows = _count_rows(settings.table_dir("dicom_index", hospital))
         return result
+    if not (settings.landing / hospital).is_dir():  # a typo'd key, or a hospital folder removed: say so
+        result.refused = [f"landing/{hospital}/ does not exist: nothing to index (rows indexed before are kept)"]
     salt = settings.pseudonym_salt()
     for table in ("dicom_index", "quarantine"):
         remove_stale_temps(settings.table_dir(table, hospital))
@@ -196,7 +198,7 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         real.setdefault(drop, {})[rel] = real_rel
     result.files = sum(len(v) for v in files.values())
     refused = [(p.name, why) for p in drop_folders(settings.landing, hospital) if (why := drop_refusal(p)) is not None]
-    result.refused = [why for _, why in refused]
+    result.refused += [why for _, why in refused]
     result.forgotten = sum(forget_drop(settings, hospital, drop) for drop, _ in refused)
     if loose := loose_files(settings.landing, hospital):
         result.refused.append(

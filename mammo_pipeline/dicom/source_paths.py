@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from mammo_pipeline.atomic import atomic_path, remove_stale_temps
-from mammo_pipeline.settings import Settings
+from mammo_pipeline.settings import Settings, check_hospital_key
 
 DIGEST_HEX = 24  # 96 bits: no collision in any realistic archive (p < 1e-17 at 10^6 files per drop)
 
@@ -45,7 +45,7 @@ def private_root(settings: Settings) -> Path:
 
 def lookup_path(settings: Settings, hospital: str, drop: str) -> Path:
     """The private lookup file of one drop."""
-    return private_root(settings) / "source_paths" / hospital / f"{drop}.json"
+    return private_root(settings) / "source_paths" / check_hospital_key(hospital) / f"{drop}.json"
 
 
 def write_lookup(settings: Settings, hospital: str, drop: str, mapping: dict[str, str]) -> Path:

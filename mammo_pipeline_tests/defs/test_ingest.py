@@ -92,3 +92,26 @@ def test_ingest_asset_graph():
         "ingest"
     }
     assert image_cache.code_versions_by_key[image_cache.key]
+
+
+def test_data_versions_follow_the_rows_so_downstream_shows_stale_only_after_a_change(settings):
+    """dicom_index and image_cache returned no data version, so theirs followed the code version alone: new images
+    never marked image_cache or image_predictions stale in the UI (stop 62's probe). Their version is now their
+    rows' content: the same after a run that changes nothing, another after a new file."""
+    root = settings.landing / "h1" / "d1"
+    write_mg(root / "a.dcm")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1"])
+
+    def versions() -> tuple[str, ...]:
+        result = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+        return tuple(
+            result.asset_materializations_for_node(asset.op.name)[0].tags["dagster/data_version"]
+            for asset in (dicom_index, image_cache)
+        )
+
+    first = versions()
+    assert versions() == first  # nothing changed: downstream stays fresh
+    write_mg(root / "b.dcm")
+    second = versions()
+    assert second[0] != first[0] and second[1] != first[1]

@@ -178,12 +178,18 @@ def test_same_model_same_images_keeps_the_slice_and_its_run(settings, instance):
     assert set(images["dagster_run_id"]) == {first.run_id}
     assert again.asset_materializations_for_node("image_predictions")[0].metadata["unchanged"].value is True
 
+    def version(result) -> str:
+        return result.asset_materializations_for_node("image_predictions")[0].tags["dagster/data_version"]
+
+    assert version(again) == version(first)  # the same predictions: study_predictions is not marked stale
+
     manifest_path = settings.table_dir("image_cache", HOSPITAL) / "manifest.parquet"
     manifest = pd.read_parquet(manifest_path).assign(cached_at=pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1))
     manifest.to_parquet(manifest_path)  # an image re-rendered after the predictions were made
     third = _run(settings, instance, [image_predictions, study_predictions])
     images = warehouse.read_slice(settings, "image_predictions", HOSPITAL, "m1")
     assert set(images["dagster_run_id"]) == {third.run_id}
+    assert version(third) == version(first)  # predicted again, the same probabilities: still the same data
 
 
 def _audit_figures(settings, version: str, biopsy: tuple[float, float, float], mag=(0.99, 0.97, 1.0)) -> None:
@@ -218,3 +224,22 @@ def test_a_model_far_below_the_current_ones_audit_interval_is_held_back(settings
     result = _run(settings, instance, [promoted_model], partition=None)
     assert result.asset_materializations_for_node("promoted_model")[0].metadata["promoted"].value is True
     assert promotions.promoted_version(settings) == "m3"
+
+
+def test_predictions_of_a_hospital_never_cached_fail_and_write_no_slice(settings, instance):
+    """With a model but no image cache for the partition (never materialized), image_predictions succeeded with
+    an empty slice, green in the UI, and that slice made a mistyped hospital look real to `model promote`
+    (stop 62's probe). It now fails and says what to materialize first."""
+    _run(settings, instance, [fake_onnx_model, promoted_model], partition=None)
+    instance.add_dynamic_partitions("hospital", ["h2"])
+    result = dg.materialize(
+        [image_predictions],
+        partition_key="h2",
+        resources={"mammo": MammoSettings(home=str(settings.home))},
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("image_predictions")
+    assert "no image cache yet" in str(failure.error)
+    assert not warehouse.slice_file(settings, "image_predictions", "h2", "m1").exists()

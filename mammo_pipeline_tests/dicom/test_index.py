@@ -145,6 +145,14 @@ def test_index_hospital_without_files_writes_nothing(settings, hospital):
     assert read_partition(settings, "dicom_index", hospital).equals(pd.DataFrame())
 
 
+def test_a_hospital_without_a_landing_folder_is_said_to_have_none(settings):
+    """A mistyped partition key, or a hospital folder removed from landing, indexed 0 files without a word."""
+    result = index_hospital(settings, "no-such-hospital")
+    assert result.rows == 0 and result.refused == [
+        "landing/no-such-hospital/ does not exist: nothing to index (rows indexed before are kept)"
+    ]
+
+
 def test_index_hospital_on_a_synthetic_drop_matches_the_truth(settings):
     from mammo_pipeline.synth.drops import generate_drops, read_truth
 
@@ -450,6 +458,20 @@ def test_an_image_indexed_under_two_hospitals_is_counted_in_both(settings):
     h2 = index_hospital(settings, "h2")
     assert h2.rows == 1 and h2.shared == 1
     assert index_hospital(settings, "h1").shared == 1
+
+
+@pytest.mark.parametrize("key", ["../../elsewhere/h1", "..", "h1/d1", "", "a\\b"])
+def test_a_partition_key_that_is_not_one_folder_reads_and_writes_nothing(settings, key):
+    """A key typed into the Dagster UI's "Add partition" is the hospital: "../../elsewhere/h1" indexed DICOM files
+    outside landing/ and wrote tables and the private path lookup outside their folders (stop 62's probe)."""
+    outside = settings.home.parent / "elsewhere" / "h1" / "d1"
+    write_mg(outside / "a.dcm")
+    before = sorted(p for p in settings.home.parent.rglob("*") if p.is_file())
+    with pytest.raises(ValueError, match="not a hospital partition key"):
+        index_hospital(settings, key)
+    with pytest.raises(ValueError, match="not a hospital partition key"):
+        settings.table_dir("dicom_index", key)
+    assert sorted(p for p in settings.home.parent.rglob("*") if p.is_file()) == before
 
 
 def test_dicom_files_named_like_hidden_files_are_counted_not_lost_in_silence(settings):
