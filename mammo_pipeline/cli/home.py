@@ -15,6 +15,9 @@ from mammo_pipeline.settings import (
     quiet_seconds_from_env,
 )
 
+# Settings never echoed: MAMMO_SALT turns a 16-character patient key back into its Patient ID by brute force
+SECRETS = frozenset({"MAMMO_SALT"})
+
 
 def init_home(settings: Settings) -> Settings:
     """Create the folders and install the shipped dagster.yaml into DAGSTER_HOME (never overwriting one); rewrite
@@ -57,7 +60,3 @@ def command(show_env: bool) -> None:
     click.echo()
     for key, value in settings.as_env().items():
         click.echo(f"{key}={'(set, not printed)' if key in SECRETS else value}")
-
-
-# Settings never echoed: MAMMO_SALT turns a 16-character patient key back into its Patient ID by brute force
-SECRETS = frozenset({"MAMMO_SALT"})

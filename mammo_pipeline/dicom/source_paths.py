@@ -80,6 +80,10 @@ def resolve(settings: Settings, hospital: str, rel_path: str) -> Path:
     parts = rel_path.split("/")
     if len(parts) != 3 or parts[0] != hospital:
         raise KeyError(f"{rel_path!r} is not a pseudonymized source path of hospital {hospital!r}")
+    try:
+        check_hospital_key(hospital)  # "..": no hospital's folder
+    except ValueError as e:
+        raise KeyError(str(e)) from e
     real = _load(lookup_path(settings, hospital, parts[1])).get(rel_path)
     if real is None:
         raise KeyError(f"{rel_path!r}: not in the private source-path lookup of {hospital}/{parts[1]}")
