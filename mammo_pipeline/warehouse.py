@@ -10,6 +10,8 @@ so it can be rebuilt at any time with `refresh_views`.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 from pathlib import Path
 
@@ -105,8 +107,6 @@ def content_version(df: pd.DataFrame, columns: list[str]) -> str:
     so a run that writes the same rows again keeps it (downstream stays fresh) and a changed, added or removed row
     changes it (downstream shows stale). Without it an asset's version followed its code version alone, and new
     images never marked what reads them stale (stop 62's probe); "empty" for no rows."""
-    import hashlib
-
     cols = [c for c in columns if c in df.columns]
     if df.empty or not cols:
         return "empty"
@@ -118,8 +118,6 @@ def parquet_source(path: Path | str, pattern: str = "") -> str:
     """`path` (a file, or a folder followed by the glob `pattern`) as DuckDB's read_parquet reads it: `*`, `?` and
     `[` in the path matched as themselves (`glob.escape`: DuckDB's globs take bash-style brackets), so a
     MAMMO_HOME such as `/data/o'brien [v2]` is read as named. Quote it with `sql_string`."""
-    import glob
-
     escaped = glob.escape(os.fspath(path))
     return f"{escaped}/{pattern}" if pattern else escaped
 
@@ -129,9 +127,10 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _table_sql(con: duckdb.DuckDBPyConnection, table: str, glob: str, hive: bool = True) -> str:
+def _table_sql(con: duckdb.DuckDBPyConnection, table: str, files: str, hive: bool = True) -> str:
+    """The typed SELECT over `files` (a `parquet_source`: one file, or a table's escaped glob)."""
     options = schemas.read_options(table) if hive else "union_by_name=true"
-    source = f"read_parquet({sql_string(glob)}, {options})"
+    source = f"read_parquet({sql_string(files)}, {options})"
     present = set(con.execute(f"SELECT * FROM {source} LIMIT 0").df().columns)
     return schemas.select_sql(table, source, present)
 
@@ -142,9 +141,9 @@ def _view_sqls(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, 
 
     sqls = {}
     for table in TABLES:
-        glob = table_glob(settings, table)
-        if glob:
-            sqls[table] = _table_sql(con, table, glob)
+        files = table_glob(settings, table)
+        if files:
+            sqls[table] = _table_sql(con, table, files)
     sqls.setdefault("model_promotions", schemas.empty_sql("model_promotions"))
     sqls.setdefault("prediction_prunes", schemas.empty_sql("prediction_prunes"))
     for view, table in CURRENT_VIEWS.items():
