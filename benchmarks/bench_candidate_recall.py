@@ -39,7 +39,7 @@ from PIL import Image
 
 from mammo_pipeline.demo import DemoConfig
 from mammo_pipeline.model.air import canonical
-from mammo_pipeline.model.candidates import ONE_DOME_IN, K, blob_score
+from mammo_pipeline.model.candidates import ONE_DOME_IN, K, blob_score, grid_centres
 from mammo_pipeline.model.second_look_model import candidates_of
 
 
@@ -54,7 +54,7 @@ def why_missed(png: Path, boxes: str, scale: float, long_side: int) -> str:
     maxima, f = blob_score(gray, long_side)
     rows, cols = np.nonzero(maxima)
     values = maxima[rows, cols]
-    rows, cols = np.minimum(rows * f + f // 2, gray.shape[0] - 1), np.minimum(cols * f + f // 2, gray.shape[1] - 1)
+    rows, cols = grid_centres(rows, cols, f, gray.shape)
     if mirrored:
         cols = gray.shape[1] - 1 - cols
     on_clip = np.array(

@@ -192,13 +192,11 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             )
     schemas.check_file("image_predictions", path)
     warehouse.refresh_views(settings)
-    source = warehouse.sql_string(warehouse.parquet_source(path))
-    classes = warehouse.query(settings, f"SELECT predicted_class, count(*) AS n FROM read_parquet({source}) GROUP BY 1")
-    class_counts = dict(zip(classes["predicted_class"], classes["n"].tolist(), strict=True))
+    predictions = pd.read_parquet(path)  # read once, for the class counts and the data version
+    counts = predictions["predicted_class"].value_counts(dropna=False, sort=False)
+    class_counts = {None if pd.isna(k) else k: int(n) for k, n in counts.items()}
     # the slice's content: a nightly run that keeps every prediction leaves study_predictions fresh
-    version = warehouse.content_version(
-        pd.read_parquet(path), ["sop_instance_uid", "model_version", "p_biopsy", "p_mag"]
-    )
+    version = warehouse.content_version(predictions, ["sop_instance_uid", "model_version", "p_biopsy", "p_mag"])
     yield dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={

@@ -170,8 +170,9 @@ def create_app(
     def store_unavailable(request, exc: sqlite3.DatabaseError) -> Response:
         """The label store busy past its 5-s wait, read-only, or its file gone: a clear refusal the key press's
         toast shows, not a bare 500 the labeler takes for a saved label."""
-        message = f"the label store cannot be written ({exc}): nothing was saved; press the key again"
-        return HTMLResponse(fh.to_xml(fh.Span(message)), status_code=503, headers={"Retry-After": "5"})
+        refusal = fail(503, f"the label store cannot be written ({exc}): nothing was saved; press the key again")
+        refusal.headers["Retry-After"] = "5"
+        return refusal
 
     app.add_exception_handler(sqlite3.DatabaseError, store_unavailable)
     security.install(app, security.allowed_hosts() if allowed_hosts is None else allowed_hosts)

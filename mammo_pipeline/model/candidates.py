@@ -294,6 +294,13 @@ def _domes(image: np.ndarray, searchable: np.ndarray, long_side: int, f: int, cr
     return _local_maxima(dome, _half_crop(crop, f)) * searchable
 
 
+def grid_centres(rows: np.ndarray, cols: np.ndarray, f: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) in image px of positions on a grid of f x f blocks: each block's centre, inside `shape`
+    (the image the grid was made from: where `candidates` places a candidate)."""
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    return np.minimum(rows * f + f // 2, shape[0] - 1), np.minimum(cols * f + f // 2, shape[1] - 1)
+
+
 def blob_score(gray: np.ndarray, long_side: int | None = None) -> tuple[np.ndarray, int]:
     """(score float32 [H/f, W/f], f): the self-normalized blob measure of the stroke energy (module docstring)
     of a uint8 image on its grid, f image px per grid px (STROKE_SCALE's block size); scales as `candidates`'."""
@@ -356,10 +363,11 @@ def candidates(
     wide = crop * CONTEXT
     pad = wide // 2 + 1
     padded = np.pad(gray, pad, mode="reflect")  # the image mirrored: a breast cut by the frame goes on, air stays air
+    if where:
+        centres[: len(where)] = np.stack(grid_centres(*np.array(where).T, f, gray.shape), axis=1)
     for i, (r, c) in enumerate(where):
         scores[i] = score[r, c]
-        r, c = min(r * f + f // 2, gray.shape[0] - 1), min(c * f + f // 2, gray.shape[1] - 1)
-        centres[i] = (r, c)
+        r, c = (int(v) for v in centres[i])
         top, left = r + pad - crop // 2, c + pad - crop // 2
         crops[i, 0] = padded[top : top + crop, left : left + crop]
         top, left = r + pad - wide // 2, c + pad - wide // 2
