@@ -127,10 +127,16 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _table_sql(con: duckdb.DuckDBPyConnection, table: str, files: str, hive: bool = True) -> str:
-    """The typed SELECT over `files` (a `parquet_source`: one file, or a table's escaped glob)."""
+def parquet_scan(table: str, files: str, hive: bool = True) -> str:
+    """The read_parquet call over `files` (a `parquet_source`: one file, or a table's escaped glob) with the table's
+    read options (`schemas.read_options`: hive keys typed VARCHAR) or, `hive=False`, files unioned by name."""
     options = schemas.read_options(table) if hive else "union_by_name=true"
-    source = f"read_parquet({sql_string(files)}, {options})"
+    return f"read_parquet({sql_string(files)}, {options})"
+
+
+def _table_sql(con: duckdb.DuckDBPyConnection, table: str, files: str, hive: bool = True) -> str:
+    """The typed SELECT over `files` (`parquet_scan`)."""
+    source = parquet_scan(table, files, hive)
     present = set(con.execute(f"SELECT * FROM {source} LIMIT 0").df().columns)
     return schemas.select_sql(table, source, present)
 

@@ -89,10 +89,10 @@ from mammo_pipeline.dicom.headers import is_for_processing
 # 5: a frame of padding (declared, or black without a declaration) is cut away (`content_box`); 6: a size asked
 # `AtPitch` shows every image at one pitch in mm per pixel, from its pixel spacing; 7: a window centred above every
 # value Bits Stored holds and over four times as wide as the data it covers is refused (`check_window`: an 8-bit
-# export keeping its 12-bit window showed black),
-# the image's own range leaves out values beyond four times its 1st-99th percentile span (`range_window`: one dead
-# pixel or a burned-in label at the top of Bits Stored made the breast black), the pitch follows the stored long
-# side (non-square pixels) and is not recorded when it was refused (`pitch_long_side`)
+# export keeping its 12-bit window showed black), the image's own range leaves out values beyond four times its
+# 1st-99th percentile span (`range_window`: one dead pixel or a burned-in label at the top of Bits Stored made the
+# breast black), the pitch follows the stored long side (non-square pixels) and is not recorded when it was refused
+# (`pitch_long_side`)
 NORM_VERSION = "7"
 
 _APPLIED = frozenset({"voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID"})
