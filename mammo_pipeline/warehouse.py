@@ -83,18 +83,6 @@ def read_slice(settings: Settings, table: str, hospital: str, model_version: str
         return con.execute(_table_sql(con, table, parquet_source(path), hive=False)).df()
 
 
-def slice_is_fresh(path: Path, sop_uids: set[str], sha256: str, newer_than: pd.Timestamp | None = None) -> bool:
-    """Whether a prediction slice already holds exactly these images, from this ONNX file (sha256), and was
-    written after `newer_than` (the newest cache write): then predicting again would change nothing but the
-    run id, and the slice's lineage (its Dagster run) should stay."""
-    if not path.exists():
-        return False
-    table = pq.read_table(path, columns=["sop_instance_uid", "onnx_sha256", "predicted_at"]).to_pandas()
-    if set(table["onnx_sha256"]) != {sha256} or set(table["sop_instance_uid"]) != sop_uids:
-        return False
-    return newer_than is None or pd.isna(newer_than) or table["predicted_at"].min() >= newer_than
-
-
 def table_glob(settings: Settings, table: str) -> str | None:
     """The read_parquet glob of a table (its folder escaped: `parquet_source`), or None while it has no files."""
     root = settings.table_dir(table)

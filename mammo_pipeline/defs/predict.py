@@ -15,7 +15,7 @@ import pandas as pd
 
 from mammo_pipeline import promotions, schemas, warehouse
 from mammo_pipeline.model.evaluate import FLAGS, study_point
-from mammo_pipeline.model.infer import InferenceStats, load_model, write_predictions
+from mammo_pipeline.model.infer import InferenceStats, load_model, slice_is_current, write_predictions
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.progress import every
 from mammo_pipeline.settings import Settings
@@ -166,12 +166,10 @@ def image_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
     if len(manifest):
         manifest = manifest.drop_duplicates("sop_instance_uid", keep="last")
     path = warehouse.slice_file(settings, "image_predictions", hospital, ref.model_version)
-    newest = pd.to_datetime(manifest["cached_at"], utc=True).max() if "cached_at" in manifest else None
-    sops = set(manifest["sop_instance_uid"]) if len(manifest) else set()
-    unchanged = len(manifest) > 0 and warehouse.slice_is_fresh(path, sops, model.sha256, newest)
+    unchanged = slice_is_current(path, manifest, model.sha256)
     if unchanged:  # nightly re-runs: same model, same images: keep the slice and its lineage
         context.log.info(f"{hospital}: predictions of model {ref.model_version} are up to date; nothing to do")
-        stats = InferenceStats(n_kept=len(sops))
+        stats = InferenceStats(n_kept=len(manifest))
     else:
         context.log.info(
             f"{hospital}: predicting the new and re-cached of its {len(manifest)} images with {ref.model_version}"

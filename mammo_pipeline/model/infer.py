@@ -356,10 +356,22 @@ def write_predictions(
     return stats
 
 
+def slice_is_current(path: Path, manifest: pd.DataFrame, sha256: str) -> bool:
+    """Whether the prediction slice `path` would come out of `write_predictions` as it is: every image of
+    `manifest` keeps its row (`_kept_rows`) and the slice holds no other. Then a nightly re-run keeps the file and
+    its lineage. Judged per image, so a slice stays current after an incremental drop, whose new images were
+    cached after the older images were predicted (until stop 63 the oldest prediction was compared with the
+    newest rendition, and after the first new drop every nightly run rewrote the slice)."""
+    if not path.exists() or not len(manifest):
+        return False
+    kept = _kept_rows(path, manifest, sha256)
+    return len(kept) == manifest["sop_instance_uid"].nunique() == pq.read_metadata(path).num_rows
+
+
 def _kept_rows(path: Path, manifest: pd.DataFrame, sha256: str) -> pd.DataFrame:
     """The rows of `path` predicted by the ONNX file `sha256` for images of `manifest` whose rendition is not newer
-    than the prediction (`cached_at` <= `predicted_at`; a manifest without `cached_at` counts as not re-cached, as
-    `warehouse.slice_is_fresh` has it). Empty when `path` does not exist."""
+    than the prediction (`cached_at` <= `predicted_at`; a manifest without `cached_at` counts as not re-cached).
+    Empty when `path` does not exist."""
     if not path.exists() or not len(manifest):
         return pd.DataFrame(columns=list(COLUMNS))
     rows = pq.read_table(path).to_pandas()

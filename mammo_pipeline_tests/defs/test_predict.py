@@ -192,6 +192,37 @@ def test_same_model_same_images_keeps_the_slice_and_its_run(settings, instance):
     assert version(third) == version(first)  # predicted again, the same probabilities: still the same data
 
 
+def test_after_an_incremental_drop_a_nightly_run_keeps_the_slice(settings, instance):
+    """A new drop's images are cached after the older images were predicted; once they are predicted too, the
+    next run with nothing new must take the fast path (until stop 63 it compared the oldest prediction with the
+    newest rendition, so every nightly run after the first new drop rewrote the slice)."""
+    import shutil
+
+    first = _run(settings, instance, ASSETS)
+    manifest_path = settings.table_dir("image_cache", HOSPITAL) / "manifest.parquet"
+    manifest = pd.read_parquet(manifest_path).assign(cached_at=pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=1))
+    new = manifest.iloc[[0]].assign(
+        sop_instance_uid="s4.0",
+        study_instance_uid="s4",
+        model_png="h1/n1/256/s4.0.png",
+        cached_at=pd.Timestamp.now(tz="UTC"),
+    )
+    shutil.copy(settings.cache / manifest["model_png"].iloc[0], settings.cache / "h1/n1/256/s4.0.png")
+    pd.concat([manifest, new]).to_parquet(manifest_path)  # the new drop, rendered after the first predictions
+
+    second = _run(settings, instance, [image_predictions])
+    meta = second.asset_materializations_for_node("image_predictions")[0].metadata
+    assert meta["unchanged"].value is False
+    images = warehouse.read_slice(settings, "image_predictions", HOSPITAL, "m1").set_index("sop_instance_uid")
+    assert images.loc["s4.0", "dagster_run_id"] == second.run_id
+    assert set(images.drop(index="s4.0")["dagster_run_id"]) == {first.run_id}  # the others kept as they were
+
+    third = _run(settings, instance, [image_predictions])
+    assert third.asset_materializations_for_node("image_predictions")[0].metadata["unchanged"].value is True
+    again = warehouse.read_slice(settings, "image_predictions", HOSPITAL, "m1").set_index("sop_instance_uid")
+    assert again["dagster_run_id"].to_dict() == images["dagster_run_id"].to_dict()
+
+
 def _audit_figures(settings, version: str, biopsy: tuple[float, float, float], mag=(0.99, 0.97, 1.0)) -> None:
     """Give model `version`'s registry row per-flag audit ROC-AUC figures (value, low, high)."""
     from mammo_pipeline.model import registry
