@@ -45,6 +45,7 @@ from PIL import Image
 
 from mammo_pipeline.atomic import UnsafePath, atomic_path, ensure_under, owner_alive, remove_stale_temps, run_owner
 from mammo_pipeline.dicom.normalize import NORM_VERSION, REFERENCE_FIELD_MM, AtPitch, render, rendition_current
+from mammo_pipeline.dicom.quarantine import SCHEMA as QUARANTINE_SCHEMA
 from mammo_pipeline.dicom.quarantine import UNREADABLE, quarantine_rows, read_quarantine_rows, write_quarantine
 from mammo_pipeline.dicom.source_paths import redact
 from mammo_pipeline.dicom.source_paths import resolve as resolve_source
@@ -653,10 +654,12 @@ def _fold(
 
     Under the partition lock, so overlapping runs never overwrite each other's images. Rows of images no
     longer in the index are dropped unless a live run's journal holds them. Journals of this run (at the end)
-    and of dead runs are deleted once folded in.
-    """
+    and of dead runs are deleted once folded in. When nothing changed (no journal, no new row, none dropped)
+    the files are left as they are, so a nightly run that finds nothing new leaves their mtimes to the last
+    change (backups and file watchers see no change)."""
     with _locked(table_dir):
         rows, bad, journals = _load(result, table_dir)
+        loaded = len(rows), len(bad)
         live = {p for p in journals if p != journal.path and owner_alive(_journal_owner(p)) is not False}
         live_sops = {row.get("sop_instance_uid") for p in live for _, row in _read_journal(p)}
         rows.update(mine)
@@ -668,7 +671,15 @@ def _fold(
         wanted = keep | live_sops
         rows = {sop: r for sop, r in rows.items() if sop in wanted}
         bad = {sop: q for sop, q in bad.items() if sop in wanted}
-        _write_outputs(result, rows, list(bad.values()))
+        if (
+            journals
+            or mine
+            or mine_quarantined
+            or (len(rows), len(bad)) != loaded
+            or _outdated(result.manifest_path, SCHEMA)
+            or _outdated(result.quarantine_path, QUARANTINE_SCHEMA)
+        ):
+            _write_outputs(result, rows, list(bad.values()))  # else a run that found nothing new rewrites nothing
         for path in journals:
             if path not in live and (final or path != journal.path):
                 if path == journal.path:
@@ -684,6 +695,12 @@ def _write_outputs(result: CacheResult, done: dict[str, dict[str, Any]], quarant
     with atomic_path(result.manifest_path) as tmp:
         pq.write_table(table, tmp)
     write_quarantine(sorted(quarantine, key=lambda q: str(q.get("sop_instance_uid"))), result.quarantine_path)
+
+
+def _outdated(path: Path | None, schema: pa.Schema) -> bool:
+    """Whether a table file must be written even with no row changed: missing, or of an older schema (a run
+    brings a manifest written by older code up to the current columns)."""
+    return path is None or not path.exists() or not pq.read_schema(path).equals(schema, check_metadata=False)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

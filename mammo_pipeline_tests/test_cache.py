@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 
 from mammo_pipeline import cache as cache_module
 from mammo_pipeline.atomic import atomic_path, run_owner
-from mammo_pipeline.cache import cache_hospital, read_manifest
+from mammo_pipeline.cache import cache_hospital, cache_quarantine_path, manifest_path, read_manifest
 from mammo_pipeline.dicom.headers import MG_FOR_PROCESSING
 from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.dicom.source_paths import pseudonymize_path, resolve
@@ -97,14 +97,17 @@ def test_cache_hospital_quarantines_decode_failures(settings):
 def test_cache_hospital_second_run_renders_nothing(settings, render_calls):
     _landing(settings)
     cache_hospital(settings, "h1")
+    tables = [manifest_path(settings, "h1"), cache_quarantine_path(settings, "h1")]
     pngs = sorted((settings.cache / "h1").rglob("*.png"))
     mtimes = [p.stat().st_mtime_ns for p in pngs]
+    written = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in tables]
     render_calls.clear()
 
     again = cache_hospital(settings, "h1")
     assert render_calls == []  # neither cached nor quarantined images are rendered again
     assert (again.new, again.unchanged, again.still_quarantined, again.rows) == (0, 3, 1, 3)
     assert [p.stat().st_mtime_ns for p in pngs] == mtimes
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in tables] == written  # nothing new: no table rewritten
 
 
 def test_cache_hospital_after_a_crash_completes_the_rest(settings, render_calls):
