@@ -10,6 +10,7 @@ read from a file (a UID, a folder name) can never make the pipeline write elsewh
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
@@ -146,6 +147,22 @@ def owner_alive(owner: str) -> bool | None:
     except PermissionError:  # exists, owned by another user
         return True
     return True
+
+
+def remove_stale_temps_of(path: Path) -> int:
+    """Delete the temp files killed runs left while writing `path` (`.<name>.<owner>.tmp`, and the `.wal` DuckDB
+    keeps beside a database being built), only stale ones (`is_stale`); return how many temps. For a target in
+    a folder too large or too shared to sweep with `remove_stale_temps` (the warehouse root): only this file's
+    temps are listed."""
+    n = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if is_stale(tmp):
+            tmp.unlink(missing_ok=True)
+            n += 1
+    for wal in path.parent.glob(f".{glob.escape(path.name)}.*.tmp.wal"):
+        if not wal.with_suffix("").exists() and is_stale(wal.with_suffix("")):
+            wal.unlink(missing_ok=True)
+    return n
 
 
 def is_stale(path: Path, max_age_s: float = STALE_AFTER_S, now: float | None = None) -> bool:

@@ -12,9 +12,10 @@ NORM_VERSION would make (`normalize.rendition_current`: an upgrade that changes 
 images that took it), and PNGs whose mtime is the one recorded when they were written. Each finished image is appended
 at once to a per-run journal beside the manifest (`.journal-<owner>.jsonl`), so a run killed at any point
 (even `kill -9`) resumes with only the missing images; the journal is folded into `manifest.parquet` every
-MANIFEST_EVERY images and at the end, under a lock, merging what overlapping runs of the same partition wrote.
-Temp files carry their run's owner tag and are only cleaned when their owner is dead (or, on another host,
-when old), so overlapping runs never delete each other's in-flight files. Images that cannot be rendered are
+MANIFEST_EVERY images and at the end, under a lock. One run renders a hospital at a time (`RUN_LOCK`; a
+second run waits for the first); should two still overlap (a file system whose locks do not hold), folding
+merges what each wrote, and temp files carry their run's owner tag and are only cleaned when their owner is
+dead (or, on another host, when old), so neither deletes the other's in-flight files. Images that cannot be rendered are
 quarantined (`quarantine/hospital=<h>/cache.parquet`) and stay skipped until their file or NORM_VERSION changes
 (reason `source_missing`, a file that left the landing folder after it was indexed, is tried again each run, as is
 `source_changed`, a file replaced or rewritten since it was indexed: its pixels are not the indexed image's, so it
@@ -68,6 +69,7 @@ INDEX_COLUMNS = [
     "file_mtime_ns",
     "image_kind",  # 2d, synthesized_2d, digitized_film, ... (dicom.headers.classify); absent in older indexes
 ]
+RUN_LOCK = ".run.lock"  # held by a cache run of the hospital from start to end (`cache_hospital`)
 MANIFEST_EVERY = 2000  # images between folding the journals into manifest.parquet (each fold rereads it)
 PNG_COMPRESS_LEVEL = 3  # zlib level: most of level 9's size at a fraction of its time
 
@@ -131,6 +133,7 @@ class CacheResult:
     kept_without_source: int = 0  # not current, but their source left landing: the rendition they have stays
     rows: int = 0  # manifest rows after the run
     seconds: float = 0.0
+    waited_s: float = 0.0  # spent waiting for another run of the same hospital to finish (`_locked`)
     manifest_path: Path | None = None
     quarantine_path: Path | None = None
 
@@ -204,19 +207,47 @@ def cache_quarantine_path(settings: Settings, hospital: str) -> Path:
     return settings.table_dir("quarantine", hospital) / "cache.parquet"
 
 
-def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | None = None) -> CacheResult:
-    """Render every usable, not yet cached image of one hospital; see the module docstring."""
+def cache_hospital(
+    settings: Settings, hospital: str, progress: ProgressFn | None = None, on_wait: Callable[[str], None] | None = None
+) -> CacheResult:
+    """Render every usable, not yet cached image of one hospital; see the module docstring.
+
+    One run per hospital at a time: a run that finds another one rendering the same hospital (a second
+    `dagster asset materialize`, which bypasses the run queue's one-run-per-partition limit) says so through
+    `on_wait` and waits for it, then renders only what that run left. Overlapping runs used to render every
+    image twice, and the one that finished last dropped the rows the other had added for a newer index
+    (stop 63's probe). Raises FileNotFoundError when the hospital has no dicom_index yet (a cache run racing
+    ahead of its first index wrote an empty manifest that passed for a hospital without images).
+    """
     start = time.monotonic()
-    owner = run_owner()
     result = CacheResult(hospital, manifest_path=manifest_path(settings, hospital))
     result.quarantine_path = cache_quarantine_path(settings, hospital)
     table_dir = result.manifest_path.parent
-    hospital_cache = ensure_under(settings.cache, hospital)
     ensure_under(settings.warehouse, table_dir)
+
+    def waiting() -> None:
+        if on_wait:
+            on_wait(f"{hospital}: another run is caching this hospital; waiting for it to finish")
+
+    with _one_run_at_a_time(table_dir, waiting):
+        result.waited_s = time.monotonic() - start
+        _cache(settings, hospital, result, progress)
+    result.seconds = time.monotonic() - start - result.waited_s
+    return result
+
+
+def _cache(settings: Settings, hospital: str, result: CacheResult, progress: ProgressFn | None) -> None:
+    """The body of `cache_hospital`, under its run lock."""
+    owner = run_owner()
+    assert result.manifest_path is not None and result.quarantine_path is not None
+    table_dir = result.manifest_path.parent
+    hospital_cache = ensure_under(settings.cache, hospital)
     for folder in (hospital_cache, table_dir, result.quarantine_path.parent):
         if folder.exists():
             remove_stale_temps(folder)
 
+    if not any(settings.table_dir("dicom_index", hospital).glob("*.parquet")):
+        raise FileNotFoundError(f"{hospital}: no dicom_index yet; materialize dicom_index for it first")
     index = _read_index(settings, hospital)
     processing = index["for_processing"].fillna(False).astype(bool)
     result.for_processing = int(processing.sum())
@@ -284,8 +315,6 @@ def cache_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     finally:
         journal.close()
     result.quarantined = dict(reasons)
-    result.seconds = time.monotonic() - start
-    return result
 
 
 def read_manifest(settings: Settings, hospital: str) -> pd.DataFrame:
@@ -598,15 +627,27 @@ def _read_journal(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on the partition's bookkeeping (manifest, quarantine, journals) across processes."""
+def _locked(folder: Path, name: str = ".lock", waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive lock across processes on `folder/name`: `.lock` guards the partition's bookkeeping
+    (manifest, quarantine, journals), RUN_LOCK a whole run. `waiting` is called once when another process
+    holds it. The kernel releases a dead holder's lock (flock), so a killed run never blocks the next."""
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with (folder / name).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                waiting()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _one_run_at_a_time(table_dir: Path, waiting: Callable[[], None]) -> contextlib.AbstractContextManager[None]:
+    """The hospital's run lock (`RUN_LOCK`), held by `cache_hospital` from start to end."""
+    return _locked(table_dir, RUN_LOCK, waiting)
 
 
 def _newer(a: dict[str, Any] | None, b: dict[str, Any], key: str) -> bool:

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from mammo_pipeline import schemas
-from mammo_pipeline.atomic import atomic_path, write_parquet
+from mammo_pipeline.atomic import atomic_path, remove_stale_temps_of, write_parquet
 from mammo_pipeline.settings import Settings
 
 TABLES = tuple(schemas.TABLES)
@@ -55,6 +55,7 @@ def write_partition(
 def write_table_file(table: str, df: pd.DataFrame, path: Path) -> Path:
     """Write `df` to `path` atomically with exactly the table's schema (schemas.conform raises on a misfit)."""
     arrow = schemas.conform(table, df)
+    remove_stale_temps_of(path)  # what a run killed while writing this file left (a study_predictions slice)
     with atomic_path(path) as tmp:
         pq.write_table(arrow, tmp)
     return path
@@ -167,6 +168,7 @@ def refresh_views(settings: Settings) -> list[str]:
     DuckDB's single-writer lock and readers never open a half-built file.
     """
     settings.warehouse.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps_of(settings.duckdb_path)  # a refresh killed part way
     made = []
     with atomic_path(settings.duckdb_path) as tmp:
         con = duckdb.connect(str(tmp))

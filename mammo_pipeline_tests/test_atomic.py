@@ -13,6 +13,7 @@ from mammo_pipeline.atomic import (
     ensure_under,
     is_stale,
     remove_stale_temps,
+    remove_stale_temps_of,
     run_owner,
     write_parquet,
 )
@@ -54,6 +55,20 @@ def test_remove_stale_temps_by_owner_and_age(tmp_path):
         os.utime(path, (time.time() - STALE_AFTER_S - 60,) * 2)
     assert remove_stale_temps(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(["keep.png", alive.name])
+
+
+def test_remove_stale_temps_of_one_file_takes_its_dead_writers_temps_and_wal_only(tmp_path):
+    target = tmp_path / "warehouse.duckdb"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = run_owner().split("~")[0]
+    killed = tmp_path / f".warehouse.duckdb.{host}~{dead.stdout.strip()}~ab12.tmp"
+    wal = tmp_path / f"{killed.name}.wal"
+    alive = tmp_path / f".warehouse.duckdb.{run_owner()}.tmp"  # a refresh in flight in this process
+    other = tmp_path / f".part.parquet.{host}~{dead.stdout.strip()}~ab12.tmp"  # another file's: not listed
+    for path in (killed, wal, alive, other, tmp_path / f"{alive.name}.wal"):
+        path.write_text("junk")
+    assert remove_stale_temps_of(target) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, f"{alive.name}.wal", other.name])
 
 
 def test_atomic_path_names_its_owner(tmp_path):

@@ -81,6 +81,28 @@ def test_read_partition_of_a_missing_table_is_empty(settings):
     assert warehouse.table_glob(settings, "dicom_index") is None
 
 
+def test_refresh_views_removes_what_a_killed_refresh_left(settings):
+    """A refresh killed while building `.warehouse.duckdb.<owner>.tmp` left it (and its WAL) for good: no later
+    run swept the warehouse root (found by stop 63's probe)."""
+    import subprocess
+    import sys
+
+    from mammo_pipeline.atomic import run_owner
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    owner = f"{run_owner().split('~')[0]}~{dead.stdout.strip()}~ab12"
+    settings.warehouse.mkdir(parents=True, exist_ok=True)
+    left = [
+        settings.warehouse / f".warehouse.duckdb.{owner}.tmp",
+        settings.warehouse / f".warehouse.duckdb.{owner}.tmp.wal",
+    ]
+    for path in left:
+        path.write_bytes(b"half a database")
+    warehouse.refresh_views(settings)
+    assert not [p for p in left if p.exists()]
+    assert settings.duckdb_path.exists()
+
+
 def test_refresh_views_replaces_the_file_atomically(settings):
     warehouse.refresh_views(settings)
     warehouse.write_partition(settings, "quarantine", "h1", pd.DataFrame({"reason": ["not_dicom"]}))

@@ -74,7 +74,12 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
 def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.MaterializeResult:
     """A display PNG and a model-size PNG per For Presentation image of a hospital, with their manifest."""
     settings, hospital = mammo.get(), context.partition_key
-    result = cache_hospital(settings, hospital, progress=every(10, context.log.info, f"images cached ({hospital})"))
+    result = cache_hospital(
+        settings,
+        hospital,
+        progress=every(10, context.log.info, f"images cached ({hospital})"),
+        on_wait=context.log.warning,
+    )
     warehouse.refresh_views(settings)
     skipped = f", {result.for_processing} For Processing skipped (never displayed)" if result.for_processing else ""
     context.log.info(
@@ -97,6 +102,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             **_by_reason(result.quarantined),
             "images_per_second": round(result.images_per_s, 2),
             "seconds": round(result.seconds, 2),
+            "waited_for_another_run_s": round(result.waited_s, 2),
             "norm_version": NORM_VERSION,
             "cache_path": dg.MetadataValue.path(str(settings.cache / hospital / NORM_VERSION)),
             "manifest_path": dg.MetadataValue.path(str(result.manifest_path)),

@@ -65,7 +65,12 @@ class LocalRunLauncher(DefaultRunLauncher):
         return True
 
     def run_worker_pid(self, run: DagsterRun) -> tuple[int, float] | None:
-        """(pid, event timestamp) of the run's latest worker process, from its engine events; None before one."""
+        """(pid, event timestamp) of the run's latest worker process, from its engine events; None before one.
+
+        A launched run names its worker in "Started process for run"; every run also names the process that
+        executes its steps ("Executing steps in process" / "... using multiprocess executor: parent process"),
+        the worker itself for a launched run and the command's own process for `dagster asset materialize`,
+        which no launcher starts: killed, such a run stayed STARTED and blocked its hospital's queue (stop 63)."""
         found = None
         for record in self._instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
             event = record.dagster_event
@@ -73,7 +78,7 @@ class LocalRunLauncher(DefaultRunLauncher):
             pid = metadata.get("pid")
             text = str(getattr(pid, "value", pid) or "")
             message = getattr(event, "message", None) or record.user_message or ""
-            if text.isdigit() and message.startswith("Started process for"):  # the run (or its resumption)
+            if text.isdigit() and message.startswith(("Started process for", "Executing steps ")):
                 found = (int(text), record.timestamp)
         return found
 

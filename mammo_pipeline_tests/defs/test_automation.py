@@ -115,12 +115,18 @@ def _stand_in_job() -> None:
     _noop()
 
 
-def _started_run(instance: dg.DagsterInstance, pid: int, partition: str):
-    """A STARTED run of partition `partition` whose run worker is process `pid`, as the code server records it."""
+# How a run names the process that runs it: a launched run's code server, then (every run, a launched one, and
+# `dagster asset materialize` with no launcher) the executor's own engine event.
+LAUNCHED = "Started process for run (pid: {pid})."
+HAND_RUN = "Executing steps using multiprocess executor: parent process (pid: {pid})"
+
+
+def _started_run(instance: dg.DagsterInstance, pid: int, partition: str, message: str = LAUNCHED):
+    """A STARTED run of partition `partition` whose run worker is process `pid`, as Dagster records it."""
     from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
 
     run = instance.create_run_for_job(_stand_in_job, tags={"dagster/partition": partition})
-    instance.report_engine_event(f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid))
+    instance.report_engine_event(message.format(pid=pid), run, EngineEventData.multiprocess(pid))
     instance.report_dagster_event(
         DagsterEvent(DagsterEventType.RUN_START.value, job_name=run.job_name, message="started"), run.run_id
     )
@@ -144,7 +150,8 @@ def _dequeue(instance: dg.DagsterInstance) -> list[str]:
     return [r.run_id for r in daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), None)]
 
 
-def test_shipped_dagster_yaml_fails_a_killed_run_and_its_partition_queue_moves_on(tmp_path):
+@pytest.mark.parametrize("message", [LAUNCHED, HAND_RUN], ids=["launched", "dagster-asset-materialize"])
+def test_shipped_dagster_yaml_fails_a_killed_run_and_its_partition_queue_moves_on(tmp_path, message):
     import logging
     import subprocess
     import sys
@@ -157,7 +164,7 @@ def test_shipped_dagster_yaml_fails_a_killed_run_and_its_partition_queue_moves_o
     with instance_from(SHIPPED_YAML, tmp_path) as instance:
         assert instance.run_monitoring_enabled and isinstance(instance.run_launcher, LocalRunLauncher)
         dead_worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        dead = _started_run(instance, dead_worker.pid, "h2")
+        dead = _started_run(instance, dead_worker.pid, "h2", message)
         dead_worker.kill()  # kill -9 of the run worker: the run stays STARTED by itself
         dead_worker.wait()
         queued = instance.create_run_for_job(
@@ -168,7 +175,7 @@ def test_shipped_dagster_yaml_fails_a_killed_run_and_its_partition_queue_moves_o
         )
         assert _dequeue(instance) == []  # h2's queued run waits behind the dead one
         worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        alive = _started_run(instance, worker.pid, "h1")
+        alive = _started_run(instance, worker.pid, "h1", message)
         try:
             for run in (alive, dead):
                 record = instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id]))[0]
