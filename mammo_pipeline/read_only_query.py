@@ -3,7 +3,7 @@
 `warehouse.connect` is for the pipeline's own queries; a person's SQL goes through `read_only_connection`, which
 takes the same views and then locks DuckDB down before any user text runs:
 
-- `enable_external_access=false` with `allowed_directories` = the warehouse's table folders, so the views can
+- `enable_external_access=false` with `allowed_directories` = the warehouse's table and report folders, so the views can
   read their Parquet files but `read_text('/etc/passwd')`, `read_csv('https://...')`, `glob`, `ATTACH` and
   reading MAMMO_HOME/.salt or .session_secret are refused;
 - `autoinstall_known_extensions`/`autoload_known_extensions` off and no external extensions (`INSTALL`, `LOAD`);
@@ -35,7 +35,8 @@ class ReadOnlyViolation(ValueError):
 def read_only_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the warehouse views, file/network/extension access off and locked."""
     con = warehouse.connect(settings)
-    folders = sorted({f"{settings.table_dir(table).resolve()}/" for table in warehouse.TABLES})
+    tables = [settings.table_dir(table) for table in warehouse.TABLES]
+    folders = sorted({f"{folder.resolve()}/" for folder in [*tables, settings.warehouse / warehouse.REPORTS]})
     listed = ", ".join("'" + folder.replace("'", "''") + "'" for folder in folders)
     for statement in (
         "SET autoinstall_known_extensions = false",

@@ -207,6 +207,14 @@ class Settings:
         return self
 
 
+DEFAULT_REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"  # ../shared/realdata of the checkout
+
+
+def realdata_dir(folder: Path | str | None = None) -> Path:
+    """The real-image folder: `folder`, else $MAMMO_REALDATA, else ../shared/realdata next to the checkout."""
+    return Path(folder or os.environ.get("MAMMO_REALDATA") or DEFAULT_REALDATA)
+
+
 def quiet_seconds_from_env(env: Mapping[str, str] | None = None) -> float:
     """MAMMO_DROP_QUIET_SECONDS: seconds without a file change after which a drop without `_READY` counts as fully
     copied. SettingsError naming the variable unless a positive number (the sensor reads it on every tick)."""

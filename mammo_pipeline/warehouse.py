@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import duckdb
@@ -29,6 +30,10 @@ FLAT = tuple(t for t, spec in schemas.TABLES.items() if not spec.hive_keys)
 HISTORY = ("image_predictions", "study_predictions")  # one slice per (hospital, model_version)
 # Views derived from the tables: today's answer (see promotions.current_models_sql).
 CURRENT_VIEWS = {"image_predictions_current": "image_predictions", "study_predictions_current": "study_predictions"}
+# Reports the assets write beside the tables (`warehouse/reports/<name>.parquet`: prediction_summary,
+# prediction_counts, metadata_completeness), each a view of its own name.
+REPORTS = "reports"
+_VIEW_NAME = re.compile(r"[a-z][a-z0-9_]*")
 SLICE_FILE = "part.parquet"
 
 
@@ -131,7 +136,8 @@ def _table_sql(con: duckdb.DuckDBPyConnection, table: str, files: str, hive: boo
 
 
 def _view_sqls(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, str]:
-    """View name -> SELECT for every table with files, the empty promotions table, and the current views."""
+    """View name -> SELECT for every table with files, the empty promotions table, the current views and the
+    reports (`REPORTS`)."""
     from mammo_pipeline.promotions import current_rows_sql
 
     sqls = {}
@@ -144,6 +150,10 @@ def _view_sqls(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, 
     for view, table in CURRENT_VIEWS.items():
         if table in sqls and "image_predictions" in sqls:
             sqls[view] = current_rows_sql(table)
+    reports = settings.warehouse / REPORTS
+    for path in sorted(reports.glob("*.parquet")) if reports.is_dir() else []:
+        if _VIEW_NAME.fullmatch(path.stem):
+            sqls.setdefault(path.stem, f"SELECT * FROM read_parquet({sql_string(parquet_source(path))})")
     return sqls
 
 

@@ -9,10 +9,13 @@ from importlib.resources import files
 import click
 
 from mammo_pipeline.settings import (
+    DROP_SENSOR_INTERVAL_VAR,
     ENVIRONMENT_VARIABLES,
+    QUIET_SECONDS_VAR,
     Settings,
     drop_sensor_interval_from_env,
     quiet_seconds_from_env,
+    realdata_dir,
 )
 
 # Settings never echoed: MAMMO_SALT turns a 16-character patient key back into its Patient ID by brute force
@@ -45,11 +48,15 @@ def command(show_env: bool) -> None:
         eval "$(mammo home --env)"
     """
     settings = Settings.from_env()
-    quiet_seconds_from_env()  # the drop sensor's two, read by Dagster, not by Settings: refused here too
-    drop_sensor_interval_from_env()
+    values = {  # Settings' own, then what Dagster and the benchmarks read themselves (refused here too)
+        **settings.as_env(),
+        QUIET_SECONDS_VAR: f"{quiet_seconds_from_env():g}",
+        DROP_SENSOR_INTERVAL_VAR: str(drop_sensor_interval_from_env()),
+        "MAMMO_REALDATA": str(realdata_dir()),
+    }
     settings = init_home(settings)
     if show_env:
-        for key, value in settings.as_env().items():
+        for key, value in values.items():
             if key in SECRETS:
                 click.echo(f"# {key} is set and not printed: a secret (with it, patient keys can be traced back)")
             else:
@@ -58,5 +65,5 @@ def command(show_env: bool) -> None:
     for var, default, text in ENVIRONMENT_VARIABLES:
         click.echo(f"{var:26} {text} (default {default})")
     click.echo()
-    for key, value in settings.as_env().items():
+    for key, value in values.items():
         click.echo(f"{key}={'(set, not printed)' if key in SECRETS else value}")

@@ -13,7 +13,8 @@ from mammo_pipeline.settings import Settings
 HELP = f"""Run read-only SQL over the warehouse tables and print the result.
 
 Tables: {", ".join(warehouse.TABLES)}; {" and ".join(warehouse.HISTORY)} hold every model's rows, the views
-{" and ".join(warehouse.CURRENT_VIEWS)} each hospital's current model's. Only SELECT-like statements run;
+{" and ".join(warehouse.CURRENT_VIEWS)} each hospital's current model's; the reports (prediction_summary,
+prediction_counts, metadata_completeness) once their assets ran. Only SELECT-like statements run;
 files outside the warehouse tables, the network, ATTACH and extensions are off (COPY, INSTALL,
 read_text('/etc/passwd') fail).
 
@@ -42,8 +43,9 @@ def command(sql: str, fmt: str) -> None:
     except ReadOnlyViolation as e:
         raise click.ClickException(str(e)) from e
     except duckdb.Error as e:
-        tables = [t for t in warehouse.TABLES if warehouse.table_glob(settings, t)]
-        raise click.ClickException(f"query failed: {e}\nTables: {', '.join(tables) or 'none yet'}") from e
+        with warehouse.connect(settings) as con:  # every view the query could read, the *_current ones too
+            names = sorted(warehouse.views(con))
+        raise click.ClickException(f"query failed: {e}\nTables: {', '.join(names) or 'none yet'}") from e
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
     elif fmt == "json":

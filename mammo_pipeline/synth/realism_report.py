@@ -12,7 +12,6 @@ Synthetic images are measured as the pipeline sees them: the DICOM files of a dr
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from mammo_pipeline import atomic
+from mammo_pipeline.settings import realdata_dir
 from mammo_pipeline.synth.realism import SHARE_NAMES, STAT_NAMES, image_stats, model_rendition
 
-DEFAULT_REALDATA = Path(__file__).resolve().parents[3] / "shared" / "realdata"
 NYU_SPACING_MM = 0.07  # no pixel spacing in the PNGs; 2560 x 3328 matches a 70-um detector (realdata README)
 FILM_SPACING_MM = 0.05  # no pixel spacing in the WG04 header; DDSM films were scanned at 43.5-50 um
 NEAREST_PROFILE = {"FFDM": "H-LOR", "FILM": "FILM-DF"}  # NYU: 2560 x 3328 at 70 um = the Lorad Selenia matrix
@@ -50,11 +49,6 @@ class Measured:
     stats: dict = field(default_factory=dict)
     label: str | None = None  # synthetic: the truth label ('neither', 'biopsy', ...); real: unknown
     matrix: str | None = None  # synthetic: the full-size "ROWSxCOLUMNS" of its detector field (truth's `matrix`)
-
-
-def realdata_dir(folder: Path | str | None = None) -> Path:
-    """The real-image folder: `folder`, else $MAMMO_REALDATA, else ../shared/realdata next to the checkout."""
-    return Path(folder or os.environ.get("MAMMO_REALDATA") or DEFAULT_REALDATA)
 
 
 def load_real(folder: Path | str | None = None, echo: Callable[[str], None] = print) -> list[Measured]:

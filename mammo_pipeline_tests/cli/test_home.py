@@ -62,3 +62,17 @@ def test_home_lists_every_variable_of_the_readmes_configuration_table(settings):
     documented |= set(re.findall(r", `(MAMMO_[A-Z_]+)`", table))
     output = CliRunner().invoke(command, []).output
     assert len(documented) > 20 and {v for v in documented if v not in output} == set()
+
+
+def test_home_prints_the_value_of_the_settings_dagster_and_the_benchmarks_read(settings, monkeypatch):
+    """A newcomer's report: the values `mammo home` printed stopped at Settings' own, leaving out the drop sensor's
+    two (read by Dagster) and where the real evaluation images are looked for."""
+    monkeypatch.setenv("MAMMO_DROP_QUIET_SECONDS", "45")
+    monkeypatch.setenv("MAMMO_REALDATA", "/data/real")
+    output = CliRunner().invoke(command, []).output
+    values = dict(line.split("=", 1) for line in output.splitlines() if "=" in line and " " not in line.split("=")[0])
+    assert values["MAMMO_DROP_QUIET_SECONDS"] == "45"
+    assert values["MAMMO_DROP_SENSOR_INTERVAL"] == "30"
+    assert values["MAMMO_REALDATA"] == "/data/real"
+    exports = CliRunner().invoke(command, ["--env"]).output
+    assert "export MAMMO_DROP_QUIET_SECONDS=45" in exports and "export MAMMO_REALDATA=/data/real" in exports

@@ -30,6 +30,27 @@ def test_query_bad_sql_is_a_clear_error(settings):
     assert "query failed" in result.output and "no_such_table" in result.output
 
 
+def test_query_reads_the_reports_and_its_error_lists_every_view(settings):
+    """A newcomer's report: the README sends readers to `prediction_summary`, which `mammo query` could not read
+    (it is a report beside the tables), and a failed query's "Tables:" left out the *_current views."""
+    import pandas as pd
+
+    from mammo_pipeline.atomic import write_parquet
+
+    predict_hospital(settings, "h1", {"s1": 2}, "m1", seed=0, run_id="run-1")
+    write_parquet(
+        pd.DataFrame({"hospital": ["h1"], "n_images": [2]}),
+        settings.warehouse / "reports" / "prediction_summary.parquet",
+    )
+    (settings.warehouse / "reports" / "not a view!.parquet").write_bytes(b"")  # no view named from a file's whim
+    result = CliRunner().invoke(query_command, ["SELECT hospital, n_images FROM prediction_summary", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["hospital,n_images", "h1,2"]
+    failed = CliRunner().invoke(query_command, ["SELECT * FROM no_such_table"])
+    listed = failed.output.split("Tables:", 1)[1].replace(",", " ").split()
+    assert {"image_predictions", "image_predictions_current", "prediction_summary"} <= set(listed)
+
+
 def test_query_help_names_every_table_and_view_the_warehouse_has(settings):
     """A user's report: `mammo query --help` listed the tables by hand and left out quarantine and
     prediction_prunes, which `mammo query "SHOW TABLES"` lists."""
