@@ -131,6 +131,7 @@ class CacheResult:
     quarantined: dict[str, int] = field(default_factory=dict)  # newly quarantined this run, by reason
     still_quarantined: int = 0  # skipped: quarantined before, file and NORM_VERSION unchanged
     kept_without_source: int = 0  # not current, but their source left landing: the rendition they have stays
+    withdrawn: int = 0  # manifest rows dropped: their image left the index (its file deleted from its drop)
     rows: int = 0  # manifest rows after the run
     seconds: float = 0.0
     waited_s: float = 0.0  # spent waiting for another run of the same hospital to finish (`_locked`)
@@ -710,6 +711,7 @@ def _fold(
         for sop in mine_quarantined:
             rows.pop(sop, None)
         wanted = keep | live_sops
+        result.withdrawn += sum(sop not in wanted for sop in rows)
         rows = {sop: r for sop, r in rows.items() if sop in wanted}
         bad = {sop: q for sop, q in bad.items() if sop in wanted}
         if (

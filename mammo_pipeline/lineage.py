@@ -63,7 +63,8 @@ def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp 
             current = con.execute(
                 f"SELECT * FROM ({promotions.current_models_sql(when, flags)}) c "
                 "WHERE hospital IN (SELECT unnest(?)) AND EXISTS (SELECT 1 FROM image_predictions i "
-                "WHERE i.hospital = c.hospital AND i.model_version = c.model_version AND i.study_instance_uid = ?)",
+                "WHERE i.hospital = c.hospital AND i.model_version = c.model_version AND i.study_instance_uid = ? "
+                f"AND i.predicted_at <= {when})",  # predicted by then (a study that came later was not yet)
                 [hospitals, study_uid],
             ).df()
             if not current.empty:

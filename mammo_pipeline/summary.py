@@ -97,7 +97,7 @@ def _aggregate(con: duckdb.DuckDBPyConnection, points: dict | None) -> pd.DataFr
                CASE WHEN count(needs_review) > 0 THEN count_if(needs_review) END AS n_needs_review,
                any_value(model_version) AS model_version, any_value(onnx_sha256) AS onnx_sha256,
                any_value(label_snapshot_id) AS label_snapshot_id,
-               any_value(dagster_run_id) AS dagster_run_id, max(predicted_at) AS predicted_at
+               arg_max(dagster_run_id, predicted_at) AS dagster_run_id, max(predicted_at) AS predicted_at
         FROM images GROUP BY study_instance_uid ORDER BY study_instance_uid
         """,
         biopsy_args + mag_args + review_args,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mammo_pipeline import schemas
@@ -58,12 +59,24 @@ def write_partition(
 
 
 def write_table_file(table: str, df: pd.DataFrame, path: Path) -> Path:
-    """Write `df` to `path` atomically with exactly the table's schema (schemas.conform raises on a misfit)."""
+    """Write `df` to `path` atomically with exactly the table's schema (schemas.conform raises on a misfit). A
+    file that already holds exactly these rows is left as it is: a nightly run that changes nothing rewrites
+    nothing (until stop 63 every run replaced each study_predictions slice)."""
     arrow = schemas.conform(table, df)
     remove_stale_temps_of(path)  # what a run killed while writing this file left (a study_predictions slice)
+    if _holds(path, arrow):
+        return path
     with atomic_path(path) as tmp:
         pq.write_table(arrow, tmp)
     return path
+
+
+def _holds(path: Path, arrow: pa.Table) -> bool:
+    """Whether the Parquet file `path` holds exactly `arrow` (rows, order, columns and types)."""
+    try:
+        return path.exists() and pq.read_table(path).equals(arrow, check_metadata=False)
+    except (OSError, pa.ArrowInvalid):  # unreadable: write it again
+        return False
 
 
 def write_slice(settings: Settings, table: str, hospital: str, model_version: str, df: pd.DataFrame) -> Path:

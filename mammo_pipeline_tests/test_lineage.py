@@ -11,6 +11,7 @@ from mammo_pipeline import warehouse
 from mammo_pipeline.cli.lineage import render
 from mammo_pipeline.lineage import UnknownStudy, study_lineage
 from mammo_pipeline.model.infer import load_model, write_predictions
+from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.summary import aggregate_studies
 from mammo_pipeline_tests.model.test_infer import make_cache, make_model
 
@@ -52,6 +53,23 @@ def test_study_lineage_unknown_study_is_a_clear_error(settings):
     predict_hospital(settings, "h1", {"s1": 1}, "m1", seed=0, run_id="run-1")
     with pytest.raises(UnknownStudy, match="nope: not in image_predictions"):
         study_lineage(settings, "nope")
+
+
+def test_lineage_as_of_before_a_late_study_was_predicted_is_a_clear_error(settings):
+    """Its hospital's model was current then, but the study came in a later drop: `--as-of` raised IndexError
+    (found by stop 63's nightly probe) instead of saying no model had predicted it by then."""
+    import time
+
+    predict_hospital(settings, "h1", {"s1": 2}, "m1", seed=0, run_id="run-1")
+    before = pd.Timestamp.now(tz="UTC")
+    time.sleep(0.01)
+    manifest = make_cache(settings, "h1", {"s1": 2, "s2": 1})  # the next drop brings study s2
+    path = warehouse.slice_file(settings, "image_predictions", "h1", "m1")
+    write_predictions(settings, manifest, load_model(settings, ModelRef.load(settings.models)), path, run_id="run-2")
+    with pytest.raises(UnknownStudy, match=r"no model current at .* had predicted it"):
+        study_lineage(settings, "s2", as_of=before)
+    assert study_lineage(settings, "s1", as_of=before)["current"]["dagster_run_id"] == "run-1"
+    assert study_lineage(settings, "s2")["current"]["dagster_run_id"] == "run-2"
 
 
 @pytest.mark.parametrize("study_threshold", [0.0, 1.01])

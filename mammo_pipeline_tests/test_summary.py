@@ -51,6 +51,18 @@ def test_aggregate_studies_flags_a_study_when_any_image_is_flagged(settings):
     assert set(studies["model_version"]) == {"m1"} and set(studies["dagster_run_id"]) == {"run1"}
 
 
+@pytest.mark.parametrize("late", ["a.1", "a.2", "a.3"])
+def test_a_studys_run_is_the_run_of_its_newest_prediction(settings, late):
+    """A late image of a study predicted by a later run: the study row named an arbitrary image's run beside the
+    newest `predicted_at` (any_value; found by stop 63's nightly probe), so lineage paired the old run with the
+    new time."""
+    df = _predictions("h1", [("a.1", "a", 0.2, 0.1), ("a.2", "a", 0.3, 0.1), ("a.3", "a", 0.1, 0.2)])
+    is_late = df["sop_instance_uid"] == late
+    df.loc[is_late, "dagster_run_id"], df.loc[is_late, "predicted_at"] = "run2", pd.Timestamp("2026-01-02", tz="UTC")
+    study = _write(settings, "h1", df).iloc[0]
+    assert (study["dagster_run_id"], study["predicted_at"]) == ("run2", pd.Timestamp("2026-01-02", tz="UTC"))
+
+
 def test_aggregate_studies_flags_and_reviews_at_the_models_study_points(settings):
     rows = [
         ("a.1", "a", 0.7, 0.1),  # study a: an image flagged at the image threshold, its MAX under the study one

@@ -29,7 +29,10 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     settings, hospital = mammo.get(), context.partition_key
     result = index_hospital(settings, hospital, progress=every(10, context.log.info, f"headers read ({hospital})"))
     warehouse.refresh_views(settings)
-    context.log.info(f"{hospital}: {result.new} new, {result.unchanged} unchanged, {result.quarantined} quarantined")
+    withdrawn = f", {result.withdrawn} withdrawn (deleted from their drop)" if result.withdrawn else ""
+    context.log.info(
+        f"{hospital}: {result.new} new, {result.unchanged} unchanged{withdrawn}, {result.quarantined} quarantined"
+    )
     for why in result.refused:
         context.log.warning(f"{hospital}: {why}")
     if result.shared:
@@ -49,6 +52,7 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "dagster/row_count": result.rows,
             "new": result.new,
             "unchanged": result.unchanged,
+            "withdrawn": result.withdrawn,
             "files": result.files,
             "not_indexed": dg.MetadataValue.md("\n".join(f"- {why}" for why in result.refused) or "none"),
             "refused_drops_removed": result.forgotten,
@@ -82,8 +86,10 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     )
     warehouse.refresh_views(settings)
     skipped = f", {result.for_processing} For Processing skipped (never displayed)" if result.for_processing else ""
+    withdrawn = f", {result.withdrawn} withdrawn (left the index)" if result.withdrawn else ""
     context.log.info(
-        f"{hospital}: {result.new} rendered, {result.unchanged} unchanged{skipped}, quarantined {result.quarantined}"
+        f"{hospital}: {result.new} rendered, {result.unchanged} unchanged{skipped}{withdrawn}, "
+        f"quarantined {result.quarantined}"
     )
     manifest = read_manifest(settings, hospital)
     trimmed = int(manifest["padding_trimmed"].notna().sum()) if "padding_trimmed" in manifest else 0
@@ -94,6 +100,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "dagster/row_count": result.rows,
             "new": result.new,
             "unchanged": result.unchanged,
+            "withdrawn": result.withdrawn,
             "for_processing_skipped": result.for_processing,
             "still_quarantined": result.still_quarantined,
             "kept_without_source": result.kept_without_source,

@@ -239,6 +239,8 @@ def study_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
     path = warehouse.write_slice(settings, "study_predictions", hospital, version, studies)
     warehouse.refresh_views(settings)
     return dg.MaterializeResult(
+        # the rows' content: a night that changes no study leaves prediction_summary fresh (and the file as it was)
+        data_version=dg.DataVersion(warehouse.content_version(studies, list(studies.columns))),
         metadata={
             "model_version": version,
             "path": dg.MetadataValue.path(str(path)),
@@ -249,7 +251,7 @@ def study_predictions(context: dg.AssetExecutionContext, mammo: MammoSettings) -
             "study_thresholds": dg.MetadataValue.json(
                 {flag: (study_point(points, flag) or {}).get("threshold") for flag in FLAGS}
             ),
-        }
+        },
     )
 
 

@@ -130,6 +130,7 @@ class IndexResult:
     quarantine_paths: list[Path] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # why files were left out (`landing`): never by name
     forgotten: int = 0  # refused drops indexed before (half-copied then): what was written under their name removed
+    withdrawn: int = 0  # indexed images whose file was deleted from its drop (still in landing): their rows went
     shared: int = 0  # indexed images whose SOP Instance UID another hospital's index holds too (`shared_with_others`)
 
     @property
@@ -242,6 +243,7 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     reasons: Counter[str] = Counter()
     for drop, plan in plans.items():
         result.unchanged += len(plan.kept_rows) + len(plan.kept_quarantine)
+        result.withdrawn += plan.withdrawn
         if not plan.changed:
             continue
         read = functools.partial(_read_one, landing=str(settings.landing), hospital=hospital, drop=drop, salt=salt)
@@ -518,6 +520,7 @@ class _DropPlan:
     kept_quarantine: list[dict[str, Any]]
     to_read: list[tuple[str, int, int, str]]
     changed: bool
+    withdrawn: int = 0  # indexed files no longer in the drop (deleted): their rows go
 
 
 def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple[str, int, int, str]]) -> _DropPlan:
@@ -538,7 +541,8 @@ def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple
     to_read = [e for e in entries if e[3] not in known]
     dropped = len(old_rows) + len(old_quarantine) - len(kept_rows) - len(kept_quarantine)
     changed = bool(to_read) or dropped > 0 or not old_index.exists()
-    return _DropPlan(kept_rows, kept_quarantine, to_read, changed)
+    withdrawn = sum(r["rel_path"] not in current for r in old_rows)
+    return _DropPlan(kept_rows, kept_quarantine, to_read, changed, withdrawn)
 
 
 def _reread_orphaned_duplicates(

@@ -115,3 +115,23 @@ def test_data_versions_follow_the_rows_so_downstream_shows_stale_only_after_a_ch
     write_mg(root / "b.dcm")
     second = versions()
     assert second[0] != first[0] and second[1] != first[1]
+
+
+def test_a_file_deleted_from_its_drop_is_counted_as_withdrawn(settings):
+    """Its rows went from dicom_index and image_cache without a word: both said only "0 new, N unchanged"
+    (stop 63's nightly probe). Both now count it (`withdrawn`), in the log line and the metadata."""
+    root = settings.landing / "h1" / "d1"
+    for name in ("a", "b", "c"):
+        write_mg(root / f"{name}.dcm")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1"])
+
+    def withdrawn() -> tuple[int, int, int]:
+        result = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+        meta = [result.asset_materializations_for_node(a.op.name)[0].metadata for a in (dicom_index, image_cache)]
+        return meta[0]["withdrawn"].value, meta[1]["withdrawn"].value, meta[1]["dagster/row_count"].value
+
+    assert withdrawn() == (0, 0, 3)
+    (root / "b.dcm").unlink()
+    assert withdrawn() == (1, 1, 2)
+    assert withdrawn() == (0, 0, 2)  # counted once, on the run that saw it go

@@ -173,7 +173,13 @@ def test_a_model_whose_parity_check_failed_predicts_nothing_either(settings, ins
 
 def test_same_model_same_images_keeps_the_slice_and_its_run(settings, instance):
     first = _run(settings, instance, ASSETS)
+    studies = warehouse.slice_file(settings, "study_predictions", HOSPITAL, "m1")
+    written = studies.stat().st_ino, studies.stat().st_mtime_ns
     again = _run(settings, instance, [image_predictions, study_predictions])
+    # nothing new: the study slice is not rewritten and keeps its data version (before stop 63 both changed)
+    assert (studies.stat().st_ino, studies.stat().st_mtime_ns) == written
+    tags = [r.asset_materializations_for_node("study_predictions")[0].tags for r in (first, again)]
+    assert tags[0]["dagster/data_version"] == tags[1]["dagster/data_version"]
     images = warehouse.read_slice(settings, "image_predictions", HOSPITAL, "m1")
     assert set(images["dagster_run_id"]) == {first.run_id}
     assert again.asset_materializations_for_node("image_predictions")[0].metadata["unchanged"].value is True
