@@ -247,8 +247,6 @@ def _cache(settings: Settings, hospital: str, result: CacheResult, progress: Pro
         if folder.exists():
             remove_stale_temps(folder)
 
-    if not any(settings.table_dir("dicom_index", hospital).glob("*.parquet")):
-        raise FileNotFoundError(f"{hospital}: no dicom_index yet; materialize dicom_index for it first")
     index = _read_index(settings, hospital)
     processing = index["for_processing"].fillna(False).astype(bool)
     result.for_processing = int(processing.sum())
@@ -325,8 +323,11 @@ def read_manifest(settings: Settings, hospital: str) -> pd.DataFrame:
 
 
 def _read_index(settings: Settings, hospital: str) -> pd.DataFrame:
-    """The index columns the cache needs (not the whole header row), so memory stays small per image."""
+    """The index columns the cache needs (not the whole header row), so memory stays small per image.
+    FileNotFoundError when the hospital has no dicom_index file yet (never indexed: not "no images")."""
     files = sorted(settings.table_dir("dicom_index", hospital).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{hospital}: no dicom_index yet; materialize dicom_index for it first")
     frames = []
     for f in files:
         present = set(pq.read_schema(f).names)
