@@ -111,7 +111,7 @@ FIELDS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
 
 
 def report_paths(settings: Settings) -> tuple[Path, Path]:
-    folder = settings.warehouse / "reports"
+    folder = settings.warehouse_reports
     return folder / "metadata_completeness.parquet", folder / "metadata_completeness.png"
 
 

@@ -330,7 +330,7 @@ class Demo:
     def summary(self, hospitals: Sequence[str]) -> dict:
         studies = studies_flagged(self.settings).merge(_true_studies(self.settings), on="hospital", how="left")
         row = _registry_row(self.settings)
-        summary_file = self.settings.warehouse / "reports" / "prediction_summary.parquet"
+        summary_file = self.settings.warehouse_reports / "prediction_summary.parquet"
         return {
             "rounds": self.state.rounds,
             "model_version": row["model_version"],

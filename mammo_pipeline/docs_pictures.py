@@ -105,7 +105,7 @@ def crop_to_content(path: Path, top: int, left: int, right_margin: int, pad: int
 
 def copy_reports(settings: Settings) -> list[Path]:
     out = []
-    for folder, names in ((settings.reports, REPORT_PICTURES), (settings.warehouse / "reports", WAREHOUSE_PICTURES)):
+    for folder, names in ((settings.reports, REPORT_PICTURES), (settings.warehouse_reports, WAREHOUSE_PICTURES)):
         for src, dst in names.items():
             if (folder / src).exists():
                 out.append(Path(shutil.copyfile(folder / src, IMAGES / dst)))

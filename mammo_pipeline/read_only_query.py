@@ -36,7 +36,7 @@ def read_only_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the warehouse views, file/network/extension access off and locked."""
     con = warehouse.connect(settings)
     tables = [settings.table_dir(table) for table in warehouse.TABLES]
-    folders = sorted({f"{folder.resolve()}/" for folder in [*tables, settings.warehouse / warehouse.REPORTS]})
+    folders = sorted({f"{folder.resolve()}/" for folder in [*tables, settings.warehouse_reports]})
     listed = ", ".join("'" + folder.replace("'", "''") + "'" for folder in folders)
     for statement in (
         "SET autoinstall_known_extensions = false",

@@ -175,6 +175,11 @@ class Settings:
     def duckdb_path(self) -> Path:
         return self.warehouse / "warehouse.duckdb"
 
+    @property
+    def warehouse_reports(self) -> Path:
+        """The reports the assets write beside the tables (`<name>.parquet`, each also a view, and pictures)."""
+        return self.warehouse / "reports"
+
     def table_dir(self, table: str, hospital: str | None = None) -> Path:
         """Folder of a warehouse table, or of one hospital's partition (hive layout); ValueError for a hospital
         that is not one folder's name (`check_hospital_key`)."""

@@ -159,7 +159,7 @@ def summarize_predictions(settings: Settings) -> PredictionSummary:
         agreement = con.execute(_AGREEMENT_SQL).df()
     with_meta = agreement["n_images"] - agreement["silent"]
     agreement["agree_rate"] = (agreement["agree"] / with_meta.where(with_meta > 0)).astype(float)
-    reports = settings.warehouse / "reports"
+    reports = settings.warehouse_reports
     counts_path = write_parquet(counts, reports / "prediction_counts.parquet")
     agreement_path = write_parquet(agreement, reports / "prediction_summary.parquet")
     png_path = plot_agreement(agreement, reports / "prediction_summary.png")

@@ -31,9 +31,7 @@ FLAT = tuple(t for t, spec in schemas.TABLES.items() if not spec.hive_keys)
 HISTORY = ("image_predictions", "study_predictions")  # one slice per (hospital, model_version)
 # Views derived from the tables: today's answer (see promotions.current_models_sql).
 CURRENT_VIEWS = {"image_predictions_current": "image_predictions", "study_predictions_current": "study_predictions"}
-# Reports the assets write beside the tables (`warehouse/reports/<name>.parquet`: prediction_summary,
-# prediction_counts, metadata_completeness), each a view of its own name.
-REPORTS = "reports"
+# The reports' view names: their file names in `settings.warehouse_reports` (prediction_summary, ...)
 _VIEW_NAME = re.compile(r"[a-z][a-z0-9_]*")
 SLICE_FILE = "part.parquet"
 
@@ -150,7 +148,7 @@ def _table_sql(con: duckdb.DuckDBPyConnection, table: str, files: str, hive: boo
 
 def _view_sqls(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, str]:
     """View name -> SELECT for every table with files, the empty promotions table, the current views and the
-    reports (`REPORTS`)."""
+    reports (`settings.warehouse_reports`)."""
     from mammo_pipeline.promotions import current_rows_sql
 
     sqls = {}
@@ -163,7 +161,7 @@ def _view_sqls(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, 
     for view, table in CURRENT_VIEWS.items():
         if table in sqls and "image_predictions" in sqls:
             sqls[view] = current_rows_sql(table)
-    reports = settings.warehouse / REPORTS
+    reports = settings.warehouse_reports
     for path in sorted(reports.glob("*.parquet")) if reports.is_dir() else []:
         if _VIEW_NAME.fullmatch(path.stem):
             sqls.setdefault(path.stem, f"SELECT * FROM read_parquet({sql_string(parquet_source(path))})")
