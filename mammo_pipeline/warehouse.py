@@ -172,9 +172,13 @@ def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per existing table (no lock on any file)."""
     con = duckdb.connect()
     if settings is not None:
-        for view, sql in _view_sqls(con, settings).items():
-            con.execute(f"CREATE VIEW {view} AS {sql}")
+        _create_views(con, _view_sqls(con, settings))
     return con
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, sqls: dict[str, str]) -> None:
+    for view, sql in sqls.items():
+        con.execute(f"CREATE VIEW {view} AS {sql}")
 
 
 def views(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -186,21 +190,40 @@ def refresh_views(settings: Settings) -> list[str]:
     """Rewrite `warehouse.duckdb` with a view per existing table; return their names.
 
     The file is built under a temporary name and renamed, so concurrent refreshes never fight over
-    DuckDB's single-writer lock and readers never open a half-built file.
+    DuckDB's single-writer lock and readers never open a half-built file. A file that already holds exactly
+    these views (the same names and SQL) is left as it is: a view reads its files at query time, so a run that
+    only added rows changes nothing in it, and a nightly run that found nothing new no longer rewrites it
+    (backups and file watchers see no change).
     """
     settings.warehouse.mkdir(parents=True, exist_ok=True)
     remove_stale_temps_of(settings.duckdb_path)  # a refresh killed part way
-    made = []
-    with atomic_path(settings.duckdb_path) as tmp:
-        con = duckdb.connect(str(tmp))
-        try:
-            for view, sql in _view_sqls(con, settings).items():
-                con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql}")
-                made.append(view)
-        finally:
-            con.close()
-        Path(f"{tmp}.wal").unlink(missing_ok=True)
-    return made
+    with duckdb.connect() as con:
+        sqls = _view_sqls(con, settings)
+        _create_views(con, sqls)
+        wanted = _view_definitions(con)
+    if _definitions_in(settings.duckdb_path) != wanted:
+        with atomic_path(settings.duckdb_path) as tmp:
+            with duckdb.connect(str(tmp)) as con:
+                _create_views(con, sqls)
+            Path(f"{tmp}.wal").unlink(missing_ok=True)
+    return list(sqls)
+
+
+def _view_definitions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """View name -> its CREATE VIEW statement as DuckDB keeps it."""
+    return dict(con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall())
+
+
+def _definitions_in(path: Path) -> dict[str, str] | None:
+    """The views a warehouse file holds (`_view_definitions`), or None when it is missing or cannot be opened
+    read-only (another tool holds it for writing, a DuckDB storage version this library cannot read)."""
+    if not path.exists():
+        return None
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            return _view_definitions(con)
+    except duckdb.Error:
+        return None
 
 
 def query(settings: Settings, sql: str, params: list | None = None) -> pd.DataFrame:

@@ -108,3 +108,32 @@ def test_refresh_views_replaces_the_file_atomically(settings):
     warehouse.write_partition(settings, "quarantine", "h1", pd.DataFrame({"reason": ["not_dicom"]}))
     assert warehouse.refresh_views(settings) == ["quarantine", "model_promotions", "prediction_prunes"]
     assert [p.name for p in settings.warehouse.iterdir() if p.name.startswith(".")] == []
+
+
+def test_refresh_views_keeps_a_file_that_already_holds_its_views(settings):
+    """Every asset refreshes the views, and each refresh replaced `warehouse.duckdb`, so a nightly run that found
+    nothing new still changed the file (stop 63's leftover): now only a change of a view's name or SQL does."""
+    _slice(settings, "h1", ["a"])
+    warehouse.refresh_views(settings)
+    before = settings.duckdb_path.stat()
+    _slice(settings, "h2", ["b"])  # more files under the same glob: the views read them at query time
+    assert warehouse.refresh_views(settings)[0] == "image_predictions"
+    after = settings.duckdb_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM image_predictions").fetchone() == (2,)
+
+    warehouse.write_partition(settings, "quarantine", "h1", pd.DataFrame({"reason": ["not_dicom"]}))
+    assert "quarantine" in warehouse.refresh_views(settings)  # a new table: a new view, a new file
+    assert settings.duckdb_path.stat().st_ino != before.st_ino
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM quarantine").fetchone() == (1,)
+
+
+def test_refresh_views_rebuilds_a_file_it_cannot_read(settings):
+    settings.warehouse.mkdir(parents=True, exist_ok=True)
+    settings.duckdb_path.write_bytes(b"not a database")
+    _slice(settings, "h1", ["a"])
+    warehouse.refresh_views(settings)
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM image_predictions").fetchone() == (1,)
