@@ -510,7 +510,13 @@ def _is_current(prior: dict[str, Any], copies: list[dict[str, Any]], settings: S
     sop, version = copies[0]["sop_instance_uid"], prior.get("norm_version")
     return (
         any(_same_source(prior, copy) for copy in copies)
-        and rendition_current(version, prior.get("voi_method"), NORM_VERSION, _png_reader(settings.cache, prior))
+        and rendition_current(
+            version,
+            prior.get("voi_method"),
+            NORM_VERSION,
+            _png_reader(settings.cache, prior),
+            pitched=prior.get("display_mm_per_px") is not None,
+        )
         and prior["display_png"] == png_path(hospital, sop, settings.display_size, version)
         and prior["model_png"] == png_path(hospital, sop, settings.model_size, version)
         and _png_current(settings.cache, prior["display_png"], prior.get("display_png_mtime_ns"))

@@ -8,7 +8,9 @@ the rescale and the side not at the top level but in functional-group macros (PS
 - Pixel Value Transformation (C.7.6.16.2.9, `PixelValueTransformationSequence`): Rescale Slope/Intercept/Type
   (and a Modality LUT Sequence in later editions);
 - Frame Anatomy (C.7.6.16.2.8, `FrameAnatomySequence`): Frame Laterality, the side of a Breast Projection
-  object, whose top level has no (0020,0062) Image Laterality.
+  object, whose top level has no (0020,0062) Image Laterality;
+- Pixel Measures (C.7.6.16.2.1, `PixelMeasuresSequence`): Pixel Spacing, the only pixel pitch such an object
+  carries (without it the display was not drawn at its pitch: stop 64's probe of real images re-encoded).
 
 A macro sits in the Shared Functional Groups Sequence (same for every frame) or in each item of the Per-frame
 Functional Groups Sequence; `frame_attributes` looks in Shared first, then in the frame's Per-frame item, and
@@ -31,6 +33,7 @@ MACROS: dict[str, tuple[str, ...]] = {
     ),
     "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence"),
     "FrameAnatomySequence": ("FrameLaterality",),
+    "PixelMeasuresSequence": ("PixelSpacing",),
 }
 
 
@@ -52,7 +55,7 @@ def macro_item(ds: Dataset, macro: str, frame: int = 0) -> Dataset | None:
 
 
 def frame_attributes(ds: Dataset, frame: int = 0) -> Dataset:
-    """`ds` itself when no Frame VOI LUT / Pixel Value Transformation macro applies to `frame`; otherwise a
+    """`ds` itself when no macro of MACROS applies to `frame`; otherwise a
     shallow copy whose top level holds the macro's attributes (they replace any top-level ones, which enhanced
     IODs do not define). The copy shares element objects with `ds` and keeps its file meta and encoding.
     """

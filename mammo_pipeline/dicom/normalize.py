@@ -3,8 +3,8 @@
 One public function per step, each usable alone; `render` chains them after one decode.
 
 Steps (PS3.3 C.11 and C.8.11.3). Enhanced objects (Breast Projection, …) keep window and rescale in
-functional groups: `frame_attributes` brings Frame VOI LUT and Pixel Value Transformation (Shared, then
-Per-frame, PS3.3 C.7.6.16.2.9-10) to the top level before step 1.
+functional groups: `frame_attributes` brings Frame VOI LUT, Pixel Value Transformation and Pixel Measures
+(Shared, then Per-frame, PS3.3 C.7.6.16.2.1, 9-10) to the top level before step 1.
 
 0. **Padding** (`padding_mask`): stored values equal to (0028,0120) Pixel Padding Value, or between it and
    (0028,0121) Pixel Padding Range Limit, are not image (a value outside the Bits Stored range, 0xFFFF in a
@@ -92,8 +92,10 @@ from mammo_pipeline.dicom.headers import is_for_processing
 # export keeping its 12-bit window showed black), the image's own range leaves out values beyond four times its
 # 1st-99th percentile span (`range_window`: one dead pixel or a burned-in label at the top of Bits Stored made the
 # breast black), the pitch follows the stored long side (non-square pixels) and is not recorded when it was refused
-# (`pitch_long_side`)
-NORM_VERSION = "7"
+# (`pitch_long_side`); 8: an enhanced object's pixel spacing is read from its Pixel Measures functional group (it was
+# shown at no pitch), a VOI LUT's white is the top of its output depth (`lut_output_top`, not its largest entry), and
+# a declared frame of padding round a breast whose air is stored at the darkest value is cut (`content_box`)
+NORM_VERSION = "8"
 
 _APPLIED = frozenset({"voi_lut", "window:LINEAR", "window:LINEAR_EXACT", "window:SIGMOID"})
 _ANY = _APPLIED | {"range", "percentile"}
@@ -106,6 +108,7 @@ UNCHANGED_SINCE = {
     ("3", "5"): _APPLIED,
     ("2", "5"): _APPLIED,
     ("6", "7"): _ANY,
+    ("7", "8"): _ANY - {"voi_lut"},
 }
 # From this version on a frame of padding is cut away: an earlier rendition stands only where its display has no
 # edge line of one gray level (`constant_edge`), since a frame at least a display pixel deep leaves one
@@ -114,6 +117,10 @@ FRAME_CUT_SINCE = 5
 # rendition stands only where its display is not squeezed into a quarter of the gray scale (`squeezed`), which is
 # what either fault left
 SQUEEZE_REFUSED_SINCE = 7
+# From this version on a declared frame of padding is cut where the air is stored at the darkest value, and an
+# enhanced object's Pixel Measures give its pitch: an earlier rendition stands only where its display has no edge
+# line of one gray level (`constant_edge`) and it was drawn at a pitch (`pitched`)
+DECLARED_FRAME_CUT_SINCE = 8
 
 
 def rendition_current(
@@ -121,6 +128,7 @@ def rendition_current(
     voi_method: str | None,
     current: str = NORM_VERSION,
     display: Callable[[], np.ndarray] | None = None,
+    pitched: bool = True,
 ) -> bool:
     """Whether a PNG rendered by `norm_version` (its VOI step `voi_method`) is what version `current` renders, so
     a cache need not render it again: `current`'s own renditions, and an earlier version's whose VOI method the
@@ -130,14 +138,22 @@ def rendition_current(
     pixel deep or more leaves one, so only those images are rendered again. A thinner frame is kept, less than a
     display pixel off what version 5 renders. Across SQUEEZE_REFUSED_SINCE the earlier display must not be
     squeezed into a quarter of the gray scale (`squeezed`): only those images can have changed. (Version 7's
-    pitch changes touch only non-square or implausible pixel spacings; their earlier renditions are kept.)"""
+    pitch changes touch only non-square or implausible pixel spacings; their earlier renditions are kept.) Across
+    DECLARED_FRAME_CUT_SINCE the display must have no constant edge either, and `pitched` (the rendition was drawn
+    at a pitch): an enhanced object drawn without one may now have it."""
     if norm_version == current:
         return True
     if voi_method not in UNCHANGED_SINCE.get((norm_version or "", current), frozenset()):
         return False
+    if not pitched and _version(norm_version) < DECLARED_FRAME_CUT_SINCE <= _version(current):
+        return False
     faults = [
         fault
-        for since, fault in ((FRAME_CUT_SINCE, constant_edge), (SQUEEZE_REFUSED_SINCE, squeezed))
+        for since, fault in (
+            (FRAME_CUT_SINCE, constant_edge),
+            (SQUEEZE_REFUSED_SINCE, squeezed),
+            (DECLARED_FRAME_CUT_SINCE, constant_edge),
+        )
         if _version(norm_version) < since <= _version(current)
     ]
     if not faults:
@@ -423,17 +439,24 @@ def apply_voi_lut_sequence(arr: np.ndarray, ds: Dataset, index: int = 0) -> np.n
 
     Values below the first mapped value take entry 0, values past the end the last entry (PS3.3
     C.11.2.1.1); non-integer inputs (area averages) are linearly interpolated between entries. The output is
-    divided by the largest value the LUT holds. Returns None without a usable sequence or when the LUT holds
-    no positive value.
+    divided by the top of the LUT's output range (`lut_output_top`). Returns None without a usable sequence or
+    when the LUT holds no positive value.
     """
     seq = ds.get("VOILUTSequence")
     if not seq or index >= len(seq) or "LUTDescriptor" not in seq[index] or "LUTData" not in seq[index]:
         return None
     first_map, lut = lut_table(seq[index], ds)
-    top = float(lut.max()) if lut.size else 0.0
-    if top <= 0:
+    if not lut.size or lut.max() <= 0:
         return None
-    return _lookup(arr, first_map, lut) / np.float32(top)
+    return _lookup(arr, first_map, lut) / np.float32(lut_output_top(lut))
+
+
+def lut_output_top(lut: np.ndarray) -> int:
+    """The white of a VOI LUT's output: 2**k - 1 for the smallest depth k (8 to 16 bits) that holds its largest
+    entry. The LUT Descriptor's bits per entry is often 16 for a LUT of 12-bit values, so the declared depth would
+    show such an image dark; the largest entry itself (used until stop 64) showed a LUT that stops short of its
+    white (a 16-bit LUT topping out at 60000) brighter than PS3.3 C.11.2.1.1 says, tissue as white as metal."""
+    return 2 ** max(8, min(16, int(lut.max()).bit_length())) - 1
 
 
 def percentile_window(
@@ -658,7 +681,9 @@ def content_box(pixels: np.ndarray, padding: np.ndarray | None, inverted: bool) 
     Blank is what `padding` (HxW bool) marks, or the stored value that displays black (the least, or the greatest
     when `inverted`: MONOCHROME1), since a border is often written without a Pixel Padding Value. The box drops
     the edge lines wholly blank and is kept only when what is not blank fills CONTENT_FILL of it: a frame. Air
-    stored at that value around a breast is blank too, but leaves the breast, not a rectangle (module docstring).
+    stored at that value around a breast is blank too, but leaves the breast, not a rectangle (module docstring),
+    so the declared padding is tried alone first: a declared frame round a breast whose air is stored at the
+    darkest value was not cut, the two together leaving the breast (stop 64's probe).
     """
     if pixels.ndim != 2 or pixels.size == 0:
         return None
@@ -669,13 +694,21 @@ def content_box(pixels: np.ndarray, padding: np.ndarray | None, inverted: bool) 
         return None  # the common case, four lines read
     blank = pixels == dark
     if padding is not None:
+        box = _frame_box(padding)
+        if box is not None:
+            return box
         blank |= padding
+    return _frame_box(blank)
+
+
+def _frame_box(blank: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box inside the edge lines wholly `blank` (HxW bool) when what is not blank fills CONTENT_FILL of it."""
     rows, cols = np.flatnonzero(~blank.all(axis=1)), np.flatnonzero(~blank.all(axis=0))
     if not len(rows):
         return None  # all blank: nothing to keep
     box = int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
     top, left, bottom, right = box
-    if float((~blank[top:bottom, left:right]).mean()) < CONTENT_FILL:
+    if box == (0, 0, *blank.shape) or float((~blank[top:bottom, left:right]).mean()) < CONTENT_FILL:
         return None
     return box
 
@@ -770,7 +803,7 @@ def render(source: Dataset | Path, sizes: Sequence[int | AtPitch] = (1024,)) -> 
     """
     ds, path = read_dataset(source)
     try:
-        ds = frame_attributes(ds)  # Frame VOI LUT / Pixel Value Transformation of frame 0, at the top level
+        ds = frame_attributes(ds)  # frame 0's window, rescale and pixel spacing, at the top level
         native = any(_long(s) == NATIVE for s in sizes)
         frame = decode_frame(ds, None if native else _decode_long_side(ds, sizes), path=path)
         return render_pixels(ds, frame.pixels, sizes, frame.padding, frame.note, header_voi=not frame.beyond_bits)

@@ -241,7 +241,18 @@ def test_voi_lut_first_map_and_clamping():
     lut = np.array([10, 20, 30, 40], dtype=np.uint16)
     ds = make_ds(np.zeros((1, 1), np.uint16), VOILUTSequence=Sequence([voi_lut_item(lut, first_map=100)]))
     out = apply_voi_lut_sequence(np.array([[0, 100, 101.5, 103, 5000]], dtype=np.float32), ds)
-    np.testing.assert_allclose(out, [[0.25, 0.25, 0.625, 1.0, 1.0]])
+    np.testing.assert_allclose(out * 255, [[10, 10, 25, 40, 40]], rtol=1e-6)  # an 8-bit LUT's white is 255
+
+
+@pytest.mark.parametrize("top, white", [(60000, 65535), (65535, 65535), (4095, 4095), (3500, 4095), (255, 255)])
+def test_a_voi_lut_shows_its_white_at_the_top_of_its_output_depth(top, white):
+    """PS3.3 C.11.2.1.1: a LUT's output spans its depth. Dividing by the largest entry (until stop 64) showed a
+    16-bit LUT that tops out at 60000 about 9 % brighter than PS3.3 says, tissue as white as metal (a probe of real
+    images re-encoded); a LUT of 12-bit values declared 16 bits wide (common) still shows white at 4095."""
+    lut = np.linspace(0, top, 4096).round().astype(np.uint16)
+    ds = make_ds(np.zeros((1, 1), np.uint16), VOILUTSequence=Sequence([voi_lut_item(lut, bits=16)]))
+    out = apply_voi_lut_sequence(np.array([[0, 4095]], dtype=np.float32), ds)
+    np.testing.assert_allclose(out, [[0.0, top / white]], rtol=1e-6)
 
 
 # --- §8.5 rescale -----------------------------------------------------------------------------------------
@@ -648,6 +659,47 @@ def test_the_upgrade_that_refuses_squeezed_displays_renders_only_those_again():
         assert not rendition_current("6", method, "7", lambda: dark)
     assert not rendition_current("6", "range", "7")  # the display cannot be read: rendered again
     assert not rendition_current("5", "window:LINEAR", "7", lambda: fine)  # version 6 changed every size
+
+
+def test_the_upgrade_to_version_8_renders_again_only_what_it_can_change():
+    """Version 8 changes a VOI LUT's white, an enhanced object's pitch (from its Pixel Measures) and a declared
+    frame round air stored at the darkest value: a version-7 rendition stands unless it came through a VOI LUT,
+    was drawn at no pitch, or shows a constant edge line (the uncut frame)."""
+    rng = np.random.default_rng(0)
+    fine = rng.integers(0, 256, (64, 48), dtype=np.uint8)
+    framed = fine.copy()
+    framed[:4] = 0
+    for method in ("window:LINEAR", "window:SIGMOID", "range", "percentile"):
+        assert rendition_current("7", method, "8", lambda: fine)
+        assert not rendition_current("7", method, "8", lambda: framed)
+        assert not rendition_current("7", method, "8", lambda: fine, pitched=False)
+    assert not rendition_current("7", "voi_lut", "8", lambda: fine)
+    assert rendition_current("8", "voi_lut", "8", pitched=False)
+
+
+def test_a_declared_frame_of_padding_round_air_stored_at_the_darkest_value_is_cut():
+    """A frame declared as Pixel Padding Value (stored white, 65535) round a breast whose air is stored at 0: the
+    darkest value and the padding together left the breast, not a rectangle, so the frame stayed and shrank the
+    breast on the display (stop 64's probe of real images re-encoded). The declared padding alone is a frame."""
+    img = _air_at_zero(240, 192)
+    framed = make_ds(_framed(img, 24, 20, 24, 0, 65535), bits_stored=16, PixelPaddingValue=65535)
+    cut, plain = render(framed, (120,)), render(make_ds(img, bits_stored=16), (120,))
+    assert cut.content_box == (24, 20, 264, 212)
+    assert np.abs(cut.images[120].astype(int) - plain.images[120].astype(int)).mean() < 1.0
+
+
+def test_an_enhanced_objects_pitch_comes_from_its_pixel_measures():
+    """Breast Projection X-Ray objects carry Pixel Spacing in the Pixel Measures functional group (PS3.3
+    C.7.6.16.2.1), not at the top level: such a view was shown at no pitch, its breast another size."""
+    from mammo_pipeline_tests.dicom.crafted import functional_group_window_ds
+
+    ds = functional_group_window_ds(1800, 1200)
+    measures = Dataset()
+    measures.PixelSpacing = ["2", "2"]
+    ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence = [measures]
+    size = AtPitch(120)  # 240 mm over 120 px: 2 mm per px, the stored pitch
+    rendition = render(ds, (size,))
+    assert rendition.images[size].shape == (64, 80) and rendition.mm_per_px(size) == 2.0
 
 
 def _air_at_zero(rows: int, cols: int) -> np.ndarray:
