@@ -64,6 +64,11 @@ EOI_PROBE_FILLERS = (b"", b"\x00" * 64, b"\x55" * 64, b"\xaa" * 64)
 SEQUENTIAL_DCT_SOF = frozenset({0xC0, 0xC1})
 SEQUENTIAL_SCAN_TAIL = bytes((0, 63, 0))  # Ss, Se, Ah << 4 | Al
 REPAIRED_DECODER = "libjpeg (sequential scan header Ss/Se/Ah/Al repaired, as IJG libjpeg reads it)"
+# Three-sample Photometric Interpretations a scanned film or an export may be stored in (PS3.3 C.7.6.3.1.2):
+# pydicom's decoders return them as RGB, and the display shows their luma (`color_to_gray`)
+COLOR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"})
+# ITU-R BT.601 luma weights, the Y of PS3.3 C.7.6.3.1.2's YBR_FULL
+LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,8 @@ def transfer_syntax(ds: Dataset, path: str) -> UID:
 
 
 def check_image(ds: Dataset, path: str) -> None:
-    """Raise unless `ds` holds a single-sample grayscale integer image this pipeline can render.
+    """Raise unless `ds` holds an integer image this pipeline can render: one grayscale sample, or three of a
+    color model (`COLOR`) shown by their luma.
 
     Checks (7FE0,0010) Pixel Data, (0028,0002) Samples per Pixel, (0028,0004) Photometric Interpretation,
     (0028,0010/0011) Rows/Columns and (0028,0100/0101) Bits Allocated/Stored. A grayscale Photometric
@@ -192,9 +198,10 @@ def check_image(ds: Dataset, path: str) -> None:
     if not ds.PixelData:
         raise NoPixelData(f"{path}: (7FE0,0010) Pixel Data is empty")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    if photometric not in ("MONOCHROME1", "MONOCHROME2", *COLOR):
         raise Unsupported(
-            f"{path}: (0028,0004) Photometric Interpretation {photometric or '(none)'!r} is not grayscale"
+            f"{path}: (0028,0004) Photometric Interpretation {photometric or '(none)'!r} is neither grayscale nor "
+            f"a color model shown by its luma ({', '.join(sorted(COLOR))})"
         )
     if ds.PhotometricInterpretation != photometric:
         ds.PhotometricInterpretation = photometric
@@ -204,8 +211,11 @@ def check_image(ds: Dataset, path: str) -> None:
             values[keyword] = int(ds.get(keyword) or 0)
         except (TypeError, ValueError) as exc:
             raise Unsupported(f"{path}: {tag} {keyword} is not an integer ({exc})") from exc
-    if values["SamplesPerPixel"] not in (0, 1):
-        raise Unsupported(f"{path}: (0028,0002) Samples per Pixel {values['SamplesPerPixel']} is not 1")
+    samples = (3,) if photometric in COLOR else (0, 1)
+    if values["SamplesPerPixel"] not in samples:
+        raise Unsupported(
+            f"{path}: (0028,0002) Samples per Pixel {values['SamplesPerPixel']} is not {samples[-1]} for {photometric}"
+        )
     for keyword, tag in _IMAGE_TAGS[1:4]:
         if not values[keyword]:
             raise Unsupported(f"{path}: {tag} {keyword} is missing or zero")
@@ -250,6 +260,11 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
     if not ts.is_transfer_syntax:
         raise Unsupported(f"{path}: (0002,0010) Transfer Syntax UID {ts} is not a known transfer syntax")
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if ds.PhotometricInterpretation in COLOR:
+        if not ts.is_encapsulated:
+            _check_native_length(ds, n_frames, path)
+        rgb, plugin = _decode_pydicom(ds, ts, path)
+        return color_to_gray(rgb, ds, plugin)
     tried: list[str] = []
     if ts.is_encapsulated:
         if n_frames == 1:
@@ -276,6 +291,24 @@ def decode_frame(ds: Dataset, min_long_side: int | None = None, *, path: str = "
         _check_native_length(ds, n_frames, path)
     pixels, plugin = _decode_pydicom(ds, ts, path, tried)
     return fitted_frame(pixels, ds, native=holds_pixel_cells(ts), reduction=1, decoder=plugin)
+
+
+def color_to_gray(rgb: np.ndarray, ds: Dataset, decoder: str) -> Frame:
+    """The luma (`LUMA`, rounded, in the stored dtype) of a decoded RGB frame (HxWx3) as a one-sample frame.
+
+    A mammogram stored in color (a scanned film saved as an RGB Secondary Capture, R = G = B) was quarantined as
+    unsupported (stop 64's probe of real images re-encoded). `ds` is set to what the frame now is (MONOCHROME2,
+    one sample, in memory only), so every later display step reads it as grayscale; `note` says so.
+    """
+    was = str(ds.PhotometricInterpretation)
+    gray = np.rint(rgb.astype(np.float32) @ np.asarray(LUMA, dtype=np.float32))
+    info = np.iinfo(rgb.dtype) if np.issubdtype(rgb.dtype, np.integer) else None
+    pixels = np.clip(gray, info.min, info.max).astype(rgb.dtype) if info else gray
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
+    if "PlanarConfiguration" in ds:
+        del ds.PlanarConfiguration
+    note = f"(0028,0004) Photometric Interpretation {was}: shown as its luma (ITU-R BT.601)"
+    return Frame(pixels, 1, decoder, note=note)
 
 
 BEYOND_BITS = "decoded values beyond (0028,0101) Bits Stored"
@@ -618,7 +651,7 @@ def _check_one_codestream(pixel_data: bytes, ts: UID, path: str) -> None:
 
 
 def _check_native_length(ds: Dataset, n_frames: int, path: str) -> None:
-    bits = int(ds.BitsAllocated)
+    bits = int(ds.BitsAllocated) * int(ds.get("SamplesPerPixel", 1) or 1)
     needed = math.ceil(int(ds.Rows) * int(ds.Columns) * bits / 8)
     if len(ds.PixelData) < needed:
         raise Truncated(
@@ -652,7 +685,8 @@ def _decode_pydicom(ds: Dataset, ts: UID, path: str, tried: list[str] | None = N
         raise Undecodable(
             f"{path}: {ts.name} decode failed; decoders tried: {', '.join(tried)} ({type(exc).__name__}: {exc})"
         ) from exc
-    if arr.ndim != 2:
-        raise Unsupported(f"{path}: decoded frame has shape {arr.shape}; expected rows x columns")
+    expected = (2,) if ds.PhotometricInterpretation not in COLOR else (3,)
+    if arr.ndim not in expected or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise Unsupported(f"{path}: decoded frame has shape {arr.shape}; expected rows x columns (x 3 for color)")
     plugins = decoder.available_plugins
     return arr, "native" if not ts.is_encapsulated else f"pydicom:{plugins[0] if plugins else '?'}"

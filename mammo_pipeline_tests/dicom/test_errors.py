@@ -60,9 +60,12 @@ def test_render_no_pixel_data():
         render(ds)
 
 
-def test_render_colour_is_unsupported():
-    ds = make_ds(np.zeros((4, 4), np.uint16), PhotometricInterpretation="RGB")
-    with pytest.raises(Unsupported, match=r"\(0028,0004\).*RGB"):
+def test_render_palette_colour_and_rgb_of_one_sample_are_unsupported():
+    ds = make_ds(np.zeros((4, 4), np.uint16), PhotometricInterpretation="PALETTE COLOR")
+    with pytest.raises(Unsupported, match=r"\(0028,0004\).*PALETTE COLOR"):
+        render(ds)
+    ds = make_ds(np.zeros((4, 4), np.uint16), PhotometricInterpretation="RGB")  # Samples per Pixel 1
+    with pytest.raises(Unsupported, match=r"\(0028,0002\).*not 3 for RGB"):
         render(ds)
 
 

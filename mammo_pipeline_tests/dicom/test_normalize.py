@@ -755,3 +755,38 @@ def test_pixels_that_are_not_square_take_the_pitch_of_the_stored_long_side():
     size = AtPitch(120)
     rendition = render(make_ds(img, ImagerPixelSpacing=["1", "2"]), (size,))
     assert rendition.images[size].shape == (120, 96) and rendition.mm_per_px(size) == 2.0
+
+
+@pytest.mark.parametrize("planar, rle", [(0, False), (1, False), (0, True)])
+def test_a_mammogram_stored_in_rgb_is_shown_as_its_gray(planar, rle):
+    """A scanned film saved as an RGB Secondary Capture (R = G = B) was quarantined as unsupported (stop 64's probe
+    of real images re-encoded): it now renders as the same 8-bit image stored in gray, and says so."""
+    gray8 = (breast(240, 192, seed=6) >> 4).astype(np.uint8)
+    rgb = np.repeat(gray8[:, :, None], 3, axis=2)
+    cells = rgb if planar == 0 else np.moveaxis(rgb, 2, 0)
+    color = make_ds(
+        gray8, bits_stored=8, PhotometricInterpretation="RGB", SamplesPerPixel=3, PlanarConfiguration=planar
+    )
+    color.PixelData = np.ascontiguousarray(cells).tobytes()
+    if rle:
+        from pydicom.uid import RLELossless
+
+        color.compress(RLELossless, rgb, encoding_plugin="pydicom")
+    plain = render(make_ds(gray8, bits_stored=8), (120,))
+    shown = render(color, (120,))
+    np.testing.assert_array_equal(shown.images[120], plain.images[120])
+    assert "Photometric Interpretation RGB: shown as its luma" in shown.fallback_reason
+
+
+def test_a_colour_image_is_shown_by_its_luma():
+    """Where the channels differ (a colour annotation), each pixel shows its ITU-R BT.601 luma."""
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    rgb[0, 0] = (255, 255, 255)
+    ds = make_ds(rgb[..., 0], bits_stored=8, PhotometricInterpretation="RGB", SamplesPerPixel=3)
+    ds.PlanarConfiguration = 0
+    ds.PixelData = rgb.tobytes()
+    frame = decode_frame(ds)
+    assert frame.pixels.shape == (4, 6) and frame.pixels.dtype == np.uint8
+    assert frame.pixels[1, 1] == round(0.299 * 200 + 0.587 * 100 + 0.114 * 50) and frame.pixels[0, 0] == 255
+    assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.SamplesPerPixel == 1
