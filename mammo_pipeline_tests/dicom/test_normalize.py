@@ -568,7 +568,7 @@ def test_voi_after_averaging_stays_close_to_voi_before():
     assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4
 
 
-def test_resize_area_is_an_exact_mean():
+def test_resize_area_is_an_exact_mean_at_integer_factors():
     arr = np.arange(36, dtype=np.uint16).reshape(6, 6)
     assert resize_area(arr, (3, 3))[0, 0] == pytest.approx(np.mean([0, 1, 6, 7]))
     assert resize_area(arr, (2, 2))[1, 1] == pytest.approx(arr[3:, 3:].mean())
