@@ -219,7 +219,7 @@ def test_training_runs_in_the_memory_layout_that_is_faster_here_and_the_probe_ch
 
         def forward(self, x):
             if self.conv.weight.is_contiguous(memory_format=slow_layout):
-                time.sleep(0.02)
+                time.sleep(0.1)  # far above a preempted pass of this tiny net on a busy 2-core machine (0.02 flaked)
             return self.bn(self.conv(x)).mean(dim=(1, 2, 3))
 
     net = Probe().train()
