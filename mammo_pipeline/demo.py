@@ -161,8 +161,8 @@ class Demo:
                 f"in {time.monotonic() - start:.0f}s"
             )
         self.materialize(["metadata_completeness"])
-        _, added = sync_from_warehouse(self.settings)
-        self.echo(f"     label store: {added} new images to label ({self.settings.labels_db})")
+        _, synced = sync_from_warehouse(self.settings)
+        self.echo(f"     label store: {synced.new} new images to label ({self.settings.labels_db})")
 
     def predict(self, hospitals: Sequence[str]) -> None:
         for h in hospitals:

@@ -102,7 +102,7 @@ def command(
             click.echo(DISK_ONLY_NOTE.format(path=settings.labels_db), err=True)
         return
     try:
-        store, added = sync_from_warehouse(settings, audit_fraction=audit_fraction)
+        store, synced = sync_from_warehouse(settings, audit_fraction=audit_fraction)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     team = force_team or host not in LOOPBACK
@@ -118,8 +118,9 @@ def command(
         )
     except (ValueError, OSError) as e:  # OSError: MAMMO_ANNOTATORS_FILE missing or unreadable
         raise click.ClickException(str(e)) from e
-    n_images = store.n_images()
-    click.echo(f"{n_images} images ({added} new) · {'team mode: sign in' if team else 'single user'}")
+    n_images, withdrawn = store.n_images(), store.n_withdrawn()
+    gone = f", {withdrawn} withdrawn: deleted from their drop, shown nowhere" if withdrawn else ""
+    click.echo(f"{n_images} images ({synced.new} new{gone}) · {'team mode: sign in' if team else 'single user'}")
     click.echo(f"Open http://{'localhost' if host in LOOPBACK else host}:{port}/  (press ? for the keys)")
     if team:
         click.echo(f"Answers to Host names: {', '.join(hosts)} (add yours with MAMMO_ALLOWED_HOSTS)")

@@ -51,7 +51,10 @@ def stats(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"queues": counts, "audit": figures}, indent=2))
         return
-    click.echo(f"Label store {settings.labels_db}: {store.n_images()} images, {store.last_event_id()} label events")
+    withdrawn = store.n_withdrawn()
+    gone = f" (and {withdrawn} withdrawn: deleted from their drop, counted nowhere)" if withdrawn else ""
+    n_images, n_events = store.n_images(), store.last_event_id()
+    click.echo(f"Label store {settings.labels_db}: {n_images} images{gone}, {n_events} label events")
     for name, (left, total) in counts.items():
         click.echo(f"  {name:<15} {left:>8} left of {total}")
     click.echo("")

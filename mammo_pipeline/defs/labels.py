@@ -62,8 +62,11 @@ def labels(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.Materi
     where two blind readers disagreed, else their agreed label, else a lone read), named in `label_source`.
     """
     settings = mammo.get()
-    store, added = sync_from_warehouse(settings)
-    context.log.info(f"Label store: {added} new image(s) from image_cache")
+    store, synced = sync_from_warehouse(settings)
+    context.log.info(
+        f"Label store: {synced.new} new image(s) from image_cache, {synced.withdrawn} withdrawn (deleted from their "
+        f"drop: out of every queue and of the labels), {synced.restored} restored (sent again, with their labels)"
+    )
     df, snapshot_id = store.snapshot()
     df = df[COLUMNS]
     folder = settings.table_dir("labels")
@@ -94,7 +97,9 @@ def labels(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.Materi
             "audit_readers": dg.MetadataValue.json(agreement["per_reader"]),
             "labeled_train": int((df["split"] == "train").sum()),
             "labeled_audit": int((df["split"] == "audit").sum()),
-            "new_images": added,
+            "new_images": synced.new,
+            "withdrawn_images": synced.withdrawn,
+            "restored_images": synced.restored,
             "path": dg.MetadataValue.path(str(folder / "current.parquet")),
         },
     )

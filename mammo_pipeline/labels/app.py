@@ -25,7 +25,7 @@ from mammo_pipeline.dicom.source_paths import resolve as resolve_source
 from mammo_pipeline.labels import components as ui
 from mammo_pipeline.labels import security
 from mammo_pipeline.labels.queues import QUEUES
-from mammo_pipeline.labels.store import LabelStore, Leased, NothingToUndo, StaleSubmit, UnknownImage
+from mammo_pipeline.labels.store import LabelStore, Leased, NothingToUndo, StaleSubmit, UnknownImage, Withdrawn
 from mammo_pipeline.labels.zoom import ZOOM_FOLDER, BadCrop, NoSource, ZoomCache
 from mammo_pipeline.settings import Settings
 
@@ -182,6 +182,21 @@ def create_app(
     def fail(status: int, message: str) -> Response:
         return HTMLResponse(fh.to_xml(fh.Span(message)), status_code=status)
 
+    def gone(image_id: int) -> Response:
+        """410 for an image withdrawn from the store (its file deleted from its drop, its PNGs with it): asked for
+        by id, from an old link or the recent list, it gets this message, not a broken image."""
+        why = "its file was deleted from its drop, so it is no longer shown, labeled or used"
+        return fail(410, f"image {image_id} was withdrawn: {why}")
+
+    def withdrawn(image: dict | None) -> Response | None:
+        """`gone` for a withdrawn image's row, None for any other."""
+        return None if image is None or image["withdrawn_at"] is None else gone(image["id"])
+
+    def opened(image_id: int | None, raw: object) -> Response | None:
+        """The refusal for an image asked for by id (`raw` as given) that cannot be shown; None when it can."""
+        image = store.image(image_id) if image_id is not None else None
+        return fail(404, f"no image {raw}") if image is None else withdrawn(image)
+
     def queue_name(data: dict, sess) -> str:
         q = str(data.get("q") or sess.get("queue") or "unlabeled")
         return q if q in QUEUES else "unlabeled"
@@ -214,8 +229,8 @@ def create_app(
         q = queue_name(data, session)
         session["queue"] = q
         image_id = _int(data.get("image_id"))
-        if image_id is not None and not store.exists(image_id):
-            return fail(404, f"no image {image_id}")
+        if image_id is not None and (refusal := opened(image_id, image_id)):
+            return refusal
         card, counts = screen(session, auth, q, image_id)
         return ui.label_page(auth, counts, q, session.get("blind", blind), team, card, store.recent(auth))
 
@@ -224,8 +239,8 @@ def create_app(
         q = queue_name(data, session)
         raw = data.get("image_id")
         image_id = _int(raw)
-        if raw not in (None, "") and (image_id is None or not store.exists(image_id)):
-            return fail(404, f"no image {raw}")
+        if raw not in (None, "") and (refusal := opened(image_id, raw)):
+            return refusal
         return screen(session, auth, q, image_id)[0]
 
     @rt("/label", methods=["post"])
@@ -245,6 +260,8 @@ def create_app(
             store.record(image_id, int(code), auth, source="human", seen_event=seen, respect_leases=team)
         except UnknownImage:
             return fail(404, f"no image {image_id}")
+        except Withdrawn:
+            return gone(image_id)
         except StaleSubmit as e:
             msg = f"image {image_id} was relabeled meanwhile (you saw event {e.seen_event}, now {e.current_event})"
             return fail(409, msg)
@@ -272,7 +289,8 @@ def create_app(
             image_id = store.undo(auth)
         except NothingToUndo:
             return fail(409, "nothing to undo")
-        return next_screen(session, auth, queue_name(data, session), image_id)
+        shown = None if withdrawn(store.image(image_id)) else image_id  # a withdrawn one: the queue's head
+        return next_screen(session, auth, queue_name(data, session), shown)
 
     @rt("/blind", methods=["post"])
     def toggle_blind(session):
@@ -285,6 +303,8 @@ def create_app(
         rel = image.get(column) if image else None
         if not rel:
             return fail(404, "no such image")
+        if refusal := withdrawn(image):
+            return refusal
         path = (cache_root / rel).resolve()
         if not path.is_relative_to(cache_root) or not path.is_file():
             return fail(404, "no such image")
@@ -310,6 +330,8 @@ def create_app(
         image = store.image(iid) if iid is not None else None
         if image is None:
             return fail(404, "no such image")
+        if refusal := withdrawn(image):
+            return refusal
         try:
             png = zoom.crop_png(iid, image.get("dicom_path"), data.get("x"), data.get("y"), data.get("size"))
         except BadCrop as e:
@@ -326,6 +348,8 @@ def create_app(
         image = store.image(iid) if iid is not None else None
         if image is None:
             return fail(404, "no such image")
+        if refusal := withdrawn(image):
+            return refusal
         if image["split"] == "audit" or session.get("blind", blind):
             return fail(403, "no heat map on a blind read (an audit image, or Blind on)")
         if settings is None:

@@ -6,6 +6,10 @@ derived from them (the low-confidence margin, the cleanlab-style self-confidence
 an index range scan (`ORDER BY <key> LIMIT n`), and the counts come from maintained totals (`queue_totals`),
 so a key press costs the same with 10,000 or 1,000,000 images in the store.
 
+A withdrawn image (its file deleted from its drop: `store.sync_images` sets `withdrawn_at`) is in no queue and no
+count: every membership below is of live images only (`live`), and each partial index carries that term too, so a
+queue's WHERE still implies its index's (SQLite uses a partial index only then).
+
 Random order is a seeded rank stored per image when it is added (`images.rnd`, a hash of the store's seed and
 the SOP Instance UID): stable as the pool shrinks, the same for every annotator. Two annotators in team mode
 never meet on one image because of leases (`leases` table), not because of different orders.
@@ -25,6 +29,14 @@ QUEUES: dict[str, str] = {
     "audit": "audit images still needing a blind read (measure the model; never trained on)",
     "adjudication": "audit images two readers disagree on: a third read decides",
 }
+
+LIVE = "withdrawn_at IS NULL"  # not withdrawn (store.sync_images)
+
+
+def live(where: str) -> str:
+    """`where` among the live images only: the form of every membership, index and plan below."""
+    return f"{where} AND {LIVE}"
+
 
 # Generated columns of `images` (VIRTUAL: computed from the row, indexable). Flags of a label code:
 # biopsy = code in (1, 4), mag = code in (2, 4) (codes.py).
@@ -51,9 +63,9 @@ GENERATED: dict[str, str] = {
         WHEN read2 IS NULL THEN read1 WHEN read1 = read2 THEN read1 END""",
 }
 
-# Maintained totals: name -> membership of one image (SQL over the images row). Recounted in bulk writes,
-# updated by the difference before/after in single-image writes.
-COUNTERS: dict[str, str] = {
+# Maintained totals: name -> membership of one image (SQL over the images row; live images only). Recounted in
+# bulk writes, updated by the difference before/after in single-image writes.
+_COUNTED: dict[str, str] = {
     "train": "split = 'train'",
     "train_unlabeled": "split = 'train' AND label IS NULL",
     "train_labeled": "split = 'train' AND label IS NOT NULL",
@@ -72,15 +84,18 @@ COUNTERS: dict[str, str] = {
     "predicted": "pb IS NOT NULL",
     "predicted_oos": "p_oos = 1",
 }
+COUNTERS: dict[str, str] = {name: live(expr) for name, expr in _COUNTED.items()}
 
 # Bumped when a queue's membership or an index's definition changes: a store made before is recounted and its
 # queue indexes are made again on open (`LabelStore._upgrade`). 2: needs_review takes training images only, and
 # the disagreements fallback walks labeled images oldest label first. 3: the audit queue reads images with one
-# read and unread ones through two indexes, so an annotator's own lone reads are never walked past.
-VERSION = 3
+# read and unread ones through two indexes, so an annotator's own lone reads are never walked past. 4: a withdrawn
+# image (`withdrawn_at`) leaves every queue, index and count.
+VERSION = 4
 OBSOLETE_INDEXES = ("q_audit",)  # dropped from a store made before (`LabelStore._upgrade`)
 
-INDEXES = {
+# name -> "images (columns) WHERE membership"; `live` adds the live-image term to each membership
+_INDEXED = {
     "q_unlabeled": "images (rnd) WHERE split = 'train' AND label IS NULL",
     "q_low_confidence": "images (lc_key, rnd) WHERE split = 'train' AND label IS NULL",
     "q_disagreements": "images (dis_conf, id) WHERE dis_todo = 1",
@@ -95,13 +110,14 @@ INDEXES = {
     "q_audit_none": "images (rnd) WHERE split = 'audit' AND audit_state = 0",
     "q_adjudication": "images (rnd) WHERE audit_state = 3",
 }
+INDEXES = {name: live(spec) for name, spec in _INDEXED.items()}
 
 
 @dataclass(frozen=True)
 class Plan:
     """How to read one queue: a WHERE (matching a partial index), an ORDER BY, counters and a note."""
 
-    where: str
+    where: str  # of live images only (`live`), as its index's is
     order: str
     pool: str  # counter name: size of the pool the queue draws from
     todo: str  # counter name: what is left
@@ -109,17 +125,19 @@ class Plan:
 
 
 PLANS: dict[str, Plan] = {
-    "unlabeled": Plan("split = 'train' AND label IS NULL", "rnd", "train", "train_unlabeled", "random order (seeded)"),
+    "unlabeled": Plan(
+        live("split = 'train' AND label IS NULL"), "rnd", "train", "train_unlabeled", "random order (seeded)"
+    ),
     "low_confidence": Plan(
-        "split = 'train' AND label IS NULL",
+        live("split = 'train' AND label IS NULL"),
         "lc_key, rnd",
         "train_unlabeled",
         "train_unlabeled",
         "smallest margin |p - 0.5| first",
     ),
-    "disagreements": Plan("dis_todo = 1", "dis_conf, id", "dis_pool", "dis_todo", "lowest self-confidence first"),
+    "disagreements": Plan(live("dis_todo = 1"), "dis_conf, id", "dis_pool", "dis_todo", "lowest self-confidence first"),
     "meta_conflicts": Plan(
-        "split = 'train' AND mc_key IS NOT NULL AND label IS NULL",
+        live("split = 'train' AND mc_key IS NOT NULL AND label IS NULL"),
         "mc_key, id",
         "mc_pool",
         "mc_todo",
@@ -127,29 +145,29 @@ PLANS: dict[str, Plan] = {
     ),
     # training images only: a key press on an audit image here would overwrite its adjudicated truth
     "needs_review": Plan(
-        "split = 'train' AND nr_todo = 1", "rnd", "nr_pool", "nr_todo", "flagged by the model run, random order"
+        live("split = 'train' AND nr_todo = 1"), "rnd", "nr_pool", "nr_todo", "flagged by the model run, random order"
     ),
     # one read first (completes a pair), then unread; never an image this annotator already read
     "audit": Plan(
-        "split = 'audit' AND audit_state IN (0, 1)",
+        live("split = 'audit' AND audit_state IN (0, 1)"),
         "audit_state DESC, rnd",
         "audit",
         "audit_todo",
         "blind double reads, random order",
     ),
-    "adjudication": Plan("audit_state = 3", "rnd", "adj_pool", "adj_todo", "third read decides, random order"),
+    "adjudication": Plan(live("audit_state = 3"), "rnd", "adj_pool", "adj_todo", "third read decides, random order"),
 }
 
 # Used when the model has not given what a queue needs yet (and said so on the card).
 FALLBACKS: dict[str, tuple[str, Plan]] = {
     "low_confidence": (
         "predicted",
-        Plan("split = 'train' AND label IS NULL", "rnd", "train_unlabeled", "train_unlabeled", ""),
+        Plan(live("split = 'train' AND label IS NULL"), "rnd", "train_unlabeled", "train_unlabeled", ""),
     ),
     "disagreements": (
         "predicted_oos",
         Plan(
-            "split = 'train' AND label IS NOT NULL",
+            live("split = 'train' AND label IS NOT NULL"),
             "label_ts, rnd",  # a label given here sends its image to the back, so the next key shows another
             "train_labeled",
             "train_labeled",
@@ -159,7 +177,7 @@ FALLBACKS: dict[str, tuple[str, Plan]] = {
     "meta_conflicts": (
         "predicted",
         Plan(
-            "split = 'train' AND meta_mag IS NOT NULL AND label IS NULL",
+            live("split = 'train' AND meta_mag IS NOT NULL AND label IS NULL"),
             "rnd",
             "meta_known",
             "meta_known_todo",

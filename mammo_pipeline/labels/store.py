@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -26,6 +27,7 @@ from mammo_pipeline import warehouse
 from mammo_pipeline.atomic import atomic_path
 from mammo_pipeline.labels import audit, queues
 from mammo_pipeline.labels.codes import CODES, LABELS, flags_of
+from mammo_pipeline.labels.zoom import ZOOM_FOLDER
 from mammo_pipeline.settings import Settings
 
 SOURCES = ("human", "import", "model")
@@ -104,7 +106,12 @@ _MAINTAINED = {
     "p_oos": "INTEGER NOT NULL DEFAULT 0",
     "p_ts": "TEXT",
     "p_nr": "INTEGER NOT NULL DEFAULT 0",  # needs_review of the latest prediction (0 when the column is absent)
+    # when the image left the image_cache manifest of its hospital (its file deleted from its drop: a patient's
+    # opt-out), NULL while it is in use: no queue, count, label snapshot or audit figure holds it (`sync_images`,
+    # `withdraw`)
+    "withdrawn_at": "TEXT",
 }
+_OWN_STATE = ("withdrawn_at",)  # maintained columns that copy no other table: an older file gets them empty
 _EXTRA_SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue_totals (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
@@ -158,6 +165,10 @@ class BadLabel(LabelError):
 
 class UnknownImage(LabelError):
     pass
+
+
+class Withdrawn(LabelError):
+    """The image was withdrawn (its file deleted from its drop): it takes no new label until it comes back."""
 
 
 class StaleSubmit(LabelError):
@@ -255,6 +266,16 @@ def _read_only_connection(path: Path) -> tuple[sqlite3.Connection, bool]:
 
 
 @dataclass(frozen=True)
+class Synced:
+    """What one `sync_images` did."""
+
+    new: int = 0  # images added
+    withdrawn: int = 0  # images that left their hospital's manifest (file deleted from its drop): out of use now
+    restored: int = 0  # withdrawn images back in the manifest (the file sent again): in use with their labels
+    withdrawn_ids: tuple[int, ...] = ()  # the ids of the images withdrawn by this sync
+
+
+@dataclass(frozen=True)
 class _Lacks:
     """What a label-store file made by an older version lacks (`LabelStore._lacks`)."""
 
@@ -333,7 +354,7 @@ class LabelStore:
             _create_queue_indexes(db)
             if lacks.seed:
                 db.execute("INSERT INTO meta (key, value) VALUES ('seed', ?)", (int(seed),))
-            if lacks.maintained:  # an older file: fill the new columns once
+            if set(lacks.maintained) - set(_OWN_STATE):  # an older file: fill the new copies once
                 store_seed = int(db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone()[0])
                 old = db.execute("SELECT id, sop_instance_uid FROM images").fetchall()
                 ranks = list(zip(queues.ranks(store_seed, [r[1] for r in old]), [r[0] for r in old], strict=True))
@@ -406,19 +427,34 @@ class LabelStore:
             return int(db.execute("SELECT value FROM meta WHERE key = 'seed'").fetchone()[0])
 
     # -- images --------------------------------------------------------------------------------------
-    def sync_images(self, manifest: pd.DataFrame, seed: int = 0, audit_fraction: float = 0.2) -> int:
-        """Upsert images from the image_cache manifest; return how many are new.
+    def sync_images(
+        self,
+        manifest: pd.DataFrame,
+        seed: int = 0,
+        audit_fraction: float = 0.2,
+        hospitals: Iterable[str] = (),
+    ) -> Synced:
+        """Upsert images from the image_cache manifest, withdraw the images that left it, restore those back.
 
         A known image gets its paths refreshed but keeps its split. A new image of a patient or a study the
         store already knows joins that side; otherwise `audit.assign_splits` draws it (a patient, with the
         studies it shares, at once). Its place in the random order is queues.ranks(store seed, SOP Instance UID).
+
+        The manifest speaks for every hospital it has rows of and for `hospitals` (those whose manifest is empty:
+        every file deleted): an image of these hospitals that is not in it is withdrawn (`withdrawn_at`; out of
+        every queue, count and label snapshot, its labels kept), and a withdrawn image in it again is restored.
+        A hospital the manifest does not speak for keeps its images as they are: a missing cache partition is not
+        a deletion, as a drop folder gone from landing is none for dicom_index.
         """
-        if manifest.empty:
-            return 0
+        covered = set(hospitals)
+        if manifest.empty and not covered:
+            return Synced()
         need = {"sop_instance_uid", "hospital", "display_png", "model_png"}
-        if missing := need - set(manifest.columns):
+        if not manifest.empty and (missing := need - set(manifest.columns)):
             raise ValueError(f"the image_cache manifest lacks columns {sorted(missing)}")
-        df = manifest.drop_duplicates("sop_instance_uid", keep="last").reset_index(drop=True)
+        df = manifest if not manifest.empty else pd.DataFrame(columns=sorted(need))  # withdraws all of `hospitals`
+        df = df.drop_duplicates("sop_instance_uid", keep="last").reset_index(drop=True)
+        covered |= set(df["hospital"].astype(str))
         for col in ("study_instance_uid", "patient_key", "meta_mag", "rel_path"):
             if col not in df.columns:
                 df[col] = None
@@ -479,14 +515,56 @@ class LabelStore:
             )
             if rebuild:
                 _create_queue_indexes(db)
-            db.execute("DELETE FROM incoming_images")
             after = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            restored = db.execute(
+                """UPDATE images SET withdrawn_at = NULL WHERE withdrawn_at IS NOT NULL
+                   AND sop_instance_uid IN (SELECT sop_instance_uid FROM incoming_images)"""
+            ).rowcount
+            withdrawn = [
+                int(r[0])
+                for r in db.execute(
+                    f"""UPDATE images SET withdrawn_at = ? WHERE withdrawn_at IS NULL
+                        AND hospital IN ({",".join("?" * len(covered))})
+                        AND sop_instance_uid NOT IN (SELECT sop_instance_uid FROM incoming_images) RETURNING id""",
+                    (now, *sorted(covered)),
+                )
+            ]
+            if withdrawn or restored:
+                _withdrawals_changed(db)
+            db.execute("DELETE FROM incoming_images")
             _recount(db)
-        return after - before
+        return Synced(after - before, len(withdrawn), restored, tuple(sorted(withdrawn)))
+
+    def withdraw(self, hospital: str, sop_instance_uids: Iterable[str]) -> int:
+        """Withdraw these images of `hospital` now, as the next `sync_images` would (image_cache has just deleted
+        their files and tells the store: defs/ingest.py), so a running labeling app stops offering them at once
+        instead of cards without a picture. Returns how many were in use; unknown and withdrawn ones, and one the
+        store holds under another hospital (the same file sent to two), are passed over."""
+        now, n = _now(), 0
+        live = queues.live("sop_instance_uid = ? AND hospital = ?")
+        with self._write() as db:
+            for sop in sop_instance_uids:
+                row = db.execute(f"SELECT id FROM images WHERE {live}", (sop, hospital))
+                if (found := row.fetchone()) is None:
+                    continue
+                before = db.execute(_MEMBERSHIP, (found[0],)).fetchone()
+                db.execute("UPDATE images SET withdrawn_at = ? WHERE id = ?", (now, found[0]))
+                _refresh_one(db, found[0], before)
+                n += 1
+            if n:
+                _withdrawals_changed(db)
+        return n
 
     def n_images(self) -> int:
+        """Images in use (withdrawn ones left out)."""
         with self._db() as db:
-            return int(db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+            return int(db.execute(f"SELECT COUNT(*) FROM images WHERE {queues.LIVE}").fetchone()[0])
+
+    def n_withdrawn(self) -> int:
+        """Images withdrawn (their file deleted from its drop): kept with their labels, used nowhere until they come
+        back."""
+        with self._db() as db:
+            return int(db.execute("SELECT COUNT(*) FROM images WHERE withdrawn_at IS NOT NULL").fetchone()[0])
 
     def images(self) -> pd.DataFrame:
         """Every image row (id, sop_instance_uid, hospital, ..., split, meta_mag, and the maintained columns)."""
@@ -542,7 +620,8 @@ class LabelStore:
 
         On an audit image the annotator's role follows the reads so far: one of the first two readers
         ('read'), a third annotator after the two disagreed ('adjudication'), or 'extra' (counted nowhere).
-        With `respect_leases`, a training image leased to someone else raises Leased (team mode).
+        With `respect_leases`, a training image leased to someone else raises Leased (team mode). A withdrawn image
+        raises Withdrawn: it must not be used, and a label given to it would be used nowhere.
         """
         code = label_code(label)
         if source not in SOURCES:
@@ -552,11 +631,13 @@ class LabelStore:
         iid = int(image_id)
         with self._write() as db:
             row = db.execute(
-                "SELECT split, event_id, reader1, reader2, audit_state FROM images WHERE id = ?", (iid,)
+                "SELECT split, event_id, reader1, reader2, audit_state, withdrawn_at FROM images WHERE id = ?", (iid,)
             ).fetchone()
             if row is None:
                 raise UnknownImage(f"no image with id {image_id}")
-            split, current, reader1, reader2, state = row
+            split, current, reader1, reader2, state, withdrawn_at = row
+            if withdrawn_at is not None:
+                raise Withdrawn(f"image {iid} was withdrawn (its file deleted from its drop) at {withdrawn_at}")
             # a blind audit read saw no one's label, so another reader's read since is nothing it missed
             blind_read = split == "audit" and (reader2 is None or annotator in (reader1, reader2))
             if seen_event is not None and current != int(seen_event) and not blind_read:
@@ -672,7 +753,8 @@ class LabelStore:
         the adjudicated label, else the two readers' agreed label, else a lone first read. `label_source` says
         which ('latest' on training images; 'single_read', 'agreed', 'adjudicated' or 'disputed' on audit
         images: 'disputed' keeps the latest decision until a third read decides). `first_read` is the first
-        blind read of an audit image (the single-read figure), `n_reads` how many blind reads it has.
+        blind read of an audit image (the single-read figure), `n_reads` how many blind reads it has. Withdrawn
+        images are left out: their labels train and measure nothing (they are kept for their return).
         """
         df = self._frame(
             """SELECT i.id AS image_id, i.sop_instance_uid, i.hospital, i.study_instance_uid, i.patient_key,
@@ -684,7 +766,7 @@ class LabelStore:
                       i.read1 AS first_read_code,
                       (i.read1 IS NOT NULL) + (i.read2 IS NOT NULL) AS n_reads
                FROM images i JOIN current_labels c ON c.image_id = i.id AND c.event_id = i.event_id
-               WHERE i.label IS NOT NULL ORDER BY i.id"""
+               WHERE i.label IS NOT NULL AND i.withdrawn_at IS NULL ORDER BY i.id"""
         )
         flags = [flags_of(int(c)) for c in df["code"]]
         df.insert(5, "label", df.pop("code").map(lambda c: LABELS[int(c)]).astype(object))
@@ -709,10 +791,12 @@ class LabelStore:
 
     def audit_reads(self) -> pd.DataFrame:
         """Audit images with at least one blind read: image_id, sop_instance_uid, hospital, reader1, read1,
-        reader2, read2, adjudicated, truth (label names, None when missing) and audit_state (0-4, see queues)."""
+        reader2, read2, adjudicated, truth (label names, None when missing) and audit_state (0-4, see queues);
+        withdrawn images left out."""
         df = self._frame(
-            """SELECT id AS image_id, sop_instance_uid, hospital, reader1, read1, reader2, read2, adjudicated,
-                      truth, audit_state FROM images WHERE split = 'audit' AND read1 IS NOT NULL ORDER BY id"""
+            f"""SELECT id AS image_id, sop_instance_uid, hospital, reader1, read1, reader2, read2, adjudicated,
+                       truth, audit_state FROM images WHERE split = 'audit' AND read1 IS NOT NULL AND {queues.LIVE}
+                ORDER BY id"""
         )
         for col in ("read1", "read2", "adjudicated", "truth"):
             df[col] = [LABELS[int(v)] if v == v and v is not None else None for v in df[col]]
@@ -738,13 +822,14 @@ class LabelStore:
         return [dict(zip(keys, r, strict=True), label_name=LABELS[int(r[2])]) for r in rows]
 
     def disagreements_between_annotators(self) -> list[dict]:
-        """Images whose annotators' current labels differ: image_id, sop_instance_uid, hospital, labels."""
+        """Images whose annotators' current labels differ: image_id, sop_instance_uid, hospital, labels (withdrawn
+        images left out: nothing to review there)."""
         df = self._frame(
             """SELECT c.image_id, i.sop_instance_uid, i.hospital, i.split, i.audit_state, c.annotator, c.label,
                       c.event_id, c.role
                FROM current_labels c JOIN images i ON i.id = c.image_id
                WHERE c.image_id IN (SELECT image_id FROM current_labels GROUP BY image_id
-                                    HAVING COUNT(DISTINCT label) > 1)
+                                    HAVING COUNT(DISTINCT label) > 1) AND i.withdrawn_at IS NULL
                ORDER BY c.image_id, c.annotator"""
         )
         out = []
@@ -908,11 +993,12 @@ class LabelStore:
         return [int(r[0]) for r in rows]
 
     def events(self) -> pd.DataFrame:
-        """Every event with the image keys it refers to (the audit trail, undone ones included)."""
+        """Every event with the image keys it refers to (the audit trail, undone ones and those of withdrawn images
+        included: `withdrawn_at` says which image is withdrawn now)."""
         df = self._frame(
             """SELECT e.id AS event_id, e.image_id, i.sop_instance_uid, i.hospital, i.study_instance_uid,
                       i.patient_key, i.split, e.label AS code, e.annotator, e.ts, e.source, e.round,
-                      e.undone, e.seen_event
+                      e.undone, e.seen_event, i.withdrawn_at
                FROM events e JOIN images i ON i.id = e.image_id ORDER BY e.id"""
         )
         df.insert(7, "label", df["code"].map(lambda c: LABELS[int(c)]).astype(object))
@@ -940,29 +1026,46 @@ class LabelStore:
             return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
 
     def version(self) -> str:
-        """Changes whenever a label, an undo or an image changes: '<last event>-<undone>-<images>'."""
+        """Changes whenever a label, an undo or an image changes (added, withdrawn or restored):
+        '<last event>-<undone>-<images>-<syncs that withdrew or restored any>'."""
         with self._db() as db:
             last, undone = db.execute("SELECT COALESCE(MAX(id), 0), COALESCE(SUM(undone), 0) FROM events").fetchone()
             n_images = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-        return f"{last}-{undone}-{n_images}"
+            changes = db.execute("SELECT COALESCE(MAX(value), 0) FROM meta WHERE key = 'withdrawals'").fetchone()[0]
+        return f"{last}-{undone}-{n_images}-{changes}"
 
 
-def read_image_cache(settings: Settings) -> pd.DataFrame:
-    """The image_cache manifest of every hospital (empty when nothing is cached yet)."""
+def cached_hospitals(settings: Settings) -> list[str]:
+    """The hospitals whose image_cache partition holds a manifest, an empty one too (the cache ran and found no
+    image left: every file deleted from its drops); a partition without one (never cached, or only the lock
+    files of a run refused for want of an index) speaks for nothing."""
     root = settings.table_dir("image_cache")
+    folders = sorted(root.glob("hospital=*")) if root.exists() else []
+    return [f.name.split("=", 1)[1] for f in folders if any(f.glob("*.parquet"))]
+
+
+def read_image_cache(settings: Settings, hospitals: Iterable[str] | None = None) -> pd.DataFrame:
+    """The image_cache manifest of `hospitals` (default: every cached one; empty when nothing is cached yet)."""
     parts = []
-    for folder in sorted(root.glob("hospital=*")) if root.exists() else []:
-        hospital = folder.name.split("=", 1)[1]
+    for hospital in cached_hospitals(settings) if hospitals is None else hospitals:
         df = warehouse.read_partition(settings, "image_cache", hospital)
         if len(df):
             parts.append(df.assign(hospital=df["hospital"] if "hospital" in df.columns else hospital))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def sync_from_warehouse(settings: Settings, audit_fraction: float = 0.2) -> tuple[LabelStore, int]:
-    """Open the store at settings.labels_db and add the images of the image_cache table; (store, new images)."""
+def sync_from_warehouse(settings: Settings, audit_fraction: float = 0.2) -> tuple[LabelStore, Synced]:
+    """Open the store at settings.labels_db and sync it with the image_cache table (`LabelStore.sync_images`:
+    new images added, those deleted from their drop withdrawn, those sent again restored); the full-resolution
+    crops the labeling app kept of a withdrawn image are deleted (`labels/zoom.py`)."""
     store = LabelStore(settings.labels_db, seed=settings.seed)
-    return store, store.sync_images(read_image_cache(settings), seed=settings.seed, audit_fraction=audit_fraction)
+    hospitals = cached_hospitals(settings)
+    synced = store.sync_images(
+        read_image_cache(settings, hospitals), seed=settings.seed, audit_fraction=audit_fraction, hospitals=hospitals
+    )
+    for image_id in synced.withdrawn_ids:
+        shutil.rmtree(settings.cache / ZOOM_FOLDER / str(image_id), ignore_errors=True)
+    return store, synced
 
 
 def _recount(db: sqlite_utils.Database) -> None:
@@ -971,6 +1074,13 @@ def _recount(db: sqlite_utils.Database) -> None:
     db.conn.executemany(
         "INSERT INTO queue_totals (name, n) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET n = excluded.n",
         zip(queues.COUNTERS, values, strict=True),
+    )
+
+
+def _withdrawals_changed(db: sqlite_utils.Database) -> None:
+    """Count a write that withdrew or restored images, so that `LabelStore.version()` changes."""
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('withdrawals', 1) ON CONFLICT (key) DO UPDATE SET value = value + 1"
     )
 
 
@@ -1060,7 +1170,7 @@ def _audit_queue(db: sqlite_utils.Database, annotator: str, limit: int, exclude:
     none when one other is that far ahead)."""
     extra, params = _filters(annotator, exclude, leases, audit=True)
     tail = "".join(f" AND {w}" for w in extra)
-    one = "FROM images INDEXED BY {} WHERE split = 'audit' AND audit_state = 1"
+    one = "FROM images INDEXED BY {} WHERE " + queues.live("split = 'audit' AND audit_state = 1")
     head = db.execute(
         f"SELECT id, reader1 {one.format('q_audit_one')}{tail} ORDER BY rnd LIMIT ?", (*params, AUDIT_HEAD)
     ).fetchall()
@@ -1072,7 +1182,8 @@ def _audit_queue(db: sqlite_utils.Database, annotator: str, limit: int, exclude:
         rows = db.execute(f"SELECT id FROM ({ranges}) ORDER BY rnd LIMIT ?", (annotator, *params) * 2 + (limit,))
         ids = [int(r[0]) for r in rows]
     if len(ids) < limit:
-        none = f"SELECT id FROM images INDEXED BY q_audit_none WHERE split = 'audit' AND audit_state = 0{tail}"
+        unread = queues.live("split = 'audit' AND audit_state = 0")
+        none = f"SELECT id FROM images INDEXED BY q_audit_none WHERE {unread}{tail}"
         ids += [int(r[0]) for r in db.execute(f"{none} ORDER BY rnd LIMIT ?", (*params, limit - len(ids)))]
     return ids
 

@@ -133,6 +133,28 @@ def test_undo_returns_the_undone_image_and_409_when_nothing_is_left(client, stor
     assert store.events()["undone"].tolist() == [True]
 
 
+def test_a_withdrawn_image_asked_for_by_id_is_a_clear_410_and_takes_no_label(client, store, manifest):
+    """An image withdrawn (its file deleted from its drop, its PNGs with it) opened from an old link or the recent
+    list showed a broken card; a key press on it saved a label nothing would use. Both now say why they refuse."""
+    image, after = store.queue("unlabeled", "alice", limit=2)
+    _label(client, "4", image)
+    store.sync_images(manifest[manifest["sop_instance_uid"] != store.sop_uids([image])[image]])
+    for r in (
+        client.get("/", params={"image_id": image}),
+        client.get("/card", params={"image_id": image}, headers=HX),
+        client.get(f"/img/{image}"),
+        client.get(f"/img/{image}/model"),
+        client.get(f"/zoom/{image}", params={"x": "0.5", "y": "0.5"}),
+        client.get(f"/heatmap/{image}"),
+        _label(client, "1", image, seen=store.current_event(image)),
+    ):
+        assert r.status_code == 410 and f"image {image} was withdrawn" in r.text, r.text
+    assert event_count(store) == 1
+    r = client.post("/undo", data={"q": "unlabeled"}, headers=HX)  # the annotator's own label may still be undone
+    assert r.status_code == 200 and _card_state(r.text) == (after, 0)  # the queue's head, not the withdrawn card
+    assert store.events()["undone"].tolist() == [True]
+
+
 @pytest.mark.parametrize("path", ["/label", "/undo", "/skip", "/blind", "/logout"])
 def test_get_on_a_write_route_is_405(client, store, path):
     assert client.get(path).status_code == 405

@@ -162,15 +162,23 @@ def test_unknown_queue_name_is_refused(qstore):
 
 
 def test_maintained_totals_always_equal_a_full_recount(qstore):
-    """Random labels, relabels, undos, audit reads and predictions: the incremental totals never drift."""
+    """Random labels, relabels, undos, audit reads, predictions, withdrawals and returns: the incremental totals
+    never drift."""
+    from mammo_pipeline.labels.store import Withdrawn
+
     store, ids = qstore
     sops = store.sop_uids(ids)
     rng = random.Random(7)
     people = ["alice", "bob", "carol"]
-    for step in range(120):
+    for step in range(160):
         move = rng.random()
-        if move < 0.6:
-            store.record(rng.choice(ids), rng.randint(1, 4), rng.choice(people))
+        if move < 0.05:  # image_cache deleted some files (`LabelStore.withdraw`)
+            store.withdraw("h1", rng.sample(list(sops.values()), 2))
+        elif move < 0.1:  # the sync: some files deleted from their drop, the others (back) in it
+            store.sync_images(_manifest().sample(n=rng.randint(5, 10), random_state=step))
+        elif move < 0.6:
+            with contextlib.suppress(Withdrawn):
+                store.record(rng.choice(ids), rng.randint(1, 4), rng.choice(people))
         elif move < 0.85:
             with contextlib.suppress(NothingToUndo):
                 store.undo(rng.choice(people))
@@ -184,3 +192,69 @@ def test_maintained_totals_always_equal_a_full_recount(qstore):
         with store._db() as db:
             _recount(db)
         assert store.totals() == maintained, f"step {step}"
+
+
+def _heads(store: LabelStore) -> dict[tuple[str, str], list[int]]:
+    """The head of every queue for a reader of none, one and both audit reads (queue, annotator) -> ids."""
+    return {(q, who): store.queue(q, who, limit=50) for q in queues.QUEUES for who in ("alice", "bob", "dave")}
+
+
+def test_a_withdrawn_image_leaves_every_queue_and_count_and_comes_back_with_its_labels(qstore):
+    """A file deleted from its drop (a patient's opt-out) left the cache manifest but not the store: its image stayed
+    in the queues, and its label still trained and measured the next model. The sync now withdraws it from every
+    queue, count, label snapshot and audit figure, keeping what people did, and restores all of it when the same
+    SOP Instance UID is sent again."""
+    store, ids = qstore
+    sops = store.sop_uids(ids)
+    store.record(ids[0], 2, "alice")  # a training label the model will contradict
+    store.record(ids[8], 1, "alice")
+    store.record(ids[8], 2, "bob")  # two blind reads that disagree: adjudication
+    store.record(ids[9], 3, "alice")  # one blind read
+    store.set_predictions(_preds(sops, [(i, 0.9, 0.1) for i in ids], out_of_sample=True, needs_review=True))
+    before = store.totals(), _heads(store), store.current_labels(), store.audit_reads(), store.version()
+    assert all(before[1][(q, "dave")] for q in queues.QUEUES)  # every queue holds an image to withdraw
+
+    gone = [ids[i] for i in (0, 3, 8, 9)]  # labeled, a metadata conflict, disputed audit, one audit read
+    synced = store.sync_images(_manifest().drop(index=[0, 3, 8, 9]))
+    assert all(not set(head) & set(gone) for head in _heads(store).values())
+    assert (synced.new, synced.withdrawn, synced.restored, synced.withdrawn_ids) == (0, 4, 0, tuple(gone))
+    assert store.queue("adjudication", "dave") == store.queue("audit", "dave") == []
+    totals = store.totals()
+    with store._db() as db:
+        _recount(db)
+    assert store.totals() == totals and totals["audit"] == totals["adj_pool"] == totals["dis_pool"] == 0
+    assert totals["train"] == totals["predicted"] == 6 and totals["mc_pool"] == 1  # 0, 3, 6 had one
+    assert store.current_labels().empty and store.audit_reads().empty and store.audit_stats()["n_read"] == 0
+    assert store.disagreements_between_annotators() == []
+    assert (store.n_images(), store.n_withdrawn()) == (6, 4) and store.version() != before[4]
+    from mammo_pipeline.labels.store import Withdrawn
+
+    with pytest.raises(Withdrawn):
+        store.record(ids[0], 1, "bob")
+    assert store.sync_images(_manifest().drop(index=[0, 3, 8, 9])).withdrawn == 0  # counted once
+    synced_version = store.version()
+
+    synced = store.sync_images(_manifest())  # the files are sent again
+    assert (synced.new, synced.withdrawn, synced.restored) == (0, 0, 4)
+    assert store.totals() == before[0] and _heads(store) == before[1]
+    pd.testing.assert_frame_equal(store.current_labels(), before[2])  # labels, split, reads as they were
+    pd.testing.assert_frame_equal(store.audit_reads(), before[3])
+    assert store.version() != synced_version
+
+
+def test_withdraw_takes_images_out_at_once_and_the_sync_brings_them_back(qstore):
+    """What image_cache calls when it deletes a withdrawn image's files: the same as the next sync would do."""
+    store, ids = qstore
+    sops = store.sop_uids(ids)
+    store.record(ids[0], 1, "alice")
+    store.record(ids[8], 2, "bob")
+    before, version = store.totals(), store.version()
+    assert store.withdraw("h2", [sops[ids[0]]]) == 0  # the store holds it under h1
+    assert store.withdraw("h1", [sops[ids[0]], sops[ids[8]], "not-in-the-store"]) == 2
+    assert store.withdraw("h1", [sops[ids[0]]]) == 0  # already withdrawn
+    totals = store.totals()
+    with store._db() as db:
+        _recount(db)
+    assert store.totals() == totals and (totals["train_labeled"], totals["audit"]) == (0, 1)
+    assert ids[8] not in store.queue("audit", "dave") and store.current_labels().empty and store.version() != version
+    assert store.sync_images(_manifest()).restored == 2 and store.totals() == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 import threading
 
 import pandas as pd
@@ -16,15 +17,15 @@ from .conftest import event_count, write_images
 
 def test_sync_is_idempotent_and_splits_are_frozen(settings, manifest):
     store = LabelStore(settings.labels_db)
-    assert store.sync_images(manifest, seed=0, audit_fraction=0.5) == 8
+    assert store.sync_images(manifest, seed=0, audit_fraction=0.5).new == 8
     first = store.images().set_index("sop_instance_uid")["split"]
     assert set(first) == {"train", "audit"}
     # Re-sync with another fraction: nothing new, nobody moves.
-    assert store.sync_images(manifest, seed=0, audit_fraction=1.0) == 0
+    assert store.sync_images(manifest, seed=0, audit_fraction=1.0).new == 0
     assert store.images().set_index("sop_instance_uid")["split"].equals(first)
     # A new image of a known patient joins that patient's side even though the fraction changed.
-    extra = manifest.iloc[[0]].assign(sop_instance_uid="new-sop")
-    assert store.sync_images(extra, seed=0, audit_fraction=1.0 if first.iloc[0] == "train" else 0.0) == 1
+    extra = pd.concat([manifest, manifest.iloc[[0]].assign(sop_instance_uid="new-sop")])
+    assert store.sync_images(extra, seed=0, audit_fraction=1.0 if first.iloc[0] == "train" else 0.0).new == 1
     assert store.images().set_index("sop_instance_uid").loc["new-sop", "split"] == first.iloc[0]
 
 
@@ -198,3 +199,68 @@ def test_queues_see_image_and_prediction_changes_made_by_another_process(store, 
     assert len(after) == 8 and len(before) < 8
     other.set_predictions(preds.assign(p_mag=0.1))
     assert store.queue("meta_conflicts") == []
+
+
+def test_a_hospital_the_cache_no_longer_has_keeps_its_images_and_an_empty_manifest_withdraws_them(settings):
+    """The warehouse sync speaks for every hospital with a manifest. A partition gone (deleted, moved) withdraws
+    nothing, as a drop folder gone from landing deletes nothing in dicom_index; an empty manifest, written when
+    every file of the hospital was deleted from its drops, withdraws them all (read_image_cache leaves it out,
+    so before it withdrew nothing). The labeling app's full-resolution crops of a withdrawn image go with it."""
+    from mammo_pipeline import warehouse
+    from mammo_pipeline.labels.store import sync_from_warehouse
+    from mammo_pipeline.labels.zoom import ZOOM_FOLDER
+
+    for hospital, n in (("h1", 3), ("h2", 2)):
+        manifest = write_images(settings.cache, n, hospital=hospital)
+        warehouse.write_partition(settings, "image_cache", hospital, manifest, name="manifest.parquet")
+    store, _ = sync_from_warehouse(settings)
+    assert store.n_images() == 5
+    h1 = store.images().query("hospital == 'h1'")["id"].tolist()
+    store.record(h1[0], 1, "alice")
+    crop = settings.cache / ZOOM_FOLDER / str(h1[0]) / "0_0_64_64.png"
+    crop.parent.mkdir(parents=True)
+    crop.write_bytes(b"png")
+
+    shutil.rmtree(settings.table_dir("image_cache", "h2"))  # no partition: not a deletion
+    synced = sync_from_warehouse(settings)[1]
+    assert store.n_images() == 5 and synced.withdrawn == 0
+
+    empty = write_images(settings.cache, 3, hospital="h1").iloc[:0]
+    warehouse.write_partition(settings, "image_cache", "h1", empty, name="manifest.parquet")
+    synced = sync_from_warehouse(settings)[1]
+    assert store.current_labels().empty and store.n_images() == 2 and not crop.parent.exists()
+    assert (synced.withdrawn, synced.withdrawn_ids, store.n_withdrawn()) == (3, tuple(h1), 3)
+
+
+def test_a_store_made_before_withdrawals_opens_upgraded_with_its_labels_and_queues(settings, manifest):
+    """A label store of queues.VERSION 3 (no withdrawn_at, queue indexes without it) gets the column, its indexes
+    made again and its totals recounted when opened; its labels and queues are as they were."""
+    from mammo_pipeline.labels import queues
+
+    store = LabelStore(settings.labels_db)
+    store.sync_images(manifest, audit_fraction=0.0)
+    first, second = store.queue("unlabeled", limit=2)
+    store.record(first, 1, "alice")
+    totals, labels = store.totals(), store.current_labels()
+    with store._write() as db:  # what queues.VERSION 3 left
+        for name in queues.INDEXES:
+            db.execute(f"DROP INDEX {name}")
+        db.execute("ALTER TABLE images DROP COLUMN withdrawn_at")
+        for name, spec in queues.INDEXES.items():
+            db.execute(f"CREATE INDEX {name} ON {spec.removesuffix(' AND ' + queues.LIVE)}")
+        db.execute("UPDATE meta SET value = 3 WHERE key = 'queues_version'")
+        db.execute("UPDATE queue_totals SET n = 0")
+
+    reopened = LabelStore(settings.labels_db)
+    assert reopened.totals() == totals and reopened.queue("unlabeled", limit=1) == [second]
+    pd.testing.assert_frame_equal(reopened.current_labels(), labels)
+    with reopened._db() as db:
+        made = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE name LIKE 'q_%'").fetchall())
+        unlabeled = queues.PLANS["unlabeled"]
+        plan = db.execute(
+            f"EXPLAIN QUERY PLAN SELECT id FROM images WHERE {unlabeled.where} ORDER BY {unlabeled.order}"
+        )
+        assert "USING INDEX q_unlabeled" in plan.fetchall()[0][3]  # the queue still reads its index
+    assert all(made[name].endswith(queues.LIVE) for name in queues.INDEXES)
+    assert reopened.sync_images(manifest[manifest["sop_instance_uid"] != store.sop_uids([first])[first]]).withdrawn == 1
+    assert reopened.current_labels().empty
