@@ -19,7 +19,9 @@ dead (or, on another host, when old), so neither deletes the other's in-flight f
 quarantined (`quarantine/hospital=<h>/cache.parquet`) and stay skipped until their file or NORM_VERSION changes
 (reason `source_missing`, a file that left the landing folder after it was indexed, is tried again each run, as is
 `source_changed`, a file replaced or rewritten since it was indexed: its pixels are not the indexed image's, so it
-is not rendered under that image's SOP Instance UID until dicom_index has read it again).
+is not rendered under that image's SOP Instance UID until dicom_index has read it again). An image that left the
+index (its file deleted from its drop: withdrawn, typically a patient's opt-out) loses its manifest row, and its
+PNGs and second-look candidates are deleted once the manifest without it is written (`_fold`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ INDEX_COLUMNS = [
     "image_kind",  # 2d, synthesized_2d, digitized_film, ... (dicom.headers.classify); absent in older indexes
 ]
 RUN_LOCK = ".run.lock"  # held by a cache run of the hospital from start to end (`cache_hospital`)
+# the renditions of withdrawn images still to delete: written before the manifest that drops their rows, removed
+# once they are gone, so a run killed in between leaves the next one a list and not orphaned PNGs (`_fold`)
+WITHDRAWN_FILES = ".withdrawn.jsonl"
 MANIFEST_EVERY = 2000  # images between folding the journals into manifest.parquet (each fold rereads it)
 PNG_COMPRESS_LEVEL = 3  # zlib level: most of level 9's size at a fraction of its time
 
@@ -131,7 +136,9 @@ class CacheResult:
     quarantined: dict[str, int] = field(default_factory=dict)  # newly quarantined this run, by reason
     still_quarantined: int = 0  # skipped: quarantined before, file and NORM_VERSION unchanged
     kept_without_source: int = 0  # not current, but their source left landing: the rendition they have stays
-    withdrawn: int = 0  # manifest rows dropped: their image left the index (its file deleted from its drop)
+    withdrawn: int = 0  # manifest rows dropped: their image left the index (its file deleted from its drop); its
+    # PNGs and second-look candidates are deleted with them (`_delete_renditions`)
+    withdrawn_sops: list[str] = field(default_factory=list)  # their SOP Instance UIDs (for the label store)
     rows: int = 0  # manifest rows after the run
     seconds: float = 0.0
     waited_s: float = 0.0  # spent waiting for another run of the same hospital to finish (`_locked`)
@@ -307,10 +314,10 @@ def _cache(settings: Settings, hospital: str, result: CacheResult, progress: Pro
             if progress:
                 progress(n, len(todo))
             if n % MANIFEST_EVERY == 0:
-                result.rows = _fold(result, table_dir, keep, mine, mine_quarantined, journal, final=False)
+                result.rows = _fold(settings, result, keep, mine, mine_quarantined, journal, final=False)
         if progress and not todo:
             progress(0, 0)
-        result.rows = _fold(result, table_dir, keep, mine, mine_quarantined, journal, final=True)
+        result.rows = _fold(settings, result, keep, mine, mine_quarantined, journal, final=True)
     finally:
         journal.close()
     result.quarantined = dict(reasons)
@@ -691,8 +698,8 @@ def _load(
 
 
 def _fold(
+    settings: Settings,
     result: CacheResult,
-    table_dir: Path,
     keep: set[str],
     mine: dict[str, dict[str, Any]],
     mine_quarantined: dict[str, dict[str, Any]],
@@ -702,10 +709,14 @@ def _fold(
     """Merge manifest, every journal and this run's rows into manifest.parquet and cache.parquet; return rows.
 
     Under the partition lock, so overlapping runs never overwrite each other's images. Rows of images no
-    longer in the index are dropped unless a live run's journal holds them. Journals of this run (at the end)
-    and of dead runs are deleted once folded in. When nothing changed (no journal, no new row, none dropped)
-    the files are left as they are, so a nightly run that finds nothing new leaves their mtimes to the last
-    change (backups and file watchers see no change)."""
+    longer in the index are dropped unless a live run's journal holds them (withdrawn: their file was deleted from
+    its drop), and their renditions deleted once the manifest without them is written (`_delete_renditions`; a
+    manifest row never names a deleted PNG). Journals of this run (at the end) and of dead runs are deleted once
+    folded in. When nothing changed (no journal, no new row, none dropped) the files are left as they are, so a
+    nightly run that finds nothing new leaves their mtimes to the last change (backups and file watchers see no
+    change)."""
+    assert result.manifest_path is not None
+    table_dir = result.manifest_path.parent
     with _locked(table_dir):
         rows, bad, journals = _load(result, table_dir)
         loaded = len(rows), len(bad)
@@ -718,24 +729,56 @@ def _fold(
         for sop in mine_quarantined:
             rows.pop(sop, None)
         wanted = keep | live_sops
-        result.withdrawn += sum(sop not in wanted for sop in rows)
+        gone = [r for sop, r in rows.items() if sop not in wanted]
+        result.withdrawn += len(gone)
+        result.withdrawn_sops += [r["sop_instance_uid"] for r in gone]
+        # quarantined ones too: a PNG rendered before their quarantine may be left
+        gone += [q for sop, q in bad.items() if sop not in wanted and sop not in rows]
         rows = {sop: r for sop, r in rows.items() if sop in wanted}
         bad = {sop: q for sop, q in bad.items() if sop in wanted}
+        pending = _Journal(table_dir / WITHDRAWN_FILES)
+        for row in gone:  # before the manifest that drops them: a kill in between leaves the list, not orphans
+            pending.append("withdrawn", {k: row.get(k) for k in ("sop_instance_uid", "display_png", "model_png")})
+        pending.close()
         if (
             journals
             or mine
             or mine_quarantined
+            or gone
             or (len(rows), len(bad)) != loaded
             or _outdated(result.manifest_path, SCHEMA)
             or _outdated(result.quarantine_path, QUARANTINE_SCHEMA)
         ):
             _write_outputs(result, rows, list(bad.values()))  # else a run that found nothing new rewrites nothing
+        if pending.path.exists():  # this fold's, or left by a run killed before it had deleted them all
+            listed = [row for _, row in _read_journal(pending.path) if row["sop_instance_uid"] not in wanted]
+            _delete_renditions(settings.cache, result.hospital, listed)  # not one that came back meanwhile
+            pending.path.unlink()
         for path in journals:
             if path not in live and (final or path != journal.path):
                 if path == journal.path:
                     journal.close()
                 path.unlink(missing_ok=True)
     return len(rows)
+
+
+def _delete_renditions(cache: Path, hospital: str, rows: list[dict[str, Any]]) -> None:
+    """Delete every rendition of each withdrawn image (`rows`: sop_instance_uid, display_png, model_png): the PNGs
+    its manifest row names (an earlier NORM_VERSION's folder when they were kept across an upgrade), any PNG of its
+    SOP in the current NORM_VERSION's folder (every size), and the second-look candidates kept beside each
+    (`candidate_store.forget`). Only under the partition lock, for images no live run holds (`_fold`)."""
+    from mammo_pipeline.model import candidate_store
+
+    current = ensure_under(cache, f"{hospital}/{NORM_VERSION}")
+    for row in rows:
+        pngs = set(current.glob(f"*/{safe_key(hospital, row['sop_instance_uid'])}.png"))
+        for rel in (row.get("display_png"), row.get("model_png")):
+            if rel:
+                with contextlib.suppress(ValueError):  # UnsafePath: nothing outside the cache is deleted
+                    pngs.add(ensure_under(cache, rel))
+        for png in pngs:
+            candidate_store.forget(png)
+            png.unlink(missing_ok=True)
 
 
 def _write_outputs(result: CacheResult, done: dict[str, dict[str, Any]], quarantine: list[dict[str, Any]]) -> None:

@@ -607,3 +607,87 @@ def test_a_file_that_states_its_pixel_spacing_gets_a_display_at_one_pitch(settin
     kept = candidate_store._read(candidate_store.store_path(png), png.stat())
     assert kept is not None
     assert np.array_equal(kept[1], candidates(gray, long_side=settings.display_size)[1])
+
+
+def _renditions(settings, sop: str) -> set:
+    """Every file of one image in its hospital's cache folder: PNGs of any version and size, kept candidates."""
+    return set((settings.cache / "h1").rglob(f"{sop}.png")) | set((settings.cache / "h1").rglob(f"{sop}.npz"))
+
+
+def test_a_withdrawn_images_pngs_and_candidates_are_deleted_and_no_other_file(settings):
+    """A file deleted from its drop (a patient's opt-out) lost its manifest row but kept its PNGs and second-look
+    candidates in the cache. They are deleted with the row; every other image's files stay as they were, and a
+    run after it rewrites nothing."""
+    uids = _landing(settings)
+    cache_hospital(settings, "h1")
+    victim, *others = uids
+    assert all(len(_renditions(settings, sop)) == 3 for sop in uids)  # display, model, candidates
+    earlier_size = settings.cache / "h1" / cache_module.NORM_VERSION / "512" / f"{victim}.png"
+    earlier_size.parent.mkdir()
+    earlier_size.write_bytes(b"a display of an earlier MAMMO_DISPLAY_SIZE")
+    kept = {p: p.stat().st_mtime_ns for sop in others for p in _renditions(settings, sop)}
+
+    (settings.landing / "h1" / "d1" / "p0" / "img.dcm").unlink()
+    index_hospital(settings, "h1")
+    result = cache_hospital(settings, "h1")
+    assert result.withdrawn == 1 and set(read_manifest(settings, "h1")["sop_instance_uid"]) == set(others)
+    assert _renditions(settings, victim) == set()
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert not (settings.table_dir("image_cache", "h1") / cache_module.WITHDRAWN_FILES).exists()
+
+    tables = [manifest_path(settings, "h1"), cache_quarantine_path(settings, "h1")]
+    written = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in tables]
+    again = cache_hospital(settings, "h1")
+    assert (again.withdrawn, again.unchanged) == (0, 2)
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in tables] == written
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+
+
+def test_a_run_killed_before_deleting_leaves_the_list_to_the_next_which_spares_an_image_sent_again(
+    settings, monkeypatch
+):
+    """The manifest without the row is written first (no row ever names a deleted PNG), then the files go; a run
+    killed in between leaves their list, and the next run deletes them, unless the file was sent again meanwhile."""
+    uids = _landing(settings)
+    cache_hospital(settings, "h1")
+    source = settings.landing / "h1" / "d1" / "p1" / "img.dcm"
+    sent = source.read_bytes()
+    source.unlink()
+    index_hospital(settings, "h1")
+    real = cache_module._delete_renditions
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module, "_delete_renditions", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cache_hospital(settings, "h1")
+    assert uids[1] not in set(read_manifest(settings, "h1")["sop_instance_uid"]) and _renditions(settings, uids[1])
+    monkeypatch.setattr(cache_module, "_delete_renditions", real)
+
+    source.write_bytes(sent)  # sent again before the next run
+    index_hospital(settings, "h1")
+    result = cache_hospital(settings, "h1")
+    assert result.new == 1 and len(_renditions(settings, uids[1])) == 3  # rendered again, not deleted
+    assert not (settings.table_dir("image_cache", "h1") / cache_module.WITHDRAWN_FILES).exists()
+
+    source.unlink()
+    index_hospital(settings, "h1")
+    monkeypatch.setattr(cache_module, "_delete_renditions", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cache_hospital(settings, "h1")
+    monkeypatch.setattr(cache_module, "_delete_renditions", real)
+    assert cache_hospital(settings, "h1").withdrawn == 0 and _renditions(settings, uids[1]) == set()
+
+
+def test_an_image_another_live_run_holds_is_neither_withdrawn_nor_deleted(settings):
+    """A row a live overlapping run journaled stays (`_fold`), and so do its files."""
+    uids = _landing(settings)
+    cache_hospital(settings, "h1")
+    row = read_manifest(settings, "h1").set_index("sop_instance_uid").loc[uids[2]].to_dict()
+    (settings.landing / "h1" / "d1" / "p2" / "img.dcm").unlink()
+    index_hospital(settings, "h1")
+    other = cache_module._Journal(settings.table_dir("image_cache", "h1") / f".journal-{run_owner()}.jsonl")
+    other.append("manifest", row | {"sop_instance_uid": uids[2]})  # this process: alive
+    other.close()
+    assert cache_hospital(settings, "h1").withdrawn == 0 and len(_renditions(settings, uids[2])) == 3

@@ -9,6 +9,7 @@ from mammo_pipeline import completeness, warehouse
 from mammo_pipeline.cache import cache_hospital, cache_quarantine_path, displays_at_pitch, read_manifest
 from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.dicom.normalize import NORM_VERSION
+from mammo_pipeline.labels.store import LabelStore
 from mammo_pipeline.progress import every
 
 from .partitions import hospital_partitions
@@ -85,8 +86,12 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
         on_wait=context.log.warning,
     )
     warehouse.refresh_views(settings)
+    unlabeled = 0  # their files are gone: out of the labeling queues now, not at the label store's next sync
+    if result.withdrawn_sops and settings.labels_db.exists():
+        unlabeled = LabelStore(settings.labels_db, seed=settings.seed).withdraw(hospital, result.withdrawn_sops)
     skipped = f", {result.for_processing} For Processing skipped (never displayed)" if result.for_processing else ""
-    withdrawn = f", {result.withdrawn} withdrawn (left the index)" if result.withdrawn else ""
+    withdrawn = f", {result.withdrawn} withdrawn (left the index; PNGs deleted)" if result.withdrawn else ""
+    withdrawn += f", {unlabeled} withdrawn from the label store" if unlabeled else ""
     context.log.info(
         f"{hospital}: {result.new} rendered, {result.unchanged} unchanged{skipped}{withdrawn}, "
         f"quarantined {result.quarantined}"
@@ -101,6 +106,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "new": result.new,
             "unchanged": result.unchanged,
             "withdrawn": result.withdrawn,
+            "withdrawn_from_labels": unlabeled,
             "for_processing_skipped": result.for_processing,
             "still_quarantined": result.still_quarantined,
             "kept_without_source": result.kept_without_source,

@@ -46,6 +46,13 @@ def store_path(png: Path) -> Path:
     return png.parent / f"candidates-v{cand.SECOND_LOOK_VERSION}" / f"{png.stem}.npz"
 
 
+def forget(png: Path) -> None:
+    """Delete the candidates kept for the display PNG `png`, of every SECOND_LOOK_VERSION (its image was withdrawn:
+    `cache._delete_renditions`)."""
+    for path in png.parent.glob(f"candidates-v*/{png.stem}.npz"):
+        path.unlink(missing_ok=True)
+
+
 def cut(gray: np.ndarray, long_side: int | None = None) -> Found:
     """`candidates.candidates` of a uint8 display image rendered for the display size `long_side`, with its
     shape."""

@@ -5,10 +5,14 @@ from __future__ import annotations
 import shutil
 
 import dagster as dg
+import pydicom
 
 from mammo_pipeline.cache import read_manifest
 from mammo_pipeline.defs.ingest import dicom_index, image_cache, metadata_completeness
+from mammo_pipeline.defs.labels import label_store, labels
+from mammo_pipeline.defs.partitions import hospital_partitions
 from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline.labels.store import LabelStore
 from mammo_pipeline_tests.dicom.test_headers import PATIENT, code_item, write_mg
 
 
@@ -119,10 +123,14 @@ def test_data_versions_follow_the_rows_so_downstream_shows_stale_only_after_a_ch
 
 def test_a_file_deleted_from_its_drop_is_counted_as_withdrawn(settings):
     """Its rows went from dicom_index and image_cache without a word: both said only "0 new, N unchanged"
-    (stop 63's nightly probe). Both now count it (`withdrawn`), in the log line and the metadata."""
+    (stop 63's nightly probe). Both now count it (`withdrawn`), in the log line and the metadata. Its PNGs and
+    candidates stayed in the cache and its label kept training the model (a patient's opt-out ignored): they are
+    deleted, and the `labels` asset's sync leaves the image out of the labels until the file is sent again, when it
+    comes back with its label."""
     root = settings.landing / "h1" / "d1"
     for name in ("a", "b", "c"):
         write_mg(root / f"{name}.dcm")
+    sop = str(pydicom.dcmread(root / "b.dcm", stop_before_pixels=True).SOPInstanceUID)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("hospital", ["h1"])
 
@@ -131,7 +139,28 @@ def test_a_file_deleted_from_its_drop_is_counted_as_withdrawn(settings):
         meta = [result.asset_materializations_for_node(a.op.name)[0].metadata for a in (dicom_index, image_cache)]
         return meta[0]["withdrawn"].value, meta[1]["withdrawn"].value, meta[1]["dagster/row_count"].value
 
+    def synced() -> tuple[int, int, int, int]:
+        specs = [dg.AssetSpec("image_cache", partitions_def=hospital_partitions), label_store, labels]
+        result = _materialize(settings, specs, instance).asset_materializations_for_node("labels")[0].metadata
+        keys = ("new_images", "withdrawn_images", "restored_images", "dagster/row_count")
+        return tuple(result[key].value for key in keys)
+
     assert withdrawn() == (0, 0, 3)
+    assert synced() == (3, 0, 0, 0)
+    store = LabelStore(settings.labels_db)
+    image = int(store.images().set_index("sop_instance_uid").loc[sop, "id"])
+    store.record(image, 1, "alice")
+    assert synced() == (0, 0, 0, 1)
+    sent = (root / "b.dcm").read_bytes()
     (root / "b.dcm").unlink()
     assert withdrawn() == (1, 1, 2)
+    assert not [p for p in settings.cache.rglob(f"{sop}.*") if p.suffix in (".png", ".npz")]  # renditions gone
+    # image_cache withdrew it from the label store at once: a running app offers no card without its picture
+    assert store.n_withdrawn() == 1 and store.totals()["train_labeled"] == 0 and store.current_labels().empty
+    assert synced() == (0, 0, 0, 0)  # out of the labels the next model trains on (withdrawn before this sync)
     assert withdrawn() == (0, 0, 2)  # counted once, on the run that saw it go
+
+    (root / "b.dcm").write_bytes(sent)  # sent again
+    assert withdrawn() == (0, 0, 3)
+    assert synced() == (0, 0, 1, 1)  # back with its label
+    assert store.current_labels()["image_id"].tolist() == [image]
