@@ -674,7 +674,8 @@ class LabelStore:
         """Record many labels at once (an import of earlier work): `labels` has image_id and label (code or name).
 
         One transaction, one refresh of the touched images and one recount, instead of a transaction per label.
-        Returns how many were recorded; unknown image ids raise UnknownImage and write nothing.
+        Returns how many were recorded; unknown image ids raise UnknownImage and write nothing. A withdrawn image
+        takes its imported label (earlier work, kept for its return), which is used nowhere while it is withdrawn.
         """
         if source not in SOURCES:
             raise LabelError(f"source must be one of {SOURCES}, not {source!r}")
