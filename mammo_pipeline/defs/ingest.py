@@ -1,6 +1,7 @@
 """Ingest assets: discover each hospital's DICOM files, cache their renditions, and report metadata completeness."""
 
 import base64
+import sqlite3
 
 import dagster as dg
 import pandas as pd
@@ -11,6 +12,7 @@ from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.dicom.normalize import NORM_VERSION
 from mammo_pipeline.labels.store import LabelStore
 from mammo_pipeline.progress import every
+from mammo_pipeline.settings import Settings
 
 from .partitions import hospital_partitions
 from .resources import MammoSettings
@@ -86,9 +88,7 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
         on_wait=context.log.warning,
     )
     warehouse.refresh_views(settings)
-    unlabeled = 0  # their files are gone: out of the labeling queues now, not at the label store's next sync
-    if result.withdrawn_sops and settings.labels_db.exists():
-        unlabeled = LabelStore(settings.labels_db, seed=settings.seed).withdraw(hospital, result.withdrawn_sops)
+    unlabeled = _withdraw_from_labels(context, settings, hospital, result.withdrawn_sops)
     skipped = f", {result.for_processing} For Processing skipped (never displayed)" if result.for_processing else ""
     withdrawn = f", {result.withdrawn} withdrawn (left the index; PNGs deleted)" if result.withdrawn else ""
     withdrawn += f", {unlabeled} withdrawn from the label store" if unlabeled else ""
@@ -166,3 +166,20 @@ def _by_kind(index: pd.DataFrame) -> dict[str, int]:
 
 def _by_reason(counts: dict[str, int]) -> dict[str, int]:
     return {"quarantined": sum(counts.values())} | {f"quarantined_{reason}": n for reason, n in sorted(counts.items())}
+
+
+def _withdraw_from_labels(context: dg.AssetExecutionContext, settings: Settings, hospital: str, sops: list[str]) -> int:
+    """Withdraw the images whose files are gone from the label store now (out of the labeling queues at once, not
+    at the store's next sync); how many were in use. A store another writer holds past SQLite's wait (a sync of a
+    million images takes about 20 s) is left to the next label sync, which withdraws them too: the renditions are
+    already deleted and the manifest written, so failing the run would only hide that its work is done."""
+    if not sops or not settings.labels_db.exists():
+        return 0
+    try:
+        return LabelStore(settings.labels_db, seed=settings.seed).withdraw(hospital, sops)
+    except sqlite3.OperationalError as exc:  # "database is locked"
+        context.log.warning(
+            f"{hospital}: {len(sops)} withdrawn image(s) not yet marked in the label store ({exc}); the next label "
+            "sync (the labels asset, mammo label) marks them"
+        )
+        return 0

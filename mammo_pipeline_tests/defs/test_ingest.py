@@ -164,3 +164,39 @@ def test_a_file_deleted_from_its_drop_is_counted_as_withdrawn(settings):
     assert withdrawn() == (0, 0, 3)
     assert synced() == (0, 0, 1, 1)  # back with its label
     assert store.current_labels()["image_id"].tolist() == [image]
+
+
+def test_a_cache_run_that_finds_the_label_store_busy_succeeds_and_the_next_sync_withdraws(settings):
+    """image_cache marks a withdrawn image in the label store at once; a store held by another writer past SQLite's
+    wait (a million-image sync takes about 20 s) failed the run after its renditions were deleted and its manifest
+    written. The run now succeeds with a warning, and the next label sync withdraws the image."""
+    import sqlite3
+
+    root = settings.landing / "h1" / "d1"
+    for name in ("a", "b"):
+        write_mg(root / f"{name}.dcm")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1"])
+    _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    specs = [dg.AssetSpec("image_cache", partitions_def=hospital_partitions), label_store, labels]
+    _materialize(settings, specs, instance)
+    (root / "b.dcm").unlink()
+    holder = sqlite3.connect(settings.labels_db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer, for longer than the store waits
+    try:
+        result = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.success
+    meta = _metadata(result, image_cache)
+    assert (meta["withdrawn"], meta["withdrawn_from_labels"]) == (1, 0)
+    warnings = [
+        e.message
+        for e in instance.all_logs(result.run_id)
+        if e.level >= 30 and "not yet marked in the label store" in (e.message or "")
+    ]
+    assert warnings
+    assert LabelStore(settings.labels_db).n_withdrawn() == 0
+    synced = _materialize(settings, specs, instance).asset_materializations_for_node("labels")[0].metadata
+    assert synced["withdrawn_images"].value == 1 and LabelStore(settings.labels_db).n_withdrawn() == 1
