@@ -753,6 +753,10 @@ def _fold(
         if pending.path.exists():  # this fold's, or left by a run killed before it had deleted them all
             listed = [row for _, row in _read_journal(pending.path) if row["sop_instance_uid"] not in wanted]
             _delete_renditions(settings.cache, result.hospital, listed)  # not one that came back meanwhile
+            # a killed run's list too: its images reach the label store now (`CacheResult.withdrawn_sops`)
+            result.withdrawn_sops = list(
+                dict.fromkeys([*result.withdrawn_sops, *(r["sop_instance_uid"] for r in listed)])
+            )
             pending.path.unlink()
         for path in journals:
             if path not in live and (final or path != journal.path):

@@ -677,7 +677,10 @@ def test_a_run_killed_before_deleting_leaves_the_list_to_the_next_which_spares_a
     with pytest.raises(KeyboardInterrupt):
         cache_hospital(settings, "h1")
     monkeypatch.setattr(cache_module, "_delete_renditions", real)
-    assert cache_hospital(settings, "h1").withdrawn == 0 and _renditions(settings, uids[1]) == set()
+    recovered = cache_hospital(settings, "h1")
+    assert recovered.withdrawn == 0 and _renditions(settings, uids[1]) == set()
+    # ... and its image still reaches the label store (stop 64's probe: the list's images stayed in every queue)
+    assert recovered.withdrawn_sops == [uids[1]]
 
 
 def test_an_image_another_live_run_holds_is_neither_withdrawn_nor_deleted(settings):

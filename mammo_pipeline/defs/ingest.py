@@ -10,7 +10,7 @@ from mammo_pipeline import completeness, warehouse
 from mammo_pipeline.cache import cache_hospital, cache_quarantine_path, displays_at_pitch, read_manifest
 from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.dicom.normalize import NORM_VERSION
-from mammo_pipeline.labels.store import LabelStore
+from mammo_pipeline.labels.store import LabelStore, forget_zoom_crops
 from mammo_pipeline.progress import every
 from mammo_pipeline.settings import Settings
 
@@ -90,7 +90,11 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     warehouse.refresh_views(settings)
     unlabeled = _withdraw_from_labels(context, settings, hospital, result.withdrawn_sops)
     skipped = f", {result.for_processing} For Processing skipped (never displayed)" if result.for_processing else ""
-    withdrawn = f", {result.withdrawn} withdrawn (left the index; PNGs deleted)" if result.withdrawn else ""
+    withdrawn = (
+        f", {result.withdrawn} withdrawn (left the index: deleted from their drop or no longer readable; PNGs deleted)"
+        if result.withdrawn
+        else ""
+    )
     withdrawn += f", {unlabeled} withdrawn from the label store" if unlabeled else ""
     context.log.info(
         f"{hospital}: {result.new} rendered, {result.unchanged} unchanged{skipped}{withdrawn}, "
@@ -176,7 +180,10 @@ def _withdraw_from_labels(context: dg.AssetExecutionContext, settings: Settings,
     if not sops or not settings.labels_db.exists():
         return 0
     try:
-        return LabelStore(settings.labels_db, seed=settings.seed).withdraw(hospital, sops)
+        store = LabelStore(settings.labels_db, seed=settings.seed)
+        withdrawn = store.withdraw(hospital, sops)
+        forget_zoom_crops(settings, store)  # the app's full-resolution crops of them
+        return withdrawn
     except sqlite3.OperationalError as exc:  # "database is locked"
         context.log.warning(
             f"{hospital}: {len(sops)} withdrawn image(s) not yet marked in the label store ({exc}); the next label "

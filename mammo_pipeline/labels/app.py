@@ -185,7 +185,9 @@ def create_app(
     def gone(image_id: int) -> Response:
         """410 for an image withdrawn from the store (its file deleted from its drop, its PNGs with it): asked for
         by id, from an old link or the recent list, it gets this message, not a broken image."""
-        why = "its file was deleted from its drop, so it is no longer shown, labeled or used"
+        why = (
+            "its file left its drop (deleted, or replaced by one that cannot be read): no longer shown, labeled or used"
+        )
         return fail(410, f"image {image_id} was withdrawn: {why}")
 
     def withdrawn(image: dict | None) -> Response | None:
@@ -289,8 +291,9 @@ def create_app(
             image_id = store.undo(auth)
         except NothingToUndo:
             return fail(409, "nothing to undo")
-        shown = None if withdrawn(store.image(image_id)) else image_id  # a withdrawn one: the queue's head
-        return next_screen(session, auth, queue_name(data, session), shown)
+        except Withdrawn as e:
+            return fail(410, str(e))
+        return next_screen(session, auth, queue_name(data, session), image_id)
 
     @rt("/blind", methods=["post"])
     def toggle_blind(session):

@@ -560,6 +560,15 @@ class LabelStore:
         with self._db() as db:
             return int(db.execute(f"SELECT COUNT(*) FROM images WHERE {queues.LIVE}").fetchone()[0])
 
+    def withdrawn_among(self, image_ids: Iterable[int]) -> list[int]:
+        """The withdrawn images among `image_ids`."""
+        ids = [int(i) for i in image_ids]
+        if not ids:
+            return []
+        with self._db() as db:
+            sql = f"SELECT id FROM images WHERE withdrawn_at IS NOT NULL AND id IN ({','.join('?' * len(ids))})"
+            return sorted(int(r[0]) for r in db.execute(sql, ids))
+
     def n_withdrawn(self) -> int:
         """Images withdrawn (their file deleted from its drop): kept with their labels, used nowhere until they come
         back."""
@@ -721,7 +730,11 @@ class LabelStore:
             if row is None:
                 raise NothingToUndo(f"{annotator} has nothing to undo")
             event_id, image_id = row
-            state = db.execute("SELECT audit_state FROM images WHERE id = ?", (image_id,)).fetchone()[0]
+            state, withdrawn_at = db.execute(
+                "SELECT audit_state, withdrawn_at FROM images WHERE id = ?", (image_id,)
+            ).fetchone()
+            if withdrawn_at is not None:  # its label is kept for its return; undoing it now would lose it unseen
+                raise Withdrawn(f"your last label was on image {image_id}, withdrawn at {withdrawn_at}: nothing undone")
             role = db.execute(
                 "SELECT role FROM current_labels WHERE image_id = ? AND annotator = ?", (image_id, annotator)
             ).fetchone()
@@ -1064,9 +1077,21 @@ def sync_from_warehouse(settings: Settings, audit_fraction: float = 0.2) -> tupl
     synced = store.sync_images(
         read_image_cache(settings, hospitals), seed=settings.seed, audit_fraction=audit_fraction, hospitals=hospitals
     )
-    for image_id in synced.withdrawn_ids:
-        shutil.rmtree(settings.cache / ZOOM_FOLDER / str(image_id), ignore_errors=True)
+    forget_zoom_crops(settings, store)
     return store, synced
+
+
+def forget_zoom_crops(settings: Settings, store: LabelStore) -> int:
+    """Delete the full-resolution crops the labeling app kept (`cache/_zoom/<image id>/`, `labels/zoom.py`) of every
+    withdrawn image; how many folders. Swept, not told: whichever path withdrew the image (a sync, image_cache's
+    `withdraw`, a run killed part way), the crops go at the next sweep. Few images are ever zoomed, so it reads
+    only their folders' names."""
+    root = settings.cache / ZOOM_FOLDER
+    ids = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.is_dir() else []
+    gone = store.withdrawn_among(ids)
+    for image_id in gone:
+        shutil.rmtree(root / str(image_id), ignore_errors=True)
+    return len(gone)
 
 
 def _recount(db: sqlite_utils.Database) -> None:

@@ -153,8 +153,12 @@ def test_a_file_deleted_from_its_drop_is_counted_as_withdrawn(settings):
     assert synced() == (0, 0, 0, 1)
     sent = (root / "b.dcm").read_bytes()
     (root / "b.dcm").unlink()
+    zoomed = settings.cache / "_zoom" / str(image) / "crop.png"  # a full-resolution crop the app kept of it
+    zoomed.parent.mkdir(parents=True)
+    zoomed.write_bytes(b"png")
     assert withdrawn() == (1, 1, 2)
     assert not [p for p in settings.cache.rglob(f"{sop}.*") if p.suffix in (".png", ".npz")]  # renditions gone
+    assert not zoomed.parent.exists()  # and the app's crops of it, at once (they were left by this path)
     # image_cache withdrew it from the label store at once: a running app offers no card without its picture
     assert store.n_withdrawn() == 1 and store.totals()["train_labeled"] == 0 and store.current_labels().empty
     assert synced() == (0, 0, 0, 0)  # out of the labels the next model trains on (withdrawn before this sync)

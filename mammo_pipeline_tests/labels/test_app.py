@@ -136,7 +136,7 @@ def test_undo_returns_the_undone_image_and_409_when_nothing_is_left(client, stor
 def test_a_withdrawn_image_asked_for_by_id_is_a_clear_410_and_takes_no_label(client, store, manifest):
     """An image withdrawn (its file deleted from its drop, its PNGs with it) opened from an old link or the recent
     list showed a broken card; a key press on it saved a label nothing would use. Both now say why they refuse."""
-    image, after = store.queue("unlabeled", "alice", limit=2)
+    (image,) = store.queue("unlabeled", "alice", limit=1)
     _label(client, "4", image)
     store.sync_images(manifest[manifest["sop_instance_uid"] != store.sop_uids([image])[image]])
     for r in (
@@ -150,9 +150,13 @@ def test_a_withdrawn_image_asked_for_by_id_is_a_clear_410_and_takes_no_label(cli
     ):
         assert r.status_code == 410 and f"image {image} was withdrawn" in r.text, r.text
     assert event_count(store) == 1
-    r = client.post("/undo", data={"q": "unlabeled"}, headers=HX)  # the annotator's own label may still be undone
-    assert r.status_code == 200 and _card_state(r.text) == (after, 0)  # the queue's head, not the withdrawn card
-    assert store.events()["undone"].tolist() == [True]
+    # undo would erase unseen the label kept for the image's return (stop 64's probe): refused, nothing undone
+    r = client.post("/undo", data={"q": "unlabeled"}, headers=HX)
+    assert r.status_code == 410 and f"your last label was on image {image}" in r.text and "nothing undone" in r.text
+    assert store.events()["undone"].tolist() == [False]
+    store.sync_images(manifest)  # sent again: back with its label
+    assert store.current_labels()["image_id"].tolist() == [image]
+    assert _card_state(client.post("/undo", data={"q": "unlabeled"}, headers=HX).text) == (image, 0)
 
 
 @pytest.mark.parametrize("path", ["/label", "/undo", "/skip", "/blind", "/logout"])
