@@ -138,7 +138,9 @@ class CacheResult:
     kept_without_source: int = 0  # not current, but their source left landing: the rendition they have stays
     withdrawn: int = 0  # manifest rows dropped: their image left the index (its file deleted from its drop); its
     # PNGs and second-look candidates are deleted with them (`_delete_renditions`)
-    withdrawn_sops: list[str] = field(default_factory=list)  # their SOP Instance UIDs (for the label store)
+    # the SOP Instance UIDs whose renditions this run deleted (its withdrawals, and a killed run's list): for the
+    # label store
+    withdrawn_sops: list[str] = field(default_factory=list)
     rows: int = 0  # manifest rows after the run
     seconds: float = 0.0
     waited_s: float = 0.0  # spent waiting for another run of the same hospital to finish (`_locked`)
@@ -731,7 +733,6 @@ def _fold(
         wanted = keep | live_sops
         gone = [r for sop, r in rows.items() if sop not in wanted]
         result.withdrawn += len(gone)
-        result.withdrawn_sops += [r["sop_instance_uid"] for r in gone]
         # quarantined ones too: a PNG rendered before their quarantine may be left
         gone += [q for sop, q in bad.items() if sop not in wanted and sop not in rows]
         rows = {sop: r for sop, r in rows.items() if sop in wanted}
@@ -753,7 +754,7 @@ def _fold(
         if pending.path.exists():  # this fold's, or left by a run killed before it had deleted them all
             listed = [row for _, row in _read_journal(pending.path) if row["sop_instance_uid"] not in wanted]
             _delete_renditions(settings.cache, result.hospital, listed)  # not one that came back meanwhile
-            # a killed run's list too: its images reach the label store now (`CacheResult.withdrawn_sops`)
+            # this fold's and a killed run's: each reaches the label store (`CacheResult.withdrawn_sops`)
             result.withdrawn_sops = list(
                 dict.fromkeys([*result.withdrawn_sops, *(r["sop_instance_uid"] for r in listed)])
             )

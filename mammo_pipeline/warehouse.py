@@ -183,7 +183,7 @@ def _create_views(con: duckdb.DuckDBPyConnection, sqls: dict[str, str]) -> None:
 
 def views(con: duckdb.DuckDBPyConnection) -> set[str]:
     """The views a connection has."""
-    return {row[0] for row in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    return set(_view_definitions(con))
 
 
 def refresh_views(settings: Settings) -> list[str]:

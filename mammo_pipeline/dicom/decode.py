@@ -685,8 +685,8 @@ def _decode_pydicom(ds: Dataset, ts: UID, path: str, tried: list[str] | None = N
         raise Undecodable(
             f"{path}: {ts.name} decode failed; decoders tried: {', '.join(tried)} ({type(exc).__name__}: {exc})"
         ) from exc
-    expected = (2,) if ds.PhotometricInterpretation not in COLOR else (3,)
-    if arr.ndim not in expected or (arr.ndim == 3 and arr.shape[2] != 3):
+    expected = 3 if ds.PhotometricInterpretation in COLOR else 2
+    if arr.ndim != expected or (arr.ndim == 3 and arr.shape[2] != 3):
         raise Unsupported(f"{path}: decoded frame has shape {arr.shape}; expected rows x columns (x 3 for color)")
     plugins = decoder.available_plugins
     return arr, "native" if not ts.is_encapsulated else f"pydicom:{plugins[0] if plugins else '?'}"

@@ -18,7 +18,7 @@ never meet on one image because of leases (`leases` table), not because of diffe
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 QUEUES: dict[str, str] = {
     "unlabeled": "unlabeled training images, random order",
@@ -117,27 +117,29 @@ INDEXES = {name: live(spec) for name, spec in _INDEXED.items()}
 class Plan:
     """How to read one queue: a WHERE (matching a partial index), an ORDER BY, counters and a note."""
 
-    where: str  # of live images only (`live`), as its index's is
+    membership: str  # which images the queue holds; `where` keeps them to the live ones, as its index does
     order: str
     pool: str  # counter name: size of the pool the queue draws from
     todo: str  # counter name: what is left
     note: str
 
+    @property
+    def where(self) -> str:
+        return live(self.membership)
+
 
 PLANS: dict[str, Plan] = {
-    "unlabeled": Plan(
-        live("split = 'train' AND label IS NULL"), "rnd", "train", "train_unlabeled", "random order (seeded)"
-    ),
+    "unlabeled": Plan("split = 'train' AND label IS NULL", "rnd", "train", "train_unlabeled", "random order (seeded)"),
     "low_confidence": Plan(
-        live("split = 'train' AND label IS NULL"),
+        "split = 'train' AND label IS NULL",
         "lc_key, rnd",
         "train_unlabeled",
         "train_unlabeled",
         "smallest margin |p - 0.5| first",
     ),
-    "disagreements": Plan(live("dis_todo = 1"), "dis_conf, id", "dis_pool", "dis_todo", "lowest self-confidence first"),
+    "disagreements": Plan("dis_todo = 1", "dis_conf, id", "dis_pool", "dis_todo", "lowest self-confidence first"),
     "meta_conflicts": Plan(
-        live("split = 'train' AND mc_key IS NOT NULL AND label IS NULL"),
+        "split = 'train' AND mc_key IS NOT NULL AND label IS NULL",
         "mc_key, id",
         "mc_pool",
         "mc_todo",
@@ -145,29 +147,29 @@ PLANS: dict[str, Plan] = {
     ),
     # training images only: a key press on an audit image here would overwrite its adjudicated truth
     "needs_review": Plan(
-        live("split = 'train' AND nr_todo = 1"), "rnd", "nr_pool", "nr_todo", "flagged by the model run, random order"
+        "split = 'train' AND nr_todo = 1", "rnd", "nr_pool", "nr_todo", "flagged by the model run, random order"
     ),
     # one read first (completes a pair), then unread; never an image this annotator already read
     "audit": Plan(
-        live("split = 'audit' AND audit_state IN (0, 1)"),
+        "split = 'audit' AND audit_state IN (0, 1)",
         "audit_state DESC, rnd",
         "audit",
         "audit_todo",
         "blind double reads, random order",
     ),
-    "adjudication": Plan(live("audit_state = 3"), "rnd", "adj_pool", "adj_todo", "third read decides, random order"),
+    "adjudication": Plan("audit_state = 3", "rnd", "adj_pool", "adj_todo", "third read decides, random order"),
 }
 
 # Used when the model has not given what a queue needs yet (and said so on the card).
 FALLBACKS: dict[str, tuple[str, Plan]] = {
     "low_confidence": (
         "predicted",
-        Plan(live("split = 'train' AND label IS NULL"), "rnd", "train_unlabeled", "train_unlabeled", ""),
+        Plan("split = 'train' AND label IS NULL", "rnd", "train_unlabeled", "train_unlabeled", ""),
     ),
     "disagreements": (
         "predicted_oos",
         Plan(
-            live("split = 'train' AND label IS NOT NULL"),
+            "split = 'train' AND label IS NOT NULL",
             "label_ts, rnd",  # a label given here sends its image to the back, so the next key shows another
             "train_labeled",
             "train_labeled",
@@ -177,7 +179,7 @@ FALLBACKS: dict[str, tuple[str, Plan]] = {
     "meta_conflicts": (
         "predicted",
         Plan(
-            live("split = 'train' AND meta_mag IS NOT NULL AND label IS NULL"),
+            "split = 'train' AND meta_mag IS NOT NULL AND label IS NULL",
             "rnd",
             "meta_known",
             "meta_known_todo",
@@ -194,7 +196,7 @@ def plan(name: str, totals: dict[str, int]) -> Plan:
         raise KeyError(f"unknown queue {name!r}; choose one of {', '.join(QUEUES)}")
     if name in FALLBACKS and not totals.get(FALLBACKS[name][0], 0):
         fb = FALLBACKS[name][1]
-        return Plan(fb.where, fb.order, fb.pool, fb.todo, fb.note or FALLBACK_NOTES[name])
+        return replace(fb, note=fb.note or FALLBACK_NOTES[name])
     return PLANS[name]
 
 

@@ -272,7 +272,6 @@ class Synced:
     new: int = 0  # images added
     withdrawn: int = 0  # images that left their hospital's manifest (file deleted from its drop): out of use now
     restored: int = 0  # withdrawn images back in the manifest (the file sent again): in use with their labels
-    withdrawn_ids: tuple[int, ...] = ()  # the ids of the images withdrawn by this sync
 
 
 @dataclass(frozen=True)
@@ -520,20 +519,17 @@ class LabelStore:
                 """UPDATE images SET withdrawn_at = NULL WHERE withdrawn_at IS NOT NULL
                    AND sop_instance_uid IN (SELECT sop_instance_uid FROM incoming_images)"""
             ).rowcount
-            withdrawn = [
-                int(r[0])
-                for r in db.execute(
-                    f"""UPDATE images SET withdrawn_at = ? WHERE withdrawn_at IS NULL
-                        AND hospital IN ({",".join("?" * len(covered))})
-                        AND sop_instance_uid NOT IN (SELECT sop_instance_uid FROM incoming_images) RETURNING id""",
-                    (now, *sorted(covered)),
-                )
-            ]
+            withdrawn = db.execute(
+                f"""UPDATE images SET withdrawn_at = ? WHERE withdrawn_at IS NULL
+                    AND hospital IN ({",".join("?" * len(covered))})
+                    AND sop_instance_uid NOT IN (SELECT sop_instance_uid FROM incoming_images)""",
+                (now, *sorted(covered)),
+            ).rowcount
             if withdrawn or restored:
                 _withdrawals_changed(db)
             db.execute("DELETE FROM incoming_images")
             _recount(db)
-        return Synced(after - before, len(withdrawn), restored, tuple(sorted(withdrawn)))
+        return Synced(after - before, withdrawn, restored)
 
     def withdraw(self, hospital: str, sop_instance_uids: Iterable[str]) -> int:
         """Withdraw these images of `hospital` now, as the next `sync_images` would (image_cache has just deleted

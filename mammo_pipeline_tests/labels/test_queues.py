@@ -217,7 +217,7 @@ def test_a_withdrawn_image_leaves_every_queue_and_count_and_comes_back_with_its_
     gone = [ids[i] for i in (0, 3, 8, 9)]  # labeled, a metadata conflict, disputed audit, one audit read
     synced = store.sync_images(_manifest().drop(index=[0, 3, 8, 9]))
     assert all(not set(head) & set(gone) for head in _heads(store).values())
-    assert (synced.new, synced.withdrawn, synced.restored, synced.withdrawn_ids) == (0, 4, 0, tuple(gone))
+    assert (synced.new, synced.withdrawn, synced.restored) == (0, 4, 0) and store.withdrawn_among(ids) == gone
     assert store.queue("adjudication", "dave") == store.queue("audit", "dave") == []
     totals = store.totals()
     with store._db() as db:
