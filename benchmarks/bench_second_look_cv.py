@@ -2,7 +2,8 @@
 its patient, with a bootstrap interval, against the candidate score alone.
 
 Run:  .venv/bin/python benchmarks/bench_second_look_cv.py [--data DIR] [--studies 80] [--folds 3] [--labels 500]
-      [--seed 0] [--drops-seed 0] [--bootstrap 1000] [--oracle-bags] [--label-noise 0.035]
+      [--seed 0] [--drops-seed 0] [--bootstrap 1000] [--oracle-bags] [--label-noise 0.035] [--shift-probe]
+      [--tone-probe]
 
 Why: `bench_learning_curve.py --second-look` scores one fixed audit split of about 140 images (40 clip images),
 and which hard images land in it moves ROC-AUC by several hundredths. Stop 26 measured it: on the same drops that
@@ -36,6 +37,12 @@ network's poolings falls on the other phase; prints the mean, 95th percentile an
 and the pooled ROC-AUC of the moved images. What it measures is how far a reading rests on where a clip falls on
 the pixel grid: stop 58 traced the real images' instability to it (docs/history.md).
 
+`--tone-probe` (diagnosis): every image is also scored, by the same fold's network, with its display PNG under a
+random monotone display curve (`augment.display_curve`, a gamma or a SIGMOID window with the black sometimes lifted,
+seeded per image so every run shows an image under the same curve) and its candidates cut afresh: how far a
+reading rests on the vendor's display curve rather than on the object (stop 64: a real film read p_biopsy 0.137
+under its linear VOI and 0.904 under its gamma VOI LUT); it also prints the candidate recall under the curves.
+
 `--label-noise P` (diagnosis): a seeded share P of each fold's *training* images get the wrong biopsy flag, as a
 reader's slips give them (the demo's simulated reader leaves 11-18 of its 400 training labels with the wrong
 biopsy flag after its reviews, 3-4.5 %); scoring is against the truth as always. What it costs against the plain
@@ -64,6 +71,7 @@ from bench_learning_curve import (
     view_kind,
 )
 
+from mammo_pipeline.model.augment import display_curve
 from mammo_pipeline.model.evaluate import roc_auc
 from mammo_pipeline.model.second_look import predict_patch_mil, train_patch_mil
 from mammo_pipeline.model.second_look_model import candidates_of
@@ -119,20 +127,42 @@ def missed_line(truth: pd.DataFrame, y: np.ndarray, scored: np.ndarray, centres:
     )
 
 
-def moved_candidates(pngs: list[Path], long_side: int, chunk: int = 64):
-    """The candidates of each display PNG moved by one pixel down and one right (edges repeated), `chunk` images
-    read at a time (the whole data set's displays would take a gigabyte)."""
+def moved(gray: np.ndarray, index: int) -> np.ndarray:
+    """`gray` moved by one pixel down and one right, the top row and left column repeated."""
+    return np.pad(gray, ((1, 0), (1, 0)), mode="edge")[:-1, :-1]
+
+
+def toned(gray: np.ndarray, index: int) -> np.ndarray:
+    """`gray` under a random display curve (`augment.display_curve`, the global network's training draw), seeded
+    by the image's index in the data set, so every run and every fold shows an image under the same curve."""
+    return display_curve(gray, np.random.default_rng([TONE_PROBE_SEED, index]))
+
+
+TONE_PROBE_SEED = 66  # the probe's own stream (the stop it was written in), apart from every training draw
+
+
+def altered_candidates(pngs: list[Path], long_side: int, alter, chunk: int = 64):
+    """The candidates of each display PNG after `alter(gray, index)` (uint8 [H, W] -> uint8), cut afresh,
+    `chunk` images read at a time (the whole data set's displays would take a gigabyte)."""
     from PIL import Image
 
     from mammo_pipeline.model.second_look_model import Candidates
 
     parts = []
     for i in range(0, len(pngs), chunk):
-        moved = [
-            np.pad(np.asarray(Image.open(p)), ((1, 0), (1, 0)), mode="edge")[:-1, :-1] for p in pngs[i : i + chunk]
-        ]
-        parts.append(candidates_of(moved, threads=2, long_side=long_side))
+        grays = [alter(np.asarray(Image.open(p)), i + j) for j, p in enumerate(pngs[i : i + chunk])]
+        parts.append(candidates_of(grays, threads=2, long_side=long_side))
     return Candidates.joined(parts)
+
+
+def probe_line(name: str, y: np.ndarray, scored: np.ndarray, altered: np.ndarray) -> str:
+    """One line: how far p_biopsy moved between each image and its altered display, and the altered ROC-AUC."""
+    change = np.abs(altered - scored)
+    return (
+        f"{name}: |change of p_biopsy| mean {change.mean():.3f}, 95th percentile {np.percentile(change, 95):.3f}, "
+        f"largest {change.max():.3f}; {(change > 0.1).sum()} images over 0.1; pooled ROC-AUC "
+        f"{roc_auc(y, altered):.3f} (unaltered {roc_auc(y, scored):.3f})"
+    )
 
 
 def main() -> int:
@@ -147,6 +177,7 @@ def main() -> int:
     ap.add_argument("--oracle-bags", action="store_true", help="diagnosis: train clip images on their clip crops only")
     ap.add_argument("--label-noise", type=float, default=0.0, help="diagnosis: share of training flags made wrong")
     ap.add_argument("--shift-probe", action="store_true", help="diagnosis: also score every display moved by 1 px")
+    ap.add_argument("--tone-probe", action="store_true", help="diagnosis: also score every display under a curve")
     args = ap.parse_args()
     if args.folds < 2:
         ap.error("--folds must be at least 2")
@@ -166,13 +197,20 @@ def main() -> int:
     print(f"data set: {len(y)} images ({y.sum()} with a clip) of {len(np.unique(patients))} patients; candidates "
           f"in {time.monotonic() - start:.0f} s wall, {time.process_time() - cpu:.0f} CPU s")  # fmt: skip
 
-    moved = moved_candidates(pngs, settings.display_size) if args.shift_probe else None
+    probes = {
+        name: altered_candidates(pngs, settings.display_size, alter)
+        for name, alter, on in [
+            ("shift probe: displays moved 1 px", moved, args.shift_probe),
+            ("tone probe: displays under a random display curve", toned, args.tone_probe),
+        ]
+        if on
+    }
     train_crops = oracle_bags(found, truth["boxes"].to_numpy(), scale, y) if args.oracle_bags else found.crops
     fold = patient_folds(patients, args.folds, args.seed)
     rng = np.random.default_rng(args.seed)
     noise_rng = np.random.default_rng([args.seed, 1])  # its own stream: the folds' subsamples stay the plain run's
     scored = np.full(len(y), np.nan)
-    scored_moved = np.full(len(y), np.nan)
+    scored_probes = {name: np.full(len(y), np.nan) for name in probes}
     wall = cpu = 0.0
     for k in range(args.folds):
         train = np.flatnonzero(fold != k)
@@ -186,8 +224,8 @@ def main() -> int:
         net = train_patch_mil(train_crops[train], flags, seed=args.seed + k)
         wall, cpu = wall + time.monotonic() - t0, cpu + time.process_time() - c0
         scored[test] = predict_patch_mil(net, found.crops[test])[0]
-        if moved is not None:
-            scored_moved[test] = predict_patch_mil(net, moved.crops[test])[0]
+        for name, found_probe in probes.items():
+            scored_probes[name][test] = predict_patch_mil(net, found_probe.crops[test])[0]
         auc = roc_auc(y[test], scored[test]) if 0 < y[test].sum() < test.sum() else float("nan")
         print(f"fold {k}: trained on {len(train)} images ({y[train].sum()} with a clip), scored {test.sum()} "
               f"({y[test].sum()} with a clip): ROC-AUC {auc:.3f}", flush=True)  # fmt: skip
@@ -207,11 +245,10 @@ def main() -> int:
         if 0 < y[part].sum() < part.sum():
             print(f"  {name}: {part.sum()} images, ROC-AUC {roc_auc(y[part], scored[part]):.3f}")
 
-    if moved is not None:
-        change = np.abs(scored_moved - scored)
-        print(f"shift probe: displays moved 1 px: |change of p_biopsy| mean {change.mean():.3f}, 95th percentile "
-              f"{np.percentile(change, 95):.3f}, largest {change.max():.3f}; {(change > 0.1).sum()} images over "
-              f"0.1; pooled ROC-AUC moved {roc_auc(y, scored_moved):.3f}")  # fmt: skip
+    for name, altered in scored_probes.items():
+        print(probe_line(name, y, scored, altered))
+        hits = sum(clip_among(truth["boxes"].iat[i], scale[i], probes[name].centres[i]) for i in np.flatnonzero(y))
+        print(f"  its candidate recall: {hits}/{y.sum()} clip images")
     hits = sum(clip_among(truth["boxes"].iat[i], scale[i], found.centres[i]) for i in np.flatnonzero(y))
     print(f"candidate recall (diagnosis, from the truth's boxes): {hits}/{y.sum()} clip images = {hits / y.sum():.3f}")
     print(missed_line(truth, y, scored, found.centres, scale))

@@ -107,7 +107,7 @@ def test_learning_curve_second_look_says_what_limits_its_roc_auc(tmp_path):
 
 def test_second_look_cross_validation_scores_every_image_once_by_a_model_that_never_saw_its_patient(tmp_path):
     out = run("second_look_cv", "--data", str(tmp_path / "data"), "--studies", "8", "--folds", "2", "--labels", "30",
-              "--bootstrap", "50", "--shift-probe")  # fmt: skip
+              "--bootstrap", "50", "--shift-probe", "--tone-probe")  # fmt: skip
     n = int(re.search(r"data set: (\d+) images", out).group(1))
     folds = re.findall(r"^fold \d: trained on (\d+) images .*, scored (\d+) ", out, flags=re.M)
     assert len(folds) == 2 and sum(int(scored) for _, scored in folds) == n, out
@@ -121,6 +121,11 @@ def test_second_look_cross_validation_scores_every_image_once_by_a_model_that_ne
                                               r"percentile ([\d.]+), largest ([\d.]+);", out).groups())  # fmt: skip
     assert 0 <= mean <= largest <= 1 and p95 <= largest, out
     assert mean > 0, out  # moved by a pixel, a crop is not the same crop: some reading changes
+    # under a display curve: the same kind of line, and the candidate recall of the curved displays
+    toned = r"under a random display curve: \|change of p_biopsy\| mean ([\d.]+), 95th percentile [\d.]+, largest "
+    toned += r"([\d.]+);.*\n  its candidate recall: (\d+)/(\d+) clip images"
+    mean, largest, found, clips = map(float, re.search(toned, out).groups())
+    assert 0 < mean <= largest <= 1 and 0 < found <= clips, out
 
 
 def test_patient_folds_keep_each_patient_whole_and_use_every_fold():
