@@ -694,3 +694,23 @@ def test_an_image_another_live_run_holds_is_neither_withdrawn_nor_deleted(settin
     other.append("manifest", row | {"sop_instance_uid": uids[2]})  # this process: alive
     other.close()
     assert cache_hospital(settings, "h1").withdrawn == 0 and len(_renditions(settings, uids[2])) == 3
+
+
+def test_an_image_moved_to_another_drop_keeps_its_renditions_and_is_withdrawn_nowhere(settings):
+    """dicom_index counted a file moved to another drop of its hospital as withdrawn (and new); it is now
+    `moved`. The cache keys its manifest by SOP Instance UID, so it never took the move for a withdrawal: the image
+    is rendered again from its new path (its source changed), its manifest row names the new drop, no rendition is
+    deleted and nothing goes to the label store to withdraw."""
+    uids = _landing(settings)
+    cache_hospital(settings, "h1")
+    moved = settings.landing / "h1" / "d2" / "p1" / "img.dcm"
+    moved.parent.mkdir(parents=True)
+    os.rename(settings.landing / "h1" / "d1" / "p1" / "img.dcm", moved)
+    indexed = index_hospital(settings, "h1")
+    result = cache_hospital(settings, "h1")
+    assert (result.withdrawn, result.withdrawn_sops, result.new, result.unchanged) == (0, [], 1, 2)
+    assert len(_renditions(settings, uids[1])) == 3  # display, model, candidates
+    row = read_manifest(settings, "h1").set_index("sop_instance_uid").loc[uids[1]]
+    assert (row["drop"], row["rel_path"]) == ("d2", pseudonymize_path(settings.pseudonym_salt(), "h1/d2/p1/img.dcm"))
+    assert not (settings.table_dir("image_cache", "h1") / cache_module.WITHDRAWN_FILES).exists()
+    assert (indexed.withdrawn, indexed.new) == (0, 0) and indexed.moved == 1  # and the index says so

@@ -32,9 +32,15 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     settings, hospital = mammo.get(), context.partition_key
     result = index_hospital(settings, hospital, progress=every(10, context.log.info, f"headers read ({hospital})"))
     warehouse.refresh_views(settings)
+    moved = (
+        f", {result.moved} moved (indexed now from another file of the hospital: another drop or name)"
+        if result.moved
+        else ""
+    )
     withdrawn = f", {result.withdrawn} withdrawn (deleted from their drop)" if result.withdrawn else ""
     context.log.info(
-        f"{hospital}: {result.new} new, {result.unchanged} unchanged{withdrawn}, {result.quarantined} quarantined"
+        f"{hospital}: {result.new} new, {result.unchanged} unchanged{moved}{withdrawn}, "
+        f"{result.quarantined} quarantined"
     )
     for why in result.refused:
         context.log.warning(f"{hospital}: {why}")
@@ -55,6 +61,7 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "dagster/row_count": result.rows,
             "new": result.new,
             "unchanged": result.unchanged,
+            "moved": result.moved,
             "withdrawn": result.withdrawn,
             "files": result.files,
             "not_indexed": dg.MetadataValue.md("\n".join(f"- {why}" for why in result.refused) or "none"),

@@ -5,7 +5,10 @@ second drop adds a file and a crash loses at most the drop in progress. A file a
 quarantined with the same (rel_path, size, mtime_ns) is not opened again. One bad file never fails the
 partition: it becomes a quarantine row (`quarantine/hospital=<h>/index-<drop>.parquet`) with its reason, and
 that holds in the stage that writes the table too: every row is clamped into the schema's types in the worker
-(`conform_row`), and a row pyarrow still refuses is quarantined `unsupported` on its own.
+(`conform_row`), and a row pyarrow still refuses is quarantined `unsupported` on its own. An indexed file gone
+from its path is `withdrawn` (deleted from its drop), unless its SOP Instance UID is indexed again in the same run
+from another file of the hospital (moved to another drop, or renamed): then it is `moved`, neither withdrawn nor
+new, and the cache, which keys its manifest by SOP Instance UID, keeps the image.
 
 `rel_path` in every row and message is the pseudonymized path of `source_paths.py` (`<hospital>/<drop>/<hash>`);
 the index writes the private lookup that maps it back to the file. A drop refused (`landing.drop_refusal`) after it
@@ -121,7 +124,7 @@ class IndexResult:
 
     hospital: str
     files: int = 0  # files under the hospital's drops
-    new: int = 0  # headers read and indexed this run
+    new: int = 0  # headers read and indexed this run (a moved image's are counted in `moved`, not here)
     unchanged: int = 0  # files skipped: same (rel_path, size, mtime) as already indexed or quarantined
     quarantined: dict[str, int] = field(default_factory=dict)  # new quarantine rows by reason
     rows: int = 0  # indexed images in the partition after the run
@@ -131,12 +134,15 @@ class IndexResult:
     refused: list[str] = field(default_factory=list)  # why files were left out (`landing`): never by name
     forgotten: int = 0  # refused drops indexed before (half-copied then): what was written under their name removed
     withdrawn: int = 0  # indexed images whose file was deleted from its drop (still in landing): their rows went
+    # indexed images whose file left its path and whose SOP Instance UID is indexed this run from another file of the
+    # hospital (moved to another drop or renamed): the image stays, only its row's drop and rel_path changed
+    moved: int = 0
     shared: int = 0  # indexed images whose SOP Instance UID another hospital's index holds too (`shared_with_others`)
 
     @property
     def read(self) -> int:
-        """Headers opened this run (indexed, quarantined, or found to repeat an indexed SOP Instance UID)."""
-        return self.new + sum(self.quarantined.values())
+        """Headers opened this run (indexed, moved, quarantined, or found to repeat an indexed SOP Instance UID)."""
+        return self.new + self.moved + sum(self.quarantined.values())
 
     @property
     def headers_per_s(self) -> float:
@@ -241,9 +247,9 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     total = sum(len(p.to_read) for p in plans.values())
     done = 0
     reasons: Counter[str] = Counter()
+    gone = {sop for plan in plans.values() for sop in plan.gone}  # indexed images whose file left its path
     for drop, plan in plans.items():
         result.unchanged += len(plan.kept_rows) + len(plan.kept_quarantine)
-        result.withdrawn += plan.withdrawn
         if not plan.changed:
             continue
         read = functools.partial(_read_one, landing=str(settings.landing), hospital=hospital, drop=drop, salt=salt)
@@ -273,13 +279,16 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
             rows = sorted(plan.kept_rows + unique, key=itemgetter(_REL))
             table = _records_table(rows)
         new_quarantine.extend(duplicates)
-        result.new += len(unique)
+        moved = sum(record[_SOP] in gone for record in unique)  # back under another path: not new, not withdrawn
+        result.new += len(unique) - moved
+        result.moved += moved
         reasons.update(q["reason"] for q in new_quarantine)
         result.index_paths.append(_write_table(table, index_path(settings, hospital, drop)))
         quarantine = sorted(plan.kept_quarantine + new_quarantine, key=lambda r: r["rel_path"])
         result.quarantine_paths.append(write_quarantine(quarantine, index_quarantine_path(settings, hospital, drop)))
     if progress and total == 0:
         progress(0, 0)
+    result.withdrawn = len(gone - seen.keys())  # `seen`: every SOP Instance UID the index holds after the run
     result.quarantined = dict(reasons)
     result.rows = _count_rows(settings.table_dir("dicom_index", hospital))
     result.shared = shared_with_others(settings, hospital)
@@ -520,7 +529,9 @@ class _DropPlan:
     kept_quarantine: list[dict[str, Any]]
     to_read: list[tuple[str, int, int, str]]
     changed: bool
-    withdrawn: int = 0  # indexed files no longer in the drop (deleted): their rows go
+    # SOP Instance UIDs of indexed files no longer in the drop (deleted, or moved: `index_hospital` tells which):
+    # their rows go
+    gone: list[str] = field(default_factory=list)
 
 
 def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple[str, int, int, str]]) -> _DropPlan:
@@ -541,8 +552,8 @@ def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple
     to_read = [e for e in entries if e[3] not in known]
     dropped = len(old_rows) + len(old_quarantine) - len(kept_rows) - len(kept_quarantine)
     changed = bool(to_read) or dropped > 0 or not old_index.exists()
-    withdrawn = sum(r["rel_path"] not in current for r in old_rows)
-    return _DropPlan(kept_rows, kept_quarantine, to_read, changed, withdrawn)
+    gone = [r["sop_instance_uid"] for r in old_rows if r["rel_path"] not in current]
+    return _DropPlan(kept_rows, kept_quarantine, to_read, changed, gone)
 
 
 def _reread_orphaned_duplicates(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import dagster as dg
@@ -204,3 +205,37 @@ def test_a_cache_run_that_finds_the_label_store_busy_succeeds_and_the_next_sync_
     assert LabelStore(settings.labels_db).n_withdrawn() == 0
     synced = _materialize(settings, specs, instance).asset_materializations_for_node("labels")[0].metadata
     assert synced["withdrawn_images"].value == 1 and LabelStore(settings.labels_db).n_withdrawn() == 1
+
+
+def test_a_file_moved_to_another_drop_is_counted_moved_and_withdrawn_nowhere(settings):
+    """A file moved to another drop of its hospital was counted `withdrawn` (and new) by dicom_index, though
+    nothing was withdrawn. dicom_index now counts it `moved`, in its log line and metadata; image_cache withdraws
+    nothing (its renditions stay, the label store is not told to withdraw it) and the label sync keeps the image
+    in use with its label."""
+    root = settings.landing / "h1"
+    for name in ("a", "b"):
+        write_mg(root / "d1" / f"{name}.dcm")
+    sop = str(pydicom.dcmread(root / "d1" / "b.dcm", stop_before_pixels=True).SOPInstanceUID)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1"])
+    specs = [dg.AssetSpec("image_cache", partitions_def=hospital_partitions), label_store, labels]
+    _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    _materialize(settings, specs, instance)
+    store = LabelStore(settings.labels_db)
+    image = int(store.images().set_index("sop_instance_uid").loc[sop, "id"])
+    store.record(image, 1, "alice")
+
+    (root / "d2").mkdir()
+    os.rename(root / "d1" / "b.dcm", root / "d2" / "b.dcm")
+    result = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    indexed, cached = _metadata(result, dicom_index), _metadata(result, image_cache)
+    assert (cached["withdrawn"], cached["withdrawn_from_labels"], cached["dagster/row_count"]) == (0, 0, 2)
+    assert (indexed["withdrawn"], indexed["new"], indexed["dagster/row_count"]) == (0, 0, 2)
+    assert indexed["moved"] == 1
+    lines = [e.message for e in instance.all_logs(result.run_id) if (e.message or "").startswith("h1: 0 new")]
+    assert lines and "1 moved" in lines[0] and "withdrawn" not in lines[0]
+    assert len([p for p in settings.cache.rglob(f"{sop}.*") if p.suffix in (".png", ".npz")]) == 3
+    assert store.n_withdrawn() == 0 and store.current_labels()["image_id"].tolist() == [image]
+    synced = _materialize(settings, specs, instance).asset_materializations_for_node("labels")[0].metadata
+    keys = ("new_images", "withdrawn_images", "restored_images", "dagster/row_count")
+    assert tuple(synced[key].value for key in keys) == (0, 0, 0, 1)

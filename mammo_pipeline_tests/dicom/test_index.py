@@ -313,7 +313,7 @@ def test_the_copy_of_a_deleted_duplicate_takes_its_place(settings):
     assert index_hospital(settings, "h1").quarantined == {"duplicate": 1}
     first.unlink()  # the copy that won is cleaned up; the other is the image now
     result = index_hospital(settings, "h1")
-    assert (result.rows, result.new) == (2, 1)
+    assert (result.rows, result.new, result.withdrawn) == (2, 0, 0) and result.moved == 1  # the image never left
     rels = set(read_partition(settings, "dicom_index", "h1")["rel_path"])
     assert rels == {pseudo(settings, "h1/d1/b.dcm"), pseudo(settings, "h1/d2/a_again.dcm")}
     assert read_partition(settings, "quarantine", "h1").empty
@@ -350,6 +350,35 @@ def test_a_copy_of_an_image_whose_drop_left_landing_is_still_a_duplicate(setting
     result = index_hospital(settings, "h1")
     assert (result.rows, result.quarantined) == (1, {"duplicate": 1})
     assert index_hospital(settings, "h1").quarantined == {}  # and it stays one, without being read again
+
+
+def test_a_file_moved_to_another_drop_or_renamed_is_counted_moved_not_withdrawn_and_new(settings):
+    """A file moved to another drop of its hospital (a sender re-filing its export) was counted `withdrawn` (its
+    path left its drop) and `new` (read under the new path), though its image never left the index. A SOP Instance
+    UID whose file left its path and which is indexed again in the same run, from another drop or under another
+    name, is counted `moved`, neither withdrawn nor new, and its row names where it is now; a file deleted in the
+    same run is still withdrawn, and a new one new."""
+    root = settings.landing / "h1"
+    for name in ("a", "b", "c"):
+        write_mg(root / "d1" / f"{name}.dcm")
+    write_mg(root / "d2" / "x.dcm")
+    index_hospital(settings, "h1")
+    sops = read_partition(settings, "dicom_index", "h1").set_index("rel_path")["sop_instance_uid"]
+    a, b = sops[pseudo(settings, "h1/d1/a.dcm")], sops[pseudo(settings, "h1/d1/b.dcm")]
+
+    os.rename(root / "d1" / "a.dcm", root / "d2" / "a.dcm")  # another drop: same size and mtime
+    os.rename(root / "d1" / "b.dcm", root / "d1" / "b_renamed.dcm")  # another name in its drop
+    (root / "d1" / "c.dcm").unlink()  # a withdrawal
+    write_mg(root / "d2" / "y.dcm")  # a new image
+    result = index_hospital(settings, "h1")
+    assert (result.withdrawn, result.new, result.unchanged, result.rows) == (1, 1, 1, 4)
+    assert result.moved == 2
+    assert result.read == 3  # the moved files' headers were opened
+    index = read_partition(settings, "dicom_index", "h1").set_index("sop_instance_uid")
+    assert (index.loc[a, "drop"], index.loc[a, "rel_path"]) == ("d2", pseudo(settings, "h1/d2/a.dcm"))
+    assert index.loc[b, "rel_path"] == pseudo(settings, "h1/d1/b_renamed.dcm")
+    again = index_hospital(settings, "h1")
+    assert (again.moved, again.withdrawn, again.new, again.unchanged) == (0, 0, 0, 4)
 
 
 @pytest.mark.parametrize(
