@@ -5,16 +5,21 @@ Everything comes from the warehouse: image_predictions keep every model's rows (
 model_version) with the sha256 of the ONNX file used, the label snapshot and the Dagster run id;
 model_promotions says which model was current when (rule: mammo_pipeline/promotions.py); the model registry
 adds how that model scored when it was trained; image_cache / dicom_index add the drop each image arrived in.
+A withdrawn image (its file deleted from its drop or no longer readable) leaves the index, the cache and the current
+model's predictions, so when it was withdrawn comes from the label store (`images.withdrawn_at`), and its earlier
+predictions from the older models' slices, which are kept.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sqlite3
 
 import pandas as pd
 
 from mammo_pipeline import promotions, summary, warehouse
+from mammo_pipeline.labels.store import LabelStore, NoLabelStore
 from mammo_pipeline.settings import Settings
 
 MODEL_FIELDS = (
@@ -36,24 +41,41 @@ class UnknownStudy(LookupError):
     """No prediction in the warehouse names this study (at the time asked)."""
 
 
+LEFT = "left the index (deleted from the drop or no longer readable)"  # what withdrawn means
+
+
 def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp | None = None) -> dict:
     """The study's prediction from the model current for its hospital at `as_of` (now when None), its images'
     predictions, the registry facts of that model, every model that ever predicted the study, and the
     promotions that applied to its hospital.
 
-    Raises UnknownStudy when no image_predictions row has this StudyInstanceUID, or none was current then.
+    `withdrawn` says which of its images were withdrawn by then, when, and which models' predictions of them are
+    kept (`_withdrawal`; None when none was). A study withdrawn whole is in no current model's predictions once that
+    model has predicted again: `current` is then None and `last` names the newest model whose predictions of it
+    are kept (in the prediction history), which the rest of the answer is from.
+
+    Raises UnknownStudy when no image_predictions row has this StudyInstanceUID, or none was current then (and,
+    for a withdrawn study, none is kept: the message says when it was withdrawn).
     """
     when = promotions.timestamp_sql(as_of)
+    withdrawn = _withdrawal(settings, study_uid, as_of)
     with warehouse.connect(settings) as con:
         views = warehouse.views(con)
+        hospitals = []
+        if "image_predictions" in views:
+            hospitals = [
+                row[0]
+                for row in con.execute(
+                    "SELECT DISTINCT hospital FROM image_predictions WHERE study_instance_uid = ?", [study_uid]
+                ).fetchall()
+            ]
+        if not hospitals and withdrawn is not None:
+            raise UnknownStudy(
+                f"study {study_uid}: withdrawn {withdrawn['withdrawn_at']}, its images {LEFT}; no prediction of it "
+                "is kept (the current model predicts the images in use only, and no older model's predictions hold it)"
+            )
         if "image_predictions" not in views:
             raise UnknownStudy(f"study {study_uid}: no predictions in the warehouse yet")
-        hospitals = [
-            row[0]
-            for row in con.execute(
-                "SELECT DISTINCT hospital FROM image_predictions WHERE study_instance_uid = ?", [study_uid]
-            ).fetchall()
-        ]
         if not hospitals:
             raise UnknownStudy(f"study {study_uid}: not in image_predictions (try `mammo query` to list studies)")
         # the model whose study flags were current (study_predictions lags image_predictions by one asset); the
@@ -69,11 +91,16 @@ def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp 
             ).df()
             if not current.empty:
                 break
+        stale = current.empty and withdrawn is not None  # withdrawn: its answer is the last one kept
+        if stale:
+            current = _last_model(con, study_uid, hospitals, when)
         if current.empty:
             when_text = "now" if as_of is None else f"at {as_of}"
             raise UnknownStudy(f"study {study_uid}: no model current {when_text} had predicted it")
         pick = current.iloc[0]
         hospital, version = str(pick["hospital"]), str(pick["model_version"])
+        if withdrawn is not None:
+            withdrawn["kept_by"] = _kept_by(con, withdrawn["images"], hospital, when)
         # as of a past time: only the images predicted by then (a study that gained an image later had fewer)
         images = con.execute(
             "SELECT * EXCLUDE (patient_key) FROM image_predictions WHERE study_instance_uid = ? AND hospital = ? "
@@ -92,27 +119,82 @@ def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp 
             [hospital],
         ).df()
     first = images.sort_values("predicted_at").iloc[-1]  # the newest prediction by then: its run wrote the answer
+    answer = _clean(
+        {
+            "model_version": version,
+            "promoted": bool(pick["promoted"]),
+            "promoted_at": pick["promoted_at"],
+            "onnx_sha256": first["onnx_sha256"],
+            "label_snapshot_id": first["label_snapshot_id"],
+            "dagster_run_id": first["dagster_run_id"],
+        }
+    )
     return {
         "study_instance_uid": study_uid,
         "as_of": "now" if as_of is None else promotions.utc(as_of).isoformat(),
         "hospital": hospital,
         "drops": sorted(images["drop"].dropna().unique().tolist()),
-        "current": _clean(
-            {
-                "model_version": version,
-                "promoted": bool(pick["promoted"]),
-                "promoted_at": pick["promoted_at"],
-                "onnx_sha256": first["onnx_sha256"],
-                "label_snapshot_id": first["label_snapshot_id"],
-                "dagster_run_id": first["dagster_run_id"],
-            }
-        ),
+        "withdrawn": withdrawn,
+        "current": None if stale else answer,
+        **({"last": answer} if stale else {}),
         "prediction": study,
         "models": models,
         "history": [_clean(row) for row in history.to_dict("records")],
         "promotions": [_clean(row) for row in promoted.to_dict("records")],
         "images": [_clean(row) for row in images.to_dict("records")],
     }
+
+
+def _withdrawal(settings: Settings, study_uid: str, as_of: str | pd.Timestamp | None) -> dict | None:
+    """Which of the study's images the label store holds withdrawn by `as_of` (now when None), and when the last
+    went: {withdrawn_at, images (their SOP Instance UIDs), n_images (the study's images in the store), study
+    (all of them withdrawn)}. The store is the one place that keeps it: a withdrawn image's index, cache and
+    current prediction rows go. None when none is withdrawn, or the store is absent or unreadable: lineage opens
+    it read-only, never creating or upgrading it."""
+    if not settings.labels_db.is_file():
+        return None
+    try:
+        images = LabelStore(settings.labels_db, read_only=True).study_images(study_uid)
+    except (NoLabelStore, sqlite3.DatabaseError):
+        return None
+    at = pd.to_datetime(images["withdrawn_at"], utc=True, format="ISO8601")
+    by_then = at.notna() if as_of is None else at <= promotions.utc(as_of)  # NaT (in use) compares False
+    gone = images[by_then]
+    if gone.empty:
+        return None
+    return {
+        "withdrawn_at": at[by_then].max().isoformat(),
+        "images": gone["sop_instance_uid"].tolist(),
+        "n_images": len(images),
+        "study": len(gone) == len(images),
+    }
+
+
+def _last_model(con, study_uid: str, hospitals: list[str], when: str) -> pd.DataFrame:
+    """hospital, model_version, promoted_at, promoted of the newest model whose predictions of the study were
+    written by `when` and are kept: a withdrawn study's last answer, when no current model predicts it any more."""
+    return con.execute(
+        f"""WITH last AS (
+                SELECT hospital, model_version, max(predicted_at) AS predicted_at FROM image_predictions
+                WHERE study_instance_uid = ? AND hospital IN (SELECT unnest(?)) AND predicted_at <= {when}
+                GROUP BY ALL ORDER BY predicted_at DESC, model_version LIMIT 1)
+            SELECT l.hospital, l.model_version, max(p.promoted_at) AS promoted_at,
+                   max(p.promoted_at) IS NOT NULL AS promoted
+            FROM last l LEFT JOIN model_promotions p ON p.model_version = l.model_version
+              AND (p.hospital IS NULL OR p.hospital = l.hospital) AND p.promoted_at <= {when}
+            GROUP BY l.hospital, l.model_version""",
+        [study_uid, hospitals],
+    ).df()
+
+
+def _kept_by(con, sops: list[str], hospital: str, when: str) -> list[str]:
+    """The models whose predictions of these (withdrawn) images, written by `when`, are still kept."""
+    rows = con.execute(
+        "SELECT DISTINCT model_version FROM image_predictions WHERE hospital = ? "
+        f"AND sop_instance_uid IN (SELECT unnest(?)) AND predicted_at <= {when} ORDER BY 1",
+        [hospital, sops],
+    ).fetchall()
+    return [row[0] for row in rows]
 
 
 def _drops(con, views: set[str], study_uid: str) -> pd.DataFrame:

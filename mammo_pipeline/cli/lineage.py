@@ -7,7 +7,7 @@ import json
 import click
 import pandas as pd
 
-from mammo_pipeline.lineage import UnknownStudy, lineage_json, study_lineage
+from mammo_pipeline.lineage import LEFT, UnknownStudy, lineage_json, study_lineage
 from mammo_pipeline.model.evaluate import FLAGS, study_point
 from mammo_pipeline.settings import Settings
 
@@ -59,15 +59,17 @@ LATER = "; recomputed from the images of then: the study gained images later"
 
 
 def render(lineage: dict) -> str:
-    """A short human-readable report: the study, each model, then one line per image."""
+    """A short human-readable report: the study, each model, then one line per image. A withdrawn study that no
+    current model predicts any more is shown from the last model whose predictions of it are kept (`last`)."""
     study = lineage["prediction"] or {}
-    current = lineage["current"]
+    current = lineage["current"] or lineage["last"]
     promoted = f"promoted {current['promoted_at']}" if current["promoted"] else "never promoted (newest predictions)"
     lines = [
         f"study      {lineage['study_instance_uid']}",
         f"as of      {lineage['as_of']}",
         f"hospital   {lineage['hospital']}   drops: {', '.join(lineage['drops']) or '?'}",
-        f"current    model {current['model_version']}  {promoted}",
+        *_withdrawn(lineage),
+        f"{'current' if lineage['current'] else 'last':10} model {current['model_version']}  {promoted}",
         f"           onnx sha256 {current['onnx_sha256']}",
         f"           labels {current['label_snapshot_id']}  dagster run {current['dagster_run_id']}",
         f"prediction biopsy={study.get('has_biopsy_marker')} mag={study.get('is_mag_view')} "
@@ -95,13 +97,42 @@ def render(lineage: dict) -> str:
             scope = row["hospital"] or "all hospitals"
             lines.append(f"  {row['promoted_at']}  {row['model_version']}  {row['reason']}  ({scope})")
     lines.append("images")
+    gone = set((lineage.get("withdrawn") or {}).get("images", []))
     for image in lineage["images"]:
+        drop = image.get("drop") or ("withdrawn" if image["sop_instance_uid"] in gone else "?")
         lines.append(
-            f"  {image['sop_instance_uid']}  {image.get('drop') or '?'}  {image['predicted_class']:8}"
+            f"  {image['sop_instance_uid']}  {drop}  {image['predicted_class']:8}"
             f"  p_biopsy {_p(image['p_biopsy'])}  p_mag {_p(image['p_mag'])}  model {image['model_version']}"
             f"  onnx {image['onnx_sha256'][:12]}  labels {image['label_snapshot_id']}  run {image['dagster_run_id']}"
         )
     return "\n".join(lines)
+
+
+def _withdrawn(lineage: dict) -> list[str]:
+    """When the study's withdrawn images went, whether a current model still predicts them, and which models'
+    predictions of them are kept in the prediction history (no lines when nothing is withdrawn)."""
+    withdrawn = lineage.get("withdrawn")
+    if not withdrawn:
+        return []
+    n, sops = withdrawn["n_images"], withdrawn["images"]
+    what = f"its {n} image{'s' if n != 1 else ''}" if withdrawn["study"] else f"{len(sops)} of its {n} images"
+    version = (lineage["current"] or {}).get("model_version")
+    older = [v for v in withdrawn.get("kept_by", []) if v != version]
+    if version is None:
+        now = "no current model predicts them any more: the answer below is the last one kept"
+    elif version in withdrawn.get("kept_by", []):
+        now = "the current model's predictions of them go at its next run"
+    else:
+        now = "the current model predicts them no more"
+    kept = (
+        f"predictions of them by model {', '.join(older)} are kept in the prediction history"
+        if older
+        else "no earlier model's prediction of them is kept"
+    )
+    lines = [f"withdrawn  {withdrawn['withdrawn_at']}: {what} {LEFT}"]
+    if not withdrawn["study"]:
+        lines.append(f"           {', '.join(sops)}")
+    return [*lines, f"           {now}; {kept}"]
 
 
 def _study_rule(model: dict) -> str:

@@ -565,6 +565,16 @@ class LabelStore:
             sql = f"SELECT id FROM images WHERE withdrawn_at IS NOT NULL AND id IN ({','.join('?' * len(ids))})"
             return sorted(int(r[0]) for r in db.execute(sql, ids))
 
+    def study_images(self, study_uid: str) -> pd.DataFrame:
+        """The store's images of one study (hospital, sop_instance_uid, withdrawn_at: NULL while in use): the one
+        lasting record of when an image was withdrawn, since the index, the cache and the current model's
+        predictions drop its rows (`mammo lineage` says it). A scan of `images`, for one question at a time."""
+        return self._frame(
+            "SELECT hospital, sop_instance_uid, withdrawn_at FROM images WHERE study_instance_uid = ? "
+            "ORDER BY sop_instance_uid",
+            (study_uid,),
+        )
+
     def n_withdrawn(self) -> int:
         """Images withdrawn (their file deleted from its drop): kept with their labels, used nowhere until they come
         back."""

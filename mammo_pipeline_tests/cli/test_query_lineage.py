@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from mammo_pipeline.cli.lineage import command as lineage_command
 from mammo_pipeline.cli.query import command as query_command
-from mammo_pipeline_tests.test_lineage import predict_hospital
+from mammo_pipeline_tests.test_lineage import predict_hospital, sync_labels
 
 
 def test_query_prints_table_csv_and_json(settings):
@@ -91,3 +91,20 @@ def test_lineage_unknown_study_exits_1(settings):
     result = CliRunner().invoke(lineage_command, ["1.2.3.unknown"])
     assert result.exit_code == 1
     assert "1.2.3.unknown: not in image_predictions" in result.output
+
+
+def test_lineage_of_a_withdrawn_study_exits_0_and_says_when(settings):
+    """It exited 1 with "no model current now had predicted it" once the current model had predicted its hospital
+    again; it now prints the withdrawal and the predictions kept in the history, in both formats."""
+    predict_hospital(settings, "h1", {"s1": 1, "s2": 1}, "m1", seed=0, run_id="run-1")
+    sync_labels(settings, "h1")
+    predict_hospital(settings, "h1", {"s1": 1}, "m2", seed=1, run_id="run-2")
+    sync_labels(settings, "h1")
+    runner = CliRunner()
+    table = runner.invoke(lineage_command, ["s2"])
+    assert table.exit_code == 0, table.output
+    assert "withdrawn  " in table.output and "last       model m1" in table.output
+    assert table.output.count("run run-1") == 2  # the last model's line and its one image
+    data = json.loads(runner.invoke(lineage_command, ["s2", "--format", "json"]).output)
+    assert data["current"] is None and data["last"]["model_version"] == "m1"
+    assert data["withdrawn"]["images"] == ["s2.0"] and data["withdrawn"]["kept_by"] == ["m1"]
