@@ -54,11 +54,12 @@ def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp 
     model has predicted again: `current` is then None and `last` names the newest model whose predictions of it
     are kept (in the prediction history), which the rest of the answer is from.
 
-    Raises UnknownStudy when no image_predictions row has this StudyInstanceUID, or none was current then (and,
-    for a withdrawn study, none is kept: the message says when it was withdrawn).
+    Raises UnknownStudy when no image_predictions row has this StudyInstanceUID, or none was current then (for a
+    study withdrawn whole, when none is kept: the message says when it was withdrawn).
     """
     when = promotions.timestamp_sql(as_of)
     withdrawn = _withdrawal(settings, study_uid, as_of)
+    whole = withdrawn is not None and withdrawn["study"]  # a study with images in use is answered as any other
     with warehouse.connect(settings) as con:
         views = warehouse.views(con)
         hospitals = []
@@ -69,7 +70,7 @@ def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp 
                     "SELECT DISTINCT hospital FROM image_predictions WHERE study_instance_uid = ?", [study_uid]
                 ).fetchall()
             ]
-        if not hospitals and withdrawn is not None:
+        if not hospitals and whole:
             raise UnknownStudy(
                 f"study {study_uid}: withdrawn {withdrawn['withdrawn_at']}, its images {LEFT}; no prediction of it "
                 "is kept (the current model predicts the images in use only, and no older model's predictions hold it)"
@@ -91,7 +92,7 @@ def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp 
             ).df()
             if not current.empty:
                 break
-        stale = current.empty and withdrawn is not None  # withdrawn: its answer is the last one kept
+        stale = current.empty and whole  # withdrawn: its answer is the last one kept
         if stale:
             current = _last_model(con, study_uid, hospitals, when)
         if current.empty:

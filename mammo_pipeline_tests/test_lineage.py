@@ -195,3 +195,11 @@ def test_lineage_of_a_study_with_one_image_withdrawn_names_it_until_the_current_
     assert (
         "the current model's predictions of them go at its next run; no earlier model's prediction of them is kept"
     ) in report
+
+    path = warehouse.slice_file(settings, "image_predictions", "h1", "m1")  # the model predicts the hospital again
+    write_predictions(settings, kept, load_model(settings, ModelRef.load(settings.models)), path, run_id="run-2")
+    lineage = study_lineage(settings, "s1")
+    assert lineage["current"]["model_version"] == "m1"
+    assert [image["sop_instance_uid"] for image in lineage["images"]] == ["s1.0"]
+    assert lineage["withdrawn"]["kept_by"] == []
+    assert "the current model predicts them no more; no earlier model's prediction of them is kept" in render(lineage)
