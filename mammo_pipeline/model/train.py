@@ -544,6 +544,8 @@ def train_model(
         second_look.save(look.net, folder)
         second_look_info = second_look.describe(settings.display_size)
     keep = ["sop_instance_uid", "hospital", "label", "has_biopsy_marker", "is_mag_view", "model_png"]
+    # each image's patient and study: the next model's hold-back check resamples the shared audit images by them
+    keep += [c for c in ("study_instance_uid", "patient_key") if c in audit]
     audit_out = audit[keep + (["display_png"] if "display_png" in audit else [])].copy()
     audit_out["p_biopsy"], audit_out["p_mag"] = audit_probs[:, 0], audit_probs[:, 1]
     audit_out["predicted_class"] = [label_of(b >= cut[0], m >= cut[1]) for b, m in audit_probs]

@@ -54,6 +54,16 @@ def test_metrics_match_the_saved_audit_predictions(trained):
     assert again["confusion"] == trained.result.metrics["confusion"]
 
 
+def test_the_audit_predictions_keep_each_images_patient_and_study(trained):
+    """The next model's hold-back check measures both models again on the audit images they share, resampling
+    whole patients (promotions.audit_regressions): each row names its patient and study."""
+    s, ref = trained.settings, trained.result.ref
+    audit = pd.read_parquet(ref.path(s.models, "audit_predictions.parquet")).set_index("sop_instance_uid")
+    labels = trained.labels.set_index("sop_instance_uid").loc[audit.index]
+    for column in ("patient_key", "study_instance_uid"):
+        assert audit[column].tolist() == labels[column].tolist()
+
+
 def test_the_audit_probabilities_are_the_mean_logit_over_the_four_flips(trained):
     from mammo_pipeline.model.preprocess import preprocess_batch
 
