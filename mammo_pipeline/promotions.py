@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 
 from mammo_pipeline import warehouse
 from mammo_pipeline.landing import list_hospitals
-from mammo_pipeline.model.evaluate import FLAGS
+from mammo_pipeline.model.evaluate import FLAGS, resampling_groups, roc_auc
+from mammo_pipeline.model.intervals import roc_auc_interval
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
 
@@ -134,13 +135,91 @@ def promoted_version(settings: Settings, hospital: str | None = None) -> str | N
     return None if df.empty else str(df.iloc[-1]["model_version"])
 
 
-def audit_regressions(new: dict, current: dict) -> list[str]:
-    """Why the model of registry row `new` must not replace the model of row `current` by itself: one line per flag
-    whose audit ROC-AUC lies below the low end of the current model's 95 % interval (bootstrapped over whole
-    patients on the same frozen audit set: model/intervals.py). A round whose training failed is held back (stop
-    50: one demo round's patch network ended at biopsy 0.561 after the previous round's 0.982 [0.936-0.998], and
-    was promoted); a figure inside that interval, a round's ordinary noise, is not. No line for a flag that
-    either row lacks (models from before the registry kept intervals)."""
+AUDIT_FILE = "audit_predictions.parquet"  # models/<v>/: each audit image's truth and probabilities (model/train.py)
+_AUDIT_COLUMNS = ("sop_instance_uid", "has_biopsy_marker", "is_mag_view", "p_biopsy", "p_mag")
+_TRUTH = {"biopsy": ("has_biopsy_marker", "p_biopsy"), "mag": ("is_mag_view", "p_mag")}
+_GROUP_COLUMNS = ("patient_key", "study_instance_uid")  # what the ROC-AUC bootstrap resamples whole
+
+
+@dataclass(frozen=True)
+class AuditComparison:
+    """The hold-back check's answer: `regressions`, one line per flag that keeps the new model back (none: it may
+    be promoted), and `basis`, which audit images the figures compared were measured on. A hold-back is only as
+    good as its basis, so every caller shows both; `compared` is False when the check was skipped (and why is in
+    `basis`): a model is never held back on figures from different audit sets."""
+
+    regressions: tuple[str, ...]
+    basis: str
+    compared: bool = True
+
+
+def audit_regressions(
+    new: dict, current: dict, new_audit: pd.DataFrame | None = None, current_audit: pd.DataFrame | None = None
+) -> AuditComparison:
+    """Whether the model of registry row `new` must not replace the model of row `current` by itself: a line per
+    flag whose audit ROC-AUC lies below the low end of the current model's 95 % interval (bootstrapped over whole
+    patients: model/intervals.py). A round whose training failed is held back (stop 50: one demo round's patch
+    network ended at biopsy 0.561 after the previous round's 0.982 [0.936-0.998], and was promoted); a figure
+    inside that interval, a round's ordinary noise, is not. No line for a flag that either side lacks (models
+    from before the registry kept intervals).
+
+    Like with like: `new_audit` / `current_audit` are each model's per-image audit predictions (`AUDIT_FILE`,
+    with `patient_key` where known). An image withdrawn since the current model's audit leaves the new model's
+    audit set, and an image relabeled since changes its truth, so the two registry figures were measured on
+    different sets; then both ROC-AUCs and the current model's interval are measured again on the images both
+    sets hold, under the new model's (latest) labels. Without the per-image predictions the registry's `n_audit`
+    is all that is known of the sets: different counts skip the check (`compared` False)."""
+    name = current.get("model_version")
+    if new_audit is None or current_audit is None:
+        n_new, n_current = _count(new.get("n_audit")), _count(current.get("n_audit"))
+        if n_new is not None and n_current is not None and n_new != n_current:
+            return AuditComparison(
+                (),
+                f"not compared: audit sets differ ({n_current} images in {name}'s, {n_new} in this model's; "
+                "which images is not recorded)",
+                compared=False,
+            )
+        size = f"{n_new} images each" if n_new is not None and n_new == n_current else "sizes not recorded"
+        return AuditComparison(
+            _registry_lines(new, current), f"registry figures; the audit images were not recorded ({size})"
+        )
+    new_audit, current_audit = _audit_rows(new_audit), _audit_rows(current_audit)
+    shared = new_audit.index.intersection(current_audit.index, sort=False)
+    gone, added = len(current_audit) - len(shared), len(new_audit) - len(shared)
+    truth = list(_TRUTH.values())
+    now = new_audit.loc[shared, [t for t, _ in truth]].to_numpy(bool)
+    relabeled = int((now != current_audit.loc[shared, [t for t, _ in truth]].to_numpy(bool)).any(axis=1).sum())
+    if not (gone or added or relabeled):
+        return AuditComparison(_registry_lines(new, current), f"the same {len(shared)} audit images")
+    differ = (
+        f"audit sets differ: {gone} of {name}'s {len(current_audit)} audit images withdrawn since (no longer in the "
+        f"audit set), {added} new, {relabeled} relabeled"
+    )
+    if not len(shared):
+        return AuditComparison((), f"not compared: {differ}; no audit image in common", compared=False)
+    keys = new_audit.loc[shared, list(_GROUP_COLUMNS)].combine_first(current_audit.loc[shared, list(_GROUP_COLUMNS)])
+    if keys.isna().all().all():
+        return AuditComparison(
+            (), f"not compared: {differ}; no patient keys to resample the shared images by", compared=False
+        )
+    groups = resampling_groups(keys.assign(sop_instance_uid=shared))
+    lines = []
+    for flag, (truth_column, p_column) in _TRUTH.items():
+        truth_of = new_audit.loc[shared, truth_column].to_numpy(bool)
+        value = roc_auc(truth_of, new_audit.loc[shared, p_column].to_numpy(float))
+        was = roc_auc(truth_of, current_audit.loc[shared, p_column].to_numpy(float))
+        bounds = roc_auc_interval(truth_of, current_audit.loc[shared, p_column].to_numpy(float), groups)
+        if value is None or was is None or bounds is None or value >= bounds[0]:
+            continue
+        lines.append(
+            f"{flag} ROC-AUC {value:.3f} on the {len(shared)} shared audit images, below {name}'s {was:.3f} "
+            f"[{bounds[0]:.3f}-{bounds[1]:.3f}] on them"
+        )
+    return AuditComparison(tuple(lines), f"{differ}; both measured again on the {len(shared)} they share")
+
+
+def _registry_lines(new: dict, current: dict) -> tuple[str, ...]:
+    """`audit_regressions` from the two registry rows' own figures (right only when both rest on one audit set)."""
     lines = []
     for flag in FLAGS:
         value, low = new.get(f"{flag}_roc_auc"), current.get(f"{flag}_roc_auc_low")
@@ -152,20 +231,74 @@ def audit_regressions(new: dict, current: dict) -> list[str]:
                 f"{flag} ROC-AUC {float(value):.3f} on the audit set, below {current.get('model_version')}'s "
                 f"{was:.3f} [{float(low):.3f}-{high:.3f}]"
             )
-    return lines
+    return tuple(lines)
 
 
-def held_back(settings: Settings, model_version: str, current_version: str) -> list[str]:
-    """`audit_regressions` of `model_version` against `current_version` from their registry rows; empty when
-    either row is missing (a model exported by hand, or from before the registry)."""
+def _count(value: object) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def _audit_rows(audit: pd.DataFrame) -> pd.DataFrame:
+    """One row per audit image, indexed by SOP Instance UID, with the group columns (NULL where unknown)."""
+    out = audit.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")
+    for column in _GROUP_COLUMNS:
+        if column not in out:
+            out[column] = None
+    return out
+
+
+def held_back(settings: Settings, model_version: str, current_version: str) -> AuditComparison:
+    """`audit_regressions` of `model_version` against `current_version` from their registry rows and per-image
+    audit predictions (models/<v>/audit_predictions.parquet). Models trained before the audit file kept patient
+    keys get them from their label snapshots. Not compared when either registry row is missing (a model exported
+    by hand, or from before the registry)."""
     from mammo_pipeline.model import registry
 
-    try:
-        return audit_regressions(
-            registry.read_row(settings, model_version), registry.read_row(settings, current_version)
-        )
-    except FileNotFoundError:
-        return []
+    rows = {}
+    for version in (model_version, current_version):
+        try:
+            rows[version] = registry.read_row(settings, version)
+        except FileNotFoundError:
+            return AuditComparison((), f"not compared: no registry row for model {version}", compared=False)
+    audits = {version: read_audit(settings, version) for version in rows}
+    kept = [a for a in audits.values() if a is not None]
+    if kept and not any(a[list(_GROUP_COLUMNS)].notna().any().any() for a in kept):
+        keys = _snapshot_keys(settings, [rows[v].get("label_snapshot_id") for v in rows])
+        audits = {v: None if a is None else _with_keys(a, keys) for v, a in audits.items()}
+    return audit_regressions(rows[model_version], rows[current_version], audits[model_version], audits[current_version])
+
+
+def read_audit(settings: Settings, model_version: str) -> pd.DataFrame | None:
+    """The model's per-image audit predictions (`AUDIT_FILE`) with the group columns (NULL where the file has none);
+    None when the file is missing or lacks a column the comparison needs."""
+    path = settings.models / model_version / AUDIT_FILE
+    if not path.exists():
+        return None
+    audit = pd.read_parquet(path).reset_index(drop=True)
+    if not set(_AUDIT_COLUMNS) <= set(audit.columns):
+        return None
+    return audit.assign(**{c: audit.get(c) for c in _GROUP_COLUMNS})
+
+
+def _snapshot_keys(settings: Settings, snapshot_ids: list[object]) -> pd.DataFrame:
+    """sop_instance_uid -> patient_key, study_instance_uid from the label snapshots named (comma-separated ids)."""
+    folder = settings.table_dir("labels") / "snapshots"
+    names = {s for ids in snapshot_ids if isinstance(ids, str) for s in ids.split(",") if s}
+    frames = [
+        pd.read_parquet(folder / f"{name}.parquet", columns=["sop_instance_uid", *_GROUP_COLUMNS])
+        for name in sorted(names)
+        if (folder / f"{name}.parquet").exists()
+    ]
+    if not frames:
+        return pd.DataFrame(columns=["sop_instance_uid", *_GROUP_COLUMNS])
+    return pd.concat(frames, ignore_index=True).drop_duplicates("sop_instance_uid")
+
+
+def _with_keys(audit: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
+    """`audit` with its missing group columns filled from `keys` (by SOP Instance UID)."""
+    audit = audit.reset_index(drop=True)
+    found = keys.set_index("sop_instance_uid").reindex(audit["sop_instance_uid"]).reset_index(drop=True)
+    return audit.assign(**{c: audit[c].combine_first(found[c]) for c in _GROUP_COLUMNS})
 
 
 def ref_path(settings: Settings, model_version: str) -> Path:

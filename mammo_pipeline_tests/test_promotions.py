@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -341,3 +342,147 @@ def test_the_demo_summary_names_the_model_of_flags_a_roll_back_left_on_an_older_
     assert rows["h1"]["studies"] == len(STUDIES["h1"])
     assert "current model" not in _studies_flagged_line(rows["h1"], "m2")
     assert _studies_flagged_line(rows["h2"], "m2").endswith("(current model m1, not m2)")
+
+
+def audit_frame(n: int, start: int, separation: float, seed: int) -> pd.DataFrame:
+    """A model's per-image audit predictions (models/<v>/audit_predictions.parquet) of `n` images a{start}...,
+    two per patient, every other one with a biopsy marker, scored `separation` logits apart (plus unit noise);
+    every third a magnification view, scored perfectly."""
+    index = np.arange(start, start + n)
+    truth, mag = index % 2 == 0, index % 3 == 0
+    noise = np.random.default_rng(seed).normal(0.0, 1.0, n)
+    return pd.DataFrame(
+        {
+            "sop_instance_uid": [f"a{i:03d}" for i in index],
+            "hospital": "h1",
+            "has_biopsy_marker": truth,
+            "is_mag_view": mag,
+            "p_biopsy": 1 / (1 + np.exp(-(separation * (2 * truth - 1) + noise))),
+            "p_mag": np.where(mag, 0.9, 0.1),
+            "study_instance_uid": [f"st{i // 2}" for i in index],
+            "patient_key": [f"pk{i // 2}" for i in index],
+        }
+    )
+
+
+def measured_on(settings, version: str, audit: pd.DataFrame, snapshot: str = "") -> dict:
+    """Give model `version` the audit predictions `audit` (its audit_predictions.parquet) and the registry row
+    training would write for them: n_audit and each flag's ROC-AUC with its patient-bootstrap interval."""
+    from mammo_pipeline.model import registry
+    from mammo_pipeline.model.evaluate import flag_metrics, resampling_groups
+
+    (settings.models / version).mkdir(parents=True, exist_ok=True)
+    audit.to_parquet(settings.models / version / "audit_predictions.parquet")
+    path = settings.table_dir("model_registry") / f"{version}.parquet"
+    row = pd.read_parquet(path).iloc[0].to_dict() if path.exists() else {"model_version": version}
+    row.update(created_at=pd.Timestamp("2026-01-01", tz="UTC"), n_audit=len(audit))
+    row["label_snapshot_id"] = snapshot or row.get("label_snapshot_id", "")
+    groups = resampling_groups(audit)
+    for flag, truth, p in (("biopsy", "has_biopsy_marker", "p_biopsy"), ("mag", "is_mag_view", "p_mag")):
+        m = flag_metrics(audit[truth].to_numpy(bool), audit[p].to_numpy(float), 0.5, groups)
+        row.update({f"{flag}_roc_auc{end}": m[f"roc_auc{end}"] for end in ("", "_low", "_high")})
+    registry.write_row(settings, {k: v for k, v in row.items() if k in registry.COLUMNS})
+    return registry.read_row(settings, version)
+
+
+# 40 hard audit images and 40 easy ones: a model measured on all 80 has biopsy 0.954 [0.877-0.989]; on the hard
+# 40 alone the same scores give 0.815, below that interval, though not one score changed.
+HARD, EASY = audit_frame(40, 0, 0.5, 1), audit_frame(40, 40, 6.0, 2)
+
+
+def test_the_same_audit_images_compare_the_registry_figures(settings):
+    """Both models measured on the same 80 images under the same labels: the registry figures are like with like."""
+    both = pd.concat([HARD, EASY])
+    current = measured_on(settings, "m1", both)
+    worse = measured_on(settings, "m2", both.assign(p_biopsy=0.5))  # ROC-AUC 0.5
+    found = promotions.audit_regressions(worse, current, both.assign(p_biopsy=0.5), both)
+    assert found.compared and found.basis == "the same 80 audit images"
+    assert found.regressions == ("biopsy ROC-AUC 0.500 on the audit set, below m1's 0.954 [0.877-0.989]",)
+
+
+def test_after_withdrawals_the_same_scores_on_fewer_images_are_not_a_regression(settings):
+    """40 easy audit images withdrawn after m1's audit: m2 scores the remaining 40 exactly as m1 did, and its
+    registry figure (0.815) lies below m1's interval from all 80 (0.877). Compared on the 40 both were measured
+    on, the two figures are the same."""
+    current = measured_on(settings, "m1", pd.concat([HARD, EASY]))
+    new = measured_on(settings, "m2", HARD)
+    assert new["biopsy_roc_auc"] < current["biopsy_roc_auc_low"]  # what the registry rows alone compare
+    found = promotions.audit_regressions(new, current, HARD, pd.concat([HARD, EASY]))
+    assert found.compared and found.regressions == ()
+    assert found.basis == (
+        "audit sets differ: 40 of m1's 80 audit images withdrawn since (no longer in the audit set), 0 new, "
+        "0 relabeled; both measured again on the 40 they share"
+    )
+
+
+def test_a_regression_on_the_shared_images_is_found_though_new_easy_images_hide_it(settings):
+    """m2 scores m1's 40 audit images barely better than chance, and 160 new audit images perfectly: its registry
+    figure from all 200 lies inside m1's interval, its figure on the 40 both were measured on far below it."""
+    current = measured_on(settings, "m1", HARD.assign(p_biopsy=audit_frame(40, 0, 2.5, 3)["p_biopsy"]))
+    poor = HARD.assign(p_biopsy=audit_frame(40, 0, 0.1, 4)["p_biopsy"])
+    new_audit = pd.concat([poor, audit_frame(160, 40, 6.0, 5)])
+    new = measured_on(settings, "m2", new_audit)
+    assert new["biopsy_roc_auc"] >= current["biopsy_roc_auc_low"]  # the registry rows alone see no regression
+    found = promotions.audit_regressions(new, current, new_audit, read_back(settings, "m1"))
+    assert found.regressions == (
+        "biopsy ROC-AUC 0.465 on the 40 shared audit images, below m1's 0.995 [0.894-1.000] on them",
+    )
+    assert "0 of m1's 40 audit images withdrawn since (no longer in the audit set), 160 new" in found.basis
+
+
+def read_back(settings, version: str) -> pd.DataFrame:
+    found = promotions.read_audit(settings, version)
+    assert found is not None
+    return found
+
+
+def test_a_relabeled_audit_image_is_scored_under_its_new_label_for_both_models(settings):
+    """The same 80 images, one relabeled since m1's audit (an adjudication): m1's registry figure was measured
+    against the old label, so both are measured again under the new one."""
+    relabeled = pd.concat([HARD, EASY]).reset_index(drop=True)
+    relabeled.loc[0, "has_biopsy_marker"] = not relabeled.loc[0, "has_biopsy_marker"]
+    found = promotions.audit_regressions(
+        measured_on(settings, "m2", relabeled),
+        measured_on(settings, "m1", pd.concat([HARD, EASY])),
+        relabeled,
+        pd.concat([HARD, EASY]),
+    )
+    assert found.compared and "0 new, 1 relabeled; both measured again on the 80 they share" in found.basis
+
+
+def test_without_per_image_predictions_different_audit_sizes_are_not_compared(settings):
+    """Rows alone (no audit_predictions.parquet): n_audit 80 and 40 are different sets, so even a figure far below
+    the interval holds nothing back; the basis says why."""
+    current = measured_on(settings, "m1", pd.concat([HARD, EASY]))
+    new = measured_on(settings, "m2", HARD.assign(p_biopsy=0.5))
+    found = promotions.audit_regressions(new, current)
+    assert not found.compared and found.regressions == ()
+    assert found.basis.startswith("not compared: audit sets differ (80 images in m1's, 40 in this model's")
+    same_size = promotions.audit_regressions(
+        measured_on(settings, "m3", EASY.assign(p_biopsy=0.5)), measured_on(settings, "m4", EASY)
+    )
+    assert same_size.regressions == ("biopsy ROC-AUC 0.500 on the audit set, below m4's 1.000 [0.903-1.000]",)
+    assert same_size.basis == "registry figures; the audit images were not recorded (40 images each)"
+
+
+def test_held_back_takes_patient_keys_of_older_audit_files_from_their_label_snapshots(settings):
+    """Audit files written before they kept patient keys: the shared images are resampled by the patients their
+    label snapshot names; with neither, the check is skipped rather than resampled by image."""
+    keys = pd.concat([HARD, EASY])[["sop_instance_uid", "study_instance_uid", "patient_key"]]
+    older = [c for c in HARD.columns if c not in ("study_instance_uid", "patient_key")]
+    measured_on(settings, "m1", pd.concat([HARD, EASY])[older], snapshot="snap1")
+    measured_on(settings, "m2", HARD[older], snapshot="snap2")
+    assert promotions.held_back(settings, "m2", "m1").basis == (
+        "not compared: audit sets differ: 40 of m1's 80 audit images withdrawn since (no longer in the audit set), "
+        "0 new, 0 relabeled; no patient keys to resample the shared images by"
+    )
+    (settings.table_dir("labels") / "snapshots").mkdir(parents=True)
+    keys.to_parquet(settings.table_dir("labels") / "snapshots" / "snap1.parquet")
+    found = promotions.held_back(settings, "m2", "m1")
+    assert found.compared and found.regressions == () and found.basis.endswith("measured again on the 40 they share")
+
+
+def test_held_back_without_a_registry_row_says_so(settings):
+    measured_on(settings, "m1", HARD)
+    found = promotions.held_back(settings, "m2", "m1")
+    assert not found.compared and found.basis == "not compared: no registry row for model m2"

@@ -55,7 +55,9 @@ def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> d
     a model promoted before (and since rolled back or replaced by hand, `mammo model promote`) is not promoted
     again by a re-materialization ("materialize all" in the UI); a person's decision stands. A model whose audit
     ROC-AUC of a flag lies below the current model's 95 % interval is held back (`promotions.audit_regressions`:
-    a failed training round); the current model keeps predicting, and `mammo model promote VERSION` overrides."""
+    a failed training round), both measured on the audit images the two models share (withdrawals shrink the set);
+    the current model keeps predicting, and `mammo model promote VERSION` overrides. The log and the
+    `audit_comparison` metadata say which images the comparison rests on, or why it was skipped."""
     settings = mammo.get()
     ref = ModelRef.load(settings.models)
     if not ref.onnx_file:
@@ -70,15 +72,21 @@ def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> d
     already = ref.model_version in set(history["model_version"])
     current = promotions.promoted_version(settings)
     row = None
-    held = (
-        []
+    comparison = (
+        None
         if already or current in (None, ref.model_version)
         else promotions.held_back(settings, ref.model_version, current)
     )
+    held = list(comparison.regressions) if comparison else []
+    basis = comparison.basis if comparison else ""  # which audit images the check rests on, or why it was skipped
+    if comparison and not comparison.compared:
+        context.log.warning(f"Audit figures of {ref.model_version} not held against {current}'s: {comparison.basis}")
+    elif comparison and not held:
+        context.log.info(f"Audit figures of {ref.model_version} within {current}'s intervals ({comparison.basis})")
     if held:
         context.log.warning(
-            f"Model {ref.model_version} is not promoted: {'; '.join(held)}. {current} stays current; "
-            f"`mammo model promote {ref.model_version}` promotes it on purpose."
+            f"Model {ref.model_version} is not promoted: {'; '.join(held)} ({basis}). {current} stays "
+            f"current; `mammo model promote {ref.model_version}` promotes it on purpose."
         )
     elif not already:
         row = promotions.promote(
@@ -106,6 +114,7 @@ def promoted_model(context: dg.AssetExecutionContext, mammo: MammoSettings) -> d
             "label_snapshot_id": ref.label_snapshot_id,
             "promoted": row is not None,
             "held_back": "; ".join(held),
+            "audit_comparison": basis,
             "previous_model_version": (row or {}).get("previous_model_version") or "",
             "ref": dg.MetadataValue.path(str(promotions.ref_path(settings, ref.model_version))),
         },

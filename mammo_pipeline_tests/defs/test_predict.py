@@ -10,6 +10,7 @@ from mammo_pipeline.defs.predict import image_predictions, prediction_summary, p
 from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline_tests.model.test_infer import make_cache, make_dicom_index, make_model
+from mammo_pipeline_tests.test_promotions import EASY, HARD, audit_frame, measured_on
 
 HOSPITAL = "h1"
 STUDIES = {"s1": 2, "s2": 3, "s3": 1}
@@ -252,6 +253,7 @@ def test_a_model_far_below_the_current_ones_audit_interval_is_held_back(settings
     result = _run(settings, instance, [promoted_model], partition=None)
     meta = result.asset_materializations_for_node("promoted_model")[0].metadata
     assert meta["promoted"].value is False and "biopsy ROC-AUC 0.561" in meta["held_back"].value
+    assert meta["audit_comparison"].value == "registry figures; the audit images were not recorded (20 images each)"
     assert promotions.promoted_version(settings) == "m1"
     _run(settings, instance, [image_predictions, study_predictions])
     assert not warehouse.slice_file(settings, "image_predictions", HOSPITAL, "m2").exists()
@@ -261,6 +263,51 @@ def test_a_model_far_below_the_current_ones_audit_interval_is_held_back(settings
     result = _run(settings, instance, [promoted_model], partition=None)
     assert result.asset_materializations_for_node("promoted_model")[0].metadata["promoted"].value is True
     assert promotions.promoted_version(settings) == "m3"
+
+
+def test_a_model_measured_after_withdrawals_is_compared_on_the_audit_images_both_models_were_measured_on(
+    settings, instance
+):
+    """Half of m1's 80 audit images withdrawn since (easy ones): m2 scores the other 40 exactly as m1 did, yet its
+    registry figure from them (0.815) lies below m1's interval from all 80 [0.877-0.989], and it was held back.
+    Compared on the 40 they share, the figures are equal: m2 is promoted, and the metadata says on what."""
+    _run(settings, instance, ASSETS, "m1")
+    measured_on(settings, "m1", pd.concat([HARD, EASY]))
+    _run(settings, instance, [fake_onnx_model], "m2", seed=1, partition=None)
+    measured_on(settings, "m2", HARD)
+    meta = (
+        _run(settings, instance, [promoted_model], partition=None)
+        .asset_materializations_for_node("promoted_model")[0]
+        .metadata
+    )
+    assert meta["promoted"].value is True and meta["held_back"].value == ""
+    assert meta["audit_comparison"].value == (
+        "audit sets differ: 40 of m1's 80 audit images withdrawn since (no longer in the audit set), 0 new, "
+        "0 relabeled; both measured again on the 40 they share"
+    )
+    assert promotions.promoted_version(settings) == "m2"
+
+
+def test_a_regression_on_the_shared_audit_images_is_held_back_though_new_audit_images_hide_it(settings, instance):
+    """m2 scores m1's 40 audit images near chance and 160 new ones perfectly: its registry figure from all 200
+    lies inside m1's interval, so the registry rows alone promoted it. On the 40 both were measured on it is far
+    below m1's: held back."""
+    _run(settings, instance, ASSETS, "m1")
+    measured_on(settings, "m1", HARD.assign(p_biopsy=audit_frame(40, 0, 2.5, 3)["p_biopsy"]))
+    _run(settings, instance, [fake_onnx_model], "m2", seed=1, partition=None)
+    poor = HARD.assign(p_biopsy=audit_frame(40, 0, 0.1, 4)["p_biopsy"])
+    measured_on(settings, "m2", pd.concat([poor, audit_frame(160, 40, 6.0, 5)]))
+    meta = (
+        _run(settings, instance, [promoted_model], partition=None)
+        .asset_materializations_for_node("promoted_model")[0]
+        .metadata
+    )
+    assert meta["promoted"].value is False
+    assert meta["held_back"].value == (
+        "biopsy ROC-AUC 0.465 on the 40 shared audit images, below m1's 0.995 [0.894-1.000] on them"
+    )
+    assert "160 new" in meta["audit_comparison"].value
+    assert promotions.promoted_version(settings) == "m1"
 
 
 def test_predictions_of_a_hospital_never_cached_fail_and_write_no_slice(settings, instance):
