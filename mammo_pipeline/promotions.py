@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from mammo_pipeline import warehouse
 from mammo_pipeline.landing import list_hospitals
-from mammo_pipeline.model.evaluate import FLAGS, resampling_groups, roc_auc
+from mammo_pipeline.model.evaluate import FLAGS, TRUTH_COLUMNS, resampling_groups, roc_auc
 from mammo_pipeline.model.intervals import roc_auc_interval
 from mammo_pipeline.model.ref import ModelRef
 from mammo_pipeline.settings import Settings
@@ -136,8 +136,7 @@ def promoted_version(settings: Settings, hospital: str | None = None) -> str | N
 
 
 AUDIT_FILE = "audit_predictions.parquet"  # models/<v>/: each audit image's truth and probabilities (model/train.py)
-_AUDIT_COLUMNS = ("sop_instance_uid", "has_biopsy_marker", "is_mag_view", "p_biopsy", "p_mag")
-_TRUTH = {"biopsy": ("has_biopsy_marker", "p_biopsy"), "mag": ("is_mag_view", "p_mag")}
+_AUDIT_COLUMNS = ("sop_instance_uid", *TRUTH_COLUMNS.values(), *(f"p_{flag}" for flag in FLAGS))
 _GROUP_COLUMNS = ("patient_key", "study_instance_uid")  # what the ROC-AUC bootstrap resamples whole
 
 
@@ -161,7 +160,7 @@ def audit_regressions(
     patients: model/intervals.py). A round whose training failed is held back (stop 50: one demo round's patch
     network ended at biopsy 0.561 after the previous round's 0.982 [0.936-0.998], and was promoted); a figure
     inside that interval, a round's ordinary noise, is not. No line for a flag that either side lacks (models
-    from before the registry kept intervals).
+    from before the registry kept intervals; a flag with one class among the shared images).
 
     Like with like: `new_audit` / `current_audit` are each model's per-image audit predictions (`AUDIT_FILE`,
     with `patient_key` where known). An image withdrawn since the current model's audit leaves the new model's
@@ -186,9 +185,9 @@ def audit_regressions(
     new_audit, current_audit = _audit_rows(new_audit), _audit_rows(current_audit)
     shared = new_audit.index.intersection(current_audit.index, sort=False)
     gone, added = len(current_audit) - len(shared), len(new_audit) - len(shared)
-    truth = list(_TRUTH.values())
-    now = new_audit.loc[shared, [t for t, _ in truth]].to_numpy(bool)
-    relabeled = int((now != current_audit.loc[shared, [t for t, _ in truth]].to_numpy(bool)).any(axis=1).sum())
+    truth = [TRUTH_COLUMNS[flag] for flag in FLAGS]
+    now, then = new_audit.loc[shared, truth].to_numpy(bool), current_audit.loc[shared, truth].to_numpy(bool)
+    relabeled = int((now != then).any(axis=1).sum())
     if not (gone or added or relabeled):
         return AuditComparison(_registry_lines(new, current), f"the same {len(shared)} audit images")
     differ = (
@@ -204,11 +203,10 @@ def audit_regressions(
         )
     groups = resampling_groups(keys.assign(sop_instance_uid=shared))
     lines = []
-    for flag, (truth_column, p_column) in _TRUTH.items():
-        truth_of = new_audit.loc[shared, truth_column].to_numpy(bool)
-        value = roc_auc(truth_of, new_audit.loc[shared, p_column].to_numpy(float))
-        was = roc_auc(truth_of, current_audit.loc[shared, p_column].to_numpy(float))
-        bounds = roc_auc_interval(truth_of, current_audit.loc[shared, p_column].to_numpy(float), groups)
+    for k, flag in enumerate(FLAGS):
+        ours, theirs = (a.loc[shared, f"p_{flag}"].to_numpy(float) for a in (new_audit, current_audit))
+        value, was = roc_auc(now[:, k], ours), roc_auc(now[:, k], theirs)
+        bounds = roc_auc_interval(now[:, k], theirs, groups)  # as training measured it: model/evaluate.flag_metrics
         if value is None or was is None or bounds is None or value >= bounds[0]:
             continue
         lines.append(
