@@ -82,13 +82,14 @@ def write_slice(settings: Settings, table: str, hospital: str, model_version: st
     return write_table_file(table, df, slice_file(settings, table, hospital, model_version))
 
 
-def read_partition(settings: Settings, table: str, hospital: str) -> pd.DataFrame:
-    """Every Parquet file of one hospital's partition as one DataFrame (empty when there is none)."""
+def read_partition(settings: Settings, table: str, hospital: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every Parquet file of one hospital's partition as one DataFrame (empty when there is none); `columns` only,
+    when given."""
     folder = settings.table_dir(table, hospital)
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
     if not files:
         return pd.DataFrame()
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
 
 
 def read_slice(settings: Settings, table: str, hospital: str, model_version: str) -> pd.DataFrame:

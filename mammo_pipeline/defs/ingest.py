@@ -10,7 +10,7 @@ from mammo_pipeline import completeness, warehouse
 from mammo_pipeline.cache import cache_hospital, cache_quarantine_path, displays_at_pitch, read_manifest
 from mammo_pipeline.dicom.index import index_hospital
 from mammo_pipeline.dicom.normalize import NORM_VERSION
-from mammo_pipeline.labels.store import LabelStore, forget_zoom_crops
+from mammo_pipeline.labels.store import LabelStore, forget_zoom_crops, withdraw_dropped
 from mammo_pipeline.progress import every
 from mammo_pipeline.settings import Settings
 
@@ -188,7 +188,7 @@ def _withdraw_from_labels(context: dg.AssetExecutionContext, settings: Settings,
         return 0
     try:
         store = LabelStore(settings.labels_db, seed=settings.seed)
-        withdrawn = store.withdraw(hospital, sops)
+        withdrawn = withdraw_dropped(settings, store, hospital, sops)
         forget_zoom_crops(settings, store)  # the app's full-resolution crops of them
         return withdrawn
     except sqlite3.OperationalError as exc:  # "database is locked"

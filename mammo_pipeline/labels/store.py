@@ -531,16 +531,16 @@ class LabelStore:
             _recount(db)
         return Synced(after - before, withdrawn, restored)
 
-    def withdraw(self, hospital: str, sop_instance_uids: Iterable[str]) -> int:
-        """Withdraw these images of `hospital` now, as the next `sync_images` would (image_cache has just deleted
-        their files and tells the store: defs/ingest.py), so a running labeling app stops offering them at once
-        instead of cards without a picture. Returns how many were in use; unknown and withdrawn ones, and one the
-        store holds under another hospital (the same file sent to two), are passed over."""
+    def withdraw(self, sop_instance_uids: Iterable[str]) -> int:
+        """Withdraw these images now, as the next `sync_images` would, whichever hospital the store names them
+        under (`withdraw_dropped` passes only images no cached hospital holds any more), so a running labeling app
+        stops offering them at once instead of cards without a picture. Returns how many were in use; unknown and
+        withdrawn ones are passed over."""
         now, n = _now(), 0
-        live = queues.live("sop_instance_uid = ? AND hospital = ?")
+        live = queues.live("sop_instance_uid = ?")
         with self._write() as db:
             for sop in sop_instance_uids:
-                row = db.execute(f"SELECT id FROM images WHERE {live}", (sop, hospital))
+                row = db.execute(f"SELECT id FROM images WHERE {live}", (sop,))
                 if (found := row.fetchone()) is None:
                     continue
                 before = db.execute(_MEMBERSHIP, (found[0],)).fetchone()
@@ -1085,6 +1085,19 @@ def sync_from_warehouse(settings: Settings, audit_fraction: float = 0.2) -> tupl
     )
     forget_zoom_crops(settings, store)
     return store, synced
+
+
+def withdraw_dropped(settings: Settings, store: LabelStore, hospital: str, sop_instance_uids: Iterable[str]) -> int:
+    """`LabelStore.withdraw` of the images `hospital`'s image_cache has just dropped (their files gone from its
+    drops), as the next sync would judge them: the same file sent to two hospitals is one image in the store, named
+    after the first, so an image another cached hospital's manifest still holds stays in use, and one whose last
+    copy went is withdrawn whichever hospital the store names. Returns how many were withdrawn."""
+    gone = set(sop_instance_uids)
+    for other in cached_hospitals(settings):
+        if other != hospital and gone:
+            held = warehouse.read_partition(settings, "image_cache", other, columns=["sop_instance_uid"])
+            gone -= set(held["sop_instance_uid"]) if len(held) else set()
+    return store.withdraw(sorted(gone))
 
 
 def forget_zoom_crops(settings: Settings, store: LabelStore) -> int:

@@ -239,3 +239,42 @@ def test_a_file_moved_to_another_drop_is_counted_moved_and_withdrawn_nowhere(set
     synced = _materialize(settings, specs, instance).asset_materializations_for_node("labels")[0].metadata
     keys = ("new_images", "withdrawn_images", "restored_images", "dagster/row_count")
     assert tuple(synced[key].value for key in keys) == (0, 0, 0, 1)
+
+
+def test_a_file_sent_to_two_hospitals_is_withdrawn_when_its_last_copy_goes(settings):
+    """The same file sent to two hospitals is one image in the label store, named after one of them. Deleting that
+    hospital's copy withdrew it at once though the other still held it (until the next label sync restored it),
+    and deleting the other's copy afterwards was passed over (the store named the first). image_cache now
+    withdraws an image only when no cached hospital holds it, as the sync judges."""
+    for hospital in ("h1", "h2"):
+        write_mg(settings.landing / hospital / "d1" / "other.dcm")
+    shared = write_mg(settings.landing / "h1" / "d1" / "shared.dcm")
+    shutil.copy(shared, settings.landing / "h2" / "d1" / "shared.dcm")
+    sop = str(pydicom.dcmread(shared, stop_before_pixels=True).SOPInstanceUID)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1", "h2"])
+
+    def cache(hospital: str) -> tuple[int, int]:
+        meta = _metadata(
+            _materialize(settings, [dicom_index, image_cache], instance, partition_key=hospital), image_cache
+        )
+        return meta["withdrawn"], meta["withdrawn_from_labels"]
+
+    assert cache("h1") == cache("h2") == (0, 0)
+    specs = [dg.AssetSpec("image_cache", partitions_def=hospital_partitions), label_store, labels]
+    _materialize(settings, specs, instance)
+    store = LabelStore(settings.labels_db)
+    images = store.images().set_index("sop_instance_uid")
+    named = images.loc[sop, "hospital"]  # the hospital the store names the image after
+    other = ({"h1", "h2"} - {named}).pop()
+    assert len(images) == 3
+    store.record(int(images.loc[sop, "id"]), 1, "alice")
+
+    (settings.landing / named / "d1" / "shared.dcm").unlink()
+    assert cache(named) == (1, 0)  # its renditions there went; the other still holds the image: in use, labeled
+    assert store.n_withdrawn() == 0 and len(store.current_labels()) == 1
+    (settings.landing / other / "d1" / "shared.dcm").unlink()
+    assert cache(other) == (1, 1)  # its last copy: withdrawn at once, though the store names the first
+    assert store.n_withdrawn() == 1 and store.current_labels().empty
+    synced = _materialize(settings, specs, instance).asset_materializations_for_node("labels")[0].metadata
+    assert (synced["withdrawn_images"].value, synced["restored_images"].value) == (0, 0)  # the sync agrees

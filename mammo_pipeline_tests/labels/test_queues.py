@@ -173,7 +173,7 @@ def test_maintained_totals_always_equal_a_full_recount(qstore):
     for step in range(160):
         move = rng.random()
         if move < 0.05:  # image_cache deleted some files (`LabelStore.withdraw`)
-            store.withdraw("h1", rng.sample(list(sops.values()), 2))
+            store.withdraw(rng.sample(list(sops.values()), 2))
         elif move < 0.1:  # the sync: some files deleted from their drop, the others (back) in it
             store.sync_images(_manifest().sample(n=rng.randint(5, 10), random_state=step))
         elif move < 0.6:
@@ -249,9 +249,8 @@ def test_withdraw_takes_images_out_at_once_and_the_sync_brings_them_back(qstore)
     store.record(ids[0], 1, "alice")
     store.record(ids[8], 2, "bob")
     before, version = store.totals(), store.version()
-    assert store.withdraw("h2", [sops[ids[0]]]) == 0  # the store holds it under h1
-    assert store.withdraw("h1", [sops[ids[0]], sops[ids[8]], "not-in-the-store"]) == 2
-    assert store.withdraw("h1", [sops[ids[0]]]) == 0  # already withdrawn
+    assert store.withdraw([sops[ids[0]], sops[ids[8]], "not-in-the-store"]) == 2
+    assert store.withdraw([sops[ids[0]]]) == 0  # already withdrawn
     totals = store.totals()
     with store._db() as db:
         _recount(db)
