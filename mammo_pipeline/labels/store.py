@@ -1103,7 +1103,7 @@ def withdraw_dropped(settings: Settings, store: LabelStore, hospital: str, sop_i
 def forget_zoom_crops(settings: Settings, store: LabelStore) -> int:
     """Delete the full-resolution crops the labeling app kept (`cache/_zoom/<image id>/`, `labels/zoom.py`) of every
     withdrawn image; how many folders. Swept, not told: whichever path withdrew the image (a sync, image_cache's
-    `withdraw`, a run killed part way), the crops go at the next sweep. Few images are ever zoomed, so it reads
+    `withdraw_dropped`, a run killed part way), the crops go at the next sweep. Few images are ever zoomed, so it reads
     only their folders' names."""
     root = settings.cache / ZOOM_FOLDER
     ids = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.is_dir() else []
