@@ -1,9 +1,10 @@
 """The image cache: a display PNG and a model-size PNG per usable image, and the `image_cache` manifest.
 
 PNGs live at `cache/<hospital>/<NORM_VERSION>/<size>/<key>.png`, so a new normalization writes beside the old
-one instead of mixing with it. `<key>` is the SOP Instance UID only when it is a valid DICOM UID (digits and
-dots, at most 64 characters), else a hash of hospital and UID (`safe_key`): no value read from a file ever
-becomes a path, and every path written is checked to stay under its root (`atomic.ensure_under`).
+one instead of mixing with it (`cache_prune` deletes the old files once nothing names them). `<key>` is the SOP
+Instance UID only when it is a valid DICOM UID (digits and dots, at most 64 characters), else a hash of hospital
+and UID (`safe_key`): no value read from a file ever becomes a path, and every path written is checked to stay
+under its root (`atomic.ensure_under`).
 
 Each image is rendered once for both sizes in a worker process that writes its own PNGs and returns only a
 few numbers, so memory stays flat however large the partition. Every write is atomic. An image is skipped
@@ -237,7 +238,7 @@ def cache_hospital(
 
     def waiting() -> None:
         if on_wait:
-            on_wait(f"{hospital}: another run is caching this hospital; waiting for it to finish")
+            on_wait(f"{hospital}: another run is caching (or pruning) this hospital; waiting for it to finish")
 
     with _one_run_at_a_time(table_dir, waiting):
         result.waited_s = time.monotonic() - start
@@ -329,6 +330,23 @@ def read_manifest(settings: Settings, hospital: str) -> pd.DataFrame:
     """The image_cache manifest of one hospital (empty when none was written)."""
     path = manifest_path(settings, hospital)
     return pq.read_table(path).to_pandas() if path.exists() else pd.DataFrame(columns=SCHEMA.names)
+
+
+def named_pngs(settings: Settings, hospital: str) -> set[str]:
+    """Every PNG (path relative to `cache/`) a row of the hospital's manifest names, or a manifest row of a journal
+    not folded into it yet (a live run's, or one a killed run left for the next): the renditions in use, in
+    whichever NORM_VERSION's folder they lie (`cache_prune`)."""
+    path = manifest_path(settings, hospital)
+    named: set[str] = set()
+    if path.exists():
+        table = pq.read_table(path, columns=["display_png", "model_png"])
+        for column in table.columns:
+            named.update(v for v in column.to_pylist() if v)
+    for journal in sorted(path.parent.glob(".journal-*.jsonl")):
+        for kind, row in _read_journal(journal):
+            if kind == "manifest":
+                named.update(row[k] for k in ("display_png", "model_png") if row.get(k))
+    return named
 
 
 def _read_index(settings: Settings, hospital: str) -> pd.DataFrame:
@@ -643,16 +661,25 @@ def _read_journal(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield record["kind"], row
 
 
+class CacheBusy(RuntimeError):
+    """Another process holds the hospital's run lock (`RUN_LOCK`): a cache run, or a prune, is working on it."""
+
+
 @contextlib.contextmanager
-def _locked(folder: Path, name: str = ".lock", waiting: Callable[[], None] | None = None) -> Iterator[None]:
+def _locked(
+    folder: Path, name: str = ".lock", waiting: Callable[[], None] | None = None, wait: bool = True
+) -> Iterator[None]:
     """An exclusive lock across processes on `folder/name`: `.lock` guards the partition's bookkeeping
     (manifest, quarantine, journals), RUN_LOCK a whole run. `waiting` is called once when another process
-    holds it. The kernel releases a dead holder's lock (flock), so a killed run never blocks the next."""
+    holds it; without `wait`, CacheBusy is raised instead. The kernel releases a dead holder's lock (flock), so a
+    killed run never blocks the next."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / name).open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                raise CacheBusy(f"{folder / name} is held by another process") from None
             if waiting:
                 waiting()
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -665,6 +692,12 @@ def _locked(folder: Path, name: str = ".lock", waiting: Callable[[], None] | Non
 def _one_run_at_a_time(table_dir: Path, waiting: Callable[[], None]) -> contextlib.AbstractContextManager[None]:
     """The hospital's run lock (`RUN_LOCK`), held by `cache_hospital` from start to end."""
     return _locked(table_dir, RUN_LOCK, waiting)
+
+
+def run_lock_now(settings: Settings, hospital: str) -> contextlib.AbstractContextManager[None]:
+    """The hospital's run lock (`RUN_LOCK`), taken without waiting, for work no cache run may overlap
+    (`cache_prune`): a run that starts meanwhile waits for it. Raises CacheBusy when a run holds it."""
+    return _locked(manifest_path(settings, hospital).parent, RUN_LOCK, wait=False)
 
 
 def _newer(a: dict[str, Any] | None, b: dict[str, Any], key: str) -> bool:

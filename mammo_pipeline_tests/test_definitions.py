@@ -15,7 +15,7 @@ def test_definitions_load_and_every_job_resolves():
     defs = build_definitions()
     repo = defs.get_repository_def()
     jobs = {job.name for job in repo.get_all_jobs()}
-    assert {"process_hospital", "retrain_model"} <= jobs
+    assert {"process_hospital", "retrain_model", "prune_cache"} <= jobs
     assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == ASSETS
     assert {"new_hospital_drops", "retrain_on_new_labels"} <= {s.name for s in repo.sensor_defs}
     assert "nightly_reprocess" in {s.name for s in repo.schedule_defs}

@@ -29,6 +29,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "query",
     "lineage",
     "model",
+    "cache",
     "demo",
 )
 

@@ -581,6 +581,17 @@ class LabelStore:
         with self._db() as db:
             return int(db.execute("SELECT COUNT(*) FROM images WHERE withdrawn_at IS NOT NULL").fetchone()[0])
 
+    def pngs_in_use(self, prefix: str) -> set[str]:
+        """The display and model PNGs (paths relative to `cache/`, as the manifest gave them) of the images in use
+        whose path starts with `prefix` (`<hospital>/`): what the labeling app serves until the store's next sync;
+        a withdrawn image is served to no one (`cache_prune`)."""
+        sql = " UNION ".join(
+            f"SELECT {col} FROM images WHERE {queues.live(f'substr({col}, 1, ?) = ?')}"
+            for col in ("display_png", "model_png")
+        )
+        with self._db() as db:
+            return {row[0] for row in db.execute(sql, (len(prefix), prefix) * 2)}
+
     def images(self) -> pd.DataFrame:
         """Every image row (id, sop_instance_uid, hospital, ..., split, meta_mag, and the maintained columns)."""
         df = self._frame("SELECT * FROM images ORDER BY id")
