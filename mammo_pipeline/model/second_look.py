@@ -8,10 +8,13 @@ the crop the network already favours learns, so in a clip image whose clip it do
 unsaturated one) a tissue crop is taught to be a clip and the clip never is.
 
 Each kept candidate has `candidates.CHANNELS` channels (native crop, wider context crop), in units of the image's
-own tissue; `network_input` adds a third when the network reads them, the native crop in units of its own
-surroundings (minus the context's median, over the context's 10th-90th percentile spread, at least LOCAL_FLOOR):
-what a dim clip in dense gland and a bright one in fat have in common is how far they stand out from the tissue
-around them, which the image-wide units hide (docs/history.md "Second look", stop 30). Training sees every crop
+own tissue; the network reads both in units of the crop's own surroundings (`network_input`: minus the context's
+median, over the context's 10th-90th percentile spread, at least LOCAL_FLOOR). What a dim clip in dense gland and a
+bright one in fat have in common is how far they stand out from the tissue around them, which the image-wide units
+hide (docs/history.md "Second look", stop 30); and a display curve (a vendor's SIGMOID window, a gamma VOI LUT),
+which bends the image-wide units, is close to a straight line over the few gray levels of one context crop, so in
+these units the crop reads nearly as under any other curve (stop 66: the image-wide channels dropped, p_biopsy
+moved less under random display curves at the same cross-validated ROC-AUC). Training sees every crop
 under the 8 symmetries of the square (flips and 90-degree turns: a clip, a BB or a letter has no preferred
 orientation on the detector, and the context channel's skin line may run any way); a batch shares one symmetry
 (one cheap tensor op per step). Prediction reads every crop under two of them (`READ_SYMMETRIES`) and averages the
@@ -49,12 +52,14 @@ _log = logging.getLogger(__name__)
 # four: an exported file keeps its own, so no new version); 4: the same input, read by a
 # network with a fourth block (`patch_network`: its receptive field spans the crop; a version-3 state dict
 # does not fit it); 5: the same input, read by a network whose poolings are anti-aliased (`BLUR_TAPS`: the state
-# dict is the same, the function another).
-INPUT_VERSION = "5"
-INPUT_CHANNELS = CHANNELS + 1
+# dict is the same, the function another); 6: the native and the context crop both in units of the surroundings
+# alone, the image-wide channels dropped (module docstring; a version-5 state dict has three input channels).
+INPUT_VERSION = "6"
+INPUT_CHANNELS = CHANNELS
 # The surroundings' spread is at least 1/20 of the image's tissue range (set at stop 26, before running): flat
-# fat must not turn a faint ripple into a clip-sized signal. The channel is clipped to LOCAL_RANGE spreads, so
-# metal (tens of spreads over fat) stands out without swamping the other channels.
+# fat must not turn a faint ripple into a clip-sized signal. Both channels are clipped to LOCAL_RANGE spreads, so
+# metal (tens of spreads over fat) stands out without swamping the outline, and air (far below any tissue) reads
+# as its floor.
 LOCAL_FLOOR = 0.05
 LOCAL_RANGE = (-4.0, 8.0)
 IMAGE_PASSES = 15000
@@ -123,18 +128,18 @@ def epochs_for(n_images: int) -> int:
 
 def network_input(crops: np.ndarray) -> np.ndarray:
     """The patch network's input [N, K, INPUT_CHANNELS, P, P] float32 (C-contiguous) from kept crops
-    [N, K, CHANNELS, P, P] (`candidates`: native, context; tissue units): those two and the native crop in units
-    of its own surroundings (module docstring). Train, ONNX export and inference all go through here, so the
-    network's input is defined once. Raises ValueError for crops of another layout.
+    [N, K, CHANNELS, P, P] (`candidates`: native, context; tissue units): each channel minus the context's median,
+    over the context's 10th-90th percentile spread (at least LOCAL_FLOOR), clipped to LOCAL_RANGE (module
+    docstring), so an offset and a gain of the pair change nothing. Train, ONNX export and inference all go through
+    here, so the network's input is defined once. Raises ValueError for crops of another layout.
     """
     x = np.asarray(crops, dtype=np.float32)
     if x.ndim != 5 or x.shape[2] != CHANNELS:
         raise ValueError(f"crops must be [N, K, {CHANNELS}, P, P] (native, context), not {list(x.shape)}")
     context = x[:, :, 1].reshape(*x.shape[:2], -1)
-    p10, median, p90 = np.percentile(context, (10, 50, 90), axis=-1)[..., None, None]
-    local = (x[:, :, 0] - median) / np.maximum(p90 - p10, np.float32(LOCAL_FLOOR))
-    local = np.clip(local, *LOCAL_RANGE).astype(np.float32)
-    return np.ascontiguousarray(np.concatenate([x, local[:, :, None]], axis=2))
+    p10, median, p90 = np.percentile(context, (10, 50, 90), axis=-1)[..., None, None, None]
+    local = (x - median) / np.maximum(p90 - p10, np.float32(LOCAL_FLOOR))
+    return np.ascontiguousarray(np.clip(local, *LOCAL_RANGE), dtype=np.float32)
 
 
 def patch_network():
