@@ -130,8 +130,9 @@ def network_input(crops: np.ndarray) -> np.ndarray:
     """The patch network's input [N, K, INPUT_CHANNELS, P, P] float32 (C-contiguous) from kept crops
     [N, K, CHANNELS, P, P] (`candidates`: native, context; tissue units): each channel minus the context's median,
     over the context's 10th-90th percentile spread (at least LOCAL_FLOOR), clipped to LOCAL_RANGE (module
-    docstring), so an offset and a gain of the pair change nothing. Train, ONNX export and inference all go through
-    here, so the network's input is defined once. Raises ValueError for crops of another layout.
+    docstring), so an offset and a positive gain of the pair change nothing while the spread stays above its floor.
+    Train, ONNX export and inference all go through here, so the network's input is defined once. Raises ValueError
+    for crops of another layout.
     """
     x = np.asarray(crops, dtype=np.float32)
     if x.ndim != 5 or x.shape[2] != CHANNELS:
