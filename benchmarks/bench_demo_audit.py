@@ -72,7 +72,8 @@ def review_bands(home: Path) -> float:
     stored = ref.extra.get("operating_points") or {}
     audit = pd.read_parquet(settings.models / ref.model_version / "audit_predictions.parquet")
     labels = pd.read_parquet(settings.warehouse / "labels" / "current.parquet")
-    audit = audit.merge(labels[["sop_instance_uid", "patient_key", "study_instance_uid"]], on="sop_instance_uid")
+    missing = [c for c in ("patient_key", "study_instance_uid") if c not in audit.columns]  # older models' tables
+    audit = audit.merge(labels[["sop_instance_uid", *missing]], on="sop_instance_uid")
     audit_probs = audit[["p_biopsy", "p_mag"]].to_numpy(float)
     start = time.perf_counter()
     now = operating_points(audit, audit_probs)
