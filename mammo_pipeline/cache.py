@@ -20,9 +20,11 @@ dead (or, on another host, when old), so neither deletes the other's in-flight f
 quarantined (`quarantine/hospital=<h>/cache.parquet`) and stay skipped until their file or NORM_VERSION changes
 (reason `source_missing`, a file that left the landing folder after it was indexed, is tried again each run, as is
 `source_changed`, a file replaced or rewritten since it was indexed: its pixels are not the indexed image's, so it
-is not rendered under that image's SOP Instance UID until dicom_index has read it again). An image that left the
-index (its file deleted from its drop: withdrawn, typically a patient's opt-out) loses its manifest row, and its
-PNGs and second-look candidates are deleted once the manifest without it is written (`_fold`).
+is not rendered under that image's SOP Instance UID until dicom_index has read it again; a rendition made before
+is kept meanwhile, `_kept_without_source`). An image that left the index (its file deleted from its drop, or
+replaced there by another image: withdrawn, typically a patient's opt-out) loses its manifest row, and its PNGs and
+second-look candidates are deleted once the manifest without it is written (`_fold`). A file overwritten by one the
+index cannot read does not take its image out of the index (`dicom.index`), so the image keeps its rendition.
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ class CacheResult:
     unchanged: int = 0  # images whose PNGs were already current
     quarantined: dict[str, int] = field(default_factory=dict)  # newly quarantined this run, by reason
     still_quarantined: int = 0  # skipped: quarantined before, file and NORM_VERSION unchanged
-    kept_without_source: int = 0  # not current, but their source left landing: the rendition they have stays
+    # not current, but the file the index read is no longer there to render again (left landing, or overwritten
+    # since): the rendition they have stays (`_kept_without_source`)
+    kept_without_source: int = 0
     withdrawn: int = 0  # manifest rows dropped: their image left the index (its file deleted from its drop); its
     # PNGs and second-look candidates are deleted with them (`_delete_renditions`)
     # the SOP Instance UIDs whose renditions this run deleted (its withdrawals, and a killed run's list): for the
@@ -567,15 +571,24 @@ def _png_reader(cache: Path, prior: dict[str, Any]) -> Callable[[], np.ndarray]:
 
 
 def _kept_without_source(prior: dict[str, Any], image: dict[str, Any], settings: Settings, hospital: str) -> bool:
-    """An image that is not current (`_is_current`) keeps its manifest row as it is when its source file is gone
-    from landing (cleaned up after ingest, a drop archived) while its PNGs are still there: rendering it again
-    (after a NORM_VERSION upgrade, a touched PNG) can only fail, and the failure would replace a good rendition
-    with a quarantine row."""
+    """An image that is not current (`_is_current`) keeps its manifest row as it is when the file the index read
+    is no longer there to read while its PNGs are: gone from landing (cleaned up after ingest, a drop archived), or,
+    for a rendition of that very file (`_same_source`), overwritten since (its size or mtime differ from the index
+    row's: a file damaged in transfer, which the index quarantined while the image kept its row, or another image
+    the index has not read yet). Rendering it again (after a NORM_VERSION upgrade, a touched PNG) can only fail
+    (`source_missing`, `source_changed`), and the failure would replace a good rendition with a quarantine row."""
     try:
-        if source_path(settings, hospital, image["rel_path"]).exists():
-            return False
-    except (ValueError, KeyError):
+        stat = os.stat(source_path(settings, hospital, image["rel_path"]))
+    except (FileNotFoundError, NotADirectoryError):  # gone from landing
+        pass
+    except (OSError, ValueError, KeyError):
         return False
+    else:
+        indexed = (image.get("file_size"), image.get("file_mtime_ns"))
+        if not _same_source(prior, image) or not all(map(_known, indexed)):
+            return False
+        if (stat.st_size, stat.st_mtime_ns) == tuple(int(v) for v in indexed):
+            return False
     return all((settings.cache / prior[key]).is_file() for key in ("display_png", "model_png"))
 
 

@@ -5,9 +5,9 @@ Everything comes from the warehouse: image_predictions keep every model's rows (
 model_version) with the sha256 of the ONNX file used, the label snapshot and the Dagster run id;
 model_promotions says which model was current when (rule: mammo_pipeline/promotions.py); the model registry
 adds how that model scored when it was trained; image_cache / dicom_index add the drop each image arrived in.
-A withdrawn image (its file deleted from its drop or no longer readable) leaves the index, the cache and the current
-model's predictions, so when it was withdrawn comes from the label store (`images.withdrawn_at`), and its earlier
-predictions from the older models' slices, which are kept.
+A withdrawn image (its file deleted from its drop, or replaced there by another image) leaves the index, the cache
+and the current model's predictions, so when it was withdrawn comes from the label store (`images.withdrawn_at`),
+and its earlier predictions from the older models' slices, which are kept.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class UnknownStudy(LookupError):
     """No prediction in the warehouse names this study (at the time asked)."""
 
 
-LEFT = "left the index (deleted from the drop or no longer readable)"  # what withdrawn means
+LEFT = "left the index (deleted from the drop or replaced there by another image)"  # what withdrawn means
 
 
 def study_lineage(settings: Settings, study_uid: str, as_of: str | pd.Timestamp | None = None) -> dict:

@@ -20,6 +20,7 @@ from mammo_pipeline.atomic import atomic_path, run_owner
 from mammo_pipeline.cache import cache_hospital, cache_quarantine_path, manifest_path, read_manifest
 from mammo_pipeline.dicom.headers import MG_FOR_PROCESSING
 from mammo_pipeline.dicom.index import index_hospital
+from mammo_pipeline.dicom.normalize import NORM_VERSION
 from mammo_pipeline.dicom.source_paths import pseudonymize_path, resolve
 from mammo_pipeline.warehouse import read_partition
 from mammo_pipeline_tests.dicom.test_headers import write_damaged_mg, write_mg
@@ -468,6 +469,42 @@ def test_a_rendition_whose_source_left_landing_is_kept_when_it_would_be_rendered
     assert set(uids) <= set(manifest.index)
     assert manifest.loc[uids[1], "norm_version"] != cache_module.NORM_VERSION  # the old rendition, as it was
     assert manifest.loc[uids[0], "norm_version"] == cache_module.NORM_VERSION  # its source is there: rendered again
+
+
+def test_a_rendition_whose_source_was_overwritten_is_kept_when_it_would_be_rendered_again(
+    settings, monkeypatch, render_calls
+):
+    """A file overwritten by one the index cannot read keeps its index row (`dicom_index`: replaced_unreadable), so
+    its rendition stays current; at a NORM_VERSION upgrade it was rendered again from the damaged file, which
+    failed, and the quarantine row took the place of a good rendition. It is now kept as it is, like one whose
+    source left landing; so is one whose file was replaced by another readable image that the index has not read
+    yet, until it has (then that image is rendered, and the one it replaced is withdrawn)."""
+    root = settings.landing / "h1" / "d1"
+    uids = [generate_uid() for _ in range(3)]
+    for name, uid in zip("abc", uids, strict=True):
+        write_mg(root / f"{name}.dcm", SOPInstanceUID=uid)
+    index_hospital(settings, "h1")
+    cache_hospital(settings, "h1")
+    (root / "a.dcm").write_bytes(b"\x00garbage" * 300)  # damaged: the index keeps the image's row
+    assert index_hospital(settings, "h1").replaced_unreadable == 1
+    pixels = (np.arange(96 * 72, dtype=np.uint16) % 4096).tobytes()
+    other = write_mg(root / "other.tmp", Rows=96, Columns=72, pixel_bytes=pixels)
+    os.replace(other, root / "b.dcm")  # another image, not indexed yet
+    render_calls.clear()
+    monkeypatch.setattr(cache_module, "NORM_VERSION", cache_module.NORM_VERSION + "-next")
+    result = cache_hospital(settings, "h1")
+    assert (result.kept_without_source, result.new, result.withdrawn, result.quarantined) == (2, 1, 0, {})
+    assert render_calls == [str(root / "c.dcm")]
+    manifest = read_manifest(settings, "h1").set_index("sop_instance_uid")
+    assert manifest.loc[uids[:2], "norm_version"].tolist() == [NORM_VERSION, NORM_VERSION]  # as they were
+    assert all(
+        (settings.cache / manifest.loc[uid, key]).is_file() for uid in uids for key in ("display_png", "model_png")
+    )
+    index_hospital(settings, "h1")  # reads b.dcm's new image
+    again = cache_hospital(settings, "h1")
+    assert (again.kept_without_source, again.new, again.withdrawn) == (1, 1, 1)
+    manifest = read_manifest(settings, "h1")
+    assert uids[1] not in set(manifest["sop_instance_uid"]) and uids[0] in set(manifest["sop_instance_uid"])
 
 
 def test_a_file_gone_after_indexing_is_quarantined_without_its_path_and_tried_again(settings):

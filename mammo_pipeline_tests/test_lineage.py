@@ -138,7 +138,10 @@ def test_lineage_of_a_withdrawn_study_says_when_and_shows_its_predictions_kept_i
     assert [(i["sop_instance_uid"], i["model_version"]) for i in lineage["images"]] == [("s2.0", "m1")]
     assert lineage["prediction"]["n_images"] == 1 and list(lineage["models"]) == ["m1"]
     report = render(lineage)
-    assert f"withdrawn  {at}: its 1 image left the index (deleted from the drop or no longer readable)" in report
+    assert (
+        f"withdrawn  {at}: its 1 image left the index (deleted from the drop or replaced there by another image)"
+        in report
+    )
     assert (
         "no current model predicts them any more: the answer below is the last one kept; predictions of them by "
         "model m1 are kept in the prediction history"
@@ -161,8 +164,8 @@ def test_lineage_of_a_withdrawn_study_whose_predictions_are_all_gone_says_when_i
     write_predictions(settings, manifest, load_model(settings, ModelRef.load(settings.models)), path, run_id="run-2")
     at = withdrawn_at(sync_labels(settings, "h1"), "s2.0")
     expected = (
-        f"study s2: withdrawn {at}, its images left the index (deleted from the drop or no longer readable); no "
-        "prediction of it is kept"
+        f"study s2: withdrawn {at}, its images left the index (deleted from the drop or replaced there by another "
+        "image); no prediction of it is kept"
     )
     with pytest.raises(UnknownStudy, match=re.escape(expected)):
         study_lineage(settings, "s2")

@@ -44,6 +44,11 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     )
     for why in result.refused:
         context.log.warning(f"{hospital}: {why}")
+    if result.replaced_unreadable:
+        context.log.warning(
+            f"{hospital}: {result.replaced_unreadable} indexed file(s) were replaced by files that cannot be read; "
+            "their images keep their earlier index rows and renditions, the new files are quarantined: re-send them"
+        )
     if result.shared:
         context.log.warning(
             f"{hospital}: {result.shared} indexed image(s) share their SOP Instance UID with another hospital's "
@@ -63,6 +68,7 @@ def dicom_index(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
             "unchanged": result.unchanged,
             "moved": result.moved,
             "withdrawn": result.withdrawn,
+            "replaced_unreadable": result.replaced_unreadable,
             "files": result.files,
             "not_indexed": dg.MetadataValue.md("\n".join(f"- {why}" for why in result.refused) or "none"),
             "refused_drops_removed": result.forgotten,
@@ -98,7 +104,8 @@ def image_cache(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.M
     unlabeled = _withdraw_from_labels(context, settings, hospital, result.withdrawn_sops)
     skipped = f", {result.for_processing} For Processing skipped (never displayed)" if result.for_processing else ""
     withdrawn = (
-        f", {result.withdrawn} withdrawn (left the index: deleted from their drop or no longer readable; PNGs deleted)"
+        f", {result.withdrawn} withdrawn (left the index: deleted from their drop or replaced there by another image; "
+        "PNGs deleted)"
         if result.withdrawn
         else ""
     )

@@ -8,7 +8,12 @@ that holds in the stage that writes the table too: every row is clamped into the
 (`conform_row`), and a row pyarrow still refuses is quarantined `unsupported` on its own. An indexed file gone
 from its path is `withdrawn` (deleted from its drop), unless its SOP Instance UID is indexed again in the same run
 from another file of the hospital (moved to another drop, or renamed): then it is `moved`, neither withdrawn nor
-new, and the cache, which keys its manifest by SOP Instance UID, keeps the image.
+new, and the cache, which keys its manifest by SOP Instance UID, keeps the image. An indexed file overwritten in
+place by one the index cannot read as an image (garbage, a truncated copy: a re-sent drop damaged in transfer) is
+not a deletion either: the image keeps its row, which names the file it was read from, the new file is quarantined
+with its reason, and the run counts it `replaced_unreadable`; the cache keeps its rendition. A readable file in its
+place (another image, a copy of one indexed elsewhere, a non-mammography or tomosynthesis object) replaces the
+image as before, and deleting the damaged file withdraws it as any deletion does.
 
 `rel_path` in every row and message is the pseudonymized path of `source_paths.py` (`<hospital>/<drop>/<hash>`);
 the index writes the private lookup that maps it back to the file. A drop refused (`landing.drop_refusal`) after it
@@ -35,6 +40,7 @@ from pydicom.misc import is_dicom
 
 from mammo_pipeline.atomic import atomic_path, remove_stale_temps
 from mammo_pipeline.dicom import source_paths
+from mammo_pipeline.dicom.errors import NotMammography, Tomosynthesis
 from mammo_pipeline.dicom.headers import read_header_row
 from mammo_pipeline.dicom.quarantine import (
     DUPLICATE,
@@ -137,6 +143,10 @@ class IndexResult:
     # indexed images whose file left its path and whose SOP Instance UID is indexed this run from another file of the
     # hospital (moved to another drop or renamed): the image stays, only its row's drop and rel_path changed
     moved: int = 0
+    # indexed images whose file was overwritten by one the index cannot read as an image (damaged in transfer, cut
+    # short, not DICOM, not readable): the image keeps its row (the file it was read from) and the new file is
+    # quarantined; counted on each run that reads such a file (once, or every run for `unreadable`)
+    replaced_unreadable: int = 0
     shared: int = 0  # indexed images whose SOP Instance UID another hospital's index holds too (`shared_with_others`)
 
     @property
@@ -231,7 +241,7 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
     plans = {drop: _plan_drop(settings, hospital, drop, entries) for drop, entries in files.items()}
     seen: dict[str, tuple[str, tuple[Any, ...]]] = {}  # sop uid -> (rel_path, identity); indexed rows win over new
     for plan in plans.values():
-        for record in plan.kept_rows:
+        for record in plan.kept_rows + plan.kept_replaced:
             seen.setdefault(record[_SOP], (record[_REL], _identity(record)))
     planned = {index_path(settings, hospital, drop) for drop in plans}
     for path in sorted(settings.table_dir("dicom_index", hospital).glob("*.parquet")):
@@ -279,6 +289,11 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
             rows = sorted(plan.kept_rows + unique, key=itemgetter(_REL))
             table = _records_table(rows)
         new_quarantine.extend(duplicates)
+        replaced = _keep_replaced(plan, new_quarantine, seen)  # images whose file is now one that cannot be read
+        result.replaced_unreadable += len(replaced)
+        if plan.kept_replaced or replaced:
+            rows = sorted(rows + plan.kept_replaced + replaced, key=itemgetter(_REL))
+            table = _records_table(rows)  # rows the index wrote before: they fit the schema
         moved = sum(record[_SOP] in gone for record in unique)  # back under another path: not new, not withdrawn
         result.new += len(unique) - moved
         result.moved += moved
@@ -523,6 +538,12 @@ def _isolate(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dic
     return good, bad
 
 
+# Quarantine reasons of a file the index read as an image, another one than the image indexed from its path before:
+# a readable file in that image's place replaces it. Every other reason (not_dicom, truncated, unreadable, ...)
+# says the file cannot be read as an image, so it stands for no image, and the one indexed before keeps its row.
+ANOTHER_IMAGE = frozenset({DUPLICATE, UID_COLLISION, NotMammography.reason, Tomosynthesis.reason})
+
+
 @dataclass
 class _DropPlan:
     kept_rows: list[tuple[Any, ...]]  # records (SCHEMA order) of files already indexed and unchanged
@@ -532,6 +553,12 @@ class _DropPlan:
     # SOP Instance UIDs of indexed files no longer in the drop (deleted, or moved: `index_hospital` tells which):
     # their rows go
     gone: list[str] = field(default_factory=list)
+    # rel_path -> record of an indexed file still at its path but changed since (size or mtime): its image keeps
+    # the record if the file now there cannot be read as an image (`_keep_replaced`)
+    replaced: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    # records kept for files overwritten by one that cannot be read, still the same unreadable file (its quarantine
+    # row kept): not counted `unchanged`, which counts files, and the file is counted by its quarantine row
+    kept_replaced: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple[str, int, int, str]]) -> _DropPlan:
@@ -550,10 +577,40 @@ def _plan_drop(settings: Settings, hospital: str, drop: str, entries: list[tuple
     ]
     known = {r[_REL] for r in kept_rows} | {q["rel_path"] for q in kept_quarantine}
     to_read = [e for e in entries if e[3] not in known]
-    dropped = len(old_rows) + len(old_quarantine) - len(kept_rows) - len(kept_quarantine)
+    unreadable_now = {q["rel_path"] for q in kept_quarantine if q["reason"] not in ANOTHER_IMAGE}
+    replaced, kept_replaced = {}, []
+    for row in old_rows:
+        rel = row["rel_path"]
+        if rel in current and current[rel] != (row["file_size"], row["file_mtime_ns"]):
+            record = tuple(map(row.get, NAMES))
+            if rel in unreadable_now:  # overwritten by a file that cannot be read, which is still there as it was
+                kept_replaced.append(record)
+            else:
+                replaced[rel] = record
+    dropped = len(old_rows) + len(old_quarantine) - len(kept_rows) - len(kept_replaced) - len(kept_quarantine)
     changed = bool(to_read) or dropped > 0 or not old_index.exists()
     gone = [r["sop_instance_uid"] for r in old_rows if r["rel_path"] not in current]
-    return _DropPlan(kept_rows, kept_quarantine, to_read, changed, gone)
+    return _DropPlan(kept_rows, kept_quarantine, to_read, changed, gone, replaced, kept_replaced)
+
+
+def _keep_replaced(
+    plan: _DropPlan, quarantine: list[dict[str, Any]], seen: dict[str, tuple[str, tuple[Any, ...]]]
+) -> list[tuple[Any, ...]]:
+    """The records to keep of indexed files overwritten by one the index could not read as an image this run (a
+    quarantine row at their path whose reason is not `ANOTHER_IMAGE`), whose SOP Instance UID no other file holds
+    now (`seen`, updated); each such quarantine row's message says which image the file replaced."""
+    kept = []
+    for q in quarantine:
+        record = plan.replaced.get(q["rel_path"])
+        if record is None or q["reason"] in ANOTHER_IMAGE or record[_SOP] in seen:
+            continue
+        seen[record[_SOP]] = (record[_REL], _identity(record))
+        kept.append(record)
+        q["message"] += (
+            f" (it replaced the file of the indexed image {record[_SOP]}, which keeps its index row and rendition: "
+            "re-send the file)"
+        )
+    return kept
 
 
 def _reread_orphaned_duplicates(

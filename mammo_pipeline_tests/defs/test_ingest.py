@@ -171,6 +171,38 @@ def test_a_file_deleted_from_its_drop_is_counted_as_withdrawn(settings):
     assert store.current_labels()["image_id"].tolist() == [image]
 
 
+def test_a_file_overwritten_in_its_drop_by_one_that_cannot_be_read_is_not_withdrawn(settings):
+    """A re-sent drop damaged in transfer overwrote a file with bytes the index cannot read: the image left the
+    index, so image_cache withdrew it as if deleted (PNGs deleted, out of the label store and its queues) until a
+    readable copy came. Now the image keeps its index row and rendition and stays in the label store with its
+    label; the damaged file is quarantined with its reason and dicom_index counts it `replaced_unreadable`."""
+    root = settings.landing / "h1" / "d1"
+    for name in ("a", "b"):
+        write_mg(root / f"{name}.dcm")
+    sop = str(pydicom.dcmread(root / "b.dcm", stop_before_pixels=True).SOPInstanceUID)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1"])
+    specs = [dg.AssetSpec("image_cache", partitions_def=hospital_partitions), label_store, labels]
+    _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    _materialize(settings, specs, instance)
+    store = LabelStore(settings.labels_db)
+    image = int(store.images().set_index("sop_instance_uid").loc[sop, "id"])
+    store.record(image, 1, "alice")
+    pngs = read_manifest(settings, "h1").set_index("sop_instance_uid").loc[sop, ["display_png", "model_png"]]
+
+    (root / "b.dcm").write_bytes(b"\x00half a file, the rest lost in transfer" * 40)
+    result = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    index_meta, cache_meta = _metadata(result, dicom_index), _metadata(result, image_cache)
+    assert [index_meta[k] for k in ("replaced_unreadable", "withdrawn", "quarantined_not_dicom")] == [1, 0, 1]
+    assert [cache_meta[k] for k in ("withdrawn", "withdrawn_from_labels", "dagster/row_count")] == [0, 0, 2]
+    manifest = read_manifest(settings, "h1").set_index("sop_instance_uid")
+    assert manifest.loc[sop, ["display_png", "model_png"]].tolist() == pngs.tolist()
+    assert all((settings.cache / png).is_file() for png in pngs)
+    synced = _metadata(_materialize(settings, specs, instance), labels)
+    assert (synced["withdrawn_images"], synced["dagster/row_count"]) == (0, 1)
+    assert store.n_withdrawn() == 0 and store.current_labels()["image_id"].tolist() == [image]
+
+
 def test_a_cache_run_that_finds_the_label_store_busy_succeeds_and_the_next_sync_withdraws(settings):
     """image_cache marks a withdrawn image in the label store at once; a store held by another writer past SQLite's
     wait (a million-image sync takes about 20 s) failed the run after its renditions were deleted and its manifest

@@ -520,3 +520,113 @@ def test_dicom_files_named_like_hidden_files_are_counted_not_lost_in_silence(set
         "2 DICOM file(s) in landing/h1/ were not indexed because their names start with `.` or `_` (names the "
         "pipeline keeps for markers and hidden files): rename them"
     ]
+
+
+def _later(path) -> None:
+    """Move a file's mtime a second on, so a rewrite is a change even on a coarse clock."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+def test_an_indexed_file_overwritten_by_one_the_index_cannot_read_keeps_its_image(settings):
+    """A re-sent drop damaged in transfer overwrites indexed files with garbage or a truncated copy: their rows left
+    the index as if the files were deleted, so the cache withdrew the images (renditions deleted, out of the label
+    store) until a readable copy came. Now each image keeps its index row (the file it was read from), the new
+    file is quarantined with its reason, the run counts it `replaced_unreadable`, and nothing is withdrawn; a
+    later run leaves both as they are, a readable copy is read as any changed file, and deleting the damaged file
+    withdraws the image as any deletion does."""
+    root = settings.landing / "h1" / "d1"
+    for name in ("a", "b", "c"):
+        write_mg(root / f"{name}.dcm")
+    index_hospital(settings, "h1")
+    before = read_partition(settings, "dicom_index", "h1").set_index("rel_path")
+    a, b = pseudo(settings, "h1/d1/a.dcm"), pseudo(settings, "h1/d1/b.dcm")
+    sent = (root / "a.dcm").read_bytes()
+    (root / "a.dcm").write_bytes(b"\x00garbage from a transfer gone wrong" * 40)
+    (root / "b.dcm").write_bytes((root / "b.dcm").read_bytes()[:-500])
+    for name in ("a", "b"):
+        _later(root / f"{name}.dcm")
+
+    result = index_hospital(settings, "h1")
+    assert (result.replaced_unreadable, result.withdrawn, result.new, result.moved) == (2, 0, 0, 0)
+    assert result.rows == 3 and result.quarantined == {"not_dicom": 1, "truncated": 1}
+    after = read_partition(settings, "dicom_index", "h1").set_index("rel_path")
+    columns = ["sop_instance_uid", "file_size", "file_mtime_ns"]
+    assert after[columns].sort_index().equals(before[columns].sort_index())  # the rows of the files read before
+    quarantine = read_partition(settings, "quarantine", "h1").set_index("rel_path")
+    assert quarantine["reason"].to_dict() == {a: "not_dicom", b: "truncated"}
+    assert quarantine.loc[a, "file_size"] == (root / "a.dcm").stat().st_size  # the damaged file's, not the image's
+    for rel in (a, b):
+        message = quarantine.loc[rel, "message"]
+        assert rel in message and before.loc[rel, "sop_instance_uid"] in message and "replaced" in message
+
+    again = index_hospital(settings, "h1")
+    assert (again.replaced_unreadable, again.new, again.withdrawn, again.quarantined) == (0, 0, 0, {})
+    assert (again.unchanged, again.rows, again.read) == (3, 3, 0)
+    assert (
+        read_partition(settings, "dicom_index", "h1")
+        .set_index("rel_path")[columns]
+        .sort_index()
+        .equals(before[columns].sort_index())
+    )
+
+    (root / "a.dcm").write_bytes(sent)  # re-sent intact
+    _later(root / "a.dcm")
+    (root / "b.dcm").unlink()  # deleted: withdrawn, as any file deleted from its drop
+    last = index_hospital(settings, "h1")
+    assert (last.new, last.withdrawn, last.replaced_unreadable, last.quarantined, last.rows) == (1, 1, 0, {}, 2)
+    index = read_partition(settings, "dicom_index", "h1").set_index("rel_path")
+    assert index.loc[a, "sop_instance_uid"] == before.loc[a, "sop_instance_uid"]
+    assert index.loc[a, "file_size"] == (root / "a.dcm").stat().st_size and b not in index.index
+    assert read_partition(settings, "quarantine", "h1").empty
+
+
+def test_an_indexed_file_replaced_by_another_readable_image_is_indexed_as_that_image(settings):
+    """Only a file the index cannot read as an image stands for nothing: a readable file in its place (another
+    image, or a tomosynthesis stack it quarantines as such) is what the drop holds now, so the earlier image's row
+    goes, as before."""
+    root = settings.landing / "h1" / "d1"
+    write_mg(root / "a.dcm")
+    write_mg(root / "b.dcm")
+    index_hospital(settings, "h1")
+    before = read_partition(settings, "dicom_index", "h1").set_index("rel_path")["sop_instance_uid"]
+    write_mg(root / "a.dcm", Rows=96, Columns=72, pixel_bytes=bytes(96 * 72 * 2))
+    write_mg(root / "b.dcm", Modality="CT", SOPClassUID="1.2.840.10008.5.1.4.1.1.2")
+    for name in ("a", "b"):
+        _later(root / f"{name}.dcm")
+    result = index_hospital(settings, "h1")
+    assert (result.new, result.replaced_unreadable, result.rows) == (1, 0, 1)
+    assert result.quarantined == {"not_mammography": 1}
+    after = read_partition(settings, "dicom_index", "h1")
+    assert not set(after["sop_instance_uid"]) & set(before)
+
+
+def test_an_indexed_file_replaced_by_one_the_index_may_not_read_keeps_its_image_every_run(settings, monkeypatch):
+    """A replacement the index may not open (permission denied) is read again on every run (`unreadable`): the
+    image keeps its row on each, and once the file may be read it is indexed as it is."""
+    root = settings.landing / "h1" / "d1"
+    path = write_mg(root / "a.dcm")
+    write_mg(root / "b.dcm")
+    index_hospital(settings, "h1")
+    sop = read_partition(settings, "dicom_index", "h1").set_index("rel_path").loc[pseudo(settings, "h1/d1/a.dcm")]
+    write_mg(path, SOPInstanceUID=sop["sop_instance_uid"], Rows=96, Columns=72, pixel_bytes=bytes(96 * 72 * 2))
+    _later(path)
+    real = index_module.read_header_row
+
+    def denied(file, *args, **kwargs):
+        if file.name == "a.dcm":
+            raise PermissionError(13, "Permission denied", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(index_module, "read_header_row", denied)
+    for _ in range(2):
+        result = index_hospital(settings, "h1")
+        assert (result.replaced_unreadable, result.withdrawn, result.rows) == (1, 0, 2)
+        assert result.quarantined == {"unreadable": 1}
+        row = read_partition(settings, "dicom_index", "h1").set_index("sop_instance_uid").loc[sop["sop_instance_uid"]]
+        assert (row["file_size"], row["rows"]) == (sop["file_size"], 48)
+    monkeypatch.setattr(index_module, "read_header_row", real)
+    fixed = index_hospital(settings, "h1")
+    assert (fixed.new, fixed.replaced_unreadable, fixed.quarantined, fixed.rows) == (1, 0, {}, 2)
+    row = read_partition(settings, "dicom_index", "h1").set_index("sop_instance_uid").loc[sop["sop_instance_uid"]]
+    assert (row["file_size"], row["rows"]) == (path.stat().st_size, 96)
