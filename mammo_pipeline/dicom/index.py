@@ -607,8 +607,8 @@ def _keep_replaced(
         seen[record[_SOP]] = (record[_REL], _identity(record))
         kept.append(record)
         q["message"] += (
-            f" (it replaced the file of the indexed image {record[_SOP]}, which keeps its index row and rendition: "
-            "re-send the file)"
+            f" (it replaced the file of the indexed image {record[_SOP]}, which keeps its earlier index row until a "
+            "readable copy comes: re-send the file)"
         )
     return kept
 
