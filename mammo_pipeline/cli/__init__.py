@@ -30,6 +30,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "lineage",
     "model",
     "cache",
+    "drops",
     "demo",
 )
 

@@ -1,9 +1,9 @@
-"""Jobs: the per-hospital chain that a new drop triggers; `prune_cache`, maintenance a data engineer runs from the UI
-(Jobs -> prune_cache -> Launchpad)."""
+"""Jobs: the per-hospital chain that a new drop triggers; `prune_cache` and `withdraw_drop`, maintenance a data
+engineer runs from the UI (Jobs -> prune_cache -> Launchpad)."""
 
 import dagster as dg
 
-from mammo_pipeline import cache_prune
+from mammo_pipeline import cache_prune, drop_withdrawal
 from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline.progress import every
 
@@ -56,3 +56,54 @@ def prune_cache_op(context: dg.OpExecutionContext, config: PruneCacheConfig, mam
 )
 def prune_cache() -> None:
     prune_cache_op()
+
+
+class WithdrawDropConfig(dg.Config):
+    """Which drop `withdraw_drop` withdraws; by default it only says how many images it would."""
+
+    hospital: str
+    drop: str
+    dry_run: bool = True  # false: withdraw
+
+
+@dg.op(name="withdraw_drop_op")
+def withdraw_drop_op(context: dg.OpExecutionContext, config: WithdrawDropConfig, mammo: MammoSettings) -> dg.Output:
+    """`drop_withdrawal.withdraw_drop`, logged. A real run re-indexes and re-caches the hospital outside the assets,
+    so it records a materialization of `dicom_index` and `image_cache` for the partition: the UI then shows the
+    predictions of that hospital stale. Fails when the drop cannot be withdrawn (unknown, or still in landing)."""
+    try:
+        result = drop_withdrawal.withdraw_drop(mammo.get(), config.hospital, config.drop, dry_run=config.dry_run)
+    except drop_withdrawal.NotWithdrawable as e:
+        raise dg.Failure(str(e)) from e
+    context.log.info(result.report())
+    metadata = {
+        "dry_run": result.dry_run,
+        "images": result.images,
+        "kept_by_another_copy": result.elsewhere,
+        "withdrawn": result.withdrawn,
+        "withdrawn_from_labels": result.from_labels,
+    }
+    if not result.dry_run:
+        for asset in ("dicom_index", "image_cache"):
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset,
+                    partition=config.hospital,
+                    description=f"drop {config.drop} withdrawn by the withdraw_drop job",
+                    metadata={"withdrawn_drop": config.drop, "withdrawn": result.withdrawn},
+                )
+            )
+    return dg.Output(None, metadata=metadata)
+
+
+@dg.job(
+    name="withdraw_drop",
+    description=(
+        "Withdraw the images of a drop whose files were deleted from landing (a drop folder with no file left "
+        "counts as archived and keeps its images): renditions deleted, images withdrawn in the label store. Dry "
+        "run by default: set dry_run: false to withdraw."
+    ),
+    tags={"mammo/job": "maintenance"},
+)
+def withdraw_drop() -> None:
+    withdraw_drop_op()
