@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import dagster as dg
-
 from mammo_pipeline import cache as cache_module
 from mammo_pipeline.defs.jobs import prune_cache
-from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline_tests.defs.job_runs import failure_description, output_metadata, run_job
 from mammo_pipeline_tests.test_cache_prune import small_cache
 
 
 def _run(instance, **config):
-    return prune_cache.execute_in_process(
-        run_config={"ops": {"prune_cache_op": {"config": config}}},
-        resources={"mammo": MammoSettings()},  # the test's MAMMO_* environment
-        instance=instance,
-        raise_on_error=False,
-    )
-
-
-def _metadata(result) -> dict:
-    (output,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_OUTPUT]
-    return {k: v.value for k, v in output.step_output_data.metadata.items()}
+    return run_job(prune_cache, "prune_cache_op", instance, **config)
 
 
 def test_prune_cache_is_a_dry_run_unless_told_and_records_what_it_deleted(settings, instance):
@@ -29,13 +17,13 @@ def test_prune_cache_is_a_dry_run_unless_told_and_records_what_it_deleted(settin
 
     dry = _run(instance)
     assert dry.success and made["orphan"].exists()
-    metadata = _metadata(dry)
+    metadata = output_metadata(dry)
     assert (metadata["dry_run"], metadata["files"], metadata["bytes"]) == (True, 1, 1500)
     assert metadata["per_hospital"]["h1"]["orphan_png"] == {"files": 1, "bytes": 1500}
 
     done = _run(instance, dry_run=False, hospital="h1")
     assert done.success and not made["orphan"].exists() and all(p.exists() for p in made["named"])
-    assert _metadata(done)["files"] == 1
+    assert output_metadata(done)["files"] == 1
 
 
 def test_prune_cache_fails_naming_a_hospital_a_cache_run_holds(settings, instance):
@@ -43,5 +31,4 @@ def test_prune_cache_fails_naming_a_hospital_a_cache_run_holds(settings, instanc
     with cache_module.run_lock_now(settings, "h1"):
         result = _run(instance, dry_run=False)
     assert not result.success and made["orphan"].exists()
-    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    assert "not pruned: h1" in failure.step_failure_data.user_failure_data.description
+    assert "not pruned: h1" in failure_description(result)

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import shutil
 
-import dagster as dg
-
 from mammo_pipeline.cache import read_manifest
 from mammo_pipeline.defs.jobs import withdraw_drop
-from mammo_pipeline.defs.resources import MammoSettings
+from mammo_pipeline_tests.defs.job_runs import failure_description, output_metadata, run_job
 from mammo_pipeline_tests.test_drop_withdrawal import _ingested
 
 
 def _run(instance, **config):
-    return withdraw_drop.execute_in_process(
-        run_config={"ops": {"withdraw_drop_op": {"config": config}}},
-        resources={"mammo": MammoSettings()},  # the test's MAMMO_* environment
-        instance=instance,
-        raise_on_error=False,
-    )
-
-
-def _metadata(result) -> dict:
-    (output,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_OUTPUT]
-    return {k: v.value for k, v in output.step_output_data.metadata.items()}
+    return run_job(withdraw_drop, "withdraw_drop_op", instance, **config)
 
 
 def test_withdraw_drop_is_a_dry_run_unless_told_and_marks_the_partitions_assets(settings, instance):
@@ -32,7 +20,7 @@ def test_withdraw_drop_is_a_dry_run_unless_told_and_marks_the_partitions_assets(
 
     dry = _run(instance, hospital="h1", drop="d1")
     assert dry.success and len(read_manifest(settings, "h1")) == 4
-    assert _metadata(dry) == {
+    assert output_metadata(dry) == {
         "dry_run": True,
         "images": 2,
         "kept_by_another_copy": 1,
@@ -43,7 +31,7 @@ def test_withdraw_drop_is_a_dry_run_unless_told_and_marks_the_partitions_assets(
 
     done = _run(instance, hospital="h1", drop="d1", dry_run=False)
     assert done.success and len(read_manifest(settings, "h1")) == 3
-    assert (_metadata(done)["withdrawn"], _metadata(done)["withdrawn_from_labels"]) == (1, 1)
+    assert (output_metadata(done)["withdrawn"], output_metadata(done)["withdrawn_from_labels"]) == (1, 1)
     marked = done.asset_materializations_for_node("withdraw_drop_op")
     assert {(m.asset_key.to_user_string(), m.partition) for m in marked} == {
         ("dicom_index", "h1"),
@@ -55,5 +43,4 @@ def test_withdraw_drop_fails_for_a_drop_landing_still_holds(settings, instance):
     _ingested(settings)
     result = _run(instance, hospital="h1", drop="d1", dry_run=False)
     assert not result.success and len(read_manifest(settings, "h1")) == 4
-    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    assert "still holds files" in failure.step_failure_data.user_failure_data.description
+    assert "still holds files" in failure_description(result)
