@@ -1,19 +1,24 @@
 """Discovery: walk one hospital's drops, read every new header in parallel, write the `dicom_index` partition.
 
-One Parquet file per drop (`warehouse/dicom_index/hospital=<h>/<drop>.parquet`), replaced atomically, so a
-second drop adds a file and a crash loses at most the drop in progress. A file already indexed or
-quarantined with the same (rel_path, size, mtime_ns) is not opened again. One bad file never fails the
-partition: it becomes a quarantine row (`quarantine/hospital=<h>/index-<drop>.parquet`) with its reason, and
-that holds in the stage that writes the table too: every row is clamped into the schema's types in the worker
-(`conform_row`), and a row pyarrow still refuses is quarantined `unsupported` on its own. An indexed file gone
-from its path is `withdrawn` (deleted from its drop), unless its SOP Instance UID is indexed again in the same run
-from another file of the hospital (moved to another drop, or renamed): then it is `moved`, neither withdrawn nor
-new, and the cache, which keys its manifest by SOP Instance UID, keeps the image. An indexed file overwritten in
-place by one the index cannot read as an image (garbage, a truncated copy: a re-sent drop damaged in transfer) is
-not a deletion either: the image keeps its row, which names the file it was read from, the new file is quarantined
-with its reason, and the run counts it `replaced_unreadable`; the cache keeps its rendition. A readable file in its
-place (another image, a copy of one indexed elsewhere, a non-mammography or tomosynthesis object) replaces the
-image as before, and deleting the damaged file withdraws it as any deletion does.
+One Parquet file per drop (`warehouse/dicom_index/hospital=<h>/<drop>.parquet`), replaced atomically, so a second
+drop adds a file and a crash loses at most the drop in progress. A file already indexed or quarantined with the same
+(rel_path, size, mtime_ns) is not opened again. One bad file never fails the partition: it becomes a quarantine row
+(`quarantine/hospital=<h>/index-<drop>.parquet`) with its reason, and that holds in the stage that writes the table
+too: every row is clamped into the schema's types in the worker (`conform_row`), and a row pyarrow still refuses is
+quarantined `unsupported` on its own. An indexed file gone from its path is `withdrawn` (deleted from its drop),
+unless its SOP Instance UID is indexed again in the same run from another file of the hospital (moved to another
+drop, or renamed): then it is `moved`, neither withdrawn nor new, and the cache, which keys its manifest by SOP
+Instance UID, keeps the image. A drop cleaned out of landing (its folder gone, or without files) keeps its rows,
+which name files that are gone, and withdraws nothing: a clean-up after ingest. A copy of one of those images read
+in another drop of the hospital, in that run or a later one (the whole drop moved, or the image sent again), takes
+its row over: it is indexed where it is, counted `moved`, and the row leaves the cleaned-out drop's table (rewritten
+atomically after the copies' tables, empty when no row is left; a run killed in between leaves the row, which the
+next run removes); another image under the UID (`_identity`) does not. An indexed file overwritten in place by one
+the index cannot read as an image (garbage, a truncated copy: a re-sent drop damaged in transfer) is not a deletion
+either: the image keeps its row, which names the file it was read from, the new file is quarantined with its reason,
+and the run counts it `replaced_unreadable`; the cache keeps its rendition. A readable file in its place (another
+image, a copy of one indexed elsewhere, a non-mammography or tomosynthesis object) replaces the image as before, and
+deleting the damaged file withdraws it as any deletion does.
 
 `rel_path` in every row and message is the pseudonymized path of `source_paths.py` (`<hospital>/<drop>/<hash>`);
 the index writes the private lookup that maps it back to the file. A drop refused (`landing.drop_refusal`) after it
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydicom.misc import is_dicom
 
@@ -141,7 +147,8 @@ class IndexResult:
     forgotten: int = 0  # refused drops indexed before (half-copied then): what was written under their name removed
     withdrawn: int = 0  # indexed images whose file was deleted from its drop (still in landing): their rows went
     # indexed images whose file left its path and whose SOP Instance UID is indexed this run from another file of the
-    # hospital (moved to another drop or renamed): the image stays, only its row's drop and rel_path changed
+    # hospital (moved to another drop or renamed; or a copy taking over a row of a drop cleaned out of landing): the
+    # image stays, only its row's drop and rel_path changed
     moved: int = 0
     # indexed images whose file was overwritten by one the index cannot read as an image (damaged in transfer, cut
     # short, not DICOM, not readable): the image keeps its row (the file it was read from) and the new file is
@@ -244,16 +251,31 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         for record in plan.kept_rows + plan.kept_replaced:
             seen.setdefault(record[_SOP], (record[_REL], _identity(record)))
     planned = {index_path(settings, hospital, drop) for drop in plans}
+    held = set(seen)  # SOP Instance UIDs held by rows of files present at their path
+    # rows of drops cleaned out of landing (folder gone or without files; not one the index may not list): sop ->
+    # rel_path of the row, whose file is gone, so a copy read this run takes the row over (`_deduplicate`) ...
+    vacant: dict[str, str] = {}
+    # ... and, per such drop's table, its rows that go (taken over) once the run has written the copies' tables
+    cleaned: dict[Path, list[tuple[str, str]]] = {}
     for path in sorted(settings.table_dir("dicom_index", hospital).glob("*.parquet")):
         if path not in planned:  # a drop gone from landing keeps its rows, and its images stay taken
             present = set(pq.read_schema(path).names)
             table = pq.read_table(
                 path, columns=[c for c in ("sop_instance_uid", "rel_path", *IDENTITY) if c in present]
             )
+            listed = path.name.removesuffix(".parquet") not in unlistable
             for row in table.to_pylist():
-                seen.setdefault(row["sop_instance_uid"], (row["rel_path"], tuple(row.get(c) for c in IDENTITY)))
+                sop, rel, identity = row["sop_instance_uid"], row["rel_path"], tuple(row.get(c) for c in IDENTITY)
+                first = seen.setdefault(sop, (rel, identity))
+                if not listed:
+                    continue
+                if first[0] == rel:
+                    vacant[sop] = rel
+                    cleaned.setdefault(path, []).append((sop, rel))
+                elif sop in held and not _differ(first[1], identity):  # a run killed before it removed this row
+                    cleaned.setdefault(path, []).append((sop, rel))
     for drop, plan in plans.items():
-        _reread_orphaned_duplicates(plan, files[drop], seen)
+        _reread_orphaned_duplicates(plan, files[drop], seen, vacant)
     total = sum(len(p.to_read) for p in plans.values())
     done = 0
     reasons: Counter[str] = Counter()
@@ -277,7 +299,7 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         order = {entry[3]: i for i, entry in enumerate(files[drop])}  # real-path order: the first file by name wins
         new_rows.sort(key=lambda r: order.get(r[_REL], len(order)))
         before = dict(seen)
-        unique, duplicates = _deduplicate(new_rows, seen)
+        unique, duplicates = _deduplicate(new_rows, seen, vacant)
         rows = sorted(plan.kept_rows + unique, key=itemgetter(_REL))  # records are conformed already
         table = _table(rows)  # one conversion; only when pyarrow refuses a row are the rows tried one by one
         if table is None:
@@ -285,7 +307,7 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
             seen.update(before)
             accepted, refused = _isolate([dict(zip(NAMES, r, strict=True)) for r in new_rows])
             new_quarantine.extend(refused)
-            unique, duplicates = _deduplicate([tuple(r.values()) for r in accepted], seen)
+            unique, duplicates = _deduplicate([tuple(r.values()) for r in accepted], seen, vacant)
             rows = sorted(plan.kept_rows + unique, key=itemgetter(_REL))
             table = _records_table(rows)
         new_quarantine.extend(duplicates)
@@ -294,13 +316,20 @@ def index_hospital(settings: Settings, hospital: str, progress: ProgressFn | Non
         if plan.kept_replaced or replaced:
             rows = sorted(rows + plan.kept_replaced + replaced, key=itemgetter(_REL))
             table = _records_table(rows)  # rows the index wrote before: they fit the schema
-        moved = sum(record[_SOP] in gone for record in unique)  # back under another path: not new, not withdrawn
+        # back under another path (or in the place of a row of a drop cleaned out of landing): not new, not withdrawn
+        moved = sum(record[_SOP] in gone or record[_SOP] in vacant for record in unique)
         result.new += len(unique) - moved
         result.moved += moved
         reasons.update(q["reason"] for q in new_quarantine)
         result.index_paths.append(_write_table(table, index_path(settings, hospital, drop)))
         quarantine = sorted(plan.kept_quarantine + new_quarantine, key=lambda r: r["rel_path"])
         result.quarantine_paths.append(write_quarantine(quarantine, index_quarantine_path(settings, hospital, drop)))
+    for path, rows in cleaned.items():  # after the copies' tables: a kill in between leaves a row the next run removes
+        taken = {sop for sop, rel in rows if seen[sop][0] != rel}
+        if taken:
+            table = pq.read_table(path)
+            keep = pc.invert(pc.is_in(table["sop_instance_uid"], value_set=pa.array(sorted(taken), type=pa.string())))
+            result.index_paths.append(_write_table(table.filter(keep), path))  # none left: written empty
     if progress and total == 0:
         progress(0, 0)
     result.withdrawn = len(gone - seen.keys())  # `seen`: every SOP Instance UID the index holds after the run
@@ -408,6 +437,12 @@ def _identity(record: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(record[i] for i in _IDENTITY)
 
 
+def _differ(held: tuple[Any, ...], other: tuple[Any, ...]) -> list[str]:
+    """The `IDENTITY` columns in which `other` differs from the image that holds the UID (`held`; unknown there:
+    not a difference): none for a copy, some for another image under the same SOP Instance UID."""
+    return [c for c, a, b in zip(IDENTITY, held, other, strict=True) if a is not None and a != b]
+
+
 _CONFORM_PLAN = [(f.name, _conformer(f.type), pa.types.is_string(f.type)) for f in SCHEMA]
 
 
@@ -484,11 +519,12 @@ def _records_table(records: list[tuple[Any, ...]]) -> pa.Table:
 
 
 def _deduplicate(
-    records: list[tuple[Any, ...]], seen: dict[str, tuple[str, tuple[Any, ...]]]
+    records: list[tuple[Any, ...]], seen: dict[str, tuple[str, tuple[Any, ...]]], vacant: dict[str, str]
 ) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
-    """(records whose SOP Instance UID is new, quarantine rows for the others: `duplicate` for a copy of the image
-    that holds the UID, `uid_collision` for another image under it, `IDENTITY` telling them apart); `seen` (sop uid
-    -> rel_path and identity of the record that holds it) is updated."""
+    """(records whose SOP Instance UID is new, or held by a row of a drop cleaned out of landing (`vacant`: sop uid
+    -> that row's rel_path, whose file is gone) that a copy of its image takes over; quarantine rows for the others:
+    `duplicate` for a copy of the image that holds the UID, `uid_collision` for another image under it, `IDENTITY`
+    telling them apart); `seen` (sop uid -> rel_path and identity of the record that holds it) is updated."""
     unique, duplicates = [], []
     for record in records:
         sop, rel = record[_SOP], record[_REL]
@@ -497,7 +533,11 @@ def _deduplicate(
             unique.append(record)
             continue
         row = dict(zip(NAMES, record, strict=True))
-        differ = [c for c, a, b in zip(IDENTITY, identity, _identity(record), strict=True) if a is not None and a != b]
+        differ = _differ(identity, _identity(record))
+        if not differ and vacant.get(sop) == first:  # the copy present takes over the row of a file that is gone
+            seen[sop] = (rel, _identity(record))
+            unique.append(record)
+            continue
         if differ:
             message = (
                 f"{rel}: another image under SOP Instance UID {sop}, already indexed from {first} (differs in "
@@ -614,15 +654,20 @@ def _keep_replaced(
 
 
 def _reread_orphaned_duplicates(
-    plan: _DropPlan, entries: list[tuple[str, int, int, str]], seen: dict[str, tuple[str, tuple[Any, ...]]]
+    plan: _DropPlan,
+    entries: list[tuple[str, int, int, str]],
+    seen: dict[str, tuple[str, tuple[Any, ...]]],
+    vacant: dict[str, str],
 ) -> None:
     """Move a kept `duplicate` quarantine row whose SOP Instance UID no kept row holds any more (the file that won
     was deleted or changed) back to the files to read: otherwise the surviving copy stayed quarantined as the
-    duplicate of nothing, and its image out of the index, until someone touched the file."""
+    duplicate of nothing, and its image out of the index, until someone touched the file. So too a `duplicate` of
+    a row of a drop cleaned out of landing (`vacant`: its file is gone), which the copy then takes over."""
     orphans = {
         q["rel_path"]
         for q in plan.kept_quarantine
-        if q["reason"] in (DUPLICATE, UID_COLLISION) and q["sop_instance_uid"] not in seen
+        if (q["reason"] in (DUPLICATE, UID_COLLISION) and q["sop_instance_uid"] not in seen)
+        or (q["reason"] == DUPLICATE and q["sop_instance_uid"] in vacant)
     }
     if orphans:
         plan.kept_quarantine[:] = [q for q in plan.kept_quarantine if q["rel_path"] not in orphans]

@@ -273,6 +273,40 @@ def test_a_file_moved_to_another_drop_is_counted_moved_and_withdrawn_nowhere(set
     assert tuple(synced[key].value for key in keys) == (0, 0, 0, 1)
 
 
+def test_a_whole_drop_moved_to_another_drop_is_counted_moved_and_withdrawn_nowhere(settings):
+    """Moving every file of a drop into another drop (landing reorganized, the first folder deleted) left the
+    first drop counted as cleaned out of landing: its rows were kept, naming files that are gone, and the moved
+    files were quarantined as their `duplicate`s. They now take the rows over: dicom_index counts them `moved`,
+    image_cache withdraws nothing (the label store keeps the image and its label) and its manifest names where the
+    files are now."""
+    root = settings.landing / "h1"
+    for name in ("a", "b"):
+        write_mg(root / "d1" / f"{name}.dcm")
+    sop = str(pydicom.dcmread(root / "d1" / "b.dcm", stop_before_pixels=True).SOPInstanceUID)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1"])
+    specs = [dg.AssetSpec("image_cache", partitions_def=hospital_partitions), label_store, labels]
+    _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    _materialize(settings, specs, instance)
+    store = LabelStore(settings.labels_db)
+    image = int(store.images().set_index("sop_instance_uid").loc[sop, "id"])
+    store.record(image, 1, "alice")
+
+    os.rename(root / "d1", root / "d2")  # every file of d1 now in d2, d1 gone
+    result = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    indexed, cached = _metadata(result, dicom_index), _metadata(result, image_cache)
+    assert (indexed["moved"], indexed["new"], indexed["withdrawn"], indexed["dagster/row_count"]) == (2, 0, 0, 2)
+    assert not [key for key in indexed if key.startswith("quarantined_")]  # no `duplicate` rows
+    assert (cached["withdrawn"], cached["withdrawn_from_labels"], cached["dagster/row_count"]) == (0, 0, 2)
+    manifest = read_manifest(settings, "h1")
+    assert set(manifest["drop"]) == {"d2"}
+    assert len([p for p in settings.cache.rglob(f"{sop}.*") if p.suffix in (".png", ".npz")]) == 3
+    assert store.n_withdrawn() == 0 and store.current_labels()["image_id"].tolist() == [image]
+    synced = _materialize(settings, specs, instance).asset_materializations_for_node("labels")[0].metadata
+    keys = ("new_images", "withdrawn_images", "restored_images", "dagster/row_count")
+    assert tuple(synced[key].value for key in keys) == (0, 0, 0, 1)
+
+
 def test_a_file_sent_to_two_hospitals_is_withdrawn_when_its_last_copy_goes(settings):
     """The same file sent to two hospitals is one image in the label store, named after one of them. Deleting that
     hospital's copy withdrew it at once though the other still held it (until the next label sync restored it),

@@ -339,17 +339,148 @@ def test_another_image_under_a_sop_uid_already_taken_is_a_uid_collision_not_a_co
     assert rows.loc["duplicate", "drop"] == "d3"
 
 
-def test_a_copy_of_an_image_whose_drop_left_landing_is_still_a_duplicate(settings):
-    """A drop cleaned out of landing keeps its index rows (its renditions stay usable), so its images are still
-    taken: a copy arriving in a later drop is a duplicate, not a second row of the same SOP Instance UID."""
-    first = write_mg(settings.landing / "h1" / "d1" / "a.dcm")
+@pytest.mark.parametrize("left", ["empty", "deleted"])
+def test_every_file_of_a_drop_moved_to_another_drop_is_counted_moved_not_duplicate(settings, left):
+    """Moving every file of a drop into another drop (landing reorganized: d1 left empty, or deleted) left d1 with
+    no file, so it counted as cleaned out of landing: its rows were kept, naming files that are gone, and the moved
+    files were quarantined as their `duplicate`s. A present file with the SOP Instance UID of such a row now takes
+    the row over: counted `moved` (neither new nor duplicate), its row names where it is, d1's table loses it."""
+    import pyarrow.parquet as pq
+
+    root = settings.landing / "h1"
+    for name in ("a", "b"):
+        write_mg(root / "d1" / f"{name}.dcm")
     index_hospital(settings, "h1")
-    (settings.landing / "h1" / "d2").mkdir(parents=True)
-    shutil.copy(first, settings.landing / "h1" / "d2" / "a_again.dcm")
-    shutil.rmtree(settings.landing / "h1" / "d1")
+    (root / "d2").mkdir()
+    for name in ("a", "b"):
+        os.rename(root / "d1" / f"{name}.dcm", root / "d2" / f"{name}.dcm")
+    if left == "deleted":
+        (root / "d1").rmdir()
     result = index_hospital(settings, "h1")
-    assert (result.rows, result.quarantined) == (1, {"duplicate": 1})
-    assert index_hospital(settings, "h1").quarantined == {}  # and it stays one, without being read again
+    assert (result.moved, result.new, result.withdrawn, result.quarantined, result.rows) == (2, 0, 0, {}, 2)
+    assert result.read == 2
+    assert read_partition(settings, "quarantine", "h1").empty  # no `duplicate` rows
+    index = read_partition(settings, "dicom_index", "h1")
+    assert set(index["drop"]) == {"d2"}
+    assert set(index["rel_path"]) == {pseudo(settings, f"h1/d2/{n}.dcm") for n in ("a", "b")}
+    assert pq.read_table(index_module.index_path(settings, "h1", "d1")).num_rows == 0  # written empty
+    again = index_hospital(settings, "h1")
+    assert (again.moved, again.new, again.withdrawn, again.unchanged, again.rows) == (0, 0, 0, 2, 2)
+    assert again.quarantined == {}
+
+
+def test_a_run_killed_before_it_removed_the_rows_taken_over_is_finished_by_the_next(settings, monkeypatch):
+    """The rows a copy took over leave their cleaned-out drop's table after the copies' tables are written: a run
+    killed in between leaves the image under two rows, and the next run removes the stale one."""
+    import pyarrow.parquet as pq
+
+    root = settings.landing / "h1"
+    for name in ("a", "b"):
+        write_mg(root / "d1" / f"{name}.dcm")
+    index_hospital(settings, "h1")
+    os.rename(root / "d1", root / "d2")
+    stale = index_module.index_path(settings, "h1", "d1")
+    write_table = index_module._write_table
+
+    def killed(table, path):
+        if path == stale:
+            raise KeyboardInterrupt
+        return write_table(table, path)
+
+    monkeypatch.setattr(index_module, "_write_table", killed)
+    with pytest.raises(KeyboardInterrupt):
+        index_hospital(settings, "h1")
+    assert len(read_partition(settings, "dicom_index", "h1")) == 4  # d2's rows written, d1's not yet removed
+    monkeypatch.setattr(index_module, "_write_table", write_table)
+    result = index_hospital(settings, "h1")
+    assert (result.rows, result.unchanged, result.new, result.moved, result.withdrawn) == (2, 2, 0, 0, 0)
+    assert pq.read_table(stale).num_rows == 0 and set(read_partition(settings, "dicom_index", "h1")["drop"]) == {"d2"}
+
+
+@pytest.mark.parametrize("left", ["empty", "deleted"])
+def test_a_drop_cleaned_out_of_landing_keeps_its_rows_and_withdraws_nothing(settings, left):
+    """Deleting a drop folder, or emptying it, after ingest is a normal clean-up (an archive's
+    `rsync --remove-source-files`): its rows are the record of what was ingested, so they stay, and nothing is
+    withdrawn, run after run."""
+    root = settings.landing / "h1"
+    for name in ("a", "b"):
+        write_mg(root / "d1" / f"{name}.dcm")
+    write_mg(root / "d2" / "c.dcm")
+    index_hospital(settings, "h1")
+    before = read_partition(settings, "dicom_index", "h1").sort_values("rel_path").reset_index(drop=True)
+    for name in ("a", "b"):
+        (root / "d1" / f"{name}.dcm").unlink()
+    if left == "deleted":
+        (root / "d1").rmdir()
+    for _ in range(2):
+        result = index_hospital(settings, "h1")
+        assert (result.withdrawn, result.moved, result.new, result.rows, result.quarantined) == (0, 0, 0, 3, {})
+        after = read_partition(settings, "dicom_index", "h1").sort_values("rel_path").reset_index(drop=True)
+        pd.testing.assert_frame_equal(after, before)
+
+
+def test_a_copy_of_an_image_whose_drop_left_landing_takes_its_row_over(settings):
+    """A drop cleaned out of landing keeps its index rows (its renditions stay usable), and a copy of one of its
+    images arriving later was quarantined as its `duplicate`, the row naming a file that is gone. The copy is now
+    indexed in its place, counted `moved`, whether it comes in the run that finds the drop gone or in a later one,
+    or was quarantined as a duplicate while the drop was still there; the row then names a file the cache can read
+    again (a new normalization renders it). The drop's other rows stay."""
+    root = settings.landing / "h1"
+    first = write_mg(root / "d1" / "a.dcm")
+    second = write_mg(root / "d1" / "b.dcm")
+    third = write_mg(root / "d1" / "c.dcm")
+    write_mg(root / "d1" / "kept.dcm")
+    index_hospital(settings, "h1")
+    sops = read_partition(settings, "dicom_index", "h1").set_index("rel_path")["sop_instance_uid"]
+    (root / "d2").mkdir()
+    shutil.copy(first, root / "d2" / "a_again.dcm")  # a duplicate while d1 is there
+    assert index_hospital(settings, "h1").quarantined == {"duplicate": 1}
+    shutil.copy(second, root / "d2" / "b_again.dcm")  # arrives in the run that finds d1 gone
+    kept = third.read_bytes()
+    shutil.rmtree(root / "d1")
+    result = index_hospital(settings, "h1")
+    assert (result.moved, result.new, result.withdrawn, result.quarantined, result.rows) == (2, 0, 0, {}, 4)
+    assert read_partition(settings, "quarantine", "h1").empty
+    (root / "d3").mkdir()
+    (root / "d3" / "c_later.dcm").write_bytes(kept)  # arrives in a later run
+    later = index_hospital(settings, "h1")
+    assert (later.moved, later.new, later.withdrawn, later.quarantined, later.rows) == (1, 0, 0, {}, 4)
+    index = read_partition(settings, "dicom_index", "h1").set_index("sop_instance_uid")["rel_path"]
+    assert index[sops[pseudo(settings, "h1/d1/a.dcm")]] == pseudo(settings, "h1/d2/a_again.dcm")
+    assert index[sops[pseudo(settings, "h1/d1/b.dcm")]] == pseudo(settings, "h1/d2/b_again.dcm")
+    assert index[sops[pseudo(settings, "h1/d1/c.dcm")]] == pseudo(settings, "h1/d3/c_later.dcm")
+    assert index[sops[pseudo(settings, "h1/d1/kept.dcm")]] == pseudo(settings, "h1/d1/kept.dcm")  # not come back
+    again = index_hospital(settings, "h1")
+    assert (again.moved, again.new, again.withdrawn, again.quarantined, again.rows) == (0, 0, 0, {}, 4)
+
+
+def test_another_image_under_the_uid_of_a_cleaned_out_drops_image_does_not_take_its_row(settings, monkeypatch):
+    """Only a copy takes a cleaned-out drop's row over: another image under its SOP Instance UID (another side) is
+    a `uid_collision`, and the row stays, run after run; so does the row of a drop the index may not list (its
+    file may be there), whose copy stays a `duplicate`."""
+    from mammo_pipeline import landing as landing_module
+
+    root = settings.landing / "h1"
+    write_mg(root / "d1" / "a.dcm", SOPInstanceUID="1.2.3.4.5", StudyInstanceUID="1.2.3.9")
+    shown = write_mg(root / "d3" / "s1" / "c.dcm")
+    index_hospital(settings, "h1")
+    shutil.rmtree(root / "d1")
+    write_mg(root / "d2" / "r.dcm", SOPInstanceUID="1.2.3.4.5", StudyInstanceUID="1.2.3.9", ImageLaterality="R")
+    shutil.copy(shown, root / "d2" / "c_again.dcm")
+    real_scandir = os.scandir
+
+    def scandir(folder):
+        if os.fspath(folder).endswith("s1"):
+            raise PermissionError(13, "Permission denied", os.fspath(folder))
+        return real_scandir(folder)
+
+    monkeypatch.setattr(landing_module.os, "scandir", scandir)
+    result = index_hospital(settings, "h1")
+    assert result.quarantined == {"uid_collision": 1, "duplicate": 1} and result.moved == 0 and result.rows == 2
+    assert index_hospital(settings, "h1").quarantined == {}  # kept, not read again
+    monkeypatch.setattr(landing_module.os, "scandir", real_scandir)
+    index = read_partition(settings, "dicom_index", "h1")
+    assert set(index["rel_path"]) == {pseudo(settings, "h1/d1/a.dcm"), pseudo(settings, "h1/d3/s1/c.dcm")}
 
 
 def test_a_file_moved_to_another_drop_or_renamed_is_counted_moved_not_withdrawn_and_new(settings):
