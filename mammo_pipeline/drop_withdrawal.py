@@ -57,7 +57,8 @@ def cleaned_out_drops(settings: Settings, hospital: str) -> list[str]:
     """The drops of `hospital` whose rows the index keeps while landing holds no file of them (gone or emptied),
     sorted: the drops `withdraw_drop` accepts."""
     folder = settings.table_dir("dicom_index", check_hospital_key(hospital))
-    indexed = sorted(p.stem for p in folder.glob("*.parquet")) if folder.is_dir() else []
+    tables = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    indexed = [p.stem for p in tables if pq.read_metadata(p).num_rows]  # an emptied table: its rows moved
     return [drop for drop in indexed if not _holds_files(settings, hospital, drop)]
 
 

@@ -36,24 +36,23 @@ def _ingested(settings) -> dict[str, str]:
 
 def test_a_drop_whose_files_were_deleted_keeps_its_images_until_it_is_withdrawn(settings):
     """Deleting every file of a drop looks like archiving it after ingest, so its images stay in use (the index
-    keeps its rows). `withdraw_drop` takes them out: renditions deleted, withdrawn in the label store; the other
-    drop's images, and one of the drop's images that another drop holds a copy of, stay."""
+    keeps its rows; one another drop holds a copy of is taken over by that copy, counted moved). `withdraw_drop`
+    takes the rest out: renditions deleted, withdrawn in the label store; the other drop's images stay."""
     uids = _ingested(settings)
     before = read_manifest(settings, "h1").set_index("sop_instance_uid")
     shutil.rmtree(settings.landing / "h1" / "d1")
     (settings.landing / "h1" / "d1").mkdir()  # emptied, as `rsync --remove-source-files` leaves it
-    index_hospital(settings, "h1")
-    assert cache_hospital(settings, "h1").withdrawn == 0  # a cleaned-out drop: nothing withdrawn on its own
-    assert cleaned_out_drops(settings, "h1") == ["d1"]
-
-    dry = withdraw_drop(settings, "h1", "d1", dry_run=True)
+    dry = withdraw_drop(settings, "h1", "d1", dry_run=True)  # before any index run: a's copy is still a duplicate
     assert (dry.images, dry.elsewhere, dry.withdrawn) == (2, 1, 0)
     assert len(read_manifest(settings, "h1")) == 4  # a dry run changes nothing
 
+    assert index_hospital(settings, "h1").moved == 1  # a: d2's copy took its row over
+    assert cache_hospital(settings, "h1").withdrawn == 0  # a cleaned-out drop: nothing withdrawn on its own
+    assert cleaned_out_drops(settings, "h1") == ["d1"]
     done = withdraw_drop(settings, "h1", "d1")
-    assert (done.images, done.withdrawn, done.from_labels) == (2, 1, 1)
+    assert (done.images, done.elsewhere, done.withdrawn, done.from_labels) == (1, 0, 1, 1)
     manifest = read_manifest(settings, "h1").set_index("sop_instance_uid")
-    assert set(manifest.index) == {uids["a"], uids["c"], uids["d"]}  # b withdrawn; a back from d2's copy
+    assert set(manifest.index) == {uids["a"], uids["c"], uids["d"]}  # b withdrawn; a kept through d2's copy
     assert manifest.loc[uids["a"], "drop"] == "d2"
     assert not (settings.cache / before.loc[uids["b"], "display_png"]).exists()
     store, _ = sync_from_warehouse(settings)
@@ -61,6 +60,16 @@ def test_a_drop_whose_files_were_deleted_keeps_its_images_until_it_is_withdrawn(
     assert withdrawn[withdrawn].index.tolist() == [uids["b"]]
     assert cleaned_out_drops(settings, "h1") == []
     assert index_hospital(settings, "h1").withdrawn == 0 and cache_hospital(settings, "h1").withdrawn == 0  # stable
+
+
+def test_a_drop_withdrawn_before_the_index_saw_it_go_keeps_the_image_another_drop_holds(settings):
+    """Withdrawn straight after its files were deleted: the copy in the other drop, still a `duplicate`, takes its
+    image back into the index in the same step, so only the image no file holds is withdrawn."""
+    uids = _ingested(settings)
+    shutil.rmtree(settings.landing / "h1" / "d1")
+    done = withdraw_drop(settings, "h1", "d1")
+    assert (done.images, done.elsewhere, done.withdrawn, done.from_labels) == (2, 1, 1, 1)
+    assert set(read_manifest(settings, "h1")["sop_instance_uid"]) == {uids["a"], uids["c"], uids["d"]}
 
 
 def test_a_drop_landing_still_holds_or_the_index_never_held_is_refused(settings):
