@@ -122,6 +122,23 @@ def test_data_versions_follow_the_rows_so_downstream_shows_stale_only_after_a_ch
     assert second[0] != first[0] and second[1] != first[1]
 
 
+def _labeled_drop(settings, drop) -> tuple[dg.DagsterInstance, list, LabelStore, int, str]:
+    """a.dcm and b.dcm in `drop` (a drop folder of h1) indexed, cached and in the label store, b labeled by alice:
+    (the instance, the assets a label sync materializes, the store, b's image id, b's SOP Instance UID)."""
+    for name in ("a", "b"):
+        write_mg(drop / f"{name}.dcm")
+    sop = str(pydicom.dcmread(drop / "b.dcm", stop_before_pixels=True).SOPInstanceUID)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("hospital", ["h1"])
+    specs = [dg.AssetSpec("image_cache", partitions_def=hospital_partitions), label_store, labels]
+    _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
+    _materialize(settings, specs, instance)
+    store = LabelStore(settings.labels_db)
+    image = int(store.images().set_index("sop_instance_uid").loc[sop, "id"])
+    store.record(image, 1, "alice")
+    return instance, specs, store, image, sop
+
+
 def test_a_file_deleted_from_its_drop_is_counted_as_withdrawn(settings):
     """Its rows went from dicom_index and image_cache without a word: both said only "0 new, N unchanged"
     (stop 63's nightly probe). Both now count it (`withdrawn`), in the log line and the metadata. Its PNGs and
@@ -177,17 +194,7 @@ def test_a_file_overwritten_in_its_drop_by_one_that_cannot_be_read_is_not_withdr
     readable copy came. Now the image keeps its index row and rendition and stays in the label store with its
     label; the damaged file is quarantined with its reason and dicom_index counts it `replaced_unreadable`."""
     root = settings.landing / "h1" / "d1"
-    for name in ("a", "b"):
-        write_mg(root / f"{name}.dcm")
-    sop = str(pydicom.dcmread(root / "b.dcm", stop_before_pixels=True).SOPInstanceUID)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("hospital", ["h1"])
-    specs = [dg.AssetSpec("image_cache", partitions_def=hospital_partitions), label_store, labels]
-    _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
-    _materialize(settings, specs, instance)
-    store = LabelStore(settings.labels_db)
-    image = int(store.images().set_index("sop_instance_uid").loc[sop, "id"])
-    store.record(image, 1, "alice")
+    instance, specs, store, image, sop = _labeled_drop(settings, root)
     pngs = read_manifest(settings, "h1").set_index("sop_instance_uid").loc[sop, ["display_png", "model_png"]]
 
     (root / "b.dcm").write_bytes(b"\x00half a file, the rest lost in transfer" * 40)
@@ -245,17 +252,7 @@ def test_a_file_moved_to_another_drop_is_counted_moved_and_withdrawn_nowhere(set
     nothing (its renditions stay, the label store is not told to withdraw it) and the label sync keeps the image
     in use with its label."""
     root = settings.landing / "h1"
-    for name in ("a", "b"):
-        write_mg(root / "d1" / f"{name}.dcm")
-    sop = str(pydicom.dcmread(root / "d1" / "b.dcm", stop_before_pixels=True).SOPInstanceUID)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("hospital", ["h1"])
-    specs = [dg.AssetSpec("image_cache", partitions_def=hospital_partitions), label_store, labels]
-    _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
-    _materialize(settings, specs, instance)
-    store = LabelStore(settings.labels_db)
-    image = int(store.images().set_index("sop_instance_uid").loc[sop, "id"])
-    store.record(image, 1, "alice")
+    instance, specs, store, image, sop = _labeled_drop(settings, root / "d1")
 
     (root / "d2").mkdir()
     os.rename(root / "d1" / "b.dcm", root / "d2" / "b.dcm")
@@ -280,17 +277,7 @@ def test_a_whole_drop_moved_to_another_drop_is_counted_moved_and_withdrawn_nowhe
     image_cache withdraws nothing (the label store keeps the image and its label) and its manifest names where the
     files are now."""
     root = settings.landing / "h1"
-    for name in ("a", "b"):
-        write_mg(root / "d1" / f"{name}.dcm")
-    sop = str(pydicom.dcmread(root / "d1" / "b.dcm", stop_before_pixels=True).SOPInstanceUID)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("hospital", ["h1"])
-    specs = [dg.AssetSpec("image_cache", partitions_def=hospital_partitions), label_store, labels]
-    _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
-    _materialize(settings, specs, instance)
-    store = LabelStore(settings.labels_db)
-    image = int(store.images().set_index("sop_instance_uid").loc[sop, "id"])
-    store.record(image, 1, "alice")
+    instance, specs, store, image, sop = _labeled_drop(settings, root / "d1")
 
     os.rename(root / "d1", root / "d2")  # every file of d1 now in d2, d1 gone
     result = _materialize(settings, [dicom_index, image_cache], instance, partition_key="h1")
