@@ -166,7 +166,7 @@ class _Task(NamedTuple):
     model_size: int
     owner: str  # temp-file owner tag of the run (atomic.run_owner)
     label: str  # how messages name the file: the index's rel_path, never the resolved source path
-    alternates: tuple[tuple[str, str, int | None, int | None], ...] = ()  # the other copies (`_other_copies`):
+    alternates: tuple[tuple[str, str, int | None, int | None], ...] = ()  # the other copies (`other_copies`):
     # (source, label, file_size, file_mtime_ns) of each
     file_size: int | None = None  # what the index read: a file that differs now is not rendered (`_render_copy`)
     file_mtime_ns: int | None = None
@@ -266,7 +266,7 @@ def _cache(settings: Settings, hospital: str, result: CacheResult, progress: Pro
     result.for_processing = int(processing.sum())
     index = index[~processing].drop_duplicates("sop_instance_uid")
     result.images = len(index)
-    others = _other_copies(settings, hospital)  # sop -> the copies the index quarantined as `duplicate`
+    others = other_copies(settings, hospital)  # sop -> the copies the index quarantined as `duplicate`
 
     with _locked(table_dir):
         old, old_quarantine, _ = _load(result, table_dir)
@@ -368,7 +368,7 @@ def _read_index(settings: Settings, hospital: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INDEX_COLUMNS)
 
 
-def _other_copies(settings: Settings, hospital: str) -> dict[str, list[dict[str, Any]]]:
+def other_copies(settings: Settings, hospital: str) -> dict[str, list[dict[str, Any]]]:
     """sop -> the other copies of the image (the index keeps the first and quarantines the rest as `duplicate`):
     the cache falls back on them when the kept copy cannot be rendered (a drop re-sent to replace a file damaged
     in transfer; `_render_one`)."""

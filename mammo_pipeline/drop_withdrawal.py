@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-from mammo_pipeline.cache import cache_hospital
+from mammo_pipeline.cache import cache_hospital, other_copies
 from mammo_pipeline.dicom.index import forget_drop, index_hospital, index_path
-from mammo_pipeline.dicom.quarantine import DUPLICATE
 from mammo_pipeline.labels.store import LabelStore, forget_zoom_crops, withdraw_dropped
 from mammo_pipeline.landing import iter_dicom_stats
 from mammo_pipeline.settings import Settings, check_hospital_key
@@ -105,12 +104,6 @@ def _holds_files(settings: Settings, hospital: str, drop: str) -> bool:
 
 
 def _copies_elsewhere(settings: Settings, hospital: str, drop: str) -> set[str]:
-    """SOP Instance UIDs the index quarantined as `duplicate` in the hospital's other drops: those images come
-    back from that copy."""
-    held: set[str] = set()
-    for path in settings.table_dir("quarantine", hospital).glob("index-*.parquet"):
-        if path.name == f"index-{drop}.parquet":
-            continue
-        table = pq.read_table(path, columns=["sop_instance_uid", "reason"]).to_pylist()
-        held |= {row["sop_instance_uid"] for row in table if row["reason"] == DUPLICATE}
-    return held
+    """SOP Instance UIDs with a copy the index quarantined as `duplicate` in another drop of the hospital
+    (`cache.other_copies`, the copies the cache falls back on): those images come back from that copy."""
+    return {sop for sop, copies in other_copies(settings, hospital).items() if any(c["drop"] != drop for c in copies)}
