@@ -6,6 +6,7 @@ import dataclasses
 import os
 import re
 import shutil
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -35,6 +36,22 @@ def _corrupt_drop(settings, hospital="h1", drop="d1"):
     write_mg(root / "p2" / "nopix.dcm", pixels=False)
     write_mg(root / "p2" / "ct.dcm", Modality="CT", SOPClassUID="1.2.840.10008.5.1.4.1.1.2")
     return root
+
+
+def _deny_listing(monkeypatch, folder_name: str) -> Callable:
+    """Landing's walker gets "permission denied" listing any folder named `folder_name`; returns the real
+    `os.scandir`, to put back."""
+    from mammo_pipeline import landing as landing_module
+
+    real_scandir = os.scandir
+
+    def scandir(folder):
+        if os.fspath(folder).endswith(folder_name):
+            raise PermissionError(13, "Permission denied", os.fspath(folder))
+        return real_scandir(folder)
+
+    monkeypatch.setattr(landing_module.os, "scandir", scandir)
+    return real_scandir
 
 
 def test_index_hospital_quarantines_every_corrupt_kind_and_goes_on(settings):
@@ -467,14 +484,7 @@ def test_another_image_under_the_uid_of_a_cleaned_out_drops_image_does_not_take_
     shutil.rmtree(root / "d1")
     write_mg(root / "d2" / "r.dcm", SOPInstanceUID="1.2.3.4.5", StudyInstanceUID="1.2.3.9", ImageLaterality="R")
     shutil.copy(shown, root / "d2" / "c_again.dcm")
-    real_scandir = os.scandir
-
-    def scandir(folder):
-        if os.fspath(folder).endswith("s1"):
-            raise PermissionError(13, "Permission denied", os.fspath(folder))
-        return real_scandir(folder)
-
-    monkeypatch.setattr(landing_module.os, "scandir", scandir)
+    real_scandir = _deny_listing(monkeypatch, "s1")
     result = index_hospital(settings, "h1")
     assert result.quarantined == {"uid_collision": 1, "duplicate": 1} and result.moved == 0 and result.rows == 2
     assert index_hospital(settings, "h1").quarantined == {}  # kept, not read again
@@ -590,14 +600,7 @@ def test_a_folder_the_index_may_not_list_is_not_taken_for_deleted(settings, monk
         write_mg(root / study / "a.dcm")
         write_mg(root / study / "b.dcm")
     assert index_hospital(settings, "h1").rows == 4
-    real_scandir = os.scandir
-
-    def scandir(folder):
-        if os.fspath(folder).endswith("Doe_Jane"):
-            raise PermissionError(13, "Permission denied", os.fspath(folder))
-        return real_scandir(folder)
-
-    monkeypatch.setattr(landing_module.os, "scandir", scandir)
+    real_scandir = _deny_listing(monkeypatch, "Doe_Jane")
     hidden = index_hospital(settings, "h1")
     assert hidden.rows == 4 and len(read_partition(settings, "dicom_index", "h1")) == 4
     assert any("cannot be listed" in why for why in hidden.refused)
