@@ -394,6 +394,20 @@ def indexed_names(settings: Settings, landed: dict[str, RealFile]) -> dict[str, 
     return names
 
 
+def unscored_lines(settings: Settings, names: dict[str, str], scored: set[str], quarantine: list[dict]) -> list[str]:
+    """A line for each indexed image with no prediction that no quarantine row explains: a For Processing image,
+    which the cache never renders (raw detector values are no display), is indexed and then left, by design."""
+    explained = {q["sop_instance_uid"] for q in quarantine}
+    folder = settings.table_dir("dicom_index", HOSPITAL)
+    lines = []
+    for path in sorted(folder.glob("*.parquet")):
+        rows = pd.read_parquet(path, columns=["sop_instance_uid", "image_kind"])
+        for sop, kind in zip(rows["sop_instance_uid"], rows["image_kind"], strict=True):
+            if sop not in scored and sop not in explained:
+                lines.append(f"  NOT SCORED {names.get(sop, sop)}: indexed as `{kind}`, no display rendered for it")
+    return lines
+
+
 def quarantined(settings: Settings, landed: dict[str, RealFile]) -> list[dict]:
     """The quarantine rows the index and the cache wrote for the real files (as `dicom.quarantine` writes them),
     each with the real file's `name`."""
@@ -787,7 +801,10 @@ def main(argv: list[str] | None = None) -> int:
         names = indexed_names(settings, landed)
         first = first_files(files)
         print(f"real folder {args.realdata} ({'DICOM re-wrapped' if args.rewrap_dicom else 'DICOM as stored'}):")
-        for line in landing_lines(files, skipped + unreadable, quarantined(settings, landed), names, first):
+        quarantine = quarantined(settings, landed)
+        for line in landing_lines(files, skipped + unreadable, quarantine, names, first):
+            print(line)
+        for line in unscored_lines(settings, names, set(preds["sop_instance_uid"]), quarantine):
             print(line)
         for copy, kept in copies:
             print(f"  {copy.name}: the same image as {kept}, left out (--rewrap-dicom)")

@@ -293,14 +293,16 @@ def test_main_runs_a_folder_of_any_files_and_leaves_images_without_truth_out(mod
     real = _mixed_folder(tmp_path / "real")
     shutil.copyfile(real / "exam3_R_MLO.dcm", real / "patient7" / "exam3_copy")  # the same SOP Instance UID
     _dicom(real / "ct" / "slice1", "ct", Modality="CT", SOPClassUID="1.2.840.10008.5.1.4.1.1.2")
+    _dicom(real / "raw" / "proc1", "proc", PresentationIntentType="FOR PROCESSING")
     (real / "truth.csv").write_text("image,clip\nexam3_R_MLO.dcm,1\ncase12_left_cc,0\npatient7/study1/IM000001,false\n")
     sheet = tmp_path / "sheet.png"
     assert bench.main(["--home", str(model_home), "--realdata", str(real), "--out", str(sheet)]) == 0
     out = capsys.readouterr().out
-    assert "6 files, 4 images (4 DICOM files, 2 raster images; 1 a copy under an indexed SOP Instance UID" in out
+    assert "7 files, 5 images (5 DICOM files, 2 raster images; 1 a copy under an indexed SOP Instance UID" in out
     assert "  patient7/exam3_copy: the same image as exam3_R_MLO (index: duplicate), counted once" in out
     assert "  REFUSED ct/slice1: index quarantined it `not_mammography`" in out
     assert "  SKIPPED notes.txt: neither DICOM" in out
+    assert "  NOT SCORED raw/proc1: indexed as `for_processing`" in out  # indexed, never rendered: said, not lost
     table = out.split(f"{'image':40} p_biopsy")[1].split("RESULT")[0].strip().splitlines()[1:]  # under the header
     rows = {line.split()[0]: line.split() for line in table}
     assert set(rows) == {"case12_left_cc", "exam3_R_MLO", "patient7/study1/IM000001", "scan_0042"}
