@@ -15,16 +15,18 @@ named by <home>/models/current.json (borrowed read only; nothing is written in t
 default a DICOM file goes in as stored, byte for byte: that is the product's path (the index's routing, which takes
 a CR/DX/RG/OT radiograph of the BREAST and a Secondary Capture as mammograms, and the file's own decoder, window and
 photometric interpretation), and a file the index or the cache refuses is named with its quarantine reason, not
-dropped. Two files of one image (the WG04 pair shares its SOP Instance UID) count once, by the index's own
-de-duplication: "N files, M images". `--rewrap-dicom` restores what this benchmark did up to stop 67, so those
-figures can be reproduced: each DICOM image's pixels (the first file of a SOP Instance UID only) re-wrapped as MG
-For Presentation without a window, which sends it to the pipeline's own fallback window. A raster image holds no
-header, so it is always wrapped (`wrap_as_dicom`: Modality MG, no window, no patient data), its laterality and view
-read from a token of its name (`L_CC`, `L-CC`, `LCC`, `RMLO`, `left_cc`, ...; `laterality_view`), else left out: the
-index then records no laterality and no view (`laterality` / `view_position` null, counted missing by the
-completeness report), and the image is cached and predicted all the same, since nothing downstream of the index
-reads either. Images are grouped into exams by the name before that token (`exam_of`); a wrapped image without one
-is its own exam, and a DICOM file's study is its own Study Instance UID.
+dropped. Two files of one image count once ("N files, M images"): a copy under the same SOP Instance UID by the
+index's own de-duplication (quarantined `duplicate`), another encoding of an image by the benchmark (`image_uid`: a
+lossy copy gets its own SOP Instance UID and names the image it was made from in its Source Image Sequence, as the
+WG04 pair, J2KI and JPLY, do), which scores both and counts the first file by path. `--rewrap-dicom` restores what
+this benchmark did up to stop 67, so those figures can be reproduced: each DICOM image's pixels (the first file of
+each image only) re-wrapped as MG For Presentation without a window, which sends it to the pipeline's own fallback
+window. A raster image holds no header, so it is always wrapped (`wrap_as_dicom`: Modality MG, no window, no patient
+data), its laterality and view read from a token of its name (`L_CC`, `L-CC`, `LCC`, `RMLO`, `left_cc`, ...;
+`laterality_view`), else left out: the index then records no laterality and no view (`laterality` / `view_position`
+null, counted missing by the completeness report), and the image is cached and predicted all the same, since nothing
+downstream of the index reads either. Images are grouped into exams by the name before that token (`exam_of`); a
+wrapped image without one is its own exam, and a DICOM file's study is its own Study Instance UID.
 
 What it prints: each image's probabilities, flags and needs_review against the truth, the study flags (one study
 per exam: `summary.aggregate_studies` at the model's study thresholds) and, for a model with a second look, each

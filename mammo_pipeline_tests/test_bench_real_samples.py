@@ -132,7 +132,7 @@ def test_exam_of_is_the_name_before_the_side_and_view(name, exam):
     assert bench.exam_of(name) == exam
 
 
-def _file(name: str, suffix: str = ".png", uid: str | None = None) -> object:
+def _file(name: str, suffix: str = ".png", uid: str | None = None) -> bench.RealFile:
     return bench.RealFile(name, name + suffix, Path(name + suffix), "dicom" if uid else "raster", uid)
 
 
