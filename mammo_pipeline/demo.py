@@ -26,7 +26,7 @@ from mammo_pipeline.atomic import write_text
 from mammo_pipeline.cli.home import init_home
 from mammo_pipeline.defs.resources import MammoSettings
 from mammo_pipeline.defs.run_launcher import fail_dead_in_process_runs, in_process_tags
-from mammo_pipeline.labels.simulated import SimulatedAnnotator, double_read_audit, load_truth
+from mammo_pipeline.labels.simulated import SimulatedAnnotator, double_read_audit, load_truth, recheck_audit
 from mammo_pipeline.labels.store import LabelStore, sync_from_warehouse
 from mammo_pipeline.landing import list_hospitals
 from mammo_pipeline.settings import Settings
@@ -62,6 +62,10 @@ class DemoConfig:
     new_hospital_studies: int = 12
     annotator_error_rate: float = 0.08  # first reads that slip; the disagreement queue finds them
     second_reader_error_rate: float = 0.04  # the second blind audit reader slips less often
+    # agreed audit labels the last model contradicts that the adjudicator re-reads each round (the audit_recheck
+    # queue): two readers who slip alike on one image are caught by nothing else (stop 68: one such label, a
+    # clip-free image read "both" twice, set the biopsy threshold at 0.026 and its specificity at 0.07)
+    audit_rechecks: int = 8
     seed: int = 0
 
     @classmethod
@@ -204,6 +208,14 @@ class Demo:
                     f"{'n/a' if kappa is None else f'{kappa:.2f}'}; and {len(new)} random images"
                 )
             else:
+                judge = SimulatedAnnotator(self.store, annotator_truth(annotator), "adjudicator")
+                before = annotator.wrong_labels()
+                rechecked = recheck_audit(self.store, judge, c.audit_rechecks, round=n + 1)
+                if rechecked:
+                    self.echo(
+                        f"     adjudicator re-read {rechecked} agreed audit labels the model contradicts, blind "
+                        f"(fixing {before - annotator.wrong_labels()})"
+                    )
                 before = annotator.wrong_labels()
                 reviews = self.store.queue("disagreements", annotator.name, limit=c.labels_per_round // 4)
                 reviewed = annotator.label(reviews, round=n + 1, careful=True)

@@ -78,6 +78,12 @@ def labels(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.Materi
     per_class = df["label"].value_counts().reindex(list(LABELS.values()), fill_value=0)
     totals = store.totals()
     agreement = store.audit_stats()
+    recheck = int(totals.get("rc_todo", 0))
+    if recheck:  # two readers who slipped alike agree, and such a label can set a flag's operating point
+        context.log.warning(
+            f"{recheck} agreed audit label(s) the latest model contradicts: a third annotator should re-read them "
+            "in the labeling app's Audit recheck queue (/?q=audit_recheck) before the operating points are trusted"
+        )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(snapshot_id),
         metadata={
@@ -95,6 +101,7 @@ def labels(context: dg.AssetExecutionContext, mammo: MammoSettings) -> dg.Materi
             "audit_kappa": dg.MetadataValue.float(float("nan") if agreement["kappa"] is None else agreement["kappa"]),
             "audit_agreement": dg.MetadataValue.md(stats_markdown(agreement)),
             "audit_readers": dg.MetadataValue.json(agreement["per_reader"]),
+            "audit_recheck_due": recheck,  # agreed audit labels the latest model contradicts (queues.py)
             "labeled_train": int((df["split"] == "train").sum()),
             "labeled_audit": int((df["split"] == "audit").sum()),
             "new_images": synced.new,

@@ -259,7 +259,10 @@ def create_app(
         if seen_raw not in (None, "") and seen is None:
             return fail(422, f"seen_event must be an event id, not {seen_raw!r}")
         try:
-            store.record(image_id, int(code), auth, source="human", seen_event=seen, respect_leases=team)
+            recheck = queue_name(data, session) == "audit_recheck"
+            store.record(
+                image_id, int(code), auth, source="human", seen_event=seen, respect_leases=team, recheck=recheck
+            )
         except UnknownImage:
             return fail(404, f"no image {image_id}")
         except Withdrawn:

@@ -20,6 +20,7 @@ QUEUE_TITLES = {
     "needs_review": "Needs review",
     "audit": "Audit set",
     "adjudication": "Adjudication",
+    "audit_recheck": "Audit recheck",
 }
 HELP = [
     ("1", "biopsy marker"),

@@ -28,6 +28,7 @@ QUEUES: dict[str, str] = {
     "needs_review": "images the latest model run flagged for review (needs_review)",
     "audit": "audit images still needing a blind read (measure the model; never trained on)",
     "adjudication": "audit images two readers disagree on: a third read decides",
+    "audit_recheck": "agreed audit labels the model contradicts: a third blind read decides",
 }
 
 LIVE = "withdrawn_at IS NULL"  # not withdrawn (store.sync_images)
@@ -61,6 +62,17 @@ GENERATED: dict[str, str] = {
     # the audit truth: the adjudicated label, else the agreed one, else a lone first read; NULL while disputed
     "truth": """CASE WHEN split != 'audit' THEN NULL WHEN adjudicated IS NOT NULL THEN adjudicated
         WHEN read2 IS NULL THEN read1 WHEN read1 = read2 THEN read1 END""",
+    # an agreed audit label (two blind reads alike) that the model contradicts: the model's probability of that
+    # label (the self-confidence of `dis_conf`), lowest first. Two readers can slip alike on one image, and then
+    # nothing in the double read catches it, yet one such label decides the sensitivity operating point
+    # (evaluate.operating_point) when it marks a clip-free image as a clip. Audit images are never trained on,
+    # so every prediction of one is out of sample. Re-reading the test labels a model contradicts, blind, is
+    # Northcutt, Athalye & Mueller's protocol (NeurIPS 2021 Datasets and Benchmarks, "Pervasive label errors
+    # in test sets destabilize machine learning benchmarks").
+    "rc_key": """CASE WHEN audit_state = 2 AND pb IS NOT NULL
+        AND ((truth IN (1, 4)) != (pb >= 0.5) OR (truth IN (2, 4)) != (pm >= 0.5))
+        THEN (CASE WHEN truth IN (1, 4) THEN pb ELSE 1 - pb END) * (CASE WHEN truth IN (2, 4) THEN pm ELSE 1 - pm END)
+        END""",
 }
 
 # Maintained totals: name -> membership of one image (SQL over the images row; live images only). Recounted in
@@ -81,6 +93,8 @@ _COUNTED: dict[str, str] = {
     "audit_todo": "split = 'audit' AND audit_state IN (0, 1)",
     "adj_pool": "audit_state IN (3, 4)",
     "adj_todo": "audit_state = 3",
+    "rc_pool": "split = 'audit' AND audit_state = 2",
+    "rc_todo": "rc_key IS NOT NULL",
     "predicted": "pb IS NOT NULL",
     "predicted_oos": "p_oos = 1",
 }
@@ -90,8 +104,8 @@ COUNTERS: dict[str, str] = {name: live(expr) for name, expr in _COUNTED.items()}
 # queue indexes are made again on open (`LabelStore._upgrade`). 2: needs_review takes training images only, and
 # the disagreements fallback walks labeled images oldest label first. 3: the audit queue reads images with one
 # read and unread ones through two indexes, so an annotator's own lone reads are never walked past. 4: a withdrawn
-# image (`withdrawn_at`) leaves every queue, index and count.
-VERSION = 4
+# image (`withdrawn_at`) leaves every queue, index and count. 5: the audit_recheck queue.
+VERSION = 5
 OBSOLETE_INDEXES = ("q_audit",)  # dropped from a store made before (`LabelStore._upgrade`)
 
 # name -> "images (columns) WHERE membership"; `live` adds the live-image term to each membership
@@ -109,6 +123,7 @@ _INDEXED = {
     "q_audit_one_reader": "images (reader1, rnd) WHERE split = 'audit' AND audit_state = 1",
     "q_audit_none": "images (rnd) WHERE split = 'audit' AND audit_state = 0",
     "q_adjudication": "images (rnd) WHERE audit_state = 3",
+    "q_audit_recheck": "images (rc_key, id) WHERE rc_key IS NOT NULL",
 }
 INDEXES = {name: live(spec) for name, spec in _INDEXED.items()}
 
@@ -158,6 +173,10 @@ PLANS: dict[str, Plan] = {
         "blind double reads, random order",
     ),
     "adjudication": Plan("audit_state = 3", "rnd", "adj_pool", "adj_todo", "third read decides, random order"),
+    # of the agreed audit labels, those the model contradicts; a read here decides (store.record, `recheck`)
+    "audit_recheck": Plan(
+        "rc_key IS NOT NULL", "rc_key, id", "rc_pool", "rc_todo", "lowest model probability of the label first; blind"
+    ),
 }
 
 # Used when the model has not given what a queue needs yet (and said so on the card).

@@ -51,14 +51,18 @@ class SimulatedAnnotator:
         self.slips += 1
         return rng.choice([other for other in LABELS.values() if other != label])
 
-    def label(self, image_ids: list[int], round: int | None = None, careful: bool = False) -> int:
-        """Label each image; return how many got a label (images without truth are skipped)."""
+    def label(
+        self, image_ids: list[int], round: int | None = None, careful: bool = False, recheck: bool = False
+    ) -> int:
+        """Label each image; return how many got a label (images without truth are skipped). `recheck`: the
+        reads come from the audit_recheck queue (store.record)."""
         sops = self.store.sop_uids(image_ids)
         done = 0
         for image_id in image_ids:
             sop = sops.get(image_id, "")
             if sop in self.truth:
-                self.store.record(image_id, self._read(sop, careful), self.name, source="human", round=round)
+                read = self._read(sop, careful)
+                self.store.record(image_id, read, self.name, source="human", round=round, recheck=recheck)
                 done += 1
         return done
 
@@ -83,3 +87,12 @@ def double_read_audit(
     disputed = store.queue("adjudication", adjudicator.name, limit=10_000_000)
     done["adjudicated"] = adjudicator.label(disputed, round=0, careful=True)
     return done
+
+
+def recheck_audit(store: LabelStore, adjudicator: SimulatedAnnotator, limit: int, round: int | None = None) -> int:
+    """The adjudicator re-reads, carefully and blind, up to `limit` agreed audit labels the latest model
+    contradicts (the audit_recheck queue, lowest model probability of the label first); each read becomes that
+    image's audit truth. Returns how many it read."""
+    return adjudicator.label(
+        store.queue("audit_recheck", adjudicator.name, limit=limit), round=round, careful=True, recheck=True
+    )

@@ -641,11 +641,14 @@ class LabelStore:
         round: int | None = None,
         seen_event: int | None = None,
         respect_leases: bool = False,
+        recheck: bool = False,
     ) -> int:
         """Append a label event and make it the annotator's current label; return the event id.
 
         On an audit image the annotator's role follows the reads so far: one of the first two readers
-        ('read'), a third annotator after the two disagreed ('adjudication'), or 'extra' (counted nowhere).
+        ('read'), a third annotator after the two disagreed ('adjudication'), or 'extra' (counted nowhere). With
+        `recheck` (a read from the audit_recheck queue) a third annotator's read of an agreed image adjudicates
+        too: it becomes the audit truth, as a read of a disputed one does.
         With `respect_leases`, a training image leased to someone else raises Leased (team mode). A withdrawn image
         raises Withdrawn: it must not be used, and a label given to it would be used nowhere.
         """
@@ -678,7 +681,7 @@ class LabelStore:
             elif split != "audit" or reader2 is None:
                 role = "read"
             else:
-                role = "adjudication" if state in (3, 4) else "extra"
+                role = "adjudication" if state in (3, 4) or (recheck and state == 2) else "extra"
             before = db.execute(_MEMBERSHIP, (iid,)).fetchone()
             ts = _now()
             cur = db.execute(
@@ -1188,7 +1191,7 @@ def _queue(
         ids = _audit_queue(db, annotator, limit, exclude, leases)
         return queues.Queue(name, ids, totals.get(p.todo, 0), totals.get(p.pool, 0), p.note)
     where, params = [p.where], []
-    if name == "adjudication":  # a third annotator decides
+    if name in ("adjudication", "audit_recheck"):  # a third annotator decides
         where.append("reader1 != ? AND reader2 != ?")
         params += [annotator, annotator]
     more, more_params = _filters(annotator, exclude, leases, audit=False)

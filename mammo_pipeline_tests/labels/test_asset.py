@@ -91,6 +91,12 @@ def test_labels_table_carries_the_adjudicated_audit_label_and_agreement_metadata
         store.record(image_id, a, "alice")
         store.record(image_id, b, "bob")
     store.record(ids[1], 2, "carol")  # the third read sides with alice
+    sops = store.sop_uids(ids)
+    store.set_predictions(  # the model contradicts the agreed "biopsy" of the first image only
+        pd.DataFrame({"sop_instance_uid": [sops[i] for i in ids]}).assign(
+            p_biopsy=[0.01, 0.01, 0.01, 0.9], p_mag=[0.01, 0.9, 0.01, 0.9], model_version="v1", out_of_sample=True
+        )
+    )
     result = _materialize(settings)
     df = pd.read_parquet(settings.table_dir("labels") / "current.parquet").set_index("image_id")
     assert list(df.reset_index().columns) == COLUMNS
@@ -106,3 +112,4 @@ def test_labels_table_carries_the_adjudicated_audit_label_and_agreement_metadata
     assert meta["audit_label_sources"].value == {"agreed": 3, "adjudicated": 1}
     assert 0 < meta["audit_kappa"].value < 1 and meta["audit_readers"].value["alice"]["agree_truth"] == 1.0
     assert "Cohen's κ" in meta["audit_agreement"].value
+    assert meta["audit_recheck_due"].value == 1

@@ -154,3 +154,65 @@ def test_after_an_undo_no_audit_image_is_handed_to_a_third_reader(settings):
     assert slides.findall(card)
     holders = LabelStore(settings.labels_db).leases().groupby("image_id")["annotator"].nunique()
     assert holders.max() <= 2, holders.to_dict()
+
+
+def _agreed(store: LabelStore, audit: list[int], labels: list[int]) -> pd.DataFrame:
+    """Both readers read each audit image alike; every image then gets a prediction of no flag at all."""
+    for iid, code in zip(audit, labels, strict=True):
+        store.record(iid, code, "alice")
+        store.record(iid, code, "bob")
+    images = store.images().set_index("id")
+    store.set_predictions(
+        pd.DataFrame({"sop_instance_uid": images.loc[audit, "sop_instance_uid"]}).assign(
+            p_biopsy=[0.02, 0.3, 0.03, 0.04], p_mag=0.01, model_version="v1", out_of_sample=True
+        )
+    )
+    return store.current_labels().set_index("image_id")
+
+
+def test_an_agreed_audit_label_the_model_contradicts_is_rechecked_blind_and_the_recheck_decides(settings):
+    """Two readers who slip alike on one image agree, so no adjudication catches the slip: the audit_recheck
+    queue hands the agreed labels the model contradicts to a third reader, lowest model probability first, and
+    that read becomes the audit truth."""
+    store, audit = _store(settings)
+    _agreed(store, audit, [4, 1, 3, 3])  # image 0: both read "both"; image 1 "biopsy" at p 0.3; 2-3 agree with it
+    assert store.queue("audit_recheck", "carol") == [audit[0], audit[1]]  # p(both) 0.0002 before p(biopsy) 0.3
+    assert store.queue("audit_recheck", "alice") == []  # never to one of its two readers
+    assert store.queue_counts()["audit_recheck"] == (2, 4)
+    carol = _team(settings, "alice", "bob", "carol")["carol"]
+    card = carol.get("/card", params={"q": "audit_recheck"}, headers=HX).text
+    assert "blind read" in card and "(alice)" not in card and "(bob)" not in card
+    seen = card.split('name="seen_event" value="', 1)[1].split('"', 1)[0]
+    data = {"label": "3", "image_id": audit[0], "seen_event": seen, "q": "audit_recheck"}
+    assert carol.post("/label", data=data, headers=HX).status_code == 200
+    truth = store.current_labels().set_index("image_id").loc[audit[0]]
+    assert (truth["label"], truth["label_source"]) == ("neither", "adjudicated")
+    assert store.queue("audit_recheck", "carol") == [audit[1]] and store.queue_counts()["audit_recheck"] == (1, 3)
+    store.record(audit[1], 1, "carol", recheck=True)  # a recheck that confirms the label settles it too
+    assert store.queue_counts()["audit_recheck"] == (0, 2)
+    assert store.current_labels().set_index("image_id").loc[audit[1], "label"] == "biopsy"
+
+
+def test_a_third_read_of_an_agreed_audit_label_outside_the_recheck_queue_decides_nothing(settings):
+    store, audit = _store(settings)
+    _agreed(store, audit, [4, 1, 3, 3])
+    store.record(audit[0], 3, "carol")  # e.g. opened by id while it was still in the audit queue
+    truth = store.current_labels().set_index("image_id").loc[audit[0]]
+    assert (truth["label"], truth["label_source"]) == ("both", "agreed")
+    assert audit[0] in store.queue("audit_recheck", "dave")
+
+
+def test_training_images_and_disputed_audit_images_are_never_rechecked(settings):
+    store, audit = _store(settings, n_train=2, n_audit=4)
+    train = store.images().query("split == 'train'")["id"].tolist()
+    store.record(train[0], 4, "alice")
+    store.record(audit[0], 4, "alice")
+    store.record(audit[0], 1, "bob")  # disputed: the adjudication queue's
+    images = store.images().set_index("id")
+    ids = [train[0], audit[0]]
+    store.set_predictions(
+        pd.DataFrame({"sop_instance_uid": images.loc[ids, "sop_instance_uid"]}).assign(
+            p_biopsy=0.01, p_mag=0.01, model_version="v1", out_of_sample=True
+        )
+    )
+    assert store.queue("audit_recheck", "carol") == [] and store.queue_counts()["audit_recheck"][0] == 0

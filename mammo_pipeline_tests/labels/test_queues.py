@@ -210,32 +210,39 @@ def test_a_withdrawn_image_leaves_every_queue_and_count_and_comes_back_with_its_
     store.record(ids[8], 1, "alice")
     store.record(ids[8], 2, "bob")  # two blind reads that disagree: adjudication
     store.record(ids[9], 3, "alice")  # one blind read
+    with store._write() as db:  # a third audit image, read alike twice where the model says otherwise: recheck
+        db.execute("UPDATE images SET split = 'audit' WHERE id = ?", (ids[7],))
+        _recount(db)
+    store.record(ids[7], 3, "alice")
+    store.record(ids[7], 3, "bob")
     store.set_predictions(_preds(sops, [(i, 0.9, 0.1) for i in ids], out_of_sample=True, needs_review=True))
     before = store.totals(), _heads(store), store.current_labels(), store.audit_reads(), store.version()
     assert all(before[1][(q, "dave")] for q in queues.QUEUES)  # every queue holds an image to withdraw
 
-    gone = [ids[i] for i in (0, 3, 8, 9)]  # labeled, a metadata conflict, disputed audit, one audit read
-    synced = store.sync_images(_manifest().drop(index=[0, 3, 8, 9]))
+    # labeled, a metadata conflict, an agreed audit label to recheck, disputed audit, one audit read
+    gone = [ids[i] for i in (0, 3, 7, 8, 9)]
+    synced = store.sync_images(_manifest().drop(index=[0, 3, 7, 8, 9]))
     assert all(not set(head) & set(gone) for head in _heads(store).values())
-    assert (synced.new, synced.withdrawn, synced.restored) == (0, 4, 0) and store.withdrawn_among(ids) == gone
-    assert store.queue("adjudication", "dave") == store.queue("audit", "dave") == []
+    assert (synced.new, synced.withdrawn, synced.restored) == (0, 5, 0) and store.withdrawn_among(ids) == gone
+    assert store.queue("adjudication", "dave") == store.queue("audit", "dave") == store.queue("audit_recheck") == []
     totals = store.totals()
     with store._db() as db:
         _recount(db)
     assert store.totals() == totals and totals["audit"] == totals["adj_pool"] == totals["dis_pool"] == 0
-    assert totals["train"] == totals["predicted"] == 6 and totals["mc_pool"] == 1  # 0, 3, 6 had one
+    assert totals["rc_pool"] == totals["rc_todo"] == 0
+    assert totals["train"] == totals["predicted"] == 5 and totals["mc_pool"] == 1  # 0, 3, 6 had one
     assert store.current_labels().empty and store.audit_reads().empty and store.audit_stats()["n_read"] == 0
     assert store.disagreements_between_annotators() == []
-    assert (store.n_images(), store.n_withdrawn()) == (6, 4) and store.version() != before[4]
+    assert (store.n_images(), store.n_withdrawn()) == (5, 5) and store.version() != before[4]
     from mammo_pipeline.labels.store import Withdrawn
 
     with pytest.raises(Withdrawn):
         store.record(ids[0], 1, "bob")
-    assert store.sync_images(_manifest().drop(index=[0, 3, 8, 9])).withdrawn == 0  # counted once
+    assert store.sync_images(_manifest().drop(index=[0, 3, 7, 8, 9])).withdrawn == 0  # counted once
     synced_version = store.version()
 
     synced = store.sync_images(_manifest())  # the files are sent again
-    assert (synced.new, synced.withdrawn, synced.restored) == (0, 0, 4)
+    assert (synced.new, synced.withdrawn, synced.restored) == (0, 0, 5)
     assert store.totals() == before[0] and _heads(store) == before[1]
     pd.testing.assert_frame_equal(store.current_labels(), before[2])  # labels, split, reads as they were
     pd.testing.assert_frame_equal(store.audit_reads(), before[3])

@@ -117,6 +117,7 @@ def test_predictions_feed_the_queues_and_counts(store, manifest):
         "needs_review",
         "audit",
         "adjudication",
+        "audit_recheck",
     }
 
 
