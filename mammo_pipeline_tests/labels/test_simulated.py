@@ -77,3 +77,32 @@ def test_two_readers_and_an_adjudicator_make_the_audit_truth(settings):
     per = stats["per_reader"]
     assert per["reader-b"]["agree_truth"] > per["reader-a"]["agree_truth"]
     assert -1 <= stats["kappa"] < 1
+
+
+def test_the_adjudicator_rechecks_the_agreed_audit_labels_the_model_contradicts_and_fixes_alike_slips(settings):
+    """Two readers who slip alike agree, so the double read keeps their wrong label; a model that contradicts it
+    sends it to the audit_recheck queue, and the adjudicator's careful re-read there makes the audit truth right."""
+    from mammo_pipeline.labels.simulated import double_read_audit, recheck_audit
+
+    manifest = write_images(settings.cache, 60)
+    store = LabelStore(settings.labels_db)
+    store.sync_images(manifest, seed=0, audit_fraction=1.0)
+    names = list(LABELS.values())
+    truth = pd.DataFrame({"sop_instance_uid": manifest["sop_instance_uid"],
+                          "label": [names[i % 4] for i in range(len(manifest))]})  # fmt: skip
+    readers = tuple(SimulatedAnnotator(store, truth, name=f"reader-{k}", error_rate=0.6) for k in "ab")
+    judge = SimulatedAnnotator(store, truth, name="adjudicator")
+    double_read_audit(store, readers, judge)
+    wrong = judge.wrong_labels()
+    assert wrong > 0  # at these slip rates some images got the same wrong label twice
+    flags = {"biopsy": (1, 0), "mag": (0, 1), "neither": (0, 0), "both": (1, 1)}
+    true_flags = truth["label"].map(flags)
+    store.set_predictions(  # a model that is right everywhere
+        truth[["sop_instance_uid"]].assign(
+            p_biopsy=[0.9 if b else 0.1 for b, _ in true_flags], p_mag=[0.9 if m else 0.1 for _, m in true_flags],
+            model_version="v1", out_of_sample=True,
+        )
+    )  # fmt: skip
+    assert store.queue_counts()["audit_recheck"][0] == wrong
+    assert recheck_audit(store, judge, limit=100, round=1) == wrong
+    assert judge.wrong_labels() == 0 and store.queue_counts()["audit_recheck"][0] == 0
