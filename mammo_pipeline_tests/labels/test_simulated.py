@@ -9,15 +9,19 @@ from mammo_pipeline.labels.store import LabelStore
 from mammo_pipeline_tests.labels.conftest import write_images
 
 
+def _store_with_truth(settings, n: int, audit_fraction: float) -> tuple[LabelStore, pd.DataFrame]:
+    """A store of `n` images and their truth, the four labels in turn."""
+    manifest = write_images(settings.cache, n)
+    store = LabelStore(settings.labels_db)
+    store.sync_images(manifest, seed=0, audit_fraction=audit_fraction)
+    names = list(LABELS.values())
+    truth = pd.DataFrame({"sop_instance_uid": manifest["sop_instance_uid"], "label": [names[i % 4] for i in range(n)]})
+    return store, truth
+
+
 @pytest.fixture
 def big_store(settings):
-    manifest = write_images(settings.cache, 40)
-    store = LabelStore(settings.labels_db)
-    store.sync_images(manifest, seed=0, audit_fraction=0.0)
-    names = list(LABELS.values())
-    truth = pd.DataFrame({"sop_instance_uid": manifest["sop_instance_uid"],
-                          "label": [names[i % 4] for i in range(len(manifest))]})  # fmt: skip
-    return store, truth
+    return _store_with_truth(settings, 40, audit_fraction=0.0)
 
 
 def test_careful_reader_is_always_right(big_store):
@@ -54,12 +58,7 @@ def test_load_truth_needs_synth_output(tmp_path):
 def test_two_readers_and_an_adjudicator_make_the_audit_truth(settings):
     from mammo_pipeline.labels.simulated import double_read_audit
 
-    manifest = write_images(settings.cache, 60)
-    store = LabelStore(settings.labels_db)
-    store.sync_images(manifest, seed=0, audit_fraction=1.0)  # every image in the audit set
-    names = list(LABELS.values())
-    truth = pd.DataFrame({"sop_instance_uid": manifest["sop_instance_uid"],
-                          "label": [names[i % 4] for i in range(len(manifest))]})  # fmt: skip
+    store, truth = _store_with_truth(settings, 60, audit_fraction=1.0)  # every image in the audit set
     busy = SimulatedAnnotator(store, truth, name="reader-a", error_rate=0.3)
     careful = SimulatedAnnotator(store, truth, name="reader-b", error_rate=0.1)
     judge = SimulatedAnnotator(store, truth, name="adjudicator")
@@ -84,12 +83,7 @@ def test_the_adjudicator_rechecks_the_agreed_audit_labels_the_model_contradicts_
     sends it to the audit_recheck queue, and the adjudicator's careful re-read there makes the audit truth right."""
     from mammo_pipeline.labels.simulated import double_read_audit, recheck_audit
 
-    manifest = write_images(settings.cache, 60)
-    store = LabelStore(settings.labels_db)
-    store.sync_images(manifest, seed=0, audit_fraction=1.0)
-    names = list(LABELS.values())
-    truth = pd.DataFrame({"sop_instance_uid": manifest["sop_instance_uid"],
-                          "label": [names[i % 4] for i in range(len(manifest))]})  # fmt: skip
+    store, truth = _store_with_truth(settings, 60, audit_fraction=1.0)
     readers = tuple(SimulatedAnnotator(store, truth, name=f"reader-{k}", error_rate=0.6) for k in "ab")
     judge = SimulatedAnnotator(store, truth, name="adjudicator")
     double_read_audit(store, readers, judge)
