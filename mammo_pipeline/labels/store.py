@@ -1191,9 +1191,12 @@ def _queue(
         ids = _audit_queue(db, annotator, limit, exclude, leases)
         return queues.Queue(name, ids, totals.get(p.todo, 0), totals.get(p.pool, 0), p.note)
     where, params = [p.where], []
-    if name in ("adjudication", "audit_recheck"):  # a third annotator decides
+    if name == "adjudication":  # a third annotator decides
         where.append("reader1 != ? AND reader2 != ?")
         params += [annotator, annotator]
+    elif name == "audit_recheck":  # ... one who has not read the image (a read before counts nowhere, and stays so)
+        where.append("NOT EXISTS (SELECT 1 FROM current_labels c WHERE c.image_id = images.id AND c.annotator = ?)")
+        params.append(annotator)
     more, more_params = _filters(annotator, exclude, leases, audit=False)
     where, params = [*where, *more], [*params, *more_params]
     sql = f"SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY {p.order} LIMIT ?"
