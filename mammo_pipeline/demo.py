@@ -228,7 +228,9 @@ class Demo:
                 annotator.label(new, round=n + 1)
                 self.state.labeled_rounds, self.state.reviewed = n + 1, reviewed
                 self.state.save(self.state_path)
-            model_meta = self.metadata(self.materialize(MODEL), "trained_model")
+            result = self.materialize(MODEL)
+            model_meta = self.metadata(result, "trained_model")
+            held_back = str(self.metadata(result, "promoted_model").get("held_back") or "")
             self.predict(hospitals)
             self.feed_predictions()
             row = _registry_row(self.settings)
@@ -245,6 +247,7 @@ class Demo:
                     "audit_images": vs["n"],
                     "model_version": row["model_version"],
                     "reviewed": reviewed,
+                    "held_back": held_back,
                     "wrong_labels": annotator.wrong_labels(),
                     **_flag_metrics(row),
                 }
@@ -254,6 +257,8 @@ class Demo:
                 f"     model {row['model_version']}: audit accuracy {_pct(row['accuracy'])} at the operating points "
                 f"with {int(row['n_train'])} training labels ({model_meta.get('train_seconds', 0):.0f}s)"
             )
+            if held_back:  # promoted_model's gate: the model before keeps predicting (defs/predict.py)
+                self.echo(f"     {_held_back_line(row['model_version'], held_back, self.settings)}")
             self.echo(f"     {_vs_line(vs)}")
             self.echo(f"     {_flags_line(self.state.rounds[-1])}")
             if studies := _studies_line(self.state.rounds[-1]):
@@ -361,6 +366,8 @@ class Demo:
             fixed = f", {r['reviewed']} disagreements reviewed" if r.get("reviewed") else ""
             labels = f"{r['n_train']} training labels{fixed}"
             e(f"     round {r['round']}: {_pct(r['accuracy'])} at the operating points with {labels}")
+            if r.get("held_back"):
+                e(f"       {_held_back_line(r['model_version'], r['held_back'])}")
             if "biopsy_roc_auc" in r:  # rounds saved by an older demo lack them
                 e(f"       {_flags_line(r)}")
             if studies := _studies_line(r):
@@ -422,6 +429,10 @@ def audit_accuracies(settings: Settings, truth: dict[str, str]) -> dict[str, flo
         "SELECT sop_instance_uid, p_biopsy, p_mag FROM image_predictions WHERE model_version = ?",
         [_current_version(settings)],
     )
+    if preds.empty:  # a model promoted_model held back predicts nothing: its own audit predictions, from training
+        own = settings.models / _current_version(settings) / "audit_predictions.parquet"
+        if own.exists():
+            preds = pd.read_parquet(own, columns=["sop_instance_uid", "p_biopsy", "p_mag"])
     df = audit.merge(preds.drop_duplicates("sop_instance_uid"), on="sop_instance_uid")
     df = df[df["first_read"].notna()]
     if df.empty:
@@ -552,6 +563,16 @@ def _studies_line(r: dict) -> str | None:
         for flag, name in FLAG_NAMES.items()
     ]
     return "per study (at the study operating points): " + "; ".join(parts)
+
+
+def _held_back_line(version: str, why: str, settings: Settings | None = None) -> str:
+    """What promoted_model said of a round's model it did not promote, and (with `settings`) which model
+    predicts instead."""
+    from mammo_pipeline import promotions
+
+    current = promotions.promoted_version(settings) if settings is not None else None
+    instead = f"; {current} keeps predicting" if current else ""
+    return f"model {version} held back from promotion: {why}{instead} (`mammo model promote {version}` overrides)"
 
 
 def _current_version(settings: Settings) -> str:

@@ -147,3 +147,32 @@ def test_the_audit_roc_auc_against_the_hidden_truth_sees_past_a_label_both_reade
     assert vs["labels_off_truth"] == 1 and vs["adjudicated"] == 0.75 and vs["hidden_truth"] == 1.0
     line = _truth_line({**vs, "audit_images": vs["n"]})
     assert "biopsy marker 1.000" in line and "1 of 4 adjudicated audit labels differs" in line
+
+
+def test_a_round_whose_model_was_held_back_from_promotion_reads_that_models_own_audit_predictions(settings):
+    """promoted_model holds back a model whose audit ROC-AUC fell below the current one's interval, and that model
+    then predicts nothing: the round's accuracy lines printed n/a (a fresh clone's demo, stop 68). They now read
+    the audit predictions its training wrote, and the round says it was held back and which model predicts."""
+    from mammo_pipeline.demo import _held_back_line, audit_accuracies
+    from mammo_pipeline.model.ref import ModelRef
+
+    uids = [f"1.2.826.0.{i}" for i in range(4)]
+    truth = dict(zip(uids, ["biopsy", "neither", "mag", "both"], strict=True))
+    labels = pd.DataFrame({"sop_instance_uid": uids, "split": "audit", "label": list(truth.values())})
+    labels["first_read"] = labels["label"]
+    path = settings.table_dir("labels") / "current.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels.to_parquet(path)
+    predicting = {"p_biopsy": [0.1, 0.9, 0.9, 0.1], "p_mag": [0.9, 0.9, 0.1, 0.1]}  # every image wrong
+    warehouse.write_slice(
+        settings, "image_predictions", "h1", "m-current", pd.DataFrame({"sop_instance_uid": uids, **predicting})
+    )
+    ModelRef("m-held", "snap", "m-held", 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).save(settings.models)
+    assert audit_accuracies(settings, truth)["n"] == 0  # no audit predictions of its own yet: nothing to read
+    own = pd.DataFrame({"sop_instance_uid": uids, "p_biopsy": [0.9, 0.1, 0.1, 0.9], "p_mag": [0.1, 0.1, 0.9, 0.9]})
+    (settings.models / "m-held").mkdir(parents=True, exist_ok=True)
+    own.to_parquet(settings.models / "m-held" / "audit_predictions.parquet")
+    vs = audit_accuracies(settings, truth)
+    assert vs["n"] == 4 and vs["adjudicated"] == 1.0 and vs["biopsy_roc_auc_truth"] == 1.0
+    line = _held_back_line("m-held", "mag ROC-AUC 0.949 below m-current's", None)
+    assert line.startswith("model m-held held back from promotion: mag ROC-AUC 0.949") and "promote m-held" in line
