@@ -2,7 +2,7 @@
 and heat maps.
 
 Run:  .venv/bin/python benchmarks/bench_real_samples.py [--home MAMMO_HOME] [--realdata DIR] [--truth CSV]
-      [--rewrap-dicom] [--out PNG] [--pixel-spacing MM]
+      [--rewrap-dicom] [--out PNG] [--pixel-spacing MM] [--model VERSION|promoted]
 
 What it reads: every file below the real folder (`--realdata`, else $MAMMO_REALDATA, else ../shared/realdata; any
 depth, in path order; README, CSV and hidden files passed over) that is DICOM, whatever its name (a Part 10 file,
@@ -621,10 +621,21 @@ def realdata_absent(realdata: Path) -> bool:
     return True
 
 
-def current_model(home: Path | None) -> tuple[Settings, ModelRef]:
-    """The settings of `home` (MAMMO_HOME when None) and the model its models/current.json names."""
+def current_model(home: Path | None, version: str | None = None) -> tuple[Settings, ModelRef]:
+    """The settings of `home` (MAMMO_HOME when None) and the model its models/current.json names, or `version`:
+    an exported model's own, or "promoted", the one promoted for every hospital (what predicts when the newest
+    model was held back from promotion, `defs/predict.promoted_model`). Raises SystemExit when there is none."""
+    from mammo_pipeline import promotions
+
     model_home = Settings.from_env() if home is None else Settings.under(home)
-    return model_home, ModelRef.load(model_home.models)
+    if version is None:
+        return model_home, ModelRef.load(model_home.models)
+    if version == "promoted" and (version := promotions.promoted_version(model_home)) is None:
+        raise SystemExit(f"{model_home.home}: no model was promoted for every hospital")
+    try:
+        return model_home, promotions.model_ref(model_home, version)
+    except promotions.UnknownModel as e:
+        raise SystemExit(str(e)) from e
 
 
 def borrowing_home(tmp: Path, model_home: Settings) -> Settings:
@@ -650,6 +661,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="contact sheet PNG (default: <home>/reports/)")
     parser.add_argument(
         "--pixel-spacing", type=float, default=None, help="mm, written for raster images (default: none, as stored)"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a model version of the home, or 'promoted' (default: the one models/current.json names)",
     )
     args = parser.parse_args(argv)
     if args.truth is not None and not args.truth.is_file():
@@ -783,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from mammo_pipeline.model.train import load_network, load_second_look
 
-    model_home, ref = current_model(args.home)
+    model_home, ref = current_model(args.home, args.model)
     files, skipped = discover(args.realdata)
     csv_path = truth_csv(args.realdata, args.truth)
     try:

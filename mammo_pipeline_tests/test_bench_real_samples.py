@@ -318,3 +318,22 @@ def test_main_runs_a_folder_of_any_files_and_leaves_images_without_truth_out(mod
     assert "of 3 by p_biopsy" in out or "RANKING" not in out  # ranked among the three with truth
     assert "(truth ?)" in out and "studies without truth left out" in out
     assert sheet.stat().st_size > 0
+
+
+def test_current_model_takes_a_version_of_the_home_or_refuses_one_it_lacks(tmp_path):
+    """A model held back from promotion is current.json's while the promoted one predicts (stop 68's fresh-clone
+    demo: 9 of 9 real images right with the first, 7 of 9 with the second), so `--model` names which to run."""
+    from mammo_pipeline import promotions
+    from mammo_pipeline.model.ref import ModelRef
+    from mammo_pipeline.settings import Settings
+
+    settings = Settings.under(tmp_path / "home").ensure_dirs()
+    older = ModelRef("m-older", "snap", "m-older", 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), onnx_file="model.onnx")
+    promotions.save_ref(settings, older)
+    older.with_(model_version="m-newer", folder="m-newer").save(settings.models)  # current.json
+    assert bench.current_model(settings.home)[1].model_version == "m-newer"
+    assert bench.current_model(settings.home, "m-older")[1].model_version == "m-older"
+    with pytest.raises(SystemExit, match="no model was promoted"):
+        bench.current_model(settings.home, "promoted")
+    with pytest.raises(SystemExit, match="m-gone"):
+        bench.current_model(settings.home, "m-gone")
