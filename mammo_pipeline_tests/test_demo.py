@@ -96,19 +96,25 @@ def test_demo_quick_runs_end_to_end_and_resumes(settings, monkeypatch):
     assert upgraded["rounds"] == summary["rounds"]  # same labels, no new round
 
 
+def _audit_labels(settings, labels: list[str]) -> list[str]:
+    """Write labels/current.parquet with one audit image per label (the adjudicated label and the first read);
+    return their SOP Instance UIDs."""
+    uids = [f"1.2.826.0.{i}" for i in range(len(labels))]
+    table = pd.DataFrame({"sop_instance_uid": uids, "split": "audit", "label": labels, "first_read": labels})
+    path = settings.table_dir("labels") / "current.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path)
+    return uids
+
+
 def test_the_audit_accuracy_of_a_round_is_the_current_models_not_an_earlier_ones(settings):
     """image_predictions keeps every model's rows (prediction history); a round's printed accuracy must read the
     model just trained, whatever order the warehouse returns the slices in."""
     from mammo_pipeline.demo import audit_accuracies
     from mammo_pipeline.model.ref import ModelRef
 
-    uids = [f"1.2.826.0.{i}" for i in range(4)]
+    uids = _audit_labels(settings, ["biopsy", "neither", "mag", "both"])
     truth = dict(zip(uids, ["biopsy", "neither", "mag", "both"], strict=True))
-    labels = pd.DataFrame({"sop_instance_uid": uids, "split": "audit", "label": list(truth.values())})
-    labels["first_read"] = labels["label"]
-    path = settings.table_dir("labels") / "current.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labels.to_parquet(path)
     right = {"p_biopsy": [0.9, 0.1, 0.1, 0.9], "p_mag": [0.1, 0.1, 0.9, 0.9]}
     wrong = {"p_biopsy": [0.1, 0.9, 0.9, 0.1], "p_mag": [0.9, 0.9, 0.1, 0.1]}
     for version, p in (("a-current", right), ("z-earlier", wrong)):  # the stale slice sorts last
@@ -129,14 +135,8 @@ def test_the_audit_roc_auc_against_the_hidden_truth_sees_past_a_label_both_reade
     from mammo_pipeline.model.evaluate import roc_auc
     from mammo_pipeline.model.ref import ModelRef
 
-    uids = [f"1.2.826.0.{i}" for i in range(4)]
+    uids = _audit_labels(settings, ["biopsy", "neither", "mag", "mag"])  # the clip of image 2 missed by both readers
     truth = dict(zip(uids, ["biopsy", "neither", "both", "mag"], strict=True))
-    adjudicated = ["biopsy", "neither", "mag", "mag"]  # the clip of image 2 missed by both readers
-    labels = pd.DataFrame({"sop_instance_uid": uids, "split": "audit", "label": adjudicated})
-    labels["first_read"] = labels["label"]
-    path = settings.table_dir("labels") / "current.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labels.to_parquet(path)
     p = {"p_biopsy": [0.8, 0.1, 0.9, 0.2], "p_mag": [0.1, 0.2, 0.9, 0.7]}  # the missed clip scores highest
     warehouse.write_slice(settings, "image_predictions", "h1", "m1", pd.DataFrame({"sop_instance_uid": uids, **p}))
     ModelRef("m1", "snap", "m1", 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).save(settings.models)
@@ -156,13 +156,8 @@ def test_a_round_whose_model_was_held_back_from_promotion_reads_that_models_own_
     from mammo_pipeline.demo import _held_back_line, audit_accuracies
     from mammo_pipeline.model.ref import ModelRef
 
-    uids = [f"1.2.826.0.{i}" for i in range(4)]
+    uids = _audit_labels(settings, ["biopsy", "neither", "mag", "both"])
     truth = dict(zip(uids, ["biopsy", "neither", "mag", "both"], strict=True))
-    labels = pd.DataFrame({"sop_instance_uid": uids, "split": "audit", "label": list(truth.values())})
-    labels["first_read"] = labels["label"]
-    path = settings.table_dir("labels") / "current.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labels.to_parquet(path)
     predicting = {"p_biopsy": [0.1, 0.9, 0.9, 0.1], "p_mag": [0.9, 0.9, 0.1, 0.1]}  # every image wrong
     warehouse.write_slice(
         settings, "image_predictions", "h1", "m-current", pd.DataFrame({"sop_instance_uid": uids, **predicting})
