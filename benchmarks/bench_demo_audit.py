@@ -40,7 +40,9 @@ from mammo_pipeline.synth.drops import read_truth
 
 def audit_scores(home: Path) -> tuple[str, pd.DataFrame]:
     """(model version, one row per audit image: p_biopsy, the truth's flags, boxes and view, display PNG path and
-    the display / stored height ratio). Raises SystemExit for a model without a second look."""
+    the display / stored height ratio). p_biopsy is the model's image_predictions, or, for a model that made none
+    (held back from promotion), the audit predictions its training wrote. Raises SystemExit for a model without a
+    second look."""
     settings = Settings.under(home)
     ref = ModelRef.load(settings.models)
     if not ref.extra.get("second_look"):
@@ -50,6 +52,10 @@ def audit_scores(home: Path) -> tuple[str, pd.DataFrame]:
         "SELECT sop_instance_uid, p_biopsy FROM image_predictions WHERE model_version = ?",
         [ref.model_version],
     )
+    if preds.empty:  # a model promoted_model held back predicts nothing: the audit predictions its training wrote
+        own = settings.models / ref.folder / "audit_predictions.parquet"
+        print(f"{home}: model {ref.model_version} made no image_predictions (held back?); reading {own}")
+        preds = pd.read_parquet(own, columns=["sop_instance_uid", "p_biopsy"])
     labels = pd.read_parquet(settings.warehouse / "labels" / "current.parquet")
     audit = labels.loc[labels["split"] == "audit", ["sop_instance_uid"]].merge(preds, on="sop_instance_uid")
     truth = read_truth(settings.landing).drop_duplicates("sop_instance_uid")
