@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd
 from bench_learning_curve import clip_among, misordered, view_kind
 
-from mammo_pipeline import warehouse
+from mammo_pipeline import promotions, warehouse
 from mammo_pipeline.model.candidate_store import candidates_of_png
 from mammo_pipeline.model.evaluate import FLAGS, in_review_band, needs_review, operating_points, roc_auc
 from mammo_pipeline.model.ref import ModelRef
@@ -53,9 +53,11 @@ def audit_scores(home: Path) -> tuple[str, pd.DataFrame]:
         [ref.model_version],
     )
     if preds.empty:  # a model promoted_model held back predicts nothing: the audit predictions its training wrote
-        own = settings.models / ref.folder / "audit_predictions.parquet"
-        print(f"{home}: model {ref.model_version} made no image_predictions (held back?); reading {own}")
-        preds = pd.read_parquet(own, columns=["sop_instance_uid", "p_biopsy"])
+        own = promotions.read_audit(settings, ref.model_version)
+        if own is None:
+            raise SystemExit(f"{home}: model {ref.model_version} has neither image_predictions nor audit predictions")
+        print(f"{home}: model {ref.model_version} made no image_predictions (held back?): its audit predictions")
+        preds = own[["sop_instance_uid", "p_biopsy"]]
     labels = pd.read_parquet(settings.warehouse / "labels" / "current.parquet")
     audit = labels.loc[labels["split"] == "audit", ["sop_instance_uid"]].merge(preds, on="sop_instance_uid")
     truth = read_truth(settings.landing).drop_duplicates("sop_instance_uid")

@@ -21,7 +21,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mammo_pipeline import warehouse
+from mammo_pipeline import promotions, warehouse
 from mammo_pipeline.atomic import write_text
 from mammo_pipeline.cli.home import init_home
 from mammo_pipeline.defs.resources import MammoSettings
@@ -424,15 +424,12 @@ def audit_accuracies(settings: Settings, truth: dict[str, str]) -> dict[str, flo
     if "first_read" not in audit.columns:  # a labels table from before adjudicated reads
         audit = audit.assign(first_read=audit["label"])
     # image_predictions keeps every model's rows (prediction history): take the current model's, not any
+    version = _current_version(settings)
     preds = warehouse.query(
-        settings,
-        "SELECT sop_instance_uid, p_biopsy, p_mag FROM image_predictions WHERE model_version = ?",
-        [_current_version(settings)],
+        settings, "SELECT sop_instance_uid, p_biopsy, p_mag FROM image_predictions WHERE model_version = ?", [version]
     )
-    if preds.empty:  # a model promoted_model held back predicts nothing: its own audit predictions, from training
-        own = settings.models / _current_version(settings) / "audit_predictions.parquet"
-        if own.exists():
-            preds = pd.read_parquet(own, columns=["sop_instance_uid", "p_biopsy", "p_mag"])
+    if preds.empty and (own := promotions.read_audit(settings, version)) is not None:
+        preds = own[["sop_instance_uid", "p_biopsy", "p_mag"]]  # held back from promotion: what its training wrote
     df = audit.merge(preds.drop_duplicates("sop_instance_uid"), on="sop_instance_uid")
     df = df[df["first_read"].notna()]
     if df.empty:
@@ -568,8 +565,6 @@ def _studies_line(r: dict) -> str | None:
 def _held_back_line(version: str, why: str, settings: Settings | None = None) -> str:
     """What promoted_model said of a round's model it did not promote, and (with `settings`) which model
     predicts instead."""
-    from mammo_pipeline import promotions
-
     current = promotions.promoted_version(settings) if settings is not None else None
     instead = f"; {current} keeps predicting" if current else ""
     return f"model {version} held back from promotion: {why}{instead} (`mammo model promote {version}` overrides)"

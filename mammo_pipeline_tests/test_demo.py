@@ -165,6 +165,7 @@ def test_a_round_whose_model_was_held_back_from_promotion_reads_that_models_own_
     ModelRef("m-held", "snap", "m-held", 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).save(settings.models)
     assert audit_accuracies(settings, truth)["n"] == 0  # no audit predictions of its own yet: nothing to read
     own = pd.DataFrame({"sop_instance_uid": uids, "p_biopsy": [0.9, 0.1, 0.1, 0.9], "p_mag": [0.1, 0.1, 0.9, 0.9]})
+    own["has_biopsy_marker"], own["is_mag_view"] = own["p_biopsy"] > 0.5, own["p_mag"] > 0.5  # as training writes it
     (settings.models / "m-held").mkdir(parents=True, exist_ok=True)
     own.to_parquet(settings.models / "m-held" / "audit_predictions.parquet")
     vs = audit_accuracies(settings, truth)
