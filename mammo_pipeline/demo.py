@@ -186,6 +186,7 @@ class Demo:
 
     def active_learning(self, hospitals: Sequence[str], annotator: SimulatedAnnotator) -> None:
         c = self.config
+        judge = SimulatedAnnotator(self.store, annotator_truth(annotator), "adjudicator")  # decides audit reads
         for n in range(len(self.state.rounds), c.rounds):
             self.echo(f"3.{n + 1} Round {n + 1}/{c.rounds}")
             reviewed = 0
@@ -197,7 +198,6 @@ class Demo:
                 second = SimulatedAnnotator(
                     self.store, annotator_truth(annotator), "second-reader", c.second_reader_error_rate
                 )
-                judge = SimulatedAnnotator(self.store, annotator_truth(annotator), "adjudicator")
                 reads = double_read_audit(self.store, (annotator, second), judge)
                 kappa = self.store.audit_stats()["kappa"]
                 new = self.store.queue("unlabeled", annotator.name, limit=c.first_labels, seed=c.seed)
@@ -208,15 +208,14 @@ class Demo:
                     f"{'n/a' if kappa is None else f'{kappa:.2f}'}; and {len(new)} random images"
                 )
             else:
-                judge = SimulatedAnnotator(self.store, annotator_truth(annotator), "adjudicator")
-                before = annotator.wrong_labels()
+                wrong = annotator.wrong_labels()
                 rechecked = recheck_audit(self.store, judge, c.audit_rechecks, round=n + 1)
+                before = annotator.wrong_labels()
                 if rechecked:
                     self.echo(
                         f"     adjudicator re-read {rechecked} agreed audit labels the model contradicts, blind "
-                        f"(fixing {before - annotator.wrong_labels()})"
+                        f"(fixing {wrong - before})"
                     )
-                before = annotator.wrong_labels()
                 reviews = self.store.queue("disagreements", annotator.name, limit=c.labels_per_round // 4)
                 reviewed = annotator.label(reviews, round=n + 1, careful=True)
                 new = self.pick_new(c.labels_per_round - reviewed, annotator.name)
