@@ -311,6 +311,101 @@ def test_demo_audit_prints_the_stored_and_the_recomputed_review_bands_and_the_im
     assert "biopsy stored threshold 0.4995 band [0.4990, 0.5000):" in out and "resampled thresholds" in out
 
 
+def _audit_home(tmp_path, audit_p: dict[str, list[float] | None], predicting: dict[str, list[float]]):
+    """A demo home whose current model m2 has a second look: six images of hospital h (a0-a3 in the audit split,
+    a4-a5 in train), their synthetic truth (a0 twice: two drops), cache manifest, `image_predictions` of the models
+    in `predicting` and `audit_predictions.parquet` of the models in `audit_p` (on a0-a3 and `gone`, an image
+    withdrawn since training); returns the Settings."""
+    import pandas as pd
+
+    from mammo_pipeline import atomic, cache, promotions, warehouse
+    from mammo_pipeline.model import second_look_model
+    from mammo_pipeline.model.ref import ModelRef
+    from mammo_pipeline.settings import Settings
+    from mammo_pipeline.synth.drops import TRUTH_DIR
+
+    settings = Settings.under(tmp_path)
+    uids = [f"a{i}" for i in range(6)]
+    split = ["audit"] * 4 + ["train"] * 2
+    labels = pd.DataFrame({"sop_instance_uid": uids, "hospital": "h", "split": split, "has_biopsy_marker": False})
+    atomic.write_parquet(labels, settings.table_dir("labels") / "current.parquet")
+    clip = [i % 2 == 0 for i in range(6)]
+    truth = pd.DataFrame(
+        {"sop_instance_uid": uids, "drop": "d1", "has_biopsy_marker": clip, "is_mag_view": [i == 1 for i in range(6)],
+         "is_spot_view": [i == 2 for i in range(6)], "vendor_profile": "H-LOR",
+         "boxes": ["[[1, 2, 3, 4]]" if c else "[]" for c in clip]}
+    )  # fmt: skip
+    atomic.write_parquet(pd.concat([truth, truth[:1].assign(drop="d2")]), settings.landing / TRUTH_DIR / "h.parquet")
+    manifest = pd.DataFrame(
+        {"hospital": "h", "sop_instance_uid": uids, "display_png": [f"h/{u}.png" for u in uids], "height": 1000,
+         "display_height": 500}
+    )  # fmt: skip
+    warehouse.write_table_file("image_cache", manifest, cache.manifest_path(settings, "h"))
+    for version, p_biopsy in predicting.items():
+        preds = pd.DataFrame({"sop_instance_uid": uids, "hospital": "h", "p_biopsy": p_biopsy, "p_mag": 0.1})
+        warehouse.write_slice(settings, "image_predictions", "h", version, preds)
+    look = {"second_look": second_look_model.describe(settings.display_size)}
+    for version in ("m1", "m2"):  # m1 promoted before; m2 trained last: current.json
+        ref = ModelRef(version, "s1", version, 64, (0, 0, 0), (1, 1, 1), extra=look)
+        promotions.save_ref(settings, ref)
+        ref.save(settings.models)
+        if audit_p.get(version) is not None:
+            audit = pd.DataFrame(
+                {"sop_instance_uid": [*uids[:4], "gone"], "hospital": "h", "has_biopsy_marker": False,
+                 "is_mag_view": False, "p_biopsy": audit_p[version], "p_mag": 0.1, "model_version": version}
+            )  # fmt: skip
+            atomic.write_parquet(audit, settings.models / version / promotions.AUDIT_FILE)
+    return settings
+
+
+M1_AUDIT, M2_AUDIT = [0.31, 0.32, 0.33, 0.34, 0.35], [0.91, 0.92, 0.93, 0.94, 0.95]
+M1_PREDICTS = {"m1": [0.11, 0.12, 0.13, 0.14, 0.15, 0.16]}
+
+
+def test_demo_audit_scores_a_held_back_model_by_its_own_audit_predictions(tmp_path, capsys):
+    """A model promotion held back predicts nothing (the model before it does): its audit ROC-AUC must come from
+    the audit predictions its training wrote, not from empty rows or from the predicting model's."""
+    bench = bench_module("bench_demo_audit")
+    settings = _audit_home(tmp_path, {"m1": M1_AUDIT, "m2": M2_AUDIT}, M1_PREDICTS)
+
+    version, out = bench.audit_scores(tmp_path)
+    printed = capsys.readouterr().out
+    assert f"{tmp_path}: model m2 made no image_predictions (held back?): its audit predictions" in printed
+    out = out.sort_values("sop_instance_uid").reset_index(drop=True)
+    assert version == "m2" and out["sop_instance_uid"].tolist() == ["a0", "a1", "a2", "a3"]  # audit split only
+    assert out["p_biopsy"].tolist() == pytest.approx(M2_AUDIT[:4])
+    assert out["has_biopsy_marker"].tolist() == [True, False, True, False]  # the truth's, not the audit file's
+    assert out["is_mag_view"].tolist() == [False, True, False, False] and out["is_spot_view"].tolist()[2]
+    assert out["boxes"].tolist() == ["[[1, 2, 3, 4]]", "[]", "[[1, 2, 3, 4]]", "[]"]
+    assert out["display_png"].tolist() == [str(settings.cache / f"h/a{i}.png") for i in range(4)]
+    assert out["scale"].tolist() == [0.5] * 4
+
+
+def test_demo_audit_refuses_a_held_back_model_without_audit_predictions_and_names_it(tmp_path, capsys):
+    """No image_predictions and no audit file of the current model: nothing of its own to score, and the other
+    model's rows must not stand in for it."""
+    bench = bench_module("bench_demo_audit")
+    _audit_home(tmp_path, {"m1": M1_AUDIT}, M1_PREDICTS)
+
+    with pytest.raises(SystemExit, match="model m2 has neither image_predictions nor audit predictions"):
+        bench.audit_scores(tmp_path)
+    assert "held back" not in capsys.readouterr().out
+
+
+def test_demo_audit_scores_a_predicting_model_by_its_image_predictions(tmp_path, capsys):
+    """A model that predicts is scored by its image_predictions (what inference made), not by its audit file or
+    the older model's rows, and no held-back line is printed."""
+    bench = bench_module("bench_demo_audit")
+    m2_predicts = [0.51, 0.52, 0.53, 0.54, 0.55, 0.56]
+    _audit_home(tmp_path, {"m1": M1_AUDIT, "m2": M2_AUDIT}, {**M1_PREDICTS, "m2": m2_predicts})
+
+    version, out = bench.audit_scores(tmp_path)
+    assert "held back" not in capsys.readouterr().out
+    out = out.sort_values("sop_instance_uid").reset_index(drop=True)
+    assert version == "m2" and out["sop_instance_uid"].tolist() == ["a0", "a1", "a2", "a3"]  # not a4, a5 (train)
+    assert out["p_biopsy"].tolist() == pytest.approx(m2_predicts[:4])
+
+
 def test_a_data_folder_keeps_the_drops_seed_it_was_built_with(tmp_path):
     """Held-out drops (`--drops-seed`) must never be silently the development set's: a folder records its seed."""
 
