@@ -6,7 +6,9 @@ For each home made by `mammo demo` (synthetic drops, so `landing/_truth/` knows 
 lies): the current model's `image_predictions` on the audit split, scored against the synthetic truth (diagnosis
 only). Prints the `--top` lowest-scored clip images, each with its kind of view, vendor profile, whether a clip of
 the truth's boxes is among the second look's kept candidates (`candidate_store`, as inference read them) and the
-share of clip-free audit images scored above it; then the RATIO of the misordered (clip image, clip-free image)
+share of clip-free audit images scored above it; then every clip image without a candidate on its clip, by SOP
+Instance UID and display PNG, with why (`bench_candidate_recall.why_missed`: in the air margin, or its rank among
+the blob score's maxima); then the RATIO of the misordered (clip image, clip-free image)
 pairs made by clip images without a candidate on their clip to all misordered pairs, per home and pooled: what
 finding those clips could at most buy, against the whole loss (1 - ROC-AUC). A model without a second look is
 refused (its biopsy flag has no candidates).
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pandas as pd
+from bench_candidate_recall import why_missed
 from bench_learning_curve import clip_among, misordered, view_kind
 
 from mammo_pipeline import promotions, warehouse
@@ -154,6 +157,10 @@ def main() -> int:
                 f"  p {row.p_biopsy:.3f}  {row.kind:<13} {row.vendor_profile:<8} clip among candidates: "
                 f"{'yes' if row.found else 'NO '}  clip-free images above: {row.pairs / max(n_neg, 1):.2f}"
             )
+        display_size = Settings.under(home).display_size
+        for row in clips.loc[~clips["found"].astype(bool)].sort_values("p_biopsy").itertuples():  # every miss, and why
+            why = why_missed(Path(row.display_png), row.boxes, row.scale, display_size)
+            print(f"  missed: {row.sop_instance_uid} ({row.kind}, {row.vendor_profile}): {row.display_png}\n    {why}")
         home_lost, home_missed = float(clips["pairs"].sum()), float(clips.loc[~clips["found"], "pairs"].sum())
         kinds = clips.loc[~clips["found"], "kind"].value_counts()
         auc = roc_auc(frame["has_biopsy_marker"].astype(bool), frame["p_biopsy"])  # None without both classes

@@ -252,6 +252,7 @@ def test_demo_audit_prints_no_roc_auc_for_an_audit_set_without_clip_images(monke
         )  # fmt: skip
 
     monkeypatch.setattr(bench, "candidates_of_png", lambda path: no_candidate)
+    monkeypatch.setattr(bench, "why_missed", lambda *args: "why")
     monkeypatch.setattr(bench, "review_bands", lambda home: 1.0)
     monkeypatch.setattr(sys, "argv", ["bench_demo_audit.py", "--home", "h"])
     for clip in ([False] * 4, [True] * 4, [True, False, True, False]):
@@ -261,6 +262,54 @@ def test_demo_audit_prints_no_roc_auc_for_an_audit_set_without_clip_images(monke
         auc = roc_auc(np.array(clip), np.linspace(0.9, 0.1, 4))
         assert ("ROC-AUC n/a" in out) == (auc is None), out
         assert auc is None or f"ROC-AUC {auc:.3f}, of which they cost {1 - auc:.3f}" in out, out
+
+
+def test_demo_audit_names_every_clip_image_without_a_candidate_and_says_why(tmp_path, monkeypatch, capsys):
+    """Stop 69 needed a throwaway script to find which audit image the missed clip was: each miss is now named by
+    SOP Instance UID and display PNG, with `why_missed`'s reason, read from the PNG itself: a clip deep in the
+    breast whose maximum the kept candidates lack ranks among the blob score's maxima; a clip within the skin
+    depth of the air has no searchable maximum at all. A clip the candidates hold is not listed."""
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    bench = bench_module("bench_demo_audit")
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, (1024, 800)), 3)
+    tissue = np.where(np.arange(800)[None, :] < 560, 120 + 10 * noise / noise.std(), 0.0)  # air from column 560
+
+    def png(name: str, where: tuple[int, int]) -> str:
+        img = tissue.copy()
+        img[where[0] - 2 : where[0] + 3, where[1] - 7 : where[1] + 8] = 250  # a 5 x 15 px ribbon
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+        return str(path)
+
+    def box(where: tuple[int, int]) -> str:
+        return json.dumps([["clip", where[0] - 3, where[0] + 3, where[1] - 8, where[1] + 8]])
+
+    deep, skin, held = (500, 250), (500, 552), (300, 200)
+    audit = pd.DataFrame(
+        {"sop_instance_uid": ["1.deep", "1.skin", "1.held", "1.none"], "p_biopsy": [0.2, 0.1, 0.9, 0.3],
+         "has_biopsy_marker": [True, True, True, False], "is_mag_view": False, "is_spot_view": False,
+         "vendor_profile": "H-LOR", "boxes": [box(deep), box(skin), box(held), "[]"],
+         "display_png": [png("deep", deep), png("skin", skin), png("held", held), png("none", (0, 0))],
+         "scale": 1.0}
+    )  # fmt: skip
+    centres = {"held.png": np.array([list(held)])}
+    monkeypatch.setattr(bench, "candidates_of_png", lambda path: (None, centres.get(path.name, np.array([[-1, -1]]))))
+    monkeypatch.setattr(bench, "audit_scores", lambda home: ("m1", audit))
+    monkeypatch.setattr(bench, "review_bands", lambda home: 1.0)
+    monkeypatch.setattr(sys, "argv", ["bench_demo_audit.py", "--home", str(tmp_path)])
+    assert bench.main() == 0
+    out = capsys.readouterr().out
+    assert f"missed: 1.skin (contact, H-LOR): {tmp_path / 'skin.png'}\n    no searchable maximum" in out, out
+    assert f"missed: 1.deep (contact, H-LOR): {tmp_path / 'deep.png'}\n    its best maximum" in out, out
+    assert out.index("missed: 1.skin") < out.index("missed: 1.deep")  # lowest p_biopsy first
+    assert "missed: 1.held" not in out and "2 clip images without a candidate" in out
 
 
 def test_demo_audit_prints_the_stored_and_the_recomputed_review_bands_and_the_images_inside(tmp_path, capsys):
