@@ -41,18 +41,29 @@ def live(where: str) -> str:
 
 # Generated columns of `images` (VIRTUAL: computed from the row, indexable). Flags of a label code:
 # biopsy = code in (1, 4), mag = code in (2, 4) (codes.py).
-_BIOPSY = "(label IN (1, 4))"
-_MAG = "(label IN (2, 4))"
+
+
+def _contradicts(code: str) -> str:
+    """SQL: the latest prediction (pb, pm) puts a flag of the label in column `code` on the other side of 0.5."""
+    return f"(({code} IN (1, 4)) != (pb >= 0.5) OR ({code} IN (2, 4)) != (pm >= 0.5))"
+
+
+def _confidence(code: str) -> str:
+    """SQL: the model's probability of the label in column `code`, its two flags taken as independent."""
+    biopsy = f"CASE WHEN {code} IN (1, 4) THEN pb ELSE 1 - pb END"
+    mag = f"CASE WHEN {code} IN (2, 4) THEN pm ELSE 1 - pm END"
+    return f"({biopsy}) * ({mag})"
+
+
 GENERATED: dict[str, str] = {
     # smallest margin |p - 0.5| over both flags; 2.0 (after every real margin) without a prediction
     "lc_key": "CASE WHEN pb IS NULL THEN 2.0 ELSE MIN(ABS(pb - 0.5), ABS(pm - 0.5)) END",
     # the model's probability of the given label (flags independent), when an out-of-sample model contradicts it
-    "dis_conf": f"""CASE WHEN split = 'train' AND label IS NOT NULL AND p_oos = 1
-        AND ({_BIOPSY} != (pb >= 0.5) OR {_MAG} != (pm >= 0.5))
-        THEN (CASE WHEN {_BIOPSY} THEN pb ELSE 1 - pb END) * (CASE WHEN {_MAG} THEN pm ELSE 1 - pm END) END""",
+    "dis_conf": f"""CASE WHEN split = 'train' AND label IS NOT NULL AND p_oos = 1 AND {_contradicts("label")}
+        THEN {_confidence("label")} END""",
     # ... and nobody labeled it again after that prediction was made
-    "dis_todo": f"""(split = 'train' AND label IS NOT NULL AND p_oos = 1
-        AND ({_BIOPSY} != (pb >= 0.5) OR {_MAG} != (pm >= 0.5)) AND label_ts <= p_ts)""",
+    "dis_todo": f"""(split = 'train' AND label IS NOT NULL AND p_oos = 1 AND {_contradicts("label")}
+        AND label_ts <= p_ts)""",
     # the model most sure first where the DICOM magnification flag and p_mag disagree
     "mc_key": "CASE WHEN meta_mag IS NOT NULL AND pm IS NOT NULL AND meta_mag != (pm >= 0.5) THEN -ABS(pm - 0.5) END",
     "nr_todo": "(p_nr = 1 AND (label IS NULL OR label_ts <= p_ts))",
@@ -69,10 +80,8 @@ GENERATED: dict[str, str] = {
     # so every prediction of one is out of sample. Re-reading the test labels a model contradicts, blind, is
     # Northcutt, Athalye & Mueller's protocol (NeurIPS 2021 Datasets and Benchmarks, "Pervasive label errors
     # in test sets destabilize machine learning benchmarks").
-    "rc_key": """CASE WHEN audit_state = 2 AND pb IS NOT NULL
-        AND ((truth IN (1, 4)) != (pb >= 0.5) OR (truth IN (2, 4)) != (pm >= 0.5))
-        THEN (CASE WHEN truth IN (1, 4) THEN pb ELSE 1 - pb END) * (CASE WHEN truth IN (2, 4) THEN pm ELSE 1 - pm END)
-        END""",
+    "rc_key": f"""CASE WHEN audit_state = 2 AND pb IS NOT NULL AND {_contradicts("truth")}
+        THEN {_confidence("truth")} END""",
 }
 
 # Maintained totals: name -> membership of one image (SQL over the images row; live images only). Recounted in
